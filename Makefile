@@ -1,0 +1,53 @@
+# FollowPay — every target sets itself up (venv, pip install, npm ci) idempotently.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+FORGE  := node_modules/.bin/forge
+PY_STAMP   := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.PHONY: setup demo test lint typecheck forge pytest bench artifacts clean
+
+setup: $(PY_STAMP) $(NODE_STAMP)
+
+$(PY_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## The demo on the embedded default (in-process chain, SQLite). `make demo ARGS="--chain anvil"`.
+demo: setup
+	$(BIN)/followpay demo $(ARGS)
+
+## The whole suite: lint, types, forge (unit, fuzz, invariant, gas snapshot), pytest on both chains and both databases.
+test: setup lint typecheck forge pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+forge: setup
+	$(FORGE) test
+	$(FORGE) snapshot --check
+
+pytest: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Benchmarks: ratios against same-run baselines; rewrites docs/benchmarks.md.
+bench: setup
+	$(BIN)/followpay bench $(ARGS)
+
+artifacts: setup
+	$(BIN)/followpay contracts build
+
+clean:
+	rm -rf out cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,86 @@
+"""The ``followpay`` command line.
+
+Every domain error carries ``status_code`` and ``code``; :func:`main` turns any of them into one
+line on stderr and a non-zero exit, so users never see a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import click
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="followpay",
+    help="FollowPay: ERC-20 payments with consent-respecting customer follow-up.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+contracts_app = typer.Typer(help="Compile and check the Solidity artifacts.", no_args_is_help=True)
+chain_app = typer.Typer(help="Local chains and deployments.", no_args_is_help=True)
+app.add_typer(contracts_app, name="contracts")
+app.add_typer(chain_app, name="chain")
+
+
+def _mount_optional() -> None:
+    """Sub-apps owned by the domain packages."""
+    from wallet.cli import app as wallet_app
+
+    app.add_typer(wallet_app, name="wallet")
+
+
+@contracts_app.command("build")
+def contracts_build() -> None:
+    """Compile contracts/src into contracts/artifacts (via scripts/solc or FOLLOWPAY_SOLC)."""
+    from contracts.build import build
+
+    for artifact in build():
+        typer.echo(f"{artifact['contractName']}\t{artifact['compiler']}\t{artifact['sourceHash'][:12]}")
+
+
+@contracts_app.command("check")
+def contracts_check() -> None:
+    """Exit non-zero when an artifact is stale against its sources."""
+    from contracts.build import stale_artifacts
+
+    stale = stale_artifacts()
+    if stale:
+        typer.echo("stale artifacts: " + ", ".join(stale), err=True)
+        raise typer.Exit(1)
+    typer.echo("artifacts are up to date")
+
+
+ChainOpt = Annotated[str, typer.Option("--chain", help="tester | anvil | rpc")]
+
+
+def _is_domain_error(exc: BaseException) -> bool:
+    return isinstance(getattr(exc, "status_code", None), int) and hasattr(exc, "code")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one clear line on stderr for every known failure."""
+    _mount_optional()
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if not _is_domain_error(exc):
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

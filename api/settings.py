@@ -1,0 +1,62 @@
+"""Settings, built by a factory (never at import time) so tests and commands can override them.
+
+Every field reads ``FOLLOWPAY_<NAME>`` from the environment; see docs/operations.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wallet.chain import ChainBackend, ChainConfig
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FOLLOWPAY_", extra="ignore", frozen=True)
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".followpay")
+    database_url: str = ""
+    chain: ChainBackend = ChainBackend.TESTER
+    rpc_url: str | None = None
+    chain_id: int | None = None
+    manifest: Path | None = None
+    master_key: SecretStr | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+    indexer_poll_interval: float = Field(default=1.0, gt=0)
+    indexer_batch_blocks: int = Field(default=2_000, ge=1, le=100_000)
+
+    @field_validator("rpc_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("rpc_url must be an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _rpc_needs_url(self) -> Settings:
+        if self.chain is ChainBackend.RPC and not self.rpc_url:
+            raise ValueError("FOLLOWPAY_CHAIN=rpc needs FOLLOWPAY_RPC_URL")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'followpay.sqlite3'}"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.manifest or self.home / f"deployment-{self.chain.value}.json"
+
+    def chain_config(self) -> ChainConfig:
+        return ChainConfig(
+            backend=self.chain, rpc_url=self.rpc_url, expected_chain_id=self.chain_id
+        )
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Read the environment now and apply ``overrides`` on top."""
+    return Settings(**overrides)

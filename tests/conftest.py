@@ -1,0 +1,39 @@
+"""Shared fixtures: one chain per backend per session, per-test snapshot/revert.
+
+Under ``CI=true`` a missing anvil or PostgreSQL fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from wallet.chain import Chain, ChainConfig, connect
+from wallet.errors import AnvilNotFoundError
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def missing(reason: str) -> None:
+    """Skip locally, fail in CI: nothing that needs anvil or PostgreSQL may skip there."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def tester_chain() -> Iterator[Chain]:
+    with connect(ChainConfig(backend="tester")) as chain:
+        yield chain
+
+
+@pytest.fixture(scope="session")
+def anvil_chain() -> Iterator[Chain]:
+    try:
+        chain = connect(ChainConfig(backend="anvil"))
+    except AnvilNotFoundError as exc:
+        missing(str(exc))
+    with chain:
+        yield chain

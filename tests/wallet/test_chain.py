@@ -1,0 +1,136 @@
+"""One chain suite, run on every local backend (web3.py's EthModuleTest pattern)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support import ChainSuite
+from wallet.chain import ChainConfig, anvil_binary, connect
+from wallet.errors import (
+    AnvilNotFoundError,
+    ChainIdMismatchError,
+    ChainUnreachableError,
+    UnknownBackendError,
+    UnsupportedOperationError,
+)
+
+DEAD = "0x000000000000000000000000000000000000dEaD"
+
+
+class ChainBehaviour(ChainSuite):
+    def test_dev_accounts_are_funded_and_identical_across_backends(self, chain):
+        accounts = chain.dev_accounts()
+        assert accounts[0].address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+        assert chain.w3.eth.get_balance(accounts[0].address) > 10**21
+
+    def test_snapshot_revert_restores_blocks_and_balances(self, chain):
+        start_block = chain.w3.eth.block_number
+        snap = chain.snapshot()
+        chain.fund(DEAD, 12345)
+        chain.mine(3)
+        assert chain.w3.eth.block_number >= start_block + 3
+        assert chain.w3.eth.get_balance(DEAD) == 12345
+        chain.revert(snap)
+        assert chain.w3.eth.block_number == start_block
+        assert chain.w3.eth.get_balance(DEAD) == 0
+
+    def test_increase_time_moves_the_block_clock(self, chain):
+        before = chain.w3.eth.get_block("latest")["timestamp"]
+        chain.increase_time(3600)
+        after = chain.w3.eth.get_block("latest")["timestamp"]
+        assert 3599 <= after - before <= 3700
+
+    def test_fund_sets_exact_balance(self, chain):
+        chain.fund(DEAD, 10**18)
+        assert chain.w3.eth.get_balance(DEAD) == 10**18
+
+
+class TestTesterChain(ChainBehaviour):
+    backend = "tester"
+
+    def test_is_in_process(self, chain):
+        assert chain.rpc_url is None
+        assert chain.anvil_pid is None
+
+
+class TestAnvilChain(ChainBehaviour):
+    backend = "anvil"
+
+    def test_listens_on_loopback_with_anvil_chain_id(self, chain):
+        assert chain.rpc_url.startswith("http://127.0.0.1:")
+        assert chain.chain_id == 31337
+
+
+class TestConnectErrors:
+    def test_unknown_backend(self):
+        with pytest.raises(UnknownBackendError, match="unknown chain backend 'ganache'"):
+            connect(ChainConfig(backend="ganache"))
+
+    def test_unreachable_rpc(self):
+        with pytest.raises(ChainUnreachableError, match="unreachable"):
+            connect(ChainConfig(backend="rpc", rpc_url="http://127.0.0.1:9"))
+
+    def test_rpc_backend_without_url(self):
+        with pytest.raises(UnknownBackendError, match="needs an RPC URL"):
+            connect(ChainConfig(backend="rpc"))
+
+    def test_named_anvil_that_does_not_exist(self, tmp_path):
+        with pytest.raises(AnvilNotFoundError, match="not found"):
+            connect(ChainConfig(backend="anvil", anvil_path=str(tmp_path / "anvil")))
+
+    def test_wrong_chain_id(self):
+        with pytest.raises(ChainIdMismatchError, match="expected 1"):
+            connect(ChainConfig(backend="tester", expected_chain_id=1))
+
+
+class TestRpcBackend:
+    def test_plain_rpc_has_no_test_powers(self, anvil_chain):
+        with connect(ChainConfig(backend="rpc", rpc_url=anvil_chain.rpc_url)) as chain:
+            assert chain.chain_id == 31337
+            with pytest.raises(UnsupportedOperationError):
+                chain.snapshot()
+            with pytest.raises(UnsupportedOperationError):
+                chain.fund(DEAD, 1)
+
+
+class TestAnvilLifecycle:
+    def test_stopped_on_close(self, anvil_chain):  # anvil_chain: proves the binary exists
+        chain = connect(ChainConfig(backend="anvil"))
+        pid = chain.anvil_pid
+        assert pid is not None
+        chain.close()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    def test_no_orphan_after_parent_is_killed(self, anvil_chain):
+        assert anvil_binary()
+        script = (
+            "import sys, time\n"
+            "from wallet.chain import connect, ChainConfig\n"
+            "c = connect(ChainConfig(backend='anvil'))\n"
+            "print(c.anvil_pid, flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            child_pid = int(parent.stdout.readline())
+            os.kill(child_pid, 0)  # alive while the parent lives
+        finally:
+            parent.send_signal(signal.SIGKILL)
+            parent.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child_pid, 0)
+            except ProcessLookupError:
+                break
+            # reap if it became our zombie via subreaper semantics
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"anvil {child_pid} outlived its killed parent")

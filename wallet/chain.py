@@ -1,0 +1,375 @@
+"""The one module that knows how to reach a chain.
+
+Three backends behind one :class:`Chain` object, picked by configuration:
+
+* ``tester`` — in-process eth-tester/py-evm, the embedded default; zero set-up, no Node.
+* ``anvil`` — a real anvil spawned from ``node_modules`` on a free 127.0.0.1 port, readiness
+  checked, killed when the chain is closed or this process dies (``PR_SET_PDEATHSIG``).
+* ``rpc`` — any JSON-RPC URL.
+
+Nothing outside this module imports a web3 provider class or checks which backend runs; code
+that needs test-only powers (snapshots, time travel, funding) calls the methods here, which
+raise :class:`UnsupportedOperationError` on a plain RPC endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import EthereumTesterProvider, HTTPProvider, Web3
+from web3.exceptions import Web3Exception
+from web3.types import Wei
+
+from wallet.errors import (
+    AnvilNotFoundError,
+    AnvilStartError,
+    ChainIdMismatchError,
+    ChainUnreachableError,
+    UnknownBackendError,
+    UnsupportedOperationError,
+)
+
+__all__ = [
+    "DEV_MNEMONIC",
+    "Chain",
+    "ChainBackend",
+    "ChainConfig",
+    "anvil_binary",
+    "connect",
+    "free_port",
+]
+
+#: The well-known development mnemonic: anvil and our tester backend derive the same funded
+#: accounts from it (m/44'/60'/0'/0/i), so tests and the demo behave alike on both.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+_DEV_ACCOUNTS = 10
+ANVIL_CHAIN_ID = 31337
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ChainBackend(StrEnum):
+    TESTER = "tester"
+    ANVIL = "anvil"
+    RPC = "rpc"
+
+
+@dataclass(frozen=True, slots=True)
+class ChainConfig:
+    """How to reach a chain. ``expected_chain_id`` guards against talking to the wrong network."""
+
+    backend: ChainBackend | str = ChainBackend.TESTER
+    rpc_url: str | None = None
+    anvil_path: str | None = None
+    expected_chain_id: int | None = None
+    anvil_block_time: float | None = None
+    anvil_args: tuple[str, ...] = ()
+    startup_timeout: float = 15.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def anvil_binary(explicit: str | None = None) -> Path:
+    """Locate anvil: an explicit path, else ``FOLLOWPAY_ANVIL``, else the npm platform package.
+
+    A path that is named but unusable is an error, never silently replaced by another binary.
+    """
+    named = explicit or os.environ.get("FOLLOWPAY_ANVIL")
+    if named:
+        path = Path(named)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise AnvilNotFoundError(f"anvil binary not found or not executable at {named}")
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower(), platform.machine().lower()
+    )
+    modules = _PROJECT_ROOT / "node_modules"
+    candidates = [
+        modules / "@foundry-rs" / f"anvil-{platform.system().lower()}-{arch}" / "bin" / "anvil",
+        modules / ".bin" / "anvil",
+    ]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    on_path = shutil.which("anvil")
+    if on_path:
+        return Path(on_path)
+    raise AnvilNotFoundError(
+        "anvil binary not found: run `npm ci` (it comes from @foundry-rs/anvil) "
+        "or set FOLLOWPAY_ANVIL to its path"
+    )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if platform.system() == "Linux":
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphan even after kill -9 of us
+
+
+class _AnvilProcess:
+    """A spawned anvil. Owned by one :class:`Chain`; stopped by :meth:`stop`."""
+
+    def __init__(self, config: ChainConfig) -> None:
+        binary = anvil_binary(config.anvil_path)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [
+            str(binary),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--chain-id",
+            str(ANVIL_CHAIN_ID),
+            "--mnemonic",
+            DEV_MNEMONIC,
+            "--accounts",
+            str(_DEV_ACCOUNTS),
+            "--silent",
+            *config.anvil_args,
+        ]
+        if config.anvil_block_time:
+            args += ["--block-time", str(config.anvil_block_time)]
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=_die_with_parent,  # PDEATHSIG, see above
+            )
+        except OSError as exc:
+            raise AnvilStartError(f"could not start anvil at {binary}: {exc.strerror}") from None
+        self._wait_ready(config.startup_timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        payload = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                assert self._proc is not None
+                if self._proc.poll() is not None:
+                    err = (self._proc.stderr.read() if self._proc.stderr else b"").decode()[-500:]
+                    self._proc = None
+                    raise AnvilStartError(f"anvil exited during start-up: {err.strip()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.post(self.url, json=payload).status_code == 200:
+                        return
+                time.sleep(0.05)
+        self.stop()
+        raise AnvilStartError(f"anvil did not answer on {self.url} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stderr:
+            proc.stderr.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+
+class Chain:
+    """A connected chain. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        backend: ChainBackend,
+        *,
+        rpc_url: str | None = None,
+        anvil: _AnvilProcess | None = None,
+        tester: Any = None,
+    ) -> None:
+        self.w3 = w3
+        self.backend = backend
+        self.rpc_url = rpc_url
+        self._anvil = anvil
+        self._tester = tester
+        self._chain_id: int | None = None
+        # eth-tester is not thread-safe; anvil over HTTP is. One lock keeps both honest.
+        self.lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"Chain(backend={self.backend.value!r}, chain_id={self.chain_id})"
+
+    def __enter__(self) -> Chain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = int(self.w3.eth.chain_id)
+        return self._chain_id
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend in (ChainBackend.TESTER, ChainBackend.ANVIL)
+
+    @property
+    def anvil_pid(self) -> int | None:
+        return self._anvil.pid if self._anvil else None
+
+    def dev_accounts(self) -> list[LocalAccount]:
+        """The funded development accounts (local backends only)."""
+        self._require_local("dev accounts")
+        return list(_dev_accounts())
+
+    def request(self, method: str, params: list[Any] | None = None) -> Any:
+        """A raw JSON-RPC call; errors become :class:`ChainUnreachableError` with the message."""
+        with self.lock:
+            response = self.w3.provider.make_request(method, params or [])  # type: ignore[arg-type]
+        if "error" in response:
+            error = response["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise UnsupportedOperationError(f"{method} failed: {message}")
+        return response.get("result")
+
+    def snapshot(self) -> Any:
+        self._require_local("evm_snapshot")
+        return self.request("evm_snapshot")
+
+    def revert(self, snapshot_id: Any) -> None:
+        self._require_local("evm_revert")
+        self.request("evm_revert", [snapshot_id])
+
+    def mine(self, blocks: int = 1) -> None:
+        self._require_local("evm_mine")
+        if self._tester is not None:
+            with self.lock:
+                self._tester.mine_blocks(blocks)
+        else:
+            self.request("anvil_mine", [hex(blocks)])
+
+    def increase_time(self, seconds: int) -> None:
+        """Move the chain clock forward and mine one block with the new time."""
+        self._require_local("evm_increaseTime")
+        if self._tester is not None:
+            with self.lock:
+                latest = self.w3.eth.get_block("latest")["timestamp"]
+                self._tester.time_travel(int(latest) + int(seconds))
+        else:
+            self.request("evm_increaseTime", [int(seconds)])
+            self.request("evm_mine")
+
+    def fund(self, address: str, wei: int) -> None:
+        """Give ``address`` exactly ``wei`` of native balance (local backends only)."""
+        self._require_local("funding")
+        target = Web3.to_checksum_address(address)
+        if self._tester is None:
+            self.request("anvil_setBalance", [target, hex(wei)])
+            return
+        with self.lock:
+            current = self.w3.eth.get_balance(target)
+            if wei > current:
+                faucet = self.w3.eth.accounts[0]
+                tx = self.w3.eth.send_transaction(
+                    {"from": faucet, "to": target, "value": Wei(wei - current)}
+                )
+                self.w3.eth.wait_for_transaction_receipt(tx)
+
+    def close(self) -> None:
+        if self._anvil is not None:
+            self._anvil.stop()
+            self._anvil = None
+
+    def _require_local(self, what: str) -> None:
+        if not self.is_local:
+            raise UnsupportedOperationError(f"{what} needs a local chain (tester or anvil)")
+
+
+@functools.cache
+def _dev_accounts() -> tuple[LocalAccount, ...]:
+    Account.enable_unaudited_hdwallet_features()
+    return tuple(
+        Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}")
+        for i in range(_DEV_ACCOUNTS)
+    )
+
+
+def _tester_chain() -> Chain:
+    from eth_tester import EthereumTester, PyEVMBackend  # heavy import, only when used
+
+    backend = PyEVMBackend(mnemonic=DEV_MNEMONIC, hd_path="m/44'/60'/0'/0")
+    tester = EthereumTester(backend)
+    w3 = Web3(EthereumTesterProvider(tester))
+    return Chain(w3, ChainBackend.TESTER, tester=tester)
+
+
+def _http_web3(url: str) -> Web3:
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
+    try:
+        w3.eth.chain_id  # noqa: B018 - a cheap round trip proves the endpoint answers
+    except (OSError, Web3Exception, ValueError) as exc:
+        reason = type(exc).__name__
+        raise ChainUnreachableError(f"chain RPC at {url} is unreachable: {reason}") from None
+    return w3
+
+
+def connect(config: ChainConfig | None = None) -> Chain:
+    """Build the :class:`Chain` that ``config`` names."""
+    config = config or ChainConfig()
+    try:
+        backend = ChainBackend(str(config.backend))
+    except ValueError:
+        choices = ", ".join(b.value for b in ChainBackend)
+        raise UnknownBackendError(
+            f"unknown chain backend {config.backend!r} (choose one of: {choices})", param="backend"
+        ) from None
+
+    if backend is ChainBackend.TESTER:
+        chain = _tester_chain()
+    elif backend is ChainBackend.ANVIL:
+        if config.rpc_url:
+            chain = Chain(_http_web3(config.rpc_url), backend, rpc_url=config.rpc_url)
+        else:
+            process = _AnvilProcess(config)
+            try:
+                chain = Chain(_http_web3(process.url), backend, rpc_url=process.url, anvil=process)
+            except BaseException:
+                process.stop()
+                raise
+    else:
+        if not config.rpc_url:
+            raise UnknownBackendError("the rpc backend needs an RPC URL", param="rpc_url")
+        chain = Chain(_http_web3(config.rpc_url), backend, rpc_url=config.rpc_url)
+
+    if config.expected_chain_id is not None and chain.chain_id != config.expected_chain_id:
+        actual = chain.chain_id
+        chain.close()
+        raise ChainIdMismatchError(
+            f"connected to chain id {actual}, expected {config.expected_chain_id}"
+        )
+    return chain
