@@ -44,7 +44,7 @@ pytest: setup
 
 ## Benchmarks: ratios against same-run baselines; rewrites docs/benchmarks.md.
 bench: setup
-	$(BIN)/followpay bench $(ARGS)
+	$(PY) scripts/bench.py $(ARGS)
 
 artifacts: setup
 	$(BIN)/followpay contracts build

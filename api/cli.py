@@ -6,7 +6,10 @@ line on stderr and a non-zero exit, so users never see a traceback for bad input
 
 from __future__ import annotations
 
+import json
 import sys
+import time
+from pathlib import Path
 from typing import Annotated
 
 import click
@@ -40,7 +43,9 @@ def contracts_build() -> None:
     from contracts.build import build
 
     for artifact in build():
-        typer.echo(f"{artifact['contractName']}\t{artifact['compiler']}\t{artifact['sourceHash'][:12]}")
+        typer.echo(
+            f"{artifact['contractName']}\t{artifact['compiler']}\t{artifact['sourceHash'][:12]}"
+        )
 
 
 @contracts_app.command("check")
@@ -55,7 +60,48 @@ def contracts_check() -> None:
     typer.echo("artifacts are up to date")
 
 
-ChainOpt = Annotated[str, typer.Option("--chain", help="tester | anvil | rpc")]
+@chain_app.command("up")
+def chain_up(
+    rpc_url: Annotated[
+        str | None, typer.Option(help="deploy to this chain instead of starting anvil")
+    ] = None,
+    port: Annotated[int, typer.Option(help="port for the anvil this command starts")] = 8545,
+    manifest: Annotated[Path | None, typer.Option(help="deployment manifest path")] = None,
+) -> None:
+    """Start anvil (or use --rpc-url), deploy token + router idempotently, write the manifest.
+
+    With a spawned anvil the command keeps running until Ctrl-C (anvil stops with it).
+    """
+    from api.settings import get_settings
+    from wallet.chain import ChainConfig, connect, dev_accounts
+    from wallet.deployment import ensure_deployed
+
+    settings = get_settings()
+    if rpc_url:
+        config = ChainConfig(backend="rpc", rpc_url=rpc_url, expected_chain_id=settings.chain_id)
+    else:
+        config = ChainConfig(backend="anvil", anvil_port=port)
+    with connect(config) as chain:
+        path = manifest or settings.home / f"deployment-{chain.chain_id}.json"
+        owner = dev_accounts()[0]  # local development deployer
+        deployment, created = ensure_deployed(chain, path, owner)
+        verb = "deployed" if created else "reused"
+        typer.echo(f"{verb}: token {deployment.token}, router {deployment.router}", err=True)
+        typer.echo(f"manifest: {path}", err=True)
+        typer.echo(json.dumps(deployment.to_json()))
+        if rpc_url is None:
+            typer.echo(
+                f"anvil on {chain.rpc_url} (chain id {chain.chain_id}); Ctrl-C stops it", err=True
+            )
+            _wait_forever()
+
+
+def _wait_forever() -> None:  # pragma: no cover - interactive
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return
 
 
 def _is_domain_error(exc: BaseException) -> bool:

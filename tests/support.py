@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from eth_account.signers.local import LocalAccount
 
+from contracts import load_artifact
 from wallet.chain import Chain
+from wallet.deployment import Deployment, deploy_contracts
+from wallet.secrets import PrivateKey
+from wallet.signing import PaymentIntent, payment_intent_typed_data, sign_typed_data, to_compact
 
-__all__ = ["ChainSuite"]
+__all__ = ["ChainSuite", "Market", "open_market"]
 
 
 class ChainSuite:
@@ -27,3 +34,54 @@ class ChainSuite:
             yield chain
         finally:
             chain.revert(snapshot)
+
+
+@dataclass
+class Market:
+    """Deployed token + router with a registered merchant and a funded payer (dev accounts)."""
+
+    chain: Chain
+    deployment: Deployment
+    token: Any
+    router: Any
+    owner: LocalAccount
+    merchant: LocalAccount
+    operator: LocalAccount
+    payout: LocalAccount
+    payers: list[LocalAccount]
+
+    def transact(self, fn: Any, sender: LocalAccount) -> Any:
+        with self.chain.lock:
+            tx_hash = fn.transact({"from": sender.address})
+            receipt = self.chain.w3.eth.wait_for_transaction_receipt(tx_hash)
+        assert receipt["status"] == 1
+        return receipt
+
+    def pay(self, intent: PaymentIntent, payer: LocalAccount) -> Any:
+        """Approve and pay ``intent`` as ``payer`` with the operator's signature."""
+        typed = payment_intent_typed_data(
+            intent, chain_id=self.chain.chain_id, router=self.deployment.router
+        )
+        r, vs = to_compact(sign_typed_data(typed, PrivateKey(bytes(self.operator.key))))
+        self.transact(self.token.functions.approve(self.deployment.router, intent.amount), payer)
+        return self.transact(self.router.functions.pay(intent.as_tuple(), r, vs), payer)
+
+    def pay_signed(self, intent: PaymentIntent, r: bytes, vs: bytes, payer: LocalAccount) -> Any:
+        self.transact(self.token.functions.approve(self.deployment.router, intent.amount), payer)
+        return self.transact(self.router.functions.pay(intent.as_tuple(), r, vs), payer)
+
+
+def open_market(chain: Chain) -> Market:
+    """Deploy and register on ``chain`` (call before taking the per-test snapshot)."""
+    accounts = chain.dev_accounts()
+    owner, merchant, operator, payout = accounts[0], accounts[1], accounts[2], accounts[3]
+    payers = accounts[4:8]
+    deployment = deploy_contracts(chain, owner)
+    w3 = chain.w3
+    token = w3.eth.contract(address=deployment.token, abi=load_artifact("TestToken").abi)
+    router = w3.eth.contract(address=deployment.router, abi=load_artifact("PaymentRouter").abi)
+    market = Market(chain, deployment, token, router, owner, merchant, operator, payout, payers)
+    market.transact(router.functions.registerMerchant(payout.address, operator.address), merchant)
+    for account in [payout, *payers]:
+        market.transact(token.functions.mint(account.address, 10**12), owner)
+    return market

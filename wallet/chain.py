@@ -53,6 +53,7 @@ __all__ = [
     "ChainConfig",
     "anvil_binary",
     "connect",
+    "dev_accounts",
     "free_port",
 ]
 
@@ -79,6 +80,7 @@ class ChainConfig:
     anvil_path: str | None = None
     expected_chain_id: int | None = None
     anvil_block_time: float | None = None
+    anvil_port: int | None = None
     anvil_args: tuple[str, ...] = ()
     startup_timeout: float = 15.0
 
@@ -132,7 +134,7 @@ class _AnvilProcess:
 
     def __init__(self, config: ChainConfig) -> None:
         binary = anvil_binary(config.anvil_path)
-        self.port = free_port()
+        self.port = config.anvil_port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [
             str(binary),
@@ -245,7 +247,7 @@ class Chain:
     def dev_accounts(self) -> list[LocalAccount]:
         """The funded development accounts (local backends only)."""
         self._require_local("dev accounts")
-        return list(_dev_accounts())
+        return list(dev_accounts())
 
     def request(self, method: str, params: list[Any] | None = None) -> Any:
         """A raw JSON-RPC call; errors become :class:`ChainUnreachableError` with the message."""
@@ -311,7 +313,8 @@ class Chain:
 
 
 @functools.cache
-def _dev_accounts() -> tuple[LocalAccount, ...]:
+def dev_accounts() -> tuple[LocalAccount, ...]:
+    """The accounts of :data:`DEV_MNEMONIC` (funded on tester and anvil; never use elsewhere)."""
     Account.enable_unaudited_hdwallet_features()
     return tuple(
         Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}")

@@ -1,0 +1,58 @@
+"""Settlement errors; each carries its HTTP status for the API's one error handler.
+
+SettlementError
+├── InvoiceRequestError (ValueError)      400
+├── InvoiceNotFoundError (LookupError)    404
+├── MerchantAccountMissingError (LookupError)  409
+├── DuplicateOrderError                   409
+└── InvoiceStateError                     409
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DuplicateOrderError",
+    "InvoiceNotFoundError",
+    "InvoiceRequestError",
+    "InvoiceStateError",
+    "MerchantAccountMissingError",
+    "SettlementError",
+]
+
+
+class SettlementError(Exception):
+    status_code = 400
+    code = "settlement_error"
+    type = "invalid_request_error"
+    param: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        if param is not None:
+            self.param = param
+
+
+class InvoiceRequestError(SettlementError, ValueError):
+    code = "invoice_invalid"
+
+
+class InvoiceNotFoundError(SettlementError, LookupError):
+    status_code = 404
+    code = "resource_missing"
+
+
+class MerchantAccountMissingError(SettlementError, LookupError):
+    status_code = 409
+    code = "merchant_account_missing"
+
+
+class DuplicateOrderError(SettlementError):
+    status_code = 409
+    code = "duplicate_order"
+    type = "conflict_error"
+
+
+class InvoiceStateError(SettlementError):
+    status_code = 409
+    code = "invoice_state_invalid"
+    type = "conflict_error"

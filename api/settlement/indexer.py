@@ -1,0 +1,359 @@
+"""The settlement indexer: router logs → payments → settled invoices → follow-ups.
+
+Each :meth:`Indexer.poll_once` is ONE database transaction that (1) checks the stored block
+hashes against the chain and rolls back everything above a fork, (2) applies the next block
+range's ``PaymentSettled``/``PaymentRefunded`` logs, (3) settles payments that reached their
+invoice's confirmation depth and schedules their follow-ups, (4) advances the checkpoint.
+A crash anywhere loses the whole step or nothing; a replayed step changes nothing because
+payments are unique on (chain, tx hash, log index). Reorg detection compares the hashes of
+processed blocks (every block that carried one of our logs, plus each range end) with the
+chain's: the highest block whose hash still matches is the fork point.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_utils import keccak, to_checksum_address
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from api.settlement import repository as repo
+from api.settlement.models import (
+    Invoice,
+    InvoiceState,
+    InvoiceStatus,
+    Payment,
+    PaymentState,
+    Refund,
+)
+from crm.clock import Clock
+from crm.errors import CRMError
+from crm.followups import service as followups
+from wallet.chain import Chain
+
+__all__ = ["Indexer", "PollResult", "payment_ref"]
+
+log = logging.getLogger(__name__)
+
+SETTLED_TOPIC = (
+    "0x" + keccak(text="PaymentSettled(address,uint256,address,address,uint256,uint256)").hex()
+)
+REFUNDED_TOPIC = (
+    "0x" + keccak(text="PaymentRefunded(address,uint256,address,address,uint256,uint256)").hex()
+)
+_DATA_TYPES = ["address", "uint256", "uint256"]
+
+
+def payment_ref(payment: Payment) -> str:
+    """The CRM's opaque reference for a payment (new after a reorg re-includes it)."""
+    return f"pay_{payment.id}"
+
+
+@dataclass
+class PollResult:
+    head: int
+    from_block: int
+    to_block: int
+    payments: int = 0
+    refunds: int = 0
+    settled: list[str] = field(default_factory=list)
+    reorged_to: int | None = None
+
+    @property
+    def caught_up(self) -> bool:
+        return self.to_block >= self.head
+
+
+def _hex(value: Any) -> str:
+    text = value.hex() if isinstance(value, bytes | bytearray) else str(value)
+    return text if text.startswith("0x") else "0x" + text
+
+
+def _topic_address(topic: Any) -> str:
+    return to_checksum_address("0x" + _hex(topic)[-40:])
+
+
+class Indexer:
+    """Follows one router on one chain. Safe to run in several processes (the cursor row is
+    locked for the step on PostgreSQL; SQLite serialises writers)."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        engine: Engine,
+        router: str,
+        *,
+        start_block: int,
+        clock: Clock,
+        batch_blocks: int = 2_000,
+        reorg_window: int = 256,
+        on_settled: Callable[[Session, Invoice, Payment], None] | None = None,
+    ) -> None:
+        self.chain = chain
+        self.engine = engine
+        self.router = to_checksum_address(router)
+        self.start_block = start_block
+        self.clock = clock
+        self.batch_blocks = batch_blocks
+        self.reorg_window = reorg_window
+        self.on_settled = on_settled
+        self._symbols: dict[str, str] = {}
+
+    # -- chain reads (the only place the indexer talks to the node) ---------------------------
+
+    def _head(self) -> int:
+        with self.chain.lock:
+            return int(self.chain.w3.eth.block_number)
+
+    def _block(self, number: int) -> Any:
+        with self.chain.lock:
+            return self.chain.w3.eth.get_block(number)
+
+    def _logs(self, start: int, end: int) -> list[Any]:
+        with self.chain.lock:
+            return list(
+                self.chain.w3.eth.get_logs(
+                    {
+                        "address": self.router,
+                        "fromBlock": start,
+                        "toBlock": end,
+                        "topics": [[SETTLED_TOPIC, REFUNDED_TOPIC]],
+                    }
+                )
+            )
+
+    def _symbol(self, token: str) -> str:
+        if token not in self._symbols:
+            abi = [
+                {
+                    "name": "symbol",
+                    "type": "function",
+                    "stateMutability": "view",
+                    "inputs": [],
+                    "outputs": [{"name": "", "type": "string"}],
+                }
+            ]
+            try:
+                with self.chain.lock:
+                    contract = self.chain.w3.eth.contract(address=token, abi=abi)
+                    symbol = str(contract.functions.symbol().call())[:16]
+            except Exception:  # a token without symbol() still settles
+                symbol = "TOKEN"
+            self._symbols[token] = symbol or "TOKEN"
+        return self._symbols[token]
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def poll_once(self) -> PollResult:
+        chain_id = self.chain.chain_id
+        with Session(self.engine) as session, session.begin():
+            now = self.clock.now()
+            cursor = repo.cursor(session, chain_id, self.router, self.start_block, now)
+            cursor_id = cursor.id or 0
+            head = self._head()
+            last = cursor.last_block
+            result = PollResult(head=head, from_block=last + 1, to_block=last)
+            fork = self._fork_point(session, cursor_id, head)
+            if fork is not None:
+                self._rollback(session, cursor_id, fork)
+                cursor.last_block = fork
+                result.reorged_to = fork
+                result.from_block = fork + 1
+            start, end = cursor.last_block + 1, min(head, cursor.last_block + self.batch_blocks)
+            if start <= end:
+                for entry in self._logs(start, end):
+                    self._apply(session, chain_id, entry, result)
+                    number, block_hash = int(entry["blockNumber"]), _hex(entry["blockHash"])
+                    repo.save_block(session, cursor_id, number, block_hash)
+                repo.save_block(session, cursor_id, end, _hex(self._block(end)["hash"]))
+                cursor.last_block = end
+                result.to_block = end
+                repo.prune_blocks(session, cursor_id, end - self.reorg_window)
+            cursor.updated_at = self.clock.now()
+            session.add(cursor)
+            self._confirm(session, chain_id, min(head, cursor.last_block), result)
+        return result
+
+    def _fork_point(self, session: Session, cursor_id: int, head: int) -> int | None:
+        stored = repo.recent_blocks(session, cursor_id, self.reorg_window)
+        for index, block in enumerate(stored):
+            if block.number <= head and _hex(self._block(block.number)["hash"]) == block.hash:
+                return None if index == 0 else block.number
+        return stored[-1].number - 1 if stored else None
+
+    def _rollback(self, session: Session, cursor_id: int, fork: int) -> None:
+        chain_id = self.chain.chain_id
+        now = self.clock.now()
+        for payment in repo.payments_after(session, chain_id, fork):
+            previous = payment.state
+            payment.state = PaymentState.REORGED
+            session.add(payment)
+            invoice = session.get(Invoice, payment.invoice_id) if payment.invoice_id else None
+            if invoice is None:
+                continue
+            invoice.paid_amount -= payment.amount
+            if invoice.status is not InvoiceStatus.MARKED:
+                invoice.state = (
+                    InvoiceState.NEW if now < invoice.expires_at else InvoiceState.EXPIRED
+                )
+                invoice.status = InvoiceStatus.NONE
+                invoice.settled_at = None
+            session.add(invoice)
+            if previous is PaymentState.CONFIRMED:
+                followups.cancel_for_payment(
+                    session, invoice.merchant_id, payment_ref(payment), "chain_reorg", self.clock
+                )
+            log.warning("reorg: payment %s for invoice %s rolled back", payment.tx_hash, invoice.id)
+        for refund in repo.refunds_after(session, chain_id, fork):
+            refund.reorged = True
+            session.add(refund)
+            invoice = session.get(Invoice, refund.invoice_id) if refund.invoice_id else None
+            if invoice is not None:
+                invoice.refunded_amount -= refund.amount
+                _set_refund_status(invoice)
+                session.add(invoice)
+        repo.delete_blocks_after(session, cursor_id, fork)
+        session.flush()
+
+    def _apply(self, session: Session, chain_id: int, entry: Any, result: PollResult) -> None:
+        tx_hash, log_index = _hex(entry["transactionHash"]), int(entry["logIndex"])
+        topics = [_hex(t) for t in entry["topics"]]
+        merchant, number = _topic_address(topics[1]), int(topics[2], 16)
+        third = _topic_address(topics[3])
+        token, amount, extra = abi_decode(_DATA_TYPES, bytes.fromhex(_hex(entry["data"])[2:]))
+        token = to_checksum_address(token)
+        account = repo.account_by_address(session, chain_id, merchant)
+        invoice = repo.invoice_by_number(session, account.id or 0, number) if account else None
+        block_number, block_hash = int(entry["blockNumber"]), _hex(entry["blockHash"])
+        now = self.clock.now()
+        if topics[0] == SETTLED_TOPIC:
+            if repo.payment_exists(session, chain_id, tx_hash, log_index, block_hash):
+                return
+            if invoice is not None and (invoice.token != token or invoice.amount != amount):
+                log.error(
+                    "payment %s does not match invoice %s; left unmatched", tx_hash, invoice.id
+                )
+                invoice = None
+            late = invoice is not None and self._paid_after_expiry(invoice, block_number)
+            payment = Payment(
+                invoice_id=invoice.id if invoice else None,
+                merchant_address=merchant,
+                invoice_number=number,
+                chain_id=chain_id,
+                tx_hash=tx_hash,
+                log_index=log_index,
+                block_number=block_number,
+                block_hash=block_hash,
+                payer=third,
+                token=token,
+                amount=amount,
+                fee=extra,
+                late=late,
+                seen_at=now,
+            )
+            repo.add(session, payment)
+            result.payments += 1
+            if invoice is not None:
+                invoice.paid_amount += amount
+                if invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
+                    invoice.state = InvoiceState.PROCESSING
+                session.add(invoice)
+        elif topics[0] == REFUNDED_TOPIC:
+            if repo.refund_exists(session, chain_id, tx_hash, log_index, block_hash):
+                return
+            refund = Refund(
+                invoice_id=invoice.id if invoice else None,
+                chain_id=chain_id,
+                tx_hash=tx_hash,
+                log_index=log_index,
+                block_number=block_number,
+                block_hash=block_hash,
+                to=third,
+                amount=amount,
+                seen_at=now,
+            )
+            repo.add(session, refund)
+            result.refunds += 1
+            if invoice is not None:
+                invoice.refunded_amount += amount
+                _set_refund_status(invoice)
+                session.add(invoice)
+
+    def _paid_after_expiry(self, invoice: Invoice, block_number: int) -> bool:
+        if self.clock.now() <= invoice.expires_at and invoice.state is not InvoiceState.EXPIRED:
+            return False  # cheap path: cannot be late yet
+        timestamp = int(self._block(block_number)["timestamp"])
+        return datetime.fromtimestamp(timestamp, UTC) > invoice.expires_at
+
+    def _confirm(self, session: Session, chain_id: int, tip: int, result: PollResult) -> None:
+        for payment in repo.pending_payments(session, chain_id):
+            invoice = session.get(Invoice, payment.invoice_id) if payment.invoice_id else None
+            depth = max(1, invoice.confirmations_required) if invoice else 1
+            if tip - payment.block_number + 1 < depth:
+                continue
+            payment.state = PaymentState.CONFIRMED
+            session.add(payment)
+            if invoice is None or invoice.state is InvoiceState.SETTLED:
+                continue
+            invoice.state = InvoiceState.SETTLED
+            if payment.late:
+                invoice.status = InvoiceStatus.PAID_LATE
+            invoice.settled_at = self.clock.now()
+            session.add(invoice)
+            session.flush()
+            result.settled.append(invoice.id)
+            self._schedule_followups(session, invoice, payment)
+            if self.on_settled is not None:
+                self.on_settled(session, invoice, payment)
+
+    def _schedule_followups(self, session: Session, invoice: Invoice, payment: Payment) -> None:
+        if invoice.contact_id is None:
+            return
+        try:
+            with session.begin_nested():
+                followups.schedule_for_payment(
+                    session,
+                    invoice.merchant_id,
+                    invoice.contact_id,
+                    payment_ref(payment),
+                    invoice.id,
+                    payment.amount,
+                    self._symbol(payment.token),
+                    invoice.settled_at or self.clock.now(),
+                    self.clock,
+                )
+        except CRMError as exc:  # e.g. an erased contact: the payment still settles
+            log.info("no follow-up for invoice %s: %s", invoice.id, exc.code)
+
+    # -- loop -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        poll_interval: float = 1.0,
+        progress: Callable[[PollResult], None] | None = None,
+    ) -> None:
+        """Catch up as fast as the node answers, then poll every ``poll_interval`` seconds."""
+        while not stop.is_set():
+            result = self.poll_once()
+            if progress is not None:
+                progress(result)
+            if result.caught_up:
+                stop.wait(poll_interval)
+
+
+def _set_refund_status(invoice: Invoice) -> None:
+    if invoice.refunded_amount <= 0:
+        invoice.status = InvoiceStatus.NONE
+    elif invoice.refunded_amount >= invoice.amount:
+        invoice.status = InvoiceStatus.REFUNDED
+    else:
+        invoice.status = InvoiceStatus.PARTIALLY_REFUNDED

@@ -1,0 +1,191 @@
+"""Invoices, on-chain payments and the indexer's checkpoint (tables prefixed ``api_``).
+
+Amounts are uint256 base units: :class:`Uint256` stores them exactly (NUMERIC(78,0) on
+PostgreSQL, a decimal string on SQLite, whose NUMERIC would round through a float).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from crm._base import JSONType, UTCDateTime
+
+__all__ = [
+    "IndexedBlock",
+    "IndexerCursor",
+    "Invoice",
+    "InvoiceState",
+    "InvoiceStatus",
+    "MerchantAccount",
+    "Payment",
+    "PaymentState",
+    "Refund",
+    "Uint256",
+]
+
+
+class Uint256(sa.types.TypeDecorator[int]):
+    impl = sa.String(78)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.Numeric(78, 0))
+        return dialect.type_descriptor(sa.String(78))
+
+    def process_bind_param(self, value: int | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if not 0 <= int(value) < 2**256:
+            raise ValueError("amount out of uint256 range")
+        return int(value) if dialect.name == "postgresql" else str(int(value))
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> int | None:
+        return None if value is None else int(value)
+
+
+class InvoiceState(StrEnum):
+    NEW = "new"
+    PROCESSING = "processing"
+    SETTLED = "settled"
+    EXPIRED = "expired"
+    INVALID = "invalid"
+
+
+class InvoiceStatus(StrEnum):
+    NONE = "none"
+    PAID_LATE = "paid_late"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    MARKED = "marked"
+
+
+class PaymentState(StrEnum):
+    PENDING = "pending"  # seen, waiting for the invoice's confirmation depth
+    CONFIRMED = "confirmed"
+    REORGED = "reorged"  # its block left the canonical chain
+
+
+class MerchantAccount(SQLModel, table=True):
+    """A CRM merchant's on-chain identity on one chain."""
+
+    __tablename__ = "api_merchant_account"
+    __table_args__ = (sa.UniqueConstraint("chain_id", "address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    merchant_id: int = Field(foreign_key="crm_merchant.id", index=True)
+    chain_id: int
+    address: str = Field(max_length=42)
+    payout: str = Field(max_length=42)
+    operator: str = Field(max_length=42)
+    next_invoice_number: int = Field(default=1)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Invoice(SQLModel, table=True):
+    __tablename__ = "api_invoice"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "number"),
+        sa.Index("ix_api_invoice_merchant_created", "merchant_id", "created_at", "id"),
+        sa.Index("ix_api_invoice_merchant_order", "merchant_id", "order_id"),
+        sa.Index("ix_api_invoice_state_expires", "state", "expires_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    merchant_id: int = Field(foreign_key="crm_merchant.id")
+    account_id: int = Field(foreign_key="api_merchant_account.id")
+    number: int  # the on-chain invoiceId, sequential per merchant account
+    order_id: str = Field(max_length=200)
+    contact_id: int | None = Field(default=None)
+    chain_id: int
+    token: str = Field(max_length=42)
+    amount: int = Field(sa_type=Uint256)
+    fee: int = Field(default=0, sa_type=Uint256)
+    payer: str = Field(max_length=42)
+    deadline: int
+    signature_r: str = Field(max_length=66)
+    signature_vs: str = Field(max_length=66)
+    confirmations_required: int = 1
+    state: InvoiceState = Field(default=InvoiceState.NEW, max_length=20)
+    status: InvoiceStatus = Field(default=InvoiceStatus.NONE, max_length=20)
+    paid_amount: int = Field(default=0, sa_type=Uint256)
+    refunded_amount: int = Field(default=0, sa_type=Uint256)
+    metadata_: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column("metadata", JSONType)
+    )
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    settled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Payment(SQLModel, table=True):
+    """One ``PaymentSettled`` log. Unique on (chain, tx, log index, block hash): re-applying the
+    same log is a no-op, while the same transaction re-mined in another block after a reorg is a
+    new row (the old one stays, marked ``reorged``, as evidence)."""
+
+    __tablename__ = "api_payment"
+    __table_args__ = (sa.UniqueConstraint("chain_id", "tx_hash", "log_index", "block_hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    invoice_id: str | None = Field(default=None, foreign_key="api_invoice.id", index=True)
+    merchant_address: str = Field(max_length=42)
+    invoice_number: int
+    chain_id: int
+    tx_hash: str = Field(max_length=66)
+    log_index: int
+    block_number: int = Field(index=True)
+    block_hash: str = Field(max_length=66)
+    payer: str = Field(max_length=42)
+    token: str = Field(max_length=42)
+    amount: int = Field(sa_type=Uint256)
+    fee: int = Field(sa_type=Uint256)
+    state: PaymentState = Field(default=PaymentState.PENDING, max_length=20)
+    late: bool = False
+    seen_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "api_refund"
+    __table_args__ = (sa.UniqueConstraint("chain_id", "tx_hash", "log_index", "block_hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    invoice_id: str | None = Field(default=None, foreign_key="api_invoice.id", index=True)
+    chain_id: int
+    tx_hash: str = Field(max_length=66)
+    log_index: int
+    block_number: int = Field(index=True)
+    block_hash: str = Field(max_length=66)
+    to: str = Field(max_length=42)
+    amount: int = Field(sa_type=Uint256)
+    reorged: bool = False
+    seen_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class IndexerCursor(SQLModel, table=True):
+    """The last block whose logs are fully applied, per (chain, router)."""
+
+    __tablename__ = "api_indexer_cursor"
+    __table_args__ = (sa.UniqueConstraint("chain_id", "router"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    chain_id: int
+    router: str = Field(max_length=42)
+    last_block: int
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class IndexedBlock(SQLModel, table=True):
+    """Hashes of processed blocks (range ends and blocks with our logs) for reorg detection."""
+
+    __tablename__ = "api_indexed_block"
+    __table_args__ = (sa.UniqueConstraint("cursor_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    cursor_id: int = Field(foreign_key="api_indexer_cursor.id")
+    number: int
+    hash: str = Field(max_length=66)

@@ -1,0 +1,309 @@
+"""Invoices paid on a real chain, indexed, settled, followed up — and rolled back on reorgs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, func, select
+
+from api.settlement import invoices
+from api.settlement.errors import DuplicateOrderError, InvoiceRequestError
+from api.settlement.indexer import Indexer
+from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Payment, PaymentState
+from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, followups, merchants
+from crm.followups.models import FollowUp
+from crm.merchants.models import MerchantCreate
+from tests.settlement.conftest import MarketSuite
+from wallet.secrets import PrivateKey
+from wallet.signing import Signer
+
+AMOUNT = 25_000_000  # 25 tUSD
+
+
+@dataclass
+class Shop:
+    merchant_id: int
+    contact_id: int
+    signer: Signer
+
+
+def open_shop(engine, market, clock, keyring) -> Shop:
+    with Session(engine) as session, session.begin():
+        merchant = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
+        contact = contacts.create_contact(
+            session,
+            merchant.id,
+            ContactCreate(name="Ada", email="ada@example.com", time_zone="Europe/London"),
+            keyring,
+            clock,
+        )
+        consent.grant(
+            session, merchant.id, contact.id, "service_followup", "email", actor="ada", clock=clock
+        )
+        followups.create_policy(
+            session, merchant.id, FollowUpPolicyCreate(delay_minutes=60), actor="owner", clock=clock
+        )
+        invoices.register_account(
+            session,
+            merchant.id,
+            chain_id=market.chain.chain_id,
+            address=market.merchant.address,
+            payout=market.payout.address,
+            operator=market.operator.address,
+            clock=clock,
+        )
+        return Shop(merchant.id, contact.id, Signer(PrivateKey(bytes(market.operator.key))))
+
+
+def new_invoice(engine, market, shop, clock, *, order="order-1", confirmations=1, expires=None):
+    request = invoices.InvoiceRequest(
+        merchant_id=shop.merchant_id,
+        token=market.deployment.token,
+        amount=AMOUNT,
+        order_id=order,
+        contact_id=shop.contact_id,
+        confirmations=confirmations,
+        expires_in=expires or timedelta(minutes=15),
+    )
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        return invoices.create_invoice(
+            session,
+            request,
+            chain_id=market.chain.chain_id,
+            router=market.deployment.router,
+            signer=shop.signer,
+            clock=clock,
+        )
+
+
+def pay(engine, market, invoice, payer=None):
+    with Session(engine) as session:
+        account = session.get(invoices.MerchantAccount, invoice.account_id)
+        intent = invoices.intent_of(invoice, account)
+    r, vs = bytes.fromhex(invoice.signature_r[2:]), bytes.fromhex(invoice.signature_vs[2:])
+    return market.pay_signed(intent, r, vs, payer or market.payers[0])
+
+
+def indexer_for(engine, market, clock) -> Indexer:
+    return Indexer(
+        market.chain,
+        engine,
+        market.deployment.router,
+        start_block=market.deployment.deploy_block,
+        clock=clock,
+    )
+
+
+def reload(engine, invoice_id) -> Invoice:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.get(Invoice, invoice_id)
+
+
+def followups_of(engine, merchant_id) -> list[FollowUp]:
+    with Session(engine, expire_on_commit=False) as session:
+        return list(session.exec(select(FollowUp).where(FollowUp.merchant_id == merchant_id)))
+
+
+class IndexerBehaviour(MarketSuite):
+    @pytest.fixture
+    def shop(self, engine, market, clock, keyring) -> Shop:
+        return open_shop(engine, market, clock, keyring)
+
+    def test_paid_invoice_settles_once_and_schedules_its_followup(
+        self, engine, market, clock, shop
+    ):
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        result = indexer.poll_once()
+        assert result.settled == [invoice.id]
+        settled = reload(engine, invoice.id)
+        assert (settled.state, settled.status, settled.paid_amount) == ("settled", "none", AMOUNT)
+        scheduled = followups_of(engine, shop.merchant_id)
+        assert [f.state for f in scheduled] == ["scheduled"]
+        assert scheduled[0].invoice_ref == invoice.id
+        # polling again (or after a crash that lost the checkpoint) changes nothing
+        assert indexer.poll_once().payments == 0
+        with Session(engine) as session:
+            cursor = session.exec(select(api_cursor())).one()
+            cursor.last_block = market.deployment.deploy_block - 1
+            session.add(cursor)
+            session.commit()
+        replay = indexer.poll_once()
+        assert replay.payments == 0 and replay.settled == []
+        with Session(engine) as session:
+            assert session.exec(select(func.count()).select_from(Payment)).one() == 1
+        assert len(followups_of(engine, shop.merchant_id)) == 1
+
+    def test_waits_for_the_confirmation_depth(self, engine, market, clock, shop):
+        invoice = new_invoice(engine, market, shop, clock, confirmations=2)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.PROCESSING
+        assert followups_of(engine, shop.merchant_id) == []
+        market.chain.mine(1)
+        indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED
+
+    def test_reorg_above_confirmation_depth_rolls_back_and_cancels_followups(
+        self, engine, market, clock, shop
+    ):
+        invoice = new_invoice(engine, market, shop, clock)
+        fork = market.chain.snapshot()
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED
+        market.chain.revert(fork)  # the payment's blocks leave the canonical chain
+        market.chain.mine(4)
+        result = indexer.poll_once()
+        assert result.reorged_to is not None
+        rolled = reload(engine, invoice.id)
+        assert (rolled.state, rolled.paid_amount, rolled.settled_at) == ("new", 0, None)
+        assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["cancelled"]
+        with Session(engine) as session:
+            assert session.exec(select(Payment.state)).all() == [PaymentState.REORGED]
+        # the customer pays again on the new chain: settles again, new follow-up
+        pay(engine, market, invoice)
+        indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED
+        states = sorted(f.state for f in followups_of(engine, shop.merchant_id))
+        assert states == ["cancelled", "scheduled"]
+
+    def test_reorg_below_confirmation_depth_never_settles(self, engine, market, clock, shop):
+        invoice = new_invoice(engine, market, shop, clock, confirmations=6)
+        fork = market.chain.snapshot()
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.PROCESSING
+        market.chain.revert(fork)
+        market.chain.mine(8)
+        indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.NEW
+        assert followups_of(engine, shop.merchant_id) == []
+
+    def test_payment_after_expiry_settles_as_paid_late(self, engine, market, clock, shop):
+        invoice = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
+        clock.advance(timedelta(minutes=5))
+        market.chain.increase_time(int((clock.now() - invoice.created_at).total_seconds()) + 600)
+        with Session(engine) as session, session.begin():
+            assert [i.id for i in invoices.expire_due(session, clock)] == [invoice.id]
+        pay(engine, market, invoice)
+        indexer_for(engine, market, clock).poll_once()
+        late = reload(engine, invoice.id)
+        assert (late.state, late.status) == (InvoiceState.SETTLED, InvoiceStatus.PAID_LATE)
+
+    def test_partial_refund_updates_the_invoice(self, engine, market, clock, shop):
+        invoice = new_invoice(engine, market, shop, clock)
+        receipt = pay(engine, market, invoice)
+        assert receipt["status"] == 1
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        with Session(engine) as session:
+            account = session.get(invoices.MerchantAccount, invoice.account_id)
+            intent = invoices.intent_of(invoice, account)
+        r, vs = bytes.fromhex(invoice.signature_r[2:]), bytes.fromhex(invoice.signature_vs[2:])
+        market.transact(
+            market.token.functions.approve(market.deployment.router, AMOUNT), market.merchant
+        )
+        market.transact(market.token.functions.mint(market.merchant.address, AMOUNT), market.owner)
+        market.transact(
+            market.router.functions.refund(
+                intent.as_tuple(), r, vs, market.payers[0].address, 5_000_000
+            ),
+            market.merchant,
+        )
+        indexer.poll_once()
+        refunded = reload(engine, invoice.id)
+        assert (refunded.refunded_amount, refunded.status) == (5_000_000, "partially_refunded")
+
+
+class TestIndexerOnTester(IndexerBehaviour):
+    backend = "tester"
+
+
+class TestIndexerOnAnvil(IndexerBehaviour):
+    backend = "anvil"
+
+
+def api_cursor():
+    from api.settlement.models import IndexerCursor
+
+    return IndexerCursor
+
+
+class TestCreateInvoice(MarketSuite):
+    @pytest.fixture
+    def shop(self, engine, market, clock, keyring) -> Shop:
+        return open_shop(engine, market, clock, keyring)
+
+    def test_signed_intent_verifies_on_chain_and_uri_names_the_chain(
+        self, engine, market, clock, shop
+    ):
+        invoice = new_invoice(engine, market, shop, clock)
+        uri = invoices.eip681_uri(invoice, market.deployment.router)
+        assert uri.startswith(f"ethereum:{market.deployment.token}@{market.chain.chain_id}/approve")
+        assert f"uint256={AMOUNT}" in uri
+        assert invoices.qr_svg(uri).startswith("<svg")
+        assert invoices.qr_png(uri)[:8] == b"\x89PNG\r\n\x1a\n"
+        pay(engine, market, invoice)
+        assert market.router.functions.isSettled(market.merchant.address, invoice.number).call()
+
+    def test_numbers_are_sequential_per_merchant(self, engine, market, clock, shop):
+        first = new_invoice(engine, market, shop, clock, order="a")
+        second = new_invoice(engine, market, shop, clock, order="b")
+        assert second.number == first.number + 1
+
+    def test_same_order_twice_is_refused_until_the_first_is_invalid(
+        self, engine, market, clock, shop
+    ):
+        first = new_invoice(engine, market, shop, clock)
+        with pytest.raises(DuplicateOrderError):
+            new_invoice(engine, market, shop, clock)
+        with Session(engine) as session, session.begin():
+            invoices.mark_invoice(
+                session, shop.merchant_id, first.id, settle=False, actor="staff:1", clock=clock
+            )
+        assert new_invoice(engine, market, shop, clock).id != first.id
+
+    @pytest.mark.parametrize(
+        ("change", "param"),
+        [
+            ({"amount": 0}, "amount"),
+            ({"amount": 2**256}, "amount"),
+            ({"fee": AMOUNT + 1}, "fee"),
+            ({"confirmations": 3}, "confirmations"),
+            ({"token": "0x1234"}, "token"),
+            ({"expires_in": timedelta(seconds=5)}, "expires_in"),
+            ({"order_id": ""}, "order_id"),
+        ],
+    )
+    def test_bad_input_is_refused_and_writes_nothing(
+        self, engine, market, clock, shop, change, param
+    ):
+        base = {
+            "merchant_id": shop.merchant_id,
+            "token": market.deployment.token,
+            "amount": AMOUNT,
+            "order_id": "o",
+        }
+        request = invoices.InvoiceRequest(**{**base, **change})
+        with Session(engine) as session:
+            with pytest.raises(InvoiceRequestError) as info:
+                invoices.create_invoice(
+                    session,
+                    request,
+                    chain_id=market.chain.chain_id,
+                    router=market.deployment.router,
+                    signer=shop.signer,
+                    clock=clock,
+                )
+            session.rollback()
+            assert info.value.param == param
+            assert session.exec(select(func.count()).select_from(Invoice)).one() == 0
+            account = session.get(invoices.MerchantAccount, 1)
+            assert account.next_invoice_number == 1
