@@ -104,6 +104,16 @@ def _wait_forever() -> None:  # pragma: no cover - interactive
         return
 
 
+@app.command("demo")
+def demo(
+    chain: Annotated[str, typer.Option(help="tester (in-process) or anvil")] = "tester",
+) -> None:
+    """The whole story offline: pay invoices on a local chain, settle, follow up, rate."""
+    from api.demo import run_demo
+
+    run_demo(chain)
+
+
 def _is_domain_error(exc: BaseException) -> bool:
     return isinstance(getattr(exc, "status_code", None), int) and hasattr(exc, "code")
 

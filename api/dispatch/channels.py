@@ -1,0 +1,201 @@
+"""Delivery channels for follow-ups: e-mail (SMTP), webhook (signed POST), in-app, phone task.
+
+A channel gets a :class:`crm.SendInstruction` (address and single-use feedback token included)
+and either delivers it or raises :class:`DeliveryError`; the worker records the outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import smtplib
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+from zoneinfo import ZoneInfo
+
+import httpx
+from sqlmodel import Session
+
+from api.dispatch.models import InAppMessage, PhoneTask
+from crm.followups.service import SendInstruction
+
+__all__ = [
+    "DeliveryError",
+    "EmailChannel",
+    "InAppChannel",
+    "Links",
+    "PhoneChannel",
+    "Recipient",
+    "WebhookChannel",
+    "sign_payload",
+]
+
+
+class DeliveryError(Exception):
+    """The channel could not deliver; the worker retries with backoff."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """What a channel needs besides the instruction (never logged: may name a person)."""
+
+    merchant_name: str
+    time_zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """Customer-facing URLs (no API key: the single-use token is the credential)."""
+
+    base_url: str
+
+    def rating(self, token: str, rating: int) -> str:
+        return f"{self.base_url}/v1/public/feedback/{token}?rating={rating}"
+
+    def withdraw(self, token: str) -> str:
+        return f"{self.base_url}/v1/public/consent/{token}/withdraw"
+
+
+def _subject(instruction: SendInstruction, merchant_name: str) -> str:
+    return f"How was your purchase at {merchant_name}?"
+
+
+def _body(instruction: SendInstruction, merchant_name: str, links: Links) -> str:
+    lines = [
+        f"Thank you for your payment to {merchant_name} (invoice {instruction.invoice_ref}).",
+        "How did it go? One click is enough:",
+        "",
+    ]
+    lines += [f"  {n} {'*' * n}: {links.rating(instruction.token, n)}" for n in range(1, 6)]
+    lines += [
+        "",
+        "Answering earns you reward points, whatever you answer.",
+        f"Stop these messages: {links.withdraw(instruction.token)}",
+    ]
+    return "\n".join(lines)
+
+
+class EmailChannel:
+    name = "email"
+
+    def __init__(
+        self, host: str, port: int, sender: str, links: Links, timeout: float = 10
+    ) -> None:
+        self.host, self.port, self.sender, self.links, self.timeout = (
+            host,
+            port,
+            sender,
+            links,
+            timeout,
+        )
+
+    def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
+        if not instruction.address:
+            raise DeliveryError("contact has no e-mail address")
+        message = EmailMessage()
+        message["From"] = formataddr((to.merchant_name, self.sender))
+        message["To"] = instruction.address
+        message["Subject"] = _subject(instruction, to.merchant_name)
+        message["Message-ID"] = make_msgid(idstring=f"followup-{instruction.followup_id}")
+        message["List-Unsubscribe"] = f"<{self.links.withdraw(instruction.token)}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message.set_content(_body(instruction, to.merchant_name, self.links))
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                smtp.send_message(message)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"smtp: {type(exc).__name__}") from None
+
+
+def sign_payload(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """``FollowPay-Signature`` header value: ``t=<unix>,v1=<hex HMAC-SHA256>``."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+class WebhookChannel:
+    """For SMS gateways or the merchant's own system: a signed JSON POST."""
+
+    name = "webhook"
+
+    def __init__(self, url: str, secret: str, links: Links, client: httpx.Client | None = None):
+        self.url, self.secret, self.links = url, secret, links
+        self.client = client or httpx.Client(timeout=10)
+
+    def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
+        body = json.dumps(
+            {
+                "type": "followup.requested",
+                "followup_id": instruction.followup_id,
+                "contact_id": instruction.contact_id,
+                "to": instruction.address,
+                "text": _body(instruction, to.merchant_name, self.links),
+                "rating_links": {n: self.links.rating(instruction.token, n) for n in range(1, 6)},
+            },
+            separators=(",", ":"),
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "FollowPay-Signature": sign_payload(self.secret, body),
+            "Idempotency-Key": f"followup-{instruction.followup_id}",
+        }
+        try:
+            response = self.client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"webhook: {type(exc).__name__}") from None
+        if response.status_code >= 300:
+            raise DeliveryError(f"webhook answered {response.status_code}")
+
+
+class InAppChannel:
+    name = "in_app"
+
+    def __init__(self, links: Links) -> None:
+        self.links = links
+
+    def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
+        assert session is not None, "in-app delivery writes in the worker's transaction"
+        session.add(
+            InAppMessage(
+                merchant_id=instruction.merchant_id,
+                contact_id=instruction.contact_id,
+                followup_id=instruction.followup_id,
+                subject=_subject(instruction, to.merchant_name),
+                body=_body(instruction, to.merchant_name, self.links),
+                created_at=datetime.now().astimezone(),
+            )
+        )
+
+
+class PhoneChannel:
+    """A call task in the support queue, inside the contact's local 08:00-21:00 window."""
+
+    name = "phone"
+
+    def __init__(self, window: tuple[int, int] = (8, 21)) -> None:
+        self.window = window
+
+    def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
+        zone = ZoneInfo(to.time_zone or "UTC")
+        now = datetime.now(zone)
+        start = now.replace(hour=self.window[0], minute=0, second=0, microsecond=0)
+        end = now.replace(hour=self.window[1], minute=0, second=0, microsecond=0)
+        if now >= end:
+            start, end = start + timedelta(days=1), end + timedelta(days=1)
+        assert session is not None, "phone tasks are written in the worker's transaction"
+        session.add(
+            PhoneTask(
+                merchant_id=instruction.merchant_id,
+                contact_id=instruction.contact_id,
+                followup_id=instruction.followup_id,
+                time_zone=str(zone),
+                call_after=max(start, now),
+                call_before=end,
+                created_at=now,
+            )
+        )

@@ -1,0 +1,43 @@
+"""What the DB-only channels produce: in-app messages and phone call tasks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from crm._base import UTCDateTime
+
+__all__ = ["InAppMessage", "PhoneTask"]
+
+
+class InAppMessage(SQLModel, table=True):
+    __tablename__ = "api_inapp_message"
+    __table_args__ = (sa.Index("ix_api_inapp_contact", "merchant_id", "contact_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    merchant_id: int = Field(foreign_key="crm_merchant.id")
+    contact_id: int
+    followup_id: int = Field(unique=True)
+    subject: str = Field(max_length=200)
+    body: str
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    read_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class PhoneTask(SQLModel, table=True):
+    """A call for the support queue, to be made inside the contact's local window."""
+
+    __tablename__ = "api_phone_task"
+    __table_args__ = (sa.Index("ix_api_phone_task_queue", "merchant_id", "state", "call_after"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    merchant_id: int = Field(foreign_key="crm_merchant.id")
+    contact_id: int
+    followup_id: int = Field(unique=True)
+    time_zone: str = Field(max_length=64)
+    call_after: datetime = Field(sa_type=UTCDateTime)
+    call_before: datetime = Field(sa_type=UTCDateTime)
+    state: str = Field(default="open", max_length=16)
+    created_at: datetime = Field(sa_type=UTCDateTime)

@@ -1,0 +1,103 @@
+"""The follow-up worker: claim due follow-ups, re-check consent at send time, deliver.
+
+In-app messages and phone tasks are written in the same transaction that marks the follow-up
+sent (exactly once). E-mail and webhooks leave the process: the claim and the send-time check
+commit first, the delivery happens, then ``sent`` commits. Several workers may run against
+PostgreSQL (``FOR UPDATE SKIP LOCKED`` in the claim) without sending anything twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from api.dispatch.channels import DeliveryError, Recipient
+from crm import KeyRing
+from crm.clock import Clock
+from crm.contacts import service as contacts
+from crm.followups import service as followups
+from crm.followups.service import SendInstruction
+from crm.merchants import service as merchants
+
+__all__ = ["Channel", "Worker", "WorkerResult"]
+
+log = logging.getLogger(__name__)
+_IN_TRANSACTION = frozenset({"in_app", "phone"})
+
+
+class Channel(Protocol):
+    name: str
+
+    def send(
+        self, session: Session | None, instruction: SendInstruction, to: Recipient
+    ) -> None: ...
+
+
+@dataclass
+class WorkerResult:
+    claimed: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: Engine,
+        keyring: KeyRing,
+        channels: dict[str, Channel],
+        clock: Clock,
+        *,
+        worker_id: str = "worker-1",
+        batch: int = 50,
+    ) -> None:
+        self.engine, self.keyring, self.channels, self.clock = engine, keyring, channels, clock
+        self.worker_id, self.batch = worker_id, batch
+
+    def run_once(self) -> WorkerResult:
+        now = self.clock.now()
+        with Session(self.engine) as session, session.begin():
+            followups.expire_due(session, now)
+            ids = followups.claim_due(session, now, self.batch, self.worker_id)
+        result = WorkerResult(claimed=len(ids))
+        for followup_id in ids:
+            result.outcomes[self._deliver(followup_id)] += 1
+        return result
+
+    def _deliver(self, followup_id: int) -> str:
+        now = self.clock.now()
+        with Session(self.engine) as session, session.begin():
+            instruction = followups.prepare_send(session, followup_id, now, self.keyring)
+            if instruction is None:
+                return "held_or_suppressed"
+            channel = self.channels.get(instruction.channel)
+            contact = contacts.get_contact(session, instruction.merchant_id, instruction.contact_id)
+            merchant = merchants.get_merchant(session, instruction.merchant_id)
+            to = Recipient(merchant_name=merchant.name, time_zone=contact.time_zone or "UTC")
+            if channel is None:
+                followups.mark_failed(session, followup_id, now, error="no_channel_configured")
+                return "failed"
+            if instruction.channel in _IN_TRANSACTION:
+                channel.send(session, instruction, to)
+                followups.mark_sent(session, followup_id, now)
+                return f"sent:{instruction.channel}"
+        try:
+            channel.send(None, instruction, to)
+        except DeliveryError as exc:
+            log.warning("follow-up %s: %s", followup_id, exc)
+            with Session(self.engine) as session, session.begin():
+                followups.mark_failed(session, followup_id, self.clock.now(), error=str(exc)[:200])
+            return "retry"
+        with Session(self.engine) as session, session.begin():
+            followups.mark_sent(session, followup_id, self.clock.now())
+        return f"sent:{instruction.channel}"
+
+    def run(self, stop: threading.Event, *, poll_interval: float = 1.0) -> None:
+        while not stop.is_set():
+            if self.run_once().claimed == 0:
+                stop.wait(poll_interval)
