@@ -56,16 +56,19 @@ def load_artifact(name: str) -> Artifact:
         ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"contract artifact {path.name} is corrupt: {exc}") from None
-    missing = [key for key in _REQUIRED if key not in data] if isinstance(data, dict) else _REQUIRED
+    missing = [k for k in _REQUIRED if k not in data] if isinstance(data, dict) else _REQUIRED
     if missing:
-        raise ArtifactError(f"contract artifact {path.name} is corrupt: missing {', '.join(missing)}")
+        names = ", ".join(missing)
+        raise ArtifactError(f"contract artifact {path.name} is corrupt: missing {names}")
     bytecode = str(data["bytecode"])
     if not bytecode.startswith("0x") or len(bytecode) < 4:
         raise ArtifactError(f"contract artifact {path.name} is corrupt: bad bytecode")
     try:
         bytes.fromhex(bytecode[2:])
     except ValueError:
-        raise ArtifactError(f"contract artifact {path.name} is corrupt: bytecode is not hex") from None
+        raise ArtifactError(
+            f"contract artifact {path.name} is corrupt: bytecode is not hex"
+        ) from None
     return Artifact(
         name=str(data["contractName"]),
         abi=list(data["abi"]),

@@ -132,7 +132,8 @@ class IndexerBehaviour(MarketSuite):
             session.add(cursor)
             session.commit()
         replay = indexer.poll_once()
-        assert replay.payments == 0 and replay.settled == []
+        assert replay.payments == 0
+        assert replay.settled == []
         with Session(engine) as session:
             assert session.exec(select(func.count()).select_from(Payment)).one() == 1
         assert len(followups_of(engine, shop.merchant_id)) == 1
