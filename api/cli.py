@@ -32,9 +32,14 @@ app.add_typer(chain_app, name="chain")
 
 def _mount_optional() -> None:
     """Sub-apps owned by the domain packages."""
+    from api.commands.settlement import db_app, indexer, invoices_app, worker
     from wallet.cli import app as wallet_app
 
     app.add_typer(wallet_app, name="wallet")
+    app.add_typer(db_app, name="db")
+    app.add_typer(invoices_app, name="invoices")
+    app.command("indexer")(indexer)
+    app.command("worker")(worker)
 
 
 @contracts_app.command("build")

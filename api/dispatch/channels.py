@@ -45,6 +45,7 @@ class Recipient:
 
     merchant_name: str
     time_zone: str
+    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +168,7 @@ class InAppChannel:
                 followup_id=instruction.followup_id,
                 subject=_subject(instruction, to.merchant_name),
                 body=_body(instruction, to.merchant_name, self.links),
-                created_at=datetime.now().astimezone(),
+                created_at=to.now,
             )
         )
 
@@ -182,7 +183,7 @@ class PhoneChannel:
 
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         zone = ZoneInfo(to.time_zone or "UTC")
-        now = datetime.now(zone)
+        now = to.now.astimezone(zone)
         start = now.replace(hour=self.window[0], minute=0, second=0, microsecond=0)
         end = now.replace(hour=self.window[1], minute=0, second=0, microsecond=0)
         if now >= end:

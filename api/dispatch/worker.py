@@ -78,7 +78,7 @@ class Worker:
             channel = self.channels.get(instruction.channel)
             contact = contacts.get_contact(session, instruction.merchant_id, instruction.contact_id)
             merchant = merchants.get_merchant(session, instruction.merchant_id)
-            to = Recipient(merchant_name=merchant.name, time_zone=contact.time_zone or "UTC")
+            to = Recipient(merchant.name, contact.time_zone or "UTC", now)
             if channel is None:
                 followups.mark_failed(session, followup_id, now, error="no_channel_configured")
                 return "failed"

@@ -1,0 +1,3 @@
+"""CLI command groups mounted by :mod:`api.cli`."""
+
+__all__: list[str] = []

@@ -1,0 +1,233 @@
+"""``followpay db | indexer | worker | invoices`` — the settlement engine from the shell."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlmodel import Session
+
+from api.runtime import Runtime
+from api.settings import get_settings
+
+__all__ = ["db_app", "indexer", "invoices_app", "worker"]
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+invoices_app = typer.Typer(help="Create, show and list invoices.", no_args_is_help=True)
+_err = Console(stderr=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the CRM and API migrations to FOLLOWPAY_DATABASE_URL (SQLite by default)."""
+    from api.db import upgrade as api_upgrade
+    from crm.db import upgrade as crm_upgrade
+
+    runtime = Runtime(get_settings())
+    url = runtime.settings.resolved_database_url
+    runtime.engine.dispose()  # creates the SQLite directory
+    crm_upgrade(url)
+    api_upgrade(url)
+    typer.echo("database is at head", err=True)
+
+
+def _runtime() -> Runtime:
+    return Runtime(get_settings())
+
+
+def indexer(
+    once: Annotated[bool, typer.Option(help="one step, then exit")] = False,
+    from_block: Annotated[int | None, typer.Option(help="first block [deploy block]")] = None,
+) -> None:
+    """Follow the router: settle invoices, roll back reorgs, schedule follow-ups."""
+    from api.settlement.indexer import Indexer
+
+    runtime = _runtime()
+    deployment = runtime.deployment
+    engine = Indexer(
+        runtime.chain,
+        runtime.engine,
+        deployment.router,
+        start_block=from_block if from_block is not None else deployment.deploy_block,
+        clock=runtime.clock,
+        batch_blocks=runtime.settings.indexer_batch_blocks,
+    )
+    if once:
+        result = engine.poll_once()
+        typer.echo(json.dumps({"to_block": result.to_block, "settled": result.settled}))
+        return
+    stop = threading.Event()
+    with Progress(
+        TextColumn("catching up"),
+        BarColumn(),
+        TextColumn("block {task.completed:,.0f}/{task.total:,.0f}"),
+        TimeRemainingColumn(),
+        console=_err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("index", total=None)
+
+        def report(result: object) -> None:
+            head, to_block = getattr(result, "head", 0), getattr(result, "to_block", 0)
+            progress.update(task, total=head, completed=to_block)
+
+        try:
+            engine.run(stop, poll_interval=runtime.settings.indexer_poll_interval, progress=report)
+        except KeyboardInterrupt:
+            stop.set()
+    runtime.close()
+
+
+def worker(
+    once: Annotated[bool, typer.Option(help="one batch, then exit")] = False,
+    smtp_host: Annotated[str, typer.Option(envvar="FOLLOWPAY_SMTP_HOST")] = "127.0.0.1",
+    smtp_port: Annotated[int, typer.Option(envvar="FOLLOWPAY_SMTP_PORT")] = 25,
+    sender: Annotated[str, typer.Option(envvar="FOLLOWPAY_MAIL_FROM")] = "followup@localhost",
+    worker_id: Annotated[str, typer.Option(help="name in claims and logs")] = "worker-1",
+) -> None:
+    """Send due follow-ups (consent re-checked at send time)."""
+    from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
+    from api.dispatch.worker import Worker
+
+    runtime = _runtime()
+    links = Links(runtime.settings.public_base_url)
+    channels = {
+        "email": EmailChannel(smtp_host, smtp_port, sender, links),
+        "in_app": InAppChannel(links),
+        "phone": PhoneChannel(),
+    }
+    job = Worker(runtime.engine, runtime.keyring, channels, runtime.clock, worker_id=worker_id)
+    if once:
+        result = job.run_once()
+        typer.echo(json.dumps({"claimed": result.claimed, **result.outcomes}))
+        return
+    stop = threading.Event()
+    try:
+        job.run(stop, poll_interval=runtime.settings.indexer_poll_interval)
+    except KeyboardInterrupt:
+        stop.set()
+    runtime.close()
+
+
+@invoices_app.command("create")
+def invoices_create(
+    merchant: Annotated[int, typer.Option(help="CRM merchant id")],
+    amount: Annotated[str, typer.Option(help="decimal amount, e.g. 12.50")],
+    order: Annotated[str, typer.Option(help="the merchant's order id")],
+    contact: Annotated[int | None, typer.Option(help="CRM contact id to follow up")] = None,
+    confirmations: Annotated[int, typer.Option(help="0, 1, 2 or 6")] = 1,
+    expires_minutes: Annotated[int, typer.Option(help="expiry in minutes")] = 15,
+    dev_operator: Annotated[
+        bool, typer.Option(help="sign with the local dev operator (tester/anvil only)")
+    ] = False,
+) -> None:
+    """Create an invoice: signed intent, invoice id, EIP-681 URI (JSON on stdout)."""
+    from api.settlement import invoices
+    from wallet.amounts import parse_amount
+    from wallet.chain import dev_accounts
+    from wallet.secrets import PrivateKey
+    from wallet.signing import Signer
+
+    runtime = _runtime()
+    if not dev_operator:
+        raise typer.BadParameter("only --dev-operator signing is wired into the CLI so far")
+    if not runtime.chain.is_local:
+        raise typer.BadParameter("--dev-operator needs a local chain")
+    signer = Signer(PrivateKey(bytes(dev_accounts()[2].key)))
+    deployment = runtime.deployment
+    request = invoices.InvoiceRequest(
+        merchant_id=merchant,
+        token=deployment.token,
+        amount=parse_amount(amount, 6),
+        order_id=order,
+        contact_id=contact,
+        confirmations=confirmations,
+        expires_in=timedelta(minutes=expires_minutes),
+    )
+    with Session(runtime.engine, expire_on_commit=False) as session, session.begin():
+        invoice = invoices.create_invoice(
+            session,
+            request,
+            chain_id=runtime.chain.chain_id,
+            router=deployment.router,
+            signer=signer,
+            clock=runtime.clock,
+        )
+    typer.echo(json.dumps(_invoice_json(invoice, deployment.router)))
+    runtime.close()
+
+
+def _invoice_json(invoice: object, router: str) -> dict[str, object]:
+    from api.settlement.invoices import eip681_uri
+
+    data = {
+        k: getattr(invoice, k)
+        for k in (
+            "id",
+            "number",
+            "order_id",
+            "state",
+            "status",
+            "token",
+            "payer",
+            "deadline",
+            "signature_r",
+            "signature_vs",
+            "confirmations_required",
+        )
+    }
+    data["amount"] = str(invoice.amount)
+    data["paid_amount"] = str(invoice.paid_amount)
+    data["expires_at"] = invoice.expires_at.isoformat()
+    data["uri"] = eip681_uri(invoice, router)  # type: ignore[arg-type]
+    return data
+
+
+@invoices_app.command("show")
+def invoices_show(
+    invoice_id: str, merchant: Annotated[int, typer.Option(help="CRM merchant id")]
+) -> None:
+    """One invoice as JSON."""
+    from api.settlement import invoices
+
+    runtime = _runtime()
+    with Session(runtime.engine) as session:
+        invoice = invoices.get_invoice(session, merchant, invoice_id)
+        typer.echo(json.dumps(_invoice_json(invoice, runtime.deployment.router)))
+    runtime.close()
+
+
+@invoices_app.command("list")
+def invoices_list(
+    merchant: Annotated[int, typer.Option(help="CRM merchant id")],
+    state: Annotated[str | None, typer.Option(help="invoice state")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+) -> None:
+    """Newest invoices first, as a table."""
+    from api.settlement import repository
+    from api.settlement.models import InvoiceState
+
+    runtime = _runtime()
+    try:
+        wanted = InvoiceState(state) if state else None
+    except ValueError:
+        raise typer.BadParameter(f"unknown state {state!r}", param_hint="--state") from None
+    table = Table("id", "order", "amount", "state", "status", "created (UTC)")
+    with Session(runtime.engine) as session:
+        for inv in repository.list_invoices(session, merchant, state=wanted, limit=limit):
+            table.add_row(
+                inv.id,
+                inv.order_id,
+                f"{inv.amount / 10**6:,.2f}",
+                inv.state,
+                inv.status,
+                f"{inv.created_at:%Y-%m-%d %H:%M}",
+            )
+    Console().print(table)
+    runtime.close()

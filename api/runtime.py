@@ -1,0 +1,87 @@
+"""What a long-running FollowPay process needs, built once from :class:`Settings`.
+
+The indexer, the worker and the CLI's invoice commands share it: database engine, chain,
+deployment (from the manifest ``followpay chain up`` wrote), the CRM key ring and a clock.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from api.settings import Settings
+from crm import KeyRing, SystemClock, make_engine
+from wallet.chain import Chain, connect
+from wallet.deployment import Deployment, ManifestError, read_manifest
+
+__all__ = ["Runtime", "load_master_key"]
+
+
+def load_master_key(settings: Settings) -> bytes:
+    """``FOLLOWPAY_MASTER_KEY`` (hex, ≥ 32 bytes), else ``<home>/master.key`` created 0600 once.
+
+    The master key wraps every contact's data key: losing it loses the CRM's personal data,
+    which is the point of crypto-shredding, so back it up like a database password.
+    """
+    if settings.master_key is not None:
+        try:
+            key = bytes.fromhex(settings.master_key.get_secret_value())
+        except ValueError:
+            raise ValueError("FOLLOWPAY_MASTER_KEY must be hex") from None
+        if len(key) < 32:
+            raise ValueError("FOLLOWPAY_MASTER_KEY must be at least 32 bytes (64 hex digits)")
+        return key
+    path = settings.home / "master.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def engine(self) -> sa.Engine:
+        url = self.settings.resolved_database_url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return make_engine(url)
+
+    @cached_property
+    def chain(self) -> Chain:
+        return connect(self.settings.chain_config())
+
+    @cached_property
+    def keyring(self) -> KeyRing:
+        return KeyRing(load_master_key(self.settings))
+
+    @cached_property
+    def clock(self) -> SystemClock:
+        return SystemClock()
+
+    @cached_property
+    def deployment(self) -> Deployment:
+        path = (
+            self.settings.manifest or self.settings.home / f"deployment-{self.chain.chain_id}.json"
+        )
+        deployment = read_manifest(path, self.chain)
+        if deployment is None:
+            raise ManifestError(
+                f"no live deployment in {path}: run `followpay chain up` first", param="manifest"
+            )
+        return deployment
+
+    def close(self) -> None:
+        if "chain" in self.__dict__:
+            self.chain.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()

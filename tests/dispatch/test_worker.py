@@ -1,0 +1,248 @@
+"""The worker over real channels: SMTP to a local aiosmtpd sink, a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from zoneinfo import ZoneInfo
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlmodel import Session, SQLModel, select
+
+import api.dispatch.models  # noqa: F401
+import crm.models  # noqa: F401
+from api.dispatch.channels import (
+    EmailChannel,
+    InAppChannel,
+    Links,
+    PhoneChannel,
+    WebhookChannel,
+    sign_payload,
+)
+from api.dispatch.models import InAppMessage, PhoneTask
+from api.dispatch.worker import Worker
+from crm import (
+    ContactCreate,
+    FollowUpPolicyCreate,
+    FrozenClock,
+    KeyRing,
+    consent,
+    contacts,
+    followups,
+    make_engine,
+    merchants,
+)
+from crm.followups.models import FollowUp
+from crm.merchants.models import MerchantCreate
+from wallet.chain import free_port
+
+LINKS = Links("https://pay.example")
+
+
+class Sink:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp():
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, sink
+    controller.stop()
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list = []
+    fail_next = 0
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.fail_next:
+            Receiver.fail_next -= 1
+            self.send_response(503)
+        else:
+            Receiver.received.append((dict(self.headers), body))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        return
+
+
+@pytest.fixture
+def receiver():
+    Receiver.received, Receiver.fail_next = [], 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks", Receiver
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'w.sqlite3'}")
+    SQLModel.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clock():
+    # 12:00 in London: inside every default send window
+    return FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
+
+
+KEYRING = KeyRing(b"m" * 32)
+
+
+def shop_with(engine, clock, *, channel, consented=True, phone=None, email="ada@example.com"):
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        shop = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
+        followups.create_policy(
+            session,
+            shop.id,
+            FollowUpPolicyCreate(delay_minutes=0, channel_order=[channel]),
+            actor="owner",
+            clock=clock,
+        )
+        person = contacts.create_contact(
+            session,
+            shop.id,
+            ContactCreate(name="Ada", email=email, phone=phone, time_zone="Europe/London"),
+            KEYRING,
+            clock,
+        )
+        if consented:
+            consent.grant(
+                session, shop.id, person.id, "service_followup", channel, actor="ada", clock=clock
+            )
+        followups.schedule_for_payment(
+            session, shop.id, person.id, "pay_1", "inv_1", 25_000_000, "tUSD", clock.now(), clock
+        )
+        return shop.id, person.id
+
+
+def states(engine):
+    with Session(engine) as session:
+        return [(f.state, f.channel, f.reason) for f in session.exec(select(FollowUp))]
+
+
+class TestEmail:
+    def test_delivers_a_parseable_message_with_rating_and_withdraw_links(self, engine, clock, smtp):
+        controller, sink = smtp
+        shop_with(engine, clock, channel="email")
+        channels = {
+            "email": EmailChannel("127.0.0.1", controller.port, "followup@tea.example", LINKS)
+        }
+        result = Worker(engine, KEYRING, channels, clock).run_once()
+        assert result.outcomes["sent:email"] == 1
+        assert states(engine) == [("sent", "email", None)]
+        (mail,) = sink.messages
+        assert mail["Subject"] == "How was your purchase at Tea House?"
+        assert mail["From"] == "Tea House <followup@tea.example>"
+        assert mail["To"] == "ada@example.com"
+        body = mail.get_payload(decode=True).decode()
+        links = [line.split(": ", 1)[1] for line in body.splitlines() if "?rating=" in line]
+        assert [link.rsplit("=", 1)[1] for link in links] == ["1", "2", "3", "4", "5"]
+        assert all(link.startswith("https://pay.example/v1/public/feedback/") for link in links)
+        assert "/v1/public/consent/" in mail["List-Unsubscribe"]
+        assert "Stop these messages: https://pay.example/v1/public/consent/" in body
+        assert "inv_1" in body
+
+    def test_no_consent_sends_nothing_and_records_why(self, engine, clock, smtp):
+        controller, sink = smtp
+        shop_with(engine, clock, channel="email", consented=False)
+        channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
+        Worker(engine, KEYRING, channels, clock).run_once()
+        assert sink.messages == []
+        assert states(engine) == [("suppressed", None, "no_consent")]
+
+    def test_consent_withdrawn_after_scheduling_is_honoured_at_send_time(self, engine, clock, smtp):
+        controller, sink = smtp
+        shop_id, contact_id = shop_with(engine, clock, channel="email")
+        with Session(engine) as session, session.begin():
+            consent.withdraw(
+                session, shop_id, contact_id, "service_followup", "email", actor="ada", clock=clock
+            )
+        channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
+        Worker(engine, KEYRING, channels, clock).run_once()
+        assert sink.messages == []
+        assert states(engine)[0][0] == "suppressed"
+
+    def test_unreachable_smtp_schedules_a_retry(self, engine, clock):
+        shop_with(engine, clock, channel="email")
+        channels = {
+            "email": EmailChannel("127.0.0.1", free_port(), "f@tea.example", LINKS, timeout=2)
+        }
+        result = Worker(engine, KEYRING, channels, clock).run_once()
+        assert result.outcomes["retry"] == 1
+        with Session(engine) as session:
+            fu = session.exec(select(FollowUp)).one()
+            assert fu.state == "scheduled"
+            assert fu.due_at > clock.now()
+
+
+class TestWebhook:
+    def test_signed_post_reaches_a_real_receiver(self, engine, clock, receiver):
+        url, handler = receiver
+        shop_with(engine, clock, channel="webhook")
+        channels = {"webhook": WebhookChannel(url, "whsec_test", LINKS)}
+        result = Worker(engine, KEYRING, channels, clock).run_once()
+        assert result.outcomes["sent:webhook"] == 1
+        ((headers, body),) = handler.received
+        t, v1 = (part.split("=", 1)[1] for part in headers["FollowPay-Signature"].split(","))
+        expected = hmac.new(b"whsec_test", f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(v1, expected)
+        payload = json.loads(body)
+        assert payload["type"] == "followup.requested"
+        assert set(payload["rating_links"]) == {"1", "2", "3", "4", "5"}
+
+    def test_failing_receiver_is_retried_later(self, engine, clock, receiver):
+        url, handler = receiver
+        handler.fail_next = 1
+        shop_with(engine, clock, channel="webhook")
+        channels = {"webhook": WebhookChannel(url, "s", LINKS)}
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes["retry"] == 1
+        clock.advance(timedelta(hours=1))
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes["sent:webhook"] == 1
+        assert len(handler.received) == 1
+
+    def test_signature_helper_matches_the_documented_scheme(self):
+        header = sign_payload("secret", b'{"a":1}', timestamp=1700000000)
+        mac = hmac.new(b"secret", b'1700000000.{"a":1}', hashlib.sha256).hexdigest()
+        assert header == f"t=1700000000,v1={mac}"
+
+
+class TestInAppAndPhone:
+    def test_in_app_message_is_stored_exactly_once(self, engine, clock):
+        shop_with(engine, clock, channel="in_app")
+        Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS)}, clock).run_once()
+        Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS)}, clock).run_once()
+        with Session(engine) as session:
+            (message,) = session.exec(select(InAppMessage)).all()
+            assert "rating=5" in message.body
+        assert states(engine) == [("sent", "in_app", None)]
+
+    def test_phone_task_carries_the_contacts_local_window(self, engine, clock):
+        shop_with(engine, clock, channel="phone", phone="+442071838750")
+        Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
+        with Session(engine) as session:
+            (task,) = session.exec(select(PhoneTask)).all()
+        assert task.time_zone == "Europe/London"
+        local_end = task.call_before.astimezone(ZoneInfo("Europe/London"))
+        assert (local_end.hour, local_end.minute) == (21, 0)
+        assert task.call_after < task.call_before
