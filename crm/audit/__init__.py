@@ -1,0 +1,3 @@
+"""audit domain."""
+
+__all__: list[str] = []

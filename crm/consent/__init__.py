@@ -1,0 +1,3 @@
+"""consent domain."""
+
+__all__: list[str] = []

@@ -1,0 +1,90 @@
+"""Consent SQL: ledger appends and the one-row projection lookup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from crm.consent.models import ConsentEvent, ConsentState
+
+__all__ = [
+    "add_event",
+    "get_state",
+    "last_event",
+    "list_events",
+    "list_states",
+    "upsert_state",
+]
+
+
+def last_event(session: Session, contact_id: int) -> ConsentEvent | None:
+    stmt = (
+        select(ConsentEvent)
+        .where(ConsentEvent.contact_id == contact_id)
+        .order_by(col(ConsentEvent.seq).desc())
+        .limit(1)
+    )
+    return session.exec(stmt).first()
+
+
+def add_event(session: Session, event: ConsentEvent) -> ConsentEvent:
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(session: Session, contact_id: int) -> Sequence[ConsentEvent]:
+    stmt = (
+        select(ConsentEvent)
+        .where(ConsentEvent.contact_id == contact_id)
+        .order_by(col(ConsentEvent.seq))
+    )
+    return session.exec(stmt).all()
+
+
+def get_state(session: Session, contact_id: int, purpose: str, channel: str) -> str | None:
+    """Single primary-key lookup on (contact_id, purpose, channel)."""
+    stmt = select(ConsentState.state).where(
+        ConsentState.contact_id == contact_id,
+        ConsentState.purpose == purpose,
+        ConsentState.channel == channel,
+    )
+    return session.exec(stmt).first()
+
+
+def list_states(session: Session, contact_id: int) -> Sequence[ConsentState]:
+    stmt = (
+        select(ConsentState)
+        .where(ConsentState.contact_id == contact_id)
+        .order_by(col(ConsentState.purpose), col(ConsentState.channel))
+    )
+    return session.exec(stmt).all()
+
+
+def upsert_state(
+    session: Session,
+    *,
+    merchant_id: int,
+    contact_id: int,
+    purpose: str,
+    channel: str,
+    state: str,
+    event_id: int,
+    at: datetime,
+) -> None:
+    row = session.get(ConsentState, (contact_id, purpose, channel))
+    if row is None:
+        row = ConsentState(
+            contact_id=contact_id,
+            purpose=purpose,
+            channel=channel,
+            merchant_id=merchant_id,
+            state=state,
+            event_id=event_id,
+            updated_at=at,
+        )
+    else:
+        row.state, row.event_id, row.updated_at = state, event_id, at
+    session.add(row)

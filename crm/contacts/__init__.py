@@ -1,0 +1,3 @@
+"""contacts domain."""
+
+__all__: list[str] = []

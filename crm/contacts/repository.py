@@ -1,0 +1,101 @@
+"""Contact SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from crm.contacts.models import Contact, ContactKey, ContactWallet
+
+__all__ = [
+    "add",
+    "add_key",
+    "add_wallet",
+    "delete_key",
+    "email_index_taken",
+    "get",
+    "get_by_email_index",
+    "get_by_wallet_index",
+    "get_for_update",
+    "get_key",
+    "list_wallets",
+    "wallet_index_taken",
+]
+
+
+def add(session: Session, contact: Contact) -> Contact:
+    session.add(contact)
+    session.flush()
+    return contact
+
+
+def get(session: Session, merchant_id: int, contact_id: int) -> Contact | None:
+    stmt = select(Contact).where(Contact.id == contact_id, Contact.merchant_id == merchant_id)
+    return session.exec(stmt).first()
+
+
+def get_for_update(session: Session, contact_id: int) -> Contact | None:
+    stmt = select(Contact).where(Contact.id == contact_id).with_for_update()
+    return session.exec(stmt).first()
+
+
+def get_by_email_index(session: Session, merchant_id: int, index: str) -> Contact | None:
+    stmt = select(Contact).where(Contact.merchant_id == merchant_id, Contact.email_index == index)
+    return session.exec(stmt).first()
+
+
+def email_index_taken(
+    session: Session, merchant_id: int, index: str, exclude_id: int | None = None
+) -> bool:
+    stmt = select(Contact.id).where(
+        Contact.merchant_id == merchant_id, Contact.email_index == index
+    )
+    if exclude_id is not None:
+        stmt = stmt.where(Contact.id != exclude_id)
+    return session.exec(stmt).first() is not None
+
+
+def add_key(session: Session, key: ContactKey) -> None:
+    session.add(key)
+    session.flush()
+
+
+def get_key(session: Session, contact_id: int) -> ContactKey | None:
+    return session.get(ContactKey, contact_id)
+
+
+def delete_key(session: Session, contact_id: int) -> int:
+    result = session.execute(sa.delete(ContactKey).where(col(ContactKey.contact_id) == contact_id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def add_wallet(session: Session, wallet: ContactWallet) -> None:
+    session.add(wallet)
+    session.flush()
+
+
+def wallet_index_taken(session: Session, merchant_id: int, index: str) -> bool:
+    stmt = select(ContactWallet.id).where(
+        ContactWallet.merchant_id == merchant_id, ContactWallet.address_index == index
+    )
+    return session.exec(stmt).first() is not None
+
+
+def get_by_wallet_index(session: Session, merchant_id: int, index: str) -> Contact | None:
+    stmt = (
+        select(Contact)
+        .join(ContactWallet, col(ContactWallet.contact_id) == col(Contact.id))
+        .where(ContactWallet.merchant_id == merchant_id, ContactWallet.address_index == index)
+    )
+    return session.exec(stmt).first()
+
+
+def list_wallets(session: Session, contact_id: int) -> Sequence[ContactWallet]:
+    stmt = (
+        select(ContactWallet)
+        .where(ContactWallet.contact_id == contact_id)
+        .order_by(col(ContactWallet.id))
+    )
+    return session.exec(stmt).all()

@@ -1,0 +1,92 @@
+"""Field encryption with per-contact data keys (crypto-shredding) and blind indexes.
+
+* The caller passes a :class:`KeyRing` built from a 32-byte master key (from its own config);
+  the CRM never reads the environment.
+* Each contact gets a random 256-bit data key (DEK). It is stored *wrapped* (AES-256-GCM under a
+  key-encryption key derived from the master key, bound to the contact id as associated data).
+* Personal fields are AES-256-GCM encrypted under the DEK with associated data naming the field,
+  so a ciphertext cannot be moved to another column or contact.
+* Lookups (unique e-mail per merchant, wallet address) use an HMAC-SHA256 *blind index* keyed
+  with another key derived from the master key.
+* Destroying the wrapped DEK makes every ciphertext of that contact unreadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = ["DataKey", "KeyRing"]
+
+_NONCE = 12
+_VERSION = b"\x01"
+
+
+def _derive(master: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(master)
+
+
+class DataKey:
+    """A contact's unwrapped data key. Never printed."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, raw: bytes) -> None:
+        self._aead = AESGCM(raw)
+
+    def encrypt(self, plaintext: str | None, context: str) -> bytes | None:
+        if plaintext is None:
+            return None
+        nonce = os.urandom(_NONCE)
+        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext.encode(), context.encode())
+
+    def decrypt(self, blob: bytes | None, context: str) -> str | None:
+        if blob is None:
+            return None
+        nonce, body = blob[1 : 1 + _NONCE], blob[1 + _NONCE :]
+        return self._aead.decrypt(nonce, body, context.encode()).decode()
+
+    def __repr__(self) -> str:
+        return "DataKey(<redacted>)"
+
+
+class KeyRing:
+    """Master-key holder: wraps data keys and computes blind indexes."""
+
+    __slots__ = ("_index_key", "_wrap")
+
+    def __init__(self, master_key: bytes) -> None:
+        if not isinstance(master_key, bytes | bytearray) or len(master_key) < 32:
+            raise ValueError("master key must be at least 32 bytes")
+        self._wrap = AESGCM(_derive(bytes(master_key), b"followpay-crm/kek/v1"))
+        self._index_key = _derive(bytes(master_key), b"followpay-crm/blind-index/v1")
+
+    @classmethod
+    def generate(cls) -> KeyRing:
+        return cls(os.urandom(32))
+
+    def new_data_key(self, contact_id: int) -> tuple[DataKey, bytes]:
+        raw = AESGCM.generate_key(bit_length=256)
+        nonce = os.urandom(_NONCE)
+        wrapped = _VERSION + nonce + self._wrap.encrypt(nonce, raw, self._aad(contact_id))
+        return DataKey(raw), wrapped
+
+    def unwrap(self, contact_id: int, wrapped: bytes) -> DataKey:
+        nonce, body = wrapped[1 : 1 + _NONCE], wrapped[1 + _NONCE :]
+        return DataKey(self._wrap.decrypt(nonce, body, self._aad(contact_id)))
+
+    def blind_index(self, kind: str, value: str) -> str:
+        msg = kind.encode() + b"\x00" + value.encode()
+        return hmac.new(self._index_key, msg, hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def _aad(contact_id: int) -> bytes:
+        return f"crm_contact_key:{contact_id}".encode()
+
+    def __repr__(self) -> str:
+        return "KeyRing(<redacted>)"

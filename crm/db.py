@@ -1,0 +1,101 @@
+"""Engines, transactions and migrations.
+
+Services never commit: :func:`session_scope` (or the API's request dependency) owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlmodel import Session
+
+__all__ = [
+    "VERSION_TABLE",
+    "alembic_config",
+    "current_revision",
+    "make_engine",
+    "session_scope",
+    "upgrade",
+]
+
+VERSION_TABLE = "crm_alembic_version"
+
+
+def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
+    """Create an engine; SQLite gets WAL, foreign keys, secure_delete and a busy timeout."""
+    u = sa.make_url(url)
+    if u.get_backend_name() == "sqlite":
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args.setdefault("timeout", 30)
+        connect_args.setdefault("check_same_thread", False)
+        engine = sa.create_engine(u, connect_args=connect_args, **kwargs)
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if u.database and u.database != ":memory:":
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA secure_delete=ON")
+            cur.close()
+            # Let SQLAlchemy (not pysqlite) drive transactions so SAVEPOINTs work.
+            dbapi_conn.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            # IMMEDIATE: take the write lock up front; no deadlocking read->write upgrades.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(u, **kwargs)
+
+
+@contextmanager
+def session_scope(engine: sa.Engine) -> Iterator[Session]:
+    """Yield a session; commit on success, roll back on any exception."""
+    session = Session(engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(url: str | sa.URL | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parent / "migrations"))
+    if url is not None:
+        u = sa.make_url(url)
+        cfg.attributes["url"] = u
+        cfg.set_main_option("sqlalchemy.url", u.render_as_string().replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str | sa.URL | None = None, *, connection: sa.Connection | None = None) -> None:
+    """Run ``alembic upgrade head`` for the CRM tables (by URL or on a given connection)."""
+    cfg = alembic_config(url)
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def current_revision(url: str | sa.URL) -> str | None:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            return ctx.get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,3 @@
+"""feedback domain."""
+
+__all__: list[str] = []

@@ -1,0 +1,68 @@
+"""Feedback SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from crm.feedback.models import Feedback
+
+__all__ = [
+    "get",
+    "get_by_followup",
+    "get_by_token_hash",
+    "list_for_contact",
+    "save",
+    "upsert_token",
+]
+
+
+def save(session: Session, feedback: Feedback) -> Feedback:
+    session.add(feedback)
+    session.flush()
+    return feedback
+
+
+def get(session: Session, merchant_id: int, feedback_id: int) -> Feedback | None:
+    stmt = select(Feedback).where(Feedback.id == feedback_id, Feedback.merchant_id == merchant_id)
+    return session.exec(stmt).first()
+
+
+def get_by_followup(session: Session, followup_id: int) -> Feedback | None:
+    return session.exec(select(Feedback).where(Feedback.followup_id == followup_id)).first()
+
+
+def get_by_token_hash(session: Session, token_hash: str) -> Feedback | None:
+    stmt = select(Feedback).where(Feedback.token_hash == token_hash).with_for_update()
+    return session.exec(stmt).first()
+
+
+def list_for_contact(session: Session, contact_id: int) -> Sequence[Feedback]:
+    stmt = select(Feedback).where(Feedback.contact_id == contact_id).order_by(Feedback.id)  # type: ignore[arg-type]
+    return session.exec(stmt).all()
+
+
+def upsert_token(
+    session: Session,
+    *,
+    merchant_id: int,
+    followup_id: int,
+    contact_id: int,
+    token_hash: str,
+    expires_at: datetime,
+    now: datetime,
+) -> Feedback:
+    """Attach a fresh token to the follow-up's feedback row (re-issuing revokes the old one)."""
+    row = get_by_followup(session, followup_id)
+    if row is None:
+        row = Feedback(
+            merchant_id=merchant_id,
+            followup_id=followup_id,
+            contact_id=contact_id,
+            created_at=now,
+            updated_at=now,
+        )
+    row.token_hash, row.token_expires_at, row.updated_at = token_hash, expires_at, now
+    return save(session, row)

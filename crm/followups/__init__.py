@@ -1,0 +1,3 @@
+"""followups domain."""
+
+__all__: list[str] = []

@@ -1,0 +1,252 @@
+"""Follow-up SQL: policies, purchases, follow-ups, transition log, claiming."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, func, select
+
+from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicy, Purchase
+
+__all__ = [
+    "PENDING",
+    "add_event",
+    "add_purchase",
+    "claim_conditional",
+    "claim_skip_locked",
+    "due_to_expire",
+    "first_purchases_without_periodic",
+    "get",
+    "get_for_update",
+    "get_policy",
+    "get_policy_by_id",
+    "get_purchase",
+    "has_pending",
+    "last_contacted_at",
+    "list_events",
+    "list_for_contact",
+    "list_for_payment",
+    "list_pending_for_contact",
+    "list_purchases_for_contact",
+    "save",
+    "save_policy",
+    "suppress_pending_for_contact",
+]
+
+PENDING = ("scheduled", "queued")
+
+
+def save_policy(session: Session, policy: FollowUpPolicy) -> FollowUpPolicy:
+    session.add(policy)
+    session.flush()
+    return policy
+
+
+def get_policy(session: Session, merchant_id: int, trigger: str) -> FollowUpPolicy | None:
+    stmt = select(FollowUpPolicy).where(
+        FollowUpPolicy.merchant_id == merchant_id, FollowUpPolicy.trigger == trigger
+    )
+    return session.exec(stmt).first()
+
+
+def get_policy_by_id(session: Session, merchant_id: int, policy_id: int) -> FollowUpPolicy | None:
+    stmt = select(FollowUpPolicy).where(
+        FollowUpPolicy.merchant_id == merchant_id, FollowUpPolicy.id == policy_id
+    )
+    return session.exec(stmt).first()
+
+
+def add_purchase(session: Session, purchase: Purchase) -> Purchase:
+    session.add(purchase)
+    session.flush()
+    return purchase
+
+
+def get_purchase(session: Session, merchant_id: int, payment_ref: str) -> Purchase | None:
+    stmt = select(Purchase).where(
+        Purchase.merchant_id == merchant_id, Purchase.payment_ref == payment_ref
+    )
+    return session.exec(stmt).first()
+
+
+def list_purchases_for_contact(session: Session, contact_id: int) -> Sequence[Purchase]:
+    stmt = select(Purchase).where(Purchase.contact_id == contact_id).order_by(col(Purchase.id))
+    return session.exec(stmt).all()
+
+
+def first_purchases_without_periodic(
+    session: Session, merchant_id: int, settled_before: datetime, kind: str
+) -> Sequence[Purchase]:
+    """Each contact's first live purchase settled before the cutoff without a ``kind`` follow-up."""
+    first = (
+        select(Purchase.contact_id, func.min(Purchase.id).label("first_id"))
+        .where(Purchase.merchant_id == merchant_id, col(Purchase.cancelled_at).is_(None))
+        .group_by(col(Purchase.contact_id))
+        .subquery()
+    )
+    has_followup = (
+        select(FollowUp.id)
+        .where(FollowUp.contact_id == Purchase.contact_id, FollowUp.kind == kind)
+        .exists()
+    )
+    stmt = (
+        select(Purchase)
+        .join(first, first.c.first_id == Purchase.id)
+        .where(Purchase.settled_at <= settled_before, ~has_followup)
+        .order_by(col(Purchase.id))
+    )
+    return session.exec(stmt).all()
+
+
+def save(session: Session, followup: FollowUp) -> FollowUp:
+    session.add(followup)
+    session.flush()
+    return followup
+
+
+def add_event(session: Session, event: FollowUpEvent) -> None:
+    session.add(event)
+
+
+def get(session: Session, merchant_id: int, followup_id: int) -> FollowUp | None:
+    stmt = select(FollowUp).where(FollowUp.id == followup_id, FollowUp.merchant_id == merchant_id)
+    return session.exec(stmt).first()
+
+
+def get_for_update(session: Session, followup_id: int) -> FollowUp | None:
+    stmt = select(FollowUp).where(FollowUp.id == followup_id).with_for_update()
+    return session.exec(stmt).first()
+
+
+def list_for_payment(session: Session, merchant_id: int, payment_ref: str) -> Sequence[FollowUp]:
+    stmt = (
+        select(FollowUp)
+        .where(FollowUp.merchant_id == merchant_id, FollowUp.payment_ref == payment_ref)
+        .order_by(col(FollowUp.id))
+    )
+    return session.exec(stmt).all()
+
+
+def list_for_contact(session: Session, contact_id: int) -> Sequence[FollowUp]:
+    stmt = select(FollowUp).where(FollowUp.contact_id == contact_id).order_by(col(FollowUp.id))
+    return session.exec(stmt).all()
+
+
+def list_pending_for_contact(
+    session: Session, contact_id: int, purposes: Iterable[str] | None = None
+) -> Sequence[FollowUp]:
+    stmt = select(FollowUp).where(
+        FollowUp.contact_id == contact_id, col(FollowUp.state).in_(PENDING)
+    )
+    if purposes is not None:
+        stmt = stmt.where(col(FollowUp.purpose).in_(list(purposes)))
+    return session.exec(stmt.order_by(col(FollowUp.id)).with_for_update()).all()
+
+
+def list_events(session: Session, followup_id: int) -> Sequence[FollowUpEvent]:
+    stmt = (
+        select(FollowUpEvent)
+        .where(FollowUpEvent.followup_id == followup_id)
+        .order_by(col(FollowUpEvent.id))
+    )
+    return session.exec(stmt).all()
+
+
+def last_contacted_at(
+    session: Session, contact_id: int, exclude_id: int | None = None
+) -> datetime | None:
+    stmt = select(func.max(FollowUp.sent_at)).where(FollowUp.contact_id == contact_id)
+    if exclude_id is not None:
+        stmt = stmt.where(FollowUp.id != exclude_id)
+    return session.exec(stmt).first()
+
+
+def has_pending(session: Session, contact_id: int, exclude_id: int | None = None) -> bool:
+    stmt = select(FollowUp.id).where(
+        FollowUp.contact_id == contact_id, col(FollowUp.state).in_(PENDING)
+    )
+    if exclude_id is not None:
+        stmt = stmt.where(FollowUp.id != exclude_id)
+    return session.exec(stmt.limit(1)).first() is not None
+
+
+def claim_skip_locked(session: Session, now: datetime, limit: int, worker_id: str) -> list[int]:
+    """PostgreSQL: lock due rows with SKIP LOCKED, then flip them to ``queued``."""
+    due = (
+        select(FollowUp.id)
+        .where(FollowUp.state == "scheduled", FollowUp.due_at <= now)
+        .order_by(col(FollowUp.due_at), col(FollowUp.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(session.exec(due).all())
+    if ids:
+        session.execute(
+            sa.update(FollowUp)
+            .where(col(FollowUp.id).in_(ids))
+            .values(state="queued", worker_id=worker_id, queued_at=now, updated_at=now)
+            .execution_options(synchronize_session="fetch")
+        )
+    return [int(i) for i in ids if i is not None]
+
+
+def claim_conditional(session: Session, now: datetime, limit: int, worker_id: str) -> list[int]:
+    """Portable fallback (SQLite serialises writers): conditional UPDATE per row."""
+    candidates = session.exec(
+        select(FollowUp.id)
+        .where(FollowUp.state == "scheduled", FollowUp.due_at <= now)
+        .order_by(col(FollowUp.due_at), col(FollowUp.id))
+        .limit(limit)
+    ).all()
+    claimed: list[int] = []
+    for followup_id in candidates:
+        result = session.execute(
+            sa.update(FollowUp)
+            .where(col(FollowUp.id) == followup_id, col(FollowUp.state) == "scheduled")
+            .values(state="queued", worker_id=worker_id, queued_at=now, updated_at=now)
+            .execution_options(synchronize_session="fetch")
+        )
+        if getattr(result, "rowcount", 0) == 1 and followup_id is not None:
+            claimed.append(int(followup_id))
+    return claimed
+
+
+def due_to_expire(session: Session, now: datetime) -> Sequence[FollowUp]:
+    stmt = (
+        select(FollowUp)
+        .where(col(FollowUp.state).in_(PENDING), FollowUp.expires_at <= now)
+        .order_by(col(FollowUp.id))
+        .with_for_update(skip_locked=True)
+    )
+    return session.exec(stmt).all()
+
+
+def suppress_pending_for_contact(
+    session: Session,
+    contact_id: int,
+    *,
+    purposes: Iterable[str] | None,
+    reason: str,
+    at: datetime,
+) -> int:
+    """Move the contact's scheduled/queued follow-ups to ``suppressed`` (one event each)."""
+    rows = list_pending_for_contact(session, contact_id, purposes)
+    for fu in rows:
+        assert fu.id is not None
+        add_event(
+            session,
+            FollowUpEvent(
+                followup_id=fu.id,
+                merchant_id=fu.merchant_id,
+                from_state=fu.state,
+                to_state="suppressed",
+                reason=reason,
+                at=at,
+            ),
+        )
+        fu.state, fu.reason, fu.updated_at = "suppressed", reason, at
+        session.add(fu)
+    session.flush()
+    return len(rows)

@@ -1,0 +1,597 @@
+"""Follow-up rules: policy, scheduling, claiming, send-time re-checks, retries and expiry.
+
+States: ``scheduled → queued → sent → responded``; or ``suppressed`` (reason ``no_consent`` |
+``quiet_hours`` | ``frequency_cap`` | ``erased``), ``expired``, ``failed``, ``cancelled``.
+Every change is written to ``crm_followup_event``; quiet-hour deferrals are recorded too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from crm.audit import service as audit
+from crm.clock import Clock, as_utc
+from crm.consent import service as consent
+from crm.contacts import service as contacts
+from crm.contacts.models import Contact
+from crm.crypto import KeyRing
+from crm.enums import Channel, FollowUpState, Purpose, SuppressionReason, Trigger, parse_choice
+from crm.errors import (
+    DuplicatePolicy,
+    FollowUpNotFound,
+    InvalidPolicy,
+    InvalidRequest,
+    InvalidTransition,
+    PolicyNotFound,
+)
+from crm.feedback import repository as feedback_repo
+from crm.feedback.tokens import new_token
+from crm.followups import repository as repo
+from crm.followups.models import (
+    FollowUp,
+    FollowUpEvent,
+    FollowUpPolicy,
+    FollowUpPolicyCreate,
+    FollowUpPolicyUpdate,
+    Purchase,
+)
+from crm.followups.windows import next_window_start
+from crm.merchants import service as merchants
+
+__all__ = [
+    "MAX_ATTEMPTS",
+    "TOKEN_TTL",
+    "SendInstruction",
+    "cancel_for_payment",
+    "choose_channels",
+    "claim_due",
+    "create_policy",
+    "expire_due",
+    "expire_one",
+    "get_followup",
+    "mark_failed",
+    "mark_responded",
+    "mark_sent",
+    "prepare_send",
+    "schedule_for_payment",
+    "schedule_periodic",
+    "update_policy",
+]
+
+MAX_ATTEMPTS = 5
+RETRY_BASE = timedelta(minutes=5)
+TOKEN_TTL = timedelta(days=14)
+_RULE_FIELDS = ("tier", "segment")
+
+
+@dataclass(frozen=True, slots=True)
+class SendInstruction:
+    """What the dispatcher sends. ``address`` and ``token`` never appear in the repr."""
+
+    followup_id: int
+    merchant_id: int
+    contact_id: int
+    channel: str
+    purpose: str
+    kind: str
+    payment_ref: str
+    invoice_ref: str
+    locale: str | None
+    token_expires_at: datetime
+    address: str | None = field(repr=False)
+    token: str = field(repr=False)
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+def _validate_policy(data: dict[str, Any]) -> None:
+    parse_choice(Trigger, data["trigger"], "trigger")
+    parse_choice(Purpose, data["purpose"], "purpose")
+    order = data["channel_order"]
+    if not order:
+        raise InvalidPolicy(
+            "a policy needs a non-personalised default channel order",
+            code="policy_missing_default",
+            param="channel_order",
+        )
+    for c in order:
+        parse_choice(Channel, c, "channel")
+    for rule in data["segment_rules"]:
+        if (
+            not isinstance(rule, dict)
+            or rule.get("field", "tier") not in _RULE_FIELDS
+            or not isinstance(rule.get("equals"), str)
+            or not rule.get("channels")
+        ):
+            raise InvalidPolicy(
+                "segment rule needs field (tier|segment), equals and channels",
+                code="invalid_segment_rule",
+                param="segment_rules",
+            )
+        for c in rule["channels"]:
+            parse_choice(Channel, c, "channel")
+    for name in ("delay_minutes", "frequency_cap_days", "reward_points"):
+        if int(data[name]) < 0:
+            raise InvalidPolicy(f"{name} must be >= 0", code=f"invalid_{name}", param=name)
+    if int(data["expiry_days"]) < 1 or int(data["periodic_after_days"]) < 1:
+        raise InvalidPolicy("expiry and period must be >= 1 day", code="invalid_expiry_days")
+    start, end = int(data["window_start_minute"]), int(data["window_end_minute"])
+    if not 0 <= start < end <= 24 * 60:
+        raise InvalidPolicy(
+            "send window must satisfy 0 <= start < end <= 1440",
+            code="invalid_send_window",
+            param="window_start_minute",
+        )
+
+
+def create_policy(
+    session: Session, merchant_id: int, data: FollowUpPolicyCreate, *, actor: str, clock: Clock
+) -> FollowUpPolicy:
+    merchants.get_merchant(session, merchant_id)
+    values = data.model_dump()
+    _validate_policy(values)
+    if repo.get_policy(session, merchant_id, values["trigger"]) is not None:
+        raise DuplicatePolicy("merchant already has a policy for this trigger")
+    now = clock.now()
+    policy = repo.save_policy(
+        session, FollowUpPolicy(**values, merchant_id=merchant_id, created_at=now, updated_at=now)
+    )
+    audit.record(
+        session,
+        actor=actor,
+        action="policy.created",
+        object_type="followup_policy",
+        object_id=policy.id or 0,
+        at=now,
+        merchant_id=merchant_id,
+    )
+    return policy
+
+
+def update_policy(
+    session: Session,
+    merchant_id: int,
+    policy_id: int,
+    data: FollowUpPolicyUpdate,
+    *,
+    actor: str,
+    clock: Clock,
+) -> FollowUpPolicy:
+    policy = repo.get_policy_by_id(session, merchant_id, policy_id)
+    if policy is None:
+        raise PolicyNotFound("no such policy", param="policy_id")
+    changes = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
+    merged = policy.model_dump()
+    merged.update(changes)
+    _validate_policy(merged)
+    for k, v in changes.items():
+        setattr(policy, k, v)
+    policy.updated_at = clock.now()
+    repo.save_policy(session, policy)
+    audit.record(
+        session,
+        actor=actor,
+        action="policy.updated",
+        object_type="followup_policy",
+        object_id=policy_id,
+        at=policy.updated_at,
+        merchant_id=merchant_id,
+        detail={"fields": sorted(changes)},
+    )
+    return policy
+
+
+def choose_channels(policy: FollowUpPolicy, contact: Contact) -> list[str]:
+    """Segment rule first (if the contact accepts personalisation), default order as fallback."""
+    order = list(policy.channel_order)
+    if contact.personalised:
+        for rule in policy.segment_rules:
+            if getattr(contact, rule.get("field", "tier"), None) == rule["equals"]:
+                return list(dict.fromkeys([*rule["channels"], *order]))
+    return order
+
+
+# ----------------------------------------------------------------------------- decisions
+
+
+def _reachable(contact: Contact, channel: str) -> bool:
+    if channel == Channel.EMAIL:
+        return contact.email_enc is not None
+    if channel in (Channel.SMS, Channel.PHONE):
+        return contact.phone_enc is not None
+    return True
+
+
+@dataclass(slots=True)
+class _Decision:
+    state: FollowUpState
+    reason: str | None
+    channel: str | None
+    due_at: datetime
+    deferred: bool = False
+
+
+def _decide(
+    session: Session,
+    contact: Contact,
+    policy: FollowUpPolicy,
+    fu: FollowUp,
+    at: datetime,
+    *,
+    scheduling: bool,
+) -> _Decision:
+    """The one rule set used at scheduling and again at send time."""
+    suppressed = FollowUpState.SUPPRESSED
+    if contact.erased_at is not None:
+        return _Decision(suppressed, SuppressionReason.ERASED, None, at)
+    assert contact.id is not None
+    channel = next(
+        (
+            c
+            for c in fu.channels
+            if _reachable(contact, c) and consent.may_contact(session, contact.id, fu.purpose, c)
+        ),
+        None,
+    )
+    if channel is None:
+        return _Decision(suppressed, SuppressionReason.NO_CONSENT, None, at)
+    cap = timedelta(days=policy.frequency_cap_days)
+    last = repo.last_contacted_at(session, contact.id, exclude_id=fu.id)
+    if (last is not None and at - last < cap) or (
+        scheduling and cap and repo.has_pending(session, contact.id, exclude_id=fu.id)
+    ):
+        return _Decision(suppressed, SuppressionReason.FREQUENCY_CAP, channel, at)
+    start = next_window_start(
+        at, contact.time_zone, policy.window_start_minute, policy.window_end_minute
+    )
+    if start >= fu.expires_at:
+        return _Decision(suppressed, SuppressionReason.QUIET_HOURS, channel, at)
+    state = FollowUpState.SCHEDULED if scheduling or start != at else FollowUpState.QUEUED
+    return _Decision(state, None, channel, start, deferred=start != at)
+
+
+def _event(
+    session: Session,
+    fu: FollowUp,
+    from_state: str | None,
+    to_state: str,
+    at: datetime,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> None:
+    assert fu.id is not None
+    repo.add_event(
+        session,
+        FollowUpEvent(
+            followup_id=fu.id,
+            merchant_id=fu.merchant_id,
+            from_state=from_state,
+            to_state=to_state,
+            reason=reason,
+            at=at,
+            detail=detail,
+        ),
+    )
+
+
+def _move(
+    session: Session,
+    fu: FollowUp,
+    to_state: str,
+    at: datetime,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> None:
+    _event(session, fu, fu.state, to_state, at, reason, detail)
+    fu.state, fu.updated_at = to_state, at
+    if to_state in (FollowUpState.SUPPRESSED, FollowUpState.CANCELLED, FollowUpState.FAILED):
+        fu.reason = reason
+    repo.save(session, fu)
+
+
+def _create(
+    session: Session,
+    contact: Contact,
+    policy: FollowUpPolicy,
+    *,
+    kind: Trigger,
+    payment_ref: str,
+    invoice_ref: str,
+    due_at: datetime,
+    now: datetime,
+) -> FollowUp:
+    fu = repo.save(
+        session,
+        FollowUp(
+            merchant_id=contact.merchant_id,
+            contact_id=contact.id or 0,
+            policy_id=policy.id,
+            kind=kind.value,
+            purpose=policy.purpose,
+            payment_ref=payment_ref,
+            invoice_ref=invoice_ref,
+            channels=choose_channels(policy, contact),
+            state=FollowUpState.SCHEDULED,
+            due_at=due_at,
+            expires_at=due_at + timedelta(days=policy.expiry_days),
+            created_at=now,
+            updated_at=now,
+        ),
+    )
+    decision = _decide(session, contact, policy, fu, due_at, scheduling=True)
+    fu.channel, fu.state = decision.channel, decision.state
+    if decision.state == FollowUpState.SUPPRESSED:
+        fu.reason = decision.reason
+        _event(session, fu, None, fu.state, now, decision.reason)
+    else:
+        _event(session, fu, None, fu.state, now)
+        if decision.deferred:
+            fu.due_at = decision.due_at
+            _event(session, fu, fu.state, fu.state, now, SuppressionReason.QUIET_HOURS, "deferred")
+    return repo.save(session, fu)
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+def schedule_for_payment(
+    session: Session,
+    merchant_id: int,
+    contact_id: int,
+    payment_ref: str,
+    invoice_ref: str,
+    amount_minor: int,
+    currency: str,
+    settled_at: datetime,
+    clock: Clock,
+) -> list[FollowUp]:
+    """Record the purchase and schedule follow-ups per policy. Idempotent per payment_ref."""
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor < 0:
+        raise InvalidRequest("amount_minor must be a non-negative integer", param="amount_minor")
+    for name, value in (("payment_ref", payment_ref), ("invoice_ref", invoice_ref)):
+        if not value or len(value) > 128:
+            raise InvalidRequest(f"{name} is required", code=f"invalid_{name}", param=name)
+    if not currency or len(currency) > 16:
+        raise InvalidRequest("currency is required", code="invalid_currency", param="currency")
+    contact = contacts.get_contact(session, merchant_id, contact_id)
+    existing = repo.get_purchase(session, merchant_id, payment_ref)
+    if existing is not None:
+        return list(repo.list_for_payment(session, merchant_id, payment_ref))
+    now = clock.now()
+    settled = as_utc(settled_at)
+    try:
+        with session.begin_nested():
+            repo.add_purchase(
+                session,
+                Purchase(
+                    merchant_id=merchant_id,
+                    contact_id=contact_id,
+                    payment_ref=payment_ref,
+                    invoice_ref=invoice_ref,
+                    amount_minor=amount_minor,
+                    currency=currency.upper(),
+                    settled_at=settled,
+                ),
+            )
+    except IntegrityError:  # a concurrent caller recorded it first
+        return list(repo.list_for_payment(session, merchant_id, payment_ref))
+    policy = repo.get_policy(session, merchant_id, Trigger.PAYMENT_SETTLED)
+    if policy is None or not policy.active:
+        return []
+    due = settled + timedelta(minutes=policy.delay_minutes)
+    fu = _create(
+        session,
+        contact,
+        policy,
+        kind=Trigger.PAYMENT_SETTLED,
+        payment_ref=payment_ref,
+        invoice_ref=invoice_ref,
+        due_at=due,
+        now=now,
+    )
+    return [fu]
+
+
+def cancel_for_payment(
+    session: Session, merchant_id: int, payment_ref: str, reason: str, clock: Clock
+) -> int:
+    """Chain reorg: cancel the payment's not-yet-sent follow-ups. Returns how many."""
+    if not reason or len(reason) > 32:
+        raise InvalidRequest("reason is required (<= 32 chars)", param="reason")
+    now = clock.now()
+    purchase = repo.get_purchase(session, merchant_id, payment_ref)
+    if purchase is not None and purchase.cancelled_at is None:
+        purchase.cancelled_at, purchase.cancel_reason = now, reason
+        session.add(purchase)
+    count = 0
+    for fu in repo.list_for_payment(session, merchant_id, payment_ref):
+        if fu.state in repo.PENDING:
+            _move(session, fu, FollowUpState.CANCELLED, now, reason)
+            count += 1
+    return count
+
+
+def schedule_periodic(session: Session, merchant_id: int, clock: Clock) -> list[FollowUp]:
+    """Periodic follow-ups, e.g. 30 days after each contact's first purchase (once per contact)."""
+    policy = repo.get_policy(session, merchant_id, Trigger.PERIODIC)
+    if policy is None or not policy.active:
+        return []
+    now = clock.now()
+    after = timedelta(days=policy.periodic_after_days)
+    created: list[FollowUp] = []
+    for purchase in repo.first_purchases_without_periodic(
+        session, merchant_id, now - after, Trigger.PERIODIC.value
+    ):
+        contact = contacts.get_contact(session, merchant_id, purchase.contact_id)
+        created.append(
+            _create(
+                session,
+                contact,
+                policy,
+                kind=Trigger.PERIODIC,
+                payment_ref=purchase.payment_ref,
+                invoice_ref=purchase.invoice_ref,
+                due_at=max(purchase.settled_at + after, now),
+                now=now,
+            )
+        )
+    return created
+
+
+# ----------------------------------------------------------------------------- sending
+
+
+def get_followup(session: Session, merchant_id: int, followup_id: int) -> FollowUp:
+    fu = repo.get(session, merchant_id, followup_id)
+    if fu is None:
+        raise FollowUpNotFound("no such follow-up", param="followup_id")
+    return fu
+
+
+def _locked(session: Session, followup_id: int) -> FollowUp:
+    fu = repo.get_for_update(session, followup_id)
+    if fu is None:
+        raise FollowUpNotFound("no such follow-up", param="followup_id")
+    return fu
+
+
+def claim_due(session: Session, now: datetime, limit: int, worker_id: str) -> list[int]:
+    """Atomically move due ``scheduled`` follow-ups to ``queued``; returns the claimed ids."""
+    if limit < 1 or not worker_id or len(worker_id) > 64:
+        raise InvalidRequest("limit >= 1 and a worker_id are required", param="limit")
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        ids = repo.claim_skip_locked(session, now, limit, worker_id)
+    else:
+        ids = repo.claim_conditional(session, now, limit, worker_id)
+    for followup_id in ids:
+        fu = repo.get_for_update(session, followup_id)
+        assert fu is not None
+        _event(session, fu, FollowUpState.SCHEDULED, FollowUpState.QUEUED, now, detail=worker_id)
+    session.flush()
+    return ids
+
+
+def prepare_send(
+    session: Session,
+    followup_id: int,
+    now: datetime,
+    keyring: KeyRing,
+    *,
+    token_ttl: timedelta = TOKEN_TTL,
+) -> SendInstruction | None:
+    """Re-check consent, erasure, frequency cap and quiet hours at send time.
+
+    Returns what to send (with a freshly issued single-use feedback token) or ``None`` after
+    recording the suppression, deferral or expiry.
+    """
+    fu = _locked(session, followup_id)
+    if fu.state != FollowUpState.QUEUED:
+        raise InvalidTransition(f"follow-up is {fu.state}, not queued", param="followup_id")
+    if now >= fu.expires_at:
+        _move(session, fu, FollowUpState.EXPIRED, now)
+        return None
+    contact = contacts.get_contact(session, fu.merchant_id, fu.contact_id)
+    policy = repo.get_policy_by_id(session, fu.merchant_id, fu.policy_id or 0)
+    if policy is None:
+        raise InvalidTransition("follow-up policy is gone", code="policy_not_found")
+    decision = _decide(session, contact, policy, fu, now, scheduling=False)
+    if decision.state == FollowUpState.SUPPRESSED:
+        _move(session, fu, FollowUpState.SUPPRESSED, now, decision.reason)
+        return None
+    if decision.deferred:
+        fu.due_at, fu.worker_id = decision.due_at, None
+        _move(session, fu, FollowUpState.SCHEDULED, now, SuppressionReason.QUIET_HOURS, "deferred")
+        return None
+    assert decision.channel is not None
+    assert fu.id is not None
+    fu.channel = decision.channel
+    repo.save(session, fu)
+    token, token_hash = new_token()
+    expires = now + token_ttl
+    feedback_repo.upsert_token(
+        session,
+        merchant_id=fu.merchant_id,
+        followup_id=fu.id,
+        contact_id=fu.contact_id,
+        token_hash=token_hash,
+        expires_at=expires,
+        now=now,
+    )
+    return SendInstruction(
+        followup_id=fu.id,
+        merchant_id=fu.merchant_id,
+        contact_id=fu.contact_id,
+        channel=decision.channel,
+        purpose=fu.purpose,
+        kind=fu.kind,
+        payment_ref=fu.payment_ref,
+        invoice_ref=fu.invoice_ref,
+        locale=contact.locale,
+        token_expires_at=expires,
+        address=contacts.address_for_channel(session, contact, Channel(decision.channel), keyring),
+        token=token,
+    )
+
+
+def mark_sent(session: Session, followup_id: int, now: datetime) -> FollowUp:
+    fu = _locked(session, followup_id)
+    if fu.state != FollowUpState.QUEUED:
+        raise InvalidTransition(f"follow-up is {fu.state}, not queued", param="followup_id")
+    fu.sent_at = now
+    fu.attempts += 1
+    _move(session, fu, FollowUpState.SENT, now)
+    return fu
+
+
+def mark_failed(
+    session: Session,
+    followup_id: int,
+    now: datetime,
+    retry_at: datetime | None = None,
+    *,
+    error: str = "delivery_failed",
+    max_attempts: int = MAX_ATTEMPTS,
+) -> FollowUp:
+    """Delivery failed: retry with exponential backoff (5 min * 2^n) or give up."""
+    fu = _locked(session, followup_id)
+    if fu.state != FollowUpState.QUEUED:
+        raise InvalidTransition(f"follow-up is {fu.state}, not queued", param="followup_id")
+    fu.attempts += 1
+    if fu.attempts >= max_attempts:
+        _move(session, fu, FollowUpState.FAILED, now, error[:32])
+        return fu
+    retry = retry_at or now + RETRY_BASE * (2 ** (fu.attempts - 1))
+    if retry >= fu.expires_at:
+        _move(session, fu, FollowUpState.EXPIRED, now, error[:32])
+        return fu
+    fu.due_at, fu.worker_id = retry, None
+    _move(session, fu, FollowUpState.SCHEDULED, now, "retry", error[:200])
+    return fu
+
+
+def mark_responded(session: Session, fu: FollowUp, now: datetime) -> None:
+    """Called by the feedback service when the customer answers."""
+    if fu.state in (FollowUpState.SENT, FollowUpState.QUEUED):
+        fu.responded_at = now
+        if fu.sent_at is None:
+            fu.sent_at = now
+        _move(session, fu, FollowUpState.RESPONDED, now)
+
+
+def expire_one(session: Session, fu: FollowUp, now: datetime) -> None:
+    if fu.state in repo.PENDING:
+        _move(session, fu, FollowUpState.EXPIRED, now)
+
+
+def expire_due(session: Session, now: datetime) -> int:
+    rows = repo.due_to_expire(session, now)
+    for fu in rows:
+        _move(session, fu, FollowUpState.EXPIRED, now)
+    return len(rows)

@@ -1,0 +1,3 @@
+"""merchants domain."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""metrics domain."""
+
+__all__: list[str] = []

@@ -1,0 +1,112 @@
+"""Metrics SQL (aggregates only; no personal data leaves these queries)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, func, select
+
+from crm.feedback.models import Feedback
+from crm.followups.models import FollowUp, FollowUpEvent
+from crm.tickets.models import Ticket
+
+__all__ = [
+    "nps_counts",
+    "rating_counts",
+    "response_counts",
+    "sla_counts",
+    "suppression_counts",
+    "ticket_tags",
+]
+
+
+def _count_if(cond: Any) -> Any:
+    return func.coalesce(func.sum(sa.case((cond, 1), else_=0)), 0)
+
+
+def rating_counts(
+    session: Session, merchant_id: int, start: datetime, end: datetime
+) -> tuple[int, int]:
+    stmt = select(func.count(col(Feedback.rating)), _count_if(col(Feedback.rating) >= 4)).where(
+        Feedback.merchant_id == merchant_id,
+        col(Feedback.submitted_at) >= start,
+        col(Feedback.submitted_at) < end,
+    )
+    total, good = session.exec(stmt).one()
+    return int(total), int(good)
+
+
+def nps_counts(
+    session: Session, merchant_id: int, start: datetime, end: datetime
+) -> tuple[int, int, int]:
+    stmt = select(
+        func.count(col(Feedback.nps)),
+        _count_if(col(Feedback.nps) >= 9),
+        _count_if(col(Feedback.nps) <= 6),
+    ).where(
+        Feedback.merchant_id == merchant_id,
+        col(Feedback.submitted_at) >= start,
+        col(Feedback.submitted_at) < end,
+    )
+    total, promoters, detractors = session.exec(stmt).one()
+    return int(total), int(promoters), int(detractors)
+
+
+def response_counts(
+    session: Session, merchant_id: int, start: datetime, end: datetime
+) -> tuple[int, int]:
+    stmt = select(
+        func.count(col(FollowUp.id)), _count_if(col(FollowUp.responded_at).is_not(None))
+    ).where(
+        FollowUp.merchant_id == merchant_id,
+        col(FollowUp.sent_at) >= start,
+        col(FollowUp.sent_at) < end,
+    )
+    sent, responded = session.exec(stmt).one()
+    return int(sent), int(responded)
+
+
+def sla_counts(
+    session: Session, merchant_id: int, start: datetime, end: datetime
+) -> tuple[int, int]:
+    """(hits, misses) for tickets opened in the period whose SLA outcome is known."""
+    responded_in_time = sa.and_(
+        col(Ticket.first_response_at).is_not(None),
+        col(Ticket.first_response_at) <= col(Ticket.due_at),
+    )
+    missed = sa.or_(
+        col(Ticket.breached_at).is_not(None), col(Ticket.first_response_at) > col(Ticket.due_at)
+    )
+    stmt = select(_count_if(responded_in_time), _count_if(missed)).where(
+        Ticket.merchant_id == merchant_id, Ticket.opened_at >= start, Ticket.opened_at < end
+    )
+    hits, misses = session.exec(stmt).one()
+    return int(hits), int(misses)
+
+
+def ticket_tags(
+    session: Session, merchant_id: int, start: datetime, end: datetime
+) -> Sequence[Sequence[str]]:
+    stmt = select(Ticket.root_cause_tags).where(
+        Ticket.merchant_id == merchant_id, Ticket.opened_at >= start, Ticket.opened_at < end
+    )
+    return session.exec(stmt).all()
+
+
+def suppression_counts(
+    session: Session, merchant_id: int, start: datetime, end: datetime
+) -> dict[str, int]:
+    stmt = (
+        select(FollowUpEvent.reason, func.count())
+        .where(
+            FollowUpEvent.merchant_id == merchant_id,
+            FollowUpEvent.to_state == "suppressed",
+            FollowUpEvent.at >= start,
+            FollowUpEvent.at < end,
+        )
+        .group_by(col(FollowUpEvent.reason))
+    )
+    return {str(reason): int(n) for reason, n in session.exec(stmt).all()}

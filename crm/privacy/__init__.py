@@ -1,0 +1,3 @@
+"""privacy domain."""
+
+__all__: list[str] = []

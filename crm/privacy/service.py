@@ -1,0 +1,134 @@
+"""Data-subject rights: export (Art. 15/20) and erasure by crypto-shredding (Art. 17).
+
+Erasure deletes the contact's wrapped data key (every ciphertext of the contact becomes noise),
+also overwrites the ciphertexts and blind indexes, keeps purchases (payment reference, amount:
+Art. 17(3)(b) legal obligation), suppresses pending follow-ups with reason ``erased`` and writes an
+:class:`ErasureLog` that holds no personal data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session
+
+from crm.audit import service as audit
+from crm.clock import Clock
+from crm.consent import repository as consent_repo
+from crm.contacts import repository as contacts_repo
+from crm.contacts import service as contacts
+from crm.crypto import KeyRing
+from crm.enums import SuppressionReason
+from crm.feedback import repository as feedback_repo
+from crm.feedback import service as feedback
+from crm.followups import repository as followups_repo
+from crm.privacy import repository as repo
+from crm.privacy.models import ErasureLog
+from crm.rewards import repository as rewards_repo
+from crm.tickets import repository as tickets_repo
+
+__all__ = ["erase_contact", "export_contact"]
+
+
+def _dump(obj: Any, exclude: set[str] | None = None) -> dict[str, Any]:
+    return dict(obj.model_dump(mode="json", exclude=exclude or set()))
+
+
+def export_contact(
+    session: Session,
+    merchant_id: int,
+    contact_id: int,
+    *,
+    keyring: KeyRing,
+    actor: str,
+    clock: Clock,
+) -> dict[str, Any]:
+    """Everything the CRM holds about a contact, decrypted, as one JSON-able dict."""
+    contact = contacts.get_contact(session, merchant_id, contact_id)
+    secret = {"token_hash", "comment_enc"}
+    result: dict[str, Any] = {
+        "contact": _dump(contacts.to_public(session, contact, keyring)),
+        "consent_events": [_dump(e) for e in consent_repo.list_events(session, contact_id)],
+        "consent_state": [_dump(s) for s in consent_repo.list_states(session, contact_id)],
+        "purchases": [
+            _dump(p) for p in followups_repo.list_purchases_for_contact(session, contact_id)
+        ],
+        "followups": [_dump(f) for f in followups_repo.list_for_contact(session, contact_id)],
+        "feedback": [
+            _dump(feedback.to_public(session, f, keyring))
+            for f in feedback_repo.list_for_contact(session, contact_id)
+            if f.submitted_at is not None
+        ],
+        "tickets": [_dump(t) for t in tickets_repo.list_for_contact(session, contact_id)],
+        "rewards": [_dump(r) for r in rewards_repo.list_for_contact(session, contact_id)],
+    }
+    log = repo.get_log(session, contact_id)
+    result["erasure"] = None if log is None else _dump(log)
+    for row in result["feedback"]:
+        for k in secret:
+            row.pop(k, None)
+    audit.record(
+        session,
+        actor=actor,
+        action="contact.exported",
+        object_type="contact",
+        object_id=contact_id,
+        at=clock.now(),
+        merchant_id=merchant_id,
+    )
+    return result
+
+
+def erase_contact(
+    session: Session,
+    merchant_id: int,
+    contact_id: int,
+    *,
+    actor: str,
+    clock: Clock,
+    request_ref: str | None = None,
+) -> ErasureLog:
+    """Crypto-shred the contact. Idempotent: a second call returns the first log entry."""
+    contact = contacts.get_contact(session, merchant_id, contact_id)
+    existing = repo.get_log(session, contact_id)
+    if existing is not None:
+        return existing
+    now = clock.now()
+    suppressed = followups_repo.suppress_pending_for_contact(
+        session, contact_id, purposes=None, reason=SuppressionReason.ERASED, at=now
+    )
+    key_destroyed = contacts_repo.delete_key(session, contact_id)
+    contact.name_enc = contact.email_enc = contact.phone_enc = None
+    contact.email_index = None
+    contact.locale = None
+    contact.erased_at = contact.updated_at = now
+    contacts_repo.add(session, contact)
+    wallets = repo.scrub_wallets(session, contact_id)
+    comments = repo.scrub_feedback(session, contact_id)
+    log = repo.add_log(
+        session,
+        ErasureLog(
+            merchant_id=merchant_id,
+            contact_id=contact_id,
+            actor=actor,
+            request_ref=request_ref,
+            erased_at=now,
+            summary={
+                "data_key_destroyed": bool(key_destroyed),
+                "followups_suppressed": suppressed,
+                "wallets_scrubbed": wallets,
+                "feedback_rows_scrubbed": comments,
+                "retained": ["purchases.payment_ref", "purchases.amount_minor"],
+            },
+        ),
+    )
+    audit.record(
+        session,
+        actor=actor,
+        action="contact.erased",
+        object_type="contact",
+        object_id=contact_id,
+        at=now,
+        merchant_id=merchant_id,
+    )
+    return log

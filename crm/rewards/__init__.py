@@ -1,0 +1,3 @@
+"""rewards domain."""
+
+__all__: list[str] = []

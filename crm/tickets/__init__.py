@@ -1,0 +1,3 @@
+"""tickets domain."""
+
+__all__: list[str] = []

@@ -1,0 +1,336 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, select
+
+from crm import KeyRing
+from crm.clock import FrozenClock
+from crm.errors import (
+    FeedbackFrozen,
+    FeedbackNotFound,
+    FeedbackTokenExpired,
+    FeedbackTokenInvalid,
+    FeedbackTokenUsed,
+    InvalidRating,
+    InvalidRequest,
+)
+from crm.feedback import service as feedback
+from crm.feedback.models import Feedback, FeedbackCreate, FeedbackUpdate
+from crm.followups.models import FollowUp
+from crm.merchants import service as merchants
+from crm.merchants.models import MerchantCreate
+from crm.rewards import service as rewards
+from crm.rewards.models import RewardEntry
+from crm.tickets.models import Ticket
+
+from .conftest import MakeContact, count
+from .helpers import sent_followup
+
+
+def _counts(session: Session) -> tuple[int, int, int]:
+    submitted = len(session.exec(select(Feedback).where(Feedback.submitted_at != None)).all())  # noqa: E711
+    return submitted, count(session, Ticket), count(session, RewardEntry)
+
+
+class TestSubmitFeedback:
+    def test_positive_answer_rewards_no_ticket(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        c = make_contact()
+        fu, token = sent_followup(session, merchant_id, c, clock, keyring, reward_points=25)
+        clock.advance(hours=3)
+        out = feedback.submit_feedback(
+            session,
+            merchant_id,
+            token,
+            FeedbackCreate(rating=5, nps=10, comment="Lovely tea", tags=["Delivery"]),
+            keyring=keyring,
+            clock=clock,
+        )
+        assert (out.rating, out.nps, out.comment, out.tags) == (5, 10, "Lovely tea", ["delivery"])
+        assert out.ticket_id is None
+        assert out.reward_points == 25
+        session.refresh(fu)
+        assert (fu.state, fu.responded_at) == ("responded", clock.now())
+        row = session.get(Feedback, out.id)
+        assert row is not None
+        assert row.comment_enc is not None
+        assert b"Lovely" not in row.comment_enc
+        assert "Lovely" not in repr(out)
+
+    @pytest.mark.parametrize(("rating", "nps"), [(2, None), (None, 6), (5, 3), (1, 10)])
+    def test_negative_opens_ticket_with_24h_sla(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+        rating: int | None,
+        nps: int | None,
+    ) -> None:
+        _, token = sent_followup(session, merchant_id, make_contact(), clock, keyring)
+        out = feedback.submit_feedback(
+            session,
+            merchant_id,
+            token,
+            FeedbackCreate(rating=rating, nps=nps),
+            keyring=keyring,
+            clock=clock,
+        )
+        ticket = session.get(Ticket, out.ticket_id)
+        assert ticket is not None
+        assert ticket.state == "open"
+        assert ticket.due_at == clock.now() + timedelta(hours=24)
+
+    @pytest.mark.parametrize(("rating", "nps"), [(3, None), (None, 7), (3, 8)])
+    def test_neutral_no_ticket(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+        rating: int | None,
+        nps: int | None,
+    ) -> None:
+        _, token = sent_followup(session, merchant_id, make_contact(), clock, keyring)
+        out = feedback.submit_feedback(
+            session,
+            merchant_id,
+            token,
+            FeedbackCreate(rating=rating, nps=nps),
+            keyring=keyring,
+            clock=clock,
+        )
+        assert out.ticket_id is None
+        assert count(session, Ticket) == 0
+
+    def test_reward_independent_of_rating_and_marketing_consent(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        a, b = make_contact(), make_contact()
+        _, ta = sent_followup(session, merchant_id, a, clock, keyring, ref="a")
+        _, tb = sent_followup(session, merchant_id, b, clock, keyring, ref="b")
+        ra = feedback.submit_feedback(
+            session, merchant_id, ta, FeedbackCreate(rating=1), keyring=keyring, clock=clock
+        )
+        rb = feedback.submit_feedback(
+            session, merchant_id, tb, FeedbackCreate(rating=5), keyring=keyring, clock=clock
+        )
+        assert ra.reward_points == rb.reward_points == 10
+        assert rewards.balance(session, merchant_id, a.id or 0) == 10
+
+    @pytest.mark.parametrize(
+        ("kw", "exc", "code"),
+        [
+            ({"rating": 0}, InvalidRating, "invalid_rating"),
+            ({"rating": 6}, InvalidRating, "invalid_rating"),
+            ({"nps": 11}, InvalidRating, "invalid_nps"),
+            ({"nps": -1}, InvalidRating, "invalid_nps"),
+            ({}, InvalidRating, "invalid_rating"),
+            ({"rating": 5, "tags": ["not a slug!"]}, InvalidRequest, "invalid_tags"),
+            ({"rating": 5, "comment": "x" * 5000}, InvalidRequest, "invalid_comment"),
+        ],
+    )
+    def test_out_of_range_nothing_written(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+        kw: dict[str, object],
+        exc: type[Exception],
+        code: str,
+    ) -> None:
+        _, token = sent_followup(session, merchant_id, make_contact(), clock, keyring)
+        before = _counts(session)
+        with pytest.raises(exc) as info:
+            feedback.submit_feedback(
+                session,
+                merchant_id,
+                token,
+                FeedbackCreate(**kw),  # type: ignore[arg-type]
+                keyring=keyring,
+                clock=clock,
+            )
+        assert info.value.code == code
+        assert info.value.status_code == 400
+        assert _counts(session) == before
+
+    def test_token_is_single_use(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, token = sent_followup(session, merchant_id, make_contact(), clock, keyring)
+        feedback.submit_feedback(
+            session, merchant_id, token, FeedbackCreate(rating=1), keyring=keyring, clock=clock
+        )
+        before = _counts(session)
+        with pytest.raises(FeedbackTokenUsed) as info:
+            feedback.submit_feedback(
+                session, merchant_id, token, FeedbackCreate(rating=5), keyring=keyring, clock=clock
+            )
+        assert info.value.status_code == 409
+        assert _counts(session) == before
+        row = session.exec(select(Feedback)).one()
+        assert row.rating == 1
+
+    def test_expired_token(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, token = sent_followup(session, merchant_id, make_contact(), clock, keyring)
+        clock.advance(days=14)
+        before = _counts(session)
+        with pytest.raises(FeedbackTokenExpired) as info:
+            feedback.submit_feedback(
+                session, merchant_id, token, FeedbackCreate(rating=4), keyring=keyring, clock=clock
+            )
+        assert info.value.code == "feedback_token_expired"
+        assert _counts(session) == before
+
+    def test_unknown_token(
+        self, session: Session, merchant_id: int, keyring: KeyRing, clock: FrozenClock
+    ) -> None:
+        with pytest.raises(FeedbackTokenInvalid) as info:
+            feedback.submit_feedback(
+                session,
+                merchant_id,
+                "forged",
+                FeedbackCreate(rating=4),
+                keyring=keyring,
+                clock=clock,
+            )
+        assert info.value.status_code == 404
+
+    def test_reissued_token_revokes_previous(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        from crm.followups import service as followups
+
+        c = make_contact()
+        fu, old = sent_followup(session, merchant_id, c, clock, keyring)
+        fu.state = "queued"  # dispatcher re-sends (e.g. after a bounce) and issues a new token
+        session.add(fu)
+        send = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        assert send is not None
+        assert send.token != old
+        with pytest.raises(FeedbackTokenInvalid):
+            feedback.submit_feedback(
+                session, merchant_id, old, FeedbackCreate(rating=4), keyring=keyring, clock=clock
+            )
+
+    def test_other_merchants_followup(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, token = sent_followup(session, merchant_id, make_contact(), clock, keyring)
+        other = merchants.create_merchant(session, MerchantCreate(name="Other"), clock)
+        before = _counts(session)
+        with pytest.raises(FeedbackNotFound) as info:
+            feedback.submit_feedback(
+                session,
+                other.id or 0,
+                token,
+                FeedbackCreate(rating=5),
+                keyring=keyring,
+                clock=clock,
+            )
+        assert info.value.status_code == 404
+        assert _counts(session) == before
+        assert session.exec(select(FollowUp)).one().state == "sent"
+
+
+class TestEditFeedback:
+    def test_editable_for_14_days_then_frozen(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, token = sent_followup(session, merchant_id, make_contact(), clock, keyring)
+        out = feedback.submit_feedback(
+            session, merchant_id, token, FeedbackCreate(rating=4), keyring=keyring, clock=clock
+        )
+        clock.advance(days=13, hours=23)
+        edited = feedback.edit_feedback(
+            session,
+            merchant_id,
+            out.id,
+            FeedbackUpdate(rating=1, comment="Actually broken"),
+            actor="contact",
+            keyring=keyring,
+            clock=clock,
+        )
+        assert (edited.rating, edited.comment) == (1, "Actually broken")
+        assert edited.ticket_id is not None  # became negative: ticket opened
+        clock.advance(hours=1)
+        with pytest.raises(FeedbackFrozen) as info:
+            feedback.edit_feedback(
+                session,
+                merchant_id,
+                out.id,
+                FeedbackUpdate(rating=5),
+                actor="contact",
+                keyring=keyring,
+                clock=clock,
+            )
+        assert info.value.status_code == 409
+        assert feedback.get_feedback(session, merchant_id, out.id).rating == 1
+
+    def test_edit_validates(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, token = sent_followup(session, merchant_id, make_contact(), clock, keyring)
+        out = feedback.submit_feedback(
+            session, merchant_id, token, FeedbackCreate(rating=4), keyring=keyring, clock=clock
+        )
+        with pytest.raises(InvalidRating):
+            feedback.edit_feedback(
+                session,
+                merchant_id,
+                out.id,
+                FeedbackUpdate(rating=9),
+                actor="contact",
+                keyring=keyring,
+                clock=clock,
+            )
+        assert feedback.get_feedback(session, merchant_id, out.id).rating == 4

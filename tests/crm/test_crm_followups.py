@@ -1,0 +1,539 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from crm import KeyRing
+from crm.clock import FrozenClock
+from crm.consent import service as consent
+from crm.contacts.models import Contact
+from crm.errors import (
+    DuplicatePolicy,
+    InvalidChoice,
+    InvalidPolicy,
+    InvalidRequest,
+    InvalidTransition,
+)
+from crm.feedback.models import Feedback
+from crm.feedback.tokens import hash_token
+from crm.followups import service as followups
+from crm.followups.models import (
+    FollowUp,
+    FollowUpEvent,
+    FollowUpPolicy,
+    FollowUpPolicyCreate,
+    Purchase,
+)
+from crm.privacy import service as privacy
+
+from .conftest import START, MakeContact, count
+
+
+def policy(session: Session, merchant_id: int, clock: FrozenClock, **kw: Any) -> FollowUpPolicy:
+    return followups.create_policy(
+        session, merchant_id, FollowUpPolicyCreate(**kw), actor="admin:root", clock=clock
+    )
+
+
+def consented(
+    session: Session,
+    make_contact: MakeContact,
+    merchant_id: int,
+    clock: FrozenClock,
+    channels: tuple[str, ...] = ("email",),
+    purpose: str = "service_followup",
+    **kw: Any,
+) -> Contact:
+    c = make_contact(**kw)
+    assert c.id is not None
+    for ch in channels:
+        consent.grant(session, merchant_id, c.id, purpose, ch, actor=f"contact:{c.id}", clock=clock)
+    return c
+
+
+def pay(
+    session: Session,
+    merchant_id: int,
+    contact: Contact,
+    ref: str,
+    clock: FrozenClock,
+    settled_at: datetime | None = None,
+) -> list[FollowUp]:
+    assert contact.id is not None
+    return followups.schedule_for_payment(
+        session,
+        merchant_id,
+        contact.id,
+        ref,
+        f"inv-{ref}",
+        12_345,
+        "usdc",
+        settled_at or clock.now(),
+        clock,
+    )
+
+
+def events(session: Session, fu: FollowUp) -> list[tuple[str | None, str, str | None]]:
+    rows = session.exec(
+        select(FollowUpEvent).where(FollowUpEvent.followup_id == fu.id).order_by(FollowUpEvent.id)  # type: ignore[arg-type]
+    ).all()
+    return [(e.from_state, e.to_state, e.reason) for e in rows]
+
+
+class TestCreatePolicy:
+    def test_defaults(self, session: Session, merchant_id: int, clock: FrozenClock) -> None:
+        p = policy(session, merchant_id, clock)
+        assert p.frequency_cap_days == 30
+        assert (p.window_start_minute, p.window_end_minute) == (480, 1260)
+        assert p.expiry_days == 28
+        assert p.channel_order == ["email"]
+
+    @pytest.mark.parametrize(
+        ("kw", "exc", "code"),
+        [
+            ({"channel_order": []}, InvalidPolicy, "policy_missing_default"),
+            ({"channel_order": ["fax"]}, InvalidChoice, "invalid_channel"),
+            (
+                {"segment_rules": [{"field": "tier", "equals": "vip"}]},
+                InvalidPolicy,
+                "invalid_segment_rule",
+            ),
+            (
+                {"segment_rules": [{"field": "income", "equals": "x", "channels": ["phone"]}]},
+                InvalidPolicy,
+                "invalid_segment_rule",
+            ),
+            (
+                {"window_start_minute": 1300, "window_end_minute": 600},
+                InvalidPolicy,
+                "invalid_send_window",
+            ),
+            ({"trigger": "whenever"}, InvalidChoice, "invalid_trigger"),
+            ({"purpose": "spam"}, InvalidChoice, "invalid_purpose"),
+            ({"frequency_cap_days": -1}, InvalidPolicy, "invalid_frequency_cap_days"),
+        ],
+    )
+    def test_invalid_policy_nothing_written(
+        self,
+        session: Session,
+        merchant_id: int,
+        clock: FrozenClock,
+        kw: dict[str, Any],
+        exc: type[Exception],
+        code: str,
+    ) -> None:
+        with pytest.raises(exc) as info:
+            policy(session, merchant_id, clock, **kw)
+        assert info.value.code == code
+        assert count(session, FollowUpPolicy) == 0
+
+    def test_one_policy_per_trigger(
+        self, session: Session, merchant_id: int, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock)
+        with pytest.raises(DuplicatePolicy):
+            policy(session, merchant_id, clock)
+        assert count(session, FollowUpPolicy) == 1
+
+
+class TestScheduleForPayment:
+    def test_schedules_after_delay_on_consented_channel(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=24 * 60)
+        c = consented(session, make_contact, merchant_id, clock)
+        [fu] = pay(session, merchant_id, c, "pay-1", clock)
+        assert fu.state == "scheduled"
+        assert fu.channel == "email"
+        assert fu.due_at == START + timedelta(days=1)
+        assert fu.expires_at == START + timedelta(days=29)
+        assert events(session, fu) == [(None, "scheduled", None)]
+        purchase = session.exec(select(Purchase)).one()
+        assert (purchase.amount_minor, purchase.currency) == (12_345, "USDC")
+
+    def test_idempotent(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock)
+        c = consented(session, make_contact, merchant_id, clock)
+        first = pay(session, merchant_id, c, "pay-1", clock)
+        again = pay(session, merchant_id, c, "pay-1", clock)
+        assert [f.id for f in first] == [f.id for f in again]
+        assert (count(session, FollowUp), count(session, Purchase)) == (1, 1)
+
+    def test_no_consent_is_suppressed_with_reason(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock)
+        c = make_contact()
+        [fu] = pay(session, merchant_id, c, "pay-1", clock)
+        assert (fu.state, fu.reason) == ("suppressed", "no_consent")
+        assert events(session, fu) == [(None, "suppressed", "no_consent")]
+
+    def test_marketing_consent_does_not_count_for_service(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock)
+        c = consented(session, make_contact, merchant_id, clock, purpose="marketing")
+        [fu] = pay(session, merchant_id, c, "pay-1", clock)
+        assert fu.reason == "no_consent"
+
+    def test_quiet_hours_defer_in_contacts_time_zone(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=0)
+        c = consented(session, make_contact, merchant_id, clock, time_zone="Asia/Shanghai")
+        settled = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai
+        [fu] = pay(session, merchant_id, c, "pay-1", clock, settled_at=settled)
+        assert fu.state == "scheduled"
+        assert fu.due_at == datetime(2026, 3, 3, 0, 0, tzinfo=UTC)  # 08:00 Shanghai
+        assert events(session, fu) == [
+            (None, "scheduled", None),
+            ("scheduled", "scheduled", "quiet_hours"),
+        ]
+
+    def test_same_instant_is_daytime_elsewhere(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=0)
+        c = consented(session, make_contact, merchant_id, clock, time_zone="America/New_York")
+        settled = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # 09:00 in New York
+        [fu] = pay(session, merchant_id, c, "pay-1", clock, settled_at=settled)
+        assert fu.due_at == settled
+
+    def test_segment_rule_and_its_non_personalised_fallback(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(
+            session,
+            merchant_id,
+            clock,
+            channel_order=["email"],
+            segment_rules=[{"field": "tier", "equals": "vip", "channels": ["phone"]}],
+        )
+        vip = consented(session, make_contact, merchant_id, clock, ("email", "phone"), tier="vip")
+        opted_out = consented(
+            session,
+            make_contact,
+            merchant_id,
+            clock,
+            ("email", "phone"),
+            tier="vip",
+            personalised=False,
+        )
+        vip_no_phone = consented(session, make_contact, merchant_id, clock, ("email",), tier="vip")
+        assert pay(session, merchant_id, vip, "p1", clock)[0].channel == "phone"
+        assert pay(session, merchant_id, opted_out, "p2", clock)[0].channel == "email"
+        assert pay(session, merchant_id, vip_no_phone, "p3", clock)[0].channel == "email"
+
+    def test_frequency_cap(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        [first] = pay(session, merchant_id, c, "p1", clock)
+        [second] = pay(session, merchant_id, c, "p2", clock)  # one is already pending
+        assert (second.state, second.reason) == ("suppressed", "frequency_cap")
+        assert first.id in followups.claim_due(session, clock.now(), 10, "w1")
+        assert followups.prepare_send(session, first.id or 0, clock.now(), keyring) is not None
+        followups.mark_sent(session, first.id or 0, clock.now())
+        clock.advance(days=10)
+        [third] = pay(session, merchant_id, c, "p3", clock)
+        assert third.reason == "frequency_cap"
+        clock.advance(days=21)
+        [fourth] = pay(session, merchant_id, c, "p4", clock)
+        assert fourth.state == "scheduled"
+
+    @pytest.mark.parametrize(
+        ("amount", "ref", "currency", "code"),
+        [
+            (-1, "p", "USDC", "invalid_request"),
+            (1.5, "p", "USDC", "invalid_request"),
+            (True, "p", "USDC", "invalid_request"),
+            (1, "", "USDC", "invalid_payment_ref"),
+            (1, "p", "", "invalid_currency"),
+        ],
+    )
+    def test_bad_input_nothing_written(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        amount: Any,
+        ref: str,
+        currency: str,
+        code: str,
+    ) -> None:
+        policy(session, merchant_id, clock)
+        c = make_contact()
+        assert c.id is not None
+        with pytest.raises(InvalidRequest) as info:
+            followups.schedule_for_payment(
+                session, merchant_id, c.id, ref, "inv", amount, currency, clock.now(), clock
+            )
+        assert info.value.code == code
+        assert (count(session, FollowUp), count(session, Purchase)) == (0, 0)
+
+    def test_without_policy_records_purchase_only(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        c = consented(session, make_contact, merchant_id, clock)
+        assert pay(session, merchant_id, c, "p1", clock) == []
+        assert (count(session, FollowUp), count(session, Purchase)) == (0, 1)
+
+
+class TestCancelForPayment:
+    def test_cancels_only_unsent(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=0, frequency_cap_days=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        [a] = pay(session, merchant_id, c, "p1", clock)
+        [b] = pay(session, merchant_id, c, "p2", clock)
+        followups.claim_due(session, clock.now(), 10, "w")
+        assert followups.prepare_send(session, b.id or 0, clock.now(), keyring) is not None
+        followups.mark_sent(session, b.id or 0, clock.now())
+        assert followups.cancel_for_payment(session, merchant_id, "p1", "reorg", clock) == 1
+        assert followups.cancel_for_payment(session, merchant_id, "p2", "reorg", clock) == 0
+        session.refresh(a)
+        session.refresh(b)
+        assert (a.state, a.reason, b.state) == ("cancelled", "reorg", "sent")
+        purchase = session.exec(select(Purchase).where(Purchase.payment_ref == "p1")).one()
+        assert purchase.cancel_reason == "reorg"
+
+
+class TestSchedulePeriodic:
+    def test_once_per_contact_after_first_purchase(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock, trigger="periodic", periodic_after_days=30)
+        c = consented(session, make_contact, merchant_id, clock)
+        other = consented(session, make_contact, merchant_id, clock)
+        pay(session, merchant_id, c, "p1", clock)
+        clock.advance(days=5)
+        pay(session, merchant_id, c, "p2", clock)
+        pay(session, merchant_id, other, "p3", clock)
+        clock.advance(days=26)  # 31 days after c's first purchase, 26 after other's
+        created = followups.schedule_periodic(session, merchant_id, clock)
+        assert [(f.contact_id, f.payment_ref, f.kind) for f in created] == [
+            (c.id, "p1", "periodic")
+        ]
+        assert followups.schedule_periodic(session, merchant_id, clock) == []
+        clock.advance(days=5)
+        assert [f.contact_id for f in followups.schedule_periodic(session, merchant_id, clock)] == [
+            other.id
+        ]
+
+
+class TestClaimDue:
+    def test_claims_only_due_and_only_once(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=60, frequency_cap_days=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        fus = [pay(session, merchant_id, c, f"p{i}", clock)[0] for i in range(3)]
+        assert followups.claim_due(session, clock.now(), 10, "w1") == []
+        clock.advance(minutes=60)
+        claimed = followups.claim_due(session, clock.now(), 2, "w1")
+        assert len(claimed) == 2
+        rest = followups.claim_due(session, clock.now(), 10, "w2")
+        assert sorted(claimed + rest) == sorted(f.id for f in fus)
+        assert followups.claim_due(session, clock.now(), 10, "w3") == []
+        fu = session.get(FollowUp, rest[0])
+        assert fu is not None
+        assert (fu.state, fu.worker_id) == ("queued", "w2")
+        assert events(session, fu)[-1] == ("scheduled", "queued", None)
+
+
+class TestPrepareSend:
+    def _queued(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        **kw: Any,
+    ) -> tuple[Contact, FollowUp]:
+        policy(session, merchant_id, clock, delay_minutes=0, **kw)
+        c = consented(session, make_contact, merchant_id, clock, email="ada@example.com")
+        [fu] = pay(session, merchant_id, c, "p1", clock)
+        assert followups.claim_due(session, clock.now(), 10, "w") == [fu.id]
+        return c, fu
+
+    def test_returns_address_and_single_use_token(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, fu = self._queued(session, merchant_id, make_contact, clock)
+        send = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        assert send is not None
+        assert (send.channel, send.address) == ("email", "ada@example.com")
+        assert "ada@" not in repr(send)
+        assert send.token not in repr(send)
+        stored = session.exec(select(Feedback).where(Feedback.followup_id == fu.id)).one()
+        assert stored.token_hash == hash_token(send.token)
+        assert send.token not in str(stored.model_dump())
+        sent = followups.mark_sent(session, fu.id or 0, clock.now())
+        assert (sent.state, sent.sent_at) == ("sent", clock.now())
+
+    def test_consent_withdrawn_after_scheduling_suppresses(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        c, fu = self._queued(session, merchant_id, make_contact, clock)
+        consent.withdraw(
+            session,
+            merchant_id,
+            c.id or 0,
+            "service_followup",
+            "email",
+            actor="contact",
+            clock=clock,
+        )
+        assert followups.prepare_send(session, fu.id or 0, clock.now(), keyring) is None
+        session.refresh(fu)
+        assert (fu.state, fu.reason) == ("suppressed", "no_consent")
+        assert count(session, Feedback) == 0
+
+    def test_quiet_hours_at_send_time_defers(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, fu = self._queued(session, merchant_id, make_contact, clock)
+        late = datetime(2026, 3, 2, 21, 30, tzinfo=UTC)  # 21:30 London
+        assert followups.prepare_send(session, fu.id or 0, late, keyring) is None
+        session.refresh(fu)
+        assert fu.state == "scheduled"
+        assert fu.due_at == datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+        assert events(session, fu)[-1] == ("queued", "scheduled", "quiet_hours")
+
+    def test_quiet_hours_past_expiry_suppresses(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, fu = self._queued(session, merchant_id, make_contact, clock, expiry_days=1)
+        late = datetime(2026, 3, 2, 23, 0, tzinfo=UTC)  # next window: 08:00 London, after expiry
+        fu.expires_at = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
+        session.add(fu)
+        assert followups.prepare_send(session, fu.id or 0, late, keyring) is None
+        session.refresh(fu)
+        assert (fu.state, fu.reason) == ("suppressed", "quiet_hours")
+
+    def test_erased_contact_suppressed(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        c, fu = self._queued(session, merchant_id, make_contact, clock)
+        privacy.erase_contact(session, merchant_id, c.id or 0, actor="admin", clock=clock)
+        session.refresh(fu)
+        assert (fu.state, fu.reason) == ("suppressed", "erased")
+        with pytest.raises(InvalidTransition):
+            followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+
+    def test_not_queued_is_conflict(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        policy(session, merchant_id, clock)
+        c = consented(session, make_contact, merchant_id, clock)
+        [fu] = pay(session, merchant_id, c, "p1", clock)
+        with pytest.raises(InvalidTransition) as info:
+            followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        assert info.value.status_code == 409
+
+
+class TestMarkFailed:
+    def test_backoff_then_give_up(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        [fu] = pay(session, merchant_id, c, "p1", clock)
+        delays = []
+        for _ in range(followups.MAX_ATTEMPTS - 1):
+            [fid] = followups.claim_due(session, clock.now(), 1, "w")
+            fu = followups.mark_failed(session, fid, clock.now())
+            assert fu.state == "scheduled"
+            delays.append(fu.due_at - clock.now())
+            clock.set(fu.due_at)
+        assert delays == [timedelta(minutes=5 * 2**i) for i in range(4)]
+        [fid] = followups.claim_due(session, clock.now(), 1, "w")
+        fu = followups.mark_failed(session, fid, clock.now(), error="smtp_550")
+        assert (fu.state, fu.reason) == ("failed", "smtp_550")
+
+    def test_explicit_retry_at(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        pay(session, merchant_id, c, "p1", clock)
+        [fid] = followups.claim_due(session, clock.now(), 1, "w")
+        fu = followups.mark_failed(session, fid, clock.now(), clock.now() + timedelta(hours=2))
+        assert fu.due_at == clock.now() + timedelta(hours=2)
+
+
+class TestExpireDue:
+    def test_expires_pending_past_expiry(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=0, frequency_cap_days=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        [a] = pay(session, merchant_id, c, "p1", clock)
+        assert followups.expire_due(session, clock.now() + timedelta(days=27)) == 0
+        assert followups.expire_due(session, clock.now() + timedelta(days=28)) == 1
+        session.refresh(a)
+        assert a.state == "expired"
+        assert followups.expire_due(session, clock.now() + timedelta(days=29)) == 0
+
+
+class TestObjectionStopsPending:
+    def test_objection_suppresses_pending_marketing(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        policy(session, merchant_id, clock, purpose="marketing")
+        c = consented(session, make_contact, merchant_id, clock, purpose="marketing")
+        [fu] = pay(session, merchant_id, c, "p1", clock)
+        assert fu.state == "scheduled"
+        consent.object_to(
+            session, merchant_id, c.id or 0, "marketing", actor="contact", clock=clock
+        )
+        session.refresh(fu)
+        assert (fu.state, fu.reason) == ("suppressed", "no_consent")
