@@ -28,6 +28,7 @@ SECTIONS: dict[str, str] = {
     "gas": "bench_gas",
     "wallet": "bench_wallet",
     "crm": "bench_crm",
+    "settlement": "bench_settlement",
 }
 PG_URL = os.environ.get(
     "FOLLOWPAY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -67,8 +68,6 @@ def run_section(name: str, quick: bool) -> list[dict[str, Any]]:
         return module.run(PG_URL, scale=0.1 if quick else 1.0)
     if name == "gas":
         return module.run(payments=256)
-    if name == "wallet":
-        return module.run(quick=quick)
     return module.run(quick=quick)
 
 

@@ -26,14 +26,12 @@ _err = Console(stderr=True)
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the CRM and API migrations to FOLLOWPAY_DATABASE_URL (SQLite by default)."""
-    from api.db import upgrade as api_upgrade
-    from crm.db import upgrade as crm_upgrade
+    from api.db import upgrade
 
     runtime = Runtime(get_settings())
     url = runtime.settings.resolved_database_url
     runtime.engine.dispose()  # creates the SQLite directory
-    crm_upgrade(url)
-    api_upgrade(url)
+    upgrade(url)  # the CRM chain first, then the API chain
     typer.echo("database is at head", err=True)
 
 

@@ -4,6 +4,13 @@ In-app messages and phone tasks are written in the same transaction that marks t
 sent (exactly once). E-mail and webhooks leave the process: the claim and the send-time check
 commit first, the delivery happens, then ``sent`` commits. Several workers may run against
 PostgreSQL (``FOR UPDATE SKIP LOCKED`` in the claim) without sending anything twice.
+
+A claim is a lease (``lease``, default 5 minutes; it must exceed the slowest channel's
+timeout): ``prepare_send`` renews it just before a message leaves, and every
+:meth:`Worker.run_once` first recovers claims of dead workers whose lease ran out
+(:func:`crm.followups.service.recover_stale`): never prepared → rescheduled, prepared →
+``failed``/``interrupted``, never resent. Delivery is therefore at most once; see
+docs/operations.md.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Protocol
 
 from sqlalchemy import Engine
@@ -21,6 +29,7 @@ from api.dispatch.channels import DeliveryError, Recipient
 from crm import KeyRing
 from crm.clock import Clock
 from crm.contacts import service as contacts
+from crm.errors import InvalidTransition
 from crm.followups import service as followups
 from crm.followups.service import SendInstruction
 from crm.merchants import service as merchants
@@ -43,6 +52,7 @@ class Channel(Protocol):
 class WorkerResult:
     claimed: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    recovered: dict[str, list[int]] = field(default_factory=dict)
 
 
 class Worker:
@@ -55,24 +65,35 @@ class Worker:
         *,
         worker_id: str = "worker-1",
         batch: int = 50,
+        lease: timedelta = followups.DEFAULT_LEASE,
     ) -> None:
         self.engine, self.keyring, self.channels, self.clock = engine, keyring, channels, clock
-        self.worker_id, self.batch = worker_id, batch
+        self.worker_id, self.batch, self.lease = worker_id, batch, lease
 
     def run_once(self) -> WorkerResult:
         now = self.clock.now()
         with Session(self.engine) as session, session.begin():
+            recovered = followups.recover_stale(session, now, self.lease)
             followups.expire_due(session, now)
             ids = followups.claim_due(session, now, self.batch, self.worker_id)
-        result = WorkerResult(claimed=len(ids))
+        for outcome, rows in recovered.items():
+            if rows:
+                log.warning("recovered %d stale claim(s) as %s", len(rows), outcome)
+        result = WorkerResult(claimed=len(ids), recovered=recovered)
         for followup_id in ids:
-            result.outcomes[self._deliver(followup_id)] += 1
+            try:
+                result.outcomes[self._deliver(followup_id)] += 1
+            except InvalidTransition as exc:  # e.g. claim_lost: the lease ran out meanwhile
+                log.warning("follow-up %s skipped: %s", followup_id, exc)
+                result.outcomes[f"skipped:{exc.code}"] += 1
         return result
 
     def _deliver(self, followup_id: int) -> str:
         now = self.clock.now()
         with Session(self.engine) as session, session.begin():
-            instruction = followups.prepare_send(session, followup_id, now, self.keyring)
+            instruction = followups.prepare_send(
+                session, followup_id, now, self.keyring, worker_id=self.worker_id
+            )
             if instruction is None:
                 return "held_or_suppressed"
             channel = self.channels.get(instruction.channel)
@@ -80,21 +101,33 @@ class Worker:
             merchant = merchants.get_merchant(session, instruction.merchant_id)
             to = Recipient(merchant.name, contact.time_zone or "UTC", now)
             if channel is None:
-                followups.mark_failed(session, followup_id, now, error="no_channel_configured")
+                followups.mark_failed(
+                    session,
+                    followup_id,
+                    now,
+                    error="no_channel_configured",
+                    worker_id=self.worker_id,
+                )
                 return "failed"
             if instruction.channel in _IN_TRANSACTION:
                 channel.send(session, instruction, to)
-                followups.mark_sent(session, followup_id, now)
+                followups.mark_sent(session, followup_id, now, worker_id=self.worker_id)
                 return f"sent:{instruction.channel}"
         try:
             channel.send(None, instruction, to)
         except DeliveryError as exc:
             log.warning("follow-up %s: %s", followup_id, exc)
             with Session(self.engine) as session, session.begin():
-                followups.mark_failed(session, followup_id, self.clock.now(), error=str(exc)[:200])
+                followups.mark_failed(
+                    session,
+                    followup_id,
+                    self.clock.now(),
+                    error=str(exc)[:200],
+                    worker_id=self.worker_id,
+                )
             return "retry"
         with Session(self.engine) as session, session.begin():
-            followups.mark_sent(session, followup_id, self.clock.now())
+            followups.mark_sent(session, followup_id, self.clock.now(), worker_id=self.worker_id)
         return f"sent:{instruction.channel}"
 
     def run(self, stop: threading.Event, *, poll_interval: float = 1.0) -> None:

@@ -199,14 +199,14 @@ class Indexer:
             if invoice is None:
                 continue
             invoice.paid_amount -= payment.amount
-            if invoice.status is not InvoiceStatus.MARKED:
+            if invoice.status != InvoiceStatus.MARKED:
                 invoice.state = (
                     InvoiceState.NEW if now < invoice.expires_at else InvoiceState.EXPIRED
                 )
                 invoice.status = InvoiceStatus.NONE
                 invoice.settled_at = None
             session.add(invoice)
-            if previous is PaymentState.CONFIRMED:
+            if previous == PaymentState.CONFIRMED:
                 followups.cancel_for_payment(
                     session, invoice.merchant_id, payment_ref(payment), "chain_reorg", self.clock
                 )
@@ -287,7 +287,7 @@ class Indexer:
                 session.add(invoice)
 
     def _paid_after_expiry(self, invoice: Invoice, block_number: int) -> bool:
-        if self.clock.now() <= invoice.expires_at and invoice.state is not InvoiceState.EXPIRED:
+        if self.clock.now() <= invoice.expires_at and invoice.state != InvoiceState.EXPIRED:
             return False  # cheap path: cannot be late yet
         timestamp = int(self._block(block_number)["timestamp"])
         return datetime.fromtimestamp(timestamp, UTC) > invoice.expires_at
@@ -300,7 +300,7 @@ class Indexer:
                 continue
             payment.state = PaymentState.CONFIRMED
             session.add(payment)
-            if invoice is None or invoice.state is InvoiceState.SETTLED:
+            if invoice is None or invoice.state == InvoiceState.SETTLED:
                 continue
             invoice.state = InvoiceState.SETTLED
             if payment.late:

@@ -249,7 +249,7 @@ def mark_invoice(
 ) -> Invoice:
     """Manual settle/invalidate by staff, with an audit entry (BTCPay's "marked")."""
     invoice = get_invoice(session, merchant_id, invoice_id)
-    if invoice.state is InvoiceState.SETTLED and settle:
+    if invoice.state == InvoiceState.SETTLED and settle:
         raise InvoiceStateError("invoice is already settled")
     invoice.state = InvoiceState.SETTLED if settle else InvoiceState.INVALID
     invoice.status = InvoiceStatus.MARKED

@@ -111,8 +111,8 @@ class Invoice(SQLModel, table=True):
     signature_r: str = Field(max_length=66)
     signature_vs: str = Field(max_length=66)
     confirmations_required: int = 1
-    state: InvoiceState = Field(default=InvoiceState.NEW, max_length=20)
-    status: InvoiceStatus = Field(default=InvoiceStatus.NONE, max_length=20)
+    state: InvoiceState = Field(default=InvoiceState.NEW, sa_type=sa.String(20))
+    status: InvoiceStatus = Field(default=InvoiceStatus.NONE, sa_type=sa.String(20))
     paid_amount: int = Field(default=0, sa_type=Uint256)
     refunded_amount: int = Field(default=0, sa_type=Uint256)
     metadata_: dict[str, Any] = Field(
@@ -144,7 +144,7 @@ class Payment(SQLModel, table=True):
     token: str = Field(max_length=42)
     amount: int = Field(sa_type=Uint256)
     fee: int = Field(sa_type=Uint256)
-    state: PaymentState = Field(default=PaymentState.PENDING, max_length=20)
+    state: PaymentState = Field(default=PaymentState.PENDING, sa_type=sa.String(20))
     late: bool = False
     seen_at: datetime = Field(sa_type=UTCDateTime)
 

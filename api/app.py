@@ -1,0 +1,391 @@
+"""The FastAPI app factory.
+
+Middleware, outermost first::
+
+    CORS (only with an allow-list)  →  rate limit (token bucket per API key, 429 + Retry-After)
+    →  body limit (413)  →  _ApiMiddleware (error rendering, response buffering, idempotency
+    finalisation)  →  FastAPI's exception middleware  →  routes under /v1
+
+The lifespan owns the SQLAlchemy engine unless one is passed in (tests pass theirs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.db import make_engine
+from api.deps import CONTEXT_SCOPE_KEY, ApiConfig, RequestContext
+from api.errors import RateLimited, error_json, install_error_handlers, render_exception
+from api.idempotency import service as idempotency
+from api.routes import api_router
+from api.settings import Settings, get_settings
+from api.webhooks.secrets import SecretCipher
+
+__all__ = ["ApiConfig", "TokenBucketLimiter", "create_app"]
+
+logger = logging.getLogger("followpay.api")
+
+API_DESCRIPTION = """\
+FollowPay merchant, support and admin API. Conventions (see docs/api.md):
+
+* **Authentication**: `Authorization: Bearer fp_test_…` / `fp_live_…`.
+* **Errors**: always `{"error": {"type", "code", "message", "param"}}`.
+* **Idempotency**: send `Idempotency-Key` on any POST; a retry with the same key and body replays
+  the stored response (header `Idempotent-Replayed: true`) for 24 hours.
+* **Pagination**: `limit` (1-100, default 10) and `starting_after`, newest first; list responses are
+  `{"object": "list", "data": [...], "has_more": bool, "url": "/v1/..."}`.
+* **Rate limits**: a token bucket per API key; 429 `rate_limit` with `Retry-After`.
+"""
+
+
+class TokenBucketLimiter:
+    """In-process token buckets keyed by caller (bounded LRU of buckets). Thread-safe."""
+
+    def __init__(self, rate: float, burst: int, *, max_buckets: int = 10_000) -> None:
+        self.rate = float(rate)
+        self.burst = max(1, int(burst))
+        self.max_buckets = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """Consume one token; 0.0 when allowed, else the seconds until a token is available."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.pop(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate)
+            if tokens >= 1.0:
+                wait, tokens = 0.0, tokens - 1.0
+            else:
+                wait = (1.0 - tokens) / self.rate if self.rate > 0 else 3600.0
+            self._buckets[key] = (tokens, now)
+            while len(self._buckets) > self.max_buckets:
+                self._buckets.popitem(last=False)
+            return wait
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for k, v in scope.get("headers", ()):
+        if k.lower() == name:
+            return v
+    return None
+
+
+class _RateLimitMiddleware:
+    """Keyed by a hash of the presented bearer credential (or the client address without one)."""
+
+    EXEMPT = frozenset({"/v1/health"})
+
+    def __init__(self, app: ASGIApp, limiter: TokenBucketLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        auth = _header(scope, b"authorization")
+        if auth:
+            bucket = "key:" + hashlib.sha256(auth).hexdigest()[:32]
+        else:
+            client = scope.get("client") or ("unknown", 0)
+            bucket = f"ip:{client[0]}"
+        wait = self.limiter.take(bucket)
+        if wait > 0:
+            exc = RateLimited(retry_after=math.ceil(wait))
+            response = error_json(
+                429, type=exc.type, code=exc.code, message=exc.message, headers=exc.headers
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class _BodyLimitMiddleware:
+    """413 for a declared Content-Length over the limit, or once a streamed body exceeds it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await error_json(400, code="invalid_request", message="Invalid Content-Length.")(
+                    scope, receive, send
+                )
+                return
+            if size > self.max_bytes:
+                await error_json(
+                    413,
+                    code="request_too_large",
+                    message=f"The request body is larger than {self.max_bytes} bytes.",
+                )(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise StarletteHTTPException(413)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class _ApiMiddleware:
+    """Renders every escaping exception in the one error shape, buffers the response until the
+    request transaction has committed, and finishes idempotency for requests that did not commit
+    a stored response (4xx stored separately, 5xx lock released)."""
+
+    MAX_BUFFER = 8 * 1024 * 1024
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = RequestContext()
+        scope[CONTEXT_SCOPE_KEY] = ctx
+        buf = ctx.response
+
+        async def capture(message: Message) -> None:
+            if buf.flushed:
+                await send(message)
+                return
+            kind = message["type"]
+            if kind == "http.response.start":
+                buf.status = int(message["status"])
+                buf.headers = [
+                    (k.decode("latin-1"), v.decode("latin-1"))
+                    for k, v in message.get("headers", [])
+                ]
+                buf.chunks.clear()
+                buf.complete = False
+            elif kind == "http.response.body":
+                buf.chunks.append(bytes(message.get("body", b"")))
+                if not message.get("more_body", False):
+                    buf.complete = True
+                elif sum(len(c) for c in buf.chunks) > self.MAX_BUFFER:
+                    # A large streamed response: stop buffering (it is sent before the commit).
+                    await self._flush(send, buf, more_body=True)
+                    buf.flushed = True
+            else:
+                await send(message)
+
+        method = scope.get("method", "")
+        path = scope.get("path", "")
+        try:
+            await self.app(scope, receive, capture)
+        except Exception as exc:
+            if buf.flushed:
+                logger.error("error after a streamed response started: %s", type(exc).__name__)
+                return
+            response = render_exception(exc, method=method, path=path)
+            buf.status = 0
+            await response(scope, receive, capture)
+        if not buf.complete and not buf.flushed:
+            await render_exception(RuntimeError("no response"), method=method, path=path)(
+                scope, receive, capture
+            )
+        ictx = ctx.idempotency
+        if ictx is not None and not ictx.done:
+            engine = scope["app"].state.engine
+            try:
+                if buf.complete and not buf.flushed:
+                    await run_in_threadpool(
+                        idempotency.store_outside, engine, ictx, buf.status, buf.headers, buf.body
+                    )
+                else:
+                    await run_in_threadpool(idempotency.release, engine, ictx)
+            except Exception as exc:
+                logger.error("idempotency finalisation failed: %s", type(exc).__name__)
+        if not buf.flushed:
+            await self._flush(send, buf, more_body=False)
+
+    @staticmethod
+    async def _flush(send: Send, buf: Any, *, more_body: bool) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": buf.status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in buf.headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": buf.body, "more_body": more_body})
+        buf.chunks.clear()
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+    )
+    components = schema.setdefault("components", {})
+    idem_param = {
+        "name": idempotency.HEADER,
+        "in": "header",
+        "required": False,
+        "description": "Optional. A unique key (≤255 chars, e.g. a UUID) that makes this POST "
+        "safe to retry: the same key and body replay the first response for 24 h "
+        "(`Idempotent-Replayed: true`); a different body is a 400 `idempotency_error`; a "
+        "concurrent duplicate is a 409 `idempotency_key_in_use`.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+        "example": "6f1c3b1e-6a43-4b8e-9d8f-2b0f1a8c7e11",
+    }
+    for item in schema.get("paths", {}).values():
+        post = item.get("post")
+        # Idempotency is keyed by the API key: documented on authenticated POSTs only.
+        if post is not None and post.get("security"):
+            params = post.setdefault("parameters", [])
+            if not any(p.get("name") == idempotency.HEADER for p in params):
+                params.append(dict(idem_param))
+            post.setdefault("responses", {}).setdefault(
+                "409", {"$ref": "#/components/responses/IdempotencyConflict"}
+            )
+    components.setdefault("responses", {})["IdempotencyConflict"] = {
+        "description": "Another request with the same Idempotency-Key is in flight",
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/ErrorResponse"},
+                "example": {
+                    "error": {
+                        "type": "idempotency_error",
+                        "code": "idempotency_key_in_use",
+                        "message": "There is currently another in-progress request using this "
+                        "Idempotency-Key. Retry this request later.",
+                        "param": "Idempotency-Key",
+                    }
+                },
+            }
+        },
+    }
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: sa.Engine | None = None,
+    config: ApiConfig | None = None,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """Build the API. ``routers`` (resource routers, paths without ``/v1``) are mounted under /v1.
+
+    ``engine`` given: used as is and not disposed. Otherwise the lifespan creates one from
+    ``settings.resolved_database_url`` (SQLite in ``FOLLOWPAY_HOME`` by default, PostgreSQL via
+    ``FOLLOWPAY_DATABASE_URL``) and disposes it at shutdown. Tables are created by migrations
+    (``api.db.upgrade``), never here.
+    """
+    settings = settings or get_settings()
+    config = config or ApiConfig.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned: sa.Engine | None = None
+        if app.state.engine is None:
+            url = settings.resolved_database_url
+            u = sa.make_url(url)
+            if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+                Path(str(u.database)).parent.mkdir(parents=True, exist_ok=True)
+            owned = make_engine(url)
+            app.state.engine = owned
+        try:
+            yield
+        finally:
+            if owned is not None:
+                await asyncio.to_thread(owned.dispose)
+                app.state.engine = None
+
+    app = FastAPI(
+        title="FollowPay API",
+        version="1.0.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if config.docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if config.docs else None,
+        debug=False,
+    )
+    app.state.settings = settings
+    app.state.api_config = config
+    app.state.engine = engine
+    app.state.cipher = SecretCipher.from_settings(settings)
+    app.state.rate_limiter = TokenBucketLimiter(
+        config.rate_limit_per_second, config.rate_limit_burst
+    )
+
+    install_error_handlers(app)
+
+    async def _replay(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, idempotency.IdempotentReplay)
+        headers = [
+            (k, v) for k, v in exc.headers if k.lower() != idempotency.REPLAYED_HEADER.lower()
+        ]
+        response = Response(content=exc.body, status_code=exc.status)
+        for k, v in headers:
+            response.headers.append(k, v)
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+        return response
+
+    app.add_exception_handler(idempotency.IdempotentReplay, _replay)
+
+    app.include_router(api_router(*routers))
+
+    # add_middleware puts each new one outermost: add innermost first.
+    app.add_middleware(_ApiMiddleware)
+    app.add_middleware(_BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(_RateLimitMiddleware, limiter=app.state.rate_limiter)
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "DELETE", "PATCH"],
+            allow_headers=["Authorization", "Content-Type", idempotency.HEADER],
+            expose_headers=[idempotency.REPLAYED_HEADER, "Retry-After"],
+            allow_credentials=False,
+            max_age=600,
+        )
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def dump_openapi(app: FastAPI) -> str:
+    return json.dumps(app.openapi(), indent=2, sort_keys=True)

@@ -1,0 +1,165 @@
+"""Engines, sessions, shared column types and the migrations of the ``api_*`` tables.
+
+The API tables live in ``SQLModel.metadata`` next to the CRM's, but have their own Alembic chain
+(``api/migrations``, version table :data:`VERSION_TABLE`) that only looks at tables whose names
+start with ``api_``. Services never commit: the request dependency (:mod:`api.deps`) or
+:func:`session_scope` owns the transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlmodel import Session, SQLModel
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "VERSION_TABLE",
+    "SessionFactory",
+    "UTCDateTime",
+    "alembic_config",
+    "is_api_table",
+    "make_engine",
+    "new_id",
+    "session_factory",
+    "session_scope",
+    "upgrade",
+    "utcnow",
+]
+
+VERSION_TABLE = "alembic_version_api"
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+# Same convention as the CRM's (both share SQLModel.metadata); setting it twice is harmless.
+SQLModel.metadata.naming_convention = NAMING_CONVENTION
+
+SessionFactory = Callable[[], Session]
+
+
+def is_api_table(name: str | None) -> bool:
+    return bool(name) and str(name).startswith("api_")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """A Stripe-style object id, e.g. ``we_3kT9…`` (prefix + 128 random bits, URL-safe)."""
+    return f"{prefix}_{secrets.token_urlsafe(16).replace('-', 'x').replace('_', 'z')}"
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
+    """Create an engine that never prints bound parameters in errors or logs.
+
+    SQLite gets WAL, foreign keys and a busy timeout so that several threads (and the short
+    side transactions of idempotency and webhook claiming) can share one file.
+    """
+    u = sa.make_url(url)
+    kwargs.setdefault("hide_parameters", True)
+    if u.get_backend_name() == "sqlite":
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args.setdefault("timeout", 30)
+        connect_args.setdefault("check_same_thread", False)
+        engine = sa.create_engine(u, connect_args=connect_args, **kwargs)
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if u.database and u.database != ":memory:":
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(u, **kwargs)
+
+
+def session_factory(engine: sa.Engine) -> SessionFactory:
+    """A zero-argument callable returning a new :class:`Session` (``expire_on_commit=False``)."""
+
+    def factory() -> Session:
+        return Session(engine, expire_on_commit=False)
+
+    return factory
+
+
+@contextmanager
+def session_scope(factory: SessionFactory | sa.Engine) -> Iterator[Session]:
+    """Yield a session; commit on success, roll back on any exception."""
+    session = (
+        Session(factory, expire_on_commit=False) if isinstance(factory, sa.Engine) else factory()
+    )
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(url: str | sa.URL | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parent / "migrations"))
+    if url is not None:
+        rendered = sa.make_url(url).render_as_string(hide_password=False)
+        cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(
+    url: str | sa.URL | None = None,
+    *,
+    connection: sa.Connection | None = None,
+    revision: str = "head",
+) -> None:
+    """Upgrade the CRM chain, then the ``api_*`` chain (whose tables reference CRM tables)."""
+    from crm.db import upgrade as crm_upgrade
+
+    crm_upgrade(url, connection=connection)
+    cfg = alembic_config(url)
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    command.upgrade(cfg, revision)

@@ -1,0 +1,241 @@
+"""Idempotent POSTs (Stripe semantics).
+
+* Scope: (API key id, ``Idempotency-Key``). Keys are optional; when sent they are honoured for
+  ``ttl`` (default 24 h); expired rows are purged lazily.
+* Fingerprint: SHA-256 over method, path, query string and the canonical JSON body (keys sorted,
+  no whitespace; a non-JSON body is hashed raw).
+* :func:`begin` inserts the row in its OWN short transaction before the handler runs; the unique
+  constraint makes it a lock. A second request with the same key then gets
+  - the stored response, replayed byte-for-byte with ``Idempotent-Replayed: true``
+    (:class:`IdempotentReplay`), when the first one completed with the same fingerprint;
+  - 400 ``idempotency_error`` when the fingerprint differs (always, even in flight);
+  - 409 ``idempotency_key_in_use`` while the first one is still in flight (no waiting: retry).
+    A lock older than ``lock_timeout`` (a crashed worker) is taken over.
+* :func:`complete` writes the response into the row inside the request's own transaction, so the
+  stored response commits atomically with the handler's effects. Error responses (4xx) raised by
+  the handler are stored afterwards in a separate transaction (the handler's effects were rolled
+  back). 5xx responses are never stored: :func:`release` deletes the lock so the client may retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col
+
+from api.db import new_id, utcnow
+from api.errors import IdempotencyError, IdempotencyKeyInUse, InvalidRequest
+from api.idempotency.models import IdempotencyRecord, IdempotencyStatus
+
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_TTL",
+    "HEADER",
+    "REPLAYED_HEADER",
+    "IdempotencyContext",
+    "IdempotentReplay",
+    "begin",
+    "complete",
+    "fingerprint",
+    "purge_expired",
+    "release",
+    "store_outside",
+]
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+DEFAULT_TTL = timedelta(hours=24)
+DEFAULT_LOCK_TIMEOUT = timedelta(seconds=60)
+MAX_KEY_LENGTH = 255
+_SKIPPED_HEADERS = frozenset(
+    {"content-length", "date", "server", "set-cookie", "transfer-encoding"}
+)
+_T = IdempotencyRecord.__table__  # type: ignore[attr-defined]
+
+
+class IdempotentReplay(Exception):
+    """Raised by :func:`begin` to short-circuit the request with the stored response."""
+
+    def __init__(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
+        super().__init__("idempotent replay")
+        self.status = status
+        self.headers = list(headers)
+        self.body = body
+
+
+@dataclass
+class IdempotencyContext:
+    record_id: str
+    api_key_id: str
+    key: str
+    done: bool = field(default=False)
+
+
+def _canonical(body: bytes) -> bytes:
+    if not body:
+        return b""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    h = hashlib.sha256()
+    for part in (method.upper().encode(), path.encode(), query.encode(), _canonical(body)):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _check_key(key: str) -> str:
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidRequest(
+            f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable characters.",
+            param=HEADER,
+        )
+    return key
+
+
+def purge_expired(engine: sa.Engine, now: datetime | None = None) -> int:
+    with engine.begin() as conn:
+        result = conn.execute(sa.delete(_T).where(_T.c.expires_at <= (now or utcnow())))
+        return int(result.rowcount or 0)
+
+
+def begin(
+    engine: sa.Engine,
+    *,
+    api_key_id: str,
+    key: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    now: datetime | None = None,
+    ttl: timedelta = DEFAULT_TTL,
+    lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
+) -> IdempotencyContext:
+    """Take the lock for ``key`` or raise (replay / 400 / 409). See the module docstring."""
+    key = _check_key(key)
+    now = now or utcnow()
+    fp = fingerprint(method, path, query, body)
+    for _ in range(5):
+        record_id = new_id("idem")
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.insert(_T).values(
+                        id=record_id,
+                        api_key_id=api_key_id,
+                        idempotency_key=key,
+                        fingerprint=fp,
+                        method=method.upper(),
+                        path=path[:2048],
+                        status=IdempotencyStatus.IN_PROGRESS.value,
+                        locked_at=now,
+                        created_at=now,
+                        expires_at=now + ttl,
+                    )
+                )
+            return IdempotencyContext(record_id=record_id, api_key_id=api_key_id, key=key)
+        except IntegrityError:
+            pass
+        with engine.begin() as conn:
+            row = conn.execute(
+                sa.select(_T).where(_T.c.api_key_id == api_key_id, _T.c.idempotency_key == key)
+            ).first()
+            if row is None:
+                continue  # deleted (released or purged) meanwhile: try again
+            if row.expires_at <= now:
+                conn.execute(sa.delete(_T).where(_T.c.id == row.id, _T.c.expires_at <= now))
+                continue
+            if row.fingerprint != fp:
+                raise IdempotencyError(param=HEADER)
+            if row.status == IdempotencyStatus.COMPLETED.value:
+                raise IdempotentReplay(
+                    row.response_status,
+                    [tuple(h) for h in row.response_headers or []],
+                    bytes(row.response_body or b""),
+                )
+            if row.locked_at <= now - lock_timeout:
+                taken = conn.execute(
+                    sa.update(_T)
+                    .where(
+                        _T.c.id == row.id,
+                        _T.c.status == IdempotencyStatus.IN_PROGRESS.value,
+                        _T.c.locked_at == row.locked_at,
+                    )
+                    .values(locked_at=now)
+                )
+                if taken.rowcount == 1:
+                    return IdempotencyContext(record_id=row.id, api_key_id=api_key_id, key=key)
+            raise IdempotencyKeyInUse(param=HEADER)
+    raise IdempotencyKeyInUse(param=HEADER)
+
+
+def _stored_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
+    return [[k, v] for k, v in headers if k.lower() not in _SKIPPED_HEADERS]
+
+
+def _completion(
+    ctx: IdempotencyContext, status: int, headers: Iterable[tuple[str, str]], body: bytes
+) -> sa.Update:
+    return (
+        sa.update(_T)
+        .where(_T.c.id == ctx.record_id, _T.c.status == IdempotencyStatus.IN_PROGRESS.value)
+        .values(
+            status=IdempotencyStatus.COMPLETED.value,
+            response_status=status,
+            response_headers=_stored_headers(headers),
+            response_body=body,
+        )
+    )
+
+
+def complete(
+    session: Session,
+    ctx: IdempotencyContext,
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+) -> None:
+    """Store the response in the request's transaction (commits with the handler's effects)."""
+    if status >= 500:
+        return
+    session.execute(_completion(ctx, status, headers, body))
+
+
+def store_outside(
+    engine: sa.Engine,
+    ctx: IdempotencyContext,
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+) -> None:
+    """Store a (4xx) response in a separate transaction, or release the lock for a 5xx."""
+    if status >= 500:
+        release(engine, ctx)
+        return
+    with engine.begin() as conn:
+        conn.execute(_completion(ctx, status, headers, body))
+    ctx.done = True
+
+
+def release(engine: sa.Engine, ctx: IdempotencyContext) -> None:
+    """Forget an in-flight key (the request failed with a 5xx or never ran): retry allowed."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.delete(_T).where(
+                col(IdempotencyRecord.id) == ctx.record_id,
+                _T.c.status == IdempotencyStatus.IN_PROGRESS.value,
+            )
+        )
+    ctx.done = True

@@ -1,0 +1,188 @@
+"""API key rules: creation (plaintext shown once), authentication, revocation.
+
+Keys look like ``fp_test_<43 url-safe chars>`` (``secrets.token_urlsafe(32)``: 256 bits). Only the
+SHA-256 of the whole key is stored; a fast hash is enough for such high-entropy secrets (there is
+nothing to brute-force), and a lookup by hash plus :func:`hmac.compare_digest` keeps comparisons
+constant-time. Keys are never logged, never in ``repr`` and never in error messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session
+
+from api.db import new_id, utcnow
+from api.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from api.keys import repository
+from api.keys.models import ApiKeyRecord, ApiRole
+
+__all__ = [
+    "KEY_PATTERN",
+    "AuthenticatedKey",
+    "authenticate",
+    "check_can_create",
+    "create_key",
+    "hash_key",
+    "revoke",
+]
+
+KEY_PATTERN = re.compile(r"^fp_(live|test)_[A-Za-z0-9_-]{43}$")
+_DISPLAY_CHARS = 12  # "fp_test_" + 4 characters of the random part
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedKey:
+    """The caller of a request (what ``CurrentKey`` yields): no secret material inside."""
+
+    id: str
+    merchant_id: str | None
+    role: ApiRole
+    livemode: bool
+
+    @classmethod
+    def from_record(cls, record: ApiKeyRecord) -> AuthenticatedKey:
+        return cls(
+            id=record.id,
+            merchant_id=record.merchant_id,
+            role=ApiRole(record.role),
+            livemode=record.livemode,
+        )
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is ApiRole.ADMIN
+
+    @property
+    def scope(self) -> str | None:
+        """The merchant every query must be restricted to; ``None`` (all merchants) for admins."""
+        return None if self.is_admin else self.merchant_id
+
+    def merchant_for_write(self, requested: str | None, *, param: str = "merchant_id") -> str:
+        """The merchant a new object belongs to: the caller's own, or ``requested`` for admins."""
+        if self.is_admin:
+            if not requested:
+                raise InvalidRequest(
+                    "Admin keys must name the merchant.", param=param, code="parameter_missing"
+                )
+            return requested
+        if requested is not None and requested != self.merchant_id:
+            raise Forbidden("Only admin keys may act for another merchant.", param=param)
+        if self.merchant_id is None:  # pragma: no cover - non-admin keys always have a merchant
+            raise Forbidden()
+        return self.merchant_id
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _generate(livemode: bool) -> str:
+    return f"fp_{'live' if livemode else 'test'}_{secrets.token_urlsafe(32)}"
+
+
+def check_can_create(
+    creator: AuthenticatedKey | None, merchant_id: str | None, role: ApiRole
+) -> str | None:
+    """Who may mint which key; returns the merchant the new key belongs to.
+
+    Admins create any key (merchant and support keys need a merchant); merchants create merchant
+    or support keys for themselves only; support keys create nothing. ``creator=None`` is the
+    trusted bootstrap path (CLI).
+    """
+    if creator is not None and not creator.is_admin:
+        if creator.role is not ApiRole.MERCHANT:
+            raise Forbidden()
+        if role is ApiRole.ADMIN:
+            raise Forbidden("Only admin keys may create admin keys.")
+        return creator.merchant_for_write(merchant_id)
+    if role is not ApiRole.ADMIN and not merchant_id:
+        raise InvalidRequest(
+            f"A {role.value} key needs a merchant_id.",
+            param="merchant_id",
+            code="parameter_missing",
+        )
+    return merchant_id
+
+
+def create_key(
+    session: Session,
+    merchant_id: str | None,
+    role: ApiRole | str,
+    live: bool,
+    *,
+    name: str | None = None,
+    now: datetime | None = None,
+) -> tuple[ApiKeyRecord, str]:
+    """Create a key; returns the record and the plaintext key (show it once, then drop it)."""
+    role = ApiRole(role)
+    if role is not ApiRole.ADMIN and not merchant_id:
+        raise InvalidRequest(
+            f"A {role.value} key needs a merchant_id.",
+            param="merchant_id",
+            code="parameter_missing",
+        )
+    plaintext = _generate(live)
+    record = ApiKeyRecord(
+        id=new_id("key"),
+        merchant_id=merchant_id,
+        role=role.value,
+        livemode=live,
+        prefix=plaintext[:_DISPLAY_CHARS],
+        key_hash=hash_key(plaintext),
+        name=name,
+        created_at=now or utcnow(),
+    )
+    repository.add(session, record)
+    return record, plaintext
+
+
+def _parse_bearer(bearer: str | None) -> str:
+    if not bearer:
+        raise Unauthorized(
+            "You did not provide an API key. Send it as 'Authorization: Bearer <key>'."
+        )
+    value = bearer.strip()
+    scheme, _, rest = value.partition(" ")
+    if rest and scheme.lower() == "bearer":
+        value = rest.strip()
+    elif rest:
+        raise Unauthorized("Use the Bearer scheme: 'Authorization: Bearer <key>'.")
+    if not KEY_PATTERN.fullmatch(value):
+        raise Unauthorized()
+    return value
+
+
+def authenticate(session: Session, bearer: str | None) -> ApiKeyRecord:
+    """The active key for an ``Authorization`` value (``Bearer fp_…`` or the bare key).
+
+    Anything wrong (missing, malformed, unknown, revoked) raises :class:`Unauthorized`
+    (401 ``invalid_api_key``); the message never echoes the key.
+    """
+    key = _parse_bearer(bearer)
+    digest = hash_key(key)
+    record = repository.get_by_hash(session, digest)
+    if record is None or not hmac.compare_digest(record.key_hash, digest):
+        raise Unauthorized()
+    if record.revoked_at is not None:
+        raise Unauthorized("This API key has been revoked.")
+    return record
+
+
+def revoke(
+    session: Session, key_id: str, *, merchant_id: str | None, now: datetime | None = None
+) -> ApiKeyRecord:
+    """Revoke a key visible in ``merchant_id``'s scope (``None``: any). Idempotent."""
+    record = repository.get(session, key_id, merchant_id=merchant_id)
+    if record is None:
+        raise NotFound(f"No such API key: '{key_id}'.", param="id")
+    return repository.set_revoked(session, record, now or utcnow())
+
+
+def mark_used(session: Session, key_id: str, now: datetime | None = None) -> None:
+    repository.set_last_used(session, key_id, now or utcnow())

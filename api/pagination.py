@@ -1,0 +1,112 @@
+"""Cursor pagination, newest first (Stripe style).
+
+Route side::
+
+    @router.get("/things", response_model=ListResponse[ThingPublic])
+    def list_things(page: PageDep, session: SessionDep, key: CurrentKey, request: Request):
+        rows, has_more = paginate(session, repository.scoped_select(key.scope),
+                                  created_at=Thing.created_at, id=Thing.id, page=page)
+        return ListResponse.build([ThingPublic.of(r) for r in rows], has_more, request)
+
+``paginate`` orders by ``(created_at DESC, id DESC)`` and applies the keyset condition
+``(created_at, id) < cursor``. The cursor row is looked up with the SAME (scoped) statement, so a
+``starting_after`` id from another merchant is rejected exactly like a missing one (404
+``resource_missing``, ``param="starting_after"``): scoping can never leak through the cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+import sqlalchemy as sa
+from fastapi import Depends, Query, Request
+from pydantic import BaseModel, Field
+from sqlmodel import Session
+
+from api.errors import NotFound
+
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "ListResponse", "PageDep", "PageParams", "paginate"]
+
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int = DEFAULT_LIMIT
+    starting_after: str | None = None
+
+
+def page_params(
+    limit: Annotated[
+        int,
+        Query(ge=1, le=MAX_LIMIT, description="How many objects to return (1-100).", examples=[10]),
+    ] = DEFAULT_LIMIT,
+    starting_after: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=r"^[A-Za-z0-9_]+$",
+            description="An object id from the previous page: return the objects after it "
+            "(older ones).",
+        ),
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, starting_after=starting_after)
+
+
+PageDep = Annotated[PageParams, Depends(page_params)]
+
+
+class ListResponse(BaseModel, Generic[T]):
+    object: Literal["list"] = Field(default="list", description='Always "list".')
+    data: list[T]
+    has_more: bool = Field(description="Whether more objects follow this page.")
+    url: str = Field(description="The URL of this list, e.g. `/v1/webhook_endpoints`.")
+
+    @classmethod
+    def build(cls, data: Sequence[Any], has_more: bool, url: str | Request) -> ListResponse[Any]:
+        path = url.url.path if isinstance(url, Request) else url
+        return cls(data=list(data), has_more=has_more, url=path)
+
+
+def paginate(
+    session: Session,
+    stmt: Any,
+    *,
+    created_at: Any,
+    id: Any,
+    page: PageParams,
+) -> tuple[list[Any], bool]:
+    """Apply keyset pagination to ``stmt`` (a scoped ``select`` of one entity).
+
+    Returns ``(rows, has_more)``. ``created_at``/``id`` are the model's columns
+    (``Model.created_at``, ``Model.id``).
+    """
+    created_col: Any = created_at
+    id_col: Any = id
+    if page.starting_after is not None:
+        missing = NotFound(f"No such object: '{page.starting_after}'.", param="starting_after")
+        cursor_id: Any = page.starting_after
+        try:
+            if getattr(id_col.type, "python_type", str) is int:  # integer primary keys
+                cursor_id = int(cursor_id)
+        except (ValueError, NotImplementedError):
+            raise missing from None
+        cursor = session.execute(
+            stmt.with_only_columns(created_col, id_col).where(id_col == cursor_id)
+        ).first()
+        if cursor is None:
+            raise missing
+        c_created, c_id = cursor
+        stmt = stmt.where(
+            sa.or_(created_col < c_created, sa.and_(created_col == c_created, id_col < c_id))
+        )
+    stmt = stmt.order_by(created_col.desc(), id_col.desc()).limit(page.limit + 1)
+    rows = list(session.exec(stmt).all())
+    return rows[: page.limit], len(rows) > page.limit

@@ -1,0 +1,71 @@
+"""/v1/api_keys: create (secret shown once), list, revoke."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+
+from api.deps import SessionDep, require_role
+from api.errors import InvalidRequest
+from api.keys import repository
+from api.keys import service as keys
+from api.keys.models import ApiKeyRecord
+from api.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
+from api.keys.service import AuthenticatedKey
+from api.pagination import ListResponse, PageDep, paginate
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api_keys", tags=["api_keys"])
+
+KeyManager = Annotated[AuthenticatedKey, require_role("admin", "merchant")]
+
+
+@router.post(
+    "",
+    response_model=ApiKeyCreated,
+    summary="Create an API key",
+    description="Admins create any key; merchant keys create merchant or support keys for their "
+    "own merchant. The `secret` is returned in this response only; only its SHA-256 is stored.",
+)
+def create_api_key(body: ApiKeyCreate, session: SessionDep, caller: KeyManager) -> ApiKeyCreated:
+    merchant_id = keys.check_can_create(caller, body.merchant_id, body.role)
+    if caller.is_admin and body.role.value == "admin" and body.merchant_id is not None:
+        raise InvalidRequest("Admin keys are not bound to a merchant.", param="merchant_id")
+    record, plaintext = keys.create_key(
+        session, merchant_id, body.role, body.livemode, name=body.name
+    )
+    return ApiKeyCreated(**ApiKeyPublic.of(record).model_dump(), secret=plaintext)
+
+
+@router.get("", response_model=ListResponse[ApiKeyPublic], summary="List API keys")
+def list_api_keys(
+    request: Request,
+    session: SessionDep,
+    caller: KeyManager,
+    page: PageDep,
+    merchant_id: Annotated[
+        str | None, Query(min_length=1, max_length=64, description="Filter by merchant.")
+    ] = None,
+) -> ListResponse[ApiKeyPublic]:
+    stmt = repository.scoped_select(caller.scope)
+    if merchant_id is not None:  # a filter inside the caller's scope (other merchants: empty)
+        stmt = stmt.where(ApiKeyRecord.merchant_id == merchant_id)
+    rows, has_more = paginate(
+        session,
+        stmt,
+        created_at=ApiKeyRecord.created_at,
+        id=ApiKeyRecord.id,
+        page=page,
+    )
+    return ListResponse[ApiKeyPublic](
+        data=[ApiKeyPublic.of(r) for r in rows], has_more=has_more, url=request.url.path
+    )
+
+
+@router.delete("/{key_id}", response_model=ApiKeyPublic, summary="Revoke an API key")
+def revoke_api_key(
+    key_id: Annotated[str, Path(max_length=40)], session: SessionDep, caller: KeyManager
+) -> ApiKeyPublic:
+    return ApiKeyPublic.of(keys.revoke(session, key_id, merchant_id=caller.scope))

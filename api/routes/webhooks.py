@@ -1,0 +1,162 @@
+"""/v1/webhook_endpoints and /v1/webhook_deliveries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from api.deps import CipherDep, SessionDep, require_role
+from api.errors import NotFound
+from api.keys.service import AuthenticatedKey
+from api.pagination import ListResponse, PageDep, paginate
+from api.webhooks import repository
+from api.webhooks import service as webhooks
+from api.webhooks.models import WebhookDelivery, WebhookEndpoint
+from api.webhooks.schemas import (
+    WebhookDeliveryPublic,
+    WebhookEndpointCreate,
+    WebhookEndpointPublic,
+    WebhookEndpointWithSecret,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["webhooks"])
+
+Manager = Annotated[AuthenticatedKey, require_role("admin", "merchant")]
+EndpointId = Annotated[str, Path(max_length=40, description="A webhook endpoint id (we_…).")]
+DeliveryId = Annotated[str, Path(max_length=40, description="A webhook delivery id (whd_…).")]
+
+
+@router.post(
+    "/webhook_endpoints",
+    response_model=WebhookEndpointWithSecret,
+    summary="Register a webhook endpoint",
+    description="The response carries the signing `secret`; it is never returned again except by "
+    "`rotate_secret`. Live-mode keys must use https URLs.",
+)
+def create_webhook_endpoint(
+    body: WebhookEndpointCreate, session: SessionDep, caller: Manager, cipher: CipherDep
+) -> WebhookEndpointWithSecret:
+    endpoint, secret = webhooks.create_endpoint(
+        session,
+        caller.merchant_for_write(body.merchant_id),
+        body.url,
+        body.enabled_events,
+        description=body.description,
+        livemode=caller.livemode,
+        cipher=cipher,
+    )
+    return WebhookEndpointWithSecret.with_secret(endpoint, secret)
+
+
+@router.get(
+    "/webhook_endpoints",
+    response_model=ListResponse[WebhookEndpointPublic],
+    summary="List webhook endpoints",
+)
+def list_webhook_endpoints(
+    request: Request, session: SessionDep, caller: Manager, page: PageDep
+) -> ListResponse[WebhookEndpointPublic]:
+    rows, has_more = paginate(
+        session,
+        repository.endpoints_select(caller.scope),
+        created_at=WebhookEndpoint.created_at,
+        id=WebhookEndpoint.id,
+        page=page,
+    )
+    return ListResponse[WebhookEndpointPublic](
+        data=[WebhookEndpointPublic.of(r) for r in rows], has_more=has_more, url=request.url.path
+    )
+
+
+@router.get(
+    "/webhook_endpoints/{endpoint_id}",
+    response_model=WebhookEndpointPublic,
+    summary="Retrieve a webhook endpoint",
+)
+def get_webhook_endpoint(
+    endpoint_id: EndpointId, session: SessionDep, caller: Manager
+) -> WebhookEndpointPublic:
+    return WebhookEndpointPublic.of(
+        webhooks.get_endpoint(session, endpoint_id, merchant_id=caller.scope)
+    )
+
+
+@router.post(
+    "/webhook_endpoints/{endpoint_id}/rotate_secret",
+    response_model=WebhookEndpointWithSecret,
+    summary="Rotate the signing secret",
+    description="Returns the new secret. The old one stops signing immediately.",
+)
+def rotate_webhook_secret(
+    endpoint_id: EndpointId, session: SessionDep, caller: Manager, cipher: CipherDep
+) -> WebhookEndpointWithSecret:
+    endpoint, secret = webhooks.rotate_secret(
+        session, endpoint_id, merchant_id=caller.scope, cipher=cipher
+    )
+    return WebhookEndpointWithSecret.with_secret(endpoint, secret)
+
+
+@router.get(
+    "/webhook_endpoints/{endpoint_id}/deliveries",
+    response_model=ListResponse[WebhookDeliveryPublic],
+    summary="List an endpoint's deliveries (the delivery log)",
+)
+def list_webhook_deliveries(
+    endpoint_id: EndpointId, request: Request, session: SessionDep, caller: Manager, page: PageDep
+) -> ListResponse[WebhookDeliveryPublic]:
+    webhooks.get_endpoint(session, endpoint_id, merchant_id=caller.scope)  # 404 if not visible
+    rows, has_more = paginate(
+        session,
+        repository.deliveries_select(endpoint_id, caller.scope),
+        created_at=WebhookDelivery.created_at,
+        id=WebhookDelivery.id,
+        page=page,
+    )
+    return ListResponse[WebhookDeliveryPublic](
+        data=[WebhookDeliveryPublic.of(r) for r in rows], has_more=has_more, url=request.url.path
+    )
+
+
+@router.delete(
+    "/webhook_endpoints/{endpoint_id}",
+    response_model=WebhookEndpointPublic,
+    summary="Disable a webhook endpoint",
+    description="Stops all sending to the endpoint; its delivery log stays readable.",
+)
+def disable_webhook_endpoint(
+    endpoint_id: EndpointId, session: SessionDep, caller: Manager
+) -> WebhookEndpointPublic:
+    return WebhookEndpointPublic.of(
+        webhooks.disable_endpoint(session, endpoint_id, merchant_id=caller.scope)
+    )
+
+
+@router.get(
+    "/webhook_deliveries/{delivery_id}",
+    response_model=WebhookDeliveryPublic,
+    summary="Retrieve a delivery with its attempt log",
+)
+def get_webhook_delivery(
+    delivery_id: DeliveryId, session: SessionDep, caller: Manager
+) -> WebhookDeliveryPublic:
+    delivery = repository.get_delivery(session, delivery_id, merchant_id=caller.scope)
+    if delivery is None:
+        raise NotFound(f"No such webhook delivery: '{delivery_id}'.", param="id")
+    return WebhookDeliveryPublic.of(delivery, list(repository.attempts_for(session, delivery.id)))
+
+
+@router.post(
+    "/webhook_deliveries/{delivery_id}/redeliver",
+    response_model=WebhookDeliveryPublic,
+    summary="Redeliver an event",
+    description="Queues the same event (same id and body) again for the same endpoint, due now.",
+)
+def redeliver_webhook(
+    delivery_id: DeliveryId, session: SessionDep, caller: Manager
+) -> WebhookDeliveryPublic:
+    return WebhookDeliveryPublic.of(
+        webhooks.redeliver(session, delivery_id, merchant_id=caller.scope)
+    )

@@ -1,0 +1,118 @@
+"""All SQL for webhooks. No commits here: the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
+
+from api.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+
+__all__ = [
+    "add",
+    "attempts_for",
+    "claim_due",
+    "deliveries_select",
+    "endpoints_select",
+    "get_delivery",
+    "get_endpoint",
+    "subscribed_endpoints",
+]
+
+
+def add(session: Session, *objects: object) -> None:
+    session.add_all(objects)
+    session.flush()
+
+
+def endpoints_select(merchant_id: str | None) -> SelectOfScalar[WebhookEndpoint]:
+    stmt = select(WebhookEndpoint)
+    if merchant_id is not None:
+        stmt = stmt.where(WebhookEndpoint.merchant_id == merchant_id)
+    return stmt
+
+
+def get_endpoint(
+    session: Session, endpoint_id: str, *, merchant_id: str | None, for_update: bool = False
+) -> WebhookEndpoint | None:
+    stmt = endpoints_select(merchant_id).where(WebhookEndpoint.id == endpoint_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return session.exec(stmt).first()
+
+
+def subscribed_endpoints(session: Session, merchant_id: str) -> Sequence[WebhookEndpoint]:
+    stmt = (
+        endpoints_select(merchant_id)
+        .where(col(WebhookEndpoint.enabled).is_(True))
+        .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
+    )
+    return session.exec(stmt).all()
+
+
+def deliveries_select(
+    endpoint_id: str | None, merchant_id: str | None
+) -> SelectOfScalar[WebhookDelivery]:
+    stmt = select(WebhookDelivery)
+    if endpoint_id is not None:
+        stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
+    if merchant_id is not None:
+        stmt = stmt.where(WebhookDelivery.merchant_id == merchant_id)
+    return stmt
+
+
+def get_delivery(
+    session: Session, delivery_id: str, *, merchant_id: str | None
+) -> WebhookDelivery | None:
+    return session.exec(
+        deliveries_select(None, merchant_id).where(WebhookDelivery.id == delivery_id)
+    ).first()
+
+
+def attempts_for(session: Session, delivery_id: str) -> Sequence[WebhookAttempt]:
+    return session.exec(
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id == delivery_id)
+        .order_by(col(WebhookAttempt.attempt))
+    ).all()
+
+
+def _due(now: datetime) -> sa.ColumnElement[bool]:
+    d = WebhookDelivery
+    return sa.or_(
+        sa.and_(col(d.status) == DeliveryStatus.PENDING.value, col(d.next_attempt_at) <= now),
+        sa.and_(col(d.status) == DeliveryStatus.DELIVERING.value, col(d.locked_until) <= now),
+    )
+
+
+def claim_due(session: Session, now: datetime, limit: int, lease_until: datetime) -> list[str]:
+    """Mark up to ``limit`` due deliveries as ``delivering`` (leased) and return their ids.
+
+    PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent workers never claim the same row.
+    Other backends (SQLite): a conditional ``UPDATE … WHERE <still due>`` per candidate; SQLite
+    serialises writers, so only one worker's update matches.
+    """
+    d = WebhookDelivery
+    candidates = (
+        sa.select(col(d.id))
+        .where(_due(now))
+        .order_by(col(d.next_attempt_at), col(d.id))
+        .limit(limit)
+    )
+    claim = {"status": DeliveryStatus.DELIVERING.value, "locked_until": lease_until}
+    if session.get_bind().dialect.name == "postgresql":
+        ids = list(session.execute(candidates.with_for_update(skip_locked=True)).scalars())
+        if ids:
+            session.execute(sa.update(d).where(col(d.id).in_(ids)).values(**claim))
+        return ids
+    claimed: list[str] = []
+    for delivery_id in session.execute(candidates).scalars():
+        result = session.execute(
+            sa.update(d).where(col(d.id) == delivery_id, _due(now)).values(**claim)
+        )
+        if getattr(result, "rowcount", 0) == 1:
+            claimed.append(delivery_id)
+    return claimed

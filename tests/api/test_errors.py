@@ -1,0 +1,260 @@
+"""One error shape for every 4xx/5xx, and the request transaction rules."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import sqlalchemy as sa
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from api.deps import AfterCommit, CurrentKey, SessionDep
+from api.errors import NotFound
+from api.keys.models import ApiKeyRecord
+from tests.api.conftest import auth
+
+SECRETISH = "fp_live_" + "S3cr3t" * 8
+
+
+class DuplicateThing(Exception):
+    """Shaped like a crm/wallet domain error: class attributes only, no import of api."""
+
+    status_code = 409
+    code = "duplicate_thing"
+    type = "conflict_error"
+    param = "name"
+
+
+class ChainDown(Exception):
+    status_code = 502
+    code = "chain_unavailable"
+
+
+class Echo(BaseModel):
+    n: int
+
+
+def _router(calls: list[str]) -> APIRouter:
+    router = APIRouter(prefix="/test")
+
+    @router.get("/boom")
+    def boom() -> None:
+        raise RuntimeError(f"database password is {SECRETISH}")
+
+    @router.get("/domain")
+    def domain() -> None:
+        raise DuplicateThing("A thing with this name exists.")
+
+    @router.get("/domain5xx")
+    def domain5xx() -> None:
+        raise ChainDown(f"rpc at https://user:{SECRETISH}@node failed")
+
+    @router.get("/missing")
+    def missing_obj() -> None:
+        raise NotFound("No such thing: 'th_1'.", param="id")
+
+    @router.post("/echo")
+    def echo(body: Echo) -> Echo:
+        return body
+
+    @router.post("/write-then-fail")
+    def write_then_fail(session: SessionDep, key: CurrentKey, after: AfterCommit) -> None:
+        session.execute(
+            sa.update(ApiKeyRecord).where(ApiKeyRecord.id == key.id).values(name="written")
+        )
+        after.append(lambda: calls.append("after-commit"))
+        raise DuplicateThing("nope")
+
+    @router.post("/commit-fails")
+    def commit_fails(session: SessionDep, key: CurrentKey, after: AfterCommit) -> dict[str, str]:
+        # a second row with the same key_hash: the UNIQUE violation surfaces at commit time
+        row = session.get(ApiKeyRecord, key.id)
+        assert row is not None
+        clone = ApiKeyRecord(**{**row.model_dump(), "id": "key_clone"})
+        session.add(clone)
+        after.append(lambda: calls.append("after-commit"))
+        return {"status": "ok"}
+
+    @router.post("/write-ok")
+    def write_ok(session: SessionDep, key: CurrentKey, after: AfterCommit) -> dict[str, str]:
+        session.execute(
+            sa.update(ApiKeyRecord).where(ApiKeyRecord.id == key.id).values(name="committed")
+        )
+        after.append(lambda: calls.append("after-commit"))
+        return {"status": "ok"}
+
+    return router
+
+
+@pytest.fixture
+def calls() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def tclient(make_app, calls):
+    with TestClient(make_app(routers=[_router(calls)])) as c:
+        yield c
+
+
+def _error(response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"type", "code", "message", "param"}
+    return body["error"]
+
+
+class TestErrorShape:
+    def test_unknown_route_is_resource_missing(self, client):
+        r = client.get("/v1/nope")
+        assert r.status_code == 404
+        err = _error(r)
+        assert (err["type"], err["code"]) == ("invalid_request_error", "resource_missing")
+        assert "/v1/nope" in err["message"]
+
+    def test_method_not_allowed(self, client):
+        r = client.put("/v1/health")
+        assert r.status_code == 405
+        assert _error(r)["code"] == "method_not_allowed"
+        assert "GET" in r.headers["allow"]
+
+    def test_validation_error_names_the_field_path(self, client, new_key):
+        key = new_key()
+        r = client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1/x", "enabled_events": [{"bad": 1}]},
+            headers=auth(key),
+        )
+        assert r.status_code == 422
+        err = _error(r)
+        assert err["type"] == "invalid_request_error"
+        assert err["code"] == "parameter_invalid"
+        assert err["param"] == "enabled_events[0]"
+
+    def test_missing_field_is_parameter_missing(self, client, new_key):
+        r = client.post(
+            "/v1/webhook_endpoints", json={"enabled_events": ["*"]}, headers=auth(new_key())
+        )
+        err = _error(r)
+        assert r.status_code == 422
+        assert (err["code"], err["param"]) == ("parameter_missing", "url")
+
+    def test_query_validation(self, client, new_key):
+        r = client.get("/v1/webhook_endpoints?limit=0", headers=auth(new_key()))
+        assert r.status_code == 422
+        assert _error(r)["param"] == "limit"
+
+    def test_invalid_json(self, tclient):
+        r = tclient.post(
+            "/v1/test/echo", content=b'{"n": ', headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 422
+        assert _error(r)["code"] == "parameter_invalid"
+
+    def test_unhandled_exception_is_generic_500_and_logged(self, tclient, caplog):
+        with caplog.at_level(logging.ERROR, logger="followpay.api"):
+            r = tclient.get("/v1/test/boom")
+        assert r.status_code == 500
+        err = _error(r)
+        assert (err["type"], err["code"]) == ("api_error", "api_error")
+        assert SECRETISH not in r.text
+        assert "Traceback" not in r.text
+        assert "RuntimeError" not in r.text
+        logged = "\n".join(rec.getMessage() for rec in caplog.records)
+        assert "RuntimeError" in logged
+        assert "Traceback" in logged
+        assert "S3cr3t" not in logged
+
+    def test_duck_typed_domain_error(self, tclient):
+        r = tclient.get("/v1/test/domain")
+        assert r.status_code == 409
+        assert _error(r) == {
+            "type": "conflict_error",
+            "code": "duplicate_thing",
+            "message": "A thing with this name exists.",
+            "param": "name",
+        }
+
+    def test_domain_5xx_hides_its_message(self, tclient):
+        r = tclient.get("/v1/test/domain5xx")
+        assert r.status_code == 502
+        err = _error(r)
+        assert err["code"] == "chain_unavailable"
+        assert err["type"] == "api_error"
+        assert SECRETISH not in r.text
+
+    def test_api_error(self, tclient):
+        r = tclient.get("/v1/test/missing")
+        assert r.status_code == 404
+        assert _error(r)["param"] == "id"
+
+    def test_unauthenticated(self, client):
+        r = client.get("/v1/api_keys")
+        assert r.status_code == 401
+        assert _error(r)["type"] == "authentication_error"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+class TestRequestTransaction:
+    def test_error_rolls_back_and_skips_after_commit(self, tclient, db, new_key, calls):
+        key = new_key()
+        r = tclient.post("/v1/test/write-then-fail", headers=auth(key))
+        assert r.status_code == 409
+        with db.connect() as conn:
+            names = conn.execute(sa.text("SELECT name FROM api_keys")).scalars().all()
+        assert names == [None]
+        assert calls == []
+
+    def test_success_commits_then_runs_after_commit(self, tclient, db, new_key, calls):
+        r = tclient.post("/v1/test/write-ok", headers=auth(new_key()))
+        assert r.status_code == 200
+        with db.connect() as conn:
+            names = conn.execute(sa.text("SELECT name FROM api_keys")).scalars().all()
+        assert names == ["committed"]
+        assert calls == ["after-commit"]
+
+    def test_failed_commit_is_an_error_not_a_200(self, tclient, db, new_key, calls):
+        r = tclient.post("/v1/test/commit-fails", headers=auth(new_key()))
+        assert r.status_code == 500
+        assert _error(r)["code"] == "api_error"
+        assert calls == []
+        with db.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM api_keys")).scalar() == 1
+
+
+class TestOpenAPI:
+    def test_docs_and_schema_served(self, client):
+        assert client.get("/docs").status_code == 200
+        schema = client.get("/openapi.json").json()
+        assert all(path.startswith("/v1/") for path in schema["paths"])
+        create = schema["paths"]["/v1/webhook_endpoints"]["post"]
+        assert any(p["name"] == "Idempotency-Key" for p in create["parameters"])
+        for status in ("401", "404", "422", "500"):
+            ref = create["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorResponse")
+        assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+    def test_health(self, client):
+        r = client.get("/v1/health")
+        assert r.status_code == 200
+        assert r.json()["status"] == "ok"
+
+
+class TestRedact:
+    @pytest.mark.parametrize(
+        ("text", "leak"),
+        [
+            ("key fp_test_" + "a" * 43 + " failed", "a" * 43),
+            ("secret whsec_abcDEF123_-x here", "abcDEF123"),
+            ("postgresql://app:hunter2@db/x", "hunter2"),
+            ("header Authorization: Bearer tok.en-123", "tok.en-123"),
+        ],
+    )
+    def test_masks_known_secret_shapes(self, text, leak):
+        from api.errors import redact
+
+        out = redact(text)
+        assert leak not in out
+        assert "[REDACTED]" in out

@@ -1,0 +1,214 @@
+"""Idempotency-Key on POST: replay, mismatch, concurrency, what is (not) stored."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+
+from api.db import utcnow
+from api.deps import ApiConfig, CurrentKey, SessionDep
+from api.errors import IdempotencyError, IdempotencyKeyInUse
+from api.idempotency import service as idem
+from api.keys.models import ApiKeyRecord
+from tests.api.conftest import TEST_CONFIG, auth
+
+BODY = {"url": "http://127.0.0.1:9/hooks", "enabled_events": ["invoice.settled"]}
+
+
+def _count(db, table: str = "api_webhook_endpoints") -> int:
+    with db.connect() as conn:
+        query = sa.text(f"SELECT count(*) FROM {table}")  # noqa: S608
+        return int(conn.execute(query).scalar_one())
+
+
+class TestReplay:
+    def test_same_key_same_body_replays_byte_for_byte(self, client, db, new_key):
+        key = new_key()
+        h = auth(key, **{"Idempotency-Key": "req-1"})
+        first = client.post("/v1/webhook_endpoints", json=BODY, headers=h)
+        # same JSON, different key order and whitespace: same canonical body
+        second = client.post(
+            "/v1/webhook_endpoints",
+            content=b'{ "enabled_events": ["invoice.settled"],  "url": "http://127.0.0.1:9/hooks"}',
+            headers={**h, "Content-Type": "application/json"},
+        )
+        assert first.status_code == second.status_code == 200
+        assert second.content == first.content
+        assert second.headers["idempotent-replayed"] == "true"
+        assert "idempotent-replayed" not in first.headers
+        assert second.headers["content-type"] == first.headers["content-type"]
+        assert _count(db) == 1
+
+    def test_different_body_is_idempotency_error(self, client, db, new_key):
+        h = auth(new_key(), **{"Idempotency-Key": "req-2"})
+        assert client.post("/v1/webhook_endpoints", json=BODY, headers=h).status_code == 200
+        r = client.post("/v1/webhook_endpoints", json={**BODY, "description": "changed"}, headers=h)
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert (err["type"], err["code"]) == ("idempotency_error", "idempotency_error")
+        assert _count(db) == 1
+
+    def test_different_path_same_key_is_idempotency_error(self, client, new_key):
+        h = auth(new_key(), **{"Idempotency-Key": "req-3"})
+        created = client.post("/v1/webhook_endpoints", json=BODY, headers=h).json()
+        r = client.post(f"/v1/webhook_endpoints/{created['id']}/rotate_secret", headers=h)
+        assert r.status_code == 400
+
+    def test_without_key_every_post_runs(self, client, db, new_key):
+        key = new_key()
+        for _ in range(2):
+            assert (
+                client.post("/v1/webhook_endpoints", json=BODY, headers=auth(key)).status_code
+                == 200
+            )
+        assert _count(db) == 2
+
+    def test_scope_is_per_api_key(self, client, db, new_key):
+        a, b = new_key(merchant_id="m_a"), new_key(merchant_id="m_b")
+        for key in (a, b):
+            r = client.post(
+                "/v1/webhook_endpoints", json=BODY, headers=auth(key, **{"Idempotency-Key": "same"})
+            )
+            assert r.status_code == 200
+            assert "idempotent-replayed" not in r.headers
+        assert _count(db) == 2
+
+    def test_4xx_is_stored_and_replayed(self, client, new_key):
+        h = auth(new_key(), **{"Idempotency-Key": "req-404"})
+        first = client.post("/v1/webhook_deliveries/whd_missing/redeliver", headers=h)
+        second = client.post("/v1/webhook_deliveries/whd_missing/redeliver", headers=h)
+        assert first.status_code == second.status_code == 404
+        assert second.content == first.content
+        assert second.headers["idempotent-replayed"] == "true"
+
+    def test_expired_key_runs_again(self, make_app, db, new_key):
+        config = ApiConfig(
+            rate_limit_burst=TEST_CONFIG.rate_limit_burst, idempotency_ttl=timedelta(seconds=-1)
+        )
+        h = auth(new_key(), **{"Idempotency-Key": "req-ttl"})
+        with TestClient(make_app(config)) as c:
+            c.post("/v1/webhook_endpoints", json=BODY, headers=h)
+            r = c.post("/v1/webhook_endpoints", json=BODY, headers=h)
+        assert "idempotent-replayed" not in r.headers
+        assert _count(db) == 2
+
+    def test_key_too_long(self, client, new_key):
+        r = client.post(
+            "/v1/webhook_endpoints",
+            json=BODY,
+            headers=auth(new_key(), **{"Idempotency-Key": "k" * 256}),
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "Idempotency-Key"
+
+
+def _flaky_router(state: dict[str, int]) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/flaky")
+    def flaky(session: SessionDep, key: CurrentKey) -> dict[str, int]:
+        state["runs"] += 1
+        session.execute(
+            sa.update(ApiKeyRecord)
+            .where(ApiKeyRecord.id == key.id)
+            .values(name=f"run{state['runs']}")
+        )
+        if state["runs"] == 1:
+            raise RuntimeError("transient failure")
+        return {"runs": state["runs"]}
+
+    return router
+
+
+class TestServerErrors:
+    def test_5xx_is_not_stored_so_a_retry_runs(self, make_app, db, new_key):
+        state = {"runs": 0}
+        h = auth(new_key(), **{"Idempotency-Key": "req-500"})
+        with TestClient(make_app(routers=[_flaky_router(state)])) as c:
+            first = c.post("/v1/flaky", json={}, headers=h)
+            second = c.post("/v1/flaky", json={}, headers=h)
+            third = c.post("/v1/flaky", json={}, headers=h)
+        assert first.status_code == 500
+        assert second.status_code == 200
+        assert second.json() == {"runs": 2}
+        assert third.content == second.content
+        assert third.headers["idempotent-replayed"] == "true"
+        assert state["runs"] == 2
+        with db.connect() as conn:
+            assert conn.execute(sa.text("SELECT name FROM api_keys")).scalar() == "run2"
+
+
+class TestConcurrency:
+    def test_concurrent_duplicates_have_exactly_one_effect(self, live_server, db, new_key):
+        key = new_key()
+        barrier = threading.Barrier(8)
+
+        def fire(_: int) -> httpx.Response:
+            with httpx.Client(base_url=live_server, timeout=30) as c:
+                barrier.wait()
+                return c.post(
+                    "/v1/webhook_endpoints",
+                    json=BODY,
+                    headers=auth(key, **{"Idempotency-Key": "race"}),
+                )
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(fire, range(8)))
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) <= {200, 409}
+        assert _count(db) == 1
+        ok = [r for r in responses if r.status_code == 200]
+        assert len({r.content for r in ok}) == 1  # the original and every replay are identical
+        assert sum("idempotent-replayed" not in r.headers for r in ok) == 1
+        for r in responses:
+            if r.status_code == 409:
+                assert r.json()["error"]["code"] == "idempotency_key_in_use"
+        # once the first finished, a retry replays
+        with httpx.Client(base_url=live_server) as c:
+            again = c.post(
+                "/v1/webhook_endpoints", json=BODY, headers=auth(key, **{"Idempotency-Key": "race"})
+            )
+        assert again.status_code == 200
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.content == ok[0].content
+
+
+class TestService:
+    def test_in_flight_lock_conflict_and_takeover(self, db):
+        now = utcnow()
+        kwargs = {"api_key_id": "key_x", "key": "k1", "method": "POST", "path": "/v1/x"}
+        ctx = idem.begin(db, body=b'{"a":1}', now=now, **kwargs)
+        with pytest.raises(IdempotencyKeyInUse):
+            idem.begin(db, body=b'{"a":1}', now=now, **kwargs)
+        with pytest.raises(IdempotencyError):
+            idem.begin(db, body=b'{"a":2}', now=now, **kwargs)
+        # a crashed holder: the lock is taken over after lock_timeout
+        later = now + idem.DEFAULT_LOCK_TIMEOUT + timedelta(seconds=1)
+        taken = idem.begin(db, body=b'{"a":1}', now=later, **kwargs)
+        assert taken.record_id == ctx.record_id
+        idem.store_outside(db, taken, 201, [("content-type", "application/json")], b"{}")
+        with pytest.raises(idem.IdempotentReplay) as replay:
+            idem.begin(db, body=b'{ "a" : 1 }', now=later, **kwargs)
+        assert (replay.value.status, replay.value.body) == (201, b"{}")
+
+    def test_purge_expired(self, db):
+        now = utcnow()
+        idem.begin(
+            db, api_key_id="k", key="old", method="POST", path="/", now=now - timedelta(days=2)
+        )
+        idem.begin(db, api_key_id="k", key="new", method="POST", path="/", now=now)
+        assert idem.purge_expired(db, now) == 1
+        assert _count(db, "api_idempotency_keys") == 1
+
+    def test_fingerprint_is_canonical(self):
+        a = idem.fingerprint("POST", "/v1/x", "", b'{"b": 1, "a": [1, 2]}')
+        assert a == idem.fingerprint("post", "/v1/x", "", b'{"a":[1,2],"b":1}')
+        assert a != idem.fingerprint("POST", "/v1/y", "", b'{"a":[1,2],"b":1}')
+        assert a != idem.fingerprint("POST", "/v1/x", "", b'{"a":[2,1],"b":1}')

@@ -1,0 +1,146 @@
+"""API keys: shown once, stored hashed, 401 on anything wrong, roles and merchant scoping."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import sqlalchemy as sa
+
+from api.db import session_factory, session_scope
+from api.errors import Unauthorized
+from api.keys import service
+from api.keys.models import ApiKeyRecord
+from tests.api.conftest import auth
+
+
+class TestCreate:
+    def test_secret_shown_once_and_stored_as_sha256(self, client, db, new_key):
+        admin = new_key("admin", None)
+        r = client.post(
+            "/v1/api_keys",
+            json={"role": "merchant", "merchant_id": "m_7", "livemode": True},
+            headers=auth(admin),
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        secret = body["secret"]
+        assert secret.startswith("fp_live_")
+        assert len(secret) == len("fp_live_") + 43
+        assert body["redacted_key"] == secret[:12] + "…"
+        assert (body["role"], body["merchant_id"], body["livemode"]) == ("merchant", "m_7", True)
+
+        with db.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM api_keys"))]
+        row = next(r for r in rows if r["id"] == body["id"])
+        assert row["key_hash"] == hashlib.sha256(secret.encode()).hexdigest()
+        flat = repr(rows)
+        assert secret not in flat
+        assert secret[12:] not in flat
+
+        listed = client.get("/v1/api_keys", headers=auth(admin)).json()["data"]
+        assert {k["id"] for k in listed} >= {body["id"]}
+        assert secret not in repr(listed)
+        assert all("secret" not in k for k in listed)
+        # the new key works
+        assert client.get("/v1/api_keys", headers=auth(secret)).status_code == 200
+
+    def test_record_repr_hides_hash(self, db):
+        with session_scope(session_factory(db)) as s:
+            record, plaintext = service.create_key(s, "m_1", "merchant", False)
+        assert record.key_hash not in repr(record)
+        assert plaintext not in repr(record)
+
+    def test_merchant_creates_for_itself_only(self, client, new_key):
+        merchant = new_key("merchant", "m_1")
+        own = client.post("/v1/api_keys", json={"role": "support"}, headers=auth(merchant))
+        assert own.status_code == 200
+        assert own.json()["merchant_id"] == "m_1"
+        other = client.post(
+            "/v1/api_keys", json={"role": "merchant", "merchant_id": "m_2"}, headers=auth(merchant)
+        )
+        assert other.status_code == 403
+        assert other.json()["error"]["param"] == "merchant_id"
+        admin = client.post("/v1/api_keys", json={"role": "admin"}, headers=auth(merchant))
+        assert admin.status_code == 403
+        assert admin.json()["error"]["type"] == "permission_error"
+
+    def test_admin_must_name_the_merchant(self, client, new_key):
+        r = client.post(
+            "/v1/api_keys", json={"role": "merchant"}, headers=auth(new_key("admin", None))
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "parameter_missing"
+
+    def test_support_cannot_manage_keys(self, client, new_key):
+        support = new_key("support", "m_1")
+        assert client.post("/v1/api_keys", json={}, headers=auth(support)).status_code == 403
+        assert client.get("/v1/api_keys", headers=auth(support)).status_code == 403
+
+
+class TestAuthenticate:
+    @pytest.mark.parametrize(
+        "header",
+        [
+            None,
+            "",
+            "Bearer",
+            "Basic Zm9vOmJhcg==",
+            "Bearer fp_test_short",
+            "Bearer fp_prod_" + "a" * 43,
+            "Bearer fp_test_" + "a" * 43,  # well-formed but unknown
+        ],
+    )
+    def test_401_on_anything_wrong(self, client, header):
+        headers = {} if header is None else {"Authorization": header}
+        r = client.get("/v1/api_keys", headers=headers)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        if header:
+            assert header.split(" ")[-1] not in r.json()["error"]["message"] or header == "Bearer"
+
+    def test_revoked_key_is_401(self, client, new_key):
+        admin = new_key("admin", None)
+        victim = new_key("merchant", "m_1")
+        key_id = client.get("/v1/api_keys?merchant_id=m_1", headers=auth(admin)).json()["data"][0][
+            "id"
+        ]
+        r = client.delete(f"/v1/api_keys/{key_id}", headers=auth(admin))
+        assert r.status_code == 200
+        assert r.json()["revoked"] is True
+        r = client.get("/v1/webhook_endpoints", headers=auth(victim))
+        assert r.status_code == 401
+        assert "revoked" in r.json()["error"]["message"]
+
+    def test_service_accepts_bare_key_and_bearer(self, db, new_key):
+        key = new_key()
+        with session_scope(session_factory(db)) as s:
+            assert service.authenticate(s, key).id == service.authenticate(s, f"Bearer {key}").id
+            with pytest.raises(Unauthorized):
+                service.authenticate(s, key[:-1] + ("A" if key[-1] != "A" else "B"))
+
+    def test_last_used_is_recorded(self, client, db, new_key):
+        key = new_key()
+        client.get("/v1/webhook_endpoints", headers=auth(key))
+        with session_scope(session_factory(db)) as s:
+            record = s.exec(sa.select(ApiKeyRecord)).scalars().one()  # type: ignore[call-overload]
+        assert record.last_used_at is not None
+
+
+class TestRevokeScope:
+    def test_merchant_revokes_own_keys_only(self, client, new_key):
+        m1 = new_key("merchant", "m_1")
+        m2 = new_key("merchant", "m_2")
+        m2_key_id = client.get("/v1/api_keys", headers=auth(m2)).json()["data"][0]["id"]
+        r = client.delete(f"/v1/api_keys/{m2_key_id}", headers=auth(m1))
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "resource_missing"
+        listed = client.get("/v1/api_keys", headers=auth(m1)).json()["data"]
+        assert [k["merchant_id"] for k in listed] == ["m_1"]
+        # the filter never widens a merchant's scope
+        r = client.get("/v1/api_keys?merchant_id=m_2", headers=auth(m1))
+        assert r.status_code == 200
+        assert r.json()["data"] == []
+        own_id = listed[0]["id"]
+        assert client.delete(f"/v1/api_keys/{own_id}", headers=auth(m1)).status_code == 200
+        assert client.get("/v1/api_keys", headers=auth(m1)).status_code == 401

@@ -1,0 +1,95 @@
+"""Body size limit, per-key rate limit, CORS."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from api.app import TokenBucketLimiter
+from api.deps import ApiConfig
+from tests.api.conftest import auth
+
+
+class TestBodyLimit:
+    def test_declared_length_over_limit_is_413(self, make_app, new_key):
+        with TestClient(make_app(ApiConfig(max_body_bytes=1024, rate_limit_burst=1000))) as c:
+            r = c.post(
+                "/v1/webhook_endpoints",
+                content=b"x" * 2048,
+                headers=auth(new_key(), **{"Content-Type": "application/json"}),
+            )
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "request_too_large"
+
+    def test_streamed_body_over_limit_is_413(self, make_app, new_key):
+        def chunks():
+            for _ in range(8):
+                yield b"y" * 512
+
+        with TestClient(make_app(ApiConfig(max_body_bytes=1024, rate_limit_burst=1000))) as c:
+            r = c.post(
+                "/v1/webhook_endpoints",
+                content=chunks(),
+                headers=auth(new_key(), **{"Content-Type": "application/json"}),
+            )
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "request_too_large"
+
+    def test_default_limit_is_one_mebibyte(self, client, new_key):
+        big = (
+            b'{"url": "http://127.0.0.1/x", "enabled_events": ["*"], "d": "'
+            + b"z" * (1024 * 1024)
+            + b'"}'
+        )
+        r = client.post(
+            "/v1/webhook_endpoints",
+            content=big,
+            headers=auth(new_key(), **{"Content-Type": "application/json"}),
+        )
+        assert r.status_code == 413
+
+
+class TestRateLimit:
+    def test_429_with_retry_after_per_key(self, make_app, new_key):
+        config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=3)
+        a, b = new_key(merchant_id="m_a"), new_key(merchant_id="m_b")
+        with TestClient(make_app(config)) as c:
+            statuses = [
+                c.get("/v1/webhook_endpoints", headers=auth(a)).status_code for _ in range(4)
+            ]
+            limited = c.get("/v1/webhook_endpoints", headers=auth(a))
+            other = c.get("/v1/webhook_endpoints", headers=auth(b))
+            health = c.get("/v1/health")
+        assert statuses == [200, 200, 200, 429]
+        assert limited.status_code == 429
+        assert limited.json()["error"]["type"] == "rate_limit_error"
+        assert int(limited.headers["retry-after"]) >= 1
+        assert other.status_code == 200
+        assert health.status_code == 200
+
+    def test_bucket_refills(self):
+        limiter = TokenBucketLimiter(rate=2.0, burst=2)
+        assert limiter.take("k", now=0.0) == 0.0
+        assert limiter.take("k", now=0.0) == 0.0
+        wait = limiter.take("k", now=0.0)
+        assert 0.49 < wait <= 0.5
+        assert limiter.take("k", now=0.5) == 0.0
+        assert limiter.take("other", now=0.5) == 0.0
+
+
+class TestCors:
+    def test_off_by_default(self, client):
+        r = client.get("/v1/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+        pre = client.options(
+            "/v1/health",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert "access-control-allow-origin" not in pre.headers
+
+    def test_allow_list(self, make_app):
+        config = ApiConfig(cors_origins=("https://dash.example",), rate_limit_burst=1000)
+        with TestClient(make_app(config)) as c:
+            ok = c.get("/v1/health", headers={"Origin": "https://dash.example"})
+            bad = c.get("/v1/health", headers={"Origin": "https://evil.example"})
+        assert ok.headers["access-control-allow-origin"] == "https://dash.example"
+        assert "access-control-allow-origin" not in bad.headers

@@ -1,0 +1,112 @@
+"""Cursor pagination: limit bounds, starting_after, has_more, newest first, merchant scoping."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from api.db import session_factory, session_scope, utcnow
+from api.webhooks import service as webhooks
+from tests.api.conftest import auth
+
+
+@pytest.fixture
+def endpoints(db) -> dict[str, list[str]]:
+    """25 endpoints for m_a (some sharing a created_at, to exercise the id tie-break), 3 for m_b.
+
+    Returns the expected newest-first id order per merchant.
+    """
+    base = utcnow() - timedelta(hours=1)
+    made: dict[str, list[tuple]] = {"m_a": [], "m_b": []}
+    with session_scope(session_factory(db)) as s:
+        for i in range(25):
+            created = base + timedelta(seconds=i // 3)  # groups of 3 share a timestamp
+            e, _ = webhooks.create_endpoint(s, "m_a", "http://127.0.0.1/a", ["*"], now=created)
+            made["m_a"].append((e.created_at, e.id))
+        for i in range(3):
+            e, _ = webhooks.create_endpoint(
+                s, "m_b", "http://127.0.0.1/b", ["*"], now=base + timedelta(minutes=5, seconds=i)
+            )
+            made["m_b"].append((e.created_at, e.id))
+    _CREATED.update({i: c.timestamp() for rows in made.values() for c, i in rows})
+    return {m: [i for _, i in sorted(rows, reverse=True)] for m, rows in made.items()}
+
+
+_CREATED: dict[str, float] = {}
+
+
+def _created_of(ids: list[str]) -> list[float]:
+    return [_CREATED[i] for i in ids]
+
+
+def _page(client, key, **params):
+    r = client.get("/v1/webhook_endpoints", params=params, headers=auth(key))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+class TestPagination:
+    def test_default_page_is_ten_newest_first(self, client, new_key, endpoints):
+        page = _page(client, new_key(merchant_id="m_a"))
+        assert page["object"] == "list"
+        assert page["url"] == "/v1/webhook_endpoints"
+        created = [e["created"] for e in page["data"]]
+        assert len(created) == 10
+        assert created == sorted(created, reverse=True)
+        assert max(created) == int(max(_created_of(endpoints["m_a"])))
+        assert page["has_more"] is True
+
+    def test_walk_all_pages(self, client, new_key, endpoints):
+        key = new_key(merchant_id="m_a")
+        seen: list[str] = []
+        cursor = None
+        pages = 0
+        while True:
+            params = {"limit": 7}
+            if cursor:
+                params["starting_after"] = cursor
+            page = _page(client, key, **params)
+            pages += 1
+            seen += [e["id"] for e in page["data"]]
+            if not page["has_more"]:
+                break
+            cursor = page["data"][-1]["id"]
+        # the keyset walk agrees with one big page (whatever the database collation of ids)
+        assert seen == [e["id"] for e in _page(client, key, limit=100)["data"]]
+        assert sorted(seen) == sorted(endpoints["m_a"])
+        assert pages == 4  # 7 + 7 + 7 + 4
+
+    def test_exact_multiple_has_no_phantom_page(self, client, new_key, endpoints):
+        key = new_key(merchant_id="m_b")
+        page = _page(client, key, limit=3)
+        assert {e["id"] for e in page["data"]} == set(endpoints["m_b"])
+        assert [e["id"] for e in page["data"]] == endpoints["m_b"]  # distinct timestamps
+        assert page["has_more"] is False
+
+    @pytest.mark.parametrize("limit", [0, 101, -1])
+    def test_limit_bounds(self, client, new_key, limit):
+        r = client.get(f"/v1/webhook_endpoints?limit={limit}", headers=auth(new_key()))
+        assert r.status_code == 422
+        assert r.json()["error"]["param"] == "limit"
+
+    def test_limit_100_allowed(self, client, new_key, endpoints):
+        page = _page(client, new_key(merchant_id="m_a"), limit=100)
+        assert len(page["data"]) == 25
+        assert page["has_more"] is False
+
+    def test_other_merchants_cursor_is_rejected(self, client, new_key, endpoints):
+        r = client.get(
+            "/v1/webhook_endpoints",
+            params={"starting_after": endpoints["m_b"][0]},
+            headers=auth(new_key(merchant_id="m_a")),
+        )
+        assert r.status_code == 404
+        err = r.json()["error"]
+        assert (err["code"], err["param"]) == ("resource_missing", "starting_after")
+
+    def test_scoping_and_admin_sees_all(self, client, new_key, endpoints):
+        b = _page(client, new_key(merchant_id="m_b"), limit=100)
+        assert {e["merchant_id"] for e in b["data"]} == {"m_b"}
+        everything = _page(client, new_key("admin", None), limit=100)
+        assert len(everything["data"]) == 28

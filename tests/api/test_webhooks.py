@@ -1,0 +1,463 @@
+"""Webhooks: signatures, endpoints API, outbox, real HTTP delivery with retries, redelivery."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from api.db import session_factory, session_scope, utcnow
+from api.errors import InvalidRequest
+from api.webhooks import service as webhooks
+from api.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from api.webhooks.secrets import SecretCipher
+from api.webhooks.signing import SIGNATURE_HEADER, WebhookSignatureError, sign, verify
+from tests.api.conftest import auth, free_port
+
+SECRET = "whsec_test_secret"
+BODY = b'{"id":"evt_1","type":"invoice.settled"}'
+
+
+class TestSignature:
+    def test_round_trip(self):
+        header = sign(SECRET, 1_700_000_000, BODY)
+        assert header.startswith("t=1700000000,v1=")
+        assert verify(SECRET, header, BODY, now=1_700_000_100) == 1_700_000_000
+
+    def test_matches_the_documented_recipe(self):
+        import hashlib
+        import hmac
+
+        expected = hmac.new(SECRET.encode(), b"1700000000." + BODY, hashlib.sha256).hexdigest()
+        assert sign(SECRET, 1_700_000_000, BODY) == f"t=1700000000,v1={expected}"
+
+    @pytest.mark.parametrize(
+        ("secret", "body", "now"),
+        [
+            (SECRET, BODY + b" ", 1_700_000_000),  # tampered body
+            ("whsec_other", BODY, 1_700_000_000),  # wrong secret
+            (SECRET, BODY, 1_700_000_301),  # too old (tolerance 300 s)
+            (SECRET, BODY, 1_699_999_699),  # from the future
+        ],
+    )
+    def test_rejections(self, secret, body, now):
+        header = sign(SECRET, 1_700_000_000, BODY)
+        with pytest.raises(WebhookSignatureError):
+            verify(secret, header, body, now=now)
+
+    def test_tolerance_edges_accepted(self):
+        header = sign(SECRET, 1_700_000_000, BODY)
+        verify(SECRET, header, BODY, now=1_700_000_300)
+        verify(SECRET, header, BODY, now=1_699_999_700)
+
+    @pytest.mark.parametrize(
+        "header",
+        [None, "", "t=abc,v1=00", "v1=00", "t=1700000000", "garbage", "t=1700000000,v0=ab"],
+    )
+    def test_malformed_headers(self, header):
+        with pytest.raises(WebhookSignatureError):
+            verify(SECRET, header, BODY, now=1_700_000_000)
+
+    def test_any_of_several_signatures_during_rotation(self):
+        header = sign("whsec_new", 1_700_000_000, BODY, extra_secrets=["whsec_old"])
+        assert verify("whsec_old", header, BODY, now=1_700_000_000)
+        assert verify("whsec_new", header, BODY, now=1_700_000_000)
+
+
+class TestCipher:
+    def test_encrypted_at_rest_with_master_key(self):
+        cipher = SecretCipher(b"m" * 32)
+        stored = cipher.encrypt("whsec_abc", context="we_1")
+        assert "whsec_abc" not in stored
+        assert stored.startswith("aesgcm:")
+        assert cipher.decrypt(stored, context="we_1") == "whsec_abc"
+        with pytest.raises(Exception, match="decrypted"):
+            cipher.decrypt(stored, context="we_2")  # bound to the endpoint id
+        assert "m" * 32 not in repr(cipher)
+
+
+class TestEndpointsApi:
+    def test_secret_returned_on_create_and_rotate_only(self, client, db, new_key):
+        key = new_key()
+        r = client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1:9/h", "enabled_events": ["invoice.settled", "*"]},
+            headers=auth(key),
+        )
+        assert r.status_code == 200, r.text
+        created = r.json()
+        secret = created["secret"]
+        assert secret.startswith("whsec_")
+        assert created["merchant_id"] == "m_1"
+        assert created["object"] == "webhook_endpoint"
+        one = client.get(f"/v1/webhook_endpoints/{created['id']}", headers=auth(key))
+        listed = client.get("/v1/webhook_endpoints", headers=auth(key))
+        assert secret not in one.text
+        assert secret not in listed.text
+        rotated = client.post(
+            f"/v1/webhook_endpoints/{created['id']}/rotate_secret", headers=auth(key)
+        ).json()
+        assert rotated["secret"].startswith("whsec_")
+        assert rotated["secret"] != secret
+
+    def test_secret_encrypted_in_the_row_with_master_key(self, make_app, settings, db, new_key):
+        app = make_app(settings=settings.model_copy(update={"master_key": "k" * 40}))
+        with TestClient(app) as c:
+            secret = c.post(
+                "/v1/webhook_endpoints",
+                json={"url": "http://127.0.0.1:9/h", "enabled_events": ["*"]},
+                headers=auth(new_key()),
+            ).json()["secret"]
+        with db.connect() as conn:
+            rows = [
+                dict(r._mapping)
+                for r in conn.execute(sa.text("SELECT * FROM api_webhook_endpoints"))
+            ]
+        assert secret not in repr(rows)
+        assert rows[0]["secret_encrypted"].startswith("aesgcm:")
+
+    @pytest.mark.parametrize(
+        ("body", "param"),
+        [
+            ({"url": "ftp://x/y", "enabled_events": ["*"]}, "url"),
+            (
+                {"url": "http://127.0.0.1/h", "enabled_events": ["invoice.nope"]},
+                "enabled_events[0]",
+            ),
+            ({"url": "http://u:p@127.0.0.1/h", "enabled_events": ["*"]}, "url"),
+        ],
+    )
+    def test_invalid_endpoint(self, client, new_key, body, param):
+        r = client.post("/v1/webhook_endpoints", json=body, headers=auth(new_key()))
+        assert r.status_code == 422
+        assert r.json()["error"]["param"] == param
+
+    def test_service_validates_for_non_http_callers(self, db):
+        with session_scope(session_factory(db)) as s:
+            for url, events in [("ftp://x/y", ["*"]), ("http://127.0.0.1/h", ["invoice.nope"])]:
+                with pytest.raises(InvalidRequest):
+                    webhooks.create_endpoint(s, "m_1", url, events)
+
+    def test_live_keys_need_https(self, client, new_key):
+        r = client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1/h", "enabled_events": ["*"]},
+            headers=auth(new_key(live=True)),
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "url"
+
+    def test_other_merchants_objects_are_404(self, client, db, new_key):
+        with session_scope(session_factory(db)) as s:
+            e, _ = webhooks.create_endpoint(s, "m_2", "http://127.0.0.1/h", ["*"])
+            (d,) = webhooks.enqueue(s, "m_2", "ticket.opened", {"id": "t_1"})
+        key = new_key(merchant_id="m_1")
+        for method, path in [
+            ("GET", f"/v1/webhook_endpoints/{e.id}"),
+            ("GET", f"/v1/webhook_endpoints/{e.id}/deliveries"),
+            ("POST", f"/v1/webhook_endpoints/{e.id}/rotate_secret"),
+            ("POST", f"/v1/webhook_deliveries/{d.id}/redeliver"),
+        ]:
+            r = client.request(method, path, headers=auth(key))
+            assert r.status_code == 404, path
+            assert r.json()["error"]["code"] == "resource_missing"
+
+    def test_support_keys_cannot_manage_webhooks(self, client, new_key):
+        r = client.get("/v1/webhook_endpoints", headers=auth(new_key("support", "m_1")))
+        assert r.status_code == 403
+
+
+class TestOutbox:
+    def test_enqueue_is_part_of_the_callers_transaction(self, db):
+        factory = session_factory(db)
+        with session_scope(factory) as s:
+            webhooks.create_endpoint(s, "m_1", "http://127.0.0.1/a", ["invoice.settled"])
+            webhooks.create_endpoint(s, "m_1", "http://127.0.0.1/b", ["ticket.opened"])
+            webhooks.create_endpoint(s, "m_2", "http://127.0.0.1/c", ["*"])
+        queued: list[int] = []
+
+        def business_transaction_that_fails() -> None:
+            with session_scope(factory) as s:
+                queued.append(len(webhooks.enqueue(s, "m_1", "invoice.settled", {"id": "inv_1"})))
+                raise RuntimeError("the business transaction failed")
+
+        with pytest.raises(RuntimeError, match="business"):
+            business_transaction_that_fails()
+        assert queued == [1]
+        with session_scope(factory) as s:
+            assert s.exec(sa.select(WebhookDelivery)).all() == []  # type: ignore[call-overload]
+            deliveries = webhooks.enqueue(s, "m_1", "invoice.settled", {"id": "inv_1"})
+        assert len(deliveries) == 1
+        body = json.loads(deliveries[0].payload)
+        assert body["type"] == "invoice.settled"
+        assert body["data"]["object"] == {"id": "inv_1"}
+
+    def test_unknown_event_type_is_a_bug(self, db):
+        with session_scope(session_factory(db)) as s, pytest.raises(ValueError, match="unknown"):
+            webhooks.enqueue(s, "m_1", "invoice.bogus", {})
+
+
+def _endpoint(db, url: str, merchant: str = "m_1") -> tuple[WebhookEndpoint, str]:
+    with session_scope(session_factory(db)) as s:
+        return webhooks.create_endpoint(s, merchant, url, ["*"])
+
+
+def _enqueue(db, merchant: str = "m_1", event: str = "invoice.settled") -> WebhookDelivery:
+    with session_scope(session_factory(db)) as s:
+        (d,) = webhooks.enqueue(s, merchant, event, {"id": "inv_42", "amount": "12.50"})
+    return d
+
+
+def _delivery(db, delivery_id: str) -> WebhookDelivery:
+    with session_scope(session_factory(db)) as s:
+        d = s.get(WebhookDelivery, delivery_id)
+        assert d is not None
+        return d
+
+
+class TestDelivery:
+    def test_signed_post_to_a_real_receiver(self, db, receiver):
+        _, secret = _endpoint(db, receiver.url)
+        d = _enqueue(db)
+        results = webhooks.deliver_due(session_factory(db))
+        assert [(r.delivery_id, r.ok, r.status_code) for r in results] == [(d.id, True, 200)]
+        (got,) = receiver.received
+        assert got.path == "/hooks"
+        verify(secret, got.headers[SIGNATURE_HEADER], got.body)  # real clock, 300 s tolerance
+        assert got.body.decode() == d.payload
+        assert got.headers["FollowPay-Event-Id"] == d.event_id
+        after = _delivery(db, d.id)
+        assert after.status == DeliveryStatus.DELIVERED
+        assert after.attempt_count == 1
+        assert webhooks.deliver_due(session_factory(db)) == []  # nothing due any more
+
+    def test_failures_follow_the_backoff_then_succeed(self, db, receiver):
+        receiver.statuses = [500, 503]
+        _endpoint(db, receiver.url)
+        d = _enqueue(db)
+        factory = session_factory(db)
+        t0 = utcnow()
+        (r1,) = webhooks.deliver_due(factory, now=t0)
+        assert (r1.ok, r1.status_code, r1.status) == (False, 500, DeliveryStatus.PENDING)
+        assert r1.next_attempt_at == t0 + timedelta(seconds=10)
+        assert webhooks.deliver_due(factory, now=t0 + timedelta(seconds=9)) == []
+        t1 = t0 + timedelta(seconds=10)
+        (r2,) = webhooks.deliver_due(factory, now=t1)
+        assert r2.status_code == 503
+        assert r2.next_attempt_at == t1 + timedelta(minutes=1)
+        t2 = t1 + timedelta(minutes=1)
+        (r3,) = webhooks.deliver_due(factory, now=t2)
+        assert r3.ok
+        assert r3.status is DeliveryStatus.DELIVERED
+        assert len(receiver.received) == 3
+        assert len({x.body for x in receiver.received}) == 1  # same body on every attempt
+        with session_scope(factory) as s:
+            log = (
+                s.exec(sa.select(WebhookAttempt).where(WebhookAttempt.delivery_id == d.id))
+                .scalars()
+                .all()
+            )  # type: ignore[call-overload]
+        assert sorted((a.attempt, a.status_code) for a in log) == [(1, 500), (2, 503), (3, 200)]
+
+    def test_gives_up_after_the_schedule(self, db, receiver):
+        receiver.default = 500
+        _endpoint(db, receiver.url)
+        d = _enqueue(db)
+        factory = session_factory(db)
+        now = utcnow()
+        delays = []
+        while True:
+            (r,) = webhooks.deliver_due(factory, now=now)
+            if r.status is DeliveryStatus.FAILED:
+                break
+            assert r.next_attempt_at is not None
+            delays.append(r.next_attempt_at - now)
+            now = r.next_attempt_at
+        assert delays == list(webhooks.RETRY_SCHEDULE)
+        assert delays == [timedelta(seconds=10), timedelta(minutes=1)] + [timedelta(minutes=10)] * 6
+        assert _delivery(db, d.id).attempt_count == 9
+        assert len(receiver.received) == 9
+        assert webhooks.deliver_due(factory, now=now + timedelta(days=1)) == []
+
+    def test_connection_refused_is_a_failed_attempt(self, db):
+        _endpoint(db, f"http://127.0.0.1:{free_port()}/closed")
+        d = _enqueue(db)
+        with httpx.Client(timeout=2) as client:
+            (r,) = webhooks.deliver_due(session_factory(db), http_client=client)
+        assert not r.ok
+        assert r.status_code is None
+        assert "Connect" in (r.error or "")
+        assert _delivery(db, d.id).status == DeliveryStatus.PENDING
+
+    def test_concurrent_workers_send_each_delivery_once(self, db, receiver):
+        _endpoint(db, receiver.url)
+        ids = {_enqueue(db).id for _ in range(12)}
+        factory = session_factory(db)
+        barrier = threading.Barrier(4)
+        results: list = []
+        lock = threading.Lock()
+
+        def worker() -> None:
+            barrier.wait()
+            got = webhooks.deliver_due(factory, limit=12)
+            with lock:
+                results.extend(got)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(r.delivery_id for r in results) == sorted(ids)
+        assert len(receiver.received) == 12
+        assert len({x.headers["FollowPay-Delivery-Id"] for x in receiver.received}) == 12
+
+    def test_redeliver_via_api(self, client, db, receiver, new_key):
+        receiver.default = 500
+        endpoint, secret = _endpoint(db, receiver.url)
+        d = _enqueue(db)
+        factory = session_factory(db)
+        now = utcnow()
+        for _ in range(9):
+            (r,) = webhooks.deliver_due(factory, now=now)
+            now = r.next_attempt_at or now
+        assert _delivery(db, d.id).status == DeliveryStatus.FAILED
+        receiver.default = 200
+        key = new_key()
+        r = client.post(f"/v1/webhook_deliveries/{d.id}/redeliver", headers=auth(key))
+        assert r.status_code == 200, r.text
+        again = r.json()
+        assert again["status"] == "pending"
+        assert again["redelivery_of"] == d.id
+        assert again["event_id"] == d.event_id
+        assert again["id"] != d.id
+        (res,) = webhooks.deliver_due(factory)
+        assert res.ok
+        assert res.delivery_id == again["id"]
+        assert receiver.received[-1].headers["FollowPay-Event-Id"] == d.event_id
+        verify(secret, receiver.received[-1].headers[SIGNATURE_HEADER], receiver.received[-1].body)
+        log = client.get(
+            f"/v1/webhook_endpoints/{endpoint.id}/deliveries", headers=auth(key)
+        ).json()
+        assert [x["status"] for x in log["data"]] == ["delivered", "failed"]
+        assert log["data"][1]["attempt_count"] == 9
+
+    def test_rotation_signs_with_the_new_secret(self, db, receiver):
+        endpoint, old = _endpoint(db, receiver.url)
+        with session_scope(session_factory(db)) as s:
+            _, new = webhooks.rotate_secret(s, endpoint.id, merchant_id="m_1")
+        _enqueue(db)
+        webhooks.deliver_due(session_factory(db))
+        got = receiver.received[-1]
+        verify(new, got.headers[SIGNATURE_HEADER], got.body)
+        with pytest.raises(WebhookSignatureError):
+            verify(old, got.headers[SIGNATURE_HEADER], got.body)
+
+    def test_rotation_grace_signs_with_both(self, db, receiver):
+        endpoint, old = _endpoint(db, receiver.url)
+        with session_scope(session_factory(db)) as s:
+            _, new = webhooks.rotate_secret(
+                s, endpoint.id, merchant_id="m_1", grace=timedelta(hours=1)
+            )
+        _enqueue(db)
+        webhooks.deliver_due(session_factory(db))
+        got = receiver.received[-1]
+        verify(new, got.headers[SIGNATURE_HEADER], got.body)
+        verify(old, got.headers[SIGNATURE_HEADER], got.body)
+
+    def test_signature_timestamp_is_fresh(self, db, receiver):
+        _, _secret = _endpoint(db, receiver.url)
+        _enqueue(db)
+        webhooks.deliver_due(session_factory(db))
+        header = receiver.received[-1].headers[SIGNATURE_HEADER]
+        t = int(header.split(",")[0].removeprefix("t="))
+        assert abs(t - time.time()) < 300
+
+
+def _documented_verifier():
+    """The verification recipe of docs/api.md, executed as published."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    block = next(
+        b.split("\n", 1)[1] for b in text.split("```python")[1:] if "def verify_followpay" in b
+    ).split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "docs/api.md", "exec"), namespace)  # noqa: S102 - our own docs
+    return namespace["verify_followpay"]
+
+
+class TestDocumentedRecipe:
+    def test_recipe_accepts_a_real_delivery_and_rejects_tampering(self, db, receiver):
+        verify_followpay = _documented_verifier()
+        _, secret = _endpoint(db, receiver.url)
+        _enqueue(db)
+        webhooks.deliver_due(session_factory(db))
+        got = receiver.received[-1]
+        verify_followpay(secret, got.headers[SIGNATURE_HEADER], got.body)
+        with pytest.raises(ValueError, match="mismatch"):
+            verify_followpay(secret, got.headers[SIGNATURE_HEADER], got.body + b" ")
+        old = sign(secret, int(time.time()) - 301, got.body)
+        with pytest.raises(ValueError, match="tolerance"):
+            verify_followpay(secret, old, got.body)
+
+
+class TestDeliveryLogAndDisable:
+    def test_delivery_with_attempts_via_api(self, client, db, receiver, new_key):
+        receiver.statuses = [502]
+        _endpoint(db, receiver.url)
+        d = _enqueue(db)
+        factory = session_factory(db)
+        now = utcnow()
+        (r1,) = webhooks.deliver_due(factory, now=now)
+        webhooks.deliver_due(factory, now=r1.next_attempt_at)
+        body = client.get(f"/v1/webhook_deliveries/{d.id}", headers=auth(new_key())).json()
+        assert body["status"] == "delivered"
+        assert [(a["attempt"], a["status_code"]) for a in body["attempts"]] == [(1, 502), (2, 200)]
+        other = client.get(
+            f"/v1/webhook_deliveries/{d.id}", headers=auth(new_key(merchant_id="m_9"))
+        )
+        assert other.status_code == 404
+
+    def test_disabled_endpoint_gets_nothing(self, client, db, receiver, new_key):
+        endpoint, _ = _endpoint(db, receiver.url)
+        d = _enqueue(db)
+        r = client.delete(f"/v1/webhook_endpoints/{endpoint.id}", headers=auth(new_key()))
+        assert r.status_code == 200
+        assert r.json()["status"] == "disabled"
+        (res,) = webhooks.deliver_due(session_factory(db))
+        assert res.status is DeliveryStatus.FAILED
+        assert "disabled" in (res.error or "")
+        assert receiver.received == []
+        with session_scope(session_factory(db)) as s:
+            assert webhooks.enqueue(s, "m_1", "invoice.settled", {}) == []
+        assert _delivery(db, d.id).status == DeliveryStatus.FAILED
+
+
+class TestWorker:
+    def test_worker_delivers_when_woken_and_stops(self, db, receiver):
+        _endpoint(db, receiver.url)
+        stop, wake = threading.Event(), threading.Event()
+        worker = threading.Thread(
+            target=webhooks.run_delivery_worker,
+            args=(session_factory(db), stop),
+            kwargs={"wake": wake, "interval": 30.0},
+            daemon=True,
+        )
+        worker.start()
+        d = _enqueue(db)
+        wake.set()  # what an AfterCommit callback does
+        deadline = time.monotonic() + 20
+        while not receiver.received and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stop.set()
+        wake.set()
+        worker.join(20)
+        assert not worker.is_alive()
+        assert [x.headers["FollowPay-Delivery-Id"] for x in receiver.received] == [d.id]
