@@ -27,7 +27,7 @@ import api.dispatch.models
 import api.settlement.models  # noqa: F401 - registers tables
 import crm.models  # noqa: F401 - registers tables
 from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
-from api.dispatch.worker import Worker
+from api.dispatch.worker import Channel, Worker
 from api.settlement import invoices
 from api.settlement.indexer import Indexer
 from contracts import load_artifact
@@ -80,6 +80,11 @@ class _Sink:
         return "250 OK"
 
 
+def _id(value: int | None) -> int:
+    assert value is not None, "flushed rows have ids"
+    return value
+
+
 def _zone(inside_window: bool) -> str:
     """A time zone whose local hour right now is inside (or outside) 08:00-21:00."""
     for name in _ZONES:
@@ -129,10 +134,12 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
 
     ada_zone, vip_zone = _zone(True), _zone(False)
     with Session(engine, expire_on_commit=False) as session, session.begin():
-        shop = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
+        shop_id = _id(
+            merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock).id
+        )
         followups.create_policy(
             session,
-            shop.id,
+            shop_id,
             FollowUpPolicyCreate(
                 delay_minutes=0,
                 channel_order=["email", "in_app"],
@@ -149,18 +156,18 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
             ),
         }
         ids = {
-            n: contacts.create_contact(session, shop.id, c, keyring, clock).id
+            n: _id(contacts.create_contact(session, shop_id, c, keyring, clock).id)
             for n, c in people.items()
         }
         consent.grant(
-            session, shop.id, ids["Ada"], "service_followup", "email", actor="ada", clock=clock
+            session, shop_id, ids["Ada"], "service_followup", "email", actor="ada", clock=clock
         )
         consent.grant(
-            session, shop.id, ids["Chen"], "service_followup", "phone", actor="chen", clock=clock
+            session, shop_id, ids["Chen"], "service_followup", "phone", actor="chen", clock=clock
         )
         invoices.register_account(
             session,
-            shop.id,
+            shop_id,
             chain_id=chain.chain_id,
             address=merchant_acct.address,
             payout=payout.address,
@@ -177,7 +184,7 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
     with Session(engine, expire_on_commit=False) as session, session.begin():
         for index, name in enumerate(("Ada", "Bob", "Chen")):
             request = invoices.InvoiceRequest(
-                merchant_id=shop.id,
+                merchant_id=shop_id,
                 token=deployment.token,
                 amount=(index + 1) * 12_500_000,
                 order_id=f"order-{name.lower()}",
@@ -192,7 +199,8 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
                 signer=signer,
                 clock=clock,
             )
-        account = invoices.repo.account_for_merchant(session, shop.id, chain.chain_id)
+        account = invoices.repo.account_for_merchant(session, shop_id, chain.chain_id)
+        assert account is not None
     table = Table("customer", "invoice", "on-chain id", "amount", "EIP-681")
     for name, inv in issued.items():
         table.add_row(
@@ -250,7 +258,7 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
     out.print(f"indexer: {len(settled)} invoices settled at block {w3.eth.block_number}")
 
     links = Links("http://127.0.0.1:8000")
-    channels = {
+    channels: dict[str, Channel] = {
         "email": EmailChannel(smtp.hostname, smtp.port, "followup@teahouse.example", links),
         "in_app": InAppChannel(links),
         "phone": PhoneChannel(),
@@ -277,7 +285,7 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
     with Session(engine, expire_on_commit=False) as session, session.begin():
         answer = feedback.submit_feedback(
             session,
-            shop.id,
+            shop_id,
             token_match.group(1),
             FeedbackCreate(rating=2, nps=5, comment="Tea arrived cold", tags=["delivery"]),
             keyring=keyring,
@@ -285,8 +293,9 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
         )
     with Session(engine, expire_on_commit=False) as session:
         ticket = session.get(Ticket, answer.ticket_id)
+        assert ticket is not None, "a rating of 2 opens a ticket"
         report = metrics.compute(
-            session, shop.id, datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+            session, shop_id, datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
         )
     remaining = ticket.due_at - clock.now()
     out.print(

@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from api.runtime import Runtime
 from api.settings import get_settings
+from api.settlement.models import Invoice
 
 __all__ = ["db_app", "indexer", "invoices_app", "worker"]
 
@@ -91,11 +92,11 @@ def worker(
 ) -> None:
     """Send due follow-ups (consent re-checked at send time)."""
     from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
-    from api.dispatch.worker import Worker
+    from api.dispatch.worker import Channel, Worker
 
     runtime = _runtime()
     links = Links(runtime.settings.public_base_url)
-    channels = {
+    channels: dict[str, Channel] = {
         "email": EmailChannel(smtp_host, smtp_port, sender, links),
         "in_app": InAppChannel(links),
         "phone": PhoneChannel(),
@@ -161,7 +162,7 @@ def invoices_create(
     runtime.close()
 
 
-def _invoice_json(invoice: object, router: str) -> dict[str, object]:
+def _invoice_json(invoice: Invoice, router: str) -> dict[str, object]:
     from api.settlement.invoices import eip681_uri
 
     data = {

@@ -131,7 +131,7 @@ class Indexer:
 
     def _symbol(self, token: str) -> str:
         if token not in self._symbols:
-            abi = [
+            abi: list[dict[str, Any]] = [
                 {
                     "name": "symbol",
                     "type": "function",
@@ -142,7 +142,9 @@ class Indexer:
             ]
             try:
                 with self.chain.lock:
-                    contract = self.chain.w3.eth.contract(address=token, abi=abi)
+                    contract = self.chain.w3.eth.contract(
+                        address=to_checksum_address(token), abi=abi
+                    )
                     symbol = str(contract.functions.symbol().call())[:16]
             except Exception:  # a token without symbol() still settles
                 symbol = "TOKEN"

@@ -92,7 +92,12 @@ def register_account(
             setattr(existing, key, value)
         return repo.add(session, existing)
     account = MerchantAccount(
-        merchant_id=merchant_id, chain_id=chain_id, created_at=clock.now(), **values
+        merchant_id=merchant_id,
+        chain_id=chain_id,
+        address=values["address"],
+        payout=values["payout"],
+        operator=values["operator"],
+        created_at=clock.now(),
     )
     return repo.add(session, account)
 
