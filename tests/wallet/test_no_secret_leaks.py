@@ -1,0 +1,169 @@
+"""A session's worth of wallet operations, successes and failures, leaks nothing.
+
+Logging is captured at DEBUG for every logger (web3 and urllib3 included), stdout/stderr at
+the file-descriptor level, and every exception's ``str``/``repr``/args, its formatted
+traceback and its whole ``__cause__``/``__context__`` chain. None of it may contain three
+consecutive words of the mnemonic, the passphrase, the password or any private key used.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.wallet.conftest import FAST_N
+from wallet import cli
+from wallet.errors import WalletError
+from wallet.keys import HDWallet, generate_mnemonic, validate_mnemonic
+from wallet.keystore import read_keystore, write_keystore
+from wallet.nonces import NonceLedger
+from wallet.secrets import PrivateKey
+from wallet.sender import Sender
+from wallet.signing import Signer, sign_transaction
+from wallet.vault import Vault
+
+PASSWORD = "hunter2-but-longer"
+PASSPHRASE = "orange submarine"
+
+
+def _exception_texts(exc: BaseException) -> list[str]:
+    texts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts += [str(current), repr(current), repr(current.args)]
+        texts.append("".join(traceback.format_exception(current)))
+        current = current.__cause__ or current.__context__
+    return texts
+
+
+def test_session_leaks_nothing(caplog, capfd, tmp_path, monkeypatch, tester_chain):
+    monkeypatch.setenv("FOLLOWPAY_HOME", str(tmp_path / "home"))
+    caplog.set_level(logging.DEBUG)
+    log = logging.getLogger("careless.app")
+    mnemonic = generate_mnemonic(24)
+    words = mnemonic.reveal().split()
+    failures: list[BaseException] = []
+
+    def expect_failure(fn, *args, **kwargs):
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            failures.append(exc)
+            log.debug("operation failed: %s / %r", exc, exc)
+            log.exception("with traceback")
+        else:
+            pytest.fail(f"{fn.__name__} should have failed")
+
+    vault = Vault(scrypt_n=FAST_N, allow_weak_kdf=True)
+    info = vault.create("hot", mnemonic, PASSWORD, passphrase=PASSPHRASE)
+    log.debug("created %r from %s with %r", info, mnemonic, mnemonic)
+    expect_failure(vault.unlock, "hot", "wrong password")
+    expect_failure(vault.create, "hot", mnemonic, PASSWORD)
+    unlocked = vault.unlock("hot", PASSWORD)
+    wallet: HDWallet = unlocked.hd
+    keys = [wallet.private_key(i) for i in range(3)]
+    log.debug("wallet %r keys %r %s", wallet, keys, keys[0])
+    print(wallet, keys, unlocked)
+
+    broken = words.copy()
+    broken[5] = "notaword"
+    expect_failure(validate_mnemonic, " ".join(broken))
+    swapped = words.copy()
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    try:
+        validate_mnemonic(" ".join(swapped))
+    except WalletError as exc:  # a swap usually breaks the checksum; if it does, scan it
+        failures.append(exc)
+    expect_failure(validate_mnemonic, " ".join(words[:23]))
+    expect_failure(PrivateKey, keys[0].reveal_bytes().reveal().hex()[:-2] + "zz")
+
+    path = tmp_path / "k.json"
+    write_keystore(path, keys[1], PASSWORD, scrypt_n=FAST_N)
+    expect_failure(read_keystore, path, "not it")
+    assert read_keystore(path, PASSWORD) == keys[1]
+
+    tx = {
+        "to": keys[2].address,
+        "value": 1,
+        "gas": 21_000,
+        "maxFeePerGas": 10**10,
+        "maxPriorityFeePerGas": 10**9,
+        "nonce": 0,
+        "chainId": tester_chain.chain_id,
+    }
+    sign_transaction(tx, keys[0])
+    expect_failure(sign_transaction, {**tx, "gasPrice": 1}, keys[0])
+    expect_failure(sign_transaction, {**tx, "to": "0xnothex"}, keys[0])
+
+    funded = keys[0]
+    tester_chain.fund(funded.address, 10**18)
+    sender = Sender(tester_chain, Signer(funded), ledger=NonceLedger(tmp_path / "n.sqlite3"))
+    sender.transact(keys[1].address, b"", 1)
+    expect_failure(sender.send, keys[1].address, b"", 10**30, gas=21_000)
+    log.debug("sender %r signer %r", sender, sender.signer)
+
+    runner = CliRunner()
+    monkeypatch.setattr(cli, "_vault", lambda: Vault(scrypt_n=FAST_N, allow_weak_kdf=True))
+    env = {"FOLLOWPAY_PASSWORD": PASSWORD, "PP": PASSPHRASE}
+    outputs = [
+        runner.invoke(
+            cli.app,
+            ["import", "--name", "cli", "--mnemonic-stdin", "--passphrase-env", "PP"],
+            input=mnemonic.reveal(),
+            env=env,
+        ),
+        runner.invoke(
+            cli.app,
+            ["import", "--name", "bad", "--mnemonic-stdin"],
+            input=" ".join(swapped[:12]),
+            env=env,
+        ),
+        runner.invoke(
+            cli.app,
+            ["address", "--mnemonic-stdin", "--index", "2"],
+            input=" ".join(broken),
+            env=env,
+        ),
+        runner.invoke(
+            cli.app,
+            ["address", "--name", "cli", "--path", "m/44'/60'/0'/0/1"],
+            env={"FOLLOWPAY_PASSWORD": "wrong"},
+        ),
+        runner.invoke(
+            cli.app,
+            ["export-keystore", "--name", "cli", "--out", str(tmp_path / "o.json")],
+            env={**env, "FOLLOWPAY_KEYSTORE_PASSWORD": "x"},
+        ),
+        runner.invoke(cli.app, ["list"], env=env),
+    ]
+    assert outputs[0].exit_code == 0
+    assert outputs[2].exit_code == 1
+
+    captured = capfd.readouterr()
+    haystacks = [caplog.text, captured.out, captured.err]
+    for result in outputs:
+        haystacks += [result.stdout, result.stderr]
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            haystacks += _exception_texts(result.exception)
+    for exc in failures:
+        haystacks += _exception_texts(exc)
+    for record in caplog.records:
+        haystacks.append(record.getMessage())
+        if record.exc_info and record.exc_info[1] is not None:
+            haystacks += _exception_texts(record.exc_info[1])
+    text = "\n".join(h for h in haystacks if h).lower()
+
+    assert len(failures) >= 9
+    triples = {" ".join(words[i : i + 3]) for i in range(len(words) - 2)}
+    leaked = [t for t in triples if t in " ".join(text.split())]
+    assert leaked == [], "mnemonic words leaked"
+    leaked_keys = [i for i, key in enumerate(keys) if key.reveal_bytes().reveal().hex() in text]
+    assert leaked_keys == [], "private keys leaked (by index)"
+    assert (PASSPHRASE in text, PASSWORD in text) == (False, False)
+    # and the operations really ran: addresses are visible, secrets are not
+    assert keys[0].address.lower() in text

@@ -1,0 +1,235 @@
+"""The nonce manager: distinct and gap-free under threads, journaled, reconciled after crashes.
+
+These tests drive :class:`NonceManager` against a small in-memory model of a node (a mempool
+that accepts nonces in order), so crash points can be placed exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from wallet.errors import NonceError
+from wallet.nonces import NonceLedger, NonceManager
+
+ADDR = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+
+
+class FakeNode:
+    """Mined nonces, a pending pool keyed by nonce, and raw txs it refuses."""
+
+    def __init__(self, mined: int = 0) -> None:
+        self.mined = mined
+        self.pool: dict[int, bytes] = {}
+        self.refuse: set[bytes] = set()
+        self.lock = threading.Lock()
+
+    def count(self, address: str, block: str) -> int:
+        with self.lock:
+            if block == "latest":
+                return self.mined
+            n = self.mined
+            while n in self.pool:
+                n += 1
+            return n
+
+    def broadcast(self, raw: bytes) -> None:
+        nonce = int.from_bytes(raw[:4], "big")
+        with self.lock:
+            if raw in self.refuse:
+                raise ValueError("insufficient funds for gas * price + value")
+            if nonce < self.mined:
+                raise ValueError("nonce too low")
+            if self.pool.get(nonce) == raw:
+                raise ValueError("already known")
+            self.pool[nonce] = raw
+
+    def mine_all(self) -> None:
+        with self.lock:
+            while self.mined in self.pool:
+                del self.pool[self.mined]
+                self.mined += 1
+
+
+def raw_for(nonce: int, tag: bytes = b"") -> bytes:
+    return nonce.to_bytes(4, "big") + tag
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = NonceLedger(tmp_path / "nonces.sqlite3")
+    yield led
+    led.close()
+
+
+def manager(ledger, node, **kw):
+    def rebroadcast(raw):
+        try:
+            node.broadcast(raw)
+        except ValueError as exc:
+            if "already known" not in str(exc):
+                raise
+
+    return NonceManager(ledger, 31337, ADDR, get_count=node.count, broadcast=rebroadcast, **kw)
+
+
+def send(m: NonceManager, node: FakeNode, tag: bytes = b"") -> int:
+    nonce = m.reserve()
+    raw = raw_for(nonce, tag)
+    m.record(nonce, "0x" + raw.hex(), raw)
+    try:
+        node.broadcast(raw)
+    except ValueError:
+        m.release(nonce, "0x" + raw.hex())
+        raise
+    m.sent(nonce, "0x" + raw.hex())
+    return nonce
+
+
+class TestAllocation:
+    def test_starts_at_chain_pending(self, ledger):
+        node = FakeNode(mined=5)
+        assert manager(ledger, node).reserve() == 5
+
+    def test_threads_get_distinct_gap_free_nonces(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        with ThreadPoolExecutor(16) as pool:
+            nonces = list(pool.map(lambda _: send(m, node), range(400)))
+        assert sorted(nonces) == list(range(400))
+        node.mine_all()
+        assert node.mined == 400
+
+    def test_release_of_highest_steps_back(self, ledger):
+        m = manager(ledger, FakeNode())
+        a, b = m.reserve(), m.reserve()
+        m.release(b)
+        assert m.reserve() == b
+        assert a == 0
+
+    def test_release_below_top_is_reused_first(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        n0, n1, n2 = m.reserve(), m.reserve(), m.reserve()
+        m.release(n1)
+        assert m.next_nonce == n1
+        assert m.reserve() == n1
+        assert m.reserve() == n2 + 1
+        assert n0 == 0
+
+    def test_release_folds_free_list_when_top_released(self, ledger):
+        m = manager(ledger, FakeNode())
+        nonces = [m.reserve() for _ in range(4)]
+        m.release(nonces[2])
+        m.release(nonces[3])
+        assert m.reserve() == 2
+        assert m.reserve() == 3
+        assert m.reserve() == 4
+
+    def test_failed_broadcast_leaves_no_gap(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        send(m, node)
+        bad = raw_for(1, b"bad")
+        node.refuse.add(bad)
+        nonce = m.reserve()
+        m.record(nonce, "0xbad", bad)
+        with pytest.raises(ValueError, match="insufficient"):
+            node.broadcast(bad)
+        m.release(nonce, "0xbad")
+        assert send(m, node) == 1
+        node.mine_all()
+        assert node.mined == 2
+
+    def test_record_requires_reservation(self, ledger):
+        m = manager(ledger, FakeNode())
+        with pytest.raises(NonceError):
+            m.record(3, "0x03", b"x")
+
+
+class TestCrashRecovery:
+    def test_signed_but_never_broadcast_is_rebroadcast(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        send(m, node)
+        node.mine_all()
+        # crash after journaling nonce 1, before broadcasting it
+        nonce = m.reserve()
+        raw = raw_for(nonce, b"journaled")
+        m.record(nonce, "0x01", raw)
+        del m
+        restarted = manager(ledger, node)
+        report = restarted.last_report
+        assert report.rebroadcast == ("0x01",)
+        assert node.pool[1] == raw  # the very same signed bytes reached the node
+        assert restarted.reserve() == 2  # nonce 1 is not reused
+
+    def test_broadcast_but_not_marked_is_not_reused(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        nonce = m.reserve()
+        raw = raw_for(nonce, b"x")
+        m.record(nonce, "0x00", raw)
+        node.broadcast(raw)  # node has it; crash before m.sent()
+        node.mine_all()
+        restarted = manager(ledger, node)
+        assert restarted.last_report.closed == ("0x00",)
+        assert restarted.reserve() == 1
+
+    def test_refused_on_rebroadcast_gives_nonce_back(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        send(m, node)
+        nonce = m.reserve()
+        raw = raw_for(nonce, b"doomed")
+        m.record(nonce, "0xd00d", raw)
+        node.refuse.add(raw)  # e.g. the balance is gone by the time we restart
+        restarted = manager(ledger, node)
+        assert restarted.last_report.dropped == ("0xd00d",)
+        assert restarted.reserve() == 1  # reused: the chain never saw it
+
+    def test_reserved_but_never_signed_is_reused(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        send(m, node)
+        for _ in range(3):
+            m.reserve()  # crash before signing any of them
+        ledger.store_next(31337, ADDR, 4)
+        restarted = manager(ledger, node)
+        assert restarted.last_report.stored_next == 4
+        assert restarted.reserve() == 1
+
+    def test_hole_below_a_live_journaled_tx_is_filled_first(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        n0 = m.reserve()
+        n1 = m.reserve()
+        raw1 = raw_for(n1, b"later")
+        m.record(n1, "0x11", raw1)
+        node.broadcast(raw1)  # nonce 1 in the pool, nonce 0 never signed: crash
+        restarted = manager(ledger, node)
+        assert restarted.reserve() == n0  # fill the hole, so nonce 1 can be mined
+        assert restarted.reserve() == 2
+
+    def test_journal_survives_a_new_ledger_object(self, tmp_path):
+        path = tmp_path / "n.sqlite3"
+        node = FakeNode()
+        first = NonceLedger(path)
+        m = manager(first, node)
+        nonce = m.reserve()
+        m.record(nonce, "0xaa", raw_for(nonce, b"a"))
+        first.close()
+        second = NonceLedger(path)
+        assert [e.tx_hash for e in second.live(31337, ADDR)] == ["0xaa"]
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        second.close()
+
+    def test_resync_after_external_use(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        send(m, node)
+        node.mined = 10  # another wallet process used nonces 1..9
+        m.resync()
+        assert m.reserve() == 10

@@ -1,0 +1,371 @@
+"""Sending on real chains: fees, nonces under concurrency, crash recovery, receipts, replacement.
+
+``SenderBehaviour`` runs on every local backend; ``TestAnvilOnly`` covers what needs a mempool
+(no-mining mode: replacement, cancellation, timeouts, raw batches, a real kill -9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.support import ChainSuite
+from tests.wallet.helpers import sender, signer
+from wallet.errors import (
+    FeeBumpError,
+    InsufficientFundsError,
+    ReceiptTimeoutError,
+    TransactionReplacedError,
+    TransactionRevertedError,
+)
+from wallet.nonces import NonceLedger
+from wallet.sender import (
+    Fees,
+    Sender,
+    bump_fees,
+    check_replacement,
+    decode_revert,
+    send_raw_batch,
+    suggest_fees,
+)
+from wallet.signing import sign_transaction
+
+DEAD = "0x000000000000000000000000000000000000dEaD"
+
+
+class TestFeeBumpRule:
+    def test_bump_is_at_least_ten_percent_on_both(self):
+        assert bump_fees(Fees(1000, 100)) == Fees(1100, 110)
+        assert bump_fees(Fees(1001, 101)) == Fees(1102, 112)  # rounds up, never under
+
+    def test_bump_respects_market(self):
+        assert bump_fees(Fees(1000, 100), Fees(5000, 50)) == Fees(5000, 110)
+
+    @pytest.mark.parametrize(
+        ("new", "ok"),
+        [
+            (Fees(1100, 110), True),
+            (Fees(1099, 110), False),  # fee cap +9.9 %
+            (Fees(1100, 109), False),  # tip +9 %: geth refuses even with a big fee cap
+            (Fees(5000, 100), False),
+            (Fees(2000, 200), True),
+        ],
+    )
+    def test_check_replacement(self, new, ok):
+        if ok:
+            check_replacement(Fees(1000, 100), new)
+        else:
+            with pytest.raises(FeeBumpError, match="10%"):
+                check_replacement(Fees(1000, 100), new)
+
+    @given(st.integers(1, 10**15), st.integers(0, 10**12))
+    def test_bumped_fees_always_pass(self, fee, tip):
+        old = Fees(max(fee, tip), tip)
+        check_replacement(old, bump_fees(old))
+
+
+class TestRevertDecoding:
+    def test_error_string_and_panic(self):
+        data = "0x08c379a0" + (
+            "0000000000000000000000000000000000000000000000000000000000000020"
+            "0000000000000000000000000000000000000000000000000000000000000004"
+            "6e6f706500000000000000000000000000000000000000000000000000000000"
+        )
+        assert decode_revert(data)[:2] == ("Error", ("nope",))
+        panic = "0x4e487b71" + "11".rjust(64, "0")
+        name, args, message = decode_revert(panic)
+        assert (name, args) == ("Panic", (0x11,))
+        assert "overflow" in message
+
+    def test_custom_error_from_artifacts(self):
+        # ERC20InsufficientBalance(address,uint256,uint256) from the TestToken ABI
+        data = (
+            "0xe450d38c"
+            + "f39fd6e51aad88f6f4ce6ab8827279cfffb92266".rjust(64, "0")
+            + "0".rjust(64, "0")
+            + "5".rjust(64, "0")
+        )
+        name, args, message = decode_revert(data)
+        assert name == "ERC20InsufficientBalance"
+        assert args == ("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266", 0, 5)
+        assert "needed=5" in message
+
+    def test_unknown(self):
+        assert decode_revert("0xdeadbeef")[0] is None
+        assert "without a reason" in decode_revert("0x")[2]
+
+
+class SenderBehaviour(ChainSuite):
+    @pytest.fixture
+    def ledger(self, tmp_path):
+        led = NonceLedger(tmp_path / "nonces.sqlite3")
+        yield led
+        led.close()
+
+    def test_fees_follow_base_fee(self, chain):
+        base = int(chain.w3.eth.get_block("latest")["baseFeePerGas"])
+        fees = suggest_fees(chain)
+        assert fees.max_priority_fee_per_gas >= 10**9
+        # the next block's base fee moves at most 12.5 % from the latest one
+        assert fees.max_fee_per_gas >= 2 * (base * 7 // 8) + fees.max_priority_fee_per_gas, (
+            fees,
+            base,
+        )
+
+    def test_send_and_wait(self, chain, ledger):
+        s = sender(chain, 5, ledger)
+        start = chain.w3.eth.get_transaction_count(s.address)
+        receipt = s.transact(DEAD, b"", 12345)
+        assert receipt.status == 1
+        assert chain.w3.eth.get_balance(DEAD) >= 12345
+        assert chain.w3.eth.get_transaction_count(s.address) == start + 1
+        tx = chain.w3.eth.get_transaction(receipt.tx_hash)
+        assert tx["type"] == 2
+        assert tx["chainId"] == chain.chain_id
+
+    def test_concurrent_threads_get_gap_free_nonces(self, chain, ledger):
+        s = sender(chain, 5, ledger)
+        start = chain.w3.eth.get_transaction_count(s.address)
+        with ThreadPoolExecutor(8) as pool:
+            sent = list(pool.map(lambda i: s.send(DEAD, b"", i + 1, gas=21_000), range(40)))
+        assert sorted(x.nonce for x in sent) == list(range(start, start + 40))
+        for x in sent:
+            assert s.wait(x, timeout=30).status == 1
+        assert chain.w3.eth.get_transaction_count(s.address) == start + 40
+
+    def test_asyncio_tasks_get_distinct_nonces(self, chain, ledger):
+        s = sender(chain, 6, ledger)
+
+        async def main():
+            return await asyncio.gather(
+                *(s.send_async(DEAD, b"", 1, gas=21_000) for _ in range(10))
+            )
+
+        sent = asyncio.run(main())
+        assert len({x.nonce for x in sent}) == 10
+        for x in sent:
+            s.wait(x, timeout=30)
+
+    def test_refused_broadcast_gives_the_nonce_back(self, chain, ledger):
+        s = sender(chain, 7, ledger)
+        before = s.nonces.next_nonce
+        balance = chain.w3.eth.get_balance(s.address)
+        with pytest.raises(InsufficientFundsError):
+            s.send(DEAD, b"", balance * 2, gas=21_000)  # explicit gas: no estimate, node refuses
+        assert s.nonces.next_nonce == before
+        assert s.transact(DEAD, b"", 1).status == 1
+        assert chain.w3.eth.get_transaction_count(s.address) == before + 1
+        assert [
+            e.status for e in s.ledger.entries_for_nonce(chain.chain_id, s.address, before)
+        ].count("dropped") == 1
+
+    def test_estimate_failure_costs_no_nonce(self, chain, ledger):
+        from tests.wallet.helpers import build_world
+
+        world = build_world(chain, ledger)
+        poor = sender(chain, 8, ledger)
+        before = poor.nonces.next_nonce
+        with pytest.raises(TransactionRevertedError) as info:
+            world.token.transfer(poor, DEAD, 1)
+        assert info.value.name == "ERC20InsufficientBalance"
+        assert info.value.error_args == (poor.address, 0, 1)
+        assert poor.nonces.next_nonce == before
+
+    def test_mined_revert_is_decoded_from_receipt(self, chain, ledger):
+        from tests.wallet.helpers import build_world
+
+        world = build_world(chain, ledger)
+        poor = sender(chain, 8, ledger)
+        data = world.token.encode("transfer", DEAD, 7)
+        sent = poor.send(world.token.address, data, gas=100_000)  # skips the estimate
+        with pytest.raises(TransactionRevertedError) as info:
+            poor.wait(sent, timeout=30)
+        assert info.value.name == "ERC20InsufficientBalance"
+        assert info.value.tx_hash == sent.hash
+
+    def test_confirmation_depth(self, chain, ledger):
+        s = sender(chain, 5, ledger)
+        sent = s.send(DEAD, b"", 1, gas=21_000)
+        mined_blocks = []
+
+        def mine_instead_of_sleeping(_seconds):
+            chain.mine(1)
+            mined_blocks.append(1)
+
+        receipt = s.wait(sent, confirmations=3, timeout=30, sleep=mine_instead_of_sleeping)
+        assert chain.w3.eth.block_number - receipt.block_number + 1 >= 3
+        assert len(mined_blocks) >= 2
+
+    def test_restart_reconciles_with_chain(self, chain, ledger):
+        s = sender(chain, 5, ledger)
+        s.transact(DEAD, b"", 1)
+        again = Sender(chain, s.signer, ledger=ledger)
+        report = again.nonces.last_report
+        assert report.next_nonce == chain.w3.eth.get_transaction_count(s.address)
+        assert report.rebroadcast == ()
+        assert report.dropped == ()
+
+    def test_crash_between_sign_and_send_loses_nothing(self, chain, ledger):
+        s = sender(chain, 5, ledger)
+        tx = s.build(DEAD, b"", 777, gas=21_000)
+        nonce = s.nonces.reserve()
+        signed = s.signer.sign_transaction({**tx, "nonce": nonce}, chain_id=chain.chain_id)
+        s.nonces.record(nonce, signed.hash, signed.raw)
+        # ... the process dies here: nothing was broadcast
+        restarted = Sender(chain, s.signer, ledger=ledger)
+        assert restarted.nonces.last_report.rebroadcast == (signed.hash,)
+        receipt = restarted.wait(signed.hash, timeout=30)
+        assert receipt.status == 1
+        assert restarted.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
+
+    def test_wallet_error_messages_are_one_line(self, chain, ledger):
+        s = sender(chain, 7, ledger)
+        with pytest.raises(InsufficientFundsError) as info:
+            s.send(DEAD, b"", 10**40, gas=21_000)
+        assert "\n" not in str(info.value)
+
+
+class TestSenderOnTester(SenderBehaviour):
+    backend = "tester"
+
+
+class TestSenderOnAnvil(SenderBehaviour):
+    backend = "anvil"
+
+
+class TestAnvilOnly(ChainSuite):
+    backend = "anvil"
+
+    @pytest.fixture
+    def ledger(self, tmp_path):
+        led = NonceLedger(tmp_path / "nonces.sqlite3")
+        yield led
+        led.close()
+
+    @pytest.fixture
+    def no_mining(self, chain):
+        chain.request("evm_setAutomine", [False])
+        try:
+            yield chain
+        finally:
+            chain.request("evm_setAutomine", [True])
+
+    def test_receipt_timeout(self, no_mining, ledger):
+        s = sender(no_mining, 5, ledger)
+        sent = s.send(DEAD, b"", 1, gas=21_000)
+        with pytest.raises(ReceiptTimeoutError) as info:
+            s.wait(sent, timeout=0.2)
+        assert info.value.tx_hash == sent.hash
+
+    def test_replacement_with_bumped_fees(self, no_mining, ledger):
+        s = sender(no_mining, 5, ledger)
+        first = s.send(DEAD, b"", 1, gas=21_000)
+        with pytest.raises(FeeBumpError):
+            s.replace(
+                first,
+                fees=Fees(first.fees.max_fee_per_gas + 1, first.fees.max_priority_fee_per_gas),
+            )
+        second = s.replace(first)
+        assert second.nonce == first.nonce
+        assert second.hash != first.hash
+        assert second.fees.max_priority_fee_per_gas * 10 >= first.fees.max_priority_fee_per_gas * 11
+        assert second.fees.max_fee_per_gas * 10 >= first.fees.max_fee_per_gas * 11
+        no_mining.mine(1)
+        assert s.wait(second, timeout=10).status == 1
+        with pytest.raises(TransactionReplacedError) as info:
+            s.wait(first, timeout=10)
+        assert info.value.replacement_hash == second.hash
+
+    def test_cancel(self, no_mining, ledger):
+        s = sender(no_mining, 5, ledger)
+        before = no_mining.w3.eth.get_balance(DEAD)
+        first = s.send(DEAD, b"", 10**18, gas=21_000)
+        cancel = s.cancel(first)
+        no_mining.mine(1)
+        assert s.wait(cancel, timeout=10).status == 1
+        assert no_mining.w3.eth.get_balance(DEAD) == before
+        with pytest.raises(TransactionReplacedError):
+            s.wait(first, timeout=10)
+
+    def test_replaced_by_a_stranger(self, no_mining, ledger):
+        s = sender(no_mining, 5, ledger)
+        first = s.send(DEAD, b"", 1, gas=21_000)
+        other = sign_transaction(
+            {
+                **first.tx,
+                "nonce": first.nonce,
+                "value": 2,
+                "maxFeePerGas": first.fees.max_fee_per_gas * 2,
+                "maxPriorityFeePerGas": first.fees.max_priority_fee_per_gas * 2,
+            },
+            signer(no_mining, 5)._key,
+        )
+        no_mining.request("eth_sendRawTransaction", [other.raw_hex])
+        no_mining.mine(1)
+        with pytest.raises(TransactionReplacedError):
+            s.wait(first, timeout=10)
+
+    def test_raw_batch(self, chain, ledger):
+        key = signer(chain, 6)._key
+        start = chain.w3.eth.get_transaction_count(key.address)
+        fees = suggest_fees(chain)
+        raws = [
+            sign_transaction(
+                {
+                    "to": DEAD,
+                    "value": 1,
+                    "gas": 21_000,
+                    "nonce": start + i,
+                    "chainId": chain.chain_id,
+                    **fees.as_tx_fields(),
+                },
+                key,
+            ).raw
+            for i in range(20)
+        ]
+        results = send_raw_batch(chain.rpc_url, raws)
+        assert all(isinstance(r, str) and r.startswith("0x") for r in results)
+        for tx_hash in results:
+            assert chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)["status"] == 1
+        assert chain.w3.eth.get_transaction_count(key.address) == start + 20
+        # a duplicate comes back as a per-item error, not an exception
+        again = send_raw_batch(chain.rpc_url, raws[:1])
+        assert isinstance(again[0], dict)
+
+    def test_kill_9_between_sign_and_send(self, chain, tmp_path):
+        db = tmp_path / "crash.sqlite3"
+        script = textwrap.dedent(
+            f"""
+            import os
+            from wallet.chain import ChainConfig, connect
+            from wallet.nonces import NonceLedger
+            from wallet.secrets import PrivateKey
+            from wallet.sender import Sender
+            from wallet.signing import Signer
+            chain = connect(ChainConfig(backend="rpc", rpc_url={chain.rpc_url!r}))
+            key = PrivateKey({bytes(chain.dev_accounts()[5].key)!r})
+            s = Sender(chain, Signer(key), ledger=NonceLedger({str(db)!r}))
+            tx = s.build({DEAD!r}, b"", 4242, gas=21000)
+            nonce = s.nonces.reserve()
+            signed = s.signer.sign_transaction(dict(tx, nonce=nonce), chain_id=chain.chain_id)
+            s.nonces.record(nonce, signed.hash, signed.raw)
+            print(signed.hash, nonce, flush=True)
+            os.kill(os.getpid(), 9)
+            """
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == -9, proc.stderr
+        tx_hash, nonce = proc.stdout.split()
+        s = sender(chain, 5, NonceLedger(db))
+        assert s.nonces.last_report.rebroadcast == (tx_hash,)
+        assert s.wait(tx_hash, timeout=10).status == 1
+        assert s.send(DEAD, b"", 1, gas=21_000).nonce == int(nonce) + 1

@@ -1,0 +1,398 @@
+"""Signing, pure and offline: EIP-1559 transactions, EIP-191 messages, EIP-712 typed data.
+
+Nothing here talks to a node. Every transaction is type 2 with an explicit ``chainId``: legacy
+(``gasPrice``) and chain-less transactions are refused, because a signature without a chain id
+can be replayed on every network.
+
+Helpers build the two typed-data documents payments need — the router's ``PaymentIntent``
+(signed by a merchant's operator key) and an ERC-2612 ``Permit`` (signed by the payer) — and
+convert between 65-byte signatures and EIP-2098 compact ``(r, vs)`` pairs, which is what the
+router takes.
+
+:class:`Signer` binds a :class:`~wallet.secrets.PrivateKey` to an optional
+:class:`~wallet.policy.SigningPolicy` checked before every signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from eth_account import Account
+from eth_account.messages import encode_defunct, encode_typed_data
+from eth_hash.auto import keccak
+from rlp import encode as rlp_encode
+
+from wallet.errors import SigningError
+from wallet.secrets import PrivateKey
+
+if TYPE_CHECKING:
+    from wallet.policy import SigningPolicy
+
+__all__ = [
+    "ROUTER_DOMAIN_NAME",
+    "ROUTER_DOMAIN_VERSION",
+    "PaymentIntent",
+    "SignedTransaction",
+    "Signer",
+    "from_compact",
+    "payment_intent_typed_data",
+    "permit_typed_data",
+    "recover_message",
+    "recover_typed_data",
+    "sign_message",
+    "sign_transaction",
+    "sign_typed_data",
+    "split_signature",
+    "to_compact",
+]
+
+ROUTER_DOMAIN_NAME = "FollowPay PaymentRouter"
+ROUTER_DOMAIN_VERSION = "1"
+_SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+_REQUIRED = ("chainId", "nonce", "gas", "maxFeePerGas", "maxPriorityFeePerGas")
+_DOMAIN_TYPE = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
+_INTENT_TYPE = [
+    {"name": "merchant", "type": "address"},
+    {"name": "token", "type": "address"},
+    {"name": "amount", "type": "uint256"},
+    {"name": "fee", "type": "uint256"},
+    {"name": "invoiceId", "type": "uint256"},
+    {"name": "payer", "type": "address"},
+    {"name": "deadline", "type": "uint256"},
+]
+_PERMIT_TYPE = [
+    {"name": "owner", "type": "address"},
+    {"name": "spender", "type": "address"},
+    {"name": "value", "type": "uint256"},
+    {"name": "nonce", "type": "uint256"},
+    {"name": "deadline", "type": "uint256"},
+]
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+
+
+def _checksum(value: str, param: str) -> str:
+    from wallet.addresses import parse_address
+
+    return parse_address(value, param=param)
+
+
+# --- transactions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTransaction:
+    raw: bytes
+    hash: str  # 0x-prefixed
+    sender: str
+    nonce: int
+    chain_id: int
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+    @property
+    def raw_hex(self) -> str:
+        return "0x" + self.raw.hex()
+
+
+def _check_transaction(tx: Mapping[str, Any], chain_id: int | None) -> None:
+    if "gasPrice" in tx:
+        raise SigningError("legacy (gasPrice) transactions are refused: use EIP-1559 fees")
+    tx_type = tx.get("type", 2)
+    if tx_type not in (2, "0x2", "0x02"):
+        raise SigningError(f"only EIP-1559 (type 2) transactions are signed, not type {tx_type}")
+    missing = [field for field in _REQUIRED if tx.get(field) is None]
+    if missing:
+        raise SigningError(f"transaction is missing {', '.join(missing)}")
+    if chain_id is not None and tx["chainId"] != chain_id:
+        raise SigningError(f"transaction chainId {tx['chainId']} is not this chain ({chain_id})")
+    if tx["maxPriorityFeePerGas"] > tx["maxFeePerGas"]:
+        raise SigningError("maxPriorityFeePerGas must not exceed maxFeePerGas")
+
+
+_INT_FIELDS = ("chainId", "nonce", "maxPriorityFeePerGas", "maxFeePerGas", "gas", "value")
+_KNOWN_FIELDS = frozenset((*_INT_FIELDS, "to", "data", "input", "accessList", "type", "from"))
+
+
+def _fast_sign(tx: Mapping[str, Any], key: PrivateKey) -> SignedTransaction | None:
+    """EIP-1559 encoding + libsecp256k1 directly; ``None`` means "use eth-account".
+
+    Byte-identical to eth-account (tested with hypothesis); about 10x faster because it skips
+    eth-account's dict validation and formatter pipeline. Anything unusual (hex-string numbers,
+    unknown fields) falls back to eth-account so behaviour never diverges.
+    """
+    if not _KNOWN_FIELDS.issuperset(tx):
+        return None
+    ints = []
+    for field in _INT_FIELDS:
+        value = tx.get(field, 0)
+        if type(value) is not int or value < 0:
+            return None
+        ints.append(value)
+    chain_id, nonce, tip, max_fee, gas, value = ints
+    to = tx.get("to") or b""
+    if isinstance(to, str):
+        to = bytes.fromhex(_checksum(to, "to")[2:])
+    data = tx.get("data", tx.get("input", b"")) or b""
+    if isinstance(data, str):
+        try:
+            data = bytes.fromhex(data[2:] if data[:2] in ("0x", "0X") else data)
+        except ValueError:
+            raise SigningError("transaction data is not hex") from None
+    access_list = []
+    for entry in tx.get("accessList") or ():
+        try:
+            address = bytes.fromhex(_checksum(entry["address"], "accessList")[2:])
+            keys = [bytes.fromhex(k[2:] if k[:2] == "0x" else k) for k in entry["storageKeys"]]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        access_list.append([address, keys])
+    fields = [chain_id, nonce, tip, max_fee, gas, to, value, bytes(data), access_list]
+    digest = keccak(b"\x02" + rlp_encode(fields))
+    y_parity, r, s = key.sign_digest(digest)
+    raw = b"\x02" + rlp_encode([*fields, y_parity, r, s])
+    return SignedTransaction(
+        raw=raw,
+        hash="0x" + keccak(raw).hex(),
+        sender=key.address,
+        nonce=nonce,
+        chain_id=chain_id,
+        max_fee_per_gas=max_fee,
+        max_priority_fee_per_gas=tip,
+    )
+
+
+def sign_transaction(
+    tx: Mapping[str, Any], key: PrivateKey, *, chain_id: int | None = None
+) -> SignedTransaction:
+    """Sign an EIP-1559 transaction dict (web3 field names). ``chainId`` is mandatory."""
+    _check_transaction(tx, chain_id)
+    if len(tx.get("to") or "") not in (0, 20, 42):
+        raise SigningError("transaction 'to' must be a 20-byte address")
+    fast = _fast_sign(tx, key)
+    if fast is not None:
+        return fast
+    payload = dict(tx)
+    payload.setdefault("type", 2)
+    payload.pop("from", None)
+    to = payload.get("to")
+    if to:
+        payload["to"] = _checksum(to, "to") if isinstance(to, str) else to
+    try:
+        signed = Account.sign_transaction(payload, key.reveal())
+    except (TypeError, ValueError) as exc:
+        # eth-account's message names the bad fields and values; none of them is the key
+        raise SigningError(f"transaction is malformed: {exc}") from None
+    return SignedTransaction(
+        raw=bytes(signed.raw_transaction),
+        hash="0x" + bytes(signed.hash).hex(),
+        sender=key.address,
+        nonce=int(tx["nonce"]),
+        chain_id=int(tx["chainId"]),
+        max_fee_per_gas=int(tx["maxFeePerGas"]),
+        max_priority_fee_per_gas=int(tx["maxPriorityFeePerGas"]),
+    )
+
+
+# --- messages and typed data -----------------------------------------------------------------
+
+
+def sign_message(message: str | bytes, key: PrivateKey) -> bytes:
+    """EIP-191 ``personal_sign`` (version ``0x45``); returns the 65-byte ``r || s || v``."""
+    encoded = encode_defunct(text=message) if isinstance(message, str) else encode_defunct(message)
+    return bytes(Account.sign_message(encoded, key.reveal()).signature)
+
+
+def recover_message(message: str | bytes, signature: bytes) -> str:
+    encoded = encode_defunct(text=message) if isinstance(message, str) else encode_defunct(message)
+    return str(Account.recover_message(encoded, signature=signature))
+
+
+def sign_typed_data(typed_data: Mapping[str, Any], key: PrivateKey) -> bytes:
+    """EIP-712 ``eth_signTypedData_v4`` over a full document; returns ``r || s || v``."""
+    encoded = encode_typed_data(full_message=dict(typed_data))
+    return bytes(Account.sign_message(encoded, key.reveal()).signature)
+
+
+def recover_typed_data(typed_data: Mapping[str, Any], signature: bytes) -> str:
+    encoded = encode_typed_data(full_message=dict(typed_data))
+    return str(Account.recover_message(encoded, signature=signature))
+
+
+def split_signature(signature: bytes) -> tuple[int, bytes, bytes]:
+    """65-byte ``r || s || v`` → ``(v, r, s)`` with ``v`` in {27, 28}."""
+    if len(signature) != 65:
+        raise SigningError("a signature has 65 bytes")
+    v = signature[64]
+    if v < 27:
+        v += 27
+    return v, signature[:32], signature[32:64]
+
+
+def to_compact(signature: bytes) -> tuple[bytes, bytes]:
+    """EIP-2098: 65-byte signature → ``(r, vs)`` where ``vs = (v - 27) << 255 | s``."""
+    v, r, s = split_signature(signature)
+    s_int = int.from_bytes(s, "big")
+    if s_int > _SECP256K1_HALF_N:
+        raise SigningError("signature has a high s value (not canonical)")
+    if v not in (27, 28):
+        raise SigningError("signature v must be 27 or 28")
+    vs = ((v - 27) << 255) | s_int
+    return r, vs.to_bytes(32, "big")
+
+
+def from_compact(r: bytes, vs: bytes) -> tuple[int, bytes, bytes]:
+    """EIP-2098 ``(r, vs)`` → ``(v, r, s)``."""
+    vs_int = int.from_bytes(vs, "big")
+    v = 27 + (vs_int >> 255)
+    s = vs_int & ((1 << 255) - 1)
+    return v, r, s.to_bytes(32, "big")
+
+
+# --- payment documents -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentIntent:
+    """The router's ``PaymentIntent``; ``payer`` = zero address means "anyone may pay"."""
+
+    merchant: str
+    token: str
+    amount: int
+    fee: int
+    invoice_id: int
+    payer: str = ZERO_ADDRESS
+    deadline: int = 0
+
+    def __post_init__(self) -> None:
+        from wallet.amounts import validate_base_units
+
+        for field in ("merchant", "token", "payer"):
+            object.__setattr__(self, field, _checksum(getattr(self, field), field))
+        validate_base_units(self.amount, param="amount")
+        validate_base_units(self.fee, param="fee")
+        validate_base_units(self.invoice_id, param="invoice_id")
+        validate_base_units(self.deadline, param="deadline")
+        if self.fee > self.amount:
+            from wallet.errors import AmountError
+
+            raise AmountError("fee must not exceed amount", param="fee")
+
+    def as_tuple(self) -> tuple[str, str, int, int, int, str, int]:
+        """ABI order, for ``contract.functions.pay(intent.as_tuple(), r, vs)``."""
+        return (
+            self.merchant,
+            self.token,
+            self.amount,
+            self.fee,
+            self.invoice_id,
+            self.payer,
+            self.deadline,
+        )
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "merchant": self.merchant,
+            "token": self.token,
+            "amount": self.amount,
+            "fee": self.fee,
+            "invoiceId": self.invoice_id,
+            "payer": self.payer,
+            "deadline": self.deadline,
+        }
+
+
+def payment_intent_typed_data(
+    intent: PaymentIntent, *, chain_id: int, router: str
+) -> dict[str, Any]:
+    """The EIP-712 document the merchant's operator signs for ``intent``."""
+    return {
+        "types": {"EIP712Domain": _DOMAIN_TYPE, "PaymentIntent": _INTENT_TYPE},
+        "primaryType": "PaymentIntent",
+        "domain": {
+            "name": ROUTER_DOMAIN_NAME,
+            "version": ROUTER_DOMAIN_VERSION,
+            "chainId": chain_id,
+            "verifyingContract": _checksum(router, "router"),
+        },
+        "message": intent.as_message(),
+    }
+
+
+def permit_typed_data(
+    *,
+    token_name: str,
+    token: str,
+    chain_id: int,
+    owner: str,
+    spender: str,
+    value: int,
+    nonce: int,
+    deadline: int,
+    version: str = "1",
+) -> dict[str, Any]:
+    """The ERC-2612 ``Permit`` document for an OpenZeppelin ``ERC20Permit`` token."""
+    return {
+        "types": {"EIP712Domain": _DOMAIN_TYPE, "Permit": _PERMIT_TYPE},
+        "primaryType": "Permit",
+        "domain": {
+            "name": token_name,
+            "version": version,
+            "chainId": chain_id,
+            "verifyingContract": _checksum(token, "token"),
+        },
+        "message": {
+            "owner": _checksum(owner, "owner"),
+            "spender": _checksum(spender, "spender"),
+            "value": value,
+            "nonce": nonce,
+            "deadline": deadline,
+        },
+    }
+
+
+# --- a key plus its policy -------------------------------------------------------------------
+
+
+class Signer:
+    """A key that signs only what its policy allows (no policy: everything well-formed)."""
+
+    __slots__ = ("_key", "address", "policy")
+
+    def __init__(self, key: PrivateKey, policy: SigningPolicy | None = None) -> None:
+        self._key = key
+        self.address = key.address
+        self.policy = policy
+
+    def __repr__(self) -> str:
+        return f"Signer(address={self.address!r}, policy={self.policy is not None})"
+
+    def sign_transaction(
+        self, tx: Mapping[str, Any], *, chain_id: int | None = None
+    ) -> SignedTransaction:
+        if self.policy is not None:
+            self.policy.check_transaction(tx)
+        return sign_transaction(tx, self._key, chain_id=chain_id)
+
+    def sign_typed_data(self, typed_data: Mapping[str, Any]) -> bytes:
+        if self.policy is not None:
+            self.policy.check_typed_data(typed_data)
+        return sign_typed_data(typed_data, self._key)
+
+    def sign_message(self, message: str | bytes) -> bytes:
+        if self.policy is not None:
+            self.policy.check_message(message)
+        return sign_message(message, self._key)
+
+    def sign_intent(
+        self, intent: PaymentIntent, *, chain_id: int, router: str
+    ) -> tuple[bytes, bytes]:
+        """Sign a payment intent and return the compact ``(r, vs)`` the router takes."""
+        typed = payment_intent_typed_data(intent, chain_id=chain_id, router=router)
+        return to_compact(self.sign_typed_data(typed))
