@@ -45,7 +45,7 @@ def indexer(
     from_block: Annotated[int | None, typer.Option(help="first block [deploy block]")] = None,
 ) -> None:
     """Follow the router: settle invoices, roll back reorgs, schedule follow-ups."""
-    from api.settlement.indexer import Indexer
+    from api.settlement.indexer import Indexer, PollResult
 
     runtime = _runtime()
     deployment = runtime.deployment
@@ -65,16 +65,20 @@ def indexer(
     with Progress(
         TextColumn("catching up"),
         BarColumn(),
-        TextColumn("block {task.completed:,.0f}/{task.total:,.0f}"),
+        TextColumn("{task.description}"),
         TimeRemainingColumn(),
         console=_err,
         transient=True,
     ) as progress:
-        task = progress.add_task("index", total=None)
+        task = progress.add_task("starting", total=None)
 
-        def report(result: object) -> None:
-            head, to_block = getattr(result, "head", 0), getattr(result, "to_block", 0)
-            progress.update(task, total=head, completed=to_block)
+        def report(result: PollResult) -> None:
+            progress.update(
+                task,
+                total=result.head,
+                completed=result.to_block,
+                description=f"block {result.to_block:,}/{result.head:,}",
+            )
 
         try:
             engine.run(stop, poll_interval=runtime.settings.indexer_poll_interval, progress=report)
@@ -89,6 +93,13 @@ def worker(
     smtp_port: Annotated[int, typer.Option(envvar="FOLLOWPAY_SMTP_PORT")] = 25,
     sender: Annotated[str, typer.Option(envvar="FOLLOWPAY_MAIL_FROM")] = "followup@localhost",
     worker_id: Annotated[str, typer.Option(help="name in claims and logs")] = "worker-1",
+    lease_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="FOLLOWPAY_WORKER_LEASE_SECONDS",
+            help="claims older than this from a dead worker are recovered (never resent)",
+        ),
+    ] = 300.0,
 ) -> None:
     """Send due follow-ups (consent re-checked at send time)."""
     from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
@@ -101,7 +112,14 @@ def worker(
         "in_app": InAppChannel(links),
         "phone": PhoneChannel(),
     }
-    job = Worker(runtime.engine, runtime.keyring, channels, runtime.clock, worker_id=worker_id)
+    job = Worker(
+        runtime.engine,
+        runtime.keyring,
+        channels,
+        runtime.clock,
+        worker_id=worker_id,
+        lease=timedelta(seconds=lease_seconds),
+    )
     if once:
         result = job.run_once()
         typer.echo(json.dumps({"claimed": result.claimed, **result.outcomes}))

@@ -12,6 +12,7 @@ chain's: the highest block whose hash still matches is the fork point.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -57,6 +58,16 @@ def payment_ref(payment: Payment) -> str:
 
 
 @dataclass
+class _Batch:
+    """One block range's prefetched state: invoices by (merchant, number), stored log keys."""
+
+    invoices: dict[tuple[str, int], Invoice] = field(default_factory=dict)
+    payments: set[tuple[str, int, str]] = field(default_factory=set)
+    refunds: set[tuple[str, int, str]] = field(default_factory=set)
+    new_rows: list[Payment | Refund] = field(default_factory=list)
+
+
+@dataclass
 class PollResult:
     head: int
     from_block: int
@@ -76,8 +87,14 @@ def _hex(value: Any) -> str:
     return text if text.startswith("0x") else "0x" + text
 
 
+@functools.lru_cache(maxsize=4096)
+def _checksum(address: str) -> str:
+    """Checksumming costs a keccak; a range's logs repeat a few addresses thousands of times."""
+    return to_checksum_address(address)
+
+
 def _topic_address(topic: Any) -> str:
-    return to_checksum_address("0x" + _hex(topic)[-40:])
+    return _checksum("0x" + _hex(topic)[-40:].lower())
 
 
 class Indexer:
@@ -170,11 +187,15 @@ class Indexer:
                 result.from_block = fork + 1
             start, end = cursor.last_block + 1, min(head, cursor.last_block + self.batch_blocks)
             if start <= end:
-                for entry in self._logs(start, end):
-                    self._apply(session, chain_id, entry, result)
-                    number, block_hash = int(entry["blockNumber"]), _hex(entry["blockHash"])
-                    repo.save_block(session, cursor_id, number, block_hash)
-                repo.save_block(session, cursor_id, end, _hex(self._block(end)["hash"]))
+                entries = self._logs(start, end)
+                batch = self._prefetch(session, chain_id, entries, start, end)
+                blocks: dict[int, str] = {}
+                for entry in entries:
+                    self._apply(session, chain_id, entry, result, batch)
+                    blocks.setdefault(int(entry["blockNumber"]), _hex(entry["blockHash"]))
+                repo.add_all(session, batch.new_rows)
+                blocks.setdefault(end, _hex(self._block(end)["hash"]))
+                repo.save_blocks(session, cursor_id, blocks)
                 cursor.last_block = end
                 result.to_block = end
                 repo.prune_blocks(session, cursor_id, end - self.reorg_window)
@@ -224,20 +245,47 @@ class Indexer:
         repo.delete_blocks_after(session, cursor_id, fork)
         session.flush()
 
-    def _apply(self, session: Session, chain_id: int, entry: Any, result: PollResult) -> None:
+    def _prefetch(
+        self, session: Session, chain_id: int, entries: list[Any], start: int, end: int
+    ) -> _Batch:
+        """Load what a block range's logs need with a handful of queries, not several per log."""
+        batch = _Batch()
+        if not entries:
+            return batch
+        wanted: dict[str, set[int]] = {}
+        for entry in entries:
+            topics = entry["topics"]
+            merchant = "0x" + _hex(topics[1])[-40:]
+            wanted.setdefault(merchant.lower(), set()).add(int(_hex(topics[2]), 16))
+        accounts = repo.accounts_by_address(session, chain_id, set(wanted))
+        for address, numbers in wanted.items():
+            account = accounts.get(address)
+            if account is None:
+                continue
+            found = repo.invoices_by_number(session, account.id or 0, numbers)
+            for number, invoice in found.items():
+                batch.invoices[(address, number)] = invoice
+        batch.payments = repo.payment_keys(session, chain_id, start, end)
+        batch.refunds = repo.refund_keys(session, chain_id, start, end)
+        return batch
+
+    def _apply(
+        self, session: Session, chain_id: int, entry: Any, result: PollResult, batch: _Batch
+    ) -> None:
         tx_hash, log_index = _hex(entry["transactionHash"]), int(entry["logIndex"])
         topics = [_hex(t) for t in entry["topics"]]
         merchant, number = _topic_address(topics[1]), int(topics[2], 16)
         third = _topic_address(topics[3])
         token, amount, extra = abi_decode(_DATA_TYPES, bytes.fromhex(_hex(entry["data"])[2:]))
-        token = to_checksum_address(token)
-        account = repo.account_by_address(session, chain_id, merchant)
-        invoice = repo.invoice_by_number(session, account.id or 0, number) if account else None
+        token = _checksum(str(token).lower())
+        invoice = batch.invoices.get((merchant.lower(), number))
         block_number, block_hash = int(entry["blockNumber"]), _hex(entry["blockHash"])
+        key = (tx_hash, log_index, block_hash)
         now = self.clock.now()
         if topics[0] == SETTLED_TOPIC:
-            if repo.payment_exists(session, chain_id, tx_hash, log_index, block_hash):
+            if key in batch.payments:
                 return
+            batch.payments.add(key)
             if invoice is not None and (invoice.token != token or invoice.amount != amount):
                 log.error(
                     "payment %s does not match invoice %s; left unmatched", tx_hash, invoice.id
@@ -260,7 +308,7 @@ class Indexer:
                 late=late,
                 seen_at=now,
             )
-            repo.add(session, payment)
+            batch.new_rows.append(payment)
             result.payments += 1
             if invoice is not None:
                 invoice.paid_amount += amount
@@ -268,8 +316,9 @@ class Indexer:
                     invoice.state = InvoiceState.PROCESSING
                 session.add(invoice)
         elif topics[0] == REFUNDED_TOPIC:
-            if repo.refund_exists(session, chain_id, tx_hash, log_index, block_hash):
+            if key in batch.refunds:
                 return
+            batch.refunds.add(key)
             refund = Refund(
                 invoice_id=invoice.id if invoice else None,
                 chain_id=chain_id,
@@ -281,7 +330,7 @@ class Indexer:
                 amount=amount,
                 seen_at=now,
             )
-            repo.add(session, refund)
+            batch.new_rows.append(refund)
             result.refunds += 1
             if invoice is not None:
                 invoice.refunded_amount += amount
@@ -309,7 +358,8 @@ class Indexer:
                 invoice.status = InvoiceStatus.PAID_LATE
             invoice.settled_at = self.clock.now()
             session.add(invoice)
-            session.flush()
+            if invoice.contact_id is not None or self.on_settled is not None:
+                session.flush()  # the CRM and the hook query what was just written
             result.settled.append(invoice.id)
             self._schedule_followups(session, invoice, payment)
             if self.on_settled is not None:

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from api.settlement.models import (
     IndexedBlock,
@@ -25,32 +26,51 @@ _Row = TypeVar("_Row")
 __all__ = [
     "account_by_address",
     "account_for_merchant",
+    "accounts_by_address",
     "add",
+    "add_all",
     "allocate_invoice_number",
     "blocks_after",
     "cursor",
     "delete_blocks_after",
     "expirable",
+    "get_account",
     "get_invoice",
     "invoice_by_number",
+    "invoices_by_number",
     "invoices_for_order",
+    "invoices_select",
+    "invoices_window",
     "list_invoices",
+    "lock_account",
     "payment_exists",
+    "payment_keys",
     "payments_after",
     "payments_for_invoice",
+    "payments_for_invoices",
     "pending_payments",
     "prune_blocks",
     "recent_blocks",
     "refund_exists",
+    "refund_keys",
     "refunds_after",
     "save_block",
+    "save_blocks",
 ]
+
+_CHUNK = 500  # bound IN lists (SQLite's variable limit, PostgreSQL's plan size)
 
 
 def add(session: Session, row: _Row) -> _Row:
     session.add(row)
     session.flush()
     return row
+
+
+def add_all(session: Session, rows: Sequence[object]) -> None:
+    """Insert many rows with one flush (executemany where the dialect allows)."""
+    session.add_all(rows)
+    session.flush()
 
 
 def account_for_merchant(
@@ -62,12 +82,32 @@ def account_for_merchant(
     return session.exec(stmt).first()
 
 
+def get_account(session: Session, account_id: int) -> MerchantAccount | None:
+    return session.get(MerchantAccount, account_id)
+
+
 def account_by_address(session: Session, chain_id: int, address: str) -> MerchantAccount | None:
     stmt = select(MerchantAccount).where(
         MerchantAccount.chain_id == chain_id,
         sa.func.lower(MerchantAccount.address) == address.lower(),
     )
     return session.exec(stmt).first()
+
+
+def accounts_by_address(
+    session: Session, chain_id: int, addresses: set[str]
+) -> dict[str, MerchantAccount]:
+    """Accounts for ``addresses`` keyed by lower-case address (one query per chunk)."""
+    lowered = sorted({a.lower() for a in addresses})
+    found: dict[str, MerchantAccount] = {}
+    for start in range(0, len(lowered), _CHUNK):
+        stmt = select(MerchantAccount).where(
+            MerchantAccount.chain_id == chain_id,
+            sa.func.lower(MerchantAccount.address).in_(lowered[start : start + _CHUNK]),
+        )
+        for account in session.exec(stmt):
+            found[account.address.lower()] = account
+    return found
 
 
 def allocate_invoice_number(session: Session, account_id: int) -> int:
@@ -92,6 +132,19 @@ def invoice_by_number(session: Session, account_id: int, number: int) -> Invoice
     return session.exec(stmt).first()
 
 
+def invoices_by_number(session: Session, account_id: int, numbers: set[int]) -> dict[int, Invoice]:
+    ordered = sorted(numbers)
+    found: dict[int, Invoice] = {}
+    for start in range(0, len(ordered), _CHUNK):
+        stmt = select(Invoice).where(
+            Invoice.account_id == account_id,
+            col(Invoice.number).in_(ordered[start : start + _CHUNK]),
+        )
+        for invoice in session.exec(stmt):
+            found[invoice.number] = invoice
+    return found
+
+
 def invoices_for_order(session: Session, merchant_id: int, order_id: str) -> Sequence[Invoice]:
     stmt = select(Invoice).where(Invoice.merchant_id == merchant_id, Invoice.order_id == order_id)
     return session.exec(stmt).all()
@@ -109,6 +162,58 @@ def list_invoices(
         stmt = stmt.where(Invoice.state == state)
     stmt = stmt.order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc()).limit(limit)
     return session.exec(stmt).all()
+
+
+def invoices_select(
+    merchant_id: int | None,
+    *,
+    state: InvoiceState | None = None,
+    order_id: str | None = None,
+    created_gte: datetime | None = None,
+    created_lt: datetime | None = None,
+) -> SelectOfScalar[Invoice]:
+    """A filterable select of invoices (``merchant_id=None``: every merchant) for pagination."""
+    stmt = select(Invoice)
+    if merchant_id is not None:
+        stmt = stmt.where(Invoice.merchant_id == merchant_id)
+    if state is not None:
+        stmt = stmt.where(Invoice.state == state)
+    if order_id is not None:
+        stmt = stmt.where(Invoice.order_id == order_id)
+    if created_gte is not None:
+        stmt = stmt.where(col(Invoice.created_at) >= created_gte)
+    if created_lt is not None:
+        stmt = stmt.where(col(Invoice.created_at) < created_lt)
+    return stmt
+
+
+def invoices_window(
+    session: Session,
+    merchant_id: int | None,
+    created_gte: datetime,
+    created_lt: datetime,
+    limit: int,
+) -> Sequence[Invoice]:
+    """Invoices created in ``[created_gte, created_lt)``, oldest first, at most ``limit``."""
+    stmt = invoices_select(merchant_id, created_gte=created_gte, created_lt=created_lt)
+    stmt = stmt.order_by(col(Invoice.created_at), col(Invoice.id)).limit(limit)
+    return session.exec(stmt).all()
+
+
+def lock_account(session: Session, merchant_id: int, chain_id: int) -> bool:
+    """Serialise invoice creation per merchant account for the rest of the transaction.
+
+    A no-op UPDATE of the account row: on PostgreSQL it takes the row lock, on SQLite it takes
+    the database write lock before anything is read, so the order-id uniqueness check that
+    follows sees every committed invoice. Returns False when the merchant has no account.
+    """
+    table = MerchantAccount.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.merchant_id == merchant_id, table.c.chain_id == chain_id)
+        .values(next_invoice_number=table.c.next_invoice_number)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def expirable(session: Session, now: datetime, limit: int) -> Sequence[Invoice]:
@@ -144,6 +249,29 @@ def refund_exists(
     return session.exec(stmt).first() is not None
 
 
+def payment_keys(
+    session: Session, chain_id: int, from_block: int, to_block: int
+) -> set[tuple[str, int, str]]:
+    """(tx hash, log index, block hash) of the payments already stored for a block range."""
+    stmt = select(Payment.tx_hash, Payment.log_index, Payment.block_hash).where(
+        Payment.chain_id == chain_id,
+        col(Payment.block_number) >= from_block,
+        col(Payment.block_number) <= to_block,
+    )
+    return {(t, int(i), b) for t, i, b in session.exec(stmt)}
+
+
+def refund_keys(
+    session: Session, chain_id: int, from_block: int, to_block: int
+) -> set[tuple[str, int, str]]:
+    stmt = select(Refund.tx_hash, Refund.log_index, Refund.block_hash).where(
+        Refund.chain_id == chain_id,
+        col(Refund.block_number) >= from_block,
+        col(Refund.block_number) <= to_block,
+    )
+    return {(t, int(i), b) for t, i, b in session.exec(stmt)}
+
+
 def pending_payments(session: Session, chain_id: int) -> Sequence[Payment]:
     stmt = select(Payment).where(
         Payment.chain_id == chain_id, Payment.state == PaymentState.PENDING
@@ -154,6 +282,13 @@ def pending_payments(session: Session, chain_id: int) -> Sequence[Payment]:
 def payments_for_invoice(session: Session, invoice_id: str) -> Sequence[Payment]:
     stmt = select(Payment).where(Payment.invoice_id == invoice_id).order_by(col(Payment.id))
     return session.exec(stmt).all()
+
+
+def payments_for_invoices(session: Session, invoice_ids: Sequence[str]) -> Sequence[Payment]:
+    if not invoice_ids:
+        return []
+    stmt = select(Payment).where(col(Payment.invoice_id).in_(list(invoice_ids)))
+    return session.exec(stmt.order_by(col(Payment.id))).all()
 
 
 def payments_after(session: Session, chain_id: int, block: int) -> Sequence[Payment]:
@@ -198,6 +333,23 @@ def save_block(session: Session, cursor_id: int, number: int, block_hash: str) -
     ).first()
     if exists is None:
         session.add(IndexedBlock(cursor_id=cursor_id, number=number, hash=block_hash))
+
+
+def save_blocks(session: Session, cursor_id: int, blocks: dict[int, str]) -> None:
+    """:func:`save_block` for many blocks: one query for the existing ones, one insert."""
+    if not blocks:
+        return
+    stmt = select(IndexedBlock.number).where(
+        IndexedBlock.cursor_id == cursor_id,
+        col(IndexedBlock.number) >= min(blocks),
+        col(IndexedBlock.number) <= max(blocks),
+    )
+    existing = set(session.exec(stmt))
+    session.add_all(
+        IndexedBlock(cursor_id=cursor_id, number=number, hash=block_hash)
+        for number, block_hash in sorted(blocks.items())
+        if number not in existing
+    )
 
 
 def recent_blocks(session: Session, cursor_id: int, limit: int) -> Sequence[IndexedBlock]:

@@ -32,6 +32,7 @@ __all__ = [
     "list_purchases_for_contact",
     "save",
     "save_policy",
+    "stale_claims",
     "suppress_pending_for_contact",
 ]
 
@@ -211,6 +212,18 @@ def claim_conditional(session: Session, now: datetime, limit: int, worker_id: st
         if getattr(result, "rowcount", 0) == 1 and followup_id is not None:
             claimed.append(int(followup_id))
     return claimed
+
+
+def stale_claims(session: Session, claimed_before: datetime, limit: int) -> Sequence[FollowUp]:
+    """``queued`` follow-ups whose claim (or last lease renewal) is older than the cutoff."""
+    stmt = (
+        select(FollowUp)
+        .where(FollowUp.state == "queued", col(FollowUp.queued_at) <= claimed_before)
+        .order_by(col(FollowUp.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return session.exec(stmt).all()
 
 
 def due_to_expire(session: Session, now: datetime) -> Sequence[FollowUp]:

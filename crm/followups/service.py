@@ -3,6 +3,12 @@
 States: ``scheduled → queued → sent → responded``; or ``suppressed`` (reason ``no_consent`` |
 ``quiet_hours`` | ``frequency_cap`` | ``erased``), ``expired``, ``failed``, ``cancelled``.
 Every change is written to ``crm_followup_event``; quiet-hour deferrals are recorded too.
+
+Claims are leases: ``claim_due`` stamps ``worker_id`` and ``queued_at``, ``prepare_send`` (given
+the worker id) checks the claim is still this worker's and renews the lease right before the
+message leaves. :func:`recover_stale` settles claims whose worker died: never prepared → back
+to ``scheduled`` (nothing can have been sent); prepared → ``failed``/``interrupted`` (it may
+have been delivered, so it is never sent again: at most once).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from crm.followups.windows import next_window_start
 from crm.merchants import service as merchants
 
 __all__ = [
+    "DEFAULT_LEASE",
+    "INTERRUPTED",
     "MAX_ATTEMPTS",
     "TOKEN_TTL",
     "SendInstruction",
@@ -58,12 +66,16 @@ __all__ = [
     "mark_responded",
     "mark_sent",
     "prepare_send",
+    "recover_stale",
     "schedule_for_payment",
     "schedule_periodic",
     "update_policy",
 ]
 
 MAX_ATTEMPTS = 5
+#: How long a claim stays a worker's without renewal; must exceed the slowest channel's timeout.
+DEFAULT_LEASE = timedelta(minutes=5)
+INTERRUPTED = "interrupted"
 RETRY_BASE = timedelta(minutes=5)
 TOKEN_TTL = timedelta(days=14)
 _RULE_FIELDS = ("tier", "segment")
@@ -242,7 +254,9 @@ def _decide(
     if channel is None:
         return _Decision(suppressed, SuppressionReason.NO_CONSENT, None, at)
     cap = timedelta(days=policy.frequency_cap_days)
-    last = repo.last_contacted_at(session, contact.id, exclude_id=fu.id)
+    # cap 0 means "no cap": a message another process sent a moment after ``at`` (clocks and
+    # long transactions overlap) must not count as "contacted within the last 0 days"
+    last = repo.last_contacted_at(session, contact.id, exclude_id=fu.id) if cap else None
     if (last is not None and at - last < cap) or (
         scheduling and cap and repo.has_pending(session, contact.id, exclude_id=fu.id)
     ):
@@ -478,6 +492,17 @@ def claim_due(session: Session, now: datetime, limit: int, worker_id: str) -> li
     return ids
 
 
+def _check_claim(fu: FollowUp, worker_id: str | None) -> None:
+    if fu.state != FollowUpState.QUEUED:
+        raise InvalidTransition(f"follow-up is {fu.state}, not queued", param="followup_id")
+    if worker_id is not None and fu.worker_id != worker_id:
+        raise InvalidTransition(
+            "follow-up is no longer claimed by this worker",
+            code="claim_lost",
+            param="followup_id",
+        )
+
+
 def prepare_send(
     session: Session,
     followup_id: int,
@@ -485,15 +510,18 @@ def prepare_send(
     keyring: KeyRing,
     *,
     token_ttl: timedelta = TOKEN_TTL,
+    worker_id: str | None = None,
 ) -> SendInstruction | None:
     """Re-check consent, erasure, frequency cap and quiet hours at send time.
 
     Returns what to send (with a freshly issued single-use feedback token) or ``None`` after
-    recording the suppression, deferral or expiry.
+    recording the suppression, deferral or expiry. With ``worker_id`` the claim must still be
+    that worker's (``claim_lost`` otherwise) and its lease is renewed to ``now``.
     """
     fu = _locked(session, followup_id)
-    if fu.state != FollowUpState.QUEUED:
-        raise InvalidTransition(f"follow-up is {fu.state}, not queued", param="followup_id")
+    _check_claim(fu, worker_id)
+    if worker_id is not None:
+        fu.queued_at = now
     if now >= fu.expires_at:
         _move(session, fu, FollowUpState.EXPIRED, now)
         return None
@@ -540,10 +568,11 @@ def prepare_send(
     )
 
 
-def mark_sent(session: Session, followup_id: int, now: datetime) -> FollowUp:
+def mark_sent(
+    session: Session, followup_id: int, now: datetime, *, worker_id: str | None = None
+) -> FollowUp:
     fu = _locked(session, followup_id)
-    if fu.state != FollowUpState.QUEUED:
-        raise InvalidTransition(f"follow-up is {fu.state}, not queued", param="followup_id")
+    _check_claim(fu, worker_id)
     fu.sent_at = now
     fu.attempts += 1
     _move(session, fu, FollowUpState.SENT, now)
@@ -558,11 +587,11 @@ def mark_failed(
     *,
     error: str = "delivery_failed",
     max_attempts: int = MAX_ATTEMPTS,
+    worker_id: str | None = None,
 ) -> FollowUp:
     """Delivery failed: retry with exponential backoff (5 min * 2^n) or give up."""
     fu = _locked(session, followup_id)
-    if fu.state != FollowUpState.QUEUED:
-        raise InvalidTransition(f"follow-up is {fu.state}, not queued", param="followup_id")
+    _check_claim(fu, worker_id)
     fu.attempts += 1
     if fu.attempts >= max_attempts:
         _move(session, fu, FollowUpState.FAILED, now, error[:32])
@@ -574,6 +603,32 @@ def mark_failed(
     fu.due_at, fu.worker_id = retry, None
     _move(session, fu, FollowUpState.SCHEDULED, now, "retry", error[:200])
     return fu
+
+
+def recover_stale(
+    session: Session, now: datetime, lease: timedelta = DEFAULT_LEASE, *, limit: int = 500
+) -> dict[str, list[int]]:
+    """Settle ``queued`` follow-ups whose claim is older than ``lease`` (their worker died).
+
+    A claim that never reached :func:`prepare_send` (no feedback token issued) cannot have been
+    delivered: it goes back to ``scheduled``. A prepared one may have left the process before
+    the crash; it becomes ``failed`` with reason ``interrupted`` and is never sent again.
+    Returns the ids per outcome: ``{"rescheduled": [...], "interrupted": [...]}``.
+    """
+    if lease < timedelta(0) or limit < 1:
+        raise InvalidRequest("lease must be >= 0 and limit >= 1", param="lease")
+    outcome: dict[str, list[int]] = {"rescheduled": [], "interrupted": []}
+    for fu in repo.stale_claims(session, now - lease, limit):
+        assert fu.id is not None
+        detail = f"lease of {fu.worker_id or '?'} expired"[:200]
+        if feedback_repo.get_by_followup(session, fu.id) is None:
+            fu.worker_id, fu.queued_at = None, None
+            _move(session, fu, FollowUpState.SCHEDULED, now, INTERRUPTED, detail)
+            outcome["rescheduled"].append(fu.id)
+        else:
+            _move(session, fu, FollowUpState.FAILED, now, INTERRUPTED, detail)
+            outcome["interrupted"].append(fu.id)
+    return outcome
 
 
 def mark_responded(session: Session, fu: FollowUp, now: datetime) -> None:

@@ -510,6 +510,136 @@ class TestMarkFailed:
         assert fu.due_at == clock.now() + timedelta(hours=2)
 
 
+class TestFrequencyCapZero:
+    def test_a_send_stamped_after_the_settlement_does_not_suppress(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        """Indexer and worker run concurrently: the worker may stamp ``sent_at`` after the
+        ``settled_at`` the indexer took at the start of its (long) step. Cap 0 is no cap."""
+        policy(session, merchant_id, clock, delay_minutes=0, frequency_cap_days=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        assert len(pay(session, merchant_id, c, "p1", clock)) == 1
+        [fid] = followups.claim_due(session, clock.now(), 10, "w")
+        assert followups.prepare_send(session, fid, clock.now(), keyring) is not None
+        followups.mark_sent(session, fid, clock.now() + timedelta(seconds=2))
+        [second] = pay(session, merchant_id, c, "p2", clock)
+        assert (second.state, second.reason) == ("scheduled", None)
+        assert followups.claim_due(session, clock.now(), 10, "w") == [second.id]
+        assert followups.prepare_send(session, second.id or 0, clock.now(), keyring) is not None
+
+
+class TestRecoverStale:
+    """A worker died holding claims: recover them after the lease, never resend."""
+
+    def _claimed(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> list[int]:
+        policy(session, merchant_id, clock, delay_minutes=0, frequency_cap_days=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        for ref in ("p1", "p2", "p3"):
+            pay(session, merchant_id, c, ref, clock)
+        ids = followups.claim_due(session, clock.now(), 10, "dead-worker")
+        assert len(ids) == 3
+        return ids
+
+    def test_nothing_recovered_within_the_lease(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        self._claimed(session, merchant_id, make_contact, clock)
+        clock.advance(minutes=4)
+        lease = timedelta(minutes=5)
+        assert followups.recover_stale(session, clock.now(), lease) == {
+            "rescheduled": [],
+            "interrupted": [],
+        }
+        states = session.exec(select(FollowUp.state)).all()
+        assert sorted(states) == ["queued"] * 3
+
+    def test_unprepared_claims_are_rescheduled_prepared_ones_fail_as_interrupted(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        claimed, prepared, sent = self._claimed(session, merchant_id, make_contact, clock)
+        assert followups.prepare_send(session, prepared, clock.now(), keyring) is not None
+        assert followups.prepare_send(session, sent, clock.now(), keyring) is not None
+        followups.mark_sent(session, sent, clock.now())
+        clock.advance(minutes=6)
+        recovered = followups.recover_stale(session, clock.now(), timedelta(minutes=5))
+        assert recovered == {"rescheduled": [claimed], "interrupted": [prepared]}
+        back = session.get(FollowUp, claimed)
+        failed = session.get(FollowUp, prepared)
+        done = session.get(FollowUp, sent)
+        assert back is not None
+        assert failed is not None
+        assert done is not None
+        assert (back.state, back.worker_id, back.reason) == ("scheduled", None, None)
+        assert events(session, back)[-1] == ("queued", "scheduled", "interrupted")
+        assert (failed.state, failed.reason) == ("failed", "interrupted")
+        assert events(session, failed)[-1] == ("queued", "failed", "interrupted")
+        assert done.state == "sent"
+        # the rescheduled one is claimable again; the interrupted one never comes back
+        assert followups.claim_due(session, clock.now(), 10, "w2") == [claimed]
+        assert followups.recover_stale(session, clock.now(), timedelta(minutes=5)) == {
+            "rescheduled": [],
+            "interrupted": [],
+        }
+
+    def test_dead_workers_late_calls_are_refused(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        claimed, prepared, other = self._claimed(session, merchant_id, make_contact, clock)
+        assert (
+            followups.prepare_send(session, prepared, clock.now(), keyring, worker_id="dead-worker")
+            is not None
+        )
+        clock.advance(minutes=10)
+        followups.recover_stale(session, clock.now(), timedelta(minutes=5))
+        assert followups.claim_due(session, clock.now(), 10, "w2") == [claimed, other]
+        with pytest.raises(InvalidTransition) as lost:
+            followups.prepare_send(session, claimed, clock.now(), keyring, worker_id="dead-worker")
+        assert lost.value.code == "claim_lost"
+        with pytest.raises(InvalidTransition):
+            followups.mark_sent(session, prepared, clock.now(), worker_id="dead-worker")
+        assert followups.prepare_send(session, claimed, clock.now(), keyring, worker_id="w2")
+
+    def test_prepare_send_renews_the_lease(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, prepared, _ = self._claimed(session, merchant_id, make_contact, clock)
+        clock.advance(minutes=4)
+        followups.prepare_send(session, prepared, clock.now(), keyring, worker_id="dead-worker")
+        clock.advance(minutes=2)  # 6 min after the claim, 2 after the renewal
+        recovered = followups.recover_stale(session, clock.now(), timedelta(minutes=5))
+        assert prepared not in recovered["interrupted"]
+        assert len(recovered["rescheduled"]) == 2
+        fu = session.get(FollowUp, prepared)
+        assert fu is not None
+        assert fu.state == "queued"
+
+    def test_negative_lease_is_refused(self, session: Session, clock: FrozenClock) -> None:
+        with pytest.raises(InvalidRequest):
+            followups.recover_stale(session, clock.now(), timedelta(seconds=-1))
+
+
 class TestExpireDue:
     def test_expires_pending_past_expiry(
         self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
