@@ -34,12 +34,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.db import make_engine
-from api.deps import CONTEXT_SCOPE_KEY, ApiConfig, RequestContext
+from api.deps import CONTEXT_SCOPE_KEY, ApiConfig, ChainInfo, IntentSigners, RequestContext
 from api.errors import RateLimited, error_json, install_error_handlers, render_exception
 from api.idempotency import service as idempotency
 from api.routes import api_router
 from api.settings import Settings, get_settings
 from api.webhooks.secrets import SecretCipher
+from crm import Clock, KeyRing, SystemClock
 
 __all__ = ["ApiConfig", "TokenBucketLimiter", "create_app"]
 
@@ -305,6 +306,10 @@ def create_app(
     engine: sa.Engine | None = None,
     config: ApiConfig | None = None,
     routers: Sequence[APIRouter] = (),
+    keyring: KeyRing | None = None,
+    signers: IntentSigners | None = None,
+    chain_info: ChainInfo | None = None,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """Build the API. ``routers`` (resource routers, paths without ``/v1``) are mounted under /v1.
 
@@ -312,6 +317,13 @@ def create_app(
     ``settings.resolved_database_url`` (SQLite in ``FOLLOWPAY_HOME`` by default, PostgreSQL via
     ``FOLLOWPAY_DATABASE_URL``) and disposes it at shutdown. Tables are created by migrations
     (``api.db.upgrade``), never here.
+
+    ``keyring`` (CRM personal-data keys) defaults to one built on first use from
+    ``FOLLOWPAY_MASTER_KEY`` / ``<home>/master.key``. ``signers`` maps merchant operator
+    addresses to :class:`wallet.signing.Signer` objects and ``chain_info`` names the chain,
+    router and token invoices are issued on: without them ``POST /v1/invoices`` answers 409
+    ``signer_unavailable``.
+    ``clock`` is the CRM clock (tests pass a ``FrozenClock``).
     """
     settings = settings or get_settings()
     config = config or ApiConfig.from_settings(settings)
@@ -347,6 +359,10 @@ def create_app(
     app.state.api_config = config
     app.state.engine = engine
     app.state.cipher = SecretCipher.from_settings(settings)
+    app.state.keyring = keyring
+    app.state.signers = {k.lower(): v for k, v in (signers or {}).items()}
+    app.state.chain_info = chain_info
+    app.state.clock = clock or SystemClock()
     app.state.rate_limiter = TokenBucketLimiter(
         config.rate_limit_per_second, config.rate_limit_burst
     )

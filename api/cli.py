@@ -32,6 +32,8 @@ app.add_typer(chain_app, name="chain")
 
 def _mount_optional() -> None:
     """Sub-apps owned by the domain packages."""
+    from api.commands.admin import app as admin_app
+    from api.commands.serve import serve
     from api.commands.settlement import db_app, indexer, invoices_app, worker
     from wallet.cli import app as wallet_app
 
@@ -40,6 +42,8 @@ def _mount_optional() -> None:
     app.add_typer(invoices_app, name="invoices")
     app.command("indexer")(indexer)
     app.command("worker")(worker)
+    app.add_typer(admin_app, name="admin")
+    app.command("serve")(serve)
 
 
 @contracts_app.command("build")

@@ -23,7 +23,7 @@ Usage::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
@@ -41,19 +41,27 @@ from api.keys.models import ApiRole
 from api.keys.service import AuthenticatedKey
 from api.settings import Settings
 from api.webhooks.secrets import SecretCipher
+from crm import Clock, KeyRing
+from wallet.signing import Signer
 
 __all__ = [
     "CONTEXT_SCOPE_KEY",
     "AfterCommit",
     "ApiConfig",
     "BufferedResponse",
+    "ChainInfo",
+    "ChainInfoDep",
     "CipherDep",
+    "ClockDep",
     "ConfigDep",
     "CurrentKey",
     "EngineDep",
+    "IntentSigners",
+    "KeyRingDep",
     "RequestContext",
     "SessionDep",
     "SettingsDep",
+    "SignersDep",
     "get_current_key",
     "get_session",
     "request_context",
@@ -148,7 +156,58 @@ def get_cipher(request: Request) -> SecretCipher:
     return request.app.state.cipher
 
 
+@dataclass(frozen=True, slots=True)
+class ChainInfo:
+    """The chain invoices are issued on: id, PaymentRouter and token addresses, token decimals."""
+
+    chain_id: int
+    router: str
+    token: str
+    decimals: int = 18
+    head: Callable[[], int] | None = None
+    """Optional: the current block number (payments then report their confirmations)."""
+    gas_used: Callable[[str], int | None] | None = None
+    """Optional: a transaction hash's ``gasUsed`` (payments then report it)."""
+
+
+IntentSigners = Mapping[str, Signer]
+"""Operator address (any case) -> the :class:`~wallet.signing.Signer` that signs its intents.
+
+Held on ``app.state.signers`` and configured by whoever builds the app: tests and the demo pass
+dev keys; production loads the operator keys from a wallet vault (``wallet.keystore``) at start-up
+or runs a separate signer process exposing the same ``sign_typed_data`` interface.
+"""
+
+
+def get_keyring(request: Request) -> KeyRing:
+    """The CRM key ring (per-contact data keys); built once from the settings' master key."""
+    state = request.app.state
+    keyring = getattr(state, "keyring", None)
+    if keyring is None:
+        from api.runtime import load_master_key
+
+        keyring = KeyRing(load_master_key(state.settings))
+        state.keyring = keyring
+    return keyring
+
+
+def get_signers(request: Request) -> IntentSigners:
+    return getattr(request.app.state, "signers", None) or {}
+
+
+def get_chain_info(request: Request) -> ChainInfo | None:
+    return getattr(request.app.state, "chain_info", None)
+
+
+def get_clock(request: Request) -> Clock:
+    return request.app.state.clock
+
+
 EngineDep = Annotated[sa.Engine, Depends(_engine)]
+KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
+SignersDep = Annotated[IntentSigners, Depends(get_signers)]
+ChainInfoDep = Annotated[ChainInfo | None, Depends(get_chain_info)]
+ClockDep = Annotated[Clock, Depends(get_clock)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ConfigDep = Annotated[ApiConfig, Depends(get_config)]
 CipherDep = Annotated[SecretCipher, Depends(get_cipher)]

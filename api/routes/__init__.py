@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from api.errors import DEFAULT_ERROR_RESPONSES
 
-__all__ = ["api_router", "core_routers"]
+__all__ = ["api_router", "core_routers", "resource_routers"]
 
 
 def core_routers() -> list[APIRouter]:
@@ -16,12 +16,32 @@ def core_routers() -> list[APIRouter]:
     return [health.router, keys.router, webhooks.router]
 
 
-def api_router(*extra: APIRouter) -> APIRouter:
-    """One ``/v1`` router with the core routers plus ``extra`` resource routers.
+def resource_routers() -> list[APIRouter]:
+    """The merchant, support and customer resources (issue 6): mounted by default."""
+    from api.routes import audit, contacts, invoices, merchants, public, reports, support
 
-    Every route gets the error schema documented for 400/401/403/404/422/429/500.
+    return [
+        merchants.router,
+        contacts.router,
+        audit.router,
+        invoices.router,
+        support.router,
+        reports.router,
+        public.router,
+    ]
+
+
+def api_router(*extra: APIRouter) -> APIRouter:
+    """One ``/v1`` router with the core and resource routers plus ``extra`` routers.
+
+    Every route gets the error schema documented for 400/401/403/404/422/429/500. A router
+    passed twice is mounted once.
     """
     v1 = APIRouter(prefix="/v1", responses=DEFAULT_ERROR_RESPONSES)
-    for router in (*core_routers(), *extra):
+    mounted: list[APIRouter] = []
+    for router in (*core_routers(), *resource_routers(), *extra):
+        if any(router is seen for seen in mounted):
+            continue
+        mounted.append(router)
         v1.include_router(router)
     return v1

@@ -79,11 +79,11 @@ class MerchantAccount(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     merchant_id: int = Field(foreign_key="crm_merchant.id", index=True)
-    chain_id: int
+    chain_id: int = Field(sa_type=sa.BigInteger)
     address: str = Field(max_length=42)
     payout: str = Field(max_length=42)
     operator: str = Field(max_length=42)
-    next_invoice_number: int = Field(default=1)
+    next_invoice_number: int = Field(default=1, sa_type=sa.BigInteger)
     created_at: datetime = Field(sa_type=UTCDateTime)
 
 
@@ -99,15 +99,15 @@ class Invoice(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
     merchant_id: int = Field(foreign_key="crm_merchant.id")
     account_id: int = Field(foreign_key="api_merchant_account.id")
-    number: int  # the on-chain invoiceId, sequential per merchant account
+    number: int = Field(sa_type=sa.BigInteger)  # on-chain invoiceId, sequential per account
     order_id: str = Field(max_length=200)
     contact_id: int | None = Field(default=None)
-    chain_id: int
+    chain_id: int = Field(sa_type=sa.BigInteger)
     token: str = Field(max_length=42)
     amount: int = Field(sa_type=Uint256)
     fee: int = Field(default=0, sa_type=Uint256)
     payer: str = Field(max_length=42)
-    deadline: int
+    deadline: int = Field(sa_type=sa.BigInteger)
     signature_r: str = Field(max_length=66)
     signature_vs: str = Field(max_length=66)
     confirmations_required: int = 1
@@ -134,11 +134,11 @@ class Payment(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     invoice_id: str | None = Field(default=None, foreign_key="api_invoice.id", index=True)
     merchant_address: str = Field(max_length=42)
-    invoice_number: int
-    chain_id: int
+    invoice_number: int = Field(sa_type=sa.BigInteger)
+    chain_id: int = Field(sa_type=sa.BigInteger)
     tx_hash: str = Field(max_length=66)
     log_index: int
-    block_number: int = Field(index=True)
+    block_number: int = Field(index=True, sa_type=sa.BigInteger)
     block_hash: str = Field(max_length=66)
     payer: str = Field(max_length=42)
     token: str = Field(max_length=42)
@@ -155,10 +155,10 @@ class Refund(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     invoice_id: str | None = Field(default=None, foreign_key="api_invoice.id", index=True)
-    chain_id: int
+    chain_id: int = Field(sa_type=sa.BigInteger)
     tx_hash: str = Field(max_length=66)
     log_index: int
-    block_number: int = Field(index=True)
+    block_number: int = Field(index=True, sa_type=sa.BigInteger)
     block_hash: str = Field(max_length=66)
     to: str = Field(max_length=42)
     amount: int = Field(sa_type=Uint256)
@@ -173,9 +173,9 @@ class IndexerCursor(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("chain_id", "router"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    chain_id: int
+    chain_id: int = Field(sa_type=sa.BigInteger)
     router: str = Field(max_length=42)
-    last_block: int
+    last_block: int = Field(sa_type=sa.BigInteger)
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
@@ -187,5 +187,5 @@ class IndexedBlock(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     cursor_id: int = Field(foreign_key="api_indexer_cursor.id")
-    number: int
+    number: int = Field(sa_type=sa.BigInteger)
     hash: str = Field(max_length=66)

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-22 07:43:57.156500
+Create Date: 2026-11-22 08:11:58.369849
 """
 
 from collections.abc import Sequence
@@ -24,9 +24,9 @@ def upgrade() -> None:
     op.create_table(
         "api_indexer_cursor",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("chain_id", sa.Integer(), nullable=False),
+        sa.Column("chain_id", sa.BigInteger(), nullable=False),
         sa.Column("router", sa.String(length=42), nullable=False),
-        sa.Column("last_block", sa.Integer(), nullable=False),
+        sa.Column("last_block", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", crm._base.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_indexer_cursor")),
         sa.UniqueConstraint(
@@ -60,7 +60,7 @@ def upgrade() -> None:
         "api_indexed_block",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("cursor_id", sa.Integer(), nullable=False),
-        sa.Column("number", sa.Integer(), nullable=False),
+        sa.Column("number", sa.BigInteger(), nullable=False),
         sa.Column("hash", sa.String(length=66), nullable=False),
         sa.ForeignKeyConstraint(
             ["cursor_id"],
@@ -76,11 +76,11 @@ def upgrade() -> None:
         "api_merchant_account",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("merchant_id", sa.Integer(), nullable=False),
-        sa.Column("chain_id", sa.Integer(), nullable=False),
+        sa.Column("chain_id", sa.BigInteger(), nullable=False),
         sa.Column("address", sa.String(length=42), nullable=False),
         sa.Column("payout", sa.String(length=42), nullable=False),
         sa.Column("operator", sa.String(length=42), nullable=False),
-        sa.Column("next_invoice_number", sa.Integer(), nullable=False),
+        sa.Column("next_invoice_number", sa.BigInteger(), nullable=False),
         sa.Column("created_at", crm._base.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["merchant_id"],
@@ -126,15 +126,15 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("merchant_id", sa.Integer(), nullable=False),
         sa.Column("account_id", sa.Integer(), nullable=False),
-        sa.Column("number", sa.Integer(), nullable=False),
+        sa.Column("number", sa.BigInteger(), nullable=False),
         sa.Column("order_id", sa.String(length=200), nullable=False),
         sa.Column("contact_id", sa.Integer(), nullable=True),
-        sa.Column("chain_id", sa.Integer(), nullable=False),
+        sa.Column("chain_id", sa.BigInteger(), nullable=False),
         sa.Column("token", sa.String(length=42), nullable=False),
         sa.Column("amount", api.settlement.models.Uint256(length=78), nullable=False),
         sa.Column("fee", api.settlement.models.Uint256(length=78), nullable=False),
         sa.Column("payer", sa.String(length=42), nullable=False),
-        sa.Column("deadline", sa.Integer(), nullable=False),
+        sa.Column("deadline", sa.BigInteger(), nullable=False),
         sa.Column("signature_r", sa.String(length=66), nullable=False),
         sa.Column("signature_vs", sa.String(length=66), nullable=False),
         sa.Column("confirmations_required", sa.Integer(), nullable=False),
@@ -173,11 +173,11 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("invoice_id", sa.String(), nullable=True),
         sa.Column("merchant_address", sa.String(length=42), nullable=False),
-        sa.Column("invoice_number", sa.Integer(), nullable=False),
-        sa.Column("chain_id", sa.Integer(), nullable=False),
+        sa.Column("invoice_number", sa.BigInteger(), nullable=False),
+        sa.Column("chain_id", sa.BigInteger(), nullable=False),
         sa.Column("tx_hash", sa.String(length=66), nullable=False),
         sa.Column("log_index", sa.Integer(), nullable=False),
-        sa.Column("block_number", sa.Integer(), nullable=False),
+        sa.Column("block_number", sa.BigInteger(), nullable=False),
         sa.Column("block_hash", sa.String(length=66), nullable=False),
         sa.Column("payer", sa.String(length=42), nullable=False),
         sa.Column("token", sa.String(length=42), nullable=False),
@@ -208,10 +208,10 @@ def upgrade() -> None:
         "api_refund",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("invoice_id", sa.String(), nullable=True),
-        sa.Column("chain_id", sa.Integer(), nullable=False),
+        sa.Column("chain_id", sa.BigInteger(), nullable=False),
         sa.Column("tx_hash", sa.String(length=66), nullable=False),
         sa.Column("log_index", sa.Integer(), nullable=False),
-        sa.Column("block_number", sa.Integer(), nullable=False),
+        sa.Column("block_number", sa.BigInteger(), nullable=False),
         sa.Column("block_hash", sa.String(length=66), nullable=False),
         sa.Column("to", sa.String(length=42), nullable=False),
         sa.Column("amount", api.settlement.models.Uint256(length=78), nullable=False),

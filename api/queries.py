@@ -1,0 +1,193 @@
+"""Read-side SQL of the /v1 resource routes: scoped list selects and id → merchant lookups.
+
+The CRM's own repositories answer per-object questions; these are the list/filter queries the
+HTTP layer needs (newest-first selects handed to :func:`api.pagination.paginate`, the support
+queue cursor, the reconciliation join). Writes never happen here: they go through the CRM and
+settlement services. ``merchant_id=None`` means "every merchant" (admin keys); otherwise every
+statement is restricted to that merchant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, SQLModel, col, select
+
+from api.dispatch.models import InAppMessage
+from crm.audit.models import AuditLog
+from crm.contacts.models import Contact
+from crm.feedback.models import Feedback
+from crm.followups.models import FollowUp
+from crm.merchants.models import Merchant
+from crm.tickets.models import Ticket
+
+__all__ = [
+    "audit_select",
+    "contacts_select",
+    "feedback_by_token_hash",
+    "feedback_for_followups",
+    "feedback_select",
+    "followups_for_invoices",
+    "followups_select",
+    "merchant_of",
+    "merchants_select",
+    "messages_for_contact",
+    "ticket_cursor",
+    "tickets_page",
+]
+
+
+def _scoped(stmt: Any, column: Any, merchant_id: int | None) -> Any:
+    return stmt if merchant_id is None else stmt.where(column == merchant_id)
+
+
+def merchant_of(session: Session, model: type[SQLModel], object_id: int | str) -> int | None:
+    """The merchant owning row ``object_id`` of ``model`` (a table with ``merchant_id``)."""
+    table: Any = model
+    stmt = select(table.merchant_id).where(table.id == object_id)
+    value = session.exec(stmt).first()
+    return None if value is None else int(value)
+
+
+def merchants_select(merchant_id: int | None) -> Any:
+    return _scoped(select(Merchant), col(Merchant.id), merchant_id)
+
+
+def contacts_select(merchant_id: int | None, *, include_erased: bool = True) -> Any:
+    stmt = _scoped(select(Contact), col(Contact.merchant_id), merchant_id)
+    if not include_erased:
+        stmt = stmt.where(col(Contact.erased_at).is_(None))
+    return stmt
+
+
+def audit_select(
+    merchant_id: int | None,
+    *,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    action: str | None = None,
+) -> Any:
+    stmt = _scoped(select(AuditLog), col(AuditLog.merchant_id), merchant_id)
+    if object_type is not None:
+        stmt = stmt.where(AuditLog.object_type == object_type)
+    if object_id is not None:
+        stmt = stmt.where(AuditLog.object_id == object_id)
+    if action is not None:
+        stmt = stmt.where(AuditLog.action == action)
+    return stmt
+
+
+def followups_select(
+    merchant_id: int | None,
+    *,
+    state: str | None = None,
+    reason: str | None = None,
+    contact_id: int | None = None,
+) -> Any:
+    stmt = _scoped(select(FollowUp), col(FollowUp.merchant_id), merchant_id)
+    if state is not None:
+        stmt = stmt.where(FollowUp.state == state)
+    if reason is not None:
+        stmt = stmt.where(FollowUp.reason == reason)
+    if contact_id is not None:
+        stmt = stmt.where(FollowUp.contact_id == contact_id)
+    return stmt
+
+
+def feedback_select(
+    merchant_id: int | None,
+    *,
+    contact_id: int | None = None,
+    rating: int | None = None,
+) -> Any:
+    """Submitted feedback only (a row without ``submitted_at`` is an unanswered link)."""
+    stmt = _scoped(select(Feedback), col(Feedback.merchant_id), merchant_id).where(
+        col(Feedback.submitted_at).is_not(None)
+    )
+    if contact_id is not None:
+        stmt = stmt.where(Feedback.contact_id == contact_id)
+    if rating is not None:
+        stmt = stmt.where(Feedback.rating == rating)
+    return stmt
+
+
+def feedback_by_token_hash(session: Session, token_hash: str) -> Feedback | None:
+    """The feedback row a customer link points at (no lock: read-only peek)."""
+    return session.exec(select(Feedback).where(Feedback.token_hash == token_hash)).first()
+
+
+def ticket_cursor(
+    session: Session, merchant_id: int | None, ticket_id: int
+) -> tuple[datetime, int] | None:
+    stmt = _scoped(
+        select(Ticket.due_at, Ticket.id).where(Ticket.id == ticket_id),
+        col(Ticket.merchant_id),
+        merchant_id,
+    )
+    row = session.exec(stmt).first()
+    return None if row is None else (row[0], int(row[1] or 0))
+
+
+def tickets_page(
+    session: Session,
+    merchant_id: int | None,
+    *,
+    states: Sequence[str],
+    limit: int,
+    after: tuple[datetime, int] | None = None,
+    assignee: str | None = None,
+) -> tuple[list[Ticket], bool]:
+    """Tickets in ``states``, most urgent (earliest SLA due time) first; ``(rows, has_more)``."""
+    stmt = _scoped(select(Ticket), col(Ticket.merchant_id), merchant_id).where(
+        col(Ticket.state).in_(list(states))
+    )
+    if assignee is not None:
+        stmt = stmt.where(Ticket.assignee == assignee)
+    if after is not None:
+        due, tid = after
+        stmt = stmt.where(
+            sa.or_(
+                col(Ticket.due_at) > due, sa.and_(col(Ticket.due_at) == due, col(Ticket.id) > tid)
+            )
+        )
+    rows = list(
+        session.exec(stmt.order_by(col(Ticket.due_at), col(Ticket.id)).limit(limit + 1)).all()
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def messages_for_contact(
+    session: Session, merchant_id: int, contact_id: int, limit: int = 50
+) -> Sequence[InAppMessage]:
+    stmt = (
+        select(InAppMessage)
+        .where(InAppMessage.merchant_id == merchant_id, InAppMessage.contact_id == contact_id)
+        .order_by(col(InAppMessage.created_at).desc(), col(InAppMessage.id).desc())
+        .limit(limit)
+    )
+    return session.exec(stmt).all()
+
+
+def followups_for_invoices(
+    session: Session, merchant_id: int | None, invoice_ids: Sequence[str]
+) -> Sequence[FollowUp]:
+    if not invoice_ids:
+        return []
+    stmt = _scoped(
+        select(FollowUp).where(col(FollowUp.invoice_ref).in_(list(invoice_ids))),
+        col(FollowUp.merchant_id),
+        merchant_id,
+    )
+    return session.exec(stmt.order_by(col(FollowUp.id))).all()
+
+
+def feedback_for_followups(session: Session, followup_ids: Sequence[int]) -> Sequence[Feedback]:
+    if not followup_ids:
+        return []
+    stmt = select(Feedback).where(
+        col(Feedback.followup_id).in_(list(followup_ids)), col(Feedback.submitted_at).is_not(None)
+    )
+    return session.exec(stmt).all()

@@ -1,0 +1,109 @@
+"""Shared pieces of the resource routes: roles, merchant scoping, error translation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+from sqlmodel import Session, SQLModel
+
+from api import queries
+from api.deps import require_role
+from api.errors import InvalidRequest, NotFound
+from api.keys.service import AuthenticatedKey
+from crm.errors import NotFound as CRMNotFound
+
+__all__ = [
+    "Admin",
+    "Manager",
+    "Staff",
+    "actor",
+    "crm_errors",
+    "merchant_scope",
+    "object_merchant",
+    "parse_id",
+    "write_merchant",
+]
+
+Admin = Annotated[AuthenticatedKey, require_role("admin")]
+Manager = Annotated[AuthenticatedKey, require_role("admin", "merchant")]
+Staff = Annotated[AuthenticatedKey, require_role("admin", "merchant", "support")]
+
+_NOBODY = -1  # a merchant id no row has: keys bound to a non-CRM merchant see nothing
+
+
+def actor(caller: AuthenticatedKey) -> str:
+    """The audit actor of a request: the API key id (never a secret, never personal data)."""
+    return f"api_key:{caller.id}"
+
+
+def parse_id(value: str | None) -> int | None:
+    """An ASCII decimal id of at most 18 digits, else None (``"¹".isdigit()`` is True!)."""
+    if value is None or not 1 <= len(value) <= 18 or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
+
+def _as_int(value: str | None) -> int:
+    parsed = parse_id(value)
+    return _NOBODY if parsed is None else parsed
+
+
+def merchant_scope(caller: AuthenticatedKey, requested: str | None = None) -> int | None:
+    """The CRM merchant every query is restricted to (None: all, for admins without a filter).
+
+    ``requested`` is an optional ``merchant_id`` filter: admins may name any merchant; for other
+    keys a different merchant simply matches nothing (lists are empty, objects 404).
+    """
+    if caller.scope is None:
+        return None if requested is None else _as_int(requested)
+    own = _as_int(caller.scope)
+    if requested is not None and requested != caller.scope:
+        return _NOBODY
+    return own
+
+
+def write_merchant(caller: AuthenticatedKey, requested: str | None) -> int:
+    """The merchant a new object belongs to (admins must name it)."""
+    value = caller.merchant_for_write(requested)
+    merchant = _as_int(value)
+    if merchant == _NOBODY:
+        if caller.is_admin:
+            raise NotFound(f"No such merchant: '{value}'.", param="merchant_id")
+        raise InvalidRequest(
+            "This API key is not bound to a FollowPay merchant.", param="merchant_id"
+        )
+    return merchant
+
+
+def object_merchant(
+    session: Session,
+    caller: AuthenticatedKey,
+    model: type[SQLModel],
+    object_id: int | str,
+    *,
+    what: str,
+) -> int:
+    """The merchant to pass to the domain service for object ``object_id``.
+
+    Admins: the object's own merchant (404 if it does not exist). Others: their merchant (the
+    service then 404s for another merchant's object, exactly as for a missing one).
+    """
+    scope = merchant_scope(caller)
+    if scope is not None:
+        return scope
+    owner = queries.merchant_of(session, model, object_id)
+    if owner is None:
+        raise NotFound(f"No such {what}: '{object_id}'.", param="id")
+    return owner
+
+
+@contextmanager
+def crm_errors(what: str, object_id: Any = None) -> Iterator[None]:
+    """Render the CRM's not-found family as the API's ``404 resource_missing``."""
+    try:
+        yield
+    except CRMNotFound as exc:
+        label = f": '{object_id}'" if object_id is not None else ""
+        raise NotFound(f"No such {what}{label}.", param=exc.param or "id") from exc

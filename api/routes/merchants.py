@@ -1,0 +1,154 @@
+"""/v1/merchants (admin: create/list/get; others: their own) and the merchant's chain account."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from api import queries
+from api.deps import ChainInfoDep, ClockDep, SessionDep, SignersDep
+from api.errors import ApiError, InvalidRequest, NotFound
+from api.pagination import ListResponse, PageDep, paginate
+from api.routes._common import Admin, Manager, Staff, crm_errors, merchant_scope, parse_id
+from api.schemas.crm import MerchantAccountBody, MerchantAccountOut, MerchantCreateBody, MerchantOut
+from api.settlement import invoices as settlement
+from api.settlement import repository as settlement_repo
+from crm import MerchantCreate
+from crm import merchants as merchants_service
+from crm.merchants.models import Merchant
+
+__all__ = ["AccountAddressTaken", "router"]
+
+router = APIRouter(prefix="/merchants", tags=["merchants"])
+
+
+class AccountAddressTaken(ApiError):
+    status_code = 409
+    type = "conflict_error"
+    code = "account_address_taken"
+    param = "address"
+    message = "This address is already registered to another merchant on this chain."
+
+
+MerchantId = Annotated[str, Path(max_length=20, description="A merchant id, e.g. `42`.")]
+
+
+def _visible(session: SessionDep, caller: Staff, merchant_id: str) -> Merchant:
+    scope = merchant_scope(caller)
+    missing = NotFound(f"No such merchant: '{merchant_id}'.", param="id")
+    parsed = parse_id(merchant_id)
+    if parsed is None or (scope is not None and scope != parsed):
+        raise missing
+    with crm_errors("merchant", merchant_id):
+        return merchants_service.get_merchant(session, parsed)
+
+
+@router.post(
+    "",
+    response_model=MerchantOut,
+    summary="Create a merchant (admin)",
+    description="Then mint its keys with `POST /v1/api_keys` (`merchant_id` = the new `id`).",
+)
+def create_merchant(
+    body: MerchantCreateBody, session: SessionDep, caller: Admin, clock: ClockDep
+) -> MerchantOut:
+    merchant = merchants_service.create_merchant(session, MerchantCreate(name=body.name), clock)
+    return MerchantOut.of(merchant)
+
+
+@router.get("", response_model=ListResponse[MerchantOut], summary="List merchants")
+def list_merchants(
+    request: Request, session: SessionDep, caller: Staff, page: PageDep
+) -> ListResponse[MerchantOut]:
+    rows, has_more = paginate(
+        session,
+        queries.merchants_select(merchant_scope(caller)),
+        created_at=Merchant.created_at,
+        id=Merchant.id,
+        page=page,
+    )
+    return ListResponse[MerchantOut](
+        data=[MerchantOut.of(m) for m in rows], has_more=has_more, url=request.url.path
+    )
+
+
+@router.get("/{merchant_id}", response_model=MerchantOut, summary="Retrieve a merchant")
+def get_merchant(merchant_id: MerchantId, session: SessionDep, caller: Staff) -> MerchantOut:
+    return MerchantOut.of(_visible(session, caller, merchant_id))
+
+
+@router.post(
+    "/{merchant_id}/account",
+    response_model=MerchantAccountOut,
+    summary="Register the merchant's on-chain account",
+    description="Records the merchant's PaymentRouter registration (address, payout, operator) "
+    "on this server's chain. Invoices are signed by the operator's signer, which the server must "
+    "hold (see `signer_available`).",
+)
+def register_account(
+    merchant_id: MerchantId,
+    body: MerchantAccountBody,
+    session: SessionDep,
+    caller: Manager,
+    clock: ClockDep,
+    chain: ChainInfoDep,
+    signers: SignersDep,
+) -> MerchantAccountOut:
+    merchant = _visible(session, caller, merchant_id)
+    if chain is None:
+        raise InvalidRequest(
+            "This server is not configured with a chain.", code="chain_unavailable"
+        )
+    taken = settlement_repo.account_by_address(session, chain.chain_id, body.address)
+    if taken is not None and taken.merchant_id != merchant.id:
+        raise AccountAddressTaken()
+    account = settlement.register_account(
+        session,
+        merchant.id or 0,
+        chain_id=chain.chain_id,
+        address=body.address,
+        payout=body.payout,
+        operator=body.operator,
+        clock=clock,
+    )
+    return MerchantAccountOut(
+        merchant_id=str(account.merchant_id),
+        chain_id=account.chain_id,
+        address=account.address,
+        payout=account.payout,
+        operator=account.operator,
+        signer_available=account.operator.lower() in signers,
+        created_at=account.created_at,
+    )
+
+
+@router.get(
+    "/{merchant_id}/account",
+    response_model=MerchantAccountOut,
+    summary="Retrieve the merchant's on-chain account",
+)
+def get_account(
+    merchant_id: MerchantId,
+    session: SessionDep,
+    caller: Staff,
+    chain: ChainInfoDep,
+    signers: SignersDep,
+) -> MerchantAccountOut:
+    merchant = _visible(session, caller, merchant_id)
+    account = (
+        None
+        if chain is None
+        else settlement_repo.account_for_merchant(session, merchant.id or 0, chain.chain_id)
+    )
+    if account is None:
+        raise NotFound("This merchant has no account on this chain.", param="merchant_id")
+    return MerchantAccountOut(
+        merchant_id=str(account.merchant_id),
+        chain_id=account.chain_id,
+        address=account.address,
+        payout=account.payout,
+        operator=account.operator,
+        signer_available=account.operator.lower() in signers,
+        created_at=account.created_at,
+    )

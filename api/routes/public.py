@@ -1,0 +1,273 @@
+"""Customer links (no API key): rate a purchase, see and withdraw consent, read messages.
+
+The credential is the single-use feedback token from the follow-up e-mail (random 256 bits,
+stored only as its SHA-256). Errors are explicit:
+
+* unknown or altered token → 404 ``feedback_token_invalid``;
+* expired token → 400 ``feedback_token_expired`` (feedback links live 14 days; the consent and
+  message links of the same e-mail keep working for :data:`CONSENT_LINK_VALIDITY` after that,
+  because withdrawing must stay as easy as granting);
+* a second answer → the one-click ``GET`` shows the recorded answer (nothing changes); a second
+  ``POST`` is a 409 ``feedback_token_used``.
+
+One-click rating is a ``GET`` by design (an e-mail link); mail scanners that prefetch links would
+record a rating, so e-mails should link ratings to a page that confirms before it calls here.
+Withdrawal is a ``POST`` (RFC 8058 one-click unsubscribe style), never a ``GET``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from sqlmodel import Session
+
+from api import queries
+from api.deps import ClockDep, KeyRingDep, SessionDep
+from api.errors import error_responses
+from api.routes.support import emit_feedback_events
+from api.schemas.crm import ConsentEventOut, FeedbackOut
+from api.schemas.public import (
+    PublicConsents,
+    PublicConsentState,
+    PublicFeedback,
+    PublicFeedbackBody,
+    PublicMessage,
+    PublicMessages,
+    PublicWithdrawBody,
+)
+from api.webhooks import enqueue
+from crm import FeedbackCreate, Purpose, consent, feedback
+from crm.clock import Clock
+from crm.consent import repository as consent_repo
+from crm.errors import FeedbackTokenExpired, FeedbackTokenInvalid, FeedbackTokenUsed
+from crm.feedback.models import Feedback
+from crm.feedback.tokens import hash_token
+from crm.rewards import repository as rewards_repo
+from crm.tickets import repository as tickets_repo
+from crm.tickets.service import FIRST_RESPONSE_SLA
+
+__all__ = ["CONSENT_LINK_VALIDITY", "router"]
+
+router = APIRouter(
+    prefix="/public",
+    tags=["public"],
+    responses=error_responses(400, 404, 409, 422, 429),
+)
+
+CONSENT_LINK_VALIDITY = timedelta(days=365)
+Token = Annotated[
+    str, Path(min_length=1, max_length=200, description="The token from the e-mail link.")
+]
+_ACTOR = "customer:link"
+
+
+def _by_token(session: Session, token: str) -> Feedback:
+    fb = queries.feedback_by_token_hash(session, hash_token(token)) if len(token) <= 200 else None
+    if fb is None:
+        raise FeedbackTokenInvalid("this link is not valid (unknown or altered token)")
+    return fb
+
+
+def _view(session: Session, fb: Feedback, *, message: str | None = None) -> PublicFeedback:
+    if fb.submitted_at is None:
+        return PublicFeedback(
+            state="pending",
+            rating=None,
+            nps=None,
+            submitted_at=None,
+            expires_at=fb.token_expires_at,
+            reward_points=None,
+            follow_up_within_hours=None,
+            message=message or "How did it go? Choose a rating from 1 to 5.",
+        )
+    reward = rewards_repo.get_for_followup(session, fb.followup_id)
+    ticket = tickets_repo.get_by_feedback(session, fb.id or 0)
+    hours = int(FIRST_RESPONSE_SLA.total_seconds() // 3600) if ticket is not None else None
+    default = "Thank you, your answer is recorded."
+    if ticket is not None:
+        default = f"Thank you. We are sorry: someone will get back to you within {hours} h."
+    return PublicFeedback(
+        state="recorded",
+        rating=fb.rating,
+        nps=fb.nps,
+        submitted_at=fb.submitted_at,
+        expires_at=fb.token_expires_at,
+        reward_points=None if reward is None else reward.points,
+        follow_up_within_hours=hours,
+        message=message or default,
+    )
+
+
+def _submit(
+    session: Session,
+    fb: Feedback,
+    token: str,
+    data: FeedbackCreate,
+    keyring: object,
+    clock: Clock,
+) -> None:
+    out = feedback.submit_feedback(
+        session,
+        fb.merchant_id,
+        token,
+        data,
+        keyring=keyring,  # type: ignore[arg-type]
+        clock=clock,
+    )
+    ticket = tickets_repo.get_by_feedback(session, out.id) if out.ticket_id is not None else None
+    emit_feedback_events(session, fb.merchant_id, FeedbackOut.of(out), ticket)
+
+
+@router.get(
+    "/feedback/{token}",
+    response_model=PublicFeedback,
+    summary="Open a feedback link; with `rating`, record it in one click",
+    description="Without `rating`: the link's state. With `rating` (1-5) on an unanswered link: "
+    "records it (reward points credited whatever the rating; 1-2 opens a support ticket with a "
+    "24 h first-response SLA). On an answered link: shows the recorded answer, unchanged.",
+)
+def open_feedback_link(
+    token: Token,
+    session: SessionDep,
+    keyring: KeyRingDep,
+    clock: ClockDep,
+    rating: Annotated[int | None, Query(ge=1, le=5, description="One-click rating.")] = None,
+) -> PublicFeedback:
+    fb = _by_token(session, token)
+    if fb.submitted_at is not None:
+        return _view(session, fb)
+    if fb.token_expires_at is None or clock.now() >= fb.token_expires_at:
+        raise FeedbackTokenExpired("this feedback link has expired")
+    if rating is None:
+        return _view(session, fb)
+    try:
+        _submit(session, fb, token, FeedbackCreate(rating=rating), keyring, clock)
+    except FeedbackTokenUsed:  # a concurrent click won: show what it recorded
+        session.expire_all()
+        fb = _by_token(session, token)
+    session.refresh(fb)
+    return _view(session, fb)
+
+
+@router.post(
+    "/feedback/{token}",
+    response_model=PublicFeedback,
+    summary="Answer a feedback link (rating, NPS, comment)",
+    description="Single use: a second answer is a 409 `feedback_token_used`.",
+)
+def submit_feedback_link(
+    token: Token,
+    body: PublicFeedbackBody,
+    session: SessionDep,
+    keyring: KeyRingDep,
+    clock: ClockDep,
+) -> PublicFeedback:
+    fb = _by_token(session, token)
+    data = FeedbackCreate(rating=body.rating, nps=body.nps, comment=body.comment)
+    _submit(session, fb, token, data, keyring, clock)
+    session.refresh(fb)
+    return _view(session, fb)
+
+
+def _consent_link(session: Session, token: str, clock: Clock) -> Feedback:
+    fb = _by_token(session, token)
+    if fb.token_expires_at is None or clock.now() >= fb.token_expires_at + CONSENT_LINK_VALIDITY:
+        raise FeedbackTokenExpired("this link has expired")
+    return fb
+
+
+def _consents(session: Session, fb: Feedback, request: Request) -> PublicConsents:
+    states = consent_repo.list_states(session, fb.contact_id)
+    return PublicConsents(
+        consents=[
+            PublicConsentState(purpose=s.purpose, channel=s.channel, state=s.state) for s in states
+        ],
+        withdraw_url=request.url.path.rstrip("/").removesuffix("/withdraw") + "/withdraw",
+    )
+
+
+@router.get(
+    "/consent/{token}",
+    response_model=PublicConsents,
+    summary="My consent preferences",
+)
+def get_my_consents(
+    token: Token, request: Request, session: SessionDep, clock: ClockDep
+) -> PublicConsents:
+    return _consents(session, _consent_link(session, token, clock), request)
+
+
+def _withdraw(
+    session: Session, fb: Feedback, body: PublicWithdrawBody | None, clock: Clock
+) -> None:
+    purposes = [body.purpose] if body is not None and body.purpose is not None else list(Purpose)
+    channel = body.channel if body is not None else None
+    for purpose in purposes:
+        event = consent.withdraw(
+            session,
+            fb.merchant_id,
+            fb.contact_id,
+            purpose,
+            channel,
+            actor=_ACTOR,
+            clock=clock,
+            source="customer_link",
+        )
+        payload = ConsentEventOut.of(event).model_dump(mode="json")
+        enqueue(session, str(fb.merchant_id), "consent.changed", payload)
+
+
+@router.post(
+    "/consent/{token}",
+    response_model=PublicConsents,
+    summary="Withdraw consent (one purpose/channel, or everything)",
+)
+def withdraw_my_consent(
+    token: Token,
+    request: Request,
+    session: SessionDep,
+    clock: ClockDep,
+    body: PublicWithdrawBody | None = None,
+) -> PublicConsents:
+    fb = _consent_link(session, token, clock)
+    _withdraw(session, fb, body, clock)
+    return _consents(session, fb, request)
+
+
+@router.post(
+    "/consent/{token}/withdraw",
+    response_model=PublicConsents,
+    summary="Withdraw every consent in one click",
+    description="No body needed: withdraws every purpose on every channel (pending follow-ups "
+    "stop at once).",
+)
+def withdraw_all_my_consent(
+    token: Token, request: Request, session: SessionDep, clock: ClockDep
+) -> PublicConsents:
+    fb = _consent_link(session, token, clock)
+    _withdraw(session, fb, None, clock)
+    return _consents(session, fb, request)
+
+
+@router.get(
+    "/messages/{token}",
+    response_model=PublicMessages,
+    summary="My in-app messages",
+)
+def get_my_messages(token: Token, session: SessionDep, clock: ClockDep) -> PublicMessages:
+    fb = _consent_link(session, token, clock)
+    rows = queries.messages_for_contact(session, fb.merchant_id, fb.contact_id)
+    return PublicMessages(
+        data=[
+            PublicMessage(
+                id=m.id or 0,
+                subject=m.subject,
+                body=m.body,
+                created_at=m.created_at,
+                read_at=m.read_at,
+            )
+            for m in rows
+        ]
+    )

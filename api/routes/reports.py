@@ -1,0 +1,194 @@
+"""/v1/metrics (CSAT, NPS, response and SLA rates) and /v1/reconciliation (CSV or JSON)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from api import queries
+from api.deps import ChainInfoDep, ClockDep, SessionDep
+from api.errors import InvalidRequest
+from api.keys.service import AuthenticatedKey
+from api.routes._common import Manager, Staff, merchant_scope
+from api.schemas.crm import MetricsOut, Reconciliation, ReconciliationRow, RootCause
+from api.settlement import repository as settlement_repo
+from api.settlement.models import PaymentState
+from crm import metrics
+from crm.followups.models import FollowUp
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+MerchantFilter = Annotated[
+    str | None,
+    Query(min_length=1, max_length=20, description="The merchant (required for admin keys)."),
+]
+DEFAULT_PERIOD = timedelta(days=30)
+MAX_ROWS = 10_000
+
+
+def _period(
+    start: datetime | None, end: datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidRequest("Give a time zone (e.g. a trailing Z).", param=name)
+    end = end or now
+    start = start or end - DEFAULT_PERIOD
+    if end <= start:
+        raise InvalidRequest("end must be after start.", param="end")
+    return start, end
+
+
+def _cell(value: object) -> object:
+    """CSV cell; text that a spreadsheet would run as a formula is quoted with a leading '."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _one_merchant(caller: AuthenticatedKey, merchant_id: str | None) -> int:
+    scope = merchant_scope(caller, merchant_id)
+    if scope is None:
+        raise InvalidRequest(
+            "Admin keys must name the merchant.", param="merchant_id", code="parameter_missing"
+        )
+    return scope
+
+
+@router.get(
+    "/metrics",
+    response_model=MetricsOut,
+    tags=["metrics"],
+    summary="Follow-up metrics over a period",
+    description="Over `[start, end)` (default: the last 30 days): CSAT % = (4s + 5s) / ratings; "
+    "NPS = % promoters (9-10) minus % detractors (0-6); response rate; SLA hit rate (tickets "
+    "answered within 24 h); top root causes; suppressions by reason. `null` when there is no "
+    "data (not 0 %).",
+)
+def get_metrics(
+    session: SessionDep,
+    caller: Staff,
+    clock: ClockDep,
+    start: Annotated[datetime | None, Query(description="ISO-8601, inclusive.")] = None,
+    end: Annotated[datetime | None, Query(description="ISO-8601, exclusive.")] = None,
+    merchant_id: MerchantFilter = None,
+) -> MetricsOut:
+    start, end = _period(start, end, clock.now())
+    merchant = _one_merchant(caller, merchant_id)
+    m = metrics.compute(session, merchant, start, end)
+
+    def pct(value: object) -> float | None:
+        return None if value is None else float(str(value))
+
+    return MetricsOut(
+        merchant_id=str(merchant),
+        start=m.start,
+        end=m.end,
+        csat=pct(m.csat),
+        nps=pct(m.nps),
+        response_rate=pct(m.response_rate),
+        sla_hit_rate=pct(m.sla_hit_rate),
+        rating_responses=m.rating_responses,
+        nps_responses=m.nps_responses,
+        sent=m.sent,
+        responded=m.responded,
+        top_root_causes=[RootCause(tag=t, count=n) for t, n in m.top_root_causes],
+        suppressions=dict(m.suppressions),
+    )
+
+
+@router.get(
+    "/reconciliation",
+    tags=["reconciliation"],
+    summary="Invoice ↔ payment ↔ contact ↔ feedback, for accounting",
+    description="One row per invoice created in `[start, end)` (default: the last 30 days), "
+    "oldest first, with its confirmed payment (if any), contact, follow-up and feedback. "
+    "`format=csv` returns `text/csv` with the same columns. At most 10,000 rows "
+    "(`truncated: true` / header `FollowPay-Truncated: true` beyond).",
+    response_model=Reconciliation,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
+def reconciliation(
+    session: SessionDep,
+    caller: Manager,
+    clock: ClockDep,
+    chain: ChainInfoDep,
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
+    start: Annotated[datetime | None, Query()] = None,
+    end: Annotated[datetime | None, Query()] = None,
+    merchant_id: MerchantFilter = None,
+) -> Response:
+    start, end = _period(start, end, clock.now())
+    merchant = _one_merchant(caller, merchant_id)
+    invoices = list(settlement_repo.invoices_window(session, merchant, start, end, MAX_ROWS + 1))
+    truncated = len(invoices) > MAX_ROWS
+    invoices = invoices[:MAX_ROWS]
+    ids = [inv.id for inv in invoices]
+    payments: dict[str, object] = {}
+    for p in settlement_repo.payments_for_invoices(session, ids):
+        if p.state == PaymentState.CONFIRMED and p.invoice_id is not None:
+            payments.setdefault(p.invoice_id, p)
+    followups: dict[str, FollowUp] = {}
+    for f in queries.followups_for_invoices(session, merchant, ids):
+        followups.setdefault(f.invoice_ref, f)
+    feedback = {
+        fb.followup_id: fb
+        for fb in queries.feedback_for_followups(
+            session, [f.id for f in followups.values() if f.id is not None]
+        )
+    }
+    rows: list[ReconciliationRow] = []
+    for inv in invoices:
+        pay = payments.get(inv.id)
+        fu = followups.get(inv.id)
+        fb = feedback.get(fu.id) if fu is not None and fu.id is not None else None
+        decimals = chain.decimals if chain and chain.token.lower() == inv.token.lower() else 18
+        rows.append(
+            ReconciliationRow(
+                invoice_id=inv.id,
+                order_id=inv.order_id,
+                merchant_id=str(inv.merchant_id),
+                invoice_state=str(inv.state),
+                invoice_status=str(inv.status),
+                token=inv.token,
+                decimals=decimals,
+                amount=str(inv.amount),
+                paid_amount=str(inv.paid_amount),
+                refunded_amount=str(inv.refunded_amount),
+                created_at=inv.created_at,
+                settled_at=inv.settled_at,
+                tx_hash=getattr(pay, "tx_hash", None),
+                block_number=getattr(pay, "block_number", None),
+                log_index=getattr(pay, "log_index", None),
+                payment_state=None if pay is None else str(getattr(pay, "state", "")),
+                contact_id=inv.contact_id,
+                followup_id=None if fu is None else fu.id,
+                followup_state=None if fu is None else fu.state,
+                feedback_id=None if fb is None else fb.id,
+                rating=None if fb is None else fb.rating,
+                nps=None if fb is None else fb.nps,
+            )
+        )
+    if format == "csv":
+        buffer = io.StringIO()
+        columns = list(ReconciliationRow.model_fields)
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\r\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in row.model_dump(mode="json").items()})
+        headers = {
+            "Content-Disposition": 'attachment; filename="reconciliation.csv"',
+            "FollowPay-Truncated": "true" if truncated else "false",
+        }
+        return Response(buffer.getvalue(), media_type="text/csv", headers=headers)
+    report = Reconciliation(start=start, end=end, truncated=truncated, data=rows)
+    return Response(report.model_dump_json(), media_type="application/json")

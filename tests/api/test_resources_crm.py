@@ -1,0 +1,518 @@
+"""/v1/merchants, /v1/contacts (+ consents, export, erase), /v1/audit_log, follow-ups, feedback,
+tickets, metrics: behaviour, tenant isolation and the role matrix, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from api.db import session_factory, session_scope
+from crm import (
+    FollowUpPolicyCreate,
+    FrozenClock,
+    KeyRing,
+    followups,
+)
+from crm.followups import repository as followups_repo
+from tests.api.conftest import auth
+
+
+def _noon() -> datetime:
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    return today
+
+
+@dataclass
+class Tenant:
+    id: str
+    merchant: str  # merchant key
+    support: str  # support key
+
+
+@dataclass
+class World:
+    client: TestClient
+    engine: sa.Engine
+    clock: FrozenClock
+    keyring: KeyRing
+    admin: str
+    a: Tenant
+    b: Tenant
+
+    def tenant(self, name: str) -> Tenant:
+        r = self.client.post("/v1/merchants", json={"name": name}, headers=auth(self.admin))
+        assert r.status_code == 200, r.text
+        return Tenant(id=r.json()["id"], merchant="", support="")
+
+
+def make_world(make_app, new_key, db, **app_kwargs) -> Iterator[World]:
+    clock = FrozenClock(_noon())
+    keyring = KeyRing(os.urandom(32))
+    app = make_app(clock=clock, keyring=keyring, **app_kwargs)
+    admin = new_key("admin", None)
+    with TestClient(app) as client:
+        tenants = []
+        for name in ("Acme", "Globex"):
+            r = client.post("/v1/merchants", json={"name": name}, headers=auth(admin))
+            assert r.status_code == 200, r.text
+            mid = r.json()["id"]
+            tenants.append(Tenant(mid, new_key("merchant", mid), new_key("support", mid)))
+        yield World(client, db, clock, keyring, admin, tenants[0], tenants[1])
+
+
+@pytest.fixture
+def world(make_app, new_key, db) -> Iterator[World]:
+    yield from make_world(make_app, new_key, db)
+
+
+def new_contact(w: World, t: Tenant, **extra: object) -> dict:
+    body = {
+        "name": "Ada Lovelace",
+        "email": f"ada+{uuid.uuid4().hex[:8]}@example.com",
+        "time_zone": "UTC",
+        **extra,
+    }
+    r = w.client.post("/v1/contacts", json=body, headers=auth(t.merchant))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def grant(w: World, t: Tenant, contact_id: int, purpose: str = "service_followup") -> dict:
+    r = w.client.post(
+        f"/v1/contacts/{contact_id}/consents",
+        json={"action": "grant", "purpose": purpose, "channel": "email"},
+        headers=auth(t.merchant),
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def issue_token(
+    w: World, t: Tenant, contact_id: int, *, ttl: timedelta = timedelta(days=14)
+) -> tuple[str, int]:
+    """What the dispatcher does: settle a purchase, claim its follow-up, issue the link token."""
+    now = w.clock.now()
+    merchant_id = int(t.id)
+    with session_scope(session_factory(w.engine)) as s:
+        if followups_repo.get_policy(s, merchant_id, "payment_settled") is None:
+            followups.create_policy(
+                s,
+                merchant_id,
+                FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0, reward_points=10),
+                actor="test",
+                clock=w.clock,
+            )
+        ref = uuid.uuid4().hex[:12]
+        (fu,) = followups.schedule_for_payment(
+            s, merchant_id, contact_id, f"pay_{ref}", f"inv_{ref}", 100, "USDC", now, w.clock
+        )
+        assert fu.state == "scheduled", fu.reason
+        fu.state = "queued"
+        s.add(fu)
+        s.flush()
+        instruction = followups.prepare_send(s, fu.id, now, w.keyring, token_ttl=ttl)
+        assert instruction is not None
+        followups.mark_sent(s, fu.id, now)
+        return instruction.token, fu.id or 0
+
+
+def negative_ticket(w: World, t: Tenant) -> tuple[dict, int]:
+    contact = new_contact(w, t)
+    grant(w, t, contact["id"])
+    token, _ = issue_token(w, t, contact["id"])
+    r = w.client.get(f"/v1/public/feedback/{token}", params={"rating": 1})
+    assert r.status_code == 200, r.text
+    tickets = w.client.get("/v1/tickets", headers=auth(t.support)).json()["data"]
+    ticket = next(x for x in tickets if x["contact_id"] == contact["id"])
+    return contact, ticket["id"]
+
+
+class TestMerchants:
+    def test_admin_creates_lists_and_gets(self, world: World) -> None:
+        r = world.client.get("/v1/merchants", params={"limit": 100}, headers=auth(world.admin))
+        ids = {m["id"] for m in r.json()["data"]}
+        assert {world.a.id, world.b.id} <= ids
+        r = world.client.get(f"/v1/merchants/{world.a.id}", headers=auth(world.admin))
+        assert r.json()["name"] == "Acme"
+
+    def test_merchant_sees_only_itself(self, world: World) -> None:
+        r = world.client.get("/v1/merchants", headers=auth(world.a.merchant))
+        assert [m["id"] for m in r.json()["data"]] == [world.a.id]
+        r = world.client.get(f"/v1/merchants/{world.b.id}", headers=auth(world.a.merchant))
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "resource_missing"
+
+    def test_only_admin_creates(self, world: World) -> None:
+        for key in (world.a.merchant, world.a.support):
+            r = world.client.post("/v1/merchants", json={"name": "X"}, headers=auth(key))
+            assert r.status_code == 403
+
+
+class TestContacts:
+    def test_create_get_update_and_wallets(self, world: World) -> None:
+        c = new_contact(world, world.a, wallet_addresses=["0x" + "ab" * 20])
+        assert c["merchant_id"] == world.a.id
+        assert c["wallet_addresses"] == ["0x" + "ab" * 20]
+        r = world.client.post(
+            f"/v1/contacts/{c['id']}", json={"tier": "vip"}, headers=auth(world.a.merchant)
+        )
+        assert r.status_code == 200
+        assert r.json()["tier"] == "vip"
+        r = world.client.post(
+            f"/v1/contacts/{c['id']}/wallet_addresses",
+            json={"address": "0x" + "cd" * 20},
+            headers=auth(world.a.merchant),
+        )
+        assert len(r.json()["wallet_addresses"]) == 2
+        r = world.client.get(f"/v1/contacts/{c['id']}", headers=auth(world.a.support))
+        assert r.json()["email"] == c["email"]
+
+    def test_bad_input_has_the_error_shape_and_writes_nothing(self, world: World) -> None:
+        before = world.client.get(
+            "/v1/contacts", params={"limit": 100}, headers=auth(world.a.merchant)
+        ).json()["data"]
+        r = world.client.post(
+            "/v1/contacts",
+            json={"email": "not-an-email", "time_zone": "UTC"},
+            headers=auth(world.a.merchant),
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "invalid_email"
+        assert r.json()["error"]["param"] == "email"
+        r = world.client.post(
+            "/v1/contacts", json={"time_zone": "Mars/Base"}, headers=auth(world.a.merchant)
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "time_zone"
+        r = world.client.post("/v1/contacts", json={"surname": "x"}, headers=auth(world.a.merchant))
+        assert r.status_code == 422
+        assert set(r.json()["error"]) == {
+            "type",
+            "code",
+            "message",
+            "param",
+        }
+        after = world.client.get(
+            "/v1/contacts", params={"limit": 100}, headers=auth(world.a.merchant)
+        ).json()["data"]
+        assert after == before
+
+    def test_duplicate_email_is_a_conflict(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        r = world.client.post(
+            "/v1/contacts", json={"email": c["email"]}, headers=auth(world.a.merchant)
+        )
+        assert r.status_code == 409
+        # ...but the same e-mail at another merchant is another person record
+        r = world.client.post(
+            "/v1/contacts", json={"email": c["email"]}, headers=auth(world.b.merchant)
+        )
+        assert r.status_code == 200
+
+
+class TestConsents:
+    def test_grant_withdraw_object_and_verified_history(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        grant(world, world.a, c["id"], "marketing")
+        h = auth(world.a.merchant)
+        r = world.client.post(
+            f"/v1/contacts/{c['id']}/consents",
+            json={"action": "object", "purpose": "marketing"},
+            headers=h,
+        )
+        assert r.status_code == 200
+        assert r.json()["legal_basis"] == "legitimate_interest"
+        r = world.client.post(
+            f"/v1/contacts/{c['id']}/consents",
+            json={"action": "withdraw", "purpose": "service_followup", "channel": "email"},
+            headers=auth(world.a.support),
+        )
+        assert r.status_code == 200
+        history = world.client.get(f"/v1/contacts/{c['id']}/consents", headers=h).json()
+        assert [e["seq"] for e in history["events"]] == [1, 2, 3, 4]
+        assert history["events"][0]["prev_hash"] == "0" * 64
+        assert history["events"][1]["prev_hash"] == history["events"][0]["hash"]
+        assert history["verification"] == {
+            "ok": True,
+            "length": 4,
+            "head_hash": history["events"][-1]["hash"],
+            "broken_at_seq": None,
+        }
+        state = {(s["purpose"], s["channel"]): s["state"] for s in history["state"]}
+        assert state[("marketing", "sms")] == "objected"
+        assert state[("service_followup", "email")] == "withdrawn"
+
+    def test_tampering_is_detected(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        grant(world, world.a, c["id"], "marketing")
+        with world.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE crm_consent_event SET purpose = 'research' "
+                    "WHERE contact_id = :c AND seq = 1"
+                ),
+                {"c": c["id"]},
+            )
+        v = world.client.get(
+            f"/v1/contacts/{c['id']}/consents", headers=auth(world.a.merchant)
+        ).json()["verification"]
+        assert v["ok"] is False
+        assert v["broken_at_seq"] == 1
+
+    def test_grant_needs_a_channel_and_support_cannot_grant(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        r = world.client.post(
+            f"/v1/contacts/{c['id']}/consents",
+            json={"action": "grant", "purpose": "marketing"},
+            headers=auth(world.a.merchant),
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "channel"
+        r = world.client.post(
+            f"/v1/contacts/{c['id']}/consents",
+            json={"action": "grant", "purpose": "marketing", "channel": "email"},
+            headers=auth(world.a.support),
+        )
+        assert r.status_code == 403
+        history = world.client.get(
+            f"/v1/contacts/{c['id']}/consents", headers=auth(world.a.merchant)
+        ).json()
+        assert history["events"] == []
+
+
+class TestPrivacy:
+    def test_export_then_erase(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        h = auth(world.a.merchant)
+        export = world.client.get(f"/v1/contacts/{c['id']}/export", headers=h).json()
+        assert export["data"]["contact"]["email"] == c["email"]
+        assert len(export["data"]["consent_events"]) == 1
+        r = world.client.post(
+            f"/v1/contacts/{c['id']}/erase", json={"request_ref": "dsr-1"}, headers=h
+        )
+        assert r.status_code == 200
+        assert r.json()["summary"]["data_key_destroyed"] is True
+        again = world.client.post(f"/v1/contacts/{c['id']}/erase", headers=h).json()
+        assert again["id"] == r.json()["id"]  # idempotent
+        got = world.client.get(f"/v1/contacts/{c['id']}", headers=h).json()
+        assert got["erased"] is True
+        assert got["email"] is None
+        assert got["name"] is None
+        assert got["wallet_addresses"] == []
+        actions = [
+            a["action"]
+            for a in world.client.get(
+                "/v1/audit_log",
+                params={"object_type": "contact", "object_id": str(c["id"])},
+                headers=h,
+            ).json()["data"]
+        ]
+        assert "contact.erased" in actions
+        assert "contact.exported" in actions
+        assert c["email"] not in str(
+            world.client.get("/v1/audit_log", params={"limit": 100}, headers=h).json()
+        )
+
+    def test_support_cannot_export_or_erase(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        h = auth(world.a.support)
+        assert world.client.get(f"/v1/contacts/{c['id']}/export", headers=h).status_code == 403
+        assert world.client.post(f"/v1/contacts/{c['id']}/erase", headers=h).status_code == 403
+        assert world.client.get("/v1/audit_log", headers=h).status_code == 403
+
+
+class TestSupportQueue:
+    def test_queue_is_sorted_by_sla_and_worked_by_support(self, world: World) -> None:
+        _, first = negative_ticket(world, world.a)
+        world.clock.advance(minutes=5)
+        _, second = negative_ticket(world, world.a)
+        h = auth(world.a.support)
+        queue = world.client.get("/v1/tickets", headers=h).json()["data"]
+        ids = [t["id"] for t in queue]
+        assert ids.index(first) < ids.index(second)
+        dues = [t["due_at"] for t in queue]
+        assert dues == sorted(dues)
+        page = world.client.get(
+            "/v1/tickets", params={"starting_after": first, "limit": 100}, headers=h
+        ).json()["data"]
+        assert first not in [t["id"] for t in page]
+        assert second in [t["id"] for t in page]
+
+        r = world.client.post(
+            f"/v1/tickets/{first}/resolve", json={}, headers=h
+        )  # no first response yet
+        assert r.status_code == 409
+        r = world.client.post(
+            f"/v1/tickets/{first}/assign", json={"assignee": "agent-7"}, headers=h
+        )
+        assert r.json()["state"] == "assigned"
+        world.clock.advance(hours=25)
+        r = world.client.post(f"/v1/tickets/{first}/respond", headers=h)
+        assert r.json()["state"] == "responded"
+        assert r.json()["sla_breached"] is True
+        r = world.client.post(
+            f"/v1/tickets/{first}/resolve",
+            json={"root_cause_tags": ["late_delivery"]},
+            headers=h,
+        )
+        assert r.json()["state"] == "resolved"
+        assert r.json()["root_cause_tags"] == ["late_delivery"]
+        resolved = world.client.get("/v1/tickets", params={"state": "resolved"}, headers=h).json()
+        assert [t["id"] for t in resolved["data"]] == [first]
+
+        metrics = world.client.get(
+            "/v1/metrics",
+            params={
+                "start": (world.clock.now() - timedelta(days=2)).isoformat(),
+                "end": (world.clock.now() + timedelta(days=1)).isoformat(),
+            },
+            headers=h,
+        ).json()
+        assert metrics["rating_responses"] == 2
+        assert metrics["csat"] == 0.0
+        assert metrics["sla_hit_rate"] == 0.0
+        assert {"tag": "late_delivery", "count": 1} in metrics["top_root_causes"]
+
+    def test_followups_filter_by_suppression_reason(self, world: World) -> None:
+        c = new_contact(world, world.a)  # no consent
+        with session_scope(session_factory(world.engine)) as s:
+            followups.create_policy(
+                s,
+                int(world.a.id),
+                FollowUpPolicyCreate(delay_minutes=0),
+                actor="test",
+                clock=world.clock,
+            )
+            followups.schedule_for_payment(
+                s,
+                int(world.a.id),
+                c["id"],
+                "pay_nc",
+                "inv_nc",
+                1,
+                "USDC",
+                world.clock.now(),
+                world.clock,
+            )
+        h = auth(world.a.support)
+        r = world.client.get(
+            "/v1/followups", params={"state": "suppressed", "reason": "no_consent"}, headers=h
+        ).json()
+        assert [f["contact_id"] for f in r["data"]] == [c["id"]]
+        assert r["data"][0]["suppression_reason"] == "no_consent"
+        fid = r["data"][0]["id"]
+        assert world.client.get(f"/v1/followups/{fid}", headers=h).status_code == 200
+        r = world.client.get("/v1/followups", params={"reason": "quiet_hours"}, headers=h).json()
+        assert r["data"] == []
+        end = (world.clock.now() + timedelta(hours=1)).isoformat()
+        m = world.client.get("/v1/metrics", params={"end": end}, headers=h).json()
+        assert m["suppressions"].get("no_consent") == 1
+
+
+class TestTenantIsolation:
+    """Merchant B's keys (and support keys) see nothing of merchant A: 404, empty, zero."""
+
+    def test_every_crm_resource(self, world: World) -> None:
+        contact, ticket_id = negative_ticket(world, world.a)
+        cid = contact["id"]
+        a = auth(world.a.merchant)
+        fb = world.client.get("/v1/feedback", headers=a).json()["data"][0]
+        fu = world.client.get("/v1/followups", headers=a).json()["data"][0]
+        for key in (world.b.merchant, world.b.support):
+            h = auth(key)
+            for path in (
+                f"/v1/contacts/{cid}",
+                f"/v1/contacts/{cid}/consents",
+                f"/v1/feedback/{fb['id']}",
+                f"/v1/followups/{fu['id']}",
+                f"/v1/tickets/{ticket_id}",
+                f"/v1/merchants/{world.a.id}",
+            ):
+                r = world.client.get(path, headers=h)
+                assert r.status_code == 404, (path, r.text)
+                assert r.json()["error"]["code"] == "resource_missing"
+            for path in (
+                f"/v1/tickets/{ticket_id}/respond",
+                f"/v1/contacts/{cid}/consents",
+            ):
+                body = {"action": "withdraw", "purpose": "marketing"}
+                r = world.client.post(path, json=body, headers=h)
+                assert r.status_code == 404, (path, r.text)
+            r = world.client.post(
+                f"/v1/tickets/{ticket_id}/assign", json={"assignee": "x"}, headers=h
+            )
+            assert r.status_code == 404
+            for path in ("/v1/contacts", "/v1/feedback", "/v1/followups", "/v1/tickets"):
+                assert world.client.get(path, headers=h).json()["data"] == [], path
+                r = world.client.get(path, params={"merchant_id": world.a.id}, headers=h)
+                assert r.json()["data"] == [], path
+            r = world.client.get("/v1/contacts", params={"starting_after": cid}, headers=h)
+            assert r.status_code == 404
+            assert r.json()["error"]["param"] == "starting_after"
+            m = world.client.get("/v1/metrics", headers=h).json()
+            assert m["rating_responses"] == 0
+            assert m["sent"] == 0
+            assert m["suppressions"] == {}
+        h = auth(world.b.merchant)
+        for path in (f"/v1/contacts/{cid}/export", f"/v1/contacts/{cid}/erase"):
+            method = world.client.get if path.endswith("export") else world.client.post
+            assert method(path, headers=h).status_code == 404
+        assert world.client.get("/v1/audit_log", params={"limit": 100}, headers=h).json()[
+            "data"
+        ] == [] or all(
+            e["merchant_id"] == world.b.id
+            for e in world.client.get("/v1/audit_log", params={"limit": 100}, headers=h).json()[
+                "data"
+            ]
+        )
+        # the admin sees both
+        r = world.client.get(f"/v1/contacts/{cid}", headers=auth(world.admin))
+        assert r.status_code == 200
+
+    def test_role_matrix(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        s = auth(world.a.support)
+        allowed = [
+            ("GET", "/v1/contacts"),
+            ("GET", f"/v1/contacts/{c['id']}"),
+            ("GET", "/v1/feedback"),
+            ("GET", "/v1/tickets"),
+            ("GET", "/v1/followups"),
+            ("GET", "/v1/metrics"),
+        ]
+        for method, path in allowed:
+            assert world.client.request(method, path, headers=s).status_code == 200, path
+        forbidden = [
+            ("POST", "/v1/contacts", {"name": "x"}),
+            ("POST", f"/v1/contacts/{c['id']}", {"tier": "x"}),
+            ("GET", f"/v1/contacts/{c['id']}/export", None),
+            ("POST", f"/v1/contacts/{c['id']}/erase", None),
+            ("POST", "/v1/invoices", {"amount": "1", "order_id": "o"}),
+            ("POST", "/v1/api_keys", {"role": "support"}),
+            ("GET", "/v1/reconciliation", None),
+            ("GET", "/v1/audit_log", None),
+            ("POST", "/v1/merchants", {"name": "x"}),
+        ]
+        for method, path, body in forbidden:
+            r = world.client.request(method, path, json=body, headers=s)
+            assert r.status_code == 403, (path, r.text)
+            assert r.json()["error"]["type"] == "permission_error"
+        r = world.client.post("/v1/contacts", json={"name": "x"}, headers=auth(world.admin))
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "merchant_id"
+        r = world.client.post(
+            "/v1/contacts",
+            json={"name": "x", "merchant_id": world.b.id},
+            headers=auth(world.a.merchant),
+        )
+        assert r.status_code == 403

@@ -1,0 +1,317 @@
+"""/v1/invoices on the in-process tester chain: signed intents, EIP-681, QR, filters, marking,
+reconciliation, tenant isolation, roles and exactly-one-invoice under concurrent duplicates."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import uvicorn
+
+from api.deps import ChainInfo
+from tests.api.conftest import auth
+from tests.api.test_resources_crm import World, make_world, new_contact
+from wallet.chain import Chain
+from wallet.deployment import Deployment, deploy_contracts
+from wallet.secrets import PrivateKey
+from wallet.signing import (
+    PaymentIntent,
+    Signer,
+    from_compact,
+    payment_intent_typed_data,
+    recover_typed_data,
+)
+
+# eth-tester's chain id (131277322940537) overflows the INTEGER chain_id columns of
+# api_merchant_account/api_invoice on PostgreSQL; creating invoices only signs (nothing is sent),
+# so the intents are bound to anvil's id instead.
+CHAIN_ID = 31337
+
+
+@pytest.fixture(scope="module")
+def deployment(tester_chain: Chain) -> Deployment:
+    return deploy_contracts(tester_chain, tester_chain.dev_accounts()[0])
+
+
+@pytest.fixture
+def world(make_app, new_key, db, tester_chain: Chain, deployment: Deployment) -> Iterator[World]:
+    accounts = tester_chain.dev_accounts()
+    operator = accounts[2]
+    chain_info = ChainInfo(
+        chain_id=CHAIN_ID,
+        router=deployment.router,
+        token=deployment.token,
+        decimals=6,
+        head=lambda: int(tester_chain.w3.eth.block_number),
+    )
+    signers = {operator.address: Signer(PrivateKey(bytes(operator.key)))}
+    for w in make_world(make_app, new_key, db, chain_info=chain_info, signers=signers):
+        for tenant in (w.a, w.b):
+            r = w.client.post(
+                f"/v1/merchants/{tenant.id}/account",
+                json={
+                    "address": "0x" + os.urandom(20).hex(),
+                    "payout": accounts[1].address,
+                    "operator": operator.address,
+                },
+                headers=auth(tenant.merchant),
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["signer_available"]
+        w.chain_info = chain_info  # type: ignore[attr-defined]
+        yield w
+
+
+def create(w: World, key: str, **body: object) -> httpx.Response:
+    payload = {"amount": "2500000", "order_id": f"o_{uuid.uuid4().hex[:10]}", **body}
+    return w.client.post("/v1/invoices", json=payload, headers=auth(key))
+
+
+class TestCreate:
+    def test_signed_intent_recovers_to_the_operator(
+        self, world: World, tester_chain: Chain, deployment: Deployment
+    ) -> None:
+        c = new_contact(world, world.a)
+        r = create(world, world.a.merchant, contact_id=c["id"], metadata={"sku": "A1"})
+        assert r.status_code == 200, r.text
+        inv = r.json()
+        assert inv["amount"] == "2500000"
+        assert inv["decimals"] == 6
+        assert inv["state"] == "new"
+        assert inv["created_at"].endswith("Z")
+        assert inv["metadata"] == {"sku": "A1"}
+        intent = inv["intent"]
+        v, r_, s_ = from_compact(
+            bytes.fromhex(inv["signature"]["r"][2:]), bytes.fromhex(inv["signature"]["vs"][2:])
+        )
+        typed = payment_intent_typed_data(
+            PaymentIntent(
+                merchant=intent["merchant"],
+                token=intent["token"],
+                amount=int(intent["amount"]),
+                fee=int(intent["fee"]),
+                invoice_id=int(intent["invoice_id"]),
+                payer=intent["payer"],
+                deadline=intent["deadline"],
+            ),
+            chain_id=CHAIN_ID,
+            router=deployment.router,
+        )
+        signer = recover_typed_data(typed, r_ + s_ + bytes([v]))
+        assert signer == tester_chain.dev_accounts()[2].address
+        assert inv["payment_uri"] == (
+            f"ethereum:{deployment.token}@{CHAIN_ID}/approve"
+            f"?address={deployment.router}&uint256=2500000"
+        )
+        svg = world.client.get(inv["qr_svg_url"], headers=auth(world.a.support))
+        assert svg.status_code == 200
+        assert svg.headers["content-type"].startswith("image/svg+xml")
+        png = world.client.get(inv["qr_png_url"], headers=auth(world.a.support))
+        assert png.content.startswith(b"\x89PNG")
+        got = world.client.get(f"/v1/invoices/{inv['id']}", headers=auth(world.a.merchant))
+        assert got.json() == inv
+        pays = world.client.get(
+            f"/v1/invoices/{inv['id']}/payments", headers=auth(world.a.merchant)
+        )
+        assert pays.json()["data"] == []
+
+    def test_one_payable_invoice_per_order(self, world: World) -> None:
+        first = create(world, world.a.merchant, order_id="order-7").json()
+        r = create(world, world.a.merchant, order_id="order-7")
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "duplicate_order"
+        world.client.post(
+            f"/v1/invoices/{first['id']}/mark",
+            json={"status": "invalid"},
+            headers=auth(world.a.merchant),
+        )
+        assert create(world, world.a.merchant, order_id="order-7").status_code == 200
+
+    def test_bad_input_writes_nothing(self, world: World) -> None:
+        h = auth(world.a.merchant)
+        cases = [
+            ({"amount": "-5", "order_id": "x"}, 422, "amount"),
+            ({"amount": "1.5", "order_id": "x"}, 422, "amount"),
+            ({"amount": "0", "order_id": "x"}, 400, "amount"),
+            ({"amount": str(2**256), "order_id": "x"}, 400, "amount"),
+            ({"amount": "10", "fee": "11", "order_id": "x"}, 400, "fee"),
+            ({"amount": "10", "order_id": "x", "confirmations": 3}, 422, "confirmations"),
+            ({"amount": "10", "order_id": "x", "contact_id": 999999999}, 404, "contact_id"),
+        ]
+        for body, status, param in cases:
+            r = world.client.post("/v1/invoices", json=body, headers=h)
+            assert r.status_code == status, (body, r.text)
+            assert r.json()["error"]["param"] == param, body
+        assert world.client.get("/v1/invoices", headers=h).json()["data"] == []
+
+    def test_merchant_without_account_or_signer(self, world: World, new_key) -> None:
+        r = world.client.post("/v1/merchants", json={"name": "NoKey"}, headers=auth(world.admin))
+        mid = r.json()["id"]
+        key = new_key("merchant", mid)
+        r = create(world, key)
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "merchant_account_missing"
+        body = {"address": "0x" + os.urandom(20).hex(), "payout": "0x" + "11" * 20}
+        body["operator"] = "0x" + "22" * 20
+        r = world.client.post(f"/v1/merchants/{world.a.id}/account", json=body, headers=auth(key))
+        assert r.status_code == 404  # another merchant
+        r = world.client.post(f"/v1/merchants/{mid}/account", json=body, headers=auth(key))
+        assert r.status_code == 200
+        assert r.json()["signer_available"] is False
+        r = create(world, key)
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "signer_unavailable"
+        taken = world.client.get(
+            f"/v1/merchants/{world.a.id}/account", headers=auth(world.a.merchant)
+        )
+        body["address"] = taken.json()["address"]
+        r = world.client.post(f"/v1/merchants/{mid}/account", json=body, headers=auth(key))
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "account_address_taken"
+
+
+class TestListAndMark:
+    def test_filters_and_mark(self, world: World) -> None:
+        h = auth(world.a.merchant)
+        a = create(world, world.a.merchant, order_id="ord-a").json()
+        world.clock.advance(minutes=1)
+        b = create(world, world.a.merchant, order_id="ord-b").json()
+        r = world.client.get("/v1/invoices", params={"order_id": "ord-a"}, headers=h)
+        assert [i["id"] for i in r.json()["data"]] == [a["id"]]
+        r = world.client.get("/v1/invoices", params={"created_gte": b["created_at"]}, headers=h)
+        assert [i["id"] for i in r.json()["data"]] == [b["id"]]
+        r = world.client.get("/v1/invoices", params={"created_lt": b["created_at"]}, headers=h)
+        assert [i["id"] for i in r.json()["data"]] == [a["id"]]
+        m = world.client.post(
+            f"/v1/invoices/{a['id']}/mark", json={"status": "settled"}, headers=h
+        ).json()
+        assert m["state"] == "settled"
+        assert m["status"] == "marked"
+        r = world.client.get("/v1/invoices", params={"state": "settled"}, headers=h)
+        assert [i["id"] for i in r.json()["data"]] == [a["id"]]
+        audit = world.client.get(
+            "/v1/audit_log", params={"action": "invoice.mark_settled"}, headers=h
+        )
+        assert [e["object_id"] for e in audit.json()["data"]] == [a["id"]]
+        rec = world.client.get(
+            "/v1/reconciliation",
+            params={"start": "2000-01-01T00:00:00Z", "end": "2999-01-01T00:00:00Z"},
+            headers=h,
+        )
+        assert {row["invoice_id"] for row in rec.json()["data"]} == {a["id"], b["id"]}
+        csv_text = world.client.get(
+            "/v1/reconciliation",
+            params={
+                "format": "csv",
+                "start": "2000-01-01T00:00:00Z",
+                "end": "2999-01-01T00:00:00Z",
+            },
+            headers=h,
+        )
+        assert csv_text.headers["content-type"].startswith("text/csv")
+        lines = csv_text.text.strip().splitlines()
+        assert lines[0].startswith("invoice_id,order_id")
+        assert len(lines) == 3
+
+
+class TestIsolationAndRoles:
+    def test_other_merchant_sees_nothing(self, world: World) -> None:
+        inv = create(world, world.a.merchant).json()
+        for key in (world.b.merchant, world.b.support):
+            h = auth(key)
+            for path in ("", "/qr.svg", "/qr.png", "/payments"):
+                r = world.client.get(f"/v1/invoices/{inv['id']}{path}", headers=h)
+                assert r.status_code == 404, path
+            assert world.client.get("/v1/invoices", headers=h).json()["data"] == []
+            r = world.client.get("/v1/invoices", params={"merchant_id": world.a.id}, headers=h)
+            assert r.json()["data"] == []
+        h = auth(world.b.merchant)
+        r = world.client.post(
+            f"/v1/invoices/{inv['id']}/mark", json={"status": "invalid"}, headers=h
+        )
+        assert r.status_code == 404
+        rec = world.client.get(
+            "/v1/reconciliation",
+            params={"start": "2000-01-01T00:00:00Z", "end": "2999-01-01T00:00:00Z"},
+            headers=h,
+        )
+        assert rec.json()["data"] == []
+        r = world.client.get(f"/v1/invoices/{inv['id']}", headers=auth(world.admin))
+        assert r.status_code == 200
+
+    def test_support_reads_but_cannot_create_or_mark(self, world: World) -> None:
+        inv = create(world, world.a.merchant).json()
+        s = auth(world.a.support)
+        assert world.client.get(f"/v1/invoices/{inv['id']}", headers=s).status_code == 200
+        assert create(world, world.a.support).status_code == 403
+        r = world.client.post(
+            f"/v1/invoices/{inv['id']}/mark", json={"status": "invalid"}, headers=s
+        )
+        assert r.status_code == 403
+
+    def test_admin_must_name_the_merchant(self, world: World) -> None:
+        r = create(world, world.admin)
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "merchant_id"
+        r = create(world, world.admin, merchant_id=world.b.id)
+        assert r.status_code == 200
+        assert r.json()["merchant_id"] == world.b.id
+
+
+def _serve(app) -> tuple[uvicorn.Server, threading.Thread, str]:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert thread.is_alive(), "uvicorn died"
+        time.sleep(0.01)
+    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+class TestConcurrentDuplicates:
+    @pytest.mark.parametrize("same_key", [True, False])
+    def test_exactly_one_invoice(self, world: World, same_key: bool) -> None:
+        server, thread, url = _serve(world.client.app)
+        order = f"race-{uuid.uuid4().hex[:8]}"
+        idem = uuid.uuid4().hex
+
+        def post(i: int) -> httpx.Response:
+            headers = auth(
+                world.a.merchant, **{"Idempotency-Key": idem if same_key else f"{idem}{i}"}
+            )
+            with httpx.Client(base_url=url, timeout=30) as c:
+                return c.post(
+                    "/v1/invoices", json={"amount": "100", "order_id": order}, headers=headers
+                )
+
+        try:
+            with ThreadPoolExecutor(12) as pool:
+                responses = list(pool.map(post, range(12)))
+            statuses = sorted(r.status_code for r in responses)
+            assert all(s in (200, 409) for s in statuses), [r.text for r in responses]
+            created = {r.json()["id"] for r in responses if r.status_code == 200}
+            assert len(created) == 1, created
+            if same_key:  # a retry after the race replays the one invoice
+                r = post(0)
+                assert r.status_code == 200
+                assert r.json()["id"] in created
+                assert r.headers.get("Idempotent-Replayed") == "true"
+            listed = world.client.get(
+                "/v1/invoices", params={"order_id": order}, headers=auth(world.a.merchant)
+            ).json()["data"]
+            assert [i["id"] for i in listed] == list(created)
+        finally:
+            server.should_exit = True
+            thread.join(10)

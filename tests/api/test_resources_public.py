@@ -1,0 +1,135 @@
+"""Customer links without an API key: one-click rating, consent withdrawal, messages; tampered,
+expired and reused tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.api.conftest import auth
+from tests.api.test_resources_crm import World, grant, issue_token, new_contact, world
+
+__all__ = ["world"]
+
+
+class TestOneClickRating:
+    def test_low_rating_opens_ticket_credits_reward_and_is_final(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"])
+        r = world.client.get(f"/v1/public/feedback/{token}")
+        assert r.status_code == 200
+        assert r.json()["state"] == "pending"
+        r = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 2})
+        body = r.json()
+        assert r.status_code == 200, r.text
+        assert body["state"] == "recorded"
+        assert body["rating"] == 2
+        assert body["reward_points"] == 10
+        assert body["follow_up_within_hours"] == 24
+        # a later click (another rating) shows the recorded answer and changes nothing
+        again = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 5}).json()
+        assert again["rating"] == 2
+        assert again["submitted_at"] == body["submitted_at"]
+        tickets = world.client.get("/v1/tickets", headers=auth(world.a.support)).json()["data"]
+        assert [t["contact_id"] for t in tickets] == [c["id"]]
+        fb = world.client.get("/v1/feedback", headers=auth(world.a.merchant)).json()["data"]
+        assert [(f["rating"], f["ticket_id"]) for f in fb] == [(2, tickets[0]["id"])]
+
+    def test_post_with_nps_and_comment_then_reuse_is_409(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"])
+        r = world.client.post(
+            f"/v1/public/feedback/{token}", json={"rating": 5, "nps": 10, "comment": "Great"}
+        )
+        assert r.status_code == 200
+        assert r.json()["follow_up_within_hours"] is None
+        r = world.client.post(f"/v1/public/feedback/{token}", json={"rating": 1})
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "feedback_token_used"
+        fb = world.client.get("/v1/feedback", headers=auth(world.a.merchant)).json()["data"]
+        assert [(f["rating"], f["nps"], f["comment"]) for f in fb] == [(5, 10, "Great")]
+
+    def test_tampered_and_expired_tokens(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"])
+        tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
+        for path in (
+            f"/v1/public/feedback/{tampered}",
+            f"/v1/public/consent/{tampered}",
+            f"/v1/public/messages/{tampered}",
+        ):
+            r = world.client.get(path, params={"rating": 1} if "feedback" in path else None)
+            assert r.status_code == 404
+            assert r.json()["error"]["code"] == "feedback_token_invalid"
+        r = world.client.post(f"/v1/public/consent/{tampered}/withdraw")
+        assert r.status_code == 404
+        world.clock.advance(days=15)
+        r = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 1})
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "feedback_token_expired"
+        r = world.client.post(f"/v1/public/feedback/{token}", json={"rating": 1})
+        assert r.status_code == 400
+        assert world.client.get("/v1/feedback", headers=auth(world.a.merchant)).json()["data"] == []
+        # the same e-mail's consent link still works: withdrawing stays easy
+        assert world.client.get(f"/v1/public/consent/{token}").status_code == 200
+
+    def test_bad_rating_writes_nothing(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"])
+        r = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 9})
+        assert r.status_code == 422
+        assert r.json()["error"]["param"] == "rating"
+        assert world.client.get(f"/v1/public/feedback/{token}").json()["state"] == "pending"
+
+
+class TestConsentLinks:
+    def test_one_click_withdraw_everything(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        grant(world, world.a, c["id"], "marketing")
+        token, _ = issue_token(world, world.a, c["id"])
+        mine = world.client.get(f"/v1/public/consent/{token}").json()
+        assert {(x["purpose"], x["channel"], x["state"]) for x in mine["consents"]} == {
+            ("service_followup", "email", "granted"),
+            ("marketing", "email", "granted"),
+        }
+        r = world.client.post(mine["withdraw_url"])
+        assert r.status_code == 200
+        assert {x["state"] for x in r.json()["consents"]} == {"withdrawn"}
+        history = world.client.get(
+            f"/v1/contacts/{c['id']}/consents", headers=auth(world.a.merchant)
+        ).json()
+        assert history["verification"]["ok"] is True
+        assert {e["actor"] for e in history["events"] if e["action"] == "withdraw"} == {
+            "customer:link"
+        }
+
+    def test_withdraw_one_purpose(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        grant(world, world.a, c["id"], "marketing")
+        token, _ = issue_token(world, world.a, c["id"])
+        r = world.client.post(f"/v1/public/consent/{token}", json={"purpose": "marketing"})
+        states = {(x["purpose"], x["channel"]): x["state"] for x in r.json()["consents"]}
+        assert states[("marketing", "email")] == "withdrawn"
+        assert states[("service_followup", "email")] == "granted"
+
+    def test_links_expire_eventually(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"], ttl=timedelta(days=1))
+        world.clock.advance(days=400)
+        r = world.client.get(f"/v1/public/consent/{token}")
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "feedback_token_expired"
+
+    def test_messages(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"])
+        r = world.client.get(f"/v1/public/messages/{token}")
+        assert r.status_code == 200
+        assert r.json() == {"object": "list", "data": []}
