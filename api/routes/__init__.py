@@ -18,11 +18,21 @@ def core_routers() -> list[APIRouter]:
 
 def resource_routers() -> list[APIRouter]:
     """The merchant, support and customer resources (issue 6): mounted by default."""
-    from api.routes import audit, contacts, invoices, merchants, public, reports, support
+    from api.routes import (
+        audit,
+        contacts,
+        invoices,
+        merchants,
+        policies,
+        public,
+        reports,
+        support,
+    )
 
     return [
         merchants.router,
         contacts.router,
+        policies.router,
         audit.router,
         invoices.router,
         support.router,

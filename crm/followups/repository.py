@@ -29,6 +29,7 @@ __all__ = [
     "list_for_contact",
     "list_for_payment",
     "list_pending_for_contact",
+    "list_policies",
     "list_purchases_for_contact",
     "save",
     "save_policy",
@@ -57,6 +58,15 @@ def get_policy_by_id(session: Session, merchant_id: int, policy_id: int) -> Foll
         FollowUpPolicy.merchant_id == merchant_id, FollowUpPolicy.id == policy_id
     )
     return session.exec(stmt).first()
+
+
+def list_policies(session: Session, merchant_id: int) -> Sequence[FollowUpPolicy]:
+    stmt = (
+        select(FollowUpPolicy)
+        .where(FollowUpPolicy.merchant_id == merchant_id)
+        .order_by(col(FollowUpPolicy.id))
+    )
+    return session.exec(stmt).all()
 
 
 def add_purchase(session: Session, purchase: Purchase) -> Purchase:

@@ -62,6 +62,8 @@ __all__ = [
     "expire_due",
     "expire_one",
     "get_followup",
+    "get_policy",
+    "list_policies",
     "mark_failed",
     "mark_responded",
     "mark_sent",
@@ -163,6 +165,18 @@ def create_policy(
         at=now,
         merchant_id=merchant_id,
     )
+    return policy
+
+
+def list_policies(session: Session, merchant_id: int) -> list[FollowUpPolicy]:
+    merchants.get_merchant(session, merchant_id)
+    return list(repo.list_policies(session, merchant_id))
+
+
+def get_policy(session: Session, merchant_id: int, policy_id: int) -> FollowUpPolicy:
+    policy = repo.get_policy_by_id(session, merchant_id, policy_id)
+    if policy is None:
+        raise PolicyNotFound("no such policy", param="policy_id")
     return policy
 
 
