@@ -1,57 +1,40 @@
-"""``followpay demo``: the whole story on one laptop, offline.
+"""``followpay demo``: the whole story on one laptop, offline, driven through the HTTP API.
 
-Deploy → merchant and policy → three customers → invoices paid on-chain (one with permit) →
-indexer settles → worker follows up (e-mail over real SMTP to a sink started here; one
-suppressed for missing consent; one VIP phone task held for quiet hours) → a customer clicks a
-low rating → a ticket with its 24-hour SLA clock → CSAT/NPS.
+Deploy → merchant, API keys, policy, three customers and their consents (over HTTP) → invoices
+created over HTTP, paid on-chain (one with permit) → the indexer settles → the worker follows up
+(e-mail over real SMTP to a sink started here; one suppressed for missing consent; one VIP phone
+task held for quiet hours) → the customer's one-click low rating (a real HTTP GET of the link in
+the e-mail) → a ticket with its 24-hour SLA clock in the support queue → CSAT/NPS from the API.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
-from datetime import UTC, datetime
+import uuid
+from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 from aiosmtpd.controller import Controller
+from eth_utils import to_checksum_address
 from rich.console import Console
 from rich.table import Table
-from sqlmodel import Session, SQLModel, select
 from web3.logs import DISCARD
 
-import api.dispatch.models
-import api.settlement.models  # noqa: F401 - registers tables
-import crm.models  # noqa: F401 - registers tables
-from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
-from api.dispatch.worker import Channel, Worker
-from api.settlement import invoices
-from api.settlement.indexer import Indexer
+from api.db import session_factory, session_scope
+from api.db import upgrade as upgrade_database
+from api.embedded import EmbeddedStack, serve_in_thread
+from api.keys.service import create_key
 from contracts import load_artifact
-from crm import (
-    ContactCreate,
-    FeedbackCreate,
-    FollowUpPolicyCreate,
-    KeyRing,
-    SystemClock,
-    consent,
-    contacts,
-    feedback,
-    followups,
-    make_engine,
-    merchants,
-)
-from crm.followups.models import FollowUp
-from crm.merchants.models import MerchantCreate
-from crm.metrics import service as metrics
-from crm.tickets.models import Ticket
+from crm import KeyRing, SystemClock
 from wallet.chain import ChainConfig, connect, free_port
-from wallet.deployment import deploy_contracts
 from wallet.secrets import PrivateKey
-from wallet.signing import Signer, permit_typed_data, sign_typed_data, split_signature
+from wallet.signing import PaymentIntent, permit_typed_data, sign_typed_data, split_signature
 
 __all__ = ["run_demo"]
 
@@ -80,11 +63,6 @@ class _Sink:
         return "250 OK"
 
 
-def _id(value: int | None) -> int:
-    assert value is not None, "flushed rows have ids"
-    return value
-
-
 def _zone(inside_window: bool) -> str:
     """A time zone whose local hour right now is inside (or outside) 08:00-21:00."""
     for name in _ZONES:
@@ -94,31 +72,73 @@ def _zone(inside_window: bool) -> str:
     raise RuntimeError("no suitable time zone")  # pragma: no cover - 10 zones span the day
 
 
+def _abi(name: str) -> Any:
+    return load_artifact(name).abi
+
+
+class _Api:
+    """A thin HTTP client that fails loudly (the demo is also a smoke test)."""
+
+    def __init__(self, base_url: str, key: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    def post(self, path: str, body: dict[str, Any], key: str | None = None) -> Any:
+        headers = {**self.headers, "Idempotency-Key": uuid.uuid4().hex}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return self._ok(self.http.post(path, json=body, headers=headers))
+
+    def get(self, path: str, key: str | None = None, **params: Any) -> Any:
+        headers = {"Authorization": f"Bearer {key}"} if key else self.headers
+        return self._ok(self.http.get(path, params=params, headers=headers))
+
+    @staticmethod
+    def _ok(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise RuntimeError(
+                f"{response.request.method} {response.request.url.path}: {response.text}"
+            )
+        return response.json()
+
+
 def run_demo(chain_backend: str = "tester", console: Console | None = None) -> dict[str, Any]:
     out = console or Console()
     clock = SystemClock()
     workdir = Path(tempfile.mkdtemp(prefix="followpay-demo-"))
-    engine = make_engine(f"sqlite:///{workdir / 'demo.sqlite3'}")
-    SQLModel.metadata.create_all(engine)
-    keyring = KeyRing.generate()
+    url = f"sqlite:///{workdir / 'demo.sqlite3'}"
+    upgrade_database(url)
     sink = _Sink()
     smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
     smtp.start()
     try:
         with connect(ChainConfig(backend=chain_backend)) as chain:
-            return _story(out, chain, engine, keyring, clock, smtp, sink)
+            stack = EmbeddedStack(
+                chain,
+                url,
+                KeyRing.generate(),
+                clock,
+                "http://127.0.0.1:8000",
+                smtp=(smtp.hostname, smtp.port),
+            )
+            try:
+                with serve_in_thread(stack.app()) as base_url:
+                    return _story(out, stack, base_url, sink)
+            finally:
+                stack.close()
     finally:
         smtp.stop()
-        engine.dispose()
 
 
-def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
+def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> dict[str, Any]:
+    chain, deployment, clock = stack.chain, stack.deployment, stack.clock
     w3 = chain.w3
     owner, merchant_acct, operator, payout, *customers = chain.dev_accounts()
     out.rule(f"[bold]FollowPay demo[/] on the {chain.backend.value} chain (id {chain.chain_id})")
-    deployment = deploy_contracts(chain, owner)
-    token = w3.eth.contract(address=deployment.token, abi=load_artifact("TestToken").abi)
-    router = w3.eth.contract(address=deployment.router, abi=load_artifact("PaymentRouter").abi)
+    token = w3.eth.contract(address=to_checksum_address(deployment.token), abi=_abi("TestToken"))
+    router = w3.eth.contract(
+        address=to_checksum_address(deployment.router), abi=_abi("PaymentRouter")
+    )
 
     def transact(fn: Any, sender: Any) -> Any:
         with chain.lock:
@@ -128,95 +148,91 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
         return receipt
 
     out.print(f"deployed TestToken {deployment.token}\n         PaymentRouter {deployment.router}")
+    out.print(f"API listening on {base_url} (OpenAPI at {base_url}/docs)")
     transact(router.functions.registerMerchant(payout.address, operator.address), merchant_acct)
     for customer in customers[:3]:
         transact(token.functions.mint(customer.address, 100_000_000), owner)
 
+    with session_scope(session_factory(stack.api_engine)) as session:
+        _, admin_key = create_key(session, None, "admin", False, name="demo bootstrap")
+    api = _Api(base_url, admin_key)
+    shop = api.post("/v1/merchants", {"name": "Tea House"})
+    keys_path = "/v1/api_keys"
+    merchant_key = api.post(keys_path, {"role": "merchant", "merchant_id": shop["id"]})["secret"]
+    support_key = api.post(keys_path, {"role": "support", "merchant_id": shop["id"]})["secret"]
+    api = _Api(base_url, merchant_key)
+    api.post(
+        f"/v1/merchants/{shop['id']}/account",
+        {"address": merchant_acct.address, "payout": payout.address, "operator": operator.address},
+    )
+    api.post(
+        "/v1/followup_policies",
+        {
+            "delay_minutes": 0,
+            "channel_order": ["email", "in_app"],
+            "segment_rules": [{"field": "tier", "equals": "vip", "channels": ["phone"]}],
+        },
+    )
     ada_zone, vip_zone = _zone(True), _zone(False)
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        shop_id = _id(
-            merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock).id
-        )
-        followups.create_policy(
-            session,
-            shop_id,
-            FollowUpPolicyCreate(
-                delay_minutes=0,
-                channel_order=["email", "in_app"],
-                segment_rules=[{"field": "tier", "equals": "vip", "channels": ["phone"]}],
-            ),
-            actor="owner",
-            clock=clock,
-        )
-        people = {
-            "Ada": ContactCreate(name="Ada", email="ada@example.com", time_zone=ada_zone),
-            "Bob": ContactCreate(name="Bob", email="bob@example.com", time_zone=ada_zone),
-            "Chen": ContactCreate(
-                name="Chen", phone="+8613800138000", time_zone=vip_zone, tier="vip"
-            ),
-        }
-        ids = {
-            n: _id(contacts.create_contact(session, shop_id, c, keyring, clock).id)
-            for n, c in people.items()
-        }
-        consent.grant(
-            session, shop_id, ids["Ada"], "service_followup", "email", actor="ada", clock=clock
-        )
-        consent.grant(
-            session, shop_id, ids["Chen"], "service_followup", "phone", actor="chen", clock=clock
-        )
-        invoices.register_account(
-            session,
-            shop_id,
-            chain_id=chain.chain_id,
-            address=merchant_acct.address,
-            payout=payout.address,
-            operator=operator.address,
-            clock=clock,
-        )
+    people = {
+        "Ada": ({"name": "Ada", "email": "ada@example.com", "time_zone": ada_zone}, "email"),
+        "Bob": ({"name": "Bob", "email": "bob@example.com", "time_zone": ada_zone}, None),
+        "Chen": (
+            {"name": "Chen", "phone": "+8613800138000", "time_zone": vip_zone, "tier": "vip"},
+            "phone",
+        ),
+    }
+    ids: dict[str, int] = {}
+    for name, (body, channel) in people.items():
+        ids[name] = int(api.post("/v1/contacts", body)["id"])
+        if channel:
+            api.post(
+                f"/v1/contacts/{ids[name]}/consents",
+                {"action": "grant", "purpose": "service_followup", "channel": channel},
+            )
     out.print(
-        f"merchant [bold]Tea House[/]; customers: Ada (e-mail consent, {ada_zone}), "
-        f"Bob (no consent), Chen (VIP, phone consent, {vip_zone})"
+        f"merchant [bold]Tea House[/] (id {shop['id']}); customers: Ada (e-mail consent, "
+        f"{ada_zone}), Bob (no consent), Chen (VIP, phone consent, {vip_zone})"
     )
 
-    signer = Signer(PrivateKey(bytes(operator.key)))
-    issued = {}
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        for index, name in enumerate(("Ada", "Bob", "Chen")):
-            request = invoices.InvoiceRequest(
-                merchant_id=shop_id,
-                token=deployment.token,
-                amount=(index + 1) * 12_500_000,
-                order_id=f"order-{name.lower()}",
-                contact_id=ids[name],
-                fee=250_000,
-            )
-            issued[name] = invoices.create_invoice(
-                session,
-                request,
-                chain_id=chain.chain_id,
-                router=deployment.router,
-                signer=signer,
-                clock=clock,
-            )
-        account = invoices.repo.account_for_merchant(session, shop_id, chain.chain_id)
-        assert account is not None
+    issued: dict[str, Any] = {}
+    for index, name in enumerate(("Ada", "Bob", "Chen")):
+        issued[name] = api.post(
+            "/v1/invoices",
+            {
+                "amount": str((index + 1) * 12_500_000),
+                "fee": "250000",
+                "order_id": f"order-{name.lower()}",
+                "contact_id": ids[name],
+            },
+        )
     table = Table("customer", "invoice", "on-chain id", "amount", "EIP-681")
     for name, inv in issued.items():
+        amount = int(inv["amount"]) / 10 ** inv["decimals"]
         table.add_row(
             name,
-            inv.id,
-            str(inv.number),
-            f"{inv.amount / 1e6:.2f} tUSD",
-            invoices.eip681_uri(inv, deployment.router)[:60] + "…",
+            inv["id"],
+            inv["intent"]["invoice_id"],
+            f"{amount:.2f} tUSD",
+            inv["payment_uri"][:60] + "…",
         )
     out.print(table)
 
     receipts = {}
     for name, customer in zip(("Ada", "Bob", "Chen"), customers[:3], strict=True):
         inv = issued[name]
-        intent = invoices.intent_of(inv, account)
-        r, vs = bytes.fromhex(inv.signature_r[2:]), bytes.fromhex(inv.signature_vs[2:])
+        i = inv["intent"]
+        intent = PaymentIntent(
+            merchant=i["merchant"],
+            token=i["token"],
+            amount=int(i["amount"]),
+            fee=int(i["fee"]),
+            invoice_id=int(i["invoice_id"]),
+            payer=i["payer"],
+            deadline=int(i["deadline"]),
+        )
+        r = bytes.fromhex(inv["signature"]["r"][2:])
+        vs = bytes.fromhex(inv["signature"]["vs"][2:])
         if name == "Ada":  # one transaction: EIP-2612 permit + pay
             nonce = token.functions.nonces(customer.address).call()
             deadline = w3.eth.get_block("latest")["timestamp"] + 3600
@@ -226,17 +242,17 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
                 chain_id=chain.chain_id,
                 owner=customer.address,
                 spender=deployment.router,
-                value=inv.amount,
+                value=intent.amount,
                 nonce=nonce,
                 deadline=deadline,
             )
             v, pr, ps = split_signature(sign_typed_data(typed, PrivateKey(bytes(customer.key))))
-            permit = (inv.amount, deadline, v, pr, ps)
+            permit = (intent.amount, deadline, v, pr, ps)
             receipts[name] = transact(
                 router.functions.payWithPermit(intent.as_tuple(), r, vs, permit), customer
             )
         else:
-            transact(token.functions.approve(deployment.router, inv.amount), customer)
+            transact(token.functions.approve(deployment.router, intent.amount), customer)
             receipts[name] = transact(router.functions.pay(intent.as_tuple(), r, vs), customer)
     paid = Table("customer", "method", "tx", "block", "gas used", "PaymentSettled")
     for name, receipt in receipts.items():
@@ -251,75 +267,59 @@ def _story(out, chain, engine, keyring, clock, smtp, sink) -> dict[str, Any]:
         )
     out.print(paid)
 
-    indexer = Indexer(
-        chain, engine, deployment.router, start_block=deployment.deploy_block, clock=clock
-    )
-    settled = indexer.poll_once().settled
-    out.print(f"indexer: {len(settled)} invoices settled at block {w3.eth.block_number}")
+    settled = stack.indexer().poll_once().settled
+    states = {name: api.get(f"/v1/invoices/{issued[name]['id']}")["state"] for name in issued}
+    out.print(f"indexer: {len(settled)} invoices settled at block {w3.eth.block_number}: {states}")
 
-    links = Links("http://127.0.0.1:8000")
-    channels: dict[str, Channel] = {
-        "email": EmailChannel(smtp.hostname, smtp.port, "followup@teahouse.example", links),
-        "in_app": InAppChannel(links),
-        "phone": PhoneChannel(),
-    }
-    Worker(engine, keyring, channels, clock).run_once()
-    with Session(engine, expire_on_commit=False) as session:
-        states = {
-            name: session.exec(select(FollowUp).where(FollowUp.contact_id == ids[name])).all()
-            for name in ("Ada", "Bob", "Chen")
-        }
+    stack.worker().run_once()
+    followups = api.get("/v1/followups", limit=10)["data"]
+    by_contact = {fu["contact_id"]: fu for fu in followups}
     fu_table = Table("customer", "follow-up", "channel", "reason", "due (UTC)")
-    for name, rows in states.items():
-        for fu in rows:
-            held = fu.state == "scheduled" and fu.due_at > clock.now()
-            reason = "held: quiet hours" if held else fu.reason or "-"
-            fu_table.add_row(name, fu.state, fu.channel or "-", reason, f"{fu.due_at:%H:%M}")
+    outcome: dict[str, list[str]] = {}
+    for name in ("Ada", "Bob", "Chen"):
+        fu = by_contact[ids[name]]
+        due = datetime.fromisoformat(fu["due_at"])
+        held = fu["state"] == "scheduled" and due > clock.now()
+        reason = "held: quiet hours" if held else fu["suppression_reason"] or "-"
+        fu_table.add_row(name, fu["state"], fu["channel"] or "-", reason, f"{due:%H:%M}")
+        outcome[name] = [fu["state"]]
     out.print(fu_table)
 
     mail = sink.messages[0]
-    body = mail.get_payload(decode=True).decode()
+    text = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
     out.print(f"SMTP sink got: [bold]{mail['Subject']}[/] from {mail['From']} to {mail['To']}")
-    token_match = re.search(r"/feedback/([^?\s]+)\?rating=2", body)
-    assert token_match, "rating link missing from the e-mail"
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        answer = feedback.submit_feedback(
-            session,
-            shop_id,
-            token_match.group(1),
-            FeedbackCreate(rating=2, nps=5, comment="Tea arrived cold", tags=["delivery"]),
-            keyring=keyring,
-            clock=clock,
-        )
-    with Session(engine, expire_on_commit=False) as session:
-        ticket = session.get(Ticket, answer.ticket_id)
-        assert ticket is not None, "a rating of 2 opens a ticket"
-        report = metrics.compute(
-            session, shop_id, datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
-        )
-    remaining = ticket.due_at - clock.now()
+    link = re.search(r"https?://\S+/v1/public/feedback/\S+\?rating=2", text)
+    assert link, "rating link missing from the e-mail"
+    path = link.group(0).split("/v1/", 1)[1]
+    answer = api._ok(api.http.get(f"/v1/{path}"))  # the customer's click: no API key
+    ticket = api.get("/v1/tickets", key=support_key)["data"][0]
+    due = datetime.fromisoformat(ticket["due_at"])
+    remaining = (due - clock.now()) / timedelta(hours=1)
     out.print(
-        f"Ada clicked rating 2 → ticket #{ticket.id} ({ticket.state}), first response due "
-        f"{ticket.due_at:%Y-%m-%d %H:%M} UTC ({remaining.total_seconds() / 3600:.1f} h left); "
-        f"{answer.reward_points} reward points credited"
+        f"Ada clicked rating 2 → ticket #{ticket['id']} ({ticket['state']}) in the support queue, "
+        f"first response due {due:%Y-%m-%d %H:%M} UTC ({remaining:.1f} h left); "
+        f"{answer['reward_points']} reward points credited"
     )
+    start = (clock.now() - timedelta(days=1)).isoformat()
+    end = (clock.now() + timedelta(days=1)).isoformat()
+    report = api.get("/v1/metrics", start=start, end=end)
     summary = Table("metric", "value")
     for label, value in (
-        ("CSAT %", report.csat),
-        ("NPS", report.nps),
-        ("response rate %", report.response_rate),
-        ("sent", report.sent),
-        ("responded", report.responded),
-        ("suppressed", ", ".join(f"{k}: {v}" for k, v in report.suppressions.items()) or "-"),
+        ("CSAT %", report["csat"]),
+        ("NPS", report["nps"]),
+        ("response rate %", report["response_rate"]),
+        ("sent", report["sent"]),
+        ("responded", report["responded"]),
+        ("suppressed", ", ".join(f"{k}: {v}" for k, v in report["suppressions"].items()) or "-"),
     ):
         summary.add_row(label, "n/a" if value is None else str(value))
     out.print(summary)
     return {
         "settled": settled,
-        "followups": {n: [f.state for f in rows] for n, rows in states.items()},
+        "followups": outcome,
         "emails": len(sink.messages),
-        "ticket_id": ticket.id,
-        "csat": report.csat,
-        "nps": report.nps,
+        "ticket_id": ticket["id"],
+        "csat": report["csat"],
+        "nps": report["nps"],
         "gas": {n: r["gasUsed"] for n, r in receipts.items()},
     }

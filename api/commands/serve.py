@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 __all__ = ["build_app", "serve"]
+
+
+def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
+    """API + indexer + worker + webhook deliveries in one process on the in-process chain."""
+    import threading
+
+    import uvicorn
+
+    from api.embedded import EmbeddedStack
+
+    stack = EmbeddedStack(
+        runtime.chain,
+        url,
+        runtime.keyring,
+        runtime.clock,
+        runtime.settings.public_base_url,
+    )
+    stop = threading.Event()
+    stack.start_background(stop, interval=runtime.settings.indexer_poll_interval)
+    typer.echo(
+        f"embedded: chain {stack.chain.chain_id}, router {stack.deployment.router}, "
+        f"token {stack.deployment.token}; indexer, worker and webhooks running",
+        err=True,
+    )
+    try:
+        uvicorn.run(stack.app(), host=host, port=port, log_level="info")
+    finally:
+        stop.set()
+        stack.close()
+        runtime.close()
 
 
 def build_app() -> object:
@@ -23,6 +53,11 @@ def serve(
 ) -> None:
     """Serve the API (database: FOLLOWPAY_DATABASE_URL, SQLite in FOLLOWPAY_HOME by default).
 
+    On the embedded default (FOLLOWPAY_CHAIN=tester) one process runs everything: the
+    in-process chain with freshly deployed contracts, the API, the indexer, the follow-up
+    worker and webhook deliveries. Otherwise it serves the API only; run ``followpay indexer``
+    and ``followpay worker`` beside it.
+
     Invoice creation needs operator signers and a chain (``create_app(signers=..., chain_info=
     ...)``); a plain ``serve`` runs every other resource and answers ``POST /v1/invoices`` with
     409 ``signer_unavailable``. Use PostgreSQL for more than one worker.
@@ -37,6 +72,9 @@ def serve(
     url = runtime.settings.resolved_database_url
     runtime.engine.dispose()  # creates the SQLite directory
     upgrade(url)
+    if runtime.settings.chain.value == "tester":
+        _serve_embedded(runtime, url, host, port)
+        return
     uvicorn.run(
         "api.commands.serve:build_app",
         factory=True,

@@ -1,0 +1,158 @@
+"""Everything in one process: chain, contracts, API, indexer, worker, webhook deliveries.
+
+The embedded default for a laptop (``followpay serve`` on the tester chain, and the demo): the
+in-process chain starts empty, so the contracts are deployed at start and the local development
+operator (dev account 2) signs every merchant's intents. In production each piece runs on its
+own (``followpay serve``, ``followpay indexer``, ``followpay worker``) against PostgreSQL and a
+real node, with the operator key in a wallet vault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+import uvicorn
+from fastapi import FastAPI
+from sqlmodel import Session
+
+from api.app import create_app
+from api.db import make_engine as api_make_engine
+from api.db import session_factory
+from api.deps import ChainInfo
+from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
+from api.dispatch.worker import Channel, Worker
+from api.settlement.indexer import Indexer
+from crm import KeyRing, make_engine
+from crm.clock import Clock
+from wallet.chain import Chain, free_port
+from wallet.deployment import Deployment, deploy_contracts
+from wallet.secrets import PrivateKey
+from wallet.signing import Signer
+
+__all__ = ["EmbeddedStack", "serve_in_thread"]
+
+TOKEN_DECIMALS = 6
+
+
+@dataclass
+class EmbeddedStack:
+    """The whole system on one database URL.
+
+    On SQLite the background jobs use the CRM's engine (``BEGIN IMMEDIATE``: a job's
+    read-then-write step never fails on a lock upgrade) and the HTTP app uses the API's engine
+    (deferred transactions: a request's short idempotency side-transaction must not wait on the
+    request's own write lock). PostgreSQL needs neither; it is what production uses.
+    """
+
+    chain: Chain
+    database_url: str
+    keyring: KeyRing
+    clock: Clock
+    public_base_url: str
+    smtp: tuple[str, int] = ("127.0.0.1", 25)
+    deployment: Deployment = field(init=False)
+    operator: Signer = field(init=False)
+    engine: sa.Engine = field(init=False)
+    api_engine: sa.Engine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = make_engine(self.database_url)
+        self.api_engine = api_make_engine(self.database_url)
+        accounts = self.chain.dev_accounts()
+        self.deployment = deploy_contracts(self.chain, accounts[0])
+        self.operator = Signer(PrivateKey(bytes(accounts[2].key)))
+
+    def chain_info(self) -> ChainInfo:
+        def head() -> int:
+            with self.chain.lock:
+                return int(self.chain.w3.eth.block_number)
+
+        def gas_used(tx_hash: str) -> int | None:
+            with self.chain.lock:
+                receipt = self.chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            return int(receipt["gasUsed"]) if receipt else None
+
+        return ChainInfo(
+            chain_id=self.chain.chain_id,
+            router=self.deployment.router,
+            token=self.deployment.token,
+            decimals=TOKEN_DECIMALS,
+            head=head,
+            gas_used=gas_used,
+        )
+
+    def app(self) -> FastAPI:
+        return create_app(
+            engine=self.api_engine,
+            keyring=self.keyring,
+            signers={self.operator.address: self.operator},
+            chain_info=self.chain_info(),
+            clock=self.clock,
+        )
+
+    def indexer(self) -> Indexer:
+        return Indexer(
+            self.chain,
+            self.engine,
+            self.deployment.router,
+            start_block=self.deployment.deploy_block,
+            clock=self.clock,
+        )
+
+    def worker(self) -> Worker:
+        links = Links(self.public_base_url)
+        channels: dict[str, Channel] = {
+            "email": EmailChannel(self.smtp[0], self.smtp[1], "followup@localhost", links),
+            "in_app": InAppChannel(links),
+            "phone": PhoneChannel(),
+        }
+        return Worker(self.engine, self.keyring, channels, self.clock)
+
+    def start_background(
+        self, stop: threading.Event, interval: float = 1.0
+    ) -> list[threading.Thread]:
+        """Indexer, follow-up worker and webhook deliveries as daemon threads until ``stop``."""
+        from api.webhooks import run_delivery_worker
+
+        jobs: list[tuple[str, Any]] = [
+            ("indexer", lambda: self.indexer().run(stop, poll_interval=interval)),
+            ("worker", lambda: self.worker().run(stop, poll_interval=interval)),
+            (
+                "webhooks",
+                lambda: run_delivery_worker(session_factory(self.engine), stop, interval=interval),
+            ),
+        ]
+        threads = [threading.Thread(target=job, name=name, daemon=True) for name, job in jobs]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.api_engine.dispose()
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free loopback port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the API server failed to start")
+        threading.Event().wait(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
