@@ -136,6 +136,7 @@ def _write_all(artifacts: list[dict[str, Any]]) -> None:
         with os.fdopen(fd, "w") as handle:
             json.dump(artifact, handle, indent=1, sort_keys=True)
             handle.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are public
         os.replace(tmp, target)
     for old in ARTIFACTS_DIR.glob("*.json"):
         if old.stem not in keep:
