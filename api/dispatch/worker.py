@@ -33,6 +33,7 @@ from crm.errors import InvalidTransition
 from crm.followups import service as followups
 from crm.followups.service import SendInstruction
 from crm.merchants import service as merchants
+from crm.tickets import service as tickets
 
 __all__ = ["Channel", "Worker", "WorkerResult"]
 
@@ -75,6 +76,7 @@ class Worker:
         with Session(self.engine) as session, session.begin():
             recovered = followups.recover_stale(session, now, self.lease)
             followups.expire_due(session, now)
+            tickets.sweep_breaches(session, now)  # the 24 h SLA clock is recorded, not inferred
             ids = followups.claim_due(session, now, self.batch, self.worker_id)
         for outcome, rows in recovered.items():
             if rows:

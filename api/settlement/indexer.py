@@ -20,19 +20,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from eth_abi import decode as abi_decode
 from eth_utils import keccak, to_checksum_address
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.settlement import repository as repo
+from api.settlement.events import emit_invoice_event
+from api.settlement.invoices import expire_due
 from api.settlement.models import (
     Invoice,
     InvoiceState,
     InvoiceStatus,
     Payment,
     PaymentState,
-    Refund,
 )
 from crm.clock import Clock
 from crm.errors import CRMError
@@ -64,7 +64,10 @@ class _Batch:
     invoices: dict[tuple[str, int], Invoice] = field(default_factory=dict)
     payments: set[tuple[str, int, str]] = field(default_factory=set)
     refunds: set[tuple[str, int, str]] = field(default_factory=set)
-    new_rows: list[Payment | Refund] = field(default_factory=list)
+    payment_rows: list[dict[str, Any]] = field(default_factory=list)
+    refund_rows: list[dict[str, Any]] = field(default_factory=list)
+    touched: dict[str, Invoice] = field(default_factory=dict)
+    events: list[tuple[Invoice, str, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +98,52 @@ def _checksum(address: str) -> str:
 
 def _topic_address(topic: Any) -> str:
     return _checksum("0x" + _hex(topic)[-40:].lower())
+
+
+@dataclass(frozen=True, slots=True)
+class _Log:
+    """One router log, decoded from the node's hex strings (both events share a layout:
+    topics merchant, invoiceId, payer|to; data token, amount, fee|totalRefunded)."""
+
+    topic: str
+    tx_hash: str
+    log_index: int
+    block_number: int
+    block_hash: str
+    merchant: str
+    number: int
+    third: str
+    token: str
+    amount: int
+    extra: int
+
+    @classmethod
+    def from_rpc(cls, entry: dict[str, Any]) -> _Log:
+        topics, data = entry["topics"], entry["data"]
+        return cls(
+            topic=topics[0],
+            tx_hash=entry["transactionHash"],
+            log_index=int(entry["logIndex"], 16),
+            block_number=int(entry["blockNumber"], 16),
+            block_hash=entry["blockHash"],
+            merchant=_topic_address(topics[1]),
+            number=int(topics[2], 16),
+            third=_topic_address(topics[3]),
+            token=_checksum("0x" + data[26:66].lower()),
+            amount=int(data[66:130], 16),
+            extra=int(data[130:194], 16),
+        )
+
+
+def _evidence(row: dict[str, Any] | Payment) -> dict[str, Any]:
+    get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
+    return {
+        "tx_hash": get("tx_hash"),
+        "block_number": get("block_number"),
+        "block_hash": get("block_hash"),
+        "log_index": get("log_index"),
+        "amount": str(get("amount")),
+    }
 
 
 class Indexer:
@@ -133,18 +182,9 @@ class Indexer:
         with self.chain.lock:
             return self.chain.w3.eth.get_block(number)
 
-    def _logs(self, start: int, end: int) -> list[Any]:
-        with self.chain.lock:
-            return list(
-                self.chain.w3.eth.get_logs(
-                    {
-                        "address": self.router,
-                        "fromBlock": start,
-                        "toBlock": end,
-                        "topics": [[SETTLED_TOPIC, REFUNDED_TOPIC]],
-                    }
-                )
-            )
+    def _logs(self, start: int, end: int) -> list[_Log]:
+        entries = self.chain.raw_logs(self.router, start, end, [[SETTLED_TOPIC, REFUNDED_TOPIC]])
+        return [_Log.from_rpc(entry) for entry in entries if not entry.get("removed")]
 
     def _symbol(self, token: str) -> str:
         if token not in self._symbols:
@@ -191,9 +231,14 @@ class Indexer:
                 batch = self._prefetch(session, chain_id, entries, start, end)
                 blocks: dict[int, str] = {}
                 for entry in entries:
-                    self._apply(session, chain_id, entry, result, batch)
-                    blocks.setdefault(int(entry["blockNumber"]), _hex(entry["blockHash"]))
-                repo.add_all(session, batch.new_rows)
+                    self._apply(chain_id, entry, result, batch)
+                    blocks.setdefault(entry.block_number, entry.block_hash)
+                repo.insert_payments(session, batch.payment_rows)
+                repo.insert_refunds(session, batch.refund_rows)
+                for invoice in batch.touched.values():
+                    session.add(invoice)
+                for invoice, event_type, evidence in batch.events:
+                    emit_invoice_event(session, invoice, event_type, evidence)
                 blocks.setdefault(end, _hex(self._block(end)["hash"]))
                 repo.save_blocks(session, cursor_id, blocks)
                 cursor.last_block = end
@@ -202,6 +247,7 @@ class Indexer:
             cursor.updated_at = self.clock.now()
             session.add(cursor)
             self._confirm(session, chain_id, min(head, cursor.last_block), result)
+            expire_due(session, self.clock)  # late payments still settle, as paid_late
         return result
 
     def _fork_point(self, session: Session, cursor_id: int, head: int) -> int | None:
@@ -246,7 +292,7 @@ class Indexer:
         session.flush()
 
     def _prefetch(
-        self, session: Session, chain_id: int, entries: list[Any], start: int, end: int
+        self, session: Session, chain_id: int, entries: list[_Log], start: int, end: int
     ) -> _Batch:
         """Load what a block range's logs need with a handful of queries, not several per log."""
         batch = _Batch()
@@ -254,9 +300,7 @@ class Indexer:
             return batch
         wanted: dict[str, set[int]] = {}
         for entry in entries:
-            topics = entry["topics"]
-            merchant = "0x" + _hex(topics[1])[-40:]
-            wanted.setdefault(merchant.lower(), set()).add(int(_hex(topics[2]), 16))
+            wanted.setdefault(entry.merchant.lower(), set()).add(entry.number)
         accounts = repo.accounts_by_address(session, chain_id, set(wanted))
         for address, numbers in wanted.items():
             account = accounts.get(address)
@@ -269,73 +313,64 @@ class Indexer:
         batch.refunds = repo.refund_keys(session, chain_id, start, end)
         return batch
 
-    def _apply(
-        self, session: Session, chain_id: int, entry: Any, result: PollResult, batch: _Batch
-    ) -> None:
-        tx_hash, log_index = _hex(entry["transactionHash"]), int(entry["logIndex"])
-        topics = [_hex(t) for t in entry["topics"]]
-        merchant, number = _topic_address(topics[1]), int(topics[2], 16)
-        third = _topic_address(topics[3])
-        token, amount, extra = abi_decode(_DATA_TYPES, bytes.fromhex(_hex(entry["data"])[2:]))
-        token = _checksum(str(token).lower())
-        invoice = batch.invoices.get((merchant.lower(), number))
-        block_number, block_hash = int(entry["blockNumber"]), _hex(entry["blockHash"])
-        key = (tx_hash, log_index, block_hash)
-        now = self.clock.now()
-        if topics[0] == SETTLED_TOPIC:
+    def _apply(self, chain_id: int, entry: _Log, result: PollResult, batch: _Batch) -> None:
+        invoice = batch.invoices.get((entry.merchant.lower(), entry.number))
+        key = (entry.tx_hash, entry.log_index, entry.block_hash)
+        row = {
+            "chain_id": chain_id,
+            "tx_hash": entry.tx_hash,
+            "log_index": entry.log_index,
+            "block_number": entry.block_number,
+            "block_hash": entry.block_hash,
+            "amount": entry.amount,
+            "seen_at": self.clock.now(),
+        }
+        if entry.topic == SETTLED_TOPIC:
             if key in batch.payments:
                 return
             batch.payments.add(key)
-            if invoice is not None and (invoice.token != token or invoice.amount != amount):
+            if invoice is not None and (
+                invoice.token != entry.token or invoice.amount != entry.amount
+            ):
                 log.error(
-                    "payment %s does not match invoice %s; left unmatched", tx_hash, invoice.id
+                    "payment %s does not match invoice %s: unmatched", entry.tx_hash, invoice.id
                 )
                 invoice = None
-            late = invoice is not None and self._paid_after_expiry(invoice, block_number)
-            payment = Payment(
-                invoice_id=invoice.id if invoice else None,
-                merchant_address=merchant,
-                invoice_number=number,
-                chain_id=chain_id,
-                tx_hash=tx_hash,
-                log_index=log_index,
-                block_number=block_number,
-                block_hash=block_hash,
-                payer=third,
-                token=token,
-                amount=amount,
-                fee=extra,
-                late=late,
-                seen_at=now,
-            )
-            batch.new_rows.append(payment)
+            late = invoice is not None and self._paid_after_expiry(invoice, entry.block_number)
+            row |= {
+                "invoice_id": invoice.id if invoice else None,
+                "merchant_address": entry.merchant,
+                "invoice_number": entry.number,
+                "payer": entry.third,
+                "token": entry.token,
+                "fee": entry.extra,
+                "state": PaymentState.PENDING.value,
+                "late": late,
+            }
+            batch.payment_rows.append(row)
             result.payments += 1
             if invoice is not None:
-                invoice.paid_amount += amount
+                invoice.paid_amount += entry.amount
                 if invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
                     invoice.state = InvoiceState.PROCESSING
-                session.add(invoice)
-        elif topics[0] == REFUNDED_TOPIC:
+                    batch.events.append((invoice, "invoice.processing", _evidence(row)))
+                batch.touched[invoice.id] = invoice
+        elif entry.topic == REFUNDED_TOPIC:
             if key in batch.refunds:
                 return
             batch.refunds.add(key)
-            refund = Refund(
-                invoice_id=invoice.id if invoice else None,
-                chain_id=chain_id,
-                tx_hash=tx_hash,
-                log_index=log_index,
-                block_number=block_number,
-                block_hash=block_hash,
-                to=third,
-                amount=amount,
-                seen_at=now,
-            )
-            batch.new_rows.append(refund)
+            row |= {
+                "invoice_id": invoice.id if invoice else None,
+                "to": entry.third,
+                "reorged": False,
+            }
+            batch.refund_rows.append(row)
             result.refunds += 1
             if invoice is not None:
-                invoice.refunded_amount += amount
+                invoice.refunded_amount += entry.amount
                 _set_refund_status(invoice)
-                session.add(invoice)
+                batch.touched[invoice.id] = invoice
+                batch.events.append((invoice, "invoice.refunded", _evidence(row)))
 
     def _paid_after_expiry(self, invoice: Invoice, block_number: int) -> bool:
         if self.clock.now() <= invoice.expires_at and invoice.state != InvoiceState.EXPIRED:
@@ -361,6 +396,7 @@ class Indexer:
             if invoice.contact_id is not None or self.on_settled is not None:
                 session.flush()  # the CRM and the hook query what was just written
             result.settled.append(invoice.id)
+            emit_invoice_event(session, invoice, "invoice.settled", _evidence(payment))
             self._schedule_followups(session, invoice, payment)
             if self.on_settled is not None:
                 self.on_settled(session, invoice, payment)

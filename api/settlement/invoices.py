@@ -23,6 +23,7 @@ from api.settlement.errors import (
     InvoiceStateError,
     MerchantAccountMissingError,
 )
+from api.settlement.events import emit_invoice_event
 from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, MerchantAccount
 from crm.audit import service as audit
 from crm.clock import Clock
@@ -239,6 +240,7 @@ def expire_due(session: Session, clock: Clock, limit: int = 500) -> list[Invoice
     for invoice in expired:
         invoice.state = InvoiceState.EXPIRED
         session.add(invoice)
+        emit_invoice_event(session, invoice, "invoice.expired")
     session.flush()
     return expired
 

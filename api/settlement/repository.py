@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -36,6 +36,8 @@ __all__ = [
     "expirable",
     "get_account",
     "get_invoice",
+    "insert_payments",
+    "insert_refunds",
     "invoice_by_number",
     "invoices_by_number",
     "invoices_for_order",
@@ -65,6 +67,17 @@ def add(session: Session, row: _Row) -> _Row:
     session.add(row)
     session.flush()
     return row
+
+
+def insert_payments(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Core executemany: a catch-up inserts thousands of rows, ORM objects cost ~0.2 ms each."""
+    if rows:
+        session.execute(sa.insert(Payment.__table__), rows)  # type: ignore[attr-defined]
+
+
+def insert_refunds(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(sa.insert(Refund.__table__), rows)  # type: ignore[attr-defined]
 
 
 def add_all(session: Session, rows: Sequence[object]) -> None:

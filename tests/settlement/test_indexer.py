@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -308,3 +309,51 @@ class TestCreateInvoice(MarketSuite):
             assert session.exec(select(func.count()).select_from(Invoice)).one() == 0
             account = session.get(invoices.MerchantAccount, 1)
             assert account.next_invoice_number == 1
+
+
+class TestInvoiceWebhooks(MarketSuite):
+    @pytest.fixture
+    def shop(self, engine, market, clock, keyring) -> Shop:
+        return open_shop(engine, market, clock, keyring)
+
+    def test_settlement_queues_signed_events_with_chain_evidence(self, engine, market, clock, shop):
+        from api.webhooks import create_endpoint
+        from api.webhooks.models import WebhookDelivery
+
+        with Session(engine) as session, session.begin():
+            create_endpoint(
+                session,
+                str(shop.merchant_id),
+                "https://shop.example/hooks",
+                ["invoice.processing", "invoice.settled", "invoice.expired"],
+            )
+        invoice = new_invoice(engine, market, shop, clock)
+        receipt = pay(engine, market, invoice)
+        indexer_for(engine, market, clock).poll_once()
+        with Session(engine) as session:
+            deliveries = session.exec(select(WebhookDelivery)).all()
+        by_type = {d.event_type: json.loads(d.payload) for d in deliveries}
+        assert set(by_type) == {"invoice.processing", "invoice.settled"}
+        settled = by_type["invoice.settled"]["data"]["object"]
+        assert settled["invoice"]["id"] == invoice.id
+        assert settled["invoice"]["state"] == "settled"
+        evidence = settled["chain_evidence"]
+        assert evidence["tx_hash"] == "0x" + bytes(receipt["transactionHash"]).hex()
+        assert evidence["block_number"] == receipt["blockNumber"]
+
+    def test_expiry_is_announced_once(self, engine, market, clock, shop):
+        from api.webhooks import create_endpoint
+        from api.webhooks.models import WebhookDelivery
+
+        with Session(engine) as session, session.begin():
+            create_endpoint(
+                session, str(shop.merchant_id), "https://s.example/h", ["invoice.expired"]
+            )
+        new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
+        clock.advance(timedelta(minutes=2))
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        indexer.poll_once()
+        with Session(engine) as session:
+            types = [d.event_type for d in session.exec(select(WebhookDelivery))]
+        assert types == ["invoice.expired"]

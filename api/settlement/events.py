@@ -1,0 +1,44 @@
+"""Invoice webhooks (outbox rows written in the settlement step's own transaction).
+
+Payment events carry their chain evidence, so a merchant can verify a settlement against its
+own node without trusting us.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session
+
+from api.settlement.models import Invoice
+from api.webhooks import enqueue
+
+__all__ = ["emit_invoice_event"]
+
+
+def _invoice(invoice: Invoice) -> dict[str, Any]:
+    return {
+        "id": invoice.id,
+        "object": "invoice",
+        "merchant_id": str(invoice.merchant_id),
+        "order_id": invoice.order_id,
+        "state": str(invoice.state),
+        "status": str(invoice.status),
+        "chain_id": invoice.chain_id,
+        "token": invoice.token,
+        "amount": str(invoice.amount),
+        "paid_amount": str(invoice.paid_amount),
+        "refunded_amount": str(invoice.refunded_amount),
+        "invoice_number": str(invoice.number),
+        "settled_at": invoice.settled_at.isoformat() if invoice.settled_at else None,
+    }
+
+
+def emit_invoice_event(
+    session: Session, invoice: Invoice, event_type: str, evidence: dict[str, Any] | None = None
+) -> None:
+    """Queue ``invoice.<event>`` for the merchant's endpoints; ``evidence`` = the log's facts."""
+    payload: dict[str, Any] = {"invoice": _invoice(invoice)}
+    if evidence is not None:
+        payload["chain_evidence"] = evidence
+    enqueue(session, str(invoice.merchant_id), event_type, payload)
