@@ -40,7 +40,10 @@ def compiler_settings() -> dict[str, Any]:
             "runs": int(profile.get("optimizer_runs", 200)),
         },
         "remappings": list(profile.get("remappings", [])),
-        "metadata": {"bytecodeHash": profile.get("bytecode_hash", "ipfs")},
+        "metadata": {
+            "bytecodeHash": profile.get("bytecode_hash", "ipfs"),
+            "appendCBOR": bool(profile.get("cbor_metadata", True)),
+        },
         "outputSelection": {
             "*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}
         },
