@@ -95,6 +95,12 @@ def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
     """
     u = sa.make_url(url)
     kwargs.setdefault("hide_parameters", True)
+    # A request holds its session's connection while idempotency (and invoice numbering) take
+    # a second, short one: with anyio's 40 threads, 80 connections can never run dry.
+    if u.database not in (None, "", ":memory:"):
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 70)
+        kwargs.setdefault("pool_timeout", 10)
     if u.get_backend_name() == "sqlite":
         connect_args = dict(kwargs.pop("connect_args", {}))
         connect_args.setdefault("timeout", 30)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from sqlmodel import Session
 
-from api.deps import ChainInfo, ChainInfoDep, ClockDep, SessionDep, SignersDep
+from api.deps import ChainInfo, ChainInfoDep, ClockDep, EngineDep, SessionDep, SignersDep
 from api.errors import ApiError, InvalidRequest
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
@@ -88,7 +88,7 @@ def _load(session: Session, caller: AuthenticatedKey, invoice_id: str) -> Invoic
     "chain id and router) and returns it with the compact signature `(r, vs)`, the EIP-681 URI "
     "and QR code links. One payable invoice per `order_id`: a second create for an order whose "
     "invoice is not expired/invalid is a 409 `duplicate_order` (concurrent creates are "
-    "serialised per merchant). Send an `Idempotency-Key` to make retries return the same "
+    "refused by a unique index). Send an `Idempotency-Key` to make retries return the same "
     "invoice. Emits `invoice.created`.",
 )
 def create_invoice(
@@ -98,17 +98,17 @@ def create_invoice(
     clock: ClockDep,
     chain_info: ChainInfoDep,
     signers: SignersDep,
+    engine: EngineDep,
 ) -> InvoiceOut:
     chain = _chain(chain_info)
     merchant_id = write_merchant(caller, body.merchant_id)
-    if not repo.lock_account(session, merchant_id, chain.chain_id):
+    account = repo.account_for_merchant(session, merchant_id, chain.chain_id)
+    if account is None:
         raise MerchantAccountMissingError(
             f"merchant has no router account on chain {chain.chain_id}: register it with "
             "POST /v1/merchants/{id}/account",
             param="merchant_id",
         )
-    account = repo.account_for_merchant(session, merchant_id, chain.chain_id)
-    assert account is not None
     signer = signers.get(account.operator.lower())
     if signer is None:
         raise SignerUnavailable()
@@ -127,8 +127,21 @@ def create_invoice(
         confirmations=body.confirmations,
         metadata=dict(body.metadata),
     )
+
+    def allocate(account_id: int) -> int:
+        # its own short transaction: the account row is locked for microseconds, not for the
+        # rest of the request (which would serialise creates and can starve the threadpool)
+        with Session(engine) as numbers, numbers.begin():
+            return repo.allocate_invoice_number(numbers, account_id)
+
     invoice = settlement.create_invoice(
-        session, request, chain_id=chain.chain_id, router=chain.router, signer=signer, clock=clock
+        session,
+        request,
+        chain_id=chain.chain_id,
+        router=chain.router,
+        signer=signer,
+        clock=clock,
+        allocate=allocate,
     )
     out = _public(session, invoice, chain, {account.id or 0: account})
     enqueue(session, str(merchant_id), "invoice.created", out.model_dump(mode="json"))

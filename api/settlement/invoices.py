@@ -8,11 +8,14 @@ invoice as ``paid_late`` instead of leaving money unmatched (BTCPay's most commo
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import segno
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from api.settlement import repository as repo
@@ -128,8 +131,16 @@ def create_invoice(
     router: str,
     signer: Signer,
     clock: Clock,
+    allocate: Callable[[int], int] | None = None,
 ) -> Invoice:
-    """Allocate the next invoice number, sign its intent with the operator key, store it."""
+    """Allocate the next invoice number, sign its intent with the operator key, store it.
+
+    ``allocate(account_id)`` may take the number in its own short transaction (the API does, so
+    no request holds the account row's lock while it signs and responds); numbers skipped by a
+    failed create are harmless: on-chain ids only need to be unique per merchant. Two open
+    invoices for one order are refused by a partial unique index as well as by this check, so
+    concurrent creates cannot both succeed.
+    """
     _validate(request)
     token = _address(request.token, "token")
     payer = _address(request.payer, "payer") if request.payer else "0x" + "0" * 40
@@ -154,7 +165,7 @@ def create_invoice(
         )
     now = clock.now()
     expires_at = now + request.expires_in
-    number = repo.allocate_invoice_number(session, account.id or 0)
+    number = (allocate or partial(repo.allocate_invoice_number, session))(account.id or 0)
     intent = PaymentIntent(
         merchant=account.address,
         token=token,
@@ -188,7 +199,13 @@ def create_invoice(
         created_at=now,
         expires_at=expires_at,
     )
-    return repo.add(session, invoice)
+    try:
+        with session.begin_nested():
+            return repo.add(session, invoice)
+    except IntegrityError:
+        raise DuplicateOrderError(
+            f"order {request.order_id!r} already has an open invoice", param="order_id"
+        ) from None
 
 
 def intent_of(invoice: Invoice, account: MerchantAccount) -> PaymentIntent:

@@ -93,6 +93,14 @@ class Invoice(SQLModel, table=True):
         sa.UniqueConstraint("account_id", "number"),
         sa.Index("ix_api_invoice_merchant_created", "merchant_id", "created_at", "id"),
         sa.Index("ix_api_invoice_merchant_order", "merchant_id", "order_id"),
+        sa.Index(
+            "uq_api_invoice_open_order",
+            "merchant_id",
+            "order_id",
+            unique=True,
+            sqlite_where=sa.text("state IN ('new', 'processing', 'settled')"),
+            postgresql_where=sa.text("state IN ('new', 'processing', 'settled')"),
+        ),
         sa.Index("ix_api_invoice_state_expires", "state", "expires_at"),
     )
 

@@ -44,7 +44,6 @@ __all__ = [
     "invoices_select",
     "invoices_window",
     "list_invoices",
-    "lock_account",
     "payment_exists",
     "payment_keys",
     "payments_after",
@@ -211,22 +210,6 @@ def invoices_window(
     stmt = invoices_select(merchant_id, created_gte=created_gte, created_lt=created_lt)
     stmt = stmt.order_by(col(Invoice.created_at), col(Invoice.id)).limit(limit)
     return session.exec(stmt).all()
-
-
-def lock_account(session: Session, merchant_id: int, chain_id: int) -> bool:
-    """Serialise invoice creation per merchant account for the rest of the transaction.
-
-    A no-op UPDATE of the account row: on PostgreSQL it takes the row lock, on SQLite it takes
-    the database write lock before anything is read, so the order-id uniqueness check that
-    follows sees every committed invoice. Returns False when the merchant has no account.
-    """
-    table = MerchantAccount.__table__  # type: ignore[attr-defined]
-    result = session.execute(
-        sa.update(table)
-        .where(table.c.merchant_id == merchant_id, table.c.chain_id == chain_id)
-        .values(next_invoice_number=table.c.next_invoice_number)
-    )
-    return bool(getattr(result, "rowcount", 0))
 
 
 def expirable(session: Session, now: datetime, limit: int) -> Sequence[Invoice]:

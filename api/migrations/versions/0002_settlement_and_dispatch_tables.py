@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-22 08:11:58.369849
+Create Date: 2026-11-22 08:28:30.461536
 """
 
 from collections.abc import Sequence
@@ -167,6 +167,13 @@ def upgrade() -> None:
             "ix_api_invoice_merchant_order", ["merchant_id", "order_id"], unique=False
         )
         batch_op.create_index("ix_api_invoice_state_expires", ["state", "expires_at"], unique=False)
+        batch_op.create_index(
+            "uq_api_invoice_open_order",
+            ["merchant_id", "order_id"],
+            unique=True,
+            sqlite_where=sa.text("state IN ('new', 'processing', 'settled')"),
+            postgresql_where=sa.text("state IN ('new', 'processing', 'settled')"),
+        )
 
     op.create_table(
         "api_payment",
@@ -251,6 +258,11 @@ def downgrade() -> None:
 
     op.drop_table("api_payment")
     with op.batch_alter_table("api_invoice", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_api_invoice_open_order",
+            sqlite_where=sa.text("state IN ('new', 'processing', 'settled')"),
+            postgresql_where=sa.text("state IN ('new', 'processing', 'settled')"),
+        )
         batch_op.drop_index("ix_api_invoice_state_expires")
         batch_op.drop_index("ix_api_invoice_merchant_order")
         batch_op.drop_index("ix_api_invoice_merchant_created")

@@ -1,0 +1,620 @@
+"""API benchmark: ``POST /v1/invoices`` over real HTTP against a minimal FastAPI + SQLModel insert
+endpoint measured in the same run, on the same stack (uvicorn, database, client).
+
+    .venv/bin/python scripts/bench_api.py [--quick] [--only sqlite,postgresql] [--profile DIR]
+
+For each database (a SQLite file in a temp dir; PostgreSQL at ``FOLLOWPAY_BENCH_POSTGRES_URL``
+in a throw-away schema ``bench_<pid>``) and each app (the real FollowPay app and the baseline):
+
+* a uvicorn server (one worker, ``log_level=warning``, no access log) is started in a
+  **subprocess** on a free 127.0.0.1 port;
+* this process drives it with ``httpx.AsyncClient`` (HTTP/1.1 keep-alive, 50 asyncio tasks, one
+  connection each): a warm-up, then up to ``N`` requests or ``T`` seconds, whichever comes first;
+  every request carries a unique ``order_id`` and ``Idempotency-Key``;
+* client-side latency (p50/p99, ms) and throughput (req/s) are recorded; any non-2xx counts as
+  an error.
+
+Load generator and server share the machine's cores (noted in the output), so absolute numbers
+are pessimistic; the ratio to the baseline is the meaningful figure. Goals: invoice throughput
+>= 0.5x the baseline and invoice p99 <= 25 ms.
+
+``--profile DIR`` runs the invoice server under cProfile (every thread; merged) and writes
+``DIR/<db>.pstats`` plus a top-30 text summary.
+
+``run()`` returns rows ``{"name", "value", "baseline", "ratio", "unit", "target"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import os
+import pstats
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PG_URL = os.environ.get(
+    "FOLLOWPAY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+CHAIN_ID = 31337
+ROUTER = "0x" + "11" * 20
+TOKEN = "0x" + "22" * 20
+CONCURRENCY = 50
+P99_TARGET_MS = 25.0
+RATIO_TARGET = 0.5
+# Both servers get a fixed pool larger than the number of in-flight requests: an idempotent POST
+# holds its request session's connection while ``idempotency.begin`` checks out a second one, so
+# with SQLAlchemy's default 5 + 10 pool, 50 concurrent POSTs deadlock until the 30 s pool timeout
+# (run with ``--pool-size 0`` to reproduce). 0 = SQLAlchemy's default pool.
+POOL_SIZE = CONCURRENCY + 10
+# anyio's default threadpool (40 tokens) is smaller than the number of in-flight requests: a
+# request whose transaction holds the write lock (PostgreSQL: the merchant-account row lock taken
+# by ``lock_account``; SQLite: the database lock) commits in the SessionDep teardown, a SEPARATE
+# threadpool call, and cannot get a thread while 40 others block on that lock -> the server hangs
+# (PostgreSQL: forever; SQLite: until busy_timeout). Both servers get more tokens than in-flight
+# requests (``--threads 0`` keeps anyio's default and reproduces the hang).
+THREADS = 2 * CONCURRENCY
+THREADS_ARG = [THREADS]
+
+
+# --- server side (runs in the subprocess) ------------------------------------------------------
+
+
+def _engine(url: str, schema: str | None, pool_size: int | None = None) -> Any:
+    """``api.db.make_engine`` (what the app's lifespan uses); ``pool_size`` overrides SQLAlchemy's
+    default QueuePool (5 + 10 overflow) with a fixed pool of that size."""
+    from api.db import make_engine
+
+    kwargs: dict[str, Any] = {}
+    if schema:
+        kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
+    if pool_size:
+        kwargs.update(pool_size=pool_size, max_overflow=0)
+    return make_engine(url, **kwargs)
+
+
+def _baseline_app(engine: Any) -> Any:
+    """The minimal reference: one FastAPI route, a pydantic body, one SQLModel insert + commit
+    (defined in the generated module so FastAPI resolves its annotations at runtime)."""
+    from scripts_bench_rows import baseline_app  # type: ignore[import-not-found]
+
+    return baseline_app(engine)
+
+
+def _invoice_app(engine: Any, home: str) -> Any:
+    from api.app import create_app
+    from api.deps import ApiConfig, ChainInfo
+    from api.settings import get_settings
+    from crm import KeyRing
+    from wallet.chain import dev_accounts
+    from wallet.secrets import PrivateKey
+    from wallet.signing import Signer
+
+    operator = dev_accounts()[2]
+    return create_app(
+        get_settings(home=Path(home)),
+        engine=engine,
+        config=ApiConfig(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000, docs=False),
+        keyring=KeyRing(b"\x01" * 32),
+        signers={operator.address: Signer(PrivateKey(bytes(operator.key)))},
+        chain_info=ChainInfo(chain_id=CHAIN_ID, router=ROUTER, token=TOKEN, decimals=6),
+    )
+
+
+class _ThreadProfiles:
+    """cProfile in every thread (the sync routes run in the threadpool), merged at the end."""
+
+    def __init__(self) -> None:
+        self.profiles: list[cProfile.Profile] = []
+        self._lock = threading.Lock()
+
+    def _hook(self, *_: Any) -> None:
+        sys.setprofile(None)
+        profile = cProfile.Profile()
+        with self._lock:
+            self.profiles.append(profile)
+        profile.enable()
+
+    def start(self) -> None:
+        threading.setprofile(self._hook)
+        self._hook()
+
+    def dump(self, path: Path) -> None:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        stats: pstats.Stats | None = None
+        for profile in self.profiles:
+            with contextlib.suppress(Exception):
+                profile.disable()
+            profile.create_stats()
+            if not getattr(profile, "stats", None):
+                continue
+            if stats is None:
+                stats = pstats.Stats(profile)
+            else:
+                stats.add(profile)
+        if stats is None:
+            return
+        stats.dump_stats(str(path))
+        with path.with_suffix(".txt").open("w") as fh:
+            stats.stream = fh  # type: ignore[attr-defined]
+            stats.sort_stats("cumulative").print_stats(40)
+            stats.sort_stats("tottime").print_stats(30)
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    engine = _engine(args.url, args.schema, args.pool_size)
+    app = _baseline_app(engine) if args.serve == "baseline" else _invoice_app(engine, args.home)
+    profiler = _ThreadProfiles() if args.profile_out else None
+    inner = app
+
+    async def app_with_threads(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan" and args.threads:
+            import anyio.to_thread
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = args.threads
+        await inner(scope, receive, send)
+
+    config = uvicorn.Config(
+        app_with_threads,
+        host="127.0.0.1",
+        port=args.port,
+        workers=1,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    if profiler is not None:
+        profiler.start()
+    try:
+        server.run()  # uvicorn re-raises the SIGINT it was stopped with as KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if profiler is not None:
+            profiler.dump(Path(args.profile_out))
+        engine.dispose()
+
+
+# --- the baseline table (importable by the server subprocess under a stable module name) -------
+
+_ROWS_MODULE = """
+from sqlmodel import Field, SQLModel
+
+
+class BenchRowIn(SQLModel):
+    order_id: str = Field(min_length=1, max_length=200)
+    amount: str = Field(min_length=1, max_length=78)
+
+
+class BenchRow(SQLModel, table=True):
+    __tablename__ = "bench_baseline_rows"
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(max_length=200)
+    amount: str = Field(max_length=78)
+
+
+def baseline_app(engine):
+    from fastapi import FastAPI
+    from sqlmodel import Session
+
+    app = FastAPI()
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/rows")
+    def create_row(body: BenchRowIn) -> BenchRow:
+        with Session(engine, expire_on_commit=False) as session:
+            row = BenchRow(order_id=body.order_id, amount=body.amount)
+            session.add(row)
+            session.commit()
+            return row
+
+    return app
+"""
+
+
+def _rows_module_dir(tmp: Path) -> Path:
+    d = tmp / "pymod"
+    d.mkdir(exist_ok=True)
+    (d / "scripts_bench_rows.py").write_text(_ROWS_MODULE)
+    return d
+
+
+# --- databases ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _database(kind: str, tmp: Path) -> Iterator[tuple[str, str | None]]:
+    """Yield ``(url, schema)`` with the migrated schema; PostgreSQL schema dropped afterwards."""
+    import sqlalchemy as sa
+
+    from api.db import make_engine, upgrade
+
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp / 'api.sqlite3'}"
+        upgrade(url)
+        yield url, None
+        return
+    schema = f"bench_{os.getpid()}"
+    admin = make_engine(PG_URL, connect_args={"connect_timeout": 3})
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        engine = _engine(PG_URL, schema)
+        with engine.begin() as conn:
+            upgrade(connection=conn)
+        engine.dispose()
+        yield PG_URL, schema
+    finally:
+        with contextlib.suppress(Exception), admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _prepare(url: str, schema: str | None, home: Path, rows_dir: Path) -> str:
+    """A merchant, its merchant key and its router account; the baseline table. -> the key."""
+    from fastapi.testclient import TestClient
+    from sqlmodel import SQLModel
+
+    from api.db import session_factory, session_scope
+    from api.keys.service import create_key
+    from wallet.chain import dev_accounts
+
+    sys.path.insert(0, str(rows_dir))
+    from scripts_bench_rows import BenchRow
+
+    engine = _engine(url, schema)
+    try:
+        SQLModel.metadata.create_all(engine, tables=[BenchRow.__table__])  # type: ignore[attr-defined]
+        app = _invoice_app(engine, str(home))
+        with session_scope(session_factory(engine)) as session:
+            _, admin = create_key(session, None, "admin", False)
+        with TestClient(app) as client:
+            r = client.post(
+                "/v1/merchants",
+                json={"name": "Bench"},
+                headers={"Authorization": f"Bearer {admin}"},
+            )
+            r.raise_for_status()
+            mid = r.json()["id"]
+            with session_scope(session_factory(engine)) as session:
+                _, key = create_key(session, mid, "merchant", False)
+            accounts = dev_accounts()
+            r = client.post(
+                f"/v1/merchants/{mid}/account",
+                json={
+                    "address": "0x" + os.urandom(20).hex(),
+                    "payout": accounts[1].address,
+                    "operator": accounts[2].address,
+                },
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            r.raise_for_status()
+            assert r.json()["signer_available"], r.text
+            # One invoice through the in-process app: fails loudly before any load is applied.
+            r = client.post(
+                "/v1/invoices",
+                json={"amount": "2500000", "order_id": "o_setup"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert r.status_code == 200, r.text
+        return key
+    finally:
+        engine.dispose()
+
+
+# --- the server subprocess ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _server(
+    app: str,
+    url: str,
+    schema: str | None,
+    home: Path,
+    rows_dir: Path,
+    profile_out: Path | None = None,
+    pool_size: int = POOL_SIZE,
+) -> Iterator[str]:
+    import httpx
+
+    port = _free_port()
+    cmd = [sys.executable, __file__, "--serve", app, "--url", url, "--home", str(home)]
+    cmd += ["--port", str(port), "--pool-size", str(pool_size), "--threads", str(THREADS_ARG[0])]
+    if schema:
+        cmd += ["--schema", schema]
+    if profile_out is not None:
+        cmd += ["--profile-out", str(profile_out)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(rows_dir), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{app} server exited with {proc.returncode}")
+            try:
+                if httpx.get(base + "/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{app} server did not start")
+            time.sleep(0.05)
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --- the load generator ------------------------------------------------------------------------
+
+
+async def _load(
+    base: str, path: str, key: str, warmup: int, total: int, seconds: float
+) -> dict[str, Any]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    headers = {"Authorization": f"Bearer {key}"}
+    run_id = uuid.uuid4().hex[:8]
+    async with httpx.AsyncClient(
+        base_url=base, limits=limits, headers=headers, timeout=60.0, http2=False
+    ) as client:
+        seq = 0
+
+        async def one() -> tuple[float, int]:
+            nonlocal seq
+            seq += 1
+            body = {"amount": "2500000", "order_id": f"o_{run_id}_{seq}"}
+            hdrs = {"Idempotency-Key": uuid.uuid4().hex}
+            started = time.perf_counter()
+            r = await client.post(path, json=body, headers=hdrs)
+            await r.aread()
+            return time.perf_counter() - started, r.status_code
+
+        async def phase(n: int, limit_s: float) -> tuple[list[float], list[int], float]:
+            latencies: list[float] = []
+            statuses: list[int] = []
+            issued = 0
+            deadline = time.perf_counter() + limit_s
+
+            async def worker() -> None:
+                nonlocal issued
+                while issued < n and time.perf_counter() < deadline:
+                    issued += 1
+                    elapsed, status = await one()
+                    latencies.append(elapsed)
+                    statuses.append(status)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+            return latencies, statuses, time.perf_counter() - started
+
+        _, warm_statuses, _ = await phase(warmup, 60.0)
+        latencies, statuses, elapsed = await phase(total, seconds)
+    ok = [lat for lat, s in zip(latencies, statuses, strict=True) if 200 <= s < 300]
+    errors = len(statuses) - len(ok) + sum(1 for s in warm_statuses if not 200 <= s < 300)
+    ok.sort()
+
+    def pct(p: float) -> float:
+        if not ok:
+            return float("nan")
+        return ok[min(len(ok) - 1, round(p * (len(ok) - 1)))] * 1000
+
+    return {
+        "requests": len(statuses),
+        "errors": errors,
+        "status": sorted(set(statuses)),
+        "seconds": elapsed,
+        "rps": len(ok) / elapsed if elapsed else 0.0,
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+    }
+
+
+# --- orchestration -----------------------------------------------------------------------------
+
+
+def _row(
+    name: str, value: float, baseline: float, unit: str, target: str, note: str = ""
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": name,
+        "value": round(value, 2 if unit == "ms" else 1),
+        "baseline": round(baseline, 2 if unit == "ms" else 1),
+        "ratio": round(value / baseline, 3) if baseline else 0.0,
+        "unit": unit,
+        "target": target,
+    }
+    if note:
+        row["note"] = note
+    return row
+
+
+def bench_database(
+    kind: str,
+    quick: bool,
+    profile_dir: Path | None = None,
+    verbose: bool = True,
+    pool_size: int = POOL_SIZE,
+) -> list[dict[str, Any]]:
+    total, seconds, warmup = (600, 10.0, 100) if quick else (3_000, 30.0, 300)
+    with tempfile.TemporaryDirectory(prefix="bench_api_") as tmpname:
+        tmp = Path(tmpname)
+        home = tmp / "home"
+        home.mkdir()
+        rows_dir = _rows_module_dir(tmp)
+        with _database(kind, tmp) as (url, schema):
+            key = _prepare(url, schema, home, rows_dir)
+            results: dict[str, dict[str, Any]] = {}
+            for app, path in (("baseline", "/v1/rows"), ("invoices", "/v1/invoices")):
+                with _server(app, url, schema, home, rows_dir, None, pool_size) as base:
+                    results[app] = asyncio.run(_load(base, path, key, warmup, total, seconds))
+                if verbose:
+                    print(f"  {kind} {app}: {json.dumps(results[app], default=str)}", flush=True)
+            if profile_dir is not None:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+                out = profile_dir / f"{kind}.pstats"
+                with _server("invoices", url, schema, home, rows_dir, out, pool_size) as base:
+                    asyncio.run(_load(base, "/v1/invoices", key, warmup, total, seconds))
+                if verbose:
+                    print(f"  profile: {out} (+ {out.with_suffix('.txt')})", flush=True)
+    ours, base = results["invoices"], results["baseline"]
+    note = f"{ours['requests']} req in {ours['seconds']:.1f} s, {ours['errors']} errors"
+    bnote = f"baseline {base['requests']} req in {base['seconds']:.1f} s, {base['errors']} errors"
+    return [
+        _row(
+            f"{kind}: POST /v1/invoices throughput",
+            ours["rps"],
+            base["rps"],
+            "req/s",
+            f"ratio >= {RATIO_TARGET}",
+            f"{note}; {bnote}",
+        ),
+        _row(f"{kind}: POST /v1/invoices p50", ours["p50"], base["p50"], "ms", "report"),
+        _row(
+            f"{kind}: POST /v1/invoices p99",
+            ours["p99"],
+            base["p99"],
+            "ms",
+            f"value <= {P99_TARGET_MS:g} ms",
+        ),
+    ]
+
+
+def _pg_available() -> bool:
+    import sqlalchemy as sa
+
+    from api.db import make_engine
+
+    engine = make_engine(PG_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return True
+    except sa.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def run(
+    quick: bool = False,
+    only: tuple[str, ...] = ("sqlite", "postgresql"),
+    profile_dir: Path | None = None,
+    pool_size: int = POOL_SIZE,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for kind in only:
+        if kind == "postgresql" and not _pg_available():
+            print(f"PostgreSQL unreachable at {PG_URL}: skipped", flush=True)
+            continue
+        rows += bench_database(kind, quick, profile_dir, pool_size=pool_size)
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(row.get(k, "")) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _verdict(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for row in rows:
+        if row["target"].startswith("ratio"):
+            ok = row["ratio"] >= RATIO_TARGET
+        elif row["target"].startswith("value"):
+            ok = row["value"] <= P99_TARGET_MS
+        else:
+            continue
+        out.append(f"{row['name']}: {row['target']} -> {'met' if ok else 'MISSED'}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="600 requests / 10 s per run")
+    parser.add_argument("--only", default="sqlite,postgresql", help="comma-separated databases")
+    parser.add_argument("--profile", default=None, help="also profile the invoice server here")
+    # internal: the server subprocess
+    parser.add_argument("--serve", choices=("baseline", "invoices"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--schema", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--home", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads", type=int, default=THREADS, help="server threadpool (0: anyio default 40)"
+    )
+    parser.add_argument(
+        "--pool-size", type=int, default=POOL_SIZE, help="server pool (0: SQLAlchemy default)"
+    )
+    args = parser.parse_args()
+    if args.serve:
+        serve(args)
+        return
+    THREADS_ARG[0] = args.threads
+    only = tuple(k.strip() for k in args.only.split(",") if k.strip())
+    print(
+        f"machine: {os.cpu_count()} cores shared by the uvicorn server (1 worker, subprocess) "
+        f"and the httpx load generator ({CONCURRENCY} asyncio tasks, HTTP/1.1 keep-alive); "
+        f"server pool: {args.pool_size or 'SQLAlchemy default 5+10'}, "
+        f"threadpool: {args.threads or 'anyio default 40'}",
+        flush=True,
+    )
+    profile = Path(args.profile) if args.profile else None
+    rows = run(args.quick, only, profile, args.pool_size)
+    print(_table(rows))
+    for line in _verdict(rows):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
