@@ -29,6 +29,7 @@ SECTIONS: dict[str, str] = {
     "wallet": "bench_wallet",
     "crm": "bench_crm",
     "settlement": "bench_settlement",
+    "api": "bench_api",
 }
 PG_URL = os.environ.get(
     "FOLLOWPAY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
