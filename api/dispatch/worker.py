@@ -77,6 +77,7 @@ class Worker:
             recovered = followups.recover_stale(session, now, self.lease)
             followups.expire_due(session, now)
             tickets.sweep_breaches(session, now)  # the 24 h SLA clock is recorded, not inferred
+            followups.schedule_periodic_all(session, self.clock)
             ids = followups.claim_due(session, now, self.batch, self.worker_id)
         for outcome, rows in recovered.items():
             if rows:

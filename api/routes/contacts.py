@@ -36,7 +36,16 @@ from api.schemas.crm import (
     WalletAddBody,
 )
 from api.webhooks import enqueue
-from crm import ConsentAction, ContactCreate, ContactUpdate, KeyRing, consent, contacts, privacy
+from crm import (
+    ConsentAction,
+    ContactCreate,
+    ContactUpdate,
+    KeyRing,
+    audit,
+    consent,
+    contacts,
+    privacy,
+)
 from crm.consent import repository as consent_repo
 from crm.contacts.models import Contact
 
@@ -79,6 +88,15 @@ def create_contact(
     data = ContactCreate(**body.model_dump(exclude={"merchant_id"}))
     with crm_errors("merchant", merchant_id):
         contact = contacts.create_contact(session, merchant_id, data, keyring, clock)
+    audit.record(
+        session,
+        actor=actor(caller),
+        action="contact.created",
+        object_type="contact",
+        object_id=contact.id or 0,
+        at=clock.now(),
+        merchant_id=merchant_id,
+    )
     return _out(session, contact, keyring)
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "list_pending_for_contact",
     "list_policies",
     "list_purchases_for_contact",
+    "merchants_with_policy",
     "save",
     "save_policy",
     "stale_claims",
@@ -65,6 +66,13 @@ def list_policies(session: Session, merchant_id: int) -> Sequence[FollowUpPolicy
         select(FollowUpPolicy)
         .where(FollowUpPolicy.merchant_id == merchant_id)
         .order_by(col(FollowUpPolicy.id))
+    )
+    return session.exec(stmt).all()
+
+
+def merchants_with_policy(session: Session, trigger: str) -> Sequence[int]:
+    stmt = select(FollowUpPolicy.merchant_id).where(
+        FollowUpPolicy.trigger == trigger, col(FollowUpPolicy.active).is_(True)
     )
     return session.exec(stmt).all()
 

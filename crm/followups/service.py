@@ -71,6 +71,7 @@ __all__ = [
     "recover_stale",
     "schedule_for_payment",
     "schedule_periodic",
+    "schedule_periodic_all",
     "update_policy",
 ]
 
@@ -469,6 +470,14 @@ def schedule_periodic(session: Session, merchant_id: int, clock: Clock) -> list[
                 now=now,
             )
         )
+    return created
+
+
+def schedule_periodic_all(session: Session, clock: Clock) -> int:
+    """:func:`schedule_periodic` for every merchant with an active periodic policy."""
+    created = 0
+    for merchant_id in repo.merchants_with_policy(session, Trigger.PERIODIC.value):
+        created += len(schedule_periodic(session, merchant_id, clock))
     return created
 
 

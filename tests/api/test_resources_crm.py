@@ -319,6 +319,7 @@ class TestPrivacy:
         ]
         assert "contact.erased" in actions
         assert "contact.exported" in actions
+        assert "contact.created" in actions
         assert c["email"] not in str(
             world.client.get("/v1/audit_log", params={"limit": 100}, headers=h).json()
         )

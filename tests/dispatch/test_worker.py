@@ -246,3 +246,38 @@ class TestInAppAndPhone:
         local_end = task.call_before.astimezone(ZoneInfo("Europe/London"))
         assert (local_end.hour, local_end.minute) == (21, 0)
         assert task.call_after < task.call_before
+
+
+class TestPeriodic:
+    def test_thirty_days_after_the_first_purchase_the_worker_schedules_and_sends(
+        self, engine, clock
+    ):
+        shop_id, _ = shop_with(engine, clock, channel="in_app")
+        with Session(engine) as session, session.begin():
+            followups.create_policy(
+                session,
+                shop_id,
+                FollowUpPolicyCreate(
+                    trigger="periodic",
+                    periodic_after_days=30,
+                    channel_order=["in_app"],
+                    frequency_cap_days=0,
+                ),
+                actor="owner",
+                clock=clock,
+            )
+        worker = Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS)}, clock)
+        worker.run_once()  # the payment follow-up
+
+        def kinds():
+            with Session(engine) as session:
+                return sorted(f.kind for f in session.exec(select(FollowUp)))
+
+        assert kinds() == ["payment_settled"]
+        clock.advance(timedelta(days=31))
+        worker.run_once()
+        worker.run_once()
+        assert kinds() == ["payment_settled", "periodic"]
+        with Session(engine) as session:
+            periodic = session.exec(select(FollowUp).where(FollowUp.kind == "periodic")).one()
+        assert periodic.state == "sent"
