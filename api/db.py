@@ -18,7 +18,9 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
+
+from crm._base import NAMING_CONVENTION, UTCDateTime
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -37,16 +39,7 @@ __all__ = [
 
 VERSION_TABLE = "alembic_version_api"
 
-NAMING_CONVENTION: dict[str, str] = {
-    "ix": "ix_%(column_0_N_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-# Same convention as the CRM's (both share SQLModel.metadata); setting it twice is harmless.
-SQLModel.metadata.naming_convention = NAMING_CONVENTION
-
+# The CRM's convention and UTC type are the project's: one definition, shared metadata.
 SessionFactory = Callable[[], Session]
 
 
@@ -61,30 +54,6 @@ def utcnow() -> datetime:
 def new_id(prefix: str) -> str:
     """A Stripe-style object id, e.g. ``we_3kT9…`` (prefix + 128 random bits, URL-safe)."""
     return f"{prefix}_{secrets.token_urlsafe(16).replace('-', 'x').replace('_', 'z')}"
-
-
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC text)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        value = value.astimezone(UTC)
-        if dialect.name == "sqlite":
-            return value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
 
 
 def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:

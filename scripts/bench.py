@@ -31,6 +31,7 @@ SECTIONS: dict[str, str] = {
     "settlement": "bench_settlement",
     "api": "bench_api",
 }
+NOTES_MARKER = "<!-- notes: kept across runs -->"
 PG_URL = os.environ.get(
     "FOLLOWPAY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -119,7 +120,11 @@ def main() -> None:
         print(rendered, flush=True)
         out += [f"## {name}", "", rendered, "", f"({time.monotonic() - started:.0f} s)", ""]
     if not args.no_write and set(names) == set(SECTIONS):
-        (ROOT / "docs" / "benchmarks.md").write_text("\n".join(out))
+        target = ROOT / "docs" / "benchmarks.md"
+        notes = ""  # hand-written analysis below the marker survives a re-run
+        if target.exists() and NOTES_MARKER in target.read_text():
+            notes = target.read_text().split(NOTES_MARKER, 1)[1]
+        target.write_text("\n".join(out) + "\n" + NOTES_MARKER + notes)
         print("wrote docs/benchmarks.md")
     elif not args.no_write:
         print("(partial run: docs/benchmarks.md left unchanged; run all sections to rewrite it)")

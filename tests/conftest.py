@@ -5,22 +5,13 @@ Under ``CI=true`` a missing anvil or PostgreSQL fails the run instead of skippin
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.support import missing
 from wallet.chain import Chain, ChainConfig, connect
 from wallet.errors import AnvilNotFoundError
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def missing(reason: str) -> None:
-    """Skip locally, fail in CI: nothing that needs anvil or PostgreSQL may skip there."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -15,7 +16,16 @@ from wallet.deployment import Deployment, deploy_contracts
 from wallet.secrets import PrivateKey
 from wallet.signing import PaymentIntent, payment_intent_typed_data, sign_typed_data, to_compact
 
-__all__ = ["ChainSuite", "Market", "open_market"]
+__all__ = ["IN_CI", "ChainSuite", "Market", "missing", "open_market"]
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip locally, fail in CI: nothing that needs anvil or PostgreSQL may skip there."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
+    pytest.skip(reason)
 
 
 class ChainSuite:

@@ -27,8 +27,8 @@ from api.db import make_engine, session_factory, session_scope, upgrade
 from api.deps import ApiConfig
 from api.keys.service import create_key
 from api.settings import get_settings
+from tests.support import missing
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get(
     "FOLLOWPAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -40,12 +40,6 @@ API_TABLES = (
     "api_keys",
 )
 TEST_CONFIG = ApiConfig(rate_limit_per_second=10_000, rate_limit_burst=100_000)
-
-
-def missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -56,7 +56,7 @@ from crm import (
 )
 from crm.followups.models import FollowUp, Purchase
 from crm.merchants.models import MerchantCreate
-from tests.conftest import missing
+from tests.support import missing
 from wallet.chain import Chain, ChainConfig, connect, free_port
 from wallet.deployment import deploy_contracts
 from wallet.errors import AnvilNotFoundError
