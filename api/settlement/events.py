@@ -12,8 +12,9 @@ from sqlmodel import Session
 
 from api.settlement.models import Invoice
 from api.webhooks import enqueue
+from api.webhooks import repository as webhook_repo
 
-__all__ = ["emit_invoice_event"]
+__all__ = ["InvoiceEvents", "emit_invoice_event"]
 
 
 def _invoice(invoice: Invoice) -> dict[str, Any]:
@@ -42,3 +43,22 @@ def emit_invoice_event(
     if evidence is not None:
         payload["chain_evidence"] = evidence
     enqueue(session, str(invoice.merchant_id), event_type, payload)
+
+
+class InvoiceEvents:
+    """Queues invoice webhooks for one indexer step, asking once per merchant whether any
+    endpoint listens (a catch-up emits two events per payment; most merchants have few hooks)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._listening: dict[int, bool] = {}
+
+    def emit(
+        self, invoice: Invoice, event_type: str, evidence: dict[str, Any] | None = None
+    ) -> None:
+        merchant = invoice.merchant_id
+        if merchant not in self._listening:
+            endpoints = webhook_repo.subscribed_endpoints(self.session, str(merchant))
+            self._listening[merchant] = bool(endpoints)
+        if self._listening[merchant]:
+            emit_invoice_event(self.session, invoice, event_type, evidence)

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.settlement import repository as repo
-from api.settlement.events import emit_invoice_event
+from api.settlement.events import InvoiceEvents
 from api.settlement.invoices import expire_due
 from api.settlement.models import (
     Invoice,
@@ -217,6 +217,7 @@ class Indexer:
             cursor = repo.cursor(session, chain_id, self.router, self.start_block, now)
             cursor_id = cursor.id or 0
             head = self._head()
+            events = InvoiceEvents(session)
             last = cursor.last_block
             result = PollResult(head=head, from_block=last + 1, to_block=last)
             fork = self._fork_point(session, cursor_id, head)
@@ -238,7 +239,7 @@ class Indexer:
                 for invoice in batch.touched.values():
                     session.add(invoice)
                 for invoice, event_type, evidence in batch.events:
-                    emit_invoice_event(session, invoice, event_type, evidence)
+                    events.emit(invoice, event_type, evidence)
                 blocks.setdefault(end, _hex(self._block(end)["hash"]))
                 repo.save_blocks(session, cursor_id, blocks)
                 cursor.last_block = end
@@ -246,7 +247,7 @@ class Indexer:
                 repo.prune_blocks(session, cursor_id, end - self.reorg_window)
             cursor.updated_at = self.clock.now()
             session.add(cursor)
-            self._confirm(session, chain_id, min(head, cursor.last_block), result)
+            self._confirm(session, chain_id, min(head, cursor.last_block), result, events)
             expire_due(session, self.clock)  # late payments still settle, as paid_late
         return result
 
@@ -378,7 +379,14 @@ class Indexer:
         timestamp = int(self._block(block_number)["timestamp"])
         return datetime.fromtimestamp(timestamp, UTC) > invoice.expires_at
 
-    def _confirm(self, session: Session, chain_id: int, tip: int, result: PollResult) -> None:
+    def _confirm(
+        self,
+        session: Session,
+        chain_id: int,
+        tip: int,
+        result: PollResult,
+        events: InvoiceEvents,
+    ) -> None:
         for payment in repo.pending_payments(session, chain_id):
             invoice = session.get(Invoice, payment.invoice_id) if payment.invoice_id else None
             depth = max(1, invoice.confirmations_required) if invoice else 1
@@ -396,7 +404,7 @@ class Indexer:
             if invoice.contact_id is not None or self.on_settled is not None:
                 session.flush()  # the CRM and the hook query what was just written
             result.settled.append(invoice.id)
-            emit_invoice_event(session, invoice, "invoice.settled", _evidence(payment))
+            events.emit(invoice, "invoice.settled", _evidence(payment))
             self._schedule_followups(session, invoice, payment)
             if self.on_settled is not None:
                 self.on_settled(session, invoice, payment)
