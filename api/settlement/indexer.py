@@ -52,9 +52,9 @@ REFUNDED_TOPIC = (
 _DATA_TYPES = ["address", "uint256", "uint256"]
 
 
-def payment_ref(payment: Payment) -> str:
+def payment_ref(payment: Payment | int) -> str:
     """The CRM's opaque reference for a payment (new after a reorg re-includes it)."""
-    return f"pay_{payment.id}"
+    return f"pay_{payment if isinstance(payment, int) else payment.id}"
 
 
 @dataclass
@@ -68,6 +68,7 @@ class _Batch:
     refund_rows: list[dict[str, Any]] = field(default_factory=list)
     touched: dict[str, Invoice] = field(default_factory=dict)
     events: list[tuple[Invoice, str, dict[str, Any]]] = field(default_factory=list)
+    to_settle: list[tuple[Invoice, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -143,6 +144,8 @@ def _evidence(row: dict[str, Any] | Payment) -> dict[str, Any]:
         "block_hash": get("block_hash"),
         "log_index": get("log_index"),
         "amount": str(get("amount")),
+        "token": get("token"),
+        "late": bool(get("late")),
     }
 
 
@@ -160,7 +163,6 @@ class Indexer:
         clock: Clock,
         batch_blocks: int = 2_000,
         reorg_window: int = 256,
-        on_settled: Callable[[Session, Invoice, Payment], None] | None = None,
     ) -> None:
         self.chain = chain
         self.engine = engine
@@ -169,7 +171,6 @@ class Indexer:
         self.clock = clock
         self.batch_blocks = batch_blocks
         self.reorg_window = reorg_window
-        self.on_settled = on_settled
         self._symbols: dict[str, str] = {}
 
     # -- chain reads (the only place the indexer talks to the node) ---------------------------
@@ -232,14 +233,17 @@ class Indexer:
                 batch = self._prefetch(session, chain_id, entries, start, end)
                 blocks: dict[int, str] = {}
                 for entry in entries:
-                    self._apply(chain_id, entry, result, batch)
+                    self._apply(chain_id, entry, result, batch, min(head, end))
                     blocks.setdefault(entry.block_number, entry.block_hash)
-                repo.insert_payments(session, batch.payment_rows)
+                ids = repo.insert_payments(session, batch.payment_rows)
                 repo.insert_refunds(session, batch.refund_rows)
                 for invoice in batch.touched.values():
                     session.add(invoice)
                 for invoice, event_type, evidence in batch.events:
                     events.emit(invoice, event_type, evidence)
+                for invoice, index in batch.to_settle:
+                    row = batch.payment_rows[index]
+                    self._settle(session, invoice, ids[index], _evidence(row), result, events)
                 blocks.setdefault(end, _hex(self._block(end)["hash"]))
                 repo.save_blocks(session, cursor_id, blocks)
                 cursor.last_block = end
@@ -314,7 +318,9 @@ class Indexer:
         batch.refunds = repo.refund_keys(session, chain_id, start, end)
         return batch
 
-    def _apply(self, chain_id: int, entry: _Log, result: PollResult, batch: _Batch) -> None:
+    def _apply(
+        self, chain_id: int, entry: _Log, result: PollResult, batch: _Batch, tip: int
+    ) -> None:
         invoice = batch.invoices.get((entry.merchant.lower(), entry.number))
         key = (entry.tx_hash, entry.log_index, entry.block_hash)
         row = {
@@ -345,9 +351,12 @@ class Indexer:
                 "payer": entry.third,
                 "token": entry.token,
                 "fee": entry.extra,
-                "state": PaymentState.PENDING.value,
                 "late": late,
             }
+            # Deep enough already (the usual case in a catch-up)? Insert it confirmed and
+            # settle in this step: no second pass re-reading and re-writing the payment.
+            confirmed = tip - entry.block_number + 1 >= _depth(invoice)
+            row["state"] = (PaymentState.CONFIRMED if confirmed else PaymentState.PENDING).value
             batch.payment_rows.append(row)
             result.payments += 1
             if invoice is not None:
@@ -356,6 +365,8 @@ class Indexer:
                     invoice.state = InvoiceState.PROCESSING
                     batch.events.append((invoice, "invoice.processing", _evidence(row)))
                 batch.touched[invoice.id] = invoice
+                if confirmed:
+                    batch.to_settle.append((invoice, len(batch.payment_rows) - 1))
         elif entry.topic == REFUNDED_TOPIC:
             if key in batch.refunds:
                 return
@@ -387,42 +398,48 @@ class Indexer:
         result: PollResult,
         events: InvoiceEvents,
     ) -> None:
+        """Settle payments seen in earlier steps that have now reached their depth."""
         for payment in repo.pending_payments(session, chain_id):
             invoice = session.get(Invoice, payment.invoice_id) if payment.invoice_id else None
-            depth = max(1, invoice.confirmations_required) if invoice else 1
-            if tip - payment.block_number + 1 < depth:
+            if tip - payment.block_number + 1 < _depth(invoice):
                 continue
             payment.state = PaymentState.CONFIRMED
             session.add(payment)
-            if invoice is None or invoice.state == InvoiceState.SETTLED:
-                continue
-            invoice.state = InvoiceState.SETTLED
-            if payment.late:
-                invoice.status = InvoiceStatus.PAID_LATE
-            invoice.settled_at = self.clock.now()
-            session.add(invoice)
-            if invoice.contact_id is not None or self.on_settled is not None:
-                session.flush()  # the CRM and the hook query what was just written
-            result.settled.append(invoice.id)
-            events.emit(invoice, "invoice.settled", _evidence(payment))
-            self._schedule_followups(session, invoice, payment)
-            if self.on_settled is not None:
-                self.on_settled(session, invoice, payment)
+            if invoice is not None:
+                self._settle(session, invoice, payment.id or 0, _evidence(payment), result, events)
 
-    def _schedule_followups(self, session: Session, invoice: Invoice, payment: Payment) -> None:
+    def _settle(
+        self,
+        session: Session,
+        invoice: Invoice,
+        payment_id: int,
+        evidence: dict[str, Any],
+        result: PollResult,
+        events: InvoiceEvents,
+    ) -> None:
+        if invoice.state == InvoiceState.SETTLED:
+            return
+        invoice.state = InvoiceState.SETTLED
+        if evidence.get("late"):
+            invoice.status = InvoiceStatus.PAID_LATE
+        invoice.settled_at = self.clock.now()
+        session.add(invoice)
+        result.settled.append(invoice.id)
+        events.emit(invoice, "invoice.settled", evidence)
         if invoice.contact_id is None:
             return
+        session.flush()  # the CRM queries what was just written
         try:
             with session.begin_nested():
                 followups.schedule_for_payment(
                     session,
                     invoice.merchant_id,
                     invoice.contact_id,
-                    payment_ref(payment),
+                    payment_ref(payment_id),
                     invoice.id,
-                    payment.amount,
-                    self._symbol(payment.token),
-                    invoice.settled_at or self.clock.now(),
+                    int(evidence["amount"]),
+                    self._symbol(evidence["token"]),
+                    invoice.settled_at,
                     self.clock,
                 )
         except CRMError as exc:  # e.g. an erased contact: the payment still settles
@@ -444,6 +461,11 @@ class Indexer:
                 progress(result)
             if result.caught_up:
                 stop.wait(poll_interval)
+
+
+def _depth(invoice: Invoice | None) -> int:
+    """Blocks a payment needs (0 and 1 both mean: settle on first sight)."""
+    return max(1, invoice.confirmations_required) if invoice is not None else 1
 
 
 def _set_refund_status(invoice: Invoice) -> None:

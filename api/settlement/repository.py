@@ -68,10 +68,16 @@ def add(session: Session, row: _Row) -> _Row:
     return row
 
 
-def insert_payments(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Core executemany: a catch-up inserts thousands of rows, ORM objects cost ~0.2 ms each."""
-    if rows:
-        session.execute(sa.insert(Payment.__table__), rows)  # type: ignore[attr-defined]
+def insert_payments(session: Session, rows: list[dict[str, Any]]) -> list[int]:
+    """Core executemany: a catch-up inserts thousands of rows, ORM objects cost ~0.2 ms each.
+
+    Returns the new ids in the order of ``rows``.
+    """
+    if not rows:
+        return []
+    table = Payment.__table__  # type: ignore[attr-defined]
+    stmt = sa.insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    return [int(row_id) for row_id in session.execute(stmt, rows).scalars()]
 
 
 def insert_refunds(session: Session, rows: list[dict[str, Any]]) -> None:
