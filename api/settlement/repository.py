@@ -28,9 +28,7 @@ __all__ = [
     "account_for_merchant",
     "accounts_by_address",
     "add",
-    "add_all",
     "allocate_invoice_number",
-    "blocks_after",
     "cursor",
     "delete_blocks_after",
     "expirable",
@@ -38,13 +36,11 @@ __all__ = [
     "get_invoice",
     "insert_payments",
     "insert_refunds",
-    "invoice_by_number",
     "invoices_by_number",
     "invoices_for_order",
     "invoices_select",
     "invoices_window",
     "list_invoices",
-    "payment_exists",
     "payment_keys",
     "payments_after",
     "payments_for_invoice",
@@ -52,10 +48,8 @@ __all__ = [
     "pending_payments",
     "prune_blocks",
     "recent_blocks",
-    "refund_exists",
     "refund_keys",
     "refunds_after",
-    "save_block",
     "save_blocks",
 ]
 
@@ -83,12 +77,6 @@ def insert_payments(session: Session, rows: list[dict[str, Any]]) -> list[int]:
 def insert_refunds(session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
         session.execute(sa.insert(Refund.__table__), rows)  # type: ignore[attr-defined]
-
-
-def add_all(session: Session, rows: Sequence[object]) -> None:
-    """Insert many rows with one flush (executemany where the dialect allows)."""
-    session.add_all(rows)
-    session.flush()
 
 
 def account_for_merchant(
@@ -142,11 +130,6 @@ def allocate_invoice_number(session: Session, account_id: int) -> int:
 
 def get_invoice(session: Session, merchant_id: int, invoice_id: str) -> Invoice | None:
     stmt = select(Invoice).where(Invoice.id == invoice_id, Invoice.merchant_id == merchant_id)
-    return session.exec(stmt).first()
-
-
-def invoice_by_number(session: Session, account_id: int, number: int) -> Invoice | None:
-    stmt = select(Invoice).where(Invoice.account_id == account_id, Invoice.number == number)
     return session.exec(stmt).first()
 
 
@@ -227,30 +210,6 @@ def expirable(session: Session, now: datetime, limit: int) -> Sequence[Invoice]:
     return session.exec(stmt).all()
 
 
-def payment_exists(
-    session: Session, chain_id: int, tx_hash: str, log_index: int, block_hash: str
-) -> bool:
-    stmt = select(Payment.id).where(
-        Payment.chain_id == chain_id,
-        Payment.tx_hash == tx_hash,
-        Payment.log_index == log_index,
-        Payment.block_hash == block_hash,
-    )
-    return session.exec(stmt).first() is not None
-
-
-def refund_exists(
-    session: Session, chain_id: int, tx_hash: str, log_index: int, block_hash: str
-) -> bool:
-    stmt = select(Refund.id).where(
-        Refund.chain_id == chain_id,
-        Refund.tx_hash == tx_hash,
-        Refund.log_index == log_index,
-        Refund.block_hash == block_hash,
-    )
-    return session.exec(stmt).first() is not None
-
-
 def payment_keys(
     session: Session, chain_id: int, from_block: int, to_block: int
 ) -> set[tuple[str, int, str]]:
@@ -327,16 +286,6 @@ def cursor(
     return row
 
 
-def save_block(session: Session, cursor_id: int, number: int, block_hash: str) -> None:
-    exists = session.exec(
-        select(IndexedBlock).where(
-            IndexedBlock.cursor_id == cursor_id, IndexedBlock.number == number
-        )
-    ).first()
-    if exists is None:
-        session.add(IndexedBlock(cursor_id=cursor_id, number=number, hash=block_hash))
-
-
 def save_blocks(session: Session, cursor_id: int, blocks: dict[int, str]) -> None:
     """:func:`save_block` for many blocks: one query for the existing ones, one insert."""
     if not blocks:
@@ -360,13 +309,6 @@ def recent_blocks(session: Session, cursor_id: int, limit: int) -> Sequence[Inde
         .where(IndexedBlock.cursor_id == cursor_id)
         .order_by(col(IndexedBlock.number).desc())
         .limit(limit)
-    )
-    return session.exec(stmt).all()
-
-
-def blocks_after(session: Session, cursor_id: int, number: int) -> Sequence[IndexedBlock]:
-    stmt = select(IndexedBlock).where(
-        IndexedBlock.cursor_id == cursor_id, IndexedBlock.number > number
     )
     return session.exec(stmt).all()
 
