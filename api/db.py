@@ -21,6 +21,7 @@ from alembic.config import Config
 from sqlmodel import Session
 
 from crm._base import NAMING_CONVENTION, UTCDateTime
+from crm.sqlite_gate import sqlite_connect_args
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -59,8 +60,9 @@ def new_id(prefix: str) -> str:
 def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
     """Create an engine that never prints bound parameters in errors or logs.
 
-    SQLite gets WAL, foreign keys and a busy timeout so that several threads (and the short
-    side transactions of idempotency and webhook claiming) can share one file.
+    SQLite gets WAL, foreign keys, a busy timeout and writers queued in-process
+    (:mod:`crm.sqlite_gate`) so that several threads (and the short side transactions of
+    idempotency and webhook claiming) can share one file.
     """
     u = sa.make_url(url)
     kwargs.setdefault("hide_parameters", True)
@@ -71,9 +73,7 @@ def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
         kwargs.setdefault("max_overflow", 70)
         kwargs.setdefault("pool_timeout", 10)
     if u.get_backend_name() == "sqlite":
-        connect_args = dict(kwargs.pop("connect_args", {}))
-        connect_args.setdefault("timeout", 30)
-        connect_args.setdefault("check_same_thread", False)
+        connect_args = sqlite_connect_args(kwargs.pop("connect_args", None), lazy_immediate=True)
         engine = sa.create_engine(u, connect_args=connect_args, **kwargs)
 
         @sa.event.listens_for(engine, "connect")

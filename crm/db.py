@@ -16,6 +16,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import Session
 
+from crm.sqlite_gate import sqlite_connect_args
+
 __all__ = [
     "VERSION_TABLE",
     "alembic_config",
@@ -29,12 +31,11 @@ VERSION_TABLE = "crm_alembic_version"
 
 
 def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
-    """Create an engine; SQLite gets WAL, foreign keys, secure_delete and a busy timeout."""
+    """Create an engine; SQLite gets WAL, foreign keys, secure_delete, a busy timeout and writers
+    queued in-process (:mod:`crm.sqlite_gate`)."""
     u = sa.make_url(url)
     if u.get_backend_name() == "sqlite":
-        connect_args = dict(kwargs.pop("connect_args", {}))
-        connect_args.setdefault("timeout", 30)
-        connect_args.setdefault("check_same_thread", False)
+        connect_args = sqlite_connect_args(kwargs.pop("connect_args", None))
         engine = sa.create_engine(u, connect_args=connect_args, **kwargs)
 
         @sa.event.listens_for(engine, "connect")
