@@ -39,6 +39,7 @@ from api.errors import RateLimited, error_json, install_error_handlers, render_e
 from api.idempotency import service as idempotency
 from api.routes import api_router
 from api.settings import Settings, get_settings
+from api.settlement.invoices import InvoiceNumbers
 from api.webhooks.secrets import SecretCipher
 from crm import Clock, KeyRing, SystemClock
 
@@ -363,6 +364,7 @@ def create_app(
     app.state.signers = {k.lower(): v for k, v in (signers or {}).items()}
     app.state.chain_info = chain_info
     app.state.clock = clock or SystemClock()
+    app.state.invoice_numbers = InvoiceNumbers()
     app.state.rate_limiter = TokenBucketLimiter(
         config.rate_limit_per_second, config.rate_limit_burst
     )

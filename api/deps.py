@@ -23,12 +23,15 @@ Usage::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 import sqlalchemy as sa
+from anyio import CapacityLimiter
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
@@ -40,6 +43,7 @@ from api.keys import service as keys_service
 from api.keys.models import ApiRole
 from api.keys.service import AuthenticatedKey
 from api.settings import Settings
+from api.settlement.invoices import InvoiceNumbers
 from api.webhooks.secrets import SecretCipher
 from crm import Clock, KeyRing
 from wallet.signing import Signer
@@ -57,6 +61,7 @@ __all__ = [
     "CurrentKey",
     "EngineDep",
     "IntentSigners",
+    "InvoiceNumbersDep",
     "KeyRingDep",
     "RequestContext",
     "SessionDep",
@@ -144,15 +149,23 @@ def _engine(request: Request) -> sa.Engine:
     return engine
 
 
-def get_settings_dep(request: Request) -> Settings:
+# Dependencies that only read app state are ``async def``: FastAPI runs a plain ``def``
+# dependency in the thread pool, a hop that costs more than the lookup itself.
+
+
+async def get_engine(request: Request) -> sa.Engine:
+    return _engine(request)
+
+
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_config(request: Request) -> ApiConfig:
+async def get_config(request: Request) -> ApiConfig:
     return request.app.state.api_config
 
 
-def get_cipher(request: Request) -> SecretCipher:
+async def get_cipher(request: Request) -> SecretCipher:
     return request.app.state.cipher
 
 
@@ -175,7 +188,7 @@ IntentSigners = Mapping[str, Signer]
 
 Held on ``app.state.signers`` and configured by whoever builds the app: tests and the demo pass
 dev keys; production loads the operator keys from a wallet vault (``wallet.keystore``) at start-up
-or runs a separate signer process exposing the same ``sign_typed_data`` interface.
+or runs a separate signer process exposing the same ``sign_intent`` interface.
 """
 
 
@@ -191,39 +204,63 @@ def get_keyring(request: Request) -> KeyRing:
     return keyring
 
 
-def get_signers(request: Request) -> IntentSigners:
+async def get_signers(request: Request) -> IntentSigners:
     return getattr(request.app.state, "signers", None) or {}
 
 
-def get_chain_info(request: Request) -> ChainInfo | None:
+async def get_chain_info(request: Request) -> ChainInfo | None:
     return getattr(request.app.state, "chain_info", None)
 
 
-def get_clock(request: Request) -> Clock:
+async def get_invoice_numbers(request: Request) -> InvoiceNumbers:
+    return request.app.state.invoice_numbers
+
+
+async def get_clock(request: Request) -> Clock:
     return request.app.state.clock
 
 
-EngineDep = Annotated[sa.Engine, Depends(_engine)]
+EngineDep = Annotated[sa.Engine, Depends(get_engine)]
 KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
 SignersDep = Annotated[IntentSigners, Depends(get_signers)]
 ChainInfoDep = Annotated[ChainInfo | None, Depends(get_chain_info)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
+InvoiceNumbersDep = Annotated[InvoiceNumbers, Depends(get_invoice_numbers)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ConfigDep = Annotated[ApiConfig, Depends(get_config)]
 CipherDep = Annotated[SecretCipher, Depends(get_cipher)]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request; commit on success (then after-commit hooks), rollback on error."""
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request; commit on success (then after-commit hooks), rollback on error.
+
+    An async generator on purpose: creating the session does no I/O, and the end of the request
+    (hooks, commit or rollback, close) is ONE thread-pool call with its own limiter, shielded
+    from cancellation, so a request never waits for a free worker while it holds a connection
+    (FastAPI gives a sync generator's teardown the same treatment, plus a hop on entry)."""
     ctx = request_context(request)
     session = Session(_engine(request), expire_on_commit=False)
     try:
         yield session
     except BaseException:
-        session.rollback()
-        ctx.after_commit.clear()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_abort, session, ctx, limiter=CapacityLimiter(1))
         raise
     else:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_finish, session, ctx, limiter=CapacityLimiter(1))
+
+
+def _abort(session: Session, ctx: RequestContext) -> None:
+    try:
+        session.rollback()
+        ctx.after_commit.clear()
+    finally:
+        session.close()
+
+
+def _finish(session: Session, ctx: RequestContext) -> None:
+    try:
         try:
             for hook in ctx.before_commit:
                 hook(session)
@@ -247,7 +284,7 @@ def get_session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_after_commit(request: Request) -> list[Callable[[], object]]:
+async def get_after_commit(request: Request) -> list[Callable[[], object]]:
     """Append zero-argument callables; they run only after the request's commit succeeded."""
     return request_context(request).after_commit
 
@@ -296,7 +333,7 @@ def get_current_key(
     if request.method == "POST" and idem_key is not None:
         config: ApiConfig = getattr(request.app.state, "api_config", ApiConfig())
         ictx = idempotency.begin(
-            engine,
+            session,
             api_key_id=key.id,
             key=idem_key,
             method=request.method,
@@ -310,9 +347,11 @@ def get_current_key(
         ctx.idempotency = ictx
 
         def _store(s: Session) -> None:
-            if ctx.response.complete and not ctx.response.flushed:
-                r = ctx.response
+            r = ctx.response
+            if r.complete and not r.flushed:
                 idempotency.complete(s, ictx, r.status, r.headers, r.body)
+            else:  # streamed past the buffer: nothing to replay, so no lock either
+                idempotency.discard(s, ictx)
 
         ctx.before_commit.append(_store)
     return key
@@ -325,7 +364,7 @@ def require_role(*roles: ApiRole | str) -> Any:
     """``key: Annotated[AuthenticatedKey, require_role("admin", "merchant")]`` (403 otherwise)."""
     allowed = frozenset(ApiRole(r) for r in roles)
 
-    def check_role(key: CurrentKey) -> AuthenticatedKey:
+    async def check_role(key: CurrentKey) -> AuthenticatedKey:
         if key.role not in allowed:
             raise Forbidden(
                 "This endpoint needs a key with role "

@@ -41,7 +41,7 @@ class PageParams:
     starting_after: str | None = None
 
 
-def page_params(
+async def page_params(
     limit: Annotated[
         int,
         Query(ge=1, le=MAX_LIMIT, description="How many objects to return (1-100).", examples=[10]),

@@ -14,6 +14,7 @@ and error messages never echo mnemonic words or keys.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 import unicodedata
@@ -74,9 +75,13 @@ _STEP = re.compile(r"^(\d+)(['hH]?)$")
 def to_checksum_address(raw: bytes | str) -> str:
     """EIP-55 checksum encoding of a 20-byte address (bytes or hex)."""
     if isinstance(raw, bytes):
-        hex_addr = raw.hex()
-    else:
-        hex_addr = raw[2:].lower() if raw[:2] in ("0x", "0X") else raw.lower()
+        return _checksum_hex(raw.hex())
+    return _checksum_hex(raw[2:].lower() if raw[:2] in ("0x", "0X") else raw.lower())
+
+
+@functools.lru_cache(maxsize=4096)
+def _checksum_hex(hex_addr: str) -> str:
+    # a keccak per call; services check the same few addresses (token, router, merchant) often
     digest = keccak(hex_addr.encode("ascii")).hex()
     return "0x" + "".join(
         c.upper() if c > "9" and digest[i] > "7" else c for i, c in enumerate(hex_addr)

@@ -4,17 +4,20 @@
   ``ttl`` (default 24 h); expired rows are purged lazily.
 * Fingerprint: SHA-256 over method, path, query string and the canonical JSON body (keys sorted,
   no whitespace; a non-JSON body is hashed raw).
-* :func:`begin` inserts the row in its OWN short transaction before the handler runs; the unique
-  constraint makes it a lock. A second request with the same key then gets
+* :func:`begin` inserts the row in the REQUEST's transaction, before the handler runs; the unique
+  constraint is the lock. It commits with the handler's effects and the stored response
+  (:func:`complete`), or not at all: a crash or a 5xx leaves nothing behind, so there is no stale
+  lock to take over and no window in which a committed effect has no stored answer. A second
+  request with the same key waits for the first one's transaction (PostgreSQL: on the unique
+  index; SQLite: on the single writer) and then gets
   - the stored response, replayed byte-for-byte with ``Idempotent-Replayed: true``
     (:class:`IdempotentReplay`), when the first one completed with the same fingerprint;
-  - 400 ``idempotency_error`` when the fingerprint differs (always, even in flight);
-  - 409 ``idempotency_key_in_use`` while the first one is still in flight (no waiting: retry).
-    A lock older than ``lock_timeout`` (a crashed worker) is taken over.
-* :func:`complete` writes the response into the row inside the request's own transaction, so the
-  stored response commits atomically with the handler's effects. Error responses (4xx) raised by
-  the handler are stored afterwards in a separate transaction (the handler's effects were rolled
-  back). 5xx responses are never stored: :func:`release` deletes the lock so the client may retry.
+  - 400 ``idempotency_error`` when the fingerprint differs;
+  - nothing special if the first one rolled back: it runs itself.
+* Error responses (4xx) raised by the handler roll its transaction back; :func:`store_outside`
+  then stores them in a transaction of their own. 5xx responses are never stored.
+* A committed ``in_progress`` row (written by releases before this design) still answers 409
+  ``idempotency_key_in_use`` until ``lock_timeout``, then is taken over.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "IdempotentReplay",
     "begin",
     "complete",
+    "discard",
     "fingerprint",
     "purge_expired",
     "release",
@@ -74,6 +78,11 @@ class IdempotencyContext:
     record_id: str
     api_key_id: str
     key: str
+    fingerprint: str = ""
+    method: str = "POST"
+    path: str = ""
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
     done: bool = field(default=False)
 
 
@@ -110,8 +119,15 @@ def purge_expired(engine: sa.Engine, now: datetime | None = None) -> int:
         return int(result.rowcount or 0)
 
 
+_INSERT = sa.insert(_T)
+_BY_KEY = sa.select(_T).where(
+    _T.c.api_key_id == sa.bindparam("api_key_id"),
+    _T.c.idempotency_key == sa.bindparam("idempotency_key"),
+)
+
+
 def begin(
-    engine: sa.Engine,
+    session: Session,
     *,
     api_key_id: str,
     key: str,
@@ -123,81 +139,102 @@ def begin(
     ttl: timedelta = DEFAULT_TTL,
     lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
 ) -> IdempotencyContext:
-    """Take the lock for ``key`` or raise (replay / 400 / 409). See the module docstring."""
+    """Take the lock for ``key`` in ``session``'s transaction or raise (replay / 400 / 409).
+    See the module docstring."""
     key = _check_key(key)
     now = now or utcnow()
     fp = fingerprint(method, path, query, body)
     for _ in range(5):
-        record_id = new_id("idem")
+        ctx = IdempotencyContext(
+            record_id=new_id("idem"),
+            api_key_id=api_key_id,
+            key=key,
+            fingerprint=fp,
+            method=method.upper(),
+            path=path[:2048],
+            created_at=now,
+            expires_at=now + ttl,
+        )
         try:
-            with engine.begin() as conn:
-                conn.execute(
-                    sa.insert(_T).values(
-                        id=record_id,
-                        api_key_id=api_key_id,
-                        idempotency_key=key,
-                        fingerprint=fp,
-                        method=method.upper(),
-                        path=path[:2048],
-                        status=IdempotencyStatus.IN_PROGRESS.value,
-                        locked_at=now,
-                        created_at=now,
-                        expires_at=now + ttl,
-                    )
-                )
-            return IdempotencyContext(record_id=record_id, api_key_id=api_key_id, key=key)
+            with session.begin_nested():
+                session.execute(_INSERT, _row(ctx, IdempotencyStatus.IN_PROGRESS, now))
+            return ctx
         except IntegrityError:
             pass
-        with engine.begin() as conn:
-            row = conn.execute(
-                sa.select(_T).where(_T.c.api_key_id == api_key_id, _T.c.idempotency_key == key)
-            ).first()
-            if row is None:
-                continue  # deleted (released or purged) meanwhile: try again
-            if row.expires_at <= now:
-                conn.execute(sa.delete(_T).where(_T.c.id == row.id, _T.c.expires_at <= now))
-                continue
-            if row.fingerprint != fp:
-                raise IdempotencyError(param=HEADER)
-            if row.status == IdempotencyStatus.COMPLETED.value:
-                raise IdempotentReplay(
-                    row.response_status,
-                    [tuple(h) for h in row.response_headers or []],
-                    bytes(row.response_body or b""),
+        row = session.execute(_BY_KEY, {"api_key_id": api_key_id, "idempotency_key": key}).first()
+        if row is None:
+            continue  # purged meanwhile: try again
+        if row.expires_at <= now:
+            session.execute(sa.delete(_T).where(_T.c.id == row.id, _T.c.expires_at <= now))
+            continue
+        if row.fingerprint != fp:
+            raise IdempotencyError(param=HEADER)
+        if row.status == IdempotencyStatus.COMPLETED.value:
+            raise IdempotentReplay(
+                row.response_status,
+                [tuple(h) for h in row.response_headers or []],
+                bytes(row.response_body or b""),
+            )
+        if row.locked_at <= now - lock_timeout:
+            taken = session.execute(
+                sa.update(_T)
+                .where(
+                    _T.c.id == row.id,
+                    _T.c.status == IdempotencyStatus.IN_PROGRESS.value,
+                    _T.c.locked_at == row.locked_at,
                 )
-            if row.locked_at <= now - lock_timeout:
-                taken = conn.execute(
-                    sa.update(_T)
-                    .where(
-                        _T.c.id == row.id,
-                        _T.c.status == IdempotencyStatus.IN_PROGRESS.value,
-                        _T.c.locked_at == row.locked_at,
-                    )
-                    .values(locked_at=now)
-                )
-                if taken.rowcount == 1:
-                    return IdempotencyContext(record_id=row.id, api_key_id=api_key_id, key=key)
-            raise IdempotencyKeyInUse(param=HEADER)
+                .values(locked_at=now)
+            )
+            if getattr(taken, "rowcount", 0) == 1:
+                ctx.record_id = row.id
+                return ctx
+        raise IdempotencyKeyInUse(param=HEADER)
     raise IdempotencyKeyInUse(param=HEADER)
+
+
+def _row(ctx: IdempotencyContext, status: IdempotencyStatus, now: datetime) -> dict[str, object]:
+    return {
+        "id": ctx.record_id,
+        "api_key_id": ctx.api_key_id,
+        "idempotency_key": ctx.key,
+        "fingerprint": ctx.fingerprint,
+        "method": ctx.method,
+        "path": ctx.path,
+        "status": status.value,
+        "locked_at": now,
+        "created_at": ctx.created_at or now,
+        "expires_at": ctx.expires_at or now + DEFAULT_TTL,
+    }
 
 
 def _stored_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
     return [[k, v] for k, v in headers if k.lower() not in _SKIPPED_HEADERS]
 
 
+_COMPLETE = (
+    sa.update(_T)
+    .where(
+        _T.c.id == sa.bindparam("record_id"),
+        _T.c.status == IdempotencyStatus.IN_PROGRESS.value,
+    )
+    .values(
+        status=IdempotencyStatus.COMPLETED.value,
+        response_status=sa.bindparam("response_status"),
+        response_headers=sa.bindparam("response_headers", type_=_T.c.response_headers.type),
+        response_body=sa.bindparam("response_body", type_=_T.c.response_body.type),
+    )
+)
+
+
 def _completion(
     ctx: IdempotencyContext, status: int, headers: Iterable[tuple[str, str]], body: bytes
-) -> sa.Update:
-    return (
-        sa.update(_T)
-        .where(_T.c.id == ctx.record_id, _T.c.status == IdempotencyStatus.IN_PROGRESS.value)
-        .values(
-            status=IdempotencyStatus.COMPLETED.value,
-            response_status=status,
-            response_headers=_stored_headers(headers),
-            response_body=body,
-        )
-    )
+) -> tuple[sa.Update, dict[str, object]]:
+    return _COMPLETE, {
+        "record_id": ctx.record_id,
+        "response_status": status,
+        "response_headers": _stored_headers(headers),
+        "response_body": body,
+    }
 
 
 def complete(
@@ -209,8 +246,18 @@ def complete(
 ) -> None:
     """Store the response in the request's transaction (commits with the handler's effects)."""
     if status >= 500:
+        discard(session, ctx)
         return
-    session.execute(_completion(ctx, status, headers, body))
+    session.execute(*_completion(ctx, status, headers, body))
+
+
+def discard(session: Session, ctx: IdempotencyContext) -> None:
+    """Drop the lock row from the request's transaction (a response that cannot be stored)."""
+    session.execute(
+        sa.delete(_T).where(
+            _T.c.id == ctx.record_id, _T.c.status == IdempotencyStatus.IN_PROGRESS.value
+        )
+    )
 
 
 def store_outside(
@@ -220,17 +267,32 @@ def store_outside(
     headers: Iterable[tuple[str, str]],
     body: bytes,
 ) -> None:
-    """Store a (4xx) response in a separate transaction, or release the lock for a 5xx."""
+    """Store a (4xx) response whose request transaction rolled back, in a transaction of its
+    own; a 5xx only releases. A concurrent duplicate that stored first wins (same answer)."""
     if status >= 500:
         release(engine, ctx)
         return
     with engine.begin() as conn:
-        conn.execute(_completion(ctx, status, headers, body))
+        if conn.execute(*_completion(ctx, status, headers, body)).rowcount == 0:
+            values = _row(ctx, IdempotencyStatus.COMPLETED, utcnow())
+            values |= {
+                "response_status": status,
+                "response_headers": _stored_headers(headers),
+                "response_body": body,
+            }
+            try:
+                with conn.begin_nested():
+                    conn.execute(_INSERT, values)
+            except IntegrityError:
+                pass
     ctx.done = True
 
 
 def release(engine: sa.Engine, ctx: IdempotencyContext) -> None:
-    """Forget an in-flight key (the request failed with a 5xx or never ran): retry allowed."""
+    """Forget an in-flight key (the request failed with a 5xx or never ran): retry allowed.
+
+    The row lives in the request's transaction, which rolled back; this only removes a row
+    that a taken-over legacy lock left committed."""
     with engine.begin() as conn:
         conn.execute(
             sa.delete(_T).where(

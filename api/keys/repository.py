@@ -19,8 +19,12 @@ def add(session: Session, record: ApiKeyRecord) -> ApiKeyRecord:
     return record
 
 
+# Hot-path statements are built once (construction costs more than SQLite runs them).
+_BY_HASH = select(ApiKeyRecord).where(col(ApiKeyRecord.key_hash) == sa.bindparam("key_hash"))
+
+
 def get_by_hash(session: Session, key_hash: str) -> ApiKeyRecord | None:
-    return session.exec(select(ApiKeyRecord).where(ApiKeyRecord.key_hash == key_hash)).first()
+    return session.exec(_BY_HASH, params={"key_hash": key_hash}).first()
 
 
 def scoped_select(merchant_id: str | None) -> SelectOfScalar[ApiKeyRecord]:

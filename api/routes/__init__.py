@@ -29,15 +29,16 @@ def resource_routers() -> list[APIRouter]:
         support,
     )
 
+    # FastAPI matches routes in order: the busiest (invoice creation, customer links) first.
     return [
+        invoices.router,
+        public.router,
         merchants.router,
         contacts.router,
         policies.router,
         audit.router,
-        invoices.router,
         support.router,
         reports.router,
-        public.router,
     ]
 
 
@@ -49,7 +50,7 @@ def api_router(*extra: APIRouter) -> APIRouter:
     """
     v1 = APIRouter(prefix="/v1", responses=DEFAULT_ERROR_RESPONSES)
     mounted: list[APIRouter] = []
-    for router in (*core_routers(), *resource_routers(), *extra):
+    for router in (*resource_routers(), *core_routers(), *extra):
         if any(router is seen for seen in mounted):
             continue
         mounted.append(router)

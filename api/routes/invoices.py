@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from sqlmodel import Session
 
-from api.deps import ChainInfo, ChainInfoDep, ClockDep, EngineDep, SessionDep, SignersDep
+from api.deps import (
+    ChainInfo,
+    ChainInfoDep,
+    ClockDep,
+    EngineDep,
+    InvoiceNumbersDep,
+    SessionDep,
+    SignersDep,
+)
 from api.errors import ApiError, InvalidRequest
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
@@ -99,6 +108,7 @@ def create_invoice(
     chain_info: ChainInfoDep,
     signers: SignersDep,
     engine: EngineDep,
+    numbers: InvoiceNumbersDep,
 ) -> InvoiceOut:
     chain = _chain(chain_info)
     merchant_id = write_merchant(caller, body.merchant_id)
@@ -128,12 +138,6 @@ def create_invoice(
         metadata=dict(body.metadata),
     )
 
-    def allocate(account_id: int) -> int:
-        # its own short transaction: the account row is locked for microseconds, not for the
-        # rest of the request (which would serialise creates and can starve the threadpool)
-        with Session(engine) as numbers, numbers.begin():
-            return repo.allocate_invoice_number(numbers, account_id)
-
     invoice = settlement.create_invoice(
         session,
         request,
@@ -141,7 +145,8 @@ def create_invoice(
         router=chain.router,
         signer=signer,
         clock=clock,
-        allocate=allocate,
+        allocate=partial(numbers.take, session, engine),
+        account=account,
     )
     out = _public(session, invoice, chain, {account.id or 0: account})
     enqueue(session, str(merchant_id), "invoice.created", out.model_dump(mode="json"))

@@ -8,6 +8,7 @@ invoice as ``paid_late`` instead of leaving money unmatched (BTCPay's most commo
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,6 +16,7 @@ from functools import partial
 from typing import Any
 
 import segno
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -31,10 +33,11 @@ from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Merchant
 from crm.audit import service as audit
 from crm.clock import Clock
 from wallet.addresses import parse_address
-from wallet.signing import PaymentIntent, Signer, payment_intent_typed_data, to_compact
+from wallet.signing import PaymentIntent, Signer
 
 __all__ = [
     "ALLOWED_CONFIRMATIONS",
+    "InvoiceNumbers",
     "InvoiceRequest",
     "create_invoice",
     "eip681_uri",
@@ -65,6 +68,41 @@ class InvoiceRequest:
     expires_in: timedelta = DEFAULT_EXPIRY
     confirmations: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class InvoiceNumbers:
+    """On-chain invoice numbers for the API, without holding the account row for a request.
+
+    PostgreSQL: one ``UPDATE … RETURNING`` in its own short transaction reserves ``block``
+    consecutive numbers for this process; the next creates take theirs from memory, so a create
+    costs no extra transaction and no request holds the account row's lock while it signs and
+    responds. Numbers a process leaves unused when it stops are skipped, which is harmless:
+    on-chain ids only need to be unique per merchant. Several processes interleave blocks,
+    each sequential inside.
+
+    SQLite: the number is taken in the request's own transaction. There is one writer anyway
+    (the request holds it from its first write), and a side transaction would wait for it.
+    """
+
+    def __init__(self, block: int = 32) -> None:
+        if block < 1:
+            raise ValueError("block must be >= 1")
+        self.block = block
+        self._lock = threading.Lock()
+        self._ranges: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def take(self, session: Session, engine: Engine, account_id: int) -> int:
+        if engine.dialect.name == "sqlite":
+            return repo.allocate_invoice_number(session, account_id)
+        key = (id(engine), account_id)
+        with self._lock:
+            start, end = self._ranges.get(key, (0, 0))
+            if start >= end:
+                with Session(engine) as side, side.begin():
+                    start = repo.reserve_invoice_numbers(side, account_id, self.block)
+                end = start + self.block
+            self._ranges[key] = (start + 1, end)
+            return start
 
 
 def _address(value: str, param: str) -> str:
@@ -132,20 +170,23 @@ def create_invoice(
     signer: Signer,
     clock: Clock,
     allocate: Callable[[int], int] | None = None,
+    account: MerchantAccount | None = None,
 ) -> Invoice:
     """Allocate the next invoice number, sign its intent with the operator key, store it.
 
-    ``allocate(account_id)`` may take the number in its own short transaction (the API does, so
-    no request holds the account row's lock while it signs and responds); numbers skipped by a
-    failed create are harmless: on-chain ids only need to be unique per merchant. Two open
+    ``allocate(account_id)`` may take the number outside the request's transaction (the API
+    uses :class:`InvoiceNumbers`, so no request holds the account row's lock while it signs and
+    responds); numbers skipped by a failed create are harmless: on-chain ids only need to be
+    unique per merchant. ``account`` saves the lookup when the caller has it already. Two open
     invoices for one order are refused by a partial unique index as well as by this check, so
     concurrent creates cannot both succeed.
     """
     _validate(request)
     token = _address(request.token, "token")
     payer = _address(request.payer, "payer") if request.payer else "0x" + "0" * 40
-    account = repo.account_for_merchant(session, request.merchant_id, chain_id)
-    if account is None:
+    if account is None or account.merchant_id != request.merchant_id:
+        account = repo.account_for_merchant(session, request.merchant_id, chain_id)
+    if account is None or account.chain_id != chain_id:
         raise MerchantAccountMissingError(
             f"merchant has no router account on chain {chain_id}", param="merchant"
         )
@@ -153,14 +194,12 @@ def create_invoice(
         raise MerchantAccountMissingError(
             "the configured signer is not this merchant's operator", param="operator"
         )
-    live = [
-        inv
-        for inv in repo.invoices_for_order(session, request.merchant_id, request.order_id)
-        if inv.state not in _REOPENABLE
-    ]
-    if live:
+    live = repo.open_invoice_for_order(
+        session, request.merchant_id, request.order_id, [s.value for s in _REOPENABLE]
+    )
+    if live is not None:
         raise DuplicateOrderError(
-            f"order {request.order_id!r} already has invoice {live[0].id} ({live[0].state})",
+            f"order {request.order_id!r} already has invoice {live[0]} ({live[1]})",
             param="order_id",
         )
     now = clock.now()
@@ -175,10 +214,7 @@ def create_invoice(
         payer=payer,
         deadline=int((expires_at + LATE_WINDOW).timestamp()),
     )
-    signature = signer.sign_typed_data(
-        payment_intent_typed_data(intent, chain_id=chain_id, router=router)
-    )
-    r, vs = to_compact(signature)
+    r, vs = signer.sign_intent(intent, chain_id=chain_id, router=router)
     invoice = Invoice(
         id="inv_" + secrets.token_hex(12),
         merchant_id=request.merchant_id,
@@ -201,7 +237,7 @@ def create_invoice(
     )
     try:
         with session.begin_nested():
-            return repo.add(session, invoice)
+            return repo.insert_invoice(session, invoice)
     except IntegrityError:
         raise DuplicateOrderError(
             f"order {request.order_id!r} already has an open invoice", param="order_id"

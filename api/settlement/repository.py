@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -34,13 +35,14 @@ __all__ = [
     "expirable",
     "get_account",
     "get_invoice",
+    "insert_invoice",
     "insert_payments",
     "insert_refunds",
     "invoices_by_number",
-    "invoices_for_order",
     "invoices_select",
     "invoices_window",
     "list_invoices",
+    "open_invoice_for_order",
     "payment_keys",
     "payments_after",
     "payments_for_invoice",
@@ -50,6 +52,7 @@ __all__ = [
     "recent_blocks",
     "refund_keys",
     "refunds_after",
+    "reserve_invoice_numbers",
     "save_blocks",
 ]
 
@@ -79,13 +82,39 @@ def insert_refunds(session: Session, rows: list[dict[str, Any]]) -> None:
         session.execute(sa.insert(Refund.__table__), rows)  # type: ignore[attr-defined]
 
 
+# Statements on the invoice-creation path are built once: constructing one costs more than
+# SQLite takes to run it.
+_ACCOUNT_FOR_MERCHANT = select(MerchantAccount).where(
+    col(MerchantAccount.merchant_id) == sa.bindparam("merchant_id"),
+    col(MerchantAccount.chain_id) == sa.bindparam("chain_id"),
+)
+_ACCOUNTS = MerchantAccount.__table__  # type: ignore[attr-defined]
+_ALLOCATE = (
+    sa.update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == sa.bindparam("account_id"))
+    .values(next_invoice_number=_ACCOUNTS.c.next_invoice_number + sa.bindparam("count"))
+    .returning(_ACCOUNTS.c.next_invoice_number)
+)
+_INVOICES = Invoice.__table__  # type: ignore[attr-defined]
+_OPEN_FOR_ORDER = sa.select(_INVOICES.c.id, _INVOICES.c.state).where(
+    _INVOICES.c.merchant_id == sa.bindparam("merchant_id"),
+    _INVOICES.c.order_id == sa.bindparam("order_id"),
+    _INVOICES.c.state.not_in(sa.bindparam("closed", expanding=True)),
+)
+_INSERT_INVOICE = sa.insert(_INVOICES)
+
+
+@functools.cache
+def _invoice_columns() -> tuple[tuple[str, str], ...]:
+    """(model attribute, column key) pairs: ``metadata_`` is stored in column ``metadata``."""
+    return tuple((a.key, a.columns[0].key) for a in sa.inspect(Invoice).column_attrs)
+
+
 def account_for_merchant(
     session: Session, merchant_id: int, chain_id: int
 ) -> MerchantAccount | None:
-    stmt = select(MerchantAccount).where(
-        MerchantAccount.merchant_id == merchant_id, MerchantAccount.chain_id == chain_id
-    )
-    return session.exec(stmt).first()
+    params = {"merchant_id": merchant_id, "chain_id": chain_id}
+    return session.exec(_ACCOUNT_FOR_MERCHANT, params=params).first()
 
 
 def get_account(session: Session, account_id: int) -> MerchantAccount | None:
@@ -118,14 +147,29 @@ def accounts_by_address(
 
 def allocate_invoice_number(session: Session, account_id: int) -> int:
     """Atomically take the next on-chain invoice number (one UPDATE ... RETURNING)."""
-    table = MerchantAccount.__table__  # type: ignore[attr-defined]
-    stmt = (
-        sa.update(table)
-        .where(table.c.id == account_id)
-        .values(next_invoice_number=table.c.next_invoice_number + 1)
-        .returning(table.c.next_invoice_number)
-    )
-    return int(session.execute(stmt).scalar_one()) - 1
+    return reserve_invoice_numbers(session, account_id, 1)
+
+
+def reserve_invoice_numbers(session: Session, account_id: int, count: int) -> int:
+    """Atomically take ``count`` consecutive invoice numbers; returns the first."""
+    params = {"account_id": account_id, "count": count}
+    return int(session.execute(_ALLOCATE, params).scalar_one()) - count
+
+
+def open_invoice_for_order(
+    session: Session, merchant_id: int, order_id: str, closed: Sequence[str]
+) -> tuple[str, str] | None:
+    """``(id, state)`` of an invoice for the order whose state is not in ``closed``."""
+    params = {"merchant_id": merchant_id, "order_id": order_id, "closed": list(closed)}
+    row = session.execute(_OPEN_FOR_ORDER, params).first()
+    return None if row is None else (str(row.id), str(row.state))
+
+
+def insert_invoice(session: Session, invoice: Invoice) -> Invoice:
+    """A Core INSERT of a new invoice (no unit-of-work flush); ``invoice`` stays transient."""
+    values = {column: getattr(invoice, attr) for attr, column in _invoice_columns()}
+    session.execute(_INSERT_INVOICE, values)
+    return invoice
 
 
 def get_invoice(session: Session, merchant_id: int, invoice_id: str) -> Invoice | None:
@@ -144,11 +188,6 @@ def invoices_by_number(session: Session, account_id: int, numbers: set[int]) -> 
         for invoice in session.exec(stmt):
             found[invoice.number] = invoice
     return found
-
-
-def invoices_for_order(session: Session, merchant_id: int, order_id: str) -> Sequence[Invoice]:
-    stmt = select(Invoice).where(Invoice.merchant_id == merchant_id, Invoice.order_id == order_id)
-    return session.exec(stmt).all()
 
 
 def list_invoices(

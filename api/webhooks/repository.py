@@ -44,13 +44,19 @@ def get_endpoint(
     return session.exec(stmt).first()
 
 
-def subscribed_endpoints(session: Session, merchant_id: str) -> Sequence[WebhookEndpoint]:
-    stmt = (
-        endpoints_select(merchant_id)
-        .where(col(WebhookEndpoint.enabled).is_(True))
-        .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
+# Built once: every invoice creation and settlement asks it.
+_SUBSCRIBED = (
+    select(WebhookEndpoint)
+    .where(
+        col(WebhookEndpoint.merchant_id) == sa.bindparam("merchant_id"),
+        col(WebhookEndpoint.enabled).is_(True),
     )
-    return session.exec(stmt).all()
+    .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
+)
+
+
+def subscribed_endpoints(session: Session, merchant_id: str) -> Sequence[WebhookEndpoint]:
+    return session.exec(_SUBSCRIBED, params={"merchant_id": merchant_id}).all()
 
 
 def deliveries_select(

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
+from sqlmodel import Session
 
 from api.db import utcnow
 from api.deps import ApiConfig, CurrentKey, SessionDep
@@ -161,15 +162,11 @@ class TestConcurrency:
 
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(fire, range(8)))
-        statuses = sorted(r.status_code for r in responses)
-        assert set(statuses) <= {200, 409}
+        # the duplicates wait for the first request's transaction, then replay its answer
+        assert [r.status_code for r in responses] == [200] * 8
         assert _count(db) == 1
-        ok = [r for r in responses if r.status_code == 200]
-        assert len({r.content for r in ok}) == 1  # the original and every replay are identical
-        assert sum("idempotent-replayed" not in r.headers for r in ok) == 1
-        for r in responses:
-            if r.status_code == 409:
-                assert r.json()["error"]["code"] == "idempotency_key_in_use"
+        assert len({r.content for r in responses}) == 1  # the original and every replay
+        assert sum("idempotent-replayed" not in r.headers for r in responses) == 1
         # once the first finished, a retry replays
         with httpx.Client(base_url=live_server) as c:
             again = c.post(
@@ -177,33 +174,78 @@ class TestConcurrency:
             )
         assert again.status_code == 200
         assert again.headers["idempotent-replayed"] == "true"
-        assert again.content == ok[0].content
+        assert again.content == responses[0].content
+
+
+def _begin(db, body=b'{"a":1}', **over):
+    """``idem.begin`` in a session of its own; returns (context, session) — the caller ends it."""
+    kwargs = {"api_key_id": "key_x", "key": "k1", "method": "POST", "path": "/v1/x"}
+    kwargs.update(over)
+    session = Session(db)
+    try:
+        return idem.begin(session, body=body, **kwargs), session
+    except BaseException:
+        session.rollback()
+        session.close()
+        raise
 
 
 class TestService:
-    def test_in_flight_lock_conflict_and_takeover(self, db):
-        now = utcnow()
-        kwargs = {"api_key_id": "key_x", "key": "k1", "method": "POST", "path": "/v1/x"}
-        ctx = idem.begin(db, body=b'{"a":1}', now=now, **kwargs)
-        with pytest.raises(IdempotencyKeyInUse):
-            idem.begin(db, body=b'{"a":1}', now=now, **kwargs)
-        with pytest.raises(IdempotencyError):
-            idem.begin(db, body=b'{"a":2}', now=now, **kwargs)
-        # a crashed holder: the lock is taken over after lock_timeout
-        later = now + idem.DEFAULT_LOCK_TIMEOUT + timedelta(seconds=1)
-        taken = idem.begin(db, body=b'{"a":1}', now=later, **kwargs)
-        assert taken.record_id == ctx.record_id
-        idem.store_outside(db, taken, 201, [("content-type", "application/json")], b"{}")
+    def test_lock_commits_with_the_stored_response(self, db):
+        ctx, session = _begin(db)
+        idem.complete(session, ctx, 201, [("content-type", "application/json")], b'{"ok":1}')
+        session.commit()
+        session.close()
         with pytest.raises(idem.IdempotentReplay) as replay:
-            idem.begin(db, body=b'{ "a" : 1 }', now=later, **kwargs)
-        assert (replay.value.status, replay.value.body) == (201, b"{}")
+            _begin(db, body=b'{ "a" : 1 }')  # same canonical body
+        assert (replay.value.status, replay.value.body) == (201, b'{"ok":1}')
+        with pytest.raises(IdempotencyError):
+            _begin(db, body=b'{"a":2}')
+
+    def test_a_rolled_back_request_leaves_no_lock(self, db):
+        ctx, session = _begin(db)
+        session.rollback()
+        session.close()
+        again, session = _begin(db)
+        assert again.record_id != ctx.record_id
+        session.rollback()
+        session.close()
+        assert _count(db, "api_idempotency_keys") == 0
+
+    def test_a_4xx_is_stored_outside_the_rolled_back_transaction(self, db):
+        ctx, session = _begin(db)
+        session.rollback()
+        session.close()
+        idem.store_outside(db, ctx, 404, [("content-type", "application/json")], b'{"e":1}')
+        idem.store_outside(db, ctx, 404, [("content-type", "application/json")], b'{"e":1}')
+        with pytest.raises(idem.IdempotentReplay) as replay:
+            _begin(db)
+        assert (replay.value.status, replay.value.body) == (404, b'{"e":1}')
+        assert _count(db, "api_idempotency_keys") == 1
+
+    def test_a_committed_legacy_lock_conflicts_then_is_taken_over(self, db):
+        now = utcnow()
+        ctx, session = _begin(db, now=now)
+        session.commit()  # an in-progress row committed (what the side-transaction design left)
+        session.close()
+        with pytest.raises(IdempotencyKeyInUse):
+            _begin(db, now=now)
+        later = now + idem.DEFAULT_LOCK_TIMEOUT + timedelta(seconds=1)
+        taken, session = _begin(db, now=later)
+        assert taken.record_id == ctx.record_id
+        idem.complete(session, taken, 200, [], b"{}")
+        session.commit()
+        session.close()
+        with pytest.raises(idem.IdempotentReplay):
+            _begin(db, now=later)
 
     def test_purge_expired(self, db):
         now = utcnow()
-        idem.begin(
-            db, api_key_id="k", key="old", method="POST", path="/", now=now - timedelta(days=2)
-        )
-        idem.begin(db, api_key_id="k", key="new", method="POST", path="/", now=now)
+        for key, at in (("old", now - timedelta(days=2)), ("new", now)):
+            ctx, session = _begin(db, api_key_id="k", key=key, path="/", now=at)
+            idem.complete(session, ctx, 200, [], b"{}")
+            session.commit()
+            session.close()
         assert idem.purge_expired(db, now) == 1
         assert _count(db, "api_idempotency_keys") == 1
 

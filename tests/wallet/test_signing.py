@@ -15,6 +15,7 @@ from wallet.signing import (
     PaymentIntent,
     Signer,
     from_compact,
+    payment_intent_digest,
     payment_intent_typed_data,
     permit_typed_data,
     recover_message,
@@ -224,6 +225,56 @@ class TestTypedData:
 
 _uint = st.integers(min_value=0, max_value=2**256 - 1)
 _addr = st.binary(min_size=20, max_size=20).map(to_checksum_address)
+
+
+class TestPaymentIntentDigest:
+    """The direct EIP-712 hash must equal the generic encoder's for every intent."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        merchant=_addr,
+        token=_addr,
+        amount=_uint,
+        fee_share=st.integers(min_value=0, max_value=10_000),
+        invoice_id=_uint,
+        payer=_addr,
+        deadline=_uint,
+        chain_id=st.integers(min_value=1, max_value=2**64),
+        router=_addr,
+    )
+    def test_equals_generic_encoder(
+        self, merchant, token, amount, fee_share, invoice_id, payer, deadline, chain_id, router
+    ):
+        intent = PaymentIntent(
+            merchant=merchant,
+            token=token,
+            amount=amount,
+            fee=amount * fee_share // 10_000,
+            invoice_id=invoice_id,
+            payer=payer,
+            deadline=deadline,
+        )
+        from eth_hash.auto import keccak
+
+        signable = encode_typed_data(
+            full_message=payment_intent_typed_data(intent, chain_id=chain_id, router=router)
+        )
+        expected = keccak(b"\x19" + signable.version + signable.header + signable.body)
+        assert payment_intent_digest(intent, chain_id=chain_id, router=router) == expected
+
+    def test_sign_intent_matches_the_generic_signature(self):
+        intent = TestTypedData().intent()
+        r, vs = Signer(KEY).sign_intent(intent, chain_id=31337, router=ROUTER)
+        doc = payment_intent_typed_data(intent, chain_id=31337, router=ROUTER)
+        # RFC 6979 is deterministic: the generic path must give the very same signature
+        assert (r, vs) == to_compact(sign_typed_data(doc, KEY))
+
+    def test_router_is_part_of_the_digest(self):
+        intent = TestTypedData().intent()
+        other = "0x" + "ab" * 20
+        a = payment_intent_digest(intent, chain_id=1, router=ROUTER)
+        b = payment_intent_digest(intent, chain_id=1, router=to_checksum_address(other))
+        assert a != b
 
 
 class TestFastPathIsByteIdentical:
