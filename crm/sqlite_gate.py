@@ -54,9 +54,10 @@ _gates_lock = threading.Lock()
 
 
 def _gate_for(database: str) -> WriteGate:
-    key = database if database in ("", ":memory:") else os.path.realpath(database)
+    if database in ("", ":memory:") or "memory" in database.partition("?")[2] + database[:13]:
+        return WriteGate()  # every connection to an in-memory database is a database of its own
     with _gates_lock:
-        return _gates.setdefault(key, WriteGate())
+        return _gates.setdefault(os.path.realpath(database), WriteGate())
 
 
 class GatedCursor(sqlite3.Cursor):

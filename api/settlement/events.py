@@ -11,13 +11,14 @@ from typing import Any
 from sqlmodel import Session
 
 from api.settlement.models import Invoice
+from api.settlement.repository import InvoiceRow
 from api.webhooks import enqueue
 from api.webhooks import repository as webhook_repo
 
 __all__ = ["InvoiceEvents", "emit_invoice_event"]
 
 
-def _invoice(invoice: Invoice) -> dict[str, Any]:
+def _invoice(invoice: Invoice | InvoiceRow) -> dict[str, Any]:
     return {
         "id": invoice.id,
         "object": "invoice",
@@ -36,7 +37,10 @@ def _invoice(invoice: Invoice) -> dict[str, Any]:
 
 
 def emit_invoice_event(
-    session: Session, invoice: Invoice, event_type: str, evidence: dict[str, Any] | None = None
+    session: Session,
+    invoice: Invoice | InvoiceRow,
+    event_type: str,
+    evidence: dict[str, Any] | None = None,
 ) -> None:
     """Queue ``invoice.<event>`` for the merchant's endpoints; ``evidence`` = the log's facts."""
     payload: dict[str, Any] = {"invoice": _invoice(invoice)}
@@ -54,7 +58,7 @@ class InvoiceEvents:
         self._listening: dict[int, bool] = {}
 
     def emit(
-        self, invoice: Invoice, event_type: str, evidence: dict[str, Any] | None = None
+        self, invoice: Invoice | InvoiceRow, event_type: str, evidence: dict[str, Any] | None = None
     ) -> None:
         merchant = invoice.merchant_id
         if merchant not in self._listening:

@@ -34,6 +34,7 @@ from api.settlement.models import (
     Payment,
     PaymentState,
 )
+from api.settlement.repository import InvoiceRow
 from crm.clock import Clock
 from crm.errors import CRMError
 from crm.followups import service as followups
@@ -61,14 +62,23 @@ def payment_ref(payment: Payment | int) -> str:
 class _Batch:
     """One block range's prefetched state: invoices by (merchant, number), stored log keys."""
 
-    invoices: dict[tuple[str, int], Invoice] = field(default_factory=dict)
+    invoices: dict[tuple[str, int], InvoiceRow] = field(default_factory=dict)
     payments: set[tuple[str, int, str]] = field(default_factory=set)
     refunds: set[tuple[str, int, str]] = field(default_factory=set)
     payment_rows: list[dict[str, Any]] = field(default_factory=list)
     refund_rows: list[dict[str, Any]] = field(default_factory=list)
-    touched: dict[str, Invoice] = field(default_factory=dict)
-    events: list[tuple[Invoice, str, dict[str, Any]]] = field(default_factory=list)
-    to_settle: list[tuple[Invoice, int]] = field(default_factory=list)
+    touched: dict[str, InvoiceRow] = field(default_factory=dict)
+    events: list[tuple[InvoiceRow, str, dict[str, Any]]] = field(default_factory=list)
+    to_settle: list[tuple[InvoiceRow, int]] = field(default_factory=list)
+
+
+@dataclass
+class _Settlements:
+    """Invoices settled in one step: their rows to write back, webhooks, follow-ups to schedule."""
+
+    rows: dict[str, InvoiceRow] = field(default_factory=dict)
+    events: list[tuple[InvoiceRow, str, dict[str, Any]]] = field(default_factory=list)
+    followups: dict[int, list[followups.SettledPayment]] = field(default_factory=dict)
 
 
 @dataclass
@@ -237,13 +247,14 @@ class Indexer:
                     blocks.setdefault(entry.block_number, entry.block_hash)
                 ids = repo.insert_payments(session, batch.payment_rows)
                 repo.insert_refunds(session, batch.refund_rows)
-                for invoice in batch.touched.values():
-                    session.add(invoice)
-                for invoice, event_type, evidence in batch.events:
-                    events.emit(invoice, event_type, evidence)
+                settled = _Settlements()
                 for invoice, index in batch.to_settle:
                     row = batch.payment_rows[index]
-                    self._settle(session, invoice, ids[index], _evidence(row), result, events)
+                    self._settle(invoice, ids[index], _evidence(row), result, settled)
+                repo.update_invoice_rows(session, {**batch.touched, **settled.rows}.values())
+                for invoice, event_type, evidence in batch.events + settled.events:
+                    events.emit(invoice, event_type, evidence)
+                self._schedule(session, settled)
                 blocks.setdefault(end, _hex(self._block(end)["hash"]))
                 repo.save_blocks(session, cursor_id, blocks)
                 cursor.last_block = end
@@ -311,7 +322,7 @@ class Indexer:
             account = accounts.get(address)
             if account is None:
                 continue
-            found = repo.invoices_by_number(session, account.id or 0, numbers)
+            found = repo.invoice_rows_by_number(session, account.id or 0, numbers)
             for number, invoice in found.items():
                 batch.invoices[(address, number)] = invoice
         batch.payments = repo.payment_keys(session, chain_id, start, end)
@@ -384,7 +395,7 @@ class Indexer:
                 batch.touched[invoice.id] = invoice
                 batch.events.append((invoice, "invoice.refunded", _evidence(row)))
 
-    def _paid_after_expiry(self, invoice: Invoice, block_number: int) -> bool:
+    def _paid_after_expiry(self, invoice: InvoiceRow, block_number: int) -> bool:
         if self.clock.now() <= invoice.expires_at and invoice.state != InvoiceState.EXPIRED:
             return False  # cheap path: cannot be late yet
         timestamp = int(self._block(block_number)["timestamp"])
@@ -399,23 +410,31 @@ class Indexer:
         events: InvoiceEvents,
     ) -> None:
         """Settle payments seen in earlier steps that have now reached their depth."""
-        for payment in repo.pending_payments(session, chain_id):
-            invoice = session.get(Invoice, payment.invoice_id) if payment.invoice_id else None
+        pending = repo.pending_payments(session, chain_id)
+        if not pending:
+            return
+        rows = repo.invoice_rows_by_id(session, {p.invoice_id for p in pending if p.invoice_id})
+        settled = _Settlements()
+        for payment in pending:
+            invoice = rows.get(payment.invoice_id) if payment.invoice_id else None
             if tip - payment.block_number + 1 < _depth(invoice):
                 continue
             payment.state = PaymentState.CONFIRMED
             session.add(payment)
             if invoice is not None:
-                self._settle(session, invoice, payment.id or 0, _evidence(payment), result, events)
+                self._settle(invoice, payment.id or 0, _evidence(payment), result, settled)
+        repo.update_invoice_rows(session, settled.rows.values())
+        for invoice, event_type, evidence in settled.events:
+            events.emit(invoice, event_type, evidence)
+        self._schedule(session, settled)
 
     def _settle(
         self,
-        session: Session,
-        invoice: Invoice,
+        invoice: InvoiceRow,
         payment_id: int,
         evidence: dict[str, Any],
         result: PollResult,
-        events: InvoiceEvents,
+        settled: _Settlements,
     ) -> None:
         if invoice.state == InvoiceState.SETTLED:
             return
@@ -423,27 +442,35 @@ class Indexer:
         if evidence.get("late"):
             invoice.status = InvoiceStatus.PAID_LATE
         invoice.settled_at = self.clock.now()
-        session.add(invoice)
+        settled.rows[invoice.id] = invoice
         result.settled.append(invoice.id)
-        events.emit(invoice, "invoice.settled", evidence)
-        if invoice.contact_id is None:
-            return
-        session.flush()  # the CRM queries what was just written
-        try:
-            with session.begin_nested():
-                followups.schedule_for_payment(
-                    session,
-                    invoice.merchant_id,
-                    invoice.contact_id,
-                    payment_ref(payment_id),
-                    invoice.id,
-                    int(evidence["amount"]),
-                    self._symbol(evidence["token"]),
-                    invoice.settled_at,
-                    self.clock,
+        settled.events.append((invoice, "invoice.settled", evidence))
+        if invoice.contact_id is not None:
+            settled.followups.setdefault(invoice.merchant_id, []).append(
+                followups.SettledPayment(
+                    contact_id=invoice.contact_id,
+                    payment_ref=payment_ref(payment_id),
+                    invoice_ref=invoice.id,
+                    amount_minor=int(evidence["amount"]),
+                    currency=self._symbol(evidence["token"]),
+                    settled_at=invoice.settled_at,
                 )
-        except CRMError as exc:  # e.g. an erased contact: the payment still settles
-            log.info("no follow-up for invoice %s: %s", invoice.id, exc.code)
+            )
+
+    def _schedule(self, session: Session, settled: _Settlements) -> None:
+        """The CRM's follow-ups for a step's settlements, one bulk call per merchant. A CRM
+        refusal never stops a settlement: the payment is on chain either way."""
+        for merchant_id, payments in settled.followups.items():
+            try:
+                with session.begin_nested():
+                    outcome = followups.schedule_for_payments(
+                        session, merchant_id, payments, self.clock
+                    )
+            except CRMError as exc:
+                log.error("no follow-ups for merchant %s: %s", merchant_id, exc.code)
+                continue
+            for ref in outcome.missing_contact:
+                log.info("no follow-up for %s: contact not found", ref)
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -463,12 +490,12 @@ class Indexer:
                 stop.wait(poll_interval)
 
 
-def _depth(invoice: Invoice | None) -> int:
+def _depth(invoice: InvoiceRow | None) -> int:
     """Blocks a payment needs (0 and 1 both mean: settle on first sight)."""
     return max(1, invoice.confirmations_required) if invoice is not None else 1
 
 
-def _set_refund_status(invoice: Invoice) -> None:
+def _set_refund_status(invoice: Invoice | InvoiceRow) -> None:
     if invoice.refunded_amount <= 0:
         invoice.status = InvoiceStatus.NONE
     elif invoice.refunded_amount >= invoice.amount:

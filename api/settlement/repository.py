@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from api.settlement.models import (
     IndexerCursor,
     Invoice,
     InvoiceState,
+    InvoiceStatus,
     MerchantAccount,
     Payment,
     PaymentState,
@@ -25,6 +27,7 @@ from api.settlement.models import (
 _Row = TypeVar("_Row")
 
 __all__ = [
+    "InvoiceRow",
     "account_by_address",
     "account_for_merchant",
     "accounts_by_address",
@@ -38,7 +41,8 @@ __all__ = [
     "insert_invoice",
     "insert_payments",
     "insert_refunds",
-    "invoices_by_number",
+    "invoice_rows_by_id",
+    "invoice_rows_by_number",
     "invoices_select",
     "invoices_window",
     "list_invoices",
@@ -54,6 +58,7 @@ __all__ = [
     "refunds_after",
     "reserve_invoice_numbers",
     "save_blocks",
+    "update_invoice_rows",
 ]
 
 _CHUNK = 500  # bound IN lists (SQLite's variable limit, PostgreSQL's plan size)
@@ -177,17 +182,81 @@ def get_invoice(session: Session, merchant_id: int, invoice_id: str) -> Invoice 
     return session.exec(stmt).first()
 
 
-def invoices_by_number(session: Session, account_id: int, numbers: set[int]) -> dict[int, Invoice]:
+@dataclass(slots=True)
+class InvoiceRow:
+    """The columns of an invoice the indexer reads and writes, loaded and saved with Core.
+
+    A catch-up touches tens of thousands of invoices; ORM objects cost ~70 us each to load and
+    ~100 us each to flush, more than the rest of the step. Same attribute names as
+    :class:`Invoice`, so webhook payloads render either."""
+
+    id: str
+    merchant_id: int
+    contact_id: int | None
+    number: int
+    order_id: str
+    chain_id: int
+    token: str
+    amount: int
+    state: InvoiceState
+    status: InvoiceStatus
+    paid_amount: int
+    refunded_amount: int
+    confirmations_required: int
+    expires_at: datetime
+    settled_at: datetime | None
+
+
+_ROW_COLUMNS = tuple(InvoiceRow.__dataclass_fields__)
+_UPDATED_COLUMNS = ("state", "status", "paid_amount", "refunded_amount", "settled_at")
+_UPDATE_ROWS = (
+    sa.update(_INVOICES)
+    .where(_INVOICES.c.id == sa.bindparam("row_id"))
+    .values({c: sa.bindparam(f"new_{c}", type_=_INVOICES.c[c].type) for c in _UPDATED_COLUMNS})
+)
+
+
+def _invoice_row(row: Any) -> InvoiceRow:
+    values = dict(row._mapping)
+    values["state"] = InvoiceState(values["state"])
+    values["status"] = InvoiceStatus(values["status"])
+    return InvoiceRow(**values)
+
+
+def invoice_rows_by_number(
+    session: Session, account_id: int, numbers: set[int]
+) -> dict[int, InvoiceRow]:
     ordered = sorted(numbers)
-    found: dict[int, Invoice] = {}
+    columns = [_INVOICES.c[c] for c in _ROW_COLUMNS]
+    found: dict[int, InvoiceRow] = {}
     for start in range(0, len(ordered), _CHUNK):
-        stmt = select(Invoice).where(
-            Invoice.account_id == account_id,
-            col(Invoice.number).in_(ordered[start : start + _CHUNK]),
+        stmt = sa.select(*columns).where(
+            _INVOICES.c.account_id == account_id,
+            _INVOICES.c.number.in_(ordered[start : start + _CHUNK]),
         )
-        for invoice in session.exec(stmt):
-            found[invoice.number] = invoice
+        for row in session.execute(stmt):
+            found[int(row.number)] = _invoice_row(row)
     return found
+
+
+def invoice_rows_by_id(session: Session, ids: set[str]) -> dict[str, InvoiceRow]:
+    ordered = sorted(ids)
+    columns = [_INVOICES.c[c] for c in _ROW_COLUMNS]
+    found: dict[str, InvoiceRow] = {}
+    for start in range(0, len(ordered), _CHUNK):
+        stmt = sa.select(*columns).where(_INVOICES.c.id.in_(ordered[start : start + _CHUNK]))
+        for row in session.execute(stmt):
+            found[str(row.id)] = _invoice_row(row)
+    return found
+
+
+def update_invoice_rows(session: Session, rows: Iterable[InvoiceRow]) -> None:
+    """Write back state, status, paid/refunded amounts and settled_at (one executemany)."""
+    params = [
+        {"row_id": r.id, **{f"new_{c}": getattr(r, c) for c in _UPDATED_COLUMNS}} for r in rows
+    ]
+    if params:
+        session.execute(_UPDATE_ROWS, params)
 
 
 def list_invoices(

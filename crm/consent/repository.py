@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlmodel import Session, col, select
 
 from crm.consent.models import ConsentEvent, ConsentState
+from crm.enums import ConsentStatus
 
 __all__ = [
     "add_event",
     "get_state",
+    "granted_channels",
     "last_event",
     "list_events",
     "list_states",
@@ -52,6 +54,24 @@ def get_state(session: Session, contact_id: int, purpose: str, channel: str) -> 
         ConsentState.channel == channel,
     )
     return session.exec(stmt).first()
+
+
+def granted_channels(
+    session: Session, contact_ids: Iterable[int], purpose: str, channels: Iterable[str]
+) -> dict[int, set[str]]:
+    """Per contact, the ``channels`` on which ``purpose`` is granted (projection rows only)."""
+    ids, wanted = sorted(set(contact_ids)), sorted(set(channels))
+    found: dict[int, set[str]] = {}
+    for start in range(0, len(ids), 500):
+        stmt = select(ConsentState.contact_id, ConsentState.channel).where(
+            col(ConsentState.contact_id).in_(ids[start : start + 500]),
+            ConsentState.purpose == purpose,
+            col(ConsentState.channel).in_(wanted),
+            ConsentState.state == ConsentStatus.GRANTED.value,
+        )
+        for contact_id, channel in session.exec(stmt):
+            found.setdefault(int(contact_id), set()).add(channel)
+    return found
 
 
 def list_states(session: Session, contact_id: int) -> Sequence[ConsentState]:

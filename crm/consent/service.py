@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from crm.followups import repository as followups_repo
 __all__ = [
     "ChainReport",
     "grant",
+    "granted_channels",
     "history",
     "may_contact",
     "object_to",
@@ -221,6 +223,15 @@ def object_to(
         clock=clock,
         **kwargs,
     )
+
+
+def granted_channels(
+    session: Session, contact_ids: Iterable[int], purpose: Purpose | str, channels: Iterable[str]
+) -> dict[int, set[str]]:
+    """:func:`may_contact` for many contacts at once: per contact, the granted ``channels``."""
+    p = parse_choice(Purpose, purpose, "purpose")
+    wanted = [parse_choice(Channel, c, "channel").value for c in channels]
+    return repo.granted_channels(session, contact_ids, p.value, wanted)
 
 
 def may_contact(

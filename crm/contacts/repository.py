@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -20,6 +20,7 @@ __all__ = [
     "get_by_wallet_index",
     "get_for_update",
     "get_key",
+    "get_many",
     "list_wallets",
     "wallet_index_taken",
 ]
@@ -34,6 +35,17 @@ def add(session: Session, contact: Contact) -> Contact:
 def get(session: Session, merchant_id: int, contact_id: int) -> Contact | None:
     stmt = select(Contact).where(Contact.id == contact_id, Contact.merchant_id == merchant_id)
     return session.exec(stmt).first()
+
+
+def get_many(session: Session, merchant_id: int, contact_ids: Iterable[int]) -> dict[int, Contact]:
+    ids = sorted(set(contact_ids))
+    found: dict[int, Contact] = {}
+    for start in range(0, len(ids), 500):
+        stmt = select(Contact).where(
+            col(Contact.id).in_(ids[start : start + 500]), Contact.merchant_id == merchant_id
+        )
+        found.update({c.id: c for c in session.exec(stmt) if c.id is not None})
+    return found
 
 
 def get_for_update(session: Session, contact_id: int) -> Contact | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlmodel import Session
 
 from crm.audit import service as audit
@@ -29,6 +31,7 @@ __all__ = [
     "find_by_email",
     "find_by_wallet",
     "get_contact",
+    "get_contacts",
     "to_public",
     "update_contact",
 ]
@@ -48,6 +51,13 @@ def get_contact(session: Session, merchant_id: int, contact_id: int) -> Contact:
     if contact is None:
         raise ContactNotFound("no such contact", param="contact_id")
     return contact
+
+
+def get_contacts(
+    session: Session, merchant_id: int, contact_ids: Iterable[int]
+) -> dict[int, Contact]:
+    """The merchant's contacts among ``contact_ids`` by id (others, and unknown ids, absent)."""
+    return repo.get_many(session, merchant_id, contact_ids)
 
 
 def data_key(session: Session, keyring: KeyRing, contact: Contact) -> DataKey | None:

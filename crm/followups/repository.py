@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicy, Purchase
+
+_T = TypeVar("_T")
 
 __all__ = [
     "PENDING",
@@ -16,7 +19,9 @@ __all__ = [
     "add_purchase",
     "claim_conditional",
     "claim_skip_locked",
+    "contacts_with_pending",
     "due_to_expire",
+    "existing_purchase_refs",
     "first_purchases_without_periodic",
     "get",
     "get_for_update",
@@ -24,7 +29,11 @@ __all__ = [
     "get_policy_by_id",
     "get_purchase",
     "has_pending",
+    "insert_events",
+    "insert_followups",
+    "insert_purchases",
     "last_contacted_at",
+    "last_contacted_many",
     "list_events",
     "list_for_contact",
     "list_for_payment",
@@ -39,6 +48,73 @@ __all__ = [
 ]
 
 PENDING = ("scheduled", "queued")
+_CHUNK = 500  # bound IN lists
+_PURCHASES = Purchase.__table__  # type: ignore[attr-defined]
+_FOLLOWUPS = FollowUp.__table__  # type: ignore[attr-defined]
+_EVENTS = FollowUpEvent.__table__  # type: ignore[attr-defined]
+
+
+def _chunks(values: Iterable[_T]) -> Iterator[list[_T]]:
+    ordered = list(values)
+    for start in range(0, len(ordered), _CHUNK):
+        yield ordered[start : start + _CHUNK]
+
+
+# --- bulk (the settlement indexer schedules a block range's payments at once) -----------------
+
+
+def existing_purchase_refs(session: Session, merchant_id: int, refs: Iterable[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(refs):
+        stmt = sa.select(_PURCHASES.c.payment_ref).where(
+            _PURCHASES.c.merchant_id == merchant_id, _PURCHASES.c.payment_ref.in_(chunk)
+        )
+        found.update(session.execute(stmt).scalars())
+    return found
+
+
+def insert_purchases(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(sa.insert(_PURCHASES), rows)
+
+
+def insert_followups(session: Session, rows: list[dict[str, Any]]) -> list[int]:
+    """Core executemany; the new ids in the order of ``rows``."""
+    if not rows:
+        return []
+    stmt = sa.insert(_FOLLOWUPS).returning(_FOLLOWUPS.c.id, sort_by_parameter_order=True)
+    return [int(i) for i in session.execute(stmt, rows).scalars()]
+
+
+def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(sa.insert(_EVENTS), rows)
+
+
+def last_contacted_many(session: Session, contact_ids: Iterable[int]) -> dict[int, datetime]:
+    """:func:`last_contacted_at` for many contacts (contacts never messaged are absent)."""
+    found: dict[int, datetime] = {}
+    for chunk in _chunks(contact_ids):
+        stmt = (
+            sa.select(_FOLLOWUPS.c.contact_id, sa.func.max(_FOLLOWUPS.c.sent_at))
+            .where(_FOLLOWUPS.c.contact_id.in_(chunk), _FOLLOWUPS.c.sent_at.is_not(None))
+            .group_by(_FOLLOWUPS.c.contact_id)
+        )
+        found.update({int(c): at for c, at in session.execute(stmt)})
+    return found
+
+
+def contacts_with_pending(session: Session, contact_ids: Iterable[int]) -> set[int]:
+    """The contacts among ``contact_ids`` with a scheduled or queued follow-up."""
+    found: set[int] = set()
+    for chunk in _chunks(contact_ids):
+        stmt = (
+            sa.select(_FOLLOWUPS.c.contact_id)
+            .where(_FOLLOWUPS.c.contact_id.in_(chunk), _FOLLOWUPS.c.state.in_(PENDING))
+            .distinct()
+        )
+        found.update(int(c) for c in session.execute(stmt).scalars())
+    return found
 
 
 def save_policy(session: Session, policy: FollowUpPolicy) -> FollowUpPolicy:
