@@ -34,7 +34,7 @@ import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
-from web3.exceptions import Web3Exception
+from web3.exceptions import BlockNotFound, Web3Exception
 from web3.types import Wei
 
 from wallet.errors import (
@@ -296,6 +296,25 @@ class Chain:
             }
             for e in entries
         ]
+
+    def head(self) -> int:
+        """The latest block number (a raw ``eth_blockNumber`` on node backends)."""
+        if self._tester is None:
+            return int(self.request("eth_blockNumber"), 16)
+        with self.lock:
+            return int(self.w3.eth.block_number)
+
+    def block_header(self, number: int) -> tuple[str, int] | None:
+        """``(hash, timestamp)`` of block ``number`` (0x hex hash), or None past the head."""
+        if self._tester is None:
+            block = self.request("eth_getBlockByNumber", [hex(number), False])
+            return None if block is None else (str(block["hash"]), int(block["timestamp"], 16))
+        with self.lock:
+            try:
+                found = self.w3.eth.get_block(number)
+            except BlockNotFound:
+                return None
+        return Web3.to_hex(found["hash"]), int(found["timestamp"])
 
     def snapshot(self) -> Any:
         self._require_local("evm_snapshot")

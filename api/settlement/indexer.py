@@ -107,8 +107,9 @@ def _checksum(address: str) -> str:
     return to_checksum_address(address)
 
 
-def _topic_address(topic: Any) -> str:
-    return _checksum("0x" + _hex(topic)[-40:].lower())
+def _topic_address(topic: str) -> str:
+    """The address in a 32-byte topic, as the node's hex string (``0x`` + 64 digits)."""
+    return _checksum("0x" + topic[-40:].lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +187,12 @@ class Indexer:
     # -- chain reads (the only place the indexer talks to the node) ---------------------------
 
     def _head(self) -> int:
-        with self.chain.lock:
-            return int(self.chain.w3.eth.block_number)
+        return self.chain.head()
 
-    def _block(self, number: int) -> Any:
-        with self.chain.lock:
-            return self.chain.w3.eth.get_block(number)
+    def _block(self, number: int) -> tuple[str, int]:
+        """``(hash, timestamp)``; a block the node no longer has (a reorg below our stored
+        height) reads as an empty hash, which matches nothing stored."""
+        return self.chain.block_header(number) or ("", 0)
 
     def _logs(self, start: int, end: int) -> list[_Log]:
         entries = self.chain.raw_logs(self.router, start, end, [[SETTLED_TOPIC, REFUNDED_TOPIC]])
@@ -245,7 +246,7 @@ class Indexer:
                 for entry in entries:
                     self._apply(chain_id, entry, result, batch, min(head, end))
                     blocks.setdefault(entry.block_number, entry.block_hash)
-                ids = repo.insert_payments(session, batch.payment_rows)
+                ids = repo.insert_payments(session, chain_id, batch.payment_rows)
                 repo.insert_refunds(session, batch.refund_rows)
                 settled = _Settlements()
                 for invoice, index in batch.to_settle:
@@ -255,7 +256,7 @@ class Indexer:
                 for invoice, event_type, evidence in batch.events + settled.events:
                     events.emit(invoice, event_type, evidence)
                 self._schedule(session, settled)
-                blocks.setdefault(end, _hex(self._block(end)["hash"]))
+                blocks.setdefault(end, self._block(end)[0])
                 repo.save_blocks(session, cursor_id, blocks)
                 cursor.last_block = end
                 result.to_block = end
@@ -269,7 +270,7 @@ class Indexer:
     def _fork_point(self, session: Session, cursor_id: int, head: int) -> int | None:
         stored = repo.recent_blocks(session, cursor_id, self.reorg_window)
         for index, block in enumerate(stored):
-            if block.number <= head and _hex(self._block(block.number)["hash"]) == block.hash:
+            if block.number <= head and self._block(block.number)[0] == block.hash:
                 return None if index == 0 else block.number
         return stored[-1].number - 1 if stored else None
 
@@ -398,7 +399,7 @@ class Indexer:
     def _paid_after_expiry(self, invoice: InvoiceRow, block_number: int) -> bool:
         if self.clock.now() <= invoice.expires_at and invoice.state != InvoiceState.EXPIRED:
             return False  # cheap path: cannot be late yet
-        timestamp = int(self._block(block_number)["timestamp"])
+        timestamp = self._block(block_number)[1]
         return datetime.fromtimestamp(timestamp, UTC) > invoice.expires_at
 
     def _confirm(
@@ -486,7 +487,9 @@ class Indexer:
             result = self.poll_once()
             if progress is not None:
                 progress(result)
-            if result.caught_up:
+            # Wait only when the step found no new block: one that did took time, during which
+            # more blocks have probably arrived (no poll_interval of latency under load).
+            if result.caught_up and result.to_block < result.from_block:
                 stop.wait(poll_interval)
 
 

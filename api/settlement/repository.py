@@ -70,16 +70,24 @@ def add(session: Session, row: _Row) -> _Row:
     return row
 
 
-def insert_payments(session: Session, rows: list[dict[str, Any]]) -> list[int]:
-    """Core executemany: a catch-up inserts thousands of rows, ORM objects cost ~0.2 ms each.
+def insert_payments(session: Session, chain_id: int, rows: list[dict[str, Any]]) -> list[int]:
+    """Core executemany (a catch-up inserts thousands of rows); the new ids in ``rows`` order.
 
-    Returns the new ids in the order of ``rows``.
+    No ``RETURNING``: SQLite cannot promise its order, so SQLAlchemy would insert row by row.
+    The ids are read back in one query by each row's unique (tx hash, log index, block hash).
     """
     if not rows:
         return []
     table = Payment.__table__  # type: ignore[attr-defined]
-    stmt = sa.insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    return [int(row_id) for row_id in session.execute(stmt, rows).scalars()]
+    session.execute(sa.insert(table), rows)
+    numbers = [int(r["block_number"]) for r in rows]
+    stmt = sa.select(table.c.id, table.c.tx_hash, table.c.log_index, table.c.block_hash).where(
+        table.c.chain_id == chain_id,
+        table.c.block_number >= min(numbers),
+        table.c.block_number <= max(numbers),
+    )
+    ids = {(t, int(i), b): int(row_id) for row_id, t, i, b in session.execute(stmt)}
+    return [ids[(r["tx_hash"], int(r["log_index"]), r["block_hash"])] for r in rows]
 
 
 def insert_refunds(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -79,11 +79,23 @@ def insert_purchases(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def insert_followups(session: Session, rows: list[dict[str, Any]]) -> list[int]:
-    """Core executemany; the new ids in the order of ``rows``."""
+    """Core executemany; the new ids in the order of ``rows``.
+
+    No ``RETURNING`` (SQLite cannot promise its order, so SQLAlchemy would insert row by row):
+    the ids are read back by the unique (merchant, payment_ref, kind).
+    """
     if not rows:
         return []
-    stmt = sa.insert(_FOLLOWUPS).returning(_FOLLOWUPS.c.id, sort_by_parameter_order=True)
-    return [int(i) for i in session.execute(stmt, rows).scalars()]
+    session.execute(sa.insert(_FOLLOWUPS), rows)
+    ids: dict[tuple[int, str, str], int] = {}
+    for merchant_id in {r["merchant_id"] for r in rows}:
+        refs = [r["payment_ref"] for r in rows if r["merchant_id"] == merchant_id]
+        for chunk in _chunks(refs):
+            stmt = sa.select(_FOLLOWUPS.c.id, _FOLLOWUPS.c.payment_ref, _FOLLOWUPS.c.kind).where(
+                _FOLLOWUPS.c.merchant_id == merchant_id, _FOLLOWUPS.c.payment_ref.in_(chunk)
+            )
+            ids.update({(merchant_id, ref, kind): int(i) for i, ref, kind in session.execute(stmt)})
+    return [ids[(r["merchant_id"], r["payment_ref"], r["kind"])] for r in rows]
 
 
 def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
