@@ -263,7 +263,7 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
             receipt["transactionHash"].hex()[:18] + "…",
             str(receipt["blockNumber"]),
             f"{receipt['gasUsed']:,}",
-            f"#{event['invoiceId']}: {event['amount']} (fee {event['fee']})",
+            f"#{event['invoiceId']} intent {event['intentHash'].hex()[:10]}…",
         )
     out.print(paid)
 

@@ -41,6 +41,9 @@ FORGE = ROOT / "node_modules" / ".bin" / "forge"
 AMOUNT = 12_345_678  # 12.345678 tUSD (6 decimals)
 FEE = 123_456  # 1 %
 GAS_LIMIT = 300_000
+DEFAULT_PAUSE_BOND = (
+    10 * 10**18
+)  # the router's constructor argument (wallet.tokens.DEFAULT_PAUSE_BOND)
 INTENT_TYPES = {
     "PaymentIntent": [
         {"name": "merchant", "type": "address"},
@@ -115,7 +118,7 @@ class _Bench:
         token_art = load_artifact("TestToken")
         router_art = load_artifact("PaymentRouter")
         self.token = self._deploy(token_art, self.owner)
-        self.router = self._deploy(router_art, self.owner, self.treasury)
+        self.router = self._deploy(router_art, self.owner, self.treasury, DEFAULT_PAUSE_BOND)
         self.chain_id = w3.eth.chain_id
 
         big = 10**18

@@ -156,7 +156,7 @@ class _Market:
         signed = payer.sign_transaction(tx)
         self._wait(self.chain.w3.eth.send_raw_transaction(signed.raw_transaction))
 
-    def sign_intent(self, number: int, deadline: int) -> tuple[bytes, bytes]:
+    def sign_intent(self, number: int, deadline: int) -> tuple[bytes, bytes, bytes]:
         """EIP-712 digest built directly (the generic encoder costs ~2 ms a signature)."""
         struct = keccak(
             _INTENT_TYPEHASH
@@ -168,7 +168,7 @@ class _Market:
         digest = keccak(b"\x19\x01" + self.domain + struct)
         sig = self.operator_key.sign_recoverable(digest, hasher=None)
         r, s, recid = sig[:32], int.from_bytes(sig[32:64], "big"), sig[64]
-        return r, ((recid << 255) | s).to_bytes(32, "big")
+        return r, ((recid << 255) | s).to_bytes(32, "big"), struct
 
     def pay_tx(self, payer: Any, number: int, r: bytes, vs: bytes, deadline: int) -> dict[str, Any]:
         intent = (
@@ -278,7 +278,7 @@ def _invoices(
     out = []
     rows = []
     for number in range(1, n + 1):
-        r, vs = market.sign_intent(number, deadline)
+        r, vs, struct = market.sign_intent(number, deadline)
         out.append((number, r, vs, deadline))
         rows.append(
             Invoice(
@@ -296,6 +296,7 @@ def _invoices(
                 deadline=deadline,
                 signature_r="0x" + r.hex(),
                 signature_vs="0x" + vs.hex(),
+                intent_hash="0x" + struct.hex(),
                 confirmations_required=1,
                 created_at=now,
                 expires_at=expires,
@@ -453,7 +454,7 @@ def bench_catch_up(n: int, workdir: Path, payers: int = 50) -> list[dict[str, An
             ):
                 topics = entry["topics"]
                 int.from_bytes(topics[2], "big")
-                abi_decode(["address", "uint256", "uint256"], bytes(entry["data"]))
+                abi_decode(["bytes32"], bytes(entry["data"]))
                 decoded += 1
         base_seconds = time.perf_counter() - started
         if decoded != n:

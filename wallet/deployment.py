@@ -20,6 +20,7 @@ from web3 import Web3
 from contracts import load_artifact
 from wallet.chain import Chain
 from wallet.errors import ChainIdMismatchError, WalletError
+from wallet.tokens import DEFAULT_PAUSE_BOND
 
 __all__ = ["Deployment", "ManifestError", "deploy_contracts", "ensure_deployed", "read_manifest"]
 
@@ -36,6 +37,8 @@ class Deployment:
     deploy_block: int
     owner: str
     treasury: str
+    #: the PaymentRouter artifact's source hash: a manifest from other sources is redeployed
+    router_source: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,13 +68,18 @@ def _deploy(chain: Chain, account: LocalAccount, name: str, *args: Any) -> tuple
 
 
 def deploy_contracts(
-    chain: Chain, owner: LocalAccount, *, treasury: str | None = None
+    chain: Chain,
+    owner: LocalAccount,
+    *,
+    treasury: str | None = None,
+    pause_bond: int = DEFAULT_PAUSE_BOND,
 ) -> Deployment:
     """Deploy a fresh TestToken and PaymentRouter owned by ``owner``."""
     treasury = Web3.to_checksum_address(treasury or owner.address)
     token, first_block = _deploy(chain, owner, "TestToken", owner.address)
-    router, _ = _deploy(chain, owner, "PaymentRouter", owner.address, treasury)
-    return Deployment(chain.chain_id, token, router, first_block, owner.address, treasury)
+    router, _ = _deploy(chain, owner, "PaymentRouter", owner.address, treasury, pause_bond)
+    source = load_artifact("PaymentRouter").source_hash
+    return Deployment(chain.chain_id, token, router, first_block, owner.address, treasury, source)
 
 
 def read_manifest(path: Path, chain: Chain) -> Deployment | None:
@@ -88,6 +96,8 @@ def read_manifest(path: Path, chain: Chain) -> Deployment | None:
             f"manifest {path} is for chain id {deployment.chain_id}, "
             f"but the chain has id {chain.chain_id}"
         )
+    if deployment.router_source != load_artifact("PaymentRouter").source_hash:
+        return None  # deployed from other sources (e.g. before the router changed): redeploy
     for address in (deployment.token, deployment.router):
         if not chain.w3.eth.get_code(Web3.to_checksum_address(address)):
             return None  # e.g. a restarted anvil: redeploy

@@ -39,6 +39,7 @@ __all__ = [
     "Signer",
     "from_compact",
     "payment_intent_digest",
+    "payment_intent_struct_hash",
     "payment_intent_typed_data",
     "permit_typed_data",
     "recover_message",
@@ -353,6 +354,12 @@ def _router_domain_separator(chain_id: int, router: str) -> bytes:
     )
 
 
+def payment_intent_struct_hash(intent: PaymentIntent) -> bytes:
+    """EIP-712 ``hashStruct(intent)``: what the router's ``PaymentSettled`` event carries as
+    ``intentHash`` (it binds every signed field; the domain is the router itself)."""
+    return keccak(_INTENT_TYPEHASH + b"".join(_word(v) for v in intent.as_tuple()))
+
+
 def payment_intent_digest(intent: PaymentIntent, *, chain_id: int, router: str) -> bytes:
     """The EIP-712 digest of ``payment_intent_typed_data(intent, ...)``, computed directly.
 
@@ -360,8 +367,8 @@ def payment_intent_digest(intent: PaymentIntent, *, chain_id: int, router: str) 
     on every call (~2 ms here); this is the same hash from one fixed layout, checked against the
     generic encoder by the tests.
     """
-    struct_hash = keccak(_INTENT_TYPEHASH + b"".join(_word(v) for v in intent.as_tuple()))
-    return keccak(b"\x19\x01" + _router_domain_separator(chain_id, router) + struct_hash)
+    domain = _router_domain_separator(chain_id, router)
+    return keccak(b"\x19\x01" + domain + payment_intent_struct_hash(intent))
 
 
 def permit_typed_data(

@@ -24,7 +24,19 @@ if TYPE_CHECKING:
     from wallet.chain import Chain
     from wallet.sender import Receipt, Sender
 
-__all__ = ["PermitData", "Router", "Token", "deploy", "deploy_router", "deploy_test_token"]
+__all__ = [
+    "DEFAULT_PAUSE_BOND",
+    "PermitData",
+    "Router",
+    "Token",
+    "deploy",
+    "deploy_router",
+    "deploy_test_token",
+]
+
+#: Wei the router's owner deposits to pause it (see ``PaymentRouter.pause``): 10 ether, sized for
+#: local chains. A production deployment picks its own per chain.
+DEFAULT_PAUSE_BOND = 10 * 10**18
 
 
 def _artifact(name: str) -> Any:
@@ -49,10 +61,15 @@ def deploy_test_token(sender: Sender, owner: str | None = None) -> Token:
 
 
 def deploy_router(
-    sender: Sender, *, owner: str | None = None, treasury: str | None = None
+    sender: Sender,
+    *,
+    owner: str | None = None,
+    treasury: str | None = None,
+    pause_bond: int = DEFAULT_PAUSE_BOND,
 ) -> Router:
-    address = deploy(sender, "PaymentRouter", owner or sender.address, treasury or sender.address)
-    return Router(sender.chain, address)
+    validate_base_units(pause_bond, param="pause_bond")
+    args = (owner or sender.address, treasury or sender.address, pause_bond)
+    return Router(sender.chain, deploy(sender, "PaymentRouter", *args))
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,13 +44,19 @@ __all__ = ["Indexer", "PollResult", "payment_ref"]
 
 log = logging.getLogger(__name__)
 
-SETTLED_TOPIC = (
-    "0x" + keccak(text="PaymentSettled(address,uint256,address,address,uint256,uint256)").hex()
-)
+SETTLED_TOPIC = "0x" + keccak(text="PaymentSettled(address,uint256,address,bytes32)").hex()
 REFUNDED_TOPIC = (
     "0x" + keccak(text="PaymentRefunded(address,uint256,address,address,uint256,uint256)").hex()
 )
-_DATA_TYPES = ["address", "uint256", "uint256"]
+_INTENT = "(address,address,uint256,uint256,uint256,address,uint256)"
+_PAY_SELECTORS = frozenset(
+    "0x" + keccak(text=signature).hex()[:8]
+    for signature in (
+        f"pay({_INTENT},bytes32,bytes32)",
+        f"payWithPermit({_INTENT},bytes32,bytes32,(uint256,uint256,uint8,bytes32,bytes32))",
+    )
+)
+_ZERO_ADDRESS = "0x" + "0" * 40
 
 
 def payment_ref(payment: Payment | int) -> str:
@@ -114,8 +120,9 @@ def _topic_address(topic: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Log:
-    """One router log, decoded from the node's hex strings (both events share a layout:
-    topics merchant, invoiceId, payer|to; data token, amount, fee|totalRefunded)."""
+    """One router log, decoded from the node's hex strings. Both events index merchant,
+    invoiceId and payer|to. ``PaymentSettled`` data is the intent's EIP-712 struct hash;
+    ``PaymentRefunded`` data is token, amount, totalRefunded (``extra``)."""
 
     topic: str
     tx_hash: str
@@ -125,22 +132,28 @@ class _Log:
     merchant: str
     number: int
     third: str
-    token: str
-    amount: int
-    extra: int
+    intent_hash: str = ""
+    token: str = _ZERO_ADDRESS
+    amount: int = 0
+    extra: int = 0
 
     @classmethod
     def from_rpc(cls, entry: dict[str, Any]) -> _Log:
         topics, data = entry["topics"], entry["data"]
+        common = {
+            "topic": topics[0],
+            "tx_hash": entry["transactionHash"],
+            "log_index": int(entry["logIndex"], 16),
+            "block_number": int(entry["blockNumber"], 16),
+            "block_hash": entry["blockHash"],
+            "merchant": _topic_address(topics[1]),
+            "number": int(topics[2], 16),
+            "third": _topic_address(topics[3]),
+        }
+        if topics[0] == SETTLED_TOPIC:
+            return cls(**common, intent_hash="0x" + data[2:66].lower())
         return cls(
-            topic=topics[0],
-            tx_hash=entry["transactionHash"],
-            log_index=int(entry["logIndex"], 16),
-            block_number=int(entry["blockNumber"], 16),
-            block_hash=entry["blockHash"],
-            merchant=_topic_address(topics[1]),
-            number=int(topics[2], 16),
-            third=_topic_address(topics[3]),
+            **common,
             token=_checksum("0x" + data[26:66].lower()),
             amount=int(data[66:130], 16),
             extra=int(data[130:194], 16),
@@ -348,21 +361,25 @@ class Indexer:
             if key in batch.payments:
                 return
             batch.payments.add(key)
-            if invoice is not None and (
-                invoice.token != entry.token or invoice.amount != entry.amount
-            ):
+            if invoice is not None and invoice.intent_hash != entry.intent_hash:
+                # same number, another signed intent (e.g. a restored database reused it)
                 log.error(
                     "payment %s does not match invoice %s: unmatched", entry.tx_hash, invoice.id
                 )
                 invoice = None
+            if invoice is not None:  # the hash proves what was paid: the invoice's own terms
+                token, amount, fee = invoice.token, invoice.amount, invoice.fee
+            else:
+                token, amount, fee = self._paid_terms(entry.tx_hash)
             late = invoice is not None and self._paid_after_expiry(invoice, entry.block_number)
             row |= {
                 "invoice_id": invoice.id if invoice else None,
                 "merchant_address": entry.merchant,
                 "invoice_number": entry.number,
                 "payer": entry.third,
-                "token": entry.token,
-                "fee": entry.extra,
+                "token": token,
+                "amount": amount,
+                "fee": fee,
                 "late": late,
             }
             # Deep enough already (the usual case in a catch-up)? Insert it confirmed and
@@ -372,7 +389,7 @@ class Indexer:
             batch.payment_rows.append(row)
             result.payments += 1
             if invoice is not None:
-                invoice.paid_amount += entry.amount
+                invoice.paid_amount += amount
                 if invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
                     invoice.state = InvoiceState.PROCESSING
                     batch.events.append((invoice, "invoice.processing", _evidence(row)))
@@ -395,6 +412,16 @@ class Indexer:
                 _set_refund_status(invoice)
                 batch.touched[invoice.id] = invoice
                 batch.events.append((invoice, "invoice.refunded", _evidence(row)))
+
+    def _paid_terms(self, tx_hash: str) -> tuple[str, int, int]:
+        """``(token, amount, fee)`` of an unmatched payment, read from its transaction's
+        calldata (a direct ``pay``/``payWithPermit``); zeros when it came through a contract."""
+        tx = self.chain.request("eth_getTransactionByHash", [tx_hash]) or {}
+        data = str(tx.get("input") or tx.get("data") or "")
+        if data[:10] not in _PAY_SELECTORS or len(data) < 10 + 64 * 4:
+            return _ZERO_ADDRESS, 0, 0
+        words = [data[10 + 64 * i : 74 + 64 * i] for i in range(4)]
+        return _checksum("0x" + words[1][24:].lower()), int(words[2], 16), int(words[3], 16)
 
     def _paid_after_expiry(self, invoice: InvoiceRow, block_number: int) -> bool:
         if self.clock.now() <= invoice.expires_at and invoice.state != InvoiceState.EXPIRED:

@@ -33,7 +33,7 @@ from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Merchant
 from crm.audit import service as audit
 from crm.clock import Clock
 from wallet.addresses import parse_address
-from wallet.signing import PaymentIntent, Signer
+from wallet.signing import PaymentIntent, Signer, payment_intent_struct_hash
 
 __all__ = [
     "ALLOWED_CONFIRMATIONS",
@@ -215,6 +215,7 @@ def create_invoice(
         deadline=int((expires_at + LATE_WINDOW).timestamp()),
     )
     r, vs = signer.sign_intent(intent, chain_id=chain_id, router=router)
+    intent_hash = "0x" + payment_intent_struct_hash(intent).hex()
     invoice = Invoice(
         id="inv_" + secrets.token_hex(12),
         merchant_id=request.merchant_id,
@@ -230,6 +231,7 @@ def create_invoice(
         deadline=intent.deadline,
         signature_r="0x" + r.hex(),
         signature_vs="0x" + vs.hex(),
+        intent_hash=intent_hash,
         confirmations_required=request.confirmations,
         metadata_=dict(request.metadata),
         created_at=now,

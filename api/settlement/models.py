@@ -118,6 +118,9 @@ class Invoice(SQLModel, table=True):
     deadline: int = Field(sa_type=sa.BigInteger)
     signature_r: str = Field(max_length=66)
     signature_vs: str = Field(max_length=66)
+    # EIP-712 hashStruct of the signed intent (0x hex): the router's PaymentSettled event carries
+    # it, so one comparison checks token, amount, fee, payer and deadline of a payment at once.
+    intent_hash: str | None = Field(default=None, max_length=66)
     confirmations_required: int = 1
     state: InvoiceState = Field(default=InvoiceState.NEW, sa_type=sa.String(20))
     status: InvoiceStatus = Field(default=InvoiceStatus.NONE, sa_type=sa.String(20))

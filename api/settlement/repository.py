@@ -206,6 +206,8 @@ class InvoiceRow:
     chain_id: int
     token: str
     amount: int
+    fee: int
+    intent_hash: str | None
     state: InvoiceState
     status: InvoiceStatus
     paid_amount: int

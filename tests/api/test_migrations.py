@@ -30,3 +30,60 @@ def test_migrations_match_models(engine):
         )
         diffs = compare_metadata(context, SQLModel.metadata)
     assert diffs == []
+
+
+def test_intent_hash_backfill(tmp_path):
+    """0003 fills ``intent_hash`` for invoices created before it, as the router computes it."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from api.db import alembic_config, make_engine, upgrade
+    from wallet.signing import PaymentIntent, payment_intent_struct_hash
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    upgrade(url, revision="0002")
+    merchant = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    token = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    payer = "0x" + "0" * 40
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO crm_merchant (id, name, created_at) VALUES (1, 'M', '2026-01-01')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_merchant_account (id, merchant_id, chain_id, address, payout,"
+                    " operator, next_invoice_number, created_at) VALUES (1, 1, 31337, :m, :m, :m,"
+                    " 8, '2026-01-01')"
+                ),
+                {"m": merchant},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_invoice (id, merchant_id, account_id, number, order_id,"
+                    " chain_id, token, amount, fee, payer, deadline, signature_r, signature_vs,"
+                    " confirmations_required, state, status, paid_amount, refunded_amount,"
+                    " metadata, created_at, expires_at) VALUES ('inv_1', 1, 1, 7, 'o1', 31337,"
+                    " :t, '2500000', '25000', :p, 1900000000, '0x', '0x', 1, 'new', 'none', '0',"
+                    " '0', '{}', '2026-01-01', '2026-01-01')"
+                ),
+                {"t": token, "p": payer},
+            )
+        command.upgrade(alembic_config(url), "head")
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT intent_hash FROM api_invoice")).scalar_one()
+    finally:
+        engine.dispose()
+    intent = PaymentIntent(
+        merchant=merchant,
+        token=token,
+        amount=2_500_000,
+        fee=25_000,
+        invoice_id=7,
+        payer=payer,
+        deadline=1_900_000_000,
+    )
+    assert stored == "0x" + payment_intent_struct_hash(intent).hex()

@@ -24,7 +24,7 @@ contract PaymentRouterInvariantTest is Test {
     function setUp() public {
         vm.warp(1_750_000_000);
         token = new TestToken(address(this));
-        router = new PaymentRouter(address(this), treasury);
+        router = new PaymentRouter(address(this), treasury, 10 ether);
         handler = new PaymentRouterHandler(router, token, merchant, treasury, 0x0bE7A70B);
         address firstPayout = handler.payouts(0);
         address operator = vm.addr(0x0bE7A70B);

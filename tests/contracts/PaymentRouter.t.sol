@@ -11,6 +11,10 @@ import {ReentrantToken} from "../../contracts/src/mocks/ReentrantToken.sol";
 import {RouterFixture} from "./utils/RouterFixture.sol";
 
 contract PaymentRouterTest is RouterFixture {
+    function _structHash(PaymentIntent memory intent) internal pure returns (bytes32) {
+        return keccak256(abi.encode(INTENT_TYPEHASH, intent));
+    }
+
     uint256 internal constant AMOUNT = 25_000_000; // 25 tUSD
     uint256 internal constant FEE = 250_000;
 
@@ -25,17 +29,22 @@ contract PaymentRouterTest is RouterFixture {
     function test_constructor_emitsTreasuryChanged() public {
         vm.expectEmit();
         emit PaymentRouter.TreasuryChanged(address(0), treasury);
-        new PaymentRouter(owner, treasury);
+        new PaymentRouter(owner, treasury, PAUSE_BOND);
     }
 
     function test_constructor_revertsOnZeroTreasury() public {
         vm.expectRevert(PaymentRouter.ZeroAddress.selector);
-        new PaymentRouter(owner, address(0));
+        new PaymentRouter(owner, address(0), PAUSE_BOND);
+    }
+
+    function test_constructor_revertsOnZeroPauseBond() public {
+        vm.expectRevert(PaymentRouter.ZeroPauseBond.selector);
+        new PaymentRouter(owner, treasury, 0);
     }
 
     function test_constructor_revertsOnZeroOwner() public {
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableInvalidOwner.selector, address(0)));
-        new PaymentRouter(address(0), treasury);
+        new PaymentRouter(address(0), treasury, PAUSE_BOND);
     }
 
     function test_setTreasury_changesAndEmits() public {
@@ -44,7 +53,7 @@ contract PaymentRouterTest is RouterFixture {
         vm.prank(owner);
         router.setTreasury(address(0xBEEF));
         assertEq(router.treasury(), address(0xBEEF), "treasury");
-        assertFalse(router.paused(), "packed pause flag untouched");
+        assertFalse(router.paused(), "pause untouched");
     }
 
     function test_setTreasury_revertsForNonOwner() public {
@@ -61,10 +70,9 @@ contract PaymentRouterTest is RouterFixture {
     function test_pause_blocksPayAndUnpauseRestores() public {
         vm.expectEmit(address(router));
         emit Pausable.Paused(owner);
-        vm.prank(owner);
-        router.pause();
+        _pauseRouter();
         assertTrue(router.paused(), "paused");
-        assertEq(router.treasury(), treasury, "packed treasury untouched");
+        assertEq(router.treasury(), treasury, "treasury untouched");
 
         PaymentIntent memory intent = _intent(1, AMOUNT, 0);
         (bytes32 r, bytes32 vs) = _sign(OPERATOR_KEY, intent);
@@ -81,23 +89,98 @@ contract PaymentRouterTest is RouterFixture {
         assertTrue(router.isSettled(merchant, 1), "settled after unpause");
     }
 
-    /// @dev The gas layout relies on `_paused` and `_treasury` sharing slot 4 (see the contract's NatSpec).
-    function test_storageLayout_pauseFlagPacksWithTreasury() public {
+    /// @dev The pause state is the router's ETH balance (>= the 10 ether bond); storage is untouched.
+    function test_pause_isTheBondBalance() public {
         bytes32 slot4 = vm.load(address(router), bytes32(uint256(4)));
-        assertEq(uint256(slot4), uint256(uint160(treasury)) << 8, "treasury at offset 1, not paused");
+        vm.deal(owner, 20 ether);
         vm.prank(owner);
-        router.pause();
-        slot4 = vm.load(address(router), bytes32(uint256(4)));
-        assertEq(uint256(slot4), (uint256(uint160(treasury)) << 8) | 1, "paused flag at offset 0");
+        vm.expectRevert(abi.encodeWithSelector(PaymentRouter.PauseBondRequired.selector, 10 ether, 10 ether - 1));
+        router.pause{value: 10 ether - 1}();
+        vm.prank(owner);
+        router.pause{value: 10 ether}();
+        assertTrue(router.paused(), "paused");
+        assertEq(vm.load(address(router), bytes32(uint256(4))), slot4, "storage untouched");
+        vm.prank(owner);
+        vm.expectRevert(Pausable.EnforcedPause.selector);
+        router.pause{value: 1}();
+        vm.prank(owner);
+        router.unpause();
+        assertFalse(router.paused(), "unpaused");
+        assertEq(address(router).balance, 0, "bond returned");
+        assertEq(owner.balance, 20 ether, "owner refunded");
+    }
+
+    /// @dev Force-sent ETH below the bond does not pause; a forced full bond pauses (and is the owner's on unpause).
+    function test_pause_forceSentEth() public {
+        vm.deal(address(router), 10 ether - 1);
+        assertFalse(router.paused(), "dust does not pause");
+        _pay(_intent(1, AMOUNT, 0));
+        vm.deal(address(router), 10 ether);
+        assertTrue(router.paused(), "a forced full bond pauses");
+        PaymentIntent memory intent = _intent(2, AMOUNT, 0);
+        (bytes32 r, bytes32 vs) = _sign(OPERATOR_KEY, intent);
+        vm.prank(payer);
+        vm.expectRevert(Pausable.EnforcedPause.selector);
+        router.pay(intent, r, vs);
+        vm.prank(owner);
+        router.unpause();
+        assertEq(owner.balance, 10 ether, "forced ETH goes to the owner");
+        _pay(intent);
     }
 
     function test_pause_revertsForNonOwner() public {
+        vm.deal(address(this), PAUSE_BOND);
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, address(this)));
-        router.pause();
-        vm.prank(owner);
-        router.pause();
+        router.pause{value: PAUSE_BOND}();
+        _pauseRouter();
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, address(this)));
         router.unpause();
+    }
+
+    function test_pauseBond_isTheConstructorArgument() public {
+        assertEq(router.pauseBond(), PAUSE_BOND, "bond");
+        PaymentRouter small = new PaymentRouter(owner, treasury, 1 gwei);
+        vm.deal(address(small), 1 gwei);
+        assertTrue(small.paused(), "its own bond");
+        assertFalse(router.paused(), "not ours");
+    }
+
+    function test_sweep_collectsDustOnlyWhileUnpaused() public {
+        vm.deal(address(router), 1 ether);
+        vm.expectEmit(address(router));
+        emit PaymentRouter.Swept(owner, 1 ether);
+        vm.prank(owner);
+        router.sweep();
+        assertEq(address(router).balance, 0, "dust swept");
+        assertEq(owner.balance, 1 ether, "to the owner");
+        _pauseRouter();
+        vm.prank(owner);
+        vm.expectRevert(Pausable.EnforcedPause.selector);
+        router.sweep(); // the bond leaves only with unpause
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, address(this)));
+        router.sweep();
+    }
+
+    function test_unpause_revertsWhenTheOwnerRefusesEth() public {
+        RefusesEth refuser = new RefusesEth();
+        PaymentRouter other = new PaymentRouter(address(refuser), treasury, PAUSE_BOND);
+        vm.deal(address(other), PAUSE_BOND); // forced pause
+        assertTrue(other.paused(), "paused");
+        vm.prank(address(refuser));
+        vm.expectRevert(PaymentRouter.PauseBondRefundFailed.selector);
+        other.unpause();
+        assertTrue(other.paused(), "still paused: nothing was sent");
+    }
+
+    function test_nothingElseAcceptsEth() public {
+        vm.deal(address(this), 1 ether);
+        (bool ok,) = address(router).call{value: 1 ether}("");
+        assertFalse(ok, "plain transfer refused");
+        PaymentIntent memory intent = _intent(1, AMOUNT, 0);
+        (bytes32 r, bytes32 vs) = _sign(OPERATOR_KEY, intent);
+        (ok,) = address(router).call{value: 1}(abi.encodeCall(router.pay, (intent, r, vs)));
+        assertFalse(ok, "pay is not payable");
+        assertEq(address(router).balance, 0, "no ETH in");
     }
 
     function test_ownership_transfersInTwoSteps() public {
@@ -222,7 +305,7 @@ contract PaymentRouterTest is RouterFixture {
         PaymentIntent memory intent = _intent(1, AMOUNT, 0);
         (bytes32 r, bytes32 vs) = _sign(OPERATOR_KEY, intent);
         vm.expectEmit(address(router));
-        emit PaymentRouter.PaymentSettled(merchant, 1, payer, address(token), AMOUNT, 0);
+        emit PaymentRouter.PaymentSettled(merchant, 1, payer, _structHash(_intent(1, AMOUNT, 0)));
         vm.prank(payer);
         router.pay(intent, r, vs);
         assertEq(token.balanceOf(payout), AMOUNT, "payout");
@@ -238,7 +321,7 @@ contract PaymentRouterTest is RouterFixture {
         PaymentIntent memory intent = _intent(2, AMOUNT, FEE);
         (bytes32 r, bytes32 vs) = _sign(OPERATOR_KEY, intent);
         vm.expectEmit(address(router));
-        emit PaymentRouter.PaymentSettled(merchant, 2, payer, address(token), AMOUNT, FEE);
+        emit PaymentRouter.PaymentSettled(merchant, 2, payer, _structHash(_intent(2, AMOUNT, FEE)));
         vm.prank(payer);
         router.pay(intent, r, vs);
         assertEq(token.balanceOf(payout), AMOUNT - FEE, "payout");
@@ -490,7 +573,7 @@ contract PaymentRouterTest is RouterFixture {
     }
 
     function test_pay_revertsForSignatureOfOtherRouter() public {
-        PaymentRouter other = new PaymentRouter(owner, treasury);
+        PaymentRouter other = new PaymentRouter(owner, treasury, PAUSE_BOND);
         PaymentIntent memory intent = _intent(1, AMOUNT, 0);
         (bytes32 r, bytes32 vs) = vm.signCompact(OPERATOR_KEY, other.hashIntent(intent));
         vm.prank(payer);
@@ -621,7 +704,13 @@ contract PaymentRouterTest is RouterFixture {
         vm.prank(payer);
         (bool ok, bytes memory ret) = address(router).call(data);
         assertFalse(ok, "dirty address accepted");
-        assertEq(ret.length, 0, "empty revert");
+        // No canonical-encoding check any more: the dirty word is a different (unregistered) merchant key, and it is
+        // also covered by the signature, so the intent can never be valid.
+        assertEq(
+            ret,
+            abi.encodePacked(PaymentRouter.UnknownMerchant.selector, bytes32(uint256(uint160(merchant)) | (1 << 248))),
+            "unknown (dirty) merchant"
+        );
     }
 
     function test_pay_reentrancyIsBlocked() public {
@@ -722,7 +811,7 @@ contract PaymentRouterTest is RouterFixture {
         (bytes32 r, bytes32 vs) = _sign(OPERATOR_KEY, intent);
         PermitData memory p = _permit(key, AMOUNT, block.timestamp + 1 hours);
         vm.expectEmit(address(router));
-        emit PaymentRouter.PaymentSettled(merchant, 1, who, address(token), AMOUNT, FEE);
+        emit PaymentRouter.PaymentSettled(merchant, 1, who, _structHash(_intent(1, AMOUNT, FEE)));
         vm.prank(who);
         router.payWithPermit(intent, r, vs, p);
         assertEq(token.balanceOf(who), 0, "payer");
@@ -785,8 +874,7 @@ contract PaymentRouterTest is RouterFixture {
         PaymentIntent memory intent = _intent(1, AMOUNT, 0);
         (bytes32 r, bytes32 vs) = _sign(OPERATOR_KEY, intent);
         PermitData memory p = _permit(key, AMOUNT, block.timestamp + 1 hours);
-        vm.prank(owner);
-        router.pause();
+        _pauseRouter();
         vm.prank(who);
         vm.expectRevert(Pausable.EnforcedPause.selector);
         router.payWithPermit(intent, r, vs, p);
@@ -938,8 +1026,7 @@ contract PaymentRouterTest is RouterFixture {
 
     function test_refund_revertsWhenPaused() public {
         (PaymentIntent memory intent, bytes32 r, bytes32 vs) = _paidIntent(1, true);
-        vm.prank(owner);
-        router.pause();
+        _pauseRouter();
         vm.prank(merchant);
         vm.expectRevert(Pausable.EnforcedPause.selector);
         router.refund(intent, r, vs, payer, 1e6);
@@ -1075,3 +1162,6 @@ contract FalseToken {
         return false;
     }
 }
+
+/// @dev An owner contract without receive/fallback: the bond cannot be returned to it.
+contract RefusesEth {}

@@ -223,6 +223,32 @@ class IndexerBehaviour(MarketSuite):
         refunded = reload(engine, invoice.id)
         assert (refunded.refunded_amount, refunded.status) == (5_000_000, "partially_refunded")
 
+    def test_payment_of_another_signed_intent_stays_unmatched(self, engine, market, clock, shop):
+        """The event's intent hash binds every signed field: a payment of the same invoice
+        number under other terms (here: a stored invoice whose terms differ from what was
+        signed and paid) settles nothing, and its terms are read from the transaction."""
+        invoice = new_invoice(engine, market, shop, clock)
+        with Session(engine) as session, session.begin():
+            stored = session.get(Invoice, invoice.id)
+            assert stored is not None
+            assert stored.intent_hash is not None
+            stored.intent_hash = "0x" + "ab" * 32
+            session.add(stored)
+        pay(engine, market, invoice)
+        result = indexer_for(engine, market, clock).poll_once()
+        assert result.payments == 1
+        assert result.settled == []
+        assert reload(engine, invoice.id).state == InvoiceState.NEW
+        with Session(engine) as session:
+            payment = session.exec(select(Payment)).one()
+        assert payment.invoice_id is None
+        assert (payment.token, payment.amount, payment.fee) == (
+            market.deployment.token,
+            AMOUNT,
+            invoice.fee,
+        )
+        assert followups_of(engine, shop.merchant_id) == []
+
 
 class TestIndexerOnTester(IndexerBehaviour):
     backend = "tester"

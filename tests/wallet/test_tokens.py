@@ -9,7 +9,7 @@ from tests.support import ChainSuite
 from tests.wallet.helpers import build_world
 from wallet.errors import TransactionRevertedError
 from wallet.nonces import NonceLedger
-from wallet.signing import payment_intent_typed_data
+from wallet.signing import payment_intent_struct_hash, payment_intent_typed_data
 
 
 class TokenBehaviour(ChainSuite):
@@ -67,7 +67,8 @@ class TokenBehaviour(ChainSuite):
         assert world.token.balance_of(world.treasury) == intent.fee
         (event,) = world.router.settlements(receipt)
         assert event["invoiceId"] == 1
-        assert event["amount"] == intent.amount
+        assert event["payer"] == world.payer.address
+        assert event["intentHash"] == payment_intent_struct_hash(intent)
         with pytest.raises(TransactionRevertedError) as info:
             world.router.pay(world.payer, intent, r, vs)
         assert info.value.name == "InvoiceAlreadySettled"

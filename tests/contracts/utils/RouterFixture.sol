@@ -18,6 +18,7 @@ abstract contract RouterFixture is Test {
     uint256 internal constant OPERATOR_KEY = 0x0bE7A70B;
     uint256 internal constant PAYER_KEY = 0xB0B;
     uint256 internal constant START_BALANCE = 1_000_000e6;
+    uint256 internal constant PAUSE_BOND = 10 ether;
 
     address internal owner = address(0xA11);
     address internal treasury = address(0x7EA5);
@@ -34,7 +35,7 @@ abstract contract RouterFixture is Test {
         operator = vm.addr(OPERATOR_KEY);
         payer = vm.addr(PAYER_KEY);
         token = new TestToken(owner);
-        router = new PaymentRouter(owner, treasury);
+        router = new PaymentRouter(owner, treasury, PAUSE_BOND);
         vm.prank(merchant);
         router.registerMerchant(payout, operator);
         vm.startPrank(owner);
@@ -45,6 +46,13 @@ abstract contract RouterFixture is Test {
         token.approve(address(router), type(uint256).max);
         vm.prank(merchant);
         token.approve(address(router), type(uint256).max);
+    }
+
+    /// @dev The owner pauses, posting the bond.
+    function _pauseRouter() internal {
+        vm.deal(owner, owner.balance + PAUSE_BOND);
+        vm.prank(owner);
+        router.pause{value: PAUSE_BOND}();
     }
 
     function _intent(uint256 invoiceId, uint256 amount, uint256 fee) internal view returns (PaymentIntent memory) {

@@ -6,6 +6,7 @@ pragma solidity ^0.8.24;
 interface Vm {
     // environment
     function warp(uint256 newTimestamp) external;
+    function deal(address account, uint256 newBalance) external;
     function prank(address msgSender) external;
     function startPrank(address msgSender) external;
     function stopPrank() external;
