@@ -5,7 +5,8 @@ Services never commit: :func:`session_scope` (or the API's request dependency) o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "VERSION_TABLE",
     "alembic_config",
     "current_revision",
+    "execute_many",
     "make_engine",
     "session_scope",
     "upgrade",
@@ -58,6 +60,42 @@ def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(u, **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(
+    stmt: sa.Executable, keys: tuple[str, ...], dialect: sa.Dialect
+) -> tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...], bool]:
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+    names = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.binds)
+    processors = tuple(
+        compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
+    )
+    return compiled.string, names, processors, bool(compiled.positional)
+
+
+def execute_many(
+    session: Session, stmt: sa.Insert | sa.Update, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """``executemany`` of ``stmt`` over ``rows`` (all with the keys of the first row: column keys
+    for an INSERT, bind names for an UPDATE with ``bindparam``s).
+
+    The same statement and the same type conversions as ``session.execute(stmt, rows)``, but
+    each column's bind processor is looked up once and applied in a plain loop: SQLAlchemy's
+    per-row parameter machinery costs ~25 us a row, which is most of a 10,000-row catch-up step.
+    """
+    if not rows:
+        return
+    conn = session.connection()
+    sql, names, processors, positional = _compiled(stmt, tuple(rows[0]), conn.dialect)
+    pairs = list(zip(names, processors, strict=True))
+    if positional:
+        params: list[Any] = [
+            tuple(p(row[n]) if p is not None else row[n] for n, p in pairs) for row in rows
+        ]
+    else:
+        params = [{n: p(row[n]) if p is not None else row[n] for n, p in pairs} for row in rows]
+    conn.exec_driver_sql(sql, params)
 
 
 @contextmanager

@@ -297,6 +297,51 @@ class Chain:
             for e in entries
         ]
 
+    def head_and_block_hash(self, number: int) -> tuple[int, str | None]:
+        """The head and block ``number``'s hash (None past the head), in one round trip."""
+        if self._tester is not None:
+            header = self.block_header(number)
+            return self.head(), header[0] if header else None
+        head, block = self.batch(
+            [("eth_blockNumber", []), ("eth_getBlockByNumber", [hex(number), False])]
+        )
+        return int(head, 16), None if block is None else str(block["hash"])
+
+    def logs_and_block_hash(
+        self, address: str, from_block: int, to_block: int, topics: list[Any]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """:meth:`raw_logs` of a range plus the hash of its last block, in one round trip."""
+        if self._tester is not None:
+            header = self.block_header(to_block)
+            logs = self.raw_logs(address, from_block, to_block, topics)
+            return logs, header[0] if header else None
+        params = {
+            "address": address,
+            "fromBlock": hex(from_block),
+            "toBlock": hex(to_block),
+            "topics": topics,
+        }
+        logs, block = self.batch(
+            [("eth_getLogs", [params]), ("eth_getBlockByNumber", [hex(to_block), False])]
+        )
+        return list(logs), None if block is None else str(block["hash"])
+
+    def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Several read-only JSON-RPC calls in one round trip (a batch) on node backends, one
+        after another in process; results in call order. An error anywhere raises."""
+        if self._tester is not None:
+            return [self.request(method, params) for method, params in calls]
+        with self.lock:
+            answers = self.w3.provider.make_batch_request(calls)  # type: ignore[attr-defined,arg-type]
+        if not isinstance(answers, list):
+            answers = [answers]
+        errors = [a["error"] for a in answers if "error" in a]
+        if errors or len(answers) != len(calls):
+            error = errors[0] if errors else "incomplete batch response"
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise UnsupportedOperationError(f"batch of {[m for m, _ in calls]} failed: {message}")
+        return [a.get("result") for a in answers]
+
     def head(self) -> int:
         """The latest block number (a raw ``eth_blockNumber`` on node backends)."""
         if self._tester is None:

@@ -207,9 +207,12 @@ class Indexer:
         height) reads as an empty hash, which matches nothing stored."""
         return self.chain.block_header(number) or ("", 0)
 
-    def _logs(self, start: int, end: int) -> list[_Log]:
-        entries = self.chain.raw_logs(self.router, start, end, [[SETTLED_TOPIC, REFUNDED_TOPIC]])
-        return [_Log.from_rpc(entry) for entry in entries if not entry.get("removed")]
+    def _logs(self, start: int, end: int) -> tuple[list[_Log], str]:
+        """The range's router logs and the hash of its last block, in one round trip."""
+        topics = [[SETTLED_TOPIC, REFUNDED_TOPIC]]
+        entries, end_hash = self.chain.logs_and_block_hash(self.router, start, end, topics)
+        logs = [_Log.from_rpc(entry) for entry in entries if not entry.get("removed")]
+        return logs, end_hash or ""
 
     def _symbol(self, token: str) -> str:
         if token not in self._symbols:
@@ -241,11 +244,10 @@ class Indexer:
             now = self.clock.now()
             cursor = repo.cursor(session, chain_id, self.router, self.start_block, now)
             cursor_id = cursor.id or 0
-            head = self._head()
+            head, fork = self._head_and_fork(session, cursor_id)
             events = InvoiceEvents(session)
             last = cursor.last_block
             result = PollResult(head=head, from_block=last + 1, to_block=last)
-            fork = self._fork_point(session, cursor_id, head)
             if fork is not None:
                 self._rollback(session, cursor_id, fork)
                 cursor.last_block = fork
@@ -253,7 +255,7 @@ class Indexer:
                 result.from_block = fork + 1
             start, end = cursor.last_block + 1, min(head, cursor.last_block + self.batch_blocks)
             if start <= end:
-                entries = self._logs(start, end)
+                entries, end_hash = self._logs(start, end)
                 batch = self._prefetch(session, chain_id, entries, start, end)
                 blocks: dict[int, str] = {}
                 for entry in entries:
@@ -269,7 +271,7 @@ class Indexer:
                 for invoice, event_type, evidence in batch.events + settled.events:
                     events.emit(invoice, event_type, evidence)
                 self._schedule(session, settled)
-                blocks.setdefault(end, self._block(end)[0])
+                blocks.setdefault(end, end_hash)
                 repo.save_blocks(session, cursor_id, blocks)
                 cursor.last_block = end
                 result.to_block = end
@@ -279,6 +281,18 @@ class Indexer:
             self._confirm(session, chain_id, min(head, cursor.last_block), result, events)
             expire_due(session, self.clock)  # late payments still settle, as paid_late
         return result
+
+    def _head_and_fork(self, session: Session, cursor_id: int) -> tuple[int, int | None]:
+        """The head and, after a reorg, the fork point: one round trip in the usual case (the
+        head and the hash of the highest stored block, which still matches)."""
+        top = repo.top_block(session, cursor_id)
+        if top is None:
+            return self._head(), None
+        number, stored_hash = top
+        head, block_hash = self.chain.head_and_block_hash(number)
+        if number <= head and block_hash == stored_hash:
+            return head, None
+        return head, self._fork_point(session, cursor_id, head)
 
     def _fork_point(self, session: Session, cursor_id: int, head: int) -> int | None:
         stored = repo.recent_blocks(session, cursor_id, self.reorg_window)
@@ -514,9 +528,7 @@ class Indexer:
             result = self.poll_once()
             if progress is not None:
                 progress(result)
-            # Wait only when the step found no new block: one that did took time, during which
-            # more blocks have probably arrived (no poll_interval of latency under load).
-            if result.caught_up and result.to_block < result.from_block:
+            if result.caught_up:
                 stop.wait(poll_interval)
 
 

@@ -23,6 +23,7 @@ from api.settlement.models import (
     PaymentState,
     Refund,
 )
+from crm.db import execute_many
 
 _Row = TypeVar("_Row")
 
@@ -58,6 +59,7 @@ __all__ = [
     "refunds_after",
     "reserve_invoice_numbers",
     "save_blocks",
+    "top_block",
     "update_invoice_rows",
 ]
 
@@ -79,14 +81,14 @@ def insert_payments(session: Session, chain_id: int, rows: list[dict[str, Any]])
     if not rows:
         return []
     table = Payment.__table__  # type: ignore[attr-defined]
-    session.execute(sa.insert(table), rows)
+    execute_many(session, _INSERT_PAYMENT, rows)
     numbers = [int(r["block_number"]) for r in rows]
     stmt = sa.select(table.c.id, table.c.tx_hash, table.c.log_index, table.c.block_hash).where(
         table.c.chain_id == chain_id,
         table.c.block_number >= min(numbers),
         table.c.block_number <= max(numbers),
     )
-    ids = {(t, int(i), b): int(row_id) for row_id, t, i, b in session.execute(stmt)}
+    ids = {(t, int(i), b): int(row_id) for row_id, t, i, b in session.execute(stmt).all()}
     return [ids[(r["tx_hash"], int(r["log_index"]), r["block_hash"])] for r in rows]
 
 
@@ -115,6 +117,8 @@ _OPEN_FOR_ORDER = sa.select(_INVOICES.c.id, _INVOICES.c.state).where(
     _INVOICES.c.state.not_in(sa.bindparam("closed", expanding=True)),
 )
 _INSERT_INVOICE = sa.insert(_INVOICES)
+_INSERT_PAYMENT = sa.insert(Payment.__table__)  # type: ignore[attr-defined]
+_INSERT_BLOCK = sa.insert(IndexedBlock.__table__)  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -219,6 +223,7 @@ class InvoiceRow:
 
 _ROW_COLUMNS = tuple(InvoiceRow.__dataclass_fields__)
 _UPDATED_COLUMNS = ("state", "status", "paid_amount", "refunded_amount", "settled_at")
+_UPDATED_KEYS = tuple((c, f"new_{c}") for c in _UPDATED_COLUMNS)
 _UPDATE_ROWS = (
     sa.update(_INVOICES)
     .where(_INVOICES.c.id == sa.bindparam("row_id"))
@@ -227,7 +232,7 @@ _UPDATE_ROWS = (
 
 
 def _invoice_row(row: Any) -> InvoiceRow:
-    values = dict(row._mapping)
+    values = row._asdict()
     values["state"] = InvoiceState(values["state"])
     values["status"] = InvoiceStatus(values["status"])
     return InvoiceRow(**values)
@@ -244,7 +249,7 @@ def invoice_rows_by_number(
             _INVOICES.c.account_id == account_id,
             _INVOICES.c.number.in_(ordered[start : start + _CHUNK]),
         )
-        for row in session.execute(stmt):
+        for row in session.execute(stmt).all():
             found[int(row.number)] = _invoice_row(row)
     return found
 
@@ -262,11 +267,8 @@ def invoice_rows_by_id(session: Session, ids: set[str]) -> dict[str, InvoiceRow]
 
 def update_invoice_rows(session: Session, rows: Iterable[InvoiceRow]) -> None:
     """Write back state, status, paid/refunded amounts and settled_at (one executemany)."""
-    params = [
-        {"row_id": r.id, **{f"new_{c}": getattr(r, c) for c in _UPDATED_COLUMNS}} for r in rows
-    ]
-    if params:
-        session.execute(_UPDATE_ROWS, params)
+    params = [{"row_id": r.id, **{k: getattr(r, c) for c, k in _UPDATED_KEYS}} for r in rows]
+    execute_many(session, _UPDATE_ROWS, params)
 
 
 def list_invoices(
@@ -414,11 +416,25 @@ def save_blocks(session: Session, cursor_id: int, blocks: dict[int, str]) -> Non
         col(IndexedBlock.number) <= max(blocks),
     )
     existing = set(session.exec(stmt))
-    session.add_all(
-        IndexedBlock(cursor_id=cursor_id, number=number, hash=block_hash)
+    rows = [
+        {"cursor_id": cursor_id, "number": number, "hash": block_hash}
         for number, block_hash in sorted(blocks.items())
         if number not in existing
+    ]
+    execute_many(session, _INSERT_BLOCK, rows)
+
+
+def top_block(session: Session, cursor_id: int) -> tuple[int, str] | None:
+    """``(number, hash)`` of the highest processed block of a cursor."""
+    table = IndexedBlock.__table__  # type: ignore[attr-defined]
+    stmt = (
+        sa.select(table.c.number, table.c.hash)
+        .where(table.c.cursor_id == cursor_id)
+        .order_by(table.c.number.desc())
+        .limit(1)
     )
+    row = session.execute(stmt).first()
+    return None if row is None else (int(row.number), str(row.hash))
 
 
 def recent_blocks(session: Session, cursor_id: int, limit: int) -> Sequence[IndexedBlock]:

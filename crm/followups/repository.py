@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from crm.db import execute_many
 from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicy, Purchase
 
 _T = TypeVar("_T")
@@ -52,6 +53,9 @@ _CHUNK = 500  # bound IN lists
 _PURCHASES = Purchase.__table__  # type: ignore[attr-defined]
 _FOLLOWUPS = FollowUp.__table__  # type: ignore[attr-defined]
 _EVENTS = FollowUpEvent.__table__  # type: ignore[attr-defined]
+_INSERT_PURCHASE = sa.insert(_PURCHASES)
+_INSERT_FOLLOWUP = sa.insert(_FOLLOWUPS)
+_INSERT_EVENT = sa.insert(_EVENTS)
 
 
 def _chunks(values: Iterable[_T]) -> Iterator[list[_T]]:
@@ -74,8 +78,7 @@ def existing_purchase_refs(session: Session, merchant_id: int, refs: Iterable[st
 
 
 def insert_purchases(session: Session, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        session.execute(sa.insert(_PURCHASES), rows)
+    execute_many(session, _INSERT_PURCHASE, rows)
 
 
 def insert_followups(session: Session, rows: list[dict[str, Any]]) -> list[int]:
@@ -86,7 +89,7 @@ def insert_followups(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     """
     if not rows:
         return []
-    session.execute(sa.insert(_FOLLOWUPS), rows)
+    execute_many(session, _INSERT_FOLLOWUP, rows)
     ids: dict[tuple[int, str, str], int] = {}
     for merchant_id in {r["merchant_id"] for r in rows}:
         refs = [r["payment_ref"] for r in rows if r["merchant_id"] == merchant_id]
@@ -99,8 +102,7 @@ def insert_followups(session: Session, rows: list[dict[str, Any]]) -> list[int]:
 
 
 def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        session.execute(sa.insert(_EVENTS), rows)
+    execute_many(session, _INSERT_EVENT, rows)
 
 
 def last_contacted_many(session: Session, contact_ids: Iterable[int]) -> dict[int, datetime]:

@@ -331,3 +331,42 @@ class TestBulkEdges:
         assert len(set(ids)) == 1200
         by_ref = dict(session.execute(sa.select(FollowUp.payment_ref, FollowUp.id)).all())
         assert all(outcome.created[ref] == [by_ref[ref]] for ref in outcome.created)
+
+
+class TestExecuteMany:
+    def test_same_rows_as_session_execute(
+        self, session: Session, merchant_id: int, make_contact: Any, clock: FrozenClock
+    ) -> None:
+        """crm.db.execute_many converts values exactly as SQLAlchemy's executemany does."""
+        from crm.db import execute_many
+
+        contact: Contact = make_contact()
+        table = Purchase.__table__  # type: ignore[attr-defined]
+        at = START + timedelta(minutes=3, microseconds=123_456)
+
+        def rows(prefix: str) -> list[dict[str, Any]]:
+            return [
+                {
+                    "merchant_id": merchant_id,
+                    "contact_id": contact.id,
+                    "payment_ref": f"{prefix}{n}",
+                    "invoice_ref": f"inv{n}",
+                    "amount_minor": 2**40 + n,
+                    "currency": "USDC",
+                    "settled_at": at,
+                    "cancelled_at": None if n % 2 else at,
+                }
+                for n in range(3)
+            ]
+
+        execute_many(session, sa.insert(table), rows("fast"))
+        session.execute(sa.insert(table), rows("core"))
+        loaded = {
+            p.payment_ref: (p.amount_minor, p.settled_at, p.cancelled_at)
+            for p in session.execute(sa.select(Purchase)).scalars()
+        }
+        for n in range(3):
+            assert loaded[f"fast{n}"] == loaded[f"core{n}"]
+        assert loaded["fast0"] == (2**40, at, at)
+        assert loaded["fast1"][2] is None
+        execute_many(session, sa.insert(table), [])  # nothing to do: no statement at all
