@@ -6,6 +6,7 @@ deployment (from the manifest ``followpay chain up`` wrote), the CRM key ring an
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 from dataclasses import dataclass
@@ -19,7 +20,18 @@ from crm import KeyRing, SystemClock, make_engine
 from wallet.chain import Chain, connect
 from wallet.deployment import Deployment, ManifestError, read_manifest
 
-__all__ = ["Runtime", "load_master_key"]
+__all__ = ["Runtime", "freeze_startup_heap", "load_master_key"]
+
+
+def freeze_startup_heap() -> None:
+    """Exempt what start-up built (modules, routes, models, metadata) from the cyclic GC.
+
+    Without it every full collection walks those hundreds of thousands of long-lived objects:
+    measured here, POST /v1/invoices at a steady 100 req/s had a p99 of 232 ms (GC pauses)
+    against 16 ms after ``gc.freeze()``. Call it once the app is built, before serving.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def load_master_key(settings: Settings) -> bytes:

@@ -31,8 +31,12 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
         f"token {stack.deployment.token}; indexer, worker and webhooks running",
         err=True,
     )
+    from api.runtime import freeze_startup_heap
+
+    app = stack.app()
+    freeze_startup_heap()
     try:
-        uvicorn.run(stack.app(), host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         stop.set()
         stack.close()
@@ -42,8 +46,11 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
 def build_app() -> object:
     """The app factory uvicorn calls in every worker (settings from the environment)."""
     from api.app import create_app
+    from api.runtime import freeze_startup_heap
 
-    return create_app()
+    app = create_app()
+    freeze_startup_heap()
+    return app
 
 
 def serve(

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
@@ -120,6 +122,12 @@ def purge_expired(engine: sa.Engine, now: datetime | None = None) -> int:
 
 
 _INSERT = sa.insert(_T)
+# "INSERT … ON CONFLICT DO NOTHING RETURNING id" (SQLite ≥ 3.35 and PostgreSQL): a duplicate key
+# returns no row instead of raising, so no savepoint is needed around the lock.
+_TAKE = {
+    "sqlite": sqlite_insert(_T).on_conflict_do_nothing().returning(_T.c.id),
+    "postgresql": pg_insert(_T).on_conflict_do_nothing().returning(_T.c.id),
+}
 _BY_KEY = sa.select(_T).where(
     _T.c.api_key_id == sa.bindparam("api_key_id"),
     _T.c.idempotency_key == sa.bindparam("idempotency_key"),
@@ -155,12 +163,8 @@ def begin(
             created_at=now,
             expires_at=now + ttl,
         )
-        try:
-            with session.begin_nested():
-                session.execute(_INSERT, _row(ctx, IdempotencyStatus.IN_PROGRESS, now))
+        if _take(session, _row(ctx, IdempotencyStatus.IN_PROGRESS, now)):
             return ctx
-        except IntegrityError:
-            pass
         row = session.execute(_BY_KEY, {"api_key_id": api_key_id, "idempotency_key": key}).first()
         if row is None:
             continue  # purged meanwhile: try again
@@ -190,6 +194,20 @@ def begin(
                 return ctx
         raise IdempotencyKeyInUse(param=HEADER)
     raise IdempotencyKeyInUse(param=HEADER)
+
+
+def _take(session: Session, values: dict[str, object]) -> bool:
+    """Insert the lock row; False when the key exists (another request, committed or not)."""
+    conn = session.connection()
+    stmt = _TAKE.get(conn.dialect.name)
+    if stmt is not None:
+        return conn.execute(stmt, values).first() is not None
+    try:  # any other backend: the portable way
+        with session.begin_nested():
+            session.execute(_INSERT, values)
+        return True
+    except IntegrityError:
+        return False
 
 
 def _row(ctx: IdempotencyContext, status: IdempotencyStatus, now: datetime) -> dict[str, object]:

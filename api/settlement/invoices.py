@@ -179,7 +179,8 @@ def create_invoice(
     responds); numbers skipped by a failed create are harmless: on-chain ids only need to be
     unique per merchant. ``account`` saves the lookup when the caller has it already. Two open
     invoices for one order are refused by a partial unique index as well as by this check, so
-    concurrent creates cannot both succeed.
+    concurrent creates cannot both succeed; the loser's :class:`DuplicateOrderError` comes from
+    the index, and its transaction must then be rolled back.
     """
     _validate(request)
     token = _address(request.token, "token")
@@ -237,9 +238,8 @@ def create_invoice(
         created_at=now,
         expires_at=expires_at,
     )
-    try:
-        with session.begin_nested():
-            return repo.insert_invoice(session, invoice)
+    try:  # no savepoint: a refused create fails its whole transaction anyway
+        return repo.insert_invoice(session, invoice)
     except IntegrityError:
         raise DuplicateOrderError(
             f"order {request.order_id!r} already has an open invoice", param="order_id"
