@@ -448,7 +448,7 @@ def _pays_seconds(n: int, payers: int, client: httpx.Client, workdir: Path) -> f
         engine.dispose()
 
 
-def bench_e2e(n: int, workdir: Path, payers: int = 20, repeats: int = 2) -> list[dict[str, Any]]:
+def bench_e2e(n: int, workdir: Path, payers: int = 20, repeats: int = 3) -> list[dict[str, Any]]:
     """Each side on its own fresh anvil with the same setup, alternating, best of ``repeats``.
 
     A fresh chain per run because anvil slows down as its chain grows (measured here: four

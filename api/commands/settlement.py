@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlmodel import Session
 
-from api.runtime import Runtime
+from api.runtime import Runtime, freeze_startup_heap
 from api.settings import get_settings
 from api.settlement.models import Invoice
 
@@ -80,6 +80,7 @@ def indexer(
                 description=f"block {result.to_block:,}/{result.head:,}",
             )
 
+        freeze_startup_heap()
         try:
             engine.run(stop, poll_interval=runtime.settings.indexer_poll_interval, progress=report)
         except KeyboardInterrupt:
@@ -125,6 +126,7 @@ def worker(
         typer.echo(json.dumps({"claimed": result.claimed, **result.outcomes}))
         return
     stop = threading.Event()
+    freeze_startup_heap()
     try:
         job.run(stop, poll_interval=runtime.settings.indexer_poll_interval)
     except KeyboardInterrupt:
