@@ -384,6 +384,16 @@ def _indexer_process(
         log.close()
 
 
+def _counts(engine: Any) -> tuple[int, int]:
+    """(settled invoices, follow-ups) in the database."""
+    with Session(engine) as session:
+        settled = session.exec(
+            select(func.count()).select_from(Invoice).where(Invoice.state == InvoiceState.SETTLED)
+        ).one()
+        scheduled = session.exec(select(func.count()).select_from(FollowUp)).one()
+    return int(settled), int(scheduled)
+
+
 def _transfers_seconds(n: int, payers: int, client: httpx.Client) -> float:
     """Baseline: ``n`` raw signed transfers through a fresh anvil, until all are mined (the last
     transaction of every payer has a receipt; each payer's nonces are mined in order)."""
@@ -433,17 +443,9 @@ def _pays_seconds(n: int, payers: int, client: httpx.Client, workdir: Path) -> f
             with _indexer_process(chain, market.deployment, engine, start_block, workdir):
                 started = time.perf_counter()
                 _send_rounds(client, chain.rpc_url, rounds)
-                while True:
-                    with Session(engine) as session:
-                        settled = session.exec(
-                            select(func.count())
-                            .select_from(Invoice)
-                            .where(Invoice.state == InvoiceState.SETTLED)
-                        ).one()
-                        scheduled = session.exec(select(func.count()).select_from(FollowUp)).one()
-                    if settled == n and scheduled == n:
-                        return time.perf_counter() - started
+                while _counts(engine) != (n, n):
                     time.sleep(0.02)
+                return time.perf_counter() - started
     finally:
         engine.dispose()
 
@@ -540,12 +542,7 @@ def bench_catch_up(n: int, workdir: Path, payers: int = 50) -> list[dict[str, An
         while not indexer.poll_once().caught_up:
             pass
         index_seconds = time.perf_counter() - started
-        with Session(engine) as session:
-            settled = session.exec(
-                select(func.count())
-                .select_from(Invoice)
-                .where(Invoice.state == InvoiceState.SETTLED)
-            ).one()
+        settled, _ = _counts(engine)
         if settled != n:
             raise RuntimeError(f"indexer settled {settled} of {n}")
     engine.dispose()
