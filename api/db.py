@@ -66,8 +66,8 @@ def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
     """
     u = sa.make_url(url)
     kwargs.setdefault("hide_parameters", True)
-    # A request holds its session's connection while idempotency (and invoice numbering) take
-    # a second, short one: with anyio's 40 threads, 80 connections can never run dry.
+    # A request holds one connection; a few take a second, short one (last_used_at, a block of
+    # invoice numbers): with anyio's 40 threads, 80 connections can never run dry.
     if u.database not in (None, "", ":memory:"):
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 70)

@@ -54,7 +54,7 @@ _gates_lock = threading.Lock()
 
 
 def _gate_for(database: str) -> WriteGate:
-    if database in ("", ":memory:") or "memory" in database.partition("?")[2] + database[:13]:
+    if database in ("", ":memory:") or database.startswith("file::memory:"):
         return WriteGate()  # every connection to an in-memory database is a database of its own
     with _gates_lock:
         return _gates.setdefault(os.path.realpath(database), WriteGate())

@@ -67,17 +67,12 @@ TOKEN = "0x" + "22" * 20
 CONCURRENCY = 50
 P99_TARGET_MS = 25.0
 RATIO_TARGET = 0.5
-# Both servers get a fixed pool larger than the number of in-flight requests: an idempotent POST
-# holds its request session's connection while ``idempotency.begin`` checks out a second one, so
-# with SQLAlchemy's default 5 + 10 pool, 50 concurrent POSTs deadlock until the 30 s pool timeout
-# (run with ``--pool-size 0`` to reproduce). 0 = SQLAlchemy's default pool.
+# Both servers get a fixed pool larger than the number of in-flight requests (each holds one
+# connection for its transaction), so neither waits on the pool. 0 = SQLAlchemy's default pool.
 POOL_SIZE = CONCURRENCY + 10
-# anyio's default threadpool (40 tokens) is smaller than the number of in-flight requests: a
-# request whose transaction holds the write lock (PostgreSQL: the merchant-account row lock taken
-# by ``lock_account``; SQLite: the database lock) commits in the SessionDep teardown, a SEPARATE
-# threadpool call, and cannot get a thread while 40 others block on that lock -> the server hangs
-# (PostgreSQL: forever; SQLite: until busy_timeout). Both servers get more tokens than in-flight
-# requests (``--threads 0`` keeps anyio's default and reproduces the hang).
+# anyio's default threadpool (40 tokens) is smaller than the number of in-flight requests; both
+# servers get more tokens than that, so a request never queues for a thread (``--threads 0``
+# keeps anyio's default).
 THREADS = 2 * CONCURRENCY
 THREADS_ARG = [THREADS]
 

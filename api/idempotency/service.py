@@ -199,15 +199,7 @@ def begin(
 def _take(session: Session, values: dict[str, object]) -> bool:
     """Insert the lock row; False when the key exists (another request, committed or not)."""
     conn = session.connection()
-    stmt = _TAKE.get(conn.dialect.name)
-    if stmt is not None:
-        return conn.execute(stmt, values).first() is not None
-    try:  # any other backend: the portable way
-        with session.begin_nested():
-            session.execute(_INSERT, values)
-        return True
-    except IntegrityError:
-        return False
+    return conn.execute(_TAKE[conn.dialect.name], values).first() is not None
 
 
 def _row(ctx: IdempotencyContext, status: IdempotencyStatus, now: datetime) -> dict[str, object]:

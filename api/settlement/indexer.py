@@ -38,6 +38,7 @@ from api.settlement.repository import InvoiceRow
 from crm.clock import Clock
 from crm.errors import CRMError
 from crm.followups import service as followups
+from wallet.addresses import ZERO_ADDRESS
 from wallet.chain import Chain
 
 __all__ = ["Indexer", "PollResult", "payment_ref"]
@@ -56,7 +57,6 @@ _PAY_SELECTORS = frozenset(
         f"payWithPermit({_INTENT},bytes32,bytes32,(uint256,uint256,uint8,bytes32,bytes32))",
     )
 )
-_ZERO_ADDRESS = "0x" + "0" * 40
 
 
 def payment_ref(payment: Payment | int) -> str:
@@ -102,11 +102,6 @@ class PollResult:
         return self.to_block >= self.head
 
 
-def _hex(value: Any) -> str:
-    text = value.hex() if isinstance(value, bytes | bytearray) else str(value)
-    return text if text.startswith("0x") else "0x" + text
-
-
 @functools.lru_cache(maxsize=4096)
 def _checksum(address: str) -> str:
     """Checksumming costs a keccak; a range's logs repeat a few addresses thousands of times."""
@@ -133,7 +128,7 @@ class _Log:
     number: int
     third: str
     intent_hash: str = ""
-    token: str = _ZERO_ADDRESS
+    token: str = ZERO_ADDRESS
     amount: int = 0
     extra: int = 0
 
@@ -433,7 +428,7 @@ class Indexer:
         tx = self.chain.request("eth_getTransactionByHash", [tx_hash]) or {}
         data = str(tx.get("input") or tx.get("data") or "")
         if data[:10] not in _PAY_SELECTORS or len(data) < 10 + 64 * 4:
-            return _ZERO_ADDRESS, 0, 0
+            return ZERO_ADDRESS, 0, 0
         words = [data[10 + 64 * i : 74 + 64 * i] for i in range(4)]
         return _checksum("0x" + words[1][24:].lower()), int(words[2], 16), int(words[3], 16)
 
