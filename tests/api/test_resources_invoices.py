@@ -343,6 +343,10 @@ class TestInvoiceNumbers:
             for run in (taken["first"][i : i + 4] for i in range(0, 8, 4)):
                 assert run == list(range(run[0], run[0] + 4))
 
+    def test_a_block_must_hold_a_number(self) -> None:
+        with pytest.raises(ValueError, match="block"):
+            InvoiceNumbers(block=0)
+
     def test_a_rolled_back_request_and_its_number(self, world: World) -> None:
         engine, account = world.engine, self._account_id(world)
         numbers = InvoiceNumbers()
