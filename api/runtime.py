@@ -9,6 +9,10 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +24,7 @@ from crm import KeyRing, SystemClock, make_engine
 from wallet.chain import Chain, connect
 from wallet.deployment import Deployment, ManifestError, read_manifest
 
-__all__ = ["Runtime", "freeze_startup_heap", "load_master_key"]
+__all__ = ["Runtime", "freeze_startup_heap", "load_master_key", "stop_on_signals"]
 
 
 def freeze_startup_heap() -> None:
@@ -32,6 +36,33 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set ``stop`` instead of raising in the middle of whatever runs.
+
+    A ``KeyboardInterrupt`` can land between an SMTP command and its reply; ``smtplib`` then
+    reads the stale reply to ``QUIT``, raises ``SMTPResponseException`` and the interrupt is
+    lost: the worker went on and marked an undelivered follow-up for a retry. With this the
+    loop finishes the step it is in and returns. A second signal acts as before (default
+    handlers are back after the first), so a stuck process still stops. Main thread only.
+    """
+    names = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in names}
+
+    def handle(number: int, _frame: object) -> None:
+        stop.set()
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+
+    for number in names:
+        signal.signal(number, handle)
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def load_master_key(settings: Settings) -> bytes:

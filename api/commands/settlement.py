@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlmodel import Session
 
-from api.runtime import Runtime, freeze_startup_heap
+from api.runtime import Runtime, freeze_startup_heap, stop_on_signals
 from api.settings import get_settings
 from api.settlement.models import Invoice
 
@@ -82,8 +82,11 @@ def indexer(
 
         freeze_startup_heap()
         try:
-            engine.run(stop, poll_interval=runtime.settings.indexer_poll_interval, progress=report)
-        except KeyboardInterrupt:
+            with stop_on_signals(stop):
+                engine.run(
+                    stop, poll_interval=runtime.settings.indexer_poll_interval, progress=report
+                )
+        except KeyboardInterrupt:  # a second signal
             stop.set()
     runtime.close()
 
@@ -128,8 +131,9 @@ def worker(
     stop = threading.Event()
     freeze_startup_heap()
     try:
-        job.run(stop, poll_interval=runtime.settings.indexer_poll_interval)
-    except KeyboardInterrupt:
+        with stop_on_signals(stop):
+            job.run(stop, poll_interval=runtime.settings.indexer_poll_interval)
+    except KeyboardInterrupt:  # a second signal
         stop.set()
     runtime.close()
 

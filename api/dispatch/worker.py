@@ -10,7 +10,8 @@ timeout): ``prepare_send`` renews it just before a message leaves, and every
 :meth:`Worker.run_once` first recovers claims of dead workers whose lease ran out
 (:func:`crm.followups.service.recover_stale`): never prepared → rescheduled, prepared →
 ``failed``/``interrupted``, never resent. Delivery is therefore at most once; see
-docs/operations.md.
+docs/operations.md. A worker told to stop (SIGINT/SIGTERM set ``stop``) finishes the delivery
+in hand and hands the rest of its batch back at once (:func:`followups.release_claims`).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class Worker:
         self.engine, self.keyring, self.channels, self.clock = engine, keyring, channels, clock
         self.worker_id, self.batch, self.lease = worker_id, batch, lease
 
-    def run_once(self) -> WorkerResult:
+    def run_once(self, stop: threading.Event | None = None) -> WorkerResult:
+        """One batch. When ``stop`` is set mid-batch, the claims not yet started go back."""
         now = self.clock.now()
         with Session(self.engine) as session, session.begin():
             recovered = followups.recover_stale(session, now, self.lease)
@@ -83,13 +85,23 @@ class Worker:
             if rows:
                 log.warning("recovered %d stale claim(s) as %s", len(rows), outcome)
         result = WorkerResult(claimed=len(ids), recovered=recovered)
-        for followup_id in ids:
+        for position, followup_id in enumerate(ids):
+            if stop is not None and stop.is_set():
+                self._release(ids[position:], result)
+                break
             try:
                 result.outcomes[self._deliver(followup_id)] += 1
             except InvalidTransition as exc:  # e.g. claim_lost: the lease ran out meanwhile
                 log.warning("follow-up %s skipped: %s", followup_id, exc)
                 result.outcomes[f"skipped:{exc.code}"] += 1
         return result
+
+    def _release(self, ids: list[int], result: WorkerResult) -> None:
+        with Session(self.engine) as session, session.begin():
+            released = followups.release_claims(
+                session, ids, self.clock.now(), worker_id=self.worker_id
+            )
+        result.outcomes["released"] += len(released)
 
     def _deliver(self, followup_id: int) -> str:
         now = self.clock.now()
@@ -135,5 +147,5 @@ class Worker:
 
     def run(self, stop: threading.Event, *, poll_interval: float = 1.0) -> None:
         while not stop.is_set():
-            if self.run_once().claimed == 0:
+            if self.run_once(stop).claimed == 0:
                 stop.wait(poll_interval)

@@ -72,6 +72,7 @@ __all__ = [
     "mark_sent",
     "prepare_send",
     "recover_stale",
+    "release_claims",
     "schedule_for_payment",
     "schedule_for_payments",
     "schedule_periodic",
@@ -83,6 +84,7 @@ MAX_ATTEMPTS = 5
 #: How long a claim stays a worker's without renewal; must exceed the slowest channel's timeout.
 DEFAULT_LEASE = timedelta(minutes=5)
 INTERRUPTED = "interrupted"
+RELEASED = "released"  # handed back unsent by a stopping worker
 RETRY_BASE = timedelta(minutes=5)
 TOKEN_TTL = timedelta(days=14)
 _RULE_FIELDS = ("tier", "segment")
@@ -812,6 +814,27 @@ def recover_stale(
             _move(session, fu, FollowUpState.FAILED, now, INTERRUPTED, detail)
             outcome["interrupted"].append(fu.id)
     return outcome
+
+
+def release_claims(
+    session: Session, followup_ids: list[int], now: datetime, *, worker_id: str
+) -> list[int]:
+    """A stopping worker hands back claims it has not started (still ``queued`` by it).
+
+    Without this they would wait out the lease before another worker could send them.
+    Returns the ids released; any other state or owner is left alone.
+    """
+    released: list[int] = []
+    for followup_id in followup_ids:
+        fu = repo.get_for_update(session, followup_id)
+        if fu is None or fu.state != FollowUpState.QUEUED or fu.worker_id != worker_id:
+            continue
+        if feedback_repo.get_by_followup(session, followup_id) is not None:
+            continue  # prepared: it may be on its way out, recover_stale decides
+        fu.worker_id, fu.queued_at = None, None
+        _move(session, fu, FollowUpState.SCHEDULED, now, RELEASED, worker_id[:200])
+        released.append(followup_id)
+    return released
 
 
 def mark_responded(session: Session, fu: FollowUp, now: datetime) -> None:

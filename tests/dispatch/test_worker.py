@@ -38,7 +38,7 @@ from crm import (
     make_engine,
     merchants,
 )
-from crm.followups.models import FollowUp
+from crm.followups.models import FollowUp, FollowUpEvent
 from crm.merchants.models import MerchantCreate
 from wallet.chain import free_port
 
@@ -106,7 +106,8 @@ def clock():
     return FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
 
 
-KEYRING = KeyRing(b"m" * 32)
+MASTER_KEY = b"m" * 32
+KEYRING = KeyRing(MASTER_KEY)
 
 
 def shop_with(engine, clock, *, channel, consented=True, phone=None, email="ada@example.com"):
@@ -281,3 +282,85 @@ class TestPeriodic:
         with Session(engine) as session:
             periodic = session.exec(select(FollowUp).where(FollowUp.kind == "periodic")).one()
         assert periodic.state == "sent"
+
+
+class _StopAfterFirst:
+    """An in-app channel that asks the worker to stop once it has sent one message."""
+
+    name = "in_app"
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop, self.inner = stop, InAppChannel(LINKS)
+
+    def send(self, session, instruction, to):
+        self.inner.send(session, instruction, to)
+        self.stop.set()
+
+
+def three_due(engine, clock, time_zone="Europe/London"):
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        shop = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
+        followups.create_policy(
+            session,
+            shop.id,
+            FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0, channel_order=["in_app"]),
+            actor="owner",
+            clock=clock,
+        )
+        person = contacts.create_contact(
+            session, shop.id, ContactCreate(name="Ada", time_zone=time_zone), KEYRING, clock
+        )
+        consent.grant(
+            session, shop.id, person.id, "service_followup", "in_app", actor="ada", clock=clock
+        )
+        for n in range(3):
+            followups.schedule_for_payment(
+                session, shop.id, person.id, f"pay_{n}", f"inv_{n}", 1, "tUSD", clock.now(), clock
+            )
+
+
+class TestStopping:
+    def test_a_stop_mid_batch_hands_back_the_claims_not_yet_started(self, engine, clock):
+        three_due(engine, clock)
+        stop = threading.Event()
+        channel = _StopAfterFirst(stop)
+        result = Worker(engine, KEYRING, {"in_app": channel}, clock, worker_id="w1").run_once(stop)
+        assert result.claimed == 3
+        assert result.outcomes == {"sent:in_app": 1, "released": 2}
+        with Session(engine) as session:
+            rows = session.exec(select(FollowUp).order_by(FollowUp.id)).all()
+            assert [r.state for r in rows] == ["sent", "scheduled", "scheduled"]
+            assert [r.worker_id for r in rows[1:]] == [None, None]
+            last = session.exec(
+                select(FollowUpEvent)
+                .where(FollowUpEvent.followup_id == rows[1].id)
+                .order_by(FollowUpEvent.id.desc())
+            ).first()
+            assert (last.to_state, last.reason, last.detail) == ("scheduled", "released", "w1")
+        # another worker picks them up at once, without waiting for the lease
+        other = Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS)}, clock, worker_id="w2")
+        assert other.run_once().outcomes == {"sent:in_app": 2}
+        with Session(engine) as session:
+            assert len(session.exec(select(InAppMessage)).all()) == 3
+
+    def test_release_leaves_prepared_and_foreign_claims_alone(self, engine, clock):
+        three_due(engine, clock)
+        with Session(engine) as session, session.begin():
+            first, second, third = followups.claim_due(session, clock.now(), 3, "w1")
+            followups.prepare_send(session, first, clock.now(), KEYRING, worker_id="w1")
+        with Session(engine) as session, session.begin():
+            fu = session.get(FollowUp, third)
+            fu.worker_id = "w2"
+            session.add(fu)
+        with Session(engine) as session, session.begin():
+            released = followups.release_claims(
+                session, [first, second, third, 999], clock.now(), worker_id="w1"
+            )
+        assert released == [second]
+        with Session(engine) as session:
+            got = {f.id: (f.state, f.worker_id) for f in session.exec(select(FollowUp))}
+        assert got == {
+            first: ("queued", "w1"),
+            second: ("scheduled", None),
+            third: ("queued", "w2"),
+        }

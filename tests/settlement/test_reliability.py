@@ -54,7 +54,7 @@ from crm import (
     make_engine,
     merchants,
 )
-from crm.followups.models import FollowUp, Purchase
+from crm.followups.models import FollowUp, FollowUpEvent, Purchase
 from crm.merchants.models import MerchantCreate
 from tests.support import missing
 from wallet.chain import Chain, ChainConfig, connect, free_port
@@ -167,7 +167,7 @@ class Supervised:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGINT)  # the CLI loops stop on KeyboardInterrupt
+        self.proc.send_signal(signal.SIGINT)  # the CLI loops finish their step and exit
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -468,6 +468,19 @@ def test_sigkilled_indexer_and_worker_settle_once_and_send_at_most_once(
             ).all()
         )
     states = Counter(f.state for f in followup_rows)
+    with Session(engine) as session:  # how any non-terminal follow-up got where it is
+        stuck = {
+            f.id: [
+                (e.from_state, e.to_state, e.reason, e.detail)
+                for e in session.exec(
+                    select(FollowUpEvent)
+                    .where(FollowUpEvent.followup_id == f.id)
+                    .order_by(col(FollowUpEvent.id))
+                )
+            ]
+            for f in followup_rows
+            if f.state not in ("sent", "failed")
+        }
     reasons = Counter(f.reason for f in followup_rows if f.state == "failed")
     delivered = dict(sink.delivered)
     summary = {
@@ -479,6 +492,7 @@ def test_sigkilled_indexer_and_worker_settle_once_and_send_at_most_once(
         "followup_states": dict(states),
         "recovered_by_drain": dict(recovered),
         "emails": sum(delivered.values()),
+        "stuck": stuck,
     }
     print("reliability:", json.dumps(summary))
 
