@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -167,17 +168,46 @@ class _BodyLimitMiddleware:
 class _ApiMiddleware:
     """Renders every escaping exception in the one error shape, buffers the response until the
     request transaction has committed, and finishes idempotency for requests that did not commit
-    a stored response (4xx stored separately, 5xx lock released)."""
+    a stored response (4xx stored separately, 5xx lock released).
+
+    It also admits at most ``max_in_flight`` requests at once (the rest wait here, in the event
+    loop) and keeps the thread pool larger than that. A request runs its sync dependencies and
+    its endpoint as separate thread-pool calls while holding a database connection and, on
+    SQLite, the write gate from its first write to its commit; without the bound, requests
+    waiting for the gate could occupy every pool thread while the gate's holder waits for a
+    thread to run its endpoint in: a deadlock until the busy timeout (seen with 50 concurrent
+    creates and anyio's default 40 threads)."""
 
     MAX_BUFFER = 8 * 1024 * 1024
+    SPARE_THREADS = 8  # sync work outside any request: startup, after-response callbacks
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_in_flight: int = 32) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self.app = app
+        self.max_in_flight = max_in_flight
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._admission = asyncio.Semaphore(max_in_flight)
+
+    def _admit(self) -> asyncio.Semaphore:
+        """The semaphore of the running loop (tests run one app under several loops)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._admission = loop, asyncio.Semaphore(self.max_in_flight)
+            limiter = anyio.to_thread.current_default_thread_limiter()
+            limiter.total_tokens = max(
+                limiter.total_tokens, self.max_in_flight + self.SPARE_THREADS
+            )
+        return self._admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        async with self._admit():
+            await self._handle(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = RequestContext()
         scope[CONTEXT_SCOPE_KEY] = ctx
         buf = ctx.response
@@ -387,7 +417,7 @@ def create_app(
     app.include_router(api_router(*routers))
 
     # add_middleware puts each new one outermost: add innermost first.
-    app.add_middleware(_ApiMiddleware)
+    app.add_middleware(_ApiMiddleware, max_in_flight=config.max_in_flight)
     app.add_middleware(_BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(_RateLimitMiddleware, limiter=app.state.rate_limiter)
     if config.cors_origins:

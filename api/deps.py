@@ -90,6 +90,8 @@ class ApiConfig:
     idempotency_ttl: timedelta = idempotency.DEFAULT_TTL
     idempotency_lock_timeout: timedelta = idempotency.DEFAULT_LOCK_TIMEOUT
     docs: bool = True
+    #: Requests inside the app at once; more wait in the event loop (see ``api.app``).
+    max_in_flight: int = 32
 
     @classmethod
     def from_settings(cls, settings: Any) -> ApiConfig:
@@ -107,6 +109,7 @@ class ApiConfig:
             cors_origins=tuple(origins),
             idempotency_ttl=timedelta(seconds=float(ttl)) if ttl else d.idempotency_ttl,
             docs=bool(getattr(settings, "api_docs", d.docs)),
+            max_in_flight=int(getattr(settings, "api_max_in_flight", d.max_in_flight)),
         )
 
 

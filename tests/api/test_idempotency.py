@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import anyio.to_thread
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -18,7 +20,7 @@ from api.deps import ApiConfig, CurrentKey, SessionDep
 from api.errors import IdempotencyError, IdempotencyKeyInUse
 from api.idempotency import service as idem
 from api.keys.models import ApiKeyRecord
-from tests.api.conftest import TEST_CONFIG, auth
+from tests.api.conftest import TEST_CONFIG, auth, serve_app
 
 BODY = {"url": "http://127.0.0.1:9/hooks", "enabled_events": ["invoice.settled"]}
 
@@ -175,6 +177,44 @@ class TestConcurrency:
         assert again.status_code == 200
         assert again.headers["idempotent-replayed"] == "true"
         assert again.content == responses[0].content
+
+
+class TestAdmission:
+    def test_more_concurrent_writers_than_threads_never_deadlock(self, make_app, db, new_key):
+        """60 idempotent POSTs at once against a 4-thread pool. Each takes the write gate (SQLite)
+        or a connection in its auth dependency, then needs another pool thread for its endpoint:
+        unbounded, the waiters would hold every thread and the holder none (until the 30 s busy
+        timeout). The app admits ``max_in_flight`` requests and grows the pool past that."""
+        inner = make_app(dataclasses.replace(TEST_CONFIG, max_in_flight=4))
+        limits: list[int] = []
+
+        async def four_threads(scope, receive, send):
+            limiter = anyio.to_thread.current_default_thread_limiter()
+            if scope["type"] == "lifespan":
+                limiter.total_tokens = 4
+            elif scope["type"] == "http":
+                limits.append(int(limiter.total_tokens))
+            await inner(scope, receive, send)
+
+        key = new_key()
+        with serve_app(four_threads) as base:
+            barrier = threading.Barrier(60)
+
+            def fire(n: int) -> int:
+                with httpx.Client(base_url=base, timeout=60) as c:
+                    barrier.wait()
+                    return c.post(
+                        "/v1/webhook_endpoints",
+                        json={**BODY, "url": f"http://127.0.0.1:9/hooks/{n}"},
+                        headers=auth(key, **{"Idempotency-Key": f"admit-{n}"}),
+                    ).status_code
+
+            with ThreadPoolExecutor(60) as pool:
+                statuses = list(pool.map(fire, range(60)))
+        assert statuses == [200] * 60
+        assert _count(db) == 60
+        assert limits[0] == 4  # as the wrapper set it
+        assert limits[-1] >= 4 + 8  # raised by the first request
 
 
 def _begin(db, body=b'{"a":1}', **over):
