@@ -140,7 +140,18 @@ class Payment(SQLModel, table=True):
     new row (the old one stays, marked ``reorged``, as evidence)."""
 
     __tablename__ = "api_payment"
-    __table_args__ = (sa.UniqueConstraint("chain_id", "tx_hash", "log_index", "block_hash"),)
+    __table_args__ = (
+        sa.UniqueConstraint("chain_id", "tx_hash", "log_index", "block_hash"),
+        # every indexer step asks for the payments still waiting for depth: a handful, found
+        # without reading the (ever-growing) confirmed ones
+        sa.Index(
+            "ix_api_payment_pending",
+            "chain_id",
+            "block_number",
+            sqlite_where=sa.text("state = 'pending'"),
+            postgresql_where=sa.text("state = 'pending'"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     invoice_id: str | None = Field(default=None, foreign_key="api_invoice.id", index=True)

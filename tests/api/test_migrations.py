@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
@@ -87,3 +88,30 @@ def test_intent_hash_backfill(tmp_path):
         deadline=1_900_000_000,
     )
     assert stored == "0x" + payment_intent_struct_hash(intent).hex()
+
+
+def test_the_indexers_pending_query_reads_only_pending_payments(engine):
+    """Each indexer step asks for the payments still waiting for depth; the partial index keeps
+    that from reading every confirmed payment ever stored."""
+    from sqlmodel import Session
+
+    from api.settlement import repository
+
+    seen: list[tuple[str, object]] = []
+    with engine.connect() as conn:
+
+        def capture(_conn, _cursor, statement, parameters, _context, _many):
+            seen.append((statement, parameters))
+
+        sa.event.listen(conn, "before_cursor_execute", capture)
+        with Session(bind=conn) as session:
+            assert repository.pending_payments(session, 31337) == []
+        sa.event.remove(conn, "before_cursor_execute", capture)
+        ((statement, parameters),) = seen
+        if conn.dialect.name == "sqlite":
+            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+        else:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # tiny test tables
+            plan = conn.exec_driver_sql("EXPLAIN " + statement, parameters).fetchall()
+        conn.rollback()
+    assert "ix_api_payment_pending" in " ".join(str(step) for step in plan), plan
