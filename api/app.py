@@ -181,13 +181,11 @@ class _ApiMiddleware:
     MAX_BUFFER = 8 * 1024 * 1024
     SPARE_THREADS = 8  # sync work outside any request: startup, after-response callbacks
 
-    def __init__(self, app: ASGIApp, max_in_flight: int = 32) -> None:
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._admission = asyncio.Semaphore(max_in_flight)
+        self._admission: asyncio.Semaphore | None = None
 
     def _admit(self) -> asyncio.Semaphore:
         """The semaphore of the running loop (tests run one app under several loops)."""
@@ -198,6 +196,7 @@ class _ApiMiddleware:
             limiter.total_tokens = max(
                 limiter.total_tokens, self.max_in_flight + self.SPARE_THREADS
             )
+        assert self._admission is not None
         return self._admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -93,6 +93,10 @@ class ApiConfig:
     #: Requests inside the app at once; more wait in the event loop (see ``api.app``).
     max_in_flight: int = 32
 
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+
     @classmethod
     def from_settings(cls, settings: Any) -> ApiConfig:
         d = cls()

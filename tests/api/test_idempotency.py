@@ -216,6 +216,11 @@ class TestAdmission:
         assert limits[0] == 4  # as the wrapper set it
         assert limits[-1] >= 4 + 8  # raised by the first request
 
+    @pytest.mark.parametrize("bad", [0, -1])
+    def test_max_in_flight_below_one_is_refused_when_configured(self, bad):
+        with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
+            dataclasses.replace(TEST_CONFIG, max_in_flight=bad)
+
 
 def _begin(db, body=b'{"a":1}', **over):
     """``idem.begin`` in a session of its own; returns (context, session) — the caller ends it."""
