@@ -113,9 +113,7 @@ class Runtime:
 
     @cached_property
     def deployment(self) -> Deployment:
-        path = (
-            self.settings.manifest or self.settings.home / f"deployment-{self.chain.chain_id}.json"
-        )
+        path = self.settings.manifest_for(self.chain.chain_id)
         deployment = read_manifest(path, self.chain)
         if deployment is None:
             raise ManifestError(

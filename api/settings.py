@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("rpc_url must be an http(s) URL")
+            raise ValueError("must be an http(s) URL")
         return value
 
     @model_validator(mode="after")
@@ -47,9 +47,10 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'followpay.sqlite3'}"
 
-    @property
-    def manifest_path(self) -> Path:
-        return self.manifest or self.home / f"deployment-{self.chain.value}.json"
+    def manifest_for(self, chain_id: int) -> Path:
+        """Where ``followpay chain up`` writes, and everything else reads, the deployment of
+        ``chain_id``: ``FOLLOWPAY_MANIFEST``, else ``<home>/deployment-<chain id>.json``."""
+        return self.manifest or self.home / f"deployment-{chain_id}.json"
 
     def chain_config(self) -> ChainConfig:
         return ChainConfig(

@@ -146,27 +146,42 @@ def _write_all(artifacts: list[dict[str, Any]]) -> None:
             old.unlink()
 
 
-def stale_artifacts() -> list[str]:
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """The artifact's JSON object, or None when the file is unreadable or not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stale_artifacts(artifacts_dir: Path | None = None) -> list[str]:
     """Names of artifacts whose recorded sources, settings or source set no longer match.
 
     Cheap (hashes only, no compiler run): an artifact is stale when any recorded source file
     changed, when foundry.toml's compiler settings changed, or when a source file under
-    ``contracts/src`` was added that no artifact covers.
+    ``contracts/src`` was added that no artifact covers. An artifact that is not a JSON object
+    with a ``sources`` mapping is reported as ``<name> (corrupt)``. ``artifacts_dir`` defaults to
+    ``contracts/artifacts``.
     """
     stale: list[str] = []
     covered: set[str] = set()
     settings = compiler_settings()
-    for path in sorted(ARTIFACTS_DIR.glob("*.json")):
-        data = json.loads(path.read_text())
-        recorded: dict[str, str] = data.get("sources", {})
+    remaps = settings["remappings"]
+    for path in sorted((artifacts_dir or ARTIFACTS_DIR).glob("*.json")):
+        data = _read_json_object(path)
+        recorded = None if data is None else data.get("sources")
+        if data is None or not isinstance(recorded, dict):
+            stale.append(f"{path.stem} (corrupt)")
+            continue
         covered.update(recorded)
-        remaps = settings["remappings"]
+        name = str(data.get("contractName", path.stem))
         try:
-            current = {name: _file_hash(_resolve(name, remaps)) for name in recorded}
-        except FileNotFoundError:
-            stale.append(data.get("contractName", path.stem))
+            current = {source: _file_hash(_resolve(source, remaps)) for source in recorded}
+        except (OSError, TypeError):  # a recorded source is gone (or not a path)
+            stale.append(name)
             continue
         if _digest(current, settings, data.get("compiler", "")) != data.get("sourceHash"):
-            stale.append(data.get("contractName", path.stem))
+            stale.append(name)
     uncovered = [_rel(p) for p in _source_files() if _rel(p) not in covered]
     return stale + [f"(uncompiled source) {name}" for name in uncovered]

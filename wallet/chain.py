@@ -48,6 +48,7 @@ from wallet.errors import (
 
 __all__ = [
     "DEV_MNEMONIC",
+    "LOCAL_DEV_CHAIN_IDS",
     "Chain",
     "ChainBackend",
     "ChainConfig",
@@ -62,6 +63,9 @@ __all__ = [
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 _DEV_ACCOUNTS = 10
 ANVIL_CHAIN_ID = 31337
+#: Chain ids of local development nodes (anvil/hardhat, ganache/geth --dev): the only chains on
+#: which the public :data:`DEV_MNEMONIC` keys may own anything.
+LOCAL_DEV_CHAIN_IDS = frozenset({ANVIL_CHAIN_ID, 1337})
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -123,6 +127,19 @@ def anvil_binary(explicit: str | None = None) -> Path:
     )
 
 
+def _require_free(port: int) -> None:
+    """Raise :class:`AnvilStartError` when something already listens on 127.0.0.1:``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as anvil binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise AnvilStartError(
+                f"cannot start anvil: port {port} on 127.0.0.1 is in use ({exc.strerror}); "
+                "stop what listens there or choose another port"
+            ) from None
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     if platform.system() == "Linux":
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -136,6 +153,8 @@ class _AnvilProcess:
         binary = anvil_binary(config.anvil_path)
         self.port = config.anvil_port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        if config.anvil_port:
+            _require_free(self.port)  # else the probe below may reach whoever holds the port
         args = [
             str(binary),
             "--host",
@@ -166,32 +185,47 @@ class _AnvilProcess:
         self._wait_ready(config.startup_timeout)
 
     def _wait_ready(self, timeout: float) -> None:
+        """Until our anvil answers. An answer only counts while our process is alive: a port
+        someone else holds makes anvil exit, and that server's answer is not our anvil's."""
         deadline = time.monotonic() + timeout
         payload = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
         with httpx.Client(timeout=1.0) as client:
             while time.monotonic() < deadline:
-                assert self._proc is not None
-                if self._proc.poll() is not None:
-                    err = (self._proc.stderr.read() if self._proc.stderr else b"").decode()[-500:]
-                    self._proc = None
-                    raise AnvilStartError(f"anvil exited during start-up: {err.strip()}")
+                answered = False
                 with contextlib.suppress(httpx.HTTPError):
-                    if client.post(self.url, json=payload).status_code == 200:
-                        return
+                    answered = client.post(self.url, json=payload).status_code == 200
+                self._raise_if_exited()
+                if answered:
+                    return
                 time.sleep(0.05)
         self.stop()
         raise AnvilStartError(f"anvil did not answer on {self.url} within {timeout:.0f}s")
 
+    def _raise_if_exited(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        if proc.poll() is None:
+            return
+        self._proc = None
+        err = b""
+        if proc.stderr:
+            err = proc.stderr.read()
+            proc.stderr.close()
+        lines = [line.strip() for line in err.decode(errors="replace").splitlines()]
+        reason = next((line for line in reversed(lines) if line), f"exit status {proc.returncode}")
+        raise AnvilStartError(f"anvil exited during start-up on port {self.port}: {reason[:300]}")
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
         if proc.stderr:
             proc.stderr.close()
 

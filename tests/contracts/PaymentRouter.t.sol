@@ -172,6 +172,19 @@ contract PaymentRouterTest is RouterFixture {
         assertTrue(other.paused(), "still paused: nothing was sent");
     }
 
+    /// @dev Dust below the bond is not a pause, so it cannot be collected through unpause (sweep does that).
+    function test_unpause_revertsWhenNotPaused() public {
+        vm.prank(owner);
+        vm.expectRevert(Pausable.ExpectedPause.selector);
+        router.unpause();
+        vm.deal(address(router), PAUSE_BOND - 1);
+        vm.prank(owner);
+        vm.expectRevert(Pausable.ExpectedPause.selector);
+        router.unpause();
+        assertEq(address(router).balance, PAUSE_BOND - 1, "dust stays");
+        assertFalse(router.paused(), "still unpaused");
+    }
+
     function test_nothingElseAcceptsEth() public {
         vm.deal(address(this), 1 ether);
         (bool ok,) = address(router).call{value: 1 ether}("");

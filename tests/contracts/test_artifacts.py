@@ -54,6 +54,24 @@ def test_changed_compiler_settings_make_everything_stale(project_copy):
     assert "PaymentRouter" in stale_artifacts()
 
 
+@pytest.mark.parametrize(
+    "content", ['{"contractName": "TestTo', "[1, 2]", '{"contractName": "TestToken"}', "\udcff"]
+)
+def test_a_corrupt_artifact_is_reported_not_raised(tmp_path, content):
+    shutil.copytree(contracts.ARTIFACTS_DIR, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "TestToken.json").write_text(content, errors="surrogateescape")
+    assert "TestToken (corrupt)" in stale_artifacts(tmp_path)
+    assert "PaymentRouter" not in stale_artifacts(tmp_path)
+
+
+def test_an_artifacts_directory_can_be_checked_in_place_of_the_committed_one(tmp_path):
+    shutil.copytree(contracts.ARTIFACTS_DIR, tmp_path, dirs_exist_ok=True)
+    assert stale_artifacts(tmp_path) == []
+    router = tmp_path / "PaymentRouter.json"
+    router.write_text(json.dumps({**json.loads(router.read_text()), "sourceHash": "0" * 64}))
+    assert stale_artifacts(tmp_path) == ["PaymentRouter"]
+
+
 class TestLoader:
     @pytest.fixture
     def artifacts_dir(self, tmp_path, monkeypatch):

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support import ChainSuite
+from tests.support import ChainSuite, missing
 from wallet.chain import ChainConfig, anvil_binary, connect
 from wallet.errors import (
     AnvilNotFoundError,
+    AnvilStartError,
     ChainIdMismatchError,
     ChainUnreachableError,
     UnknownBackendError,
@@ -134,3 +140,81 @@ class TestAnvilLifecycle:
             time.sleep(0.05)
         else:
             pytest.fail(f"anvil {child_pid} outlived its killed parent")
+
+
+def _processes_with_port(port: int) -> list[int]:
+    """Pids whose command line has ``--port PORT`` (an anvil we may have left behind)."""
+    needle = f"--port\0{port}\0".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port held by a plain TCP listener that never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def _fake_anvil(tmp_path: Path, stderr_line: str) -> str:
+    script = tmp_path / "anvil"
+    script.write_text(f"#!/bin/sh\necho '{stderr_line}' >&2\nexit 1\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+class TestAnvilStartErrors:
+    def test_port_in_use_is_a_clear_error_and_leaves_no_process(self, busy_port):
+        try:
+            anvil_binary()
+        except AnvilNotFoundError as exc:
+            missing(str(exc))
+        with pytest.raises(AnvilStartError, match=rf"port {busy_port} on 127.0.0.1 is in use"):
+            connect(ChainConfig(backend="anvil", anvil_port=busy_port))
+        assert _processes_with_port(busy_port) == []
+
+    def test_early_exit_reports_anvils_own_stderr_line(self, tmp_path):
+        fake = _fake_anvil(tmp_path, "Error: Address already in use (os error 98)")
+        with pytest.raises(
+            AnvilStartError,
+            match=r"exited during start-up on port \d+: Error: Address already in use",
+        ):
+            connect(ChainConfig(backend="anvil", anvil_path=fake, startup_timeout=5))
+
+    def test_an_answer_counts_only_while_our_anvil_lives(self, tmp_path, monkeypatch):
+        """Another server answers on the port while our anvil has already exited."""
+
+        class SlowJsonRpc(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(0.5)  # the fake anvil is gone by now
+                body = b'{"jsonrpc":"2.0","id":1,"result":"0x7a69"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowJsonRpc)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        monkeypatch.setattr("wallet.chain.free_port", lambda: server.server_address[1])
+        fake = _fake_anvil(tmp_path, "Error: Address already in use (os error 98)")
+        try:
+            with pytest.raises(AnvilStartError, match="Address already in use"):
+                connect(ChainConfig(backend="anvil", anvil_path=fake, startup_timeout=5))
+        finally:
+            server.shutdown()
+            server.server_close()

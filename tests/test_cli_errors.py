@@ -1,0 +1,152 @@
+"""The installed ``followpay`` script fails with a non-zero exit and a short message, never a
+traceback: settings, chain, database, usage and artifact errors, run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from api.cli import _describe, _one_line
+from api.settings import get_settings
+from contracts import ARTIFACTS_DIR
+
+SCRIPT = Path(sys.executable).with_name("followpay")
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused at once
+DEAD = "0x000000000000000000000000000000000000dEaD"
+
+
+@dataclass(frozen=True)
+class Case:
+    args: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    code: int = 1
+    says: str = ""  # expected in the message
+
+
+CASES = {
+    "bogus_chain": Case(
+        ("invoices", "list", "--merchant", "1"),
+        {"FOLLOWPAY_CHAIN": "bogus"},
+        says="FOLLOWPAY_CHAIN: Input should be 'tester', 'anvil' or 'rpc'",
+    ),
+    "rpc_without_url": Case(
+        ("indexer", "--once"),
+        {"FOLLOWPAY_CHAIN": "rpc"},
+        says="FOLLOWPAY_CHAIN=rpc needs FOLLOWPAY_RPC_URL",
+    ),
+    "unreachable_rpc": Case(
+        ("indexer", "--once"),
+        {"FOLLOWPAY_CHAIN": "rpc", "FOLLOWPAY_RPC_URL": UNREACHABLE},
+        says="unreachable",
+    ),
+    "unmigrated_database": Case(
+        ("invoices", "list", "--merchant", "1"), says="run `followpay db upgrade`"
+    ),
+    "database_password_hidden": Case(
+        ("invoices", "list", "--merchant", "1"),
+        {"FOLLOWPAY_DATABASE_URL": "postgresql+psycopg://fp:hunter2-secret@127.0.0.1:9/fp"},
+        says="database error",
+    ),
+    "unknown_command": Case(("no-such-command",), code=2, says="No such command"),
+    "missing_required_option": Case(
+        ("invoices", "list"), code=2, says="Missing option '--merchant'"
+    ),
+    "stale_artifact": Case(
+        ("contracts", "check", "--artifacts", "{stale}"), says="stale artifacts: PaymentRouter"
+    ),
+    "corrupt_artifact": Case(
+        ("contracts", "check"), {"FOLLOWPAY_ARTIFACTS_DIR": "{corrupt}"}, says="TestToken (corrupt)"
+    ),
+    "wallet_unreachable_rpc": Case(
+        ("wallet", "balance", DEAD, "--rpc-url", UNREACHABLE), says="unreachable"
+    ),
+}
+
+
+def _artifact_copies(root: Path) -> dict[str, str]:
+    """Copies of the committed artifacts, one made stale and one corrupt (never in place)."""
+    dirs = {}
+    for name in ("stale", "corrupt"):
+        target = root / name
+        shutil.copytree(ARTIFACTS_DIR, target)
+        dirs[name] = str(target)
+    router = root / "stale" / "PaymentRouter.json"
+    data = json.loads(router.read_text())
+    data["sourceHash"] = "0" * 64
+    router.write_text(json.dumps(data))
+    (root / "corrupt" / "TestToken.json").write_text('{"contractName": "TestTo')
+    return dirs
+
+
+def _run(case: Case, home: Path, dirs: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")}
+    env.update(FOLLOWPAY_HOME=str(home), **case.env)
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "api.cli"]
+    env.update({k: v.format(**dirs) for k, v in case.env.items()})
+    args = [arg.format(**dirs) for arg in case.args]
+    return subprocess.run(
+        [*command, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def results(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """The cases two at a time (each is a ~2 s interpreter start-up), each with its own home."""
+    root = tmp_path_factory.mktemp("cli")
+    dirs = _artifact_copies(root)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            name: pool.submit(_run, case, root / f"home-{name}", dirs)
+            for name, case in CASES.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fails_with_a_short_message_and_no_traceback(name, results):
+    case, result = CASES[name], results[name]
+    output = result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == case.code, output
+    assert "Traceback" not in output
+    assert case.says in result.stderr, output
+    if case.code == 2:  # click's usage error: usage, a --help hint, the error
+        assert len(lines) <= 3, output
+        assert lines[-1].startswith("Error: "), output
+    else:
+        assert len(lines) == 1, output
+        assert lines[0].startswith("error: "), output
+
+
+def test_no_password_in_messages(results):
+    result = results["database_password_hidden"]
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+class TestMessages:
+    """The one-line rendering, in process (no start-up cost)."""
+
+    def test_settings_name_the_variable_and_never_the_value(self):
+        with pytest.raises(ValidationError) as caught:
+            get_settings(rpc_url="ftp://user:pw@x", master_key="not-hex-secret")
+        message = _describe(caught.value)
+        assert message == "invalid settings: FOLLOWPAY_RPC_URL: must be an http(s) URL"
+
+    def test_unexpected_errors_name_their_type(self):
+        message = _one_line(_describe(RuntimeError("boom\nsecond line")))
+        assert message.startswith("RuntimeError: boom second line (rerun with FOLLOWPAY_DEBUG=1")
+
+    def test_passwords_in_urls_are_hidden(self):
+        text = _one_line("cannot reach postgresql+psycopg://fp:hunter2@db:5432/fp")
+        assert text == "cannot reach postgresql+psycopg://fp:***@db:5432/fp"
