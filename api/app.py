@@ -35,9 +35,18 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.db import make_engine
-from api.deps import CONTEXT_SCOPE_KEY, ApiConfig, ChainInfo, IntentSigners, RequestContext
-from api.errors import RateLimited, error_json, install_error_handlers, render_exception
+from api.deps import (
+    CONTEXT_SCOPE_KEY,
+    ApiConfig,
+    ChainInfo,
+    IntentSigners,
+    RequestContext,
+    enter_request,
+    leave_request,
+)
+from api.errors import ApiError, RateLimited, error_json, install_error_handlers, render_exception
 from api.idempotency import service as idempotency
+from api.keys.cache import KeyCache
 from api.routes import api_router
 from api.settings import Settings, get_settings
 from api.settlement.invoices import InvoiceNumbers
@@ -166,17 +175,18 @@ class _BodyLimitMiddleware:
 
 
 class _ApiMiddleware:
-    """Renders every escaping exception in the one error shape, buffers the response until the
-    request transaction has committed, and finishes idempotency for requests that did not commit
-    a stored response (4xx stored separately, 5xx lock released).
+    """Renders every escaping exception in the one error shape, makes the request's context
+    current (``api.deps.current_request``), holds the response back until the request
+    transaction has committed (routes outside ``ApiRouter`` commit after rendering), and finishes
+    idempotency for requests that did not commit a stored response (4xx stored separately, 5xx
+    lock released).
 
     It also admits at most ``max_in_flight`` requests at once (the rest wait here, in the event
-    loop) and keeps the thread pool larger than that. A request runs its sync dependencies and
-    its endpoint as separate thread-pool calls while holding a database connection and, on
-    SQLite, the write gate from its first write to its commit; without the bound, requests
-    waiting for the gate could occupy every pool thread while the gate's holder waits for a
-    thread to run its endpoint in: a deadlock until the busy timeout (seen with 50 concurrent
-    creates and anyio's default 40 threads)."""
+    loop) and keeps the thread pool larger than that: a request holding a connection and, on
+    SQLite, the write gate may need a second thread-pool call (a key-cache miss, a plain route's
+    commit); without the bound, requests waiting for the gate could occupy every pool thread
+    while the gate's holder waits for one: a deadlock until the busy timeout (seen with 50
+    concurrent creates and anyio's default 40 threads)."""
 
     MAX_BUFFER = 8 * 1024 * 1024
     SPARE_THREADS = 8  # sync work outside any request: startup, after-response callbacks
@@ -209,6 +219,13 @@ class _ApiMiddleware:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = RequestContext()
         scope[CONTEXT_SCOPE_KEY] = ctx
+        token = enter_request(ctx)
+        try:
+            await self._serve(ctx, scope, receive, send)
+        finally:
+            leave_request(token)
+
+    async def _serve(self, ctx: RequestContext, scope: Scope, receive: Receive, send: Send) -> None:
         buf = ctx.response
 
         async def capture(message: Message) -> None:
@@ -260,6 +277,14 @@ class _ApiMiddleware:
                     )
                 else:
                     await run_in_threadpool(idempotency.release, engine, ictx)
+            except (idempotency.IdempotentReplay, ApiError) as answer:
+                # the key already answers otherwise (a request that failed before its lock)
+                replacement = (
+                    replay_response(answer)
+                    if isinstance(answer, idempotency.IdempotentReplay)
+                    else render_exception(answer, method=method, path=path)
+                )
+                await replacement(scope, receive, capture)
             except Exception as exc:
                 logger.error("idempotency finalisation failed: %s", type(exc).__name__)
         if not buf.flushed:
@@ -276,6 +301,16 @@ class _ApiMiddleware:
         )
         await send({"type": "http.response.body", "body": buf.body, "more_body": more_body})
         buf.chunks.clear()
+
+
+def replay_response(replay: idempotency.IdempotentReplay) -> Response:
+    """The stored response, byte for byte, marked ``Idempotent-Replayed: true``."""
+    response = Response(content=replay.body, status_code=replay.status)
+    for k, v in replay.headers:
+        if k.lower() != idempotency.REPLAYED_HEADER.lower():
+            response.headers.append(k, v)
+    response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return response
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -394,6 +429,7 @@ def create_app(
     app.state.chain_info = chain_info
     app.state.clock = clock or SystemClock()
     app.state.invoice_numbers = InvoiceNumbers()
+    app.state.key_cache = KeyCache(config.key_cache_seconds)
     app.state.rate_limiter = TokenBucketLimiter(
         config.rate_limit_per_second, config.rate_limit_burst
     )
@@ -402,14 +438,7 @@ def create_app(
 
     async def _replay(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, idempotency.IdempotentReplay)
-        headers = [
-            (k, v) for k, v in exc.headers if k.lower() != idempotency.REPLAYED_HEADER.lower()
-        ]
-        response = Response(content=exc.body, status_code=exc.status)
-        for k, v in headers:
-            response.headers.append(k, v)
-        response.headers[idempotency.REPLAYED_HEADER] = "true"
-        return response
+        return replay_response(exc)
 
     app.add_exception_handler(idempotency.IdempotentReplay, _replay)
 

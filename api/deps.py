@@ -1,11 +1,18 @@
 """Request dependencies (``Annotated`` aliases) and the per-request context.
 
 Transaction rules (polar style): a route never commits. :data:`SessionDep` yields one
-:class:`~sqlmodel.Session` per request; when the route and the response rendering succeed, the
-dependency commits (after writing the idempotent response into the same transaction), then runs the
+:class:`RequestSession` per request; when the route and the response rendering succeed, the request
+commits (after writing the idempotent response into the same transaction), then runs the
 :data:`AfterCommit` callbacks (enqueue jobs, wake the webhook worker…). On any error it rolls back
-and drops them. The app's outer middleware buffers the response until this has happened, so a client
-never sees a 2xx for a transaction that failed to commit.
+and drops them. Routes of an :class:`api.routing.ApiRouter` (all of ours) do all of this in the
+endpoint's own thread-pool call, before FastAPI sends anything; for other routes the session
+dependency does it afterwards and the app's outer middleware buffers the response until then. Either
+way a client never sees a 2xx for a transaction that failed to commit.
+
+Authentication (:data:`CurrentKey`) reads a short-lived in-process cache first
+(:class:`api.keys.cache.KeyCache`) and the database only on a miss; the idempotency lock of a POST
+is the first statement of the request's transaction (:class:`RequestSession`), not a query of its
+own before the endpoint runs.
 
 Usage::
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
@@ -33,13 +41,15 @@ import anyio.to_thread
 import sqlalchemy as sa
 from anyio import CapacityLimiter
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from sqlmodel import Session
+from starlette.responses import Response
 
 from api.db import utcnow
 from api.errors import Forbidden, ServerError
 from api.idempotency import service as idempotency
 from api.keys import service as keys_service
+from api.keys.cache import KeyCache
 from api.keys.models import ApiRole
 from api.keys.service import AuthenticatedKey
 from api.settings import Settings
@@ -52,6 +62,7 @@ __all__ = [
     "CONTEXT_SCOPE_KEY",
     "AfterCommit",
     "ApiConfig",
+    "ApiKeyAuth",
     "BufferedResponse",
     "ChainInfo",
     "ChainInfoDep",
@@ -61,12 +72,16 @@ __all__ = [
     "CurrentKey",
     "EngineDep",
     "IntentSigners",
-    "InvoiceNumbersDep",
+    "Invoicing",
+    "InvoicingDep",
+    "KeyCacheDep",
     "KeyRingDep",
     "RequestContext",
+    "RequestSession",
     "SessionDep",
     "SettingsDep",
     "SignersDep",
+    "current_request",
     "get_current_key",
     "get_session",
     "request_context",
@@ -92,10 +107,14 @@ class ApiConfig:
     docs: bool = True
     #: Requests inside the app at once; more wait in the event loop (see ``api.app``).
     max_in_flight: int = 32
+    #: Seconds an authenticated key is served from memory (:mod:`api.keys.cache`); 0: off.
+    key_cache_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if self.key_cache_seconds < 0:
+            raise ValueError("key_cache_seconds must be >= 0")
 
     @classmethod
     def from_settings(cls, settings: Any) -> ApiConfig:
@@ -114,6 +133,9 @@ class ApiConfig:
             idempotency_ttl=timedelta(seconds=float(ttl)) if ttl else d.idempotency_ttl,
             docs=bool(getattr(settings, "api_docs", d.docs)),
             max_in_flight=int(getattr(settings, "api_max_in_flight", d.max_in_flight)),
+            key_cache_seconds=float(
+                getattr(settings, "api_key_cache_seconds", d.key_cache_seconds)
+            ),
         )
 
 
@@ -129,16 +151,113 @@ class BufferedResponse:
     def body(self) -> bytes:
         return b"".join(self.chunks)
 
+    def record(self, response: Response) -> None:
+        """Hold ``response`` as the one about to be sent (streamed bodies stay incomplete)."""
+        self.status = response.status_code
+        self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
+        body = getattr(response, "body", None)
+        self.chunks = [bytes(body)] if isinstance(body, bytes | memoryview) else []
+        self.complete = isinstance(body, bytes | memoryview)
+
+
+class RequestSession(Session):
+    """The request's session. Its transaction begins with the request's deferred first
+    statements (``info["on_begin"]``: the idempotency lock), so nothing the endpoint writes can
+    precede them, and they cost no query (nor thread-pool hop) of their own."""
+
+
+@sa.event.listens_for(RequestSession, "after_begin")
+def _run_on_begin(session: Session, _transaction: Any, connection: sa.Connection) -> None:
+    hooks = session.info.pop("on_begin", None)
+    for hook in hooks or ():
+        hook(connection)
+
 
 @dataclass
 class RequestContext:
-    """Per-request state shared by the outer middleware and the dependencies."""
+    """Per-request state shared by the outer middleware, the dependencies and the route."""
 
     response: BufferedResponse = field(default_factory=BufferedResponse)
     key: AuthenticatedKey | None = None
     idempotency: idempotency.IdempotencyContext | None = None
+    session: Session | None = None
+    on_begin: list[Callable[[sa.Connection], object]] = field(default_factory=list)
     before_commit: list[Callable[[Session], object]] = field(default_factory=list)
     after_commit: list[Callable[[], object]] = field(default_factory=list)
+    finished: bool = False
+
+    def start(self) -> None:
+        """Begin the transaction now if statements wait for its start (the idempotency lock),
+        so the endpoint runs only once the lock is held."""
+        if self.session is not None and self.session.info.get("on_begin"):
+            self.session.connection()
+
+    def finish(self, response: Response | None = None) -> None:
+        """Commit the request's transaction in the calling thread: before-commit hooks (which
+        see ``response``, or the buffered one), commit, after-commit callbacks; close."""
+        self.finished = True
+        session = self.session
+        if session is None:
+            return
+        if response is not None:
+            self.response.record(response)
+        try:
+            try:
+                for hook in self.before_commit:
+                    hook(session)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                self.after_commit.clear()
+                raise
+            if self.idempotency is not None and self.response.complete:
+                self.idempotency.done = self.response.status < 500
+            for callback in self.after_commit:
+                try:
+                    callback()
+                except Exception as exc:  # committed: never turn it into an error
+                    logger.error(
+                        "after-commit callback failed: %s", type(exc).__name__, exc_info=exc
+                    )
+            self.after_commit.clear()
+        finally:
+            session.close()
+
+    def abort(self) -> None:
+        """Roll back (in the calling thread) and drop the after-commit callbacks."""
+        self.finished = True
+        session = self.session
+        self.after_commit.clear()
+        if session is not None:
+            try:
+                session.rollback()
+            finally:
+                session.close()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to commit or run: the session never began a transaction."""
+        if self.session is None:
+            return True
+        return not (self.session.in_transaction() or self.before_commit or self.after_commit)
+
+
+_CURRENT: ContextVar[RequestContext | None] = ContextVar("followpay_request", default=None)
+
+
+def current_request() -> RequestContext | None:
+    """The context of the request being served (set by the app's middleware; thread-pool
+    calls inherit it)."""
+    return _CURRENT.get()
+
+
+def enter_request(ctx: RequestContext) -> Any:
+    """Make ``ctx`` the current request; returns the token for :func:`leave_request`."""
+    return _CURRENT.set(ctx)
+
+
+def leave_request(token: Any) -> None:
+    _CURRENT.reset(token)
 
 
 def request_context(request: Request) -> RequestContext:
@@ -219,12 +338,31 @@ async def get_chain_info(request: Request) -> ChainInfo | None:
     return getattr(request.app.state, "chain_info", None)
 
 
-async def get_invoice_numbers(request: Request) -> InvoiceNumbers:
-    return request.app.state.invoice_numbers
-
-
 async def get_clock(request: Request) -> Clock:
     return request.app.state.clock
+
+
+@dataclass(frozen=True, slots=True)
+class Invoicing:
+    """What issuing an invoice takes from the app, as one dependency (each dependency costs
+    FastAPI more than reading app state): chain, operator signers, clock, engine, numbers."""
+
+    chain: ChainInfo | None
+    signers: IntentSigners
+    clock: Clock
+    engine: sa.Engine
+    numbers: InvoiceNumbers
+
+
+async def get_invoicing(request: Request) -> Invoicing:
+    state = request.app.state
+    return Invoicing(
+        chain=getattr(state, "chain_info", None),
+        signers=getattr(state, "signers", None) or {},
+        clock=state.clock,
+        engine=_engine(request),
+        numbers=state.invoice_numbers,
+    )
 
 
 EngineDep = Annotated[sa.Engine, Depends(get_engine)]
@@ -232,60 +370,39 @@ KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
 SignersDep = Annotated[IntentSigners, Depends(get_signers)]
 ChainInfoDep = Annotated[ChainInfo | None, Depends(get_chain_info)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
-InvoiceNumbersDep = Annotated[InvoiceNumbers, Depends(get_invoice_numbers)]
+InvoicingDep = Annotated[Invoicing, Depends(get_invoicing)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ConfigDep = Annotated[ApiConfig, Depends(get_config)]
 CipherDep = Annotated[SecretCipher, Depends(get_cipher)]
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """One session per request; commit on success (then after-commit hooks), rollback on error.
+    """One :class:`RequestSession` per request (see the module docstring).
 
-    An async generator on purpose: creating the session does no I/O, and the end of the request
-    (hooks, commit or rollback, close) is ONE thread-pool call with its own limiter, shielded
-    from cancellation, so a request never waits for a free worker while it holds a connection
-    (FastAPI gives a sync generator's teardown the same treatment, plus a hop on entry)."""
+    An async generator on purpose: creating the session does no I/O. When the route did not
+    finish the transaction itself (a plain ``APIRouter`` route, or an error before the endpoint
+    ran), the end of the request is ONE thread-pool call with its own limiter, shielded from
+    cancellation, so a request never waits for a free worker while it holds a connection; an
+    idle session is just closed."""
     ctx = request_context(request)
-    session = Session(_engine(request), expire_on_commit=False)
+    session = RequestSession(_engine(request), expire_on_commit=False)
+    session.info["on_begin"] = ctx.on_begin  # the same list: hooks added later still run
+    ctx.session = session
     try:
         yield session
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_abort, session, ctx, limiter=CapacityLimiter(1))
+        if not ctx.finished:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(ctx.abort, limiter=CapacityLimiter(1))
         raise
     else:
+        if ctx.finished:
+            return
+        if ctx.idle:
+            ctx.abort()  # no transaction: closing does no I/O
+            return
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_finish, session, ctx, limiter=CapacityLimiter(1))
-
-
-def _abort(session: Session, ctx: RequestContext) -> None:
-    try:
-        session.rollback()
-        ctx.after_commit.clear()
-    finally:
-        session.close()
-
-
-def _finish(session: Session, ctx: RequestContext) -> None:
-    try:
-        try:
-            for hook in ctx.before_commit:
-                hook(session)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            ctx.after_commit.clear()
-            raise
-        if ctx.idempotency is not None and ctx.response.complete:
-            ctx.idempotency.done = ctx.response.status < 500
-        for callback in ctx.after_commit:
-            try:
-                callback()
-            except Exception as exc:  # the transaction is committed: never turn it into an error
-                logger.error("after-commit callback failed: %s", type(exc).__name__, exc_info=exc)
-        ctx.after_commit.clear()
-    finally:
-        session.close()
+            await anyio.to_thread.run_sync(ctx.finish, limiter=CapacityLimiter(1))
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -299,59 +416,64 @@ async def get_after_commit(request: Request) -> list[Callable[[], object]]:
 AfterCommit = Annotated[list[Callable[[], object]], Depends(get_after_commit)]
 
 
-async def _idempotent_body(request: Request) -> bytes:
-    if request.method == "POST" and request.headers.get(idempotency.HEADER):
-        return await request.body()
-    return b""
+def _load_key(engine: sa.Engine, digest: str) -> AuthenticatedKey:
+    """A cache miss: look the key up (401 unless active) and record its use (at most once per
+    minute, in this short transaction of its own)."""
+    with Session(engine) as session:
+        record = keys_service.authenticate_digest(session, digest)
+        now = utcnow()
+        if record.last_used_at is None or record.last_used_at <= now - _LAST_USED_RESOLUTION:
+            keys_service.mark_used(session, record.id, now)
+            session.commit()
+        return AuthenticatedKey.from_record(record)
 
 
-# Documents the scheme on every operation that authenticates (OpenAPI ``security``); the header
-# itself is parsed by keys_service.authenticate so every failure has the one error shape.
-_bearer_scheme = HTTPBearer(
-    auto_error=False,
-    scheme_name="ApiKeyAuth",
-    bearerFormat="fp_live_… / fp_test_…",
-    description="An API key (`Authorization: Bearer fp_test_…`), shown once at creation.",
-)
+def _key_cache(request: Request) -> KeyCache:
+    state = request.app.state
+    cache = getattr(state, "key_cache", None)
+    if cache is None:
+        config: ApiConfig = getattr(state, "api_config", ApiConfig())
+        cache = state.key_cache = KeyCache(config.key_cache_seconds)
+    return cache
 
 
-def get_current_key(
-    request: Request,
-    session: SessionDep,
-    body: Annotated[bytes, Depends(_idempotent_body)],
-    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
-) -> AuthenticatedKey:
+async def get_key_cache(request: Request) -> KeyCache:
+    return _key_cache(request)
+
+
+KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
+
+
+async def get_current_key(request: Request) -> AuthenticatedKey:
     """Authenticate ``Authorization: Bearer fp_…`` (401 otherwise) and, on a POST carrying an
-    ``Idempotency-Key``, take the idempotency lock (or replay / 400 / 409)."""
+    ``Idempotency-Key``, make the idempotency lock the request transaction's first statement
+    (replay / 400 / 409 come from there)."""
     ctx = request_context(request)
     if ctx.key is not None:
         return ctx.key
-    record = keys_service.authenticate(session, request.headers.get("authorization"))
-    key = AuthenticatedKey.from_record(record)
-    engine = _engine(request)
-    now = utcnow()
-    if record.last_used_at is None or record.last_used_at <= now - _LAST_USED_RESOLUTION:
-        # Its own short transaction, before the request writes anything (SQLite: one writer).
-        with Session(engine) as side:
-            keys_service.mark_used(side, key.id, now)
-            side.commit()
+    digest = keys_service.digest_of(request.headers.get("authorization"))
+    cache = _key_cache(request)
+    key = cache.get(digest)
+    if key is None:
+        key = await anyio.to_thread.run_sync(_load_key, _engine(request), digest)
+        cache.put(digest, key)
     ctx.key = key
     idem_key = request.headers.get(idempotency.HEADER)
     if request.method == "POST" and idem_key is not None:
         config: ApiConfig = getattr(request.app.state, "api_config", ApiConfig())
-        ictx = idempotency.begin(
-            session,
+        ictx = idempotency.prepare(
             api_key_id=key.id,
             key=idem_key,
             method=request.method,
             path=request.url.path,
             query=request.url.query,
-            body=body,
-            now=now,
+            body=await request.body(),
             ttl=config.idempotency_ttl,
-            lock_timeout=config.idempotency_lock_timeout,
         )
         ctx.idempotency = ictx
+
+        def _acquire(connection: sa.Connection) -> None:
+            idempotency.acquire(connection, ictx, lock_timeout=config.idempotency_lock_timeout)
 
         def _store(s: Session) -> None:
             r = ctx.response
@@ -360,24 +482,41 @@ def get_current_key(
             else:  # streamed past the buffer: nothing to replay, so no lock either
                 idempotency.discard(s, ictx)
 
+        ctx.on_begin.append(_acquire)
         ctx.before_commit.append(_store)
     return key
 
 
-CurrentKey = Annotated[AuthenticatedKey, Depends(get_current_key)]
+class ApiKeyAuth(HTTPBearer):
+    """The API key as ONE dependency: :func:`get_current_key` plus an optional role check.
 
+    A ``SecurityBase`` (FastAPI's bearer scheme) so that every operation using it documents the
+    ``ApiKeyAuth`` scheme in OpenAPI; the header itself is parsed by :func:`get_current_key`, so
+    every failure has the one error shape."""
 
-def require_role(*roles: ApiRole | str) -> Any:
-    """``key: Annotated[AuthenticatedKey, require_role("admin", "merchant")]`` (403 otherwise)."""
-    allowed = frozenset(ApiRole(r) for r in roles)
+    def __init__(self, roles: frozenset[ApiRole] | None = None) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="ApiKeyAuth",
+            bearerFormat="fp_live_… / fp_test_…",
+            description="An API key (`Authorization: Bearer fp_test_…`), shown once at creation.",
+        )
+        self.roles = roles
 
-    async def check_role(key: CurrentKey) -> AuthenticatedKey:
-        if key.role not in allowed:
+    async def __call__(self, request: Request) -> AuthenticatedKey:  # type: ignore[override]
+        key = await get_current_key(request)
+        if self.roles is not None and key.role not in self.roles:
             raise Forbidden(
                 "This endpoint needs a key with role "
-                + " or ".join(sorted(r.value for r in allowed))
+                + " or ".join(sorted(r.value for r in self.roles))
                 + "."
             )
         return key
 
-    return Depends(check_role)
+
+CurrentKey = Annotated[AuthenticatedKey, Depends(ApiKeyAuth())]
+
+
+def require_role(*roles: ApiRole | str) -> Any:
+    """``key: Annotated[AuthenticatedKey, require_role("admin", "merchant")]`` (403 otherwise)."""
+    return Depends(ApiKeyAuth(frozenset(ApiRole(r) for r in roles)))

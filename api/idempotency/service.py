@@ -4,8 +4,10 @@
   ``ttl`` (default 24 h); expired rows are purged lazily.
 * Fingerprint: SHA-256 over method, path, query string and the canonical JSON body (keys sorted,
   no whitespace; a non-JSON body is hashed raw).
-* :func:`begin` inserts the row in the REQUEST's transaction, before the handler runs; the unique
-  constraint is the lock. It commits with the handler's effects and the stored response
+* :func:`prepare` fingerprints the request (no I/O); :func:`acquire` inserts the row as the
+  first statement of the REQUEST's transaction, before the handler's effects (the API runs it
+  when the request's session begins its transaction); the unique constraint is the lock. It
+  commits with the handler's effects and the stored response
   (:func:`complete`), or not at all: a crash or a 5xx leaves nothing behind, so there is no stale
   lock to take over and no window in which a committed effect has no stored answer. A second
   request with the same key waits for the first one's transaction (PostgreSQL: on the unique
@@ -14,8 +16,10 @@
     (:class:`IdempotentReplay`), when the first one completed with the same fingerprint;
   - 400 ``idempotency_error`` when the fingerprint differs;
   - nothing special if the first one rolled back: it runs itself.
-* Error responses (4xx) raised by the handler roll its transaction back; :func:`store_outside`
-  then stores them in a transaction of their own. 5xx responses are never stored.
+* Error responses (4xx) roll the request's transaction back; :func:`store_outside` then acquires
+  the key and stores them in a transaction of their own (a request that failed before its
+  transaction began, e.g. a 422, thus still gets what the key already answers). 5xx responses
+  are never stored.
 * A committed ``in_progress`` row (written by releases before this design) still answers 409
   ``idempotency_key_in_use`` until ``lock_timeout``, then is taken over.
 """
@@ -31,7 +35,6 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from api.db import new_id, utcnow
@@ -45,10 +48,11 @@ __all__ = [
     "REPLAYED_HEADER",
     "IdempotencyContext",
     "IdempotentReplay",
-    "begin",
+    "acquire",
     "complete",
     "discard",
     "fingerprint",
+    "prepare",
     "purge_expired",
     "release",
     "store_outside",
@@ -66,7 +70,7 @@ _T = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 
 
 class IdempotentReplay(Exception):
-    """Raised by :func:`begin` to short-circuit the request with the stored response."""
+    """Raised by :func:`acquire` to short-circuit the request with the stored response."""
 
     def __init__(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
         super().__init__("idempotent replay")
@@ -121,7 +125,6 @@ def purge_expired(engine: sa.Engine, now: datetime | None = None) -> int:
         return int(result.rowcount or 0)
 
 
-_INSERT = sa.insert(_T)
 # "INSERT … ON CONFLICT DO NOTHING RETURNING id" (SQLite ≥ 3.35 and PostgreSQL): a duplicate key
 # returns no row instead of raising, so no savepoint is needed around the lock.
 _TAKE = {
@@ -134,8 +137,7 @@ _BY_KEY = sa.select(_T).where(
 )
 
 
-def begin(
-    session: Session,
+def prepare(
     *,
     api_key_id: str,
     key: str,
@@ -145,33 +147,56 @@ def begin(
     body: bytes = b"",
     now: datetime | None = None,
     ttl: timedelta = DEFAULT_TTL,
-    lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
 ) -> IdempotencyContext:
-    """Take the lock for ``key`` in ``session``'s transaction or raise (replay / 400 / 409).
-    See the module docstring."""
+    """Check the key (400 when malformed) and fingerprint the request; no database work."""
     key = _check_key(key)
     now = now or utcnow()
-    fp = fingerprint(method, path, query, body)
+    return IdempotencyContext(
+        record_id=new_id("idem"),
+        api_key_id=api_key_id,
+        key=key,
+        fingerprint=fingerprint(method, path, query, body),
+        method=method.upper(),
+        path=path[:2048],
+        created_at=now,
+        expires_at=now + ttl,
+    )
+
+
+def acquire(
+    executor: sa.Connection | Session,
+    ctx: IdempotencyContext,
+    *,
+    now: datetime | None = None,
+    lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
+) -> None:
+    """Take the lock for ``ctx`` in ``executor``'s transaction or raise (replay / 400 / 409).
+    See the module docstring."""
+    now = now or ctx.created_at or utcnow()
+    conn = executor if isinstance(executor, sa.Connection) else executor.connection()
+    try:
+        _acquire(conn, ctx, now, lock_timeout)
+    except (IdempotentReplay, IdempotencyError, IdempotencyKeyInUse):
+        ctx.done = True  # the key answers for this request: nothing to store or release
+        raise
+
+
+def _acquire(
+    conn: sa.Connection, ctx: IdempotencyContext, now: datetime, lock_timeout: timedelta
+) -> None:
     for _ in range(5):
-        ctx = IdempotencyContext(
-            record_id=new_id("idem"),
-            api_key_id=api_key_id,
-            key=key,
-            fingerprint=fp,
-            method=method.upper(),
-            path=path[:2048],
-            created_at=now,
-            expires_at=now + ttl,
-        )
-        if _take(session, _row(ctx, IdempotencyStatus.IN_PROGRESS, now)):
-            return ctx
-        row = session.execute(_BY_KEY, {"api_key_id": api_key_id, "idempotency_key": key}).first()
+        take = _TAKE[conn.dialect.name]
+        if conn.execute(take, _row(ctx, IdempotencyStatus.IN_PROGRESS, now)).first():
+            return
+        row = conn.execute(
+            _BY_KEY, {"api_key_id": ctx.api_key_id, "idempotency_key": ctx.key}
+        ).first()
         if row is None:
             continue  # purged meanwhile: try again
         if row.expires_at <= now:
-            session.execute(sa.delete(_T).where(_T.c.id == row.id, _T.c.expires_at <= now))
+            conn.execute(sa.delete(_T).where(_T.c.id == row.id, _T.c.expires_at <= now))
             continue
-        if row.fingerprint != fp:
+        if row.fingerprint != ctx.fingerprint:
             raise IdempotencyError(param=HEADER)
         if row.status == IdempotencyStatus.COMPLETED.value:
             raise IdempotentReplay(
@@ -180,7 +205,7 @@ def begin(
                 bytes(row.response_body or b""),
             )
         if row.locked_at <= now - lock_timeout:
-            taken = session.execute(
+            taken = conn.execute(
                 sa.update(_T)
                 .where(
                     _T.c.id == row.id,
@@ -191,15 +216,9 @@ def begin(
             )
             if getattr(taken, "rowcount", 0) == 1:
                 ctx.record_id = row.id
-                return ctx
+                return
         raise IdempotencyKeyInUse(param=HEADER)
     raise IdempotencyKeyInUse(param=HEADER)
-
-
-def _take(session: Session, values: dict[str, object]) -> bool:
-    """Insert the lock row; False when the key exists (another request, committed or not)."""
-    conn = session.connection()
-    return conn.execute(_TAKE[conn.dialect.name], values).first() is not None
 
 
 def _row(ctx: IdempotencyContext, status: IdempotencyStatus, now: datetime) -> dict[str, object]:
@@ -277,24 +296,16 @@ def store_outside(
     headers: Iterable[tuple[str, str]],
     body: bytes,
 ) -> None:
-    """Store a (4xx) response whose request transaction rolled back, in a transaction of its
-    own; a 5xx only releases. A concurrent duplicate that stored first wins (same answer)."""
+    """Store a (4xx) response whose request never committed, in a transaction of its own; a
+    5xx only releases. The key is acquired first, so a request that failed before it took the
+    lock (a 422, say) still meets what the key already answers: the stored response
+    (:class:`IdempotentReplay`), a 400 for another body, a 409 while another request runs."""
     if status >= 500:
         release(engine, ctx)
         return
     with engine.begin() as conn:
-        if conn.execute(*_completion(ctx, status, headers, body)).rowcount == 0:
-            values = _row(ctx, IdempotencyStatus.COMPLETED, utcnow())
-            values |= {
-                "response_status": status,
-                "response_headers": _stored_headers(headers),
-                "response_body": body,
-            }
-            try:
-                with conn.begin_nested():
-                    conn.execute(_INSERT, values)
-            except IntegrityError:
-                pass
+        acquire(conn, ctx, now=utcnow())
+        conn.execute(*_completion(ctx, status, headers, body))
     ctx.done = True
 
 

@@ -26,9 +26,12 @@ __all__ = [
     "KEY_PATTERN",
     "AuthenticatedKey",
     "authenticate",
+    "authenticate_digest",
     "check_can_create",
     "create_key",
+    "digest_of",
     "hash_key",
+    "mark_used",
     "revoke",
 ]
 
@@ -158,14 +161,22 @@ def _parse_bearer(bearer: str | None) -> str:
     return value
 
 
+def digest_of(bearer: str | None) -> str:
+    """The SHA-256 of the key in an ``Authorization`` value (401 when missing or malformed)."""
+    return hash_key(_parse_bearer(bearer))
+
+
 def authenticate(session: Session, bearer: str | None) -> ApiKeyRecord:
     """The active key for an ``Authorization`` value (``Bearer fp_…`` or the bare key).
 
     Anything wrong (missing, malformed, unknown, revoked) raises :class:`Unauthorized`
     (401 ``invalid_api_key``); the message never echoes the key.
     """
-    key = _parse_bearer(bearer)
-    digest = hash_key(key)
+    return authenticate_digest(session, digest_of(bearer))
+
+
+def authenticate_digest(session: Session, digest: str) -> ApiKeyRecord:
+    """The active key whose SHA-256 is ``digest`` (see :func:`authenticate`)."""
     record = repository.get_by_hash(session, digest)
     if record is None or not hmac.compare_digest(record.key_hash, digest):
         raise Unauthorized()

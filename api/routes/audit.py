@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 
 from api import queries
 from api.deps import SessionDep
 from api.pagination import ListResponse, PageDep, paginate
 from api.routes._common import Manager, merchant_scope
+from api.routing import ApiRouter
 from api.schemas.crm import AuditEntryPublic
 from crm.audit.models import AuditLog
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/audit_log", tags=["audit_log"])
+router = ApiRouter(prefix="/audit_log", tags=["audit_log"])
 
 
 @router.get(

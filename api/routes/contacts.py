@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from sqlmodel import Session
 
 from api import queries
@@ -21,6 +21,7 @@ from api.routes._common import (
     object_merchant,
     write_merchant,
 )
+from api.routing import ApiRouter
 from api.schemas.crm import (
     ChainVerification,
     ConsentChange,
@@ -51,7 +52,7 @@ from crm.contacts.models import Contact
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/contacts", tags=["contacts"])
+router = ApiRouter(prefix="/contacts", tags=["contacts"])
 
 ContactId = Annotated[int, Path(ge=1, le=2**62, description="A contact id.")]
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep
 from api.errors import ApiError
+from api.routing import ApiRouter
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["health"])
+router = ApiRouter(tags=["health"])
 
 
 class Health(BaseModel):

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from fastapi.responses import Response
 from sqlmodel import Session
 
@@ -14,10 +14,8 @@ from api.deps import (
     ChainInfo,
     ChainInfoDep,
     ClockDep,
-    EngineDep,
-    InvoiceNumbersDep,
+    InvoicingDep,
     SessionDep,
-    SignersDep,
 )
 from api.errors import ApiError, InvalidRequest
 from api.keys.service import AuthenticatedKey
@@ -31,6 +29,7 @@ from api.routes._common import (
     object_merchant,
     write_merchant,
 )
+from api.routing import ApiRouter
 from api.schemas.invoices import InvoiceCreateBody, InvoiceMarkBody, InvoiceOut, PaymentOut
 from api.settlement import invoices as settlement
 from api.settlement import repository as repo
@@ -41,7 +40,7 @@ from crm import contacts
 
 __all__ = ["SignerUnavailable", "router"]
 
-router = APIRouter(prefix="/invoices", tags=["invoices"])
+router = ApiRouter(prefix="/invoices", tags=["invoices"])
 
 InvoiceId = Annotated[str, Path(max_length=40, description="An invoice id (inv_…).")]
 
@@ -101,16 +100,9 @@ def _load(session: Session, caller: AuthenticatedKey, invoice_id: str) -> Invoic
     "invoice. Emits `invoice.created`.",
 )
 def create_invoice(
-    body: InvoiceCreateBody,
-    session: SessionDep,
-    caller: Manager,
-    clock: ClockDep,
-    chain_info: ChainInfoDep,
-    signers: SignersDep,
-    engine: EngineDep,
-    numbers: InvoiceNumbersDep,
+    body: InvoiceCreateBody, session: SessionDep, caller: Manager, invoicing: InvoicingDep
 ) -> InvoiceOut:
-    chain = _chain(chain_info)
+    chain = _chain(invoicing.chain)
     merchant_id = write_merchant(caller, body.merchant_id)
     account = repo.account_for_merchant(session, merchant_id, chain.chain_id)
     if account is None:
@@ -119,7 +111,7 @@ def create_invoice(
             "POST /v1/merchants/{id}/account",
             param="merchant_id",
         )
-    signer = signers.get(account.operator.lower())
+    signer = invoicing.signers.get(account.operator.lower())
     if signer is None:
         raise SignerUnavailable()
     if body.contact_id is not None:
@@ -144,8 +136,8 @@ def create_invoice(
         chain_id=chain.chain_id,
         router=chain.router,
         signer=signer,
-        clock=clock,
-        allocate=partial(numbers.take, session, engine),
+        clock=invoicing.clock,
+        allocate=partial(invoicing.numbers.take, session, invoicing.engine),
         account=account,
     )
     out = _public(session, invoice, chain, {account.id or 0: account})

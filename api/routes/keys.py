@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 
-from api.deps import SessionDep, require_role
+from api.deps import AfterCommit, KeyCacheDep, SessionDep, require_role
 from api.errors import InvalidRequest
 from api.keys import repository
 from api.keys import service as keys
@@ -14,10 +14,11 @@ from api.keys.models import ApiKeyRecord
 from api.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
+from api.routing import ApiRouter
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api_keys", tags=["api_keys"])
+router = ApiRouter(prefix="/api_keys", tags=["api_keys"])
 
 KeyManager = Annotated[AuthenticatedKey, require_role("admin", "merchant")]
 
@@ -66,6 +67,12 @@ def list_api_keys(
 
 @router.delete("/{key_id}", response_model=ApiKeyPublic, summary="Revoke an API key")
 def revoke_api_key(
-    key_id: Annotated[str, Path(max_length=40)], session: SessionDep, caller: KeyManager
+    key_id: Annotated[str, Path(max_length=40)],
+    session: SessionDep,
+    caller: KeyManager,
+    cache: KeyCacheDep,
+    after_commit: AfterCommit,
 ) -> ApiKeyPublic:
-    return ApiKeyPublic.of(keys.revoke(session, key_id, merchant_id=caller.scope))
+    revoked = keys.revoke(session, key_id, merchant_id=caller.scope)
+    after_commit.append(cache.clear)  # this process stops accepting it at once
+    return ApiKeyPublic.of(revoked)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import Path, Request
 
 from api import queries
 from api.deps import ChainInfoDep, ClockDep, SessionDep, SignersDep
 from api.errors import ApiError, InvalidRequest, NotFound
 from api.pagination import ListResponse, PageDep, paginate
 from api.routes._common import Admin, Manager, Staff, crm_errors, merchant_scope, parse_id
+from api.routing import ApiRouter
 from api.schemas.crm import MerchantAccountBody, MerchantAccountOut, MerchantCreateBody, MerchantOut
 from api.settlement import invoices as settlement
 from api.settlement import repository as settlement_repo
@@ -20,7 +21,7 @@ from crm.merchants.models import Merchant
 
 __all__ = ["AccountAddressTaken", "router"]
 
-router = APIRouter(prefix="/merchants", tags=["merchants"])
+router = ApiRouter(prefix="/merchants", tags=["merchants"])
 
 
 class AccountAddressTaken(ApiError):

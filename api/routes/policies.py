@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ClockDep, SessionDep
@@ -21,13 +21,14 @@ from api.routes._common import (
     parse_id,
     write_merchant,
 )
+from api.routing import ApiRouter
 from crm import FollowUpPolicyCreate, FollowUpPolicyUpdate
 from crm import followups as followups_service
 from crm.followups.models import FollowUpPolicy
 
 __all__ = ["PolicyBody", "PolicyOut", "PolicyUpdateBody", "router"]
 
-router = APIRouter(prefix="/followup_policies", tags=["followup_policies"])
+router = ApiRouter(prefix="/followup_policies", tags=["followup_policies"])
 PolicyId = Annotated[str, Path(max_length=20, description="A policy id, e.g. `3`.")]
 _EXAMPLE: dict[str, Any] = {
     "trigger": "payment_settled",

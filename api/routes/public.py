@@ -20,13 +20,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from sqlmodel import Session
 
 from api import queries
 from api.deps import ClockDep, KeyRingDep, SessionDep
 from api.errors import error_responses
 from api.routes.support import emit_feedback_events
+from api.routing import ApiRouter
 from api.schemas.crm import ConsentEventOut, FeedbackOut
 from api.schemas.public import (
     PublicConsents,
@@ -50,7 +51,7 @@ from crm.tickets.service import FIRST_RESPONSE_SLA
 
 __all__ = ["CONSENT_LINK_VALIDITY", "router"]
 
-router = APIRouter(
+router = ApiRouter(
     prefix="/public",
     tags=["public"],
     responses=error_responses(400, 404, 409, 422, 429),

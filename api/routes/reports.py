@@ -7,7 +7,7 @@ import io
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from fastapi.responses import Response
 
 from api import queries
@@ -15,6 +15,7 @@ from api.deps import ChainInfoDep, ClockDep, SessionDep
 from api.errors import InvalidRequest
 from api.keys.service import AuthenticatedKey
 from api.routes._common import Manager, Staff, merchant_scope
+from api.routing import ApiRouter
 from api.schemas.crm import MetricsOut, Reconciliation, ReconciliationRow, RootCause
 from api.settlement import repository as settlement_repo
 from api.settlement.models import PaymentState
@@ -23,7 +24,7 @@ from crm.followups.models import FollowUp
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = ApiRouter()
 
 MerchantFilter = Annotated[
     str | None,

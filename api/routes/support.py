@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from sqlmodel import Session
 
 from api import queries
@@ -20,6 +20,7 @@ from api.routes._common import (
     object_merchant,
     parse_id,
 )
+from api.routing import ApiRouter
 from api.schemas.crm import (
     FeedbackOut,
     FollowUpOut,
@@ -37,7 +38,7 @@ from crm.tickets.models import Ticket
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = ApiRouter()
 
 MerchantFilter = Annotated[
     str | None, Query(min_length=1, max_length=20, description="Admins: one merchant.")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import Path, Request
 
 from api.deps import CipherDep, SessionDep, require_role
 from api.errors import NotFound
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
+from api.routing import ApiRouter
 from api.webhooks import repository
 from api.webhooks import service as webhooks
 from api.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -22,7 +23,7 @@ from api.webhooks.schemas import (
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["webhooks"])
+router = ApiRouter(tags=["webhooks"])
 
 Manager = Annotated[AuthenticatedKey, require_role("admin", "merchant")]
 EndpointId = Annotated[str, Path(max_length=40, description="A webhook endpoint id (we_…).")]

@@ -62,7 +62,7 @@ class InvoiceEvents:
     ) -> None:
         merchant = invoice.merchant_id
         if merchant not in self._listening:
-            endpoints = webhook_repo.subscribed_endpoints(self.session, str(merchant))
-            self._listening[merchant] = bool(endpoints)
+            subscriptions = webhook_repo.subscriptions(self.session, str(merchant))
+            self._listening[merchant] = bool(subscriptions)
         if self._listening[merchant]:
             emit_invoice_event(self.session, invoice, event_type, evidence)

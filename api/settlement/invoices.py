@@ -17,7 +17,6 @@ from typing import Any
 
 import segno
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from api.settlement import repository as repo
@@ -178,9 +177,9 @@ def create_invoice(
     uses :class:`InvoiceNumbers`, so no request holds the account row's lock while it signs and
     responds); numbers skipped by a failed create are harmless: on-chain ids only need to be
     unique per merchant. ``account`` saves the lookup when the caller has it already. Two open
-    invoices for one order are refused by a partial unique index as well as by this check, so
-    concurrent creates cannot both succeed; the loser's :class:`DuplicateOrderError` comes from
-    the index, and its transaction must then be rolled back.
+    invoices for one order are refused by a partial unique index (the insert does nothing, and
+    :class:`DuplicateOrderError` names the open invoice), so concurrent creates cannot both
+    succeed.
     """
     _validate(request)
     token = _address(request.token, "token")
@@ -194,14 +193,6 @@ def create_invoice(
     if signer.address.lower() != account.operator.lower():
         raise MerchantAccountMissingError(
             "the configured signer is not this merchant's operator", param="operator"
-        )
-    live = repo.open_invoice_for_order(
-        session, request.merchant_id, request.order_id, [s.value for s in _REOPENABLE]
-    )
-    if live is not None:
-        raise DuplicateOrderError(
-            f"order {request.order_id!r} already has invoice {live[0]} ({live[1]})",
-            param="order_id",
         )
     now = clock.now()
     expires_at = now + request.expires_in
@@ -238,12 +229,13 @@ def create_invoice(
         created_at=now,
         expires_at=expires_at,
     )
-    try:  # no savepoint: a refused create fails its whole transaction anyway
-        return repo.insert_invoice(session, invoice)
-    except IntegrityError:
-        raise DuplicateOrderError(
-            f"order {request.order_id!r} already has an open invoice", param="order_id"
-        ) from None
+    if repo.insert_invoice(session, invoice):
+        return invoice
+    live = repo.open_invoice_for_order(
+        session, request.merchant_id, request.order_id, [s.value for s in _REOPENABLE]
+    )
+    detail = f"invoice {live[0]} ({live[1]})" if live else "an open invoice"
+    raise DuplicateOrderError(f"order {request.order_id!r} already has {detail}", param="order_id")
 
 
 def intent_of(invoice: Invoice, account: MerchantAccount) -> PaymentIntent:

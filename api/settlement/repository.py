@@ -9,6 +9,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -116,7 +118,13 @@ _OPEN_FOR_ORDER = sa.select(_INVOICES.c.id, _INVOICES.c.state).where(
     _INVOICES.c.order_id == sa.bindparam("order_id"),
     _INVOICES.c.state.not_in(sa.bindparam("closed", expanding=True)),
 )
-_INSERT_INVOICE = sa.insert(_INVOICES)
+# A duplicate (an open invoice for the order: the partial unique index) inserts nothing instead
+# of failing the transaction, so the happy path needs no pre-check query.
+# (RETURNING, because an INSERT's rowcount is not reliable across drivers.)
+_INSERT_INVOICE = {
+    "sqlite": sqlite_insert(_INVOICES).on_conflict_do_nothing().returning(_INVOICES.c.id),
+    "postgresql": pg_insert(_INVOICES).on_conflict_do_nothing().returning(_INVOICES.c.id),
+}
 _INSERT_PAYMENT = sa.insert(Payment.__table__)  # type: ignore[attr-defined]
 _INSERT_BLOCK = sa.insert(IndexedBlock.__table__)  # type: ignore[attr-defined]
 
@@ -182,11 +190,12 @@ def open_invoice_for_order(
     return None if row is None else (str(row.id), str(row.state))
 
 
-def insert_invoice(session: Session, invoice: Invoice) -> Invoice:
-    """A Core INSERT of a new invoice (no unit-of-work flush); ``invoice`` stays transient."""
+def insert_invoice(session: Session, invoice: Invoice) -> bool:
+    """A Core INSERT of a new invoice (no unit-of-work flush; ``invoice`` stays transient).
+    False, and nothing written, when a unique index refuses it (an open invoice for the order)."""
     values = {column: getattr(invoice, attr) for attr, column in _invoice_columns()}
-    session.execute(_INSERT_INVOICE, values)
-    return invoice
+    conn = session.connection()
+    return conn.execute(_INSERT_INVOICE[conn.dialect.name], values).first() is not None
 
 
 def get_invoice(session: Session, merchant_id: int, invoice_id: str) -> Invoice | None:

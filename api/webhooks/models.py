@@ -60,9 +60,6 @@ class WebhookEndpoint(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime())
     updated_at: datetime = Field(sa_type=UTCDateTime())
 
-    def subscribes_to(self, event_type: str) -> bool:
-        return "*" in self.enabled_events or event_type in self.enabled_events
-
 
 class WebhookDelivery(SQLModel, table=True):
     """One event for one endpoint. ``payload`` is the exact JSON body sent on every attempt."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 from api.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
+    "Subscription",
     "add",
     "attempts_for",
     "claim_due",
@@ -19,7 +21,7 @@ __all__ = [
     "endpoints_select",
     "get_delivery",
     "get_endpoint",
-    "subscribed_endpoints",
+    "subscriptions",
 ]
 
 
@@ -44,19 +46,32 @@ def get_endpoint(
     return session.exec(stmt).first()
 
 
-# Built once: every invoice creation and settlement asks it.
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """An enabled endpoint's id and the event types it receives (``*``: all)."""
+
+    endpoint_id: str
+    events: tuple[str, ...]
+
+    def covers(self, event_type: str) -> bool:
+        return "*" in self.events or event_type in self.events
+
+
+_ENDPOINTS = WebhookEndpoint.__table__  # type: ignore[attr-defined]
+# Built once and read as Core rows: every invoice creation and settlement step asks it.
 _SUBSCRIBED = (
-    select(WebhookEndpoint)
+    sa.select(_ENDPOINTS.c.id, _ENDPOINTS.c.enabled_events)
     .where(
-        col(WebhookEndpoint.merchant_id) == sa.bindparam("merchant_id"),
-        col(WebhookEndpoint.enabled).is_(True),
+        _ENDPOINTS.c.merchant_id == sa.bindparam("merchant_id"),
+        _ENDPOINTS.c.enabled.is_(True),
     )
-    .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
+    .order_by(_ENDPOINTS.c.created_at, _ENDPOINTS.c.id)
 )
 
 
-def subscribed_endpoints(session: Session, merchant_id: str) -> Sequence[WebhookEndpoint]:
-    return session.exec(_SUBSCRIBED, params={"merchant_id": merchant_id}).all()
+def subscriptions(session: Session, merchant_id: str) -> list[Subscription]:
+    rows = session.execute(_SUBSCRIBED, {"merchant_id": merchant_id})
+    return [Subscription(row.id, tuple(row.enabled_events or ())) for row in rows]
 
 
 def deliveries_select(

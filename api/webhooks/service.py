@@ -213,13 +213,20 @@ def enqueue(
     the CALLER's transaction (nothing is sent unless that transaction commits)."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event type {event_type!r}")
+    targets = [
+        sub.endpoint_id
+        for sub in repository.subscriptions(session, merchant_id)
+        if sub.covers(event_type)
+    ]
+    if not targets:
+        return []
     now = now or utcnow()
     event_id = new_id("evt")
     body = _event_body(event_id, event_type, payload, now)
     deliveries = [
         WebhookDelivery(
             id=new_id("whd"),
-            endpoint_id=endpoint.id,
+            endpoint_id=endpoint_id,
             merchant_id=merchant_id,
             event_id=event_id,
             event_type=event_type,
@@ -228,11 +235,9 @@ def enqueue(
             next_attempt_at=now,
             created_at=now,
         )
-        for endpoint in repository.subscribed_endpoints(session, merchant_id)
-        if endpoint.subscribes_to(event_type)
+        for endpoint_id in targets
     ]
-    if deliveries:
-        repository.add(session, *deliveries)
+    repository.add(session, *deliveries)
     return deliveries
 
 

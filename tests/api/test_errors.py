@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from api.deps import AfterCommit, CurrentKey, SessionDep
 from api.errors import NotFound
 from api.keys.models import ApiKeyRecord
+from api.routing import ApiRouter
 from tests.api.conftest import auth
 
 SECRETISH = "fp_live_" + "S3cr3t" * 8
@@ -36,8 +37,8 @@ class Echo(BaseModel):
     n: int
 
 
-def _router(calls: list[str]) -> APIRouter:
-    router = APIRouter(prefix="/test")
+def _router(calls: list[str], kind: type[APIRouter]) -> APIRouter:
+    router = kind(prefix="/test")
 
     @router.get("/boom")
     def boom() -> None:
@@ -77,6 +78,13 @@ def _router(calls: list[str]) -> APIRouter:
         after.append(lambda: calls.append("after-commit"))
         return {"status": "ok"}
 
+    @router.post("/write-then-bad-result")
+    def write_then_bad_result(session: SessionDep, key: CurrentKey) -> Echo:
+        session.execute(
+            sa.update(ApiKeyRecord).where(ApiKeyRecord.id == key.id).values(name="written")
+        )
+        return {"n": "not a number"}  # type: ignore[return-value]
+
     @router.post("/write-ok")
     def write_ok(session: SessionDep, key: CurrentKey, after: AfterCommit) -> dict[str, str]:
         session.execute(
@@ -93,9 +101,11 @@ def calls() -> list[str]:
     return []
 
 
-@pytest.fixture
-def tclient(make_app, calls):
-    with TestClient(make_app(routers=[_router(calls)])) as c:
+@pytest.fixture(params=[ApiRouter, APIRouter], ids=["unit_of_work", "plain_router"])
+def tclient(request, make_app, calls):
+    """Our routers commit inside the endpoint's thread call; a plain FastAPI router's routes
+    commit in the session dependency: both must keep the transaction rules."""
+    with TestClient(make_app(routers=[_router(calls, request.param)])) as c:
         yield c
 
 
@@ -214,6 +224,13 @@ class TestRequestTransaction:
             names = conn.execute(sa.text("SELECT name FROM api_keys")).scalars().all()
         assert names == ["committed"]
         assert calls == ["after-commit"]
+
+    def test_a_result_that_fails_its_model_is_a_500_and_rolls_back(self, tclient, db, new_key):
+        r = tclient.post("/v1/test/write-then-bad-result", headers=auth(new_key()))
+        assert r.status_code == 500
+        assert _error(r)["code"] == "api_error"
+        with db.connect() as conn:
+            assert conn.execute(sa.text("SELECT name FROM api_keys")).scalars().all() == [None]
 
     def test_failed_commit_is_an_error_not_a_200(self, tclient, db, new_key, calls):
         r = tclient.post("/v1/test/commit-fails", headers=auth(new_key()))

@@ -11,7 +11,6 @@ import anyio.to_thread
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
@@ -20,6 +19,7 @@ from api.deps import ApiConfig, CurrentKey, SessionDep
 from api.errors import IdempotencyError, IdempotencyKeyInUse
 from api.idempotency import service as idem
 from api.keys.models import ApiKeyRecord
+from api.routing import ApiRouter
 from tests.api.conftest import TEST_CONFIG, auth, serve_app
 
 BODY = {"url": "http://127.0.0.1:9/hooks", "enabled_events": ["invoice.settled"]}
@@ -91,6 +91,24 @@ class TestReplay:
         assert second.content == first.content
         assert second.headers["idempotent-replayed"] == "true"
 
+    def test_a_request_refused_before_its_transaction_meets_the_keys_answer(
+        self, client, db, new_key
+    ):
+        """A 422 comes before the request's transaction (and so before its lock): storing it
+        still checks what the key answers."""
+        h = auth(new_key(), **{"Idempotency-Key": "req-422"})
+        assert client.post("/v1/webhook_endpoints", json=BODY, headers=h).status_code == 200
+        r = client.post("/v1/webhook_endpoints", json={"url": 5}, headers=h)
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "idempotency_error"
+        h = auth(new_key(), **{"Idempotency-Key": "req-422b"})
+        first = client.post("/v1/webhook_endpoints", json={"url": 5}, headers=h)
+        second = client.post("/v1/webhook_endpoints", json={"url": 5}, headers=h)
+        assert first.status_code == second.status_code == 422
+        assert second.content == first.content
+        assert second.headers["idempotent-replayed"] == "true"
+        assert _count(db) == 1
+
     def test_expired_key_runs_again(self, make_app, db, new_key):
         config = ApiConfig(
             rate_limit_burst=TEST_CONFIG.rate_limit_burst, idempotency_ttl=timedelta(seconds=-1)
@@ -112,8 +130,8 @@ class TestReplay:
         assert r.json()["error"]["param"] == "Idempotency-Key"
 
 
-def _flaky_router(state: dict[str, int]) -> APIRouter:
-    router = APIRouter()
+def _flaky_router(state: dict[str, int]) -> ApiRouter:
+    router = ApiRouter()
 
     @router.post("/flaky")
     def flaky(session: SessionDep, key: CurrentKey) -> dict[str, int]:
@@ -223,12 +241,15 @@ class TestAdmission:
 
 
 def _begin(db, body=b'{"a":1}', **over):
-    """``idem.begin`` in a session of its own; returns (context, session) — the caller ends it."""
+    """``idem.prepare`` + ``idem.acquire`` in a session of its own; returns (context, session)
+    — the caller ends it."""
     kwargs = {"api_key_id": "key_x", "key": "k1", "method": "POST", "path": "/v1/x"}
     kwargs.update(over)
     session = Session(db)
     try:
-        return idem.begin(session, body=body, **kwargs), session
+        ctx = idem.prepare(body=body, **kwargs)
+        idem.acquire(session, ctx, now=kwargs.get("now"))
+        return ctx, session
     except BaseException:
         session.rollback()
         session.close()
@@ -262,10 +283,29 @@ class TestService:
         session.rollback()
         session.close()
         idem.store_outside(db, ctx, 404, [("content-type", "application/json")], b'{"e":1}')
-        idem.store_outside(db, ctx, 404, [("content-type", "application/json")], b'{"e":1}')
+        assert ctx.done
         with pytest.raises(idem.IdempotentReplay) as replay:
             _begin(db)
         assert (replay.value.status, replay.value.body) == (404, b'{"e":1}')
+        assert _count(db, "api_idempotency_keys") == 1
+
+    def test_storing_outside_meets_what_the_key_already_answers(self, db):
+        """A request that failed before its lock (a 422) must not overwrite the key's answer."""
+        ctx, session = _begin(db)
+        idem.complete(session, ctx, 200, [], b'{"ok":1}')
+        session.commit()
+        session.close()
+        same = idem.prepare(
+            api_key_id="key_x", key="k1", method="POST", path="/v1/x", body=b'{"a":1}'
+        )
+        with pytest.raises(idem.IdempotentReplay) as replay:
+            idem.store_outside(db, same, 422, [], b'{"e":1}')
+        assert replay.value.body == b'{"ok":1}'
+        other = idem.prepare(api_key_id="key_x", key="k1", method="POST", path="/v1/x", body=b"{}")
+        with pytest.raises(IdempotencyError):
+            idem.store_outside(db, other, 422, [], b'{"e":1}')
+        assert same.done  # nothing left to store or release for either
+        assert other.done
         assert _count(db, "api_idempotency_keys") == 1
 
     def test_a_committed_legacy_lock_conflicts_then_is_taken_over(self, db):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import time
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
-from api.db import session_factory, session_scope
+from api.db import session_factory, session_scope, utcnow
 from api.errors import Unauthorized
 from api.keys import service
-from api.keys.models import ApiKeyRecord
-from tests.api.conftest import auth
+from api.keys.cache import KeyCache
+from api.keys.models import ApiKeyRecord, ApiRole
+from tests.api.conftest import TEST_CONFIG, auth
 
 
 class TestCreate:
@@ -102,6 +106,8 @@ class TestAuthenticate:
     def test_revoked_key_is_401(self, client, new_key):
         admin = new_key("admin", None)
         victim = new_key("merchant", "m_1")
+        # used first, so this process holds it in its key cache
+        assert client.get("/v1/webhook_endpoints", headers=auth(victim)).status_code == 200
         key_id = client.get("/v1/api_keys?merchant_id=m_1", headers=auth(admin)).json()["data"][0][
             "id"
         ]
@@ -144,3 +150,61 @@ class TestRevokeScope:
         own_id = listed[0]["id"]
         assert client.delete(f"/v1/api_keys/{own_id}", headers=auth(m1)).status_code == 200
         assert client.get("/v1/api_keys", headers=auth(m1)).status_code == 401
+
+
+def _revoke_in_database(db, key: str) -> None:
+    """What another API process's revocation leaves: the row revoked, this process unaware."""
+    with db.begin() as conn:
+        conn.execute(
+            sa.update(ApiKeyRecord)
+            .where(ApiKeyRecord.key_hash == service.hash_key(key))
+            .values(revoked_at=utcnow())
+        )
+
+
+class TestKeyCache:
+    def test_entries_expire_after_the_ttl(self):
+        cache = KeyCache(1.0)
+        key = service.AuthenticatedKey(
+            id="key_1", merchant_id="m", role=ApiRole.MERCHANT, livemode=False
+        )
+        cache.put("d", key, now=100.0)
+        assert cache.get("d", now=100.9) is key
+        assert cache.get("d", now=101.0) is None
+        assert len(cache) == 0
+
+    def test_zero_ttl_caches_nothing_and_the_size_is_bounded(self):
+        key = service.AuthenticatedKey(
+            id="key_1", merchant_id="m", role=ApiRole.MERCHANT, livemode=False
+        )
+        off = KeyCache(0)
+        off.put("d", key)
+        assert off.get("d") is None
+        small = KeyCache(60, max_entries=2)
+        for digest in ("a", "b", "c"):
+            small.put(digest, key)
+        assert (small.get("a"), len(small)) == (None, 2)
+        with pytest.raises(ValueError, match="ttl"):
+            KeyCache(-1)
+
+    def test_another_process_revocation_takes_effect_within_the_ttl(self, make_app, db, new_key):
+        config = dataclasses.replace(TEST_CONFIG, key_cache_seconds=0.3)
+        key = new_key()
+        with TestClient(make_app(config)) as c:
+            assert c.get("/v1/webhook_endpoints", headers=auth(key)).status_code == 200
+            _revoke_in_database(db, key)
+            deadline = time.monotonic() + 10
+            while c.get("/v1/webhook_endpoints", headers=auth(key)).status_code == 200:
+                assert time.monotonic() < deadline, "a revoked key stayed accepted"
+                time.sleep(0.05)
+            r = c.get("/v1/webhook_endpoints", headers=auth(key))
+        assert r.status_code == 401
+        assert "revoked" in r.json()["error"]["message"]
+
+    def test_without_the_cache_revocation_is_immediate(self, make_app, db, new_key):
+        config = dataclasses.replace(TEST_CONFIG, key_cache_seconds=0)
+        key = new_key()
+        with TestClient(make_app(config)) as c:
+            assert c.get("/v1/webhook_endpoints", headers=auth(key)).status_code == 200
+            _revoke_in_database(db, key)
+            assert c.get("/v1/webhook_endpoints", headers=auth(key)).status_code == 401
