@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.cache import ConfigCache
 from api.db import make_engine
 from api.deps import (
     CONTEXT_SCOPE_KEY,
@@ -46,7 +47,6 @@ from api.deps import (
 )
 from api.errors import ApiError, RateLimited, error_json, install_error_handlers, render_exception
 from api.idempotency import service as idempotency
-from api.keys.cache import KeyCache
 from api.routes import api_router
 from api.settings import Settings, get_settings
 from api.settlement.invoices import InvoiceNumbers
@@ -177,9 +177,8 @@ class _BodyLimitMiddleware:
 class _ApiMiddleware:
     """Renders every escaping exception in the one error shape, makes the request's context
     current (``api.deps.current_request``), holds the response back until the request
-    transaction has committed (routes outside ``ApiRouter`` commit after rendering), and finishes
-    idempotency for requests that did not commit a stored response (4xx stored separately, 5xx
-    lock released).
+    transaction has committed (routes outside ``ApiRouter`` commit after rendering), and stores
+    the 4xx answer of an idempotent request that rolled back (5xx answers are never stored).
 
     It also admits at most ``max_in_flight`` requests at once (the rest wait here, in the event
     loop) and keeps the thread pool larger than that: a request holding a connection and, on
@@ -260,7 +259,11 @@ class _ApiMiddleware:
             if buf.flushed:
                 logger.error("error after a streamed response started: %s", type(exc).__name__)
                 return
-            response = render_exception(exc, method=method, path=path)
+            response = (  # a plain route's commit can meet a duplicate that committed first
+                replay_response(exc)
+                if isinstance(exc, idempotency.IdempotentReplay)
+                else render_exception(exc, method=method, path=path)
+            )
             buf.status = 0
             await response(scope, receive, capture)
         if not buf.complete and not buf.flushed:
@@ -268,17 +271,14 @@ class _ApiMiddleware:
                 scope, receive, capture
             )
         ictx = ctx.idempotency
-        if ictx is not None and not ictx.done:
+        if ictx is not None and not ictx.done and buf.complete and not buf.flushed:
             engine = scope["app"].state.engine
             try:
-                if buf.complete and not buf.flushed:
-                    await run_in_threadpool(
-                        idempotency.store_outside, engine, ictx, buf.status, buf.headers, buf.body
-                    )
-                else:
-                    await run_in_threadpool(idempotency.release, engine, ictx)
+                await run_in_threadpool(
+                    idempotency.store_outside, engine, ictx, buf.status, buf.headers, buf.body
+                )
             except (idempotency.IdempotentReplay, ApiError) as answer:
-                # the key already answers otherwise (a request that failed before its lock)
+                # the key already answers otherwise (a duplicate committed first)
                 replacement = (
                     replay_response(answer)
                     if isinstance(answer, idempotency.IdempotentReplay)
@@ -330,7 +330,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "description": "Optional. A unique key (≤255 chars, e.g. a UUID) that makes this POST "
         "safe to retry: the same key and body replay the first response for 24 h "
         "(`Idempotent-Replayed: true`); a different body is a 400 `idempotency_error`; a "
-        "concurrent duplicate is a 409 `idempotency_key_in_use`.",
+        "concurrent duplicate waits for the first one's commit and gets its answer.",
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
         "example": "6f1c3b1e-6a43-4b8e-9d8f-2b0f1a8c7e11",
     }
@@ -429,7 +429,7 @@ def create_app(
     app.state.chain_info = chain_info
     app.state.clock = clock or SystemClock()
     app.state.invoice_numbers = InvoiceNumbers()
-    app.state.key_cache = KeyCache(config.key_cache_seconds)
+    app.state.config_cache = ConfigCache(config.cache_seconds)
     app.state.rate_limiter = TokenBucketLimiter(
         config.rate_limit_per_second, config.rate_limit_burst
     )

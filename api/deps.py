@@ -1,7 +1,7 @@
 """Request dependencies (``Annotated`` aliases) and the per-request context.
 
 Transaction rules (polar style): a route never commits. :data:`SessionDep` yields one
-:class:`RequestSession` per request; when the route and the response rendering succeed, the request
+session per request; when the route and the response rendering succeed, the request
 commits (after writing the idempotent response into the same transaction), then runs the
 :data:`AfterCommit` callbacks (enqueue jobs, wake the webhook worker…). On any error it rolls back
 and drops them. Routes of an :class:`api.routing.ApiRouter` (all of ours) do all of this in the
@@ -10,9 +10,8 @@ dependency does it afterwards and the app's outer middleware buffers the respons
 way a client never sees a 2xx for a transaction that failed to commit.
 
 Authentication (:data:`CurrentKey`) reads a short-lived in-process cache first
-(:class:`api.keys.cache.KeyCache`) and the database only on a miss; the idempotency lock of a POST
-is the first statement of the request's transaction (:class:`RequestSession`), not a query of its
-own before the endpoint runs.
+(:class:`api.cache.ConfigCache`) and the database only on a miss; the idempotent response of a
+POST is the last statement of the request's transaction (:mod:`api.idempotency.service`).
 
 Usage::
 
@@ -45,11 +44,11 @@ from fastapi.security import HTTPBearer
 from sqlmodel import Session
 from starlette.responses import Response
 
+from api.cache import ConfigCache
 from api.db import utcnow
 from api.errors import Forbidden, ServerError
 from api.idempotency import service as idempotency
 from api.keys import service as keys_service
-from api.keys.cache import KeyCache
 from api.keys.models import ApiRole
 from api.keys.service import AuthenticatedKey
 from api.settings import Settings
@@ -68,16 +67,15 @@ __all__ = [
     "ChainInfoDep",
     "CipherDep",
     "ClockDep",
+    "ConfigCacheDep",
     "ConfigDep",
     "CurrentKey",
     "EngineDep",
     "IntentSigners",
     "Invoicing",
     "InvoicingDep",
-    "KeyCacheDep",
     "KeyRingDep",
     "RequestContext",
-    "RequestSession",
     "SessionDep",
     "SettingsDep",
     "SignersDep",
@@ -107,14 +105,15 @@ class ApiConfig:
     docs: bool = True
     #: Requests inside the app at once; more wait in the event loop (see ``api.app``).
     max_in_flight: int = 32
-    #: Seconds an authenticated key is served from memory (:mod:`api.keys.cache`); 0: off.
-    key_cache_seconds: float = 1.0
+    #: Seconds keys, accounts and webhook subscriptions are served from memory
+    #: (:mod:`api.cache`); 0: off.
+    cache_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
-        if self.key_cache_seconds < 0:
-            raise ValueError("key_cache_seconds must be >= 0")
+        if self.cache_seconds < 0:
+            raise ValueError("cache_seconds must be >= 0")
 
     @classmethod
     def from_settings(cls, settings: Any) -> ApiConfig:
@@ -133,9 +132,7 @@ class ApiConfig:
             idempotency_ttl=timedelta(seconds=float(ttl)) if ttl else d.idempotency_ttl,
             docs=bool(getattr(settings, "api_docs", d.docs)),
             max_in_flight=int(getattr(settings, "api_max_in_flight", d.max_in_flight)),
-            key_cache_seconds=float(
-                getattr(settings, "api_key_cache_seconds", d.key_cache_seconds)
-            ),
+            cache_seconds=float(getattr(settings, "api_cache_seconds", d.cache_seconds)),
         )
 
 
@@ -160,19 +157,6 @@ class BufferedResponse:
         self.complete = isinstance(body, bytes | memoryview)
 
 
-class RequestSession(Session):
-    """The request's session. Its transaction begins with the request's deferred first
-    statements (``info["on_begin"]``: the idempotency lock), so nothing the endpoint writes can
-    precede them, and they cost no query (nor thread-pool hop) of their own."""
-
-
-@sa.event.listens_for(RequestSession, "after_begin")
-def _run_on_begin(session: Session, _transaction: Any, connection: sa.Connection) -> None:
-    hooks = session.info.pop("on_begin", None)
-    for hook in hooks or ():
-        hook(connection)
-
-
 @dataclass
 class RequestContext:
     """Per-request state shared by the outer middleware, the dependencies and the route."""
@@ -181,16 +165,9 @@ class RequestContext:
     key: AuthenticatedKey | None = None
     idempotency: idempotency.IdempotencyContext | None = None
     session: Session | None = None
-    on_begin: list[Callable[[sa.Connection], object]] = field(default_factory=list)
     before_commit: list[Callable[[Session], object]] = field(default_factory=list)
     after_commit: list[Callable[[], object]] = field(default_factory=list)
     finished: bool = False
-
-    def start(self) -> None:
-        """Begin the transaction now if statements wait for its start (the idempotency lock),
-        so the endpoint runs only once the lock is held."""
-        if self.session is not None and self.session.info.get("on_begin"):
-            self.session.connection()
 
     def finish(self, response: Response | None = None) -> None:
         """Commit the request's transaction in the calling thread: before-commit hooks (which
@@ -210,8 +187,8 @@ class RequestContext:
                 session.rollback()
                 self.after_commit.clear()
                 raise
-            if self.idempotency is not None and self.response.complete:
-                self.idempotency.done = self.response.status < 500
+            if self.idempotency is not None:
+                self.idempotency.done = True  # stored with the commit, or not storable
             for callback in self.after_commit:
                 try:
                     callback()
@@ -345,13 +322,15 @@ async def get_clock(request: Request) -> Clock:
 @dataclass(frozen=True, slots=True)
 class Invoicing:
     """What issuing an invoice takes from the app, as one dependency (each dependency costs
-    FastAPI more than reading app state): chain, operator signers, clock, engine, numbers."""
+    FastAPI more than reading app state): chain, operator signers, clock, engine, numbers and
+    the configuration cache (accounts, webhook subscriptions)."""
 
     chain: ChainInfo | None
     signers: IntentSigners
     clock: Clock
     engine: sa.Engine
     numbers: InvoiceNumbers
+    cache: ConfigCache
 
 
 async def get_invoicing(request: Request) -> Invoicing:
@@ -362,6 +341,7 @@ async def get_invoicing(request: Request) -> Invoicing:
         clock=state.clock,
         engine=_engine(request),
         numbers=state.invoice_numbers,
+        cache=_config_cache(request),
     )
 
 
@@ -377,7 +357,7 @@ CipherDep = Annotated[SecretCipher, Depends(get_cipher)]
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """One :class:`RequestSession` per request (see the module docstring).
+    """One session per request (see the module docstring).
 
     An async generator on purpose: creating the session does no I/O. When the route did not
     finish the transaction itself (a plain ``APIRouter`` route, or an error before the endpoint
@@ -385,8 +365,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     cancellation, so a request never waits for a free worker while it holds a connection; an
     idle session is just closed."""
     ctx = request_context(request)
-    session = RequestSession(_engine(request), expire_on_commit=False)
-    session.info["on_begin"] = ctx.on_begin  # the same list: hooks added later still run
+    session = Session(_engine(request), expire_on_commit=False)
     ctx.session = session
     try:
         yield session
@@ -428,35 +407,35 @@ def _load_key(engine: sa.Engine, digest: str) -> AuthenticatedKey:
         return AuthenticatedKey.from_record(record)
 
 
-def _key_cache(request: Request) -> KeyCache:
+def _config_cache(request: Request) -> ConfigCache:
     state = request.app.state
-    cache = getattr(state, "key_cache", None)
+    cache = getattr(state, "config_cache", None)
     if cache is None:
         config: ApiConfig = getattr(state, "api_config", ApiConfig())
-        cache = state.key_cache = KeyCache(config.key_cache_seconds)
+        cache = state.config_cache = ConfigCache(config.cache_seconds)
     return cache
 
 
-async def get_key_cache(request: Request) -> KeyCache:
-    return _key_cache(request)
+async def get_config_cache(request: Request) -> ConfigCache:
+    return _config_cache(request)
 
 
-KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
+ConfigCacheDep = Annotated[ConfigCache, Depends(get_config_cache)]
 
 
 async def get_current_key(request: Request) -> AuthenticatedKey:
     """Authenticate ``Authorization: Bearer fp_…`` (401 otherwise) and, on a POST carrying an
-    ``Idempotency-Key``, make the idempotency lock the request transaction's first statement
-    (replay / 400 / 409 come from there)."""
+    ``Idempotency-Key``, make the stored response the request transaction's last statement
+    (a duplicate that committed first makes it a replay / 400 instead)."""
     ctx = request_context(request)
     if ctx.key is not None:
         return ctx.key
     digest = keys_service.digest_of(request.headers.get("authorization"))
-    cache = _key_cache(request)
-    key = cache.get(digest)
+    cache = _config_cache(request)
+    key: AuthenticatedKey | None = cache.get(("key", digest))
     if key is None:
         key = await anyio.to_thread.run_sync(_load_key, _engine(request), digest)
-        cache.put(digest, key)
+        cache.put(("key", digest), key)
     ctx.key = key
     idem_key = request.headers.get(idempotency.HEADER)
     if request.method == "POST" and idem_key is not None:
@@ -472,17 +451,19 @@ async def get_current_key(request: Request) -> AuthenticatedKey:
         )
         ctx.idempotency = ictx
 
-        def _acquire(connection: sa.Connection) -> None:
-            idempotency.acquire(connection, ictx, lock_timeout=config.idempotency_lock_timeout)
-
         def _store(s: Session) -> None:
             r = ctx.response
-            if r.complete and not r.flushed:
-                idempotency.complete(s, ictx, r.status, r.headers, r.body)
-            else:  # streamed past the buffer: nothing to replay, so no lock either
-                idempotency.discard(s, ictx)
+            # a 5xx or a body streamed past the buffer is not stored: a retry runs again
+            if r.complete and not r.flushed and r.status < 500:
+                idempotency.record(
+                    s,
+                    ictx,
+                    r.status,
+                    r.headers,
+                    r.body,
+                    lock_timeout=config.idempotency_lock_timeout,
+                )
 
-        ctx.on_begin.append(_acquire)
         ctx.before_commit.append(_store)
     return key
 

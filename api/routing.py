@@ -5,17 +5,16 @@ call, and the session dependency commits in a third. Each hop costs more CPU tha
 statement, and the GIL makes the waits long. An ``ApiRouter`` endpoint instead runs, in the
 thread FastAPI gives it:
 
-1. the idempotency lock (the first statement of the request's transaction:
-   :class:`api.deps.RequestSession`), then the endpoint;
+1. the endpoint;
 2. validation and JSON rendering of its result with the route's response model, exactly as
    FastAPI would render it (a ``Response`` result is sent as it is);
-3. the request's before-commit hooks (the idempotent response is stored with the effects), the
-   commit, then the after-commit callbacks (:meth:`api.deps.RequestContext.finish`);
+3. the request's before-commit hooks (the idempotent response is stored with the effects, or a
+   duplicate that committed first turns the request into its replay), the commit, then the
+   after-commit callbacks (:meth:`api.deps.RequestContext.finish`);
 
 and returns the rendered ``Response``, so FastAPI has nothing left to do in a thread. Any error
 rolls the transaction back in the same call and propagates to the one error handler. Routes of
-a plain ``APIRouter`` still work: the session dependency then commits after the response, and
-the lock is taken at their first statement.
+a plain ``APIRouter`` still work: the session dependency then commits after the response.
 """
 
 from __future__ import annotations
@@ -80,7 +79,6 @@ def unit_of_work(
         if ctx is None:  # called outside a request (e.g. directly in a test)
             return endpoint(*args, **kwargs)
         try:
-            ctx.start()
             response = render(endpoint(*args, **kwargs))
             ctx.finish(response)
         except BaseException:

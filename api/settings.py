@@ -29,9 +29,10 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     indexer_poll_interval: float = Field(default=1.0, gt=0)
     indexer_batch_blocks: int = Field(default=2_000, ge=1, le=100_000)
-    #: Seconds an API process serves an authenticated key from memory (``api.keys.cache``):
-    #: how long another process may still accept a key revoked elsewhere. 0 turns it off.
-    api_key_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    #: Seconds an API process serves API keys, router accounts and webhook subscriptions from
+    #: memory (``api.cache``): how long another API process may still act on a key revoked or
+    #: an account or endpoint changed elsewhere. 0 turns it off.
+    api_cache_seconds: float = Field(default=1.0, ge=0, le=60)
 
     @field_validator("rpc_url")
     @classmethod

@@ -6,12 +6,10 @@ from api.idempotency.service import (
     REPLAYED_HEADER,
     IdempotencyContext,
     IdempotentReplay,
-    acquire,
-    complete,
     fingerprint,
     prepare,
     purge_expired,
-    release,
+    record,
     store_outside,
 )
 
@@ -22,11 +20,9 @@ __all__ = [
     "IdempotencyRecord",
     "IdempotencyStatus",
     "IdempotentReplay",
-    "acquire",
-    "complete",
     "fingerprint",
     "prepare",
     "purge_expired",
-    "release",
+    "record",
     "store_outside",
 ]

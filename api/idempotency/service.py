@@ -3,23 +3,24 @@
 * Scope: (API key id, ``Idempotency-Key``). Keys are optional; when sent they are honoured for
   ``ttl`` (default 24 h); expired rows are purged lazily.
 * Fingerprint: SHA-256 over method, path, query string and the canonical JSON body (keys sorted,
-  no whitespace; a non-JSON body is hashed raw).
-* :func:`prepare` fingerprints the request (no I/O); :func:`acquire` inserts the row as the
-  first statement of the REQUEST's transaction, before the handler's effects (the API runs it
-  when the request's session begins its transaction); the unique constraint is the lock. It
-  commits with the handler's effects and the stored response
-  (:func:`complete`), or not at all: a crash or a 5xx leaves nothing behind, so there is no stale
-  lock to take over and no window in which a committed effect has no stored answer. A second
-  request with the same key waits for the first one's transaction (PostgreSQL: on the unique
-  index; SQLite: on the single writer) and then gets
+  no whitespace; a non-JSON body is hashed raw). :func:`prepare` computes it (no I/O).
+* :func:`record` writes the key's row, WITH the response, as the last statement of the request's
+  own transaction (``INSERT … ON CONFLICT DO NOTHING``); the unique constraint decides which
+  request owns the key: the first to commit. The handler's effects and the stored answer commit
+  together or not at all: a crash or a 5xx leaves nothing behind, and no committed effect is
+  without its stored answer. A request whose insert meets an existing row rolls its own work back
+  and answers instead (PostgreSQL makes it wait on the unique index for a concurrent duplicate
+  to commit; SQLite's single writer orders them anyway):
   - the stored response, replayed byte-for-byte with ``Idempotent-Replayed: true``
-    (:class:`IdempotentReplay`), when the first one completed with the same fingerprint;
-  - 400 ``idempotency_error`` when the fingerprint differs;
-  - nothing special if the first one rolled back: it runs itself.
-* Error responses (4xx) roll the request's transaction back; :func:`store_outside` then acquires
-  the key and stores them in a transaction of their own (a request that failed before its
-  transaction began, e.g. a 422, thus still gets what the key already answers). 5xx responses
-  are never stored.
+    (:class:`IdempotentReplay`), when the row holds the same fingerprint;
+  - 400 ``idempotency_error`` when the fingerprint differs.
+  A retry of a finished request therefore runs its handler once more, inside a transaction that
+  is rolled back: every effect of our handlers is transactional (after-commit callbacks run only
+  on commit), so nothing takes effect twice, and the common case (no retry) costs one statement.
+* Error responses (4xx) roll the request's transaction back; :func:`store_outside` then records
+  them in a transaction of its own, meeting what the key already answers like any request (a
+  request refused before it ran, e.g. a 422, still gets the stored response or a 400). 5xx
+  responses are never stored.
 * A committed ``in_progress`` row (written by releases before this design) still answers 409
   ``idempotency_key_in_use`` until ``lock_timeout``, then is taken over.
 """
@@ -35,7 +36,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from api.db import new_id, utcnow
 from api.errors import IdempotencyError, IdempotencyKeyInUse, InvalidRequest
@@ -48,13 +49,10 @@ __all__ = [
     "REPLAYED_HEADER",
     "IdempotencyContext",
     "IdempotentReplay",
-    "acquire",
-    "complete",
-    "discard",
     "fingerprint",
     "prepare",
     "purge_expired",
-    "release",
+    "record",
     "store_outside",
 ]
 
@@ -70,7 +68,7 @@ _T = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 
 
 class IdempotentReplay(Exception):
-    """Raised by :func:`acquire` to short-circuit the request with the stored response."""
+    """Raised by :func:`record` to answer the request with the stored response."""
 
     def __init__(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
         super().__init__("idempotent replay")
@@ -163,64 +161,6 @@ def prepare(
     )
 
 
-def acquire(
-    executor: sa.Connection | Session,
-    ctx: IdempotencyContext,
-    *,
-    now: datetime | None = None,
-    lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
-) -> None:
-    """Take the lock for ``ctx`` in ``executor``'s transaction or raise (replay / 400 / 409).
-    See the module docstring."""
-    now = now or ctx.created_at or utcnow()
-    conn = executor if isinstance(executor, sa.Connection) else executor.connection()
-    try:
-        _acquire(conn, ctx, now, lock_timeout)
-    except (IdempotentReplay, IdempotencyError, IdempotencyKeyInUse):
-        ctx.done = True  # the key answers for this request: nothing to store or release
-        raise
-
-
-def _acquire(
-    conn: sa.Connection, ctx: IdempotencyContext, now: datetime, lock_timeout: timedelta
-) -> None:
-    for _ in range(5):
-        take = _TAKE[conn.dialect.name]
-        if conn.execute(take, _row(ctx, IdempotencyStatus.IN_PROGRESS, now)).first():
-            return
-        row = conn.execute(
-            _BY_KEY, {"api_key_id": ctx.api_key_id, "idempotency_key": ctx.key}
-        ).first()
-        if row is None:
-            continue  # purged meanwhile: try again
-        if row.expires_at <= now:
-            conn.execute(sa.delete(_T).where(_T.c.id == row.id, _T.c.expires_at <= now))
-            continue
-        if row.fingerprint != ctx.fingerprint:
-            raise IdempotencyError(param=HEADER)
-        if row.status == IdempotencyStatus.COMPLETED.value:
-            raise IdempotentReplay(
-                row.response_status,
-                [tuple(h) for h in row.response_headers or []],
-                bytes(row.response_body or b""),
-            )
-        if row.locked_at <= now - lock_timeout:
-            taken = conn.execute(
-                sa.update(_T)
-                .where(
-                    _T.c.id == row.id,
-                    _T.c.status == IdempotencyStatus.IN_PROGRESS.value,
-                    _T.c.locked_at == row.locked_at,
-                )
-                .values(locked_at=now)
-            )
-            if getattr(taken, "rowcount", 0) == 1:
-                ctx.record_id = row.id
-                return
-        raise IdempotencyKeyInUse(param=HEADER)
-    raise IdempotencyKeyInUse(param=HEADER)
-
-
 def _row(ctx: IdempotencyContext, status: IdempotencyStatus, now: datetime) -> dict[str, object]:
     return {
         "id": ctx.record_id,
@@ -240,14 +180,16 @@ def _stored_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
     return [[k, v] for k, v in headers if k.lower() not in _SKIPPED_HEADERS]
 
 
-_COMPLETE = (
+_TAKE_OVER = (
     sa.update(_T)
     .where(
         _T.c.id == sa.bindparam("record_id"),
         _T.c.status == IdempotencyStatus.IN_PROGRESS.value,
+        _T.c.locked_at == sa.bindparam("stale_locked_at"),
     )
     .values(
         status=IdempotencyStatus.COMPLETED.value,
+        locked_at=sa.bindparam("now"),
         response_status=sa.bindparam("response_status"),
         response_headers=sa.bindparam("response_headers", type_=_T.c.response_headers.type),
         response_body=sa.bindparam("response_body", type_=_T.c.response_body.type),
@@ -255,38 +197,69 @@ _COMPLETE = (
 )
 
 
-def _completion(
-    ctx: IdempotencyContext, status: int, headers: Iterable[tuple[str, str]], body: bytes
-) -> tuple[sa.Update, dict[str, object]]:
-    return _COMPLETE, {
-        "record_id": ctx.record_id,
-        "response_status": status,
-        "response_headers": _stored_headers(headers),
-        "response_body": body,
-    }
-
-
-def complete(
-    session: Session,
+def record(
+    executor: sa.Connection | Session,
     ctx: IdempotencyContext,
     status: int,
     headers: Iterable[tuple[str, str]],
     body: bytes,
+    *,
+    now: datetime | None = None,
+    lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT,
 ) -> None:
-    """Store the response in the request's transaction (commits with the handler's effects)."""
-    if status >= 500:
-        discard(session, ctx)
-        return
-    session.execute(*_completion(ctx, status, headers, body))
+    """Store the response under the key in ``executor``'s transaction, or raise what the key
+    already answers (:class:`IdempotentReplay`, 400, 409; the caller must roll back). See the
+    module docstring."""
+    now = now or utcnow()
+    conn = executor if isinstance(executor, sa.Connection) else executor.connection()
+    response = {
+        "response_status": status,
+        "response_headers": _stored_headers(headers),
+        "response_body": body,
+    }
+    try:
+        _record(conn, ctx, now, lock_timeout, response)
+    except (IdempotentReplay, IdempotencyError, IdempotencyKeyInUse):
+        ctx.done = True  # the key answers for this request: nothing left to store
+        raise
+    ctx.done = True
 
 
-def discard(session: Session, ctx: IdempotencyContext) -> None:
-    """Drop the lock row from the request's transaction (a response that cannot be stored)."""
-    session.execute(
-        sa.delete(_T).where(
-            _T.c.id == ctx.record_id, _T.c.status == IdempotencyStatus.IN_PROGRESS.value
-        )
-    )
+def _record(
+    conn: sa.Connection,
+    ctx: IdempotencyContext,
+    now: datetime,
+    lock_timeout: timedelta,
+    response: dict[str, object],
+) -> None:
+    take = _TAKE[conn.dialect.name]
+    values = _row(ctx, IdempotencyStatus.COMPLETED, now) | response
+    for _ in range(5):
+        if conn.execute(take, values).first():
+            return
+        row = conn.execute(
+            _BY_KEY, {"api_key_id": ctx.api_key_id, "idempotency_key": ctx.key}
+        ).first()
+        if row is None:
+            continue  # purged meanwhile: try again
+        if row.expires_at <= now:
+            conn.execute(sa.delete(_T).where(_T.c.id == row.id, _T.c.expires_at <= now))
+            continue
+        if row.fingerprint != ctx.fingerprint:
+            raise IdempotencyError(param=HEADER)
+        if row.status == IdempotencyStatus.COMPLETED.value:
+            raise IdempotentReplay(
+                row.response_status,
+                [tuple(h) for h in row.response_headers or []],
+                bytes(row.response_body or b""),
+            )
+        if row.locked_at <= now - lock_timeout:  # a legacy in-progress row, abandoned
+            params = {"record_id": row.id, "stale_locked_at": row.locked_at, "now": now}
+            if getattr(conn.execute(_TAKE_OVER, params | response), "rowcount", 0) == 1:
+                ctx.record_id = row.id
+                return
+        raise IdempotencyKeyInUse(param=HEADER)
+    raise IdempotencyKeyInUse(param=HEADER)
 
 
 def store_outside(
@@ -296,29 +269,10 @@ def store_outside(
     headers: Iterable[tuple[str, str]],
     body: bytes,
 ) -> None:
-    """Store a (4xx) response whose request never committed, in a transaction of its own; a
-    5xx only releases. The key is acquired first, so a request that failed before it took the
-    lock (a 422, say) still meets what the key already answers: the stored response
-    (:class:`IdempotentReplay`), a 400 for another body, a 409 while another request runs."""
+    """Record a (4xx) response whose request never committed, in a transaction of its own
+    (raises like :func:`record`); a 5xx is not stored."""
     if status >= 500:
-        release(engine, ctx)
+        ctx.done = True
         return
     with engine.begin() as conn:
-        acquire(conn, ctx, now=utcnow())
-        conn.execute(*_completion(ctx, status, headers, body))
-    ctx.done = True
-
-
-def release(engine: sa.Engine, ctx: IdempotencyContext) -> None:
-    """Forget an in-flight key (the request failed with a 5xx or never ran): retry allowed.
-
-    The row lives in the request's transaction, which rolled back; this only removes a row
-    that a taken-over legacy lock left committed."""
-    with engine.begin() as conn:
-        conn.execute(
-            sa.delete(_T).where(
-                col(IdempotencyRecord.id) == ctx.record_id,
-                _T.c.status == IdempotencyStatus.IN_PROGRESS.value,
-            )
-        )
-    ctx.done = True
+        record(conn, ctx, status, headers, body)

@@ -34,8 +34,9 @@ from api.schemas.invoices import InvoiceCreateBody, InvoiceMarkBody, InvoiceOut,
 from api.settlement import invoices as settlement
 from api.settlement import repository as repo
 from api.settlement.errors import MerchantAccountMissingError
-from api.settlement.models import Invoice, InvoiceState, MerchantAccount
+from api.settlement.models import Invoice, InvoiceState
 from api.webhooks import enqueue
+from api.webhooks.repository import subscriptions
 from crm import contacts
 
 __all__ = ["SignerUnavailable", "router"]
@@ -68,15 +69,18 @@ def _public(
     session: Session,
     invoice: Invoice,
     chain: ChainInfo | None,
-    accounts: dict[int, MerchantAccount | None] | None = None,
+    addresses: dict[int, str] | None = None,
 ) -> InvoiceOut:
-    cache = accounts if accounts is not None else {}
-    if invoice.account_id not in cache:
-        cache[invoice.account_id] = repo.get_account(session, invoice.account_id)
+    """``addresses``: merchant router addresses by account id, filled as needed (a list reads
+    each account once)."""
+    known = addresses if addresses is not None else {}
+    if invoice.account_id not in known:
+        account = repo.get_account(session, invoice.account_id)
+        known[invoice.account_id] = account.address if account is not None else ""
     router_address = chain.router if chain is not None else "0x" + "0" * 40
     return InvoiceOut.of(
         invoice,
-        cache[invoice.account_id],
+        known[invoice.account_id],
         router=router_address,
         decimals=_decimals(chain, invoice.token),
         payment_uri=settlement.eip681_uri(invoice, router_address),
@@ -104,7 +108,11 @@ def create_invoice(
 ) -> InvoiceOut:
     chain = _chain(invoicing.chain)
     merchant_id = write_merchant(caller, body.merchant_id)
-    account = repo.account_for_merchant(session, merchant_id, chain.chain_id)
+    cache = invoicing.cache
+    account = cache.load(
+        ("account", merchant_id, chain.chain_id),
+        partial(repo.account_row, session, merchant_id, chain.chain_id),
+    )
     if account is None:
         raise MerchantAccountMissingError(
             f"merchant has no router account on chain {chain.chain_id}: register it with "
@@ -140,8 +148,17 @@ def create_invoice(
         allocate=partial(invoicing.numbers.take, session, invoicing.engine),
         account=account,
     )
-    out = _public(session, invoice, chain, {account.id or 0: account})
-    enqueue(session, str(merchant_id), "invoice.created", out.model_dump(mode="json"))
+    out = _public(session, invoice, chain, {account.id: account.address})
+    listeners = cache.load(
+        ("webhooks", str(merchant_id)), partial(subscriptions, session, str(merchant_id))
+    )
+    enqueue(
+        session,
+        str(merchant_id),
+        "invoice.created",
+        partial(out.model_dump, mode="json"),
+        subscriptions=listeners,
+    )
     return out
 
 
@@ -175,9 +192,9 @@ def list_invoices(
     rows, has_more = paginate(
         session, stmt, created_at=Invoice.created_at, id=Invoice.id, page=page
     )
-    accounts: dict[int, MerchantAccount | None] = {}
+    addresses: dict[int, str] = {}
     return ListResponse[InvoiceOut](
-        data=[_public(session, inv, chain, accounts) for inv in rows],
+        data=[_public(session, inv, chain, addresses) for inv in rows],
         has_more=has_more,
         url=request.url.path,
     )

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Path, Query, Request
 
-from api.deps import AfterCommit, KeyCacheDep, SessionDep, require_role
+from api.deps import AfterCommit, ConfigCacheDep, SessionDep, require_role
 from api.errors import InvalidRequest
 from api.keys import repository
 from api.keys import service as keys
@@ -70,7 +70,7 @@ def revoke_api_key(
     key_id: Annotated[str, Path(max_length=40)],
     session: SessionDep,
     caller: KeyManager,
-    cache: KeyCacheDep,
+    cache: ConfigCacheDep,
     after_commit: AfterCommit,
 ) -> ApiKeyPublic:
     revoked = keys.revoke(session, key_id, merchant_id=caller.scope)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Path, Request
 
 from api import queries
-from api.deps import ChainInfoDep, ClockDep, SessionDep, SignersDep
+from api.deps import AfterCommit, ChainInfoDep, ClockDep, ConfigCacheDep, SessionDep, SignersDep
 from api.errors import ApiError, InvalidRequest, NotFound
 from api.pagination import ListResponse, PageDep, paginate
 from api.routes._common import Admin, Manager, Staff, crm_errors, merchant_scope, parse_id
@@ -95,6 +95,8 @@ def register_account(
     clock: ClockDep,
     chain: ChainInfoDep,
     signers: SignersDep,
+    cache: ConfigCacheDep,
+    after_commit: AfterCommit,
 ) -> MerchantAccountOut:
     merchant = _visible(session, caller, merchant_id)
     if chain is None:
@@ -113,6 +115,7 @@ def register_account(
         operator=body.operator,
         clock=clock,
     )
+    after_commit.append(cache.clear)  # invoices sign with the new operator at once
     return MerchantAccountOut(
         merchant_id=str(account.merchant_id),
         chain_id=account.chain_id,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Path, Request
 
-from api.deps import CipherDep, SessionDep, require_role
+from api.deps import AfterCommit, CipherDep, ConfigCacheDep, SessionDep, require_role
 from api.errors import NotFound
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
@@ -38,7 +38,12 @@ DeliveryId = Annotated[str, Path(max_length=40, description="A webhook delivery 
     "`rotate_secret`. Live-mode keys must use https URLs.",
 )
 def create_webhook_endpoint(
-    body: WebhookEndpointCreate, session: SessionDep, caller: Manager, cipher: CipherDep
+    body: WebhookEndpointCreate,
+    session: SessionDep,
+    caller: Manager,
+    cipher: CipherDep,
+    cache: ConfigCacheDep,
+    after_commit: AfterCommit,
 ) -> WebhookEndpointWithSecret:
     endpoint, secret = webhooks.create_endpoint(
         session,
@@ -49,6 +54,7 @@ def create_webhook_endpoint(
         livemode=caller.livemode,
         cipher=cipher,
     )
+    after_commit.append(cache.clear)  # this process's cached subscriptions
     return WebhookEndpointWithSecret.with_secret(endpoint, secret)
 
 
@@ -128,11 +134,15 @@ def list_webhook_deliveries(
     description="Stops all sending to the endpoint; its delivery log stays readable.",
 )
 def disable_webhook_endpoint(
-    endpoint_id: EndpointId, session: SessionDep, caller: Manager
+    endpoint_id: EndpointId,
+    session: SessionDep,
+    caller: Manager,
+    cache: ConfigCacheDep,
+    after_commit: AfterCommit,
 ) -> WebhookEndpointPublic:
-    return WebhookEndpointPublic.of(
-        webhooks.disable_endpoint(session, endpoint_id, merchant_id=caller.scope)
-    )
+    endpoint = webhooks.disable_endpoint(session, endpoint_id, merchant_id=caller.scope)
+    after_commit.append(cache.clear)
+    return WebhookEndpointPublic.of(endpoint)
 
 
 @router.get(

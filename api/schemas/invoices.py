@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.settlement.models import Invoice, InvoiceState, MerchantAccount, Payment
+from api.settlement.models import Invoice, InvoiceState, Payment
 
 __all__ = [
     "InvoiceCreateBody",
@@ -178,7 +178,7 @@ class InvoiceOut(BaseModel):
     def of(
         cls,
         invoice: Invoice,
-        account: MerchantAccount | None,
+        merchant_address: str,
         *,
         router: str,
         decimals: int,
@@ -202,7 +202,7 @@ class InvoiceOut(BaseModel):
             refunded_amount=str(invoice.refunded_amount),
             confirmations_required=invoice.confirmations_required,
             intent=PaymentIntentOut(
-                merchant=account.address if account is not None else "",
+                merchant=merchant_address,
                 token=invoice.token,
                 amount=str(invoice.amount),
                 fee=str(invoice.fee),

@@ -169,7 +169,7 @@ def create_invoice(
     signer: Signer,
     clock: Clock,
     allocate: Callable[[int], int] | None = None,
-    account: MerchantAccount | None = None,
+    account: repo.AccountRow | None = None,
 ) -> Invoice:
     """Allocate the next invoice number, sign its intent with the operator key, store it.
 
@@ -185,7 +185,7 @@ def create_invoice(
     token = _address(request.token, "token")
     payer = _address(request.payer, "payer") if request.payer else "0x" + "0" * 40
     if account is None or account.merchant_id != request.merchant_id:
-        account = repo.account_for_merchant(session, request.merchant_id, chain_id)
+        account = repo.account_row(session, request.merchant_id, chain_id)
     if account is None or account.chain_id != chain_id:
         raise MerchantAccountMissingError(
             f"merchant has no router account on chain {chain_id}", param="merchant"
@@ -196,7 +196,7 @@ def create_invoice(
         )
     now = clock.now()
     expires_at = now + request.expires_in
-    number = (allocate or partial(repo.allocate_invoice_number, session))(account.id or 0)
+    number = (allocate or partial(repo.allocate_invoice_number, session))(account.id)
     intent = PaymentIntent(
         merchant=account.address,
         token=token,
@@ -211,7 +211,7 @@ def create_invoice(
     invoice = Invoice(
         id="inv_" + secrets.token_hex(12),
         merchant_id=request.merchant_id,
-        account_id=account.id or 0,
+        account_id=account.id,
         number=number,
         order_id=request.order_id,
         contact_id=request.contact_id,
@@ -238,7 +238,7 @@ def create_invoice(
     raise DuplicateOrderError(f"order {request.order_id!r} already has {detail}", param="order_id")
 
 
-def intent_of(invoice: Invoice, account: MerchantAccount) -> PaymentIntent:
+def intent_of(invoice: Invoice, account: MerchantAccount | repo.AccountRow) -> PaymentIntent:
     return PaymentIntent(
         merchant=account.address,
         token=invoice.token,

@@ -30,9 +30,11 @@ from crm.db import execute_many
 _Row = TypeVar("_Row")
 
 __all__ = [
+    "AccountRow",
     "InvoiceRow",
     "account_by_address",
     "account_for_merchant",
+    "account_row",
     "accounts_by_address",
     "add",
     "allocate_invoice_number",
@@ -133,6 +135,30 @@ _INSERT_BLOCK = sa.insert(IndexedBlock.__table__)  # type: ignore[attr-defined]
 def _invoice_columns() -> tuple[tuple[str, str], ...]:
     """(model attribute, column key) pairs: ``metadata_`` is stored in column ``metadata``."""
     return tuple((a.key, a.columns[0].key) for a in sa.inspect(Invoice).column_attrs)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    """A merchant's router account as invoice creation reads it: Core, immutable, cacheable."""
+
+    id: int
+    merchant_id: int
+    chain_id: int
+    address: str
+    payout: str
+    operator: str
+
+
+_ACCOUNT_ROW = sa.select(*(_ACCOUNTS.c[f] for f in AccountRow.__dataclass_fields__)).where(
+    _ACCOUNTS.c.merchant_id == sa.bindparam("merchant_id"),
+    _ACCOUNTS.c.chain_id == sa.bindparam("chain_id"),
+)
+
+
+def account_row(session: Session, merchant_id: int, chain_id: int) -> AccountRow | None:
+    params = {"merchant_id": merchant_id, "chain_id": chain_id}
+    row = session.connection().execute(_ACCOUNT_ROW, params).first()
+    return None if row is None else AccountRow(*row)
 
 
 def account_for_merchant(

@@ -69,9 +69,9 @@ _SUBSCRIBED = (
 )
 
 
-def subscriptions(session: Session, merchant_id: str) -> list[Subscription]:
-    rows = session.execute(_SUBSCRIBED, {"merchant_id": merchant_id})
-    return [Subscription(row.id, tuple(row.enabled_events or ())) for row in rows]
+def subscriptions(session: Session, merchant_id: str) -> tuple[Subscription, ...]:
+    rows = session.connection().execute(_SUBSCRIBED, {"merchant_id": merchant_id})
+    return tuple(Subscription(row.id, tuple(row.enabled_events or ())) for row in rows)
 
 
 def deliveries_select(

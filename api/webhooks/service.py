@@ -13,7 +13,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -205,24 +205,25 @@ def enqueue(
     session: Session,
     merchant_id: str,
     event_type: str,
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
     *,
     now: datetime | None = None,
+    subscriptions: Sequence[repository.Subscription] | None = None,
 ) -> list[WebhookDelivery]:
     """Outbox: one pending delivery per enabled endpoint subscribed to ``event_type``, written in
-    the CALLER's transaction (nothing is sent unless that transaction commits)."""
+    the CALLER's transaction (nothing is sent unless that transaction commits). ``payload`` may
+    be a function that makes it, called only when an endpoint listens. ``subscriptions``: the
+    merchant's, when the caller has them (e.g. from the API's configuration cache)."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event type {event_type!r}")
-    targets = [
-        sub.endpoint_id
-        for sub in repository.subscriptions(session, merchant_id)
-        if sub.covers(event_type)
-    ]
+    if subscriptions is None:
+        subscriptions = repository.subscriptions(session, merchant_id)
+    targets = [sub.endpoint_id for sub in subscriptions if sub.covers(event_type)]
     if not targets:
         return []
     now = now or utcnow()
     event_id = new_id("evt")
-    body = _event_body(event_id, event_type, payload, now)
+    body = _event_body(event_id, event_type, payload() if callable(payload) else payload, now)
     deliveries = [
         WebhookDelivery(
             id=new_id("whd"),

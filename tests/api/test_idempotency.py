@@ -18,6 +18,7 @@ from api.db import utcnow
 from api.deps import ApiConfig, CurrentKey, SessionDep
 from api.errors import IdempotencyError, IdempotencyKeyInUse
 from api.idempotency import service as idem
+from api.idempotency.models import IdempotencyRecord
 from api.keys.models import ApiKeyRecord
 from api.routing import ApiRouter
 from tests.api.conftest import TEST_CONFIG, auth, serve_app
@@ -161,7 +162,8 @@ class TestServerErrors:
         assert second.json() == {"runs": 2}
         assert third.content == second.content
         assert third.headers["idempotent-replayed"] == "true"
-        assert state["runs"] == 2
+        # the replay ran the handler once more, in a transaction that was rolled back
+        assert state["runs"] == 3
         with db.connect() as conn:
             assert conn.execute(sa.text("SELECT name FROM api_keys")).scalar() == "run2"
 
@@ -240,98 +242,111 @@ class TestAdmission:
             dataclasses.replace(TEST_CONFIG, max_in_flight=bad)
 
 
-def _begin(db, body=b'{"a":1}', **over):
-    """``idem.prepare`` + ``idem.acquire`` in a session of its own; returns (context, session)
-    — the caller ends it."""
+def _ctx(body=b'{"a":1}', **over) -> idem.IdempotencyContext:
     kwargs = {"api_key_id": "key_x", "key": "k1", "method": "POST", "path": "/v1/x"}
-    kwargs.update(over)
-    session = Session(db)
-    try:
-        ctx = idem.prepare(body=body, **kwargs)
-        idem.acquire(session, ctx, now=kwargs.get("now"))
-        return ctx, session
-    except BaseException:
-        session.rollback()
-        session.close()
-        raise
+    return idem.prepare(body=body, **(kwargs | over))
+
+
+def _record(db, ctx, status=200, body=b'{"ok":1}', *, commit=True, now=None):
+    """``idem.record`` in a transaction of its own (committed, or rolled back)."""
+    with Session(db) as session:
+        try:
+            idem.record(session, ctx, status, [("content-type", "application/json")], body, now=now)
+        except BaseException:
+            session.rollback()
+            raise
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
 
 
 class TestService:
-    def test_lock_commits_with_the_stored_response(self, db):
-        ctx, session = _begin(db)
-        idem.complete(session, ctx, 201, [("content-type", "application/json")], b'{"ok":1}')
-        session.commit()
-        session.close()
+    def test_the_first_commit_owns_the_key(self, db):
+        first = _ctx()
+        _record(db, first, 201)
+        assert first.done
         with pytest.raises(idem.IdempotentReplay) as replay:
-            _begin(db, body=b'{ "a" : 1 }')  # same canonical body
+            _record(db, _ctx(body=b'{ "a" : 1 }'))  # same canonical body
         assert (replay.value.status, replay.value.body) == (201, b'{"ok":1}')
+        other = _ctx(body=b'{"a":2}')
         with pytest.raises(IdempotencyError):
-            _begin(db, body=b'{"a":2}')
+            _record(db, other)
+        assert other.done  # nothing left to store for it
+        assert _count(db, "api_idempotency_keys") == 1
 
-    def test_a_rolled_back_request_leaves_no_lock(self, db):
-        ctx, session = _begin(db)
-        session.rollback()
-        session.close()
-        again, session = _begin(db)
-        assert again.record_id != ctx.record_id
-        session.rollback()
-        session.close()
+    def test_a_rolled_back_request_leaves_nothing(self, db):
+        _record(db, _ctx(), commit=False)
         assert _count(db, "api_idempotency_keys") == 0
+        _record(db, _ctx())
+        assert _count(db, "api_idempotency_keys") == 1
 
     def test_a_4xx_is_stored_outside_the_rolled_back_transaction(self, db):
-        ctx, session = _begin(db)
-        session.rollback()
-        session.close()
+        ctx = _ctx()
         idem.store_outside(db, ctx, 404, [("content-type", "application/json")], b'{"e":1}')
         assert ctx.done
         with pytest.raises(idem.IdempotentReplay) as replay:
-            _begin(db)
+            _record(db, _ctx())
         assert (replay.value.status, replay.value.body) == (404, b'{"e":1}')
         assert _count(db, "api_idempotency_keys") == 1
 
+    def test_a_5xx_is_never_stored(self, db):
+        ctx = _ctx()
+        idem.store_outside(db, ctx, 503, [], b"{}")
+        assert ctx.done
+        assert _count(db, "api_idempotency_keys") == 0
+
     def test_storing_outside_meets_what_the_key_already_answers(self, db):
-        """A request that failed before its lock (a 422) must not overwrite the key's answer."""
-        ctx, session = _begin(db)
-        idem.complete(session, ctx, 200, [], b'{"ok":1}')
-        session.commit()
-        session.close()
-        same = idem.prepare(
-            api_key_id="key_x", key="k1", method="POST", path="/v1/x", body=b'{"a":1}'
-        )
+        """A request refused before it ran (a 422) must not overwrite the key's answer."""
+        _record(db, _ctx())
         with pytest.raises(idem.IdempotentReplay) as replay:
-            idem.store_outside(db, same, 422, [], b'{"e":1}')
+            idem.store_outside(db, _ctx(), 422, [], b'{"e":1}')
         assert replay.value.body == b'{"ok":1}'
-        other = idem.prepare(api_key_id="key_x", key="k1", method="POST", path="/v1/x", body=b"{}")
         with pytest.raises(IdempotencyError):
-            idem.store_outside(db, other, 422, [], b'{"e":1}')
-        assert same.done  # nothing left to store or release for either
-        assert other.done
+            idem.store_outside(db, _ctx(body=b"{}"), 422, [], b'{"e":1}')
         assert _count(db, "api_idempotency_keys") == 1
 
     def test_a_committed_legacy_lock_conflicts_then_is_taken_over(self, db):
+        """Releases before this design committed ``in_progress`` rows: 409 until stale."""
         now = utcnow()
-        ctx, session = _begin(db, now=now)
-        session.commit()  # an in-progress row committed (what the side-transaction design left)
-        session.close()
+        legacy = _ctx(now=now)
+        with db.begin() as conn:
+            conn.execute(
+                sa.insert(IdempotencyRecord.__table__),  # type: ignore[attr-defined]
+                {
+                    "id": legacy.record_id,
+                    "api_key_id": legacy.api_key_id,
+                    "idempotency_key": legacy.key,
+                    "fingerprint": legacy.fingerprint,
+                    "method": legacy.method,
+                    "path": legacy.path,
+                    "status": "in_progress",
+                    "locked_at": now,
+                    "created_at": now,
+                    "expires_at": now + idem.DEFAULT_TTL,
+                },
+            )
         with pytest.raises(IdempotencyKeyInUse):
-            _begin(db, now=now)
+            _record(db, _ctx(now=now), now=now)
         later = now + idem.DEFAULT_LOCK_TIMEOUT + timedelta(seconds=1)
-        taken, session = _begin(db, now=later)
-        assert taken.record_id == ctx.record_id
-        idem.complete(session, taken, 200, [], b"{}")
-        session.commit()
-        session.close()
+        taken = _ctx(now=later)
+        _record(db, taken, now=later)
+        assert taken.record_id == legacy.record_id
         with pytest.raises(idem.IdempotentReplay):
-            _begin(db, now=later)
+            _record(db, _ctx(now=later), now=later)
 
     def test_purge_expired(self, db):
         now = utcnow()
         for key, at in (("old", now - timedelta(days=2)), ("new", now)):
-            ctx, session = _begin(db, api_key_id="k", key=key, path="/", now=at)
-            idem.complete(session, ctx, 200, [], b"{}")
-            session.commit()
-            session.close()
+            _record(db, _ctx(api_key_id="k", key=key, path="/", now=at), now=at)
         assert idem.purge_expired(db, now) == 1
+        assert _count(db, "api_idempotency_keys") == 1
+
+    def test_an_expired_key_is_recorded_anew(self, db):
+        now = utcnow()
+        _record(db, _ctx(now=now - timedelta(days=2)), now=now - timedelta(days=2))
+        fresh = _ctx(body=b'{"other":1}', now=now)
+        _record(db, fresh, now=now)  # a different request: fine once the old row expired
         assert _count(db, "api_idempotency_keys") == 1
 
     def test_fingerprint_is_canonical(self):

@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from api.cache import ConfigCache
 from api.db import session_factory, session_scope, utcnow
 from api.errors import Unauthorized
 from api.keys import service
-from api.keys.cache import KeyCache
 from api.keys.models import ApiKeyRecord, ApiRole
 from tests.api.conftest import TEST_CONFIG, auth
 
@@ -162,9 +162,9 @@ def _revoke_in_database(db, key: str) -> None:
         )
 
 
-class TestKeyCache:
+class TestConfigCache:
     def test_entries_expire_after_the_ttl(self):
-        cache = KeyCache(1.0)
+        cache = ConfigCache(1.0)
         key = service.AuthenticatedKey(
             id="key_1", merchant_id="m", role=ApiRole.MERCHANT, livemode=False
         )
@@ -177,18 +177,18 @@ class TestKeyCache:
         key = service.AuthenticatedKey(
             id="key_1", merchant_id="m", role=ApiRole.MERCHANT, livemode=False
         )
-        off = KeyCache(0)
+        off = ConfigCache(0)
         off.put("d", key)
         assert off.get("d") is None
-        small = KeyCache(60, max_entries=2)
+        small = ConfigCache(60, max_entries=2)
         for digest in ("a", "b", "c"):
             small.put(digest, key)
         assert (small.get("a"), len(small)) == (None, 2)
         with pytest.raises(ValueError, match="ttl"):
-            KeyCache(-1)
+            ConfigCache(-1)
 
     def test_another_process_revocation_takes_effect_within_the_ttl(self, make_app, db, new_key):
-        config = dataclasses.replace(TEST_CONFIG, key_cache_seconds=0.3)
+        config = dataclasses.replace(TEST_CONFIG, cache_seconds=0.3)
         key = new_key()
         with TestClient(make_app(config)) as c:
             assert c.get("/v1/webhook_endpoints", headers=auth(key)).status_code == 200
@@ -202,7 +202,7 @@ class TestKeyCache:
         assert "revoked" in r.json()["error"]["message"]
 
     def test_without_the_cache_revocation_is_immediate(self, make_app, db, new_key):
-        config = dataclasses.replace(TEST_CONFIG, key_cache_seconds=0)
+        config = dataclasses.replace(TEST_CONFIG, cache_seconds=0)
         key = new_key()
         with TestClient(make_app(config)) as c:
             assert c.get("/v1/webhook_endpoints", headers=auth(key)).status_code == 200

@@ -180,6 +180,60 @@ class TestCreate:
         assert r.json()["error"]["code"] == "account_address_taken"
 
 
+def _deliveries(w: World, event_type: str) -> int:
+    with w.engine.connect() as conn:
+        query = sa.text("SELECT count(*) FROM api_webhook_deliveries WHERE event_type = :t")
+        return int(conn.execute(query, {"t": event_type}).scalar_one())
+
+
+class TestConfigurationCache:
+    """Accounts and webhook subscriptions are cached per API process; its own changes apply at
+    once."""
+
+    def test_an_endpoint_registered_here_gets_the_next_invoice(self, world: World) -> None:
+        assert create(world, world.a.merchant).status_code == 200  # caches "nobody listens"
+        r = world.client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1:9/hooks", "enabled_events": ["invoice.created"]},
+            headers=auth(world.a.merchant),
+        )
+        assert r.status_code == 200, r.text
+        assert create(world, world.a.merchant).status_code == 200
+        assert _deliveries(world, "invoice.created") == 1
+        world.client.delete(
+            f"/v1/webhook_endpoints/{r.json()['id']}", headers=auth(world.a.merchant)
+        )
+        assert create(world, world.a.merchant).status_code == 200
+        assert _deliveries(world, "invoice.created") == 1
+
+    def test_a_new_operator_registered_here_signs_the_next_invoice(self, world: World) -> None:
+        assert create(world, world.a.merchant).status_code == 200  # caches the account
+        account = world.client.get(
+            f"/v1/merchants/{world.a.id}/account", headers=auth(world.a.merchant)
+        ).json()
+        body = {k: account[k] for k in ("address", "payout")} | {"operator": "0x" + "22" * 20}
+        r = world.client.post(
+            f"/v1/merchants/{world.a.id}/account", json=body, headers=auth(world.a.merchant)
+        )
+        assert r.status_code == 200
+        r = create(world, world.a.merchant)
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "signer_unavailable"
+
+    def test_another_process_change_applies_within_the_ttl(self, world: World) -> None:
+        assert create(world, world.a.merchant).status_code == 200
+        with world.engine.begin() as conn:  # what another API process's rotation leaves
+            conn.execute(
+                sa.text("UPDATE api_merchant_account SET operator = :o WHERE merchant_id = :m"),
+                {"o": "0x" + "33" * 20, "m": int(world.a.id)},
+            )
+        deadline = time.monotonic() + 10
+        while (r := create(world, world.a.merchant)).status_code == 200:
+            assert time.monotonic() < deadline, "a replaced operator kept signing"
+            time.sleep(0.05)
+        assert r.json()["error"]["code"] == "signer_unavailable"
+
+
 class TestListAndMark:
     def test_filters_and_mark(self, world: World) -> None:
         h = auth(world.a.merchant)

@@ -1,0 +1,71 @@
+"""Merchant configuration held in memory for a short time, so a busy request path needs no query
+for it: authenticated API keys, router accounts and webhook subscriptions.
+
+A merchant creating hundreds of invoices a second asks the same three questions every time (who
+is this key, which account and operator sign, who listens to ``invoice.created``); on PostgreSQL
+each answer is a round trip. An entry lives ``ttl`` seconds (default 1 s). A change made through
+this process clears the whole cache once it commits; another API process sees it within ``ttl``
+(a key revoked elsewhere is accepted that long; an endpoint registered elsewhere may miss events
+of that second). Only found values are cached; keys are tuples whose first item names the kind
+(``("key", sha256)``, ``("account", merchant, chain)``, ``("webhooks", merchant)``); values hold
+no secret material. ``ttl`` 0 turns caching off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+__all__ = ["ConfigCache"]
+
+_V = TypeVar("_V")
+
+
+class ConfigCache:
+    def __init__(self, ttl: float, *, max_entries: int = 10_000) -> None:
+        if ttl < 0:
+            raise ValueError("ttl must be >= 0")
+        self.ttl = float(ttl)
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, now: float | None = None) -> Any | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, expires = entry
+        if (time.monotonic() if now is None else now) >= expires:
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+            return None
+        return value
+
+    def put(self, key: Hashable, value: Any, now: float | None = None) -> None:
+        if self.ttl <= 0 or value is None:
+            return
+        expires = (time.monotonic() if now is None else now) + self.ttl
+        with self._lock:
+            self._entries[key] = (value, expires)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def load(self, key: Hashable, loader: Callable[[], _V]) -> _V:
+        """The cached value, else ``loader()`` (cached unless None)."""
+        value = self.get(key)
+        if value is None:
+            value = loader()
+            self.put(key, value)
+        return value  # type: ignore[no-any-return]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
