@@ -27,7 +27,13 @@ import sqlite3
 import threading
 from typing import Any
 
-__all__ = ["GatedConnection", "LazyImmediateConnection", "WriteGate", "sqlite_connect_args"]
+__all__ = [
+    "GatedConnection",
+    "LazyImmediateConnection",
+    "WriteGate",
+    "holds_write_lock",
+    "sqlite_connect_args",
+]
 
 _WRITE = re.compile(
     r"^\s*(?:INSERT|UPDATE|DELETE|REPLACE|BEGIN\s+(?:IMMEDIATE|EXCLUSIVE))\b", re.IGNORECASE
@@ -161,6 +167,13 @@ class LazyImmediateConnection(GatedConnection):
             except BaseException:
                 self._after()
                 raise
+
+
+def holds_write_lock(session: Any) -> bool:
+    """Whether ``session``'s connection (a SQLAlchemy ``Session`` on a gated SQLite engine)
+    holds its database's write gate: a side transaction on the same file would wait for it."""
+    dbapi = session.connection().connection.dbapi_connection
+    return bool(getattr(dbapi, "_holding", False))
 
 
 def sqlite_connect_args(

@@ -31,6 +31,7 @@ from api.settlement.events import emit_invoice_event
 from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, MerchantAccount
 from crm.audit import service as audit
 from crm.clock import Clock
+from crm.sqlite_gate import holds_write_lock
 from wallet.addresses import parse_address
 from wallet.signing import PaymentIntent, Signer, payment_intent_struct_hash
 
@@ -72,18 +73,20 @@ class InvoiceRequest:
 class InvoiceNumbers:
     """On-chain invoice numbers for the API, without holding the account row for a request.
 
-    PostgreSQL: one ``UPDATE … RETURNING`` in its own short transaction reserves ``block``
-    consecutive numbers for this process; the next creates take theirs from memory, so a create
-    costs no extra transaction and no request holds the account row's lock while it signs and
-    responds. Numbers a process leaves unused when it stops are skipped, which is harmless:
-    on-chain ids only need to be unique per merchant. Several processes interleave blocks,
-    each sequential inside.
+    One ``UPDATE … RETURNING`` in its own short transaction reserves ``block`` consecutive
+    numbers for this process; the next creates take theirs from memory, so a create costs no
+    extra statement, and no request holds the account row's lock (PostgreSQL) or SQLite's one
+    write lock while it signs and responds: its first write is its invoice. Numbers a process
+    leaves unused when it stops are skipped, which is harmless: on-chain ids only need to be
+    unique per merchant. Several processes interleave blocks, each sequential inside. A block of
+    256 makes the reservation (a commit, while the process's other creates wait for the block)
+    one in 256 creates.
 
-    SQLite: the number is taken in the request's own transaction. There is one writer anyway
-    (the request holds it from its first write), and a side transaction would wait for it.
+    SQLite, when the request has already written: the number is taken in the request's own
+    transaction (it holds the one write lock, which a side transaction would wait for).
     """
 
-    def __init__(self, block: int = 32) -> None:
+    def __init__(self, block: int = 256) -> None:
         if block < 1:
             raise ValueError("block must be >= 1")
         self.block = block
@@ -91,7 +94,7 @@ class InvoiceNumbers:
         self._ranges: dict[tuple[int, int], tuple[int, int]] = {}
 
     def take(self, session: Session, engine: Engine, account_id: int) -> int:
-        if engine.dialect.name == "sqlite":
+        if engine.dialect.name == "sqlite" and holds_write_lock(session):
             return repo.allocate_invoice_number(session, account_id)
         key = (id(engine), account_id)
         with self._lock:

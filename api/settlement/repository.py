@@ -204,7 +204,7 @@ def allocate_invoice_number(session: Session, account_id: int) -> int:
 def reserve_invoice_numbers(session: Session, account_id: int, count: int) -> int:
     """Atomically take ``count`` consecutive invoice numbers; returns the first."""
     params = {"account_id": account_id, "count": count}
-    return int(session.execute(_ALLOCATE, params).scalar_one()) - count
+    return int(session.connection().execute(_ALLOCATE, params).scalar_one()) - count
 
 
 def open_invoice_for_order(
