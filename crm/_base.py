@@ -41,6 +41,22 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return value.replace(tzinfo=None)
         return value
 
+    def bind_processor(self, dialect: sa.Dialect) -> Any:
+        """SQLite: one step to SQLAlchemy's stored text (``YYYY-MM-DD HH:MM:SS.ffffff``, naive
+        UTC) instead of this decorator's conversion followed by the dialect's ``%``-format,
+        which cost a settlement step ~5 us a value (eight values a payment)."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is not None and value.utcoffset():
+                value = value.astimezone(UTC)
+            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return process
+
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None

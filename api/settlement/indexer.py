@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -270,9 +271,10 @@ class Indexer:
                 repo.save_blocks(session, cursor_id, blocks)
                 cursor.last_block = end
                 result.to_block = end
-                repo.prune_blocks(session, cursor_id, end - self.reorg_window)
-            cursor.updated_at = self.clock.now()
+            cursor.updated_at = self.clock.now()  # one UPDATE with last_block
             session.add(cursor)
+            if start <= end:
+                repo.prune_blocks(session, cursor_id, end - self.reorg_window)
             self._confirm(session, chain_id, min(head, cursor.last_block), result, events)
             expire_due(session, self.clock)  # late payments still settle, as paid_late
         return result
@@ -348,8 +350,11 @@ class Indexer:
             found = repo.invoice_rows_by_number(session, account.id or 0, numbers)
             for number, invoice in found.items():
                 batch.invoices[(address, number)] = invoice
-        batch.payments = repo.payment_keys(session, chain_id, start, end)
-        batch.refunds = repo.refund_keys(session, chain_id, start, end)
+        topics = {entry.topic for entry in entries}
+        if SETTLED_TOPIC in topics:
+            batch.payments = repo.payment_keys(session, chain_id, start, end)
+        if REFUNDED_TOPIC in topics:
+            batch.refunds = repo.refund_keys(session, chain_id, start, end)
         return batch
 
     def _apply(
@@ -517,14 +522,27 @@ class Indexer:
         *,
         poll_interval: float = 1.0,
         progress: Callable[[PollResult], None] | None = None,
+        idle_step: float = 5.0,
     ) -> None:
-        """Catch up as fast as the node answers, then poll every ``poll_interval`` seconds."""
+        """Catch up as fast as the node answers, then follow the head.
+
+        Caught up, the indexer asks the node for its head block (number and hash: one cheap
+        call, no database work) every ``poll_interval`` seconds and takes a full step as soon
+        as it changed (a new block, or a reorg at the same height), and at least every
+        ``idle_step`` seconds anyway (invoice expiry is a matter of time, not blocks). An
+        idle full step costs ~8 ms of CPU and a transaction; the head call ~0.2 ms."""
         while not stop.is_set():
             result = self.poll_once()
             if progress is not None:
                 progress(result)
-            if result.caught_up:
-                stop.wait(poll_interval)
+            if not result.caught_up:
+                continue
+            seen = self.chain.latest_block()
+            moved = seen[0] != result.to_block  # a block arrived after the step read the head
+            due = time.monotonic() + idle_step
+            while not stop.wait(poll_interval):
+                if moved or time.monotonic() >= due or self.chain.latest_block() != seen:
+                    break
 
 
 def _depth(invoice: InvoiceRow | None) -> int:

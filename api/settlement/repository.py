@@ -128,7 +128,50 @@ _INSERT_INVOICE = {
     "postgresql": pg_insert(_INVOICES).on_conflict_do_nothing().returning(_INVOICES.c.id),
 }
 _INSERT_PAYMENT = sa.insert(Payment.__table__)  # type: ignore[attr-defined]
-_INSERT_BLOCK = sa.insert(IndexedBlock.__table__)  # type: ignore[attr-defined]
+_BLOCKS = IndexedBlock.__table__  # type: ignore[attr-defined]
+# A block stored by an earlier (replayed) step is skipped by the unique (cursor, number).
+_INSERT_BLOCK = {
+    "sqlite": sqlite_insert(_BLOCKS).on_conflict_do_nothing(),
+    "postgresql": pg_insert(_BLOCKS).on_conflict_do_nothing(),
+}
+_PAYMENTS = Payment.__table__  # type: ignore[attr-defined]
+_REFUNDS = Refund.__table__  # type: ignore[attr-defined]
+
+# The indexer's per-step statements are built once (building one costs more than SQLite takes
+# to run it, and a step that follows the head is a few payments).
+_CURSOR = (
+    select(IndexerCursor)
+    .where(
+        col(IndexerCursor.chain_id) == sa.bindparam("chain_id"),
+        col(IndexerCursor.router) == sa.bindparam("router"),
+    )
+    .with_for_update()
+)
+_TOP_BLOCK = (
+    sa.select(_BLOCKS.c.number, _BLOCKS.c.hash)
+    .where(_BLOCKS.c.cursor_id == sa.bindparam("cursor_id"))
+    .order_by(_BLOCKS.c.number.desc())
+    .limit(1)
+)
+_PRUNE = sa.delete(_BLOCKS).where(
+    _BLOCKS.c.cursor_id == sa.bindparam("cursor_id"), _BLOCKS.c.number < sa.bindparam("keep_from")
+)
+
+
+def _keys_in_range(table: sa.Table) -> sa.Select[Any]:
+    return sa.select(table.c.tx_hash, table.c.log_index, table.c.block_hash).where(
+        table.c.chain_id == sa.bindparam("chain_id"),
+        table.c.block_number >= sa.bindparam("from_block"),
+        table.c.block_number <= sa.bindparam("to_block"),
+    )
+
+
+_PAYMENT_KEYS = _keys_in_range(_PAYMENTS)
+_REFUND_KEYS = _keys_in_range(_REFUNDS)
+_PENDING_IDS = sa.select(_PAYMENTS.c.id).where(
+    _PAYMENTS.c.chain_id == sa.bindparam("chain_id"),
+    _PAYMENTS.c.state == PaymentState.PENDING.value,
+)
 
 
 @functools.cache
@@ -369,26 +412,27 @@ def payment_keys(
     session: Session, chain_id: int, from_block: int, to_block: int
 ) -> set[tuple[str, int, str]]:
     """(tx hash, log index, block hash) of the payments already stored for a block range."""
-    stmt = select(Payment.tx_hash, Payment.log_index, Payment.block_hash).where(
-        Payment.chain_id == chain_id,
-        col(Payment.block_number) >= from_block,
-        col(Payment.block_number) <= to_block,
-    )
-    return {(t, int(i), b) for t, i, b in session.exec(stmt)}
+    return _keys(session, _PAYMENT_KEYS, chain_id, from_block, to_block)
 
 
 def refund_keys(
     session: Session, chain_id: int, from_block: int, to_block: int
 ) -> set[tuple[str, int, str]]:
-    stmt = select(Refund.tx_hash, Refund.log_index, Refund.block_hash).where(
-        Refund.chain_id == chain_id,
-        col(Refund.block_number) >= from_block,
-        col(Refund.block_number) <= to_block,
-    )
-    return {(t, int(i), b) for t, i, b in session.exec(stmt)}
+    return _keys(session, _REFUND_KEYS, chain_id, from_block, to_block)
+
+
+def _keys(
+    session: Session, stmt: sa.Select[Any], chain_id: int, from_block: int, to_block: int
+) -> set[tuple[str, int, str]]:
+    params = {"chain_id": chain_id, "from_block": from_block, "to_block": to_block}
+    return {(t, int(i), b) for t, i, b in session.connection().execute(stmt, params)}
 
 
 def pending_payments(session: Session, chain_id: int) -> Sequence[Payment]:
+    """Payments waiting for their confirmation depth (usually none: a cheap Core query first,
+    on the partial index of pending payments, then the ORM rows if there are any)."""
+    if session.connection().execute(_PENDING_IDS, {"chain_id": chain_id}).first() is None:
+        return []
     stmt = select(Payment).where(
         Payment.chain_id == chain_id, Payment.state == PaymentState.PENDING
     )
@@ -427,10 +471,7 @@ def cursor(
     session: Session, chain_id: int, router: str, start_block: int, now: datetime
 ) -> IndexerCursor:
     """The checkpoint row, created at ``start_block - 1`` on first use; locked for update."""
-    stmt = select(IndexerCursor).where(
-        IndexerCursor.chain_id == chain_id, IndexerCursor.router == router
-    )
-    row = session.exec(stmt.with_for_update()).first()
+    row = session.exec(_CURSOR, params={"chain_id": chain_id, "router": router}).first()
     if row is None:
         row = add(
             session,
@@ -442,33 +483,18 @@ def cursor(
 
 
 def save_blocks(session: Session, cursor_id: int, blocks: dict[int, str]) -> None:
-    """:func:`save_block` for many blocks: one query for the existing ones, one insert."""
-    if not blocks:
-        return
-    stmt = select(IndexedBlock.number).where(
-        IndexedBlock.cursor_id == cursor_id,
-        col(IndexedBlock.number) >= min(blocks),
-        col(IndexedBlock.number) <= max(blocks),
-    )
-    existing = set(session.exec(stmt))
+    """Store processed blocks' hashes (one insert; a block stored already is kept)."""
     rows = [
         {"cursor_id": cursor_id, "number": number, "hash": block_hash}
         for number, block_hash in sorted(blocks.items())
-        if number not in existing
     ]
-    execute_many(session, _INSERT_BLOCK, rows)
+    if rows:
+        execute_many(session, _INSERT_BLOCK[session.connection().dialect.name], rows)
 
 
 def top_block(session: Session, cursor_id: int) -> tuple[int, str] | None:
     """``(number, hash)`` of the highest processed block of a cursor."""
-    table = IndexedBlock.__table__  # type: ignore[attr-defined]
-    stmt = (
-        sa.select(table.c.number, table.c.hash)
-        .where(table.c.cursor_id == cursor_id)
-        .order_by(table.c.number.desc())
-        .limit(1)
-    )
-    row = session.execute(stmt).first()
+    row = session.connection().execute(_TOP_BLOCK, {"cursor_id": cursor_id}).first()
     return None if row is None else (int(row.number), str(row.hash))
 
 
@@ -488,7 +514,4 @@ def delete_blocks_after(session: Session, cursor_id: int, number: int) -> None:
 
 
 def prune_blocks(session: Session, cursor_id: int, keep_from: int) -> None:
-    table = IndexedBlock.__table__  # type: ignore[attr-defined]
-    session.execute(
-        sa.delete(table).where(table.c.cursor_id == cursor_id, table.c.number < keep_from)
-    )
+    session.connection().execute(_PRUNE, {"cursor_id": cursor_id, "keep_from": keep_from})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -248,6 +250,48 @@ class IndexerBehaviour(MarketSuite):
             invoice.fee,
         )
         assert followups_of(engine, shop.merchant_id) == []
+
+    def test_following_the_head_steps_on_new_blocks_and_idles_cheaply(
+        self, engine, market, clock, shop
+    ):
+        """Caught up, the indexer only asks the node for its head; a new block (here: a
+        payment) triggers a full step within a poll interval or two."""
+        indexer = indexer_for(engine, market, clock)
+        steps: list[int] = []
+        real_poll = indexer.poll_once
+
+        def counting_poll():
+            result = real_poll()
+            steps.append(result.to_block)
+            return result
+
+        indexer.poll_once = counting_poll  # type: ignore[method-assign]
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=indexer.run, args=(stop,), kwargs={"poll_interval": 0.02, "idle_step": 60}
+        )
+        thread.start()
+        try:
+            _wait_for(lambda: bool(steps) and steps[-1] >= market.chain.head())
+            time.sleep(0.3)  # ~15 head checks
+            idle = len(steps)
+            time.sleep(0.3)
+            assert len(steps) == idle  # no full step without a new block
+            invoice = new_invoice(engine, market, shop, clock)
+            pay(engine, market, invoice)
+            _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
+            assert len(steps) > idle
+        finally:
+            stop.set()
+            thread.join(10)
+        assert not thread.is_alive()
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 class TestIndexerOnTester(IndexerBehaviour):

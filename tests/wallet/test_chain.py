@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import socket
@@ -103,6 +104,92 @@ class TestRpcBackend:
                 chain.snapshot()
             with pytest.raises(UnsupportedOperationError):
                 chain.fund(DEAD, 1)
+
+
+class _NodeStub(http.server.BaseHTTPRequestHandler):
+    """A JSON-RPC node that answers batches in reverse order and, when asked, drops the
+    keep-alive connection after each answer (as nodes and proxies do with idle ones)."""
+
+    protocol_version = "HTTP/1.1"
+    drop_after_answer = False
+    seen: list[str] = []
+
+    def do_POST(self) -> None:
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append(self.headers.get("Authorization", ""))
+
+        def answer(call: dict) -> dict:
+            if call["method"] == "eth_blockNumber":
+                return {"jsonrpc": "2.0", "id": call["id"], "result": "0x2a"}
+            if call["method"] == "eth_chainId":
+                return {"jsonrpc": "2.0", "id": call["id"], "result": "0x7a69"}
+            return {
+                "jsonrpc": "2.0",
+                "id": call["id"],
+                "error": {"code": -32601, "message": "nope"},
+            }
+
+        out = (
+            [answer(c) for c in reversed(payload)] if isinstance(payload, list) else answer(payload)
+        )
+        body = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        if self.drop_after_answer:
+            self.close_connection = True
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def node_stub() -> Iterator[tuple[str, type[_NodeStub], http.server.ThreadingHTTPServer]]:
+    handler = type("Stub", (_NodeStub,), {"seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"user:s3cret@127.0.0.1:{server.server_address[1]}", handler, server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class TestRawJsonRpc:
+    """The node backends' own JSON-RPC transport (the indexer's polling path)."""
+
+    def test_batches_come_back_in_call_order(self, node_stub):
+        address, _, _ = node_stub
+        with connect(ChainConfig(backend="rpc", rpc_url=f"http://{address}")) as chain:
+            assert chain.batch([("eth_blockNumber", []), ("eth_chainId", [])]) == ["0x2a", "0x7a69"]
+
+    def test_an_error_answer_names_the_method(self, node_stub):
+        address, _, _ = node_stub
+        with connect(ChainConfig(backend="rpc", rpc_url=f"http://{address}")) as chain:
+            with pytest.raises(UnsupportedOperationError, match="eth_foo failed: nope"):
+                chain.request("eth_foo")
+            with pytest.raises(UnsupportedOperationError, match="nope"):
+                chain.batch([("eth_blockNumber", []), ("eth_foo", [])])
+
+    def test_a_dropped_keep_alive_connection_is_reopened(self, node_stub):
+        address, handler, _ = node_stub
+        handler.drop_after_answer = True
+        with connect(ChainConfig(backend="rpc", rpc_url=f"http://{address}")) as chain:
+            assert [chain.head() for _ in range(5)] == [42] * 5
+        assert handler.seen[-1].startswith("Basic ")  # credentials in the URL are sent
+
+    def test_a_node_that_went_away_is_unreachable(self, node_stub):
+        address, handler, server = node_stub
+        handler.drop_after_answer = True
+        with connect(ChainConfig(backend="rpc", rpc_url=f"http://{address}")) as chain:
+            server.shutdown()
+            server.server_close()
+            with pytest.raises(ChainUnreachableError, match="unreachable"):
+                chain.head()
 
 
 class TestAnvilLifecycle:
