@@ -32,6 +32,7 @@ class ConfigCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[Hashable, threading.Lock] = {}
 
     def get(self, key: Hashable, now: float | None = None) -> Any | None:
         entry = self._entries.get(key)
@@ -56,11 +57,22 @@ class ConfigCache:
                 self._entries.popitem(last=False)
 
     def load(self, key: Hashable, loader: Callable[[], _V]) -> _V:
-        """The cached value, else ``loader()`` (cached unless None)."""
+        """The cached value, else ``loader()`` (cached unless None). Concurrent misses of one
+        key call the loader once; the others wait for it (a busy key expiring every second
+        would otherwise send every request in flight to the database at once)."""
         value = self.get(key)
-        if value is None:
-            value = loader()
-            self.put(key, value)
+        if value is not None:
+            return value  # type: ignore[no-any-return]
+        with self._lock:
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            value = self.get(key)
+            if value is None:
+                value = loader()
+                self.put(key, value)
+        with self._lock:
+            if self._loading.get(key) is gate and not gate.locked():
+                del self._loading[key]
         return value  # type: ignore[no-any-return]
 
     def clear(self) -> None:

@@ -28,6 +28,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextvars import ContextVar
@@ -434,8 +435,8 @@ async def get_current_key(request: Request) -> AuthenticatedKey:
     cache = _config_cache(request)
     key: AuthenticatedKey | None = cache.get(("key", digest))
     if key is None:
-        key = await anyio.to_thread.run_sync(_load_key, _engine(request), digest)
-        cache.put(("key", digest), key)
+        loader = functools.partial(_load_key, _engine(request), digest)
+        key = await anyio.to_thread.run_sync(cache.load, ("key", digest), loader)
     ctx.key = key
     idem_key = request.headers.get(idempotency.HEADER)
     if request.method == "POST" and idem_key is not None:

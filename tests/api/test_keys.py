@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -186,6 +188,24 @@ class TestConfigCache:
         assert (small.get("a"), len(small)) == (None, 2)
         with pytest.raises(ValueError, match="ttl"):
             ConfigCache(-1)
+
+    def test_concurrent_misses_load_once(self):
+        cache = ConfigCache(60)
+        calls: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def loader() -> str:
+            calls.append(1)
+            time.sleep(0.05)
+            return "value"
+
+        def miss(_: int) -> str:
+            barrier.wait()
+            return cache.load(("key", "d"), loader)
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(miss, range(8))) == ["value"] * 8
+        assert len(calls) == 1
 
     def test_another_process_revocation_takes_effect_within_the_ttl(self, make_app, db, new_key):
         config = dataclasses.replace(TEST_CONFIG, cache_seconds=0.3)

@@ -410,6 +410,42 @@ class TestInvoiceNumbers:
             again = numbers.take(session, engine, account)
         assert again == lost + 1  # from the process's block: the rollback does not matter
 
+    def test_the_next_block_is_reserved_ahead_without_stopping_other_creates(
+        self, world: World
+    ) -> None:
+        """A reservation is a commit (an fsync); the create that takes the middle number of a
+        block reserves the next one while the others keep taking numbers."""
+        engine, account = world.engine, self._account_id(world)
+        numbers = InvoiceNumbers(block=4)
+        real_reserve = numbers._reserve
+        slow, entered = threading.Event(), threading.Event()
+        calls: list[int] = []
+
+        def reserve(engine_: sa.Engine, account_id: int) -> int:
+            calls.append(account_id)
+            if len(calls) == 2:  # the reservation ahead: hold it until the others are done
+                entered.set()
+                assert slow.wait(10)
+            return real_reserve(engine_, account_id)
+
+        numbers._reserve = reserve  # type: ignore[method-assign]
+
+        def take() -> int:
+            with Session(engine) as session:
+                return numbers.take(session, engine, account)
+
+        first = take()  # reserves [first, first + 4)
+        with ThreadPoolExecutor(1) as pool:
+            second = pool.submit(take)  # the middle number: reserves the next block ahead
+            assert entered.wait(10)
+            third, fourth = take(), take()  # from the current block, not waiting
+            slow.set()
+            assert second.result(10) == first + 1
+        assert (third, fourth) == (first + 2, first + 3)
+        fifth = take()  # from the spare: no reservation while waiting
+        assert len(calls) == 2
+        assert fifth > fourth
+
     def test_a_request_that_already_wrote_never_waits_for_itself(self, world: World) -> None:
         """SQLite has one writer: a request holding it takes its number in its own
         transaction (a side transaction would wait for the request until the busy timeout)."""
