@@ -147,6 +147,10 @@ _CURSOR = (
     )
     .with_for_update()
 )
+_ACCOUNTS_BY_ADDRESS = select(MerchantAccount).where(
+    col(MerchantAccount.chain_id) == sa.bindparam("chain_id"),
+    sa.func.lower(col(MerchantAccount.address)).in_(sa.bindparam("addresses", expanding=True)),
+)
 _TOP_BLOCK = (
     sa.select(_BLOCKS.c.number, _BLOCKS.c.hash)
     .where(_BLOCKS.c.cursor_id == sa.bindparam("cursor_id"))
@@ -230,11 +234,8 @@ def accounts_by_address(
     lowered = sorted({a.lower() for a in addresses})
     found: dict[str, MerchantAccount] = {}
     for start in range(0, len(lowered), _CHUNK):
-        stmt = select(MerchantAccount).where(
-            MerchantAccount.chain_id == chain_id,
-            sa.func.lower(MerchantAccount.address).in_(lowered[start : start + _CHUNK]),
-        )
-        for account in session.exec(stmt):
+        params = {"chain_id": chain_id, "addresses": lowered[start : start + _CHUNK]}
+        for account in session.exec(_ACCOUNTS_BY_ADDRESS, params=params):
             found[account.address.lower()] = account
     return found
 
@@ -309,6 +310,12 @@ _UPDATE_ROWS = (
 )
 
 
+_ROWS_BY_NUMBER = sa.select(*(_INVOICES.c[c] for c in _ROW_COLUMNS)).where(
+    _INVOICES.c.account_id == sa.bindparam("account_id"),
+    _INVOICES.c.number.in_(sa.bindparam("numbers", expanding=True)),
+)
+
+
 def _invoice_row(row: Any) -> InvoiceRow:
     values = row._asdict()
     values["state"] = InvoiceState(values["state"])
@@ -320,14 +327,11 @@ def invoice_rows_by_number(
     session: Session, account_id: int, numbers: set[int]
 ) -> dict[int, InvoiceRow]:
     ordered = sorted(numbers)
-    columns = [_INVOICES.c[c] for c in _ROW_COLUMNS]
     found: dict[int, InvoiceRow] = {}
+    conn = session.connection()
     for start in range(0, len(ordered), _CHUNK):
-        stmt = sa.select(*columns).where(
-            _INVOICES.c.account_id == account_id,
-            _INVOICES.c.number.in_(ordered[start : start + _CHUNK]),
-        )
-        for row in session.execute(stmt).all():
+        params = {"account_id": account_id, "numbers": ordered[start : start + _CHUNK]}
+        for row in conn.execute(_ROWS_BY_NUMBER, params).all():
             found[int(row.number)] = _invoice_row(row)
     return found
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from crm.consent.models import ConsentEvent, ConsentState
@@ -56,20 +57,25 @@ def get_state(session: Session, contact_id: int, purpose: str, channel: str) -> 
     return session.exec(stmt).first()
 
 
+_GRANTED = select(ConsentState.contact_id, ConsentState.channel).where(
+    col(ConsentState.contact_id).in_(sa.bindparam("ids", expanding=True)),
+    col(ConsentState.purpose) == sa.bindparam("purpose"),
+    col(ConsentState.channel).in_(sa.bindparam("channels", expanding=True)),
+    col(ConsentState.state) == ConsentStatus.GRANTED.value,
+)
+
+
 def granted_channels(
     session: Session, contact_ids: Iterable[int], purpose: str, channels: Iterable[str]
 ) -> dict[int, set[str]]:
     """Per contact, the ``channels`` on which ``purpose`` is granted (projection rows only)."""
     ids, wanted = sorted(set(contact_ids)), sorted(set(channels))
     found: dict[int, set[str]] = {}
+    if not wanted:
+        return found
     for start in range(0, len(ids), 500):
-        stmt = select(ConsentState.contact_id, ConsentState.channel).where(
-            col(ConsentState.contact_id).in_(ids[start : start + 500]),
-            ConsentState.purpose == purpose,
-            col(ConsentState.channel).in_(wanted),
-            ConsentState.state == ConsentStatus.GRANTED.value,
-        )
-        for contact_id, channel in session.exec(stmt):
+        params = {"ids": ids[start : start + 500], "purpose": purpose, "channels": wanted}
+        for contact_id, channel in session.exec(_GRANTED, params=params):
             found.setdefault(int(contact_id), set()).add(channel)
     return found
 

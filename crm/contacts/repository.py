@@ -37,14 +37,18 @@ def get(session: Session, merchant_id: int, contact_id: int) -> Contact | None:
     return session.exec(stmt).first()
 
 
+_MANY = select(Contact).where(
+    col(Contact.id).in_(sa.bindparam("ids", expanding=True)),
+    col(Contact.merchant_id) == sa.bindparam("merchant_id"),
+)
+
+
 def get_many(session: Session, merchant_id: int, contact_ids: Iterable[int]) -> dict[int, Contact]:
     ids = sorted(set(contact_ids))
     found: dict[int, Contact] = {}
     for start in range(0, len(ids), 500):
-        stmt = select(Contact).where(
-            col(Contact.id).in_(ids[start : start + 500]), Contact.merchant_id == merchant_id
-        )
-        found.update({c.id: c for c in session.exec(stmt) if c.id is not None})
+        params = {"ids": ids[start : start + 500], "merchant_id": merchant_id}
+        found.update({c.id: c for c in session.exec(_MANY, params=params) if c.id is not None})
     return found
 
 

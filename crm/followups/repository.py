@@ -54,6 +54,19 @@ _PURCHASES = Purchase.__table__  # type: ignore[attr-defined]
 _FOLLOWUPS = FollowUp.__table__  # type: ignore[attr-defined]
 _EVENTS = FollowUpEvent.__table__  # type: ignore[attr-defined]
 _INSERT_PURCHASE = sa.insert(_PURCHASES)
+# Built once: the settlement indexer runs these every step.
+_PURCHASE_REFS = sa.select(_PURCHASES.c.payment_ref).where(
+    _PURCHASES.c.merchant_id == sa.bindparam("merchant_id"),
+    _PURCHASES.c.payment_ref.in_(sa.bindparam("refs", expanding=True)),
+)
+_FOLLOWUP_IDS = sa.select(_FOLLOWUPS.c.id, _FOLLOWUPS.c.payment_ref, _FOLLOWUPS.c.kind).where(
+    _FOLLOWUPS.c.merchant_id == sa.bindparam("merchant_id"),
+    _FOLLOWUPS.c.payment_ref.in_(sa.bindparam("refs", expanding=True)),
+)
+_POLICY = select(FollowUpPolicy).where(
+    col(FollowUpPolicy.merchant_id) == sa.bindparam("merchant_id"),
+    col(FollowUpPolicy.trigger) == sa.bindparam("trigger"),
+)
 _INSERT_FOLLOWUP = sa.insert(_FOLLOWUPS)
 _INSERT_EVENT = sa.insert(_EVENTS)
 
@@ -69,11 +82,10 @@ def _chunks(values: Iterable[_T]) -> Iterator[list[_T]]:
 
 def existing_purchase_refs(session: Session, merchant_id: int, refs: Iterable[str]) -> set[str]:
     found: set[str] = set()
+    conn = session.connection()
     for chunk in _chunks(refs):
-        stmt = sa.select(_PURCHASES.c.payment_ref).where(
-            _PURCHASES.c.merchant_id == merchant_id, _PURCHASES.c.payment_ref.in_(chunk)
-        )
-        found.update(session.execute(stmt).scalars())
+        params = {"merchant_id": merchant_id, "refs": chunk}
+        found.update(conn.execute(_PURCHASE_REFS, params).scalars())
     return found
 
 
@@ -94,10 +106,10 @@ def insert_followups(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     for merchant_id in {r["merchant_id"] for r in rows}:
         refs = [r["payment_ref"] for r in rows if r["merchant_id"] == merchant_id]
         for chunk in _chunks(refs):
-            stmt = sa.select(_FOLLOWUPS.c.id, _FOLLOWUPS.c.payment_ref, _FOLLOWUPS.c.kind).where(
-                _FOLLOWUPS.c.merchant_id == merchant_id, _FOLLOWUPS.c.payment_ref.in_(chunk)
+            found = session.connection().execute(
+                _FOLLOWUP_IDS, {"merchant_id": merchant_id, "refs": chunk}
             )
-            ids.update({(merchant_id, ref, kind): int(i) for i, ref, kind in session.execute(stmt)})
+            ids.update({(merchant_id, ref, kind): int(i) for i, ref, kind in found})
     return [ids[(r["merchant_id"], r["payment_ref"], r["kind"])] for r in rows]
 
 
@@ -138,10 +150,7 @@ def save_policy(session: Session, policy: FollowUpPolicy) -> FollowUpPolicy:
 
 
 def get_policy(session: Session, merchant_id: int, trigger: str) -> FollowUpPolicy | None:
-    stmt = select(FollowUpPolicy).where(
-        FollowUpPolicy.merchant_id == merchant_id, FollowUpPolicy.trigger == trigger
-    )
-    return session.exec(stmt).first()
+    return session.exec(_POLICY, params={"merchant_id": merchant_id, "trigger": trigger}).first()
 
 
 def get_policy_by_id(session: Session, merchant_id: int, policy_id: int) -> FollowUpPolicy | None:
