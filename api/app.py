@@ -48,6 +48,7 @@ from api.deps import (
 from api.errors import ApiError, RateLimited, error_json, install_error_handlers, render_exception
 from api.idempotency import service as idempotency
 from api.routes import api_router
+from api.runtime import WarmHeapFreezer
 from api.settings import Settings, get_settings
 from api.settlement.invoices import InvoiceNumbers
 from api.webhooks.secrets import SecretCipher
@@ -190,9 +191,10 @@ class _ApiMiddleware:
     MAX_BUFFER = 8 * 1024 * 1024
     SPARE_THREADS = 8  # sync work outside any request: startup, after-response callbacks
 
-    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+    def __init__(self, app: ASGIApp, max_in_flight: int, freeze_heap_after: int = 0) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
+        self._freezer = WarmHeapFreezer(freeze_heap_after)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admission: asyncio.Semaphore | None = None
 
@@ -214,6 +216,7 @@ class _ApiMiddleware:
             return
         async with self._admit():
             await self._handle(scope, receive, send)
+        self._freezer.served()
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = RequestContext()
@@ -445,7 +448,11 @@ def create_app(
     app.include_router(api_router(*routers))
 
     # add_middleware puts each new one outermost: add innermost first.
-    app.add_middleware(_ApiMiddleware, max_in_flight=config.max_in_flight)
+    app.add_middleware(
+        _ApiMiddleware,
+        max_in_flight=config.max_in_flight,
+        freeze_heap_after=config.freeze_heap_after,
+    )
     app.add_middleware(_BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(_RateLimitMiddleware, limiter=app.state.rate_limiter)
     if config.cors_origins:

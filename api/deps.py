@@ -109,12 +109,16 @@ class ApiConfig:
     #: Seconds keys, accounts and webhook subscriptions are served from memory
     #: (:mod:`api.cache`); 0: off.
     cache_seconds: float = 1.0
+    #: Requests after which the heap is frozen again (:class:`api.runtime.WarmHeapFreezer`).
+    freeze_heap_after: int = 200
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if self.cache_seconds < 0:
             raise ValueError("cache_seconds must be >= 0")
+        if self.freeze_heap_after < 0:
+            raise ValueError("freeze_heap_after must be >= 0")
 
     @classmethod
     def from_settings(cls, settings: Any) -> ApiConfig:
@@ -166,7 +170,9 @@ class RequestContext:
     key: AuthenticatedKey | None = None
     idempotency: idempotency.IdempotencyContext | None = None
     session: Session | None = None
-    before_commit: list[Callable[[Session], object]] = field(default_factory=list)
+    #: ``hook(session, response)`` (no closure over the context: a request must leave no
+    #: reference cycle behind, or every request's objects wait for a full collection).
+    before_commit: list[Callable[[Session, BufferedResponse], object]] = field(default_factory=list)
     after_commit: list[Callable[[], object]] = field(default_factory=list)
     finished: bool = False
 
@@ -182,7 +188,7 @@ class RequestContext:
         try:
             try:
                 for hook in self.before_commit:
-                    hook(session)
+                    hook(session, self.response)
                 session.commit()
             except BaseException:
                 session.rollback()
@@ -452,8 +458,7 @@ async def get_current_key(request: Request) -> AuthenticatedKey:
         )
         ctx.idempotency = ictx
 
-        def _store(s: Session) -> None:
-            r = ctx.response
+        def _store(s: Session, r: BufferedResponse) -> None:
             # a 5xx or a body streamed past the buffer is not stored: a retry runs again
             if r.complete and not r.flushed and r.status < 500:
                 idempotency.record(
