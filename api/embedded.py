@@ -26,6 +26,7 @@ from api.db import session_factory
 from api.deps import ChainInfo
 from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
 from api.dispatch.worker import Channel, Worker
+from api.runtime import chain_info_for
 from api.settlement.indexer import Indexer
 from crm import KeyRing, make_engine
 from crm.clock import Clock
@@ -35,8 +36,6 @@ from wallet.secrets import PrivateKey
 from wallet.signing import Signer
 
 __all__ = ["EmbeddedStack", "serve_in_thread"]
-
-TOKEN_DECIMALS = 6
 
 
 @dataclass
@@ -68,23 +67,7 @@ class EmbeddedStack:
         self.operator = Signer(PrivateKey(bytes(accounts[2].key)))
 
     def chain_info(self) -> ChainInfo:
-        def head() -> int:
-            with self.chain.lock:
-                return int(self.chain.w3.eth.block_number)
-
-        def gas_used(tx_hash: str) -> int | None:
-            with self.chain.lock:
-                receipt = self.chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-            return int(receipt["gasUsed"]) if receipt else None
-
-        return ChainInfo(
-            chain_id=self.chain.chain_id,
-            router=self.deployment.router,
-            token=self.deployment.token,
-            decimals=TOKEN_DECIMALS,
-            head=head,
-            gas_used=gas_used,
-        )
+        return chain_info_for(self.chain, self.deployment)
 
     def app(self) -> FastAPI:
         return create_app(

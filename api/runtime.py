@@ -1,7 +1,8 @@
 """What a long-running FollowPay process needs, built once from :class:`Settings`.
 
-The indexer, the worker and the CLI's invoice commands share it: database engine, chain,
-deployment (from the manifest ``followpay chain up`` wrote), the CRM key ring and a clock.
+The indexer, the worker, ``followpay serve`` and the CLI's invoice commands share it: database
+engine, chain, deployment (from the manifest ``followpay chain up`` wrote), the CRM key ring, a
+clock, and the operator signers of ``FOLLOWPAY_OPERATORS`` (:mod:`api.operators`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from api.deps import ChainInfo
+from api.operators import OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
 from crm import KeyRing, SystemClock, make_engine
 from wallet.chain import Chain, connect
 from wallet.deployment import Deployment, ManifestError, read_manifest
+from wallet.signing import Signer
+from wallet.tokens import Token
+from wallet.vault import Vault
 
 __all__ = [
     "Runtime",
     "WarmHeapFreezer",
+    "chain_info_for",
     "freeze_startup_heap",
     "load_master_key",
     "stop_on_signals",
@@ -67,6 +74,29 @@ class WarmHeapFreezer:
             self._served += 1
             if self._served == self.after:
                 gc.freeze()
+
+
+def chain_info_for(chain: Chain, deployment: Deployment) -> ChainInfo:
+    """What the API issues invoices on: chain id, router, token and its decimals (read from the
+    token), and live head/receipt look-ups so payments report confirmations and gas used."""
+
+    def head() -> int:
+        with chain.lock:
+            return int(chain.w3.eth.block_number)
+
+    def gas_used(tx_hash: str) -> int | None:
+        with chain.lock:
+            receipt = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        return int(receipt["gasUsed"]) if receipt else None
+
+    return ChainInfo(
+        chain_id=chain.chain_id,
+        router=deployment.router,
+        token=deployment.token,
+        decimals=Token(chain, deployment.token).decimals(),
+        head=head,
+        gas_used=gas_used,
+    )
 
 
 @contextmanager
@@ -151,6 +181,26 @@ class Runtime:
                 f"no live deployment in {path}: run `followpay chain up` first", param="manifest"
             )
         return deployment
+
+    @cached_property
+    def operator_signers(self) -> dict[str, Signer]:
+        """Operator address -> signer, unlocked from the vault (empty without operators)."""
+        return load_operator_signers(
+            Vault(self.settings.home),
+            self.settings.operator_refs,
+            self.settings.password,
+            self.deployment.router,
+        )
+
+    def signer_for(self, operator: str) -> Signer:
+        signer = self.operator_signers.get(operator.lower())
+        if signer is None:
+            listed = ", ".join(sorted(self.operator_signers)) or "none"
+            raise OperatorUnavailableError(
+                f"no configured operator signs for {operator} (FOLLOWPAY_OPERATORS: {listed})",
+                param="operators",
+            )
+        return signer
 
     def close(self) -> None:
         if "chain" in self.__dict__:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.operators import OperatorRef, parse_operator_refs
 from wallet.chain import ChainBackend, ChainConfig
 
 __all__ = ["Settings", "get_settings"]
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
     #: memory (``api.cache``): how long another API process may still act on a key revoked or
     #: an account or endpoint changed elsewhere. 0 turns it off.
     api_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    #: Vault wallets whose keys sign invoice intents (``api.operators``): ``name`` or
+    #: ``name:index``, comma-separated. Empty: invoices need the embedded stack's dev operator.
+    operators: str = ""
+    #: Unlocks the vault wallets (``FOLLOWPAY_PASSWORD``; never a command-line argument).
+    password: SecretStr | None = None
 
     @field_validator("rpc_url")
     @classmethod
@@ -41,11 +47,21 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value
 
+    @field_validator("operators")
+    @classmethod
+    def _operator_refs(cls, value: str) -> str:
+        parse_operator_refs(value)  # ValueError names the bad entry
+        return value
+
     @model_validator(mode="after")
     def _rpc_needs_url(self) -> Settings:
         if self.chain is ChainBackend.RPC and not self.rpc_url:
             raise ValueError("FOLLOWPAY_CHAIN=rpc needs FOLLOWPAY_RPC_URL")
         return self
+
+    @property
+    def operator_refs(self) -> tuple[OperatorRef, ...]:
+        return parse_operator_refs(self.operators)
 
     @property
     def resolved_database_url(self) -> str:

@@ -66,6 +66,16 @@ CASES = {
     "corrupt_artifact": Case(
         ("contracts", "check"), {"FOLLOWPAY_ARTIFACTS_DIR": "{corrupt}"}, says="TestToken (corrupt)"
     ),
+    "bad_operators": Case(
+        ("invoices", "list", "--merchant", "1"),
+        {"FOLLOWPAY_OPERATORS": "ops:x"},
+        says="FOLLOWPAY_OPERATORS: 'ops:x' is not a wallet name or name:index",
+    ),
+    "invoice_without_operator": Case(
+        ("invoices", "create", "--merchant", "1", "--amount", "1", "--order", "o-1"),
+        code=2,
+        says="set FOLLOWPAY_OPERATORS",
+    ),
     "wallet_unreachable_rpc": Case(
         ("wallet", "balance", DEAD, "--rpc-url", UNREACHABLE), says="unreachable"
     ),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = ["build_app", "serve"]
 
@@ -43,12 +46,28 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
         runtime.close()
 
 
-def build_app() -> object:
-    """The app factory uvicorn calls in every worker (settings from the environment)."""
+def _production_app(runtime: Any) -> FastAPI:
+    """The API for a real node: with ``FOLLOWPAY_OPERATORS`` it signs invoices with those vault
+    keys on the deployment in the manifest; without, every other resource works and
+    ``POST /v1/invoices`` answers 409 ``signer_unavailable``."""
     from api.app import create_app
-    from api.runtime import freeze_startup_heap
+    from api.runtime import chain_info_for
 
-    app = create_app()
+    if not runtime.settings.operator_refs:
+        return create_app(runtime.settings)
+    return create_app(
+        runtime.settings,
+        signers=runtime.operator_signers,
+        chain_info=chain_info_for(runtime.chain, runtime.deployment),
+    )
+
+
+def build_app() -> FastAPI:
+    """The app factory uvicorn calls in every worker (settings from the environment)."""
+    from api.runtime import Runtime, freeze_startup_heap
+    from api.settings import get_settings
+
+    app = _production_app(Runtime(get_settings()))
     freeze_startup_heap()
     return app
 
@@ -65,9 +84,10 @@ def serve(
     worker and webhook deliveries. Otherwise it serves the API only; run ``followpay indexer``
     and ``followpay worker`` beside it.
 
-    Invoice creation needs operator signers and a chain (``create_app(signers=..., chain_info=
-    ...)``); a plain ``serve`` runs every other resource and answers ``POST /v1/invoices`` with
-    409 ``signer_unavailable``. Use PostgreSQL for more than one worker.
+    Invoices are signed by the vault wallets FOLLOWPAY_OPERATORS names (unlocked with
+    FOLLOWPAY_PASSWORD) on the deployment in the manifest; without operators every other resource
+    works and ``POST /v1/invoices`` answers 409 ``signer_unavailable``. Use PostgreSQL for more
+    than one worker.
     """
     import uvicorn
 
@@ -82,6 +102,17 @@ def serve(
     if runtime.settings.chain.value == "tester":
         _serve_embedded(runtime, url, host, port)
         return
+    if workers == 1:
+        from api.runtime import freeze_startup_heap
+
+        app = _production_app(runtime)  # a wrong password or missing wallet fails here
+        freeze_startup_heap()
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
+        runtime.close()
+        return
+    if runtime.settings.operator_refs:
+        _ = runtime.operator_signers  # fail once, clearly, before any worker starts
+    runtime.close()
     uvicorn.run(
         "api.commands.serve:build_app",
         factory=True,

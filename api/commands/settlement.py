@@ -150,24 +150,37 @@ def invoices_create(
         bool, typer.Option(help="sign with the local dev operator (tester/anvil only)")
     ] = False,
 ) -> None:
-    """Create an invoice: signed intent, invoice id, EIP-681 URI (JSON on stdout)."""
+    """Create an invoice: signed intent, invoice id, EIP-681 URI (JSON on stdout).
+
+    The intent is signed by the FOLLOWPAY_OPERATORS key registered as the merchant's operator
+    (vault unlocked with FOLLOWPAY_PASSWORD), or with --dev-operator by the public development
+    key on a local chain.
+    """
     from api.settlement import invoices
     from wallet.amounts import parse_amount
     from wallet.chain import dev_accounts
     from wallet.secrets import PrivateKey
     from wallet.signing import Signer
+    from wallet.tokens import Token
 
     runtime = _runtime()
-    if not dev_operator:
-        raise typer.BadParameter("only --dev-operator signing is wired into the CLI so far")
-    if not runtime.chain.is_local:
-        raise typer.BadParameter("--dev-operator needs a local chain")
-    signer = Signer(PrivateKey(bytes(dev_accounts()[2].key)))
+    if dev_operator:
+        if not runtime.chain.is_local:
+            raise typer.BadParameter("--dev-operator needs a local chain")
+        signer = Signer(PrivateKey(bytes(dev_accounts()[2].key)))
+    else:
+        if not runtime.settings.operator_refs:
+            raise typer.BadParameter(
+                "set FOLLOWPAY_OPERATORS (vault wallets that sign intents) or pass --dev-operator"
+            )
+        with Session(runtime.engine) as session:
+            operator = invoices.operator_of(session, merchant, runtime.chain.chain_id)
+        signer = runtime.signer_for(operator)
     deployment = runtime.deployment
     request = invoices.InvoiceRequest(
         merchant_id=merchant,
         token=deployment.token,
-        amount=parse_amount(amount, 6),
+        amount=parse_amount(amount, Token(runtime.chain, deployment.token).decimals()),
         order_id=order,
         contact_id=contact,
         confirmations=confirmations,

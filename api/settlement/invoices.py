@@ -45,6 +45,7 @@ __all__ = [
     "get_invoice",
     "intent_of",
     "mark_invoice",
+    "operator_of",
     "qr_png",
     "qr_svg",
     "register_account",
@@ -281,6 +282,16 @@ def create_invoice(
     )
     detail = f"invoice {live[0]} ({live[1]})" if live else "an open invoice"
     raise DuplicateOrderError(f"order {request.order_id!r} already has {detail}", param="order_id")
+
+
+def operator_of(session: Session, merchant_id: int, chain_id: int) -> str:
+    """The operator address registered for the merchant's router account on ``chain_id``."""
+    account = repo.account_row(session, merchant_id, chain_id)
+    if account is None:
+        raise MerchantAccountMissingError(
+            f"merchant has no router account on chain {chain_id}", param="merchant"
+        )
+    return account.operator
 
 
 def intent_of(invoice: Invoice, account: MerchantAccount | repo.AccountRow) -> PaymentIntent:
