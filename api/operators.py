@@ -14,14 +14,16 @@ free-form message — so a compromised API host cannot turn the operator key int
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from wallet.errors import VaultError
-from wallet.policy import SigningPolicy
-from wallet.secrets import SecretStr as WalletSecret
-from wallet.signing import Signer
-from wallet.vault import Vault
+
+if TYPE_CHECKING:  # the vault and signing stacks load only where operators are configured
+    from wallet.policy import SigningPolicy
+    from wallet.signing import Signer
+    from wallet.vault import Vault
 
 __all__ = [
     "OperatorRef",
@@ -50,6 +52,10 @@ class OperatorRef:
 def parse_operator_refs(text: str) -> tuple[OperatorRef, ...]:
     """``"shop, other:3"`` -> two refs. Raises ``ValueError`` naming the bad entry."""
     refs: list[OperatorRef] = []
+    if not text.strip():
+        return ()
+    from wallet.vault import Vault
+
     for raw in text.split(","):
         entry = raw.strip()
         if not entry:
@@ -70,6 +76,8 @@ def parse_operator_refs(text: str) -> tuple[OperatorRef, ...]:
 
 def intent_only_policy(router: str) -> SigningPolicy:
     """Typed data whose ``verifyingContract`` is ``router``; no transactions, no messages."""
+    from wallet.policy import SigningPolicy
+
     return SigningPolicy(
         allowed_contracts=frozenset({router}),
         allowed_selectors=frozenset(),
@@ -84,6 +92,9 @@ def load_operator_signers(
     naming one key are errors (start-up fails loudly rather than serving without a signer)."""
     if not refs:
         return {}
+    from wallet.secrets import SecretStr as WalletSecret
+    from wallet.signing import Signer
+
     if password is None or not password.get_secret_value():
         raise VaultError("FOLLOWPAY_OPERATORS needs FOLLOWPAY_PASSWORD to unlock the vault")
     secret = WalletSecret(password.get_secret_value())

@@ -17,18 +17,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from api.deps import ChainInfo
 from api.operators import OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
 from crm import KeyRing, SystemClock, make_engine
 from wallet.chain import Chain, connect
 from wallet.deployment import Deployment, ManifestError, read_manifest
-from wallet.signing import Signer
-from wallet.tokens import Token
-from wallet.vault import Vault
+
+if TYPE_CHECKING:  # the API and signing stacks load only in the processes that use them
+    from api.deps import ChainInfo
+    from wallet.signing import Signer
 
 __all__ = [
     "Runtime",
@@ -79,6 +80,8 @@ class WarmHeapFreezer:
 def chain_info_for(chain: Chain, deployment: Deployment) -> ChainInfo:
     """What the API issues invoices on: chain id, router, token and its decimals (read from the
     token), and live head/receipt look-ups so payments report confirmations and gas used."""
+    from api.deps import ChainInfo
+    from wallet.tokens import Token
 
     def head() -> int:
         with chain.lock:
@@ -185,6 +188,8 @@ class Runtime:
     @cached_property
     def operator_signers(self) -> dict[str, Signer]:
         """Operator address -> signer, unlocked from the vault (empty without operators)."""
+        from wallet.vault import Vault
+
         return load_operator_signers(
             Vault(self.settings.home),
             self.settings.operator_refs,
