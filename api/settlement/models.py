@@ -151,6 +151,9 @@ class Payment(SQLModel, table=True):
             sqlite_where=sa.text("state = 'pending'"),
             postgresql_where=sa.text("state = 'pending'"),
         ),
+        # a step's block range (stored keys, new ids) and a reorg's "above the fork": without the
+        # chain id in front, SQLite reads every payment of the chain to filter the range
+        sa.Index("ix_api_payment_chain_block", "chain_id", "block_number"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -160,7 +163,7 @@ class Payment(SQLModel, table=True):
     chain_id: int = Field(sa_type=sa.BigInteger)
     tx_hash: str = Field(max_length=66)
     log_index: int
-    block_number: int = Field(index=True, sa_type=sa.BigInteger)
+    block_number: int = Field(sa_type=sa.BigInteger)
     block_hash: str = Field(max_length=66)
     payer: str = Field(max_length=42)
     token: str = Field(max_length=42)
@@ -173,14 +176,17 @@ class Payment(SQLModel, table=True):
 
 class Refund(SQLModel, table=True):
     __tablename__ = "api_refund"
-    __table_args__ = (sa.UniqueConstraint("chain_id", "tx_hash", "log_index", "block_hash"),)
+    __table_args__ = (
+        sa.UniqueConstraint("chain_id", "tx_hash", "log_index", "block_hash"),
+        sa.Index("ix_api_refund_chain_block", "chain_id", "block_number"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     invoice_id: str | None = Field(default=None, foreign_key="api_invoice.id", index=True)
     chain_id: int = Field(sa_type=sa.BigInteger)
     tx_hash: str = Field(max_length=66)
     log_index: int
-    block_number: int = Field(index=True, sa_type=sa.BigInteger)
+    block_number: int = Field(sa_type=sa.BigInteger)
     block_hash: str = Field(max_length=66)
     to: str = Field(max_length=42)
     amount: int = Field(sa_type=Uint256)

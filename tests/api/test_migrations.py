@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -115,3 +116,39 @@ def test_the_indexers_pending_query_reads_only_pending_payments(engine):
             plan = conn.exec_driver_sql("EXPLAIN " + statement, parameters).fetchall()
         conn.rollback()
     assert "ix_api_payment_pending" in " ".join(str(step) for step in plan), plan
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (lambda s, r: r.payment_keys(s, 31337, 100, 120), "ix_api_payment_chain_block"),
+        (lambda s, r: r.payments_after(s, 31337, 100), "ix_api_payment_chain_block"),
+        (lambda s, r: r.refund_keys(s, 31337, 100, 120), "ix_api_refund_chain_block"),
+    ],
+    ids=["payment_keys", "payments_after", "refund_keys"],
+)
+def test_block_range_queries_read_only_their_range(engine, query, index):
+    """A step's block range (and a reorg's "above the fork") is found by (chain, block): with
+    ``block_number`` alone indexed SQLite read every payment of the chain to filter it."""
+    from sqlmodel import Session
+
+    from api.settlement import repository
+
+    seen: list[tuple[str, object]] = []
+    with engine.connect() as conn:
+
+        def capture(_conn, _cursor, statement, parameters, _context, _many):
+            seen.append((statement, parameters))
+
+        sa.event.listen(conn, "before_cursor_execute", capture)
+        with Session(bind=conn) as session:
+            assert not query(session, repository)
+        sa.event.remove(conn, "before_cursor_execute", capture)
+        ((statement, parameters),) = seen
+        if conn.dialect.name == "sqlite":
+            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+        else:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # tiny test tables
+            plan = conn.exec_driver_sql("EXPLAIN " + statement, parameters).fetchall()
+        conn.rollback()
+    assert index in " ".join(str(step) for step in plan), plan
