@@ -34,8 +34,9 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from web3 import Web3
 
+from wallet.chain import anvil_binary
+
 ROOT = Path(__file__).resolve().parent.parent
-ANVIL = ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
 FORGE = ROOT / "node_modules" / ".bin" / "forge"
 
 AMOUNT = 12_345_678  # 12.345678 tUSD (6 decimals)
@@ -84,7 +85,7 @@ def _free_port() -> int:
 def _spawn_anvil(*extra: str) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [str(ANVIL), "--port", str(port), "--silent", *extra],
+        [str(anvil_binary()), "--port", str(port), "--silent", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
