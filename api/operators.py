@@ -51,11 +51,11 @@ class OperatorRef:
 
 def parse_operator_refs(text: str) -> tuple[OperatorRef, ...]:
     """``"shop, other:3"`` -> two refs. Raises ``ValueError`` naming the bad entry."""
-    refs: list[OperatorRef] = []
     if not text.strip():
         return ()
     from wallet.vault import Vault
 
+    refs: list[OperatorRef] = []
     for raw in text.split(","):
         entry = raw.strip()
         if not entry:
