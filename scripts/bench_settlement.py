@@ -72,6 +72,11 @@ GAS = 200_000
 #: The indexer's head check between steps: one ``eth_getBlockByNumber("latest")``, ~0.2 ms of
 #: CPU, so a 20 ms interval costs ~1 % of a core while idle and bounds the settle lag.
 POLL_INTERVAL = 0.02
+#: How often both sides of the e2e comparison look for their finish line (receipts; settled
+#: counts): the same granularity on both, so neither gains from checking sooner.
+CHECK_INTERVAL = 0.01
+#: Any timed wait gives up after this long: a stuck run fails instead of hanging the bench.
+WAIT_LIMIT = 120.0
 _ZERO = "0x" + "0" * 40
 
 
@@ -393,7 +398,13 @@ def _mined_seconds(
         receipts = _batch(client, chain.rpc_url, [("eth_getTransactionReceipt", [h]) for h in last])
         if all(r is not None for r in receipts):
             return time.perf_counter() - started
-        time.sleep(0.01)
+        _check_limit(started, "transactions not mined")
+        time.sleep(CHECK_INTERVAL)
+
+
+def _check_limit(started: float, what: str) -> None:
+    if time.perf_counter() - started > WAIT_LIMIT:
+        raise RuntimeError(f"{what} after {WAIT_LIMIT:.0f} s")
 
 
 def _transfers_seconds(n: int, payers: int, client: httpx.Client) -> float:
@@ -450,14 +461,17 @@ def _pays_seconds(n: int, payers: int, client: httpx.Client, workdir: Path) -> f
                 started = time.perf_counter()
                 _send_rounds(client, chain.rpc_url, rounds)
                 while _counts(engine) != (n, n):
-                    time.sleep(0.02)
+                    _check_limit(started, f"not all {n} invoices settled with a follow-up")
+                    time.sleep(CHECK_INTERVAL)
                 return time.perf_counter() - started
     finally:
         engine.dispose()
 
 
-def bench_e2e(n: int, workdir: Path, payers: int = 20, repeats: int = 5) -> list[dict[str, Any]]:
-    """Each side on its own fresh anvil with the same setup, alternating, best of ``repeats``.
+def bench_e2e(n: int, workdir: Path, payers: int = 20, repeats: int = 9) -> list[dict[str, Any]]:
+    """Each side on its own fresh anvil with the same setup, alternating, best of ``repeats``
+    (a run lasts well under a second, so single runs move by ±40 % with the host's noise; the
+    ratio of medians is reported next to the best-of figures).
 
     A fresh chain per run because anvil slows down as its chain grows (a one-off measurement
     while writing this, not part of the run: four identical rounds of 1,000 transfers on one
@@ -530,8 +544,12 @@ def _generate(market: _Market, intents: list[tuple[int, bytes, bytes, int]], pay
                     _batch(client, chain.rpc_url, [("eth_sendRawTransaction", [b]) for b in batch])
                 chain.request("anvil_mine", ["0x1"])
                 pending = []
-        while int(chain.request("txpool_status")["pending"], 16):
+        for _ in range(1_000):  # each block takes at most the gas limit's worth of pays
+            if not int(chain.request("txpool_status")["pending"], 16):
+                break
             chain.request("anvil_mine", ["0x1"])
+        else:
+            raise RuntimeError("transactions still pending after 1,000 blocks")
     chain.request("evm_setAutomine", [True])
 
 
@@ -572,8 +590,12 @@ def bench_catch_up(n: int, workdir: Path, payers: int = 50) -> list[dict[str, An
             chain, engine, market.deployment.router, start_block=first, clock=SystemClock()
         )
         started = time.perf_counter()
-        while not indexer.poll_once().caught_up:
-            pass
+        steps = (last - first) // indexer.batch_blocks + 2
+        for _ in range(steps):
+            if indexer.poll_once().caught_up:
+                break
+        else:
+            raise RuntimeError(f"indexer not caught up after {steps} steps")
         index_seconds = time.perf_counter() - started
         settled, _ = _counts(engine)
         if settled != n:
