@@ -385,6 +385,11 @@ def _counts(engine: Any) -> tuple[int, int]:
     return int(settled), int(scheduled)
 
 
+def _check_limit(started: float, what: str) -> None:
+    if time.perf_counter() - started > WAIT_LIMIT:
+        raise RuntimeError(f"{what} after {WAIT_LIMIT:.0f} s")
+
+
 def _mined_seconds(
     chain: Chain, client: httpx.Client, signed: list[tuple[int, str]], payers: int
 ) -> float:
@@ -400,11 +405,6 @@ def _mined_seconds(
             return time.perf_counter() - started
         _check_limit(started, "transactions not mined")
         time.sleep(CHECK_INTERVAL)
-
-
-def _check_limit(started: float, what: str) -> None:
-    if time.perf_counter() - started > WAIT_LIMIT:
-        raise RuntimeError(f"{what} after {WAIT_LIMIT:.0f} s")
 
 
 def _transfers_seconds(n: int, payers: int, client: httpx.Client) -> float:
