@@ -529,8 +529,10 @@ class Indexer:
         Caught up, the indexer asks the node for its head block (number and hash: one cheap
         call, no database work) every ``poll_interval`` seconds and takes a full step as soon
         as it changed (a new block, or a reorg at the same height), and at least every
-        ``idle_step`` seconds anyway (invoice expiry is a matter of time, not blocks). An
-        idle full step costs ~8 ms of CPU and a transaction; the head call ~0.2 ms."""
+        ``idle_step`` seconds anyway (invoice expiry is a matter of time, not blocks). A block
+        that arrived while a step ran starts the next step at once: under a steady stream of
+        blocks the indexer never sleeps while it is behind. An idle full step costs ~8 ms of
+        CPU and a transaction; the head call ~0.2 ms."""
         while not stop.is_set():
             result = self.poll_once()
             if progress is not None:
@@ -538,10 +540,11 @@ class Indexer:
             if not result.caught_up:
                 continue
             seen = self.chain.latest_block()
-            moved = seen[0] != result.to_block  # a block arrived after the step read the head
+            if seen[0] != result.to_block:
+                continue  # a block arrived after the step read the head: no pause for it
             due = time.monotonic() + idle_step
             while not stop.wait(poll_interval):
-                if moved or time.monotonic() >= due or self.chain.latest_block() != seen:
+                if time.monotonic() >= due or self.chain.latest_block() != seen:
                     break
 
 

@@ -287,6 +287,37 @@ class IndexerBehaviour(MarketSuite):
         assert not thread.is_alive()
 
 
+    def test_a_block_that_lands_during_a_step_is_taken_without_a_pause(
+        self, engine, market, clock, shop
+    ):
+        """A payment mined while a step runs (after it read the head) is settled by the next
+        step at once, not after the poll interval (30 s here, far beyond the wait)."""
+        indexer = indexer_for(engine, market, clock)
+        invoice = new_invoice(engine, market, shop, clock)
+        real_poll = indexer.poll_once
+        paid = threading.Event()
+
+        def paying_poll():
+            result = real_poll()
+            if result.caught_up and not paid.is_set():
+                pay(engine, market, invoice)  # a new block after this step's head
+                paid.set()
+            return result
+
+        indexer.poll_once = paying_poll  # type: ignore[method-assign]
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=indexer.run, args=(stop,), kwargs={"poll_interval": 30, "idle_step": 60}
+        )
+        thread.start()
+        try:
+            _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
+        finally:
+            stop.set()
+            thread.join(10)
+        assert paid.is_set()
+        assert not thread.is_alive()
+
 def _wait_for(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
