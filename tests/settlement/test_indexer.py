@@ -286,7 +286,6 @@ class IndexerBehaviour(MarketSuite):
             thread.join(10)
         assert not thread.is_alive()
 
-
     def test_a_block_that_lands_during_a_step_is_taken_without_a_pause(
         self, engine, market, clock, shop
     ):
@@ -317,6 +316,7 @@ class IndexerBehaviour(MarketSuite):
             thread.join(10)
         assert paid.is_set()
         assert not thread.is_alive()
+
 
 def _wait_for(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
