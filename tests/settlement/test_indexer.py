@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -266,12 +268,7 @@ class IndexerBehaviour(MarketSuite):
             return result
 
         indexer.poll_once = counting_poll  # type: ignore[method-assign]
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=indexer.run, args=(stop,), kwargs={"poll_interval": 0.02, "idle_step": 60}
-        )
-        thread.start()
-        try:
+        with _following(indexer, poll_interval=0.02):
             _wait_for(lambda: bool(steps) and steps[-1] >= market.chain.head())
             time.sleep(0.3)  # ~15 head checks
             idle = len(steps)
@@ -281,10 +278,6 @@ class IndexerBehaviour(MarketSuite):
             pay(engine, market, invoice)
             _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
             assert len(steps) > idle
-        finally:
-            stop.set()
-            thread.join(10)
-        assert not thread.is_alive()
 
     def test_a_block_that_lands_during_a_step_is_taken_without_a_pause(
         self, engine, market, clock, shop
@@ -304,18 +297,26 @@ class IndexerBehaviour(MarketSuite):
             return result
 
         indexer.poll_once = paying_poll  # type: ignore[method-assign]
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=indexer.run, args=(stop,), kwargs={"poll_interval": 30, "idle_step": 60}
-        )
-        thread.start()
-        try:
+        with _following(indexer, poll_interval=30):
             _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
-        finally:
-            stop.set()
-            thread.join(10)
         assert paid.is_set()
-        assert not thread.is_alive()
+
+
+@contextlib.contextmanager
+def _following(indexer: Indexer, *, poll_interval: float) -> Iterator[None]:
+    """``indexer.run`` in a thread (a full step at most every 60 s when idle), stopped and
+    joined afterwards; the thread must end."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=indexer.run, args=(stop,), kwargs={"poll_interval": poll_interval, "idle_step": 60}
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
 
 
 def _wait_for(condition, timeout: float = 10.0) -> None:
