@@ -51,6 +51,7 @@ REFUNDED_TOPIC = (
     "0x" + keccak(text="PaymentRefunded(address,uint256,address,address,uint256,uint256)").hex()
 )
 _INTENT = "(address,address,uint256,uint256,uint256,address,uint256)"
+_CLOSED = (InvoiceState.EXPIRED, InvoiceState.INVALID)
 _PAY_SELECTORS = frozenset(
     "0x" + keccak(text=signature).hex()[:8]
     for signature in (
@@ -77,6 +78,9 @@ class _Batch:
     touched: dict[str, InvoiceRow] = field(default_factory=dict)
     events: list[tuple[InvoiceRow, str, dict[str, Any]]] = field(default_factory=list)
     to_settle: list[tuple[InvoiceRow, int]] = field(default_factory=list)
+    #: (merchant id, order id) of orders with an open invoice (new, processing, settled): a
+    #: closed invoice of such an order that gets paid is held, not re-opened.
+    open_orders: set[tuple[int, str]] = field(default_factory=set)
 
 
 @dataclass
@@ -276,7 +280,8 @@ class Indexer:
             if start <= end:
                 repo.prune_blocks(session, cursor_id, end - self.reorg_window)
             self._confirm(session, chain_id, min(head, cursor.last_block), result, events)
-            expire_due(session, self.clock)  # late payments still settle, as paid_late
+            if result.caught_up:  # behind, an invoice's payment may be in the blocks ahead
+                expire_due(session, self.clock)  # late payments still settle, as paid_late
         return result
 
     def _head_and_fork(self, session: Session, cursor_id: int) -> tuple[int, int | None]:
@@ -350,6 +355,11 @@ class Indexer:
             found = repo.invoice_rows_by_number(session, account.id or 0, numbers)
             for number, invoice in found.items():
                 batch.invoices[(address, number)] = invoice
+        for invoice in batch.invoices.values():  # rare: a payment for a closed invoice
+            if invoice.state in _CLOSED:
+                order = (invoice.merchant_id, invoice.order_id)
+                if repo.open_invoice_for_order(session, *order, closed=list(_CLOSED)):
+                    batch.open_orders.add(order)
         topics = {entry.topic for entry in entries}
         if SETTLED_TOPIC in topics:
             batch.payments = repo.payment_keys(session, chain_id, start, end)
@@ -404,10 +414,17 @@ class Indexer:
             result.payments += 1
             if invoice is not None:
                 invoice.paid_amount += amount
+                batch.touched[invoice.id] = invoice
+                if self._held(invoice, batch):
+                    if late and invoice.status == InvoiceStatus.NONE:
+                        invoice.status = InvoiceStatus.PAID_LATE
+                    log.warning("payment %s held: invoice %s is closed", entry.tx_hash, invoice.id)
+                    batch.events.append((invoice, "invoice.payment_held", _evidence(row)))
+                    return
                 if invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
                     invoice.state = InvoiceState.PROCESSING
+                    batch.open_orders.add((invoice.merchant_id, invoice.order_id))
                     batch.events.append((invoice, "invoice.processing", _evidence(row)))
-                batch.touched[invoice.id] = invoice
                 if confirmed:
                     batch.to_settle.append((invoice, len(batch.payment_rows) - 1))
         elif entry.topic == REFUNDED_TOPIC:
@@ -426,6 +443,21 @@ class Indexer:
                 _set_refund_status(invoice)
                 batch.touched[invoice.id] = invoice
                 batch.events.append((invoice, "invoice.refunded", _evidence(row)))
+
+    @staticmethod
+    def _held(invoice: InvoiceRow, batch: _Batch) -> bool:
+        """A payment the chain accepted for an invoice that must not settle by itself: staff
+        invalidated it, or it expired and its order has another open invoice (settling both
+        would take the order's money twice). The money is the merchant's either way: the
+        invoice keeps its state and records the money (``paid_amount``; status ``paid_late``
+        when late), and the merchant, told by ``invoice.payment_held``, refunds it or marks
+        the invoice."""
+        if invoice.state == InvoiceState.INVALID:
+            return True
+        return (
+            invoice.state == InvoiceState.EXPIRED
+            and (invoice.merchant_id, invoice.order_id) in batch.open_orders
+        )
 
     def _paid_terms(self, tx_hash: str) -> tuple[str, int, int]:
         """``(token, amount, fee)`` of an unmatched payment, read from its transaction's
@@ -478,8 +510,8 @@ class Indexer:
         result: PollResult,
         settled: _Settlements,
     ) -> None:
-        if invoice.state == InvoiceState.SETTLED:
-            return
+        if invoice.state != InvoiceState.PROCESSING:
+            return  # settled already (e.g. marked by staff), or held (invalidated meanwhile)
         invoice.state = InvoiceState.SETTLED
         if evidence.get("late"):
             invoice.status = InvoiceStatus.PAID_LATE

@@ -361,6 +361,15 @@ def mark_invoice(
     invoice = get_invoice(session, merchant_id, invoice_id)
     if invoice.state == InvoiceState.SETTLED and settle:
         raise InvoiceStateError("invoice is already settled")
+    if settle and invoice.state in _REOPENABLE:
+        other = repo.open_invoice_for_order(
+            session, merchant_id, invoice.order_id, [s.value for s in _REOPENABLE]
+        )
+        if other is not None:  # the open-order rule: one live invoice per order
+            raise InvoiceStateError(
+                f"order {invoice.order_id!r} has another open invoice ({other[0]}); "
+                "invalidate it first or refund this payment"
+            )
     invoice.state = InvoiceState.SETTLED if settle else InvoiceState.INVALID
     invoice.status = InvoiceStatus.MARKED
     if settle:

@@ -25,6 +25,7 @@ EventTypeOrAll: TypeAlias = Literal[
     "invoice.settled",
     "invoice.expired",
     "invoice.invalid",
+    "invoice.payment_held",
     "invoice.refunded",
     "feedback.received",
     "ticket.opened",

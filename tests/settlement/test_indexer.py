@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import Session, func, select
 
 from api.settlement import invoices
-from api.settlement.errors import DuplicateOrderError, InvoiceRequestError
+from api.settlement.errors import DuplicateOrderError, InvoiceRequestError, InvoiceStateError
 from api.settlement.indexer import Indexer
 from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Payment, PaymentState
 from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, followups, merchants
@@ -202,6 +202,75 @@ class IndexerBehaviour(MarketSuite):
         indexer_for(engine, market, clock).poll_once()
         late = reload(engine, invoice.id)
         assert (late.state, late.status) == (InvoiceState.SETTLED, InvoiceStatus.PAID_LATE)
+
+    def test_late_payment_of_a_reopened_order_is_held_not_settled(
+        self, engine, market, clock, shop
+    ):
+        """Invoice A expires, the order gets invoice B, the customer still pays A (its signed
+        intent outlives the expiry): A records the money and is held (webhook
+        ``invoice.payment_held``) instead of settling beside B — which stopped the indexer
+        on the open-order unique index before. B still settles on its own payment."""
+        first = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
+        clock.advance(timedelta(minutes=5))
+        market.chain.increase_time(int((clock.now() - first.created_at).total_seconds()) + 600)
+        with Session(engine) as session, session.begin():
+            invoices.expire_due(session, clock)
+        second = new_invoice(engine, market, shop, clock)
+        pay(engine, market, first)
+        indexer = indexer_for(engine, market, clock)
+        result = indexer.poll_once()
+        assert (result.payments, result.settled) == (1, [])
+        held = reload(engine, first.id)
+        assert (held.state, held.status, held.paid_amount) == ("expired", "paid_late", AMOUNT)
+        assert followups_of(engine, shop.merchant_id) == []
+        with Session(engine) as session, session.begin():
+            with pytest.raises(InvoiceStateError, match="another open invoice"):
+                invoices.mark_invoice(
+                    session, shop.merchant_id, first.id, settle=True, actor="staff", clock=clock
+                )
+        pay(engine, market, second)
+        assert indexer.poll_once().settled == [second.id]
+        assert reload(engine, first.id).state == InvoiceState.EXPIRED
+
+    def test_payment_of_an_invalidated_invoice_is_held(self, engine, market, clock, shop):
+        """Staff invalidated the invoice; the customer pays it anyway. The chain's money is
+        recorded but never overrides the staff decision: no settlement, no follow-up, and
+        the payment's confirmation (depth 2) later does not settle it either."""
+        invoice = new_invoice(engine, market, shop, clock, confirmations=2)
+        with Session(engine) as session, session.begin():
+            invoices.mark_invoice(
+                session, shop.merchant_id, invoice.id, settle=False, actor="staff", clock=clock
+            )
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        market.chain.mine(2)
+        assert indexer.poll_once().settled == []
+        held = reload(engine, invoice.id)
+        assert (held.state, held.status, held.paid_amount) == ("invalid", "marked", AMOUNT)
+        assert followups_of(engine, shop.merchant_id) == []
+        with Session(engine) as session:
+            assert session.exec(select(Payment.state)).all() == [PaymentState.CONFIRMED]
+
+    def test_invoices_do_not_expire_while_the_indexer_is_behind(
+        self, engine, market, clock, shop
+    ):
+        """Behind the head, an invoice's payment may sit in the blocks still to read: it is
+        judged by its block once read, not expired on the wall clock meanwhile."""
+        invoice = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
+        pay(engine, market, invoice)
+        market.chain.mine(3)
+        clock.advance(timedelta(minutes=5))  # the indexer comes back after the expiry
+        indexer = indexer_for(engine, market, clock)
+        indexer.batch_blocks = 1
+        first = indexer.poll_once()
+        assert not first.caught_up
+        assert reload(engine, invoice.id).state == InvoiceState.NEW
+        for _ in range(50):
+            if indexer.poll_once().caught_up:
+                break
+        settled = reload(engine, invoice.id)
+        assert (settled.state, settled.status) == (InvoiceState.SETTLED, InvoiceStatus.NONE)
 
     def test_partial_refund_updates_the_invoice(self, engine, market, clock, shop):
         invoice = new_invoice(engine, market, shop, clock)
