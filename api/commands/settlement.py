@@ -96,7 +96,10 @@ def worker(
     smtp_host: Annotated[str, typer.Option(envvar="FOLLOWPAY_SMTP_HOST")] = "127.0.0.1",
     smtp_port: Annotated[int, typer.Option(envvar="FOLLOWPAY_SMTP_PORT")] = 25,
     sender: Annotated[str, typer.Option(envvar="FOLLOWPAY_MAIL_FROM")] = "followup@localhost",
-    worker_id: Annotated[str, typer.Option(help="name in claims and logs")] = "worker-1",
+    worker_id: Annotated[
+        str | None,
+        typer.Option(help="name in claims and logs; unique per process when not given"),
+    ] = None,
     lease_seconds: Annotated[
         float,
         typer.Option(

@@ -6,6 +6,7 @@ and either delivers it or raises :class:`DeliveryError`; the worker records the 
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import hmac
 import json
@@ -25,6 +26,7 @@ from crm.followups.service import SendInstruction
 
 __all__ = [
     "DeliveryError",
+    "DeliveryUncertain",
     "EmailChannel",
     "InAppChannel",
     "Links",
@@ -36,7 +38,14 @@ __all__ = [
 
 
 class DeliveryError(Exception):
-    """The channel could not deliver; the worker retries with backoff."""
+    """The channel could not deliver and nothing reached the recipient: the worker retries
+    with backoff."""
+
+
+class DeliveryUncertain(DeliveryError):
+    """The message may have reached the recipient: the connection failed after the server had
+    it and before it answered (an SMTP reply to the end of DATA, an HTTP response). Never
+    retried, so a follow-up is sent at most once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +115,43 @@ class EmailChannel:
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         message.set_content(_body(instruction, to.merchant_name, self.links))
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                smtp.send_message(message)
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"smtp: {type(exc).__name__}") from None
+        try:
+            self._transfer(smtp, instruction.address, message)
+        finally:
+            try:  # the message is the server's now: a failing QUIT changes nothing
+                smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                smtp.close()
+
+    def _transfer(self, smtp: smtplib.SMTP, address: str, message: EmailMessage) -> None:
+        """The envelope, then DATA. A failure before DATA, or a refusal code at its end,
+        delivered nothing; a lost connection during DATA may have delivered it."""
+        international = not (self.sender + address).isascii()
+        try:
+            smtp.ehlo_or_helo_if_needed()
+            options: list[str] = []
+            if international:
+                if not smtp.has_extn("smtputf8"):
+                    raise DeliveryError("smtp: server lacks SMTPUTF8 for this address")
+                options = ["SMTPUTF8", "BODY=8BITMIME"]
+            code, reply = smtp.mail(self.sender, options)
+            if code != 250:
+                raise smtplib.SMTPSenderRefused(code, reply, self.sender)
+            code, reply = smtp.rcpt(address)
+            if code not in (250, 251):
+                raise smtplib.SMTPRecipientsRefused({address: (code, reply)})
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"smtp: {type(exc).__name__}") from None
+        policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
+        try:
+            smtp.data(message.as_bytes(policy=policy))
+        except smtplib.SMTPDataError as exc:  # a reply code: the server refused it
+            raise DeliveryError(f"smtp: DATA refused ({exc.smtp_code})") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryUncertain(f"smtp: {type(exc).__name__} during DATA") from None
 
 
 def sign_payload(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -117,6 +159,17 @@ def sign_payload(secret: str, body: bytes, timestamp: int | None = None) -> str:
     t = int(time.time()) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={t},v1={mac}"
+
+
+#: httpx errors raised before a request left the process (no connection, or refused locally).
+_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+    httpx.ProxyError,
+)
 
 
 class WebhookChannel:
@@ -147,8 +200,10 @@ class WebhookChannel:
         }
         try:
             response = self.client.post(self.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except _NOT_SENT as exc:
             raise DeliveryError(f"webhook: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:  # sent, or partly: the receiver may have acted on it
+            raise DeliveryUncertain(f"webhook: {type(exc).__name__}") from None
         if response.status_code >= 300:
             raise DeliveryError(f"webhook answered {response.status_code}")
 

@@ -17,7 +17,10 @@ in hand and hands the rest of its batch back at once (:func:`followups.release_c
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,7 +29,7 @@ from typing import Protocol
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from api.dispatch.channels import DeliveryError, Recipient
+from api.dispatch.channels import DeliveryError, DeliveryUncertain, Recipient
 from crm import KeyRing
 from crm.clock import Clock
 from crm.contacts import service as contacts
@@ -36,7 +39,7 @@ from crm.followups.service import SendInstruction
 from crm.merchants import service as merchants
 from crm.tickets import service as tickets
 
-__all__ = ["Channel", "Worker", "WorkerResult"]
+__all__ = ["Channel", "Worker", "WorkerResult", "default_worker_id"]
 
 log = logging.getLogger(__name__)
 _IN_TRANSACTION = frozenset({"in_app", "phone"})
@@ -57,6 +60,12 @@ class WorkerResult:
     recovered: dict[str, list[int]] = field(default_factory=dict)
 
 
+def default_worker_id() -> str:
+    """Unique per process: a claim check between two workers that share a name would pass
+    for both (one's lease recovered and re-claimed by the other, both sending)."""
+    return f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 class Worker:
     def __init__(
         self,
@@ -65,12 +74,13 @@ class Worker:
         channels: dict[str, Channel],
         clock: Clock,
         *,
-        worker_id: str = "worker-1",
+        worker_id: str | None = None,
         batch: int = 50,
         lease: timedelta = followups.DEFAULT_LEASE,
     ) -> None:
         self.engine, self.keyring, self.channels, self.clock = engine, keyring, channels, clock
-        self.worker_id, self.batch, self.lease = worker_id, batch, lease
+        self.worker_id = worker_id or default_worker_id()
+        self.batch, self.lease = batch, lease
 
     def run_once(self, stop: threading.Event | None = None) -> WorkerResult:
         """One batch. When ``stop`` is set mid-batch, the claims not yet started go back."""
@@ -131,6 +141,7 @@ class Worker:
         try:
             channel.send(None, instruction, to)
         except DeliveryError as exc:
+            uncertain = isinstance(exc, DeliveryUncertain)
             log.warning("follow-up %s: %s", followup_id, exc)
             with Session(self.engine) as session, session.begin():
                 followups.mark_failed(
@@ -139,8 +150,9 @@ class Worker:
                     self.clock.now(),
                     error=str(exc)[:200],
                     worker_id=self.worker_id,
+                    retry=not uncertain,
                 )
-            return "retry"
+            return "uncertain" if uncertain else "retry"
         with Session(self.engine) as session, session.begin():
             followups.mark_sent(session, followup_id, self.clock.now(), worker_id=self.worker_id)
         return f"sent:{instruction.channel}"

@@ -14,6 +14,7 @@ __all__ = [
     "get_by_followup",
     "get_by_token_hash",
     "list_for_contact",
+    "revoke_token",
     "save",
     "upsert_token",
 ]
@@ -42,6 +43,14 @@ def get_by_token_hash(session: Session, token_hash: str) -> Feedback | None:
 def list_for_contact(session: Session, contact_id: int) -> Sequence[Feedback]:
     stmt = select(Feedback).where(Feedback.contact_id == contact_id).order_by(Feedback.id)  # type: ignore[arg-type]
     return session.exec(stmt).all()
+
+
+def revoke_token(session: Session, followup_id: int, now: datetime) -> None:
+    """The follow-up's link never reached anyone (its delivery failed for sure)."""
+    row = get_by_followup(session, followup_id)
+    if row is not None and row.submitted_at is None and row.token_hash is not None:
+        row.token_hash, row.token_expires_at, row.updated_at = None, None, now
+        save(session, row)
 
 
 def upsert_token(

@@ -85,6 +85,7 @@ MAX_ATTEMPTS = 5
 DEFAULT_LEASE = timedelta(minutes=5)
 INTERRUPTED = "interrupted"
 RELEASED = "released"  # handed back unsent by a stopping worker
+UNCERTAIN = "delivery_uncertain"  # the channel may have delivered it: never resent
 RETRY_BASE = timedelta(minutes=5)
 TOKEN_TTL = timedelta(days=14)
 _RULE_FIELDS = ("tier", "segment")
@@ -773,19 +774,30 @@ def mark_failed(
     error: str = "delivery_failed",
     max_attempts: int = MAX_ATTEMPTS,
     worker_id: str | None = None,
+    retry: bool = True,
 ) -> FollowUp:
-    """Delivery failed: retry with exponential backoff (5 min * 2^n) or give up."""
+    """Delivery failed: retry with exponential backoff (5 min * 2^n) or give up.
+
+    ``retry=False``: the message may have been delivered (the channel lost the connection
+    after handing it over): ``failed``/``delivery_uncertain``, its token still valid, never
+    resent. A retried attempt delivered nothing, so its token is revoked: the next claim is
+    unprepared again until it issues a new one (see :func:`recover_stale`)."""
     fu = _locked(session, followup_id)
     _check_claim(fu, worker_id)
     fu.attempts += 1
+    if not retry:
+        _move(session, fu, FollowUpState.FAILED, now, UNCERTAIN, error[:200])
+        return fu
+    assert fu.id is not None
+    feedback_repo.revoke_token(session, fu.id, now)
     if fu.attempts >= max_attempts:
         _move(session, fu, FollowUpState.FAILED, now, error[:32])
         return fu
-    retry = retry_at or now + RETRY_BASE * (2 ** (fu.attempts - 1))
-    if retry >= fu.expires_at:
+    next_try = retry_at or now + RETRY_BASE * (2 ** (fu.attempts - 1))
+    if next_try >= fu.expires_at:
         _move(session, fu, FollowUpState.EXPIRED, now, error[:32])
         return fu
-    fu.due_at, fu.worker_id = retry, None
+    fu.due_at, fu.worker_id = next_try, None
     _move(session, fu, FollowUpState.SCHEDULED, now, "retry", error[:200])
     return fu
 
@@ -806,7 +818,7 @@ def recover_stale(
     for fu in repo.stale_claims(session, now - lease, limit):
         assert fu.id is not None
         detail = f"lease of {fu.worker_id or '?'} expired"[:200]
-        if feedback_repo.get_by_followup(session, fu.id) is None:
+        if not _prepared(session, fu.id):
             fu.worker_id, fu.queued_at = None, None
             _move(session, fu, FollowUpState.SCHEDULED, now, INTERRUPTED, detail)
             outcome["rescheduled"].append(fu.id)
@@ -814,6 +826,13 @@ def recover_stale(
             _move(session, fu, FollowUpState.FAILED, now, INTERRUPTED, detail)
             outcome["interrupted"].append(fu.id)
     return outcome
+
+
+def _prepared(session: Session, followup_id: int) -> bool:
+    """Whether the current claim issued a live token (:func:`prepare_send`): its message may
+    have left. Tokens of attempts that failed for sure are revoked by :func:`mark_failed`."""
+    row = feedback_repo.get_by_followup(session, followup_id)
+    return row is not None and row.token_hash is not None
 
 
 def release_claims(
@@ -829,7 +848,7 @@ def release_claims(
         fu = repo.get_for_update(session, followup_id)
         if fu is None or fu.state != FollowUpState.QUEUED or fu.worker_id != worker_id:
             continue
-        if feedback_repo.get_by_followup(session, followup_id) is not None:
+        if _prepared(session, followup_id):
             continue  # prepared: it may be on its way out, recover_stale decides
         fu.worker_id, fu.queued_at = None, None
         _move(session, fu, FollowUpState.SCHEDULED, now, RELEASED, worker_id[:200])

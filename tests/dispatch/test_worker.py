@@ -38,6 +38,7 @@ from crm import (
     make_engine,
     merchants,
 )
+from crm.feedback.models import Feedback
 from crm.followups.models import FollowUp, FollowUpEvent
 from crm.merchants.models import MerchantCreate
 from wallet.chain import free_port
@@ -66,9 +67,15 @@ def smtp():
 class Receiver(BaseHTTPRequestHandler):
     received: list = []
     fail_next = 0
+    hang_up_next = 0
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.hang_up_next:  # acts on the request, dies before answering
+            Receiver.hang_up_next -= 1
+            Receiver.received.append((dict(self.headers), body))
+            self.close_connection = True
+            return
         if Receiver.fail_next:
             Receiver.fail_next -= 1
             self.send_response(503)
@@ -83,7 +90,7 @@ class Receiver(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver():
-    Receiver.received, Receiver.fail_next = [], 0
+    Receiver.received, Receiver.fail_next, Receiver.hang_up_next = [], 0, 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -197,6 +204,91 @@ class TestEmail:
             assert fu.due_at > clock.now()
 
 
+class _AcceptThenMisbehave:
+    """Takes the message at the end of DATA, then either drops the connection before its
+    reply reaches the client (``hang_up``: the server has it, the client never hears so) or
+    refuses QUIT with a non-221 code (the message was accepted either way)."""
+
+    def __init__(self, *, hang_up: bool) -> None:
+        self.messages: list = []
+        self.hang_up = hang_up
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(message_from_bytes(envelope.content))
+        if self.hang_up:
+            server.transport.close()
+        return "250 OK"
+
+    async def handle_QUIT(self, server, session, envelope):
+        return "421 going away"
+
+
+def _hang_up_controller(handler):
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    return controller
+
+
+class TestEmailAtMostOnce:
+    def test_a_lost_reply_at_the_end_of_data_is_never_resent(self, engine, clock):
+        handler = _AcceptThenMisbehave(hang_up=True)
+        controller = _hang_up_controller(handler)
+        try:
+            shop_with(engine, clock, channel="email")
+            channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
+            first = Worker(engine, KEYRING, channels, clock).run_once()
+            assert first.outcomes == {"uncertain": 1}
+            clock.advance(timedelta(hours=2))  # past any retry backoff
+            assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
+        finally:
+            controller.stop()
+        assert len(handler.messages) == 1
+        assert states(engine) == [("failed", "email", "delivery_uncertain")]
+        with Session(engine) as session:  # the customer may hold the link: it still works
+            (feedback,) = session.exec(select(Feedback)).all()
+            assert feedback.token_hash is not None
+
+    def test_a_refused_quit_after_an_accepted_message_counts_as_sent(self, engine, clock):
+        handler = _AcceptThenMisbehave(hang_up=False)
+        controller = _hang_up_controller(handler)
+        try:
+            shop_with(engine, clock, channel="email")
+            channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
+            assert Worker(engine, KEYRING, channels, clock).run_once().outcomes == {"sent:email": 1}
+            clock.advance(timedelta(hours=2))
+            assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
+        finally:
+            controller.stop()
+        assert len(handler.messages) == 1
+        assert states(engine) == [("sent", "email", None)]
+
+    def test_a_sure_failure_revokes_its_link_so_a_crash_before_the_retry_loses_nothing(
+        self, engine, clock
+    ):
+        """An attempt that delivered nothing for sure is retried with a new link; its own
+        link is revoked, so a worker that dies after re-claiming the follow-up (before
+        preparing it) leaves a claim that is rescheduled, not written off as interrupted."""
+        shop_with(engine, clock, channel="email")
+        dead = {"email": EmailChannel("127.0.0.1", free_port(), "f@tea.example", LINKS, timeout=2)}
+        assert Worker(engine, KEYRING, dead, clock).run_once().outcomes == {"retry": 1}
+        with Session(engine) as session:
+            assert session.exec(select(Feedback)).one().token_hash is None
+        clock.advance(timedelta(hours=1))
+        with Session(engine) as session, session.begin():
+            (claimed,) = followups.claim_due(session, clock.now(), 5, "doomed-worker")
+        clock.advance(timedelta(hours=1))  # its lease runs out
+        with Session(engine) as session, session.begin():
+            recovered = followups.recover_stale(session, clock.now())
+        assert recovered == {"rescheduled": [claimed], "interrupted": []}
+
+
+class TestWorkerNames:
+    def test_workers_get_distinct_names_by_default(self, engine, clock):
+        names = {Worker(engine, KEYRING, {}, clock).worker_id for _ in range(3)}
+        assert len(names) == 3
+        assert all(0 < len(name) <= 64 for name in names)
+
+
 class TestWebhook:
     def test_signed_post_reaches_a_real_receiver(self, engine, clock, receiver):
         url, handler = receiver
@@ -221,6 +313,19 @@ class TestWebhook:
         clock.advance(timedelta(hours=1))
         assert Worker(engine, KEYRING, channels, clock).run_once().outcomes["sent:webhook"] == 1
         assert len(handler.received) == 1
+
+    def test_a_receiver_that_hangs_up_after_reading_is_never_called_again(
+        self, engine, clock, receiver
+    ):
+        url, handler = receiver
+        handler.hang_up_next = 1
+        shop_with(engine, clock, channel="webhook")
+        channels = {"webhook": WebhookChannel(url, "s", LINKS)}
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes == {"uncertain": 1}
+        clock.advance(timedelta(hours=1))
+        assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
+        assert len(handler.received) == 1
+        assert states(engine) == [("failed", "webhook", "delivery_uncertain")]
 
     def test_signature_helper_matches_the_documented_scheme(self):
         header = sign_payload("secret", b'{"a":1}', timestamp=1700000000)

@@ -223,11 +223,14 @@ class IndexerBehaviour(MarketSuite):
         held = reload(engine, first.id)
         assert (held.state, held.status, held.paid_amount) == ("expired", "paid_late", AMOUNT)
         assert followups_of(engine, shop.merchant_id) == []
-        with Session(engine) as session, session.begin():
-            with pytest.raises(InvoiceStateError, match="another open invoice"):
-                invoices.mark_invoice(
-                    session, shop.merchant_id, first.id, settle=True, actor="staff", clock=clock
-                )
+        with (
+            Session(engine) as session,
+            session.begin(),
+            pytest.raises(InvoiceStateError, match="another open invoice"),
+        ):
+            invoices.mark_invoice(
+                session, shop.merchant_id, first.id, settle=True, actor="staff", clock=clock
+            )
         pay(engine, market, second)
         assert indexer.poll_once().settled == [second.id]
         assert reload(engine, first.id).state == InvoiceState.EXPIRED
@@ -252,9 +255,7 @@ class IndexerBehaviour(MarketSuite):
         with Session(engine) as session:
             assert session.exec(select(Payment.state)).all() == [PaymentState.CONFIRMED]
 
-    def test_invoices_do_not_expire_while_the_indexer_is_behind(
-        self, engine, market, clock, shop
-    ):
+    def test_invoices_do_not_expire_while_the_indexer_is_behind(self, engine, market, clock, shop):
         """Behind the head, an invoice's payment may sit in the blocks still to read: it is
         judged by its block once read, not expired on the wall clock meanwhile."""
         invoice = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
