@@ -378,6 +378,7 @@ def create_app(
     signers: IntentSigners | None = None,
     chain_info: ChainInfo | None = None,
     clock: Clock | None = None,
+    cipher: SecretCipher | None = None,
 ) -> FastAPI:
     """Build the API. ``routers`` (resource routers, paths without ``/v1``) are mounted under /v1.
 
@@ -391,7 +392,8 @@ def create_app(
     addresses to :class:`wallet.signing.Signer` objects and ``chain_info`` names the chain,
     router and token invoices are issued on: without them ``POST /v1/invoices`` answers 409
     ``signer_unavailable``.
-    ``clock`` is the CRM clock (tests pass a ``FrozenClock``).
+    ``clock`` is the CRM clock (tests pass a ``FrozenClock``). ``cipher`` (webhook signing
+    secrets) likewise defaults to :func:`api.runtime.secret_cipher` on first use.
     """
     settings = settings or get_settings()
     config = config or ApiConfig.from_settings(settings)
@@ -426,7 +428,7 @@ def create_app(
     app.state.settings = settings
     app.state.api_config = config
     app.state.engine = engine
-    app.state.cipher = SecretCipher.from_settings(settings)
+    app.state.cipher = cipher
     app.state.keyring = keyring
     app.state.signers = {k.lower(): v for k, v in (signers or {}).items()}
     app.state.chain_info = chain_info

@@ -276,7 +276,15 @@ async def get_config(request: Request) -> ApiConfig:
 
 
 async def get_cipher(request: Request) -> SecretCipher:
-    return request.app.state.cipher
+    """Webhook secrets' cipher; built once from the master key the key ring uses."""
+    state = request.app.state
+    cipher = getattr(state, "cipher", None)
+    if cipher is None:
+        from api.runtime import secret_cipher
+
+        cipher = secret_cipher(state.settings)
+        state.cipher = cipher
+    return cipher
 
 
 @dataclass(frozen=True, slots=True)

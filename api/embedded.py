@@ -10,6 +10,7 @@ real node, with the operator key in a wallet vault.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChanne
 from api.dispatch.worker import Channel, Worker
 from api.runtime import chain_info_for
 from api.settlement.indexer import Indexer
+from api.webhooks.secrets import SecretCipher
 from crm import KeyRing, make_engine
 from crm.clock import Clock
 from wallet.chain import Chain, free_port
@@ -54,6 +56,8 @@ class EmbeddedStack:
     clock: Clock
     public_base_url: str
     smtp: tuple[str, int] = ("127.0.0.1", 25)
+    #: webhook signing secrets; the default is a fresh key, like the demo's fresh key ring
+    cipher: SecretCipher = field(default_factory=lambda: SecretCipher(secrets.token_bytes(32)))
     deployment: Deployment = field(init=False)
     operator: Signer = field(init=False)
     engine: sa.Engine = field(init=False)
@@ -76,6 +80,7 @@ class EmbeddedStack:
             signers={self.operator.address: self.operator},
             chain_info=self.chain_info(),
             clock=self.clock,
+            cipher=self.cipher,
         )
 
     def indexer(self) -> Indexer:
@@ -107,7 +112,9 @@ class EmbeddedStack:
             ("worker", lambda: self.worker().run(stop, poll_interval=interval)),
             (
                 "webhooks",
-                lambda: run_delivery_worker(session_factory(self.engine), stop, interval=interval),
+                lambda: run_delivery_worker(
+                    session_factory(self.engine), stop, interval=interval, cipher=self.cipher
+                ),
             ),
         ]
         threads = [threading.Thread(target=job, name=name, daemon=True) for name, job in jobs]

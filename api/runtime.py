@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from api.operators import OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
+from api.webhooks.secrets import SecretCipher
 from crm import KeyRing, SystemClock, make_engine
 from wallet.chain import Chain, connect
 from wallet.deployment import Deployment, ManifestError, read_manifest
@@ -37,6 +38,7 @@ __all__ = [
     "chain_info_for",
     "freeze_startup_heap",
     "load_master_key",
+    "secret_cipher",
     "stop_on_signals",
 ]
 
@@ -152,6 +154,15 @@ def load_master_key(settings: Settings) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
+def secret_cipher(settings: Settings) -> SecretCipher:
+    """The cipher for webhook signing secrets, from the same master key as the CRM's key ring
+    (:func:`load_master_key`): ``FOLLOWPAY_MASTER_KEY`` as given, else ``<home>/master.key``.
+    Every process that reads or writes those secrets (API, worker, embedded) builds it here."""
+    if settings.master_key is not None:
+        return SecretCipher(settings.master_key.get_secret_value())
+    return SecretCipher(load_master_key(settings).hex())
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -170,6 +181,10 @@ class Runtime:
     @cached_property
     def keyring(self) -> KeyRing:
         return KeyRing(load_master_key(self.settings))
+
+    @cached_property
+    def cipher(self) -> SecretCipher:
+        return secret_cipher(self.settings)
 
     @cached_property
     def clock(self) -> SystemClock:

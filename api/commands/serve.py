@@ -26,6 +26,7 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
         runtime.keyring,
         runtime.clock,
         runtime.settings.public_base_url,
+        cipher=runtime.cipher,
     )
     stop = threading.Event()
     stack.start_background(stop, interval=runtime.settings.indexer_poll_interval)

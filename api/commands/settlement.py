@@ -107,10 +107,15 @@ def worker(
             help="claims older than this from a dead worker are recovered (never resent)",
         ),
     ] = 300.0,
+    webhooks: Annotated[
+        bool, typer.Option(help="also deliver the merchants' webhook events (signed, retried)")
+    ] = True,
 ) -> None:
-    """Send due follow-ups (consent re-checked at send time)."""
+    """Send due follow-ups (consent re-checked at send time) and deliver merchant webhooks."""
+    from api.db import session_factory
     from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
     from api.dispatch.worker import Channel, Worker
+    from api.webhooks import deliver_due, run_delivery_worker
 
     runtime = _runtime()
     links = Links(runtime.settings.public_base_url)
@@ -127,17 +132,38 @@ def worker(
         worker_id=worker_id,
         lease=timedelta(seconds=lease_seconds),
     )
+    sessions = session_factory(runtime.engine)
     if once:
         result = job.run_once()
-        typer.echo(json.dumps({"claimed": result.claimed, **result.outcomes}))
+        delivered = deliver_due(sessions, cipher=runtime.cipher) if webhooks else []
+        summary = {"claimed": result.claimed, **result.outcomes, "webhooks": len(delivered)}
+        typer.echo(json.dumps(summary))
         return
     stop = threading.Event()
+    interval = runtime.settings.indexer_poll_interval
+    threads = []
+    if webhooks:
+        threads.append(
+            threading.Thread(
+                target=run_delivery_worker,
+                args=(sessions, stop),
+                kwargs={"interval": interval, "cipher": runtime.cipher},
+                name="webhooks",
+                daemon=True,
+            )
+        )
     freeze_startup_heap()
     try:
         with stop_on_signals(stop):
-            job.run(stop, poll_interval=runtime.settings.indexer_poll_interval)
+            for thread in threads:
+                thread.start()
+            job.run(stop, poll_interval=interval)
     except KeyboardInterrupt:  # a second signal
         stop.set()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=15)  # a delivery in flight finishes (10 s HTTP timeout)
     runtime.close()
 
 

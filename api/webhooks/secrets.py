@@ -43,13 +43,6 @@ class SecretCipher:
     def __repr__(self) -> str:
         return f"SecretCipher(encrypting={self._aead is not None})"
 
-    @classmethod
-    def from_settings(cls, settings: object) -> SecretCipher:
-        master = getattr(settings, "master_key", None)
-        if master is not None and hasattr(master, "get_secret_value"):
-            master = master.get_secret_value()
-        return cls(master)
-
     @property
     def encrypting(self) -> bool:
         return self._aead is not None

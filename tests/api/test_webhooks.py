@@ -11,6 +11,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from api.db import session_factory, session_scope, utcnow
 from api.errors import InvalidRequest
@@ -106,8 +107,12 @@ class TestEndpointsApi:
         assert rotated["secret"].startswith("whsec_")
         assert rotated["secret"] != secret
 
-    def test_secret_encrypted_in_the_row_with_master_key(self, make_app, settings, db, new_key):
-        app = make_app(settings=settings.model_copy(update={"master_key": "k" * 40}))
+    @pytest.mark.parametrize("master_key", ["ab" * 32, None], ids=["env", "home-file"])
+    def test_secret_encrypted_in_the_row(self, make_app, settings, db, new_key, master_key):
+        """With FOLLOWPAY_MASTER_KEY, or without it under the key ring's own
+        ``<home>/master.key``: never ``plain:`` on a default install."""
+        secret_key = SecretStr(master_key) if master_key else None
+        app = make_app(settings=settings.model_copy(update={"master_key": secret_key}))
         with TestClient(app) as c:
             secret = c.post(
                 "/v1/webhook_endpoints",
