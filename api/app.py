@@ -45,7 +45,14 @@ from api.deps import (
     enter_request,
     leave_request,
 )
-from api.errors import ApiError, RateLimited, error_json, install_error_handlers, render_exception
+from api.errors import (
+    ApiError,
+    RateLimited,
+    error_json,
+    install_error_handlers,
+    install_log_redaction,
+    render_exception,
+)
 from api.idempotency import service as idempotency
 from api.routes import api_router
 from api.runtime import WarmHeapFreezer
@@ -440,6 +447,7 @@ def create_app(
     )
 
     install_error_handlers(app)
+    install_log_redaction()  # uvicorn's access log prints customer links' tokens otherwise
 
     async def _replay(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, idempotency.IdempotentReplay)

@@ -51,12 +51,14 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "RedactingFilter",
     "ServerError",
     "Unauthorized",
     "error_json",
     "error_responses",
     "find_domain_error",
     "install_error_handlers",
+    "install_log_redaction",
     "is_domain_error",
     "redact",
     "render_exception",
@@ -232,7 +234,31 @@ _SECRET_PATTERNS = (
     (re.compile(r"\b(fp_(?:live|test)_|whsec_)[A-Za-z0-9_-]{4,}"), r"\1[REDACTED]"),
     (re.compile(r"(://[^:/\s@]+:)[^@\s]+@"), r"\1[REDACTED]@"),
     (re.compile(r"(?i)(bearer\s+)[^\s'\"]+"), r"\1[REDACTED]"),
+    # the customer's single-use link token is the path segment after these prefixes
+    (re.compile(r"(/v1/public/(?:feedback|consent|messages)/)[^/?\s\"']+"), r"\1[REDACTED]"),
+    # RPC providers put the project key in the URL path (…/v3/<key>, …/v2/<key>)
+    (re.compile(r"(https?://[^/\s]+/(?:[^/\s]+/)*)[A-Za-z0-9_-]{24,}"), r"\1[REDACTED]"),
 )
+
+
+class RedactingFilter(logging.Filter):
+    """Applies :func:`redact` to every record of the logger it is on (uvicorn's access log
+    writes each request's path, and customer links carry their token in the path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def install_log_redaction(names: tuple[str, ...] = ("uvicorn.access", "uvicorn.error")) -> None:
+    """Put one :class:`RedactingFilter` on each named logger (idempotent)."""
+    for name in names:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in target.filters):
+            target.addFilter(RedactingFilter())
 
 
 def redact(text: str) -> str:

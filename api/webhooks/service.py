@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -284,7 +284,7 @@ class _Job:
     endpoint_id: str
     event_id: str
     url: str | None
-    secrets: tuple[str, ...]
+    secrets: tuple[str, ...] = field(repr=False)  # decrypted signing secrets
     body: str
     attempt: int
     problem: str | None

@@ -267,6 +267,10 @@ class TestRedact:
             ("secret whsec_abcDEF123_-x here", "abcDEF123"),
             ("postgresql://app:hunter2@db/x", "hunter2"),
             ("header Authorization: Bearer tok.en-123", "tok.en-123"),
+            ('"GET /v1/public/feedback/Zq9_x-1?rating=5 HTTP/1.1" 200', "Zq9_x-1"),
+            ("POST /v1/public/consent/Zq9_x-1/withdraw", "Zq9_x-1"),
+            ("GET /v1/public/messages/Zq9_x-1", "Zq9_x-1"),
+            ("rpc https://mainnet.example.io/v3/" + "k" * 32 + " timed out", "k" * 32),
         ],
     )
     def test_masks_known_secret_shapes(self, text, leak):
@@ -275,3 +279,22 @@ class TestRedact:
         out = redact(text)
         assert leak not in out
         assert "[REDACTED]" in out
+
+    def test_the_access_log_never_prints_a_customer_link_token(self, make_app, caplog):
+        """uvicorn's access logger, after the app is built: the path's token is masked."""
+        import logging
+
+        make_app()
+        token = "T0ken_" + "x" * 30
+        with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+            logging.getLogger("uvicorn.access").info(
+                '%s - "%s %s HTTP/%s" %d',
+                "127.0.0.1:5000",
+                "GET",
+                f"/v1/public/feedback/{token}?rating=2",
+                "1.1",
+                200,
+            )
+        (record,) = [r for r in caplog.records if r.name == "uvicorn.access"]
+        assert token not in record.getMessage()
+        assert "/v1/public/feedback/[REDACTED]?rating=2" in record.getMessage()
