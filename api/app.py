@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -375,6 +375,19 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+async def _purge_idempotency(engine: sa.Engine, every: float) -> None:
+    """Delete expired idempotency records now and then: their stored responses (sealed, and
+    carrying minted keys, webhook secrets or a contact's fields) must not outlive their TTL."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            purged = await asyncio.to_thread(idempotency.purge_expired, engine)
+            if purged:
+                logger.info("purged %d expired idempotency records", purged)
+        except Exception as exc:  # the database may be briefly unavailable: next round
+            logger.warning("idempotency purge failed: %s", type(exc).__name__)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -415,9 +428,18 @@ def create_app(
                 Path(str(u.database)).parent.mkdir(parents=True, exist_ok=True)
             owned = make_engine(url)
             app.state.engine = owned
+        purger = None
+        if config.idempotency_purge_seconds > 0:
+            purger = asyncio.create_task(
+                _purge_idempotency(app.state.engine, config.idempotency_purge_seconds)
+            )
         try:
             yield
         finally:
+            if purger is not None:
+                purger.cancel()
+                with suppress(asyncio.CancelledError):
+                    await purger
             if owned is not None:
                 await asyncio.to_thread(owned.dispose)
                 app.state.engine = None

@@ -111,6 +111,8 @@ class ApiConfig:
     cache_seconds: float = 1.0
     #: Requests after which the heap is frozen again (:class:`api.runtime.WarmHeapFreezer`).
     freeze_heap_after: int = 200
+    #: Seconds between deletions of expired idempotency records (0: never, tests).
+    idempotency_purge_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -119,6 +121,8 @@ class ApiConfig:
             raise ValueError("cache_seconds must be >= 0")
         if self.freeze_heap_after < 0:
             raise ValueError("freeze_heap_after must be >= 0")
+        if self.idempotency_purge_seconds < 0:
+            raise ValueError("idempotency_purge_seconds must be >= 0")
 
     @classmethod
     def from_settings(cls, settings: Any) -> ApiConfig:
@@ -463,6 +467,7 @@ async def get_current_key(request: Request) -> AuthenticatedKey:
             query=request.url.query,
             body=await request.body(),
             ttl=config.idempotency_ttl,
+            sealing_key=keys_service.sealing_key(request.headers.get("authorization")),
         )
         ctx.idempotency = ictx
 

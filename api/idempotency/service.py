@@ -1,7 +1,7 @@
 """Idempotent POSTs (Stripe semantics).
 
 * Scope: (API key id, ``Idempotency-Key``). Keys are optional; when sent they are honoured for
-  ``ttl`` (default 24 h); expired rows are purged lazily.
+  ``ttl`` (default 24 h).
 * Fingerprint: SHA-256 over method, path, query string and the canonical JSON body (keys sorted,
   no whitespace; a non-JSON body is hashed raw). :func:`prepare` computes it (no I/O).
 * :func:`record` writes the key's row, WITH the response, as the last statement of the request's
@@ -21,6 +21,10 @@
   them in a transaction of its own, meeting what the key already answers like any request (a
   request refused before it ran, e.g. a 422, still gets the stored response or a 400). 5xx
   responses are never stored.
+* The stored body is sealed (AES-GCM, bound to the API key id and ``Idempotency-Key``) under
+  a key derived from the caller's API key, which the database never holds (only its hash):
+  minted API keys, webhook secrets and decrypted contact fields in responses are unreadable
+  at rest. The API deletes expired rows every ``ApiConfig.idempotency_purge_seconds``.
 * A committed ``in_progress`` row (written by releases before this design) still answers 409
   ``idempotency_key_in_use`` until ``lock_timeout``, then is taken over.
 """
@@ -29,11 +33,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
@@ -88,6 +95,38 @@ class IdempotencyContext:
     created_at: datetime | None = None
     expires_at: datetime | None = None
     done: bool = field(default=False)
+    #: AES-GCM key for the stored body (:func:`api.keys.service.sealing_key`); empty: stored
+    #: as is (direct callers and tests).
+    sealing_key: bytes = field(default=b"", repr=False)
+
+
+#: Marks a sealed body: ``_SEALED + nonce(12) + AES-GCM ciphertext``. A response body is JSON
+#: and never starts with NUL, so rows written before sealing still replay as they are.
+_SEALED = b"\x00fps1"
+
+
+def _seal(ctx: IdempotencyContext, body: bytes) -> bytes:
+    if not ctx.sealing_key:
+        return body
+    nonce = os.urandom(12)
+    return _SEALED + nonce + AESGCM(ctx.sealing_key).encrypt(nonce, body, _bound(ctx))
+
+
+def _unseal(ctx: IdempotencyContext, stored: bytes) -> bytes:
+    if not stored.startswith(_SEALED):
+        return stored
+    data = stored[len(_SEALED) :]
+    try:
+        return AESGCM(ctx.sealing_key).decrypt(data[:12], data[12:], _bound(ctx))
+    except (InvalidTag, ValueError):
+        raise IdempotencyError(
+            "The stored response for this Idempotency-Key cannot be replayed; use a new key.",
+            param=HEADER,
+        ) from None
+
+
+def _bound(ctx: IdempotencyContext) -> bytes:
+    return f"{ctx.api_key_id}\x00{ctx.key}".encode()
 
 
 def _canonical(body: bytes) -> bytes:
@@ -145,8 +184,10 @@ def prepare(
     body: bytes = b"",
     now: datetime | None = None,
     ttl: timedelta = DEFAULT_TTL,
+    sealing_key: bytes = b"",
 ) -> IdempotencyContext:
-    """Check the key (400 when malformed) and fingerprint the request; no database work."""
+    """Check the key (400 when malformed) and fingerprint the request; no database work.
+    ``sealing_key``: the stored response is encrypted under it (see :func:`record`)."""
     key = _check_key(key)
     now = now or utcnow()
     return IdempotencyContext(
@@ -158,6 +199,7 @@ def prepare(
         path=path[:2048],
         created_at=now,
         expires_at=now + ttl,
+        sealing_key=sealing_key,
     )
 
 
@@ -215,7 +257,7 @@ def record(
     response = {
         "response_status": status,
         "response_headers": _stored_headers(headers),
-        "response_body": body,
+        "response_body": _seal(ctx, body),
     }
     try:
         _record(conn, ctx, now, lock_timeout, response)
@@ -251,7 +293,7 @@ def _record(
             raise IdempotentReplay(
                 row.response_status,
                 [tuple(h) for h in row.response_headers or []],
-                bytes(row.response_body or b""),
+                _unseal(ctx, bytes(row.response_body or b"")),
             )
         if row.locked_at <= now - lock_timeout:  # a legacy in-progress row, abandoned
             params = {"record_id": row.id, "stale_locked_at": row.locked_at, "now": now}

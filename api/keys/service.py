@@ -33,6 +33,7 @@ __all__ = [
     "hash_key",
     "mark_used",
     "revoke",
+    "sealing_key",
 ]
 
 KEY_PATTERN = re.compile(r"^fp_(live|test)_[A-Za-z0-9_-]{43}$")
@@ -164,6 +165,14 @@ def _parse_bearer(bearer: str | None) -> str:
 def digest_of(bearer: str | None) -> str:
     """The SHA-256 of the key in an ``Authorization`` value (401 when missing or malformed)."""
     return hash_key(_parse_bearer(bearer))
+
+
+def sealing_key(bearer: str | None) -> bytes:
+    """A symmetric key only the holder of the API key in ``bearer`` can re-derive (we store the
+    key's SHA-256, never the key): what is stored for its requests, such as idempotent
+    responses that carry secrets or personal data, is sealed under it."""
+    raw = _parse_bearer(bearer).encode()
+    return hmac.new(raw, b"followpay-api/sealed-response/v1", hashlib.sha256).digest()
 
 
 def authenticate(session: Session, bearer: str | None) -> ApiKeyRecord:

@@ -131,6 +131,34 @@ class TestReplay:
         assert r.json()["error"]["param"] == "Idempotency-Key"
 
 
+class TestAtRest:
+    def test_a_stored_response_is_sealed_under_the_callers_api_key(self, client, db, new_key):
+        """The response of a webhook endpoint create carries its signing secret: the stored
+        copy is unreadable without the caller's API key (we keep only its hash), and the
+        replay still returns it."""
+        h = auth(new_key(), **{"Idempotency-Key": "sealed-1"})
+        first = client.post("/v1/webhook_endpoints", json=BODY, headers=h)
+        secret = first.json()["secret"]
+        with db.connect() as conn:
+            stored = conn.execute(sa.text("SELECT response_body FROM api_idempotency_keys")).one()
+        assert secret.encode() not in bytes(stored[0])
+        assert b"whsec_" not in bytes(stored[0])
+        again = client.post("/v1/webhook_endpoints", json=BODY, headers=h)
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["secret"] == secret
+
+    def test_expired_records_are_purged_while_the_app_runs(self, make_app, db):
+        long_ago = utcnow() - timedelta(days=2)
+        _record(db, _ctx(api_key_id="k", key="old", path="/", now=long_ago), now=long_ago)
+        app = make_app(config=dataclasses.replace(TEST_CONFIG, idempotency_purge_seconds=0.05))
+        with TestClient(app):
+            for _ in range(100):
+                if _count(db, "api_idempotency_keys") == 0:
+                    break
+                threading.Event().wait(0.05)
+        assert _count(db, "api_idempotency_keys") == 0
+
+
 def _flaky_router(state: dict[str, int]) -> ApiRouter:
     router = ApiRouter()
 
