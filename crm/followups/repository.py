@@ -238,12 +238,16 @@ def get_for_update(session: Session, followup_id: int) -> FollowUp | None:
     return session.exec(stmt).first()
 
 
-def list_for_payment(session: Session, merchant_id: int, payment_ref: str) -> Sequence[FollowUp]:
+def list_for_payment(
+    session: Session, merchant_id: int, payment_ref: str, *, for_update: bool = False
+) -> Sequence[FollowUp]:
     stmt = (
         select(FollowUp)
         .where(FollowUp.merchant_id == merchant_id, FollowUp.payment_ref == payment_ref)
         .order_by(col(FollowUp.id))
     )
+    if for_update:  # PostgreSQL: a worker's mark_sent in flight commits first, then we read
+        stmt = stmt.with_for_update()
     return session.exec(stmt).all()
 
 

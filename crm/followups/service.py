@@ -593,7 +593,8 @@ def schedule_for_payment(
 def cancel_for_payment(
     session: Session, merchant_id: int, payment_ref: str, reason: str, clock: Clock
 ) -> int:
-    """Chain reorg: cancel the payment's not-yet-sent follow-ups. Returns how many."""
+    """Chain reorg: cancel the payment's not-yet-sent follow-ups and revoke their links
+    (rows locked, so a concurrent ``sent`` is never overwritten). Returns how many."""
     if not reason or len(reason) > 32:
         raise InvalidRequest("reason is required (<= 32 chars)", param="reason")
     now = clock.now()
@@ -602,9 +603,13 @@ def cancel_for_payment(
         purchase.cancelled_at, purchase.cancel_reason = now, reason
         session.add(purchase)
     count = 0
-    for fu in repo.list_for_payment(session, merchant_id, payment_ref):
+    for fu in repo.list_for_payment(session, merchant_id, payment_ref, for_update=True):
         if fu.state in repo.PENDING:
+            assert fu.id is not None
             _move(session, fu, FollowUpState.CANCELLED, now, reason)
+            # a prepared message may still leave its worker: its link must not rate or
+            # reward a payment that is no longer on chain
+            feedback_repo.revoke_token(session, fu.id, now)
             count += 1
     return count
 

@@ -11,13 +11,15 @@ from crm.clock import FrozenClock
 from crm.consent import service as consent
 from crm.contacts.models import Contact
 from crm.errors import (
+    CRMError,
     DuplicatePolicy,
     InvalidChoice,
     InvalidPolicy,
     InvalidRequest,
     InvalidTransition,
 )
-from crm.feedback.models import Feedback
+from crm.feedback import service as feedback
+from crm.feedback.models import Feedback, FeedbackCreate
 from crm.feedback.tokens import hash_token
 from crm.followups import service as followups
 from crm.followups.models import (
@@ -28,6 +30,7 @@ from crm.followups.models import (
     Purchase,
 )
 from crm.privacy import service as privacy
+from crm.rewards.models import RewardEntry
 
 from .conftest import START, MakeContact, count
 
@@ -314,6 +317,34 @@ class TestCancelForPayment:
         assert (a.state, a.reason, b.state) == ("cancelled", "reorg", "sent")
         purchase = session.exec(select(Purchase).where(Purchase.payment_ref == "p1")).one()
         assert purchase.cancel_reason == "reorg"
+
+    def test_a_prepared_message_cancelled_by_a_reorg_has_its_link_revoked(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        """Prepared (its link issued, the message possibly on its way), then the payment
+        leaves the chain: the follow-up is cancelled and the link cannot rate or reward."""
+        policy(session, merchant_id, clock, delay_minutes=0, frequency_cap_days=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        [fu] = pay(session, merchant_id, c, "p1", clock)
+        followups.claim_due(session, clock.now(), 10, "w")
+        instruction = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        assert instruction is not None
+        assert followups.cancel_for_payment(session, merchant_id, "p1", "reorg", clock) == 1
+        with pytest.raises(CRMError):
+            feedback.submit_feedback(
+                session,
+                merchant_id,
+                instruction.token,
+                FeedbackCreate(rating=5),
+                keyring=keyring,
+                clock=clock,
+            )
+        assert count(session, RewardEntry) == 0
 
 
 class TestSchedulePeriodic:
