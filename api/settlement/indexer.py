@@ -332,7 +332,11 @@ class Indexer:
             invoice = session.get(Invoice, refund.invoice_id) if refund.invoice_id else None
             if invoice is not None:
                 invoice.refunded_amount -= refund.amount
-                _set_refund_status(invoice)
+                late = any(
+                    p.late and p.state == PaymentState.CONFIRMED
+                    for p in repo.payments_for_invoice(session, invoice.id)
+                )
+                _set_refund_status(invoice, late=late)
                 session.add(invoice)
         repo.delete_blocks_after(session, cursor_id, fork)
         session.flush()
@@ -513,8 +517,8 @@ class Indexer:
         if invoice.state != InvoiceState.PROCESSING:
             return  # settled already (e.g. marked by staff), or held (invalidated meanwhile)
         invoice.state = InvoiceState.SETTLED
-        if evidence.get("late"):
-            invoice.status = InvoiceStatus.PAID_LATE
+        if evidence.get("late") and invoice.status == InvoiceStatus.NONE:
+            invoice.status = InvoiceStatus.PAID_LATE  # a refund in the same range wins
         invoice.settled_at = self.clock.now()
         settled.rows[invoice.id] = invoice
         result.settled.append(invoice.id)
@@ -585,10 +589,14 @@ def _depth(invoice: InvoiceRow | None) -> int:
     return max(1, invoice.confirmations_required) if invoice is not None else 1
 
 
-def _set_refund_status(invoice: Invoice | InvoiceRow) -> None:
-    if invoice.refunded_amount <= 0:
-        invoice.status = InvoiceStatus.NONE
-    elif invoice.refunded_amount >= invoice.amount:
+def _set_refund_status(invoice: Invoice | InvoiceRow, *, late: bool = False) -> None:
+    """One status field, a fixed precedence: ``marked`` (staff decided) > ``refunded`` >
+    ``partially_refunded`` > ``paid_late`` (``late``: a confirmed payment came late) > none."""
+    if invoice.status == InvoiceStatus.MARKED:
+        return
+    if invoice.refunded_amount >= invoice.amount > 0:
         invoice.status = InvoiceStatus.REFUNDED
-    else:
+    elif invoice.refunded_amount > 0:
         invoice.status = InvoiceStatus.PARTIALLY_REFUNDED
+    else:
+        invoice.status = InvoiceStatus.PAID_LATE if late else InvoiceStatus.NONE

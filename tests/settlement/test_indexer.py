@@ -279,23 +279,53 @@ class IndexerBehaviour(MarketSuite):
         assert receipt["status"] == 1
         indexer = indexer_for(engine, market, clock)
         indexer.poll_once()
+        self._refund(engine, market, invoice, 5_000_000)
+        indexer.poll_once()
+        refunded = reload(engine, invoice.id)
+        assert (refunded.refunded_amount, refunded.status) == (5_000_000, "partially_refunded")
+
+    def test_refund_and_late_payment_statuses_follow_one_precedence(
+        self, engine, market, clock, shop
+    ):
+        """A late payment and its partial refund read in one range: the refund's status wins
+        (it was overwritten by ``paid_late`` before). The refund reorged away: ``paid_late``
+        again, not ``none``."""
+        invoice = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
+        clock.advance(timedelta(minutes=5))
+        market.chain.increase_time(int((clock.now() - invoice.created_at).total_seconds()) + 600)
+        pay(engine, market, invoice)
+        before_refund = market.chain.snapshot()
+        self._refund(engine, market, invoice, 5_000_000)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()  # payment and refund in one range
+        both = reload(engine, invoice.id)
+        assert (both.state, both.status, both.refunded_amount) == (
+            "settled",
+            "partially_refunded",
+            5_000_000,
+        )
+        market.chain.revert(before_refund)
+        market.chain.mine(4)
+        assert indexer.poll_once().reorged_to is not None
+        late = reload(engine, invoice.id)
+        assert (late.state, late.status, late.refunded_amount) == ("settled", "paid_late", 0)
+
+    @staticmethod
+    def _refund(engine, market, invoice, amount):
         with Session(engine) as session:
             account = session.get(invoices.MerchantAccount, invoice.account_id)
             intent = invoices.intent_of(invoice, account)
         r, vs = bytes.fromhex(invoice.signature_r[2:]), bytes.fromhex(invoice.signature_vs[2:])
         market.transact(
-            market.token.functions.approve(market.deployment.router, AMOUNT), market.merchant
+            market.token.functions.approve(market.deployment.router, amount), market.merchant
         )
-        market.transact(market.token.functions.mint(market.merchant.address, AMOUNT), market.owner)
+        market.transact(market.token.functions.mint(market.merchant.address, amount), market.owner)
         market.transact(
             market.router.functions.refund(
-                intent.as_tuple(), r, vs, market.payers[0].address, 5_000_000
+                intent.as_tuple(), r, vs, market.payers[0].address, amount
             ),
             market.merchant,
         )
-        indexer.poll_once()
-        refunded = reload(engine, invoice.id)
-        assert (refunded.refunded_amount, refunded.status) == (5_000_000, "partially_refunded")
 
     def test_payment_of_another_signed_intent_stays_unmatched(self, engine, market, clock, shop):
         """The event's intent hash binds every signed field: a payment of the same invoice
