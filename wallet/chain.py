@@ -29,6 +29,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -427,15 +428,15 @@ class Chain:
             for e in entries
         ]
 
-    def head_and_block_hash(self, number: int) -> tuple[int, str | None]:
-        """The head and block ``number``'s hash (None past the head), in one round trip."""
+    def head_and_block_hashes(self, numbers: Sequence[int]) -> tuple[int, list[str | None]]:
+        """The head and the hashes of blocks ``numbers`` (None past the head), in one round
+        trip."""
         if self._tester is not None:
-            header = self.block_header(number)
-            return self.head(), header[0] if header else None
-        head, block = self.batch(
-            [("eth_blockNumber", []), ("eth_getBlockByNumber", [hex(number), False])]
-        )
-        return int(head, 16), None if block is None else str(block["hash"])
+            headers = [self.block_header(number) for number in numbers]
+            return self.head(), [header[0] if header else None for header in headers]
+        calls = [("eth_getBlockByNumber", [hex(number), False]) for number in numbers]
+        head, *blocks = self.batch([("eth_blockNumber", []), *calls])
+        return int(head, 16), [None if block is None else str(block["hash"]) for block in blocks]
 
     def logs_and_block_hash(
         self, address: str, from_block: int, to_block: int, topics: list[Any]

@@ -5,7 +5,8 @@ SettlementError
 ├── InvoiceNotFoundError (LookupError)    404
 ├── MerchantAccountMissingError (LookupError)  409
 ├── DuplicateOrderError                   409
-└── InvoiceStateError                     409
+├── InvoiceStateError                     409
+└── ReorgTooDeepError                     500 (the indexer stops)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = [
     "InvoiceRequestError",
     "InvoiceStateError",
     "MerchantAccountMissingError",
+    "ReorgTooDeepError",
     "SettlementError",
 ]
 
@@ -56,3 +58,12 @@ class InvoiceStateError(SettlementError):
     status_code = 409
     code = "invoice_state_invalid"
     type = "conflict_error"
+
+
+class ReorgTooDeepError(SettlementError):
+    """No stored block hash matches the chain any more: the reorg is deeper than the indexer's
+    window (or the node is another chain). Continuing would leave orphaned payments settled."""
+
+    status_code = 500
+    code = "reorg_too_deep"
+    type = "api_error"

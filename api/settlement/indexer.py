@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.settlement import repository as repo
+from api.settlement.errors import ReorgTooDeepError
 from api.settlement.events import InvoiceEvents
 from api.settlement.invoices import expire_due
 from api.settlement.models import (
@@ -286,22 +287,43 @@ class Indexer:
 
     def _head_and_fork(self, session: Session, cursor_id: int) -> tuple[int, int | None]:
         """The head and, after a reorg, the fork point: one round trip in the usual case (the
-        head and the hash of the highest stored block, which still matches)."""
-        top = repo.top_block(session, cursor_id)
-        if top is None:
+        head and the hashes of the two highest stored blocks, which still match)."""
+        tops = repo.top_blocks(session, cursor_id)
+        if not tops:
             return self._head(), None
-        number, stored_hash = top
-        head, block_hash = self.chain.head_and_block_hash(number)
-        if number <= head and block_hash == stored_hash:
+        head, hashes = self.chain.head_and_block_hashes([number for number, _ in tops])
+        if all(n <= head and h == stored for (n, stored), h in zip(tops, hashes, strict=True)):
             return head, None
         return head, self._fork_point(session, cursor_id, head)
 
     def _fork_point(self, session: Session, cursor_id: int, head: int) -> int | None:
+        """The highest stored block still on the chain below the lowest replaced one.
+
+        A matching block above a replaced one is possible: a range's logs and its end hash are
+        two calls, and a reorg between them stores the end block's new hash beside the logs'
+        orphaned blocks (why the fast path checks the two highest stored blocks). When every
+        stored block was replaced, the fork is below all of them: the indexer rewinds to the
+        window's floor (``reorg_window`` blocks under the head) and reads that range again;
+        a replaced block at or below the floor breaks the window's assumption and stops it."""
         stored = repo.recent_blocks(session, cursor_id, self.reorg_window)
-        for index, block in enumerate(stored):
+        replaced = False
+        for block in stored:  # highest first
             if block.number <= head and self._block(block.number)[0] == block.hash:
-                return None if index == 0 else block.number
-        return stored[-1].number - 1 if stored else None
+                if replaced:
+                    return block.number
+            else:
+                replaced = True
+        if not replaced:
+            return None
+        floor = max(self.start_block - 1, head - self.reorg_window)
+        if stored[-1].number <= floor:
+            raise ReorgTooDeepError(
+                f"stored block #{stored[-1].number} is no longer on the chain: a reorg deeper "
+                f"than the {self.reorg_window}-block window (or another chain); stopping rather "
+                "than leave orphaned payments settled. Re-index from an earlier block into a "
+                "fresh database."
+            )
+        return floor
 
     def _rollback(self, session: Session, cursor_id: int, fork: int) -> None:
         chain_id = self.chain.chain_id

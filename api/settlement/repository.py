@@ -63,7 +63,7 @@ __all__ = [
     "refunds_after",
     "reserve_invoice_numbers",
     "save_blocks",
-    "top_block",
+    "top_blocks",
     "update_invoice_rows",
 ]
 
@@ -151,11 +151,11 @@ _ACCOUNTS_BY_ADDRESS = select(MerchantAccount).where(
     col(MerchantAccount.chain_id) == sa.bindparam("chain_id"),
     sa.func.lower(col(MerchantAccount.address)).in_(sa.bindparam("addresses", expanding=True)),
 )
-_TOP_BLOCK = (
+_TOP_BLOCKS = (
     sa.select(_BLOCKS.c.number, _BLOCKS.c.hash)
     .where(_BLOCKS.c.cursor_id == sa.bindparam("cursor_id"))
     .order_by(_BLOCKS.c.number.desc())
-    .limit(1)
+    .limit(2)
 )
 _PRUNE = sa.delete(_BLOCKS).where(
     _BLOCKS.c.cursor_id == sa.bindparam("cursor_id"), _BLOCKS.c.number < sa.bindparam("keep_from")
@@ -496,10 +496,10 @@ def save_blocks(session: Session, cursor_id: int, blocks: dict[int, str]) -> Non
         execute_many(session, _INSERT_BLOCK[session.connection().dialect.name], rows)
 
 
-def top_block(session: Session, cursor_id: int) -> tuple[int, str] | None:
-    """``(number, hash)`` of the highest processed block of a cursor."""
-    row = session.connection().execute(_TOP_BLOCK, {"cursor_id": cursor_id}).first()
-    return None if row is None else (int(row.number), str(row.hash))
+def top_blocks(session: Session, cursor_id: int) -> list[tuple[int, str]]:
+    """``(number, hash)`` of a cursor's two highest processed blocks, highest first."""
+    rows = session.connection().execute(_TOP_BLOCKS, {"cursor_id": cursor_id})
+    return [(int(row.number), str(row.hash)) for row in rows]
 
 
 def recent_blocks(session: Session, cursor_id: int, limit: int) -> Sequence[IndexedBlock]:

@@ -14,7 +14,12 @@ import pytest
 from sqlmodel import Session, func, select
 
 from api.settlement import invoices
-from api.settlement.errors import DuplicateOrderError, InvoiceRequestError, InvoiceStateError
+from api.settlement.errors import (
+    DuplicateOrderError,
+    InvoiceRequestError,
+    InvoiceStateError,
+    ReorgTooDeepError,
+)
 from api.settlement.indexer import Indexer
 from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Payment, PaymentState
 from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, followups, merchants
@@ -191,6 +196,54 @@ class IndexerBehaviour(MarketSuite):
         indexer.poll_once()
         assert reload(engine, invoice.id).state == InvoiceState.NEW
         assert followups_of(engine, shop.merchant_id) == []
+
+    def test_a_reorg_between_reading_the_logs_and_the_range_end_is_caught_next_step(
+        self, engine, market, clock, shop
+    ):
+        """The logs and the range end's hash are two calls. A reorg between them stores the
+        new end hash beside the payment's orphaned block; checking only the top block missed
+        it and the invoice stayed settled for a payment no longer on chain."""
+        invoice = new_invoice(engine, market, shop, clock)
+        fork = market.chain.snapshot()
+        pay(engine, market, invoice)
+        market.chain.mine(2)
+        indexer = indexer_for(engine, market, clock)
+        chain = market.chain
+        real_logs = chain.logs_and_block_hash
+
+        def racing(address, start, end, topics):
+            logs, _ = real_logs(address, start, end, topics)
+            chain.revert(fork)  # the reorg lands between the two calls
+            chain.mine(6)
+            header = chain.block_header(end)
+            return logs, header[0] if header else None
+
+        chain.logs_and_block_hash = racing  # type: ignore[method-assign]
+        try:
+            assert indexer.poll_once().settled == [invoice.id]
+        finally:
+            del chain.logs_and_block_hash
+        result = indexer.poll_once()
+        assert result.reorged_to is not None
+        rolled = reload(engine, invoice.id)
+        assert (rolled.state, rolled.paid_amount) == ("new", 0)
+        assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["cancelled"]
+
+    def test_a_reorg_deeper_than_the_window_stops_the_indexer_and_changes_nothing(
+        self, engine, market, clock, shop
+    ):
+        invoice = new_invoice(engine, market, shop, clock)
+        fork = market.chain.snapshot()
+        pay(engine, market, invoice)
+        market.chain.mine(4)
+        indexer = indexer_for(engine, market, clock)
+        indexer.reorg_window = 2  # keeps only the last blocks: the payment's is pruned
+        indexer.poll_once()
+        market.chain.revert(fork)
+        market.chain.mine(10)
+        with pytest.raises(ReorgTooDeepError, match="deeper than the 2-block window"):
+            indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED  # step rolled back
 
     def test_payment_after_expiry_settles_as_paid_late(self, engine, market, clock, shop):
         invoice = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
