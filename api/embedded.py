@@ -96,7 +96,7 @@ class EmbeddedStack:
         links = Links(self.public_base_url)
         channels: dict[str, Channel] = {
             "email": EmailChannel(self.smtp[0], self.smtp[1], "followup@localhost", links),
-            "in_app": InAppChannel(links),
+            "in_app": InAppChannel(links, self.keyring),
             "phone": PhoneChannel(),
         }
         return Worker(self.engine, self.keyring, channels, self.clock)

@@ -121,7 +121,7 @@ def worker(
     links = Links(runtime.settings.public_base_url)
     channels: dict[str, Channel] = {
         "email": EmailChannel(smtp_host, smtp_port, sender, links),
-        "in_app": InAppChannel(links),
+        "in_app": InAppChannel(links, runtime.keyring),
         "phone": PhoneChannel(),
     }
     job = Worker(

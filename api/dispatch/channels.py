@@ -6,12 +6,14 @@ and either delivers it or raises :class:`DeliveryError`; the worker records the 
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
 import hashlib
 import hmac
 import json
 import smtplib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -21,7 +23,9 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlmodel import Session
 
-from api.dispatch.models import InAppMessage, PhoneTask
+from api.dispatch.models import LINK_TOKEN, InAppMessage, PhoneTask
+from crm import KeyRing
+from crm.contacts import service as contacts
 from crm.followups.service import SendInstruction
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "PhoneChannel",
     "Recipient",
     "WebhookChannel",
+    "render_in_app",
     "sign_payload",
 ]
 
@@ -208,24 +213,66 @@ class WebhookChannel:
             raise DeliveryError(f"webhook answered {response.status_code}")
 
 
+def _token_context(followup_id: int) -> str:
+    return f"api_inapp_message.link_token:{followup_id}"
+
+
 class InAppChannel:
+    """Stores the message for the customer's inbox. The stored body holds a placeholder where
+    the links' token goes; the token itself is encrypted under the contact's data key and put
+    back only when the message is read (:func:`render_in_app`)."""
+
     name = "in_app"
 
-    def __init__(self, links: Links) -> None:
-        self.links = links
+    def __init__(self, links: Links, keyring: KeyRing) -> None:
+        self.links, self.keyring = links, keyring
 
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         assert session is not None, "in-app delivery writes in the worker's transaction"
+        key = contacts.data_key(
+            session,
+            self.keyring,
+            contacts.get_contact(session, instruction.merchant_id, instruction.contact_id),
+        )
+        if key is None:
+            raise DeliveryError("contact has no data key (erased)")
+        template = dataclasses.replace(instruction, token=LINK_TOKEN)
         session.add(
             InAppMessage(
                 merchant_id=instruction.merchant_id,
                 contact_id=instruction.contact_id,
                 followup_id=instruction.followup_id,
                 subject=_subject(instruction, to.merchant_name),
-                body=_body(instruction, to.merchant_name, self.links),
+                body=_body(template, to.merchant_name, self.links),
+                link_token_enc=key.encrypt(
+                    instruction.token, _token_context(instruction.followup_id)
+                ),
                 created_at=to.now,
             )
         )
+
+
+def render_in_app(
+    session: Session, keyring: KeyRing, messages: Sequence[InAppMessage]
+) -> list[str]:
+    """The bodies of one contact's messages with their links' token put back (bodies from
+    before 0006 carry it already). A contact erased since has no key: the links read as
+    withdrawn."""
+    if not messages:
+        return []
+    first = messages[0]
+    found = contacts.get_contacts(session, first.merchant_id, [first.contact_id])
+    contact = found.get(first.contact_id)
+    key = None if contact is None else contacts.data_key(session, keyring, contact)
+    bodies = []
+    for message in messages:
+        if message.link_token_enc is None:
+            bodies.append(message.body)
+            continue
+        context = _token_context(message.followup_id)
+        token = key.decrypt(message.link_token_enc, context) if key is not None else None
+        bodies.append(message.body.replace(LINK_TOKEN, token or "withdrawn"))
+    return bodies
 
 
 class PhoneChannel:

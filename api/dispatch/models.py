@@ -9,7 +9,7 @@ from sqlmodel import Field, SQLModel
 
 from crm._base import UTCDateTime
 
-__all__ = ["InAppMessage", "PhoneTask"]
+__all__ = ["LINK_TOKEN", "InAppMessage", "PhoneTask"]
 
 
 class InAppMessage(SQLModel, table=True):
@@ -21,9 +21,16 @@ class InAppMessage(SQLModel, table=True):
     contact_id: int
     followup_id: int = Field(unique=True)
     subject: str = Field(max_length=200)
+    #: the text with :data:`LINK_TOKEN` where the rating links' token goes (rendered on read)
     body: str
+    #: the token, encrypted under the contact's data key (NULL: a body from before 0006)
+    link_token_enc: bytes | None = Field(default=None, sa_type=sa.LargeBinary(), repr=False)
     created_at: datetime = Field(sa_type=UTCDateTime)
     read_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+#: Stands for the single-use token in a stored in-app body.
+LINK_TOKEN = "{link_token}"  # noqa: S105 - a placeholder, not a secret
 
 
 class PhoneTask(SQLModel, table=True):

@@ -25,6 +25,7 @@ from sqlmodel import Session
 
 from api import queries
 from api.deps import ClockDep, KeyRingDep, SessionDep
+from api.dispatch.channels import render_in_app
 from api.errors import error_responses
 from api.routes.support import emit_feedback_events
 from api.routing import ApiRouter
@@ -257,18 +258,21 @@ def withdraw_all_my_consent(
     response_model=PublicMessages,
     summary="My in-app messages",
 )
-def get_my_messages(token: Token, session: SessionDep, clock: ClockDep) -> PublicMessages:
+def get_my_messages(
+    token: Token, session: SessionDep, clock: ClockDep, keyring: KeyRingDep
+) -> PublicMessages:
     fb = _consent_link(session, token, clock)
-    rows = queries.messages_for_contact(session, fb.merchant_id, fb.contact_id)
+    rows = list(queries.messages_for_contact(session, fb.merchant_id, fb.contact_id))
+    bodies = render_in_app(session, keyring, rows)
     return PublicMessages(
         data=[
             PublicMessage(
                 id=m.id or 0,
                 subject=m.subject,
-                body=m.body,
+                body=body,
                 created_at=m.created_at,
                 read_at=m.read_at,
             )
-            for m in rows
+            for m, body in zip(rows, bodies, strict=True)
         ]
     )

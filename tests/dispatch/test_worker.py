@@ -23,9 +23,10 @@ from api.dispatch.channels import (
     Links,
     PhoneChannel,
     WebhookChannel,
+    render_in_app,
     sign_payload,
 )
-from api.dispatch.models import InAppMessage, PhoneTask
+from api.dispatch.models import LINK_TOKEN, InAppMessage, PhoneTask
 from api.dispatch.worker import Worker
 from crm import (
     ContactCreate,
@@ -39,8 +40,10 @@ from crm import (
     merchants,
 )
 from crm.feedback.models import Feedback
+from crm.feedback.tokens import hash_token
 from crm.followups.models import FollowUp, FollowUpEvent
 from crm.merchants.models import MerchantCreate
+from crm.privacy import service as privacy
 from wallet.chain import free_port
 
 LINKS = Links("https://pay.example")
@@ -336,12 +339,35 @@ class TestWebhook:
 class TestInAppAndPhone:
     def test_in_app_message_is_stored_exactly_once(self, engine, clock):
         shop_with(engine, clock, channel="in_app")
-        Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS)}, clock).run_once()
-        Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS)}, clock).run_once()
+        Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS, KEYRING)}, clock).run_once()
+        Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS, KEYRING)}, clock).run_once()
         with Session(engine) as session:
             (message,) = session.exec(select(InAppMessage)).all()
             assert "rating=5" in message.body
         assert states(engine) == [("sent", "in_app", None)]
+
+    def test_in_app_links_are_stored_without_their_token_and_rendered_on_read(self, engine, clock):
+        """The stored body holds a placeholder; the token is encrypted under the contact's
+        data key, put back when read, and gone with the contact on erasure."""
+        shop_id, contact_id = shop_with(engine, clock, channel="in_app")
+        Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS, KEYRING)}, clock).run_once()
+        with Session(engine) as session:
+            (message,) = session.exec(select(InAppMessage)).all()
+            (feedback,) = session.exec(select(Feedback)).all()
+            assert LINK_TOKEN in message.body
+            assert message.link_token_enc is not None
+            (body,) = render_in_app(session, KEYRING, [message])
+        links = [line.split(": ", 1)[1] for line in body.splitlines() if "?rating=" in line]
+        token = links[0].split("/feedback/", 1)[1].split("?", 1)[0]
+        assert hash_token(token) == feedback.token_hash
+        assert token not in message.body
+        with Session(engine) as session, session.begin():
+            privacy.erase_contact(session, shop_id, contact_id, actor="dpo", clock=clock)
+        with Session(engine) as session:
+            (message,) = session.exec(select(InAppMessage)).all()
+            (erased,) = render_in_app(session, KEYRING, [message])
+        assert token not in erased
+        assert "/feedback/withdrawn?rating=5" in erased
 
     def test_phone_task_carries_the_contacts_local_window(self, engine, clock):
         shop_with(engine, clock, channel="phone", phone="+442071838750")
@@ -372,7 +398,7 @@ class TestPeriodic:
                 actor="owner",
                 clock=clock,
             )
-        worker = Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS)}, clock)
+        worker = Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS, KEYRING)}, clock)
         worker.run_once()  # the payment follow-up
 
         def kinds():
@@ -395,7 +421,7 @@ class _StopAfterFirst:
     name = "in_app"
 
     def __init__(self, stop: threading.Event) -> None:
-        self.stop, self.inner = stop, InAppChannel(LINKS)
+        self.stop, self.inner = stop, InAppChannel(LINKS, KEYRING)
 
     def send(self, session, instruction, to):
         self.inner.send(session, instruction, to)
@@ -443,7 +469,9 @@ class TestStopping:
             ).first()
             assert (last.to_state, last.reason, last.detail) == ("scheduled", "released", "w1")
         # another worker picks them up at once, without waiting for the lease
-        other = Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS)}, clock, worker_id="w2")
+        other = Worker(
+            engine, KEYRING, {"in_app": InAppChannel(LINKS, KEYRING)}, clock, worker_id="w2"
+        )
         assert other.run_once().outcomes == {"sent:in_app": 2}
         with Session(engine) as session:
             assert len(session.exec(select(InAppMessage)).all()) == 3
