@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.dispatch.channels import DeliveryError, DeliveryUncertain, Recipient
+from api.retry import until_stopped
 from crm import KeyRing
 from crm.clock import Clock
 from crm.contacts import service as contacts
@@ -158,6 +159,12 @@ class Worker:
         return f"sent:{instruction.channel}"
 
     def run(self, stop: threading.Event, *, poll_interval: float = 1.0) -> None:
+        """Batches until ``stop``; a batch that fails because the database is away is retried
+        with backoff (:func:`api.retry.until_stopped`)."""
+        retrying = until_stopped(stop, base=poll_interval, what="worker batch", logger=log)
         while not stop.is_set():
-            if self.run_once(stop).claimed == 0:
+            result = retrying(self.run_once, stop)
+            if result is None:
+                break
+            if result.claimed == 0:
                 stop.wait(poll_interval)

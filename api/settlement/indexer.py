@@ -25,6 +25,7 @@ from eth_utils import keccak, to_checksum_address
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from api.retry import until_stopped
 from api.settlement import repository as repo
 from api.settlement.errors import ReorgTooDeepError
 from api.settlement.events import InvoiceEvents
@@ -590,19 +591,24 @@ class Indexer:
         ``idle_step`` seconds anyway (invoice expiry is a matter of time, not blocks). A block
         that arrived while a step ran starts the next step at once: under a steady stream of
         blocks the indexer never sleeps while it is behind. An idle full step costs ~8 ms of
-        CPU and a transaction; the head call ~0.2 ms."""
+        CPU and a transaction; the head call ~0.2 ms. A step that fails because the database or
+        the node is away is retried with backoff (:func:`api.retry.until_stopped`); a reorg
+        deeper than the window, or a bug, ends the loop."""
+        retrying = until_stopped(stop, base=poll_interval, what="indexer step", logger=log)
         while not stop.is_set():
-            result = self.poll_once()
+            result = retrying(self.poll_once)
+            if result is None:  # stopped while the database or the node was away
+                break
             if progress is not None:
                 progress(result)
             if not result.caught_up:
                 continue
-            seen = self.chain.latest_block()
-            if seen[0] != result.to_block:
+            seen = retrying(self.chain.latest_block)
+            if seen is None or seen[0] != result.to_block:
                 continue  # a block arrived after the step read the head: no pause for it
             due = time.monotonic() + idle_step
             while not stop.wait(poll_interval):
-                if time.monotonic() >= due or self.chain.latest_block() != seen:
+                if time.monotonic() >= due or retrying(self.chain.latest_block) != seen:
                     break
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from sqlmodel import Session, SQLModel, select
 
@@ -283,6 +285,38 @@ class TestEmailAtMostOnce:
         with Session(engine) as session, session.begin():
             recovered = followups.recover_stale(session, clock.now())
         assert recovered == {"rescheduled": [claimed], "interrupted": []}
+
+
+class TestWorkerLoop:
+    def test_a_database_that_is_away_for_a_batch_is_waited_for(self, engine, clock, caplog):
+        shop_with(engine, clock, channel="in_app")
+        worker = Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS, KEYRING)}, clock)
+        real = worker.run_once
+        failures = [sa.exc.OperationalError("SELECT 1", {}, Exception("database is locked"))]
+
+        def flaky(stop=None):
+            if failures:
+                raise failures.pop(0)
+            return real(stop)
+
+        worker.run_once = flaky  # type: ignore[method-assign]
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"poll_interval": 0.01})
+        with caplog.at_level(logging.ERROR):
+            thread.start()
+            try:
+                for _ in range(500):
+                    if states(engine) == [("sent", "in_app", None)]:
+                        break
+                    threading.Event().wait(0.01)
+            finally:
+                stop.set()
+                thread.join(10)
+        assert not thread.is_alive()
+        assert states(engine) == [("sent", "in_app", None)]
+        assert any(
+            "worker batch failed (OperationalError" in r.getMessage() for r in caplog.records
+        )
 
 
 class TestWorkerNames:

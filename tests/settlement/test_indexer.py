@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, followup
 from crm.followups.models import FollowUp
 from crm.merchants.models import MerchantCreate
 from tests.settlement.conftest import MarketSuite
+from wallet.errors import ChainUnreachableError
 from wallet.secrets import PrivateKey
 from wallet.signing import Signer
 
@@ -431,6 +433,48 @@ class IndexerBehaviour(MarketSuite):
             pay(engine, market, invoice)
             _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
             assert len(steps) > idle
+
+    def test_a_node_that_is_away_for_a_while_is_waited_for_not_fatal(
+        self, engine, market, clock, shop, caplog
+    ):
+        """The node drops two range reads: the loop logs each, backs off and settles the
+        invoice once the node answers again."""
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        chain = market.chain
+        real_logs = chain.logs_and_block_hash
+        failures = [ChainUnreachableError("node restarting"), OSError("connection refused")]
+
+        def flaky(*args):
+            if failures:
+                raise failures.pop(0)
+            return real_logs(*args)
+
+        chain.logs_and_block_hash = flaky  # type: ignore[method-assign]
+        try:
+            with caplog.at_level(logging.ERROR), _following(indexer, poll_interval=0.01):
+                _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
+        finally:
+            del chain.logs_and_block_hash
+        retried = [
+            r.getMessage() for r in caplog.records if "indexer step failed" in r.getMessage()
+        ]
+        assert len(retried) == 2
+        assert "ChainUnreachableError: node restarting" in retried[0]
+
+    def test_a_reorg_deeper_than_the_window_ends_the_loop(self, engine, market, clock, shop):
+        invoice = new_invoice(engine, market, shop, clock)
+        fork = market.chain.snapshot()
+        pay(engine, market, invoice)
+        market.chain.mine(4)
+        indexer = indexer_for(engine, market, clock)
+        indexer.reorg_window = 2
+        indexer.poll_once()
+        market.chain.revert(fork)
+        market.chain.mine(10)
+        with pytest.raises(ReorgTooDeepError):
+            indexer.run(threading.Event(), poll_interval=0.01)
 
     def test_a_block_that_lands_during_a_step_is_taken_without_a_pause(
         self, engine, market, clock, shop
