@@ -43,6 +43,7 @@ from crm.errors import CRMError
 from crm.followups import service as followups
 from wallet.addresses import ZERO_ADDRESS
 from wallet.chain import Chain
+from wallet.errors import ChainError
 
 __all__ = ["Indexer", "PollResult", "payment_ref"]
 
@@ -209,6 +210,13 @@ class Indexer:
         height) reads as an empty hash, which matches nothing stored."""
         return self.chain.block_header(number) or ("", 0)
 
+    def _canonical_hash(self, number: int, head: int) -> str:
+        """Block ``number``'s hash on the node's chain (``number`` at or below ``head``)."""
+        header = self.chain.block_header(number)
+        if header is None:
+            raise _missing_block(number, head)
+        return header[0]
+
     def _logs(self, start: int, end: int) -> tuple[list[_Log], str]:
         """The range's router logs and the hash of its last block, in one round trip."""
         topics = [[SETTLED_TOPIC, REFUNDED_TOPIC]]
@@ -293,6 +301,9 @@ class Indexer:
         if not tops:
             return self._head(), None
         head, hashes = self.chain.head_and_block_hashes([number for number, _ in tops])
+        for (number, _), block_hash in zip(tops, hashes, strict=True):
+            if number <= head and block_hash is None:
+                raise _missing_block(number, head)
         if all(n <= head and h == stored for (n, stored), h in zip(tops, hashes, strict=True)):
             return head, None
         return head, self._fork_point(session, cursor_id, head)
@@ -309,7 +320,7 @@ class Indexer:
         stored = repo.recent_blocks(session, cursor_id, self.reorg_window)
         replaced = False
         for block in stored:  # highest first
-            if block.number <= head and self._block(block.number)[0] == block.hash:
+            if block.number <= head and self._canonical_hash(block.number, head) == block.hash:
                 if replaced:
                     return block.number
             else:
@@ -610,6 +621,13 @@ class Indexer:
             while not stop.wait(poll_interval):
                 if time.monotonic() >= due or retrying(self.chain.latest_block) != seen:
                     break
+
+
+def _missing_block(number: int, head: int) -> ChainError:
+    """A node that reports head #head but has no block #number below it answered from two
+    states (e.g. mid-reorg): a retry of the step reads it again, instead of taking the gap
+    for a replaced block and rolling settled payments back."""
+    return ChainError(f"node has no block #{number} below its head #{head}; retrying")
 
 
 def _depth(invoice: InvoiceRow | None) -> int:

@@ -27,7 +27,7 @@ from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, followup
 from crm.followups.models import FollowUp
 from crm.merchants.models import MerchantCreate
 from tests.settlement.conftest import MarketSuite
-from wallet.errors import ChainUnreachableError
+from wallet.errors import ChainError, ChainUnreachableError
 from wallet.secrets import PrivateKey
 from wallet.signing import Signer
 
@@ -230,6 +230,34 @@ class IndexerBehaviour(MarketSuite):
         rolled = reload(engine, invoice.id)
         assert (rolled.state, rolled.paid_amount) == ("new", 0)
         assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["cancelled"]
+
+    def test_a_node_answer_missing_a_block_below_its_head_is_retried_not_taken_for_a_reorg(
+        self, engine, market, clock, shop
+    ):
+        """A node that answers from two states (head N, yet no block below N) must not make
+        the indexer roll settled payments back: the step fails as transient and the next one
+        finds nothing to undo."""
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        market.chain.mine(2)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        chain = market.chain
+        real = chain.head_and_block_hashes
+
+        def gap(numbers):
+            head, hashes = real(numbers)
+            return head, [None, *hashes[1:]]
+
+        chain.head_and_block_hashes = gap  # type: ignore[method-assign]
+        try:
+            with pytest.raises(ChainError, match="no block"):
+                indexer.poll_once()
+        finally:
+            del chain.head_and_block_hashes
+        assert indexer.poll_once().reorged_to is None
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED
+        assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["scheduled"]
 
     def test_a_reorg_deeper_than_the_window_stops_the_indexer_and_changes_nothing(
         self, engine, market, clock, shop
