@@ -228,43 +228,38 @@ class _AcceptThenMisbehave:
         return "421 going away"
 
 
-def _hang_up_controller(handler):
+def _send_then_retry_window(engine, clock, *, hang_up: bool):
+    """One worker run against a misbehaving SMTP server, then another past any retry backoff
+    (which must find nothing to send). Returns the first run's outcomes and what the server
+    received."""
+    handler = _AcceptThenMisbehave(hang_up=hang_up)
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
-    return controller
+    try:
+        shop_with(engine, clock, channel="email")
+        channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
+        first = Worker(engine, KEYRING, channels, clock).run_once()
+        clock.advance(timedelta(hours=2))
+        assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
+    finally:
+        controller.stop()
+    return first.outcomes, handler.messages
 
 
 class TestEmailAtMostOnce:
     def test_a_lost_reply_at_the_end_of_data_is_never_resent(self, engine, clock):
-        handler = _AcceptThenMisbehave(hang_up=True)
-        controller = _hang_up_controller(handler)
-        try:
-            shop_with(engine, clock, channel="email")
-            channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
-            first = Worker(engine, KEYRING, channels, clock).run_once()
-            assert first.outcomes == {"uncertain": 1}
-            clock.advance(timedelta(hours=2))  # past any retry backoff
-            assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
-        finally:
-            controller.stop()
-        assert len(handler.messages) == 1
+        outcomes, messages = _send_then_retry_window(engine, clock, hang_up=True)
+        assert outcomes == {"uncertain": 1}
+        assert len(messages) == 1
         assert states(engine) == [("failed", "email", "delivery_uncertain")]
         with Session(engine) as session:  # the customer may hold the link: it still works
             (feedback,) = session.exec(select(Feedback)).all()
             assert feedback.token_hash is not None
 
     def test_a_refused_quit_after_an_accepted_message_counts_as_sent(self, engine, clock):
-        handler = _AcceptThenMisbehave(hang_up=False)
-        controller = _hang_up_controller(handler)
-        try:
-            shop_with(engine, clock, channel="email")
-            channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
-            assert Worker(engine, KEYRING, channels, clock).run_once().outcomes == {"sent:email": 1}
-            clock.advance(timedelta(hours=2))
-            assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
-        finally:
-            controller.stop()
-        assert len(handler.messages) == 1
+        outcomes, messages = _send_then_retry_window(engine, clock, hang_up=False)
+        assert outcomes == {"sent:email": 1}
+        assert len(messages) == 1
         assert states(engine) == [("sent", "email", None)]
 
     def test_a_sure_failure_revokes_its_link_so_a_crash_before_the_retry_loses_nothing(
