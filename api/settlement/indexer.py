@@ -31,6 +31,7 @@ from api.settlement.errors import ReorgTooDeepError
 from api.settlement.events import InvoiceEvents
 from api.settlement.invoices import expire_due
 from api.settlement.models import (
+    REOPENABLE_STATES,
     Invoice,
     InvoiceState,
     InvoiceStatus,
@@ -54,7 +55,6 @@ REFUNDED_TOPIC = (
     "0x" + keccak(text="PaymentRefunded(address,uint256,address,address,uint256,uint256)").hex()
 )
 _INTENT = "(address,address,uint256,uint256,uint256,address,uint256)"
-_CLOSED = (InvoiceState.EXPIRED, InvoiceState.INVALID)
 _PAY_SELECTORS = frozenset(
     "0x" + keccak(text=signature).hex()[:8]
     for signature in (
@@ -394,9 +394,10 @@ class Indexer:
             for number, invoice in found.items():
                 batch.invoices[(address, number)] = invoice
         for invoice in batch.invoices.values():  # rare: a payment for a closed invoice
-            if invoice.state in _CLOSED:
+            if invoice.state == InvoiceState.EXPIRED:  # invalid ones are held anyway
                 order = (invoice.merchant_id, invoice.order_id)
-                if repo.open_invoice_for_order(session, *order, closed=list(_CLOSED)):
+                closed = [state.value for state in REOPENABLE_STATES]
+                if repo.open_invoice_for_order(session, *order, closed=closed):
                     batch.open_orders.add(order)
         topics = {entry.topic for entry in entries}
         if SETTLED_TOPIC in topics:

@@ -28,7 +28,13 @@ from api.settlement.errors import (
     MerchantAccountMissingError,
 )
 from api.settlement.events import emit_invoice_event
-from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, MerchantAccount
+from api.settlement.models import (
+    REOPENABLE_STATES,
+    Invoice,
+    InvoiceState,
+    InvoiceStatus,
+    MerchantAccount,
+)
 from crm.audit import service as audit
 from crm.clock import Clock
 from crm.sqlite_gate import holds_write_lock
@@ -54,7 +60,6 @@ __all__ = [
 ALLOWED_CONFIRMATIONS = (0, 1, 2, 6)
 DEFAULT_EXPIRY = timedelta(minutes=15)
 LATE_WINDOW = timedelta(hours=1)
-_REOPENABLE = (InvoiceState.EXPIRED, InvoiceState.INVALID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +283,7 @@ def create_invoice(
     if repo.insert_invoice(session, invoice):
         return invoice
     live = repo.open_invoice_for_order(
-        session, request.merchant_id, request.order_id, [s.value for s in _REOPENABLE]
+        session, request.merchant_id, request.order_id, [s.value for s in REOPENABLE_STATES]
     )
     detail = f"invoice {live[0]} ({live[1]})" if live else "an open invoice"
     raise DuplicateOrderError(f"order {request.order_id!r} already has {detail}", param="order_id")
@@ -361,9 +366,9 @@ def mark_invoice(
     invoice = get_invoice(session, merchant_id, invoice_id)
     if invoice.state == InvoiceState.SETTLED and settle:
         raise InvoiceStateError("invoice is already settled")
-    if settle and invoice.state in _REOPENABLE:
+    if settle and invoice.state in REOPENABLE_STATES:
         other = repo.open_invoice_for_order(
-            session, merchant_id, invoice.order_id, [s.value for s in _REOPENABLE]
+            session, merchant_id, invoice.order_id, [s.value for s in REOPENABLE_STATES]
         )
         if other is not None:  # the open-order rule: one live invoice per order
             raise InvoiceStateError(

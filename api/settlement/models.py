@@ -16,6 +16,7 @@ from sqlmodel import Field, SQLModel
 from crm._base import JSONType, UTCDateTime
 
 __all__ = [
+    "REOPENABLE_STATES",
     "IndexedBlock",
     "IndexerCursor",
     "Invoice",
@@ -55,6 +56,10 @@ class InvoiceState(StrEnum):
     SETTLED = "settled"
     EXPIRED = "expired"
     INVALID = "invalid"
+
+
+#: States that no longer hold their order: another invoice may be created for it.
+REOPENABLE_STATES = (InvoiceState.EXPIRED, InvoiceState.INVALID)
 
 
 class InvoiceStatus(StrEnum):
