@@ -39,6 +39,8 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_tester.exceptions import TransactionFailed
+from eth_typing import HexStr
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import BlockNotFound, Web3Exception
 from web3.types import Wei
@@ -487,6 +489,20 @@ class Chain:
             return int(self.request("eth_blockNumber"), 16)
         with self.lock:
             return int(self.w3.eth.block_number)
+
+    def call(self, to: str, data: str) -> bytes:
+        """A read-only ``eth_call`` at the head: the returned bytes (empty from an account
+        without code). A revert raises :class:`UnsupportedOperationError`."""
+        if self._tester is None:
+            answer = self.request("eth_call", [{"to": to, "data": data}, "latest"])
+            return bytes.fromhex(str(answer)[2:])
+        with self.lock:
+            try:
+                return bytes(
+                    self.w3.eth.call({"to": Web3.to_checksum_address(to), "data": HexStr(data)})
+                )
+            except (Web3Exception, TransactionFailed) as exc:  # a revert on eth-tester
+                raise UnsupportedOperationError(f"eth_call failed: {exc}") from None
 
     def block_header(self, number: int) -> tuple[str, int] | None:
         """``(hash, timestamp)`` of block ``number`` (0x hex hash), or None past the head."""

@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
 from eth_utils import keccak, to_checksum_address
 from sqlalchemy import Engine
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session
 
 from api.retry import until_stopped
@@ -44,7 +47,7 @@ from crm.errors import CRMError
 from crm.followups import service as followups
 from wallet.addresses import ZERO_ADDRESS
 from wallet.chain import Chain
-from wallet.errors import ChainError
+from wallet.errors import ChainError, UnsupportedOperationError
 
 __all__ = ["Indexer", "PollResult", "payment_ref"]
 
@@ -54,6 +57,7 @@ SETTLED_TOPIC = "0x" + keccak(text="PaymentSettled(address,uint256,address,bytes
 REFUNDED_TOPIC = (
     "0x" + keccak(text="PaymentRefunded(address,uint256,address,address,uint256,uint256)").hex()
 )
+_SYMBOL_CALL = "0x" + keccak(text="symbol()").hex()[:8]
 _INTENT = "(address,address,uint256,uint256,uint256,address,uint256)"
 _PAY_SELECTORS = frozenset(
     "0x" + keccak(text=signature).hex()[:8]
@@ -225,25 +229,20 @@ class Indexer:
         return logs, end_hash or ""
 
     def _symbol(self, token: str) -> str:
+        """The token's ``symbol()`` for the CRM's purchase record, asked once per token. A
+        token that reverts or answers garbage is ``TOKEN``; a node that is away fails the
+        step (retried) instead of caching a wrong name."""
         if token not in self._symbols:
-            abi: list[dict[str, Any]] = [
-                {
-                    "name": "symbol",
-                    "type": "function",
-                    "stateMutability": "view",
-                    "inputs": [],
-                    "outputs": [{"name": "", "type": "string"}],
-                }
-            ]
             try:
-                with self.chain.lock:
-                    contract = self.chain.w3.eth.contract(
-                        address=to_checksum_address(token), abi=abi
-                    )
-                    symbol = str(contract.functions.symbol().call())[:16]
-            except Exception:  # a token without symbol() still settles
-                symbol = "TOKEN"
-            self._symbols[token] = symbol or "TOKEN"
+                answer = self.chain.call(token, _SYMBOL_CALL)
+                if len(answer) == 32:  # a few old tokens answer a bytes32
+                    symbol = answer.rstrip(b"\0").decode()
+                else:
+                    symbol = str(abi_decode(["string"], answer)[0])
+            except (UnsupportedOperationError, DecodingError, UnicodeDecodeError):
+                symbol = ""
+            symbol = symbol.strip()[:16]
+            self._symbols[token] = symbol if symbol.isprintable() and symbol else "TOKEN"
         return self._symbols[token]
 
     # -- one step ---------------------------------------------------------------------------
@@ -607,6 +606,7 @@ class Indexer:
         the node is away is retried with backoff (:func:`api.retry.until_stopped`); a reorg
         deeper than the window, or a bug, ends the loop."""
         retrying = until_stopped(stop, base=poll_interval, what="indexer step", logger=log)
+        configure_mappers()  # once, now: not inside the first step that settles a payment
         while not stop.is_set():
             result = retrying(self.poll_once)
             if result is None:  # stopped while the database or the node was away

@@ -24,7 +24,7 @@ from api.settlement.errors import (
 from api.settlement.indexer import Indexer
 from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Payment, PaymentState
 from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, followups, merchants
-from crm.followups.models import FollowUp
+from crm.followups.models import FollowUp, Purchase
 from crm.merchants.models import MerchantCreate
 from tests.settlement.conftest import MarketSuite
 from wallet.errors import ChainError, ChainUnreachableError
@@ -149,6 +149,34 @@ class IndexerBehaviour(MarketSuite):
         with Session(engine) as session:
             assert session.exec(select(func.count()).select_from(Payment)).one() == 1
         assert len(followups_of(engine, shop.merchant_id)) == 1
+
+    def test_purchase_is_recorded_in_the_tokens_symbol(self, engine, market, clock, shop):
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        indexer_for(engine, market, clock).poll_once()
+        with Session(engine) as session:
+            purchase = session.exec(select(Purchase)).one()
+        assert (purchase.currency, purchase.amount_minor) == ("TUSD", AMOUNT)
+
+    def test_a_contract_without_symbol_is_named_token(self, engine, market, clock):
+        indexer = indexer_for(engine, market, clock)
+        assert indexer._symbol(market.deployment.router) == "TOKEN"  # reverts
+        assert indexer._symbol(market.payers[0].address) == "TOKEN"  # no code: empty answer
+
+    def test_a_symbol_lookup_on_a_node_that_is_away_is_not_cached(
+        self, engine, market, clock, monkeypatch
+    ):
+        indexer = indexer_for(engine, market, clock)
+        token = market.deployment.token
+
+        def away(to, data):
+            raise ChainUnreachableError("node restarting")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(market.chain, "call", away)
+            with pytest.raises(ChainUnreachableError):
+                indexer._symbol(token)
+        assert indexer._symbol(token) == "tUSD"
 
     def test_waits_for_the_confirmation_depth(self, engine, market, clock, shop):
         invoice = new_invoice(engine, market, shop, clock, confirmations=2)
