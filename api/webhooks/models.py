@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal, TypeAlias, get_args
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -13,23 +14,30 @@ from api.db import UTCDateTime
 __all__ = [
     "EVENT_TYPES",
     "DeliveryStatus",
+    "EventType",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",
 ]
 
-EVENT_TYPES: tuple[str, ...] = (
+#: Every event a merchant can subscribe to: the one list both the API's schema and
+#: :func:`api.webhooks.enqueue` check against (an event emitted but missing here would fail the
+#: emitting transaction).
+EventType: TypeAlias = Literal[
     "invoice.created",
     "invoice.processing",
     "invoice.settled",
     "invoice.expired",
     "invoice.invalid",
+    "invoice.payment_held",
     "invoice.refunded",
     "feedback.received",
+    "feedback.updated",
     "ticket.opened",
     "ticket.breached",
     "consent.changed",
-)
+]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 
 class DeliveryStatus(StrEnum):

@@ -6,7 +6,7 @@ from typing import Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from api.webhooks.models import EventType, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "DeliveryAttemptPublic",
@@ -18,20 +18,7 @@ __all__ = [
 ]
 
 
-EventTypeOrAll: TypeAlias = Literal[
-    "*",
-    "invoice.created",
-    "invoice.processing",
-    "invoice.settled",
-    "invoice.expired",
-    "invoice.invalid",
-    "invoice.payment_held",
-    "invoice.refunded",
-    "feedback.received",
-    "ticket.opened",
-    "ticket.breached",
-    "consent.changed",
-]
+EventTypeOrAll: TypeAlias = Literal["*", EventType]
 
 
 def _ts(value: object) -> int | None:

@@ -16,7 +16,13 @@ from pydantic import SecretStr
 from api.db import session_factory, session_scope, utcnow
 from api.errors import InvalidRequest
 from api.webhooks import service as webhooks
-from api.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from api.webhooks.models import (
+    EVENT_TYPES,
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from api.webhooks.secrets import SecretCipher
 from api.webhooks.signing import SIGNATURE_HEADER, WebhookSignatureError, sign, verify
 from tests.api.conftest import auth, free_port
@@ -106,6 +112,19 @@ class TestEndpointsApi:
         ).json()
         assert rotated["secret"].startswith("whsec_")
         assert rotated["secret"] != secret
+
+    def test_every_event_the_schema_offers_can_be_subscribed_to(self, client, new_key):
+        offered = client.get("/openapi.json").json()["components"]["schemas"]
+        enum = offered["WebhookEndpointCreate"]["properties"]["enabled_events"]["items"]["enum"]
+        assert set(enum) == {"*", *EVENT_TYPES}
+        assert {"invoice.payment_held", "feedback.updated"} <= set(enum)
+        r = client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1:9/h", "enabled_events": list(EVENT_TYPES)},
+            headers=auth(new_key()),
+        )
+        assert r.status_code == 200, r.text
+        assert sorted(r.json()["enabled_events"]) == sorted(EVENT_TYPES)
 
     @pytest.mark.parametrize("master_key", ["ab" * 32, None], ids=["env", "home-file"])
     def test_secret_encrypted_in_the_row(self, make_app, settings, db, new_key, master_key):

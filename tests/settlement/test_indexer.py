@@ -696,6 +696,32 @@ class TestInvoiceWebhooks(MarketSuite):
         assert evidence["tx_hash"] == "0x" + bytes(receipt["transactionHash"]).hex()
         assert evidence["block_number"] == receipt["blockNumber"]
 
+    def test_a_held_payment_is_announced_to_subscribers(self, engine, market, clock, shop):
+        """A merchant listening to every event hears of a payment for an invalidated invoice
+        (the event once failed the whole step: it was missing from the known event types)."""
+        from api.webhooks import create_endpoint
+        from api.webhooks.models import WebhookDelivery
+
+        with Session(engine) as session, session.begin():
+            create_endpoint(session, str(shop.merchant_id), "https://s.example/h", ["*"])
+        held = new_invoice(engine, market, shop, clock, order="held")
+        with Session(engine) as session, session.begin():
+            invoices.mark_invoice(
+                session, shop.merchant_id, held.id, settle=False, actor="staff", clock=clock
+            )
+        paid = new_invoice(engine, market, shop, clock, order="paid")
+        pay(engine, market, held)
+        pay(engine, market, paid)
+        result = indexer_for(engine, market, clock).poll_once()
+        assert result.settled == [paid.id]
+        with Session(engine) as session:
+            deliveries = session.exec(select(WebhookDelivery)).all()
+        by_type = {d.event_type: json.loads(d.payload)["data"]["object"] for d in deliveries}
+        assert set(by_type) >= {"invoice.payment_held", "invoice.settled"}
+        event = by_type["invoice.payment_held"]
+        assert (event["invoice"]["id"], event["invoice"]["state"]) == (held.id, "invalid")
+        assert event["chain_evidence"]["amount"] == str(AMOUNT)
+
     def test_expiry_is_announced_once(self, engine, market, clock, shop):
         from api.webhooks import create_endpoint
         from api.webhooks.models import WebhookDelivery
