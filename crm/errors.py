@@ -17,7 +17,7 @@ layer renders them with one handler as ``{"error": {"type", "code", "message", "
     ├── Conflict(CRMError)                              409 conflict_error
     │   ├── DuplicateContact / DuplicateWallet / DuplicatePolicy
     │   ├── InvalidTransition      (state machine refuses the move)
-    │   ├── FeedbackTokenUsed / FeedbackFrozen
+    │   ├── FeedbackTokenUsed / FeedbackFrozen / FeedbackNotSubmitted
     │   └── ContactErased
     └── ConsentChainBroken                              500 api_error
 
@@ -37,6 +37,7 @@ __all__ = [
     "DuplicateWallet",
     "FeedbackFrozen",
     "FeedbackNotFound",
+    "FeedbackNotSubmitted",
     "FeedbackTokenExpired",
     "FeedbackTokenInvalid",
     "FeedbackTokenUsed",
@@ -195,6 +196,10 @@ class FeedbackTokenUsed(Conflict):
 
 class FeedbackFrozen(Conflict):
     code = "feedback_frozen"
+
+
+class FeedbackNotSubmitted(Conflict):
+    code = "feedback_not_submitted"
 
 
 class ContactErased(Conflict):

@@ -8,10 +8,11 @@ stored only as its SHA-256). Errors are explicit:
   message links of the same e-mail keep working for :data:`CONSENT_LINK_VALIDITY` after that,
   because withdrawing must stay as easy as granting);
 * a second answer → the one-click ``GET`` shows the recorded answer (nothing changes); a second
-  ``POST`` is a 409 ``feedback_token_used``.
+  ``POST`` is a 409 ``feedback_token_used``; ``PATCH`` changes a recorded answer for 14 days.
 
 One-click rating is a ``GET`` by design (an e-mail link); mail scanners that prefetch links would
-record a rating, so e-mails should link ratings to a page that confirms before it calls here.
+record a rating, so e-mails should link ratings to a page that confirms before it calls here, and
+the customer can correct a recorded answer with ``PATCH`` while it is editable.
 Withdrawal is a ``POST`` (RFC 8058 one-click unsubscribe style), never a ``GET``.
 """
 
@@ -29,18 +30,19 @@ from api.dispatch.channels import render_in_app
 from api.errors import error_responses
 from api.routes.support import emit_feedback_events
 from api.routing import ApiRouter
-from api.schemas.crm import ConsentEventOut, FeedbackOut
+from api.schemas.crm import ConsentEventOut, FeedbackOut, TicketOut
 from api.schemas.public import (
     PublicConsents,
     PublicConsentState,
     PublicFeedback,
     PublicFeedbackBody,
+    PublicFeedbackEdit,
     PublicMessage,
     PublicMessages,
     PublicWithdrawBody,
 )
 from api.webhooks import enqueue
-from crm import FeedbackCreate, Purpose, consent, feedback
+from crm import FeedbackCreate, FeedbackUpdate, Purpose, consent, feedback
 from crm.clock import Clock
 from crm.consent import repository as consent_repo
 from crm.errors import FeedbackTokenExpired, FeedbackTokenInvalid, FeedbackTokenUsed
@@ -80,6 +82,7 @@ def _view(session: Session, fb: Feedback, *, message: str | None = None) -> Publ
             nps=None,
             submitted_at=None,
             expires_at=fb.token_expires_at,
+            editable_until=None,
             reward_points=None,
             follow_up_within_hours=None,
             message=message or "How did it go? Choose a rating from 1 to 5.",
@@ -96,6 +99,7 @@ def _view(session: Session, fb: Feedback, *, message: str | None = None) -> Publ
         nps=fb.nps,
         submitted_at=fb.submitted_at,
         expires_at=fb.token_expires_at,
+        editable_until=fb.edit_until,
         reward_points=None if reward is None else reward.points,
         follow_up_within_hours=hours,
         message=message or default,
@@ -171,6 +175,39 @@ def submit_feedback_link(
     _submit(session, fb, token, data, keyring, clock)
     session.refresh(fb)
     return _view(session, fb)
+
+
+@router.patch(
+    "/feedback/{token}",
+    response_model=PublicFeedback,
+    summary="Change a recorded answer (for 14 days)",
+    description="Until the answer's `editable_until`: only the fields sent change. An answer "
+    "that turns negative (rating 1-2, NPS 0-6) opens a support ticket if it had none; points are "
+    "not credited again. Before any answer: 409 `feedback_not_submitted`; after the window: "
+    "409 `feedback_frozen`. Queues `feedback.updated`.",
+)
+def edit_feedback_link(
+    token: Token,
+    body: PublicFeedbackEdit,
+    session: SessionDep,
+    keyring: KeyRingDep,
+    clock: ClockDep,
+) -> PublicFeedback:
+    fb = _by_token(session, token)
+    assert fb.id is not None
+    had_ticket = tickets_repo.get_by_feedback(session, fb.id) is not None
+    data = FeedbackUpdate(**body.model_dump(exclude_unset=True))
+    out = feedback.edit_feedback(
+        session, fb.merchant_id, fb.id, data, actor=_ACTOR, keyring=keyring, clock=clock
+    )
+    merchant = str(fb.merchant_id)
+    enqueue(session, merchant, "feedback.updated", FeedbackOut.of(out).model_dump(mode="json"))
+    if out.ticket_id is not None and not had_ticket:
+        ticket = tickets_repo.get_by_feedback(session, fb.id)
+        assert ticket is not None
+        enqueue(session, merchant, "ticket.opened", TicketOut.of(ticket).model_dump(mode="json"))
+    session.refresh(fb)
+    return _view(session, fb, message="Thank you, your answer is updated.")
 
 
 def _consent_link(session: Session, token: str, clock: Clock) -> Feedback:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crm.enums import Channel, Purpose
 
@@ -13,6 +13,7 @@ __all__ = [
     "PublicConsents",
     "PublicFeedback",
     "PublicFeedbackBody",
+    "PublicFeedbackEdit",
     "PublicMessage",
     "PublicMessages",
     "PublicWithdrawBody",
@@ -30,6 +31,7 @@ class PublicFeedback(BaseModel):
                     "nps": None,
                     "submitted_at": "2026-01-02T09:00:00Z",
                     "expires_at": "2026-01-16T09:00:00Z",
+                    "editable_until": "2026-01-16T09:00:00Z",
                     "reward_points": 10,
                     "follow_up_within_hours": 24,
                     "message": "Thank you. We are sorry: someone will get back to you within 24 h.",
@@ -40,12 +42,16 @@ class PublicFeedback(BaseModel):
 
     object: Literal["feedback_link"] = "feedback_link"
     state: Literal["pending", "recorded"] = Field(
-        description="pending: not answered yet; recorded: the answer below is final."
+        description="pending: not answered yet; recorded: the answer below (changeable with "
+        "PATCH until `editable_until`)."
     )
     rating: int | None
     nps: int | None
     submitted_at: datetime | None
     expires_at: datetime | None
+    editable_until: datetime | None = Field(
+        default=None, description="Recorded answers: until then, PATCH this link to change it."
+    )
     reward_points: int | None = Field(description="Points credited for answering (any answer).")
     follow_up_within_hours: int | None = Field(
         description="Set when the answer opened a support ticket: its first-response SLA."
@@ -62,6 +68,26 @@ class PublicFeedbackBody(BaseModel):
     rating: int | None = Field(default=None, ge=1, le=5, description="1 (bad) to 5 (great).")
     nps: int | None = Field(default=None, ge=0, le=10, description="How likely to recommend.")
     comment: str | None = Field(default=None, max_length=4000)
+
+
+class PublicFeedbackEdit(BaseModel):
+    """A change to a recorded answer: only the fields sent change (``null`` clears NPS or the
+    comment)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"rating": 2, "comment": "It broke after a day."}]},
+    )
+
+    rating: int | None = Field(default=None, ge=1, le=5, description="1 (bad) to 5 (great).")
+    nps: int | None = Field(default=None, ge=0, le=10, description="How likely to recommend.")
+    comment: str | None = Field(default=None, max_length=4000)
+
+    @model_validator(mode="after")
+    def _something(self) -> PublicFeedbackEdit:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: send rating, nps or comment")
+        return self
 
 
 class PublicConsentState(BaseModel):

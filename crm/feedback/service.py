@@ -20,6 +20,7 @@ from crm.errors import (
     ContactErased,
     FeedbackFrozen,
     FeedbackNotFound,
+    FeedbackNotSubmitted,
     FeedbackTokenExpired,
     FeedbackTokenInvalid,
     FeedbackTokenUsed,
@@ -150,8 +151,14 @@ def edit_feedback(
     clock: Clock,
 ) -> FeedbackPublic:
     """The customer may change their answer for 14 days after submitting; then it is frozen."""
-    fb = get_feedback(session, merchant_id, feedback_id)
+    fb = repo.get(session, merchant_id, feedback_id)
+    if fb is None:
+        raise FeedbackNotFound("no such feedback", param="feedback_id")
+    if fb.submitted_at is None:
+        raise FeedbackNotSubmitted("nothing to change: this feedback has not been answered yet")
     changes = data.model_dump(exclude_unset=True)
+    if not changes:
+        raise InvalidRequest("nothing to change: give a rating, nps, tags or a comment")
     rating = changes.get("rating", fb.rating)
     nps = changes.get("nps", fb.nps)
     validate_scores(rating, nps)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlmodel import Session, select
+
+from api.webhooks.models import WebhookDelivery
 from tests.api.conftest import auth
 from tests.api.test_resources_crm import World, grant, issue_token, new_contact, world
 
@@ -83,6 +86,64 @@ class TestOneClickRating:
         assert r.status_code == 422
         assert r.json()["error"]["param"] == "rating"
         assert world.client.get(f"/v1/public/feedback/{token}").json()["state"] == "pending"
+
+
+class TestChangingAnAnswer:
+    """A scanner (or a slip) recorded the one-click rating: the customer corrects it."""
+
+    def test_a_recorded_answer_changes_for_14_days_then_freezes(self, world: World) -> None:
+        hook = world.client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1:9/h", "enabled_events": ["feedback.updated", "*"]},
+            headers=auth(world.a.merchant),
+        )
+        assert hook.status_code == 200, hook.text
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"])
+        first = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 5}).json()
+        assert first["editable_until"] is not None
+        world.clock.advance(days=13)
+        r = world.client.patch(
+            f"/v1/public/feedback/{token}", json={"rating": 1, "comment": "It broke"}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["state"], body["rating"], body["reward_points"]) == ("recorded", 1, 10)
+        assert body["follow_up_within_hours"] == 24  # turned negative: a ticket with its SLA
+        assert body["submitted_at"] == first["submitted_at"]
+        tickets = world.client.get("/v1/tickets", headers=auth(world.a.support)).json()["data"]
+        assert [t["contact_id"] for t in tickets] == [c["id"]]
+        fb = world.client.get("/v1/feedback", headers=auth(world.a.merchant)).json()["data"]
+        assert [(f["rating"], f["comment"]) for f in fb] == [(1, "It broke")]
+        with Session(world.engine) as s:
+            events = [d.event_type for d in s.exec(select(WebhookDelivery))]
+        assert events.count("feedback.updated") == 1
+        assert events.count("ticket.opened") == 1
+        world.clock.advance(days=1, seconds=1)
+        late = world.client.patch(f"/v1/public/feedback/{token}", json={"rating": 4})
+        assert late.status_code == 409
+        assert late.json()["error"]["code"] == "feedback_frozen"
+        assert world.client.get(f"/v1/public/feedback/{token}").json()["rating"] == 1
+
+    def test_bad_edits_change_nothing(self, world: World) -> None:
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"])
+        pending = world.client.patch(f"/v1/public/feedback/{token}", json={"rating": 2})
+        assert pending.status_code == 409
+        assert pending.json()["error"]["code"] == "feedback_not_submitted"
+        assert world.client.get(f"/v1/public/feedback/{token}").json()["state"] == "pending"
+        world.client.get(f"/v1/public/feedback/{token}", params={"rating": 4})
+        for body, status in (({}, 422), ({"rating": 9}, 422), ({"tags": ["x"]}, 422)):
+            r = world.client.patch(f"/v1/public/feedback/{token}", json=body)
+            assert r.status_code == status, (body, r.text)
+        tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
+        r = world.client.patch(f"/v1/public/feedback/{tampered}", json={"rating": 1})
+        assert r.status_code == 404
+        shown = world.client.get(f"/v1/public/feedback/{token}").json()
+        assert (shown["rating"], shown["follow_up_within_hours"]) == (4, None)
+        assert world.client.get("/v1/tickets", headers=auth(world.a.support)).json()["data"] == []
 
 
 class TestConsentLinks:

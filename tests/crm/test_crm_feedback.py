@@ -10,6 +10,7 @@ from crm.clock import FrozenClock
 from crm.errors import (
     FeedbackFrozen,
     FeedbackNotFound,
+    FeedbackNotSubmitted,
     FeedbackTokenExpired,
     FeedbackTokenInvalid,
     FeedbackTokenUsed,
@@ -310,6 +311,48 @@ class TestEditFeedback:
             )
         assert info.value.status_code == 409
         assert feedback.get_feedback(session, merchant_id, out.id).rating == 1
+
+    def test_edit_needs_an_answer_and_a_change(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        from crm.feedback import repository as feedback_repo
+
+        fu, token = sent_followup(session, merchant_id, make_contact(), clock, keyring)
+        pending = feedback_repo.get_by_followup(session, fu.id or 0)
+        assert pending is not None
+        assert pending.id is not None
+        with pytest.raises(FeedbackNotSubmitted) as info:
+            feedback.edit_feedback(
+                session,
+                merchant_id,
+                pending.id,
+                FeedbackUpdate(rating=2),
+                actor="contact",
+                keyring=keyring,
+                clock=clock,
+            )
+        assert info.value.status_code == 409
+        out = feedback.submit_feedback(
+            session, merchant_id, token, FeedbackCreate(rating=4), keyring=keyring, clock=clock
+        )
+        clock.advance(hours=1)
+        with pytest.raises(InvalidRequest, match="nothing to change"):
+            feedback.edit_feedback(
+                session,
+                merchant_id,
+                out.id,
+                FeedbackUpdate(),
+                actor="contact",
+                keyring=keyring,
+                clock=clock,
+            )
+        stored = feedback.get_feedback(session, merchant_id, out.id)
+        assert (stored.rating, stored.updated_at) == (4, stored.submitted_at)
 
     def test_edit_validates(
         self,
