@@ -14,11 +14,17 @@ from tests.api.test_resources_crm import World, grant, issue_token, new_contact,
 __all__ = ["world"]
 
 
+def _emailed(world: World) -> tuple[dict, str]:
+    """A contact of tenant A with e-mail consent, and the token of the follow-up sent to it."""
+    c = new_contact(world, world.a)
+    grant(world, world.a, c["id"])
+    token, _ = issue_token(world, world.a, c["id"])
+    return c, token
+
+
 class TestOneClickRating:
     def test_low_rating_opens_ticket_credits_reward_and_is_final(self, world: World) -> None:
-        c = new_contact(world, world.a)
-        grant(world, world.a, c["id"])
-        token, _ = issue_token(world, world.a, c["id"])
+        c, token = _emailed(world)
         r = world.client.get(f"/v1/public/feedback/{token}")
         assert r.status_code == 200
         assert r.json()["state"] == "pending"
@@ -39,9 +45,7 @@ class TestOneClickRating:
         assert [(f["rating"], f["ticket_id"]) for f in fb] == [(2, tickets[0]["id"])]
 
     def test_post_with_nps_and_comment_then_reuse_is_409(self, world: World) -> None:
-        c = new_contact(world, world.a)
-        grant(world, world.a, c["id"])
-        token, _ = issue_token(world, world.a, c["id"])
+        _c, token = _emailed(world)
         r = world.client.post(
             f"/v1/public/feedback/{token}", json={"rating": 5, "nps": 10, "comment": "Great"}
         )
@@ -54,9 +58,7 @@ class TestOneClickRating:
         assert [(f["rating"], f["nps"], f["comment"]) for f in fb] == [(5, 10, "Great")]
 
     def test_tampered_and_expired_tokens(self, world: World) -> None:
-        c = new_contact(world, world.a)
-        grant(world, world.a, c["id"])
-        token, _ = issue_token(world, world.a, c["id"])
+        _c, token = _emailed(world)
         tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
         for path in (
             f"/v1/public/feedback/{tampered}",
@@ -79,9 +81,7 @@ class TestOneClickRating:
         assert world.client.get(f"/v1/public/consent/{token}").status_code == 200
 
     def test_bad_rating_writes_nothing(self, world: World) -> None:
-        c = new_contact(world, world.a)
-        grant(world, world.a, c["id"])
-        token, _ = issue_token(world, world.a, c["id"])
+        _c, token = _emailed(world)
         r = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 9})
         assert r.status_code == 422
         assert r.json()["error"]["param"] == "rating"
@@ -98,9 +98,7 @@ class TestChangingAnAnswer:
             headers=auth(world.a.merchant),
         )
         assert hook.status_code == 200, hook.text
-        c = new_contact(world, world.a)
-        grant(world, world.a, c["id"])
-        token, _ = issue_token(world, world.a, c["id"])
+        c, token = _emailed(world)
         first = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 5}).json()
         assert first["editable_until"] is not None
         world.clock.advance(days=13)
@@ -127,9 +125,7 @@ class TestChangingAnAnswer:
         assert world.client.get(f"/v1/public/feedback/{token}").json()["rating"] == 1
 
     def test_bad_edits_change_nothing(self, world: World) -> None:
-        c = new_contact(world, world.a)
-        grant(world, world.a, c["id"])
-        token, _ = issue_token(world, world.a, c["id"])
+        _c, token = _emailed(world)
         pending = world.client.patch(f"/v1/public/feedback/{token}", json={"rating": 2})
         assert pending.status_code == 409
         assert pending.json()["error"]["code"] == "feedback_not_submitted"
@@ -188,9 +184,7 @@ class TestConsentLinks:
         assert r.json()["error"]["code"] == "feedback_token_expired"
 
     def test_messages(self, world: World) -> None:
-        c = new_contact(world, world.a)
-        grant(world, world.a, c["id"])
-        token, _ = issue_token(world, world.a, c["id"])
+        _c, token = _emailed(world)
         r = world.client.get(f"/v1/public/messages/{token}")
         assert r.status_code == 200
         assert r.json() == {"object": "list", "data": []}

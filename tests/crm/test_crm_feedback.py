@@ -18,7 +18,7 @@ from crm.errors import (
     InvalidRequest,
 )
 from crm.feedback import service as feedback
-from crm.feedback.models import Feedback, FeedbackCreate, FeedbackUpdate
+from crm.feedback.models import Feedback, FeedbackCreate, FeedbackPublic, FeedbackUpdate
 from crm.followups.models import FollowUp
 from crm.merchants import service as merchants
 from crm.merchants.models import MerchantCreate
@@ -273,6 +273,20 @@ class TestSubmitFeedback:
         assert session.exec(select(FollowUp)).one().state == "sent"
 
 
+def _edit(
+    session: Session,
+    merchant_id: int,
+    feedback_id: int,
+    update: FeedbackUpdate,
+    keyring: KeyRing,
+    clock: FrozenClock,
+) -> FeedbackPublic:
+    """The customer's edit (actor ``contact``)."""
+    return feedback.edit_feedback(
+        session, merchant_id, feedback_id, update, actor="contact", keyring=keyring, clock=clock
+    )
+
+
 class TestEditFeedback:
     def test_editable_for_14_days_then_frozen(
         self,
@@ -287,28 +301,19 @@ class TestEditFeedback:
             session, merchant_id, token, FeedbackCreate(rating=4), keyring=keyring, clock=clock
         )
         clock.advance(days=13, hours=23)
-        edited = feedback.edit_feedback(
+        edited = _edit(
             session,
             merchant_id,
             out.id,
             FeedbackUpdate(rating=1, comment="Actually broken"),
-            actor="contact",
-            keyring=keyring,
-            clock=clock,
+            keyring,
+            clock,
         )
         assert (edited.rating, edited.comment) == (1, "Actually broken")
         assert edited.ticket_id is not None  # became negative: ticket opened
         clock.advance(hours=1)
         with pytest.raises(FeedbackFrozen) as info:
-            feedback.edit_feedback(
-                session,
-                merchant_id,
-                out.id,
-                FeedbackUpdate(rating=5),
-                actor="contact",
-                keyring=keyring,
-                clock=clock,
-            )
+            _edit(session, merchant_id, out.id, FeedbackUpdate(rating=5), keyring, clock)
         assert info.value.status_code == 409
         assert feedback.get_feedback(session, merchant_id, out.id).rating == 1
 
@@ -327,30 +332,14 @@ class TestEditFeedback:
         assert pending is not None
         assert pending.id is not None
         with pytest.raises(FeedbackNotSubmitted) as info:
-            feedback.edit_feedback(
-                session,
-                merchant_id,
-                pending.id,
-                FeedbackUpdate(rating=2),
-                actor="contact",
-                keyring=keyring,
-                clock=clock,
-            )
+            _edit(session, merchant_id, pending.id, FeedbackUpdate(rating=2), keyring, clock)
         assert info.value.status_code == 409
         out = feedback.submit_feedback(
             session, merchant_id, token, FeedbackCreate(rating=4), keyring=keyring, clock=clock
         )
         clock.advance(hours=1)
         with pytest.raises(InvalidRequest, match="nothing to change"):
-            feedback.edit_feedback(
-                session,
-                merchant_id,
-                out.id,
-                FeedbackUpdate(),
-                actor="contact",
-                keyring=keyring,
-                clock=clock,
-            )
+            _edit(session, merchant_id, out.id, FeedbackUpdate(), keyring, clock)
         stored = feedback.get_feedback(session, merchant_id, out.id)
         assert (stored.rating, stored.updated_at) == (4, stored.submitted_at)
 
@@ -367,13 +356,5 @@ class TestEditFeedback:
             session, merchant_id, token, FeedbackCreate(rating=4), keyring=keyring, clock=clock
         )
         with pytest.raises(InvalidRating):
-            feedback.edit_feedback(
-                session,
-                merchant_id,
-                out.id,
-                FeedbackUpdate(rating=9),
-                actor="contact",
-                keyring=keyring,
-                clock=clock,
-            )
+            _edit(session, merchant_id, out.id, FeedbackUpdate(rating=9), keyring, clock)
         assert feedback.get_feedback(session, merchant_id, out.id).rating == 4
