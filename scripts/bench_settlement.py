@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,12 @@ POLL_INTERVAL = 0.02
 CHECK_INTERVAL = 0.01
 #: Any timed wait gives up after this long: a stuck run fails instead of hanging the bench.
 WAIT_LIMIT = 120.0
+#: A round still waiting after this long (normal rounds take under a second) starts asking the
+#: node's pool whether it hit anvil's stall (see :class:`_PoolStall`); never sooner, so the
+#: check costs a normal round nothing.
+STALL_CHECK_AFTER = 3.0
+#: Rounds of one side re-run at most this often after a stall before the bench fails.
+STALL_RETRIES = 3
 _ZERO = "0x" + "0" * 40
 
 
@@ -387,15 +393,41 @@ def _counts(engine: Any) -> tuple[int, int]:
     return int(settled), int(scheduled)
 
 
-def _wait_settled(engine: Any, n: int, started: float) -> None:
+class _PoolStall(RuntimeError):
+    """anvil's automine left a transaction queued at its sender's own nonce: the pool holds
+    queued transactions and nothing ready, so nothing is ever mined again (seen here about once
+    in 60 rounds of plain transfers, with no indexer running; reported upstream as
+    foundry-rs/foundry#10122). Such a round measures anvil's bug, not a side: it is re-run."""
+
+
+def _check_stall(chain: Chain, started: float) -> None:
+    if time.perf_counter() - started < STALL_CHECK_AFTER:
+        return
+    status = chain.request("txpool_status")
+    if int(status["pending"], 16) == 0 and int(status["queued"], 16) > 0:
+        raise _PoolStall(f"anvil's pool stalled: {status}")
+
+
+def _wait_settled(chain: Chain, engine: Any, n: int, started: float) -> None:
     while _counts(engine) != (n, n):
         _check_limit(started, f"not all {n} invoices settled with a follow-up")
+        _check_stall(chain, started)
         time.sleep(CHECK_INTERVAL)
 
 
 def _check_limit(started: float, what: str) -> None:
     if time.perf_counter() - started > WAIT_LIMIT:
         raise RuntimeError(f"{what} after {WAIT_LIMIT:.0f} s")
+
+
+def _rerun_stalled(measure: Callable[[], float], stalls: list[str]) -> float:
+    """``measure()`` (one round on a fresh anvil), again after a :class:`_PoolStall`."""
+    for _ in range(STALL_RETRIES):
+        try:
+            return measure()
+        except _PoolStall as stall:
+            stalls.append(str(stall))
+    return measure()
 
 
 def _mined_seconds(
@@ -405,22 +437,24 @@ def _mined_seconds(
     transaction of every payer has a receipt; each payer's nonces are mined in order)."""
     assert chain.rpc_url is not None
     rounds = _rounds(signed, payers)
-    _wait_mined(client, chain.rpc_url, _send_rounds(client, chain.rpc_url, rounds[:1]))
+    _wait_mined(chain, client, _send_rounds(client, chain.rpc_url, rounds[:1]))
     started = time.perf_counter()
     hashes = _send_rounds(client, chain.rpc_url, rounds[1:])
-    _wait_mined(client, chain.rpc_url, hashes[-payers:], started)
+    _wait_mined(chain, client, hashes[-payers:], started)
     return time.perf_counter() - started
 
 
 def _wait_mined(
-    client: httpx.Client, url: str, last: list[str], started: float | None = None
+    chain: Chain, client: httpx.Client, last: list[str], started: float | None = None
 ) -> None:
+    assert chain.rpc_url is not None
     started = time.perf_counter() if started is None else started
+    calls: list[tuple[str, list[Any]]] = [("eth_getTransactionReceipt", [h]) for h in last]
     while True:
-        receipts = _batch(client, url, [("eth_getTransactionReceipt", [h]) for h in last])
-        if all(r is not None for r in receipts):
+        if all(r is not None for r in _batch(client, chain.rpc_url, calls)):
             return
         _check_limit(started, "transactions not mined")
+        _check_stall(chain, started)
         time.sleep(CHECK_INTERVAL)
 
 
@@ -455,10 +489,12 @@ def _pays_mined_seconds(n: int, payers: int, client: httpx.Client) -> float:
         return _mined_seconds(chain, client, signed, payers)
 
 
-def _pays_seconds(n: int, payers: int, client: httpx.Client, workdir: Path) -> float:
+def _pays_seconds(n: int, payers: int, client: httpx.Client, root: Path) -> float:
     """Measured: ``n`` signed ``pay`` transactions through a fresh anvil, until every invoice is
-    settled with its follow-up scheduled by a ``followpay indexer`` process."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    settled with its follow-up scheduled by a ``followpay indexer`` process (its database and
+    log in a new directory under ``root``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="e2e-", dir=root))
     engine = make_engine(f"sqlite:///{workdir / 'e2e.sqlite3'}")
     SQLModel.metadata.create_all(engine)
     try:
@@ -476,10 +512,10 @@ def _pays_seconds(n: int, payers: int, client: httpx.Client, workdir: Path) -> f
             start_block = chain.w3.eth.block_number + 1
             with _indexer_process(chain, market.deployment, engine, start_block, workdir):
                 _send_rounds(client, chain.rpc_url, rounds[:1])
-                _wait_settled(engine, payers, time.perf_counter())
+                _wait_settled(chain, engine, payers, time.perf_counter())
                 started = time.perf_counter()
                 _send_rounds(client, chain.rpc_url, rounds[1:])
-                _wait_settled(engine, n + payers, started)
+                _wait_settled(chain, engine, n + payers, started)
                 return time.perf_counter() - started
     finally:
         engine.dispose()
@@ -500,11 +536,12 @@ def bench_e2e(n: int, workdir: Path, payers: int = 20, repeats: int = 9) -> list
     base: list[float] = []
     pays: list[float] = []
     mined: list[float] = []
+    stalls: list[str] = []
     with httpx.Client(timeout=60) as client:
-        for rep in range(repeats):
-            base.append(_transfers_seconds(n, payers, client))
-            pays.append(_pays_seconds(n, payers, client, workdir / f"e2e-{rep}"))
-            mined.append(_pays_mined_seconds(n, payers, client))
+        for _ in range(repeats):
+            base.append(_rerun_stalled(lambda: _transfers_seconds(n, payers, client), stalls))
+            pays.append(_rerun_stalled(lambda: _pays_seconds(n, payers, client, workdir), stalls))
+            mined.append(_rerun_stalled(lambda: _pays_mined_seconds(n, payers, client), stalls))
 
     def runs(seconds: list[float]) -> str:
         return ", ".join(f"{t:.2f}" for t in seconds)
@@ -521,7 +558,8 @@ def bench_e2e(n: int, workdir: Path, payers: int = 20, repeats: int = 9) -> list
     )
     row["note"] = (
         f"median of {repeats}; transfers {runs(base)} s; pays {runs(pays)} s; "
-        f"best-of ratio {min(base) / min(pays):.3f}"
+        f"best-of ratio {min(base) / min(pays):.3f}; rounds re-run after anvil's pool "
+        f"stall: {len(stalls)}"
     )
     ceiling = _row(
         f"ceiling: the same {n} pays mined, no indexer",
