@@ -57,6 +57,24 @@ class ChainBehaviour(ChainSuite):
         chain.fund(DEAD, 10**18)
         assert chain.w3.eth.get_balance(DEAD) == 10**18
 
+    def test_call_returns_bytes_and_raises_on_revert(self, chain):
+        # runtimes behind a 12-byte constructor that copies them out: return 32 bytes of 0x2a;
+        # revert with no data
+        answers = _deploy(chain, "602a60005260206000f3")
+        reverts = _deploy(chain, "60006000fd")
+        assert chain.call(answers, "0x12345678") == (42).to_bytes(32, "big")
+        assert chain.call(DEAD, "0x12345678") == b""  # no code: empty answer
+        with pytest.raises(UnsupportedOperationError, match="eth_call failed"):
+            chain.call(reverts, "0x12345678")
+
+
+def _deploy(chain, runtime: str) -> str:
+    size = f"{len(runtime) // 2:02x}"
+    init = f"0x60{size}600c60003960{size}6000f3{runtime}"
+    sender = chain.dev_accounts()[0].address
+    tx = chain.w3.eth.send_transaction({"from": sender, "data": init})
+    return chain.w3.eth.wait_for_transaction_receipt(tx)["contractAddress"]
+
 
 class TestTesterChain(ChainBehaviour):
     backend = "tester"
