@@ -30,7 +30,7 @@ from api.dispatch.channels import render_in_app
 from api.errors import error_responses
 from api.routes.support import emit_feedback_events
 from api.routing import ApiRouter
-from api.schemas.crm import ConsentEventOut, FeedbackOut, TicketOut
+from api.schemas.crm import ConsentEventOut, FeedbackOut
 from api.schemas.public import (
     PublicConsents,
     PublicConsentState,
@@ -200,12 +200,10 @@ def edit_feedback_link(
     out = feedback.edit_feedback(
         session, fb.merchant_id, fb.id, data, actor=_ACTOR, keyring=keyring, clock=clock
     )
-    merchant = str(fb.merchant_id)
-    enqueue(session, merchant, "feedback.updated", FeedbackOut.of(out).model_dump(mode="json"))
-    if out.ticket_id is not None and not had_ticket:
-        ticket = tickets_repo.get_by_feedback(session, fb.id)
-        assert ticket is not None
-        enqueue(session, merchant, "ticket.opened", TicketOut.of(ticket).model_dump(mode="json"))
+    opened = None if had_ticket else tickets_repo.get_by_feedback(session, fb.id)
+    emit_feedback_events(
+        session, fb.merchant_id, FeedbackOut.of(out), opened, event_type="feedback.updated"
+    )
     session.refresh(fb)
     return _view(session, fb, message="Thank you, your answer is updated.")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path, Query, Request
 from sqlmodel import Session
@@ -286,10 +286,14 @@ def resolve_ticket(
 
 
 def emit_feedback_events(
-    session: Session, merchant_id: int, out: FeedbackOut, ticket: Ticket | None
+    session: Session,
+    merchant_id: int,
+    out: FeedbackOut,
+    ticket: Ticket | None,
+    event_type: Literal["feedback.received", "feedback.updated"] = "feedback.received",
 ) -> None:
-    """``feedback.received`` (and ``ticket.opened`` for negative feedback), in the outbox."""
-    enqueue(session, str(merchant_id), "feedback.received", out.model_dump(mode="json"))
+    """``event_type`` (and ``ticket.opened`` when the answer opened ``ticket``), in the outbox."""
+    enqueue(session, str(merchant_id), event_type, out.model_dump(mode="json"))
     if ticket is not None:
         enqueue(
             session, str(merchant_id), "ticket.opened", TicketOut.of(ticket).model_dump(mode="json")

@@ -84,7 +84,7 @@ class PublicFeedbackEdit(BaseModel):
     comment: str | None = Field(default=None, max_length=4000)
 
     @model_validator(mode="after")
-    def _something(self) -> PublicFeedbackEdit:
+    def _needs_a_change(self) -> PublicFeedbackEdit:
         if not self.model_fields_set:
             raise ValueError("nothing to change: send rating, nps or comment")
         return self
