@@ -532,17 +532,21 @@ class IndexerBehaviour(MarketSuite):
         with pytest.raises(ReorgTooDeepError):
             indexer.run(threading.Event(), poll_interval=0.01)
 
-    def test_a_block_that_lands_during_a_step_is_taken_without_a_pause(
+    def test_a_block_that_lands_during_a_step_is_taken_one_interval_after_that_step(
         self, engine, market, clock, shop
     ):
         """A payment mined while a step runs (after it read the head) is settled by the next
-        step at once, not after the poll interval (30 s here, far beyond the wait)."""
+        step, which starts one poll interval after the previous one began: no head check, no
+        idle wait (60 s here), and never sooner, so blocks that stream in faster than the
+        interval share a step instead of costing one each."""
         indexer = indexer_for(engine, market, clock)
         invoice = new_invoice(engine, market, shop, clock)
         real_poll = indexer.poll_once
         paid = threading.Event()
+        began: list[float] = []
 
         def paying_poll():
+            began.append(time.monotonic())
             result = real_poll()
             if result.caught_up and not paid.is_set():
                 pay(engine, market, invoice)  # a new block after this step's head
@@ -550,9 +554,11 @@ class IndexerBehaviour(MarketSuite):
             return result
 
         indexer.poll_once = paying_poll  # type: ignore[method-assign]
-        with _following(indexer, poll_interval=30):
+        with _following(indexer, poll_interval=0.4):
             _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
         assert paid.is_set()
+        assert len(began) >= 2
+        assert began[1] - began[0] >= 0.4
 
 
 @contextlib.contextmanager
