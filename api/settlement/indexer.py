@@ -251,18 +251,16 @@ class Indexer:
         chain_id = self.chain.chain_id
         with Session(self.engine) as session, session.begin():
             now = self.clock.now()
-            cursor = repo.cursor(session, chain_id, self.router, self.start_block, now)
-            cursor_id = cursor.id or 0
+            cursor_id, last = repo.cursor(session, chain_id, self.router, self.start_block, now)
             head, fork = self._head_and_fork(session, cursor_id)
             events = InvoiceEvents(session)
-            last = cursor.last_block
             result = PollResult(head=head, from_block=last + 1, to_block=last)
             if fork is not None:
                 self._rollback(session, cursor_id, fork)
-                cursor.last_block = fork
+                last = fork
                 result.reorged_to = fork
                 result.from_block = fork + 1
-            start, end = cursor.last_block + 1, min(head, cursor.last_block + self.batch_blocks)
+            start, end = last + 1, min(head, last + self.batch_blocks)
             if start <= end:
                 entries, end_hash = self._logs(start, end)
                 batch = self._prefetch(session, chain_id, entries, start, end)
@@ -282,13 +280,12 @@ class Indexer:
                 self._schedule(session, settled)
                 blocks.setdefault(end, end_hash)
                 repo.save_blocks(session, cursor_id, blocks)
-                cursor.last_block = end
+                last = end
                 result.to_block = end
-            cursor.updated_at = self.clock.now()  # one UPDATE with last_block
-            session.add(cursor)
+            repo.save_cursor(session, cursor_id, last, self.clock.now())
             if start <= end:
                 repo.prune_blocks(session, cursor_id, end - self.reorg_window)
-            self._confirm(session, chain_id, min(head, cursor.last_block), result, events)
+            self._confirm(session, chain_id, min(head, last), result, events)
             if result.caught_up:  # behind, an invoice's payment may be in the blocks ahead
                 expire_due(session, self.clock)  # late payments still settle, as paid_late
         return result
@@ -384,12 +381,12 @@ class Indexer:
         wanted: dict[str, set[int]] = {}
         for entry in entries:
             wanted.setdefault(entry.merchant.lower(), set()).add(entry.number)
-        accounts = repo.accounts_by_address(session, chain_id, set(wanted))
+        accounts = repo.account_ids_by_address(session, chain_id, set(wanted))
         for address, numbers in wanted.items():
-            account = accounts.get(address)
-            if account is None:
+            account_id = accounts.get(address)
+            if account_id is None:
                 continue
-            found = repo.invoice_rows_by_number(session, account.id or 0, numbers)
+            found = repo.invoice_rows_by_number(session, account_id, numbers)
             for number, invoice in found.items():
                 batch.invoices[(address, number)] = invoice
         for invoice in batch.invoices.values():  # rare: a payment for a closed invoice

@@ -34,8 +34,8 @@ __all__ = [
     "InvoiceRow",
     "account_by_address",
     "account_for_merchant",
+    "account_ids_by_address",
     "account_row",
-    "accounts_by_address",
     "add",
     "allocate_invoice_number",
     "cursor",
@@ -63,6 +63,7 @@ __all__ = [
     "refunds_after",
     "reserve_invoice_numbers",
     "save_blocks",
+    "save_cursor",
     "top_blocks",
     "update_invoice_rows",
 ]
@@ -139,17 +140,23 @@ _REFUNDS = Refund.__table__  # type: ignore[attr-defined]
 
 # The indexer's per-step statements are built once (building one costs more than SQLite takes
 # to run it, and a step that follows the head is a few payments).
+_CURSORS = IndexerCursor.__table__  # type: ignore[attr-defined]
 _CURSOR = (
-    select(IndexerCursor)
+    sa.select(_CURSORS.c.id, _CURSORS.c.last_block)
     .where(
-        col(IndexerCursor.chain_id) == sa.bindparam("chain_id"),
-        col(IndexerCursor.router) == sa.bindparam("router"),
+        _CURSORS.c.chain_id == sa.bindparam("chain_id"),
+        _CURSORS.c.router == sa.bindparam("router"),
     )
     .with_for_update()
 )
-_ACCOUNTS_BY_ADDRESS = select(MerchantAccount).where(
-    col(MerchantAccount.chain_id) == sa.bindparam("chain_id"),
-    sa.func.lower(col(MerchantAccount.address)).in_(sa.bindparam("addresses", expanding=True)),
+_SAVE_CURSOR = (
+    sa.update(_CURSORS)
+    .where(_CURSORS.c.id == sa.bindparam("cursor_id"))
+    .values(last_block=sa.bindparam("new_last_block"), updated_at=sa.bindparam("now"))
+)
+_ACCOUNT_IDS_BY_ADDRESS = sa.select(_ACCOUNTS.c.id, _ACCOUNTS.c.address).where(
+    _ACCOUNTS.c.chain_id == sa.bindparam("chain_id"),
+    sa.func.lower(_ACCOUNTS.c.address).in_(sa.bindparam("addresses", expanding=True)),
 )
 _TOP_BLOCKS = (
     sa.select(_BLOCKS.c.number, _BLOCKS.c.hash)
@@ -227,16 +234,15 @@ def account_by_address(session: Session, chain_id: int, address: str) -> Merchan
     return session.exec(stmt).first()
 
 
-def accounts_by_address(
-    session: Session, chain_id: int, addresses: set[str]
-) -> dict[str, MerchantAccount]:
-    """Accounts for ``addresses`` keyed by lower-case address (one query per chunk)."""
+def account_ids_by_address(session: Session, chain_id: int, addresses: set[str]) -> dict[str, int]:
+    """Account ids for ``addresses`` keyed by lower-case address (one Core query per chunk)."""
     lowered = sorted({a.lower() for a in addresses})
-    found: dict[str, MerchantAccount] = {}
+    found: dict[str, int] = {}
+    conn = session.connection()
     for start in range(0, len(lowered), _CHUNK):
         params = {"chain_id": chain_id, "addresses": lowered[start : start + _CHUNK]}
-        for account in session.exec(_ACCOUNTS_BY_ADDRESS, params=params):
-            found[account.address.lower()] = account
+        for account_id, address in conn.execute(_ACCOUNT_IDS_BY_ADDRESS, params):
+            found[str(address).lower()] = int(account_id)
     return found
 
 
@@ -473,17 +479,23 @@ def refunds_after(session: Session, chain_id: int, block: int) -> Sequence[Refun
 
 def cursor(
     session: Session, chain_id: int, router: str, start_block: int, now: datetime
-) -> IndexerCursor:
-    """The checkpoint row, created at ``start_block - 1`` on first use; locked for update."""
-    row = session.exec(_CURSOR, params={"chain_id": chain_id, "router": router}).first()
-    if row is None:
-        row = add(
-            session,
-            IndexerCursor(
-                chain_id=chain_id, router=router, last_block=start_block - 1, updated_at=now
-            ),
-        )
-    return row
+) -> tuple[int, int]:
+    """``(id, last_block)`` of the checkpoint row, created at ``start_block - 1`` on first use;
+    locked for update. Core, not the ORM: it is read and written in every step."""
+    params = {"chain_id": chain_id, "router": router}
+    row = session.connection().execute(_CURSOR, params).first()
+    if row is not None:
+        return int(row.id), int(row.last_block)
+    created = add(
+        session,
+        IndexerCursor(chain_id=chain_id, router=router, last_block=start_block - 1, updated_at=now),
+    )
+    return created.id or 0, created.last_block
+
+
+def save_cursor(session: Session, cursor_id: int, last_block: int, now: datetime) -> None:
+    params = {"cursor_id": cursor_id, "new_last_block": last_block, "now": now}
+    session.connection().execute(_SAVE_CURSOR, params)
 
 
 def save_blocks(session: Session, cursor_id: int, blocks: dict[int, str]) -> None:
