@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ __all__ = [
     "ContactCreate",
     "ContactKey",
     "ContactPublic",
+    "ContactTraits",
     "ContactUpdate",
     "ContactWallet",
 ]
@@ -92,3 +94,34 @@ class ContactPublic(ContactBase):
     wallet_addresses: list[str] = Field(default_factory=list, repr=False)
     created_at: datetime
     erased: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContactTraits:
+    """What the follow-up rules read about a contact: its settings and whether an address is on
+    file, never the (encrypted) personal data itself. The settlement indexer reads these for a
+    whole step in one Core query, without loading contact entities."""
+
+    id: int
+    merchant_id: int
+    time_zone: str
+    segment: str | None
+    tier: str | None
+    personalised: bool
+    erased_at: datetime | None
+    has_email: bool
+    has_phone: bool
+
+    @classmethod
+    def of(cls, contact: Contact) -> ContactTraits:
+        return cls(
+            id=contact.id or 0,
+            merchant_id=contact.merchant_id,
+            time_zone=contact.time_zone,
+            segment=contact.segment,
+            tier=contact.tier,
+            personalised=contact.personalised,
+            erased_at=contact.erased_at,
+            has_email=contact.email_enc is not None,
+            has_phone=contact.phone_enc is not None,
+        )

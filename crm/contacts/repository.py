@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from crm.contacts.models import Contact, ContactKey, ContactWallet
+from crm.contacts.models import Contact, ContactKey, ContactTraits, ContactWallet
 
 __all__ = [
     "add",
@@ -22,6 +22,7 @@ __all__ = [
     "get_key",
     "get_many",
     "list_wallets",
+    "traits_many",
     "wallet_index_taken",
 ]
 
@@ -49,6 +50,46 @@ def get_many(session: Session, merchant_id: int, contact_ids: Iterable[int]) -> 
     for start in range(0, len(ids), 500):
         params = {"ids": ids[start : start + 500], "merchant_id": merchant_id}
         found.update({c.id: c for c in session.exec(_MANY, params=params) if c.id is not None})
+    return found
+
+
+_CONTACTS = Contact.__table__  # type: ignore[attr-defined]
+_TRAITS = sa.select(
+    _CONTACTS.c.id,
+    _CONTACTS.c.merchant_id,
+    _CONTACTS.c.time_zone,
+    _CONTACTS.c.segment,
+    _CONTACTS.c.tier,
+    _CONTACTS.c.personalised,
+    _CONTACTS.c.erased_at,
+    _CONTACTS.c.email_enc.is_not(None).label("has_email"),
+    _CONTACTS.c.phone_enc.is_not(None).label("has_phone"),
+).where(
+    _CONTACTS.c.id.in_(sa.bindparam("ids", expanding=True)),
+    _CONTACTS.c.merchant_id == sa.bindparam("merchant_id"),
+)
+
+
+def traits_many(
+    session: Session, merchant_id: int, contact_ids: Iterable[int]
+) -> dict[int, ContactTraits]:
+    ids = sorted(set(contact_ids))
+    found: dict[int, ContactTraits] = {}
+    conn = session.connection()
+    for start in range(0, len(ids), 500):
+        params = {"ids": ids[start : start + 500], "merchant_id": merchant_id}
+        for row in conn.execute(_TRAITS, params):
+            found[int(row.id)] = ContactTraits(
+                id=int(row.id),
+                merchant_id=int(row.merchant_id),
+                time_zone=str(row.time_zone),
+                segment=row.segment,
+                tier=row.tier,
+                personalised=bool(row.personalised),
+                erased_at=row.erased_at,
+                has_email=bool(row.has_email),
+                has_phone=bool(row.has_phone),
+            )
     return found
 
 

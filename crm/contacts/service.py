@@ -9,7 +9,14 @@ from sqlmodel import Session
 from crm.audit import service as audit
 from crm.clock import Clock
 from crm.contacts import repository as repo
-from crm.contacts.models import Contact, ContactCreate, ContactKey, ContactPublic, ContactUpdate
+from crm.contacts.models import (
+    Contact,
+    ContactCreate,
+    ContactKey,
+    ContactPublic,
+    ContactTraits,
+    ContactUpdate,
+)
 from crm.contacts.models import ContactWallet as _Wallet
 from crm.contacts.validation import (
     normalise_email,
@@ -32,6 +39,7 @@ __all__ = [
     "find_by_wallet",
     "get_contact",
     "get_contacts",
+    "get_traits",
     "to_public",
     "update_contact",
 ]
@@ -58,6 +66,13 @@ def get_contacts(
 ) -> dict[int, Contact]:
     """The merchant's contacts among ``contact_ids`` by id (others, and unknown ids, absent)."""
     return repo.get_many(session, merchant_id, contact_ids)
+
+
+def get_traits(
+    session: Session, merchant_id: int, contact_ids: Iterable[int]
+) -> dict[int, ContactTraits]:
+    """:class:`ContactTraits` of the merchant's contacts among ``contact_ids`` by id."""
+    return repo.traits_many(session, merchant_id, contact_ids)
 
 
 def data_key(session: Session, keyring: KeyRing, contact: Contact) -> DataKey | None:

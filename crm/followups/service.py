@@ -25,7 +25,7 @@ from crm.audit import service as audit
 from crm.clock import Clock, as_utc
 from crm.consent import service as consent
 from crm.contacts import service as contacts
-from crm.contacts.models import Contact
+from crm.contacts.models import Contact, ContactTraits
 from crm.crypto import KeyRing
 from crm.enums import Channel, FollowUpState, Purpose, SuppressionReason, Trigger, parse_choice
 from crm.errors import (
@@ -221,7 +221,7 @@ def update_policy(
     return policy
 
 
-def choose_channels(policy: FollowUpPolicy, contact: Contact) -> list[str]:
+def choose_channels(policy: FollowUpPolicy, contact: ContactTraits) -> list[str]:
     """Segment rule first (if the contact accepts personalisation), default order as fallback."""
     order = list(policy.channel_order)
     if contact.personalised:
@@ -234,11 +234,11 @@ def choose_channels(policy: FollowUpPolicy, contact: Contact) -> list[str]:
 # ----------------------------------------------------------------------------- decisions
 
 
-def _reachable(contact: Contact, channel: str) -> bool:
+def _reachable(contact: ContactTraits, channel: str) -> bool:
     if channel == Channel.EMAIL:
-        return contact.email_enc is not None
+        return contact.has_email
     if channel in (Channel.SMS, Channel.PHONE):
-        return contact.phone_enc is not None
+        return contact.has_phone
     return True
 
 
@@ -262,7 +262,7 @@ class _Facts:
 
 
 def _rule(
-    contact: Contact,
+    contact: ContactTraits,
     policy: FollowUpPolicy,
     channels: list[str],
     expires_at: datetime,
@@ -313,7 +313,8 @@ def _decide(
         last_contacted=lambda: repo.last_contacted_at(session, contact_id, exclude_id=fu.id),
         pending=lambda: repo.has_pending(session, contact_id, exclude_id=fu.id),
     )
-    return _rule(contact, policy, fu.channels, fu.expires_at, at, facts, scheduling=scheduling)
+    traits = ContactTraits.of(contact)
+    return _rule(traits, policy, fu.channels, fu.expires_at, at, facts, scheduling=scheduling)
 
 
 def _event(
@@ -376,7 +377,7 @@ def _create(
             purpose=policy.purpose,
             payment_ref=payment_ref,
             invoice_ref=invoice_ref,
-            channels=choose_channels(policy, contact),
+            channels=choose_channels(policy, ContactTraits.of(contact)),
             state=FollowUpState.SCHEDULED,
             due_at=due_at,
             expires_at=due_at + timedelta(days=policy.expiry_days),
@@ -454,7 +455,7 @@ def schedule_for_payments(
     outcome = ScheduleOutcome()
     if not unique:
         return outcome
-    known = contacts.get_contacts(session, merchant_id, {p.contact_id for p in unique.values()})
+    known = contacts.get_traits(session, merchant_id, {p.contact_id for p in unique.values()})
     existing = repo.existing_purchase_refs(session, merchant_id, unique)
     todo: list[SettledPayment] = []
     for ref, p in unique.items():
