@@ -78,18 +78,8 @@ def traits_many(
     conn = session.connection()
     for start in range(0, len(ids), 500):
         params = {"ids": ids[start : start + 500], "merchant_id": merchant_id}
-        for row in conn.execute(_TRAITS, params):
-            found[int(row.id)] = ContactTraits(
-                id=int(row.id),
-                merchant_id=int(row.merchant_id),
-                time_zone=str(row.time_zone),
-                segment=row.segment,
-                tier=row.tier,
-                personalised=bool(row.personalised),
-                erased_at=row.erased_at,
-                has_email=bool(row.has_email),
-                has_phone=bool(row.has_phone),
-            )
+        for row in conn.execute(_TRAITS, params):  # columns named as the fields
+            found[row.id] = ContactTraits(**row._mapping)
     return found
 
 

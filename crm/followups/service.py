@@ -298,7 +298,7 @@ def _rule(
 
 def _decide(
     session: Session,
-    contact: Contact,
+    contact: ContactTraits,
     policy: FollowUpPolicy,
     fu: FollowUp,
     at: datetime,
@@ -307,14 +307,12 @@ def _decide(
 ) -> _Decision:
     """:func:`_rule` for one stored follow-up, asking the database as it goes."""
     contact_id = contact.id
-    assert contact_id is not None
     facts = _Facts(
         may_contact=lambda c: consent.may_contact(session, contact_id, fu.purpose, c),
         last_contacted=lambda: repo.last_contacted_at(session, contact_id, exclude_id=fu.id),
         pending=lambda: repo.has_pending(session, contact_id, exclude_id=fu.id),
     )
-    traits = ContactTraits.of(contact)
-    return _rule(traits, policy, fu.channels, fu.expires_at, at, facts, scheduling=scheduling)
+    return _rule(contact, policy, fu.channels, fu.expires_at, at, facts, scheduling=scheduling)
 
 
 def _event(
@@ -367,6 +365,7 @@ def _create(
     due_at: datetime,
     now: datetime,
 ) -> FollowUp:
+    traits = ContactTraits.of(contact)
     fu = repo.save(
         session,
         FollowUp(
@@ -377,7 +376,7 @@ def _create(
             purpose=policy.purpose,
             payment_ref=payment_ref,
             invoice_ref=invoice_ref,
-            channels=choose_channels(policy, ContactTraits.of(contact)),
+            channels=choose_channels(policy, traits),
             state=FollowUpState.SCHEDULED,
             due_at=due_at,
             expires_at=due_at + timedelta(days=policy.expiry_days),
@@ -385,7 +384,7 @@ def _create(
             updated_at=now,
         ),
     )
-    decision = _decide(session, contact, policy, fu, due_at, scheduling=True)
+    decision = _decide(session, traits, policy, fu, due_at, scheduling=True)
     fu.channel, fu.state = decision.channel, decision.state
     if decision.state == FollowUpState.SUPPRESSED:
         fu.reason = decision.reason
@@ -721,7 +720,7 @@ def prepare_send(
     policy = repo.get_policy_by_id(session, fu.merchant_id, fu.policy_id or 0)
     if policy is None:
         raise InvalidTransition("follow-up policy is gone", code="policy_not_found")
-    decision = _decide(session, contact, policy, fu, now, scheduling=False)
+    decision = _decide(session, ContactTraits.of(contact), policy, fu, now, scheduling=False)
     if decision.state == FollowUpState.SUPPRESSED:
         _move(session, fu, FollowUpState.SUPPRESSED, now, decision.reason)
         return None
