@@ -25,7 +25,7 @@ from api.app import create_app
 from api.db import make_engine as api_make_engine
 from api.db import session_factory
 from api.deps import ChainInfo
-from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
+from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel, WebhookChannel
 from api.dispatch.worker import Channel, Worker
 from api.runtime import chain_info_for
 from api.settlement.indexer import Indexer
@@ -98,6 +98,8 @@ class EmbeddedStack:
             "email": EmailChannel(self.smtp[0], self.smtp[1], "followup@localhost", links),
             "in_app": InAppChannel(links, self.keyring),
             "phone": PhoneChannel(),
+            "webhook": WebhookChannel(self.engine, self.cipher, links),
+            "sms": WebhookChannel(self.engine, self.cipher, links, name="sms"),
         }
         return Worker(self.engine, self.keyring, channels, self.clock)
 

@@ -113,7 +113,13 @@ def worker(
 ) -> None:
     """Send due follow-ups (consent re-checked at send time) and deliver merchant webhooks."""
     from api.db import session_factory
-    from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel
+    from api.dispatch.channels import (
+        EmailChannel,
+        InAppChannel,
+        Links,
+        PhoneChannel,
+        WebhookChannel,
+    )
     from api.dispatch.worker import Channel, Worker
     from api.webhooks import deliver_due, run_delivery_worker
 
@@ -123,6 +129,8 @@ def worker(
         "email": EmailChannel(smtp_host, smtp_port, sender, links),
         "in_app": InAppChannel(links, runtime.keyring),
         "phone": PhoneChannel(),
+        "webhook": WebhookChannel(runtime.engine, runtime.cipher, links),
+        "sms": WebhookChannel(runtime.engine, runtime.cipher, links, name="sms"),
     }
     job = Worker(
         runtime.engine,

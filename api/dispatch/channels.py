@@ -1,4 +1,5 @@
-"""Delivery channels for follow-ups: e-mail (SMTP), webhook (signed POST), in-app, phone task.
+"""Delivery channels for follow-ups: e-mail (SMTP), webhook and SMS (a signed POST to the
+merchant's endpoints), in-app, phone task.
 
 A channel gets a :class:`crm.SendInstruction` (address and single-use feedback token included)
 and either delivers it or raises :class:`DeliveryError`; the worker records the outcome.
@@ -8,11 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import email.policy
-import hashlib
-import hmac
-import json
+import logging
 import smtplib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,14 +19,20 @@ from email.utils import formataddr, make_msgid
 from zoneinfo import ZoneInfo
 
 import httpx
+from sqlalchemy import Engine
 from sqlmodel import Session
 
+from api import webhooks
 from api.dispatch.models import LINK_TOKEN, InAppMessage, PhoneTask
+from api.webhooks.secrets import SecretCipher
 from crm import KeyRing
 from crm.contacts import service as contacts
 from crm.followups.service import SendInstruction
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "FOLLOWUP_EVENT",
     "DeliveryError",
     "DeliveryUncertain",
     "EmailChannel",
@@ -38,7 +42,6 @@ __all__ = [
     "Recipient",
     "WebhookChannel",
     "render_in_app",
-    "sign_payload",
 ]
 
 
@@ -159,13 +162,6 @@ class EmailChannel:
             raise DeliveryUncertain(f"smtp: {type(exc).__name__} during DATA") from None
 
 
-def sign_payload(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """``FollowPay-Signature`` header value: ``t=<unix>,v1=<hex HMAC-SHA256>``."""
-    t = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
-
-
 #: httpx errors raised before a request left the process (no connection, or refused locally).
 _NOT_SENT = (
     httpx.ConnectError,
@@ -175,42 +171,91 @@ _NOT_SENT = (
     httpx.LocalProtocolError,
     httpx.ProxyError,
 )
+FOLLOWUP_EVENT = "followup.requested"
 
 
 class WebhookChannel:
-    """For SMS gateways or the merchant's own system: a signed JSON POST."""
+    """For SMS gateways or the merchant's own system: the follow-up as a signed
+    ``followup.requested`` event, POSTed to each of the merchant's enabled webhook endpoints
+    subscribed to it (``*`` included), signed with the endpoint's own secret (DESIGN §8).
 
-    name = "webhook"
+    One class serves two channels: ``webhook`` (no address) and ``sms`` (``to`` is the
+    contact's E.164 number, for the merchant's SMS gateway). Sent directly, not through the
+    outbox: the body names the customer and carries the single-use rating token, which must not
+    stay behind in a stored delivery that erasure cannot reach. The event id is derived from the
+    follow-up, so it is the same on a retry.
 
-    def __init__(self, url: str, secret: str, links: Links, client: httpx.Client | None = None):
-        self.url, self.secret, self.links = url, secret, links
-        self.client = client or httpx.Client(timeout=10)
+    At most once per endpoint: one endpoint that took it makes the follow-up sent (the others'
+    failures are logged); when none did, a refusal or connection error is retried with the
+    follow-up's backoff and a response lost after sending is :class:`DeliveryUncertain`.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        cipher: SecretCipher,
+        links: Links,
+        *,
+        name: str = "webhook",
+        client: httpx.Client | None = None,
+    ) -> None:
+        if name not in ("webhook", "sms"):
+            raise ValueError(f"a webhook channel is 'webhook' or 'sms', not {name!r}")
+        self.engine, self.cipher, self.links, self.name = engine, cipher, links, name
+        self.client = client or httpx.Client(timeout=10, follow_redirects=False)
 
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
-        body = json.dumps(
-            {
-                "type": "followup.requested",
-                "followup_id": instruction.followup_id,
-                "contact_id": instruction.contact_id,
-                "to": instruction.address,
-                "text": _body(instruction, to.merchant_name, self.links),
-                "rating_links": {n: self.links.rating(instruction.token, n) for n in range(1, 6)},
-            },
-            separators=(",", ":"),
-        ).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "FollowPay-Signature": sign_payload(self.secret, body),
-            "Idempotency-Key": f"followup-{instruction.followup_id}",
+        if self.name == "sms" and not instruction.address:
+            raise DeliveryError("contact has no phone number")
+        with Session(self.engine) as own:
+            targets = webhooks.signing_targets(
+                own, str(instruction.merchant_id), FOLLOWUP_EVENT, self.cipher, to.now
+            )
+        if not targets:
+            raise DeliveryError(f"no webhook endpoint subscribed to {FOLLOWUP_EVENT}")
+        event_id = f"evt_followup_{instruction.followup_id}"
+        body = webhooks.event_body(event_id, FOLLOWUP_EVENT, self._object(instruction, to), to.now)
+        failures: list[DeliveryError] = []
+        for target in targets:
+            try:
+                self._post(target, body, event_id, to.now)
+            except DeliveryError as exc:
+                failures.append(exc)
+                log.warning(
+                    "follow-up %s to %s: %s", instruction.followup_id, target.endpoint_id, exc
+                )
+        if len(failures) == len(targets):
+            uncertain = [f for f in failures if isinstance(f, DeliveryUncertain)]
+            raise uncertain[0] if uncertain else failures[0]
+
+    def _object(self, instruction: SendInstruction, to: Recipient) -> dict[str, object]:
+        return {
+            "object": "followup",
+            "id": instruction.followup_id,
+            "channel": self.name,
+            "contact_id": instruction.contact_id,
+            "invoice": instruction.invoice_ref,
+            "locale": instruction.locale,
+            "to": instruction.address if self.name == "sms" else None,
+            "subject": _subject(instruction, to.merchant_name),
+            "text": _body(instruction, to.merchant_name, self.links),
+            "rating_links": {n: self.links.rating(instruction.token, n) for n in range(1, 6)},
+            "withdraw_link": self.links.withdraw(instruction.token),
+            "links_expire_at": int(instruction.token_expires_at.timestamp()),
         }
+
+    def _post(
+        self, target: webhooks.SigningTarget, body: str, event_id: str, now: datetime
+    ) -> None:
+        headers = webhooks.signed_headers(target.secrets, body, now, event_id)
         try:
-            response = self.client.post(self.url, content=body, headers=headers)
+            response = self.client.post(target.url, content=body.encode(), headers=headers)
         except _NOT_SENT as exc:
-            raise DeliveryError(f"webhook: {type(exc).__name__}") from None
+            raise DeliveryError(f"{self.name}: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:  # sent, or partly: the receiver may have acted on it
-            raise DeliveryUncertain(f"webhook: {type(exc).__name__}") from None
+            raise DeliveryUncertain(f"{self.name}: {type(exc).__name__}") from None
         if response.status_code >= 300:
-            raise DeliveryError(f"webhook answered {response.status_code}")
+            raise DeliveryError(f"{self.name}: endpoint answered {response.status_code}")
 
 
 def _token_context(followup_id: int) -> str:

@@ -14,14 +14,18 @@ from api.webhooks.secrets import SecretCipher
 from api.webhooks.service import (
     RETRY_SCHEDULE,
     DeliveryResult,
+    SigningTarget,
     create_endpoint,
     deliver_due,
     disable_endpoint,
     enqueue,
+    event_body,
     next_retry_delay,
     redeliver,
     rotate_secret,
     run_delivery_worker,
+    signed_headers,
+    signing_targets,
 )
 from api.webhooks.signing import SIGNATURE_HEADER, WebhookSignatureError, sign, verify
 
@@ -32,6 +36,7 @@ __all__ = [
     "DeliveryResult",
     "DeliveryStatus",
     "SecretCipher",
+    "SigningTarget",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",
@@ -40,10 +45,13 @@ __all__ = [
     "deliver_due",
     "disable_endpoint",
     "enqueue",
+    "event_body",
     "next_retry_delay",
     "redeliver",
     "rotate_secret",
     "run_delivery_worker",
     "sign",
+    "signed_headers",
+    "signing_targets",
     "verify",
 ]

@@ -22,7 +22,8 @@ __all__ = [
 
 #: Every event a merchant can subscribe to: the one list both the API's schema and
 #: :func:`api.webhooks.enqueue` check against (an event emitted but missing here would fail the
-#: emitting transaction).
+#: emitting transaction). ``followup.requested`` is the follow-up worker's webhook/SMS channel,
+#: POSTed directly rather than through the outbox (:class:`api.dispatch.channels.WebhookChannel`).
 EventType: TypeAlias = Literal[
     "invoice.created",
     "invoice.processing",
@@ -36,6 +37,7 @@ EventType: TypeAlias = Literal[
     "ticket.opened",
     "ticket.breached",
     "consent.changed",
+    "followup.requested",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 

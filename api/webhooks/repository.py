@@ -18,6 +18,7 @@ __all__ = [
     "attempts_for",
     "claim_due",
     "deliveries_select",
+    "enabled_endpoints",
     "endpoints_select",
     "get_delivery",
     "get_endpoint",
@@ -35,6 +36,15 @@ def endpoints_select(merchant_id: str | None) -> SelectOfScalar[WebhookEndpoint]
     if merchant_id is not None:
         stmt = stmt.where(WebhookEndpoint.merchant_id == merchant_id)
     return stmt
+
+
+def enabled_endpoints(session: Session, merchant_id: str) -> Sequence[WebhookEndpoint]:
+    stmt = (
+        endpoints_select(merchant_id)
+        .where(col(WebhookEndpoint.enabled).is_(True))
+        .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
+    )
+    return session.exec(stmt).all()
 
 
 def get_endpoint(

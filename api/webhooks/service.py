@@ -39,15 +39,19 @@ __all__ = [
     "CLAIM_LEASE",
     "RETRY_SCHEDULE",
     "DeliveryResult",
+    "SigningTarget",
     "create_endpoint",
     "deliver_due",
     "disable_endpoint",
     "enqueue",
+    "event_body",
     "get_endpoint",
     "next_retry_delay",
     "redeliver",
     "rotate_secret",
     "run_delivery_worker",
+    "signed_headers",
+    "signing_targets",
     "validate_events",
     "validate_url",
 ]
@@ -186,7 +190,8 @@ def disable_endpoint(
     return endpoint
 
 
-def _event_body(event_id: str, event_type: str, payload: Mapping[str, Any], now: datetime) -> str:
+def event_body(event_id: str, event_type: str, payload: Mapping[str, Any], now: datetime) -> str:
+    """The exact JSON every receiver gets: ``{id, object: "event", type, created, data}``."""
     return json.dumps(
         {
             "id": event_id,
@@ -223,7 +228,7 @@ def enqueue(
         return []
     now = now or utcnow()
     event_id = new_id("evt")
-    body = _event_body(event_id, event_type, payload() if callable(payload) else payload, now)
+    body = event_body(event_id, event_type, payload() if callable(payload) else payload, now)
     deliveries = [
         WebhookDelivery(
             id=new_id("whd"),
@@ -290,6 +295,58 @@ class _Job:
     problem: str | None
 
 
+def _secrets(endpoint: WebhookEndpoint, cipher: SecretCipher, now: datetime) -> tuple[str, ...]:
+    """The endpoint's signing secrets: the current one, and the previous one during its
+    rotation grace period. Raises :class:`SecretDecryptionError`."""
+    keys: tuple[str, ...] = (cipher.decrypt(endpoint.secret_encrypted, context=endpoint.id),)
+    if (
+        endpoint.previous_secret_encrypted
+        and endpoint.previous_secret_expires_at
+        and endpoint.previous_secret_expires_at > now
+    ):
+        keys += (cipher.decrypt(endpoint.previous_secret_encrypted, context=endpoint.id),)
+    return keys
+
+
+@dataclass(frozen=True)
+class SigningTarget:
+    """An enabled endpoint to POST to directly, with its decrypted signing secrets."""
+
+    endpoint_id: str
+    url: str
+    secrets: tuple[str, ...] = field(repr=False)
+
+
+def signing_targets(
+    session: Session, merchant_id: str, event_type: str, cipher: SecretCipher, now: datetime
+) -> list[SigningTarget]:
+    """The merchant's enabled endpoints subscribed to ``event_type``, oldest first. An endpoint
+    whose secret cannot be decrypted (wrong master key) is left out and logged."""
+    targets = []
+    for endpoint in repository.enabled_endpoints(session, merchant_id):
+        if not ("*" in endpoint.enabled_events or event_type in endpoint.enabled_events):
+            continue
+        try:
+            keys = _secrets(endpoint, cipher, now)
+        except SecretDecryptionError:
+            logger.warning("webhook endpoint %s: signing secret unavailable", endpoint.id)
+            continue
+        targets.append(SigningTarget(endpoint.id, endpoint.url, keys))
+    return targets
+
+
+def signed_headers(
+    secrets: Sequence[str], body: str, now: datetime, event_id: str
+) -> dict[str, str]:
+    """The headers of every FollowPay webhook POST (DESIGN §8): signature, event id."""
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        SIGNATURE_HEADER: sign(secrets[0], int(now.timestamp()), body, extra_secrets=secrets[1:]),
+        "FollowPay-Event-Id": event_id,
+    }
+
+
 def _load_job(
     session: Session, delivery_id: str, cipher: SecretCipher, now: datetime
 ) -> _Job | None:
@@ -303,13 +360,7 @@ def _load_job(
         problem = "endpoint disabled or deleted"
     else:
         try:
-            keys = (cipher.decrypt(endpoint.secret_encrypted, context=endpoint.id),)
-            if (
-                endpoint.previous_secret_encrypted
-                and endpoint.previous_secret_expires_at
-                and endpoint.previous_secret_expires_at > now
-            ):
-                keys += (cipher.decrypt(endpoint.previous_secret_encrypted, context=endpoint.id),)
+            keys = _secrets(endpoint, cipher, now)
         except SecretDecryptionError:
             problem = "signing secret unavailable (master key?)"
     return _Job(
@@ -382,15 +433,8 @@ def _post(
     client: httpx.Client, job: _Job, now: datetime
 ) -> tuple[int | None, str | None, str | None]:
     assert job.url is not None
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        SIGNATURE_HEADER: sign(
-            job.secrets[0], int(now.timestamp()), job.body, extra_secrets=job.secrets[1:]
-        ),
-        "FollowPay-Event-Id": job.event_id,
-        "FollowPay-Delivery-Id": job.delivery_id,
-    }
+    headers = signed_headers(job.secrets, job.body, now, job.event_id)
+    headers["FollowPay-Delivery-Id"] = job.delivery_id
     try:
         response = client.post(job.url, content=job.body.encode("utf-8"), headers=headers)
     except httpx.HTTPError as exc:

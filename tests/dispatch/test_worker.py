@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import threading
@@ -18,18 +16,21 @@ from aiosmtpd.controller import Controller
 from sqlmodel import Session, SQLModel, select
 
 import api.dispatch.models  # noqa: F401
+import api.webhooks as webhooks
 import crm.models  # noqa: F401
 from api.dispatch.channels import (
+    DeliveryError,
     EmailChannel,
     InAppChannel,
     Links,
     PhoneChannel,
+    Recipient,
     WebhookChannel,
     render_in_app,
-    sign_payload,
 )
 from api.dispatch.models import LINK_TOKEN, InAppMessage, PhoneTask
 from api.dispatch.worker import Worker
+from api.webhooks import SecretCipher
 from crm import (
     ContactCreate,
     FollowUpPolicyCreate,
@@ -78,14 +79,14 @@ class Receiver(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if Receiver.hang_up_next:  # acts on the request, dies before answering
             Receiver.hang_up_next -= 1
-            Receiver.received.append((dict(self.headers), body))
+            Receiver.received.append((dict(self.headers) | {"Path": self.path}, body))
             self.close_connection = True
             return
         if Receiver.fail_next:
             Receiver.fail_next -= 1
             self.send_response(503)
         else:
-            Receiver.received.append((dict(self.headers), body))
+            Receiver.received.append((dict(self.headers) | {"Path": self.path}, body))
             self.send_response(204)
         self.end_headers()
 
@@ -120,6 +121,7 @@ def clock():
 
 MASTER_KEY = b"m" * 32
 KEYRING = KeyRing(MASTER_KEY)
+CIPHER = SecretCipher(b"w" * 32)
 
 
 def shop_with(engine, clock, *, channel, consented=True, phone=None, email="ada@example.com"):
@@ -321,48 +323,155 @@ class TestWorkerNames:
         assert all(0 < len(name) <= 64 for name in names)
 
 
+def endpoint(engine, shop_id, url, events, *, enabled=True):
+    """A merchant webhook endpoint as the API makes it; returns its signing secret."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        made, secret = webhooks.create_endpoint(session, str(shop_id), url, events, cipher=CIPHER)
+        if not enabled:
+            webhooks.disable_endpoint(session, made.id, merchant_id=str(shop_id))
+    return secret
+
+
+def webhook_channels(engine):
+    return {
+        "webhook": WebhookChannel(engine, CIPHER, LINKS),
+        "sms": WebhookChannel(engine, CIPHER, LINKS, name="sms"),
+    }
+
+
+def delivered_object(engine, clock, headers, body, secret):
+    webhooks.verify(secret, headers["FollowPay-Signature"], body, now=clock.now().timestamp())
+    event = json.loads(body)
+    assert event["type"] == "followup.requested"
+    assert headers["FollowPay-Event-Id"] == event["id"]
+    return event["data"]["object"]
+
+
+def followup_events(engine):
+    with Session(engine) as session:
+        return [(e.to_state, e.reason, e.detail) for e in session.exec(select(FollowUpEvent))]
+
+
 class TestWebhook:
-    def test_signed_post_reaches_a_real_receiver(self, engine, clock, receiver):
+    def test_signed_event_reaches_each_subscribed_endpoint_once(self, engine, clock, receiver):
         url, handler = receiver
-        shop_with(engine, clock, channel="webhook")
-        channels = {"webhook": WebhookChannel(url, "whsec_test", LINKS)}
-        result = Worker(engine, KEYRING, channels, clock).run_once()
+        shop_id, contact_id = shop_with(engine, clock, channel="webhook")
+        explicit = endpoint(engine, shop_id, url + "/a", ["followup.requested"])
+        wildcard = endpoint(engine, shop_id, url + "/b", ["*"])
+        endpoint(engine, shop_id, url + "/c", ["invoice.settled"])
+        endpoint(engine, shop_id, url + "/d", ["*"], enabled=False)
+        other_shop, _ = shop_with(engine, clock, channel="email")
+        endpoint(engine, other_shop, url + "/e", ["*"])
+
+        result = Worker(engine, KEYRING, webhook_channels(engine), clock).run_once()
         assert result.outcomes["sent:webhook"] == 1
+        assert [h["Path"] for h, _ in handler.received] == ["/hooks/a", "/hooks/b"]
+        objects = [
+            delivered_object(engine, clock, h, b, secret)
+            for (h, b), secret in zip(handler.received, [explicit, wildcard], strict=True)
+        ]
+        assert objects[0] == objects[1]
+        (data,) = objects[:1]
+        assert (data["channel"], data["to"], data["contact_id"]) == ("webhook", None, contact_id)
+        assert data["invoice"] == "inv_1"
+        assert sorted(data["rating_links"]) == ["1", "2", "3", "4", "5"]
+        token = data["rating_links"]["5"].split("/feedback/", 1)[1].split("?", 1)[0]
+        with Session(engine) as session:
+            (feedback,) = session.exec(select(Feedback).where(Feedback.merchant_id == shop_id))
+        assert hash_token(token) == feedback.token_hash
+        assert data["withdraw_link"] == LINKS.withdraw(token)
+        assert ("sent", "webhook", None) in states(engine)
+
+    def test_sms_goes_to_the_gateway_with_the_contacts_number(self, engine, clock, receiver):
+        url, handler = receiver
+        shop_id, _ = shop_with(engine, clock, channel="sms", phone="+44 20 7183 8750")
+        secret = endpoint(engine, shop_id, url, ["followup.requested"])
+        result = Worker(engine, KEYRING, webhook_channels(engine), clock).run_once()
+        assert result.outcomes["sent:sms"] == 1
         ((headers, body),) = handler.received
-        t, v1 = (part.split("=", 1)[1] for part in headers["FollowPay-Signature"].split(","))
-        expected = hmac.new(b"whsec_test", f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(v1, expected)
-        payload = json.loads(body)
-        assert payload["type"] == "followup.requested"
-        assert set(payload["rating_links"]) == {"1", "2", "3", "4", "5"}
+        data = delivered_object(engine, clock, headers, body, secret)
+        assert (data["channel"], data["to"]) == ("sms", "+442071838750")
+        assert "Tea House" in data["text"]
+
+    def test_without_a_subscribed_endpoint_it_is_retried_with_the_reason(self, engine, clock):
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        endpoint(engine, shop_id, "http://127.0.0.1:9/x", ["invoice.settled"])
+        result = Worker(engine, KEYRING, webhook_channels(engine), clock).run_once()
+        assert result.outcomes == {"retry": 1}
+        assert followup_events(engine)[-1] == (
+            "scheduled",
+            "retry",
+            "no webhook endpoint subscribed to followup.requested",
+        )
+
+    def test_an_sms_without_a_number_is_not_posted(self, engine, clock, receiver):
+        """The scheduler already suppresses an SMS follow-up without a number; a number erased
+        between the claim and the send must not reach the gateway either."""
+        url, handler = receiver
+        shop_id, contact_id = shop_with(engine, clock, channel="webhook")
+        endpoint(engine, shop_id, url, ["*"])
+        instruction = followups.SendInstruction(
+            followup_id=1,
+            merchant_id=shop_id,
+            contact_id=contact_id,
+            channel="sms",
+            purpose="service_followup",
+            kind="post_payment",
+            payment_ref="pay_1",
+            invoice_ref="inv_1",
+            locale=None,
+            token_expires_at=clock.now(),
+            address=None,
+            token="t",
+        )
+        to = Recipient("Tea House", "UTC", clock.now())
+        with pytest.raises(DeliveryError, match="no phone number"):
+            webhook_channels(engine)["sms"].send(None, instruction, to)
+        assert handler.received == []
 
     def test_failing_receiver_is_retried_later(self, engine, clock, receiver):
         url, handler = receiver
         handler.fail_next = 1
-        shop_with(engine, clock, channel="webhook")
-        channels = {"webhook": WebhookChannel(url, "s", LINKS)}
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        endpoint(engine, shop_id, url, ["*"])
+        channels = webhook_channels(engine)
         assert Worker(engine, KEYRING, channels, clock).run_once().outcomes["retry"] == 1
+        assert followup_events(engine)[-1][2] == "webhook: endpoint answered 503"
         clock.advance(timedelta(hours=1))
         assert Worker(engine, KEYRING, channels, clock).run_once().outcomes["sent:webhook"] == 1
         assert len(handler.received) == 1
+
+    def test_one_endpoint_that_took_it_makes_it_sent_and_none_gets_it_twice(
+        self, engine, clock, receiver
+    ):
+        url, handler = receiver
+        handler.fail_next = 1  # the first endpoint refuses, the second takes it
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        endpoint(engine, shop_id, url + "/a", ["*"])
+        endpoint(engine, shop_id, url + "/b", ["*"])
+        channels = webhook_channels(engine)
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes["sent:webhook"] == 1
+        clock.advance(timedelta(days=1))
+        assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
+        assert [h["Path"] for h, _ in handler.received] == ["/hooks/b"]
 
     def test_a_receiver_that_hangs_up_after_reading_is_never_called_again(
         self, engine, clock, receiver
     ):
         url, handler = receiver
         handler.hang_up_next = 1
-        shop_with(engine, clock, channel="webhook")
-        channels = {"webhook": WebhookChannel(url, "s", LINKS)}
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        endpoint(engine, shop_id, url, ["*"])
+        channels = webhook_channels(engine)
         assert Worker(engine, KEYRING, channels, clock).run_once().outcomes == {"uncertain": 1}
         clock.advance(timedelta(hours=1))
         assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
         assert len(handler.received) == 1
         assert states(engine) == [("failed", "webhook", "delivery_uncertain")]
 
-    def test_signature_helper_matches_the_documented_scheme(self):
-        header = sign_payload("secret", b'{"a":1}', timestamp=1700000000)
-        mac = hmac.new(b"secret", b'1700000000.{"a":1}', hashlib.sha256).hexdigest()
-        assert header == f"t=1700000000,v1={mac}"
+    def test_only_webhook_and_sms_are_webhook_channels(self, engine):
+        with pytest.raises(ValueError, match="'webhook' or 'sms'"):
+            WebhookChannel(engine, CIPHER, LINKS, name="email")
 
 
 class TestInAppAndPhone:
