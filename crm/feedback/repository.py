@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlmodel import Session, select
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
 
 from crm.feedback.models import Feedback
 
 __all__ = [
+    "claim_submission",
     "get",
     "get_by_followup",
     "get_by_token_hash",
@@ -36,8 +38,26 @@ def get_by_followup(session: Session, followup_id: int) -> Feedback | None:
 
 
 def get_by_token_hash(session: Session, token_hash: str) -> Feedback | None:
-    stmt = select(Feedback).where(Feedback.token_hash == token_hash).with_for_update()
+    """Locked and re-read: a row this session peeked at before another request redeemed it
+    must not come back with its old values from the identity map."""
+    stmt = (
+        select(Feedback)
+        .where(Feedback.token_hash == token_hash)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     return session.exec(stmt).first()
+
+
+def claim_submission(session: Session, feedback_id: int, now: datetime) -> bool:
+    """Mark the token redeemed unless another request did first: the one check that holds
+    on SQLite too, where ``FOR UPDATE`` is a no-op and a read may predate the write lock."""
+    result = session.connection().execute(
+        sa.update(Feedback)
+        .where(col(Feedback.id) == feedback_id, col(Feedback.submitted_at).is_(None))
+        .values(submitted_at=now)
+    )
+    return result.rowcount == 1
 
 
 def list_for_contact(session: Session, contact_id: int) -> Sequence[Feedback]:

@@ -105,6 +105,8 @@ def submit_feedback(
     key = contacts.data_key(session, keyring, contact)
     if key is None or contact.erased_at is not None:
         raise ContactErased("contact has been erased")
+    if not repo.claim_submission(session, fb.id, now):  # a concurrent request redeemed it
+        raise FeedbackTokenUsed("this feedback link has already been used")
     fb.rating, fb.nps, fb.tags = data.rating, data.nps, tags
     fb.comment_enc = key.encrypt(comment, f"{COMMENT}:{fb.id}")
     fb.submitted_at, fb.edit_until, fb.updated_at = now, now + EDIT_WINDOW, now

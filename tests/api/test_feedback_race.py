@@ -1,0 +1,96 @@
+"""One feedback link, several requests at once, on the API's own engines (SQLite with writes
+queued lazily, PostgreSQL): exactly one answer is recorded."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from api.db import session_scope
+from crm import KeyRing, MerchantCreate, merchants
+from crm.clock import FrozenClock
+from crm.contacts import service as contacts
+from crm.contacts.models import ContactCreate
+from crm.errors import FeedbackTokenUsed
+from crm.feedback import service as feedback
+from crm.feedback.models import Feedback, FeedbackCreate
+from crm.feedback.tokens import hash_token
+from crm.rewards.models import RewardEntry
+from crm.tickets.models import Ticket
+from tests.crm.conftest import START
+from tests.crm.helpers import sent_followup
+
+KEYRING = KeyRing(b"k" * 32)
+
+
+def _sent_link(engine: sa.Engine, clock: FrozenClock) -> tuple[int, int, str]:
+    with session_scope(engine) as s:
+        m = merchants.create_merchant(s, MerchantCreate(name="Links"), clock)
+        c = contacts.create_contact(
+            s, m.id or 0, ContactCreate(email="ann@example.com", time_zone="UTC"), KEYRING, clock
+        )
+        fu, token = sent_followup(s, m.id or 0, c, clock, KEYRING)
+    return m.id or 0, fu.id or 0, token
+
+
+def _answers(engine: sa.Engine, followup_id: int) -> tuple[list[int | None], int, int]:
+    with Session(engine) as s:
+        (fb,) = s.exec(select(Feedback).where(Feedback.followup_id == followup_id))
+        tickets = s.exec(select(Ticket).where(Ticket.feedback_id == fb.id)).all()
+        rewards = s.exec(select(RewardEntry).where(col(RewardEntry.followup_id) == followup_id))
+        return [fb.rating], len(tickets), len(rewards.all())
+
+
+def _submit(session: Session, merchant_id: int, token: str, rating: int, clock: FrozenClock):
+    return feedback.submit_feedback(
+        session, merchant_id, token, FeedbackCreate(rating=rating), keyring=KEYRING, clock=clock
+    )
+
+
+def test_a_link_read_before_another_request_redeemed_it_is_not_redeemed_twice(db):
+    """The public route reads the row before it writes: that earlier read must not let a
+    second answer in after the first one committed."""
+    clock = FrozenClock(START)
+    merchant_id, followup_id, token = _sent_link(db, clock)
+    with Session(db, expire_on_commit=False) as late:
+        peeked = late.exec(select(Feedback).where(Feedback.token_hash == hash_token(token))).one()
+        assert peeked.submitted_at is None
+        with session_scope(db) as first:
+            _submit(first, merchant_id, token, 5, clock)
+        with pytest.raises(FeedbackTokenUsed):
+            _submit(late, merchant_id, token, 1, clock)
+        late.rollback()
+    assert _answers(db, followup_id) == ([5], 0, 1)
+
+
+def test_racing_answers_to_one_link_record_exactly_one(db):
+    clock = FrozenClock(START)
+    merchant_id, followup_id, token = _sent_link(db, clock)
+    ratings = (1, 2, 4, 5)
+    barrier = threading.Barrier(len(ratings), timeout=30)
+    outcomes: list[str] = []
+
+    def answer(rating: int) -> None:
+        with Session(db, expire_on_commit=False) as s:
+            s.exec(select(Feedback).where(Feedback.token_hash == hash_token(token))).one()
+            barrier.wait()
+            try:
+                _submit(s, merchant_id, token, rating, clock)
+                s.commit()
+                outcomes.append(f"won:{rating}")
+            except FeedbackTokenUsed:
+                s.rollback()
+                outcomes.append("used")
+
+    threads = [threading.Thread(target=answer, args=(r,)) for r in ratings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert outcomes.count("used") == len(ratings) - 1
+    (won,) = [o for o in outcomes if o.startswith("won:")]
+    rating = int(won.split(":")[1])
+    assert _answers(db, followup_id) == ([rating], 1 if rating <= 2 else 0, 1)
