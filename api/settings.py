@@ -21,9 +21,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FOLLOWPAY_", extra="ignore", frozen=True)
 
     home: Path = Field(default_factory=lambda: Path.home() / ".followpay")
-    database_url: str = ""
+    # Out of repr: a database password or an RPC provider key may ride in the URL.
+    database_url: str = Field(default="", repr=False)
     chain: ChainBackend = ChainBackend.TESTER
-    rpc_url: str | None = None
+    rpc_url: str | None = Field(default=None, repr=False)
     chain_id: int | None = None
     manifest: Path | None = None
     master_key: SecretStr | None = None

@@ -21,6 +21,8 @@ from contracts import ARTIFACTS_DIR
 
 SCRIPT = Path(sys.executable).with_name("followpay")
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused at once
+#: An unreachable RPC URL carrying credentials the way providers do (userinfo, path, query).
+KEYED_RPC = "http://alice:s3cretpw@127.0.0.1:9/v3/0123456789abcdef?apikey=zz99"
 DEAD = "0x000000000000000000000000000000000000dEaD"
 
 
@@ -78,6 +80,15 @@ CASES = {
     ),
     "wallet_unreachable_rpc": Case(
         ("wallet", "balance", DEAD, "--rpc-url", UNREACHABLE), says="unreachable"
+    ),
+    "rpc_key_hidden": Case(
+        ("indexer", "--once"),
+        {"FOLLOWPAY_CHAIN": "rpc", "FOLLOWPAY_RPC_URL": KEYED_RPC},
+        says="chain RPC at http://127.0.0.1:9 is unreachable",
+    ),
+    "wallet_rpc_key_hidden": Case(
+        ("wallet", "balance", DEAD, "--rpc-url", KEYED_RPC),
+        says="chain RPC at http://127.0.0.1:9 is unreachable",
     ),
 }
 
@@ -144,6 +155,13 @@ def test_no_password_in_messages(results):
     assert "hunter2" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("name", ["rpc_key_hidden", "wallet_rpc_key_hidden"])
+def test_no_rpc_credentials_in_messages(results, name):
+    output = results[name].stdout + results[name].stderr
+    for secret in ("alice", "s3cretpw", "0123456789abcdef", "zz99"):
+        assert secret not in output
+
+
 class TestMessages:
     """The one-line rendering, in process (no start-up cost)."""
 
@@ -152,6 +170,19 @@ class TestMessages:
             get_settings(rpc_url="ftp://user:pw@x", master_key="not-hex-secret")
         message = _describe(caught.value)
         assert message == "invalid settings: FOLLOWPAY_RPC_URL: must be an http(s) URL"
+
+    def test_settings_repr_leaves_out_urls_and_secrets(self):
+        settings = get_settings(
+            database_url="postgresql+psycopg://fp:hunter2@db/fp",
+            chain="rpc",
+            rpc_url=KEYED_RPC,
+            master_key="ab" * 32,
+            password="vault-pass",
+        )
+        text = repr(settings)
+        for secret in ("hunter2", "s3cretpw", "0123456789abcdef", "ab" * 32, "vault-pass"):
+            assert secret not in text
+        assert "chain=<ChainBackend.RPC" in text
 
     def test_unexpected_errors_name_their_type(self):
         message = _one_line(_describe(RuntimeError("boom\nsecond line")))

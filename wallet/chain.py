@@ -30,7 +30,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ __all__ = [
     "connect",
     "dev_accounts",
     "free_port",
+    "rpc_origin",
 ]
 
 #: The well-known development mnemonic: anvil and our tester backend derive the same funded
@@ -88,7 +89,7 @@ class ChainConfig:
     """How to reach a chain. ``expected_chain_id`` guards against talking to the wrong network."""
 
     backend: ChainBackend | str = ChainBackend.TESTER
-    rpc_url: str | None = None
+    rpc_url: str | None = field(default=None, repr=False)  # may carry a provider key
     anvil_path: str | None = None
     expected_chain_id: int | None = None
     anvil_block_time: float | None = None
@@ -242,6 +243,20 @@ class _AnvilProcess:
         return self._proc.pid if self._proc else None
 
 
+def rpc_origin(url: str) -> str:
+    """What an error message may say about an RPC URL: scheme, host and port. Credentials ride
+    in the rest (``user:pass@``, Infura/Alchemy keys in the path, ``?key=`` queries)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}"
+
+
 class _JsonRpc:
     """Raw JSON-RPC over one keep-alive HTTP connection (``http.client``): what the indexer's
     polling path runs on. web3's provider costs ~0.85 ms of CPU per call here (request
@@ -251,8 +266,11 @@ class _JsonRpc:
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UnknownBackendError(f"not an http(s) RPC URL: {url!r}", param="rpc_url")
+            raise UnknownBackendError(
+                f"not an http(s) RPC URL (scheme {parts.scheme!r})", param="rpc_url"
+            )
         self.url = url
+        self.origin = rpc_origin(url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port
@@ -288,22 +306,24 @@ class _JsonRpc:
                 self.close()  # the node closed an idle keep-alive connection: reopen once
                 if attempt == 2:
                     raise ChainUnreachableError(
-                        f"chain RPC at {self.url} dropped the connection"
+                        f"chain RPC at {self.origin} dropped the connection"
                     ) from None
                 continue
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 raise ChainUnreachableError(
-                    f"chain RPC at {self.url} is unreachable: {type(exc).__name__}"
+                    f"chain RPC at {self.origin} is unreachable: {type(exc).__name__}"
                 ) from None
             if response.status != 200:
                 raise ChainUnreachableError(
-                    f"chain RPC at {self.url} answered HTTP {response.status}"
+                    f"chain RPC at {self.origin} answered HTTP {response.status}"
                 )
             try:
                 return json.loads(data)
             except ValueError:
-                raise ChainUnreachableError(f"chain RPC at {self.url} sent invalid JSON") from None
+                raise ChainUnreachableError(
+                    f"chain RPC at {self.origin} sent invalid JSON"
+                ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def call(self, method: str, params: list[Any]) -> dict[str, Any]:
@@ -597,7 +617,9 @@ def _http_web3(url: str) -> Web3:
         w3.eth.chain_id  # noqa: B018 - a cheap round trip proves the endpoint answers
     except (OSError, Web3Exception, ValueError) as exc:
         reason = type(exc).__name__
-        raise ChainUnreachableError(f"chain RPC at {url} is unreachable: {reason}") from None
+        raise ChainUnreachableError(
+            f"chain RPC at {rpc_origin(url)} is unreachable: {reason}"
+        ) from None
     return w3
 
 

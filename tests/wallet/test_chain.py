@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ChainSuite, missing
-from wallet.chain import ChainConfig, anvil_binary, connect
+from wallet.chain import Chain, ChainBackend, ChainConfig, anvil_binary, connect, rpc_origin
 from wallet.errors import (
     AnvilNotFoundError,
     AnvilStartError,
@@ -100,6 +100,23 @@ class TestConnectErrors:
     def test_unreachable_rpc(self):
         with pytest.raises(ChainUnreachableError, match="unreachable"):
             connect(ChainConfig(backend="rpc", rpc_url="http://127.0.0.1:9"))
+
+    def test_rpc_errors_and_reprs_name_only_the_endpoints_origin(self):
+        keyed = "http://alice:s3cretpw@127.0.0.1:9/v3/0123456789abcdef?apikey=zz99"
+        config = ChainConfig(backend="rpc", rpc_url=keyed)
+        with pytest.raises(ChainUnreachableError) as on_connect:
+            connect(config)
+        # the indexer's own JSON-RPC path, on a chain whose node went away
+        tester = connect(ChainConfig())
+        polling = Chain(tester.w3, ChainBackend.RPC, rpc_url=keyed)
+        with pytest.raises(ChainUnreachableError) as on_poll:
+            polling.latest_block()
+        for text in (str(on_connect.value), str(on_poll.value), repr(config)):
+            for secret in ("alice", "s3cretpw", "0123456789abcdef", "zz99"):
+                assert secret not in text
+        assert "chain RPC at http://127.0.0.1:9 is unreachable" in str(on_connect.value)
+        assert "chain RPC at http://127.0.0.1:9 " in str(on_poll.value)
+        assert rpc_origin("https://[::1]:8545/key") == "https://[::1]:8545"
 
     def test_rpc_backend_without_url(self):
         with pytest.raises(UnknownBackendError, match="needs an RPC URL"):
