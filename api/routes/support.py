@@ -292,8 +292,14 @@ def emit_feedback_events(
     ticket: Ticket | None,
     event_type: Literal["feedback.received", "feedback.updated"] = "feedback.received",
 ) -> None:
-    """``event_type`` (and ``ticket.opened`` when the answer opened ``ticket``), in the outbox."""
-    enqueue(session, str(merchant_id), event_type, out.model_dump(mode="json"))
+    """``event_type`` (and ``ticket.opened`` when the answer opened ``ticket``), in the outbox.
+
+    The event says whether there is a comment, not what it says: outbox rows are kept for
+    redelivery, and a contact's erasure must not leave their words behind in one (the API's
+    ``GET /v1/feedback/{id}`` serves the text while the contact's key exists)."""
+    payload = out.model_dump(mode="json", exclude={"comment"})
+    payload["has_comment"] = out.comment is not None
+    enqueue(session, str(merchant_id), event_type, payload)
     if ticket is not None:
         enqueue(
             session, str(merchant_id), "ticket.opened", TicketOut.of(ticket).model_dump(mode="json")

@@ -3,6 +3,7 @@ expired and reused tokens."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 from sqlmodel import Session, select
@@ -115,9 +116,15 @@ class TestChangingAnAnswer:
         fb = world.client.get("/v1/feedback", headers=auth(world.a.merchant)).json()["data"]
         assert [(f["rating"], f["comment"]) for f in fb] == [(1, "It broke")]
         with Session(world.engine) as s:
-            events = [d.event_type for d in s.exec(select(WebhookDelivery))]
+            deliveries = s.exec(select(WebhookDelivery)).all()
+        events = [d.event_type for d in deliveries]
         assert events.count("feedback.updated") == 1
         assert events.count("ticket.opened") == 1
+        (updated,) = [d for d in deliveries if d.event_type == "feedback.updated"]
+        sent = json.loads(updated.payload)["data"]["object"]
+        assert (sent["id"], sent["rating"], sent["has_comment"]) == (fb[0]["id"], 1, True)
+        assert "comment" not in sent
+        assert all("It broke" not in d.payload for d in deliveries)  # erasure can reach it
         world.clock.advance(days=1, seconds=1)
         late = world.client.patch(f"/v1/public/feedback/{token}", json={"rating": 4})
         assert late.status_code == 409
