@@ -303,6 +303,10 @@ class ChainInfo:
     """Optional: the current block number (payments then report their confirmations)."""
     gas_used: Callable[[str], int | None] | None = None
     """Optional: a transaction hash's ``gasUsed`` (payments then report it)."""
+    registration: Callable[[str], tuple[str, str] | None] | None = None
+    """Optional: the router's ``merchantOf(address)`` as ``(payout, operator)``, ``None`` when
+    unregistered. With it, registering an account requires the on-chain registration to match:
+    only the address itself can register it on the router, so this proves control of it."""
 
 
 IntentSigners = Mapping[str, Signer]

@@ -81,8 +81,12 @@ class WarmHeapFreezer:
 
 def chain_info_for(chain: Chain, deployment: Deployment) -> ChainInfo:
     """What the API issues invoices on: chain id, router, token and its decimals (read from the
-    token), and live head/receipt look-ups so payments report confirmations and gas used."""
+    token), live head/receipt look-ups so payments report confirmations and gas used, and the
+    router's merchant registrations (the account route checks them)."""
+    from eth_utils import to_checksum_address
+
     from api.deps import ChainInfo
+    from contracts import load_artifact
     from wallet.tokens import Token
 
     def head() -> int:
@@ -94,6 +98,15 @@ def chain_info_for(chain: Chain, deployment: Deployment) -> ChainInfo:
             receipt = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
         return int(receipt["gasUsed"]) if receipt else None
 
+    router = chain.w3.eth.contract(
+        address=to_checksum_address(deployment.router), abi=load_artifact("PaymentRouter").abi
+    )
+
+    def registration(address: str) -> tuple[str, str] | None:
+        with chain.lock:
+            payout, operator = router.functions.merchantOf(to_checksum_address(address)).call()
+        return None if int(operator, 16) == 0 else (str(payout), str(operator))
+
     return ChainInfo(
         chain_id=chain.chain_id,
         router=deployment.router,
@@ -101,6 +114,7 @@ def chain_info_for(chain: Chain, deployment: Deployment) -> ChainInfo:
         decimals=Token(chain, deployment.token).decimals(),
         head=head,
         gas_used=gas_used,
+        registration=registration,
     )
 
 

@@ -7,7 +7,15 @@ from typing import Annotated
 from fastapi import Path, Request
 
 from api import queries
-from api.deps import AfterCommit, ChainInfoDep, ClockDep, ConfigCacheDep, SessionDep, SignersDep
+from api.deps import (
+    AfterCommit,
+    ChainInfo,
+    ChainInfoDep,
+    ClockDep,
+    ConfigCacheDep,
+    SessionDep,
+    SignersDep,
+)
 from api.errors import ApiError, InvalidRequest, NotFound
 from api.pagination import ListResponse, PageDep, paginate
 from api.routes._common import Admin, Manager, Staff, crm_errors, merchant_scope, parse_id
@@ -19,7 +27,7 @@ from crm import MerchantCreate
 from crm import merchants as merchants_service
 from crm.merchants.models import Merchant
 
-__all__ = ["AccountAddressTaken", "router"]
+__all__ = ["AccountAddressTaken", "AccountNotOnChain", "router"]
 
 router = ApiRouter(prefix="/merchants", tags=["merchants"])
 
@@ -30,6 +38,33 @@ class AccountAddressTaken(ApiError):
     code = "account_address_taken"
     param = "address"
     message = "This address is already registered to another merchant on this chain."
+
+
+class AccountNotOnChain(ApiError):
+    """The router's registration of the address is missing or names another payout/operator.
+    Registering on the router is what only the address's owner can do: without it, a merchant
+    could claim another's address on this server."""
+
+    status_code = 409
+    type = "conflict_error"
+    code = "account_not_on_chain"
+
+
+def _check_on_chain(chain: ChainInfo, body: MerchantAccountBody) -> None:
+    if chain.registration is None:
+        return
+    found = chain.registration(body.address)
+    if found is None:
+        raise AccountNotOnChain(
+            "This address has no PaymentRouter registration: call registerMerchant(payout, "
+            "operator) from it first.",
+            param="address",
+        )
+    for name, on_chain in zip(("payout", "operator"), found, strict=True):
+        if on_chain.lower() != str(getattr(body, name)).lower():
+            raise AccountNotOnChain(
+                f"The router registers this address with {name} {on_chain}.", param=name
+            )
 
 
 MerchantId = Annotated[str, Path(max_length=20, description="A merchant id, e.g. `42`.")]
@@ -84,8 +119,9 @@ def get_merchant(merchant_id: MerchantId, session: SessionDep, caller: Staff) ->
     response_model=MerchantAccountOut,
     summary="Register the merchant's on-chain account",
     description="Records the merchant's PaymentRouter registration (address, payout, operator) "
-    "on this server's chain. Invoices are signed by the operator's signer, which the server must "
-    "hold (see `signer_available`).",
+    "on this server's chain; the router must already register the address with that payout "
+    "and operator (409 `account_not_on_chain`). Invoices are signed by the operator's signer, "
+    "which the server must hold (see `signer_available`).",
 )
 def register_account(
     merchant_id: MerchantId,
@@ -106,6 +142,7 @@ def register_account(
     taken = settlement_repo.account_by_address(session, chain.chain_id, body.address)
     if taken is not None and taken.merchant_id != merchant.id:
         raise AccountAddressTaken()
+    _check_on_chain(chain, body)
     account = settlement.register_account(
         session,
         merchant.id or 0,

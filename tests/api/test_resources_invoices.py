@@ -3,6 +3,8 @@ reconciliation, tenant isolation, roles and exactly-one-invoice under concurrent
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -18,7 +20,9 @@ import uvicorn
 from sqlmodel import Session
 
 from api.deps import ChainInfo
+from api.runtime import chain_info_for
 from api.settlement.invoices import InvoiceNumbers
+from contracts import load_artifact
 from tests.api.conftest import auth
 from tests.api.test_resources_crm import World, make_world, new_contact
 from wallet.chain import Chain
@@ -178,6 +182,47 @@ class TestCreate:
         r = world.client.post(f"/v1/merchants/{mid}/account", json=body, headers=auth(key))
         assert r.status_code == 409
         assert r.json()["error"]["code"] == "account_address_taken"
+
+
+class TestAccountMustMatchTheRouter:
+    """With the router's registrations at hand (as `followpay serve` has), an account is only
+    recorded as the router registers it: nobody claims an address they do not control."""
+
+    def test_unregistered_or_different_registration_is_refused(
+        self, make_app, new_key, db, tester_chain: Chain
+    ) -> None:
+        owner, _merchant, _payout, operator = tester_chain.dev_accounts()[:4]
+        fresh = deploy_contracts(tester_chain, owner)
+        info = chain_info_for(tester_chain, fresh)
+        info = dataclasses.replace(info, chain_id=CHAIN_ID)  # see CHAIN_ID
+        signers = {operator.address: Signer(PrivateKey(bytes(operator.key)))}
+        worlds = make_world(make_app, new_key, db, chain_info=info, signers=signers)
+        with contextlib.closing(worlds):
+            self._check(next(worlds), tester_chain, fresh)
+
+    def _check(self, world: World, tester_chain: Chain, fresh: Deployment) -> None:
+        _owner, merchant, payout, operator, other = tester_chain.dev_accounts()[:5]
+        path, h = f"/v1/merchants/{world.a.id}/account", auth(world.a.merchant)
+        body = {"address": merchant.address, "payout": payout.address, "operator": operator.address}
+
+        r = world.client.post(path, json=body, headers=h)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "account_not_on_chain")
+        assert r.json()["error"]["param"] == "address"
+        router = tester_chain.w3.eth.contract(
+            address=fresh.router, abi=load_artifact("PaymentRouter").abi
+        )
+        tx = router.functions.registerMerchant(payout.address, operator.address).transact(
+            {"from": merchant.address}
+        )
+        tester_chain.w3.eth.wait_for_transaction_receipt(tx)
+        for field, value in (("payout", other.address), ("operator", other.address)):
+            r = world.client.post(path, json=body | {field: value}, headers=h)
+            assert (r.status_code, r.json()["error"]["param"]) == (409, field), r.text
+            assert r.json()["error"]["message"].endswith(f"{field} {body[field]}.")
+        assert world.client.get(path, headers=h).status_code == 404  # nothing recorded
+        r = world.client.post(path, json=body | {"address": merchant.address.lower()}, headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json()["signer_available"] is True
 
 
 def _deliveries(w: World, event_type: str) -> int:
