@@ -34,9 +34,11 @@ from api.settlement.models import (
     InvoiceState,
     InvoiceStatus,
     MerchantAccount,
+    PaymentState,
 )
 from crm.audit import service as audit
 from crm.clock import Clock
+from crm.followups import service as followups
 from crm.sqlite_gate import holds_write_lock
 from wallet.addresses import parse_address
 from wallet.signing import PaymentIntent, Signer, payment_intent_struct_hash
@@ -353,6 +355,18 @@ def expire_due(session: Session, clock: Clock, limit: int = 500) -> list[Invoice
     return expired
 
 
+def _cancel_followups(session: Session, invoice: Invoice, clock: Clock) -> None:
+    """An invalidated sale is not followed up: its payments' unsent follow-ups are cancelled
+    (links revoked), as after a reorg; sent ones stay sent."""
+    from api.settlement.indexer import payment_ref  # the indexer imports this module
+
+    for payment in repo.payments_for_invoice(session, invoice.id):
+        if payment.state == PaymentState.CONFIRMED:
+            followups.cancel_for_payment(
+                session, invoice.merchant_id, payment_ref(payment), "invoice_invalidated", clock
+            )
+
+
 def mark_invoice(
     session: Session,
     merchant_id: int,
@@ -362,7 +376,8 @@ def mark_invoice(
     actor: str,
     clock: Clock,
 ) -> Invoice:
-    """Manual settle/invalidate by staff, with an audit entry (BTCPay's "marked")."""
+    """Manual settle/invalidate by staff, with an audit entry (BTCPay's "marked"). Invalidating
+    a settled invoice cancels its follow-ups that were not sent yet."""
     invoice = get_invoice(session, merchant_id, invoice_id)
     if invoice.state == InvoiceState.SETTLED and settle:
         raise InvoiceStateError("invoice is already settled")
@@ -375,11 +390,14 @@ def mark_invoice(
                 f"order {invoice.order_id!r} has another open invoice ({other[0]}); "
                 "invalidate it first or refund this payment"
             )
+    was_settled = invoice.state == InvoiceState.SETTLED
     invoice.state = InvoiceState.SETTLED if settle else InvoiceState.INVALID
     invoice.status = InvoiceStatus.MARKED
     if settle:
         invoice.settled_at = clock.now()
     session.add(invoice)
+    if was_settled and not settle:
+        _cancel_followups(session, invoice, clock)
     audit.record(
         session,
         merchant_id=merchant_id,
