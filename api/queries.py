@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, col, select
 
-from api.dispatch.models import InAppMessage
+from api.dispatch.models import InAppMessage, PhoneTask
 from crm.audit.models import AuditLog
 from crm.contacts.models import Contact
 from crm.feedback.models import Feedback
@@ -35,6 +35,8 @@ __all__ = [
     "merchant_of",
     "merchants_select",
     "messages_for_contact",
+    "phone_task_cursor",
+    "phone_tasks_page",
     "ticket_cursor",
     "tickets_page",
 ]
@@ -156,6 +158,43 @@ def tickets_page(
     rows = list(
         session.exec(stmt.order_by(col(Ticket.due_at), col(Ticket.id)).limit(limit + 1)).all()
     )
+    return rows[:limit], len(rows) > limit
+
+
+def phone_task_cursor(
+    session: Session, merchant_id: int | None, task_id: int
+) -> tuple[datetime, int] | None:
+    stmt = _scoped(
+        select(PhoneTask.call_after, PhoneTask.id).where(PhoneTask.id == task_id),
+        col(PhoneTask.merchant_id),
+        merchant_id,
+    )
+    row = session.exec(stmt).first()
+    return None if row is None else (row[0], int(row[1] or 0))
+
+
+def phone_tasks_page(
+    session: Session,
+    merchant_id: int | None,
+    *,
+    state: str,
+    limit: int,
+    after: tuple[datetime, int] | None = None,
+) -> tuple[list[PhoneTask], bool]:
+    """Call tasks in ``state``, the earliest allowed call first; ``(rows, has_more)``."""
+    stmt = _scoped(select(PhoneTask), col(PhoneTask.merchant_id), merchant_id).where(
+        PhoneTask.state == state
+    )
+    if after is not None:
+        start, tid = after
+        stmt = stmt.where(
+            sa.or_(
+                col(PhoneTask.call_after) > start,
+                sa.and_(col(PhoneTask.call_after) == start, col(PhoneTask.id) > tid),
+            )
+        )
+    ordered = stmt.order_by(col(PhoneTask.call_after), col(PhoneTask.id)).limit(limit + 1)
+    rows = list(session.exec(ordered).all())
     return rows[:limit], len(rows) > limit
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal, TypeAlias, get_args
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from crm._base import UTCDateTime
 
-__all__ = ["LINK_TOKEN", "InAppMessage", "PhoneTask"]
+__all__ = ["LINK_TOKEN", "PHONE_OUTCOMES", "InAppMessage", "PhoneOutcome", "PhoneTask"]
+
+#: How a support agent closes a call task (``POST /v1/phone_tasks/{id}/complete``).
+PhoneOutcome: TypeAlias = Literal["reached", "no_answer", "voicemail", "wrong_number", "declined"]
+PHONE_OUTCOMES: tuple[str, ...] = get_args(PhoneOutcome)
 
 
 class InAppMessage(SQLModel, table=True):
@@ -46,5 +51,9 @@ class PhoneTask(SQLModel, table=True):
     time_zone: str = Field(max_length=64)
     call_after: datetime = Field(sa_type=UTCDateTime)
     call_before: datetime = Field(sa_type=UTCDateTime)
+    #: ``open`` until an agent completes it (``done``, with one of :data:`PHONE_OUTCOMES`)
     state: str = Field(default="open", max_length=16)
     created_at: datetime = Field(sa_type=UTCDateTime)
+    outcome: str | None = Field(default=None, max_length=16)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    completed_by: str | None = Field(default=None, max_length=128)

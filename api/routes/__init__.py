@@ -23,6 +23,7 @@ def resource_routers() -> list[APIRouter]:
         contacts,
         invoices,
         merchants,
+        phone_tasks,
         policies,
         public,
         reports,
@@ -38,6 +39,7 @@ def resource_routers() -> list[APIRouter]:
         policies.router,
         audit.router,
         support.router,
+        phone_tasks.router,
         reports.router,
     ]
 

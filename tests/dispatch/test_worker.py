@@ -518,6 +518,44 @@ class TestInAppAndPhone:
         assert task.call_after < task.call_before
 
 
+@pytest.mark.parametrize(
+    ("local_now", "window"),
+    [
+        ("2026-06-01 12:00", ("2026-06-01 12:00", "2026-06-01 21:00")),  # inside: call now
+        ("2026-06-01 06:30", ("2026-06-01 08:00", "2026-06-01 21:00")),  # early: from 08:00
+        ("2026-06-01 23:15", ("2026-06-02 08:00", "2026-06-02 21:00")),  # late: tomorrow
+        ("2026-03-28 22:00", ("2026-03-29 08:00", "2026-03-29 21:00")),  # over the DST change
+    ],
+)
+def test_phone_task_window_is_the_contacts_next_local_calling_hours(engine, local_now, window):
+    zone = ZoneInfo("Europe/London")
+    now = datetime.fromisoformat(local_now).replace(tzinfo=zone)
+    clock = FrozenClock(now.astimezone(UTC))
+    shop_id, contact_id = shop_with(engine, clock, channel="phone", phone="+442071838750")
+    instruction = followups.SendInstruction(
+        followup_id=77,
+        merchant_id=shop_id,
+        contact_id=contact_id,
+        channel="phone",
+        purpose="service_followup",
+        kind="post_payment",
+        payment_ref="pay_1",
+        invoice_ref="inv_1",
+        locale=None,
+        token_expires_at=clock.now(),
+        address="+442071838750",
+        token="t",
+    )
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        PhoneChannel().send(session, instruction, Recipient("Tea House", "Europe/London", now))
+    with Session(engine) as session:
+        (task,) = session.exec(select(PhoneTask)).all()
+    local = tuple(
+        t.astimezone(zone).strftime("%Y-%m-%d %H:%M") for t in (task.call_after, task.call_before)
+    )
+    assert local == window
+
+
 class TestPeriodic:
     def test_thirty_days_after_the_first_purchase_the_worker_schedules_and_sends(
         self, engine, clock

@@ -1,0 +1,60 @@
+"""Phone call tasks as the support queue shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.dispatch.models import PhoneOutcome, PhoneTask
+
+__all__ = ["PhoneTaskCompleteBody", "PhoneTaskOut"]
+
+
+class PhoneTaskOut(BaseModel):
+    id: int
+    object: Literal["phone_task"] = "phone_task"
+    merchant_id: str
+    contact_id: int = Field(description="The number to call: `GET /v1/contacts/{contact_id}`.")
+    followup_id: int
+    time_zone: str
+    call_after: datetime = Field(description="Start of the contact's local calling window.")
+    call_before: datetime = Field(description="End of that window.")
+    local_window: str = Field(description="The window in the contact's time, e.g. `08:00-21:00`.")
+    callable_now: bool = Field(description="Whether now is inside the window.")
+    state: Literal["open", "done"]
+    outcome: PhoneOutcome | None
+    completed_at: datetime | None
+    completed_by: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, task: PhoneTask, now: datetime) -> PhoneTaskOut:
+        zone = ZoneInfo(task.time_zone)
+        start, end = task.call_after.astimezone(zone), task.call_before.astimezone(zone)
+        return cls(
+            id=task.id or 0,
+            merchant_id=str(task.merchant_id),
+            contact_id=task.contact_id,
+            followup_id=task.followup_id,
+            time_zone=task.time_zone,
+            call_after=task.call_after,
+            call_before=task.call_before,
+            local_window=f"{start:%H:%M}-{end:%H:%M}",
+            callable_now=task.state == "open" and task.call_after <= now < task.call_before,
+            state=task.state,  # type: ignore[arg-type]
+            outcome=task.outcome,  # type: ignore[arg-type]
+            completed_at=task.completed_at,
+            completed_by=task.completed_by,
+            created_at=task.created_at,
+        )
+
+
+class PhoneTaskCompleteBody(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"outcome": "reached"}]}
+    )
+
+    outcome: PhoneOutcome
