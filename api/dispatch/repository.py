@@ -1,12 +1,17 @@
-"""SQL for what the DB-only channels store (phone call tasks). The caller owns the transaction."""
+"""SQL for what the DB-only channels store (in-app messages, phone call tasks). The caller
+owns the transaction."""
 
 from __future__ import annotations
 
-from sqlmodel import Session, select
+from collections.abc import Sequence
+from datetime import datetime
 
-from api.dispatch.models import PhoneTask
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
 
-__all__ = ["get_phone_task", "save"]
+from api.dispatch.models import InAppMessage, PhoneTask
+
+__all__ = ["get_phone_task", "mark_read", "save"]
 
 
 def get_phone_task(
@@ -22,3 +27,13 @@ def save(session: Session, task: PhoneTask) -> PhoneTask:
     session.add(task)
     session.flush()
     return task
+
+
+def mark_read(session: Session, message_ids: Sequence[int], now: datetime) -> None:
+    """Stamp ``read_at`` on those of ``message_ids`` not read before (the first read stays)."""
+    if message_ids:
+        session.connection().execute(
+            sa.update(InAppMessage)
+            .where(col(InAppMessage.id).in_(list(message_ids)), col(InAppMessage.read_at).is_(None))
+            .values(read_at=now)
+        )

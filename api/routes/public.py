@@ -26,6 +26,7 @@ from sqlmodel import Session
 
 from api import queries
 from api.deps import ClockDep, KeyRingDep, SessionDep
+from api.dispatch import repository as dispatch_repo
 from api.dispatch.channels import render_in_app
 from api.errors import error_responses
 from api.routes.support import emit_feedback_events
@@ -292,6 +293,8 @@ def withdraw_all_my_consent(
     "/messages/{token}",
     response_model=PublicMessages,
     summary="My in-app messages",
+    description="Newest first, with their rating links. `read_at` is when the inbox first "
+    "showed a message (this read, for new ones).",
 )
 def get_my_messages(
     token: Token, session: SessionDep, clock: ClockDep, keyring: KeyRingDep
@@ -299,6 +302,8 @@ def get_my_messages(
     fb = _consent_link(session, token, clock)
     rows = list(queries.messages_for_contact(session, fb.merchant_id, fb.contact_id))
     bodies = render_in_app(session, keyring, rows)
+    now = clock.now()
+    dispatch_repo.mark_read(session, [m.id for m in rows if m.id and m.read_at is None], now)
     return PublicMessages(
         data=[
             PublicMessage(
@@ -306,7 +311,7 @@ def get_my_messages(
                 subject=m.subject,
                 body=body,
                 created_at=m.created_at,
-                read_at=m.read_at,
+                read_at=m.read_at or now,
             )
             for m, body in zip(rows, bodies, strict=True)
         ]

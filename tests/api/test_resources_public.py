@@ -4,11 +4,17 @@ expired and reused tokens."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, select
 
+from api.db import session_factory, session_scope
+from api.dispatch.channels import InAppChannel, Links, render_in_app
+from api.dispatch.models import InAppMessage
+from api.dispatch.worker import Worker
 from api.webhooks.models import WebhookDelivery
+from crm import FollowUpPolicyCreate, followups
+from crm.followups.models import FollowUp
 from tests.api.conftest import auth
 from tests.api.test_resources_crm import World, grant, issue_token, new_contact, world
 
@@ -195,3 +201,62 @@ class TestConsentLinks:
         r = world.client.get(f"/v1/public/messages/{token}")
         assert r.status_code == 200
         assert r.json() == {"object": "list", "data": []}
+
+    def test_an_in_app_followup_is_in_the_customers_inbox_and_its_link_rates(
+        self, world: World
+    ) -> None:
+        """The worker's in-app channel stores it; the customer reads it over HTTP with the
+        links' token put back, and one click on a link records the rating."""
+        c = new_contact(world, world.a)
+        r = world.client.post(
+            f"/v1/contacts/{c['id']}/consents",
+            json={"action": "grant", "purpose": "service_followup", "channel": "in_app"},
+            headers=auth(world.a.merchant),
+        )
+        assert r.status_code == 200, r.text
+        merchant_id = int(world.a.id)
+        with session_scope(session_factory(world.engine)) as s:
+            followups.create_policy(
+                s,
+                merchant_id,
+                FollowUpPolicyCreate(delay_minutes=0, channel_order=["in_app"]),
+                actor="test",
+                clock=world.clock,
+            )
+            followups.schedule_for_payment(
+                s,
+                merchant_id,
+                c["id"],
+                "pay_inbox",
+                "inv_inbox",
+                100,
+                "USDC",
+                world.clock.now(),
+                world.clock,
+            )
+        links = Links("http://testserver")
+        worker = Worker(
+            world.engine, world.keyring, {"in_app": InAppChannel(links, world.keyring)}, world.clock
+        )
+        worker.run_once()  # the shared database may hold other tests' due follow-ups too
+        with Session(world.engine) as s:
+            (message,) = s.exec(select(InAppMessage).where(InAppMessage.merchant_id == merchant_id))
+            (body,) = render_in_app(s, world.keyring, [message])
+            (sent,) = s.exec(select(FollowUp).where(FollowUp.merchant_id == merchant_id))
+        assert (sent.state, sent.channel) == ("sent", "in_app")
+        token = body.split("/v1/public/feedback/", 1)[1].split("?", 1)[0]
+
+        world.clock.advance(minutes=5)
+        inbox = world.client.get(f"/v1/public/messages/{token}").json()["data"]
+        assert [(m["id"], m["subject"]) for m in inbox] == [(message.id, message.subject)]
+        assert f"/v1/public/feedback/{token}?rating=4" in inbox[0]["body"]
+        first_read = inbox[0]["read_at"]
+        assert datetime.fromisoformat(first_read) == world.clock.now()
+        world.clock.advance(minutes=5)
+        again = world.client.get(f"/v1/public/messages/{token}").json()["data"]
+        assert again[0]["read_at"] == first_read  # the first read stays
+
+        link = next(line for line in inbox[0]["body"].splitlines() if "?rating=4" in line)
+        path = link.split("http://testserver", 1)[1]
+        rated = world.client.get(path).json()
+        assert (rated["state"], rated["rating"]) == ("recorded", 4)
