@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
+from collections.abc import Iterable
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 from sqlmodel import Session
 
 from api.runtime import Runtime, freeze_startup_heap, stop_on_signals
@@ -175,6 +180,77 @@ def worker(
     runtime.close()
 
 
+#: The API's limits on invoice metadata (``InvoiceCreateBody.metadata``), applied before anything
+#: is written so the shell cannot store what the API would refuse.
+_METADATA_ENTRIES, _METADATA_KEY, _METADATA_VALUE = 20, 40, 500
+_QR_KINDS = (".svg", ".png")
+
+
+def _metadata(pairs: Iterable[str]) -> dict[str, str]:
+    """``--metadata KEY=VALUE`` (repeatable) as the API stores it: a ``str -> str`` dict.
+
+    The first ``=`` splits key from value (a value may hold more); an empty value is kept as
+    ``""``. A missing ``=``, an empty or over-long key, an over-long value, a key given twice or
+    more than 20 entries is a usage error.
+    """
+    metadata: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--metadata")
+        if not 1 <= len(key) <= _METADATA_KEY:
+            raise typer.BadParameter(
+                f"keys are 1-{_METADATA_KEY} characters (got {len(key)})", param_hint="--metadata"
+            )
+        if len(value) > _METADATA_VALUE:
+            raise typer.BadParameter(
+                f"the value of {key!r} is longer than {_METADATA_VALUE} characters",
+                param_hint="--metadata",
+            )
+        if key in metadata:
+            raise typer.BadParameter(f"key {key!r} given twice", param_hint="--metadata")
+        metadata[key] = value
+    if len(metadata) > _METADATA_ENTRIES:
+        raise typer.BadParameter(
+            f"at most {_METADATA_ENTRIES} entries (got {len(metadata)})", param_hint="--metadata"
+        )
+    return metadata
+
+
+def _qr_targets(paths: Iterable[Path]) -> list[Path]:
+    """Check every ``--qr`` path before the invoice exists: a known suffix, an existing folder."""
+    targets = []
+    for path in paths:
+        if path.suffix.lower() not in _QR_KINDS:
+            raise typer.BadParameter(f"{str(path)!r} must end in .svg or .png", param_hint="--qr")
+        if not path.parent.is_dir():
+            raise typer.BadParameter(f"no folder {str(path.parent)!r}", param_hint="--qr")
+        if path.is_dir():
+            raise typer.BadParameter(f"{str(path)!r} is a folder", param_hint="--qr")
+        targets.append(path)
+    return targets
+
+
+def _write_qr_codes(targets: list[Path], uri: str, written: list[Path]) -> None:
+    """The payment URI's QR code at each target, drawn by the helpers behind the API's
+    ``/v1/invoices/{id}/qr.svg|qr.png``. Each file is written beside its target and renamed
+    over it (no half-written image), then listed in ``written``."""
+    from api.settlement.invoices import qr_png, qr_svg
+
+    for path in targets:
+        image = qr_svg(uri).encode() if path.suffix.lower() == ".svg" else qr_png(uri)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(image)
+            os.chmod(tmp, 0o644)  # an image, not a secret (mkstemp makes it 0600)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(path)
+
+
 @invoices_app.command("create")
 def invoices_create(
     merchant: Annotated[int, typer.Option(help="CRM merchant id")],
@@ -183,6 +259,23 @@ def invoices_create(
     contact: Annotated[int | None, typer.Option(help="CRM contact id to follow up")] = None,
     confirmations: Annotated[int, typer.Option(help="0, 1, 2 or 6")] = 1,
     expires_minutes: Annotated[int, typer.Option(help="expiry in minutes")] = 15,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metadata",
+            metavar="KEY=VALUE",
+            help="store KEY=VALUE in the invoice's metadata (repeatable; the API's limits)",
+        ),
+    ] = None,
+    qr: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--qr",
+            metavar="PATH",
+            help="write the payment URI's QR code to PATH, SVG or PNG by suffix (repeatable)",
+            dir_okay=False,
+        ),
+    ] = None,
     dev_operator: Annotated[
         bool, typer.Option(help="sign with the local dev operator (tester/anvil only)")
     ] = False,
@@ -191,7 +284,8 @@ def invoices_create(
 
     The intent is signed by the FOLLOWPAY_OPERATORS key registered as the merchant's operator
     (vault unlocked with FOLLOWPAY_PASSWORD), or with --dev-operator by the public development
-    key on a local chain.
+    key on a local chain. Each --qr file is written before the invoice is committed: a file
+    that cannot be written leaves no invoice, and a failed commit removes the files.
     """
     from api.settlement import invoices
     from wallet.amounts import parse_amount
@@ -200,6 +294,8 @@ def invoices_create(
     from wallet.signing import Signer
     from wallet.tokens import Token
 
+    extra = _metadata(metadata or ())  # usage errors before the chain or the database
+    targets = _qr_targets(qr or ())
     runtime = _runtime()
     if dev_operator:
         if not runtime.chain.is_local:
@@ -222,17 +318,26 @@ def invoices_create(
         contact_id=contact,
         confirmations=confirmations,
         expires_in=timedelta(minutes=expires_minutes),
+        metadata=extra,
     )
-    with Session(runtime.engine, expire_on_commit=False) as session, session.begin():
-        invoice = invoices.create_invoice(
-            session,
-            request,
-            chain_id=runtime.chain.chain_id,
-            router=deployment.router,
-            signer=signer,
-            clock=runtime.clock,
-        )
-    typer.echo(json.dumps(_invoice_json(invoice, deployment.router)))
+    written: list[Path] = []
+    try:
+        with Session(runtime.engine, expire_on_commit=False) as session, session.begin():
+            invoice = invoices.create_invoice(
+                session,
+                request,
+                chain_id=runtime.chain.chain_id,
+                router=deployment.router,
+                signer=signer,
+                clock=runtime.clock,
+            )
+            output = _invoice_json(invoice, deployment.router)
+            _write_qr_codes(targets, str(output["uri"]), written)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    typer.echo(json.dumps(output))
     runtime.close()
 
 
@@ -258,6 +363,7 @@ def _invoice_json(invoice: Invoice, router: str) -> dict[str, object]:
     data["amount"] = str(invoice.amount)
     data["paid_amount"] = str(invoice.paid_amount)
     data["expires_at"] = invoice.expires_at.isoformat()
+    data["metadata"] = dict(invoice.metadata_ or {})
     data["uri"] = eip681_uri(invoice, router)  # type: ignore[arg-type]
     return data
 
@@ -276,13 +382,44 @@ def invoices_show(
     runtime.close()
 
 
+def _display_amount(value: int, decimals: int | None) -> str:
+    """Base units as tokens, exactly (integer maths): ``1_500_000`` at 6 decimals is
+    ``"1.50"``, at least two decimals and every significant one, thousands grouped. Without
+    known decimals the base units themselves, labelled."""
+    from wallet.amounts import format_amount
+
+    if decimals is None:
+        return f"{value:,} base units"
+    whole, _, frac = format_amount(value, decimals, min_decimals=2).partition(".")
+    return f"{int(whole):,}" + (f".{frac}" if frac else "")
+
+
+def _token_decimals(runtime: Runtime, tokens: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """Each (chain id, token) read once from the configured chain; tokens of other chains, or
+    addresses that answer no ``decimals()``, are left out (shown in base units)."""
+    from web3.exceptions import Web3Exception
+
+    from wallet.tokens import Token
+
+    known: dict[tuple[int, str], int] = {}
+    for chain_id, token in tokens:
+        if chain_id != runtime.chain.chain_id:
+            continue
+        try:
+            known[(chain_id, token)] = Token(runtime.chain, token).decimals()
+        except Web3Exception:  # no contract there (e.g. a restarted local chain)
+            continue
+    return known
+
+
 @invoices_app.command("list")
 def invoices_list(
     merchant: Annotated[int, typer.Option(help="CRM merchant id")],
     state: Annotated[str | None, typer.Option(help="invoice state")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
 ) -> None:
-    """Newest invoices first, as a table."""
+    """Newest invoices first, as a table; amounts in tokens at each token's decimals (read
+    from the chain; base units for invoices of another chain)."""
     from api.settlement import repository
     from api.settlement.models import InvoiceState
 
@@ -291,16 +428,31 @@ def invoices_list(
         wanted = InvoiceState(state) if state else None
     except ValueError:
         raise typer.BadParameter(f"unknown state {state!r}", param_hint="--state") from None
-    table = Table("id", "order", "amount", "state", "status", "created (UTC)")
     with Session(runtime.engine) as session:
-        for inv in repository.list_invoices(session, merchant, state=wanted, limit=limit):
-            table.add_row(
-                inv.id,
-                inv.order_id,
-                f"{inv.amount / 10**6:,.2f}",
-                inv.state,
-                inv.status,
-                f"{inv.created_at:%Y-%m-%d %H:%M}",
-            )
-    Console().print(table)
+        rows = list(repository.list_invoices(session, merchant, state=wanted, limit=limit))
+    # the chain only when there is something to show: the database answers first
+    decimals = _token_decimals(runtime, {(i.chain_id, i.token) for i in rows}) if rows else {}
+    table = Table(
+        "id",
+        "order",
+        Column("amount", justify="right"),
+        "state",
+        "status",
+        "created (UTC)",
+    )
+    for inv in rows:
+        table.add_row(
+            inv.id,
+            inv.order_id,
+            _display_amount(inv.amount, decimals.get((inv.chain_id, inv.token))),
+            inv.state,
+            inv.status,
+            f"{inv.created_at:%Y-%m-%d %H:%M}",
+        )
+    console = Console()
+    # never cut an id or an amount to fit: widen to the table's natural width instead
+    natural = Measurement.get(console, console.options.update_width(10**4), table).maximum
+    if natural > console.width:
+        console = Console(width=natural)
+    console.print(table)
     runtime.close()
