@@ -333,7 +333,13 @@ def eip681_uri(invoice: Invoice, router: str) -> str:
 
 
 def qr_svg(uri: str) -> str:
-    return str(segno.make(uri, error="m").svg_inline(scale=4))
+    """A standalone SVG document (with its ``xmlns``: without it, a browser or an image viewer
+    opening the file or the ``image/svg+xml`` response shows nothing)."""
+    import io
+
+    buffer = io.BytesIO()
+    segno.make(uri, error="m").save(buffer, kind="svg", xmldecl=False, scale=4)
+    return buffer.getvalue().decode()
 
 
 def qr_png(uri: str) -> bytes:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from xml.etree import ElementTree
 
 import httpx
 import pytest
@@ -120,6 +121,8 @@ class TestCreate:
         svg = world.client.get(inv["qr_svg_url"], headers=auth(world.a.support))
         assert svg.status_code == 200
         assert svg.headers["content-type"].startswith("image/svg+xml")
+        root = ElementTree.fromstring(svg.content)  # a standalone document a browser can show  # noqa: S314 - our own output
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
         png = world.client.get(inv["qr_png_url"], headers=auth(world.a.support))
         assert png.content.startswith(b"\x89PNG")
         got = world.client.get(f"/v1/invoices/{inv['id']}", headers=auth(world.a.merchant))
