@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
-__all__ = ["NAMING_CONVENTION", "JSONType", "UTCDateTime", "is_crm_table"]
+__all__ = ["NAMING_CONVENTION", "JSONType", "UTCDateTime", "Uint256", "is_crm_table"]
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -63,6 +63,30 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+class Uint256(sa.types.TypeDecorator[int]):
+    """A uint256 amount in base units, exactly: NUMERIC(78,0) on PostgreSQL, a decimal string
+    on SQLite (whose NUMERIC would round through a float). 10 tokens of an 18-decimal ERC-20
+    already exceed a BIGINT."""
+
+    impl = sa.String(78)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.Numeric(78, 0))
+        return dialect.type_descriptor(sa.String(78))
+
+    def process_bind_param(self, value: int | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if not 0 <= int(value) < 2**256:
+            raise ValueError("amount out of uint256 range")
+        return int(value) if dialect.name == "postgresql" else str(int(value))
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> int | None:
+        return None if value is None else int(value)
 
 
 JSONType = sa.JSON()

@@ -1,7 +1,7 @@
 """Invoices, on-chain payments and the indexer's checkpoint (tables prefixed ``api_``).
 
-Amounts are uint256 base units: :class:`Uint256` stores them exactly (NUMERIC(78,0) on
-PostgreSQL, a decimal string on SQLite, whose NUMERIC would round through a float).
+Amounts are uint256 base units: :class:`crm._base.Uint256` stores them exactly (NUMERIC(78,0)
+on PostgreSQL, a decimal string on SQLite, whose NUMERIC would round through a float).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from crm._base import JSONType, UTCDateTime
+from crm._base import JSONType, Uint256, UTCDateTime
 
 __all__ = [
     "REOPENABLE_STATES",
@@ -28,26 +28,6 @@ __all__ = [
     "Refund",
     "Uint256",
 ]
-
-
-class Uint256(sa.types.TypeDecorator[int]):
-    impl = sa.String(78)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: sa.Dialect) -> Any:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(sa.Numeric(78, 0))
-        return dialect.type_descriptor(sa.String(78))
-
-    def process_bind_param(self, value: int | None, dialect: sa.Dialect) -> Any:
-        if value is None:
-            return None
-        if not 0 <= int(value) < 2**256:
-            raise ValueError("amount out of uint256 range")
-        return int(value) if dialect.name == "postgresql" else str(int(value))
-
-    def process_result_value(self, value: Any, dialect: sa.Dialect) -> int | None:
-        return None if value is None else int(value)
 
 
 class InvoiceState(StrEnum):

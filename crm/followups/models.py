@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from crm._base import JSONType, UTCDateTime
+from crm._base import JSONType, Uint256, UTCDateTime
 
 __all__ = [
     "FollowUp",
@@ -71,7 +71,7 @@ class FollowUpPolicyPublic(FollowUpPolicyBase):
 
 
 class Purchase(SQLModel, table=True):
-    """A settled payment as the CRM sees it: opaque reference and integer minor units."""
+    """A settled payment as the CRM sees it: opaque reference and uint256 base units."""
 
     __tablename__ = "crm_purchase"
     __table_args__ = (
@@ -85,7 +85,7 @@ class Purchase(SQLModel, table=True):
     contact_id: int = Field(foreign_key="crm_contact.id")
     payment_ref: str = Field(max_length=128)
     invoice_ref: str = Field(max_length=128)
-    amount_minor: int = Field(sa_type=sa.BigInteger())
+    amount_minor: int = Field(sa_type=Uint256())
     currency: str = Field(max_length=16)
     settled_at: datetime = Field(sa_type=UTCDateTime())
     cancelled_at: datetime | None = Field(default=None, sa_type=UTCDateTime())

@@ -426,8 +426,8 @@ class ScheduleOutcome:
 
 def _check_payment(p: SettledPayment) -> None:
     amount = p.amount_minor
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
-        raise InvalidRequest("amount_minor must be a non-negative integer", param="amount_minor")
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount < 2**256:
+        raise InvalidRequest("amount_minor must be a uint256 integer", param="amount_minor")
     for name, value in (("payment_ref", p.payment_ref), ("invoice_ref", p.invoice_ref)):
         if not value or len(value) > 128:
             raise InvalidRequest(f"{name} is required", code=f"invalid_{name}", param=name)

@@ -6,10 +6,11 @@ the same heights (different hashes), holding only the transactions it is given.
 
 from __future__ import annotations
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from api.settlement import invoices
-from api.settlement.models import InvoiceState, Payment, PaymentState
+from api.settlement.models import IndexerCursor, InvoiceState, Payment, PaymentState
+from crm.followups.models import Purchase
 from tests.settlement.conftest import MarketSuite
 from tests.settlement.test_indexer import (
     AMOUNT,
@@ -17,6 +18,7 @@ from tests.settlement.test_indexer import (
     indexer_for,
     new_invoice,
     open_shop,
+    pay,
     reload,
 )
 
@@ -42,6 +44,20 @@ def _signed_pay(engine, market, invoice, payer) -> bytes:
 def _payments(engine) -> list[Payment]:
     with Session(engine, expire_on_commit=False) as session:
         return list(session.exec(select(Payment).order_by(col(Payment.id))))
+
+
+def _purchases(engine) -> list[Purchase]:
+    with Session(engine, expire_on_commit=False) as session:
+        return list(session.exec(select(Purchase).order_by(col(Purchase.id))))
+
+
+def _cursor_block(engine) -> int:
+    with Session(engine) as session:
+        return session.exec(select(IndexerCursor.last_block)).one()
+
+
+def _settled_on_chain(market, invoice) -> bool:
+    return bool(market.router.functions.isSettled(market.merchant.address, invoice.number).call())
 
 
 class TestAnvilReorg(MarketSuite):
@@ -114,3 +130,130 @@ class TestAnvilReorg(MarketSuite):
         )
         states = sorted(f.state for f in followups_of(engine, shop.merchant_id))
         assert states == ["cancelled", "scheduled"]
+
+    def test_reorg_below_six_confirmations_unwinds_a_pending_payment_and_repaying_settles_once(
+        self, engine, market, clock, keyring
+    ):
+        """Depth 6: the payment has 3 of its 6 confirmations when its block is replaced. It
+        never settled, so nothing was scheduled; afterwards the invoice is ``new`` again and
+        a second payment settles it exactly once, after its own 6 confirmations."""
+        shop = open_shop(engine, market, clock, keyring)
+        invoice = new_invoice(engine, market, shop, clock, confirmations=6)
+        indexer = indexer_for(engine, market, clock)
+        below = indexer.poll_once().to_block  # a stored block the reorg leaves in place
+        w3 = market.chain.w3
+        raw = _signed_pay(engine, market, invoice, market.payers[0])
+        receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
+        market.chain.mine(2)  # 3 confirmations of 6
+        head = w3.eth.block_number
+        assert head == receipt["blockNumber"] + 2
+
+        step = indexer.poll_once()
+        assert (step.payments, step.settled) == (1, [])
+        waiting = reload(engine, invoice.id)
+        assert (waiting.state, waiting.paid_amount, waiting.settled_at) == (
+            InvoiceState.PROCESSING,
+            AMOUNT,
+            None,
+        )
+        assert [p.state for p in _payments(engine)] == [PaymentState.PENDING]
+        assert followups_of(engine, shop.merchant_id) == []
+        assert _purchases(engine) == []
+        assert _cursor_block(engine) == head
+
+        market.chain.request("anvil_reorg", [3, []])  # the payment's block and the 2 above it
+
+        assert w3.eth.block_number == head
+        assert w3.eth.get_block(receipt["blockNumber"])["hash"] != receipt["blockHash"]
+        assert not _settled_on_chain(market, invoice)
+        result = indexer.poll_once()
+        assert result.reorged_to is not None
+        assert below <= result.reorged_to < receipt["blockNumber"]
+        assert (result.payments, result.settled, result.to_block) == (0, [], head)
+        assert _cursor_block(engine) == head
+        rolled = reload(engine, invoice.id)
+        assert (rolled.state, rolled.paid_amount, rolled.settled_at) == (
+            InvoiceState.NEW,
+            0,
+            None,
+        )
+        [gone] = _payments(engine)
+        assert (gone.state, gone.block_hash) == (
+            PaymentState.REORGED,
+            "0x" + receipt["blockHash"].hex(),
+        )
+        assert followups_of(engine, shop.merchant_id) == []
+        assert _purchases(engine) == []
+        market.chain.mine(6)  # the orphaned payment's old height gains depth: still nothing
+        assert indexer.poll_once().settled == []
+        assert reload(engine, invoice.id).state == InvoiceState.NEW
+
+        repaid = pay(engine, market, invoice, market.payers[0])
+        market.chain.mine(4)  # 5 confirmations of 6
+        assert indexer.poll_once().settled == []
+        assert reload(engine, invoice.id).state == InvoiceState.PROCESSING
+        assert followups_of(engine, shop.merchant_id) == []
+        market.chain.mine(1)
+        settled_by = [indexer.poll_once().settled for _ in range(2)]
+        assert settled_by == [[invoice.id], []]
+        settled = reload(engine, invoice.id)
+        assert (settled.state, settled.paid_amount) == (InvoiceState.SETTLED, AMOUNT)
+        old, new = _payments(engine)
+        assert old.state == PaymentState.REORGED
+        assert (new.state, new.tx_hash) == (
+            PaymentState.CONFIRMED,
+            "0x" + repaid["transactionHash"].hex(),
+        )
+        [followup] = followups_of(engine, shop.merchant_id)
+        assert (followup.state, followup.invoice_ref) == ("scheduled", invoice.id)
+        [purchase] = _purchases(engine)
+        assert (purchase.amount_minor, purchase.cancelled_at) == (AMOUNT, None)
+
+    def test_reorg_of_a_payment_that_had_its_six_confirmations_rolls_the_settlement_back(
+        self, engine, market, clock, keyring
+    ):
+        """The other side of the depth: 6 of 6 confirmations, settled and followed up, then
+        all 6 blocks are replaced. The settlement, its purchase and follow-up are undone; a
+        second payment settles once, with a follow-up of its own."""
+        shop = open_shop(engine, market, clock, keyring)
+        invoice = new_invoice(engine, market, shop, clock, confirmations=6)
+        indexer = indexer_for(engine, market, clock)
+        w3 = market.chain.w3
+        raw = _signed_pay(engine, market, invoice, market.payers[1])
+        receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
+        market.chain.mine(5)
+        assert indexer.poll_once().settled == [invoice.id]
+        assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["scheduled"]
+
+        market.chain.request("anvil_reorg", [6, []])
+
+        assert w3.eth.get_block(receipt["blockNumber"])["hash"] != receipt["blockHash"]
+        result = indexer.poll_once()
+        assert result.reorged_to is not None
+        assert result.reorged_to < receipt["blockNumber"]
+        assert result.settled == []
+        rolled = reload(engine, invoice.id)
+        assert (rolled.state, rolled.paid_amount, rolled.settled_at) == (
+            InvoiceState.NEW,
+            0,
+            None,
+        )
+        assert [p.state for p in _payments(engine)] == [PaymentState.REORGED]
+        [followup] = followups_of(engine, shop.merchant_id)
+        assert (followup.state, followup.reason) == ("cancelled", "chain_reorg")
+        [purchase] = _purchases(engine)
+        assert purchase.cancel_reason == "chain_reorg"
+
+        pay(engine, market, invoice, market.payers[1])
+        market.chain.mine(5)
+        assert [indexer.poll_once().settled for _ in range(2)] == [[invoice.id], []]
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED
+        states = sorted(f.state for f in followups_of(engine, shop.merchant_id))
+        assert states == ["cancelled", "scheduled"]
+        with Session(engine) as session:
+            live = (
+                select(func.count())
+                .select_from(Purchase)
+                .where(col(Purchase.cancelled_at).is_(None))
+            )
+            assert session.exec(live).one() == 1

@@ -10,8 +10,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
 from api.settlement import invoices
@@ -69,11 +71,13 @@ def open_shop(engine, market, clock, keyring) -> Shop:
         return Shop(merchant.id, contact.id, Signer(PrivateKey(bytes(market.operator.key))))
 
 
-def new_invoice(engine, market, shop, clock, *, order="order-1", confirmations=1, expires=None):
+def new_invoice(
+    engine, market, shop, clock, *, order="order-1", confirmations=1, expires=None, amount=AMOUNT
+):
     request = invoices.InvoiceRequest(
         merchant_id=shop.merchant_id,
         token=market.deployment.token,
-        amount=AMOUNT,
+        amount=amount,
         order_id=order,
         contact_id=shop.contact_id,
         confirmations=confirmations,
@@ -157,6 +161,58 @@ class IndexerBehaviour(MarketSuite):
         with Session(engine) as session:
             purchase = session.exec(select(Purchase)).one()
         assert (purchase.currency, purchase.amount_minor) == ("TUSD", AMOUNT)
+
+    def test_uint256_amounts_beyond_64_bits_are_stored_and_settled_exactly(
+        self, engine, market, clock, shop
+    ):
+        """An amount no 64-bit integer or float holds (2**200 + 1; 10 tokens of an 18-decimal
+        ERC-20 already exceed 2**63) survives the invoice, the payment row, the settlement and
+        the CRM's purchase digit for digit: NUMERIC(78,0) on PostgreSQL, a decimal string on
+        SQLite. (Purchases were BIGINT: such an amount failed every step from then on.)"""
+        big, edge = 2**200 + 1, 2**63 - 1
+        market.transact(
+            market.token.functions.mint(market.payers[0].address, big + edge), market.owner
+        )
+        large = new_invoice(engine, market, shop, clock, order="large", amount=big)
+        fits = new_invoice(engine, market, shop, clock, order="fits", amount=edge)
+        pay(engine, market, large)
+        pay(engine, market, fits)
+        result = indexer_for(engine, market, clock).poll_once()
+        assert sorted(result.settled) == sorted([large.id, fits.id])
+        for invoice, amount in ((large, big), (fits, edge)):
+            settled = reload(engine, invoice.id)
+            assert (settled.state, settled.amount, settled.paid_amount) == (
+                "settled",
+                amount,
+                amount,
+            )
+        table = Payment.__table__  # type: ignore[attr-defined]
+        payments = table.c
+        with Session(engine) as session:
+            stored = session.exec(select(Payment).where(Payment.invoice_id == large.id)).one()
+            raw = session.execute(
+                sa.select(sa.literal_column("amount"))
+                .select_from(table)
+                .where(payments.invoice_id == large.id)
+            ).scalar_one()
+            # the database compares exactly, not through a float (as a double, 2**200 + 1
+            # equals 2**200)
+            exact = sa.select(func.count()).where(
+                payments.amount == sa.cast(str(big), payments.amount.type)
+            )
+            assert session.execute(exact).scalar_one() == 1
+            near = sa.select(func.count()).where(
+                payments.amount == sa.cast(str(big - 1), payments.amount.type)
+            )
+            assert session.execute(near).scalar_one() == 0
+            purchases = session.exec(select(Purchase)).all()
+        assert (stored.state, stored.amount) == (PaymentState.CONFIRMED, big)
+        assert raw == (Decimal(big) if engine.dialect.name == "postgresql" else str(big))
+        assert sorted((p.invoice_ref, p.amount_minor) for p in purchases) == sorted(
+            [(large.id, big), (fits.id, edge)]
+        )
+        followed = {f.invoice_ref for f in followups_of(engine, shop.merchant_id)}
+        assert followed == {large.id, fits.id}
 
     def test_a_contract_without_symbol_is_named_token(self, engine, market, clock):
         indexer = indexer_for(engine, market, clock)
