@@ -279,8 +279,10 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
     for name in ("Ada", "Bob", "Chen"):
         fu = by_contact[ids[name]]
         due = datetime.fromisoformat(fu["due_at"])
-        held = fu["state"] == "scheduled" and due > clock.now()
-        reason = "held: quiet hours" if held else fu["suppression_reason"] or "-"
+        reason = fu["suppression_reason"] or "-"
+        if fu["state"] == "scheduled":  # a hold keeps the state: the log says why it waits
+            last = api.get(f"/v1/followups/{fu['id']}")["events"][-1]
+            reason = f"held: {last['reason'].replace('_', ' ')}" if last["reason"] else "-"
         fu_table.add_row(name, fu["state"], fu["channel"] or "-", reason, f"{due:%H:%M}")
         outcome[name] = [fu["state"]]
     out.print(fu_table)

@@ -23,6 +23,8 @@ from api.routes._common import (
 from api.routing import ApiRouter
 from api.schemas.crm import (
     FeedbackOut,
+    FollowUpDetailOut,
+    FollowUpEventOut,
     FollowUpOut,
     TicketAssignBody,
     TicketOut,
@@ -83,14 +85,30 @@ def list_followups(
 
 @router.get(
     "/followups/{followup_id}",
-    response_model=FollowUpOut,
+    response_model=FollowUpDetailOut,
     tags=["followups"],
-    summary="Retrieve a follow-up",
+    summary="Retrieve a follow-up with its log",
+    description="`events`: every state change and deferral, oldest first (a follow-up held "
+    "for quiet hours stays `scheduled`; its last event says `quiet_hours`/`deferred`).",
 )
-def get_followup(followup_id: ObjectId, session: SessionDep, caller: Staff) -> FollowUpOut:
+def get_followup(followup_id: ObjectId, session: SessionDep, caller: Staff) -> FollowUpDetailOut:
     merchant_id = object_merchant(session, caller, FollowUp, followup_id, what="follow-up")
     with crm_errors("follow-up", followup_id):
-        return FollowUpOut.of(followups.get_followup(session, merchant_id, followup_id))
+        fu = followups.get_followup(session, merchant_id, followup_id)
+        events = followups.history(session, merchant_id, followup_id)
+    return FollowUpDetailOut(
+        **FollowUpOut.of(fu).model_dump(),
+        events=[
+            FollowUpEventOut(
+                at=e.at,
+                from_state=e.from_state,
+                to_state=e.to_state,
+                reason=e.reason,
+                detail=e.detail,
+            )
+            for e in events
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------- feedback

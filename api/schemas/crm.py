@@ -35,6 +35,8 @@ __all__ = [
     "EraseBody",
     "ErasureOut",
     "FeedbackOut",
+    "FollowUpDetailOut",
+    "FollowUpEventOut",
     "FollowUpOut",
     "MerchantAccountBody",
     "MerchantAccountOut",
@@ -457,6 +459,18 @@ class FeedbackOut(BaseModel):
             edit_until=f.edit_until,
             ticket_id=ticket_id if ticket_id is not None else f.ticket_id,
         )
+
+
+class FollowUpEventOut(BaseModel):
+    at: datetime
+    from_state: str | None
+    to_state: str
+    reason: str | None = Field(description="e.g. no_consent, quiet_hours, retry, chain_reorg.")
+    detail: str | None = Field(description="`deferred` for a hold; a delivery error's summary.")
+
+
+class FollowUpDetailOut(FollowUpOut):
+    events: list[FollowUpEventOut] = Field(description="The follow-up's log, oldest first.")
 
 
 class TicketOut(BaseModel):

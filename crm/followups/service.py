@@ -66,6 +66,7 @@ __all__ = [
     "expire_one",
     "get_followup",
     "get_policy",
+    "history",
     "list_policies",
     "mark_failed",
     "mark_responded",
@@ -657,6 +658,13 @@ def get_followup(session: Session, merchant_id: int, followup_id: int) -> Follow
     if fu is None:
         raise FollowUpNotFound("no such follow-up", param="followup_id")
     return fu
+
+
+def history(session: Session, merchant_id: int, followup_id: int) -> list[FollowUpEvent]:
+    """The follow-up's log, oldest first: every state change and every deferral (quiet hours
+    keep the state, so only the log says why a scheduled follow-up waits)."""
+    get_followup(session, merchant_id, followup_id)
+    return list(repo.list_events(session, followup_id))
 
 
 def _locked(session: Session, followup_id: int) -> FollowUp:

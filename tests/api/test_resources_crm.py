@@ -412,7 +412,14 @@ class TestSupportQueue:
         assert [f["contact_id"] for f in r["data"]] == [c["id"]]
         assert r["data"][0]["suppression_reason"] == "no_consent"
         fid = r["data"][0]["id"]
-        assert world.client.get(f"/v1/followups/{fid}", headers=h).status_code == 200
+        one = world.client.get(f"/v1/followups/{fid}", headers=h).json()
+        assert [(e["from_state"], e["to_state"], e["reason"]) for e in one["events"]] == [
+            (None, "suppressed", "no_consent")
+        ]
+        assert (
+            world.client.get(f"/v1/followups/{fid}", headers=auth(world.b.support)).status_code
+            == 404
+        )
         r = world.client.get("/v1/followups", params={"reason": "quiet_hours"}, headers=h).json()
         assert r["data"] == []
         end = (world.clock.now() + timedelta(hours=1)).isoformat()
