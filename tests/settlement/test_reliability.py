@@ -1,9 +1,10 @@
 """Crash-safety of the settlement pipeline under SIGKILL (issue 5 §5).
 
-1,000 invoices are paid on anvil while ``followpay indexer`` and ``followpay worker`` run as
-real subprocesses against PostgreSQL and are killed with SIGKILL at random (seeded) moments
-and restarted. Afterwards every payment is settled exactly once, every follow-up reached a
-terminal state, and no follow-up e-mail reached the SMTP sink twice:
+1,000 invoices are paid on anvil while ``followpay indexer`` and two ``followpay worker``
+processes (competing for the same follow-ups) run as real subprocesses against PostgreSQL and
+are killed with SIGKILL at random (seeded) moments, each on its own schedule, and restarted.
+Afterwards every payment is settled exactly once, every follow-up reached a terminal state,
+both workers sent some, and no follow-up e-mail reached the SMTP sink twice:
 
     PaymentSettled logs == payment rows == settled invoices == follow-ups == sent + interrupted
 
@@ -137,8 +138,14 @@ class Supervised:
     def _command(self) -> list[str]:
         script = Path(sys.executable).with_name("followpay")
         base = [str(script)] if script.exists() else [sys.executable, "-m", "api.cli"]
-        extra = ["--worker-id", f"worker-{self.generation}"] if self.name == "worker" else []
+        extra = ["--worker-id", self.worker_id] if self.name.startswith("worker") else []
         return [*base, *self.args, *extra]
+
+    @property
+    def worker_id(self) -> str:
+        """Unique per process and generation: two workers sharing a name would each pass the
+        other's claim check."""
+        return f"{self.name}-{self.generation}"
 
     def start(self) -> None:
         self.generation += 1
@@ -328,7 +335,7 @@ def _working(engine: sa.Engine, proc: Supervised) -> bool:
         if proc.name == "indexer":
             stmt = select(IndexerCursor.id).where(col(IndexerCursor.updated_at) > since)
         else:
-            stmt = select(FollowUp.id).where(FollowUp.worker_id == f"worker-{proc.generation}")
+            stmt = select(FollowUp.id).where(FollowUp.worker_id == proc.worker_id)
         return session.exec(stmt.limit(1)).first() is not None
 
 
@@ -375,7 +382,8 @@ def test_sigkilled_indexer_and_worker_settle_once_and_send_at_most_once(
     logs.mkdir()
     procs = [
         Supervised("indexer", ["indexer"], env, logs),
-        Supervised("worker", ["worker"], env, logs),
+        Supervised("worker-a", ["worker"], env, logs),
+        Supervised("worker-b", ["worker"], env, logs),
     ]
     for proc in procs:
         proc.start()
@@ -482,6 +490,9 @@ def test_sigkilled_indexer_and_worker_settle_once_and_send_at_most_once(
             if f.state not in ("sent", "failed")
         }
     reasons = Counter(f.reason for f in followup_rows if f.state == "failed")
+    sent_by = Counter(
+        (f.worker_id or "?").rsplit("-", 1)[0] for f in followup_rows if f.state == "sent"
+    )
     delivered = dict(sink.delivered)
     summary = {
         "seed": SEED,
@@ -492,11 +503,13 @@ def test_sigkilled_indexer_and_worker_settle_once_and_send_at_most_once(
         "followup_states": dict(states),
         "recovered_by_drain": dict(recovered),
         "emails": sum(delivered.values()),
+        "sent_by": dict(sent_by),
         "stuck": stuck,
     }
     print("reliability:", json.dumps(summary))
 
     assert all(p.kills >= 1 for p in procs), summary  # the chaos really happened
+    assert {"worker-a", "worker-b"} <= set(sent_by), summary  # and the workers competed
     assert len(logs_on_chain) == PAYMENTS
     assert len({int(entry["topics"][2].hex(), 16) for entry in logs_on_chain}) == PAYMENTS
     # settled exactly once: one confirmed, non-reorged payment per invoice
