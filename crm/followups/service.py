@@ -52,9 +52,12 @@ from crm.merchants import service as merchants
 
 __all__ = [
     "DEFAULT_LEASE",
+    "DEFAULT_RETRY",
     "INTERRUPTED",
     "MAX_ATTEMPTS",
+    "RETRY_POLICIES",
     "TOKEN_TTL",
+    "RetryPolicy",
     "ScheduleOutcome",
     "SendInstruction",
     "SettledPayment",
@@ -81,13 +84,38 @@ __all__ = [
     "update_policy",
 ]
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 5  # the default retry policy's attempts (see RETRY_POLICIES)
 #: How long a claim stays a worker's without renewal; must exceed the slowest channel's timeout.
 DEFAULT_LEASE = timedelta(minutes=5)
 INTERRUPTED = "interrupted"
 RELEASED = "released"  # handed back unsent by a stopping worker
 UNCERTAIN = "delivery_uncertain"  # the channel may have delivered it: never resent
 RETRY_BASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff after a failed attempt that delivered nothing: ``base * 2**(n-1)`` after the
+    n-th, ``attempts`` in all, never past the follow-up's expiry."""
+
+    base: timedelta
+    attempts: int
+
+    def delay(self, failed_attempts: int) -> timedelta:
+        return self.base * 2 ** (failed_attempts - 1)
+
+
+#: Per channel. SMTP refusals are often greylisting, which lifts after minutes: 5 min, 10, 20,
+#: 40 (5 attempts). An SMS gateway or a merchant's endpoint that is down usually comes back
+#: sooner, and a text a day late is worth less: 1 min doubling to 32 (7 attempts, ~1 h).
+#: In-app and phone tasks are written in the worker's transaction and fail only for good
+#: reasons (an erased contact): the default.
+RETRY_POLICIES: dict[str, RetryPolicy] = {
+    Channel.EMAIL.value: RetryPolicy(RETRY_BASE, MAX_ATTEMPTS),
+    Channel.WEBHOOK.value: RetryPolicy(timedelta(minutes=1), 7),
+    Channel.SMS.value: RetryPolicy(timedelta(minutes=1), 7),
+}
+DEFAULT_RETRY = RetryPolicy(RETRY_BASE, MAX_ATTEMPTS)
 TOKEN_TTL = timedelta(days=14)
 _RULE_FIELDS = ("tier", "segment")
 
@@ -785,11 +813,10 @@ def mark_failed(
     retry_at: datetime | None = None,
     *,
     error: str = "delivery_failed",
-    max_attempts: int = MAX_ATTEMPTS,
     worker_id: str | None = None,
     retry: bool = True,
 ) -> FollowUp:
-    """Delivery failed: retry with exponential backoff (5 min * 2^n) or give up.
+    """Delivery failed: retry with the channel's backoff (:data:`RETRY_POLICIES`) or give up.
 
     ``retry=False``: the message may have been delivered (the channel lost the connection
     after handing it over): ``failed``/``delivery_uncertain``, its token still valid, never
@@ -803,10 +830,11 @@ def mark_failed(
         return fu
     assert fu.id is not None
     feedback_repo.revoke_token(session, fu.id, now)
-    if fu.attempts >= max_attempts:
+    backoff = RETRY_POLICIES.get(fu.channel or "", DEFAULT_RETRY)
+    if fu.attempts >= backoff.attempts:
         _move(session, fu, FollowUpState.FAILED, now, error[:32])
         return fu
-    next_try = retry_at or now + RETRY_BASE * (2 ** (fu.attempts - 1))
+    next_try = retry_at or now + backoff.delay(fu.attempts)
     if next_try >= fu.expires_at:
         _move(session, fu, FollowUpState.EXPIRED, now, error[:32])
         return fu

@@ -530,6 +530,43 @@ class TestMarkFailed:
         fu = followups.mark_failed(session, fid, clock.now(), error="smtp_550")
         assert (fu.state, fu.reason) == ("failed", "smtp_550")
 
+    @pytest.mark.parametrize(
+        ("channel", "delays", "attempts"),
+        [
+            ("email", [5, 10, 20, 40], 5),  # SMTP greylisting lifts after minutes
+            ("sms", [1, 2, 4, 8, 16, 32], 7),  # a gateway that is down comes back sooner
+            ("webhook", [1, 2, 4, 8, 16, 32], 7),
+        ],
+    )
+    def test_each_channel_has_its_own_backoff(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        channel: str,
+        delays: list[int],
+        attempts: int,
+    ) -> None:
+        policy(session, merchant_id, clock, delay_minutes=0, channel_order=[channel])
+        c = consented(
+            session, make_contact, merchant_id, clock, channels=(channel,), phone="+442071838750"
+        )
+        [fu] = pay(session, merchant_id, c, "p1", clock)
+        assert fu.channel == channel
+        seen = []
+        for _ in range(attempts - 1):
+            [fid] = followups.claim_due(session, clock.now(), 1, "w")
+            fu = followups.mark_failed(session, fid, clock.now())
+            assert fu.state == "scheduled"
+            seen.append(fu.due_at - clock.now())
+            clock.set(fu.due_at)
+        assert seen == [timedelta(minutes=m) for m in delays]
+        assert followups.RETRY_POLICIES[channel].attempts == attempts
+        [fid] = followups.claim_due(session, clock.now(), 1, "w")
+        fu = followups.mark_failed(session, fid, clock.now(), error="down")
+        assert (fu.state, fu.reason, fu.attempts) == ("failed", "down", attempts)
+
     def test_explicit_retry_at(
         self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
     ) -> None:
