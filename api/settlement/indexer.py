@@ -25,6 +25,7 @@ from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from eth_utils import keccak, to_checksum_address
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session
 
@@ -568,7 +569,10 @@ class Indexer:
 
     def _schedule(self, session: Session, settled: _Settlements) -> None:
         """The CRM's follow-ups for a step's settlements, one bulk call per merchant. A CRM
-        refusal never stops a settlement: the payment is on chain either way."""
+        refusal, or data the CRM's tables refuse, never stops a settlement: the payment is on
+        chain either way, and failing the step would fail it again on every retry, stopping
+        every later settlement too (a BIGINT purchase amount once did). A database that is
+        away (``OperationalError``) still fails the step, to be retried whole."""
         for merchant_id, payments in settled.followups.items():
             try:
                 with session.begin_nested():
@@ -577,6 +581,14 @@ class Indexer:
                     )
             except CRMError as exc:
                 log.error("no follow-ups for merchant %s: %s", merchant_id, exc.code)
+                continue
+            except (DataError, IntegrityError, ValueError, OverflowError) as exc:
+                log.error(
+                    "no follow-ups for merchant %s (%d settlements): %s",
+                    merchant_id,
+                    len(payments),
+                    type(exc).__name__,
+                )
                 continue
             for ref in outcome.missing_contact:
                 log.info("no follow-up for %s: contact not found", ref)

@@ -234,6 +234,47 @@ class IndexerBehaviour(MarketSuite):
                 indexer._symbol(token)
         assert indexer._symbol(token) == "tUSD"
 
+    def test_data_the_crm_refuses_never_holds_up_a_settlement(
+        self, engine, market, clock, shop, monkeypatch, caplog
+    ):
+        """A follow-up batch the CRM's tables refuse is logged and dropped; failing the step
+        instead would fail it on every retry and stop every later settlement."""
+        import api.settlement.indexer as indexer_module
+
+        def refused(*args, **kwargs):
+            raise sa.exc.DataError("INSERT INTO crm_purchase", {}, Exception("out of range"))
+
+        first = new_invoice(engine, market, shop, clock, order="refused")
+        pay(engine, market, first)
+        with monkeypatch.context() as patched, caplog.at_level(logging.ERROR):
+            patched.setattr(indexer_module.followups, "schedule_for_payments", refused)
+            assert indexer_for(engine, market, clock).poll_once().settled == [first.id]
+        assert reload(engine, first.id).state == InvoiceState.SETTLED
+        assert followups_of(engine, shop.merchant_id) == []
+        assert any("DataError" in r.getMessage() for r in caplog.records)
+        later = new_invoice(engine, market, shop, clock, order="later")
+        pay(engine, market, later)
+        assert indexer_for(engine, market, clock).poll_once().settled == [later.id]
+        assert [f.invoice_ref for f in followups_of(engine, shop.merchant_id)] == [later.id]
+
+    def test_a_database_that_is_away_fails_the_whole_step(
+        self, engine, market, clock, shop, monkeypatch
+    ):
+        import api.settlement.indexer as indexer_module
+
+        def away(*args, **kwargs):
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        with monkeypatch.context() as patched:
+            patched.setattr(indexer_module.followups, "schedule_for_payments", away)
+            with pytest.raises(sa.exc.OperationalError):
+                indexer_for(engine, market, clock).poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.NEW  # nothing half-written
+        assert indexer_for(engine, market, clock).poll_once().settled == [invoice.id]
+        assert len(followups_of(engine, shop.merchant_id)) == 1
+
     def test_waits_for_the_confirmation_depth(self, engine, market, clock, shop):
         invoice = new_invoice(engine, market, shop, clock, confirmations=2)
         pay(engine, market, invoice)
