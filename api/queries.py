@@ -121,16 +121,39 @@ def feedback_by_token_hash(session: Session, token_hash: str) -> Feedback | None
     return session.exec(select(Feedback).where(Feedback.token_hash == token_hash)).first()
 
 
-def ticket_cursor(
-    session: Session, merchant_id: int | None, ticket_id: int
+def _queue_cursor(
+    session: Session, model: Any, key: Any, merchant_id: int | None, object_id: int
 ) -> tuple[datetime, int] | None:
+    """The ``(key, id)`` position of row ``object_id`` in a queue ordered by ``key``, ``id``."""
     stmt = _scoped(
-        select(Ticket.due_at, Ticket.id).where(Ticket.id == ticket_id),
-        col(Ticket.merchant_id),
-        merchant_id,
+        select(key, model.id).where(model.id == object_id), col(model.merchant_id), merchant_id
     )
     row = session.exec(stmt).first()
     return None if row is None else (row[0], int(row[1] or 0))
+
+
+def _queue_page(
+    session: Session,
+    stmt: Any,
+    model: Any,
+    key: Any,
+    *,
+    limit: int,
+    after: tuple[datetime, int] | None,
+) -> tuple[list[Any], bool]:
+    """Keyset page of ``stmt`` ordered by ``key`` then id, after ``after``; ``(rows, has_more)``."""
+    ident = col(model.id)
+    if after is not None:
+        at, last_id = after
+        stmt = stmt.where(sa.or_(key > at, sa.and_(key == at, ident > last_id)))
+    rows = list(session.exec(stmt.order_by(key, ident).limit(limit + 1)).all())
+    return rows[:limit], len(rows) > limit
+
+
+def ticket_cursor(
+    session: Session, merchant_id: int | None, ticket_id: int
+) -> tuple[datetime, int] | None:
+    return _queue_cursor(session, Ticket, col(Ticket.due_at), merchant_id, ticket_id)
 
 
 def tickets_page(
@@ -148,29 +171,13 @@ def tickets_page(
     )
     if assignee is not None:
         stmt = stmt.where(Ticket.assignee == assignee)
-    if after is not None:
-        due, tid = after
-        stmt = stmt.where(
-            sa.or_(
-                col(Ticket.due_at) > due, sa.and_(col(Ticket.due_at) == due, col(Ticket.id) > tid)
-            )
-        )
-    rows = list(
-        session.exec(stmt.order_by(col(Ticket.due_at), col(Ticket.id)).limit(limit + 1)).all()
-    )
-    return rows[:limit], len(rows) > limit
+    return _queue_page(session, stmt, Ticket, col(Ticket.due_at), limit=limit, after=after)
 
 
 def phone_task_cursor(
     session: Session, merchant_id: int | None, task_id: int
 ) -> tuple[datetime, int] | None:
-    stmt = _scoped(
-        select(PhoneTask.call_after, PhoneTask.id).where(PhoneTask.id == task_id),
-        col(PhoneTask.merchant_id),
-        merchant_id,
-    )
-    row = session.exec(stmt).first()
-    return None if row is None else (row[0], int(row[1] or 0))
+    return _queue_cursor(session, PhoneTask, col(PhoneTask.call_after), merchant_id, task_id)
 
 
 def phone_tasks_page(
@@ -185,17 +192,9 @@ def phone_tasks_page(
     stmt = _scoped(select(PhoneTask), col(PhoneTask.merchant_id), merchant_id).where(
         PhoneTask.state == state
     )
-    if after is not None:
-        start, tid = after
-        stmt = stmt.where(
-            sa.or_(
-                col(PhoneTask.call_after) > start,
-                sa.and_(col(PhoneTask.call_after) == start, col(PhoneTask.id) > tid),
-            )
-        )
-    ordered = stmt.order_by(col(PhoneTask.call_after), col(PhoneTask.id)).limit(limit + 1)
-    rows = list(session.exec(ordered).all())
-    return rows[:limit], len(rows) > limit
+    return _queue_page(
+        session, stmt, PhoneTask, col(PhoneTask.call_after), limit=limit, after=after
+    )
 
 
 def messages_for_contact(

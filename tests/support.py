@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import pytest
+import sqlalchemy as sa
 from eth_account.signers.local import LocalAccount
 
 from contracts import load_artifact
@@ -16,9 +18,20 @@ from wallet.deployment import Deployment, deploy_contracts
 from wallet.secrets import PrivateKey
 from wallet.signing import PaymentIntent, payment_intent_typed_data, sign_typed_data, to_compact
 
-__all__ = ["IN_CI", "ChainSuite", "Market", "missing", "open_market"]
+__all__ = [
+    "IN_CI",
+    "PG_URL",
+    "ChainSuite",
+    "Market",
+    "migrated_pg_schema",
+    "missing",
+    "open_market",
+]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get(
+    "FOLLOWPAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 def missing(reason: str) -> NoReturn:
@@ -26,6 +39,37 @@ def missing(reason: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
     pytest.skip(reason)
+
+
+@contextmanager
+def migrated_pg_schema(
+    schema: str, make_engine: Callable[..., sa.Engine] | None = None
+) -> Iterator[sa.Engine]:
+    """An engine (``make_engine``, default :func:`api.db.make_engine`) on a fresh PostgreSQL
+    schema with the CRM and API migrations applied; the schema is dropped afterwards.
+    PostgreSQL unreachable: :func:`missing`."""
+    from api.db import make_engine as api_engine
+    from api.db import upgrade
+
+    make = make_engine or api_engine
+    admin = api_engine(PG_URL, connect_args={"connect_timeout": 3})
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        missing(f"PostgreSQL unreachable at {PG_URL}: {type(exc).__name__}")
+    engine = make(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        with engine.begin() as conn:
+            upgrade(connection=conn)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
 
 
 class ChainSuite:

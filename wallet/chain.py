@@ -269,8 +269,7 @@ class _JsonRpc:
             raise UnknownBackendError(
                 f"not an http(s) RPC URL (scheme {parts.scheme!r})", param="rpc_url"
             )
-        self.url = url
-        self.origin = rpc_origin(url)
+        self.origin = rpc_origin(url)  # what errors may say about the URL
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port

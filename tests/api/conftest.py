@@ -28,11 +28,8 @@ from api.db import make_engine, session_factory, session_scope, upgrade
 from api.deps import ApiConfig
 from api.keys.service import create_key
 from api.settings import get_settings
-from tests.support import missing
+from tests.support import migrated_pg_schema
 
-PG_URL = os.environ.get(
-    "FOLLOWPAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 API_TABLES = (
     "api_webhook_attempts",
     "api_webhook_deliveries",
@@ -54,25 +51,8 @@ def engine(
         yield engine
         engine.dispose()
         return
-    schema = f"api_test_{os.getpid()}"
-    admin = make_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        missing(f"PostgreSQL unreachable at {PG_URL}: {type(exc).__name__}")
-    engine = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    with engine.begin() as conn:
-        upgrade(connection=conn)
-    try:
+    with migrated_pg_schema(f"api_test_{os.getpid()}") as engine:
         yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

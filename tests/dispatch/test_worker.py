@@ -151,6 +151,24 @@ def shop_with(engine, clock, *, channel, consented=True, phone=None, email="ada@
         return shop.id, person.id
 
 
+def instruction_for(shop_id, contact_id, clock, *, channel, address):
+    """What the worker hands a channel, for calling one directly."""
+    return followups.SendInstruction(
+        followup_id=77,
+        merchant_id=shop_id,
+        contact_id=contact_id,
+        channel=channel,
+        purpose="service_followup",
+        kind="post_payment",
+        payment_ref="pay_1",
+        invoice_ref="inv_1",
+        locale=None,
+        token_expires_at=clock.now(),
+        address=address,
+        token="t",
+    )
+
+
 def states(engine):
     with Session(engine) as session:
         return [(f.state, f.channel, f.reason) for f in session.exec(select(FollowUp))]
@@ -410,20 +428,7 @@ class TestWebhook:
         url, handler = receiver
         shop_id, contact_id = shop_with(engine, clock, channel="webhook")
         endpoint(engine, shop_id, url, ["*"])
-        instruction = followups.SendInstruction(
-            followup_id=1,
-            merchant_id=shop_id,
-            contact_id=contact_id,
-            channel="sms",
-            purpose="service_followup",
-            kind="post_payment",
-            payment_ref="pay_1",
-            invoice_ref="inv_1",
-            locale=None,
-            token_expires_at=clock.now(),
-            address=None,
-            token="t",
-        )
+        instruction = instruction_for(shop_id, contact_id, clock, channel="sms", address=None)
         to = Recipient("Tea House", "UTC", clock.now())
         with pytest.raises(DeliveryError, match="no phone number"):
             webhook_channels(engine)["sms"].send(None, instruction, to)
@@ -532,19 +537,8 @@ def test_phone_task_window_is_the_contacts_next_local_calling_hours(engine, loca
     now = datetime.fromisoformat(local_now).replace(tzinfo=zone)
     clock = FrozenClock(now.astimezone(UTC))
     shop_id, contact_id = shop_with(engine, clock, channel="phone", phone="+442071838750")
-    instruction = followups.SendInstruction(
-        followup_id=77,
-        merchant_id=shop_id,
-        contact_id=contact_id,
-        channel="phone",
-        purpose="service_followup",
-        kind="post_payment",
-        payment_ref="pay_1",
-        invoice_ref="inv_1",
-        locale=None,
-        token_expires_at=clock.now(),
-        address="+442071838750",
-        token="t",
+    instruction = instruction_for(
+        shop_id, contact_id, clock, channel="phone", address="+442071838750"
     )
     with Session(engine, expire_on_commit=False) as session, session.begin():
         PhoneChannel().send(session, instruction, Recipient("Tea House", "Europe/London", now))

@@ -25,11 +25,7 @@ import api.settlement.models  # noqa: F401 - registers the api_ tables
 import crm.models  # noqa: F401 - registers the crm_ tables
 from api.db import upgrade
 from crm import FrozenClock, KeyRing, make_engine  # the engine the runtime gives the indexer
-from tests.support import missing, open_market
-
-PG_URL = os.environ.get(
-    "FOLLOWPAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+from tests.support import migrated_pg_schema, open_market
 
 
 @pytest.fixture(scope="session")
@@ -41,25 +37,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_engine() -> Iterator[sa.Engine]:
-    schema = f"settlement_test_{os.getpid()}"
-    admin = make_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        missing(f"PostgreSQL unreachable at {PG_URL}: {type(exc).__name__}")
-    engine = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    try:
-        with engine.begin() as conn:
-            upgrade(connection=conn)
+    with migrated_pg_schema(f"settlement_test_{os.getpid()}", make_engine) as engine:
         yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")
