@@ -8,7 +8,10 @@
    batch: anvil runs a batch's calls concurrently and a nonce that overtakes its predecessor
    would stay queued). Each side first sends one untimed warm-up round (one transaction per
    payer) and waits for it to finish (mined; settled), so one-time costs (a fresh anvil's,
-   the indexer's first settling step) stay out of a steady-state rate. Goal >= 0.8x.
+   the indexer's first settling step) stay out of a steady-state rate. Goal >= 0.8x. Two
+   report rows bound it: the same pays mined with no indexer (the chain's ceiling), and per
+   intent a transaction that only runs the ``ecrecover`` a pay makes (the signature check's
+   own cost on this node).
 2. ``catch-up``: the indexer catching up over N ``PaymentSettled`` events (100,000; quick:
    10,000) from real ``pay`` calls, many per block, vs a bare ``eth_getLogs`` fetch-and-decode of
    the same range in the same 2,000-block windows. Invoices in this row have no contact (pure
@@ -32,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +70,12 @@ from crm.merchants.models import MerchantCreate  # noqa: E402
 from wallet.chain import Chain, ChainConfig, connect  # noqa: E402
 from wallet.deployment import Deployment, deploy_contracts  # noqa: E402
 from wallet.secrets import PrivateKey  # noqa: E402
-from wallet.signing import Signer, payment_intent_struct_hash  # noqa: E402
+from wallet.signing import (  # noqa: E402
+    Signer,
+    from_compact,
+    payment_intent_digest,
+    payment_intent_struct_hash,
+)
 
 AMOUNT = 1_000_000
 GAS = 200_000
@@ -86,6 +94,9 @@ STALL_CHECK_AFTER = 3.0
 #: Rounds of one side re-run at most this often after a stall before the bench fails.
 STALL_RETRIES = 3
 _ZERO = "0x" + "0" * 40
+#: The ``ecrecover`` precompile: the one signature check a ``pay`` makes.
+_ECRECOVER = "0x" + "0" * 39 + "1"
+_T = TypeVar("_T")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -184,6 +195,27 @@ class _Market:
         )
         data = self.router.encode_abi("pay", args=[intent, r, vs])
         return self._tx(payer, self.deployment.router, data)
+
+    def signature_check_tx(
+        self, payer: Any, number: int, r: bytes, vs: bytes, deadline: int
+    ) -> dict[str, Any]:
+        """A transaction that only does what ``pay`` does to check the operator's signature:
+        ``ecrecover`` of the intent's EIP-712 digest (the precompile as the target, no
+        contract, no token)."""
+        intent = invoices.PaymentIntent(
+            merchant=self.merchant.address,
+            token=self.deployment.token,
+            amount=AMOUNT,
+            fee=0,
+            invoice_id=number,
+            deadline=deadline,
+        )
+        digest = payment_intent_digest(
+            intent, chain_id=self.chain.chain_id, router=self.deployment.router
+        )
+        v, r_word, s_word = from_compact(r, vs)
+        data = digest + v.to_bytes(32, "big") + r_word + s_word
+        return self._tx(payer, _ECRECOVER, "0x" + data.hex())
 
     def transfer_tx(self, payer: Any) -> dict[str, Any]:
         data = self.token.encode_abi("transfer", args=[self.payout.address, AMOUNT])
@@ -332,10 +364,10 @@ def _row(name: str, value: float, baseline: float, unit: str, target: str) -> di
 @contextlib.contextmanager
 def _indexer_process(
     chain: Chain, deployment: Deployment, engine: Any, start_block: int, workdir: Path
-) -> Iterator[None]:
+) -> Iterator[int]:
     """``followpay indexer`` as in production: its own process (no GIL shared with the load),
-    checking the head every :data:`POLL_INTERVAL`. Yields once it has written its checkpoint
-    (start-up is not timed)."""
+    checking the head every :data:`POLL_INTERVAL`. Yields its pid once it has written its
+    checkpoint (start-up is not timed)."""
     assert chain.rpc_url is not None
     manifest = workdir / "deployment.json"
     manifest.write_text(json.dumps(deployment.to_json()))
@@ -372,7 +404,7 @@ def _indexer_process(
             if time.monotonic() > deadline:
                 raise RuntimeError("indexer did not start")
             time.sleep(0.05)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         try:
@@ -381,6 +413,15 @@ def _indexer_process(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _counts(engine: Any) -> tuple[int, int]:
@@ -420,7 +461,7 @@ def _check_limit(started: float, what: str) -> None:
         raise RuntimeError(f"{what} after {WAIT_LIMIT:.0f} s")
 
 
-def _rerun_stalled(measure: Callable[[], float], stalls: list[str]) -> float:
+def _rerun_stalled(measure: Callable[[], _T], stalls: list[str]) -> _T:
     """``measure()`` (one round on a fresh anvil), again after a :class:`_PoolStall`."""
     for _ in range(STALL_RETRIES):
         try:
@@ -477,6 +518,30 @@ def _transfers_seconds(n: int, payers: int, client: httpx.Client) -> float:
 def _pays_mined_seconds(n: int, payers: int, client: httpx.Client) -> float:
     """The ceiling: the same ``pay`` transactions through a fresh anvil with no indexer at all,
     until all are mined (what the chain alone allows)."""
+    return _intent_txs_mined_seconds(n, payers, client, _Market.pay_tx)
+
+
+def _signature_checks_seconds(n: int, payers: int, client: httpx.Client) -> float:
+    """The signature check alone: per intent one transaction to the ``ecrecover`` precompile
+    with the operator's signature over the intent's digest, through a fresh anvil, until all
+    are mined. Checks first that the precompile recovers the operator from that input."""
+
+    def build(market: _Market, payer: Any, number: int, r: bytes, vs: bytes, deadline: int) -> Any:
+        tx = market.signature_check_tx(payer, number, r, vs, deadline)
+        if number == 1:
+            answer = market.chain.call(_ECRECOVER, tx["data"])
+            if answer[12:] != bytes.fromhex(market.operator.address[2:]):
+                raise RuntimeError("ecrecover did not recover the operator")
+        return tx
+
+    return _intent_txs_mined_seconds(n, payers, client, build)
+
+
+def _intent_txs_mined_seconds(
+    n: int, payers: int, client: httpx.Client, build: Callable[..., dict[str, Any]]
+) -> float:
+    """``n + payers`` transactions ``build(market, payer, number, r, vs, deadline)`` for
+    signed intents 1.., through a fresh anvil with no indexer, until all are mined."""
     with connect(ChainConfig(backend="anvil")) as chain:
         market = _Market(chain, payers)
         deadline = int(time.time()) + 7 * 3600
@@ -484,15 +549,16 @@ def _pays_mined_seconds(n: int, payers: int, client: httpx.Client) -> float:
         for i in range(n + payers):
             r, vs, _ = market.sign_intent(i + 1, deadline)
             payer = market.payers[i % payers]
-            raw = payer.sign_transaction(market.pay_tx(payer, i + 1, r, vs, deadline))
+            raw = payer.sign_transaction(build(market, payer, i + 1, r, vs, deadline))
             signed.append((i, raw.raw_transaction.to_0x_hex()))
         return _mined_seconds(chain, client, signed, payers)
 
 
-def _pays_seconds(n: int, payers: int, client: httpx.Client, root: Path) -> float:
+def _pays_seconds(n: int, payers: int, client: httpx.Client, root: Path) -> tuple[float, float]:
     """Measured: ``n`` signed ``pay`` transactions through a fresh anvil, until every invoice is
     settled with its follow-up scheduled by a ``followpay indexer`` process (its database and
-    log in a new directory under ``root``)."""
+    log in a new directory under ``root``). Returns the seconds and the indexer's CPU
+    seconds over them."""
     root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="e2e-", dir=root))
     engine = make_engine(f"sqlite:///{workdir / 'e2e.sqlite3'}")
@@ -510,13 +576,13 @@ def _pays_seconds(n: int, payers: int, client: httpx.Client, root: Path) -> floa
                 signed.append((i, raw.raw_transaction.to_0x_hex()))
             rounds = _rounds(signed, payers)
             start_block = chain.w3.eth.block_number + 1
-            with _indexer_process(chain, market.deployment, engine, start_block, workdir):
+            with _indexer_process(chain, market.deployment, engine, start_block, workdir) as pid:
                 _send_rounds(client, chain.rpc_url, rounds[:1])
                 _wait_settled(chain, engine, payers, time.perf_counter())
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), _cpu_seconds(pid)
                 _send_rounds(client, chain.rpc_url, rounds[1:])
                 _wait_settled(chain, engine, n + payers, started)
-                return time.perf_counter() - started
+                return time.perf_counter() - started, _cpu_seconds(pid) - cpu
     finally:
         engine.dispose()
 
@@ -533,18 +599,30 @@ def bench_e2e(n: int, workdir: Path, payers: int = 20, repeats: int = 9) -> list
     A fresh chain per run because anvil slows down as its chain grows (a one-off measurement
     while writing this, not part of the run: four identical rounds of 1,000 transfers on one
     anvil took 0.50, 0.61, 1.48 and 1.32 s), so whatever ran second on a shared anvil would be
-    handicapped. The ceiling row sends the same pays with no indexer at all. Every side
-    sends ``n + payers`` transactions and times the last ``n`` (see the module docstring).
+    handicapped. The ceiling row sends the same pays with no indexer at all; the signature
+    row sends, per intent, only the ``ecrecover`` a pay makes (what the router's check costs
+    this node, next to a transfer). Every side sends ``n + payers`` transactions and times the
+    last ``n`` (see the module docstring). The e2e note adds the indexer process's CPU
+    seconds over its runs (less noisy than wall time: it tracks the indexer's own cost).
     """
     base: list[float] = []
     pays: list[float] = []
+    cpu: list[float] = []
     mined: list[float] = []
+    checks: list[float] = []
     stalls: list[str] = []
     with httpx.Client(timeout=60) as client:
         for _ in range(repeats):
             base.append(_rerun_stalled(lambda: _transfers_seconds(n, payers, client), stalls))
-            pays.append(_rerun_stalled(lambda: _pays_seconds(n, payers, client, workdir), stalls))
+            seconds, used = _rerun_stalled(
+                lambda: _pays_seconds(n, payers, client, workdir), stalls
+            )
+            pays.append(seconds)
+            cpu.append(used)
             mined.append(_rerun_stalled(lambda: _pays_mined_seconds(n, payers, client), stalls))
+            checks.append(
+                _rerun_stalled(lambda: _signature_checks_seconds(n, payers, client), stalls)
+            )
 
     def runs(seconds: list[float]) -> str:
         return ", ".join(f"{t:.2f}" for t in seconds)
@@ -567,7 +645,8 @@ def bench_e2e(n: int, workdir: Path, payers: int = 20, repeats: int = 9) -> list
     row["note"] = (
         f"median of {repeats}; transfers {runs(base)} s; pays {runs(pays)} s; "
         f"best-of ratio {min(base) / min(pays):.3f}; median of the rounds' own ratios "
-        f"{paired(base, pays):.3f}; rounds re-run after anvil's pool "
+        f"{paired(base, pays):.3f}; indexer CPU {runs(cpu)} s (median "
+        f"{median(cpu) / n * 1e6:.0f} us a payment); rounds re-run after anvil's pool "
         f"stall: {len(stalls)}"
     )
     ceiling = _row(
@@ -592,7 +671,19 @@ def bench_e2e(n: int, workdir: Path, payers: int = 20, repeats: int = 9) -> list
         f"median of {repeats}; best-of ratio {min(mined) / min(pays):.3f}; median of the "
         f"rounds' own ratios {paired(mined, pays):.3f}"
     )
-    return [row, ceiling, share]
+    check = _row(
+        f"signature check alone: {n} txs that only ecrecover an intent, no indexer",
+        n / median(checks),
+        n / median(base),
+        "txs/s (baseline: raw transfers/s)",
+        "report",
+    )
+    check["note"] = (
+        f"median of {repeats}; {runs(checks)} s; median of the rounds' own ratios "
+        f"{paired(base, checks):.3f}; the same rounds' pays kept {paired(checks, mined):.3f} "
+        "of it (median of the rounds' own ratios)"
+    )
+    return [row, ceiling, share, check]
 
 
 # -- 2. catch-up ------------------------------------------------------------------------------
