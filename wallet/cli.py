@@ -398,6 +398,24 @@ def import_keystore(
     typer.echo(info.first_address)
 
 
+@app.command("sign-message")
+@_handled
+def sign_message(name: NameOpt, index: IndexOpt = 0) -> None:
+    """EIP-191 ``personal_sign`` of the text on standard input; prints the 65-byte signature.
+
+    The text is signed as read, less one trailing newline (what ``echo`` and ``jq -r`` add), so
+    ``jq -r .message | followpay wallet sign-message -n shop`` signs exactly the API's text.
+    """
+    from wallet.signing import sign_message as personal_sign
+
+    raw = sys.stdin.buffer.read()
+    text = raw[:-1] if raw.endswith(b"\n") else raw
+    if not text:
+        _fail("nothing to sign on stdin")
+    key = _vault().unlock(name, _password()).private_key(index)
+    typer.echo("0x" + personal_sign(text, key).hex())
+
+
 # --- commands: chain -------------------------------------------------------------------------
 
 

@@ -21,8 +21,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
-from eth_account.messages import encode_defunct, encode_typed_data
+from eth_account.messages import SignableMessage, encode_defunct, encode_typed_data
 from eth_hash.auto import keccak
+from eth_keys.exceptions import BadSignature
+from eth_utils.exceptions import ValidationError
 from rlp import encode as rlp_encode
 
 from wallet.errors import SigningError
@@ -213,8 +215,10 @@ def sign_message(message: str | bytes, key: PrivateKey) -> bytes:
 
 
 def recover_message(message: str | bytes, signature: bytes) -> str:
+    """The address that signed ``message`` with EIP-191; :class:`SigningError` when the
+    signature recovers no key (a wrong length, an invalid ``v``, ``r`` or ``s``)."""
     encoded = encode_defunct(text=message) if isinstance(message, str) else encode_defunct(message)
-    return str(Account.recover_message(encoded, signature=signature))
+    return _recover(encoded, signature)
 
 
 def sign_typed_data(typed_data: Mapping[str, Any], key: PrivateKey) -> bytes:
@@ -225,7 +229,14 @@ def sign_typed_data(typed_data: Mapping[str, Any], key: PrivateKey) -> bytes:
 
 def recover_typed_data(typed_data: Mapping[str, Any], signature: bytes) -> str:
     encoded = encode_typed_data(full_message=dict(typed_data))
-    return str(Account.recover_message(encoded, signature=signature))
+    return _recover(encoded, signature)
+
+
+def _recover(encoded: SignableMessage, signature: bytes) -> str:
+    try:
+        return str(Account.recover_message(encoded, signature=signature))
+    except (BadSignature, ValidationError, ValueError) as exc:  # no ValueError subclasses
+        raise SigningError("the signature recovers no public key") from exc
 
 
 def split_signature(signature: bytes) -> tuple[int, bytes, bytes]:

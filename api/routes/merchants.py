@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Path, Request
+from fastapi import Path, Query, Request
 
 from api import queries
 from api.deps import (
@@ -18,16 +19,31 @@ from api.deps import (
 )
 from api.errors import ApiError, InvalidRequest, NotFound
 from api.pagination import ListResponse, PageDep, paginate
-from api.routes._common import Admin, Manager, Staff, crm_errors, merchant_scope, parse_id
+from api.routes._common import (
+    Admin,
+    Manager,
+    Staff,
+    actor,
+    crm_errors,
+    merchant_scope,
+    parse_id,
+)
 from api.routing import ApiRouter
-from api.schemas.crm import MerchantAccountBody, MerchantAccountOut, MerchantCreateBody, MerchantOut
+from api.schemas.crm import (
+    AccountLinkMessageOut,
+    MerchantAccountBody,
+    MerchantAccountOut,
+    MerchantCreateBody,
+    MerchantOut,
+)
+from api.settlement import account_proof
 from api.settlement import invoices as settlement
 from api.settlement import repository as settlement_repo
 from crm import MerchantCreate
 from crm import merchants as merchants_service
 from crm.merchants.models import Merchant
 
-__all__ = ["AccountAddressTaken", "AccountNotOnChain", "router"]
+__all__ = ["LINK_MESSAGE_VALIDITY", "AccountAddressTaken", "AccountNotOnChain", "router"]
 
 router = ApiRouter(prefix="/merchants", tags=["merchants"])
 
@@ -37,7 +53,11 @@ class AccountAddressTaken(ApiError):
     type = "conflict_error"
     code = "account_address_taken"
     param = "address"
-    message = "This address is already registered to another merchant on this chain."
+    message = (
+        "This address is already registered to another merchant on this chain. If it is yours, "
+        "sign the text of GET /v1/merchants/{id}/account/link_message with it and send the "
+        "signature as proof_signature with its proof_valid_until."
+    )
 
 
 class AccountNotOnChain(ApiError):
@@ -121,7 +141,11 @@ def get_merchant(merchant_id: MerchantId, session: SessionDep, caller: Staff) ->
     description="Records the merchant's PaymentRouter registration (address, payout, operator) "
     "on this server's chain; the router must already register the address with that payout "
     "and operator (409 `account_not_on_chain`). Invoices are signed by the operator's signer, "
-    "which the server must hold (see `signer_available`).",
+    "which the server must hold (see `signer_available`). An address another merchant "
+    "recorded first (`409 account_address_taken`) is reclaimed with an ownership proof "
+    "(`proof_signature`, `proof_valid_until`) while that record has no invoices and this "
+    "merchant has no account on the chain yet (else `409 account_address_in_use`); both "
+    "merchants' audit logs record the move.",
 )
 def register_account(
     merchant_id: MerchantId,
@@ -139,13 +163,33 @@ def register_account(
         raise InvalidRequest(
             "This server is not configured with a chain.", code="chain_unavailable"
         )
+    merchant_key = merchant.id or 0
     taken = settlement_repo.account_by_address(session, chain.chain_id, body.address)
-    if taken is not None and taken.merchant_id != merchant.id:
+    held_by_another = taken is not None and taken.merchant_id != merchant_key
+    if held_by_another and body.proof_signature is None:
         raise AccountAddressTaken()
     _check_on_chain(chain, body)
+    if body.proof_signature is not None or body.proof_valid_until is not None:
+        if body.proof_signature is None or body.proof_valid_until is None:
+            missing = "proof_signature" if body.proof_signature is None else "proof_valid_until"
+            raise InvalidRequest(
+                "proof_signature and proof_valid_until go together.", param=missing
+            )
+        account_proof.verify_proof(
+            merchant_key,
+            chain.chain_id,
+            body.address,
+            signature=body.proof_signature,
+            valid_until=body.proof_valid_until,
+            clock=clock,
+        )
+    if held_by_another:
+        account_proof.reclaim_address(
+            session, merchant_key, chain.chain_id, body.address, actor=actor(caller), clock=clock
+        )
     account = settlement.register_account(
         session,
-        merchant.id or 0,
+        merchant_key,
         chain_id=chain.chain_id,
         address=body.address,
         payout=body.payout,
@@ -192,4 +236,42 @@ def get_account(
         operator=account.operator,
         signer_available=account.operator.lower() in signers,
         created_at=account.created_at,
+    )
+
+
+#: How long the text offered by ``link_message`` stays valid (at most ``MAX_VALIDITY``).
+LINK_MESSAGE_VALIDITY = timedelta(hours=1)
+
+
+@router.get(
+    "/{merchant_id}/account/link_message",
+    response_model=AccountLinkMessageOut,
+    summary="The text an address signs to prove it belongs to this merchant",
+    description="Sign `message` with `address` (EIP-191 `personal_sign`) and send the "
+    "signature as `proof_signature`, with `valid_until` as `proof_valid_until`, to `POST "
+    "/v1/merchants/{id}/account`. The text names this merchant, this server's chain and an "
+    "expiry an hour ahead, so a proof cannot serve another merchant, chain or a later day.",
+)
+def account_link_message(
+    merchant_id: MerchantId,
+    address: Annotated[
+        str, Query(pattern=r"^0x[0-9a-fA-F]{40}$", description="The address to prove.")
+    ],
+    session: SessionDep,
+    caller: Manager,
+    clock: ClockDep,
+    chain: ChainInfoDep,
+) -> AccountLinkMessageOut:
+    merchant = _visible(session, caller, merchant_id)
+    if chain is None:
+        raise InvalidRequest(
+            "This server is not configured with a chain.", code="chain_unavailable"
+        )
+    valid_until = int((clock.now() + LINK_MESSAGE_VALIDITY).timestamp())
+    return AccountLinkMessageOut(
+        merchant_id=str(merchant.id),
+        chain_id=chain.chain_id,
+        address=address,
+        valid_until=valid_until,
+        message=account_proof.link_message(merchant.id or 0, chain.chain_id, address, valid_until),
     )

@@ -23,6 +23,7 @@ from crm.privacy.models import ErasureLog
 from crm.tickets.models import Ticket
 
 __all__ = [
+    "AccountLinkMessageOut",
     "AuditEntryPublic",
     "ConsentChange",
     "ConsentEventOut",
@@ -111,6 +112,31 @@ class MerchantAccountBody(_Body):
     address: str = Field(pattern=_ADDRESS, description="The merchant address on the router.")
     payout: str = Field(pattern=_ADDRESS, description="Where settled funds go.")
     operator: str = Field(pattern=_ADDRESS, description="The key that signs payment intents.")
+    proof_signature: str | None = Field(
+        default=None,
+        pattern=r"^0x[0-9a-fA-F]{130}$",
+        description="EIP-191 `personal_sign` by `address` of the text from `GET "
+        "/v1/merchants/{id}/account/link_message`. Needed only to reclaim an address another "
+        "merchant recorded first (`409 account_address_taken`); checked whenever given.",
+    )
+    proof_valid_until: int | None = Field(
+        default=None,
+        ge=0,
+        description="The `valid_until` (Unix seconds) named in the signed text; with "
+        "`proof_signature` only.",
+    )
+
+
+class AccountLinkMessageOut(BaseModel):
+    object: Literal["account_link_message"] = "account_link_message"
+    merchant_id: str
+    chain_id: int
+    address: str
+    valid_until: int = Field(description="Unix seconds; the proof is refused after it.")
+    message: str = Field(
+        description="The exact text `address` signs with EIP-191 `personal_sign` "
+        "(e.g. `followpay wallet sign-message`, `cast wallet sign`, a browser wallet)."
+    )
 
 
 class MerchantAccountOut(BaseModel):

@@ -4,6 +4,8 @@ SettlementError
 ├── InvoiceRequestError (ValueError)      400
 ├── InvoiceNotFoundError (LookupError)    404
 ├── MerchantAccountMissingError (LookupError)  409
+├── OwnershipProofError (ValueError)      400
+├── AccountInUseError                     409
 ├── DuplicateOrderError                   409
 ├── InvoiceStateError                     409
 └── ReorgTooDeepError                     500 (the indexer stops)
@@ -12,11 +14,13 @@ SettlementError
 from __future__ import annotations
 
 __all__ = [
+    "AccountInUseError",
     "DuplicateOrderError",
     "InvoiceNotFoundError",
     "InvoiceRequestError",
     "InvoiceStateError",
     "MerchantAccountMissingError",
+    "OwnershipProofError",
     "ReorgTooDeepError",
     "SettlementError",
 ]
@@ -46,6 +50,16 @@ class InvoiceNotFoundError(SettlementError, LookupError):
 class MerchantAccountMissingError(SettlementError, LookupError):
     status_code = 409
     code = "merchant_account_missing"
+
+
+class OwnershipProofError(SettlementError, ValueError):
+    code = "invalid_ownership_proof"
+
+
+class AccountInUseError(SettlementError):
+    status_code = 409
+    code = "account_address_in_use"
+    type = "conflict_error"
 
 
 class DuplicateOrderError(SettlementError):

@@ -34,6 +34,7 @@ __all__ = [
     "InvoiceRow",
     "account_by_address",
     "account_for_merchant",
+    "account_has_invoices",
     "account_ids_by_address",
     "account_row",
     "add",
@@ -232,6 +233,11 @@ def account_by_address(session: Session, chain_id: int, address: str) -> Merchan
         sa.func.lower(MerchantAccount.address) == address.lower(),
     )
     return session.exec(stmt).first()
+
+
+def account_has_invoices(session: Session, account_id: int) -> bool:
+    stmt = sa.select(_INVOICES.c.id).where(_INVOICES.c.account_id == account_id).limit(1)
+    return session.execute(stmt).first() is not None
 
 
 def account_ids_by_address(session: Session, chain_id: int, addresses: set[str]) -> dict[str, int]:

@@ -243,6 +243,40 @@ class TestKeystoreCommands:
         assert stored["crypto"]["kdfparams"]["n"] == FAST_N  # re-encrypted with the vault's cost
 
 
+class TestSignMessage:
+    """``sign-message`` signs stdin with EIP-191, as ``cast wallet verify`` checks it."""
+
+    def test_signature_verifies_with_cast_for_the_index_key(self, runner):
+        if not CAST.exists():
+            missing("cast is not installed (npm ci)")
+        run(runner, "import", "--name", "w", "--mnemonic-stdin", input=DEV)
+        text = "FollowPay: link this address\nmerchant: 7"
+        result = run(runner, "sign-message", "--name", "w", "--index", "2", input=text + "\n")
+        assert result.exit_code == 0, result.stderr
+        signature = result.stdout.strip()
+        assert len(signature) == 132
+        assert signature.startswith("0x")
+        address = HDWallet.from_mnemonic(DEV).address(2)
+
+        def verify(message: str, who: str) -> bool:
+            """cast's verdict (its exit status is 0 either way: read what it prints)."""
+            exact = "0x" + message.encode().hex()  # cast trims text arguments, not hex
+            args = [str(CAST), "wallet", "verify", "--address", who, exact, signature]
+            done = subprocess.run(args, capture_output=True, text=True)
+            return "Validation succeeded" in done.stdout + done.stderr
+
+        assert verify(text, address)
+        assert not verify(text + "\n", address)  # one trailing newline is not signed
+        assert not verify(text, HDWallet.from_mnemonic(DEV).address(1))
+
+    def test_refusals(self, runner, monkeypatch):
+        run(runner, "import", "--name", "w", "--mnemonic-stdin", input=DEV)
+        one_line_error(run(runner, "sign-message", "--name", "w", input="\n"), "nothing to sign")
+        one_line_error(run(runner, "sign-message", "--name", "nope", input="x"), "nope")
+        monkeypatch.setenv("FOLLOWPAY_PASSWORD", "wrong")
+        one_line_error(run(runner, "sign-message", "--name", "w", input="x"), "password")
+
+
 class CliChainBehaviour(ChainSuite):
     """send / balance / pay through --chain anvil --rpc-url (a real node the CLI can reach)."""
 

@@ -101,6 +101,13 @@ class TestMessages:
         assert recover_message(b"hello FollowPay", signature) == KEY.address
 
     @pytest.mark.parametrize(
+        "signature", [bytes(65), b"\x01" * 64 + b"\x05", b"\x00" * 64, b"\xff" * 65]
+    )
+    def test_a_signature_that_recovers_no_key_is_a_signing_error(self, signature):
+        with pytest.raises(SigningError, match="recovers no public key"):
+            recover_message("hello FollowPay", signature)
+
+    @pytest.mark.parametrize(
         ("message", "r", "vs"),
         [
             (
