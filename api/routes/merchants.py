@@ -87,6 +87,14 @@ def _check_on_chain(chain: ChainInfo, body: MerchantAccountBody) -> None:
             )
 
 
+def _configured(chain: ChainInfo | None) -> ChainInfo:
+    if chain is None:
+        raise InvalidRequest(
+            "This server is not configured with a chain.", code="chain_unavailable"
+        )
+    return chain
+
+
 MerchantId = Annotated[str, Path(max_length=20, description="A merchant id, e.g. `42`.")]
 
 
@@ -159,10 +167,7 @@ def register_account(
     after_commit: AfterCommit,
 ) -> MerchantAccountOut:
     merchant = _visible(session, caller, merchant_id)
-    if chain is None:
-        raise InvalidRequest(
-            "This server is not configured with a chain.", code="chain_unavailable"
-        )
+    chain = _configured(chain)
     merchant_key = merchant.id or 0
     taken = settlement_repo.account_by_address(session, chain.chain_id, body.address)
     held_by_another = taken is not None and taken.merchant_id != merchant_key
@@ -263,10 +268,7 @@ def account_link_message(
     chain: ChainInfoDep,
 ) -> AccountLinkMessageOut:
     merchant = _visible(session, caller, merchant_id)
-    if chain is None:
-        raise InvalidRequest(
-            "This server is not configured with a chain.", code="chain_unavailable"
-        )
+    chain = _configured(chain)
     valid_until = int((clock.now() + LINK_MESSAGE_VALIDITY).timestamp())
     return AccountLinkMessageOut(
         merchant_id=str(merchant.id),
