@@ -105,29 +105,30 @@ class _Api:
 def run_demo(chain_backend: str = "tester", console: Console | None = None) -> dict[str, Any]:
     out = console or Console()
     clock = SystemClock()
-    workdir = Path(tempfile.mkdtemp(prefix="followpay-demo-"))
-    url = f"sqlite:///{workdir / 'demo.sqlite3'}"
-    upgrade_database(url)
-    sink = _Sink()
-    smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
-    smtp.start()
-    try:
-        with connect(ChainConfig(backend=chain_backend)) as chain:
-            stack = EmbeddedStack(
-                chain,
-                url,
-                KeyRing.generate(),
-                clock,
-                "http://127.0.0.1:8000",
-                smtp=(smtp.hostname, smtp.port),
-            )
-            try:
-                with serve_in_thread(stack.app()) as base_url:
-                    return _story(out, stack, base_url, sink)
-            finally:
-                stack.close()
-    finally:
-        smtp.stop()
+    with tempfile.TemporaryDirectory(prefix="followpay-demo-") as workdir:
+        url = f"sqlite:///{Path(workdir) / 'demo.sqlite3'}"
+        upgrade_database(url)
+        sink = _Sink()
+        smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
+        smtp.start()
+        try:
+            with connect(ChainConfig(backend=chain_backend)) as chain:
+                port = free_port()  # the e-mailed links name the port the API listens on
+                stack = EmbeddedStack(
+                    chain,
+                    url,
+                    KeyRing.generate(),
+                    clock,
+                    f"http://127.0.0.1:{port}",
+                    smtp=(smtp.hostname, smtp.port),
+                )
+                try:
+                    with serve_in_thread(stack.app(), port=port) as base_url:
+                        return _story(out, stack, base_url, sink)
+                finally:
+                    stack.close()
+        finally:
+            smtp.stop()
 
 
 def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> dict[str, Any]:
@@ -165,13 +166,20 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
         f"/v1/merchants/{shop['id']}/account",
         {"address": merchant_acct.address, "payout": payout.address, "operator": operator.address},
     )
-    api.post(
+    policy = api.post(
         "/v1/followup_policies",
         {
             "delay_minutes": 0,
             "channel_order": ["email", "in_app"],
             "segment_rules": [{"field": "tier", "equals": "vip", "channels": ["phone"]}],
         },
+    )
+    start, end = (divmod(policy[f"window_{x}_minute"], 60) for x in ("start", "end"))
+    out.print(
+        f"follow-up policy: right after settlement by {' then '.join(policy['channel_order'])}, "
+        f"VIPs by phone; sent {start[0]:02d}:{start[1]:02d} to {end[0]:02d}:{end[1]:02d} in each "
+        f"customer's own time zone; one survey per {policy['frequency_cap_days']} days; "
+        f"{policy['reward_points']} points for an answer"
     )
     ada_zone, vip_zone = _zone(True), _zone(False)
     people = {
@@ -275,6 +283,7 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
     followups = api.get("/v1/followups", limit=10)["data"]
     by_contact = {fu["contact_id"]: fu for fu in followups}
     fu_table = Table("customer", "follow-up", "channel", "reason", "due (UTC)")
+    states_count: dict[str, int] = {}
     outcome: dict[str, list[str]] = {}
     for name in ("Ada", "Bob", "Chen"):
         fu = by_contact[ids[name]]
@@ -283,8 +292,9 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
         if fu["state"] == "scheduled":  # a hold keeps the state: the log says why it waits
             last = api.get(f"/v1/followups/{fu['id']}")["events"][-1]
             reason = f"held: {last['reason'].replace('_', ' ')}" if last["reason"] else "-"
-        fu_table.add_row(name, fu["state"], fu["channel"] or "-", reason, f"{due:%H:%M}")
+        fu_table.add_row(name, fu["state"], fu["channel"] or "-", reason, f"{due:%Y-%m-%d %H:%M}")
         outcome[name] = [fu["state"]]
+        states_count[fu["state"]] = states_count.get(fu["state"], 0) + 1
     out.print(fu_table)
 
     mail = sink.messages[0]
@@ -306,7 +316,9 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
     end = (clock.now() + timedelta(days=1)).isoformat()
     report = api.get("/v1/metrics", start=start, end=end)
     summary = Table("metric", "value")
+    waiting = ", ".join(f"{n} {state}" for state, n in sorted(states_count.items()))
     for label, value in (
+        ("follow-ups", f"{sum(states_count.values())}: {waiting}"),
         ("CSAT %", report["csat"]),
         ("NPS", report["nps"]),
         ("response rate %", report["response_rate"]),

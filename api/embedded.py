@@ -133,9 +133,11 @@ class EmbeddedStack:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port; yields its base URL."""
-    port = free_port()
+def serve_in_thread(
+    app: FastAPI, host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[str]:
+    """Run ``app`` under uvicorn (on a free loopback port by default); yields its base URL."""
+    port = free_port() if port is None else port
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

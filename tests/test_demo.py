@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 from rich.console import Console
 
@@ -9,11 +11,13 @@ from api.demo import run_demo
 
 
 @pytest.mark.parametrize("backend", ["tester", "anvil"])
-def test_demo_story(backend, request):
+def test_demo_story(backend, request, tmp_path, monkeypatch):
     if backend == "anvil":
         request.getfixturevalue("anvil_chain")  # fails in CI / skips locally without anvil
     console = Console(record=True, width=220)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo's database goes
     outcome = run_demo(backend, console=console)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
     assert len(outcome["settled"]) == 3
     assert outcome["followups"] == {"Ada": ["sent"], "Bob": ["suppressed"], "Chen": ["scheduled"]}
     assert outcome["emails"] == 1
@@ -23,3 +27,4 @@ def test_demo_story(backend, request):
     assert "no_consent" in text
     assert "held: quiet hours" in text
     assert "payWithPermit" in text
+    assert "3: 1 scheduled, 1 sent, 1 suppressed" in text  # every follow-up is counted
