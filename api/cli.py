@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,6 +21,14 @@ import typer
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+
+
+class DemoChain(StrEnum):
+    """The chains the demo starts itself (``rpc`` needs a funded node it cannot assume)."""
+
+    TESTER = "tester"
+    ANVIL = "anvil"
+
 
 __all__ = ["app", "main"]
 
@@ -71,7 +80,7 @@ def contracts_check(
             envvar="FOLLOWPAY_ARTIFACTS_DIR",
             exists=True,
             file_okay=False,
-            help="artifacts directory to check [contracts/artifacts]",
+            help="artifacts directory to check (default: contracts/artifacts)",
         ),
     ] = None,
 ) -> None:
@@ -94,13 +103,17 @@ def chain_up(
         str | None,
         typer.Option(
             help="deploy to this chain instead of starting anvil "
-            "[FOLLOWPAY_RPC_URL unless FOLLOWPAY_CHAIN=tester]"
+            "(default: FOLLOWPAY_RPC_URL unless FOLLOWPAY_CHAIN=tester)"
         ),
     ] = None,
-    port: Annotated[int, typer.Option(help="port for the anvil this command starts")] = 8545,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="port for the anvil this command starts")
+    ] = 8545,
     manifest: Annotated[
         Path | None,
-        typer.Option(help="deployment manifest path [FOLLOWPAY_MANIFEST or one per chain id]"),
+        typer.Option(
+            help="deployment manifest path (default: FOLLOWPAY_MANIFEST, else one per chain id)"
+        ),
     ] = None,
     allow_dev_keys: Annotated[
         bool,
@@ -158,12 +171,14 @@ def _wait_forever() -> None:  # pragma: no cover - interactive
 
 @app.command("demo")
 def demo(
-    chain: Annotated[str, typer.Option(help="tester (in-process) or anvil")] = "tester",
+    chain: Annotated[
+        DemoChain, typer.Option(help="tester (in-process) or anvil (spawned)")
+    ] = DemoChain.TESTER,
 ) -> None:
     """The whole story offline: pay invoices on a local chain, settle, follow up, rate."""
     from api.demo import run_demo
 
-    run_demo(chain)
+    run_demo(chain.value)
 
 
 def _is_domain_error(exc: BaseException) -> bool:

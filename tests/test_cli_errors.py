@@ -78,6 +78,25 @@ CASES = {
         code=2,
         says="set FOLLOWPAY_OPERATORS",
     ),
+    "admin_key_for_a_merchant": Case(
+        ("admin", "create-key", "--role", "admin", "--merchant", "1"),
+        code=2,
+        says="admin keys see every merchant: leave --merchant out",
+    ),
+    "merchant_key_without_merchant": Case(
+        ("admin", "create-key", "--role", "support"),
+        code=2,
+        says="a support key needs --merchant ID",
+    ),
+    "demo_on_a_node_it_cannot_fund": Case(
+        ("demo", "--chain", "rpc"), code=2, says="'rpc' is not one of 'tester', 'anvil'"
+    ),
+    "serve_port_out_of_range": Case(
+        ("serve", "--port", "99999"), code=2, says="less than or equal to 65535"
+    ),
+    "chain_up_port_out_of_range": Case(
+        ("chain", "up", "--port", "0"), code=2, says="greater than or equal to 1"
+    ),
     "wallet_unreachable_rpc": Case(
         ("wallet", "balance", DEAD, "--rpc-url", UNREACHABLE), says="unreachable"
     ),

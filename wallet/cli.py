@@ -79,6 +79,15 @@ def _handled(fn: _F) -> _F:
 # --- secret input ----------------------------------------------------------------------------
 
 
+def _has_terminal() -> bool:
+    """Whether getpass can prompt without echo (else it warns and reads stdin in the clear)."""
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return sys.stdin.isatty()
+
+
 def _password(
     *, confirm: bool = False, env: str = PASSWORD_ENV, what: str = "Password"
 ) -> SecretStr:
@@ -87,7 +96,7 @@ def _password(
         if not value:
             _fail(f"{env} is set but empty")
         return SecretStr(value)
-    if not sys.stdin.isatty() and not Path("/dev/tty").exists():
+    if not _has_terminal():
         _fail(f"no password: set {env} or run in a terminal")
     try:
         first = getpass.getpass(f"{what}: ")

@@ -47,7 +47,9 @@ def _runtime() -> Runtime:
 
 def indexer(
     once: Annotated[bool, typer.Option(help="one step, then exit")] = False,
-    from_block: Annotated[int | None, typer.Option(help="first block [deploy block]")] = None,
+    from_block: Annotated[
+        int | None, typer.Option(help="first block (default: the router's deploy block)")
+    ] = None,
 ) -> None:
     """Follow the router: settle invoices, roll back reorgs, schedule follow-ups."""
     from api.settlement.indexer import Indexer, PollResult

@@ -150,7 +150,13 @@ class TestVaultCommands:
 
     def test_no_password_source(self, runner, home, monkeypatch):
         monkeypatch.delenv("FOLLOWPAY_PASSWORD")
-        monkeypatch.setattr(cli.Path, "exists", lambda self: False)  # no /dev/tty either
+
+        def no_tty(path, *args, **kwargs):
+            if str(path) == "/dev/tty":
+                raise OSError(6, "No such device or address")
+            return open(path, *args, **kwargs)
+
+        monkeypatch.setattr(cli, "open", no_tty, raising=False)  # no terminal to prompt on
         result = run(runner, "import", "--name", "w", "--mnemonic-stdin", input=DEV)
         one_line_error(result, "FOLLOWPAY_PASSWORD")
         monkeypatch.undo()
@@ -474,6 +480,23 @@ class TestSubprocess:
         assert proc.returncode == 1
         assert proc.stderr.count("\n") == 1
         assert "Traceback" not in proc.stderr
+        assert not home.exists() or tree(home) == {}
+
+    def test_no_terminal_and_no_password_is_one_line(self, home):
+        """Without a controlling terminal getpass would warn and read stdin in the clear."""
+        env = {k: v for k, v in self.env(home).items() if k != "FOLLOWPAY_PASSWORD"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "wallet.cli", "import", "--name", "w", "--mnemonic-stdin"],
+            input=DEV,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+            start_new_session=True,  # no controlling terminal: /dev/tty cannot be opened
+        )
+        assert proc.returncode == 1
+        assert proc.stderr == "error: no password: set FOLLOWPAY_PASSWORD or run in a terminal\n"
         assert not home.exists() or tree(home) == {}
 
 
