@@ -24,7 +24,7 @@ from api.db import make_engine
 from api.settlement import invoices
 from api.settlement.models import Invoice
 from contracts import load_artifact
-from crm import SystemClock
+from crm import ContactCreate, KeyRing, SystemClock, contacts
 from tests.support import Market, open_market
 from wallet.chain import Chain
 from wallet.keys import generate_mnemonic
@@ -222,6 +222,46 @@ class TestCreate:
         width, height = _png_size(data)
         assert width == height > 21 * 4  # at least a version-1 symbol at scale 4
         assert data == invoices.qr_png(created["uri"])
+
+
+class TestContact:
+    def test_another_merchants_or_no_contact_is_one_line_and_writes_nothing(self, shop):
+        other = int(shop.ok("admin", "create-merchant", "Other").strip())
+        engine = make_engine(shop.database_url)
+        try:
+            with Session(engine) as session, session.begin():
+                theirs = contacts.create_contact(
+                    session,
+                    other,
+                    ContactCreate(name="Ada", email="ada@example.com"),
+                    KeyRing(bytes.fromhex("cd" * 32)),
+                    SystemClock(),
+                ).id
+        finally:
+            engine.dispose()
+        before = shop.invoice_count()
+        for contact in (str(theirs), "999999"):
+            qr = shop.root / f"never-contact-{contact}.svg"
+            result = shop.run(
+                "invoices",
+                "create",
+                "--merchant",
+                str(shop.merchant_id),
+                "--amount",
+                "1",
+                "--order",
+                f"o-contact-{contact}",
+                "--contact",
+                contact,
+                "--qr",
+                str(qr),
+                env=shop.env,
+            )
+            assert result.returncode == 1, result.stderr
+            assert result.stdout == ""
+            assert result.stderr.strip() == f"error: No such contact: '{contact}'."
+            assert not qr.exists()
+        assert shop.invoice_count() == before
 
 
 class TestShow:

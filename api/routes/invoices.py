@@ -24,7 +24,6 @@ from api.routes._common import (
     Manager,
     Staff,
     actor,
-    crm_errors,
     merchant_scope,
     object_merchant,
     write_merchant,
@@ -37,7 +36,6 @@ from api.settlement.errors import MerchantAccountMissingError
 from api.settlement.models import Invoice, InvoiceState
 from api.webhooks import enqueue
 from api.webhooks.repository import subscriptions
-from crm import contacts
 
 __all__ = ["SignerUnavailable", "router"]
 
@@ -122,9 +120,6 @@ def create_invoice(
     signer = invoicing.signers.get(account.operator.lower())
     if signer is None:
         raise SignerUnavailable()
-    if body.contact_id is not None:
-        with crm_errors("contact", body.contact_id):
-            contacts.get_contact(session, merchant_id, body.contact_id)
     request = settlement.InvoiceRequest(
         merchant_id=merchant_id,
         token=body.token or chain.token,

@@ -3,6 +3,7 @@
 SettlementError
 ├── InvoiceRequestError (ValueError)      400
 ├── InvoiceNotFoundError (LookupError)    404
+├── UnknownContactError (LookupError)     404
 ├── MerchantAccountMissingError (LookupError)  409
 ├── OwnershipProofError (ValueError)      400
 ├── AccountInUseError                     409
@@ -23,6 +24,7 @@ __all__ = [
     "OwnershipProofError",
     "ReorgTooDeepError",
     "SettlementError",
+    "UnknownContactError",
 ]
 
 
@@ -43,6 +45,13 @@ class InvoiceRequestError(SettlementError, ValueError):
 
 
 class InvoiceNotFoundError(SettlementError, LookupError):
+    status_code = 404
+    code = "resource_missing"
+
+
+class UnknownContactError(SettlementError, LookupError):
+    """An invoice names a contact the merchant does not have."""
+
     status_code = 404
     code = "resource_missing"
 

@@ -26,6 +26,7 @@ from api.settlement.errors import (
     InvoiceRequestError,
     InvoiceStateError,
     MerchantAccountMissingError,
+    UnknownContactError,
 )
 from api.settlement.events import emit_invoice_event
 from api.settlement.models import (
@@ -36,8 +37,10 @@ from api.settlement.models import (
     MerchantAccount,
     PaymentState,
 )
+from crm import contacts
 from crm.audit import service as audit
 from crm.clock import Clock
+from crm.errors import ContactNotFound
 from crm.followups import service as followups
 from crm.sqlite_gate import holds_write_lock
 from wallet.addresses import parse_address
@@ -235,6 +238,8 @@ def create_invoice(
     succeed.
     """
     _validate(request)
+    if request.contact_id is not None:
+        _require_contact(session, request.merchant_id, request.contact_id)
     token = _address(request.token, "token")
     payer = _address(request.payer, "payer") if request.payer else "0x" + "0" * 40
     if account is None or account.merchant_id != request.merchant_id:
@@ -289,6 +294,14 @@ def create_invoice(
     )
     detail = f"invoice {live[0]} ({live[1]})" if live else "an open invoice"
     raise DuplicateOrderError(f"order {request.order_id!r} already has {detail}", param="order_id")
+
+
+def _require_contact(session: Session, merchant_id: int, contact_id: int) -> None:
+    """The follow-up needs the merchant's own contact: another's, or none, is refused."""
+    try:
+        contacts.get_contact(session, merchant_id, contact_id)
+    except ContactNotFound:
+        raise UnknownContactError(f"No such contact: '{contact_id}'.", param="contact_id") from None
 
 
 def operator_of(session: Session, merchant_id: int, chain_id: int) -> str:
