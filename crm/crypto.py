@@ -8,6 +8,8 @@
   so a ciphertext cannot be moved to another column or contact.
 * Lookups (unique e-mail per merchant, wallet address) use an HMAC-SHA256 *blind index* keyed
   with another key derived from the master key.
+* The consent ledger's per-contact head is sealed with HMAC-SHA256 under a third derived key
+  (:meth:`KeyRing.consent_head_mac`), never under a data key, so erasure does not unseal it.
 * Destroying the wrapped DEK makes every ciphertext of that contact unreadable.
 """
 
@@ -58,13 +60,14 @@ class DataKey:
 class KeyRing:
     """Master-key holder: wraps data keys and computes blind indexes."""
 
-    __slots__ = ("_index_key", "_wrap")
+    __slots__ = ("_consent_head_key", "_index_key", "_wrap")
 
     def __init__(self, master_key: bytes) -> None:
         if not isinstance(master_key, bytes | bytearray) or len(master_key) < 32:
             raise ValueError("master key must be at least 32 bytes")
         self._wrap = AESGCM(_derive(bytes(master_key), b"followpay-crm/kek/v1"))
         self._index_key = _derive(bytes(master_key), b"followpay-crm/blind-index/v1")
+        self._consent_head_key = _derive(bytes(master_key), b"followpay-crm/consent-head-mac/v1")
 
     @classmethod
     def generate(cls) -> KeyRing:
@@ -83,6 +86,10 @@ class KeyRing:
     def blind_index(self, kind: str, value: str) -> str:
         msg = kind.encode() + b"\x00" + value.encode()
         return hmac.new(self._index_key, msg, hashlib.sha256).hexdigest()
+
+    def consent_head_mac(self, message: bytes) -> str:
+        """HMAC-SHA256 (hex) of a consent-ledger head (``crm.consent.chain.head_message``)."""
+        return hmac.new(self._consent_head_key, message, hashlib.sha256).hexdigest()
 
     @staticmethod
     def _aad(contact_id: int) -> bytes:
