@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crm.audit.models import AuditLog
-from crm.consent.models import ConsentEvent, ConsentState
+from crm.consent.models import ConsentEvent, ConsentHead, ConsentState
 from crm.contacts.models import Contact, ContactKey, ContactWallet
 from crm.feedback.models import Feedback
 from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicy, Purchase
@@ -16,6 +16,7 @@ __all__ = [
     "TABLES",
     "AuditLog",
     "ConsentEvent",
+    "ConsentHead",
     "ConsentState",
     "Contact",
     "ContactKey",
@@ -41,6 +42,7 @@ TABLES = [
         ContactWallet,
         ConsentEvent,
         ConsentState,
+        ConsentHead,
         FollowUpPolicy,
         Purchase,
         FollowUp,

@@ -11,7 +11,7 @@ from datetime import datetime
 from crm.clock import as_utc
 from crm.enums import Channel, ConsentAction, ConsentStatus
 
-__all__ = ["GENESIS", "LedgerEntry", "entry_hash", "fold"]
+__all__ = ["GENESIS", "LedgerEntry", "entry_hash", "fold", "head_message"]
 
 GENESIS = "0" * 64
 
@@ -46,6 +46,22 @@ def entry_hash(entry: LedgerEntry, prev_hash: str) -> str:
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def head_message(contact_id: int, seq: int, head_hash: str, flagged_seq: int | None) -> bytes:
+    """The bytes a contact's head seal (``crm_consent_head.mac``) authenticates.
+
+    ``head_hash`` commits to every entry before it, so a MAC over (contact, seq, head hash) covers
+    the whole chain; the contact id stops a seal being copied to another contact.
+    """
+    payload = {
+        "v": 1,
+        "contact_id": contact_id,
+        "seq": seq,
+        "head_hash": head_hash,
+        "flagged_seq": flagged_seq,
+    }
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
 _STATUS = {

@@ -9,7 +9,13 @@ from sqlmodel import Field, SQLModel
 
 from crm._base import UTCDateTime
 
-__all__ = ["ConsentEvent", "ConsentEventCreate", "ConsentEventPublic", "ConsentState"]
+__all__ = [
+    "ConsentEvent",
+    "ConsentEventCreate",
+    "ConsentEventPublic",
+    "ConsentHead",
+    "ConsentState",
+]
 
 
 class ConsentEventBase(SQLModel):
@@ -69,3 +75,23 @@ class ConsentState(SQLModel, table=True):
     state: str = Field(max_length=16)
     event_id: int = Field(foreign_key="crm_consent_event.id")
     updated_at: datetime = Field(sa_type=UTCDateTime())
+
+
+class ConsentHead(SQLModel, table=True):
+    """Per contact, the ledger's head as of the last append, sealed with a MAC.
+
+    ``mac`` is ``KeyRing.consent_head_mac(chain.head_message(...))`` over contact, ``seq``,
+    ``head_hash`` and ``flagged_seq``; it is NULL for a head written without the key ring
+    (backfilled by migration 0003, or appended by a caller that passed none). ``flagged_seq`` is
+    the first ``seq`` appended over a head that no longer matched the ledger: once sealed, that
+    evidence of tampering cannot be cleared without the key. Holds no personal data.
+    """
+
+    __tablename__ = "crm_consent_head"
+
+    contact_id: int = Field(foreign_key="crm_contact.id", primary_key=True)
+    merchant_id: int = Field(foreign_key="crm_merchant.id")
+    seq: int
+    head_hash: str = Field(max_length=64)
+    flagged_seq: int | None = None
+    mac: str | None = Field(default=None, max_length=64)

@@ -8,16 +8,19 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from crm.consent.models import ConsentEvent, ConsentState
+from crm.consent.models import ConsentEvent, ConsentHead, ConsentState
 from crm.enums import ConsentStatus
 
 __all__ = [
     "add_event",
+    "get_head",
     "get_state",
     "granted_channels",
     "last_event",
     "list_events",
     "list_states",
+    "list_unsealed_heads",
+    "put_head",
     "upsert_state",
 ]
 
@@ -114,3 +117,30 @@ def upsert_state(
     else:
         row.state, row.event_id, row.updated_at = state, event_id, at
     session.add(row)
+
+
+def get_head(session: Session, contact_id: int) -> ConsentHead | None:
+    """The contact's sealed head, read afresh (never a stale identity-map copy)."""
+    stmt = (
+        select(ConsentHead)
+        .where(ConsentHead.contact_id == contact_id)
+        .execution_options(populate_existing=True)
+    )
+    return session.exec(stmt).first()
+
+
+def put_head(session: Session, head: ConsentHead) -> None:
+    session.add(head)
+
+
+def list_unsealed_heads(
+    session: Session, *, after_contact_id: int, limit: int
+) -> Sequence[ConsentHead]:
+    """Heads without a MAC, in contact order (keyset page after ``after_contact_id``)."""
+    stmt = (
+        select(ConsentHead)
+        .where(col(ConsentHead.mac).is_(None), col(ConsentHead.contact_id) > after_contact_id)
+        .order_by(col(ConsentHead.contact_id))
+        .limit(limit)
+    )
+    return session.exec(stmt).all()

@@ -1,9 +1,18 @@
-"""Consent rules: append to the hash chain, keep the projection in step, answer may-I-contact."""
+"""Consent rules: append to the hash chain, keep the projection in step, answer may-I-contact.
+
+Each append also rewrites the contact's sealed head (``crm_consent_head``): the last ``seq`` and
+hash, MAC'd under a key derived from the key ring's master key. :func:`verify_chain` recomputes
+the chain, replays it against the projection ``may_contact`` reads, and checks the seal, so
+deleting the newest entries or rewriting the chain is caught by anyone who holds the key ring and
+not by someone who can only write the database.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hmac
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlmodel import Session
@@ -11,9 +20,10 @@ from sqlmodel import Session
 from crm.audit import service as audit
 from crm.clock import Clock
 from crm.consent import repository as repo
-from crm.consent.chain import GENESIS, LedgerEntry, apply, entry_hash
-from crm.consent.models import ConsentEvent
+from crm.consent.chain import GENESIS, LedgerEntry, apply, entry_hash, head_message
+from crm.consent.models import ConsentEvent, ConsentHead, ConsentState
 from crm.contacts import repository as contacts_repo
+from crm.crypto import KeyRing
 from crm.enums import (
     Channel,
     ConsentAction,
@@ -28,22 +38,113 @@ from crm.followups import repository as followups_repo
 
 __all__ = [
     "ChainReport",
+    "HeadsSealed",
+    "SealStatus",
+    "StateMismatch",
     "grant",
     "granted_channels",
     "history",
     "may_contact",
     "object_to",
     "record",
+    "seal_unsealed_heads",
     "verify_chain",
     "withdraw",
 ]
 
 
+class SealStatus(StrEnum):
+    """What the contact's ``crm_consent_head`` row says about the ledger's last entry."""
+
+    EMPTY = "empty"  # no entries and no head row
+    VALID = "valid"  # the MAC verifies and names the last entry
+    UNCHECKED = "unchecked"  # no key ring given: the row names the last entry, MAC not checked
+    UNSEALED = "unsealed"  # the row names the last entry but has no MAC (pre-0003, or keyless)
+    MISSING = "missing"  # entries but no head row
+    STALE = "stale"  # the row names another seq/hash: entries removed, replaced or added around it
+    INVALID = "invalid"  # the MAC does not verify: row rewritten, or another contact's seal
+    FLAGGED = "flagged"  # an append found the head altered; ``flagged_seq`` is that append
+
+
+_SEAL_OK = frozenset({SealStatus.EMPTY, SealStatus.VALID, SealStatus.UNCHECKED})
+# Found by an append: the stored head does not describe the ledger being extended.
+_SEAL_ALTERED = frozenset({SealStatus.MISSING, SealStatus.STALE, SealStatus.INVALID})
+
+_SEAL_PROBLEM = {
+    SealStatus.UNSEALED: "the head has no MAC: it cannot show that no newer entries were removed",
+    SealStatus.MISSING: "the ledger has entries but no sealed head (crm_consent_head row deleted)",
+    SealStatus.STALE: "the sealed head names seq {sealed} but the ledger holds {length} entries "
+    "ending elsewhere: entries were removed or replaced",
+    SealStatus.INVALID: "the head's MAC does not verify: the head row was rewritten or copied",
+    SealStatus.FLAGGED: "the append of seq {flagged} found the ledger head altered",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StateMismatch:
+    """A projection key where ``crm_consent_state`` disagrees with a replay of the ledger.
+
+    ``None`` on either side means no row there / no entry sets that key.
+    """
+
+    contact_id: int
+    purpose: str
+    channel: str
+    ledger_state: str | None
+    stored_state: str | None
+    ledger_event_id: int | None
+    stored_event_id: int | None
+
+    def __str__(self) -> str:
+        return (
+            f"contact {self.contact_id} {self.purpose}/{self.channel}: crm_consent_state has "
+            f"{self.stored_state or 'no row'} (event {self.stored_event_id}), the ledger gives "
+            f"{self.ledger_state or 'nothing'} (event {self.ledger_event_id})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ChainReport:
+    """Result of :func:`verify_chain`; ``ok`` only if every check below passed.
+
+    ``broken_at_seq``: first entry whose hash or link does not recompute. ``seal``: the head
+    check (``UNCHECKED`` without a key ring). ``state_mismatches``: projection rows that differ
+    from the ledger's replay.
+    """
+
     ok: bool
     length: int
     broken_at_seq: int | None = None
+    seal: SealStatus = SealStatus.EMPTY
+    sealed_seq: int | None = None
+    flagged_seq: int | None = None
+    state_mismatches: tuple[StateMismatch, ...] = ()
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per finding, for logs and operators."""
+        out = []
+        if self.broken_at_seq is not None:
+            out.append(
+                f"entry seq {self.broken_at_seq} does not recompute (edited, removed or "
+                "reordered entries)"
+            )
+        if self.seal in _SEAL_PROBLEM:
+            out.append(
+                _SEAL_PROBLEM[self.seal].format(
+                    sealed=self.sealed_seq, length=self.length, flagged=self.flagged_seq
+                )
+            )
+        out += [str(m) for m in self.state_mismatches]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsSealed:
+    """Result of :func:`seal_unsealed_heads`."""
+
+    sealed: int
+    stale_contact_ids: tuple[int, ...] = ()
 
 
 def record(
@@ -59,8 +160,15 @@ def record(
     legal_basis: LegalBasis | str = LegalBasis.CONSENT,
     policy_version: str = "1",
     source: str = "api",
+    keyring: KeyRing | None = None,
 ) -> ConsentEvent:
-    """Append one consent event (and update the projection in the same transaction)."""
+    """Append one consent event (and update the projection and sealed head in one transaction).
+
+    With ``keyring`` the new head is MAC'd; without it the head row is kept in step but unsealed
+    (a keyed :func:`verify_chain` then reports ``UNSEALED``). An append over a head that no
+    longer matches the ledger still succeeds (a withdrawal must never be refused) but sets
+    ``flagged_seq`` for good and writes a ``consent.head_mismatch`` audit entry.
+    """
     p = parse_choice(Purpose, purpose, "purpose")
     a = parse_choice(ConsentAction, action, "action")
     c = None if channel is None else parse_choice(Channel, channel, "channel")
@@ -81,6 +189,8 @@ def record(
         raise ContactErased("contact has been erased")
     now = clock.now()
     last = repo.last_event(session, contact_id)
+    head = repo.get_head(session, contact_id)
+    before = _seal_status(contact_id, head, last, keyring)
     entry = LedgerEntry(
         contact_id=contact_id,
         seq=1 if last is None else last.seq + 1,
@@ -113,6 +223,10 @@ def record(
         ),
     )
     assert event.id is not None
+    flagged = None if head is None else head.flagged_seq
+    if before in _SEAL_ALTERED and flagged is None:
+        flagged = entry.seq
+    _put_head(session, head, merchant_id, contact_id, entry.seq, event.hash, flagged, keyring)
     for purpose_key, channel_key in apply({}, entry.purpose, entry.channel, entry.action):
         repo.upsert_state(
             session,
@@ -140,7 +254,60 @@ def record(
         merchant_id=merchant_id,
         detail={"purpose": p.value, "channel": entry.channel, "seq": entry.seq},
     )
+    if before in _SEAL_ALTERED:
+        audit.record(
+            session,
+            actor=actor,
+            action="consent.head_mismatch",
+            object_type="contact",
+            object_id=contact_id,
+            at=now,
+            merchant_id=merchant_id,
+            detail={"seq": entry.seq, "seal": before.value},
+        )
     return event
+
+
+def _seal_status(
+    contact_id: int, head: ConsentHead | None, last: ConsentEvent | None, keyring: KeyRing | None
+) -> SealStatus:
+    """Compare the stored head with the ledger's last entry (and its MAC, given the key ring)."""
+    if head is None:
+        return SealStatus.EMPTY if last is None else SealStatus.MISSING
+    if keyring is not None and head.mac is not None:
+        expected = keyring.consent_head_mac(
+            head_message(contact_id, head.seq, head.head_hash, head.flagged_seq)
+        )
+        if not hmac.compare_digest(expected, head.mac):
+            return SealStatus.INVALID
+    if last is None or head.seq != last.seq or head.head_hash != last.hash:
+        return SealStatus.STALE
+    if keyring is not None and head.mac is None:
+        return SealStatus.UNSEALED
+    if head.flagged_seq is not None:
+        return SealStatus.FLAGGED
+    return SealStatus.VALID if keyring is not None else SealStatus.UNCHECKED
+
+
+def _put_head(
+    session: Session,
+    head: ConsentHead | None,
+    merchant_id: int,
+    contact_id: int,
+    seq: int,
+    head_hash: str,
+    flagged_seq: int | None,
+    keyring: KeyRing | None,
+) -> None:
+    mac = (
+        None
+        if keyring is None
+        else keyring.consent_head_mac(head_message(contact_id, seq, head_hash, flagged_seq))
+    )
+    if head is None:
+        head = ConsentHead(contact_id=contact_id, merchant_id=merchant_id, seq=seq, head_hash="")
+    head.seq, head.head_hash, head.flagged_seq, head.mac = seq, head_hash, flagged_seq, mac
+    repo.put_head(session, head)
 
 
 def _status(action: ConsentAction) -> str:
@@ -246,10 +413,37 @@ def history(session: Session, contact_id: int) -> list[ConsentEvent]:
     return list(repo.list_events(session, contact_id))
 
 
-def verify_chain(session: Session, contact_id: int) -> ChainReport:
-    """Recompute every hash; report the first entry whose hash or link does not match."""
-    prev = GENESIS
+def verify_chain(
+    session: Session, contact_id: int, *, keyring: KeyRing | None = None
+) -> ChainReport:
+    """Check a contact's consent evidence; ``ok`` only if all three checks pass.
+
+    1. Every entry's hash and link recompute, with ``seq`` 1..n (first failure: ``broken_at_seq``).
+    2. The projection ``may_contact`` reads equals a replay of the ledger, row by row
+       (``state_mismatches``).
+    3. The sealed head names the ledger's last entry and, given ``keyring``, its MAC verifies
+       (``seal``). Without the key ring a consistent head is ``UNCHECKED`` (accepted): that catches
+       a careless truncation but not one that also rewrote the head row.
+    """
     events = repo.list_events(session, contact_id)
+    head = repo.get_head(session, contact_id)
+    seal = _seal_status(contact_id, head, events[-1] if events else None, keyring)
+    broken = _first_broken(events)
+    mismatches = _projection_mismatches(contact_id, events, repo.list_states(session, contact_id))
+    return ChainReport(
+        ok=broken is None and not mismatches and seal in _SEAL_OK,
+        length=len(events),
+        broken_at_seq=broken,
+        seal=seal,
+        sealed_seq=None if head is None else head.seq,
+        flagged_seq=None if head is None else head.flagged_seq,
+        state_mismatches=mismatches,
+    )
+
+
+def _first_broken(events: Sequence[ConsentEvent]) -> int | None:
+    """The ``seq`` of the first entry whose hash or link does not recompute."""
+    prev = GENESIS
     for expected_seq, e in enumerate(events, start=1):
         entry = LedgerEntry(
             contact_id=e.contact_id,
@@ -264,6 +458,58 @@ def verify_chain(session: Session, contact_id: int) -> ChainReport:
             occurred_at=e.occurred_at,
         )
         if e.seq != expected_seq or e.prev_hash != prev or e.hash != entry_hash(entry, prev):
-            return ChainReport(ok=False, length=len(events), broken_at_seq=e.seq)
+            return e.seq
         prev = e.hash
-    return ChainReport(ok=True, length=len(events))
+    return None
+
+
+def _projection_mismatches(
+    contact_id: int, events: Sequence[ConsentEvent], states: Sequence[ConsentState]
+) -> tuple[StateMismatch, ...]:
+    """Replay the ledger (:func:`crm.consent.chain.apply`) and diff it with the stored rows."""
+    replay: dict[tuple[str, str], str] = {}
+    source: dict[tuple[str, str], int | None] = {}
+    for e in events:
+        for key in apply(replay, e.purpose, e.channel, e.action):
+            source[key] = e.id
+    stored = {(s.purpose, s.channel): (s.state, s.event_id) for s in states}
+    out = []
+    for key in sorted(replay.keys() | stored.keys()):
+        want = (replay[key], source[key]) if key in replay else (None, None)
+        have = stored.get(key, (None, None))
+        if want != have:
+            out.append(StateMismatch(contact_id, *key, want[0], have[0], want[1], have[1]))
+    return tuple(out)
+
+
+def seal_unsealed_heads(session: Session, keyring: KeyRing, *, page: int = 500) -> HeadsSealed:
+    """MAC every head that has none (rows backfilled by migration 0003 or appended without the
+    key ring), trusting the ledger as it stands now. A head that no longer names its ledger's
+    last entry stays unsealed and is listed: :func:`verify_chain` reports it as ``STALE``.
+
+    Each contact is locked as :func:`record` locks it, so a concurrent append is not undone.
+    """
+    sealed, stale, after = 0, [], 0
+    while batch := repo.list_unsealed_heads(session, after_contact_id=after, limit=page):
+        for candidate in batch:
+            cid = after = candidate.contact_id
+            contacts_repo.get_for_update(session, cid)
+            head = repo.get_head(session, cid)
+            if head is None or head.mac is not None:
+                continue
+            if _seal_status(cid, head, repo.last_event(session, cid), None) in _SEAL_ALTERED:
+                stale.append(cid)
+                continue
+            _put_head(
+                session,
+                head,
+                head.merchant_id,
+                cid,
+                head.seq,
+                head.head_hash,
+                head.flagged_seq,
+                keyring,
+            )
+            sealed += 1
+    session.flush()
+    return HeadsSealed(sealed=sealed, stale_contact_ids=tuple(stale))

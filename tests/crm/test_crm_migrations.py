@@ -14,7 +14,12 @@ from alembic.script import ScriptDirectory
 from sqlmodel import Session, SQLModel, select
 
 import crm.models
+from crm import KeyRing
 from crm._base import is_crm_table
+from crm.consent import chain
+from crm.consent import service as consent
+from crm.consent.models import ConsentEvent, ConsentHead, ConsentState
+from crm.consent.service import SealStatus
 from crm.db import VERSION_TABLE, alembic_config, current_revision, make_engine
 from crm.followups.models import Purchase
 
@@ -127,5 +132,91 @@ def test_0002_keeps_purchase_amounts_and_takes_uint256(fresh_url: str | sa.URL) 
         with Session(engine) as session:
             amounts = {p.payment_ref: p.amount_minor for p in session.exec(select(Purchase))}
         assert amounts == {"pay_old": 2**63 - 1, "pay_new": 2**200 + 1}
+    finally:
+        engine.dispose()
+
+
+def _old_ledger(session: Session, contact_id: int, actions: list[str]) -> None:
+    """Ledger entries (and projection rows) as the service wrote them before 0003."""
+    prev = chain.GENESIS
+    for seq, action in enumerate(actions, start=1):
+        entry = chain.LedgerEntry(
+            contact_id=contact_id,
+            seq=seq,
+            purpose="marketing",
+            channel="email",
+            action=action,
+            legal_basis="consent",
+            policy_version="1",
+            source="api",
+            actor="old",
+            occurred_at=START,
+        )
+        event = ConsentEvent(
+            merchant_id=1,
+            contact_id=contact_id,
+            seq=seq,
+            purpose="marketing",
+            channel="email",
+            action=action,
+            actor="old",
+            occurred_at=START,
+            prev_hash=prev,
+            hash=chain.entry_hash(entry, prev),
+        )
+        session.add(event)
+        session.flush()
+        prev = event.hash
+        state = session.get(ConsentState, (contact_id, "marketing", "email"))
+        state = state or ConsentState(
+            contact_id=contact_id, purpose="marketing", channel="email", merchant_id=1
+        )
+        state.state = {"grant": "granted", "withdraw": "withdrawn"}[action]
+        state.event_id, state.updated_at = event.id, START  # type: ignore[assignment]
+        session.add(state)
+
+
+def test_0003_backfills_unsealed_heads_that_seal_later(fresh_url: str | sa.URL) -> None:
+    """Each contact with a ledger gets a head naming its last entry, without a MAC (migrations
+    hold no key); verification accepts it unkeyed, reports it unsealed keyed, until sealed."""
+    command.upgrade(alembic_config(fresh_url), "0002")
+    engine = make_engine(fresh_url)
+    keyring = KeyRing(b"m" * 32)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO crm_merchant (id, name, created_at) VALUES (1, 'M', :t)"),
+                {"t": START},
+            )
+            for cid in (1, 2, 3):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO crm_contact (id, merchant_id, time_zone, personalised,"
+                        " created_at, updated_at) VALUES (:c, 1, 'UTC', false, :t, :t)"
+                    ),
+                    {"c": cid, "t": START},
+                )
+        with Session(engine) as session, session.begin():
+            _old_ledger(session, 1, ["grant", "withdraw"])
+            _old_ledger(session, 3, ["grant"])
+        command.upgrade(alembic_config(fresh_url), "head")
+        with Session(engine) as session, session.begin():
+            heads = {h.contact_id: h for h in session.exec(select(ConsentHead))}
+            assert set(heads) == {1, 3}  # contact 2 has no ledger
+            last = consent.history(session, 1)[-1]
+            assert (heads[1].seq, heads[1].head_hash, heads[1].mac) == (2, last.hash, None)
+            assert consent.verify_chain(session, 1).ok
+            keyed = consent.verify_chain(session, 1, keyring=keyring)
+            assert (keyed.ok, keyed.seal) == (False, SealStatus.UNSEALED)
+            # contact 3's head names an entry the ledger no longer has: it stays unsealed
+            heads[3].seq = 2
+            session.add(heads[3])
+            result = consent.seal_unsealed_heads(session, keyring)
+            assert (result.sealed, result.stale_contact_ids) == (1, (3,))
+        with Session(engine) as session:
+            report = consent.verify_chain(session, 1, keyring=keyring)
+            assert (report.ok, report.seal, report.length) == (True, SealStatus.VALID, 2)
+            assert consent.verify_chain(session, 3, keyring=keyring).seal is SealStatus.STALE
+            assert consent.verify_chain(session, 2, keyring=keyring).seal is SealStatus.EMPTY
     finally:
         engine.dispose()
