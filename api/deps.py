@@ -95,7 +95,7 @@ _LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """HTTP-layer knobs. :meth:`from_settings` reads optional ``api_*`` fields off ``Settings``."""
+    """HTTP-layer knobs; :meth:`from_settings` reads the ``FOLLOWPAY_API_*`` settings."""
 
     max_body_bytes: int = 1024 * 1024
     rate_limit_per_second: float = 25.0
@@ -125,23 +125,17 @@ class ApiConfig:
             raise ValueError("idempotency_purge_seconds must be >= 0")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ApiConfig:
-        d = cls()
-        origins = getattr(settings, "api_cors_origins", d.cors_origins) or ()
-        if isinstance(origins, str):
-            origins = tuple(o.strip() for o in origins.split(",") if o.strip())
-        ttl = getattr(settings, "api_idempotency_ttl_seconds", None)
+    def from_settings(cls, settings: Settings) -> ApiConfig:
+        origins = tuple(o.strip() for o in settings.api_cors_origins.split(",") if o.strip())
         return cls(
-            max_body_bytes=int(getattr(settings, "api_max_body_bytes", d.max_body_bytes)),
-            rate_limit_per_second=float(
-                getattr(settings, "api_rate_limit_per_second", d.rate_limit_per_second)
-            ),
-            rate_limit_burst=int(getattr(settings, "api_rate_limit_burst", d.rate_limit_burst)),
-            cors_origins=tuple(origins),
-            idempotency_ttl=timedelta(seconds=float(ttl)) if ttl else d.idempotency_ttl,
-            docs=bool(getattr(settings, "api_docs", d.docs)),
-            max_in_flight=int(getattr(settings, "api_max_in_flight", d.max_in_flight)),
-            cache_seconds=float(getattr(settings, "api_cache_seconds", d.cache_seconds)),
+            max_body_bytes=settings.api_max_body_bytes,
+            rate_limit_per_second=settings.api_rate_limit_per_second,
+            rate_limit_burst=settings.api_rate_limit_burst,
+            cors_origins=origins,
+            idempotency_ttl=timedelta(seconds=settings.api_idempotency_ttl_seconds),
+            docs=settings.api_docs,
+            max_in_flight=settings.api_max_in_flight,
+            cache_seconds=settings.api_cache_seconds,
         )
 
 

@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     #: memory (``api.cache``): how long another API process may still act on a key revoked or
     #: an account or endpoint changed elsewhere. 0 turns it off.
     api_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    #: HTTP-layer limits (:class:`api.deps.ApiConfig`): request body size, a rate limit per API
+    #: key (token bucket), browser origins allowed by CORS (comma-separated), how long an
+    #: Idempotency-Key's response is kept, the OpenAPI docs pages, requests in the app at once.
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    api_rate_limit_per_second: float = Field(default=25.0, gt=0)
+    api_rate_limit_burst: int = Field(default=100, ge=1)
+    api_cors_origins: str = ""
+    api_idempotency_ttl_seconds: float = Field(default=24 * 3600, ge=60)
+    api_docs: bool = True
+    api_max_in_flight: int = Field(default=32, ge=1, le=1024)
     #: Vault wallets whose keys sign invoice intents (``api.operators``): ``name`` or
     #: ``name:index``, comma-separated. Empty: invoices need the embedded stack's dev operator.
     operators: str = ""
