@@ -28,6 +28,7 @@ from api.deps import ChainInfo
 from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel, WebhookChannel
 from api.dispatch.worker import Channel, Worker
 from api.runtime import chain_info_for
+from api.sandbox import Sandbox
 from api.settlement.indexer import Indexer
 from api.webhooks.secrets import SecretCipher
 from crm import KeyRing, make_engine
@@ -60,6 +61,7 @@ class EmbeddedStack:
     cipher: SecretCipher = field(default_factory=lambda: SecretCipher(secrets.token_bytes(32)))
     deployment: Deployment = field(init=False)
     operator: Signer = field(init=False)
+    sandbox: Sandbox = field(init=False)
     engine: sa.Engine = field(init=False)
     api_engine: sa.Engine = field(init=False)
 
@@ -69,19 +71,27 @@ class EmbeddedStack:
         accounts = self.chain.dev_accounts()
         self.deployment = deploy_contracts(self.chain, accounts[0])
         self.operator = Signer(PrivateKey(bytes(accounts[2].key)))
+        self.sandbox = Sandbox(self.chain, self.deployment)
 
     def chain_info(self) -> ChainInfo:
         return chain_info_for(self.chain, self.deployment)
 
     def app(self) -> FastAPI:
-        return create_app(
+        """The API with ``/v1/test_helpers`` (:mod:`api.sandbox`): nothing outside this process
+        reaches the in-process chain, so the app registers accounts and pays invoices on it."""
+        from api.routes import test_helpers
+
+        app = create_app(
             engine=self.api_engine,
             keyring=self.keyring,
             signers={self.operator.address: self.operator},
             chain_info=self.chain_info(),
             clock=self.clock,
             cipher=self.cipher,
+            routers=[test_helpers.router],
         )
+        app.state.sandbox = self.sandbox
+        return app
 
     def indexer(self) -> Indexer:
         return Indexer(
@@ -128,6 +138,7 @@ class EmbeddedStack:
         return Session(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
+        self.sandbox.close()
         self.engine.dispose()
         self.api_engine.dispose()
 

@@ -20,19 +20,23 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
 
     from api.embedded import EmbeddedStack
 
+    settings = runtime.settings
+    explicit = "public_base_url" in settings.model_fields_set
     stack = EmbeddedStack(
         runtime.chain,
         url,
         runtime.keyring,
         runtime.clock,
-        runtime.settings.public_base_url,
+        settings.public_base_url if explicit else f"http://{host}:{port}",  # links reach us
         cipher=runtime.cipher,
     )
     stop = threading.Event()
     stack.start_background(stop, interval=runtime.settings.indexer_poll_interval)
     typer.echo(
         f"embedded: chain {stack.chain.chain_id}, router {stack.deployment.router}, "
-        f"token {stack.deployment.token}; indexer, worker and webhooks running",
+        f"token {stack.deployment.token}; indexer, worker and webhooks running; "
+        "POST /v1/test_helpers/merchants/{id}/account gives a merchant a router account, "
+        "POST /v1/test_helpers/invoices/{id}/pay pays an invoice (docs/api.md)",
         err=True,
     )
     from api.runtime import freeze_startup_heap

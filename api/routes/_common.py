@@ -12,7 +12,9 @@ from api import queries
 from api.deps import require_role
 from api.errors import InvalidRequest, NotFound
 from api.keys.service import AuthenticatedKey
+from crm import merchants as merchants_service
 from crm.errors import NotFound as CRMNotFound
+from crm.merchants.models import Merchant
 
 __all__ = [
     "Admin",
@@ -23,6 +25,7 @@ __all__ = [
     "merchant_scope",
     "object_merchant",
     "parse_id",
+    "visible_merchant",
     "write_merchant",
 ]
 
@@ -107,3 +110,13 @@ def crm_errors(what: str, object_id: Any = None) -> Iterator[None]:
     except CRMNotFound as exc:
         label = f": '{object_id}'" if object_id is not None else ""
         raise NotFound(f"No such {what}{label}.", param=exc.param or "id") from exc
+
+
+def visible_merchant(session: Session, caller: AuthenticatedKey, merchant_id: str) -> Merchant:
+    """The merchant ``merchant_id`` if the caller may see it; else 404, as for a missing one."""
+    scope = merchant_scope(caller)
+    parsed = parse_id(merchant_id)
+    if parsed is None or (scope is not None and scope != parsed):
+        raise NotFound(f"No such merchant: '{merchant_id}'.", param="id")
+    with crm_errors("merchant", merchant_id):
+        return merchants_service.get_merchant(session, parsed)

@@ -24,9 +24,8 @@ from api.routes._common import (
     Manager,
     Staff,
     actor,
-    crm_errors,
     merchant_scope,
-    parse_id,
+    visible_merchant,
 )
 from api.routing import ApiRouter
 from api.schemas.crm import (
@@ -98,16 +97,6 @@ def _configured(chain: ChainInfo | None) -> ChainInfo:
 MerchantId = Annotated[str, Path(max_length=20, description="A merchant id, e.g. `42`.")]
 
 
-def _visible(session: SessionDep, caller: Staff, merchant_id: str) -> Merchant:
-    scope = merchant_scope(caller)
-    missing = NotFound(f"No such merchant: '{merchant_id}'.", param="id")
-    parsed = parse_id(merchant_id)
-    if parsed is None or (scope is not None and scope != parsed):
-        raise missing
-    with crm_errors("merchant", merchant_id):
-        return merchants_service.get_merchant(session, parsed)
-
-
 @router.post(
     "",
     response_model=MerchantOut,
@@ -139,7 +128,7 @@ def list_merchants(
 
 @router.get("/{merchant_id}", response_model=MerchantOut, summary="Retrieve a merchant")
 def get_merchant(merchant_id: MerchantId, session: SessionDep, caller: Staff) -> MerchantOut:
-    return MerchantOut.of(_visible(session, caller, merchant_id))
+    return MerchantOut.of(visible_merchant(session, caller, merchant_id))
 
 
 @router.post(
@@ -166,7 +155,7 @@ def register_account(
     cache: ConfigCacheDep,
     after_commit: AfterCommit,
 ) -> MerchantAccountOut:
-    merchant = _visible(session, caller, merchant_id)
+    merchant = visible_merchant(session, caller, merchant_id)
     chain = _configured(chain)
     merchant_key = merchant.id or 0
     taken = settlement_repo.account_by_address(session, chain.chain_id, body.address)
@@ -225,7 +214,7 @@ def get_account(
     chain: ChainInfoDep,
     signers: SignersDep,
 ) -> MerchantAccountOut:
-    merchant = _visible(session, caller, merchant_id)
+    merchant = visible_merchant(session, caller, merchant_id)
     account = (
         None
         if chain is None
@@ -267,7 +256,7 @@ def account_link_message(
     clock: ClockDep,
     chain: ChainInfoDep,
 ) -> AccountLinkMessageOut:
-    merchant = _visible(session, caller, merchant_id)
+    merchant = visible_merchant(session, caller, merchant_id)
     chain = _configured(chain)
     valid_until = int((clock.now() + LINK_MESSAGE_VALIDITY).timestamp())
     return AccountLinkMessageOut(

@@ -7,6 +7,7 @@ SettlementError
 ├── MerchantAccountMissingError (LookupError)  409
 ├── OwnershipProofError (ValueError)      400
 ├── AccountInUseError                     409
+├── AccountExistsError                    409
 ├── DuplicateOrderError                   409
 ├── InvoiceStateError                     409
 └── ReorgTooDeepError                     500 (the indexer stops)
@@ -15,6 +16,7 @@ SettlementError
 from __future__ import annotations
 
 __all__ = [
+    "AccountExistsError",
     "AccountInUseError",
     "DuplicateOrderError",
     "InvoiceNotFoundError",
@@ -68,6 +70,12 @@ class OwnershipProofError(SettlementError, ValueError):
 class AccountInUseError(SettlementError):
     status_code = 409
     code = "account_address_in_use"
+    type = "conflict_error"
+
+
+class AccountExistsError(SettlementError):
+    status_code = 409
+    code = "account_exists"
     type = "conflict_error"
 
 
