@@ -1,0 +1,100 @@
+"""Concurrent consent appends to one contact still form one chain with a valid seal."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from crm import KeyRing, MerchantCreate, merchants
+from crm.clock import FrozenClock
+from crm.consent import service as consent
+from crm.consent.service import SealStatus
+from crm.contacts import service as contacts
+from crm.contacts.models import ContactCreate
+from crm.db import make_engine, session_scope, upgrade
+
+from .conftest import START, pg_schema_url
+
+WORKERS = 4
+APPENDS = 15
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def committed_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """A migrated database that transactions really commit to (no per-test rollback)."""
+    if request.param == "sqlite":
+        url: str | sa.URL = f"sqlite:///{tmp_path / 'consent.db'}"
+        upgrade(url)
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+        return
+    admin: sa.Engine = request.getfixturevalue("pg_admin")
+    schema = f"crm_consent_conc_{os.getpid()}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = pg_schema_url(schema)
+    upgrade(url)
+    engine = make_engine(url, pool_size=WORKERS + 1)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+def test_concurrent_appends_still_verify(committed_engine: sa.Engine, keyring: KeyRing) -> None:
+    """Workers appending to one contact's ledger at once, each append its own transaction,
+    serialise on the contact row: one unbroken chain, a valid seal, a projection equal to it."""
+    clock = FrozenClock(START)
+    with session_scope(committed_engine) as s:
+        mid = merchants.create_merchant(s, MerchantCreate(name="Busy"), clock).id or 0
+        cid = contacts.create_contact(s, mid, ContactCreate(time_zone="UTC"), keyring, clock).id
+    assert cid is not None
+    barrier = threading.Barrier(WORKERS)
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        channel = ("email", "sms", "phone", "in_app")[worker]
+        try:
+            barrier.wait()
+            for i in range(APPENDS):
+                with session_scope(committed_engine) as s:
+                    consent.record(
+                        s,
+                        mid,
+                        cid,
+                        purpose="marketing",
+                        channel=channel,
+                        action="withdraw" if i % 2 else "grant",
+                        actor=f"w{worker}",
+                        clock=clock,
+                        keyring=keyring,
+                    )
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(WORKERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with session_scope(committed_engine) as s:
+        report = consent.verify_chain(s, cid, keyring=keyring)
+        assert (report.ok, report.length, report.seal) == (
+            True,
+            WORKERS * APPENDS,
+            SealStatus.VALID,
+        )
+        assert report.problems == []
+        assert {e.actor for e in consent.history(s, cid)} == {f"w{w}" for w in range(WORKERS)}
+        # every channel ended on its worker's last action (APPENDS is odd: a grant)
+        assert all(consent.may_contact(s, cid, "marketing", ch) for ch in ("email", "sms"))
