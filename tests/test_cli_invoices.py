@@ -28,6 +28,12 @@ from crm import ContactCreate, KeyRing, SystemClock, contacts
 from tests.support import Market, open_market
 from wallet.chain import Chain
 from wallet.keys import generate_mnemonic
+from wallet.signing import (
+    PaymentIntent,
+    from_compact,
+    payment_intent_typed_data,
+    recover_typed_data,
+)
 from wallet.vault import Vault
 
 SCRIPT = Path(sys.executable).with_name("followpay")
@@ -203,6 +209,31 @@ class TestCreate:
             f"ethereum:{created['token']}@{shop.chain.chain_id}/approve"
             f"?address={deployment.router}&uint256=1"
         )
+
+    def test_its_intent_is_the_apis_and_recovers_to_the_operator(self, shop, created):
+        intent = created["intent"]
+        assert intent["merchant"] == shop.market.merchant.address
+        assert (intent["amount"], intent["fee"]) == (created["amount"], "0")
+        assert intent["invoice_id"] == str(created["number"])
+        typed = payment_intent_typed_data(
+            PaymentIntent(
+                merchant=intent["merchant"],
+                token=intent["token"],
+                amount=int(intent["amount"]),
+                fee=int(intent["fee"]),
+                invoice_id=int(intent["invoice_id"]),
+                payer=intent["payer"],
+                deadline=intent["deadline"],
+            ),
+            chain_id=shop.chain.chain_id,
+            router=shop.market.deployment.router,
+        )
+        v, r, s = from_compact(
+            bytes.fromhex(created["signature"]["r"][2:]),
+            bytes.fromhex(created["signature"]["vs"][2:]),
+        )
+        recovered = recover_typed_data(typed, r + s + bytes([v]))
+        assert recovered == Vault(shop.root / "home").info("ops").first_address
 
     def test_metadata_is_stored_as_the_api_stores_it(self, shop, created):
         stored = shop.stored(created["id"])

@@ -536,6 +536,66 @@ def send(
         typer.echo(sent.hash)
 
 
+def _compact_signature(sig_hex: str) -> tuple[bytes, bytes]:
+    from wallet.signing import to_compact
+
+    try:
+        sig = bytes.fromhex(sig_hex.removeprefix("0x"))
+    except ValueError:
+        _fail("intent signature is not hex")
+    if len(sig) == 65:
+        return to_compact(sig)
+    if len(sig) != 64:
+        _fail("intent signature must be 64 (compact) or 65 bytes")
+    return sig[:32], sig[32:]
+
+
+def _decimal_intent(doc: dict[str, Any], decimals: int) -> tuple[Any, bytes, bytes]:
+    """The hand-written format: decimal token amounts, one hex signature."""
+    from wallet.addresses import ZERO_ADDRESS, parse_address
+    from wallet.amounts import parse_amount
+    from wallet.signing import PaymentIntent
+
+    r, vs = _compact_signature(str(doc.get("signature", "")))
+    intent = PaymentIntent(
+        merchant=parse_address(str(doc.get("merchant")), param="merchant", strict=True),
+        token=parse_address(str(doc.get("token")), param="token", strict=True),
+        amount=parse_amount(str(doc.get("amount")), decimals),
+        fee=parse_amount(str(doc.get("fee", "0")), decimals, param="fee"),
+        invoice_id=int(doc.get("invoiceId") or doc.get("invoice_id") or 0),
+        payer=parse_address(str(doc.get("payer") or ZERO_ADDRESS), param="payer"),
+        deadline=int(doc.get("deadline", 0)),
+    )
+    return intent, r, vs
+
+
+def _base_units(value: object, name: str) -> int:
+    text = str(value)
+    if not (text.isascii() and text.isdigit()):
+        _fail(f"invoice intent {name} must be base units (digits), got {text!r}")
+    return int(text)
+
+
+def _invoice_intent(fields: dict[str, Any], signature: object) -> tuple[Any, bytes, bytes]:
+    """An invoice document: ``intent`` in base units and ``signature`` as ``{r, vs}``."""
+    from wallet.addresses import parse_address
+    from wallet.signing import PaymentIntent
+
+    if not isinstance(signature, dict):
+        _fail("the invoice has no signature {r, vs}")
+    r, vs = _compact_signature(str(signature.get("r", "")) + str(signature.get("vs", ""))[2:])
+    intent = PaymentIntent(
+        merchant=parse_address(str(fields.get("merchant")), param="merchant"),
+        token=parse_address(str(fields.get("token")), param="token"),
+        amount=_base_units(fields.get("amount"), "amount"),
+        fee=_base_units(fields.get("fee", "0"), "fee"),
+        invoice_id=_base_units(fields.get("invoice_id"), "invoice_id"),
+        payer=parse_address(str(fields.get("payer")), param="payer"),
+        deadline=_base_units(fields.get("deadline"), "deadline"),
+    )
+    return intent, r, vs
+
+
 @app.command("pay")
 @_handled
 def pay(
@@ -545,7 +605,8 @@ def pay(
         Path,
         typer.Option(
             "--intent",
-            help="JSON: merchant, token, amount, fee, invoiceId, payer, deadline, signature.",
+            help="An invoice as the API or `followpay invoices` prints it, or JSON with "
+            "merchant, token, amount, fee, invoiceId, payer, deadline, signature.",
         ),
     ],
     index: IndexOpt = 0,
@@ -558,13 +619,13 @@ def pay(
 ) -> None:
     """Pay a merchant's signed payment intent; prints the transaction hash.
 
-    Amounts in the intent file are decimal strings in token units (``"12.50"``); the signature is
-    the operator's 64-byte compact ``r || vs`` (or 65-byte) hex.
+    The file is either an invoice document (its ``intent`` in base units and ``signature``
+    ``{r, vs}``, as ``POST /v1/invoices`` and ``followpay invoices create|show`` print it) or a
+    flat intent whose amounts are decimal strings in token units (``"12.50"``) and whose
+    ``signature`` is the operator's 64-byte compact ``r || vs`` (or 65-byte) hex.
     """
-    from wallet.addresses import ZERO_ADDRESS, parse_address
-    from wallet.amounts import parse_amount
+    from wallet.addresses import parse_address
     from wallet.errors import InsufficientFundsError
-    from wallet.signing import PaymentIntent, to_compact
     from wallet.tokens import Router, Token
 
     router_address = parse_address(router, param="router", strict=True)
@@ -576,30 +637,15 @@ def pay(
         _fail("intent file is not valid JSON")
     if not isinstance(doc, dict):
         _fail("intent file must hold a JSON object")
-    sig_hex = str(doc.get("signature", "")).removeprefix("0x")
-    try:
-        sig = bytes.fromhex(sig_hex)
-    except ValueError:
-        _fail("intent signature is not hex")
-    if len(sig) == 65:
-        r, vs = to_compact(sig)
-    elif len(sig) == 64:
-        r, vs = sig[:32], sig[32:]
-    else:
-        _fail("intent signature must be 64 (compact) or 65 bytes")
-    token_address = parse_address(str(doc.get("token")), param="token", strict=True)
+    invoice = isinstance(doc.get("intent"), dict)  # an invoice as the API or `invoices` prints it
+    fields = doc["intent"] if invoice else doc
+    token_address = parse_address(str(fields.get("token")), param="token", strict=True)
     with _connect(chain, rpc_url, chain_id) as connected:
         bound = Token(connected, token_address)
-        decimals = bound.decimals()
-        intent = PaymentIntent(
-            merchant=parse_address(str(doc.get("merchant")), param="merchant", strict=True),
-            token=token_address,
-            amount=parse_amount(str(doc.get("amount")), decimals),
-            fee=parse_amount(str(doc.get("fee", "0")), decimals, param="fee"),
-            invoice_id=int(doc.get("invoiceId") or doc.get("invoice_id") or 0),
-            payer=parse_address(str(doc.get("payer") or ZERO_ADDRESS), param="payer"),
-            deadline=int(doc.get("deadline", 0)),
-        )
+        if invoice:
+            intent, r, vs = _invoice_intent(fields, doc.get("signature"))
+        else:
+            intent, r, vs = _decimal_intent(doc, bound.decimals())
         if bound.balance_of(_address_of(name, index)) < intent.amount:
             raise InsufficientFundsError(
                 "insufficient funds: token balance is lower than the payment amount"

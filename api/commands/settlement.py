@@ -333,7 +333,7 @@ def invoices_create(
                 signer=signer,
                 clock=runtime.clock,
             )
-            output = _invoice_json(invoice, deployment.router)
+            output = _invoice_json(session, invoice, deployment.router)
             _write_qr_codes(targets, str(output["uri"]), written)
     except BaseException:
         for path in written:
@@ -343,8 +343,11 @@ def invoices_create(
     runtime.close()
 
 
-def _invoice_json(invoice: Invoice, router: str) -> dict[str, object]:
-    from api.settlement.invoices import eip681_uri
+def _invoice_json(session: Session, invoice: Invoice, router: str) -> dict[str, object]:
+    """The invoice as JSON; its ``intent`` and ``signature`` are the API's, so the document
+    is what ``followpay wallet pay --intent`` reads."""
+    from api.settlement import repository as repo
+    from api.settlement.invoices import eip681_uri, intent_of
 
     data = {
         k: getattr(invoice, k)
@@ -367,6 +370,19 @@ def _invoice_json(invoice: Invoice, router: str) -> dict[str, object]:
     data["expires_at"] = invoice.expires_at.isoformat()
     data["metadata"] = dict(invoice.metadata_ or {})
     data["uri"] = eip681_uri(invoice, router)  # type: ignore[arg-type]
+    account = repo.get_account(session, invoice.account_id)
+    if account is not None:
+        intent = intent_of(invoice, account)
+        data["intent"] = {
+            "merchant": intent.merchant,
+            "token": intent.token,
+            "amount": str(intent.amount),
+            "fee": str(intent.fee),
+            "invoice_id": str(intent.invoice_id),
+            "payer": intent.payer,
+            "deadline": intent.deadline,
+        }
+        data["signature"] = {"r": invoice.signature_r, "vs": invoice.signature_vs}
     return data
 
 
@@ -380,7 +396,7 @@ def invoices_show(
     runtime = _runtime()
     with Session(runtime.engine) as session:
         invoice = invoices.get_invoice(session, merchant, invoice_id)
-        typer.echo(json.dumps(_invoice_json(invoice, runtime.deployment.router)))
+        typer.echo(json.dumps(_invoice_json(session, invoice, runtime.deployment.router)))
     runtime.close()
 
 

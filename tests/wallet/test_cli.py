@@ -444,6 +444,34 @@ class CliChainBehaviour(ChainSuite):
         )
         one_line_error(again, "InvoiceAlreadySettled")
 
+    def test_pay_an_invoice_document(self, runner, chain, world, tmp_path):
+        """The invoice JSON the API and `followpay invoices` print: base units, {r, vs}."""
+        intent = world.intent(902)
+        r, vs = world.router.sign_intent(world.operator, intent)
+        doc = {
+            "id": "inv_0c3f5a6e9b1d2f4a8c7e6d5b",
+            "intent": {
+                "merchant": intent.merchant,
+                "token": intent.token,
+                "amount": str(intent.amount),
+                "fee": str(intent.fee),
+                "invoice_id": str(intent.invoice_id),
+                "payer": intent.payer,
+                "deadline": intent.deadline,
+            },
+            "signature": {"r": "0x" + r.hex(), "vs": "0x" + vs.hex()},
+        }
+        path = tmp_path / "invoice.json"
+        args = ["pay", "--name", "dev", "--index", "2", "--router", world.router.address]
+        args += ["--intent", str(path), *self.chain_args(chain)]
+        path.write_text(json.dumps(doc | {"intent": doc["intent"] | {"amount": "5.0"}}))
+        one_line_error(run(runner, *args), "must be base units")
+        assert not world.router.is_settled(world.merchant.address, intent.invoice_id)
+        path.write_text(json.dumps(doc))
+        result = run(runner, *args)
+        assert result.exit_code == 0, result.stderr
+        assert world.router.is_settled(world.merchant.address, intent.invoice_id)
+
 
 class TestCliOnAnvil(CliChainBehaviour):
     backend = "anvil"
