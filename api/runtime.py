@@ -25,7 +25,7 @@ from api.operators import OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
 from api.webhooks.secrets import SecretCipher
 from crm import KeyRing, SystemClock, make_engine
-from wallet.chain import Chain, connect
+from wallet.chain import Chain, ChainBackend, connect
 from wallet.deployment import Deployment, ManifestError, read_manifest
 
 if TYPE_CHECKING:  # the API and signing stacks load only in the processes that use them
@@ -209,6 +209,13 @@ class Runtime:
         path = self.settings.manifest_for(self.chain.chain_id)
         deployment = read_manifest(path, self.chain)
         if deployment is None:
+            if self.chain.backend is ChainBackend.TESTER:  # a fresh chain in every process
+                raise ManifestError(
+                    "the in-process chain (FOLLOWPAY_CHAIN=tester) lives inside one process: "
+                    "use `followpay serve`, which runs the indexer and worker with it, or run "
+                    "`followpay chain up` and set FOLLOWPAY_CHAIN=anvil and FOLLOWPAY_RPC_URL",
+                    param="manifest",
+                )
             raise ManifestError(
                 f"no live deployment in {path}: run `followpay chain up` first", param="manifest"
             )

@@ -78,6 +78,9 @@ CASES = {
         code=2,
         says="set FOLLOWPAY_OPERATORS",
     ),
+    "indexer_on_the_in_process_chain": Case(
+        ("indexer", "--once"), says="the in-process chain (FOLLOWPAY_CHAIN=tester) lives inside"
+    ),
     "admin_key_for_a_merchant": Case(
         ("admin", "create-key", "--role", "admin", "--merchant", "1"),
         code=2,

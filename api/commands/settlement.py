@@ -291,7 +291,7 @@ def invoices_create(
     """
     from api.settlement import invoices
     from wallet.amounts import parse_amount
-    from wallet.chain import dev_accounts
+    from wallet.chain import LOCAL_DEV_CHAIN_IDS, dev_accounts
     from wallet.secrets import PrivateKey
     from wallet.signing import Signer
     from wallet.tokens import Token
@@ -300,8 +300,11 @@ def invoices_create(
     targets = _qr_targets(qr or ())
     runtime = _runtime()
     if dev_operator:
-        if not runtime.chain.is_local:
-            raise typer.BadParameter("--dev-operator needs a local chain")
+        if not (runtime.chain.is_local or runtime.chain.chain_id in LOCAL_DEV_CHAIN_IDS):
+            raise typer.BadParameter(
+                "--dev-operator signs with the public development key: only on the tester or "
+                f"anvil backends or a chain id in {sorted(LOCAL_DEV_CHAIN_IDS)}"
+            )
         signer = Signer(PrivateKey(bytes(dev_accounts()[2].key)))
     else:
         if not runtime.settings.operator_refs:
