@@ -81,6 +81,12 @@ CASES = {
     "indexer_on_the_in_process_chain": Case(
         ("indexer", "--once"), says="the in-process chain (FOLLOWPAY_CHAIN=tester) lives inside"
     ),
+    "chain_up_not_http": Case(
+        ("chain", "up", "--rpc-url", "ftp://127.0.0.1:9"), says="must be an http(s) URL"
+    ),
+    "wallet_not_http": Case(
+        ("wallet", "balance", DEAD, "--rpc-url", "ws://127.0.0.1:9"), says="must be an http(s) URL"
+    ),
     "admin_key_for_a_merchant": Case(
         ("admin", "create-key", "--role", "admin", "--merchant", "1"),
         code=2,

@@ -633,6 +633,8 @@ def connect(config: ChainConfig | None = None) -> Chain:
             f"unknown chain backend {config.backend!r} (choose one of: {choices})", param="backend"
         ) from None
 
+    if config.rpc_url and not config.rpc_url.startswith(("http://", "https://")):
+        raise UnknownBackendError("the RPC URL must be an http(s) URL", param="rpc_url")
     if backend is ChainBackend.TESTER:
         chain = _tester_chain()
     elif backend is ChainBackend.ANVIL:
