@@ -10,11 +10,21 @@ from sqlmodel import Field, SQLModel
 
 from crm._base import UTCDateTime
 
-__all__ = ["LINK_TOKEN", "PHONE_OUTCOMES", "InAppMessage", "PhoneOutcome", "PhoneTask"]
+__all__ = [
+    "LINK_TOKEN",
+    "PHONE_OUTCOMES",
+    "InAppMessage",
+    "PhoneCancelReason",
+    "PhoneOutcome",
+    "PhoneTask",
+]
 
 #: How a support agent closes a call task (``POST /v1/phone_tasks/{id}/complete``).
 PhoneOutcome: TypeAlias = Literal["reached", "no_answer", "voicemail", "wrong_number", "declined"]
 PHONE_OUTCOMES: tuple[str, ...] = get_args(PhoneOutcome)
+#: Why an open task was cancelled instead (the follow-ups' suppression reasons): the contact's
+#: consent to the call is gone, or the contact was erased.
+PhoneCancelReason: TypeAlias = Literal["no_consent", "erased"]
 
 
 class InAppMessage(SQLModel, table=True):
@@ -42,7 +52,10 @@ class PhoneTask(SQLModel, table=True):
     """A call for the support queue, to be made inside the contact's local window."""
 
     __tablename__ = "api_phone_task"
-    __table_args__ = (sa.Index("ix_api_phone_task_queue", "merchant_id", "state", "call_after"),)
+    __table_args__ = (
+        sa.Index("ix_api_phone_task_queue", "merchant_id", "state", "call_after"),
+        sa.Index("ix_api_phone_task_contact", "contact_id", "state"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     merchant_id: int = Field(foreign_key="crm_merchant.id")
@@ -51,7 +64,8 @@ class PhoneTask(SQLModel, table=True):
     time_zone: str = Field(max_length=64)
     call_after: datetime = Field(sa_type=UTCDateTime)
     call_before: datetime = Field(sa_type=UTCDateTime)
-    #: ``open`` until an agent completes it (``done``, with one of :data:`PHONE_OUTCOMES`)
+    #: ``open`` until an agent completes it (``done``, with one of :data:`PHONE_OUTCOMES`) or
+    #: the contact's consent goes (``cancelled``, with a :data:`PhoneCancelReason` as outcome)
     state: str = Field(default="open", max_length=16)
     created_at: datetime = Field(sa_type=UTCDateTime)
     outcome: str | None = Field(default=None, max_length=16)

@@ -26,6 +26,7 @@ class IdempotencyRecord(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("api_key_id", "idempotency_key"),
         sa.Index("ix_api_idempotency_keys_expires_at", "expires_at"),
+        sa.Index("ix_api_idempotency_keys_contact_id", "contact_id"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -41,3 +42,5 @@ class IdempotencyRecord(SQLModel, table=True):
     response_status: int | None = Field(default=None)
     response_headers: list[Any] | None = Field(default=None, sa_type=sa.JSON())
     response_body: bytes | None = Field(default=None, sa_type=sa.LargeBinary(), repr=False)
+    #: the CRM contact whose data the response holds: erasing it destroys the response
+    contact_id: int | None = Field(default=None)

@@ -152,3 +152,49 @@ def test_block_range_queries_read_only_their_range(engine, query, index):
             plan = conn.exec_driver_sql("EXPLAIN " + statement, parameters).fetchall()
         conn.rollback()
     assert index in " ".join(str(step) for step in plan), plan
+
+
+def test_0008_keeps_stored_responses_and_tasks_and_downgrades(tmp_path):
+    """0008 adds ``api_idempotency_keys.contact_id`` (NULL on rows stored before it: they name
+    no contact) and the phone tasks' contact index, and reverts cleanly (SQLite's batch mode
+    rebuilds the table: the rows must survive both ways)."""
+    from alembic import command
+
+    from api.db import alembic_config, make_engine, upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    upgrade(url, revision="0007")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_idempotency_keys (id, api_key_id, idempotency_key,"
+                    " fingerprint, method, path, status, locked_at, created_at, expires_at,"
+                    " response_status, response_body) VALUES ('idem_1', 'key_1', 'k', 'f',"
+                    " 'POST', '/v1/contacts', 'completed', '2026-01-01', '2026-01-01',"
+                    " '2026-01-02', 200, :body)"
+                ),
+                {"body": b'{"id": 1}'},
+            )
+        command.upgrade(alembic_config(url), "head")
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text("SELECT contact_id, response_body FROM api_idempotency_keys")
+            ).one()
+            indexes = {
+                name
+                for (name,) in conn.execute(
+                    sa.text("SELECT name FROM sqlite_master WHERE type = 'index'")
+                )
+            }
+        assert (row.contact_id, bytes(row.response_body)) == (None, b'{"id": 1}')
+        assert {"ix_api_idempotency_keys_contact_id", "ix_api_phone_task_contact"} <= indexes
+        command.downgrade(alembic_config(url), "0007")
+        with engine.connect() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("api_idempotency_keys")}
+            kept = conn.execute(sa.text("SELECT count(*) FROM api_idempotency_keys")).scalar()
+        assert "contact_id" not in columns
+        assert kept == 1
+    finally:
+        engine.dispose()
