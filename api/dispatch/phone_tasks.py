@@ -1,16 +1,27 @@
-"""The phone channel's call tasks as support agents work them: retrieve, complete once."""
+"""The phone channel's call tasks as support agents work them: retrieve, complete once; and
+cancelled as soon as the contact's consent to the call is gone.
+
+A task is callable only while the contact, not erased, has consent ``granted`` for the
+follow-up's purpose on the phone. Every API path that withdraws, objects or erases calls
+:func:`cancel_without_consent` in its own transaction; listing (:func:`blocked_reasons`) and
+completing re-check, for a task the worker wrote while a withdrawal was committing.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
 
 from sqlmodel import Session
 
 from api.dispatch import repository as repo
-from api.dispatch.models import PHONE_OUTCOMES, PhoneTask
+from api.dispatch.models import PHONE_OUTCOMES, PhoneCancelReason, PhoneTask
 from api.errors import ApiError, NotFound
 from crm.audit import service as audit
 from crm.clock import Clock
+from crm.enums import ConsentStatus
 
-__all__ = ["PhoneTaskClosed", "complete", "get"]
+__all__ = ["PhoneTaskClosed", "blocked_reasons", "cancel_without_consent", "complete", "get"]
 
 
 class PhoneTaskClosed(ApiError):
@@ -27,27 +38,81 @@ def get(session: Session, merchant_id: int, task_id: int, *, for_update: bool = 
     return task
 
 
+def blocked_reasons(session: Session, tasks: Sequence[PhoneTask]) -> dict[int, PhoneCancelReason]:
+    """Why each open task of ``tasks`` may not be called (absent: it may). Fails closed: a task
+    without its follow-up or contact counts as without consent."""
+    open_ids = [t.id for t in tasks if t.id is not None and t.state == "open"]
+    facts = repo.call_consent(session, open_ids)
+    reasons: dict[int, PhoneCancelReason] = {}
+    for task_id in open_ids:
+        erased, state = facts.get(task_id, (False, None))
+        if erased:
+            reasons[task_id] = "erased"
+        elif state != ConsentStatus.GRANTED.value:
+            reasons[task_id] = "no_consent"
+    return reasons
+
+
+def cancel_without_consent(
+    session: Session, merchant_id: int, contact_id: int, *, actor: str, clock: Clock
+) -> int:
+    """Cancel the contact's open tasks it may no longer be called for (audited); call it in
+    the transaction that withdrew, objected or erased. Returns how many."""
+    tasks = repo.open_tasks_for_contact(session, merchant_id, contact_id)
+    reasons = blocked_reasons(session, tasks)
+    now = clock.now()
+    for task in tasks:
+        if task.id in reasons:
+            _cancel(session, task, reasons[task.id], actor=actor, at=now)
+    return len(reasons)
+
+
 def complete(
     session: Session, merchant_id: int, task_id: int, *, outcome: str, actor: str, clock: Clock
 ) -> PhoneTask:
     """Close an open task with its outcome (audited). A second completion is refused, so two
-    agents who took the same call cannot overwrite each other's outcome."""
+    agents who took the same call cannot overwrite each other's outcome. A task whose consent
+    is gone is cancelled with the reason instead (the reported outcome goes to the audit log)."""
     if outcome not in PHONE_OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}")  # the schema admits only known ones
     task = get(session, merchant_id, task_id, for_update=True)
     if task.state != "open":
         raise PhoneTaskClosed(param="id")
     now = clock.now()
+    reason = blocked_reasons(session, [task]).get(task_id)
+    if reason is not None:
+        _cancel(session, task, reason, actor=actor, at=now, reported_outcome=outcome)
+        return task
     task.state, task.outcome, task.completed_at, task.completed_by = "done", outcome, now, actor
     repo.save(session, task)
+    _audit(session, task, "phone_task.complete", actor, now, outcome=outcome)
+    return task
+
+
+def _cancel(
+    session: Session,
+    task: PhoneTask,
+    reason: PhoneCancelReason,
+    *,
+    actor: str,
+    at: datetime,
+    **detail: str,
+) -> None:
+    task.state, task.outcome, task.completed_at, task.completed_by = "cancelled", reason, at, actor
+    repo.save(session, task)
+    _audit(session, task, "phone_task.cancel", actor, at, reason=reason, **detail)
+
+
+def _audit(
+    session: Session, task: PhoneTask, action: str, actor: str, at: datetime, **detail: str
+) -> None:
     audit.record(
         session,
-        merchant_id=merchant_id,
+        merchant_id=task.merchant_id,
         actor=actor,
-        action="phone_task.complete",
+        action=action,
         object_type="phone_task",
-        object_id=task_id,
-        at=now,
-        detail={"outcome": outcome},
+        object_id=task.id or 0,
+        at=at,
+        detail=dict(detail),
     )
-    return task

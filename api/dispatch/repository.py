@@ -10,8 +10,12 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from api.dispatch.models import InAppMessage, PhoneTask
+from crm.consent.models import ConsentState
+from crm.contacts.models import Contact
+from crm.enums import Channel
+from crm.followups.models import FollowUp
 
-__all__ = ["get_phone_task", "mark_read", "save"]
+__all__ = ["call_consent", "get_phone_task", "mark_read", "open_tasks_for_contact", "save"]
 
 
 def get_phone_task(
@@ -21,6 +25,64 @@ def get_phone_task(
     if for_update:
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.exec(stmt).first()
+
+
+def open_tasks_for_contact(
+    session: Session, merchant_id: int, contact_id: int
+) -> Sequence[PhoneTask]:
+    """The contact's open call tasks, locked (``ix_api_phone_task_contact``)."""
+    stmt = (
+        select(PhoneTask)
+        .where(
+            PhoneTask.contact_id == contact_id,
+            PhoneTask.state == "open",
+            PhoneTask.merchant_id == merchant_id,
+        )
+        .order_by(col(PhoneTask.id))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return session.exec(stmt).all()
+
+
+def call_consent(session: Session, task_ids: Sequence[int]) -> dict[int, tuple[bool, str | None]]:
+    """Per task: ``(contact erased, the contact's consent state for the task's purpose on the
+    phone)``, the state ``None`` when never recorded. A task whose follow-up or contact is
+    missing, or belongs to another merchant, is absent."""
+    if not task_ids:
+        return {}
+    task, followup, contact, state = PhoneTask, FollowUp, Contact, ConsentState
+    stmt = (
+        sa.select(col(task.id), col(contact.erased_at), col(state.state))
+        .join(
+            followup,
+            sa.and_(
+                col(followup.id) == col(task.followup_id),
+                col(followup.merchant_id) == col(task.merchant_id),
+                col(followup.contact_id) == col(task.contact_id),
+            ),
+        )
+        .join(
+            contact,
+            sa.and_(
+                col(contact.id) == col(task.contact_id),
+                col(contact.merchant_id) == col(task.merchant_id),
+            ),
+        )
+        .outerjoin(
+            state,
+            sa.and_(
+                col(state.contact_id) == col(task.contact_id),
+                col(state.purpose) == col(followup.purpose),
+                col(state.channel) == Channel.PHONE.value,
+            ),
+        )
+        .where(col(task.id).in_(list(task_ids)))
+    )
+    return {
+        int(task_id): (erased_at is not None, consent)
+        for task_id, erased_at, consent in session.execute(stmt)
+    }
 
 
 def save(session: Session, task: PhoneTask) -> PhoneTask:

@@ -1,4 +1,7 @@
-"""/v1/contacts: CRUD, wallet addresses, the consent ledger, GDPR export and erasure."""
+"""/v1/contacts: CRUD, wallet addresses, the consent ledger, GDPR export and erasure.
+
+A withdrawal, objection or erasure cancels, in its transaction, the contact's open phone calls
+it no longer allows."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from sqlmodel import Session
 
 from api import queries
 from api.deps import AfterCommit, ClockDep, KeyRingDep, SessionDep
+from api.dispatch import phone_tasks
 from api.errors import Forbidden
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
@@ -202,8 +206,9 @@ def consent_history(session: Session, contact_id: int) -> ConsentHistory:
     summary="Record a consent decision (grant, withdraw, object)",
     description="Appends one entry to the contact's hash-chained ledger and updates the current "
     "state in the same transaction. A withdraw or objection without `channel` covers every "
-    "channel; an objection stops pending follow-ups of that purpose at once. Support keys may "
-    "record withdrawals and objections (never grants).",
+    "channel; an objection stops pending follow-ups of that purpose at once. A withdrawal or "
+    "objection also cancels the contact's open phone tasks it no longer allows (`outcome` "
+    "`no_consent`). Support keys may record withdrawals and objections (never grants).",
 )
 def record_consent(
     contact_id: ContactId,
@@ -232,6 +237,10 @@ def record_consent(
             actor=actor(caller),
             clock=clock,
             **kwargs,  # type: ignore[arg-type]
+        )
+    if body.action is not ConsentAction.GRANT:
+        phone_tasks.cancel_without_consent(
+            session, merchant_id, contact_id, actor=actor(caller), clock=clock
         )
     out = ConsentEventOut.of(event)
     enqueue(session, str(merchant_id), "consent.changed", out.model_dump(mode="json"))
@@ -280,7 +289,8 @@ def export_contact(
     response_model=ErasureOut,
     summary="Erase a contact (crypto-shredding, GDPR Art. 17)",
     description="Destroys the contact's data key (every ciphertext becomes unreadable), scrubs "
-    "blind indexes, suppresses pending follow-ups; payment records stay, pseudonymised "
+    "blind indexes, suppresses pending follow-ups, cancels open phone tasks (`outcome` "
+    "`erased`); payment records stay, pseudonymised "
     "(Art. 17(3)(b)). Idempotent: a second call returns the first erasure record.",
 )
 def erase_contact(
@@ -300,4 +310,7 @@ def erase_contact(
             clock=clock,
             request_ref=body.request_ref if body is not None else None,
         )
+    phone_tasks.cancel_without_consent(
+        session, merchant_id, contact_id, actor=actor(caller), clock=clock
+    )
     return ErasureOut.of(log)

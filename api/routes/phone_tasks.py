@@ -28,8 +28,10 @@ TaskId = Annotated[int, Path(ge=1, le=2**62)]
     response_model=ListResponse[PhoneTaskOut],
     summary="The call queue, earliest call first",
     description="Call tasks ordered by the start of the contact's local calling window, then id. "
-    "Default: the open ones; `state=done` lists completed calls. `starting_after` is the last "
-    "task id of the previous page.",
+    "Default: the open ones; `state=done` lists completed calls, `state=cancelled` those closed "
+    "because the contact's consent went. Consent is re-checked here: an open task whose contact "
+    "withdrew or was erased shows `blocked_reason` and is never `callable_now`. "
+    "`starting_after` is the last task id of the previous page.",
 )
 def list_phone_tasks(
     request: Request,
@@ -37,7 +39,7 @@ def list_phone_tasks(
     caller: Staff,
     page: PageDep,
     clock: ClockDep,
-    state: Annotated[Literal["open", "done"], Query()] = "open",
+    state: Annotated[Literal["open", "done", "cancelled"], Query()] = "open",
     merchant_id: Annotated[
         str | None, Query(min_length=1, max_length=20, description="Admins: one merchant.")
     ] = None,
@@ -52,9 +54,11 @@ def list_phone_tasks(
     rows, has_more = queries.phone_tasks_page(
         session, scope, state=state, limit=page.limit, after=after
     )
-    now = clock.now()
+    now, blocked = clock.now(), phone_tasks.blocked_reasons(session, rows)
     return ListResponse[PhoneTaskOut](
-        data=[PhoneTaskOut.of(t, now) for t in rows], has_more=has_more, url=request.url.path
+        data=[PhoneTaskOut.of(t, now, blocked.get(t.id or 0)) for t in rows],
+        has_more=has_more,
+        url=request.url.path,
     )
 
 
@@ -63,7 +67,9 @@ def get_phone_task(
     task_id: TaskId, session: SessionDep, caller: Staff, clock: ClockDep
 ) -> PhoneTaskOut:
     merchant_id = object_merchant(session, caller, PhoneTask, task_id, what="phone task")
-    return PhoneTaskOut.of(phone_tasks.get(session, merchant_id, task_id), clock.now())
+    task = phone_tasks.get(session, merchant_id, task_id)
+    blocked = phone_tasks.blocked_reasons(session, [task]).get(task_id)
+    return PhoneTaskOut.of(task, clock.now(), blocked)
 
 
 @router.post(
@@ -71,7 +77,9 @@ def get_phone_task(
     response_model=PhoneTaskOut,
     summary="Record a call's outcome",
     description="Closes the task (audited). A task is completed once: a second completion is "
-    "`409 phone_task_closed`.",
+    "`409 phone_task_closed`. Consent is re-checked: a task whose contact withdrew consent to "
+    "the call or was erased is cancelled instead (`state: cancelled`, `outcome` `no_consent` "
+    "or `erased`; the reported outcome is in the audit log).",
 )
 def complete_phone_task(
     task_id: TaskId,

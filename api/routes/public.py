@@ -14,6 +14,7 @@ One-click rating is a ``GET`` by design (an e-mail link); mail scanners that pre
 record a rating, so e-mails should link ratings to a page that confirms before it calls here, and
 the customer can correct a recorded answer with ``PATCH`` while it is editable.
 Withdrawal is a ``POST`` (RFC 8058 one-click unsubscribe style), never a ``GET``.
+A withdrawal also cancels the contact's open phone tasks it no longer allows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlmodel import Session
 
 from api import queries
 from api.deps import ClockDep, KeyRingDep, SessionDep
+from api.dispatch import phone_tasks
 from api.dispatch import repository as dispatch_repo
 from api.dispatch.channels import render_in_app
 from api.errors import error_responses
@@ -255,6 +257,9 @@ def _withdraw(
         )
         payload = ConsentEventOut.of(event).model_dump(mode="json")
         enqueue(session, str(fb.merchant_id), "consent.changed", payload)
+    phone_tasks.cancel_without_consent(
+        session, fb.merchant_id, fb.contact_id, actor=_ACTOR, clock=clock
+    )
 
 
 @router.post(
@@ -279,7 +284,7 @@ def withdraw_my_consent(
     response_model=PublicConsents,
     summary="Withdraw every consent in one click",
     description="No body needed: withdraws every purpose on every channel (pending follow-ups "
-    "stop at once).",
+    "stop at once, open phone tasks are cancelled).",
 )
 def withdraw_all_my_consent(
     token: Token, request: Request, session: SessionDep, clock: ClockDep

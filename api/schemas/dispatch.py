@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.dispatch.models import PhoneOutcome, PhoneTask
+from api.dispatch.models import PhoneCancelReason, PhoneOutcome, PhoneTask
 
 __all__ = ["PhoneTaskCompleteBody", "PhoneTaskOut"]
 
@@ -23,16 +23,31 @@ class PhoneTaskOut(BaseModel):
     call_after: datetime = Field(description="Start of the contact's local calling window.")
     call_before: datetime = Field(description="End of that window.")
     local_window: str = Field(description="The window in the contact's time, e.g. `08:00-21:00`.")
-    callable_now: bool = Field(description="Whether now is inside the window.")
-    state: Literal["open", "done"]
-    outcome: PhoneOutcome | None
+    callable_now: bool = Field(
+        description="Whether the call may be made now: inside the window, and not blocked."
+    )
+    blocked_reason: PhoneCancelReason | None = Field(
+        description="Set on an open task whose contact has withdrawn consent to the call or was "
+        "erased since it was queued: do not call (completing it cancels it with this reason)."
+    )
+    state: Literal["open", "done", "cancelled"] = Field(
+        description="`cancelled`: closed without a call because consent went (see `outcome`)."
+    )
+    outcome: PhoneOutcome | PhoneCancelReason | None = Field(
+        description="The call's outcome; for a cancelled task why: `no_consent` (consent to "
+        "the call withdrawn or objected to) or `erased` (the contact was erased)."
+    )
     completed_at: datetime | None
     completed_by: str | None
     created_at: datetime
 
     @classmethod
-    def of(cls, task: PhoneTask, now: datetime) -> PhoneTaskOut:
+    def of(
+        cls, task: PhoneTask, now: datetime, blocked: PhoneCancelReason | None = None
+    ) -> PhoneTaskOut:
+        """``blocked``: :func:`api.dispatch.phone_tasks.blocked_reasons` of an open task."""
         zone = ZoneInfo(task.time_zone)
+        open_ = task.state == "open"
         start, end = task.call_after.astimezone(zone), task.call_before.astimezone(zone)
         return cls(
             id=task.id or 0,
@@ -43,7 +58,8 @@ class PhoneTaskOut(BaseModel):
             call_after=task.call_after,
             call_before=task.call_before,
             local_window=f"{start:%H:%M}-{end:%H:%M}",
-            callable_now=task.state == "open" and task.call_after <= now < task.call_before,
+            callable_now=open_ and blocked is None and task.call_after <= now < task.call_before,
+            blocked_reason=blocked if open_ else None,
             state=task.state,  # type: ignore[arg-type]
             outcome=task.outcome,  # type: ignore[arg-type]
             completed_at=task.completed_at,
