@@ -2,11 +2,13 @@
 
 from api.idempotency.models import IdempotencyRecord, IdempotencyStatus
 from api.idempotency.service import (
+    ERASED_RESPONSE,
     HEADER,
     REPLAYED_HEADER,
     IdempotencyContext,
     IdempotentReplay,
     fingerprint,
+    forget_contact,
     prepare,
     purge_expired,
     record,
@@ -14,6 +16,7 @@ from api.idempotency.service import (
 )
 
 __all__ = [
+    "ERASED_RESPONSE",
     "HEADER",
     "REPLAYED_HEADER",
     "IdempotencyContext",
@@ -21,6 +24,7 @@ __all__ = [
     "IdempotencyStatus",
     "IdempotentReplay",
     "fingerprint",
+    "forget_contact",
     "prepare",
     "purge_expired",
     "record",

@@ -27,6 +27,11 @@
   at rest. The API deletes expired rows every ``ApiConfig.idempotency_purge_seconds``.
 * A committed ``in_progress`` row (written by releases before this design) still answers 409
   ``idempotency_key_in_use`` until ``lock_timeout``, then is taken over.
+* Erasure: a response holding a CRM contact's data names it (``IdempotencyContext.contact_id``,
+  set by the route). :func:`forget_contact`, in the erasure's transaction, overwrites every such
+  response with :data:`ERASED_RESPONSE` (409 ``contact_erased``, what the request would get
+  now): a replay neither returns the data nor runs again (a create would bring it back). A
+  replay also checks the contact, for a response stored by a request that raced the erasure.
 """
 
 from __future__ import annotations
@@ -43,20 +48,23 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from api.db import new_id, utcnow
 from api.errors import IdempotencyError, IdempotencyKeyInUse, InvalidRequest
 from api.idempotency.models import IdempotencyRecord, IdempotencyStatus
+from crm.contacts.models import Contact
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_TTL",
+    "ERASED_RESPONSE",
     "HEADER",
     "REPLAYED_HEADER",
     "IdempotencyContext",
     "IdempotentReplay",
     "fingerprint",
+    "forget_contact",
     "prepare",
     "purge_expired",
     "record",
@@ -98,6 +106,8 @@ class IdempotencyContext:
     #: AES-GCM key for the stored body (:func:`api.keys.service.sealing_key`); empty: stored
     #: as is (direct callers and tests).
     sealing_key: bytes = field(default=b"", repr=False)
+    #: the contact whose data the response holds (erasure destroys it: :func:`forget_contact`)
+    contact_id: int | None = None
 
 
 #: Marks a sealed body: ``_SEALED + nonce(12) + AES-GCM ciphertext``. A response body is JSON
@@ -123,6 +133,25 @@ def _unseal(ctx: IdempotencyContext, stored: bytes) -> bytes:
             "The stored response for this Idempotency-Key cannot be replayed; use a new key.",
             param=HEADER,
         ) from None
+
+
+#: What a key whose response held an erased contact's data answers from then on.
+ERASED_RESPONSE = (
+    409,
+    [("content-type", "application/json")],
+    json.dumps(
+        {
+            "error": {
+                "type": "conflict_error",
+                "code": "contact_erased",
+                "message": "The contact this request concerned has been erased; its stored "
+                "response was destroyed with its data.",
+                "param": None,
+            }
+        },
+        separators=(",", ":"),
+    ).encode(),
+)
 
 
 def _bound(ctx: IdempotencyContext) -> bytes:
@@ -160,6 +189,27 @@ def purge_expired(engine: sa.Engine, now: datetime | None = None) -> int:
     with engine.begin() as conn:
         result = conn.execute(sa.delete(_T).where(_T.c.expires_at <= (now or utcnow())))
         return int(result.rowcount or 0)
+
+
+def forget_contact(session: Session, contact_id: int) -> int:
+    """Overwrite every stored response about ``contact_id`` with :data:`ERASED_RESPONSE`, in
+    the caller's (the erasure's) transaction; returns how many."""
+    status, headers, body = ERASED_RESPONSE
+    result = session.connection().execute(
+        sa.update(_T)
+        .where(_T.c.contact_id == contact_id)
+        .values(
+            response_status=status,
+            response_headers=[list(h) for h in headers],
+            response_body=body,
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _contact_erased(conn: sa.Connection, contact_id: int) -> bool:
+    stmt = sa.select(col(Contact.erased_at)).where(col(Contact.id) == contact_id)
+    return conn.execute(stmt).scalar() is not None
 
 
 # "INSERT … ON CONFLICT DO NOTHING RETURNING id" (SQLite ≥ 3.35 and PostgreSQL): a duplicate key
@@ -235,6 +285,7 @@ _TAKE_OVER = (
         response_status=sa.bindparam("response_status"),
         response_headers=sa.bindparam("response_headers", type_=_T.c.response_headers.type),
         response_body=sa.bindparam("response_body", type_=_T.c.response_body.type),
+        contact_id=sa.bindparam("contact_id", type_=_T.c.contact_id.type),
     )
 )
 
@@ -258,6 +309,7 @@ def record(
         "response_status": status,
         "response_headers": _stored_headers(headers),
         "response_body": _seal(ctx, body),
+        "contact_id": ctx.contact_id,
     }
     try:
         _record(conn, ctx, now, lock_timeout, response)
@@ -290,6 +342,8 @@ def _record(
         if row.fingerprint != ctx.fingerprint:
             raise IdempotencyError(param=HEADER)
         if row.status == IdempotencyStatus.COMPLETED.value:
+            if row.contact_id is not None and _contact_erased(conn, row.contact_id):
+                raise IdempotentReplay(*ERASED_RESPONSE)
             raise IdempotentReplay(
                 row.response_status,
                 [tuple(h) for h in row.response_headers or []],

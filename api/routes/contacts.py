@@ -1,7 +1,8 @@
 """/v1/contacts: CRUD, wallet addresses, the consent ledger, GDPR export and erasure.
 
-A withdrawal, objection or erasure cancels, in its transaction, the contact's open phone calls
-it no longer allows."""
+Every POST about a contact names it on its stored idempotent response, which erasure then
+destroys (:func:`api.idempotency.forget_contact`); a withdrawal or objection cancels, in its
+transaction, the contact's open phone calls it no longer allows."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Annotated
 from fastapi import Path, Query, Request
 from sqlmodel import Session
 
+from api import privacy as api_privacy
 from api import queries
-from api.deps import AfterCommit, ClockDep, KeyRingDep, SessionDep
+from api.deps import AfterCommit, ClockDep, KeyRingDep, SessionDep, current_request
 from api.dispatch import phone_tasks
 from api.errors import Forbidden
 from api.keys.service import AuthenticatedKey
@@ -75,6 +77,14 @@ def _out(session: Session, contact: Contact, keyring: KeyRing) -> ContactOut:
     return ContactOut.of(contacts.to_public(session, contact, keyring))
 
 
+def _response_concerns(contact_id: int) -> None:
+    """Name the contact on this request's stored idempotent response (if it has one), so that
+    erasing the contact destroys it."""
+    ctx = current_request()
+    if ctx is not None and ctx.idempotency is not None:
+        ctx.idempotency.contact_id = contact_id
+
+
 @router.post(
     "",
     response_model=ContactOut,
@@ -93,6 +103,7 @@ def create_contact(
     data = ContactCreate(**body.model_dump(exclude={"merchant_id"}))
     with crm_errors("merchant", merchant_id):
         contact = contacts.create_contact(session, merchant_id, data, keyring, clock)
+    _response_concerns(contact.id or 0)
     audit.record(
         session,
         actor=actor(caller),
@@ -146,6 +157,7 @@ def update_contact(
     clock: ClockDep,
 ) -> ContactOut:
     merchant_id = _merchant(session, caller, contact_id)
+    _response_concerns(contact_id)
     data = ContactUpdate(**body.model_dump(exclude_unset=True))
     with crm_errors("contact", contact_id):
         contact = contacts.update_contact(
@@ -169,6 +181,7 @@ def add_wallet_address(
     clock: ClockDep,
 ) -> ContactOut:
     merchant_id = _merchant(session, caller, contact_id)
+    _response_concerns(contact_id)
     with crm_errors("contact", contact_id):
         contacts.add_wallet(session, merchant_id, contact_id, body.address, keyring, clock)
         contact = contacts.get_contact(session, merchant_id, contact_id)
@@ -221,6 +234,7 @@ def record_consent(
     if body.action is ConsentAction.GRANT and caller.role.value == "support":
         raise Forbidden("Support keys may record withdrawals and objections, not grants.")
     merchant_id = _merchant(session, caller, contact_id)
+    _response_concerns(contact_id)
     kwargs: dict[str, object] = {"policy_version": body.policy_version, "source": body.source}
     if body.legal_basis is not None:
         kwargs["legal_basis"] = body.legal_basis
@@ -290,8 +304,10 @@ def export_contact(
     summary="Erase a contact (crypto-shredding, GDPR Art. 17)",
     description="Destroys the contact's data key (every ciphertext becomes unreadable), scrubs "
     "blind indexes, suppresses pending follow-ups, cancels open phone tasks (`outcome` "
-    "`erased`); payment records stay, pseudonymised "
-    "(Art. 17(3)(b)). Idempotent: a second call returns the first erasure record.",
+    "`erased`) and destroys stored idempotent responses about the contact (replaying one "
+    "answers `409 contact_erased`); payment records stay, pseudonymised (Art. 17(3)(b)): "
+    "invoices keep `contact_id`, the payer address and `metadata`. Idempotent: a second call "
+    "returns the first erasure record.",
 )
 def erase_contact(
     contact_id: ContactId,
@@ -302,7 +318,7 @@ def erase_contact(
 ) -> ErasureOut:
     merchant_id = _merchant(session, caller, contact_id)
     with crm_errors("contact", contact_id):
-        log = privacy.erase_contact(
+        log = api_privacy.erase_contact(
             session,
             merchant_id,
             contact_id,
@@ -310,7 +326,4 @@ def erase_contact(
             clock=clock,
             request_ref=body.request_ref if body is not None else None,
         )
-    phone_tasks.cancel_without_consent(
-        session, merchant_id, contact_id, actor=actor(caller), clock=clock
-    )
     return ErasureOut.of(log)
