@@ -1,18 +1,57 @@
-"""Erasure as the API runs it: the CRM's (:mod:`crm.privacy`) plus what only the API side
-holds, in the caller's transaction: the contact's open phone tasks are cancelled and the
-stored idempotent responses that held the contact's data are destroyed."""
+"""Export and erasure as the API runs them: the CRM's (:mod:`crm.privacy`) plus what only the
+API side holds, in the caller's transaction.
+
+Export adds the contact's in-app messages (link tokens masked), phone tasks with their call
+outcomes, invoices, and the audit entries about those tasks and invoices. Erasure also cancels
+the contact's open phone tasks and destroys the stored idempotent responses that held the
+contact's data. Every query is scoped to the contact's merchant.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlmodel import Session
 
 from api import idempotency
 from api.dispatch import phone_tasks as calls
-from crm import privacy
+from api.dispatch.models import InAppMessage, PhoneTask
+from api.errors import redact
+from api.privacy import repository as repo
+from api.settlement.models import Invoice
+from crm import KeyRing, privacy
 from crm.clock import Clock
 from crm.privacy.models import ErasureLog
 
-__all__ = ["erase_contact"]
+__all__ = ["erase_contact", "export_contact"]
+
+
+def export_contact(
+    session: Session,
+    merchant_id: int,
+    contact_id: int,
+    *,
+    keyring: KeyRing,
+    actor: str,
+    clock: Clock,
+) -> dict[str, Any]:
+    """:func:`crm.privacy.export_contact` (audited; 404 for another merchant's contact) plus
+    the API side's rows about the contact."""
+    data = privacy.export_contact(
+        session, merchant_id, contact_id, keyring=keyring, actor=actor, clock=clock
+    )
+    tasks = repo.phone_tasks(session, merchant_id, contact_id)
+    invoices = repo.invoices(session, merchant_id, contact_id)
+    data["in_app_messages"] = [_message(m) for m in repo.messages(session, merchant_id, contact_id)]
+    data["phone_tasks"] = [_task(t) for t in tasks]
+    data["invoices"] = [_invoice(i) for i in invoices]
+    about = [
+        *repo.audit_entries(session, merchant_id, "phone_task", [t.id or 0 for t in tasks]),
+        *repo.audit_entries(session, merchant_id, "invoice", [i.id for i in invoices]),
+    ]
+    entries = data["audit_log"] + [a.model_dump(mode="json") for a in about]
+    data["audit_log"] = sorted(entries, key=lambda entry: int(entry["id"]))
+    return data
 
 
 def erase_contact(
@@ -33,3 +72,51 @@ def erase_contact(
     calls.cancel_without_consent(session, merchant_id, contact_id, actor=actor, clock=clock)
     idempotency.forget_contact(session, contact_id)
     return log
+
+
+def _message(m: InAppMessage) -> dict[str, Any]:
+    """The message as the customer reads it, its links' token masked (the stored body holds a
+    placeholder; bodies from before migration 0006 hold the token itself)."""
+    return {
+        "id": m.id,
+        "followup_id": m.followup_id,
+        "subject": m.subject,
+        "body": redact(m.body),
+        "created_at": m.created_at.isoformat(),
+        "read_at": None if m.read_at is None else m.read_at.isoformat(),
+    }
+
+
+def _task(t: PhoneTask) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "followup_id": t.followup_id,
+        "time_zone": t.time_zone,
+        "call_after": t.call_after.isoformat(),
+        "call_before": t.call_before.isoformat(),
+        "state": t.state,
+        "outcome": t.outcome,
+        "completed_at": None if t.completed_at is None else t.completed_at.isoformat(),
+        "completed_by": t.completed_by,
+        "created_at": t.created_at.isoformat(),
+    }
+
+
+def _invoice(i: Invoice) -> dict[str, Any]:
+    """What the payment record holds about the payer (no signature: it authorises nothing
+    of theirs)."""
+    return {
+        "id": i.id,
+        "order_id": i.order_id,
+        "chain_id": i.chain_id,
+        "token": i.token,
+        "amount": str(i.amount),
+        "payer": i.payer,
+        "state": str(i.state),
+        "status": str(i.status),
+        "paid_amount": str(i.paid_amount),
+        "refunded_amount": str(i.refunded_amount),
+        "metadata": dict(i.metadata_),
+        "created_at": i.created_at.isoformat(),
+        "settled_at": None if i.settled_at is None else i.settled_at.isoformat(),
+    }

@@ -51,7 +51,6 @@ from crm import (
     audit,
     consent,
     contacts,
-    privacy,
 )
 from crm.consent import repository as consent_repo
 from crm.contacts.models import Contact
@@ -280,8 +279,10 @@ def get_consents(contact_id: ContactId, session: SessionDep, caller: Staff) -> C
     "/{contact_id}/export",
     response_model=ContactExport,
     summary="Export everything held about a contact (GDPR Art. 15/20)",
-    description="Decrypted JSON: contact, consent ledger and state, purchases, follow-ups, "
-    "feedback, tickets, rewards, erasure record. Audited. Not for support keys.",
+    description="Decrypted JSON: contact, consent ledger and state, purchases, follow-ups and "
+    "tickets with their event logs, feedback, rewards, in-app messages (link tokens masked), "
+    "phone tasks and their outcomes, invoices, the audit entries about them, erasure record. "
+    "Audited. Not for support keys.",
 )
 def export_contact(
     contact_id: ContactId,
@@ -292,7 +293,7 @@ def export_contact(
 ) -> ContactExport:
     merchant_id = _merchant(session, caller, contact_id)
     with crm_errors("contact", contact_id):
-        data = privacy.export_contact(
+        data = api_privacy.export_contact(
             session, merchant_id, contact_id, keyring=keyring, actor=actor(caller), clock=clock
         )
     return ContactExport(contact_id=contact_id, generated_at=clock.now(), data=data)

@@ -8,6 +8,7 @@ Art. 17(3)(b) legal obligation), suppresses pending follow-ups with reason ``era
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlmodel import Session
@@ -43,9 +44,13 @@ def export_contact(
     actor: str,
     clock: Clock,
 ) -> dict[str, Any]:
-    """Everything the CRM holds about a contact, decrypted, as one JSON-able dict."""
+    """Everything the CRM holds about a contact, decrypted, as one JSON-able dict: follow-ups
+    and tickets with their event logs, and the audit entries about the contact, its tickets and
+    its feedback (link tokens, their hashes and ciphertexts left out)."""
     contact = contacts.get_contact(session, merchant_id, contact_id)
     secret = {"token_hash", "comment_enc"}
+    answered = [f for f in feedback_repo.list_for_contact(session, contact_id) if f.submitted_at]
+    tickets = tickets_repo.list_for_contact(session, contact_id)
     result: dict[str, Any] = {
         "contact": _dump(contacts.to_public(session, contact, keyring)),
         "consent_events": [_dump(e) for e in consent_repo.list_events(session, contact_id)],
@@ -53,15 +58,21 @@ def export_contact(
         "purchases": [
             _dump(p) for p in followups_repo.list_purchases_for_contact(session, contact_id)
         ],
-        "followups": [_dump(f) for f in followups_repo.list_for_contact(session, contact_id)],
-        "feedback": [
-            _dump(feedback.to_public(session, f, keyring))
-            for f in feedback_repo.list_for_contact(session, contact_id)
-            if f.submitted_at is not None
-        ],
-        "tickets": [_dump(t) for t in tickets_repo.list_for_contact(session, contact_id)],
+        "followups": _with_events(
+            followups_repo.list_for_contact(session, contact_id),
+            repo.followup_events(session, contact_id),
+            "followup_id",
+        ),
+        "feedback": [_dump(feedback.to_public(session, f, keyring)) for f in answered],
+        "tickets": _with_events(tickets, repo.ticket_events(session, contact_id), "ticket_id"),
         "rewards": [_dump(r) for r in rewards_repo.list_for_contact(session, contact_id)],
     }
+    about = [
+        ("contact", [contact_id]),
+        ("ticket", [t.id or 0 for t in tickets]),
+        ("feedback", [f.id or 0 for f in answered]),
+    ]
+    result["audit_log"] = [_dump(a) for a in repo.audit_entries(session, merchant_id, about)]
     log = repo.get_log(session, contact_id)
     result["erasure"] = None if log is None else _dump(log)
     for row in result["feedback"]:
@@ -77,6 +88,14 @@ def export_contact(
         merchant_id=merchant_id,
     )
     return result
+
+
+def _with_events(parents: Sequence[Any], events: Sequence[Any], key: str) -> list[dict[str, Any]]:
+    """``parents`` dumped, each with ``events``: its rows of ``events`` (``key`` names it)."""
+    by_parent: dict[int, list[dict[str, Any]]] = {}
+    for event in events:
+        by_parent.setdefault(getattr(event, key), []).append(_dump(event, {key, "merchant_id"}))
+    return [_dump(p) | {"events": by_parent.get(p.id, [])} for p in parents]
 
 
 def erase_contact(

@@ -1,22 +1,52 @@
-"""What erasure reaches on the API side (SQLite and PostgreSQL): stored idempotent responses."""
+"""What erasure and export reach on the API side (SQLite and PostgreSQL): stored idempotent
+responses, in-app messages, phone tasks, invoices and the audit entries about them."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import timedelta
 
 import httpx
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from api.db import session_factory, session_scope
+from api.dispatch.channels import InAppChannel, Links, Recipient
+from api.dispatch.models import InAppMessage
 from api.idempotency import ERASED_RESPONSE
+from crm import FollowUpPolicyCreate, followups
+from crm.followups import repository as followups_repo
+from crm.followups.service import SendInstruction
 from crm.privacy import service as crm_privacy
 from tests.api.conftest import auth
-from tests.api.test_resources_crm import World, new_contact
-from tests.api.test_resources_invoices import deployment, world
+from tests.api.test_phone_tasks import _task
+from tests.api.test_resources_crm import World, grant, new_contact
+from tests.api.test_resources_invoices import create, deployment, world
 
 __all__ = ["deployment", "world"]  # the fixtures
 
 PHONE = "+14155550123"
+BASE = "https://pay.example"
+
+
+def sent_instruction(w: World, contact_id: int) -> SendInstruction:
+    """What the worker hands a channel for a new follow-up of tenant A's ``contact_id``."""
+    now, merchant_id, ref = w.clock.now(), int(w.a.id), uuid.uuid4().hex[:12]
+    with session_scope(session_factory(w.engine)) as s:
+        if followups_repo.get_policy(s, merchant_id, "payment_settled") is None:
+            policy = FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0)
+            followups.create_policy(s, merchant_id, policy, actor="test", clock=w.clock)
+        (fu,) = followups.schedule_for_payment(
+            s, merchant_id, contact_id, f"pay_{ref}", f"inv_{ref}", 100, "USDC", now, w.clock
+        )
+        fu.state = "queued"
+        s.add(fu)
+        s.flush()
+        instruction = followups.prepare_send(s, fu.id or 0, now, w.keyring)
+        assert instruction is not None
+        followups.mark_sent(s, fu.id or 0, now)
+        return instruction
 
 
 def _post(w: World, path: str, body: dict, key: str, idem: str) -> httpx.Response:
@@ -88,3 +118,99 @@ class TestReplayAfterErasure:
         r = _post(world, f"/v1/contacts/{c['id']}", {"tier": "vip"}, world.a.merchant, "k")
         assert (r.status_code, r.json()["error"]["code"]) == (409, "contact_erased")
         assert PHONE not in r.text
+
+
+def _with_history(w: World, tenant_name: str) -> tuple[dict, str, int]:
+    """A contact with an in-app message stored before migration 0006 (its token in the body)
+    and a call made: ``(contact, that token, task id)``."""
+    tenant = getattr(w, tenant_name)
+    c = new_contact(w, tenant, phone=PHONE)
+    grant(w, tenant, c["id"])
+    r = w.client.post(
+        f"/v1/contacts/{c['id']}/consents",
+        json={"action": "grant", "purpose": "service_followup", "channel": "phone"},
+        headers=auth(tenant.merchant),
+    )
+    assert r.status_code == 200, r.text
+    old_token = uuid.uuid4().hex * 2
+    with session_scope(session_factory(w.engine)) as s:
+        s.add(
+            InAppMessage(
+                merchant_id=int(tenant.id),
+                contact_id=c["id"],
+                followup_id=int(uuid.uuid4().int % 2**30),
+                subject=f"Old message of {tenant_name}",
+                body=f"Rate: {BASE}/v1/public/feedback/{old_token}?rating=5",
+                created_at=w.clock.now() - timedelta(days=1),
+            )
+        )
+    task = _task(w, tenant.id, after=timedelta(hours=-1), contact_id=c["id"])
+    done = w.client.post(
+        f"/v1/phone_tasks/{task}/complete",
+        json={"outcome": "wrong_number"},
+        headers=auth(tenant.support),
+    )
+    assert done.json()["state"] == "done", done.text
+    return c, old_token, task
+
+
+class TestExport:
+    def test_the_export_holds_what_the_api_side_keeps_about_the_contact(self, world: World) -> None:
+        c, old_token, task = _with_history(world, "a")
+        _, other_old_token, other_task = _with_history(world, "b")
+        instruction = sent_instruction(world, c["id"])  # a new message in the inbox
+        token, to = instruction.token, Recipient("Shop a", "UTC", world.clock.now())
+        with session_scope(session_factory(world.engine)) as s:
+            InAppChannel(Links(BASE), world.keyring).send(s, instruction, to)
+        h = auth(world.a.merchant)
+        invoice = create(world, world.a.merchant, contact_id=c["id"], metadata={"sku": "A1"})
+        assert invoice.status_code == 200, invoice.text
+        inv = invoice.json()
+        mark = world.client.post(
+            f"/v1/invoices/{inv['id']}/mark", json={"status": "invalid"}, headers=h
+        )
+        assert mark.status_code == 200, mark.text
+        assert (
+            world.client.get(f"/v1/public/feedback/{token}", params={"rating": 1}).status_code
+            == 200
+        )
+        (ticket,) = world.client.get("/v1/tickets", headers=h).json()["data"]
+        world.client.post(f"/v1/tickets/{ticket['id']}/respond", headers=auth(world.a.support))
+
+        r = world.client.get(f"/v1/contacts/{c['id']}/export", headers=h)
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        subjects = sorted(m["subject"] for m in data["in_app_messages"])
+        assert subjects == ["How was your purchase at Shop a?", "Old message of a"]
+        assert all("[REDACTED]" in m["body"] for m in data["in_app_messages"])
+        assert [(t["id"], t["state"], t["outcome"]) for t in data["phone_tasks"]] == [
+            (task, "done", "wrong_number")
+        ]
+        assert [(i["id"], i["state"], i["metadata"]) for i in data["invoices"]] == [
+            (inv["id"], "invalid", {"sku": "A1"})
+        ]
+        sent = next(f for f in data["followups"] if f["id"] == instruction.followup_id)
+        assert "sent" in [e["to_state"] for e in sent["events"]]
+        assert [e["kind"] for e in data["tickets"][0]["events"]] == ["opened", "responded"]
+        audit = {(a["object_type"], a["action"]) for a in data["audit_log"]}
+        assert {
+            ("contact", "contact.created"),
+            ("contact", "consent.grant"),
+            ("phone_task", "phone_task.complete"),
+            ("invoice", "invoice.mark_invalid"),
+            ("ticket", "ticket.responded"),
+        } <= audit
+        assert {a["merchant_id"] for a in data["audit_log"]} == {int(world.a.id)}
+        # nothing of another merchant's, no token, no secret
+        blob = json.dumps(data)
+        assert "Old message of b" not in blob
+        assert other_task not in [t["id"] for t in data["phone_tasks"]]
+        for secret in (token, old_token, other_old_token, "token_hash", "link_token_enc"):
+            assert secret not in blob
+        for secret in ("signature", "fp_test_", "fp_live_", "whsec_"):
+            assert secret not in blob
+
+    def test_another_merchants_contact_cannot_be_exported(self, world: World) -> None:
+        c, _, _ = _with_history(world, "b")
+        r = world.client.get(f"/v1/contacts/{c['id']}/export", headers=auth(world.a.merchant))
+        assert r.status_code == 404

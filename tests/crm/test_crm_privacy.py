@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, select
 
 from crm import KeyRing, MerchantCreate, merchants
+from crm.audit import service as audit
 from crm.clock import FrozenClock
 from crm.consent import service as consent
 from crm.contacts import service as contacts
@@ -24,6 +25,8 @@ from crm.followups.models import FollowUp, FollowUpPolicyCreate, Purchase
 from crm.models import TABLES
 from crm.privacy import service as privacy
 from crm.privacy.models import ErasureLog
+from crm.tickets import service as tickets
+from crm.tickets.models import Ticket
 
 from .conftest import START, MakeContact, count, pg_schema_url
 from .helpers import sent_followup
@@ -69,6 +72,48 @@ class TestExportContact:
         assert data["rewards"][0]["points"] == 10
         assert "token_hash" not in text
         assert data["erasure"] is None
+
+    def test_export_has_the_event_logs_and_the_audit_entries_about_the_contact(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        c = make_contact()
+        cid = c.id or 0
+        fu, token = sent_followup(session, merchant_id, c, clock, keyring)
+        answer = FeedbackCreate(rating=1, comment="late")
+        fb = feedback.submit_feedback(
+            session, merchant_id, token, answer, keyring=keyring, clock=clock
+        )
+        (ticket_id,) = [t.id for t in session.exec(select(Ticket).where(Ticket.contact_id == cid))]
+        tickets.respond(session, merchant_id, ticket_id or 0, actor="agent:7", clock=clock)
+        other = merchants.create_merchant(session, MerchantCreate(name="Other"), clock).id
+        for kind, object_id in (("contact", cid), ("ticket", ticket_id), ("feedback", fb.id)):
+            audit.record(  # another merchant's entries that happen to name the same ids
+                session,
+                actor="x",
+                action="other.merchant",
+                object_type=kind,
+                object_id=object_id or 0,
+                at=clock.now(),
+                merchant_id=other,
+            )
+        data = privacy.export_contact(
+            session, merchant_id, cid, keyring=keyring, actor="admin", clock=clock
+        )
+        (followup,) = data["followups"]
+        assert followup["id"] == fu.id
+        assert [e["to_state"] for e in followup["events"]][-2:] == ["sent", "responded"]
+        (ticket,) = data["tickets"]
+        assert [e["kind"] for e in ticket["events"]] == ["opened", "responded"]
+        entries = [(a["object_type"], a["action"]) for a in data["audit_log"]]
+        assert ("contact", "consent.grant") in entries
+        assert ("ticket", "ticket.responded") in entries
+        assert {a["merchant_id"] for a in data["audit_log"]} == {merchant_id}
+        assert "other.merchant" not in json.dumps(data)
 
 
 class TestEraseContact:
