@@ -97,6 +97,12 @@ def _body(instruction: SendInstruction, merchant_name: str, links: Links) -> str
     return "\n".join(lines)
 
 
+#: RFC 5322's hard line limit. Headers fold at it, not at 78: the List-Unsubscribe URL has no
+#: place to fold, and at 78 the generator turned it into an RFC 2047 encoded word that mail
+#: clients cannot read as the RFC 8058 one-click URL.
+_MAX_HEADER_LINE = 998
+
+
 class EmailChannel:
     name = "email"
 
@@ -155,7 +161,7 @@ class EmailChannel:
             raise DeliveryError(f"smtp: {type(exc).__name__}") from None
         policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
         try:
-            smtp.data(message.as_bytes(policy=policy))
+            smtp.data(message.as_bytes(policy=policy.clone(max_line_length=_MAX_HEADER_LINE)))
         except smtplib.SMTPDataError as exc:  # a reply code: the server refused it
             raise DeliveryError(f"smtp: DATA refused ({exc.smtp_code})") from None
         except (OSError, smtplib.SMTPException) as exc:

@@ -13,7 +13,9 @@ stored only as its SHA-256). Errors are explicit:
 One-click rating is a ``GET`` by design (an e-mail link); mail scanners that prefetch links would
 record a rating, so e-mails should link ratings to a page that confirms before it calls here, and
 the customer can correct a recorded answer with ``PATCH`` while it is editable.
-Withdrawal is a ``POST`` (RFC 8058 one-click unsubscribe style), never a ``GET``.
+Withdrawal is a ``POST``, never a ``GET``: the messages' "Stop these messages" link opens a
+confirmation page (``GET``, changes nothing, so a prefetching scanner withdraws nothing) whose one
+button POSTs; mail clients POST the same URL from the RFC 8058 ``List-Unsubscribe`` header.
 A withdrawal also cancels the contact's open phone tasks it no longer allows.
 """
 
@@ -24,6 +26,7 @@ from typing import Annotated
 
 from fastapi import Path, Query, Request
 from sqlmodel import Session
+from starlette.responses import HTMLResponse
 
 from api import queries
 from api.deps import ClockDep, KeyRingDep, SessionDep
@@ -31,6 +34,7 @@ from api.dispatch import phone_tasks
 from api.dispatch import repository as dispatch_repo
 from api.dispatch.channels import render_in_app
 from api.errors import error_responses
+from api.routes._consent_page import confirm_page, done_page, error_page, wants_html
 from api.routes.support import emit_feedback_events
 from api.routing import ApiRouter
 from api.schemas.crm import ConsentEventOut, FeedbackOut
@@ -279,19 +283,42 @@ def withdraw_my_consent(
     return _consents(session, fb, request)
 
 
+@router.get(
+    "/consent/{token}/withdraw",
+    response_class=HTMLResponse,
+    summary="The 'Stop these messages' link: a confirmation page",
+    description="An HTML page showing the customer's consents and one button that POSTs the "
+    "withdrawal to this URL. Opening it changes nothing, so mail scanners that prefetch links "
+    "withdraw nothing. No script, no outside resources, not frameable.",
+    responses={200: {"content": {"text/html": {}}, "description": "The confirmation page."}},
+)
+def confirm_withdraw_all(
+    token: Token, request: Request, session: SessionDep, clock: ClockDep
+) -> HTMLResponse:
+    try:
+        fb = _consent_link(session, token, clock)
+    except (FeedbackTokenInvalid, FeedbackTokenExpired) as exc:
+        return error_page(exc.status_code, exc.message)
+    return confirm_page(_consents(session, fb, request).consents)
+
+
 @router.post(
     "/consent/{token}/withdraw",
     response_model=PublicConsents,
     summary="Withdraw every consent in one click",
     description="No body needed: withdraws every purpose on every channel (pending follow-ups "
-    "stop at once, open phone tasks are cancelled).",
+    "stop at once, open phone tasks are cancelled). The RFC 8058 one-click POST of mail "
+    "clients (`List-Unsubscribe=One-Click`) lands here too. A browser (`Accept: text/html`, "
+    "the confirmation page's button) gets an HTML page instead of JSON.",
+    responses={200: {"content": {"text/html": {}}}},
 )
 def withdraw_all_my_consent(
     token: Token, request: Request, session: SessionDep, clock: ClockDep
-) -> PublicConsents:
+) -> PublicConsents | HTMLResponse:
     fb = _consent_link(session, token, clock)
     _withdraw(session, fb, None, clock)
-    return _consents(session, fb, request)
+    consents = _consents(session, fb, request)
+    return done_page(consents.consents) if wants_html(request.headers.get("accept")) else consents
 
 
 @router.get(

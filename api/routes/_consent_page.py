@@ -1,0 +1,69 @@
+"""The small HTML pages behind the "Stop these messages" link: a confirmation whose button
+POSTs the withdrawal, its result, and an error. No script, no outside resources, no framing;
+they show only what ``GET /v1/public/consent/{token}`` shows (the consents' states)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+from starlette.responses import HTMLResponse
+
+from api.schemas.public import PublicConsentState
+
+__all__ = ["confirm_page", "done_page", "error_page", "wants_html"]
+
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the URL holds the token
+    "Cache-Control": "no-store",
+}
+_STYLE = "body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}"
+
+
+def wants_html(accept: str | None) -> bool:
+    """A browser's form POST (it asks for ``text/html``); API clients and RFC 8058 one-click
+    POSTs from mail providers get JSON."""
+    return "text/html" in (accept or "")
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    html = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<meta name="robots" content="noindex"><title>{escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>"
+    )
+    return HTMLResponse(html, status_code=status, headers=_HEADERS)
+
+
+def _states(consents: Sequence[PublicConsentState]) -> str:
+    if not consents:
+        return "<p>No consents are recorded for you.</p>"
+    items = "".join(
+        f"<li>{escape(c.purpose.replace('_', ' '))} by {escape(c.channel.replace('_', ' '))}: "
+        f"{escape(c.state)}</li>"
+        for c in consents
+    )
+    return f"<p>Your choices now:</p><ul>{items}</ul>"
+
+
+def confirm_page(consents: Sequence[PublicConsentState]) -> HTMLResponse:
+    """Opening the link changes nothing (mail scanners open links); the button POSTs to the
+    page's own URL (no ``action``: right behind any proxy prefix) and withdraws."""
+    form = '<form method="post"><button type="submit">Stop all messages</button></form>'
+
+    text = "<p>One click withdraws every consent you gave: no more follow-ups of any kind.</p>"
+    return _page("Stop these messages?", text + form + _states(consents))
+
+
+def done_page(consents: Sequence[PublicConsentState]) -> HTMLResponse:
+    text = "<p>Done: you will receive no more messages. Nothing else is needed.</p>"
+    return _page("You are unsubscribed", text + _states(consents))
+
+
+def error_page(status: int, message: str) -> HTMLResponse:
+    return _page("This link does not work", f"<p>{escape(message)}</p>", status)
