@@ -13,7 +13,7 @@ import logging
 import smtplib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 from zoneinfo import ZoneInfo
@@ -28,6 +28,7 @@ from api.webhooks.secrets import SecretCipher
 from crm import KeyRing
 from crm.contacts import service as contacts
 from crm.followups.service import SendInstruction
+from crm.followups.windows import window_bounds
 
 log = logging.getLogger(__name__)
 
@@ -327,20 +328,20 @@ def render_in_app(
 
 
 class PhoneChannel:
-    """A call task in the support queue, inside the contact's local 08:00-21:00 window."""
+    """A call task in the support queue, inside the policy's send window (the instruction's)
+    in the contact's local time: the window it is sent in, or the next one."""
 
     name = "phone"
-
-    def __init__(self, window: tuple[int, int] = (8, 21)) -> None:
-        self.window = window
 
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         zone = ZoneInfo(to.time_zone or "UTC")
         now = to.now.astimezone(zone)
-        start = now.replace(hour=self.window[0], minute=0, second=0, microsecond=0)
-        end = now.replace(hour=self.window[1], minute=0, second=0, microsecond=0)
-        if now >= end:
-            start, end = start + timedelta(days=1), end + timedelta(days=1)
+        start, end = window_bounds(
+            now,
+            str(zone),
+            instruction.window_start_minute,
+            instruction.window_end_minute,
+        )
         assert session is not None, "phone tasks are written in the worker's transaction"
         session.add(
             PhoneTask(

@@ -122,7 +122,10 @@ _RULE_FIELDS = ("tier", "segment")
 
 @dataclass(frozen=True, slots=True)
 class SendInstruction:
-    """What the dispatcher sends. ``address`` and ``token`` never appear in the repr."""
+    """What the dispatcher sends. ``address`` and ``token`` never appear in the repr.
+
+    ``window_start_minute``/``window_end_minute`` are the policy's local send window (minutes
+    after local midnight, ``prepare_send`` fills them), e.g. a phone task's calling hours."""
 
     followup_id: int
     merchant_id: int
@@ -136,6 +139,8 @@ class SendInstruction:
     token_expires_at: datetime
     address: str | None = field(repr=False)
     token: str = field(repr=False)
+    window_start_minute: int = 8 * 60
+    window_end_minute: int = 21 * 60
 
 
 # ----------------------------------------------------------------------------- policies
@@ -792,6 +797,8 @@ def prepare_send(
         token_expires_at=expires,
         address=contacts.address_for_channel(session, contact, Channel(decision.channel), keyring),
         token=token,
+        window_start_minute=policy.window_start_minute,
+        window_end_minute=policy.window_end_minute,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-__all__ = ["in_window", "next_window_start"]
+__all__ = ["in_window", "next_window_start", "window_bounds"]
 
 
 def _minute(local: datetime) -> int:
@@ -33,3 +33,18 @@ def next_window_start(at: datetime, tz: str, start_minute: int, end_minute: int)
             return candidate
         day = day + timedelta(days=1)
     return datetime.combine(day, opening, tzinfo=zone).astimezone(UTC)
+
+
+def window_bounds(
+    at: datetime, tz: str, start_minute: int, end_minute: int
+) -> tuple[datetime, datetime]:
+    """The window ``at`` is in, from ``at``, else the next one: ``(opening, closing)`` as UTC.
+
+    Both ends are local wall-clock times of one day (``end_minute`` 1440 is the next local
+    midnight), so a DST change moves them with the contact's clock."""
+    opening = next_window_start(at, tz, start_minute, end_minute)
+    zone = ZoneInfo(tz)
+    day = opening.astimezone(zone).date() + timedelta(days=end_minute // (24 * 60))
+    minute = end_minute % (24 * 60)
+    closing = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=zone)
+    return opening, closing.astimezone(UTC)

@@ -495,6 +495,26 @@ class TestPrepareSend:
         with pytest.raises(InvalidTransition):
             followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
 
+    def test_carries_the_policys_send_window(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        _, fu = self._queued(
+            session,
+            merchant_id,
+            make_contact,
+            clock,
+            window_start_minute=9 * 60 + 30,
+            window_end_minute=17 * 60,
+        )
+        send = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        assert send is not None
+        assert (send.window_start_minute, send.window_end_minute) == (570, 1020)
+
     def test_not_queued_is_conflict(
         self,
         session: Session,

@@ -1,0 +1,125 @@
+"""A phone task's calling hours are the merchant's policy window in the contact's local time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlmodel import Session, SQLModel, select
+
+import api.dispatch.models  # noqa: F401
+import crm.models  # noqa: F401
+from api.dispatch.channels import PhoneChannel, Recipient
+from api.dispatch.models import PhoneTask
+from api.dispatch.worker import Worker
+from crm import (
+    ContactCreate,
+    FollowUpPolicyCreate,
+    FrozenClock,
+    KeyRing,
+    consent,
+    contacts,
+    followups,
+    make_engine,
+    merchants,
+)
+from crm.merchants.models import MerchantCreate
+
+KEYRING = KeyRing(b"p" * 32)
+LONDON = ZoneInfo("Europe/London")
+TEN_TO_SIX = (10 * 60, 18 * 60)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'phone.sqlite3'}")
+    SQLModel.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def _shop(engine, clock, window):
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        shop = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
+        followups.create_policy(
+            session,
+            shop.id,
+            FollowUpPolicyCreate(
+                delay_minutes=0,
+                channel_order=["phone"],
+                window_start_minute=window[0],
+                window_end_minute=window[1],
+            ),
+            actor="owner",
+            clock=clock,
+        )
+        person = contacts.create_contact(
+            session,
+            shop.id,
+            ContactCreate(name="Ada", phone="+442071838750", time_zone="Europe/London"),
+            KEYRING,
+            clock,
+        )
+        consent.grant(
+            session, shop.id, person.id, "service_followup", "phone", actor="ada", clock=clock
+        )
+        followups.schedule_for_payment(
+            session, shop.id, person.id, "pay_1", "inv_1", 1, "tUSD", clock.now(), clock
+        )
+        return shop.id, person.id
+
+
+def _task_window(engine) -> tuple[str, str]:
+    with Session(engine) as session:
+        (task,) = session.exec(select(PhoneTask)).all()
+    return tuple(  # type: ignore[return-value]
+        t.astimezone(LONDON).strftime("%Y-%m-%d %H:%M") for t in (task.call_after, task.call_before)
+    )
+
+
+def test_the_worker_hands_the_phone_channel_the_policys_window(engine):
+    clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))  # 12:00 in London
+    _shop(engine, clock, TEN_TO_SIX)
+    result = Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
+    assert result.outcomes == {"sent:phone": 1}
+    assert _task_window(engine) == ("2026-06-01 12:00", "2026-06-01 18:00")
+
+
+@pytest.mark.parametrize(
+    ("local_now", "window", "expected"),
+    [
+        ("2026-06-01 17:59", TEN_TO_SIX, ("2026-06-01 17:59", "2026-06-01 18:00")),
+        ("2026-06-01 18:00", TEN_TO_SIX, ("2026-06-02 10:00", "2026-06-02 18:00")),
+        ("2026-06-01 07:00", TEN_TO_SIX, ("2026-06-01 10:00", "2026-06-01 18:00")),
+        # over the spring DST change: local wall-clock hours on the next day
+        ("2026-03-28 22:00", TEN_TO_SIX, ("2026-03-29 10:00", "2026-03-29 18:00")),
+        # a window open until midnight ends at the next local midnight
+        ("2026-10-24 23:30", (20 * 60, 24 * 60), ("2026-10-24 23:30", "2026-10-25 00:00")),
+    ],
+)
+def test_the_call_window_is_the_instructions_window_in_local_time(
+    engine, local_now, window, expected
+):
+    now = datetime.fromisoformat(local_now).replace(tzinfo=LONDON)
+    clock = FrozenClock(now.astimezone(UTC))
+    shop_id, contact_id = _shop(engine, clock, window)
+    instruction = followups.SendInstruction(
+        followup_id=1,
+        merchant_id=shop_id,
+        contact_id=contact_id,
+        channel="phone",
+        purpose="service_followup",
+        kind="payment_settled",
+        payment_ref="pay_1",
+        invoice_ref="inv_1",
+        locale=None,
+        token_expires_at=clock.now(),
+        address="+442071838750",
+        token="t",
+        window_start_minute=window[0],
+        window_end_minute=window[1],
+    )
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        PhoneChannel().send(session, instruction, Recipient("Tea House", "Europe/London", now))
+    assert _task_window(engine) == expected
