@@ -339,14 +339,17 @@ def _decide(
     *,
     scheduling: bool,
 ) -> _Decision:
-    """:func:`_rule` for one stored follow-up, asking the database as it goes."""
+    """:func:`_rule` for one stored follow-up, asking the database as it goes. The channel
+    order is chosen from the contact's traits now: at send time a contact who has opted out
+    of personalisation since scheduling gets the non-personalised order."""
     contact_id = contact.id
     facts = _Facts(
         may_contact=lambda c: consent.may_contact(session, contact_id, fu.purpose, c),
         last_contacted=lambda: repo.last_contacted_at(session, contact_id, exclude_id=fu.id),
         pending=lambda: repo.has_pending(session, contact_id, exclude_id=fu.id),
     )
-    return _rule(contact, policy, fu.channels, fu.expires_at, at, facts, scheduling=scheduling)
+    channels = choose_channels(policy, contact)
+    return _rule(contact, policy, channels, fu.expires_at, at, facts, scheduling=scheduling)
 
 
 def _event(
@@ -744,7 +747,7 @@ def prepare_send(
     token_ttl: timedelta = TOKEN_TTL,
     worker_id: str | None = None,
 ) -> SendInstruction | None:
-    """Re-check consent, erasure, frequency cap and quiet hours at send time.
+    """Re-check consent, erasure, channel choice, frequency cap and quiet hours at send time.
 
     Returns what to send (with a freshly issued single-use feedback token) or ``None`` after
     recording the suppression, deferral or expiry. With ``worker_id`` the claim must still be

@@ -9,7 +9,8 @@ from sqlmodel import Session, select
 from crm import KeyRing
 from crm.clock import FrozenClock
 from crm.consent import service as consent
-from crm.contacts.models import Contact
+from crm.contacts import service as contacts
+from crm.contacts.models import Contact, ContactUpdate
 from crm.errors import (
     CRMError,
     DuplicatePolicy,
@@ -494,6 +495,49 @@ class TestPrepareSend:
         assert (fu.state, fu.reason) == ("suppressed", "erased")
         with pytest.raises(InvalidTransition):
             followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+
+    def test_opting_out_of_personalisation_after_scheduling_takes_the_default_order(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        policy(
+            session,
+            merchant_id,
+            clock,
+            delay_minutes=0,
+            channel_order=["email"],
+            segment_rules=[{"field": "tier", "equals": "vip", "channels": ["phone"]}],
+        )
+        c = consented(
+            session,
+            make_contact,
+            merchant_id,
+            clock,
+            ("email", "phone"),
+            tier="vip",
+            email="ada@example.com",
+        )
+        [fu] = pay(session, merchant_id, c, "p1", clock)
+        assert fu.channel == "phone"
+        contacts.update_contact(
+            session,
+            merchant_id,
+            c.id or 0,
+            ContactUpdate(personalised=False),
+            keyring,
+            clock,
+            "contact",
+        )
+        assert followups.claim_due(session, clock.now(), 10, "w") == [fu.id]
+        send = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        assert send is not None
+        assert (send.channel, send.address) == ("email", "ada@example.com")
+        session.refresh(fu)
+        assert fu.channel == "email"
 
     def test_carries_the_policys_send_window(
         self,
