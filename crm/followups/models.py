@@ -123,6 +123,9 @@ class FollowUp(SQLModel, table=True):
     attempts: int = Field(default=0)
     worker_id: str | None = Field(default=None, max_length=64)
     queued_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    #: when a delivery that may reach the contact began (``prepare_send``); cleared when the
+    #: attempt failed for sure. The frequency cap counts it like ``sent_at``.
+    attempted_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     responded_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     created_at: datetime = Field(sa_type=UTCDateTime())

@@ -53,6 +53,9 @@ _CHUNK = 500  # bound IN lists
 _PURCHASES = Purchase.__table__  # type: ignore[attr-defined]
 _FOLLOWUPS = FollowUp.__table__  # type: ignore[attr-defined]
 _EVENTS = FollowUpEvent.__table__  # type: ignore[attr-defined]
+#: When the frequency cap counts a follow-up as contacting its contact: sent, or an attempt
+#: that may have delivered (in flight, ``delivery_uncertain``, ``interrupted``).
+_CONTACTED = sa.func.coalesce(_FOLLOWUPS.c.sent_at, _FOLLOWUPS.c.attempted_at)
 _INSERT_PURCHASE = sa.insert(_PURCHASES)
 # Built once: the settlement indexer runs these every step.
 _PURCHASE_REFS = sa.select(_PURCHASES.c.payment_ref).where(
@@ -122,8 +125,8 @@ def last_contacted_many(session: Session, contact_ids: Iterable[int]) -> dict[in
     found: dict[int, datetime] = {}
     for chunk in _chunks(contact_ids):
         stmt = (
-            sa.select(_FOLLOWUPS.c.contact_id, sa.func.max(_FOLLOWUPS.c.sent_at))
-            .where(_FOLLOWUPS.c.contact_id.in_(chunk), _FOLLOWUPS.c.sent_at.is_not(None))
+            sa.select(_FOLLOWUPS.c.contact_id, sa.func.max(_CONTACTED))
+            .where(_FOLLOWUPS.c.contact_id.in_(chunk), _CONTACTED.is_not(None))
             .group_by(_FOLLOWUPS.c.contact_id)
         )
         found.update({int(c): at for c, at in session.execute(stmt)})
@@ -279,10 +282,12 @@ def list_events(session: Session, followup_id: int) -> Sequence[FollowUpEvent]:
 def last_contacted_at(
     session: Session, contact_id: int, exclude_id: int | None = None
 ) -> datetime | None:
-    stmt = select(func.max(FollowUp.sent_at)).where(FollowUp.contact_id == contact_id)
+    """The latest send, or start of an attempt that may have delivered, to the contact."""
+    stmt = sa.select(sa.func.max(_CONTACTED)).where(_FOLLOWUPS.c.contact_id == contact_id)
     if exclude_id is not None:
-        stmt = stmt.where(FollowUp.id != exclude_id)
-    return session.exec(stmt).first()
+        stmt = stmt.where(_FOLLOWUPS.c.id != exclude_id)
+    at: datetime | None = session.execute(stmt).scalar()
+    return at
 
 
 def has_pending(session: Session, contact_id: int, exclude_id: int | None = None) -> bool:

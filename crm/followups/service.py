@@ -4,6 +4,10 @@ States: ``scheduled → queued → sent → responded``; or ``suppressed`` (reas
 ``quiet_hours`` | ``frequency_cap`` | ``erased``), ``expired``, ``failed``, ``cancelled``.
 Every change is written to ``crm_followup_event``; quiet-hour deferrals are recorded too.
 
+The frequency cap counts a follow-up from the moment its delivery may begin: ``prepare_send``
+stamps ``attempted_at``, a retried failure (nothing delivered) clears it, and an uncertain or
+interrupted delivery keeps it.
+
 Claims are leases: ``claim_due`` stamps ``worker_id`` and ``queued_at``, ``prepare_send`` (given
 the worker id) checks the claim is still this worker's and renews the lease right before the
 message leaves. :func:`recover_stale` settles claims whose worker died: never prepared → back
@@ -774,7 +778,7 @@ def prepare_send(
         return None
     assert decision.channel is not None
     assert fu.id is not None
-    fu.channel = decision.channel
+    fu.channel, fu.attempted_at = decision.channel, now  # counts for the cap from now on
     repo.save(session, fu)
     token, token_hash = new_token()
     expires = now + token_ttl
@@ -830,8 +834,9 @@ def mark_failed(
 
     ``retry=False``: the message may have been delivered (the channel lost the connection
     after handing it over): ``failed``/``delivery_uncertain``, its token still valid, never
-    resent. A retried attempt delivered nothing, so its token is revoked: the next claim is
-    unprepared again until it issues a new one (see :func:`recover_stale`)."""
+    resent, and its attempt still counts for the frequency cap. A retried attempt delivered
+    nothing, so its token is revoked (and the cap forgets it): the next claim is unprepared
+    again until it issues a new one (see :func:`recover_stale`)."""
     fu = _locked(session, followup_id)
     _check_claim(fu, worker_id)
     fu.attempts += 1
@@ -840,6 +845,7 @@ def mark_failed(
         return fu
     assert fu.id is not None
     feedback_repo.revoke_token(session, fu.id, now)
+    fu.attempted_at = None  # delivered nothing: no longer counts for the frequency cap
     backoff = RETRY_POLICIES.get(fu.channel or "", DEFAULT_RETRY)
     if fu.attempts >= backoff.attempts:
         _move(session, fu, FollowUpState.FAILED, now, error[:32])

@@ -42,7 +42,7 @@ class Person:
     erased: bool
     zone: str
     granted: frozenset[str]
-    history: str  # "none" | "pending" | "sent"
+    history: str  # "none" | "pending" | "sent" | "in_flight" | "uncertain" (see _PRIOR)
     sent_days_ago: int
 
 
@@ -66,7 +66,7 @@ people = st.builds(
     erased=st.sampled_from([False, False, False, True]),
     zone=st.sampled_from(ZONES),
     granted=st.frozensets(st.sampled_from(CHANNELS)),
-    history=st.sampled_from(["none", "pending", "sent"]),
+    history=st.sampled_from(["none", "pending", "sent", "in_flight", "uncertain"]),
     sent_days_ago=st.integers(min_value=1, max_value=60),
 )
 
@@ -96,6 +96,15 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         people=tuple(crowd),
         payments=tuple(payments),
     )
+
+
+#: a prior follow-up per history: (state, reason, sent, attempted)
+_PRIOR = {
+    "pending": ("scheduled", None, False, False),
+    "sent": ("sent", None, True, True),
+    "in_flight": ("queued", None, False, True),  # prepared, not yet marked sent
+    "uncertain": ("failed", "delivery_uncertain", False, True),
+}
 
 
 def _world(s: Scenario) -> tuple[Session, int, list[int], FrozenClock]:
@@ -135,6 +144,7 @@ def _world(s: Scenario) -> tuple[Session, int, list[int], FrozenClock]:
             consent.grant(session, mid, cid, "service_followup", channel, actor="c", clock=clock)
         if p.history != "none":
             at = START - timedelta(days=p.sent_days_ago)
+            state, reason, sent, attempted = _PRIOR[p.history]
             session.add(
                 FollowUp(
                     merchant_id=mid,
@@ -146,10 +156,12 @@ def _world(s: Scenario) -> tuple[Session, int, list[int], FrozenClock]:
                     invoice_ref=f"inv-prior-{n}",
                     channel="email",
                     channels=["email"],
-                    state="scheduled" if p.history == "pending" else "sent",
+                    state=state,
+                    reason=reason,
                     due_at=at,
                     expires_at=at + timedelta(days=60),
-                    sent_at=None if p.history == "pending" else at,
+                    sent_at=at if sent else None,
+                    attempted_at=at if attempted else None,
                     created_at=at,
                     updated_at=at,
                 )
