@@ -90,6 +90,9 @@ class Worker:
             recovered = followups.recover_stale(session, now, self.lease)
             followups.expire_due(session, now)
             tickets.sweep_breaches(session, now)  # the 24 h SLA clock is recorded, not inferred
+        # A transaction of its own: scheduling locks contacts before follow-ups, as
+        # prepare_send does; recover/expire above lock follow-ups first (mixed: deadlocks).
+        with Session(self.engine) as session, session.begin():
             followups.schedule_periodic_all(session, self.clock)
             ids = followups.claim_due(session, now, self.batch, self.worker_id)
         for outcome, rows in recovered.items():

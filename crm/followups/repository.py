@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from crm.contacts.models import Contact
 from crm.db import execute_many
 from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicy, Purchase
 
@@ -41,6 +42,8 @@ __all__ = [
     "list_pending_for_contact",
     "list_policies",
     "list_purchases_for_contact",
+    "lock_contact_of",
+    "lock_contacts",
     "merchants_with_policy",
     "save",
     "save_policy",
@@ -53,6 +56,7 @@ _CHUNK = 500  # bound IN lists
 _PURCHASES = Purchase.__table__  # type: ignore[attr-defined]
 _FOLLOWUPS = FollowUp.__table__  # type: ignore[attr-defined]
 _EVENTS = FollowUpEvent.__table__  # type: ignore[attr-defined]
+_CONTACTS = Contact.__table__  # type: ignore[attr-defined]
 #: When the frequency cap counts a follow-up as contacting its contact: sent, or an attempt
 #: that may have delivered (in flight, ``delivery_uncertain``, ``interrupted``).
 _CONTACTED = sa.func.coalesce(_FOLLOWUPS.c.sent_at, _FOLLOWUPS.c.attempted_at)
@@ -133,6 +137,47 @@ def last_contacted_many(session: Session, contact_ids: Iterable[int]) -> dict[in
     return found
 
 
+def _row_locks(session: Session) -> bool:
+    """PostgreSQL needs row locks to serialise deciders; SQLite serialises writers already
+    (the CRM engine opens ``BEGIN IMMEDIATE``), so there the lock statements are skipped."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+# FOR NO KEY UPDATE: excludes other deciders (and consent changes, which lock FOR UPDATE)
+# without blocking inserts that merely reference the contact (foreign keys take KEY SHARE).
+_LOCK_CONTACTS = (
+    sa.select(_CONTACTS.c.id)
+    .where(_CONTACTS.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_CONTACTS.c.id)
+    .with_for_update(key_share=True)
+)
+_CONTACT_OF = (
+    sa.select(_FOLLOWUPS.c.contact_id)
+    .where(_FOLLOWUPS.c.id == sa.bindparam("followup_id"))
+    .scalar_subquery()
+)
+_LOCK_CONTACT_OF = (
+    sa.select(_CONTACTS.c.id).where(_CONTACTS.c.id == _CONTACT_OF).with_for_update(key_share=True)
+)
+
+
+def lock_contacts(session: Session, contact_ids: Iterable[int]) -> None:
+    """Hold the contacts' rows until commit, in id order (two lockers never deadlock), so
+    one transaction at a time decides whether a contact may be surveyed. One statement per
+    500 contacts on PostgreSQL, none on SQLite."""
+    if not _row_locks(session):
+        return
+    conn = session.connection()
+    for chunk in _chunks(sorted(set(contact_ids))):
+        conn.execute(_LOCK_CONTACTS, {"ids": chunk})
+
+
+def lock_contact_of(session: Session, followup_id: int) -> None:
+    """:func:`lock_contacts` for the follow-up's contact, in one statement."""
+    if _row_locks(session):
+        session.connection().execute(_LOCK_CONTACT_OF, {"followup_id": followup_id})
+
+
 def contacts_with_pending(session: Session, contact_ids: Iterable[int]) -> set[int]:
     """The contacts among ``contact_ids`` with a scheduled or queued follow-up."""
     found: set[int] = set()
@@ -173,8 +218,10 @@ def list_policies(session: Session, merchant_id: int) -> Sequence[FollowUpPolicy
 
 
 def merchants_with_policy(session: Session, trigger: str) -> Sequence[int]:
-    stmt = select(FollowUpPolicy.merchant_id).where(
-        FollowUpPolicy.trigger == trigger, col(FollowUpPolicy.active).is_(True)
+    stmt = (
+        select(FollowUpPolicy.merchant_id)
+        .where(FollowUpPolicy.trigger == trigger, col(FollowUpPolicy.active).is_(True))
+        .order_by(col(FollowUpPolicy.merchant_id))  # contacts are locked merchant by merchant
     )
     return session.exec(stmt).all()
 

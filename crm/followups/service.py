@@ -6,7 +6,9 @@ Every change is written to ``crm_followup_event``; quiet-hour deferrals are reco
 
 The frequency cap counts a follow-up from the moment its delivery may begin: ``prepare_send``
 stamps ``attempted_at``, a retried failure (nothing delivered) clears it, and an uncertain or
-interrupted delivery keeps it.
+interrupted delivery keeps it. Whoever decides whether a contact may be surveyed (scheduling,
+``prepare_send``) first locks the contact's row on PostgreSQL, so two processes never both
+decide "not contacted yet"; SQLite serialises writers already.
 
 Claims are leases: ``claim_due`` stamps ``worker_id`` and ``queued_at``, ``prepare_send`` (given
 the worker id) checks the claim is still this worker's and renews the lease right before the
@@ -50,6 +52,7 @@ from crm.followups.models import (
     FollowUpPolicy,
     FollowUpPolicyCreate,
     FollowUpPolicyUpdate,
+    Purchase,
 )
 from crm.followups.windows import next_window_start
 from crm.merchants import service as merchants
@@ -545,6 +548,8 @@ def schedule_for_payments(
         session, ids, policy.purpose, {c for order in channels.values() for c in order}
     )
     capped = policy.frequency_cap_days > 0
+    if capped:  # read the cap's facts under the contacts' locks (one statement)
+        repo.lock_contacts(session, ids)
     last = repo.last_contacted_many(session, ids) if capped else {}
     pending = repo.contacts_with_pending(session, ids) if capped else set()
     rows: list[dict[str, Any]] = []
@@ -663,9 +668,19 @@ def schedule_periodic(session: Session, merchant_id: int, clock: Clock) -> list[
     now = clock.now()
     after = timedelta(days=policy.periodic_after_days)
     created: list[FollowUp] = []
-    for purchase in repo.first_purchases_without_periodic(
-        session, merchant_id, now - after, Trigger.PERIODIC.value
-    ):
+
+    def candidates() -> Sequence[Purchase]:
+        return repo.first_purchases_without_periodic(
+            session, merchant_id, now - after, Trigger.PERIODIC.value
+        )
+
+    due = candidates()
+    if not due:
+        return created
+    # Lock, then look again: another worker may have scheduled some of them meanwhile, and a
+    # payment follow-up scheduled concurrently must be seen by the frequency cap.
+    repo.lock_contacts(session, {p.contact_id for p in due})
+    for purchase in candidates():
         contact = contacts.get_contact(session, merchant_id, purchase.contact_id)
         created.append(
             _create(
@@ -755,8 +770,11 @@ def prepare_send(
 
     Returns what to send (with a freshly issued single-use feedback token) or ``None`` after
     recording the suppression, deferral or expiry. With ``worker_id`` the claim must still be
-    that worker's (``claim_lost`` otherwise) and its lease is renewed to ``now``.
+    that worker's (``claim_lost`` otherwise) and its lease is renewed to ``now``. The
+    contact's row is locked first (PostgreSQL): of two follow-ups of one contact prepared at
+    once, the second sees the first in flight and is capped.
     """
+    repo.lock_contact_of(session, followup_id)  # contact before follow-up, as consent does
     fu = _locked(session, followup_id)
     _check_claim(fu, worker_id)
     if worker_id is not None:

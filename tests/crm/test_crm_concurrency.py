@@ -1,15 +1,20 @@
-"""Two workers calling ``claim_due`` at once never claim the same follow-up."""
+"""Concurrent transactions: two workers calling ``claim_due`` at once never claim the same
+follow-up; two deciders (scheduling, ``prepare_send``) never both survey one contact within the
+frequency cap (PostgreSQL: SQLite serialises writers)."""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from crm import KeyRing, MerchantCreate, merchants
 from crm.clock import FrozenClock
@@ -17,8 +22,14 @@ from crm.consent import service as consent
 from crm.contacts import service as contacts
 from crm.contacts.models import ContactCreate
 from crm.db import make_engine, session_scope, upgrade
+from crm.followups import repository as followups_repo
 from crm.followups import service as followups
-from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicyCreate
+from crm.followups.models import (
+    FollowUp,
+    FollowUpEvent,
+    FollowUpPolicyCreate,
+    FollowUpPolicyUpdate,
+)
 
 from .conftest import START, pg_schema_url
 
@@ -26,16 +37,9 @@ N = 120
 WORKERS = 4
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def committed_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        url: str | sa.URL = f"sqlite:///{tmp_path / 'conc.db'}"
-        upgrade(url)
-        engine = make_engine(url)
-        yield engine
-        engine.dispose()
-        return
-    admin: sa.Engine = request.getfixturevalue("pg_admin")
+@contextmanager
+def _pg_engine(admin: sa.Engine) -> Iterator[sa.Engine]:
+    """A migrated schema of its own, committed to for real, dropped afterwards."""
     schema = f"crm_conc_{os.getpid()}"
     with admin.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
@@ -49,6 +53,25 @@ def committed_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         engine.dispose()
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def committed_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    if request.param == "sqlite":
+        url: str | sa.URL = f"sqlite:///{tmp_path / 'conc.db'}"
+        upgrade(url)
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+        return
+    with _pg_engine(request.getfixturevalue("pg_admin")) as engine:
+        yield engine
+
+
+@pytest.fixture
+def pg_committed(pg_admin: sa.Engine) -> Iterator[sa.Engine]:
+    with _pg_engine(pg_admin) as engine:
+        yield engine
 
 
 def _seed(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> set[int]:
@@ -111,3 +134,187 @@ def test_claim_due_never_double_claims(committed_engine: sa.Engine, keyring: Key
             select(FollowUpEvent).where(FollowUpEvent.to_state == "queued")
         ).all()
         assert len(queued_events) == N
+
+
+# ----------------------------------------------------------------------------- frequency cap
+#
+# Two transactions decide for one contact. The first decides and keeps its transaction open
+# until the second is either waiting for a lock (the fix: it will decide after the commit) or
+# done (no lock: it decided without seeing the first). Then the first commits.
+
+HANG = 60.0  # seconds before a wait is a hang (a failure), never a measured duration
+
+
+def _backend_pid(session: Session) -> int:
+    return int(session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def _waits_for_lock(admin: sa.Engine, pid: int) -> bool:
+    with admin.connect() as conn:
+        event = conn.execute(
+            sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": pid},
+        ).scalar()
+    return event == "Lock"
+
+
+def _wait_until(check: Callable[[], bool]) -> None:
+    for _ in range(int(HANG / 0.01)):
+        if check():
+            return
+        time.sleep(0.01)
+    raise TimeoutError("the second transaction neither waited for a lock nor finished")
+
+
+def _race(
+    engine: sa.Engine,
+    admin: sa.Engine,
+    first: Callable[[Session], object],
+    second: Callable[[Session], object],
+) -> tuple[object, object]:
+    """``first`` decides and holds its transaction open until ``second`` waits on a lock or
+    has finished; returns both results."""
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+    first_decided, second_done = threading.Event(), threading.Event()
+    second_pid: list[int] = []
+
+    def run_first() -> None:
+        try:
+            with session_scope(engine) as s:
+                results["first"] = first(s)
+                first_decided.set()
+                _wait_until(
+                    lambda: (
+                        second_done.is_set()
+                        or bool(second_pid and _waits_for_lock(admin, second_pid[0]))
+                    )
+                )
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+            first_decided.set()
+
+    def run_second() -> None:
+        try:
+            assert first_decided.wait(HANG)
+            with session_scope(engine) as s:
+                second_pid.append(_backend_pid(s))
+                results["second"] = second(s)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            second_done.set()
+
+    threads = [threading.Thread(target=run_first), threading.Thread(target=run_second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG * 2)
+    assert errors == []
+    return results["first"], results["second"]
+
+
+def _one_customer(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> tuple[int, int]:
+    with session_scope(engine) as s:
+        mid = merchants.create_merchant(s, MerchantCreate(name="Acme"), clock).id or 0
+        c = contacts.create_contact(
+            s, mid, ContactCreate(email="ada@example.com", time_zone="UTC"), keyring, clock
+        )
+        consent.grant(s, mid, c.id or 0, "service_followup", "email", actor="c", clock=clock)
+    return mid, c.id or 0
+
+
+@pytest.mark.postgres
+def test_indexer_and_worker_scheduling_at_once_survey_a_contact_once(
+    pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing
+) -> None:
+    """The indexer schedules a payment follow-up while a worker schedules the periodic one
+    (30 days after the first purchase) for the same contact."""
+    clock = FrozenClock(START)
+    mid, cid = _one_customer(pg_committed, keyring, clock)
+    with session_scope(pg_committed) as s:
+        for trigger in ("payment_settled", "periodic"):
+            followups.create_policy(
+                s,
+                mid,
+                FollowUpPolicyCreate(trigger=trigger, delay_minutes=0),
+                actor="a",
+                clock=clock,
+            )
+        followups_repo.insert_purchases(  # recorded before the policies existed
+            s,
+            [
+                {
+                    "merchant_id": mid,
+                    "contact_id": cid,
+                    "payment_ref": "p_old",
+                    "invoice_ref": "i_old",
+                    "amount_minor": 1,
+                    "currency": "USDC",
+                    "settled_at": START - timedelta(days=31),
+                }
+            ],
+        )
+
+    def indexer(s: Session) -> object:
+        return followups.schedule_for_payment(
+            s, mid, cid, "p_new", "i_new", 5, "USDC", START, clock
+        )
+
+    def worker(s: Session) -> object:
+        return followups.schedule_periodic(s, mid, clock)
+
+    _race(pg_committed, pg_admin, indexer, worker)
+    with session_scope(pg_committed) as s:
+        rows = s.exec(select(FollowUp).order_by(FollowUp.kind)).all()  # type: ignore[arg-type]
+        got = [(f.kind, f.state, f.reason) for f in rows]
+    assert got == [
+        ("payment_settled", "scheduled", None),
+        ("periodic", "suppressed", "frequency_cap"),
+    ]
+
+
+@pytest.mark.postgres
+def test_two_workers_preparing_one_contacts_surveys_at_once_send_one(
+    pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing
+) -> None:
+    """Two surveys of one contact are due (scheduled while the cap was 0); two workers
+    prepare one each at the same moment."""
+    clock = FrozenClock(START)
+    mid, cid = _one_customer(pg_committed, keyring, clock)
+    with session_scope(pg_committed) as s:
+        rule = followups.create_policy(
+            s,
+            mid,
+            FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0),
+            actor="a",
+            clock=clock,
+        )
+        for n in (1, 2):
+            followups.schedule_for_payment(s, mid, cid, f"p{n}", f"i{n}", 5, "USDC", START, clock)
+        followups.update_policy(
+            s,
+            mid,
+            rule.id or 0,
+            FollowUpPolicyUpdate(frequency_cap_days=30),
+            actor="a",
+            clock=clock,
+        )
+    claimed = {}
+    for worker in ("w1", "w2"):
+        with session_scope(pg_committed) as s:
+            [claimed[worker]] = followups.claim_due(s, START, 1, worker)
+
+    def prepare(worker: str) -> Callable[[Session], object]:
+        def run(s: Session) -> object:
+            send = followups.prepare_send(s, claimed[worker], START, keyring, worker_id=worker)
+            return None if send is None else send.address
+
+        return run
+
+    first, second = _race(pg_committed, pg_admin, prepare("w1"), prepare("w2"))
+    assert (first, second) == ("ada@example.com", None)
+    with session_scope(pg_committed) as s:
+        held = s.get(FollowUp, claimed["w2"])
+        assert held is not None
+        assert (held.state, held.reason) == ("suppressed", "frequency_cap")
