@@ -6,11 +6,17 @@ owner can make it), but a merchant who copies that exact registration here first
 owner. The owner proves control with an EIP-191 ``personal_sign`` of :func:`link_message` by the
 address itself: the text names the merchant it links to, the chain and an expiry, so a proof
 cannot be replayed for another merchant, another chain or after it lapses. A valid proof moves
-the record holding the address to the prover when it has no invoices and the prover has no
-account on that chain yet. The record moves rather than being deleted: it keeps its id and its
-invoice-number counter, so no number is ever handed out twice (SQLite may reuse a deleted
-row's id, and processes cache blocks of numbers by account id). Anything else is refused: an
-operator decides, since moving a record with invoices would re-home another merchant's sales.
+the record holding the address to the prover, who must not have an account on that chain yet.
+The record moves rather than being deleted: it keeps its id and its invoice-number counter, so
+no number is ever handed out twice (SQLite may reuse a deleted row's id, and processes cache
+blocks of numbers by account id).
+
+Invoices the holder made on the address do not stop the move, or a squatter could block the
+owner for good with one invoice: their intents name the owner's address, so they could only
+ever pay the owner's payout. Those no payment has reached are invalidated (audited, with an
+``invoice.invalid`` webhook to their merchant); paid ones stay the holder's history. The account
+row is locked first, so an invoice being made on it either commits before the move (and is
+invalidated with the rest) or is refused after it (``insert_invoice`` checks the owner).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from sqlmodel import Session
 
 from api.settlement import repository as repo
 from api.settlement.errors import AccountInUseError, OwnershipProofError
+from api.settlement.events import emit_invoice_event
+from api.settlement.models import Invoice, InvoiceState, InvoiceStatus
 from crm.audit import service as audit
 from crm.clock import Clock
 from wallet.signing import recover_message
@@ -81,26 +89,24 @@ def reclaim_address(
     session: Session, merchant_id: int, chain_id: int, address: str, *, actor: str, clock: Clock
 ) -> None:
     """After :func:`verify_proof`: move the record of ``address`` from the merchant holding it
-    to ``merchant_id`` (see the module docstring for when), with an audit entry for each."""
+    to ``merchant_id`` (see the module docstring), with an audit entry for each."""
     held = repo.account_by_address(session, chain_id, address)
     if held is None or held.merchant_id == merchant_id:
         return
-    if repo.account_has_invoices(session, held.id or 0):
-        raise AccountInUseError(
-            "This address is recorded for another merchant that already has invoices on it; "
-            "an operator must resolve it.",
-            param="address",
-        )
     if repo.account_for_merchant(session, merchant_id, chain_id) is not None:
         raise AccountInUseError(
             "This merchant already has an account on this chain; an address held by another "
             "merchant can only be reclaimed as a merchant's first account on a chain.",
             param="address",
         )
+    account_id = held.id or 0
+    repo.lock_account(session, account_id)
     previous = held.merchant_id
+    now = clock.now()
+    for invoice in repo.unpaid_invoices_on_account(session, account_id, previous):
+        _invalidate(session, invoice, actor=actor, at=now)
     held.merchant_id = merchant_id
     repo.add(session, held)
-    now = clock.now()
     detail = {"chain_id": chain_id, "address": held.address, "from_merchant": previous}
     for owner, action in ((previous, "released"), (merchant_id, "reclaimed")):
         audit.record(
@@ -109,7 +115,24 @@ def reclaim_address(
             actor=actor,
             action=f"merchant_account.{action}",
             object_type="merchant_account",
-            object_id=held.id or 0,
+            object_id=account_id,
             at=now,
             detail=detail | {"to_merchant": merchant_id},
         )
+
+
+def _invalidate(session: Session, invoice: Invoice, *, actor: str, at: datetime) -> None:
+    invoice.state = InvoiceState.INVALID
+    invoice.status = InvoiceStatus.MARKED
+    repo.add(session, invoice)
+    audit.record(
+        session,
+        merchant_id=invoice.merchant_id,
+        actor=actor,
+        action="invoice.mark_invalid",
+        object_type="invoice",
+        object_id=invoice.id,
+        at=at,
+        detail={"reason": "account_reclaimed"},
+    )
+    emit_invoice_event(session, invoice, "invoice.invalid")

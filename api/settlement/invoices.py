@@ -17,10 +17,13 @@ from typing import Any
 
 import segno
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from api.settlement import repository as repo
 from api.settlement.errors import (
+    AccountExistsError,
+    AccountInUseError,
     DuplicateOrderError,
     InvoiceNotFoundError,
     InvoiceRequestError,
@@ -185,6 +188,13 @@ def register_account(
         "operator": _address(operator, "operator"),
     }
     if existing is not None:
+        moved = existing.address.lower() != values["address"].lower()
+        if moved and repo.account_has_invoices(session, existing.id or 0):
+            raise AccountInUseError(
+                "This account has invoices, whose signed intents name its address: the address "
+                "cannot change (payout and operator can).",
+                param="address",
+            )
         for key, value in values.items():
             setattr(existing, key, value)
         return repo.add(session, existing)
@@ -196,7 +206,15 @@ def register_account(
         operator=values["operator"],
         created_at=clock.now(),
     )
-    return repo.add(session, account)
+    try:
+        with session.begin_nested():
+            return repo.add(session, account)
+    except IntegrityError:  # a unique key: a concurrent registration committed first
+        raise AccountExistsError(
+            "Another registration of this merchant's account or of this address committed "
+            "first; read it back with GET /v1/merchants/{id}/account.",
+            param="address",
+        ) from None
 
 
 def _validate(request: InvoiceRequest) -> None:
@@ -289,6 +307,12 @@ def create_invoice(
     )
     if repo.insert_invoice(session, invoice):
         return invoice
+    current = repo.account_row(session, request.merchant_id, chain_id)
+    if current is None or current.id != account.id:
+        raise MerchantAccountMissingError(  # moved to another merchant since it was read
+            "the merchant's router account changed while the invoice was made: retry",
+            param="merchant",
+        )
     live = repo.open_invoice_for_order(
         session, request.merchant_id, request.order_id, [s.value for s in REOPENABLE_STATES]
     )

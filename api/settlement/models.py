@@ -60,7 +60,11 @@ class MerchantAccount(SQLModel, table=True):
     """A CRM merchant's on-chain identity on one chain."""
 
     __tablename__ = "api_merchant_account"
-    __table_args__ = (sa.UniqueConstraint("chain_id", "address"),)
+    # One account per merchant and chain (the invoice route and a reclaim rely on it).
+    __table_args__ = (
+        sa.UniqueConstraint("chain_id", "address"),
+        sa.Index("uq_api_merchant_account_merchant_chain", "merchant_id", "chain_id", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     merchant_id: int = Field(foreign_key="crm_merchant.id", index=True)

@@ -52,6 +52,7 @@ __all__ = [
     "invoices_select",
     "invoices_window",
     "list_invoices",
+    "lock_account",
     "open_invoice_for_order",
     "payment_keys",
     "payments_after",
@@ -66,6 +67,7 @@ __all__ = [
     "save_blocks",
     "save_cursor",
     "top_blocks",
+    "unpaid_invoices_on_account",
     "update_invoice_rows",
 ]
 
@@ -125,9 +127,31 @@ _OPEN_FOR_ORDER = sa.select(_INVOICES.c.id, _INVOICES.c.state).where(
 # A duplicate (an open invoice for the order: the partial unique index) inserts nothing instead
 # of failing the transaction, so the happy path needs no pre-check query.
 # (RETURNING, because an INSERT's rowcount is not reliable across drivers.)
+# The row goes in only while its account still belongs to its merchant: a reclaim (or any
+# move) locks the account row FOR UPDATE, which the FOR KEY SHARE below waits for, and then the
+# condition is re-checked on the moved row, so no invoice lands on an account another merchant
+# holds, even from a process whose account cache is a second old.
+_OWNED_ROW = sa.select(
+    *(sa.bindparam(column.key, type_=column.type) for column in _INVOICES.columns)
+).where(
+    sa.exists(
+        sa.select(_ACCOUNTS.c.id)
+        .where(
+            _ACCOUNTS.c.id == sa.bindparam("account_id"),
+            _ACCOUNTS.c.merchant_id == sa.bindparam("merchant_id"),
+        )
+        .with_for_update(read=True, key_share=True)
+    )
+)
 _INSERT_INVOICE = {
-    "sqlite": sqlite_insert(_INVOICES).on_conflict_do_nothing().returning(_INVOICES.c.id),
-    "postgresql": pg_insert(_INVOICES).on_conflict_do_nothing().returning(_INVOICES.c.id),
+    "sqlite": sqlite_insert(_INVOICES)
+    .from_select(list(_INVOICES.columns), _OWNED_ROW)
+    .on_conflict_do_nothing()
+    .returning(_INVOICES.c.id),
+    "postgresql": pg_insert(_INVOICES)
+    .from_select(list(_INVOICES.columns), _OWNED_ROW)
+    .on_conflict_do_nothing()
+    .returning(_INVOICES.c.id),
 }
 _INSERT_PAYMENT = sa.insert(Payment.__table__)  # type: ignore[attr-defined]
 _BLOCKS = IndexedBlock.__table__  # type: ignore[attr-defined]
@@ -240,6 +264,25 @@ def account_has_invoices(session: Session, account_id: int) -> bool:
     return session.execute(stmt).first() is not None
 
 
+def lock_account(session: Session, account_id: int) -> None:
+    """Hold the account row until commit (PostgreSQL ``FOR UPDATE``: it waits for, and then
+    blocks, invoice inserts on the account; SQLite's one writer serialises them anyway)."""
+    stmt = sa.select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.id == account_id).with_for_update()
+    session.execute(stmt)
+
+
+def unpaid_invoices_on_account(
+    session: Session, account_id: int, merchant_id: int
+) -> Sequence[Invoice]:
+    """``merchant_id``'s invoices on the account that no payment has reached (state new)."""
+    stmt = select(Invoice).where(
+        Invoice.account_id == account_id,
+        Invoice.merchant_id == merchant_id,
+        Invoice.state == InvoiceState.NEW,
+    )
+    return session.exec(stmt).all()
+
+
 def account_ids_by_address(session: Session, chain_id: int, addresses: set[str]) -> dict[str, int]:
     """Account ids for ``addresses`` keyed by lower-case address (one Core query per chunk)."""
     lowered = sorted({a.lower() for a in addresses})
@@ -274,7 +317,8 @@ def open_invoice_for_order(
 
 def insert_invoice(session: Session, invoice: Invoice) -> bool:
     """A Core INSERT of a new invoice (no unit-of-work flush; ``invoice`` stays transient).
-    False, and nothing written, when a unique index refuses it (an open invoice for the order)."""
+    False, and nothing written, when a unique index refuses it (an open invoice for the order)
+    or its account no longer belongs to its merchant."""
     values = {column: getattr(invoice, attr) for attr, column in _invoice_columns()}
     conn = session.connection()
     return conn.execute(_INSERT_INVOICE[conn.dialect.name], values).first() is not None

@@ -198,3 +198,41 @@ def test_0008_keeps_stored_responses_and_tasks_and_downgrades(tmp_path):
         assert kept == 1
     finally:
         engine.dispose()
+
+
+def test_0009_stops_on_duplicate_accounts_and_changes_nothing(tmp_path):
+    """0009's unique (merchant, chain) key: an install with two accounts for one merchant on
+    one chain stops with both named, still at 0008; without them the key refuses a second."""
+    from alembic import command
+
+    from api.db import alembic_config, make_engine, upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    upgrade(url, revision="0008")
+    engine = make_engine(url)
+    insert = sa.text(
+        "INSERT INTO api_merchant_account (merchant_id, chain_id, address, payout, operator,"
+        " next_invoice_number, created_at) VALUES (1, 31337, :a, :a, :a, 1, '2026-01-01')"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO crm_merchant (id, name, created_at) VALUES (1, 'M', '2026-01-01')"
+                )
+            )
+            conn.execute(insert, {"a": "0x" + "11" * 20})
+            conn.execute(insert, {"a": "0x" + "22" * 20})
+        with pytest.raises(RuntimeError, match=r"merchant 1 on chain 31337 \(2 rows\)"):
+            command.upgrade(alembic_config(url), "head")
+        query = f"SELECT version_num FROM {VERSION_TABLE}"  # noqa: S608 - a constant
+        with engine.connect() as conn:
+            version = conn.execute(sa.text(query)).scalar()
+        assert version == "0008"
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM api_merchant_account WHERE address LIKE '0x22%'"))
+        command.upgrade(alembic_config(url), "head")
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(insert, {"a": "0x" + "33" * 20})
+    finally:
+        engine.dispose()

@@ -12,15 +12,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from xml.etree import ElementTree
 
 import httpx
 import pytest
 import sqlalchemy as sa
 import uvicorn
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from sqlmodel import Session
 
 from api.deps import ChainInfo
@@ -38,7 +35,6 @@ from wallet.signing import (
     from_compact,
     payment_intent_typed_data,
     recover_typed_data,
-    sign_message,
 )
 
 # eth-tester's chain id (131277322940537) overflows the INTEGER chain_id columns of
@@ -230,155 +226,6 @@ class TestAccountMustMatchTheRouter:
         r = world.client.post(path, json=body | {"address": merchant.address.lower()}, headers=h)
         assert r.status_code == 200, r.text
         assert r.json()["signer_available"] is True
-
-
-class TestAddressReclaim:
-    """A merchant that recorded another's exact router registration first gives the address
-    back to the merchant that proves control of it, unless invoices were made on it."""
-
-    @pytest.fixture
-    def setting(self, make_app, new_key, db, tester_chain: Chain) -> Iterator[tuple]:
-        owner, _merchant, payout, operator = tester_chain.dev_accounts()[:4]
-        fresh = deploy_contracts(tester_chain, owner)
-        body = {"payout": payout.address, "operator": operator.address}
-        merchant = _register_fresh(tester_chain, fresh, body)  # accounts outlive a test
-        info = dataclasses.replace(chain_info_for(tester_chain, fresh), chain_id=CHAIN_ID)
-        signers = {operator.address: Signer(PrivateKey(bytes(operator.key)))}
-        worlds = make_world(make_app, new_key, db, chain_info=info, signers=signers)
-        with contextlib.closing(worlds):
-            world = next(worlds)
-            body["address"] = merchant.address
-            squat = world.client.post(
-                f"/v1/merchants/{world.b.id}/account", json=body, headers=auth(world.b.merchant)
-            )
-            assert squat.status_code == 200, squat.text
-            yield world, body, PrivateKey(bytes(merchant.key)), fresh
-
-    @staticmethod
-    def _proof(world: World, tenant, key: PrivateKey, address: str) -> dict:
-        r = world.client.get(
-            f"/v1/merchants/{tenant.id}/account/link_message",
-            params={"address": address},
-            headers=auth(tenant.merchant),
-        )
-        assert r.status_code == 200, r.text
-        doc = r.json()
-        return {
-            "proof_signature": "0x" + sign_message(doc["message"], key).hex(),
-            "proof_valid_until": doc["valid_until"],
-        }
-
-    @staticmethod
-    def _holder(world: World) -> list[str | None]:
-        """Which of a and b the server records the address for."""
-        out: list[str | None] = []
-        for tenant in (world.a, world.b):
-            r = world.client.get(
-                f"/v1/merchants/{tenant.id}/account", headers=auth(tenant.merchant)
-            )
-            out.append(r.json()["address"] if r.status_code == 200 else None)
-        return out
-
-    def test_the_owner_reclaims_with_a_proof(self, setting) -> None:
-        world, body, key, _fresh = setting
-        path, h = f"/v1/merchants/{world.a.id}/account", auth(world.a.merchant)
-        r = world.client.post(path, json=body, headers=h)
-        assert (r.status_code, r.json()["error"]["code"]) == (409, "account_address_taken")
-        assert "link_message" in r.json()["error"]["message"]
-        link = world.client.get(
-            f"{path}/link_message", params={"address": body["address"]}, headers=h
-        ).json()
-        assert link["valid_until"] == int(world.clock.now().timestamp()) + 3600
-        assert f"merchant: {world.a.id}\n" in link["message"]
-        assert f"chain: {CHAIN_ID}\n" in link["message"]
-
-        r = world.client.post(path, json=body | self._proof(world, world.a, key, body["address"]))
-        assert r.status_code == 401  # the proof is no key: the caller still authenticates
-        r = world.client.post(
-            path, json=body | self._proof(world, world.a, key, body["address"]), headers=h
-        )
-        assert r.status_code == 200, r.text
-        assert self._holder(world) == [body["address"], None]
-        assert create(world, world.a.merchant).status_code == 200  # invoices sign at once
-        for tenant, action in ((world.a, "reclaimed"), (world.b, "released")):
-            entries = world.client.get(
-                "/v1/audit_log",
-                params={"action": f"merchant_account.{action}"},
-                headers=auth(tenant.merchant),
-            ).json()["data"]
-            assert len(entries) == 1, (action, entries)
-            assert entries[0]["detail"]["to_merchant"] == int(world.a.id)
-
-    def test_bad_proofs_move_nothing(self, setting) -> None:
-        world, body, key, _fresh = setting
-        path, h = f"/v1/merchants/{world.a.id}/account", auth(world.a.merchant)
-        good = self._proof(world, world.a, key, body["address"])
-        now = int(world.clock.now().timestamp())
-        for_b = self._proof(world, world.b, key, body["address"])
-        by_other = self._proof(world, world.a, PrivateKey(os.urandom(32)), body["address"])
-        cases = [
-            (by_other, 400, "invalid_ownership_proof", "proof_signature"),
-            (for_b, 400, "invalid_ownership_proof", "proof_signature"),  # names merchant b
-            (good | {"proof_valid_until": now + 60}, 400, "invalid_ownership_proof", None),
-            (good | {"proof_valid_until": now}, 400, "invalid_ownership_proof", None),
-            ({"proof_signature": good["proof_signature"]}, 400, "parameter_invalid", None),
-            (
-                {"proof_signature": "0x" + "00" * 65, "proof_valid_until": now + 60},
-                400,
-                "invalid_ownership_proof",
-                "proof_signature",
-            ),
-            (good | {"proof_signature": "0xabc"}, 422, None, "proof_signature"),
-        ]
-        for proof, status, code, param in cases:
-            r = world.client.post(path, json=body | proof, headers=h)
-            assert r.status_code == status, (proof, r.text)
-            error = r.json()["error"]
-            assert code is None or error["code"] == code, (proof, error)
-            assert param is None or error["param"] == param, (proof, error)
-        day = self._proof(world, world.a, key, body["address"])
-        world.clock.advance(timedelta(hours=2))
-        r = world.client.post(path, json=body | day, headers=h)
-        assert (r.status_code, r.json()["error"]["param"]) == (400, "proof_valid_until")
-        assert self._holder(world) == [None, body["address"]]
-
-    def test_an_address_with_invoices_stays(self, setting) -> None:
-        world, body, key, _fresh = setting
-        assert create(world, world.b.merchant).status_code == 200
-        path, h = f"/v1/merchants/{world.a.id}/account", auth(world.a.merchant)
-        r = world.client.post(
-            path, json=body | self._proof(world, world.a, key, body["address"]), headers=h
-        )
-        assert (r.status_code, r.json()["error"]["code"]) == (409, "account_address_in_use")
-        assert self._holder(world) == [None, body["address"]]
-        assert world.client.get("/v1/invoices", headers=auth(world.b.merchant)).json()["data"]
-
-    def test_only_as_the_first_account_on_the_chain(self, setting, tester_chain: Chain) -> None:
-        world, body, key, fresh = setting
-        other = _register_fresh(tester_chain, fresh, body)
-        path, h = f"/v1/merchants/{world.a.id}/account", auth(world.a.merchant)
-        mine = world.client.post(path, json=body | {"address": other.address}, headers=h)
-        assert mine.status_code == 200, mine.text
-        r = world.client.post(
-            path, json=body | self._proof(world, world.a, key, body["address"]), headers=h
-        )
-        assert (r.status_code, r.json()["error"]["code"]) == (409, "account_address_in_use")
-        assert self._holder(world) == [other.address, body["address"]]
-
-
-def _register_fresh(chain: Chain, deployment: Deployment, body: dict) -> LocalAccount:
-    """A new funded address that calls ``registerMerchant(payout, operator)`` on the router."""
-    account = Account.create()
-    chain.fund(account.address, 10**18)
-    router = chain.w3.eth.contract(
-        address=deployment.router, abi=load_artifact("PaymentRouter").abi
-    )
-    tx = router.functions.registerMerchant(body["payout"], body["operator"]).build_transaction(
-        {"from": account.address, "nonce": 0, "gas": 200_000, "chainId": chain.chain_id}
-    )
-    sent = chain.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-    assert chain.w3.eth.wait_for_transaction_receipt(sent)["status"] == 1
-    return account
 
 
 def _deliveries(w: World, event_type: str) -> int:
