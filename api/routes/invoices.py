@@ -105,6 +105,12 @@ def create_invoice(
     body: InvoiceCreateBody, session: SessionDep, caller: Manager, invoicing: InvoicingDep
 ) -> InvoiceOut:
     chain = _chain(invoicing.chain)
+    if body.token is not None and body.token.lower() != chain.token.lower():
+        raise InvalidRequest(  # only its decimals are known: amounts elsewhere would be guesses
+            f"This server accepts payments in its token {chain.token} only.",
+            code="token_unsupported",
+            param="token",
+        )
     merchant_id = write_merchant(caller, body.merchant_id)
     cache = invoicing.cache
     account = cache.load(

@@ -57,7 +57,9 @@ class InvoiceCreateBody(BaseModel):
         default=None, pattern=_ADDRESS, description="Only this address may pay (default: any)."
     )
     token: str | None = Field(
-        default=None, pattern=_ADDRESS, description="Defaults to the server's token."
+        default=None,
+        pattern=_ADDRESS,
+        description="The server's token (the default); any other is 400 `token_unsupported`.",
     )
     expires_in: int = Field(default=900, ge=60, le=7 * 86400, description="Seconds.")
     confirmations: Literal[0, 1, 2, 6] = Field(

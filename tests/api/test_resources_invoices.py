@@ -154,6 +154,7 @@ class TestCreate:
             ({"amount": "10", "fee": "11", "order_id": "x"}, 400, "fee"),
             ({"amount": "10", "order_id": "x", "confirmations": 3}, 422, "confirmations"),
             ({"amount": "10", "order_id": "x", "contact_id": 999999999}, 404, "contact_id"),
+            ({"amount": "10", "order_id": "x", "token": "0x" + "ab" * 20}, 400, "token"),
         ]
         for body, status, param in cases:
             r = world.client.post("/v1/invoices", json=body, headers=h)
