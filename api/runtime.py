@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from sqlmodel import Session
 
 from api.operators import OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
 from api.webhooks.secrets import SecretCipher
 from crm import KeyRing, SystemClock, make_engine
+from crm.consent.service import HeadsSealed
 from wallet.chain import Chain, ChainBackend, connect
 from wallet.deployment import Deployment, ManifestError, read_manifest
 
@@ -187,6 +189,14 @@ class Runtime:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return make_engine(url)
+
+    def seal_consent_heads(self) -> HeadsSealed:
+        """After migrations: MAC the consent heads written without the server's key (migration
+        0003's backfill, appends by older releases), so truncating those ledgers shows too."""
+        from crm.consent.service import seal_unsealed_heads
+
+        with Session(self.engine) as session, session.begin():
+            return seal_unsealed_heads(session, self.keyring)
 
     @cached_property
     def chain(self) -> Chain:

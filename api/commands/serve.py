@@ -96,6 +96,7 @@ def serve(
     """
     import uvicorn
 
+    from api.commands.settlement import report_sealing
     from api.db import upgrade
     from api.runtime import Runtime
     from api.settings import get_settings
@@ -104,6 +105,7 @@ def serve(
     url = runtime.settings.resolved_database_url
     runtime.engine.dispose()  # creates the SQLite directory
     upgrade(url)
+    report_sealing(runtime.seal_consent_heads())
     if runtime.settings.chain.value == "tester":
         _serve_embedded(runtime, url, host, port)
         return

@@ -21,8 +21,9 @@ from sqlmodel import Session
 from api.runtime import Runtime, freeze_startup_heap, stop_on_signals
 from api.settings import get_settings
 from api.settlement.models import Invoice
+from crm.consent.service import HeadsSealed
 
-__all__ = ["db_app", "indexer", "invoices_app", "worker"]
+__all__ = ["db_app", "indexer", "invoices_app", "report_sealing", "worker"]
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 invoices_app = typer.Typer(help="Create, show and list invoices.", no_args_is_help=True)
@@ -39,6 +40,20 @@ def db_upgrade() -> None:
     runtime.engine.dispose()  # creates the SQLite directory
     upgrade(url)  # the CRM chain first, then the API chain
     typer.echo("database is at head", err=True)
+    report_sealing(runtime.seal_consent_heads())
+
+
+def report_sealing(outcome: HeadsSealed) -> None:
+    """What sealing the consent heads found, on stderr (nothing when there was nothing)."""
+    if outcome.sealed:
+        typer.echo(f"sealed {outcome.sealed} consent ledger heads", err=True)
+    if outcome.stale_contact_ids:
+        named = ", ".join(map(str, outcome.stale_contact_ids[:20]))
+        typer.echo(
+            f"warning: the consent ledgers of contacts {named} no longer end where their head "
+            "says: entries were removed or rewritten (GET /v1/contacts/{id}/consents)",
+            err=True,
+        )
 
 
 def _runtime() -> Runtime:

@@ -190,9 +190,9 @@ def add_wallet_address(
 # ------------------------------------------------------------------------------------- consents
 
 
-def consent_history(session: Session, contact_id: int) -> ConsentHistory:
+def consent_history(session: Session, contact_id: int, keyring: KeyRing) -> ConsentHistory:
     events = consent.history(session, contact_id)
-    report = consent.verify_chain(session, contact_id)
+    report = consent.verify_chain(session, contact_id, keyring=keyring)
     states = consent_repo.list_states(session, contact_id)
     return ConsentHistory(
         contact_id=contact_id,
@@ -208,6 +208,8 @@ def consent_history(session: Session, contact_id: int) -> ConsentHistory:
             length=report.length,
             head_hash=events[-1].hash if events else None,
             broken_at_seq=report.broken_at_seq,
+            seal=report.seal.value,
+            problems=report.problems,
         ),
     )
 
@@ -228,6 +230,7 @@ def record_consent(
     session: SessionDep,
     caller: Staff,
     clock: ClockDep,
+    keyring: KeyRingDep,
     after_commit: AfterCommit,
 ) -> ConsentEventOut:
     if body.action is ConsentAction.GRANT and caller.role.value == "support":
@@ -249,6 +252,7 @@ def record_consent(
             action=body.action,
             actor=actor(caller),
             clock=clock,
+            keyring=keyring,
             **kwargs,  # type: ignore[arg-type]
         )
     if body.action is not ConsentAction.GRANT:
@@ -265,11 +269,15 @@ def record_consent(
     response_model=ConsentHistory,
     summary="Consent ledger, current state and hash-chain verification",
     description="`verification.ok` is true when every entry's SHA-256 and link to its "
-    "predecessor recompute; `head_hash` commits to the whole history.",
+    "predecessor recompute, the current state is what the ledger replays to, and the sealed "
+    "head (a MAC under the server's key) names the last entry; `problems` says what failed. "
+    "`head_hash` commits to the whole history.",
 )
-def get_consents(contact_id: ContactId, session: SessionDep, caller: Staff) -> ConsentHistory:
+def get_consents(
+    contact_id: ContactId, session: SessionDep, caller: Staff, keyring: KeyRingDep
+) -> ConsentHistory:
     _load(session, caller, contact_id)
-    return consent_history(session, contact_id)
+    return consent_history(session, contact_id, keyring)
 
 
 # ------------------------------------------------------------------------------------- privacy

@@ -49,7 +49,7 @@ from api.schemas.public import (
     PublicWithdrawBody,
 )
 from api.webhooks import enqueue
-from crm import FeedbackCreate, FeedbackUpdate, Purpose, consent, feedback
+from crm import FeedbackCreate, FeedbackUpdate, KeyRing, Purpose, consent, feedback
 from crm.clock import Clock
 from crm.consent import repository as consent_repo
 from crm.errors import FeedbackTokenExpired, FeedbackTokenInvalid, FeedbackTokenUsed
@@ -244,7 +244,11 @@ def get_my_consents(
 
 
 def _withdraw(
-    session: Session, fb: Feedback, body: PublicWithdrawBody | None, clock: Clock
+    session: Session,
+    fb: Feedback,
+    body: PublicWithdrawBody | None,
+    clock: Clock,
+    keyring: KeyRing,
 ) -> None:
     purposes = [body.purpose] if body is not None and body.purpose is not None else list(Purpose)
     channel = body.channel if body is not None else None
@@ -258,6 +262,7 @@ def _withdraw(
             actor=_ACTOR,
             clock=clock,
             source="customer_link",
+            keyring=keyring,
         )
         payload = ConsentEventOut.of(event).model_dump(mode="json")
         enqueue(session, str(fb.merchant_id), "consent.changed", payload)
@@ -276,10 +281,11 @@ def withdraw_my_consent(
     request: Request,
     session: SessionDep,
     clock: ClockDep,
+    keyring: KeyRingDep,
     body: PublicWithdrawBody | None = None,
 ) -> PublicConsents:
     fb = _consent_link(session, token, clock)
-    _withdraw(session, fb, body, clock)
+    _withdraw(session, fb, body, clock, keyring)
     return _consents(session, fb, request)
 
 
@@ -313,10 +319,10 @@ def confirm_withdraw_all(
     responses={200: {"content": {"text/html": {}}}},
 )
 def withdraw_all_my_consent(
-    token: Token, request: Request, session: SessionDep, clock: ClockDep
+    token: Token, request: Request, session: SessionDep, clock: ClockDep, keyring: KeyRingDep
 ) -> PublicConsents | HTMLResponse:
     fb = _consent_link(session, token, clock)
-    _withdraw(session, fb, None, clock)
+    _withdraw(session, fb, None, clock, keyring)
     consents = _consents(session, fb, request)
     return done_page(consents.consents) if wants_html(request.headers.get("accept")) else consents
 

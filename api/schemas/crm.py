@@ -338,10 +338,19 @@ class ConsentStateOut(BaseModel):
 
 
 class ChainVerification(BaseModel):
-    ok: bool = Field(description="Every hash and link recomputed and matched.")
+    ok: bool = Field(
+        description="Every hash and link recomputed, the state matches the ledger's replay and "
+        "the sealed head names the last entry."
+    )
     length: int
     head_hash: str | None = Field(description="The last entry's hash: a commitment to it all.")
     broken_at_seq: int | None
+    seal: str = Field(
+        description="The sealed head: `valid`, `empty` (no ledger), `unsealed` (written before "
+        "sealing, sealed at the next upgrade or append), `missing`, `stale`, `invalid` or "
+        "`flagged` (the last three: entries removed or rewritten)."
+    )
+    problems: list[str] = Field(description="One line per failed check (empty when `ok`).")
 
 
 class ConsentHistory(BaseModel):
@@ -590,6 +599,11 @@ class ReconciliationRow(BaseModel):
     amount: str
     paid_amount: str
     refunded_amount: str
+    fee: str = Field(description="The router's fee on the invoice's payments on chain.")
+    net_amount: str = Field(
+        description="paid_amount - fee - refunded_amount: what reached the payout address, "
+        "less refunds (negative when a full refund also gave back the fee)."
+    )
     created_at: datetime
     settled_at: datetime | None
     tx_hash: str | None

@@ -245,6 +245,8 @@ class TestConsents:
             "length": 4,
             "head_hash": history["events"][-1]["hash"],
             "broken_at_seq": None,
+            "seal": "valid",  # appended with the server's key ring
+            "problems": [],
         }
         state = {(s["purpose"], s["channel"]): s["state"] for s in history["state"]}
         assert state[("marketing", "sms")] == "objected"
@@ -267,6 +269,39 @@ class TestConsents:
         ).json()["verification"]
         assert v["ok"] is False
         assert v["broken_at_seq"] == 1
+
+    def test_a_removed_withdrawal_is_detected(self, world: World) -> None:
+        """Deleting the last entries (a withdrawal) and putting the state and the head row back
+        leaves every remaining hash intact: only the head's MAC under the server's key (the API
+        passes its key ring) shows it."""
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        r = world.client.post(
+            f"/v1/public/consent/{issue_token(world, world.a, c['id'])[0]}/withdraw",
+            headers={"Accept": "application/json"},
+        )
+        assert r.status_code == 200, r.text
+        with world.engine.begin() as conn:
+            last = conn.execute(
+                sa.text("SELECT max(seq) FROM crm_consent_event WHERE contact_id = :c"),
+                {"c": c["id"]},
+            ).scalar_one()
+            for statement in (  # the state as the grant left it, then the ledger cut back
+                "DELETE FROM crm_consent_state WHERE contact_id = :c AND NOT "
+                "(purpose = 'service_followup' AND channel = 'email')",
+                "UPDATE crm_consent_state SET state = 'granted', event_id = (SELECT id FROM "
+                "crm_consent_event WHERE contact_id = :c AND seq = 1) WHERE contact_id = :c",
+                "DELETE FROM crm_consent_event WHERE contact_id = :c AND seq >= 2",
+                "UPDATE crm_consent_head SET seq = 1, head_hash = (SELECT hash FROM "
+                "crm_consent_event WHERE contact_id = :c AND seq = 1) WHERE contact_id = :c",
+            ):
+                conn.execute(sa.text(statement), {"c": c["id"]})
+        v = world.client.get(
+            f"/v1/contacts/{c['id']}/consents", headers=auth(world.a.merchant)
+        ).json()["verification"]
+        assert last >= 2
+        assert (v["ok"], v["broken_at_seq"], v["seal"]) == (False, None, "invalid")
+        assert v["problems"]
 
     def test_grant_needs_a_channel_and_support_cannot_grant(self, world: World) -> None:
         c = new_contact(world, world.a)
