@@ -84,7 +84,13 @@ def traits_many(
 
 
 def get_for_update(session: Session, contact_id: int) -> Contact | None:
-    stmt = select(Contact).where(Contact.id == contact_id).with_for_update()
+    """The contact row locked until commit, re-read (not the identity map's older copy)."""
+    stmt = (
+        select(Contact)
+        .where(Contact.id == contact_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     return session.exec(stmt).first()
 
 

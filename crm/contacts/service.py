@@ -38,6 +38,7 @@ __all__ = [
     "find_by_email",
     "find_by_wallet",
     "get_contact",
+    "get_contact_for_update",
     "get_contacts",
     "get_traits",
     "to_public",
@@ -58,6 +59,15 @@ def get_contact(session: Session, merchant_id: int, contact_id: int) -> Contact:
     contact = repo.get(session, merchant_id, contact_id)
     if contact is None:
         raise ContactNotFound("no such contact", param="contact_id")
+    return contact
+
+
+def get_contact_for_update(session: Session, merchant_id: int, contact_id: int) -> Contact:
+    """:func:`get_contact`, locked until commit: changes to a contact queue behind an erasure
+    (and see it), instead of writing after it."""
+    get_contact(session, merchant_id, contact_id)
+    contact = repo.get_for_update(session, contact_id)
+    assert contact is not None  # the row just read; contacts are never deleted
     return contact
 
 
@@ -144,7 +154,7 @@ def add_wallet(
     keyring: KeyRing,
     clock: Clock,
 ) -> None:
-    contact = get_contact(session, merchant_id, contact_id)
+    contact = get_contact_for_update(session, merchant_id, contact_id)
     key = _live_key(session, keyring, contact)
     wallet = normalise_wallet(address)
     index = keyring.blind_index("wallet", wallet)
@@ -178,7 +188,7 @@ def update_contact(
     clock: Clock,
     actor: str,
 ) -> Contact:
-    contact = get_contact(session, merchant_id, contact_id)
+    contact = get_contact_for_update(session, merchant_id, contact_id)
     key = _live_key(session, keyring, contact)
     assert contact.id is not None
     changes = data.model_dump(exclude_unset=True)

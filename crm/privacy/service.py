@@ -107,8 +107,12 @@ def erase_contact(
     clock: Clock,
     request_ref: str | None = None,
 ) -> ErasureLog:
-    """Crypto-shred the contact. Idempotent: a second call returns the first log entry."""
-    contact = contacts.get_contact(session, merchant_id, contact_id)
+    """Crypto-shred the contact. Idempotent: a second call returns the first log entry.
+
+    The contact row is locked first, as consent appends and ``prepare_send`` lock it before the
+    follow-ups (one lock order: no deadlock with a survey being prepared), and so a concurrent
+    erasure or update waits and then sees this one."""
+    contact = contacts.get_contact_for_update(session, merchant_id, contact_id)
     existing = repo.get_log(session, contact_id)
     if existing is not None:
         return existing

@@ -20,8 +20,9 @@ from crm import KeyRing, MerchantCreate, merchants
 from crm.clock import FrozenClock
 from crm.consent import service as consent
 from crm.contacts import service as contacts
-from crm.contacts.models import ContactCreate
+from crm.contacts.models import Contact, ContactCreate, ContactUpdate
 from crm.db import make_engine, session_scope, upgrade
+from crm.errors import ContactErased
 from crm.followups import repository as followups_repo
 from crm.followups import service as followups
 from crm.followups.models import (
@@ -30,6 +31,7 @@ from crm.followups.models import (
     FollowUpPolicyCreate,
     FollowUpPolicyUpdate,
 )
+from crm.privacy import service as privacy
 
 from .conftest import START, pg_schema_url
 
@@ -318,3 +320,29 @@ def test_two_workers_preparing_one_contacts_surveys_at_once_send_one(
         held = s.get(FollowUp, claimed["w2"])
         assert held is not None
         assert (held.state, held.reason) == ("suppressed", "frequency_cap")
+
+
+@pytest.mark.postgres
+def test_an_update_racing_an_erasure_waits_and_sees_it(
+    pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing
+) -> None:
+    """Both lock the contact row first: the update waits for the erasure's commit and is
+    refused, instead of writing fresh personal data onto the erased contact."""
+    clock = FrozenClock(START)
+    mid, cid = _one_customer(pg_committed, keyring, clock)
+
+    def erase(s: Session) -> object:
+        return privacy.erase_contact(s, mid, cid, actor="a", clock=clock)
+
+    def update(s: Session) -> object:
+        try:
+            change = ContactUpdate(name="Ada L.", email="ada.l@example.com")
+            return contacts.update_contact(s, mid, cid, change, keyring, clock, actor="a")
+        except ContactErased as refused:
+            return refused
+
+    _, second = _race(pg_committed, pg_admin, erase, update)
+    assert isinstance(second, ContactErased)
+    with session_scope(pg_committed) as s:
+        erased = s.exec(select(Contact).where(Contact.id == cid)).one()
+        assert (erased.name_enc, erased.email_enc, erased.email_index) == (None, None, None)
