@@ -65,7 +65,12 @@ class InvoiceCreateBody(BaseModel):
     confirmations: Literal[0, 1, 2, 6] = Field(
         default=1, description="Blocks before the payment counts as settled."
     )
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=20)
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="Your references (order, SKU). No personal data: invoices outlive a "
+        "contact's erasure (kept pseudonymised as payment records), and so does metadata.",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -228,8 +233,12 @@ class PaymentOut(BaseModel):
 
     id: int
     object: Literal["payment"] = "payment"
-    invoice_id: str | None
+    invoice_id: str | None = Field(
+        description="null: no invoice matched (an unknown number, or terms we did not sign)."
+    )
     chain_id: int
+    merchant_address: str = Field(description="The router account the payment went to.")
+    invoice_number: str = Field(description="The on-chain invoice id it paid (uint256).")
     tx_hash: str
     block_number: int
     block_hash: str
@@ -250,6 +259,8 @@ class PaymentOut(BaseModel):
             id=p.id or 0,
             invoice_id=p.invoice_id,
             chain_id=p.chain_id,
+            merchant_address=p.merchant_address,
+            invoice_number=str(p.invoice_number),
             tx_hash=p.tx_hash,
             block_number=p.block_number,
             block_hash=p.block_hash,
