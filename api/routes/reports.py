@@ -1,4 +1,5 @@
-"""/v1/metrics (CSAT, NPS, response and SLA rates) and /v1/reconciliation (CSV or JSON)."""
+"""/v1/metrics (CSAT, NPS, response and SLA rates), /v1/reconciliation (CSV or JSON) and
+/v1/payments (every on-chain payment, including those no invoice matched)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,20 @@ import io
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import Query
+from fastapi import Query, Request
 from fastapi.responses import Response
 
 from api import queries
 from api.deps import ChainInfoDep, ClockDep, SessionDep
 from api.errors import InvalidRequest
 from api.keys.service import AuthenticatedKey
+from api.pagination import ListResponse, PageDep, paginate
 from api.routes._common import Manager, Staff, merchant_scope
 from api.routing import ApiRouter
 from api.schemas.crm import MetricsOut, Reconciliation, ReconciliationRow, RootCause
+from api.schemas.invoices import PaymentOut
 from api.settlement import repository as settlement_repo
-from api.settlement.models import PaymentState
+from api.settlement.models import Payment, PaymentState
 from crm import metrics
 from crm.followups.models import FollowUp
 
@@ -112,9 +115,11 @@ def get_metrics(
     tags=["reconciliation"],
     summary="Invoice ↔ payment ↔ contact ↔ feedback, for accounting",
     description="One row per invoice created in `[start, end)` (default: the last 30 days), "
-    "oldest first, with its confirmed payment (if any), contact, follow-up and feedback. "
+    "oldest first, with its confirmed payment (if any), the router's fee on its payments and "
+    "the net (`paid_amount - fee - refunded_amount`), contact, follow-up and feedback. "
     "`format=csv` returns `text/csv` with the same columns. At most 10,000 rows "
-    "(`truncated: true` / header `FollowPay-Truncated: true` beyond).",
+    "(`truncated: true` / header `FollowPay-Truncated: true` beyond). Payments no invoice "
+    "matched are listed by `GET /v1/payments?matched=false`.",
     response_model=Reconciliation,
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
@@ -135,8 +140,12 @@ def reconciliation(
     invoices = invoices[:MAX_ROWS]
     ids = [inv.id for inv in invoices]
     payments: dict[str, object] = {}
+    fees: dict[str, int] = {}
     for p in settlement_repo.payments_for_invoices(session, ids):
-        if p.state == PaymentState.CONFIRMED and p.invoice_id is not None:
+        if p.invoice_id is None or p.state == PaymentState.REORGED:
+            continue
+        fees[p.invoice_id] = fees.get(p.invoice_id, 0) + p.fee  # paid_amount counts them all
+        if p.state == PaymentState.CONFIRMED:
             payments.setdefault(p.invoice_id, p)
     followups: dict[str, FollowUp] = {}
     for f in queries.followups_for_invoices(session, merchant, ids):
@@ -153,6 +162,7 @@ def reconciliation(
         fu = followups.get(inv.id)
         fb = feedback.get(fu.id) if fu is not None and fu.id is not None else None
         decimals = chain.decimals if chain and chain.token.lower() == inv.token.lower() else 18
+        fee = fees.get(inv.id, 0)
         rows.append(
             ReconciliationRow(
                 invoice_id=inv.id,
@@ -165,6 +175,8 @@ def reconciliation(
                 amount=str(inv.amount),
                 paid_amount=str(inv.paid_amount),
                 refunded_amount=str(inv.refunded_amount),
+                fee=str(fee),
+                net_amount=str(inv.paid_amount - fee - inv.refunded_amount),
                 created_at=inv.created_at,
                 settled_at=inv.settled_at,
                 tx_hash=getattr(pay, "tx_hash", None),
@@ -193,3 +205,43 @@ def reconciliation(
         return Response(buffer.getvalue(), media_type="text/csv", headers=headers)
     report = Reconciliation(start=start, end=end, truncated=truncated, data=rows)
     return Response(report.model_dump_json(), media_type="application/json")
+
+
+@router.get(
+    "/payments",
+    response_model=ListResponse[PaymentOut],
+    tags=["reconciliation"],
+    summary="On-chain payments, including those no invoice matched",
+    description="Every `PaymentSettled` log to the merchant's router account, newest first "
+    "(cursor pagination), reorged ones included (`state: reorged`). `matched=false`: the "
+    "payments no invoice records (its number is unknown, or its terms are not the ones signed): "
+    "the money reached the payout address all the same; refund it or account for it by hand. "
+    "`matched=true`: those of invoices. An unmatched payment belongs to the merchant that holds "
+    "the receiving address now; each is also announced as `payment.unmatched`.",
+)
+def list_payments(
+    request: Request,
+    session: SessionDep,
+    caller: Staff,
+    page: PageDep,
+    chain: ChainInfoDep,
+    matched: Annotated[
+        bool | None, Query(description="false: only unmatched; true: only invoices'.")
+    ] = None,
+    merchant_id: Annotated[
+        str | None, Query(min_length=1, max_length=20, description="Admins: one merchant.")
+    ] = None,
+) -> ListResponse[PaymentOut]:
+    stmt = settlement_repo.payments_select(merchant_scope(caller, merchant_id), matched=matched)
+    rows, has_more = paginate(session, stmt, created_at=Payment.seen_at, id=Payment.id, page=page)
+    head = None
+    if rows and chain is not None and chain.head is not None:
+        try:
+            head = chain.head()
+        except Exception:  # the chain is optional here: evidence without depth
+            head = None
+    return ListResponse[PaymentOut](
+        data=[PaymentOut.of(p, head=head, gas_used=None) for p in rows],
+        has_more=has_more,
+        url=request.url.path,
+    )

@@ -58,6 +58,7 @@ __all__ = [
     "payments_after",
     "payments_for_invoice",
     "payments_for_invoices",
+    "payments_select",
     "pending_payments",
     "prune_blocks",
     "recent_blocks",
@@ -525,6 +526,34 @@ def refunds_after(session: Session, chain_id: int, block: int) -> Sequence[Refun
         Refund.chain_id == chain_id, Refund.block_number > block, col(Refund.reorged).is_(False)
     )
     return session.exec(stmt).all()
+
+
+def payments_select(
+    merchant_id: int | None, *, matched: bool | None = None
+) -> SelectOfScalar[Payment]:
+    """A select of payments for pagination (``merchant_id=None``: every merchant's). A matched
+    payment belongs to its invoice's merchant; an unmatched one (no invoice of ours carries its
+    number and intent) to the merchant whose router account has its address now."""
+    stmt = select(Payment)
+    if matched is not None:
+        invoice = col(Payment.invoice_id)
+        stmt = stmt.where(invoice.is_not(None) if matched else invoice.is_(None))
+    if merchant_id is not None:
+        invoices_of_merchant = sa.exists().where(
+            _INVOICES.c.id == _PAYMENTS.c.invoice_id, _INVOICES.c.merchant_id == merchant_id
+        )
+        address_of_merchant = sa.exists().where(
+            _ACCOUNTS.c.chain_id == _PAYMENTS.c.chain_id,
+            sa.func.lower(_ACCOUNTS.c.address) == sa.func.lower(_PAYMENTS.c.merchant_address),
+            _ACCOUNTS.c.merchant_id == merchant_id,
+        )
+        stmt = stmt.where(
+            sa.or_(
+                invoices_of_merchant,
+                sa.and_(_PAYMENTS.c.invoice_id.is_(None), address_of_merchant),
+            )
+        )
+    return stmt
 
 
 def cursor(

@@ -1,0 +1,162 @@
+"""Reconciliation that balances: the router's fee and the net per invoice, the payments no
+invoice matched (``GET /v1/payments``).
+
+Payments are written as the indexer writes them (tests/settlement pays on a real chain)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from datetime import UTC, datetime
+
+from sqlmodel import Session, select
+
+from api.settlement.models import Invoice, InvoiceState, MerchantAccount, Payment, PaymentState
+from tests.api.conftest import auth
+from tests.api.test_resources_crm import Tenant, World
+from tests.api.test_resources_invoices import CHAIN_ID, create, deployment, world
+
+__all__ = ["deployment", "world"]  # fixtures
+
+PERIOD = {"start": "2000-01-01T00:00:00Z", "end": "2999-01-01T00:00:00Z"}
+
+
+def account_address(w: World, tenant: Tenant) -> str:
+    with Session(w.engine) as session:
+        stmt = select(MerchantAccount).where(MerchantAccount.merchant_id == int(tenant.id))
+        return session.exec(stmt).one().address
+
+
+def record_payment(
+    w: World,
+    *,
+    merchant_address: str,
+    invoice_id: str | None = None,
+    number: int = 1,
+    amount: int = 2_500_000,
+    fee: int = 0,
+    state: PaymentState = PaymentState.CONFIRMED,
+    seen_at: datetime | None = None,
+) -> int:
+    """A ``PaymentSettled`` log as the indexer stores it (and, matched, its invoice's money)."""
+    payment = Payment(
+        invoice_id=invoice_id,
+        merchant_address=merchant_address,
+        invoice_number=number,
+        chain_id=CHAIN_ID,
+        tx_hash="0x" + os.urandom(32).hex(),
+        log_index=0,
+        block_number=1,
+        block_hash="0x" + os.urandom(32).hex(),
+        payer="0x" + "44" * 20,
+        token="0x" + "55" * 20,
+        amount=amount,
+        fee=fee,
+        state=state,
+        seen_at=seen_at or w.clock.now(),
+    )
+    with Session(w.engine, expire_on_commit=False) as session, session.begin():
+        session.add(payment)
+        if invoice_id is not None:
+            invoice = session.get(Invoice, invoice_id)
+            assert invoice is not None
+            invoice.paid_amount += amount
+            invoice.state = InvoiceState.SETTLED
+            session.add(invoice)
+    assert payment.id is not None
+    return payment.id
+
+
+class TestFeeAndNet:
+    def test_each_row_shows_the_fee_taken_and_what_the_merchant_kept(self, world: World) -> None:
+        h = auth(world.a.merchant)
+        paid = create(world, world.a.merchant, amount="2500000", fee="100000").json()
+        unpaid = create(world, world.a.merchant, amount="700000", fee="7000").json()
+        address = account_address(world, world.a)
+        record_payment(world, merchant_address=address, invoice_id=paid["id"], fee=100_000)
+        record_payment(  # reorged away: neither paid nor a fee any more
+            world,
+            merchant_address=address,
+            invoice_id=unpaid["id"],
+            amount=700_000,
+            fee=7_000,
+            state=PaymentState.REORGED,
+        )
+        with Session(world.engine) as session, session.begin():
+            invoice = session.get(Invoice, paid["id"])
+            assert invoice is not None
+            invoice.refunded_amount = 500_000
+            session.add(invoice)
+            rolled_back = session.get(Invoice, unpaid["id"])
+            assert rolled_back is not None
+            rolled_back.paid_amount, rolled_back.state = 0, InvoiceState.NEW
+            session.add(rolled_back)
+
+        rows = world.client.get("/v1/reconciliation", params=PERIOD, headers=h).json()["data"]
+        by_id = {r["invoice_id"]: r for r in rows}
+        figures = ("paid_amount", "fee", "refunded_amount", "net_amount")
+        assert tuple(by_id[paid["id"]][k] for k in figures) == (
+            "2500000",
+            "100000",
+            "500000",
+            "1900000",
+        )
+        assert tuple(by_id[unpaid["id"]][k] for k in figures) == ("0", "0", "0", "0")
+
+        text = world.client.get(
+            "/v1/reconciliation", params={**PERIOD, "format": "csv"}, headers=h
+        ).text
+        table = {r["invoice_id"]: r for r in csv.DictReader(io.StringIO(text))}
+        assert (table[paid["id"]]["fee"], table[paid["id"]]["net_amount"]) == (
+            "100000",
+            "1900000",
+        )
+        # the totals balance: what was paid = fees + refunds + what the merchant kept
+        assert sum(int(r["paid_amount"]) for r in table.values()) == sum(
+            int(r["fee"]) + int(r["refunded_amount"]) + int(r["net_amount"]) for r in table.values()
+        )
+
+
+class TestUnmatchedPayments:
+    def test_each_merchant_lists_the_payments_its_address_received(self, world: World) -> None:
+        a, b = world.a, world.b
+        mine = record_payment(
+            world,
+            merchant_address=account_address(world, a).lower(),  # compared without case
+            number=999,
+            seen_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+        invoice = create(world, a.merchant).json()
+        matched = record_payment(
+            world, merchant_address=account_address(world, a), invoice_id=invoice["id"]
+        )
+        theirs = record_payment(world, merchant_address=account_address(world, b), number=7)
+        nobodys = record_payment(world, merchant_address="0x" + os.urandom(20).hex())
+
+        def ids(key: str, **params: object) -> list[int]:
+            r = world.client.get("/v1/payments", params=params, headers=auth(key))
+            assert r.status_code == 200, r.text
+            return [p["id"] for p in r.json()["data"]]
+
+        assert ids(a.merchant, matched="false") == [mine]
+        assert ids(a.support, matched="true") == [matched]
+        assert ids(a.merchant) == [matched, mine]  # newest first
+        assert ids(b.merchant, matched="false") == [theirs]
+        assert ids(world.admin, matched="false", merchant_id=a.id) == [mine]
+        assert nobodys in ids(world.admin, matched="false", limit=100)
+
+        r = world.client.get(
+            "/v1/payments", params={"matched": "false"}, headers=auth(a.merchant)
+        ).json()["data"][0]
+        assert (r["invoice_id"], r["invoice_number"], r["amount"]) == (None, "999", "2500000")
+
+        first = world.client.get("/v1/payments", params={"limit": 1}, headers=auth(a.merchant))
+        assert first.json()["has_more"] is True
+        rest = ids(a.merchant, limit=1, starting_after=first.json()["data"][0]["id"])
+        assert rest == [mine]
+        r = world.client.get(
+            "/v1/payments", params={"starting_after": theirs}, headers=auth(a.merchant)
+        )
+        assert r.status_code == 404
+        assert r.json()["error"]["param"] == "starting_after"
