@@ -164,6 +164,11 @@ class Payment(SQLModel, table=True):
 
 
 class Refund(SQLModel, table=True):
+    """One ``PaymentRefunded`` log. The router takes the refund's token and bound from an intent
+    the merchant re-signs, so a refund need not be in the invoice's token: only one that is
+    (``credited``) counts toward the invoice's ``refunded_amount``; another is kept as evidence.
+    ``total_refunded`` is the event's running total for the invoice number (every token)."""
+
     __tablename__ = "api_refund"
     __table_args__ = (
         sa.UniqueConstraint("chain_id", "tx_hash", "log_index", "block_hash"),
@@ -179,6 +184,10 @@ class Refund(SQLModel, table=True):
     block_hash: str = Field(max_length=66)
     to: str = Field(max_length=42)
     amount: int = Field(sa_type=Uint256)
+    # None: indexed before migration 0010, when neither was stored (and every refund counted)
+    token: str | None = Field(default=None, max_length=42)
+    total_refunded: int | None = Field(default=None, sa_type=Uint256)
+    credited: bool = True
     reorged: bool = False
     seen_at: datetime = Field(sa_type=UTCDateTime)
 
