@@ -60,9 +60,16 @@ class InvoiceEvents:
     def emit(
         self, invoice: Invoice | InvoiceRow, event_type: str, evidence: dict[str, Any] | None = None
     ) -> None:
-        merchant = invoice.merchant_id
+        if self._listens(invoice.merchant_id):
+            emit_invoice_event(self.session, invoice, event_type, evidence)
+
+    def emit_payment(self, merchant_id: int, event_type: str, payment: dict[str, Any]) -> None:
+        """A payment's own event (``payment.unmatched``: no invoice to carry it)."""
+        if self._listens(merchant_id):
+            enqueue(self.session, str(merchant_id), event_type, {"payment": payment})
+
+    def _listens(self, merchant: int) -> bool:
         if merchant not in self._listening:
             subscriptions = webhook_repo.subscriptions(self.session, str(merchant))
             self._listening[merchant] = bool(subscriptions)
-        if self._listening[merchant]:
-            emit_invoice_event(self.session, invoice, event_type, evidence)
+        return self._listening[merchant]
