@@ -245,7 +245,8 @@ def invoice_qr_png(
     summary="Mark an invoice settled or invalid by hand",
     description="For payments made outside the router (`settled`) or invoices that must not be "
     "paid (`invalid`). Sets status `marked`, is audited and emits `invoice.settled` / "
-    "`invoice.invalid`.",
+    "`invoice.invalid`. Marking an invalid invoice `invalid` again changes nothing: the "
+    "invoice as it is, no audit entry, no event.",
 )
 def mark_invoice(
     invoice_id: InvoiceId,
@@ -256,7 +257,7 @@ def mark_invoice(
     chain: ChainInfoDep,
 ) -> InvoiceOut:
     merchant_id = object_merchant(session, caller, Invoice, invoice_id, what="invoice")
-    invoice = settlement.mark_invoice(
+    outcome = settlement.mark_invoice(
         session,
         merchant_id,
         invoice_id,
@@ -265,9 +266,10 @@ def mark_invoice(
         clock=clock,
     )
     session.flush()
-    out = _public(session, invoice, chain)
-    event = "invoice.settled" if body.status == "settled" else "invoice.invalid"
-    enqueue(session, str(merchant_id), event, out.model_dump(mode="json"))
+    out = _public(session, outcome.invoice, chain)
+    if outcome.changed:
+        event = "invoice.settled" if body.status == "settled" else "invoice.invalid"
+        enqueue(session, str(merchant_id), event, out.model_dump(mode="json"))
     return out
 
 

@@ -54,6 +54,10 @@ __all__ = ["Indexer", "PollResult", "payment_ref"]
 
 log = logging.getLogger(__name__)
 
+#: How often a step applies its logs again to invoices changed under it. Once is enough: the
+#: rows read again are locked until the step commits.
+_REAPPLY_ATTEMPTS = 2
+
 SETTLED_TOPIC = "0x" + keccak(text="PaymentSettled(address,uint256,address,bytes32)").hex()
 REFUNDED_TOPIC = (
     "0x" + keccak(text="PaymentRefunded(address,uint256,address,address,uint256,uint256)").hex()
@@ -89,6 +93,16 @@ class _Batch:
     #: (merchant id, order id) of orders with an open invoice (new, processing, settled): a
     #: closed invoice of such an order that gets paid is held, not re-opened.
     open_orders: set[tuple[int, str]] = field(default_factory=set)
+    #: Per invoice, the range's logs for it in chain order, ``(is payment, row index)``: what is
+    #: applied again to an invoice another transaction changed during the step.
+    effects: dict[str, list[tuple[bool, int]]] = field(default_factory=dict)
+
+    def forget(self, ids: set[str]) -> None:
+        """Drop what was derived for ``ids`` (before they are applied again)."""
+        self.events = [e for e in self.events if e[0].id not in ids]
+        self.to_settle = [t for t in self.to_settle if t[0].id not in ids]
+        for invoice_id in ids:
+            self.touched.pop(invoice_id, None)
 
 
 @dataclass
@@ -98,6 +112,14 @@ class _Settlements:
     rows: dict[str, InvoiceRow] = field(default_factory=dict)
     events: list[tuple[InvoiceRow, str, dict[str, Any]]] = field(default_factory=list)
     followups: dict[int, list[followups.SettledPayment]] = field(default_factory=dict)
+
+    def forget(self, ids: set[str], result: PollResult) -> None:
+        """Drop what was decided for ``ids`` (before they are settled again)."""
+        self.rows = {k: v for k, v in self.rows.items() if k not in ids}
+        self.events = [e for e in self.events if e[0].id not in ids]
+        for merchant, payments in self.followups.items():
+            self.followups[merchant] = [p for p in payments if p.invoice_ref not in ids]
+        result.settled = [invoice_id for invoice_id in result.settled if invoice_id not in ids]
 
 
 @dataclass
@@ -272,10 +294,8 @@ class Indexer:
                 ids = repo.insert_payments(session, chain_id, batch.payment_rows)
                 repo.insert_refunds(session, batch.refund_rows)
                 settled = _Settlements()
-                for invoice, index in batch.to_settle:
-                    row = batch.payment_rows[index]
-                    self._settle(invoice, ids[index], _evidence(row), result, settled)
-                repo.update_invoice_rows(session, {**batch.touched, **settled.rows}.values())
+                self._settle_range(batch, batch.to_settle, ids, result, settled)
+                self._write_range(session, batch, ids, result, settled)
                 for invoice, event_type, evidence in batch.events + settled.events:
                     events.emit(invoice, event_type, evidence)
                 self._schedule(session, settled)
@@ -335,13 +355,17 @@ class Indexer:
         return floor
 
     def _rollback(self, session: Session, cursor_id: int, fork: int) -> None:
+        """Undo the logs above ``fork``; the invoices are read afresh and locked (a staff mark
+        waits, or is waited for)."""
         chain_id = self.chain.chain_id
         now = self.clock.now()
         for payment in repo.payments_after(session, chain_id, fork):
             previous = payment.state
             payment.state = PaymentState.REORGED
             session.add(payment)
-            invoice = session.get(Invoice, payment.invoice_id) if payment.invoice_id else None
+            invoice = (
+                repo.lock_invoice_by_id(session, payment.invoice_id) if payment.invoice_id else None
+            )
             if invoice is None:
                 continue
             invoice.paid_amount -= payment.amount
@@ -360,7 +384,9 @@ class Indexer:
         for refund in repo.refunds_after(session, chain_id, fork):
             refund.reorged = True
             session.add(refund)
-            invoice = session.get(Invoice, refund.invoice_id) if refund.invoice_id else None
+            invoice = (
+                repo.lock_invoice_by_id(session, refund.invoice_id) if refund.invoice_id else None
+            )
             if invoice is not None:
                 invoice.refunded_amount -= refund.amount
                 late = any(
@@ -449,20 +475,9 @@ class Indexer:
             batch.payment_rows.append(row)
             result.payments += 1
             if invoice is not None:
-                invoice.paid_amount += amount
-                batch.touched[invoice.id] = invoice
-                if self._held(invoice, batch):
-                    if late and invoice.status == InvoiceStatus.NONE:
-                        invoice.status = InvoiceStatus.PAID_LATE
-                    log.warning("payment %s held: invoice %s is closed", entry.tx_hash, invoice.id)
-                    batch.events.append((invoice, "invoice.payment_held", _evidence(row)))
-                    return
-                if invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
-                    invoice.state = InvoiceState.PROCESSING
-                    batch.open_orders.add((invoice.merchant_id, invoice.order_id))
-                    batch.events.append((invoice, "invoice.processing", _evidence(row)))
-                if confirmed:
-                    batch.to_settle.append((invoice, len(batch.payment_rows) - 1))
+                index = len(batch.payment_rows) - 1
+                batch.effects.setdefault(invoice.id, []).append((True, index))
+                self._take_payment(invoice, index, batch)
         elif entry.topic == REFUNDED_TOPIC:
             if key in batch.refunds:
                 return
@@ -475,10 +490,36 @@ class Indexer:
             batch.refund_rows.append(row)
             result.refunds += 1
             if invoice is not None:
-                invoice.refunded_amount += entry.amount
-                _set_refund_status(invoice)
-                batch.touched[invoice.id] = invoice
-                batch.events.append((invoice, "invoice.refunded", _evidence(row)))
+                index = len(batch.refund_rows) - 1
+                batch.effects.setdefault(invoice.id, []).append((False, index))
+                self._take_refund(invoice, index, batch)
+
+    def _take_payment(self, invoice: InvoiceRow, index: int, batch: _Batch) -> None:
+        """Payment row ``index`` of the range, on its invoice (as read, or read again)."""
+        row = batch.payment_rows[index]
+        invoice.paid_amount += row["amount"]
+        batch.touched[invoice.id] = invoice
+        if self._held(invoice, batch):
+            if row["late"] and invoice.status == InvoiceStatus.NONE:
+                invoice.status = InvoiceStatus.PAID_LATE
+            log.warning("payment %s held: invoice %s is closed", row["tx_hash"], invoice.id)
+            batch.events.append((invoice, "invoice.payment_held", _evidence(row)))
+            return
+        if invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
+            invoice.state = InvoiceState.PROCESSING
+            batch.open_orders.add((invoice.merchant_id, invoice.order_id))
+            batch.events.append((invoice, "invoice.processing", _evidence(row)))
+        if row["state"] == PaymentState.CONFIRMED.value:
+            batch.to_settle.append((invoice, index))
+
+    @staticmethod
+    def _take_refund(invoice: InvoiceRow, index: int, batch: _Batch) -> None:
+        """Refund row ``index`` of the range, on its invoice."""
+        row = batch.refund_rows[index]
+        invoice.refunded_amount += row["amount"]
+        _set_refund_status(invoice)
+        batch.touched[invoice.id] = invoice
+        batch.events.append((invoice, "invoice.refunded", _evidence(row)))
 
     @staticmethod
     def _held(invoice: InvoiceRow, batch: _Batch) -> bool:
@@ -511,6 +552,49 @@ class Indexer:
         timestamp = self._block(block_number)[1]
         return datetime.fromtimestamp(timestamp, UTC) > invoice.expires_at
 
+    def _settle_range(
+        self,
+        batch: _Batch,
+        to_settle: list[tuple[InvoiceRow, int]],
+        ids: list[int],
+        result: PollResult,
+        settled: _Settlements,
+    ) -> None:
+        for invoice, index in to_settle:
+            row = batch.payment_rows[index]
+            self._settle(invoice, ids[index], _evidence(row), result, settled)
+
+    def _write_range(
+        self,
+        session: Session,
+        batch: _Batch,
+        ids: list[int],
+        result: PollResult,
+        settled: _Settlements,
+    ) -> None:
+        """Write the range's invoices back. One that another transaction changed since the
+        prefetch read it (staff marked it meanwhile) is not overwritten: it is read again,
+        locked, and the range's logs are applied to it as it is now (a payment for an invoice
+        invalidated meanwhile is held, its settlement and follow-up dropped)."""
+        changed = repo.update_invoice_rows(session, {**batch.touched, **settled.rows}.values())
+        for _ in range(_REAPPLY_ATTEMPTS):
+            if not changed:
+                return
+            log.info("invoices changed during the step, applied again: %s", sorted(changed))
+            batch.forget(set(changed))
+            settled.forget(set(changed), result)
+            first = len(batch.to_settle)
+            for invoice_id, invoice in changed.items():
+                for is_payment, index in batch.effects.get(invoice_id, ()):
+                    if is_payment:
+                        self._take_payment(invoice, index, batch)
+                    else:
+                        self._take_refund(invoice, index, batch)
+                batch.touched[invoice_id] = invoice
+            self._settle_range(batch, batch.to_settle[first:], ids, result, settled)
+            changed = repo.update_invoice_rows(session, changed.values())
+        raise RuntimeError(f"invoices {sorted(changed)} kept changing under a locked step")
+
     def _confirm(
         self,
         session: Session,
@@ -519,12 +603,15 @@ class Indexer:
         result: PollResult,
         events: InvoiceEvents,
     ) -> None:
-        """Settle payments seen in earlier steps that have now reached their depth."""
+        """Settle payments seen in earlier steps that have now reached their depth. An invoice
+        that another transaction changed since it was read here is read again, locked, and
+        decided as it is now."""
         pending = repo.pending_payments(session, chain_id)
         if not pending:
             return
         rows = repo.invoice_rows_by_id(session, {p.invoice_id for p in pending if p.invoice_id})
         settled = _Settlements()
+        confirmed: list[Payment] = []
         for payment in pending:
             invoice = rows.get(payment.invoice_id) if payment.invoice_id else None
             if tip - payment.block_number + 1 < _depth(invoice):
@@ -532,8 +619,20 @@ class Indexer:
             payment.state = PaymentState.CONFIRMED
             session.add(payment)
             if invoice is not None:
+                confirmed.append(payment)
                 self._settle(invoice, payment.id or 0, _evidence(payment), result, settled)
-        repo.update_invoice_rows(session, settled.rows.values())
+        changed = repo.update_invoice_rows(session, settled.rows.values())
+        for _ in range(_REAPPLY_ATTEMPTS):
+            if not changed:
+                break
+            settled.forget(set(changed), result)
+            for payment in confirmed:
+                if payment.invoice_id in changed:
+                    invoice = changed[payment.invoice_id]
+                    self._settle(invoice, payment.id or 0, _evidence(payment), result, settled)
+            changed = repo.update_invoice_rows(session, changed.values())
+        else:
+            raise RuntimeError(f"invoices {sorted(changed)} kept changing under a locked step")
         for invoice, event_type, evidence in settled.events:
             events.emit(invoice, event_type, evidence)
         self._schedule(session, settled)
@@ -548,11 +647,11 @@ class Indexer:
     ) -> None:
         if invoice.state != InvoiceState.PROCESSING:
             return  # settled already (e.g. marked by staff), or held (invalidated meanwhile)
+        settled.rows[invoice.id] = invoice  # written only if nobody changed it meanwhile
         invoice.state = InvoiceState.SETTLED
         if evidence.get("late") and invoice.status == InvoiceStatus.NONE:
             invoice.status = InvoiceStatus.PAID_LATE  # a refund in the same range wins
         invoice.settled_at = self.clock.now()
-        settled.rows[invoice.id] = invoice
         result.settled.append(invoice.id)
         settled.events.append((invoice, "invoice.settled", evidence))
         if invoice.contact_id is not None:

@@ -53,6 +53,7 @@ __all__ = [
     "ALLOWED_CONFIRMATIONS",
     "InvoiceNumbers",
     "InvoiceRequest",
+    "MarkOutcome",
     "create_invoice",
     "eip681_uri",
     "expire_due",
@@ -388,7 +389,9 @@ def qr_png(uri: str) -> bytes:
 
 
 def expire_due(session: Session, clock: Clock, limit: int = 500) -> list[Invoice]:
-    """``new`` invoices past their expiry become ``expired`` (late payments still settle)."""
+    """``new`` invoices past their expiry become ``expired`` (late payments still settle).
+    They are read locked (PostgreSQL), so a staff mark committed meanwhile is never
+    overwritten; one a mark holds right now is left to it."""
     expired = list(repo.expirable(session, clock.now(), limit))
     for invoice in expired:
         invoice.state = InvoiceState.EXPIRED
@@ -410,6 +413,15 @@ def _cancel_followups(session: Session, invoice: Invoice, clock: Clock) -> None:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class MarkOutcome:
+    """What :func:`mark_invoice` did: ``changed`` is False for a repeated ``invalid`` (the
+    invoice as it is: no audit entry, no event)."""
+
+    invoice: Invoice
+    changed: bool
+
+
 def mark_invoice(
     session: Session,
     merchant_id: int,
@@ -418,10 +430,20 @@ def mark_invoice(
     settle: bool,
     actor: str,
     clock: Clock,
-) -> Invoice:
+) -> MarkOutcome:
     """Manual settle/invalidate by staff, with an audit entry (BTCPay's "marked"). Invalidating
-    a settled invoice cancels its follow-ups that were not sent yet."""
-    invoice = get_invoice(session, merchant_id, invoice_id)
+    a settled invoice cancels its follow-ups that were not sent yet; invalidating an invalid one
+    changes nothing.
+
+    The invoice is read under a lock held until commit (:func:`repo.lock_invoice`), so the
+    decision is made on what the indexer last committed and an indexer step cannot overwrite it:
+    a step that read the invoice before applies its payment again to the marked invoice (held
+    when invalid), and one that settled it first has its follow-ups cancelled here."""
+    invoice = repo.lock_invoice(session, merchant_id, invoice_id)
+    if invoice is None:
+        raise InvoiceNotFoundError(f"no invoice {invoice_id}", param="id")
+    if not settle and invoice.state == InvoiceState.INVALID:
+        return MarkOutcome(invoice, changed=False)
     if invoice.state == InvoiceState.SETTLED and settle:
         raise InvoiceStateError("invoice is already settled")
     if settle and invoice.state in REOPENABLE_STATES:
@@ -450,4 +472,4 @@ def mark_invoice(
         object_id=invoice.id,
         at=clock.now(),
     )
-    return invoice
+    return MarkOutcome(invoice, changed=True)

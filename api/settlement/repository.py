@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -53,6 +53,8 @@ __all__ = [
     "invoices_window",
     "list_invoices",
     "lock_account",
+    "lock_invoice",
+    "lock_invoice_by_id",
     "open_invoice_for_order",
     "payment_keys",
     "payments_after",
@@ -336,7 +338,8 @@ class InvoiceRow:
 
     A catch-up touches tens of thousands of invoices; ORM objects cost ~70 us each to load and
     ~100 us each to flush, more than the rest of the step. Same attribute names as
-    :class:`Invoice`, so webhook payloads render either."""
+    :class:`Invoice`, so webhook payloads render either. ``seen`` holds the guarded columns as
+    read: :func:`update_invoice_rows` writes the row only if they still hold it."""
 
     id: str
     merchant_id: int
@@ -355,14 +358,22 @@ class InvoiceRow:
     confirmations_required: int
     expires_at: datetime
     settled_at: datetime | None
+    seen: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
 
-_ROW_COLUMNS = tuple(InvoiceRow.__dataclass_fields__)
+_ROW_COLUMNS = tuple(name for name in InvoiceRow.__dataclass_fields__ if name != "seen")
 _UPDATED_COLUMNS = ("state", "status", "paid_amount", "refunded_amount", "settled_at")
 _UPDATED_KEYS = tuple((c, f"new_{c}") for c in _UPDATED_COLUMNS)
+#: What another writer (a staff mark, an account reclaim, another indexer) may have changed
+#: since the indexer read a row; settled_at only ever changes with the state.
+_GUARDED = ("state", "status", "paid_amount", "refunded_amount")
+_GUARDED_KEYS = tuple((c, f"seen_{c}") for c in _GUARDED)
 _UPDATE_ROWS = (
     sa.update(_INVOICES)
-    .where(_INVOICES.c.id == sa.bindparam("row_id"))
+    .where(
+        _INVOICES.c.id == sa.bindparam("row_id"),
+        *(_INVOICES.c[c] == sa.bindparam(k, type_=_INVOICES.c[c].type) for c, k in _GUARDED_KEYS),
+    )
     .values({c: sa.bindparam(f"new_{c}", type_=_INVOICES.c[c].type) for c in _UPDATED_COLUMNS})
 )
 
@@ -373,11 +384,17 @@ _ROWS_BY_NUMBER = sa.select(*(_INVOICES.c[c] for c in _ROW_COLUMNS)).where(
 )
 
 
+def _guarded(row: InvoiceRow) -> tuple[Any, ...]:
+    return (str(row.state), str(row.status), int(row.paid_amount), int(row.refunded_amount))
+
+
 def _invoice_row(row: Any) -> InvoiceRow:
     values = row._asdict()
     values["state"] = InvoiceState(values["state"])
     values["status"] = InvoiceStatus(values["status"])
-    return InvoiceRow(**values)
+    invoice = InvoiceRow(**values)
+    invoice.seen = _guarded(invoice)
+    return invoice
 
 
 def invoice_rows_by_number(
@@ -393,21 +410,114 @@ def invoice_rows_by_number(
     return found
 
 
-def invoice_rows_by_id(session: Session, ids: set[str]) -> dict[str, InvoiceRow]:
-    ordered = sorted(ids)
+def invoice_rows_by_id(
+    session: Session, ids: Iterable[str], *, lock: bool = False
+) -> dict[str, InvoiceRow]:
+    """Invoice rows by id; ``lock``: held until commit (PostgreSQL ``FOR NO KEY UPDATE``, in id
+    order; SQLite's writer lock is held by the whole step already)."""
+    ordered = sorted(set(ids))
     columns = [_INVOICES.c[c] for c in _ROW_COLUMNS]
     found: dict[str, InvoiceRow] = {}
     for start in range(0, len(ordered), _CHUNK):
         stmt = sa.select(*columns).where(_INVOICES.c.id.in_(ordered[start : start + _CHUNK]))
+        if lock:
+            stmt = stmt.order_by(_INVOICES.c.id).with_for_update(key_share=True)
         for row in session.execute(stmt):
             found[str(row.id)] = _invoice_row(row)
     return found
 
 
-def update_invoice_rows(session: Session, rows: Iterable[InvoiceRow]) -> None:
-    """Write back state, status, paid/refunded amounts and settled_at (one executemany)."""
-    params = [{"row_id": r.id, **{k: getattr(r, c) for c, k in _UPDATED_KEYS}} for r in rows]
-    execute_many(session, _UPDATE_ROWS, params)
+@functools.lru_cache(maxsize=8)
+def _compiled_many(
+    stmt: sa.Update, keys: tuple[str, ...], dialect: sa.Dialect
+) -> tuple[str, tuple[str, ...], tuple[Any, ...], bool]:
+    compiled: Any = stmt.compile(dialect=dialect, column_keys=list(keys))
+    names = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.binds)
+    processors = tuple(
+        compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
+    )
+    return compiled.string, names, processors, bool(compiled.positional)
+
+
+def _execute_many_matched(session: Session, stmt: sa.Update, rows: list[dict[str, Any]]) -> int:
+    """:func:`crm.db.execute_many` (one ``executemany``, bind processors looked up once) that
+    returns how many rows the statement matched in all (PostgreSQL and SQLite both sum it)."""
+    conn = session.connection()
+    sql, names, processors, positional = _compiled_many(stmt, tuple(rows[0]), conn.dialect)
+    pairs = list(zip(names, processors, strict=True))
+    if positional:
+        params: list[Any] = [
+            tuple([p(row[n]) if p is not None else row[n] for n, p in pairs]) for row in rows
+        ]
+    else:
+        params = [{n: p(row[n]) if p is not None else row[n] for n, p in pairs} for row in rows]
+    return int(conn.exec_driver_sql(sql, params).rowcount)
+
+
+def update_invoice_rows(session: Session, rows: Iterable[InvoiceRow]) -> dict[str, InvoiceRow]:
+    """Write back state, status, paid/refunded amounts and settled_at (one executemany), each
+    row only while its guarded columns still hold what was read (``row.seen``).
+
+    Returns the rows another transaction changed since they were read (usually none: the
+    executemany's matched count says so), as they are now, locked until commit: those were not
+    written, and the caller re-applies its changes to them and writes them again. A row written
+    here is locked by its UPDATE, so it still holds the values written when the rows are read to
+    find the others."""
+    written = list(rows)
+    if not written:
+        return {}
+    params = [
+        {
+            "row_id": r.id,
+            **{k: getattr(r, c) for c, k in _UPDATED_KEYS},
+            **dict(zip((k for _, k in _GUARDED_KEYS), r.seen, strict=True)),
+        }
+        for r in written
+    ]
+    matched = _execute_many_matched(session, _UPDATE_ROWS, params)
+    changed: dict[str, InvoiceRow] = {}
+    if matched != len(written):
+        current = invoice_rows_by_id(session, (r.id for r in written), lock=True)
+        changed = {r.id: current[r.id] for r in written if current[r.id].seen != _guarded(r)}
+    for r in written:
+        if r.id not in changed:
+            r.seen = _guarded(r)
+    return changed
+
+
+_TOUCH_INVOICE = (
+    sa.update(_INVOICES)
+    .where(
+        _INVOICES.c.id == sa.bindparam("invoice_id"),
+        _INVOICES.c.merchant_id == sa.bindparam("of_merchant"),
+    )
+    .values(state=_INVOICES.c.state)
+)
+
+
+def lock_invoice(session: Session, merchant_id: int, invoice_id: str) -> Invoice | None:
+    """The merchant's invoice read afresh under a lock held until commit, for a decision that
+    writes it (staff marking). PostgreSQL: ``FOR NO KEY UPDATE`` (an indexer step writing the row
+    waits, then finds it changed and re-applies). SQLite: the database's write lock, taken by a
+    no-op UPDATE before the read: the API's connection reads in autocommit until its first
+    write, so a plain read could be overtaken by a step that commits before that write."""
+    if session.get_bind().dialect.name == "sqlite":
+        params = {"invoice_id": invoice_id, "of_merchant": merchant_id}
+        session.connection().execute(_TOUCH_INVOICE, params)
+    stmt = (
+        select(Invoice)
+        .where(Invoice.id == invoice_id, Invoice.merchant_id == merchant_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return session.exec(stmt).first()
+
+
+def lock_invoice_by_id(session: Session, invoice_id: str) -> Invoice | None:
+    """An invoice (any merchant's) read afresh and locked until commit (PostgreSQL)."""
+    return session.get(
+        Invoice, invoice_id, with_for_update={"key_share": True}, populate_existing=True
+    )
 
 
 def list_invoices(
@@ -461,10 +571,15 @@ def invoices_window(
 
 
 def expirable(session: Session, now: datetime, limit: int) -> Sequence[Invoice]:
+    """``new`` invoices past their expiry, read afresh and locked until commit (PostgreSQL);
+    one a staff mark holds is skipped (it is not ``new`` once that commits, or is taken by the
+    next step)."""
     stmt = (
         select(Invoice)
         .where(Invoice.state == InvoiceState.NEW, col(Invoice.expires_at) <= now)
         .limit(limit)
+        .with_for_update(key_share=True, skip_locked=True)
+        .execution_options(populate_existing=True)
     )
     return session.exec(stmt).all()
 

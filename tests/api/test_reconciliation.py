@@ -1,5 +1,5 @@
 """Reconciliation that balances: the router's fee and the net per invoice, the payments no
-invoice matched (``GET /v1/payments``).
+invoice matched (``GET /v1/payments``), and marking an invalid invoice invalid again as a no-op.
 
 Payments are written as the indexer writes them (tests/settlement pays on a real chain)."""
 
@@ -8,8 +8,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import uuid
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from api.settlement.models import Invoice, InvoiceState, MerchantAccount, Payment, PaymentState
@@ -160,3 +162,41 @@ class TestUnmatchedPayments:
         )
         assert r.status_code == 404
         assert r.json()["error"]["param"] == "starting_after"
+
+
+class TestMarkingInvalidTwice:
+    def test_answers_the_invoice_as_it_is_and_records_nothing(self, world: World) -> None:
+        h = auth(world.a.merchant)
+        r = world.client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1:9/hooks", "enabled_events": ["invoice.invalid"]},
+            headers=h,
+        )
+        assert r.status_code == 200, r.text
+        invoice = create(world, world.a.merchant).json()
+        first = world.client.post(
+            f"/v1/invoices/{invoice['id']}/mark", json={"status": "invalid"}, headers=h
+        )
+        world.clock.advance(minutes=1)
+        again = world.client.post(
+            f"/v1/invoices/{invoice['id']}/mark",
+            json={"status": "invalid"},
+            headers=auth(world.a.merchant, **{"Idempotency-Key": uuid.uuid4().hex}),
+        )
+        assert (first.status_code, again.status_code) == (200, 200)
+        assert again.json() == first.json()
+        audit = world.client.get(
+            "/v1/audit_log",
+            params={"object_type": "invoice", "object_id": invoice["id"]},
+            headers=h,
+        ).json()["data"]
+        assert [e["action"] for e in audit] == ["invoice.mark_invalid"]
+        with world.engine.connect() as conn:
+            sent = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM api_webhook_deliveries"
+                    " WHERE event_type = 'invoice.invalid' AND merchant_id = :m"
+                ),
+                {"m": world.a.id},
+            ).scalar_one()
+        assert sent == 1
