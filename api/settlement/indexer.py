@@ -16,7 +16,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +41,7 @@ from api.settlement.models import (
     InvoiceStatus,
     Payment,
     PaymentState,
+    Refund,
 )
 from api.settlement.repository import InvoiceRow
 from crm.clock import Clock
@@ -96,6 +97,9 @@ class _Batch:
     #: Per invoice, the range's logs for it in chain order, ``(is payment, row index)``: what is
     #: applied again to an invoice another transaction changed during the step.
     effects: dict[str, list[tuple[bool, int]]] = field(default_factory=dict)
+    #: Per invoice, refunds on chain in another token: stored before the range, and running.
+    stored_uncredited: dict[str, int] = field(default_factory=dict)
+    uncredited: dict[str, int] = field(default_factory=dict)
 
     def forget(self, ids: set[str]) -> None:
         """Drop what was derived for ``ids`` (before they are applied again)."""
@@ -103,6 +107,7 @@ class _Batch:
         self.to_settle = [t for t in self.to_settle if t[0].id not in ids]
         for invoice_id in ids:
             self.touched.pop(invoice_id, None)
+            self.uncredited[invoice_id] = self.stored_uncredited.get(invoice_id, 0)
 
 
 @dataclass
@@ -152,7 +157,8 @@ def _topic_address(topic: str) -> str:
 class _Log:
     """One router log, decoded from the node's hex strings. Both events index merchant,
     invoiceId and payer|to. ``PaymentSettled`` data is the intent's EIP-712 struct hash;
-    ``PaymentRefunded`` data is token, amount, totalRefunded (``extra``)."""
+    ``PaymentRefunded`` data is token, amount and ``total``, the router's running total of
+    refunds for the invoice number (in every token: the router keeps one per number)."""
 
     topic: str
     tx_hash: str
@@ -165,7 +171,7 @@ class _Log:
     intent_hash: str = ""
     token: str = ZERO_ADDRESS
     amount: int = 0
-    extra: int = 0
+    total: int = 0
 
     @classmethod
     def from_rpc(cls, entry: dict[str, Any]) -> _Log:
@@ -186,7 +192,7 @@ class _Log:
             **common,
             token=_checksum("0x" + data[26:66].lower()),
             amount=int(data[66:130], 16),
-            extra=int(data[130:194], 16),
+            total=int(data[130:194], 16),
         )
 
 
@@ -200,6 +206,24 @@ def _evidence(row: dict[str, Any] | Payment) -> dict[str, Any]:
         "amount": str(get("amount")),
         "token": get("token"),
         "late": bool(get("late")),
+    }
+
+
+def _refund_evidence(row: dict[str, Any] | Refund) -> dict[str, Any]:
+    """A ``PaymentRefunded`` log's facts: its token (``null`` if indexed before it was kept),
+    the router's running total for the number, and whether it counts for the invoice."""
+    get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
+    total = get("total_refunded")
+    return {
+        "tx_hash": get("tx_hash"),
+        "block_number": get("block_number"),
+        "block_hash": get("block_hash"),
+        "log_index": get("log_index"),
+        "amount": str(get("amount")),
+        "token": get("token"),
+        "to": get("to"),
+        "total_refunded": None if total is None else str(total),
+        "credited": bool(get("credited")),
     }
 
 
@@ -355,17 +379,28 @@ class Indexer:
         return floor
 
     def _rollback(self, session: Session, cursor_id: int, fork: int) -> None:
-        """Undo the logs above ``fork``; the invoices are read afresh and locked (a staff mark
-        waits, or is waited for)."""
+        """Undo the logs above ``fork``: their payments and refunds are marked reorged (kept as
+        evidence), their invoices re-derived and locked (a staff mark waits, or is waited
+        for), the follow-ups of confirmed payments cancelled."""
         chain_id = self.chain.chain_id
         now = self.clock.now()
+        invoices: dict[str, Invoice] = {}
+
+        def locked(invoice_id: str | None) -> Invoice | None:
+            if invoice_id is None:
+                return None
+            if invoice_id not in invoices:
+                invoice = repo.lock_invoice_by_id(session, invoice_id)
+                if invoice is None:
+                    return None
+                invoices[invoice_id] = invoice
+            return invoices[invoice_id]
+
         for payment in repo.payments_after(session, chain_id, fork):
             previous = payment.state
             payment.state = PaymentState.REORGED
             session.add(payment)
-            invoice = (
-                repo.lock_invoice_by_id(session, payment.invoice_id) if payment.invoice_id else None
-            )
+            invoice = locked(payment.invoice_id)
             if invoice is None:
                 continue
             invoice.paid_amount -= payment.amount
@@ -375,7 +410,6 @@ class Indexer:
                 )
                 invoice.status = InvoiceStatus.NONE
                 invoice.settled_at = None
-            session.add(invoice)
             if previous == PaymentState.CONFIRMED:
                 followups.cancel_for_payment(
                     session, invoice.merchant_id, payment_ref(payment), "chain_reorg", self.clock
@@ -384,17 +418,17 @@ class Indexer:
         for refund in repo.refunds_after(session, chain_id, fork):
             refund.reorged = True
             session.add(refund)
-            invoice = (
-                repo.lock_invoice_by_id(session, refund.invoice_id) if refund.invoice_id else None
+            locked(refund.invoice_id)
+        session.flush()  # the reorged flags, before each invoice's remaining logs are read
+        for invoice in invoices.values():
+            remaining = repo.refunds_for_invoice(session, invoice.id)
+            invoice.refunded_amount = min(invoice.paid_amount, _refunded_figure(remaining))
+            late = any(
+                p.late and p.state == PaymentState.CONFIRMED
+                for p in repo.payments_for_invoice(session, invoice.id)
             )
-            if invoice is not None:
-                invoice.refunded_amount -= refund.amount
-                late = any(
-                    p.late and p.state == PaymentState.CONFIRMED
-                    for p in repo.payments_for_invoice(session, invoice.id)
-                )
-                _set_refund_status(invoice, late=late)
-                session.add(invoice)
+            _set_refund_status(invoice, late=late)
+            session.add(invoice)
         repo.delete_blocks_after(session, cursor_id, fork)
         session.flush()
 
@@ -427,6 +461,14 @@ class Indexer:
             batch.payments = repo.payment_keys(session, chain_id, start, end)
         if REFUNDED_TOPIC in topics:
             batch.refunds = repo.refund_keys(session, chain_id, start, end)
+            refunded = {
+                batch.invoices[key].id
+                for entry in entries
+                if entry.topic == REFUNDED_TOPIC
+                and (key := (entry.merchant.lower(), entry.number)) in batch.invoices
+            }
+            batch.stored_uncredited = repo.uncredited_refund_totals(session, refunded)
+            batch.uncredited = dict(batch.stored_uncredited)
         return batch
 
     def _apply(
@@ -485,6 +527,10 @@ class Indexer:
             row |= {
                 "invoice_id": invoice.id if invoice else None,
                 "to": entry.third,
+                "token": entry.token,
+                "total_refunded": entry.total,
+                # only a refund in the invoice's own token counts toward its refunded amount
+                "credited": invoice is not None and entry.token.lower() == invoice.token.lower(),
                 "reorged": False,
             }
             batch.refund_rows.append(row)
@@ -514,12 +560,21 @@ class Indexer:
 
     @staticmethod
     def _take_refund(invoice: InvoiceRow, index: int, batch: _Batch) -> None:
-        """Refund row ``index`` of the range, on its invoice."""
+        """Refund row ``index`` of the range, on its invoice. One in another token (a re-signed
+        intent) is recorded and announced, never counted. The invoice shows the router's
+        running total less the refunds in other tokens, and never more than was paid."""
         row = batch.refund_rows[index]
-        invoice.refunded_amount += row["amount"]
-        _set_refund_status(invoice)
         batch.touched[invoice.id] = invoice
-        batch.events.append((invoice, "invoice.refunded", _evidence(row)))
+        evidence = _refund_evidence(row)
+        if not row["credited"]:
+            batch.uncredited[invoice.id] = batch.uncredited.get(invoice.id, 0) + row["amount"]
+            log.warning("refund %s for invoice %s is in another token", row["tx_hash"], invoice.id)
+            batch.events.append((invoice, "invoice.refund_unmatched", evidence))
+            return
+        figure = max(0, row["total_refunded"] - batch.uncredited.get(invoice.id, 0))
+        invoice.refunded_amount = min(invoice.paid_amount, figure)
+        _set_refund_status(invoice, late=invoice.status == InvoiceStatus.PAID_LATE)
+        batch.events.append((invoice, "invoice.refunded", evidence))
 
     @staticmethod
     def _held(invoice: InvoiceRow, batch: _Batch) -> bool:
@@ -746,6 +801,21 @@ def _missing_block(number: int, head: int) -> ChainError:
     states (e.g. mid-reorg): a retry of the step reads it again, instead of taking the gap
     for a replaced block and rolling settled payments back."""
     return ChainError(f"node has no block #{number} below its head #{head}; retrying")
+
+
+def _refunded_figure(refunds: Sequence[Refund]) -> int:
+    """What an invoice's refunds on chain (in chain order) amount to in its token: the last
+    counted one's running total less the refunds in other tokens before it (a refund indexed
+    before its total was kept adds its amount)."""
+    figure = uncredited = 0
+    for refund in refunds:
+        if not refund.credited:
+            uncredited += refund.amount
+        elif refund.total_refunded is not None:
+            figure = max(0, refund.total_refunded - uncredited)
+        else:
+            figure += refund.amount
+    return figure
 
 
 def _depth(invoice: InvoiceRow | None) -> int:

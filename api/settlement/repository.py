@@ -66,10 +66,12 @@ __all__ = [
     "recent_blocks",
     "refund_keys",
     "refunds_after",
+    "refunds_for_invoice",
     "reserve_invoice_numbers",
     "save_blocks",
     "save_cursor",
     "top_blocks",
+    "uncredited_refund_totals",
     "unpaid_invoices_on_account",
     "update_invoice_rows",
 ]
@@ -641,6 +643,36 @@ def refunds_after(session: Session, chain_id: int, block: int) -> Sequence[Refun
         Refund.chain_id == chain_id, Refund.block_number > block, col(Refund.reorged).is_(False)
     )
     return session.exec(stmt).all()
+
+
+def refunds_for_invoice(session: Session, invoice_id: str) -> Sequence[Refund]:
+    """The invoice's refunds still on chain, in chain order."""
+    stmt = (
+        select(Refund)
+        .where(Refund.invoice_id == invoice_id, col(Refund.reorged).is_(False))
+        .order_by(col(Refund.block_number), col(Refund.log_index))
+    )
+    return session.exec(stmt).all()
+
+
+_UNCREDITED_REFUNDS = sa.select(_REFUNDS.c.invoice_id, _REFUNDS.c.amount).where(
+    _REFUNDS.c.invoice_id.in_(sa.bindparam("ids", expanding=True)),
+    _REFUNDS.c.credited.is_(False),
+    _REFUNDS.c.reorged.is_(False),
+)
+
+
+def uncredited_refund_totals(session: Session, invoice_ids: Iterable[str]) -> dict[str, int]:
+    """Per invoice, the refunds on chain that were not in its token (summed here: SQLite stores
+    amounts as text)."""
+    ordered = sorted(set(invoice_ids))
+    totals: dict[str, int] = {}
+    conn = session.connection()
+    for start in range(0, len(ordered), _CHUNK):
+        params = {"ids": ordered[start : start + _CHUNK]}
+        for invoice_id, amount in conn.execute(_UNCREDITED_REFUNDS, params):
+            totals[str(invoice_id)] = totals.get(str(invoice_id), 0) + int(amount)
+    return totals
 
 
 def payments_select(
