@@ -303,7 +303,7 @@ class Indexer:
             events = InvoiceEvents(session)
             result = PollResult(head=head, from_block=last + 1, to_block=last)
             if fork is not None:
-                self._rollback(session, cursor_id, fork)
+                self._rollback(session, cursor_id, fork, events)
                 last = fork
                 result.reorged_to = fork
                 result.from_block = fork + 1
@@ -378,13 +378,16 @@ class Indexer:
             )
         return floor
 
-    def _rollback(self, session: Session, cursor_id: int, fork: int) -> None:
+    def _rollback(self, session: Session, cursor_id: int, fork: int, events: InvoiceEvents) -> None:
         """Undo the logs above ``fork``: their payments and refunds are marked reorged (kept as
         evidence), their invoices re-derived and locked (a staff mark waits, or is waited
-        for), the follow-ups of confirmed payments cancelled."""
+        for), the follow-ups of confirmed payments cancelled, and ``invoice.reorged`` queued
+        for each undone log of an invoice, so a merchant who acted on ``invoice.settled``
+        learns that it no longer holds."""
         chain_id = self.chain.chain_id
         now = self.clock.now()
         invoices: dict[str, Invoice] = {}
+        undone: list[tuple[str, dict[str, Any]]] = []
 
         def locked(invoice_id: str | None) -> Invoice | None:
             if invoice_id is None:
@@ -414,11 +417,14 @@ class Indexer:
                 followups.cancel_for_payment(
                     session, invoice.merchant_id, payment_ref(payment), "chain_reorg", self.clock
                 )
+            undone.append((invoice.id, _evidence(payment) | {"kind": "payment"}))
             log.warning("reorg: payment %s for invoice %s rolled back", payment.tx_hash, invoice.id)
         for refund in repo.refunds_after(session, chain_id, fork):
             refund.reorged = True
             session.add(refund)
-            locked(refund.invoice_id)
+            invoice = locked(refund.invoice_id)
+            if invoice is not None:
+                undone.append((invoice.id, _refund_evidence(refund) | {"kind": "refund"}))
         session.flush()  # the reorged flags, before each invoice's remaining logs are read
         for invoice in invoices.values():
             remaining = repo.refunds_for_invoice(session, invoice.id)
@@ -431,6 +437,8 @@ class Indexer:
             session.add(invoice)
         repo.delete_blocks_after(session, cursor_id, fork)
         session.flush()
+        for invoice_id, evidence in undone:
+            events.emit(invoices[invoice_id], "invoice.reorged", evidence)
 
     def _prefetch(
         self, session: Session, chain_id: int, entries: list[_Log], start: int, end: int
