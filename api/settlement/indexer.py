@@ -227,6 +227,27 @@ def _refund_evidence(row: dict[str, Any] | Refund) -> dict[str, Any]:
     }
 
 
+def _payment_object(row: dict[str, Any], payment_id: int) -> dict[str, Any]:
+    """The ``payment`` of a ``payment.unmatched`` event (``GET /v1/payments`` shows the same)."""
+    return {
+        "id": payment_id,
+        "object": "payment",
+        "invoice_id": None,
+        "chain_id": row["chain_id"],
+        "merchant_address": row["merchant_address"],
+        "invoice_number": str(row["invoice_number"]),
+        "tx_hash": row["tx_hash"],
+        "block_number": row["block_number"],
+        "block_hash": row["block_hash"],
+        "log_index": row["log_index"],
+        "payer": row["payer"],
+        "token": row["token"],
+        "amount": str(row["amount"]),
+        "fee": str(row["fee"]),
+        "state": row["state"],
+    }
+
+
 class Indexer:
     """Follows one router on one chain. Safe to run in several processes (the cursor row is
     locked for the step on PostgreSQL; SQLite serialises writers)."""
@@ -322,6 +343,7 @@ class Indexer:
                 self._write_range(session, batch, ids, result, settled)
                 for invoice, event_type, evidence in batch.events + settled.events:
                     events.emit(invoice, event_type, evidence)
+                self._announce_unmatched(session, chain_id, batch, ids, events)
                 self._schedule(session, settled)
                 blocks.setdefault(end, end_hash)
                 repo.save_blocks(session, cursor_id, blocks)
@@ -556,14 +578,14 @@ class Indexer:
         if self._held(invoice, batch):
             if row["late"] and invoice.status == InvoiceStatus.NONE:
                 invoice.status = InvoiceStatus.PAID_LATE
-            log.warning("payment %s held: invoice %s is closed", row["tx_hash"], invoice.id)
-            batch.events.append((invoice, "invoice.payment_held", _evidence(row)))
-            return
-        if invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
+            log.warning(
+                "payment %s held: invoice %s is %s", row["tx_hash"], invoice.id, invoice.state
+            )
+        elif invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
             invoice.state = InvoiceState.PROCESSING
             batch.open_orders.add((invoice.merchant_id, invoice.order_id))
             batch.events.append((invoice, "invoice.processing", _evidence(row)))
-        if row["state"] == PaymentState.CONFIRMED.value:
+        if row["state"] == PaymentState.CONFIRMED.value:  # settled, or announced as held
             batch.to_settle.append((invoice, index))
 
     @staticmethod
@@ -587,12 +609,13 @@ class Indexer:
     @staticmethod
     def _held(invoice: InvoiceRow, batch: _Batch) -> bool:
         """A payment the chain accepted for an invoice that must not settle by itself: staff
-        invalidated it, or it expired and its order has another open invoice (settling both
-        would take the order's money twice). The money is the merchant's either way: the
-        invoice keeps its state and records the money (``paid_amount``; status ``paid_late``
-        when late), and the merchant, told by ``invoice.payment_held``, refunds it or marks
-        the invoice."""
-        if invoice.state == InvoiceState.INVALID:
+        invalidated it, staff marked it settled (paid outside the router: now it is paid
+        twice), or it expired and its order has another open invoice (settling both would take
+        the order's money twice). The money is the merchant's either way: the invoice keeps its
+        state and records the money (``paid_amount``; status ``paid_late`` when late), and the
+        merchant, told by ``invoice.payment_held`` once the payment is confirmed, refunds it or
+        marks the invoice."""
+        if invoice.state in (InvoiceState.INVALID, InvoiceState.SETTLED):
             return True
         return (
             invoice.state == InvoiceState.EXPIRED
@@ -666,9 +689,10 @@ class Indexer:
         result: PollResult,
         events: InvoiceEvents,
     ) -> None:
-        """Settle payments seen in earlier steps that have now reached their depth. An invoice
-        that another transaction changed since it was read here is read again, locked, and
-        decided as it is now."""
+        """Settle payments seen in earlier steps that have now reached their depth (or announce
+        them held: their invoice was invalidated or marked settled meanwhile). An invoice that
+        another transaction changed since it was read here is read again, locked, and decided
+        as it is now."""
         pending = repo.pending_payments(session, chain_id)
         if not pending:
             return
@@ -708,9 +732,13 @@ class Indexer:
         result: PollResult,
         settled: _Settlements,
     ) -> None:
-        if invoice.state != InvoiceState.PROCESSING:
-            return  # settled already (e.g. marked by staff), or held (invalidated meanwhile)
+        """A payment reached its depth: the invoice settles, or, when it cannot settle by
+        itself (see :meth:`_held`; or it was invalidated while the payment confirmed), the
+        payment is announced as held (``invoice.payment_held``)."""
         settled.rows[invoice.id] = invoice  # written only if nobody changed it meanwhile
+        if invoice.state != InvoiceState.PROCESSING:
+            settled.events.append((invoice, "invoice.payment_held", evidence))
+            return
         invoice.state = InvoiceState.SETTLED
         if evidence.get("late") and invoice.status == InvoiceStatus.NONE:
             invoice.status = InvoiceStatus.PAID_LATE  # a refund in the same range wins
@@ -728,6 +756,28 @@ class Indexer:
                     settled_at=invoice.settled_at,
                 )
             )
+
+    def _announce_unmatched(
+        self,
+        session: Session,
+        chain_id: int,
+        batch: _Batch,
+        ids: list[int],
+        events: InvoiceEvents,
+    ) -> None:
+        """``payment.unmatched`` for the range's payments no invoice of ours matches, to the
+        merchant whose router account received them (none: nobody to tell)."""
+        unmatched = [i for i, row in enumerate(batch.payment_rows) if row["invoice_id"] is None]
+        if not unmatched:
+            return
+        addresses = {batch.payment_rows[i]["merchant_address"] for i in unmatched}
+        merchants = repo.merchants_by_address(session, chain_id, addresses)
+        for i in unmatched:
+            row = batch.payment_rows[i]
+            merchant = merchants.get(row["merchant_address"].lower())
+            if merchant is not None:
+                log.warning("payment %s matches no invoice", row["tx_hash"])
+                events.emit_payment(merchant, "payment.unmatched", _payment_object(row, ids[i]))
 
     def _schedule(self, session: Session, settled: _Settlements) -> None:
         """The CRM's follow-ups for a step's settlements, one bulk call per merchant. A CRM

@@ -55,6 +55,7 @@ __all__ = [
     "lock_account",
     "lock_invoice",
     "lock_invoice_by_id",
+    "merchants_by_address",
     "open_invoice_for_order",
     "payment_keys",
     "payments_after",
@@ -673,6 +674,24 @@ def uncredited_refund_totals(session: Session, invoice_ids: Iterable[str]) -> di
         for invoice_id, amount in conn.execute(_UNCREDITED_REFUNDS, params):
             totals[str(invoice_id)] = totals.get(str(invoice_id), 0) + int(amount)
     return totals
+
+
+_MERCHANTS_BY_ADDRESS = sa.select(_ACCOUNTS.c.merchant_id, _ACCOUNTS.c.address).where(
+    _ACCOUNTS.c.chain_id == sa.bindparam("chain_id"),
+    sa.func.lower(_ACCOUNTS.c.address).in_(sa.bindparam("addresses", expanding=True)),
+)
+
+
+def merchants_by_address(session: Session, chain_id: int, addresses: set[str]) -> dict[str, int]:
+    """The merchants holding the router accounts at ``addresses``, by lower-case address."""
+    lowered = sorted({a.lower() for a in addresses})
+    found: dict[str, int] = {}
+    conn = session.connection()
+    for start in range(0, len(lowered), _CHUNK):
+        params = {"chain_id": chain_id, "addresses": lowered[start : start + _CHUNK]}
+        for merchant_id, address in conn.execute(_MERCHANTS_BY_ADDRESS, params):
+            found[str(address).lower()] = int(merchant_id)
+    return found
 
 
 def payments_select(

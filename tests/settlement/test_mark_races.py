@@ -202,6 +202,33 @@ class TestStaffMarksDuringAStep(MarketSuite):
         assert errors == []
         assert_held_invalid(engine, shop, invoice.id)
 
+    def test_a_mark_committed_while_a_pending_payment_confirms_is_not_overwritten(
+        self, engine, market, clock, shop, monkeypatch
+    ):
+        """The payment was seen (processing) in an earlier step; staff invalidate the invoice
+        after the confirming step read it: held, not settled."""
+        if engine.dialect.name == "sqlite":
+            pytest.skip("SQLite: a step holds the only write lock from its first statement")
+        invoice = new_invoice(engine, market, shop, clock, confirmations=2)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.PROCESSING
+        market.chain.mine(1)
+        rows_by_id = repo.invoice_rows_by_id
+        marked: list[bool] = []
+
+        def read_then_mark(session, ids, **kwargs):
+            rows = rows_by_id(session, ids, **kwargs)
+            if not marked:
+                marked.append(mark_invalid(engine, shop, invoice.id, clock))
+            return rows
+
+        monkeypatch.setattr(repo, "invoice_rows_by_id", read_then_mark)
+        assert indexer.poll_once().settled == []
+        assert marked == [True]
+        assert_held_invalid(engine, shop, invoice.id)
+
     def test_a_step_that_settled_first_has_its_followup_cancelled_by_the_mark(
         self, engine, market, clock, shop, impatient_engines, monkeypatch
     ):

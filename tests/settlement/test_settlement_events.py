@@ -1,7 +1,10 @@
 """What the merchant's webhooks are told about settlement beyond the happy path.
 
 A reorg that undoes a payment or refund (``invoice.reorged``: a merchant who shipped on
-``invoice.settled`` learns it no longer holds). Before, it was silent.
+``invoice.settled`` learns it no longer holds), a payment an invoice cannot take by itself
+(``invoice.payment_held``: marked settled by staff, or invalidated while the payment
+confirmed), and a payment no invoice matches (``payment.unmatched``). Before, all of these
+were silent.
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ import json
 import pytest
 from sqlmodel import Session, select
 
+from api.settlement import invoices
+from api.settlement.models import Invoice
 from api.webhooks import create_endpoint
 from api.webhooks.models import WebhookDelivery
 from tests.settlement.conftest import MarketSuite
 from tests.settlement.test_indexer import (
     AMOUNT,
     Shop,
+    followups_of,
     indexer_for,
     new_invoice,
     open_shop,
     pay,
+    reload,
 )
 from tests.settlement.test_refunds import refund
 
@@ -29,6 +36,13 @@ def events(engine) -> list[tuple[str, dict]]:
     with Session(engine) as session:
         rows = session.exec(select(WebhookDelivery).order_by(WebhookDelivery.created_at)).all()
         return [(d.event_type, json.loads(d.payload)["data"]["object"]) for d in rows]
+
+
+def mark(engine, shop, invoice, clock, *, settle: bool) -> None:
+    with Session(engine) as session, session.begin():
+        invoices.mark_invoice(
+            session, shop.merchant_id, invoice.id, settle=settle, actor="staff", clock=clock
+        )
 
 
 class EventBehaviour(MarketSuite):
@@ -81,6 +95,68 @@ class EventBehaviour(MarketSuite):
         assert (reorged["invoice"]["state"], reorged["invoice"]["refunded_amount"]) == (
             "settled",
             "0",
+        )
+
+    def test_a_payment_for_an_invoice_marked_settled_is_held(self, engine, market, clock, shop):
+        """Staff marked it settled (paid outside the router); the customer pays on chain too:
+        paid twice, so the merchant is told, and nothing is followed up twice."""
+        invoice = new_invoice(engine, market, shop, clock)
+        mark(engine, shop, invoice, clock, settle=True)
+        pay(engine, market, invoice)
+        assert indexer_for(engine, market, clock).poll_once().settled == []
+        after = reload(engine, invoice.id)
+        assert (after.state, after.status, after.paid_amount) == ("settled", "marked", AMOUNT)
+        assert followups_of(engine, shop.merchant_id) == []
+        assert [t for t, _ in events(engine)] == ["invoice.payment_held"]
+
+    def test_a_payment_confirming_while_its_invoice_was_invalidated_is_held(
+        self, engine, market, clock, shop
+    ):
+        invoice = new_invoice(engine, market, shop, clock, confirmations=2)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        mark(engine, shop, invoice, clock, settle=False)
+        market.chain.mine(1)
+        assert indexer.poll_once().settled == []
+        assert [t for t, _ in events(engine)] == ["invoice.processing", "invoice.payment_held"]
+        assert followups_of(engine, shop.merchant_id) == []
+        after = reload(engine, invoice.id)
+        assert (after.state, after.paid_amount) == ("invalid", AMOUNT)
+
+    def test_a_held_payment_is_announced_once_when_it_is_confirmed(
+        self, engine, market, clock, shop
+    ):
+        invoice = new_invoice(engine, market, shop, clock, confirmations=2)
+        mark(engine, shop, invoice, clock, settle=False)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        assert events(engine) == []  # seen, not final yet
+        market.chain.mine(1)
+        indexer.poll_once()
+        market.chain.mine(1)
+        indexer.poll_once()
+        assert [t for t, _ in events(engine)] == ["invoice.payment_held"]
+
+    def test_a_payment_no_invoice_matches_is_announced(self, engine, market, clock, shop):
+        invoice = new_invoice(engine, market, shop, clock)
+        with Session(engine) as session, session.begin():
+            stored = session.get(Invoice, invoice.id)
+            assert stored is not None
+            stored.intent_hash = "0x" + "ab" * 32  # what was paid is not what we signed
+            session.add(stored)
+        receipt = pay(engine, market, invoice)
+        indexer_for(engine, market, clock).poll_once()
+        ((kind, body),) = events(engine)
+        assert kind == "payment.unmatched"
+        payment = body["payment"]
+        assert (payment["invoice_id"], payment["invoice_number"]) == (None, str(invoice.number))
+        assert payment["tx_hash"] == "0x" + bytes(receipt["transactionHash"]).hex()
+        assert (payment["token"], payment["amount"], payment["merchant_address"]) == (
+            market.deployment.token,
+            str(AMOUNT),
+            market.merchant.address,
         )
 
 
