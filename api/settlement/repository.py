@@ -280,11 +280,16 @@ def lock_account(session: Session, account_id: int) -> None:
 def unpaid_invoices_on_account(
     session: Session, account_id: int, merchant_id: int
 ) -> Sequence[Invoice]:
-    """``merchant_id``'s invoices on the account that no payment has reached (state new)."""
-    stmt = select(Invoice).where(
-        Invoice.account_id == account_id,
-        Invoice.merchant_id == merchant_id,
-        Invoice.state == InvoiceState.NEW,
+    """``merchant_id``'s invoices on the account that no payment has reached (state new),
+    locked until commit: one an indexer step moved on meanwhile is re-checked and left out."""
+    stmt = (
+        select(Invoice)
+        .where(
+            Invoice.account_id == account_id,
+            Invoice.merchant_id == merchant_id,
+            Invoice.state == InvoiceState.NEW,
+        )
+        .with_for_update()
     )
     return session.exec(stmt).all()
 
