@@ -191,15 +191,7 @@ def register_account(
         clock=clock,
     )
     after_commit.append(cache.clear)  # invoices sign with the new operator at once
-    return MerchantAccountOut(
-        merchant_id=str(account.merchant_id),
-        chain_id=account.chain_id,
-        address=account.address,
-        payout=account.payout,
-        operator=account.operator,
-        signer_available=account.operator.lower() in signers,
-        created_at=account.created_at,
-    )
+    return MerchantAccountOut.of(account, signers)
 
 
 @router.get(
@@ -222,15 +214,7 @@ def get_account(
     )
     if account is None:
         raise NotFound("This merchant has no account on this chain.", param="merchant_id")
-    return MerchantAccountOut(
-        merchant_id=str(account.merchant_id),
-        chain_id=account.chain_id,
-        address=account.address,
-        payout=account.payout,
-        operator=account.operator,
-        signer_available=account.operator.lower() in signers,
-        created_at=account.created_at,
-    )
+    return MerchantAccountOut.of(account, signers)
 
 
 #: How long the text offered by ``link_message`` stays valid (at most ``MAX_VALIDITY``).

@@ -78,15 +78,7 @@ def register_test_account(
     merchant = visible_merchant(session, caller, merchant_id)
     account = sandbox.register_account(session, merchant.id or 0, clock)
     after_commit.append(cache.clear)  # invoices sign with the new account at once
-    return MerchantAccountOut(
-        merchant_id=str(account.merchant_id),
-        chain_id=account.chain_id,
-        address=account.address,
-        payout=account.payout,
-        operator=account.operator,
-        signer_available=account.operator.lower() in signers,
-        created_at=account.created_at,
-    )
+    return MerchantAccountOut.of(account, signers)
 
 
 @router.post(

@@ -7,11 +7,13 @@ Timestamps are ISO-8601 UTC.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.settlement.models import MerchantAccount
 from crm.audit.models import AuditLog
 from crm.consent.models import ConsentEvent
 from crm.contacts.models import ContactPublic
@@ -151,6 +153,19 @@ class MerchantAccountOut(BaseModel):
         "invoices)."
     )
     created_at: datetime
+
+    @classmethod
+    def of(cls, account: MerchantAccount, signers: Container[str]) -> MerchantAccountOut:
+        """``signers``: the lower-case operator addresses this server signs for."""
+        return cls(
+            merchant_id=str(account.merchant_id),
+            chain_id=account.chain_id,
+            address=account.address,
+            payout=account.payout,
+            operator=account.operator,
+            signer_available=account.operator.lower() in signers,
+            created_at=account.created_at,
+        )
 
 
 # ------------------------------------------------------------------------------------- contacts

@@ -196,31 +196,31 @@ class _Log:
         )
 
 
-def _evidence(row: dict[str, Any] | Payment) -> dict[str, Any]:
+def _log_facts(row: dict[str, Any] | Payment | Refund) -> tuple[Any, dict[str, Any]]:
+    """A stored log's getter and the facts every payment or refund event carries."""
     get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
-    return {
+    facts = {
         "tx_hash": get("tx_hash"),
         "block_number": get("block_number"),
         "block_hash": get("block_hash"),
         "log_index": get("log_index"),
         "amount": str(get("amount")),
         "token": get("token"),
-        "late": bool(get("late")),
     }
+    return get, facts
+
+
+def _evidence(row: dict[str, Any] | Payment) -> dict[str, Any]:
+    get, facts = _log_facts(row)
+    return facts | {"late": bool(get("late"))}
 
 
 def _refund_evidence(row: dict[str, Any] | Refund) -> dict[str, Any]:
     """A ``PaymentRefunded`` log's facts: its token (``null`` if indexed before it was kept),
     the router's running total for the number, and whether it counts for the invoice."""
-    get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
+    get, facts = _log_facts(row)
     total = get("total_refunded")
-    return {
-        "tx_hash": get("tx_hash"),
-        "block_number": get("block_number"),
-        "block_hash": get("block_hash"),
-        "log_index": get("log_index"),
-        "amount": str(get("amount")),
-        "token": get("token"),
+    return facts | {
         "to": get("to"),
         "total_refunded": None if total is None else str(total),
         "credited": bool(get("credited")),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,6 +101,45 @@ def session(engine: sa.Engine) -> Iterator[Session]:
         s.close()
         outer.rollback()
         conn.close()
+
+
+@contextmanager
+def committed_pg_engine(admin: sa.Engine, pool_size: int = 5) -> Iterator[sa.Engine]:
+    """A migrated schema of this process's own that transactions really commit to (no per-test
+    rollback), dropped afterwards: for tests of concurrent transactions."""
+    schema = f"crm_committed_{os.getpid()}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = pg_schema_url(schema)
+    upgrade(url)
+    engine = make_engine(url, pool_size=pool_size)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def committed_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """:func:`committed_pg_engine`, or a migrated SQLite file, per parameter."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'committed.db'}"
+        upgrade(url)
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+        return
+    with committed_pg_engine(request.getfixturevalue("pg_admin")) as engine:
+        yield engine
+
+
+@pytest.fixture
+def pg_committed(pg_admin: sa.Engine) -> Iterator[sa.Engine]:
+    with committed_pg_engine(pg_admin) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,10 @@ frequency cap (PostgreSQL: SQLite serialises writers)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +18,7 @@ from crm.clock import FrozenClock
 from crm.consent import service as consent
 from crm.contacts import service as contacts
 from crm.contacts.models import Contact, ContactCreate, ContactUpdate
-from crm.db import make_engine, session_scope, upgrade
+from crm.db import session_scope
 from crm.errors import ContactErased
 from crm.followups import repository as followups_repo
 from crm.followups import service as followups
@@ -33,47 +30,10 @@ from crm.followups.models import (
 )
 from crm.privacy import service as privacy
 
-from .conftest import START, pg_schema_url
+from .conftest import START
 
 N = 120
 WORKERS = 4
-
-
-@contextmanager
-def _pg_engine(admin: sa.Engine) -> Iterator[sa.Engine]:
-    """A migrated schema of its own, committed to for real, dropped afterwards."""
-    schema = f"crm_conc_{os.getpid()}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = pg_schema_url(schema)
-    upgrade(url)
-    engine = make_engine(url, pool_size=WORKERS + 1)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def committed_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        url: str | sa.URL = f"sqlite:///{tmp_path / 'conc.db'}"
-        upgrade(url)
-        engine = make_engine(url)
-        yield engine
-        engine.dispose()
-        return
-    with _pg_engine(request.getfixturevalue("pg_admin")) as engine:
-        yield engine
-
-
-@pytest.fixture
-def pg_committed(pg_admin: sa.Engine) -> Iterator[sa.Engine]:
-    with _pg_engine(pg_admin) as engine:
-        yield engine
 
 
 def _seed(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> set[int]:

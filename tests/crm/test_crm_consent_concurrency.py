@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from crm import KeyRing, MerchantCreate, merchants
@@ -16,38 +12,12 @@ from crm.consent import service as consent
 from crm.consent.service import SealStatus
 from crm.contacts import service as contacts
 from crm.contacts.models import ContactCreate
-from crm.db import make_engine, session_scope, upgrade
+from crm.db import session_scope
 
-from .conftest import START, pg_schema_url
+from .conftest import START
 
 WORKERS = 4
 APPENDS = 15
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def committed_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    """A migrated database that transactions really commit to (no per-test rollback)."""
-    if request.param == "sqlite":
-        url: str | sa.URL = f"sqlite:///{tmp_path / 'consent.db'}"
-        upgrade(url)
-        engine = make_engine(url)
-        yield engine
-        engine.dispose()
-        return
-    admin: sa.Engine = request.getfixturevalue("pg_admin")
-    schema = f"crm_consent_conc_{os.getpid()}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = pg_schema_url(schema)
-    upgrade(url)
-    engine = make_engine(url, pool_size=WORKERS + 1)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
 
 def test_concurrent_appends_still_verify(committed_engine: sa.Engine, keyring: KeyRing) -> None:
