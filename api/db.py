@@ -21,6 +21,8 @@ from alembic.config import Config
 from sqlmodel import Session
 
 from crm._base import NAMING_CONVENTION, UTCDateTime
+from crm.consent.service import HeadsSealed
+from crm.crypto import KeyRing
 from crm.sqlite_gate import sqlite_connect_args
 
 __all__ = [
@@ -129,12 +131,16 @@ def upgrade(
     *,
     connection: sa.Connection | None = None,
     revision: str = "head",
-) -> None:
-    """Upgrade the CRM chain, then the ``api_*`` chain (whose tables reference CRM tables)."""
+    keyring: KeyRing | None = None,
+) -> HeadsSealed:
+    """Upgrade the CRM chain, then the ``api_*`` chain (whose tables reference CRM tables).
+    ``keyring`` seals consent heads older releases left without a MAC (:func:`crm.db.upgrade`);
+    what it sealed is returned for the operator."""
     from crm.db import upgrade as crm_upgrade
 
-    crm_upgrade(url, connection=connection)
+    sealed = crm_upgrade(url, connection=connection, keyring=keyring)
     cfg = alembic_config(url)
     if connection is not None:
         cfg.attributes["connection"] = connection
     command.upgrade(cfg, revision)
+    return sealed

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlmodel import Session
 
 from api.operators import OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
@@ -190,13 +189,14 @@ class Runtime:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return make_engine(url)
 
-    def seal_consent_heads(self) -> HeadsSealed:
-        """After migrations: MAC the consent heads written without the server's key (migration
-        0003's backfill, appends by older releases), so truncating those ledgers shows too."""
-        from crm.consent.service import seal_unsealed_heads
+    def upgrade_database(self) -> HeadsSealed:
+        """Apply the migrations, sealing with the server's key the consent heads older
+        releases wrote without a MAC (see :func:`crm.db.upgrade`)."""
+        from api.db import upgrade
 
-        with Session(self.engine) as session, session.begin():
-            return seal_unsealed_heads(session, self.keyring)
+        url = self.settings.resolved_database_url
+        self.engine.dispose()  # creates the SQLite directory
+        return upgrade(url, keyring=self.keyring)
 
     @cached_property
     def chain(self) -> Chain:

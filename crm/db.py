@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -18,6 +18,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import Session
 
 from crm.sqlite_gate import sqlite_connect_args
+
+if TYPE_CHECKING:
+    from crm.consent.service import HeadsSealed
+    from crm.crypto import KeyRing
 
 __all__ = [
     "VERSION_TABLE",
@@ -30,6 +34,8 @@ __all__ = [
 ]
 
 VERSION_TABLE = "crm_alembic_version"
+#: Revision 0005 makes every consent head's MAC required; :func:`upgrade` seals before it.
+_LAST_WITHOUT_REQUIRED_MAC = "0004"
 
 
 def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
@@ -122,12 +128,38 @@ def alembic_config(url: str | sa.URL | None = None) -> Config:
     return cfg
 
 
-def upgrade(url: str | sa.URL | None = None, *, connection: sa.Connection | None = None) -> None:
-    """Run ``alembic upgrade head`` for the CRM tables (by URL or on a given connection)."""
+def upgrade(
+    url: str | sa.URL | None = None,
+    *,
+    connection: sa.Connection | None = None,
+    keyring: KeyRing | None = None,
+) -> HeadsSealed:
+    """Run ``alembic upgrade head`` for the CRM tables (by URL or on a given connection).
+
+    With ``keyring``, consent heads written without a MAC (migration 0003's backfill, older
+    releases) are sealed as they stand, once, before revision 0005 makes the MAC required; a
+    database past 0005 has none left. Without it, an upgrade over such heads stops at 0005."""
+    from crm.consent.service import HeadsSealed, seal_unsealed_heads
+
     cfg = alembic_config(url)
     if connection is not None:
         cfg.attributes["connection"] = connection
+    outcome = HeadsSealed(sealed=0)
+    if keyring is not None:
+        command.upgrade(cfg, _LAST_WITHOUT_REQUIRED_MAC)  # a no-op on a database past it
+        if connection is not None:
+            with Session(bind=connection) as session:  # the caller's transaction
+                outcome = seal_unsealed_heads(session, keyring)
+                session.commit()  # not propagated to the connection's own transaction
+        else:
+            engine = make_engine(url or cfg.get_main_option("sqlalchemy.url") or "")
+            try:
+                with session_scope(engine) as session:
+                    outcome = seal_unsealed_heads(session, keyring)
+            finally:
+                engine.dispose()
     command.upgrade(cfg, "head")
+    return outcome
 
 
 def current_revision(url: str | sa.URL) -> str | None:

@@ -287,7 +287,14 @@ def _shop(engine: Any, market: _Market, *, contacts_n: int) -> tuple[int, Any, l
             )
             assert contact.id is not None
             consent.grant(
-                session, shop.id, contact.id, "service_followup", "email", actor="c", clock=clock
+                session,
+                shop.id,
+                contact.id,
+                "service_followup",
+                "email",
+                actor="c",
+                clock=clock,
+                keyring=keyring,
             )
             ids.append(contact.id)
         account = invoices.register_account(

@@ -1,5 +1,6 @@
-"""``followpay db upgrade`` seals the consent heads written without the server's key (migration
-0003's backfill, appends by older releases) and says so; a second run has nothing to do."""
+"""``followpay db upgrade`` seals the consent heads older releases wrote without the server's key
+(migration 0003's backfill, keyless appends) before crm revision 0005 requires a MAC, and says so;
+a second run has nothing to do."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sqlalchemy as sa
+from alembic import command
 from sqlmodel import Session
 
 from crm import ContactCreate, KeyRing, MerchantCreate, SystemClock, consent, contacts, merchants
 from crm.consent.service import SealStatus, verify_chain
-from crm.db import make_engine
+from crm.db import alembic_config, current_revision, make_engine
 
 SCRIPT = Path(sys.executable).with_name("followpay")
 MASTER_KEY = "ab" * 32
@@ -29,10 +32,11 @@ def _upgrade(home: Path) -> subprocess.CompletedProcess[str]:
 
 def test_upgrade_seals_unsealed_consent_heads(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    first = _upgrade(home)
-    assert first.returncode == 0, first.stderr
+    home.mkdir()
+    url = f"sqlite:///{home / 'followpay.sqlite3'}"
+    command.upgrade(alembic_config(url), "0004")  # a database an older release left
     keyring = KeyRing(bytes.fromhex(MASTER_KEY))
-    engine = make_engine(f"sqlite:///{home / 'followpay.sqlite3'}")
+    engine = make_engine(url)
     clock = SystemClock()
     try:
         with Session(engine) as session, session.begin():
@@ -45,15 +49,18 @@ def test_upgrade_seals_unsealed_consent_heads(tmp_path: Path) -> None:
                 clock,
             )
             ada_id = ada.id or 0
-            consent.grant(  # no key ring: as an older release, or the migration's backfill
+            consent.grant(
                 session,
                 shop.id or 0,
-                ada.id or 0,
+                ada_id,
                 "service_followup",
                 "email",
                 actor="t",
                 clock=clock,
+                keyring=keyring,
             )
+        with engine.begin() as conn:  # as that release's keyless append left it
+            conn.execute(sa.text("UPDATE crm_consent_head SET mac = NULL"))
         with Session(engine) as session:
             before = verify_chain(session, ada_id, keyring=keyring)
         sealed = _upgrade(home)
@@ -65,5 +72,7 @@ def test_upgrade_seals_unsealed_consent_heads(tmp_path: Path) -> None:
     assert before.seal is SealStatus.UNSEALED
     assert sealed.returncode == 0, sealed.stderr
     assert "sealed 1 consent ledger heads" in sealed.stderr
+    assert again.returncode == 0, again.stderr
     assert "sealed" not in again.stderr
     assert (after.ok, after.seal) == (True, SealStatus.VALID)
+    assert current_revision(url) == "0005"

@@ -97,15 +97,12 @@ def serve(
     import uvicorn
 
     from api.commands.settlement import report_sealing
-    from api.db import upgrade
     from api.runtime import Runtime
     from api.settings import get_settings
 
     runtime = Runtime(get_settings())
+    report_sealing(runtime.upgrade_database())
     url = runtime.settings.resolved_database_url
-    runtime.engine.dispose()  # creates the SQLite directory
-    upgrade(url)
-    report_sealing(runtime.seal_consent_heads())
     if runtime.settings.chain.value == "tester":
         _serve_embedded(runtime, url, host, port)
         return

@@ -33,14 +33,10 @@ _err = Console(stderr=True)
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the CRM and API migrations to FOLLOWPAY_DATABASE_URL (SQLite by default)."""
-    from api.db import upgrade
-
     runtime = Runtime(get_settings())
-    url = runtime.settings.resolved_database_url
-    runtime.engine.dispose()  # creates the SQLite directory
-    upgrade(url)  # the CRM chain first, then the API chain
+    sealed = runtime.upgrade_database()  # the CRM chain first, then the API chain
     typer.echo("database is at head", err=True)
-    report_sealing(runtime.seal_consent_heads())
+    report_sealing(sealed)
 
 
 def report_sealing(outcome: HeadsSealed) -> None:
@@ -51,7 +47,8 @@ def report_sealing(outcome: HeadsSealed) -> None:
         named = ", ".join(map(str, outcome.stale_contact_ids[:20]))
         typer.echo(
             f"warning: the consent ledgers of contacts {named} no longer end where their head "
-            "says: entries were removed or rewritten (GET /v1/contacts/{id}/consents)",
+            "says: entries were removed or rewritten before the heads were sealed (GET "
+            "/v1/contacts/{id}/consents; their next consent change is flagged)",
             err=True,
         )
 

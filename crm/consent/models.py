@@ -81,8 +81,9 @@ class ConsentHead(SQLModel, table=True):
     """Per contact, the ledger's head as of the last append, sealed with a MAC.
 
     ``mac`` is ``KeyRing.consent_head_mac(chain.head_message(...))`` over contact, ``seq``,
-    ``head_hash`` and ``flagged_seq``; it is NULL for a head written without the key ring
-    (backfilled by migration 0003, or appended by a caller that passed none). ``flagged_seq`` is
+    ``head_hash`` and ``flagged_seq``; every append writes it, and since migration 0005 the
+    schema refuses a head without one (migration 0003's backfill had none: ``crm.db.upgrade``
+    seals those with the key ring before 0005 runs). ``flagged_seq`` is
     the first ``seq`` appended over a head that no longer matched the ledger: once sealed, that
     evidence of tampering cannot be cleared without the key. Holds no personal data.
     """
@@ -94,4 +95,4 @@ class ConsentHead(SQLModel, table=True):
     seq: int
     head_hash: str = Field(max_length=64)
     flagged_seq: int | None = None
-    mac: str | None = Field(default=None, max_length=64)
+    mac: str = Field(max_length=64)

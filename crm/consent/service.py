@@ -69,6 +69,10 @@ class SealStatus(StrEnum):
 _SEAL_OK = frozenset({SealStatus.EMPTY, SealStatus.VALID, SealStatus.UNCHECKED})
 # Found by an append: the stored head does not describe the ledger being extended.
 _SEAL_ALTERED = frozenset({SealStatus.MISSING, SealStatus.STALE, SealStatus.INVALID})
+#: What an append flags. Every writer seals (``keyring`` is required, and ``followpay db
+#: upgrade``/``serve`` seal the heads migration 0003 backfilled), so a head without a MAC is one
+#: someone stripped: a downgrade that would otherwise let the append re-seal a truncated ledger.
+_APPEND_ALTERED = _SEAL_ALTERED | {SealStatus.UNSEALED}
 
 _SEAL_PROBLEM = {
     SealStatus.UNSEALED: "the head has no MAC: it cannot show that no newer entries were removed",
@@ -160,14 +164,14 @@ def record(
     legal_basis: LegalBasis | str = LegalBasis.CONSENT,
     policy_version: str = "1",
     source: str = "api",
-    keyring: KeyRing | None = None,
+    keyring: KeyRing,
 ) -> ConsentEvent:
     """Append one consent event (and update the projection and sealed head in one transaction).
 
-    With ``keyring`` the new head is MAC'd; without it the head row is kept in step but unsealed
-    (a keyed :func:`verify_chain` then reports ``UNSEALED``). An append over a head that no
-    longer matches the ledger still succeeds (a withdrawal must never be refused) but sets
-    ``flagged_seq`` for good and writes a ``consent.head_mismatch`` audit entry.
+    The new head is MAC'd with ``keyring``. An append over a head that no longer matches the
+    ledger, or whose MAC is missing or wrong, still succeeds (a withdrawal must never be
+    refused) but sets ``flagged_seq`` for good and writes a ``consent.head_mismatch`` audit
+    entry.
     """
     p = parse_choice(Purpose, purpose, "purpose")
     a = parse_choice(ConsentAction, action, "action")
@@ -224,7 +228,7 @@ def record(
     )
     assert event.id is not None
     flagged = None if head is None else head.flagged_seq
-    if before in _SEAL_ALTERED and flagged is None:
+    if before in _APPEND_ALTERED and flagged is None:
         flagged = entry.seq
     _put_head(session, head, merchant_id, contact_id, entry.seq, event.hash, flagged, keyring)
     for purpose_key, channel_key in apply({}, entry.purpose, entry.channel, entry.action):
@@ -254,7 +258,7 @@ def record(
         merchant_id=merchant_id,
         detail={"purpose": p.value, "channel": entry.channel, "seq": entry.seq},
     )
-    if before in _SEAL_ALTERED:
+    if before in _APPEND_ALTERED:
         audit.record(
             session,
             actor=actor,
@@ -297,15 +301,13 @@ def _put_head(
     seq: int,
     head_hash: str,
     flagged_seq: int | None,
-    keyring: KeyRing | None,
+    keyring: KeyRing,
 ) -> None:
-    mac = (
-        None
-        if keyring is None
-        else keyring.consent_head_mac(head_message(contact_id, seq, head_hash, flagged_seq))
-    )
+    mac = keyring.consent_head_mac(head_message(contact_id, seq, head_hash, flagged_seq))
     if head is None:
-        head = ConsentHead(contact_id=contact_id, merchant_id=merchant_id, seq=seq, head_hash="")
+        head = ConsentHead(
+            contact_id=contact_id, merchant_id=merchant_id, seq=seq, head_hash="", mac=mac
+        )
     head.seq, head.head_hash, head.flagged_seq, head.mac = seq, head_hash, flagged_seq, mac
     repo.put_head(session, head)
 
@@ -327,6 +329,7 @@ def grant(
     *,
     actor: str,
     clock: Clock,
+    keyring: KeyRing,
     **kwargs: Any,
 ) -> ConsentEvent:
     return record(
@@ -338,6 +341,7 @@ def grant(
         action=ConsentAction.GRANT,
         actor=actor,
         clock=clock,
+        keyring=keyring,
         **kwargs,
     )
 
@@ -351,6 +355,7 @@ def withdraw(
     *,
     actor: str,
     clock: Clock,
+    keyring: KeyRing,
     **kwargs: Any,
 ) -> ConsentEvent:
     """One call withdraws a purpose on one channel, or on every channel when ``channel`` is None."""
@@ -363,6 +368,7 @@ def withdraw(
         action=ConsentAction.WITHDRAW,
         actor=actor,
         clock=clock,
+        keyring=keyring,
         **kwargs,
     )
 
@@ -375,6 +381,7 @@ def object_to(
     *,
     actor: str,
     clock: Clock,
+    keyring: KeyRing,
     **kwargs: Any,
 ) -> ConsentEvent:
     """Art. 21 objection: blocks the purpose on every channel and suppresses pending follow-ups."""
@@ -388,6 +395,7 @@ def object_to(
         action=ConsentAction.OBJECT,
         actor=actor,
         clock=clock,
+        keyring=keyring,
         **kwargs,
     )
 
@@ -483,13 +491,15 @@ def _projection_mismatches(
 
 
 def seal_unsealed_heads(session: Session, keyring: KeyRing, *, page: int = 500) -> HeadsSealed:
-    """MAC every head that has none (rows backfilled by migration 0003 or appended without the
-    key ring), trusting the ledger as it stands now. A head that no longer names its ledger's
-    last entry stays unsealed and is listed: :func:`verify_chain` reports it as ``STALE``.
+    """MAC every head that has none (migration 0003's backfill, appends by older releases),
+    trusting it as it stands: what was removed before cannot be detected. :func:`crm.db.upgrade`
+    runs this once, before revision 0005 makes the MAC required. A head that no longer names
+    its ledger's last entry is sealed as it is and listed: :func:`verify_chain` reports it as
+    ``STALE``, and the next append flags it.
 
     Each contact is locked as :func:`record` locks it, so a concurrent append is not undone.
     """
-    sealed, stale, after = 0, [], 0
+    sealed, after, stale = 0, 0, list[int]()
     while batch := repo.list_unsealed_heads(session, after_contact_id=after, limit=page):
         for candidate in batch:
             cid = after = candidate.contact_id
@@ -499,7 +509,6 @@ def seal_unsealed_heads(session: Session, keyring: KeyRing, *, page: int = 500) 
                 continue
             if _seal_status(cid, head, repo.last_event(session, cid), None) in _SEAL_ALTERED:
                 stale.append(cid)
-                continue
             _put_head(
                 session,
                 head,

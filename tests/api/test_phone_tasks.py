@@ -43,7 +43,9 @@ def _task(
         if contact_id is None:
             person = ContactCreate(name="Ada", phone="+14155550123", time_zone=zone)
             contact_id = contacts.create_contact(s, mid, person, w.keyring, w.clock).id or 0
-            consent.grant(s, mid, contact_id, purpose, "phone", actor="test", clock=w.clock)
+            consent.grant(
+                s, mid, contact_id, purpose, "phone", actor="test", clock=w.clock, keyring=w.keyring
+            )
         followup = FollowUp(
             merchant_id=mid,
             contact_id=contact_id,
@@ -286,7 +288,15 @@ def test_a_call_whose_consent_went_unseen_is_never_callable_and_cannot_be_made(
         if gone == "erased":
             crm_privacy.erase_contact(s, mid, contact_id, actor="test", clock=world.clock)
         else:
-            consent.withdraw(s, mid, contact_id, "service_followup", actor="t", clock=world.clock)
+            consent.withdraw(
+                s,
+                mid,
+                contact_id,
+                "service_followup",
+                actor="t",
+                clock=world.clock,
+                keyring=world.keyring,
+            )
     listed = _listed(world)[task]
     one = world.client.get(f"/v1/phone_tasks/{task}", headers=h).json()
     for view in (listed, one):

@@ -56,7 +56,16 @@ def fuzz_app(tmp_path_factory):
         contact = contacts.create_contact(
             s, mid, ContactCreate(email="fuzz@example.com"), keyring, clock
         )
-        consent.grant(s, mid, contact.id or 0, "service_followup", "email", actor="t", clock=clock)
+        consent.grant(
+            s,
+            mid,
+            contact.id or 0,
+            "service_followup",
+            "email",
+            actor="t",
+            clock=clock,
+            keyring=keyring,
+        )
     app = create_app(
         get_settings(home=home),
         engine=engine,

@@ -24,6 +24,8 @@ from crm.contacts.models import Contact, ContactCreate
 from crm.db import make_engine, upgrade
 from tests.support import missing
 
+from .helpers import KEYRING
+
 PG_URL = os.environ.get(
     "FOLLOWPAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -144,7 +146,7 @@ def pg_committed(pg_admin: sa.Engine) -> Iterator[sa.Engine]:
 
 @pytest.fixture(scope="session")
 def keyring() -> KeyRing:
-    return KeyRing(b"k" * 32)
+    return KEYRING
 
 
 @pytest.fixture

@@ -15,6 +15,9 @@ from crm.followups.models import FollowUp, FollowUpPolicyCreate
 
 __all__ = ["sent_followup"]
 
+#: The key ring of the CRM tests (the ``keyring`` fixture); for helpers that take no fixtures.
+KEYRING = KeyRing(b"k" * 32)
+
 
 def sent_followup(
     session: Session,
@@ -44,6 +47,7 @@ def sent_followup(
             "email",
             actor="contact",
             clock=clock,
+            keyring=keyring,
         )
     [fu] = followups.schedule_for_payment(
         session, merchant_id, contact.id, ref, f"inv-{ref}", 1000, "USDC", clock.now(), clock

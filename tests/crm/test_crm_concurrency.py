@@ -48,7 +48,9 @@ def _seed(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> set[int]:
             clock=clock,
         )
         c = contacts.create_contact(s, mid, ContactCreate(time_zone="UTC"), keyring, clock)
-        consent.grant(s, mid, c.id or 0, "service_followup", "in_app", actor="c", clock=clock)
+        consent.grant(
+            s, mid, c.id or 0, "service_followup", "in_app", actor="c", clock=clock, keyring=keyring
+        )
         ids: set[int] = set()
         for i in range(N):
             [fu] = followups.schedule_for_payment(
@@ -182,7 +184,9 @@ def _one_customer(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> tu
         c = contacts.create_contact(
             s, mid, ContactCreate(email="ada@example.com", time_zone="UTC"), keyring, clock
         )
-        consent.grant(s, mid, c.id or 0, "service_followup", "email", actor="c", clock=clock)
+        consent.grant(
+            s, mid, c.id or 0, "service_followup", "email", actor="c", clock=clock, keyring=keyring
+        )
     return mid, c.id or 0
 
 

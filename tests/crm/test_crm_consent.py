@@ -15,7 +15,7 @@ from crm.audit.models import AuditLog
 from crm.clock import FrozenClock
 from crm.consent import chain
 from crm.consent import service as consent
-from crm.consent.models import ConsentEvent, ConsentHead, ConsentState
+from crm.consent.models import ConsentEvent, ConsentState
 from crm.consent.service import SealStatus
 from crm.enums import Channel, Purpose
 from crm.errors import ContactErased, ContactNotFound, InvalidChoice, InvalidRequest
@@ -35,38 +35,87 @@ def _step() -> st.SearchStrategy[tuple[str, str, str | None]]:
 
 class TestRecord:
     def test_grant_then_may_contact(
-        self, session: Session, make_contact: MakeContact, merchant_id: int, clock: FrozenClock
+        self,
+        session: Session,
+        make_contact: MakeContact,
+        merchant_id: int,
+        clock: FrozenClock,
+        keyring: KeyRing,
     ) -> None:
         c = make_contact()
         assert c.id is not None
         assert not consent.may_contact(session, c.id, "service_followup", "email")
         consent.grant(
-            session, merchant_id, c.id, "service_followup", "email", actor="contact:1", clock=clock
+            session,
+            merchant_id,
+            c.id,
+            "service_followup",
+            "email",
+            actor="contact:1",
+            clock=clock,
+            keyring=keyring,
         )
         assert consent.may_contact(session, c.id, "service_followup", "email")
         assert not consent.may_contact(session, c.id, "service_followup", "sms")
         assert not consent.may_contact(session, c.id, "marketing", "email")
 
     def test_withdraw_one_call_all_channels(
-        self, session: Session, make_contact: MakeContact, merchant_id: int, clock: FrozenClock
+        self,
+        session: Session,
+        make_contact: MakeContact,
+        merchant_id: int,
+        clock: FrozenClock,
+        keyring: KeyRing,
     ) -> None:
         c = make_contact()
         assert c.id is not None
         for ch in ("email", "sms", "phone"):
-            consent.grant(session, merchant_id, c.id, "marketing", ch, actor="contact", clock=clock)
-        consent.withdraw(session, merchant_id, c.id, "marketing", actor="contact", clock=clock)
+            consent.grant(
+                session,
+                merchant_id,
+                c.id,
+                "marketing",
+                ch,
+                actor="contact",
+                clock=clock,
+                keyring=keyring,
+            )
+        consent.withdraw(
+            session, merchant_id, c.id, "marketing", actor="contact", clock=clock, keyring=keyring
+        )
         assert not any(consent.may_contact(session, c.id, "marketing", ch) for ch in Channel)
 
     def test_objection_blocks_marketing_everywhere_only(
-        self, session: Session, make_contact: MakeContact, merchant_id: int, clock: FrozenClock
+        self,
+        session: Session,
+        make_contact: MakeContact,
+        merchant_id: int,
+        clock: FrozenClock,
+        keyring: KeyRing,
     ) -> None:
         c = make_contact()
         assert c.id is not None
-        consent.grant(session, merchant_id, c.id, "marketing", "email", actor="c", clock=clock)
         consent.grant(
-            session, merchant_id, c.id, "service_followup", "email", actor="c", clock=clock
+            session,
+            merchant_id,
+            c.id,
+            "marketing",
+            "email",
+            actor="c",
+            clock=clock,
+            keyring=keyring,
         )
-        consent.object_to(session, merchant_id, c.id, actor="c", clock=clock)
+        consent.grant(
+            session,
+            merchant_id,
+            c.id,
+            "service_followup",
+            "email",
+            actor="c",
+            clock=clock,
+            keyring=keyring,
+        )
+        consent.object_to(session, merchant_id, c.id, actor="c", clock=clock, keyring=keyring)
         assert not any(consent.may_contact(session, c.id, "marketing", ch) for ch in Channel)
         assert consent.may_contact(session, c.id, "service_followup", "email")
         states = {(s.purpose, s.channel): s.state for s in session.exec(select(ConsentState)).all()}
@@ -96,6 +145,7 @@ class TestRecord:
         make_contact: MakeContact,
         merchant_id: int,
         clock: FrozenClock,
+        keyring: KeyRing,
         kwargs: dict[str, object],
         code: str,
     ) -> None:
@@ -103,7 +153,15 @@ class TestRecord:
         assert c.id is not None
         before = (count(session, ConsentEvent), count(session, ConsentState))
         with pytest.raises(InvalidRequest) as info:
-            consent.record(session, merchant_id, c.id, actor="c", clock=clock, **kwargs)  # type: ignore[arg-type]
+            consent.record(
+                session,
+                merchant_id,
+                c.id,
+                actor="c",
+                clock=clock,
+                keyring=keyring,
+                **kwargs,  # type: ignore[arg-type]
+            )
         assert info.value.code == code
         assert (count(session, ConsentEvent), count(session, ConsentState)) == before
 
@@ -114,28 +172,61 @@ class TestRecord:
             parse_choice(Purpose, "nope", "purpose")
 
     def test_other_merchants_contact(
-        self, session: Session, make_contact: MakeContact, merchant_id: int, clock: FrozenClock
+        self,
+        session: Session,
+        make_contact: MakeContact,
+        merchant_id: int,
+        clock: FrozenClock,
+        keyring: KeyRing,
     ) -> None:
         c = make_contact()
         assert c.id is not None
         with pytest.raises(ContactNotFound):
             consent.grant(
-                session, merchant_id + 1, c.id, "marketing", "email", actor="c", clock=clock
+                session,
+                merchant_id + 1,
+                c.id,
+                "marketing",
+                "email",
+                actor="c",
+                clock=clock,
+                keyring=keyring,
             )
         assert count(session, ConsentEvent) == 0
 
 
 class TestVerifyChain:
     def test_chain_links_and_detects_tampering(
-        self, session: Session, make_contact: MakeContact, merchant_id: int, clock: FrozenClock
+        self,
+        session: Session,
+        make_contact: MakeContact,
+        merchant_id: int,
+        clock: FrozenClock,
+        keyring: KeyRing,
     ) -> None:
         c = make_contact()
         assert c.id is not None
         for _ in range(3):
-            consent.grant(session, merchant_id, c.id, "marketing", "email", actor="c", clock=clock)
+            consent.grant(
+                session,
+                merchant_id,
+                c.id,
+                "marketing",
+                "email",
+                actor="c",
+                clock=clock,
+                keyring=keyring,
+            )
             clock.advance(minutes=1)
             consent.withdraw(
-                session, merchant_id, c.id, "marketing", "email", actor="c", clock=clock
+                session,
+                merchant_id,
+                c.id,
+                "marketing",
+                "email",
+                actor="c",
+                clock=clock,
+                keyring=keyring,
             )
         events = consent.history(session, c.id)
         assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
@@ -154,12 +245,19 @@ class TestVerifyChain:
         assert report.broken_at_seq == 4
 
     def test_deleting_an_entry_is_detected(
-        self, session: Session, make_contact: MakeContact, merchant_id: int, clock: FrozenClock
+        self,
+        session: Session,
+        make_contact: MakeContact,
+        merchant_id: int,
+        clock: FrozenClock,
+        keyring: KeyRing,
     ) -> None:
         c = make_contact()
         assert c.id is not None
         for ch in ("email", "sms", "phone"):
-            consent.grant(session, merchant_id, c.id, "marketing", ch, actor="c", clock=clock)
+            consent.grant(
+                session, merchant_id, c.id, "marketing", ch, actor="c", clock=clock, keyring=keyring
+            )
         session.execute(sa.delete(ConsentState))
         session.execute(
             sa.delete(ConsentEvent).where(ConsentEvent.contact_id == c.id, ConsentEvent.seq == 2)
@@ -263,6 +361,21 @@ def _sql(session: Session, sql: str, **params: object) -> None:
     """Write behind the service's back, as someone with database access (but no keys) would."""
     session.execute(sa.text(sql), params)
     session.expire_all()
+
+
+def _strip_mac(session: Session, contact_id: int) -> None:
+    _sql(session, "UPDATE crm_consent_head SET mac = NULL WHERE contact_id = :c", c=contact_id)
+
+
+def _allow_heads_without_mac(session: Session) -> None:
+    """Drop the NOT NULL on ``crm_consent_head.mac`` (inside the test's transaction)."""
+    if session.get_bind().dialect.name == "postgresql":
+        _sql(session, "ALTER TABLE crm_consent_head ALTER COLUMN mac DROP NOT NULL")
+        return
+    # SQLite cannot drop a column constraint: rebuild the table as a bare copy of its rows
+    _sql(session, "CREATE TABLE crm_consent_head_copy AS SELECT * FROM crm_consent_head")
+    _sql(session, "DROP TABLE crm_consent_head")
+    _sql(session, "ALTER TABLE crm_consent_head_copy RENAME TO crm_consent_head")
 
 
 def _undo_withdrawal_in_state(session: Session, led: Ledger) -> None:
@@ -535,7 +648,16 @@ class TestSealOnAppend:
             (str(ledger.contact_id), {"seq": 3, "seal": "invalid"})
         ]
 
-    def test_keyless_append_leaves_the_head_unsealed_until_a_keyed_one(
+    def test_the_schema_refuses_a_head_without_a_mac(
+        self, session: Session, ledger: Ledger
+    ) -> None:
+        """Every writer seals (crm migration 0005): stripping a MAC, the first step of a
+        downgrade that the next append would re-seal, is refused by the database."""
+        with pytest.raises(sa.exc.IntegrityError), session.begin_nested():
+            _strip_mac(session, ledger.contact_id)
+        assert consent.verify_chain(session, ledger.contact_id).ok
+
+    def test_an_append_over_a_stripped_head_is_flagged(
         self,
         session: Session,
         ledger: Ledger,
@@ -543,20 +665,37 @@ class TestSealOnAppend:
         merchant_id: int,
         clock: FrozenClock,
     ) -> None:
-        consent.withdraw(
-            session, merchant_id, ledger.contact_id, "service_followup", actor="c", clock=clock
-        )
-        head = session.get(ConsentHead, ledger.contact_id)
-        assert head is not None
-        assert (head.seq, head.mac) == (4, None)
-        assert consent.verify_chain(session, ledger.contact_id).ok
+        """With the column's constraint dropped too, a truncated ledger under a head without a
+        MAC is not sealed as legitimate by the next append: it is flagged and audited."""
+        _allow_heads_without_mac(session)
+        _undo_withdrawal_in_state(session, ledger)
+        _delete_seq(session, ledger, 3)
+        _rehash(session, ledger.contact_id)
+        _strip_mac(session, ledger.contact_id)
         report = consent.verify_chain(session, ledger.contact_id, keyring=keyring)
         assert (report.ok, report.seal) == (False, SealStatus.UNSEALED)
-        consent.object_to(
-            session, merchant_id, ledger.contact_id, actor="c", clock=clock, keyring=keyring
+        event = consent.grant(
+            session,
+            merchant_id,
+            ledger.contact_id,
+            "research",
+            "sms",
+            actor="staff",
+            clock=clock,
+            keyring=keyring,
         )
         report = consent.verify_chain(session, ledger.contact_id, keyring=keyring)
-        assert (report.ok, report.seal, report.length) == (True, SealStatus.VALID, 5)
+        assert (report.ok, report.seal, report.flagged_seq) == (
+            False,
+            SealStatus.FLAGGED,
+            event.seq,
+        )
+        audits = session.exec(
+            select(AuditLog).where(AuditLog.action == "consent.head_mismatch")
+        ).all()
+        assert [(a.object_id, a.detail) for a in audits] == [
+            (str(ledger.contact_id), {"seq": event.seq, "seal": "unsealed"})
+        ]
 
     def test_may_contact_is_still_one_query(self, session: Session, ledger: Ledger) -> None:
         statements: list[str] = []

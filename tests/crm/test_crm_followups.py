@@ -34,6 +34,7 @@ from crm.privacy import service as privacy
 from crm.rewards.models import RewardEntry
 
 from .conftest import START, MakeContact, count
+from .helpers import KEYRING
 
 
 def policy(session: Session, merchant_id: int, clock: FrozenClock, **kw: Any) -> FollowUpPolicy:
@@ -54,7 +55,16 @@ def consented(
     c = make_contact(**kw)
     assert c.id is not None
     for ch in channels:
-        consent.grant(session, merchant_id, c.id, purpose, ch, actor=f"contact:{c.id}", clock=clock)
+        consent.grant(
+            session,
+            merchant_id,
+            c.id,
+            purpose,
+            ch,
+            actor=f"contact:{c.id}",
+            clock=clock,
+            keyring=KEYRING,
+        )
     return c
 
 
@@ -443,6 +453,7 @@ class TestPrepareSend:
             "email",
             actor="contact",
             clock=clock,
+            keyring=keyring,
         )
         assert followups.prepare_send(session, fu.id or 0, clock.now(), keyring) is None
         session.refresh(fu)
@@ -788,14 +799,25 @@ class TestExpireDue:
 
 class TestObjectionStopsPending:
     def test_objection_suppresses_pending_marketing(
-        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
     ) -> None:
         policy(session, merchant_id, clock, purpose="marketing")
         c = consented(session, make_contact, merchant_id, clock, purpose="marketing")
         [fu] = pay(session, merchant_id, c, "p1", clock)
         assert fu.state == "scheduled"
         consent.object_to(
-            session, merchant_id, c.id or 0, "marketing", actor="contact", clock=clock
+            session,
+            merchant_id,
+            c.id or 0,
+            "marketing",
+            actor="contact",
+            clock=clock,
+            keyring=keyring,
         )
         session.refresh(fu)
         assert (fu.state, fu.reason) == ("suppressed", "no_consent")

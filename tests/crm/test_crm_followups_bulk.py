@@ -141,7 +141,16 @@ def _world(s: Scenario) -> tuple[Session, int, list[int], FrozenClock]:
         cid = contact.id or 0
         ids.append(cid)
         for channel in sorted(p.granted):
-            consent.grant(session, mid, cid, "service_followup", channel, actor="c", clock=clock)
+            consent.grant(
+                session,
+                mid,
+                cid,
+                "service_followup",
+                channel,
+                actor="c",
+                clock=clock,
+                keyring=KEYRING,
+            )
         if p.history != "none":
             at = START - timedelta(days=p.sent_days_ago)
             state, reason, sent, attempted = _PRIOR[p.history]
@@ -302,7 +311,12 @@ class TestBulkEdges:
         assert session.execute(sa.select(sa.func.count()).select_from(Purchase)).scalar() == 0
 
     def test_many_payments_on_both_databases(
-        self, session: Session, merchant_id: int, make_contact: Any, clock: FrozenClock
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: Any,
+        clock: FrozenClock,
+        keyring: KeyRing,
     ) -> None:
         """The bulk SQL (IN lists, executemany ... RETURNING in order) on SQLite and PostgreSQL."""
         followups.create_policy(
@@ -315,7 +329,14 @@ class TestBulkEdges:
         people = [make_contact() for _ in range(3)]
         for c in people[:2]:
             consent.grant(
-                session, merchant_id, c.id or 0, "service_followup", "email", actor="c", clock=clock
+                session,
+                merchant_id,
+                c.id or 0,
+                "service_followup",
+                "email",
+                actor="c",
+                clock=clock,
+                keyring=keyring,
             )
         payments = [
             followups.SettledPayment(

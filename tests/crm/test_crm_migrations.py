@@ -20,7 +20,7 @@ from crm.consent import chain
 from crm.consent import service as consent
 from crm.consent.models import ConsentEvent, ConsentHead, ConsentState
 from crm.consent.service import SealStatus
-from crm.db import VERSION_TABLE, alembic_config, current_revision, make_engine
+from crm.db import VERSION_TABLE, alembic_config, current_revision, make_engine, upgrade
 from crm.followups.models import Purchase
 
 from .conftest import START, pg_schema_url
@@ -176,9 +176,11 @@ def _old_ledger(session: Session, contact_id: int, actions: list[str]) -> None:
         session.add(state)
 
 
-def test_0003_backfills_unsealed_heads_that_seal_later(fresh_url: str | sa.URL) -> None:
+def test_0003_backfills_unsealed_heads_that_0005_requires_sealed(fresh_url: str | sa.URL) -> None:
     """Each contact with a ledger gets a head naming its last entry, without a MAC (migrations
-    hold no key); verification accepts it unkeyed, reports it unsealed keyed, until sealed."""
+    hold no key): verification accepts it unkeyed and reports it unsealed keyed. Revision 0005
+    refuses to run over such heads; ``crm.db.upgrade`` with the key ring seals them first (a
+    stale one as it stands, and lists it), then makes the MAC required."""
     command.upgrade(alembic_config(fresh_url), "0002")
     engine = make_engine(fresh_url)
     keyring = KeyRing(b"m" * 32)
@@ -199,7 +201,7 @@ def test_0003_backfills_unsealed_heads_that_seal_later(fresh_url: str | sa.URL) 
         with Session(engine) as session, session.begin():
             _old_ledger(session, 1, ["grant", "withdraw"])
             _old_ledger(session, 3, ["grant"])
-        command.upgrade(alembic_config(fresh_url), "head")
+        command.upgrade(alembic_config(fresh_url), "0004")
         with Session(engine) as session, session.begin():
             heads = {h.contact_id: h for h in session.exec(select(ConsentHead))}
             assert set(heads) == {1, 3}  # contact 2 has no ledger
@@ -208,15 +210,19 @@ def test_0003_backfills_unsealed_heads_that_seal_later(fresh_url: str | sa.URL) 
             assert consent.verify_chain(session, 1).ok
             keyed = consent.verify_chain(session, 1, keyring=keyring)
             assert (keyed.ok, keyed.seal) == (False, SealStatus.UNSEALED)
-            # contact 3's head names an entry the ledger no longer has: it stays unsealed
-            heads[3].seq = 2
+            heads[3].seq = 2  # contact 3's head names an entry the ledger no longer has
             session.add(heads[3])
-            result = consent.seal_unsealed_heads(session, keyring)
-            assert (result.sealed, result.stale_contact_ids) == (1, (3,))
+        with pytest.raises(RuntimeError, match="2 consent ledger heads have no MAC"):
+            command.upgrade(alembic_config(fresh_url), "head")
+        assert current_revision(fresh_url) == "0004"  # nothing half-applied
+        sealed = upgrade(fresh_url, keyring=keyring)
+        assert (sealed.sealed, sealed.stale_contact_ids) == (2, (3,))
+        assert current_revision(fresh_url) == "0005"
         with Session(engine) as session:
             report = consent.verify_chain(session, 1, keyring=keyring)
             assert (report.ok, report.seal, report.length) == (True, SealStatus.VALID, 2)
             assert consent.verify_chain(session, 3, keyring=keyring).seal is SealStatus.STALE
             assert consent.verify_chain(session, 2, keyring=keyring).seal is SealStatus.EMPTY
+        assert upgrade(fresh_url, keyring=keyring).sealed == 0  # nothing left to seal
     finally:
         engine.dispose()

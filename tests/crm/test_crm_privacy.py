@@ -159,7 +159,16 @@ class TestEraseContact:
         # idempotent, and no new consent can be recorded for an erased contact
         assert privacy.erase_contact(session, merchant_id, cid, actor="x", clock=clock).id == log.id
         with pytest.raises(ContactErased):
-            consent.grant(session, merchant_id, cid, "marketing", "email", actor="x", clock=clock)
+            consent.grant(
+                session,
+                merchant_id,
+                cid,
+                "marketing",
+                "email",
+                actor="x",
+                clock=clock,
+                keyring=keyring,
+            )
         assert count(session, ErasureLog) == 1
 
 

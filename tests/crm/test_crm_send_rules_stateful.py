@@ -4,6 +4,7 @@ twice within the frequency cap, counting deliveries that may have arrived (SQLit
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import event, settings
@@ -75,6 +76,7 @@ class SendRules(RuleBasedStateMachine):
                     "email",
                     actor="c",
                     clock=self.clock,
+                    keyring=KEYRING,
                 )
         self.model: dict[tuple[int, str, str], bool] = {
             (cid, "service_followup", "email"): True for cid, _ in self.contacts[:2]
@@ -88,10 +90,15 @@ class SendRules(RuleBasedStateMachine):
 
     contact_ix = st.integers(0, len(ZONES) - 1)
 
+    @property
+    def _by_contact(self) -> dict[str, Any]:
+        """Who records a consent change in these rules, and with what."""
+        return {"actor": "c", "clock": self.clock, "keyring": KEYRING}
+
     @rule(i=contact_ix, purpose=st.sampled_from(PURPOSES), channel=st.sampled_from(CHANNELS))
     def grant(self, i: int, purpose: str, channel: str) -> None:
         cid = self.contacts[i][0]
-        consent.grant(self.session, self.mid, cid, purpose, channel, actor="c", clock=self.clock)
+        consent.grant(self.session, self.mid, cid, purpose, channel, **self._by_contact)
         self.model[(cid, purpose, channel)] = True
 
     @rule(
@@ -101,14 +108,14 @@ class SendRules(RuleBasedStateMachine):
     )
     def withdraw(self, i: int, purpose: str, channel: str | None) -> None:
         cid = self.contacts[i][0]
-        consent.withdraw(self.session, self.mid, cid, purpose, channel, actor="c", clock=self.clock)
+        consent.withdraw(self.session, self.mid, cid, purpose, channel, **self._by_contact)
         for ch in [c.value for c in Channel] if channel is None else [channel]:
             self.model[(cid, purpose, ch)] = False
 
     @rule(i=contact_ix, purpose=st.sampled_from(PURPOSES))
     def object_(self, i: int, purpose: str) -> None:
         cid = self.contacts[i][0]
-        consent.object_to(self.session, self.mid, cid, purpose, actor="c", clock=self.clock)
+        consent.object_to(self.session, self.mid, cid, purpose, **self._by_contact)
         for ch in Channel:
             self.model[(cid, purpose, ch.value)] = False
 

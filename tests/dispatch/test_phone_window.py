@@ -62,7 +62,14 @@ def _shop(engine, clock, window):
             clock,
         )
         consent.grant(
-            session, shop.id, person.id, "service_followup", "phone", actor="ada", clock=clock
+            session,
+            shop.id,
+            person.id,
+            "service_followup",
+            "phone",
+            actor="ada",
+            clock=clock,
+            keyring=KEYRING,
         )
         followups.schedule_for_payment(
             session, shop.id, person.id, "pay_1", "inv_1", 1, "tUSD", clock.now(), clock

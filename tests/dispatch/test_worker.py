@@ -143,7 +143,14 @@ def shop_with(engine, clock, *, channel, consented=True, phone=None, email="ada@
         )
         if consented:
             consent.grant(
-                session, shop.id, person.id, "service_followup", channel, actor="ada", clock=clock
+                session,
+                shop.id,
+                person.id,
+                "service_followup",
+                channel,
+                actor="ada",
+                clock=clock,
+                keyring=KEYRING,
             )
         followups.schedule_for_payment(
             session, shop.id, person.id, "pay_1", "inv_1", 25_000_000, "tUSD", clock.now(), clock
@@ -209,7 +216,14 @@ class TestEmail:
         shop_id, contact_id = shop_with(engine, clock, channel="email")
         with Session(engine) as session, session.begin():
             consent.withdraw(
-                session, shop_id, contact_id, "service_followup", "email", actor="ada", clock=clock
+                session,
+                shop_id,
+                contact_id,
+                "service_followup",
+                "email",
+                actor="ada",
+                clock=clock,
+                keyring=KEYRING,
             )
         channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
         Worker(engine, KEYRING, channels, clock).run_once()
@@ -612,7 +626,14 @@ def three_due(engine, clock, time_zone="Europe/London"):
             session, shop.id, ContactCreate(name="Ada", time_zone=time_zone), KEYRING, clock
         )
         consent.grant(
-            session, shop.id, person.id, "service_followup", "in_app", actor="ada", clock=clock
+            session,
+            shop.id,
+            person.id,
+            "service_followup",
+            "in_app",
+            actor="ada",
+            clock=clock,
+            keyring=KEYRING,
         )
         for n in range(3):
             followups.schedule_for_payment(

@@ -111,7 +111,14 @@ def test_followpay_worker_once_sends_an_sms_followup_to_the_merchants_gateway(
             session, shop.id, ContactCreate(name="Ada", phone="+442071838750"), keyring, clock
         )
         consent.grant(
-            session, shop.id, person.id, "service_followup", "sms", actor="ada", clock=clock
+            session,
+            shop.id,
+            person.id,
+            "service_followup",
+            "sms",
+            actor="ada",
+            clock=clock,
+            keyring=keyring,
         )
         followups.schedule_for_payment(
             session, shop.id, person.id, "pay_1", "inv_1", 25_000_000, "tUSD", clock.now(), clock

@@ -54,7 +54,14 @@ def open_shop(engine, market, clock, keyring) -> Shop:
             clock,
         )
         consent.grant(
-            session, merchant.id, contact.id, "service_followup", "email", actor="ada", clock=clock
+            session,
+            merchant.id,
+            contact.id,
+            "service_followup",
+            "email",
+            actor="ada",
+            clock=clock,
+            keyring=keyring,
         )
         followups.create_policy(
             session, merchant.id, FollowUpPolicyCreate(delay_minutes=60), actor="owner", clock=clock

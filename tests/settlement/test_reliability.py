@@ -278,7 +278,14 @@ def _setup(chain: Chain, engine: sa.Engine, keyring: KeyRing) -> tuple[Any, list
             )
             assert contact.id is not None
             consent.grant(
-                session, shop.id, contact.id, "service_followup", "email", actor="c", clock=clock
+                session,
+                shop.id,
+                contact.id,
+                "service_followup",
+                "email",
+                actor="c",
+                clock=clock,
+                keyring=keyring,
             )
             contact_ids.append(contact.id)
         account = invoices.register_account(
