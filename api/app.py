@@ -12,7 +12,6 @@ The lifespan owns the SQLAlchemy engine unless one is passed in (tests pass thei
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -48,12 +47,14 @@ from api.deps import (
 from api.errors import (
     ApiError,
     RateLimited,
+    Unauthorized,
     error_json,
     install_error_handlers,
     install_log_redaction,
     render_exception,
 )
 from api.idempotency import service as idempotency
+from api.keys import service as keys_service
 from api.routes import api_router
 from api.runtime import WarmHeapFreezer
 from api.settings import Settings, get_settings
@@ -111,8 +112,15 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+#: The customer-link routes (``api.routes.public``): no API key, limited per client address.
+_PUBLIC_PREFIX = "/v1/public/"
+
+
 class _RateLimitMiddleware:
-    """Keyed by a hash of the presented bearer credential (or the client address without one)."""
+    """Keyed by the presented API key, however the header spells it (the key's digest, as
+    authentication computes it), else by the client address: on customer-link routes, which
+    take no key, and for a header that holds no well-formed key (a fresh junk header per
+    request must not buy a fresh bucket)."""
 
     EXEMPT = frozenset({"/v1/health"})
 
@@ -124,12 +132,7 @@ class _RateLimitMiddleware:
         if scope["type"] != "http" or scope.get("path") in self.EXEMPT:
             await self.app(scope, receive, send)
             return
-        auth = _header(scope, b"authorization")
-        if auth:
-            bucket = "key:" + hashlib.sha256(auth).hexdigest()[:32]
-        else:
-            client = scope.get("client") or ("unknown", 0)
-            bucket = f"ip:{client[0]}"
+        bucket = self._bucket(scope)
         wait = self.limiter.take(bucket)
         if wait > 0:
             exc = RateLimited(retry_after=math.ceil(wait))
@@ -139,6 +142,17 @@ class _RateLimitMiddleware:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _bucket(scope: Scope) -> str:
+        auth = _header(scope, b"authorization")
+        if auth and not str(scope.get("path", "")).startswith(_PUBLIC_PREFIX):
+            try:
+                return "key:" + keys_service.digest_of(auth.decode("latin-1"))[:32]
+            except Unauthorized:
+                pass
+        client = scope.get("client") or ("unknown", 0)
+        return f"ip:{client[0]}"
 
 
 class _BodyLimitMiddleware:

@@ -65,14 +65,16 @@ class ConfigCache:
             return value  # type: ignore[no-any-return]
         with self._lock:
             gate = self._loading.setdefault(key, threading.Lock())
-        with gate:
-            value = self.get(key)
-            if value is None:
-                value = loader()
-                self.put(key, value)
-        with self._lock:
-            if self._loading.get(key) is gate and not gate.locked():
-                del self._loading[key]
+        try:
+            with gate:
+                value = self.get(key)
+                if value is None:
+                    value = loader()
+                    self.put(key, value)
+        finally:  # a loader that raises (an unknown API key) must not leave its gate behind
+            with self._lock:
+                if self._loading.get(key) is gate and not gate.locked():
+                    del self._loading[key]
         return value  # type: ignore[no-any-return]
 
     def clear(self) -> None:

@@ -272,7 +272,8 @@ def _log_server_error(exc: BaseException, where: str) -> None:
     # The traceback without locals, with known secret shapes masked; engines are built with
     # hide_parameters=True and no request header or body is ever formatted into the line.
     trace = redact("".join(traceback.format_exception(exc)))
-    logger.error("unhandled %s during %s\n%s", type(exc).__name__, where, trace)
+    # ``where`` is the concrete path: a customer link's token is in it
+    logger.error("unhandled %s during %s\n%s", type(exc).__name__, redact(where), trace)
 
 
 def _render_domain(exc: BaseException, where: str) -> JSONResponse:

@@ -280,6 +280,21 @@ class TestRedact:
         assert leak not in out
         assert "[REDACTED]" in out
 
+    @pytest.mark.parametrize("exc", [RuntimeError("boom"), ChainDown("rpc down")])
+    def test_a_5xx_on_a_customer_link_never_logs_its_token(self, exc, caplog):
+        """A database or node failure under a public route logs where it happened, masked."""
+        from api.errors import render_exception
+
+        token = "T0ken_" + "y" * 30
+        with caplog.at_level(logging.ERROR, logger="followpay.api"):
+            response = render_exception(
+                exc, method="POST", path=f"/v1/public/consent/{token}/withdraw"
+            )
+        assert response.status_code in (500, 502)
+        logged = "\n".join(rec.getMessage() for rec in caplog.records)
+        assert "POST /v1/public/consent/[REDACTED]/withdraw" in logged
+        assert token not in logged
+
     def test_the_access_log_never_prints_a_customer_link_token(self, make_app, caplog):
         """uvicorn's access logger, after the app is built: the path's token is masked."""
         import logging

@@ -189,6 +189,20 @@ class TestConfigCache:
         with pytest.raises(ValueError, match="ttl"):
             ConfigCache(-1)
 
+    def test_a_failing_load_leaves_nothing_behind(self):
+        """Every request with an unknown key fails its load: none may leave a gate behind (a
+        stream of random keys grew the cache's memory without bound)."""
+        cache = ConfigCache(60)
+
+        def unknown() -> str:
+            raise LookupError("no such key")
+
+        for n in range(50):
+            with pytest.raises(LookupError):
+                cache.load(f"digest-{n}", unknown)
+        assert (len(cache), len(cache._loading)) == (0, 0)
+        assert cache.load("digest-0", lambda: "value") == "value"  # a later load still works
+
     def test_concurrent_misses_load_once(self):
         cache = ConfigCache(60)
         calls: list[int] = []

@@ -66,6 +66,34 @@ class TestRateLimit:
         assert other.status_code == 200
         assert health.status_code == 200
 
+    def test_one_key_is_one_bucket_however_the_header_spells_it(self, make_app, new_key):
+        config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=3)
+        key = new_key(merchant_id="m_a")
+        spellings = [f"Bearer {key}", f"bearer {key}", key, f"  BEARER   {key} "]
+        with TestClient(make_app(config)) as c:
+            statuses = [
+                c.get("/v1/webhook_endpoints", headers={"Authorization": s}).status_code
+                for s in spellings
+            ]
+        assert statuses == [200, 200, 200, 429]
+
+    def test_customer_links_are_limited_per_client_whatever_header_they_send(self, make_app):
+        """A fresh junk ``Authorization`` per request bought a fresh bucket on the routes that
+        take no key; they are limited per client address."""
+        config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=3)
+        with TestClient(make_app(config)) as c:
+            statuses = [
+                c.get(
+                    f"/v1/public/consent/{'x' * 43}",
+                    headers={"Authorization": f"Bearer fp_test_{n:043d}"},
+                ).status_code
+                for n in range(4)
+            ]
+            junk = c.get("/v1/webhook_endpoints", headers={"Authorization": "junk"})
+        assert statuses[-1] == 429
+        assert 429 not in statuses[:-1]
+        assert junk.status_code == 429  # a malformed key shares the client's bucket too
+
     def test_bucket_refills(self):
         limiter = TokenBucketLimiter(rate=2.0, burst=2)
         assert limiter.take("k", now=0.0) == 0.0
