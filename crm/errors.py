@@ -38,6 +38,7 @@ __all__ = [
     "FeedbackFrozen",
     "FeedbackNotFound",
     "FeedbackNotSubmitted",
+    "FeedbackPaymentReversed",
     "FeedbackTokenExpired",
     "FeedbackTokenInvalid",
     "FeedbackTokenUsed",
@@ -191,6 +192,14 @@ class InvalidTransition(Conflict):
 
 class FeedbackTokenUsed(Conflict):
     code = "feedback_token_used"
+    param = "token"
+
+
+class FeedbackPaymentReversed(Conflict):
+    """The link's payment is no longer on chain (a reorg) or its invoice was invalidated: there
+    is no sale to rate or reward."""
+
+    code = "feedback_payment_reversed"
     param = "token"
 
 

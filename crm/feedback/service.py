@@ -21,6 +21,7 @@ from crm.errors import (
     FeedbackFrozen,
     FeedbackNotFound,
     FeedbackNotSubmitted,
+    FeedbackPaymentReversed,
     FeedbackTokenExpired,
     FeedbackTokenInvalid,
     FeedbackTokenUsed,
@@ -99,6 +100,13 @@ def submit_feedback(
     now = clock.now()
     if fb.token_expires_at is None or now >= fb.token_expires_at:
         raise FeedbackTokenExpired("this feedback link has expired")
+    surveyed = followups_repo.get(session, merchant_id, fb.followup_id)
+    if surveyed is not None and followups_repo.purchase_reversed(
+        session, merchant_id, surveyed.invoice_ref
+    ):
+        raise FeedbackPaymentReversed(
+            "the payment this link asks about was reversed or its invoice invalidated"
+        )
     contact = contacts_repo.get(session, merchant_id, fb.contact_id)
     assert contact is not None
     assert fb.id is not None

@@ -77,6 +77,7 @@ class Purchase(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("merchant_id", "payment_ref"),
         sa.Index(None, "contact_id", "settled_at"),
+        sa.Index(None, "merchant_id", "invoice_ref"),  # a sale's purchases, across reorgs
         sa.CheckConstraint("amount_minor >= 0", name="amount_minor"),
     )
 

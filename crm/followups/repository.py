@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -17,13 +18,13 @@ _T = TypeVar("_T")
 
 __all__ = [
     "PENDING",
+    "KnownPurchases",
     "add_event",
     "add_purchase",
     "claim_conditional",
     "claim_skip_locked",
     "contacts_with_pending",
     "due_to_expire",
-    "existing_purchase_refs",
     "first_purchases_without_periodic",
     "get",
     "get_for_update",
@@ -34,6 +35,8 @@ __all__ = [
     "insert_events",
     "insert_followups",
     "insert_purchases",
+    "kinds_reached",
+    "known_purchases",
     "last_contacted_at",
     "last_contacted_many",
     "list_events",
@@ -45,6 +48,7 @@ __all__ = [
     "lock_contact_of",
     "lock_contacts",
     "merchants_with_policy",
+    "purchase_reversed",
     "save",
     "save_policy",
     "stale_claims",
@@ -62,9 +66,14 @@ _CONTACTS = Contact.__table__  # type: ignore[attr-defined]
 _CONTACTED = sa.func.coalesce(_FOLLOWUPS.c.sent_at, _FOLLOWUPS.c.attempted_at)
 _INSERT_PURCHASE = sa.insert(_PURCHASES)
 # Built once: the settlement indexer runs these every step.
-_PURCHASE_REFS = sa.select(_PURCHASES.c.payment_ref).where(
+_PURCHASE_REFS = sa.select(
+    _PURCHASES.c.payment_ref, _PURCHASES.c.invoice_ref, _PURCHASES.c.cancelled_at
+).where(
     _PURCHASES.c.merchant_id == sa.bindparam("merchant_id"),
-    _PURCHASES.c.payment_ref.in_(sa.bindparam("refs", expanding=True)),
+    sa.or_(
+        _PURCHASES.c.payment_ref.in_(sa.bindparam("refs", expanding=True)),
+        _PURCHASES.c.invoice_ref.in_(sa.bindparam("invoices", expanding=True)),
+    ),
 )
 _FOLLOWUP_IDS = sa.select(_FOLLOWUPS.c.id, _FOLLOWUPS.c.payment_ref, _FOLLOWUPS.c.kind).where(
     _FOLLOWUPS.c.merchant_id == sa.bindparam("merchant_id"),
@@ -87,13 +96,60 @@ def _chunks(values: Iterable[_T]) -> Iterator[list[_T]]:
 # --- bulk (the settlement indexer schedules a block range's payments at once) -----------------
 
 
-def existing_purchase_refs(session: Session, merchant_id: int, refs: Iterable[str]) -> set[str]:
-    found: set[str] = set()
+@dataclass(frozen=True, slots=True)
+class KnownPurchases:
+    """What :func:`known_purchases` found: the payment refs already recorded, and per invoice
+    the refs of its earlier purchases that were cancelled (a reorg, an invalidation)."""
+
+    recorded: set[str]
+    cancelled: dict[str, list[str]]
+
+
+def known_purchases(
+    session: Session, merchant_id: int, invoices_by_ref: Mapping[str, str]
+) -> KnownPurchases:
+    """One statement per chunk of ``payment_ref -> invoice_ref``: the refs already recorded,
+    and the cancelled earlier purchases of the same invoices (a payment a reorg removed and
+    the chain took again)."""
+    recorded: set[str] = set()
+    cancelled: dict[str, list[str]] = {}
     conn = session.connection()
+    for chunk in _chunks(invoices_by_ref.items()):
+        params = {
+            "merchant_id": merchant_id,
+            "refs": [ref for ref, _ in chunk],
+            "invoices": sorted({invoice for _, invoice in chunk}),
+        }
+        for ref, invoice, cancelled_at in conn.execute(_PURCHASE_REFS, params):
+            if ref in invoices_by_ref:
+                recorded.add(ref)
+            elif cancelled_at is not None:
+                cancelled.setdefault(invoice, []).append(ref)
+    return KnownPurchases(recorded, cancelled)
+
+
+def kinds_reached(session: Session, merchant_id: int, refs: Iterable[str]) -> set[tuple[str, str]]:
+    """``(payment_ref, kind)`` of the follow-ups of ``refs`` that may have reached their contact
+    (sent, or an attempt that may have delivered)."""
+    found: set[tuple[str, str]] = set()
     for chunk in _chunks(refs):
-        params = {"merchant_id": merchant_id, "refs": chunk}
-        found.update(conn.execute(_PURCHASE_REFS, params).scalars())
+        stmt = sa.select(_FOLLOWUPS.c.payment_ref, _FOLLOWUPS.c.kind).where(
+            _FOLLOWUPS.c.merchant_id == merchant_id,
+            _FOLLOWUPS.c.payment_ref.in_(chunk),
+            _CONTACTED.is_not(None),
+        )
+        found.update((ref, kind) for ref, kind in session.connection().execute(stmt))
     return found
+
+
+def purchase_reversed(session: Session, merchant_id: int, invoice_ref: str) -> bool:
+    """Whether the invoice's purchases were all cancelled (a reorg, an invalidation); False
+    while one holds, or when the CRM recorded none."""
+    stmt = sa.select(_PURCHASES.c.cancelled_at).where(
+        _PURCHASES.c.merchant_id == merchant_id, _PURCHASES.c.invoice_ref == invoice_ref
+    )
+    found = session.connection().execute(stmt).scalars().all()
+    return bool(found) and all(cancelled is not None for cancelled in found)
 
 
 def insert_purchases(session: Session, rows: list[dict[str, Any]]) -> None:

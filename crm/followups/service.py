@@ -479,6 +479,24 @@ def _check_payment(p: SettledPayment) -> None:
         raise InvalidRequest("currency is required", code="invalid_currency", param="currency")
 
 
+def _not_surveyed_yet(
+    session: Session,
+    merchant_id: int,
+    payments: list[SettledPayment],
+    cancelled: dict[str, list[str]],
+) -> list[SettledPayment]:
+    """Drop the payments whose invoice was already surveyed: a reorg removed its earlier
+    payment after the follow-up went out, and the chain took the payment again. The purchase
+    is recorded anew (so the old link rates again, see ``crm.feedback``); a second survey of
+    the same sale is not sent. Without such an invoice (the usual case) no query is made."""
+    earlier = {ref: invoice for invoice, refs in cancelled.items() for ref in refs}
+    if not earlier:
+        return payments
+    reached = repo.kinds_reached(session, merchant_id, earlier)
+    surveyed = {earlier[ref] for ref, kind in reached if kind == Trigger.PAYMENT_SETTLED.value}
+    return [p for p in payments if p.invoice_ref not in surveyed]
+
+
 def schedule_for_payments(
     session: Session, merchant_id: int, payments: Sequence[SettledPayment], clock: Clock
 ) -> ScheduleOutcome:
@@ -499,12 +517,14 @@ def schedule_for_payments(
     if not unique:
         return outcome
     known = contacts.get_traits(session, merchant_id, {p.contact_id for p in unique.values()})
-    existing = repo.existing_purchase_refs(session, merchant_id, unique)
+    purchases = repo.known_purchases(
+        session, merchant_id, {ref: p.invoice_ref for ref, p in unique.items()}
+    )
     todo: list[SettledPayment] = []
     for ref, p in unique.items():
         if p.contact_id not in known:
             outcome.missing_contact.append(ref)
-        elif ref in existing:
+        elif ref in purchases.recorded:
             outcome.existing.append(ref)
         else:
             todo.append(p)
@@ -541,6 +561,7 @@ def schedule_for_payments(
     policy = repo.get_policy(session, merchant_id, Trigger.PAYMENT_SETTLED)
     if policy is None or not policy.active:
         return outcome
+    todo = _not_surveyed_yet(session, merchant_id, todo, purchases.cancelled)
     now = clock.now()
     ids = {p.contact_id for p in todo}
     channels = {cid: choose_channels(policy, known[cid]) for cid in ids}

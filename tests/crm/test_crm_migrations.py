@@ -26,6 +26,10 @@ from crm.followups.models import Purchase
 from .conftest import START, pg_schema_url
 
 
+def _crm_head() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def _include(obj, name, type_, reflected, compare_to):  # type: ignore[no-untyped-def]
     if type_ == "table":
         return is_crm_table(name) and name != VERSION_TABLE
@@ -217,7 +221,7 @@ def test_0003_backfills_unsealed_heads_that_0005_requires_sealed(fresh_url: str 
         assert current_revision(fresh_url) == "0004"  # nothing half-applied
         sealed = upgrade(fresh_url, keyring=keyring)
         assert (sealed.sealed, sealed.stale_contact_ids) == (2, (3,))
-        assert current_revision(fresh_url) == "0005"
+        assert current_revision(fresh_url) == _crm_head()
         with Session(engine) as session:
             report = consent.verify_chain(session, 1, keyring=keyring)
             assert (report.ok, report.seal, report.length) == (True, SealStatus.VALID, 2)

@@ -6,11 +6,17 @@ the same heights (different hashes), holding only the transactions it is given.
 
 from __future__ import annotations
 
+import pytest
 from sqlmodel import Session, col, func, select
 
 from api.settlement import invoices
 from api.settlement.models import IndexerCursor, InvoiceState, Payment, PaymentState
+from crm import followups
+from crm.errors import FeedbackPaymentReversed
+from crm.feedback import service as feedback
+from crm.feedback.models import FeedbackCreate
 from crm.followups.models import Purchase
+from crm.rewards import service as rewards
 from tests.settlement.conftest import MarketSuite
 from tests.settlement.test_indexer import (
     AMOUNT,
@@ -130,6 +136,51 @@ class TestAnvilReorg(MarketSuite):
         )
         states = sorted(f.state for f in followups_of(engine, shop.merchant_id))
         assert states == ["cancelled", "scheduled"]
+
+    def test_a_sale_surveyed_before_a_reorg_is_not_rated_while_reversed_nor_surveyed_twice(
+        self, engine, market, clock, keyring
+    ):
+        """The follow-up went out, then a reorg dropped the payment: its link refuses (nothing
+        written, no reward) while the sale is off chain. The chain takes the payment again: no
+        second survey of the same sale, and the first link rates and rewards once."""
+        shop = open_shop(engine, market, clock, keyring)
+        invoice = new_invoice(engine, market, shop, clock, confirmations=1)
+        raw = _signed_pay(engine, market, invoice, market.payers[2])
+        w3 = market.chain.w3
+        w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
+        indexer = indexer_for(engine, market, clock)
+        assert indexer.poll_once().settled == [invoice.id]
+        [scheduled] = followups_of(engine, shop.merchant_id)
+        with Session(engine) as session, session.begin():
+            [fid] = followups.claim_due(session, scheduled.due_at, 10, "w1")
+            sent = followups.prepare_send(session, fid, scheduled.due_at, keyring, worker_id="w1")
+            assert sent is not None
+            followups.mark_sent(session, fid, scheduled.due_at, worker_id="w1")
+
+        def rate(session):
+            rating = FeedbackCreate(rating=5)
+            return feedback.submit_feedback(
+                session, shop.merchant_id, sent.token, rating, keyring=keyring, clock=clock
+            )
+
+        market.chain.request("anvil_reorg", [1, []])  # the payment is gone
+        assert indexer.poll_once().reorged_to is not None
+        assert [p.cancelled_at is not None for p in _purchases(engine)] == [True]
+        with Session(engine) as session, session.begin():
+            with pytest.raises(FeedbackPaymentReversed):
+                rate(session)
+            assert rewards.balance(session, shop.merchant_id, shop.contact_id) == 0
+
+        w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))  # mined again
+        assert indexer.poll_once().settled == [invoice.id]
+        assert [p.cancelled_at is None for p in _purchases(engine)] == [False, True]
+        assert [(f.id, f.state) for f in followups_of(engine, shop.merchant_id)] == [(fid, "sent")]
+        with Session(engine) as session, session.begin():
+            answer = rate(session)
+            assert answer.reward_points > 0
+            assert rewards.balance(session, shop.merchant_id, shop.contact_id) == (
+                answer.reward_points
+            )
 
     def test_reorg_below_six_confirmations_unwinds_a_pending_payment_and_repaying_settles_once(
         self, engine, market, clock, keyring
