@@ -34,7 +34,8 @@ secret material in its message or arguments.
         ├── TransactionRevertedError      .name / .error_args: the decoded custom error
         ├── ReceiptTimeoutError (TimeoutError)
         ├── TransactionReplacedError      .replacement_hash
-        └── BroadcastError
+        ├── BroadcastError                the node answered with a refusal
+        └── BroadcastUncertainError       no answer: the tx may be on the node (.tx_hash)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "AnvilNotFoundError",
     "AnvilStartError",
     "BroadcastError",
+    "BroadcastUncertainError",
     "ChainError",
     "ChainIdMismatchError",
     "ChainUnreachableError",
@@ -296,3 +298,29 @@ class BroadcastError(TransactionError):
     """The node refused a raw transaction (message is the node's, it never contains keys)."""
 
     code = "broadcast_failed"
+
+
+class BroadcastUncertainError(TransactionError):
+    """The node never answered a broadcast (timeout, reset, 5xx), so it may hold the transaction.
+
+    Not a refusal: the transaction stays journaled and its nonce stays spent. Never re-send the
+    payment; resolve *this* transaction instead: ``Sender.rebroadcast(error.sent)`` sends the
+    same signed bytes again (idempotent), ``Sender.wait(error.sent)`` waits for its receipt.
+    ``sent`` is the :class:`~wallet.sender.SentTransaction` (``None`` when unknown).
+    """
+
+    status_code = 504
+    code = "broadcast_uncertain"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tx_hash: str | None = None,
+        nonce: int | None = None,
+        sent: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.tx_hash = tx_hash
+        self.nonce = nonce
+        self.sent = sent

@@ -5,18 +5,23 @@ workers race, a failed broadcast leaves a gap that blocks every later transactio
 between signing and sending forgets a transaction the node may or may not have seen. Here:
 
 * **Distinct, gap-free nonces under concurrency.** :meth:`NonceManager.reserve` hands out
-  nonces under a lock. A nonce whose broadcast fails is *given back*: if it is the highest
-  reserved the counter steps back; otherwise it goes to a free list and the next
-  :meth:`reserve` takes it first, so the hole is filled by the next transaction instead of
-  stalling every later one.
+  nonces under a lock. A nonce whose broadcast the node *refused* (a JSON-RPC error answer) is
+  *given back*: if it is the highest reserved the counter steps back; otherwise it goes to a
+  free list and the next :meth:`reserve` takes it first, so the hole is filled by the next
+  transaction instead of stalling every later one. A broadcast that got *no answer* (timeout,
+  reset) is not a refusal: the node may hold the transaction, so its journal entry stays live
+  and its nonce stays spent (:meth:`NonceManager.uncertain`).
 * **A write-ahead journal.** Every signed transaction is committed to SQLite (WAL) *before* it
   is broadcast, together with the next nonce.
 * **Reconciliation at start** (:meth:`NonceManager.reconcile`): journaled transactions whose
-  nonce the chain has already used are closed; the others are rebroadcast in nonce order (the
-  node answering "already known" is fine). A journaled transaction the node refuses — and that
-  the chain never saw — gives its nonce back to be reused. The next nonce becomes
-  ``max(chain pending count, highest live journaled nonce + 1)``, minus nothing: nonces reserved
-  but never signed before a crash are simply reused, because nobody ever saw them.
+  nonce the chain has already used are closed; the others are rebroadcast byte for byte in
+  nonce order ("already known" is fine, "nonce too low" closes them). Only the chain closes an
+  entry: one the node refuses (fee below the base fee, full pool, no funds) stays live and its
+  nonce held — it is reported as ``stuck``, to be replaced at the same nonce
+  (``Sender.stuck()`` + ``Sender.replace``/``cancel``). If the node does not answer at all,
+  reconcile raises :class:`~wallet.errors.ChainUnreachableError` with the journal untouched.
+  The next nonce becomes ``max(chain pending count, highest live journaled nonce + 1)``: nonces
+  reserved but never signed before a crash are simply reused, because nobody ever saw them.
 
 One ledger file may be shared by several managers (one per ``(chain_id, address)``); SQLite's
 own locking makes it safe across processes, but two *processes* sending from the same address
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wallet.errors import NonceError
+from wallet.errors import BroadcastUncertainError, ChainUnreachableError, NonceError
 from wallet.fsutil import ensure_private_dir, followpay_home
 
 __all__ = ["JournalEntry", "NonceLedger", "NonceManager", "ReconcileReport"]
@@ -75,13 +80,20 @@ class JournalEntry:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileReport:
+    """What :meth:`NonceManager.reconcile` did; the tuples hold transaction hashes.
+
+    ``stuck``: journaled transactions the node refused at a nonce nothing else of ours covers.
+    They stay live and keep their nonce (every later transaction waits behind them): replace
+    or cancel them at the same nonce.
+    """
+
     chain_latest: int
     chain_pending: int
     stored_next: int | None
     next_nonce: int
     rebroadcast: tuple[str, ...]
     closed: tuple[str, ...]
-    dropped: tuple[str, ...]
+    stuck: tuple[str, ...]
 
 
 class NonceLedger:
@@ -203,6 +215,22 @@ class NonceLedger:
         )
         return [JournalEntry(int(n), str(h), bytes(r), str(s)) for n, h, r, s in rows]
 
+    def entry(self, chain_id: int, address: str, tx_hash: str) -> JournalEntry | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT nonce, tx_hash, raw, status FROM tx_journal WHERE chain_id=? AND address=? "
+                "AND tx_hash=?",
+                (chain_id, address, tx_hash),
+            )
+            .fetchone()
+        )
+        return (
+            None
+            if row is None
+            else JournalEntry(int(row[0]), str(row[1]), bytes(row[2]), str(row[3]))
+        )
+
     def entries_for_nonce(self, chain_id: int, address: str, nonce: int) -> list[JournalEntry]:
         rows = (
             self._conn()
@@ -281,7 +309,8 @@ class _transaction:
 #: ``(address, block) -> transaction count``; ``block`` is ``"latest"`` or ``"pending"``.
 CountFn = Callable[[str, str], int]
 #: Broadcast a raw transaction; returns nothing, raises on refusal. ``"already known"`` must not
-#: raise (the sender maps it to success).
+#: raise (the sender maps it to success); no answer at all must raise
+#: :class:`~wallet.errors.BroadcastUncertainError`.
 BroadcastFn = Callable[[bytes], None]
 
 
@@ -326,28 +355,51 @@ class NonceManager:
         cid, addr = self.chain_id, self.address
         latest = self._get_count(addr, "latest")
         stored = self.ledger.stored_next(cid, addr)
-        closed = self.ledger.close_below(cid, addr, latest)
-        rebroadcast: list[str] = []
-        dropped: list[str] = []
-        live_nonces: set[int] = set()
+        # Ask the node about every entry before writing anything: if it stops answering
+        # half-way, the journal and this manager are left exactly as they were.
+        answers: list[tuple[JournalEntry, Exception | None]] = []
         for entry in self.ledger.live(cid, addr):
-            if self._broadcast is None:
-                live_nonces.add(entry.nonce)
+            if entry.nonce < latest or self._broadcast is None:
+                answers.append((entry, None))
                 continue
             try:
                 self._broadcast(entry.raw)
-            except Exception as exc:
-                if "nonce too low" in str(exc).lower():
-                    self.ledger.set_status(cid, addr, entry.tx_hash, "mined")
-                    closed.append(entry.tx_hash)
-                else:
-                    log.warning("journaled tx at nonce %s refused on rebroadcast", entry.nonce)
-                    self.ledger.set_status(cid, addr, entry.tx_hash, "dropped")
-                    dropped.append(entry.tx_hash)
-                continue
-            self.ledger.set_status(cid, addr, entry.tx_hash, "sent")
-            rebroadcast.append(entry.tx_hash)
-            live_nonces.add(entry.nonce)
+            except BroadcastUncertainError as exc:
+                raise ChainUnreachableError(
+                    f"nonce reconcile aborted: no answer from the node while rebroadcasting the "
+                    f"journaled transaction at nonce {entry.nonce}; the journal is unchanged, "
+                    "retry when the node is reachable"
+                ) from exc
+            except Exception as exc:  # the node answered with a refusal
+                answers.append((entry, exc))
+            else:
+                answers.append((entry, None))
+        closed = self.ledger.close_below(cid, addr, latest)
+        rebroadcast: list[str] = []
+        accepted: set[int] = set()
+        refused: dict[int, list[str]] = {}
+        for entry, refusal in answers:
+            if entry.nonce < latest:
+                continue  # closed above
+            if refusal is None:
+                if self._broadcast is not None:
+                    self.ledger.set_status(cid, addr, entry.tx_hash, "sent")
+                    rebroadcast.append(entry.tx_hash)
+                accepted.add(entry.nonce)
+            elif "nonce too low" in str(refusal).lower():
+                self.ledger.set_status(cid, addr, entry.tx_hash, "mined")
+                closed.append(entry.tx_hash)
+            else:
+                # Refused now, yet maybe held by another node, or valid once fees fall or funds
+                # arrive: keep it and its nonce; only the chain closes a journaled transaction.
+                log.warning(
+                    "journaled tx %s at nonce %s refused on rebroadcast: %s",
+                    entry.tx_hash, entry.nonce, str(refusal)[:200],
+                )  # fmt: skip
+                refused.setdefault(entry.nonce, []).append(entry.tx_hash)
+        # a refused sibling of an accepted replacement is expected, not stuck
+        stuck = [h for n, hashes in sorted(refused.items()) if n not in accepted for h in hashes]
+        live_nonces = accepted | set(refused)
         pending = self._get_count(addr, "pending")
         top = max(live_nonces, default=-1) + 1
         self._next = max(pending, latest, top)
@@ -364,13 +416,18 @@ class NonceManager:
             next_nonce=self._next,
             rebroadcast=tuple(rebroadcast),
             closed=tuple(closed),
-            dropped=tuple(dropped),
+            stuck=tuple(stuck),
         )
         self.last_report = report
+        if stuck:
+            log.warning(
+                "%d journaled tx(s) stuck for %s: replace or cancel them at the same nonce",
+                len(stuck), addr,
+            )  # fmt: skip
         log.debug(
             "nonce reconcile chain=%s address=%s latest=%s pending=%s stored=%s next=%s "
-            "rebroadcast=%d dropped=%d",
-            cid, addr, latest, pending, stored, self._next, len(rebroadcast), len(dropped),
+            "rebroadcast=%d stuck=%d",
+            cid, addr, latest, pending, stored, self._next, len(rebroadcast), len(stuck),
         )  # fmt: skip
         return report
 
@@ -419,8 +476,23 @@ class NonceManager:
         with self._lock:
             self._in_flight.discard(nonce)
 
+    def uncertain(self, nonce: int) -> None:
+        """The broadcast got no answer: the node may hold the transaction, so its journal entry
+        stays live and ``nonce`` stays spent (never given back). :meth:`reconcile` or a
+        rebroadcast of the same bytes settles it."""
+        with self._lock:
+            self._in_flight.discard(nonce)
+
+    def taken(self, nonce: int, tx_hash: str) -> None:
+        """The node said "nonce too low": the chain used ``nonce`` for another transaction, so
+        ours can never be mined. Drop its entry; the nonce is not given back."""
+        self.ledger.set_status(self.chain_id, self.address, tx_hash, "dropped")
+        with self._lock:
+            self._in_flight.discard(nonce)
+
     def release(self, nonce: int, tx_hash: str | None = None) -> None:
-        """The broadcast failed and the node never took it: give ``nonce`` back."""
+        """The node refused the broadcast (an error answer, so it never took it): give
+        ``nonce`` back. Not for a broadcast without an answer: see :meth:`uncertain`."""
         if tx_hash is not None:
             self.ledger.set_status(self.chain_id, self.address, tx_hash, "dropped")
         with self._lock:

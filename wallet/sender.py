@@ -5,6 +5,14 @@ between threads (and asyncio tasks through :meth:`Sender.send_async`): nonces co
 persisted :class:`~wallet.nonces.NonceManager`, every signed transaction is journaled before
 it is broadcast, and a refused broadcast gives its nonce back.
 
+* Refused vs unanswered: only an error *answer* from the node (a JSON-RPC error object, or an
+  exception from the in-process chain) is a refusal — :class:`BroadcastError` and friends, the
+  nonce is given back, nothing was sent. A broadcast without an answer (timeout, connection
+  reset, HTTP 429/5xx, a failed batch) may have reached the node: it raises
+  :class:`BroadcastUncertainError` carrying the :class:`SentTransaction`; the journal entry
+  stays live and the nonce spent. Settle it with :meth:`Sender.rebroadcast` (same signed
+  bytes, idempotent) or :meth:`Sender.wait` — never by sending the payment again.
+
 * Fees: ``eth_feeHistory`` → ``maxFeePerGas = 2 x next base fee + tip`` where the tip is the
   median 50th-percentile reward of recent blocks (floored at ``min_tip``). A node without a
   working fee history falls back to the latest block's base fee.
@@ -38,6 +46,8 @@ from eth_hash.auto import keccak
 
 from wallet.errors import (
     BroadcastError,
+    BroadcastUncertainError,
+    ChainUnreachableError,
     FeeBumpError,
     InsufficientFundsError,
     NonceError,
@@ -46,8 +56,8 @@ from wallet.errors import (
     TransactionReplacedError,
     TransactionRevertedError,
 )
-from wallet.nonces import NonceLedger, NonceManager
-from wallet.signing import SignedTransaction, Signer
+from wallet.nonces import JournalEntry, NonceLedger, NonceManager
+from wallet.signing import SignedTransaction, Signer, decode_transaction
 
 if TYPE_CHECKING:
     from wallet.chain import Chain
@@ -318,6 +328,18 @@ class _RpcError(Exception):
         self.data = data
 
 
+class _Unanswered(Exception):
+    """The request got no JSON-RPC answer: the node may or may not have processed it."""
+
+
+def _is_unanswered(exc: BaseException) -> bool:
+    """No answer from the node (vs an error answer, which is a refusal)."""
+    import httpx
+
+    # OSError covers ConnectionError, TimeoutError and ChainUnreachableError
+    return isinstance(exc, (_Unanswered, httpx.TransportError, OSError))
+
+
 _http_local = threading.local()
 
 
@@ -365,17 +387,23 @@ class _Coalescer:
         ]
         try:
             response = _http_client().post(self.url, json=payload if len(batch) > 1 else payload[0])
+            if response.status_code == 429 or response.status_code >= 500:
+                # a rate limiter or gateway answered, not the node (a 502/504 may come after
+                # the node took the request)
+                raise _Unanswered(f"HTTP {response.status_code} from the RPC endpoint")
             body = response.json()
-        except Exception as exc:  # the transport failed: every waiter gets the error
+        except Exception as exc:
+            # no answer for the whole batch: each waiter learns it may have been processed
+            lost = exc if isinstance(exc, _Unanswered) else _Unanswered(f"no answer: {exc!r}")
             for p in batch:
-                p.fail(exc)
+                p.fail(lost)
             return
         items = body if isinstance(body, list) else [body]
         by_id = {item.get("id"): item for item in items if isinstance(item, dict)}
         for i, p in enumerate(batch):
             item = by_id.get(i) or (items[0] if len(batch) == 1 and items else None)
-            if item is None:
-                p.fail(_RpcError("node returned no answer for this request"))
+            if not isinstance(item, dict) or ("result" not in item and "error" not in item):
+                p.fail(_Unanswered("the node returned no answer for this request"))
             elif item.get("error") is not None:
                 error = item["error"]
                 message = error.get("message", error) if isinstance(error, dict) else error
@@ -509,7 +537,10 @@ class Sender:
 
     def _count(self, address: str, block: str) -> int:
         if not self._in_process:
-            return _as_int(self._rpc("eth_getTransactionCount", [address, block]))
+            try:
+                return _as_int(self._rpc("eth_getTransactionCount", [address, block]))
+            except _Unanswered as exc:
+                raise ChainUnreachableError(f"no transaction count from the node: {exc}") from exc
         with self._w3() as w3:
             return int(w3.eth.get_transaction_count(address, block))
 
@@ -521,11 +552,15 @@ class Sender:
             w3.eth.send_raw_transaction(raw)
 
     def _rebroadcast(self, raw: bytes) -> None:
+        """The nonce manager's ``BroadcastFn``: "already known" is success, no answer is
+        :class:`BroadcastUncertainError`, a refusal is raised as the node phrased it."""
         try:
             self._broadcast_raw(raw)
         except Exception as exc:
             if _is_already_known(exc):
                 return
+            if _is_unanswered(exc):
+                raise BroadcastUncertainError(f"no answer from the node: {exc}") from exc
             raise
 
     # -- building ---------------------------------------------------------------------------
@@ -553,6 +588,8 @@ class Sender:
                 call["value"] = hex(int(call.get("value", 0) or 0))
                 estimate = _as_int(self._rpc("eth_estimateGas", [call]))
         except Exception as exc:
+            if _is_unanswered(exc):
+                raise ChainUnreachableError(f"no gas estimate from the node: {exc}") from exc
             reverted = _reverted(exc)
             if reverted is not None:
                 raise reverted from None
@@ -613,28 +650,51 @@ class Sender:
             )
         else:
             self.nonces.record(nonce, signed.hash, signed.raw)  # journal BEFORE broadcast
+        fees = Fees(int(tx["maxFeePerGas"]), int(tx["maxPriorityFeePerGas"]))
+        sent = SentTransaction(signed.hash, nonce, self.address, fees, dict(tx), signed)
         try:
             self._broadcast_raw(signed.raw)
         except Exception as exc:
-            if _is_already_known(exc):
-                pass
-            else:
-                error = _classify_broadcast(exc)
-                if replacing:
-                    self.ledger.set_status(self.chain_id, self.address, signed.hash, "dropped")
-                elif isinstance(error, NonceError):
-                    self.ledger.set_status(self.chain_id, self.address, signed.hash, "dropped")
-                    self.nonces.resync()
-                else:
-                    self.nonces.release(nonce, signed.hash)
-                raise error from None
+            if not _is_already_known(exc):
+                error = self._broadcast_failed(sent, exc, replacing=replacing)
+                # keep the transport failure as the cause; a refusal's message says it all
+                raise error from (exc if isinstance(error, BroadcastUncertainError) else None)
         if not replacing:
             self.nonces.sent(nonce, signed.hash)
         else:
             self.ledger.set_status(self.chain_id, self.address, signed.hash, "sent")
-        fees = Fees(int(tx["maxFeePerGas"]), int(tx["maxPriorityFeePerGas"]))
         log.debug("sent tx %s nonce=%s from=%s", signed.hash, nonce, self.address)
-        return SentTransaction(signed.hash, nonce, self.address, fees, dict(tx), signed)
+        return sent
+
+    def _broadcast_failed(
+        self, sent: SentTransaction, exc: Exception, *, replacing: bool
+    ) -> TransactionError:
+        """Settle the journal and the nonce after a failed broadcast; the error to raise."""
+        if _is_unanswered(exc):
+            # The node may hold it: the entry stays live (reconcile / rebroadcast settle it)
+            # and the nonce stays spent, or a retry would pay twice.
+            if not replacing:
+                self.nonces.uncertain(sent.nonce)
+            log.warning("no answer to the broadcast of %s (nonce %s)", sent.hash, sent.nonce)
+            return BroadcastUncertainError(
+                f"no answer from the node for transaction {sent.hash} (nonce {sent.nonce}); it "
+                "may have been sent: rebroadcast or wait for it, do not send it again",
+                tx_hash=sent.hash,
+                nonce=sent.nonce,
+                sent=sent,
+            )
+        error = _classify_broadcast(exc)
+        if replacing:
+            self.ledger.set_status(self.chain_id, self.address, sent.hash, "dropped")
+        elif isinstance(error, NonceError):
+            self.nonces.taken(sent.nonce, sent.hash)
+            try:
+                self.nonces.resync()
+            except ChainUnreachableError:
+                log.warning("nonce resync after %r found the node unreachable", error)
+        else:
+            self.nonces.release(sent.nonce, sent.hash)
+        return error
 
     async def send_async(self, *args: Any, **kwargs: Any) -> SentTransaction:
         """:meth:`send` for asyncio code (runs in a worker thread; nonces stay distinct)."""
@@ -660,6 +720,60 @@ class Sender:
         """Replace ``sent`` with a 0-value self-transfer at the same nonce."""
         body = {"to": self.address, "value": 0, "gas": 21_000, "type": 2}
         return self.replace(sent, fees=fees, tx=body)
+
+    # -- settling uncertain and stuck transactions ------------------------------------------
+
+    def rebroadcast(self, sent: SentTransaction | str) -> None:
+        """Send a journaled transaction's signed bytes again, e.g. after
+        :class:`BroadcastUncertainError`. Idempotent: the node keeps one copy.
+
+        Returns once the node holds it (or the chain used its nonce); raises
+        :class:`BroadcastUncertainError` again without an answer, or the node's refusal
+        (:class:`FeeBumpError` → :meth:`replace`). The journal entry stays live either way.
+        """
+        tx_hash = sent if isinstance(sent, str) else sent.hash
+        entry = self.ledger.entry(self.chain_id, self.address, tx_hash)
+        if entry is None:
+            raise TransactionError(f"transaction {tx_hash} is not in this sender's journal")
+        try:
+            self._rebroadcast(entry.raw)
+        except BroadcastUncertainError as exc:
+            exc.tx_hash, exc.nonce = tx_hash, entry.nonce
+            raise
+        except Exception as exc:
+            if "nonce too low" in str(exc).lower():
+                return  # mined, or replaced: wait() tells which and closes the entry
+            raise _classify_broadcast(exc) from None
+        if entry.status == "signed":
+            self.ledger.set_status(self.chain_id, self.address, tx_hash, "sent")
+
+    def stuck(self) -> list[SentTransaction]:
+        """The newest journaled transaction at each nonce the last reconcile found stuck (the
+        node refused it, e.g. its fee cap is below today's base fee), ready for
+        :meth:`replace` (bumped fees) or :meth:`cancel` at the same nonce."""
+        report = self.nonces.last_report
+        if report is None:
+            return []
+        newest: dict[int, JournalEntry] = {}
+        for tx_hash in report.stuck:
+            entry = self.ledger.entry(self.chain_id, self.address, tx_hash)
+            if entry is not None and entry.status in ("signed", "sent"):
+                newest[entry.nonce] = entry  # entries are listed oldest first
+        return [self._journaled(e) for _, e in sorted(newest.items())]
+
+    def _journaled(self, entry: JournalEntry) -> SentTransaction:
+        tx = decode_transaction(entry.raw)
+        fees = Fees(tx["maxFeePerGas"], tx["maxPriorityFeePerGas"])
+        signed = SignedTransaction(
+            raw=entry.raw,
+            hash=entry.tx_hash,
+            sender=self.address,
+            nonce=entry.nonce,
+            chain_id=int(tx["chainId"]),
+            max_fee_per_gas=fees.max_fee_per_gas,
+            max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+        )
+        return SentTransaction(entry.tx_hash, entry.nonce, self.address, fees, tx, signed)
 
     # -- receipts ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from eth_account.messages import SignableMessage, encode_defunct, encode_typed_d
 from eth_hash.auto import keccak
 from eth_keys.exceptions import BadSignature
 from eth_utils.exceptions import ValidationError
+from rlp import decode as rlp_decode
 from rlp import encode as rlp_encode
 
 from wallet.errors import SigningError
@@ -39,6 +40,7 @@ __all__ = [
     "PaymentIntent",
     "SignedTransaction",
     "Signer",
+    "decode_transaction",
     "from_compact",
     "payment_intent_digest",
     "payment_intent_struct_hash",
@@ -203,6 +205,39 @@ def sign_transaction(
         max_fee_per_gas=int(tx["maxFeePerGas"]),
         max_priority_fee_per_gas=int(tx["maxPriorityFeePerGas"]),
     )
+
+
+def decode_transaction(raw: bytes) -> dict[str, Any]:
+    """The unsigned fields (web3 names) of a signed EIP-1559 transaction: the inverse of
+    :func:`sign_transaction` minus the signature, so a journaled one can be re-signed."""
+    if raw[:1] != b"\x02":
+        raise SigningError("only EIP-1559 (type 2) transactions are decoded")
+    try:
+        chain_id, nonce, tip, max_fee, gas, to, value, data, access_list, *_sig = rlp_decode(
+            raw[1:]
+        )
+    except Exception:
+        raise SigningError("not an RLP-encoded EIP-1559 transaction") from None
+    tx: dict[str, Any] = {
+        "type": 2,
+        "chainId": int.from_bytes(chain_id, "big"),
+        "nonce": int.from_bytes(nonce, "big"),
+        "maxPriorityFeePerGas": int.from_bytes(tip, "big"),
+        "maxFeePerGas": int.from_bytes(max_fee, "big"),
+        "gas": int.from_bytes(gas, "big"),
+        "value": int.from_bytes(value, "big"),
+    }
+    if to:
+        tx["to"] = _checksum("0x" + bytes(to).hex(), "to")
+    if data:
+        tx["data"] = "0x" + bytes(data).hex()
+    if access_list:
+        tx["accessList"] = [
+            {"address": _checksum("0x" + bytes(a).hex(), "accessList"),
+             "storageKeys": ["0x" + bytes(k).hex() for k in keys]}
+            for a, keys in access_list
+        ]  # fmt: skip
+    return tx
 
 
 # --- messages and typed data -----------------------------------------------------------------

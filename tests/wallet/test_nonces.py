@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from wallet.errors import NonceError
+from wallet.errors import BroadcastUncertainError, ChainUnreachableError, NonceError
 from wallet.nonces import NonceLedger, NonceManager
 
 ADDR = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
@@ -24,6 +24,7 @@ class FakeNode:
         self.mined = mined
         self.pool: dict[int, bytes] = {}
         self.refuse: set[bytes] = set()
+        self.unreachable = False  # no answer at all (a BroadcastFn raises BroadcastUncertainError)
         self.lock = threading.Lock()
 
     def count(self, address: str, block: str) -> int:
@@ -38,6 +39,8 @@ class FakeNode:
     def broadcast(self, raw: bytes) -> None:
         nonce = int.from_bytes(raw[:4], "big")
         with self.lock:
+            if self.unreachable:
+                raise BroadcastUncertainError("no answer from the node: connection reset")
             if raw in self.refuse:
                 raise ValueError("insufficient funds for gas * price + value")
             if nonce < self.mined:
@@ -178,17 +181,62 @@ class TestCrashRecovery:
         assert restarted.last_report.closed == ("0x00",)
         assert restarted.reserve() == 1
 
-    def test_refused_on_rebroadcast_gives_nonce_back(self, ledger):
+    def test_refused_on_rebroadcast_is_stuck_not_dropped(self, ledger):
         node = FakeNode()
         m = manager(ledger, node)
         send(m, node)
+        node.mine_all()
         nonce = m.reserve()
         raw = raw_for(nonce, b"doomed")
         m.record(nonce, "0xd00d", raw)
         node.refuse.add(raw)  # e.g. the balance is gone by the time we restart
         restarted = manager(ledger, node)
-        assert restarted.last_report.dropped == ("0xd00d",)
-        assert restarted.reserve() == 1  # reused: the chain never saw it
+        assert restarted.last_report.stuck == ("0xd00d",)
+        assert [e.tx_hash for e in restarted.live_entries()] == ["0xd00d"]
+        assert restarted.reserve() == 2  # held: only the chain frees a journaled nonce
+
+    def test_unreachable_node_aborts_reconcile_with_journal_unchanged(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        first = send(m, node)
+        second = m.reserve()
+        m.record(second, "0x02", raw_for(second, b"journaled"))  # crash before broadcast
+        before = m.live_entries()
+        node.unreachable = True
+        with pytest.raises(ChainUnreachableError, match="journal is unchanged"):
+            manager(ledger, node)
+        assert m.live_entries() == before
+        node.unreachable = False
+        restarted = manager(ledger, node)
+        assert restarted.last_report.rebroadcast == ("0x" + raw_for(first).hex(), "0x02")
+        assert node.pool[second] == raw_for(second, b"journaled")
+
+    def test_refused_sibling_of_an_accepted_replacement_is_not_stuck(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        nonce = m.reserve()
+        old, new = raw_for(nonce, b"old"), raw_for(nonce, b"new")
+        m.record(nonce, "0x0ld", old)
+        ledger.record(31337, ADDR, nonce, "0x0e1", new, nonce + 1)  # a replacement
+        node.refuse.add(old)  # "replacement transaction underpriced"
+        restarted = manager(ledger, node)
+        assert restarted.last_report.stuck == ()
+        assert restarted.last_report.rebroadcast == ("0x0e1",)
+        assert restarted.reserve() == nonce + 1
+
+    def test_unanswered_broadcast_keeps_the_nonce_and_entry(self, ledger):
+        node = FakeNode()
+        m = manager(ledger, node)
+        nonce = m.reserve()
+        raw = raw_for(nonce, b"lost")
+        m.record(nonce, "0x00", raw)
+        m.uncertain(nonce)  # the broadcast got no answer
+        assert m.reserve() == nonce + 1
+        assert [e.tx_hash for e in m.live_entries()] == ["0x00"]
+        m.release(nonce + 1)
+        m.resync()  # nothing in flight any more: a full reconcile sends it
+        assert m.last_report.rebroadcast == ("0x00",)
+        assert node.pool[nonce] == raw
 
     def test_reserved_but_never_signed_is_reused(self, ledger):
         node = FakeNode()

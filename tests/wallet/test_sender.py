@@ -1,7 +1,9 @@
 """Sending on real chains: fees, nonces under concurrency, crash recovery, receipts, replacement.
 
 ``SenderBehaviour`` runs on every local backend; ``TestAnvilOnly`` covers what needs a mempool
-(no-mining mode: replacement, cancellation, timeouts, raw batches, a real kill -9).
+(no-mining mode: replacement, cancellation, timeouts, raw batches, a real kill -9);
+``TestLostReplies`` puts a real HTTP proxy (``faults.RpcProxy``) between the sender and anvil to
+lose replies, hang up and answer 503.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support import ChainSuite
+from tests.wallet.faults import RpcProxy
 from tests.wallet.helpers import sender, signer
+from wallet.chain import ChainConfig, connect
 from wallet.errors import (
+    BroadcastUncertainError,
+    ChainUnreachableError,
     FeeBumpError,
     InsufficientFundsError,
+    NonceError,
     ReceiptTimeoutError,
     TransactionReplacedError,
     TransactionRevertedError,
@@ -38,6 +45,13 @@ from wallet.sender import (
 from wallet.signing import sign_transaction
 
 DEAD = "0x000000000000000000000000000000000000dEaD"
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = NonceLedger(tmp_path / "nonces.sqlite3")
+    yield led
+    led.close()
 
 
 class TestFeeBumpRule:
@@ -103,12 +117,6 @@ class TestRevertDecoding:
 
 
 class SenderBehaviour(ChainSuite):
-    @pytest.fixture
-    def ledger(self, tmp_path):
-        led = NonceLedger(tmp_path / "nonces.sqlite3")
-        yield led
-        led.close()
-
     def test_fees_follow_base_fee(self, chain):
         base = int(chain.w3.eth.get_block("latest")["baseFeePerGas"])
         fees = suggest_fees(chain)
@@ -210,7 +218,7 @@ class SenderBehaviour(ChainSuite):
         report = again.nonces.last_report
         assert report.next_nonce == chain.w3.eth.get_transaction_count(s.address)
         assert report.rebroadcast == ()
-        assert report.dropped == ()
+        assert report.stuck == ()
 
     def test_crash_between_sign_and_send_loses_nothing(self, chain, ledger):
         s = sender(chain, 5, ledger)
@@ -231,6 +239,20 @@ class SenderBehaviour(ChainSuite):
             s.send(DEAD, b"", 10**40, gas=21_000)
         assert "\n" not in str(info.value)
 
+    def test_nonce_taken_by_a_stranger_leaves_nothing_in_flight(self, chain, ledger):
+        s = sender(chain, 5, ledger)
+        nonce = s.nonces.next_nonce
+        tx = s.build(DEAD, b"", 1, gas=21_000)
+        other = sign_transaction({**tx, "nonce": nonce}, signer(chain, 5)._key)
+        chain.request("eth_sendRawTransaction", [other.raw_hex])  # another process used it
+        chain.mine(1)
+        with pytest.raises(NonceError):
+            s.send(DEAD, b"", 2, gas=21_000)
+        # nothing left in flight: a resync is a full reconcile again, which reads the chain
+        s.nonces.resync()
+        assert s.nonces.last_report.chain_latest == nonce + 1
+        assert s.transact(DEAD, b"", 3).status == 1
+
 
 class TestSenderOnTester(SenderBehaviour):
     backend = "tester"
@@ -242,12 +264,6 @@ class TestSenderOnAnvil(SenderBehaviour):
 
 class TestAnvilOnly(ChainSuite):
     backend = "anvil"
-
-    @pytest.fixture
-    def ledger(self, tmp_path):
-        led = NonceLedger(tmp_path / "nonces.sqlite3")
-        yield led
-        led.close()
 
     @pytest.fixture
     def no_mining(self, chain):
@@ -369,3 +385,106 @@ class TestAnvilOnly(ChainSuite):
         assert s.nonces.last_report.rebroadcast == (tx_hash,)
         assert s.wait(tx_hash, timeout=10).status == 1
         assert s.send(DEAD, b"", 1, gas=21_000).nonce == int(nonce) + 1
+
+
+class TestLostReplies(ChainSuite):
+    """Replies lost on the wire are not refusals: nothing is dropped, no nonce is reused."""
+
+    backend = "anvil"
+
+    @pytest.fixture
+    def proxy(self, chain):
+        proxy = RpcProxy(chain.rpc_url)
+        yield proxy
+        proxy.close()
+
+    @pytest.fixture
+    def via_proxy(self, proxy):
+        with connect(ChainConfig(backend="anvil", rpc_url=proxy.url)) as proxied:
+            yield proxied
+
+    def statuses(self, s, nonce):
+        return [e.status for e in s.ledger.entries_for_nonce(s.chain_id, s.address, nonce)]
+
+    def test_lost_broadcast_reply_is_not_a_refusal(self, chain, proxy, via_proxy, ledger):
+        s = sender(via_proxy, 5, ledger)
+        before = chain.w3.eth.get_balance(DEAD)
+        nonce = s.nonces.next_nonce
+        proxy.fail("lost_reply")  # anvil takes the tx, its answer never arrives
+        with pytest.raises(BroadcastUncertainError) as info:
+            s.send(DEAD, b"", 1_000, gas=21_000)
+        lost = info.value
+        assert (lost.tx_hash, lost.nonce, lost.sent.hash) == (lost.sent.hash, nonce, lost.tx_hash)
+        assert self.statuses(s, nonce) == ["signed"]  # still live, nonce not given back
+        s.rebroadcast(lost.sent)  # same bytes: "already known" or already mined, never twice
+        assert s.wait(lost.sent, timeout=10).status == 1
+        assert s.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
+        assert chain.w3.eth.get_balance(DEAD) - before == 1_001
+
+    def test_unreachable_node_keeps_the_nonce_until_rebroadcast(
+        self, chain, proxy, via_proxy, ledger
+    ):
+        s = sender(via_proxy, 5, ledger)
+        nonce = s.nonces.next_nonce
+        proxy.fail("unreachable")
+        with pytest.raises(BroadcastUncertainError) as info:
+            s.send(DEAD, b"", 7, gas=21_000)
+        assert chain.w3.eth.get_transaction_count(s.address, "pending") == nonce  # never arrived
+        proxy.fail("gateway")
+        with pytest.raises(BroadcastUncertainError):
+            s.rebroadcast(info.value.sent)
+        assert self.statuses(s, nonce) == ["signed"]
+        s.rebroadcast(info.value.sent)
+        assert s.wait(info.value.sent, timeout=10).status == 1
+        assert s.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
+
+    def test_failed_batch_drops_none_of_its_transactions(self, chain, proxy, via_proxy, ledger):
+        s = sender(via_proxy, 6, ledger)
+        start = chain.w3.eth.get_transaction_count(s.address)
+        proxy.fail("lost_reply", times=1_000)  # every batch is delivered, every reply lost
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(s.send, DEAD, b"", 1, gas=21_000) for _ in range(24)]
+        errors = [f.exception() for f in futures]
+        assert all(isinstance(e, BroadcastUncertainError) for e in errors), errors
+        assert sorted(e.nonce for e in errors) == list(range(start, start + 24))
+        assert len(s.nonces.live_entries()) == 24
+        proxy.clear()
+        for e in errors:
+            assert s.wait(e.sent, timeout=30).status == 1
+        assert s.send(DEAD, b"", 1, gas=21_000).nonce == start + 24
+
+    def test_crash_then_unreachable_node_at_restart_keeps_the_journaled_tx(
+        self, chain, proxy, via_proxy, ledger
+    ):
+        s = sender(via_proxy, 5, ledger)
+        tx = s.build(DEAD, b"", 555, gas=21_000)
+        nonce = s.nonces.reserve()
+        signed = s.signer.sign_transaction({**tx, "nonce": nonce}, chain_id=s.chain_id)
+        s.nonces.record(nonce, signed.hash, signed.raw)  # the process dies before broadcasting
+        proxy.fail("unreachable")
+        with pytest.raises(ChainUnreachableError, match="journal is unchanged"):
+            Sender(via_proxy, s.signer, ledger=ledger)
+        assert self.statuses(s, nonce) == ["signed"]
+        restarted = Sender(via_proxy, s.signer, ledger=ledger)  # the node is back
+        assert restarted.nonces.last_report.rebroadcast == (signed.hash,)
+        assert restarted.wait(signed.hash, timeout=10).status == 1
+        assert restarted.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
+
+    def test_fee_below_base_fee_at_restart_is_stuck_then_replaced(self, chain, ledger):
+        s = sender(chain, 5, ledger)
+        nonce = s.nonces.reserve()
+        cheap = {**s.build(DEAD, b"", 555, gas=21_000, fees=Fees(1, 1)), "nonce": nonce}
+        signed = s.signer.sign_transaction(cheap, chain_id=s.chain_id)
+        s.nonces.record(nonce, signed.hash, signed.raw)  # journaled; fees rose while we were down
+        restarted = Sender(chain, s.signer, ledger=ledger)
+        report = restarted.nonces.last_report
+        assert report.stuck == (signed.hash,)
+        assert report.next_nonce == nonce + 1  # the nonce stays held
+        assert self.statuses(restarted, nonce) == ["signed"]
+        (stuck,) = restarted.stuck()
+        assert (stuck.hash, stuck.nonce, stuck.tx["value"], stuck.tx["to"]) == (
+            signed.hash, nonce, 555, DEAD,
+        )  # fmt: skip
+        replacement = restarted.replace(stuck)
+        assert restarted.wait(replacement, timeout=10).status == 1
+        assert chain.w3.eth.get_transaction_count(s.address) == nonce + 1

@@ -14,6 +14,7 @@ from wallet.secrets import PrivateKey
 from wallet.signing import (
     PaymentIntent,
     Signer,
+    decode_transaction,
     from_compact,
     payment_intent_digest,
     payment_intent_typed_data,
@@ -92,6 +93,28 @@ class TestTransactions:
     def test_wrong_chain(self):
         with pytest.raises(SigningError, match="not this chain"):
             sign_transaction(tx(chainId=1), KEY, chain_id=31337)
+
+    @pytest.mark.parametrize(
+        "over",
+        [
+            {},
+            {"data": "0xabcdef", "value": 0},
+            {"to": None, "data": "0x6000"},  # contract creation
+            {"accessList": [{"address": TOKEN, "storageKeys": ["0x" + "11" * 32]}]},
+        ],
+    )
+    def test_decode_inverts_sign(self, over):
+        body = {k: v for k, v in tx(**over).items() if v is not None}
+        signed = sign_transaction(body, KEY)
+        decoded = decode_transaction(signed.raw)
+        assert decoded == body
+        assert sign_transaction(decoded, KEY).raw == signed.raw  # re-signable byte for byte
+
+    def test_decode_refuses_other_types(self):
+        with pytest.raises(SigningError, match="type 2"):
+            decode_transaction(b"\x01\xc0")
+        with pytest.raises(SigningError, match="RLP"):
+            decode_transaction(b"\x02\xff")
 
 
 class TestMessages:
