@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import email.policy
 import logging
+import re
 import smtplib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from crm.followups.windows import window_bounds
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CONTROL_CHARACTERS",
     "FOLLOWUP_EVENT",
     "DeliveryError",
     "DeliveryUncertain",
@@ -42,6 +44,7 @@ __all__ = [
     "PhoneChannel",
     "Recipient",
     "WebhookChannel",
+    "header_text",
     "render_in_app",
 ]
 
@@ -79,8 +82,20 @@ class Links:
         return f"{self.base_url}/v1/public/consent/{token}/withdraw"
 
 
+#: What no header may carry (and the API refuses in names that end up in one): C0 and C1
+#: controls, line breaks (CR, LF, U+2028/U+2029) and tabs included.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def header_text(text: str) -> str:
+    """``text`` fit for a header (a display name, a subject): control characters, line breaks
+    included, become one space. The API refuses them in merchant names; rows from before that
+    still get their mail."""
+    return CONTROL_CHARACTERS.sub(" ", text).strip()
+
+
 def _subject(instruction: SendInstruction, merchant_name: str) -> str:
-    return f"How was your purchase at {merchant_name}?"
+    return f"How was your purchase at {header_text(merchant_name)}?"
 
 
 def _body(instruction: SendInstruction, merchant_name: str, links: Links) -> str:
@@ -102,6 +117,8 @@ def _body(instruction: SendInstruction, merchant_name: str, links: Links) -> str
 #: place to fold, and at 78 the generator turned it into an RFC 2047 encoded word that mail
 #: clients cannot read as the RFC 8058 one-click URL.
 _MAX_HEADER_LINE = 998
+#: ``FOLLOWPAY_MAIL_FROM``: an addr-spec only (the display name is the merchant's).
+_ADDR_SPEC = re.compile(r"[^\s<>()\[\],;:\\\"@\x00-\x1f\x7f]+@[^\s<>()\[\],;:\\\"@\x00-\x1f\x7f]+")
 
 
 class EmailChannel:
@@ -110,6 +127,8 @@ class EmailChannel:
     def __init__(
         self, host: str, port: int, sender: str, links: Links, timeout: float = 10
     ) -> None:
+        if not _ADDR_SPEC.fullmatch(sender):
+            raise ValueError("the sender must be a bare address (local@domain), no name or spaces")
         self.host, self.port, self.sender, self.links, self.timeout = (
             host,
             port,
@@ -121,30 +140,39 @@ class EmailChannel:
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         if not instruction.address:
             raise DeliveryError("contact has no e-mail address")
-        message = EmailMessage()
-        message["From"] = formataddr((to.merchant_name, self.sender))
-        message["To"] = instruction.address
-        message["Subject"] = _subject(instruction, to.merchant_name)
-        message["Message-ID"] = make_msgid(idstring=f"followup-{instruction.followup_id}")
-        message["List-Unsubscribe"] = f"<{self.links.withdraw(instruction.token)}>"
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message.set_content(_body(instruction, to.merchant_name, self.links))
+        international = not (self.sender + instruction.address).isascii()
+        try:  # the whole message before any connection: a failure here sent nothing
+            data = self._message(instruction, to, international)
+        except (ValueError, TypeError, LookupError) as exc:  # UnicodeError is a ValueError
+            raise DeliveryError(f"email: message not built ({type(exc).__name__})") from None
         try:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"smtp: {type(exc).__name__}") from None
         try:
-            self._transfer(smtp, instruction.address, message)
+            self._transfer(smtp, instruction.address, data, international)
         finally:
             try:  # the message is the server's now: a failing QUIT changes nothing
                 smtp.quit()
             except (OSError, smtplib.SMTPException):
                 smtp.close()
 
-    def _transfer(self, smtp: smtplib.SMTP, address: str, message: EmailMessage) -> None:
+    def _message(self, instruction: SendInstruction, to: Recipient, international: bool) -> bytes:
+        assert instruction.address is not None
+        message = EmailMessage()
+        message["From"] = formataddr((header_text(to.merchant_name), self.sender))
+        message["To"] = instruction.address
+        message["Subject"] = _subject(instruction, to.merchant_name)
+        message["Message-ID"] = make_msgid(idstring=f"followup-{instruction.followup_id}")
+        message["List-Unsubscribe"] = f"<{self.links.withdraw(instruction.token)}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message.set_content(_body(instruction, to.merchant_name, self.links))
+        policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
+        return message.as_bytes(policy=policy.clone(max_line_length=_MAX_HEADER_LINE))
+
+    def _transfer(self, smtp: smtplib.SMTP, address: str, data: bytes, international: bool) -> None:
         """The envelope, then DATA. A failure before DATA, or a refusal code at its end,
         delivered nothing; a lost connection during DATA may have delivered it."""
-        international = not (self.sender + address).isascii()
         try:
             smtp.ehlo_or_helo_if_needed()
             options: list[str] = []
@@ -160,9 +188,8 @@ class EmailChannel:
                 raise smtplib.SMTPRecipientsRefused({address: (code, reply)})
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"smtp: {type(exc).__name__}") from None
-        policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
         try:
-            smtp.data(message.as_bytes(policy=policy.clone(max_line_length=_MAX_HEADER_LINE)))
+            smtp.data(data)
         except smtplib.SMTPDataError as exc:  # a reply code: the server refused it
             raise DeliveryError(f"smtp: DATA refused ({exc.smtp_code})") from None
         except (OSError, smtplib.SMTPException) as exc:

@@ -12,6 +12,11 @@ timeout): ``prepare_send`` renews it just before a message leaves, and every
 ``failed``/``interrupted``, never resent. Delivery is therefore at most once; see
 docs/operations.md. A worker told to stop (SIGINT/SIGTERM set ``stop``) finishes the delivery
 in hand and hands the rest of its batch back at once (:func:`followups.release_claims`).
+
+Whatever a channel raises ends that follow-up's attempt, never the worker or the batch: a
+:class:`DeliveryError` says whether anything arrived; any other exception from an in-process
+channel (its savepoint rolled back) delivered nothing and is retried, and from a channel that
+left the process it may have delivered, so it is ``failed``/``delivery_uncertain``.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import logging
 import os
 import socket
 import threading
+import traceback
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
+import sqlalchemy.exc
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -44,6 +51,9 @@ __all__ = ["Channel", "Worker", "WorkerResult", "default_worker_id"]
 
 log = logging.getLogger(__name__)
 _IN_TRANSACTION = frozenset({"in_app", "phone"})
+#: The database itself failing: the batch's concern (retried by :meth:`Worker.run`), not one
+#: follow-up's.
+_DATABASE_AWAY = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
 
 class Channel(Protocol):
@@ -139,27 +149,53 @@ class Worker:
                 )
                 return "failed"
             if instruction.channel in _IN_TRANSACTION:
-                channel.send(session, instruction, to)
+                try:  # a savepoint: a failing send must not undo the prepare
+                    with session.begin_nested():
+                        channel.send(session, instruction, to)
+                except _DATABASE_AWAY:
+                    raise
+                except Exception as exc:  # rolled back: nothing was delivered
+                    return self._failed(session, followup_id, instruction.channel, exc, sent=False)
                 followups.mark_sent(session, followup_id, now, worker_id=self.worker_id)
                 return f"sent:{instruction.channel}"
         try:
             channel.send(None, instruction, to)
-        except DeliveryError as exc:
-            uncertain = isinstance(exc, DeliveryUncertain)
-            log.warning("follow-up %s: %s", followup_id, exc)
+        except Exception as exc:  # one follow-up's failure, not the worker's
             with Session(self.engine) as session, session.begin():
-                followups.mark_failed(
-                    session,
-                    followup_id,
-                    self.clock.now(),
-                    error=str(exc)[:200],
-                    worker_id=self.worker_id,
-                    retry=not uncertain,
-                )
-            return "uncertain" if uncertain else "retry"
+                return self._failed(session, followup_id, instruction.channel, exc, sent=None)
         with Session(self.engine) as session, session.begin():
             followups.mark_sent(session, followup_id, self.clock.now(), worker_id=self.worker_id)
         return f"sent:{instruction.channel}"
+
+    def _failed(
+        self, session: Session, followup_id: int, channel: str, exc: Exception, *, sent: bool | None
+    ) -> str:
+        """Record a failed send. ``sent=False``: certainly nothing left (retried with backoff).
+        ``sent=None`` (it left the process): a :class:`DeliveryError` says whether anything
+        arrived; any other exception cannot, so it counts as maybe delivered, never resent.
+        Logged without the exception's text unless it is a DeliveryError (whose texts carry no
+        personal data): a ValueError may quote an address or a name."""
+        if isinstance(exc, DeliveryError):
+            uncertain = isinstance(exc, DeliveryUncertain)
+            error = str(exc)
+            log.warning("follow-up %s: %s", followup_id, error)
+        else:
+            uncertain = sent is None
+            kind = type(exc).__name__
+            error = (
+                f"{channel}: {kind} in the channel" if uncertain else f"not sent, {channel}: {kind}"
+            )
+            trace = "".join(traceback.format_tb(exc.__traceback__))  # frames, not the message
+            log.error("follow-up %s: %s\n%s", followup_id, error, trace)
+        followups.mark_failed(
+            session,
+            followup_id,
+            self.clock.now(),
+            error=error[:200],
+            worker_id=self.worker_id,
+            retry=not uncertain,
+        )
+        return "uncertain" if uncertain else "retry"
 
     def run(self, stop: threading.Event, *, poll_interval: float = 1.0) -> None:
         """Batches until ``stop``; a batch that fails because the database is away is retried

@@ -11,8 +11,10 @@ from collections.abc import Container
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
+from api.dispatch.channels import CONTROL_CHARACTERS
 from api.settlement.models import MerchantAccount
 from crm.audit.models import AuditLog
 from crm.consent.models import ConsentEvent
@@ -70,7 +72,22 @@ class _Body(BaseModel):
 class MerchantCreateBody(_Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Acme"}]})
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"\S", description="Display name.")
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"\S",
+        description="Display name (the From name and subject of follow-up e-mails): no control "
+        "characters such as line breaks or tabs.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _fits_a_header(cls, value: str) -> str:
+        if CONTROL_CHARACTERS.search(value):
+            raise PydanticCustomError(
+                "control_characters", "must not contain control characters such as line breaks"
+            )
+        return value
 
 
 class MerchantOut(BaseModel):

@@ -154,6 +154,22 @@ class TestMerchants:
             r = world.client.post("/v1/merchants", json={"name": "X"}, headers=auth(key))
             assert r.status_code == 403
 
+    def test_a_name_with_control_characters_is_refused(self, world: World) -> None:
+        """The name becomes the follow-up e-mails' From name and subject: a line break there
+        made the message unbuildable (and the worker die)."""
+        for name in ("Tea\nHouse", "Tea\r\nBcc: x@evil.example", "Tea\tHouse", "Tea\u2028House"):
+            r = world.client.post("/v1/merchants", json={"name": name}, headers=auth(world.admin))
+            assert r.status_code == 422, (name, r.text)
+            error = r.json()["error"]
+            assert (error["code"], error["param"]) == ("parameter_invalid", "name")
+            assert error["message"] == (
+                "Invalid name: must not contain control characters such as line breaks."
+            )
+        r = world.client.post(
+            "/v1/merchants", json={"name": "Tea & Café"}, headers=auth(world.admin)
+        )
+        assert r.status_code == 200, r.text
+
 
 class TestContacts:
     def test_create_get_update_and_wallets(self, world: World) -> None:

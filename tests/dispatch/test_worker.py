@@ -45,7 +45,7 @@ from crm import (
 from crm.feedback.models import Feedback
 from crm.feedback.tokens import hash_token
 from crm.followups.models import FollowUp, FollowUpEvent
-from crm.merchants.models import MerchantCreate
+from crm.merchants.models import Merchant, MerchantCreate
 from crm.privacy import service as privacy
 from wallet.chain import free_port
 
@@ -202,6 +202,38 @@ class TestEmail:
         assert "/v1/public/consent/" in mail["List-Unsubscribe"]
         assert "Stop these messages: https://pay.example/v1/public/consent/" in body
         assert "inv_1" in body
+
+    def test_a_merchant_name_with_a_line_break_still_gets_its_mail(self, engine, clock, smtp):
+        """A name stored before the API refused control characters: EmailMessage refuses a
+        line break in a header, which used to end the worker (the review's repro)."""
+        controller, sink = smtp
+        shop_id, _ = shop_with(engine, clock, channel="email")
+        with Session(engine) as session, session.begin():
+            session.get(Merchant, shop_id).name = "Tea\r\nBcc: x@evil.example\tHouse"
+        channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes == {"sent:email": 1}
+        (mail,) = sink.messages
+        assert mail["Subject"] == "How was your purchase at Tea Bcc: x@evil.example House?"
+        assert mail["Bcc"] is None
+        assert mail["From"] == '"Tea Bcc: x@evil.example House" <f@tea.example>'
+
+    def test_a_message_that_cannot_be_built_is_refused_before_connecting(self, engine, clock):
+        """Nothing left the process, so it is a DeliveryError (retried), named as such; the
+        server is never contacted (a dead port would say so otherwise)."""
+        shop_id, contact_id = shop_with(engine, clock, channel="email")
+        instruction = instruction_for(
+            shop_id, contact_id, clock, channel="email", address="ada@example.com"
+        )
+        channel = EmailChannel("127.0.0.1", free_port(), "f@tea.example", LINKS, timeout=2)
+        with pytest.raises(DeliveryError, match=r"^email: message not built \(UnicodeEncodeError"):
+            channel.send(None, instruction, Recipient("Tea \ud800", "UTC", clock.now()))
+
+    @pytest.mark.parametrize(
+        "sender", ["Tea <f@tea.example>", "f@tea.example\r\nBcc: x@evil.example", "nobody"]
+    )
+    def test_the_sender_is_a_bare_address(self, sender):
+        with pytest.raises(ValueError, match="bare address"):
+            EmailChannel("127.0.0.1", 25, sender, LINKS)
 
     def test_no_consent_sends_nothing_and_records_why(self, engine, clock, smtp):
         controller, sink = smtp
