@@ -679,7 +679,8 @@ class Indexer:
                 batch.touched[invoice_id] = invoice
             self._settle_range(batch, batch.to_settle[first:], ids, result, settled)
             changed = repo.update_invoice_rows(session, changed.values())
-        raise RuntimeError(f"invoices {sorted(changed)} kept changing under a locked step")
+        if changed:
+            raise RuntimeError(f"invoices {sorted(changed)} kept changing under a locked step")
 
     def _confirm(
         self,
@@ -718,7 +719,7 @@ class Indexer:
                     invoice = changed[payment.invoice_id]
                     self._settle(invoice, payment.id or 0, _evidence(payment), result, settled)
             changed = repo.update_invoice_rows(session, changed.values())
-        else:
+        if changed:
             raise RuntimeError(f"invoices {sorted(changed)} kept changing under a locked step")
         for invoice, event_type, evidence in settled.events:
             events.emit(invoice, event_type, evidence)

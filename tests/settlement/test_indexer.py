@@ -264,6 +264,41 @@ class IndexerBehaviour(MarketSuite):
         assert indexer_for(engine, market, clock).poll_once().settled == [later.id]
         assert [f.invoice_ref for f in followups_of(engine, shop.merchant_id)] == [later.id]
 
+    @pytest.mark.parametrize("confirmations", [1, 2])
+    def test_invoices_changed_under_the_step_twice_still_settle_on_the_last_pass(
+        self, engine, market, clock, shop, monkeypatch, confirmations
+    ):
+        """Both write-backs (the range's, and the confirmations') re-apply to invoices another
+        transaction changed. When the last allowed pass writes everything, the step succeeds:
+        it used to raise "kept changing" after a pass that had succeeded."""
+        import api.settlement.indexer as indexer_module
+
+        real = indexer_module.repo.update_invoice_rows
+        passes = []
+
+        def changed_twice(session, rows):
+            rows = list(rows)
+            if not rows:
+                return {}
+            passes.append(len(rows))
+            if len(passes) <= 2:  # as if staff touched each row before the write, twice
+                ids = [r.id for r in rows]
+                return indexer_module.repo.invoice_rows_by_id(session, ids, lock=True)
+            return real(session, rows)
+
+        invoice = new_invoice(engine, market, shop, clock, confirmations=confirmations)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        if confirmations == 2:
+            assert indexer.poll_once().settled == []
+            market.chain.mine(1)
+        with monkeypatch.context() as patched:
+            patched.setattr(indexer_module.repo, "update_invoice_rows", changed_twice)
+            assert indexer.poll_once().settled == [invoice.id]
+        assert passes[:3] == [1, 1, 1]
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED
+        assert len(followups_of(engine, shop.merchant_id)) == 1
+
     def test_a_database_that_is_away_fails_the_whole_step(
         self, engine, market, clock, shop, monkeypatch
     ):
