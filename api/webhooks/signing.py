@@ -67,10 +67,9 @@ def verify(
         if not sep:
             continue
         if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError as exc:
-                raise WebhookSignatureError("malformed timestamp") from exc
+            if not (value.isascii() and value.isdigit()):  # int() also takes "١٢", "1_0", " 1"
+                raise WebhookSignatureError("malformed timestamp")
+            timestamp = int(value)
         elif key == "v1":
             candidates.append(value.strip())
     if timestamp is None or not candidates:
@@ -78,10 +77,11 @@ def verify(
     current = time.time() if now is None else float(now)
     if abs(current - timestamp) > tolerance:
         raise WebhookSignatureError("timestamp outside the tolerance window")
-    expected = _mac(secret, timestamp, _as_bytes(raw_body))
+    expected = _mac(secret, timestamp, _as_bytes(raw_body)).encode("ascii")
     matched = False
     for candidate in candidates:  # no early exit: every candidate is compared
-        matched |= hmac.compare_digest(expected, candidate)
+        # as bytes: compare_digest raises TypeError on non-ASCII str, and junk is a mismatch
+        matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "surrogateescape"))
     if not matched:
         raise WebhookSignatureError("no signature matches the expected signature")
     return timestamp

@@ -222,6 +222,19 @@ class TestOutbox:
         assert body["type"] == "invoice.settled"
         assert body["data"]["object"] == {"id": "inv_1"}
 
+    @pytest.mark.parametrize(
+        "header",
+        [
+            "t=1700000000,v1=\u00e9",  # non-ASCII: compare_digest(str, str) raised TypeError
+            "t=1700000000,v1=\udcff",  # a lone surrogate (undecodable bytes)
+            "t=\u0661\u0667\u0660\u0660,v1=00",  # non-ASCII digits int() would accept
+            "t=1_700_000_000,v1=00",
+        ],
+    )
+    def test_junk_is_a_signature_error_not_a_crash(self, header):
+        with pytest.raises(WebhookSignatureError):
+            verify(SECRET, header, BODY, now=1_700_000_000)
+
     def test_unknown_event_type_is_a_bug(self, db):
         with session_scope(session_factory(db)) as s, pytest.raises(ValueError, match="unknown"):
             webhooks.enqueue(s, "m_1", "invoice.bogus", {})
