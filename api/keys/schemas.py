@@ -24,7 +24,11 @@ class ApiKeyCreate(BaseModel):
     )
 
     role: ApiRole = Field(default=ApiRole.MERCHANT, description="admin, merchant or support.")
-    livemode: bool = Field(default=False, description="fp_live_ key when true, else fp_test_.")
+    livemode: bool | None = Field(
+        default=None,
+        description="fp_live_ key when true, fp_test_ when false; default: the calling key's "
+        "mode. A key creates keys of its own mode only (403 otherwise).",
+    )
     merchant_id: str | None = Field(
         default=None,
         min_length=1,

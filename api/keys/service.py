@@ -91,14 +91,21 @@ def _generate(livemode: bool) -> str:
 
 
 def check_can_create(
-    creator: AuthenticatedKey | None, merchant_id: str | None, role: ApiRole
+    creator: AuthenticatedKey | None, merchant_id: str | None, role: ApiRole, *, livemode: bool
 ) -> str | None:
     """Who may mint which key; returns the merchant the new key belongs to.
 
     Admins create any key (merchant and support keys need a merchant); merchants create merchant
-    or support keys for themselves only; support keys create nothing. ``creator=None`` is the
-    trusted bootstrap path (CLI).
+    or support keys for themselves only; support keys create nothing. Every key creates keys of
+    its own mode only: a test key minting a live key (or a live key a test key) is 403, so the
+    mode of a key says what it can reach. ``creator=None`` is the trusted bootstrap path (CLI).
     """
+    if creator is not None and creator.livemode != livemode:
+        raise Forbidden(
+            f"A {'live' if creator.livemode else 'test'}-mode key creates "
+            f"{'live' if creator.livemode else 'test'}-mode keys only.",
+            param="livemode",
+        )
     if creator is not None and not creator.is_admin:
         if creator.role is not ApiRole.MERCHANT:
             raise Forbidden()

@@ -28,15 +28,15 @@ KeyManager = Annotated[AuthenticatedKey, require_role("admin", "merchant")]
     response_model=ApiKeyCreated,
     summary="Create an API key",
     description="Admins create any key; merchant keys create merchant or support keys for their "
-    "own merchant. The `secret` is returned in this response only; only its SHA-256 is stored.",
+    "own merchant. Every key creates keys of its own mode (`livemode`) only. The `secret` is "
+    "returned in this response only; only its SHA-256 is stored.",
 )
 def create_api_key(body: ApiKeyCreate, session: SessionDep, caller: KeyManager) -> ApiKeyCreated:
-    merchant_id = keys.check_can_create(caller, body.merchant_id, body.role)
+    live = caller.livemode if body.livemode is None else body.livemode
+    merchant_id = keys.check_can_create(caller, body.merchant_id, body.role, livemode=live)
     if caller.is_admin and body.role.value == "admin" and body.merchant_id is not None:
         raise InvalidRequest("Admin keys are not bound to a merchant.", param="merchant_id")
-    record, plaintext = keys.create_key(
-        session, merchant_id, body.role, body.livemode, name=body.name
-    )
+    record, plaintext = keys.create_key(session, merchant_id, body.role, live, name=body.name)
     return ApiKeyCreated(**ApiKeyPublic.of(record).model_dump(), secret=plaintext)
 
 

@@ -22,7 +22,7 @@ from tests.api.conftest import TEST_CONFIG, auth
 
 class TestCreate:
     def test_secret_shown_once_and_stored_as_sha256(self, client, db, new_key):
-        admin = new_key("admin", None)
+        admin = new_key("admin", None, live=True)  # a key mints keys of its own mode only
         r = client.post(
             "/v1/api_keys",
             json={"role": "merchant", "merchant_id": "m_7", "livemode": True},
@@ -242,3 +242,29 @@ class TestConfigCache:
             assert c.get("/v1/webhook_endpoints", headers=auth(key)).status_code == 200
             _revoke_in_database(db, key)
             assert c.get("/v1/webhook_endpoints", headers=auth(key)).status_code == 401
+
+
+class TestKeyModes:
+    @pytest.mark.parametrize("role", ["admin", "merchant"])
+    def test_a_test_key_cannot_mint_a_live_key(self, client, new_key, role):
+        creator = new_key(role, None if role == "admin" else "m_1", live=False)
+        body = {"role": "merchant", "livemode": True}
+        if role == "admin":
+            body["merchant_id"] = "m_1"
+        r = client.post("/v1/api_keys", json=body, headers=auth(creator))
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["param"] == "livemode"
+
+    def test_a_live_key_cannot_mint_a_test_key(self, client, new_key):
+        live = new_key("merchant", "m_1", live=True)
+        r = client.post(
+            "/v1/api_keys", json={"role": "support", "livemode": False}, headers=auth(live)
+        )
+        assert r.status_code == 403
+
+    def test_the_mode_defaults_to_the_callers(self, client, new_key):
+        live = new_key("merchant", "m_1", live=True)
+        r = client.post("/v1/api_keys", json={"role": "support"}, headers=auth(live))
+        assert r.status_code == 200, r.text
+        assert r.json()["livemode"] is True
+        assert r.json()["secret"].startswith("fp_live_")
