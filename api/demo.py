@@ -3,8 +3,9 @@
 Deploy → merchant, API keys, policy, three customers and their consents (over HTTP) → invoices
 created over HTTP, paid on-chain (one with permit) → the indexer settles → the worker follows up
 (e-mail over real SMTP to a sink started here; one suppressed for missing consent; one VIP phone
-task held for quiet hours) → the customer's one-click low rating (a real HTTP GET of the link in
-the e-mail) → a ticket with its 24-hour SLA clock in the support queue → CSAT/NPS from the API.
+task held for quiet hours) → the customer's low rating (a real HTTP GET of the link in the e-mail:
+a confirmation page; then its button's POST) → a ticket with its 24-hour SLA clock in the
+support queue → CSAT/NPS from the API.
 """
 
 from __future__ import annotations
@@ -300,15 +301,20 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
     mail = sink.messages[0]
     text = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
     out.print(f"SMTP sink got: [bold]{mail['Subject']}[/] from {mail['From']} to {mail['To']}")
-    link = re.search(r"https?://\S+/v1/public/feedback/\S+\?rating=2", text)
+    link = re.search(r"https?://\S+/v1/public/feedback/\S+/rate\?rating=2", text)
     assert link, "rating link missing from the e-mail"
-    path = link.group(0).split("/v1/", 1)[1]
-    answer = api._ok(api.http.get(f"/v1/{path}"))  # the customer's click: no API key
+    path = "/v1/" + link.group(0).split("/v1/", 1)[1]
+    page = api.http.get(path)  # the customer's click (no API key): a page, nothing recorded
+    assert page.status_code == 200, page.text
+    assert 'value="2" required checked' in page.text, "the page must preselect the link's rating"
+    # its button: the form's POST
+    answer = api._ok(api.http.post(path.split("?", 1)[0], data={"rating": "2"}))
     ticket = api.get("/v1/tickets", key=support_key)["data"][0]
     due = datetime.fromisoformat(ticket["due_at"])
     remaining = (due - clock.now()) / timedelta(hours=1)
     out.print(
-        f"Ada clicked rating 2 → ticket #{ticket['id']} ({ticket['state']}) in the support queue, "
+        f"Ada clicked rating 2 and confirmed it → ticket #{ticket['id']} ({ticket['state']}) "
+        "in the support queue, "
         f"first response due {due:%Y-%m-%d %H:%M} UTC ({remaining:.1f} h left); "
         f"{answer['reward_points']} reward points credited"
     )

@@ -12,7 +12,6 @@ import email.policy
 import logging
 import re
 import smtplib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -76,7 +75,9 @@ class Links:
     base_url: str
 
     def rating(self, token: str, rating: int) -> str:
-        return f"{self.base_url}/v1/public/feedback/{token}?rating={rating}"
+        """A confirmation page with ``rating`` chosen; only its button records (a prefetching
+        mail scanner or link preview rates nothing)."""
+        return f"{self.base_url}/v1/public/feedback/{token}/rate?rating={rating}"
 
     def withdraw(self, token: str) -> str:
         return f"{self.base_url}/v1/public/consent/{token}/withdraw"
@@ -331,27 +332,18 @@ class InAppChannel:
         )
 
 
-def render_in_app(
-    session: Session, keyring: KeyRing, messages: Sequence[InAppMessage]
-) -> list[str]:
-    """The bodies of one contact's messages with their links' token put back (bodies from
-    before 0006 carry it already). A contact erased since has no key: the links read as
-    withdrawn."""
-    if not messages:
-        return []
-    first = messages[0]
-    found = contacts.get_contacts(session, first.merchant_id, [first.contact_id])
-    contact = found.get(first.contact_id)
+def render_in_app(session: Session, keyring: KeyRing, message: InAppMessage) -> str:
+    """One message's body with its own links' token put back (a body from before 0006 carries
+    it already). One at a time: a reader is shown only the message its own token belongs to.
+    A contact erased since has no key: the links read as withdrawn."""
+    if message.link_token_enc is None:
+        return message.body
+    found = contacts.get_contacts(session, message.merchant_id, [message.contact_id])
+    contact = found.get(message.contact_id)
     key = None if contact is None else contacts.data_key(session, keyring, contact)
-    bodies = []
-    for message in messages:
-        if message.link_token_enc is None:
-            bodies.append(message.body)
-            continue
-        context = _token_context(message.followup_id)
-        token = key.decrypt(message.link_token_enc, context) if key is not None else None
-        bodies.append(message.body.replace(LINK_TOKEN, token or "withdrawn"))
-    return bodies
+    context = _token_context(message.followup_id)
+    token = key.decrypt(message.link_token_enc, context) if key is not None else None
+    return message.body.replace(LINK_TOKEN, token or "withdrawn")
 
 
 class PhoneChannel:

@@ -15,7 +15,14 @@ from crm.contacts.models import Contact
 from crm.enums import Channel
 from crm.followups.models import FollowUp
 
-__all__ = ["call_consent", "get_phone_task", "mark_read", "open_tasks_for_contact", "save"]
+__all__ = [
+    "call_consent",
+    "get_phone_task",
+    "mark_read",
+    "message_for_followup",
+    "open_tasks_for_contact",
+    "save",
+]
 
 
 def get_phone_task(
@@ -99,3 +106,13 @@ def mark_read(session: Session, message_ids: Sequence[int], now: datetime) -> No
             .where(col(InAppMessage.id).in_(list(message_ids)), col(InAppMessage.read_at).is_(None))
             .values(read_at=now)
         )
+
+
+def message_for_followup(
+    session: Session, merchant_id: int, followup_id: int
+) -> InAppMessage | None:
+    """The in-app message a follow-up stored (at most one: ``followup_id`` is unique)."""
+    stmt = select(InAppMessage).where(
+        InAppMessage.followup_id == followup_id, InAppMessage.merchant_id == merchant_id
+    )
+    return session.exec(stmt).first()

@@ -1,6 +1,8 @@
-"""The small HTML pages behind the "Stop these messages" link: a confirmation whose button
-POSTs the withdrawal, its result, and an error. No script, no outside resources, no framing;
-they show only what ``GET /v1/public/consent/{token}`` shows (the consents' states)."""
+"""The small HTML pages behind the messages' links: for "Stop these messages" a confirmation
+whose button POSTs the withdrawal and its result; for a rating link a confirmation with the
+rating preselected whose button POSTs it and the recorded answer; an error. Opening a page
+changes nothing (mail scanners open links). No script, no outside resources, no framing; they
+show only what the JSON of the same link shows (the consents' states, the answer)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,16 @@ from html import escape
 
 from starlette.responses import HTMLResponse
 
-from api.schemas.public import PublicConsentState
+from api.schemas.public import PublicConsentState, PublicFeedback
 
-__all__ = ["confirm_page", "done_page", "error_page", "wants_html"]
+__all__ = [
+    "confirm_page",
+    "done_page",
+    "error_page",
+    "rated_page",
+    "rating_page",
+    "wants_html",
+]
 
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -63,6 +72,37 @@ def confirm_page(consents: Sequence[PublicConsentState]) -> HTMLResponse:
 def done_page(consents: Sequence[PublicConsentState]) -> HTMLResponse:
     text = "<p>Done: you will receive no more messages. Nothing else is needed.</p>"
     return _page("You are unsubscribed", text + _states(consents))
+
+
+_LABELS = {1: "very poor", 2: "poor", 3: "fair", 4: "good", 5: "excellent"}
+
+
+def rating_page(chosen: int | None) -> HTMLResponse:
+    """The rating link's page: the link's rating checked; the button POSTs the form to the
+    page's own URL (``rating=N``) and records it."""
+    options = "".join(
+        f'<p><label><input type="radio" name="rating" value="{n}" required'
+        f"{' checked' if n == chosen else ''}> {n} {'&#9733;' * n} ({_LABELS[n]})</label></p>"
+        for n in range(1, 6)
+    )
+    form = (
+        '<form method="post"><fieldset><legend>Your rating</legend>'
+        f'{options}</fieldset><button type="submit">Send my rating</button></form>'
+    )
+    text = (
+        "<p>Check your choice and send it. Answering earns reward points, whatever you answer.</p>"
+    )
+    return _page("How did it go?", text + form)
+
+
+def rated_page(answer: PublicFeedback) -> HTMLResponse:
+    """The recorded answer (also what a second visit shows: it changes nothing)."""
+    parts = [f"<p>{escape(answer.message)}</p>"]
+    if answer.rating is not None:
+        parts.append(f"<p>Your rating: {answer.rating} of 5.</p>")
+    if answer.reward_points:
+        parts.append(f"<p>{answer.reward_points} reward points credited.</p>")
+    return _page("Thank you", "".join(parts))
 
 
 def error_page(status: int, message: str) -> HTMLResponse:

@@ -1,4 +1,4 @@
-"""Customer links (no API key): rate a purchase, see and withdraw consent, read messages.
+"""Customer links (no API key): rate a purchase, see and withdraw consent, read the message.
 
 The credential is the single-use feedback token from the follow-up e-mail (random 256 bits,
 stored only as its SHA-256). Errors are explicit:
@@ -7,24 +7,31 @@ stored only as its SHA-256). Errors are explicit:
 * expired token → 400 ``feedback_token_expired`` (feedback links live 14 days; the consent and
   message links of the same e-mail keep working for :data:`CONSENT_LINK_VALIDITY` after that,
   because withdrawing must stay as easy as granting);
-* a second answer → the one-click ``GET`` shows the recorded answer (nothing changes); a second
-  ``POST`` is a 409 ``feedback_token_used``; ``PATCH`` changes a recorded answer for 14 days.
+* a second answer → the rating page shows the recorded answer (nothing changes); a second
+  ``POST`` with a JSON body is a 409 ``feedback_token_used``; ``PATCH`` changes a recorded
+  answer for 14 days.
 
-One-click rating is a ``GET`` by design (an e-mail link); mail scanners that prefetch links would
-record a rating, so e-mails should link ratings to a page that confirms before it calls here, and
-the customer can correct a recorded answer with ``PATCH`` while it is editable.
-Withdrawal is a ``POST``, never a ``GET``: the messages' "Stop these messages" link opens a
-confirmation page (``GET``, changes nothing, so a prefetching scanner withdraws nothing) whose one
-button POSTs; mail clients POST the same URL from the RFC 8058 ``List-Unsubscribe`` header.
+No ``GET`` changes anything: mail scanners and link previews open every link in a message.
+The messages' rating links open a confirmation page (``GET /feedback/{token}/rate?rating=N``,
+the rating preselected) whose one button POSTs it; the "Stop these messages" link opens a
+confirmation page (``GET /consent/{token}/withdraw``) whose one button POSTs the withdrawal, and
+mail clients POST that URL from the RFC 8058 ``List-Unsubscribe`` header. Both POSTs answer a
+browser (``Accept: text/html``) with a page and anyone else with JSON.
 A withdrawal also cancels the contact's open phone tasks it no longer allows.
+
+A token reads its own follow-up's in-app message only (``GET /messages/{token}``): a link that
+reached the merchant's SMS gateway or a forwarded e-mail must not open the contact's other
+messages, whose links carry other follow-ups' live tokens.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Annotated
+from urllib.parse import parse_qs
 
-from fastapi import Path, Query, Request
+from fastapi import Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from sqlmodel import Session
 from starlette.responses import HTMLResponse
 
@@ -34,7 +41,14 @@ from api.dispatch import phone_tasks
 from api.dispatch import repository as dispatch_repo
 from api.dispatch.channels import render_in_app
 from api.errors import error_responses
-from api.routes._consent_page import confirm_page, done_page, error_page, wants_html
+from api.routes._consent_page import (
+    confirm_page,
+    done_page,
+    error_page,
+    rated_page,
+    rating_page,
+    wants_html,
+)
 from api.routes.support import emit_feedback_events
 from api.routing import ApiRouter
 from api.schemas.crm import ConsentEventOut, FeedbackOut
@@ -136,32 +150,111 @@ def _submit(
 @router.get(
     "/feedback/{token}",
     response_model=PublicFeedback,
-    summary="Open a feedback link; with `rating`, record it in one click",
-    description="Without `rating`: the link's state. With `rating` (1-5) on an unanswered link: "
-    "records it (reward points credited whatever the rating; 1-2 opens a support ticket with a "
-    "24 h first-response SLA). On an answered link: shows the recorded answer, unchanged.",
+    summary="A feedback link's state",
+    description="Pending (with its expiry) or the recorded answer. Changes nothing: the "
+    "messages' rating links open `GET /feedback/{token}/rate`, whose button records.",
 )
-def open_feedback_link(
+def open_feedback_link(token: Token, session: SessionDep, clock: ClockDep) -> PublicFeedback:
+    return _view(session, _feedback_link(session, token, clock))
+
+
+def _feedback_link(session: Session, token: str, clock: Clock) -> Feedback:
+    """The token's feedback row: answered (shown as it is, expired or not) or still open."""
+    fb = _by_token(session, token)
+    if fb.submitted_at is None and (
+        fb.token_expires_at is None or clock.now() >= fb.token_expires_at
+    ):
+        raise FeedbackTokenExpired("this feedback link has expired")
+    return fb
+
+
+_RATING_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"rating": {"type": "integer", "minimum": 1, "maximum": 5}},
+                    "required": ["rating"],
+                }
+            }
+        },
+    }
+}
+
+
+async def _form_rating(request: Request) -> int:
+    """The confirmation page's ``rating`` field (a browser form, url-encoded; parsed here: the
+    app carries no multipart parser). Errors are the usual 422 of the one handler."""
+    fields = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+    values = fields.get("rating", [])
+    if not values:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body", "rating"), "msg": "Field required"}]
+        )
+    value = values[-1].strip()
+    if not (value.isdigit() and 1 <= int(value) <= 5):
+        raise RequestValidationError(
+            [{"type": "int_range", "loc": ("body", "rating"), "msg": "a whole number 1-5"}]
+        )
+    return int(value)
+
+
+@router.get(
+    "/feedback/{token}/rate",
+    response_class=HTMLResponse,
+    summary="A message's rating link: a confirmation page",
+    description="An HTML page with the five ratings, `rating` preselected, and one button that "
+    "POSTs the choice to this URL. Opening it changes nothing, so mail scanners and link "
+    "previews that open links rate nothing. On an answered link: the recorded answer. No "
+    "script, no outside resources, not frameable.",
+    responses={200: {"content": {"text/html": {}}, "description": "The confirmation page."}},
+)
+def confirm_rating(
     token: Token,
+    session: SessionDep,
+    clock: ClockDep,
+    rating: Annotated[int | None, Query(ge=1, le=5, description="The preselected rating.")] = None,
+) -> HTMLResponse:
+    try:
+        fb = _feedback_link(session, token, clock)
+    except (FeedbackTokenInvalid, FeedbackTokenExpired) as exc:
+        return error_page(exc.status_code, exc.message)
+    if fb.submitted_at is not None:
+        return rated_page(_view(session, fb))
+    return rating_page(rating)
+
+
+@router.post(
+    "/feedback/{token}/rate",
+    response_model=PublicFeedback,
+    summary="Record the confirmation page's rating",
+    description="The page's form (`rating=N`, url-encoded). Records the rating (reward points "
+    "credited whatever the rating; 1-2 opens a support ticket with a 24 h first-response SLA); "
+    "on an answered link it shows the recorded answer, unchanged. A browser (`Accept: "
+    "text/html`) gets an HTML page instead of JSON.",
+    responses={200: {"content": {"text/html": {}}}},
+    openapi_extra=_RATING_FORM,
+)
+def rate_from_page(
+    token: Token,
+    request: Request,
+    rating: Annotated[int, Depends(_form_rating)],
     session: SessionDep,
     keyring: KeyRingDep,
     clock: ClockDep,
-    rating: Annotated[int | None, Query(ge=1, le=5, description="One-click rating.")] = None,
-) -> PublicFeedback:
-    fb = _by_token(session, token)
-    if fb.submitted_at is not None:
-        return _view(session, fb)
-    if fb.token_expires_at is None or clock.now() >= fb.token_expires_at:
-        raise FeedbackTokenExpired("this feedback link has expired")
-    if rating is None:
-        return _view(session, fb)
-    try:
-        _submit(session, fb, token, FeedbackCreate(rating=rating), keyring, clock)
-    except FeedbackTokenUsed:  # a concurrent click won: show what it recorded
-        session.expire_all()
-        fb = _by_token(session, token)
-    session.refresh(fb)
-    return _view(session, fb)
+) -> PublicFeedback | HTMLResponse:
+    fb = _feedback_link(session, token, clock)
+    if fb.submitted_at is None:
+        try:
+            _submit(session, fb, token, FeedbackCreate(rating=rating), keyring, clock)
+        except FeedbackTokenUsed:  # a concurrent click won: show what it recorded
+            session.expire_all()
+            fb = _by_token(session, token)
+        session.refresh(fb)
+    view = _view(session, fb)
+    return rated_page(view) if wants_html(request.headers.get("accept")) else view
 
 
 @router.post(
@@ -330,27 +423,29 @@ def withdraw_all_my_consent(
 @router.get(
     "/messages/{token}",
     response_model=PublicMessages,
-    summary="My in-app messages",
-    description="Newest first, with their rating links. `read_at` is when the inbox first "
-    "showed a message (this read, for new ones).",
+    summary="The in-app message this link came with",
+    description="The follow-up's own in-app message with its links (none: an empty list). A "
+    "token never shows the contact's other messages, nor their links. `read_at`: when it was "
+    "first shown (this read, for a new one).",
 )
 def get_my_messages(
     token: Token, session: SessionDep, clock: ClockDep, keyring: KeyRingDep
 ) -> PublicMessages:
     fb = _consent_link(session, token, clock)
-    rows = list(queries.messages_for_contact(session, fb.merchant_id, fb.contact_id))
-    bodies = render_in_app(session, keyring, rows)
+    message = dispatch_repo.message_for_followup(session, fb.merchant_id, fb.followup_id)
+    if message is None or message.id is None:
+        return PublicMessages(data=[])
     now = clock.now()
-    dispatch_repo.mark_read(session, [m.id for m in rows if m.id and m.read_at is None], now)
+    if message.read_at is None:
+        dispatch_repo.mark_read(session, [message.id], now)
     return PublicMessages(
         data=[
             PublicMessage(
-                id=m.id or 0,
-                subject=m.subject,
-                body=body,
-                created_at=m.created_at,
-                read_at=m.read_at or now,
+                id=message.id,
+                subject=message.subject,
+                body=render_in_app(session, keyring, message),
+                created_at=message.created_at,
+                read_at=message.read_at or now,
             )
-            for m, body in zip(rows, bodies, strict=True)
         ]
     )

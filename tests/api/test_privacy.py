@@ -171,7 +171,7 @@ class TestExport:
         )
         assert mark.status_code == 200, mark.text
         assert (
-            world.client.get(f"/v1/public/feedback/{token}", params={"rating": 1}).status_code
+            world.client.post(f"/v1/public/feedback/{token}/rate", data={"rating": 1}).status_code
             == 200
         )
         (ticket,) = world.client.get("/v1/tickets", headers=h).json()["data"]

@@ -127,7 +127,7 @@ def negative_ticket(w: World, t: Tenant) -> tuple[dict, int]:
     contact = new_contact(w, t)
     grant(w, t, contact["id"])
     token, _ = issue_token(w, t, contact["id"])
-    r = w.client.get(f"/v1/public/feedback/{token}", params={"rating": 1})
+    r = w.client.post(f"/v1/public/feedback/{token}/rate", data={"rating": 1})
     assert r.status_code == 200, r.text
     tickets = w.client.get("/v1/tickets", headers=auth(t.support)).json()["data"]
     ticket = next(x for x in tickets if x["contact_id"] == contact["id"])

@@ -1,5 +1,5 @@
-"""Customer links without an API key: one-click rating, consent withdrawal, messages; tampered,
-expired and reused tokens."""
+"""Customer links without an API key: rating, consent withdrawal, the message; tampered,
+expired and reused tokens. The rating link's HTML page: tests/api/test_rating_page.py."""
 
 from __future__ import annotations
 
@@ -14,11 +14,18 @@ from api.dispatch.models import InAppMessage
 from api.dispatch.worker import Worker
 from api.webhooks.models import WebhookDelivery
 from crm import FollowUpPolicyCreate, followups
+from crm.feedback.models import Feedback
+from crm.feedback.tokens import hash_token
 from crm.followups.models import FollowUp
 from tests.api.conftest import auth
 from tests.api.test_resources_crm import World, grant, issue_token, new_contact, world
 
 __all__ = ["world"]
+
+
+def rate(world: World, token: str, rating: int):
+    """The rating page's button (its form, url-encoded)."""
+    return world.client.post(f"/v1/public/feedback/{token}/rate", data={"rating": rating})
 
 
 def _emailed(world: World) -> tuple[dict, str]:
@@ -35,7 +42,7 @@ class TestOneClickRating:
         r = world.client.get(f"/v1/public/feedback/{token}")
         assert r.status_code == 200
         assert r.json()["state"] == "pending"
-        r = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 2})
+        r = rate(world, token, 2)
         body = r.json()
         assert r.status_code == 200, r.text
         assert body["state"] == "recorded"
@@ -43,7 +50,7 @@ class TestOneClickRating:
         assert body["reward_points"] == 10
         assert body["follow_up_within_hours"] == 24
         # a later click (another rating) shows the recorded answer and changes nothing
-        again = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 5}).json()
+        again = rate(world, token, 5).json()
         assert again["rating"] == 2
         assert again["submitted_at"] == body["submitted_at"]
         tickets = world.client.get("/v1/tickets", headers=auth(world.a.support)).json()["data"]
@@ -72,26 +79,38 @@ class TestOneClickRating:
             f"/v1/public/consent/{tampered}",
             f"/v1/public/messages/{tampered}",
         ):
-            r = world.client.get(path, params={"rating": 1} if "feedback" in path else None)
+            r = world.client.get(path)
             assert r.status_code == 404
             assert r.json()["error"]["code"] == "feedback_token_invalid"
-        r = world.client.post(f"/v1/public/consent/{tampered}/withdraw")
-        assert r.status_code == 404
+        for r in (
+            world.client.post(f"/v1/public/consent/{tampered}/withdraw"),
+            rate(world, tampered, 1),
+        ):
+            assert r.status_code == 404
         world.clock.advance(days=15)
-        r = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 1})
-        assert r.status_code == 400
-        assert r.json()["error"]["code"] == "feedback_token_expired"
+        for r in (world.client.get(f"/v1/public/feedback/{token}"), rate(world, token, 1)):
+            assert r.status_code == 400
+            assert r.json()["error"]["code"] == "feedback_token_expired"
         r = world.client.post(f"/v1/public/feedback/{token}", json={"rating": 1})
         assert r.status_code == 400
         assert world.client.get("/v1/feedback", headers=auth(world.a.merchant)).json()["data"] == []
         # the same e-mail's consent link still works: withdrawing stays easy
         assert world.client.get(f"/v1/public/consent/{token}").status_code == 200
 
+    def test_a_get_never_records(self, world: World) -> None:
+        """Mail scanners and link previews open links: ``rating`` on the link's state (the
+        one-click GET of old e-mails) changes nothing."""
+        _c, token = _emailed(world)
+        r = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 1})
+        assert (r.status_code, r.json()["state"]) == (200, "pending")
+        assert world.client.get("/v1/feedback", headers=auth(world.a.merchant)).json()["data"] == []
+
     def test_bad_rating_writes_nothing(self, world: World) -> None:
         _c, token = _emailed(world)
-        r = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 9})
-        assert r.status_code == 422
-        assert r.json()["error"]["param"] == "rating"
+        for form, code in (({"rating": 9}, "parameter_invalid"), ({}, "parameter_missing")):
+            r = world.client.post(f"/v1/public/feedback/{token}/rate", data=form)
+            assert r.status_code == 422
+            assert (r.json()["error"]["code"], r.json()["error"]["param"]) == (code, "rating")
         assert world.client.get(f"/v1/public/feedback/{token}").json()["state"] == "pending"
 
 
@@ -106,7 +125,7 @@ class TestChangingAnAnswer:
         )
         assert hook.status_code == 200, hook.text
         c, token = _emailed(world)
-        first = world.client.get(f"/v1/public/feedback/{token}", params={"rating": 5}).json()
+        first = rate(world, token, 5).json()
         assert first["editable_until"] is not None
         world.clock.advance(days=13)
         r = world.client.patch(
@@ -143,7 +162,7 @@ class TestChangingAnAnswer:
         assert pending.status_code == 409
         assert pending.json()["error"]["code"] == "feedback_not_submitted"
         assert world.client.get(f"/v1/public/feedback/{token}").json()["state"] == "pending"
-        world.client.get(f"/v1/public/feedback/{token}", params={"rating": 4})
+        rate(world, token, 4)
         for body, status in (({}, 422), ({"rating": 9}, 422), ({"tags": ["x"]}, 422)):
             r = world.client.patch(f"/v1/public/feedback/{token}", json=body)
             assert r.status_code == status, (body, r.text)
@@ -202,61 +221,99 @@ class TestConsentLinks:
         assert r.status_code == 200
         assert r.json() == {"object": "list", "data": []}
 
-    def test_an_in_app_followup_is_in_the_customers_inbox_and_its_link_rates(
-        self, world: World
-    ) -> None:
+    def test_an_in_app_followup_is_shown_to_its_link_and_its_link_rates(self, world: World) -> None:
         """The worker's in-app channel stores it; the customer reads it over HTTP with the
-        links' token put back, and one click on a link records the rating."""
-        c = new_contact(world, world.a)
-        r = world.client.post(
-            f"/v1/contacts/{c['id']}/consents",
-            json={"action": "grant", "purpose": "service_followup", "channel": "in_app"},
-            headers=auth(world.a.merchant),
-        )
-        assert r.status_code == 200, r.text
-        merchant_id = int(world.a.id)
-        with session_scope(session_factory(world.engine)) as s:
-            followups.create_policy(
-                s,
-                merchant_id,
-                FollowUpPolicyCreate(delay_minutes=0, channel_order=["in_app"]),
-                actor="test",
-                clock=world.clock,
-            )
-            followups.schedule_for_payment(
-                s,
-                merchant_id,
-                c["id"],
-                "pay_inbox",
-                "inv_inbox",
-                100,
-                "USDC",
-                world.clock.now(),
-                world.clock,
-            )
-        links = Links("http://testserver")
-        worker = Worker(
-            world.engine, world.keyring, {"in_app": InAppChannel(links, world.keyring)}, world.clock
-        )
-        worker.run_once()  # the shared database may hold other tests' due follow-ups too
-        with Session(world.engine) as s:
-            (message,) = s.exec(select(InAppMessage).where(InAppMessage.merchant_id == merchant_id))
-            (body,) = render_in_app(s, world.keyring, [message])
-            (sent,) = s.exec(select(FollowUp).where(FollowUp.merchant_id == merchant_id))
-        assert (sent.state, sent.channel) == ("sent", "in_app")
-        token = body.split("/v1/public/feedback/", 1)[1].split("?", 1)[0]
+        links' token put back, and its link's page records the rating."""
+        c = _in_app_contact(world)
+        (token,) = _send_in_app(world, c["id"], 1)
+        message = _message(world, token)
 
         world.clock.advance(minutes=5)
         inbox = world.client.get(f"/v1/public/messages/{token}").json()["data"]
         assert [(m["id"], m["subject"]) for m in inbox] == [(message.id, message.subject)]
-        assert f"/v1/public/feedback/{token}?rating=4" in inbox[0]["body"]
+        assert f"/v1/public/feedback/{token}/rate?rating=4" in inbox[0]["body"]
         first_read = inbox[0]["read_at"]
         assert datetime.fromisoformat(first_read) == world.clock.now()
         world.clock.advance(minutes=5)
         again = world.client.get(f"/v1/public/messages/{token}").json()["data"]
         assert again[0]["read_at"] == first_read  # the first read stays
 
-        link = next(line for line in inbox[0]["body"].splitlines() if "?rating=4" in line)
+        link = next(line for line in inbox[0]["body"].splitlines() if "rating=4" in line)
         path = link.split("http://testserver", 1)[1]
-        rated = world.client.get(path).json()
+        assert world.client.get(path).status_code == 200  # the page: records nothing
+        assert world.client.get(f"/v1/public/feedback/{token}").json()["state"] == "pending"
+        rated = world.client.post(path.split("?", 1)[0], data={"rating": 4}).json()
         assert (rated["state"], rated["rating"]) == ("recorded", 4)
+
+    def test_a_link_shows_only_its_own_message_never_another_followups_token(
+        self, world: World
+    ) -> None:
+        """One follow-up's token (say, handed to an SMS gateway) used to open the contact's
+        whole inbox for over a year, other follow-ups' live rating tokens included."""
+        c = _in_app_contact(world)
+        first, second = _send_in_app(world, c["id"], 2)
+        world.clock.advance(days=200)
+        for mine, other in ((first, second), (second, first)):
+            r = world.client.get(f"/v1/public/messages/{mine}")
+            assert r.status_code == 200, r.text
+            (shown,) = r.json()["data"]
+            assert shown["id"] == _message(world, mine).id
+            assert mine in shown["body"]
+            assert other not in r.text
+
+
+def _in_app_contact(world: World) -> dict:
+    c = new_contact(world, world.a)
+    r = world.client.post(
+        f"/v1/contacts/{c['id']}/consents",
+        json={"action": "grant", "purpose": "service_followup", "channel": "in_app"},
+        headers=auth(world.a.merchant),
+    )
+    assert r.status_code == 200, r.text
+    return c
+
+
+def _send_in_app(world: World, contact_id: int, count: int) -> list[str]:
+    """``count`` in-app follow-ups of the contact sent by the worker; their links' tokens."""
+    merchant_id = int(world.a.id)
+    with session_scope(session_factory(world.engine)) as s:
+        followups.create_policy(
+            s,
+            merchant_id,
+            FollowUpPolicyCreate(delay_minutes=0, channel_order=["in_app"], frequency_cap_days=0),
+            actor="test",
+            clock=world.clock,
+        )
+        for n in range(count):
+            followups.schedule_for_payment(
+                s,
+                merchant_id,
+                contact_id,
+                f"pay_in{n}",
+                f"inv_in{n}",
+                100,
+                "USDC",
+                world.clock.now(),
+                world.clock,
+            )
+    links = Links("http://testserver")
+    worker = Worker(
+        world.engine, world.keyring, {"in_app": InAppChannel(links, world.keyring)}, world.clock
+    )
+    worker.run_once()  # the shared database may hold other tests' due follow-ups too
+    with Session(world.engine) as s:
+        sent = s.exec(select(FollowUp).where(FollowUp.merchant_id == merchant_id)).all()
+        assert [(f.state, f.channel) for f in sent] == [("sent", "in_app")] * count
+        messages = s.exec(
+            select(InAppMessage)
+            .where(InAppMessage.merchant_id == merchant_id)
+            .order_by(InAppMessage.id)
+        ).all()
+        bodies = [render_in_app(s, world.keyring, m) for m in messages]
+    return [b.split("/v1/public/feedback/", 1)[1].split("/rate?", 1)[0] for b in bodies]
+
+
+def _message(world: World, token: str) -> InAppMessage:
+    with Session(world.engine) as s:
+        fb = s.exec(select(Feedback).where(Feedback.token_hash == hash_token(token))).one()
+        return s.exec(select(InAppMessage).where(InAppMessage.followup_id == fb.followup_id)).one()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -196,9 +197,13 @@ class TestEmail:
         assert mail["From"] == "Tea House <followup@tea.example>"
         assert mail["To"] == "ada@example.com"
         body = mail.get_payload(decode=True).decode()
-        links = [line.split(": ", 1)[1] for line in body.splitlines() if "?rating=" in line]
+        links = [line.split(": ", 1)[1] for line in body.splitlines() if "rating=" in line]
         assert [link.rsplit("=", 1)[1] for link in links] == ["1", "2", "3", "4", "5"]
-        assert all(link.startswith("https://pay.example/v1/public/feedback/") for link in links)
+        # each opens the confirmation page (a GET that records nothing), never the answer itself
+        assert all(
+            re.fullmatch(r"https://pay\.example/v1/public/feedback/[\w-]+/rate\?rating=\d", link)
+            for link in links
+        )
         assert "/v1/public/consent/" in mail["List-Unsubscribe"]
         assert "Stop these messages: https://pay.example/v1/public/consent/" in body
         assert "inv_1" in body
@@ -439,7 +444,7 @@ class TestWebhook:
         assert (data["channel"], data["to"], data["contact_id"]) == ("webhook", None, contact_id)
         assert data["invoice"] == "inv_1"
         assert sorted(data["rating_links"]) == ["1", "2", "3", "4", "5"]
-        token = data["rating_links"]["5"].split("/feedback/", 1)[1].split("?", 1)[0]
+        token = data["rating_links"]["5"].split("/feedback/", 1)[1].split("/rate?", 1)[0]
         with Session(engine) as session:
             (feedback,) = session.exec(select(Feedback).where(Feedback.merchant_id == shop_id))
         assert hash_token(token) == feedback.token_hash
@@ -545,18 +550,18 @@ class TestInAppAndPhone:
             (feedback,) = session.exec(select(Feedback)).all()
             assert LINK_TOKEN in message.body
             assert message.link_token_enc is not None
-            (body,) = render_in_app(session, KEYRING, [message])
-        links = [line.split(": ", 1)[1] for line in body.splitlines() if "?rating=" in line]
-        token = links[0].split("/feedback/", 1)[1].split("?", 1)[0]
+            body = render_in_app(session, KEYRING, message)
+        links = [line.split(": ", 1)[1] for line in body.splitlines() if "rating=" in line]
+        token = links[0].split("/feedback/", 1)[1].split("/rate?", 1)[0]
         assert hash_token(token) == feedback.token_hash
         assert token not in message.body
         with Session(engine) as session, session.begin():
             privacy.erase_contact(session, shop_id, contact_id, actor="dpo", clock=clock)
         with Session(engine) as session:
             (message,) = session.exec(select(InAppMessage)).all()
-            (erased,) = render_in_app(session, KEYRING, [message])
+            erased = render_in_app(session, KEYRING, message)
         assert token not in erased
-        assert "/feedback/withdrawn?rating=5" in erased
+        assert "/feedback/withdrawn/rate?rating=5" in erased
 
     def test_phone_task_carries_the_contacts_local_window(self, engine, clock):
         shop_with(engine, clock, channel="phone", phone="+442071838750")

@@ -1,0 +1,141 @@
+"""The messages' rating links: a GET confirmation page with the link's rating preselected
+(nothing recorded, whoever opens it: a mail scanner, a link preview, the person) whose button
+POSTs the choice."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from api.dispatch.channels import EmailChannel, Links, Recipient
+from tests.api.conftest import auth, free_port
+from tests.api.test_consent_page import _Sink
+from tests.api.test_privacy import sent_instruction
+from tests.api.test_resources_crm import (
+    World,
+    grant,
+    issue_token,
+    new_contact,
+    world,  # noqa: F401 - the fixture
+)
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+
+def _token(w: World) -> str:
+    c = new_contact(w, w.a)
+    grant(w, w.a, c["id"])
+    token, _ = issue_token(w, w.a, c["id"])
+    return token
+
+
+def _recorded(w: World) -> list:
+    return w.client.get("/v1/feedback", headers=auth(w.a.merchant)).json()["data"]
+
+
+class TestConfirmationPage:
+    def test_opening_a_rating_link_preselects_it_and_records_nothing(
+        self,
+        world: World,  # noqa: F811
+    ) -> None:
+        token = _token(world)
+        for _ in range(3):  # a scanner, a preview, the person
+            r = world.client.get(f"/v1/public/feedback/{token}/rate?rating=2", headers=BROWSER)
+            assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/html")
+        checked = re.findall(
+            r'<input type="radio" name="rating" value="(\d)" required checked>', r.text
+        )
+        assert checked == ["2"]
+        assert len(re.findall(r'name="rating"', r.text)) == 5
+        assert re.search(r'<form method="post">', r.text)
+        assert "<script" not in r.text.lower()
+        assert token not in r.text
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["referrer-policy"] == "no-referrer"
+        assert r.headers["cache-control"] == "no-store"
+        assert world.client.get(f"/v1/public/feedback/{token}").json()["state"] == "pending"
+        assert _recorded(world) == []
+        assert world.client.get("/v1/tickets", headers=auth(world.a.support)).json()["data"] == []
+
+    def test_its_button_records_the_choice_once_and_answers_a_page(
+        self,
+        world: World,  # noqa: F811
+    ) -> None:
+        token = _token(world)
+        url = f"/v1/public/feedback/{token}/rate"
+        r = world.client.post(url + "?rating=5", data={"rating": "2"}, headers=BROWSER)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/html")
+        assert "Your rating: 2 of 5." in r.text
+        assert "within 24 h" in r.text  # a low rating opened a ticket
+        assert [f["rating"] for f in _recorded(world)] == [2]  # the form's value, not the URL's
+        again = world.client.post(url, data={"rating": "5"}, headers=BROWSER)
+        assert "Your rating: 2 of 5." in again.text
+        page = world.client.get(url + "?rating=5", headers=BROWSER)
+        assert "Your rating: 2 of 5." in page.text
+        assert 'name="rating"' not in page.text
+        assert [f["rating"] for f in _recorded(world)] == [2]
+        assert (
+            len(world.client.get("/v1/tickets", headers=auth(world.a.support)).json()["data"]) == 1
+        )
+
+    @pytest.mark.parametrize("case", ["unknown", "expired"])
+    def test_a_bad_link_shows_why_as_a_page(
+        self,
+        world: World,  # noqa: F811
+        case: str,
+    ) -> None:
+        token = _token(world)
+        if case == "unknown":
+            token = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+        else:
+            world.clock.advance(days=15)
+        r = world.client.get(f"/v1/public/feedback/{token}/rate?rating=1", headers=BROWSER)
+        assert r.status_code == (404 if case == "unknown" else 400)
+        assert r.headers["content-type"].startswith("text/html")
+        assert "This link does not work" in r.text
+
+
+def test_the_emails_rating_links_record_only_when_confirmed(world: World) -> None:  # noqa: F811
+    """Every link in the delivered e-mail opened, as a scanner does, records nothing; the page's
+    button does."""
+    c = new_contact(world, world.a)
+    grant(world, world.a, c["id"])
+    sink = _Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        channel = EmailChannel("127.0.0.1", controller.port, "f@pay.example", Links("https://p.ex"))
+        instruction = sent_instruction(world, c["id"])
+        channel.send(None, instruction, Recipient("Acme", "UTC", world.clock.now()))
+    finally:
+        controller.stop()
+    (mail,) = sink.messages
+    body = mail.get_payload(decode=True).decode()
+    links = [urlsplit(u) for u in re.findall(r"https://p\.ex\S+", body)]
+    assert len(links) == 6  # five ratings and "Stop these messages"
+    for link in links:
+        r = world.client.get(f"{link.path}?{link.query}", headers=BROWSER)
+        assert r.status_code == 200
+    assert _recorded(world) == []
+    assert (
+        world.client.get(f"/v1/public/consent/{instruction.token}").json()["consents"][0]["state"]
+        == "granted"
+    )
+    (two,) = [u for u in links if u.query == "rating=2"]
+    r = world.client.post(two.path, data={"rating": "2"})
+    assert (r.json()["state"], r.json()["rating"]) == ("recorded", 2)
+    assert [f["rating"] for f in _recorded(world)] == [2]
+
+
+def test_a_page_expired_while_open_is_a_400(world: World) -> None:  # noqa: F811
+    token = _token(world)
+    world.clock.advance(timedelta(days=15))
+    r = world.client.post(f"/v1/public/feedback/{token}/rate", data={"rating": "4"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "feedback_token_expired"
