@@ -29,6 +29,7 @@ from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChanne
 from api.dispatch.worker import Channel, Worker
 from api.runtime import chain_info_for
 from api.sandbox import Sandbox
+from api.settings import get_settings
 from api.settlement.indexer import Indexer
 from api.webhooks.secrets import SecretCipher
 from crm import KeyRing, make_engine
@@ -82,6 +83,7 @@ class EmbeddedStack:
         from api.routes import test_helpers
 
         app = create_app(
+            get_settings(webhook_allow_private_targets=True),  # receivers on 127.0.0.1
             engine=self.api_engine,
             keyring=self.keyring,
             signers={self.operator.address: self.operator},
@@ -117,7 +119,7 @@ class EmbeddedStack:
         self, stop: threading.Event, interval: float = 1.0
     ) -> list[threading.Thread]:
         """Indexer, follow-up worker and webhook deliveries as daemon threads until ``stop``."""
-        from api.webhooks import run_delivery_worker
+        from api.webhooks import TargetPolicy, run_delivery_worker
 
         jobs: list[tuple[str, Any]] = [
             ("indexer", lambda: self.indexer().run(stop, poll_interval=interval)),
@@ -125,7 +127,11 @@ class EmbeddedStack:
             (
                 "webhooks",
                 lambda: run_delivery_worker(
-                    session_factory(self.engine), stop, interval=interval, cipher=self.cipher
+                    session_factory(self.engine),
+                    stop,
+                    interval=interval,
+                    cipher=self.cipher,
+                    targets=TargetPolicy(allow_private=True),
                 ),
             ),
         ]

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     api_idempotency_ttl_seconds: float = Field(default=24 * 3600, ge=60)
     api_docs: bool = True
     api_max_in_flight: int = Field(default=32, ge=1, le=1024)
+    #: Webhook endpoints may be on loopback, private, link-local and other non-public addresses
+    #: (``api.webhooks.targets``). Off: a merchant's URL must not reach our own network (SSRF);
+    #: the embedded ``followpay serve``, the demo and the tests turn it on for 127.0.0.1 receivers.
+    webhook_allow_private_targets: bool = False
     #: Vault wallets whose keys sign invoice intents (``api.operators``): ``name`` or
     #: ``name:index``, comma-separated. Empty: invoices need the embedded stack's dev operator.
     operators: str = ""

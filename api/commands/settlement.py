@@ -140,7 +140,7 @@ def worker(
         WebhookChannel,
     )
     from api.dispatch.worker import Channel, Worker
-    from api.webhooks import deliver_due, run_delivery_worker
+    from api.webhooks import TargetPolicy, deliver_due, run_delivery_worker
 
     runtime = _runtime()
     links = Links(runtime.settings.public_base_url)
@@ -160,9 +160,12 @@ def worker(
         lease=timedelta(seconds=lease_seconds),
     )
     sessions = session_factory(runtime.engine)
+    targets = TargetPolicy(allow_private=runtime.settings.webhook_allow_private_targets)
     if once:
         result = job.run_once()
-        delivered = deliver_due(sessions, cipher=runtime.cipher) if webhooks else []
+        delivered = (
+            deliver_due(sessions, cipher=runtime.cipher, targets=targets) if webhooks else []
+        )
         summary = {"claimed": result.claimed, **result.outcomes, "webhooks": len(delivered)}
         typer.echo(json.dumps(summary))
         return
@@ -174,7 +177,7 @@ def worker(
             threading.Thread(
                 target=run_delivery_worker,
                 args=(sessions, stop),
-                kwargs={"interval": interval, "cipher": runtime.cipher},
+                kwargs={"interval": interval, "cipher": runtime.cipher, "targets": targets},
                 name="webhooks",
                 daemon=True,
             )
@@ -190,7 +193,7 @@ def worker(
     finally:
         stop.set()
         for thread in threads:
-            thread.join(timeout=15)  # a delivery in flight finishes (10 s HTTP timeout)
+            thread.join(timeout=20)  # a delivery in flight finishes (15 s deadline an attempt)
     runtime.close()
 
 

@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import Path, Request
 
-from api.deps import AfterCommit, CipherDep, ConfigCacheDep, SessionDep, require_role
+from api.deps import (
+    AfterCommit,
+    CipherDep,
+    ConfigCacheDep,
+    SessionDep,
+    SettingsDep,
+    require_role,
+)
 from api.errors import NotFound
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
@@ -20,6 +27,7 @@ from api.webhooks.schemas import (
     WebhookEndpointPublic,
     WebhookEndpointWithSecret,
 )
+from api.webhooks.targets import TargetPolicy
 
 __all__ = ["router"]
 
@@ -35,7 +43,9 @@ DeliveryId = Annotated[str, Path(max_length=40, description="A webhook delivery 
     response_model=WebhookEndpointWithSecret,
     summary="Register a webhook endpoint",
     description="The response carries the signing `secret`; it is never returned again except by "
-    "`rotate_secret`. Live-mode keys must use https URLs.",
+    "`rotate_secret`. Live-mode keys must use https URLs. A host that is, or resolves to, a "
+    "loopback, private, link-local or otherwise non-public address is refused "
+    "(`400 url_not_allowed`).",
 )
 def create_webhook_endpoint(
     body: WebhookEndpointCreate,
@@ -44,6 +54,7 @@ def create_webhook_endpoint(
     cipher: CipherDep,
     cache: ConfigCacheDep,
     after_commit: AfterCommit,
+    settings: SettingsDep,
 ) -> WebhookEndpointWithSecret:
     endpoint, secret = webhooks.create_endpoint(
         session,
@@ -53,6 +64,7 @@ def create_webhook_endpoint(
         description=body.description,
         livemode=caller.livemode,
         cipher=cipher,
+        targets=TargetPolicy(allow_private=settings.webhook_allow_private_targets),
     )
     after_commit.append(cache.clear)  # this process's cached subscriptions
     return WebhookEndpointWithSecret.with_secret(endpoint, secret)

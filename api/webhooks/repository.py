@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -20,8 +21,10 @@ __all__ = [
     "deliveries_select",
     "enabled_endpoints",
     "endpoints_select",
+    "finish_claim",
     "get_delivery",
     "get_endpoint",
+    "renew_claim",
     "subscriptions",
 ]
 
@@ -147,3 +150,33 @@ def claim_due(session: Session, now: datetime, limit: int, lease_until: datetime
         if getattr(result, "rowcount", 0) == 1:
             claimed.append(delivery_id)
     return claimed
+
+
+def _held(delivery_id: str, claim: datetime) -> sa.ColumnElement[bool]:
+    """The row is still leased under ``claim`` (the ``locked_until`` its worker wrote): nobody
+    claimed it since (a later claim always writes a later ``locked_until``)."""
+    d = WebhookDelivery
+    return sa.and_(
+        col(d.id) == delivery_id,
+        col(d.status) == DeliveryStatus.DELIVERING.value,
+        col(d.locked_until) == claim,
+    )
+
+
+def renew_claim(session: Session, delivery_id: str, claim: datetime, until: datetime) -> bool:
+    """Extend a claim still held under ``claim`` to ``until``; ``False``: not ours any more."""
+    d = WebhookDelivery
+    result = session.execute(
+        sa.update(d).where(_held(delivery_id, claim)).values(locked_until=until)
+    )
+    return getattr(result, "rowcount", 0) == 1
+
+
+def finish_claim(session: Session, delivery_id: str, claim: datetime, **values: Any) -> bool:
+    """Write an attempt's outcome (``values``) and release the claim, only while it is still held
+    under ``claim``; ``False`` (nothing written): another worker claimed the row meanwhile."""
+    d = WebhookDelivery
+    result = session.execute(
+        sa.update(d).where(_held(delivery_id, claim)).values(locked_until=None, **values)
+    )
+    return getattr(result, "rowcount", 0) == 1

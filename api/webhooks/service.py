@@ -1,9 +1,9 @@
-"""Webhook rules: endpoints, secrets, the outbox (``enqueue``), delivery with retries, redelivery.
+"""Webhook rules: endpoints, secrets, the outbox (``enqueue``), the retry schedule, redelivery.
 
-Retry schedule after a failed attempt (non-2xx, timeout, connection error): 10 s, 1 min,
-then 10 min six times; after the 9th failed attempt the delivery is ``failed``. Every attempt is
-logged in ``api_webhook_attempts``. ``redeliver`` creates a NEW delivery of the same event (same
-event id, same body; receivers dedupe on ``FollowPay-Event-Id``).
+Sending is :mod:`api.webhooks.delivery`. Retry schedule after a failed attempt (non-2xx,
+timeout, connection error): 10 s, 1 min, then 10 min six times; after the 9th failed attempt
+the delivery is ``failed``. ``redeliver`` creates a NEW delivery of the same event (same event
+id, same body; receivers dedupe on ``FollowPay-Event-Id``).
 """
 
 from __future__ import annotations
@@ -11,45 +11,39 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from sqlmodel import Session
 
-from api.db import SessionFactory, new_id, session_scope, utcnow
+from api.db import new_id, utcnow
 from api.errors import InvalidRequest, NotFound
 from api.webhooks import repository
 from api.webhooks.models import (
     EVENT_TYPES,
     DeliveryStatus,
-    WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
 )
 from api.webhooks.secrets import SecretCipher, SecretDecryptionError
 from api.webhooks.signing import SIGNATURE_HEADER, sign
+from api.webhooks.targets import TargetPolicy
 
 __all__ = [
-    "CLAIM_LEASE",
     "RETRY_SCHEDULE",
-    "DeliveryResult",
     "SigningTarget",
     "create_endpoint",
-    "deliver_due",
     "disable_endpoint",
+    "endpoint_secrets",
     "enqueue",
     "event_body",
     "get_endpoint",
     "next_retry_delay",
     "redeliver",
     "rotate_secret",
-    "run_delivery_worker",
     "signed_headers",
     "signing_targets",
     "validate_events",
@@ -63,7 +57,6 @@ RETRY_SCHEDULE: tuple[timedelta, ...] = (
     timedelta(minutes=1),
     *(timedelta(minutes=10),) * 6,
 )
-CLAIM_LEASE = timedelta(minutes=2)
 USER_AGENT = "FollowPay-Webhooks/1.0"
 _PLAIN = SecretCipher(None)
 
@@ -79,7 +72,9 @@ def _new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
-def validate_url(url: str, *, livemode: bool) -> str:
+def validate_url(url: str, *, livemode: bool, targets: TargetPolicy | None = None) -> str:
+    """The url's form (http(s), https in live mode, no credentials) and, with ``targets``, its
+    host's addresses (:meth:`TargetPolicy.check_url`: ``400 url_not_allowed``)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest("The url must be an absolute http(s) URL.", param="url")
@@ -87,6 +82,8 @@ def validate_url(url: str, *, livemode: bool) -> str:
         raise InvalidRequest("Live-mode webhook endpoints must use https.", param="url")
     if parts.username or parts.password:
         raise InvalidRequest("The url must not contain credentials.", param="url")
+    if targets is not None:
+        targets.check_url(url)
     return url
 
 
@@ -117,15 +114,20 @@ def create_endpoint(
     livemode: bool = False,
     cipher: SecretCipher = _PLAIN,
     now: datetime | None = None,
+    targets: TargetPolicy | None = None,
 ) -> tuple[WebhookEndpoint, str]:
-    """Register an endpoint; returns it and its signing secret (returned only now and on rotate)."""
+    """Register an endpoint; returns it and its signing secret (returned only now and on rotate).
+
+    ``targets``: the address policy the url's host must pass (the API always passes the app's;
+    ``None``, trusted callers such as fixtures: form only). Deliveries check again when they
+    connect (:mod:`api.webhooks.transport`), whatever was checked here."""
     now = now or utcnow()
     secret = _new_secret()
     endpoint_id = new_id("we")
     endpoint = WebhookEndpoint(
         id=endpoint_id,
         merchant_id=merchant_id,
-        url=validate_url(url, livemode=livemode),
+        url=validate_url(url, livemode=livemode, targets=targets),
         description=description,
         enabled_events=validate_events(enabled_events),
         livemode=livemode,
@@ -271,31 +273,9 @@ def redeliver(
     return copy
 
 
-@dataclass(frozen=True)
-class DeliveryResult:
-    delivery_id: str
-    endpoint_id: str
-    attempt: int
-    ok: bool
-    status_code: int | None
-    error: str | None
-    status: DeliveryStatus
-    next_attempt_at: datetime | None
-
-
-@dataclass(frozen=True)
-class _Job:
-    delivery_id: str
-    endpoint_id: str
-    event_id: str
-    url: str | None
-    secrets: tuple[str, ...] = field(repr=False)  # decrypted signing secrets
-    body: str
-    attempt: int
-    problem: str | None
-
-
-def _secrets(endpoint: WebhookEndpoint, cipher: SecretCipher, now: datetime) -> tuple[str, ...]:
+def endpoint_secrets(
+    endpoint: WebhookEndpoint, cipher: SecretCipher, now: datetime
+) -> tuple[str, ...]:
     """The endpoint's signing secrets: the current one, and the previous one during its
     rotation grace period. Raises :class:`SecretDecryptionError`."""
     keys: tuple[str, ...] = (cipher.decrypt(endpoint.secret_encrypted, context=endpoint.id),)
@@ -327,7 +307,7 @@ def signing_targets(
         if not ("*" in endpoint.enabled_events or event_type in endpoint.enabled_events):
             continue
         try:
-            keys = _secrets(endpoint, cipher, now)
+            keys = endpoint_secrets(endpoint, cipher, now)
         except SecretDecryptionError:
             logger.warning("webhook endpoint %s: signing secret unavailable", endpoint.id)
             continue
@@ -345,207 +325,3 @@ def signed_headers(
         SIGNATURE_HEADER: sign(secrets[0], int(now.timestamp()), body, extra_secrets=secrets[1:]),
         "FollowPay-Event-Id": event_id,
     }
-
-
-def _load_job(
-    session: Session, delivery_id: str, cipher: SecretCipher, now: datetime
-) -> _Job | None:
-    delivery = session.get(WebhookDelivery, delivery_id)
-    if delivery is None:
-        return None
-    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
-    problem: str | None = None
-    keys: tuple[str, ...] = ()
-    if endpoint is None or not endpoint.enabled:
-        problem = "endpoint disabled or deleted"
-    else:
-        try:
-            keys = _secrets(endpoint, cipher, now)
-        except SecretDecryptionError:
-            problem = "signing secret unavailable (master key?)"
-    return _Job(
-        delivery_id=delivery.id,
-        endpoint_id=delivery.endpoint_id,
-        event_id=delivery.event_id,
-        url=endpoint.url if endpoint else None,
-        secrets=keys,
-        body=delivery.payload,
-        attempt=delivery.attempt_count + 1,
-        problem=problem,
-    )
-
-
-def _record(
-    session: Session,
-    job: _Job,
-    now: datetime,
-    *,
-    status_code: int | None,
-    error: str | None,
-    duration_ms: int,
-    excerpt: str | None,
-    permanent: bool = False,
-) -> DeliveryResult:
-    delivery = session.get(WebhookDelivery, job.delivery_id)
-    assert delivery is not None
-    ok = status_code is not None and 200 <= status_code < 300 and error is None
-    delivery.attempt_count = job.attempt
-    delivery.last_attempt_at = now
-    delivery.last_status_code = status_code
-    delivery.last_error = None if ok else (error or f"HTTP {status_code}")[:500]
-    delivery.locked_until = None
-    if ok:
-        delivery.status = DeliveryStatus.DELIVERED.value
-        delivery.delivered_at = now
-        delivery.next_attempt_at = None
-    else:
-        delay = None if permanent else next_retry_delay(job.attempt)
-        if delay is None:
-            delivery.status = DeliveryStatus.FAILED.value
-            delivery.next_attempt_at = None
-        else:
-            delivery.status = DeliveryStatus.PENDING.value
-            delivery.next_attempt_at = now + delay
-    attempt = WebhookAttempt(
-        id=new_id("wha"),
-        delivery_id=job.delivery_id,
-        attempt=job.attempt,
-        attempted_at=now,
-        status_code=status_code,
-        error=delivery.last_error,
-        duration_ms=duration_ms,
-        response_excerpt=excerpt,
-    )
-    repository.add(session, delivery, attempt)
-    return DeliveryResult(
-        delivery_id=job.delivery_id,
-        endpoint_id=job.endpoint_id,
-        attempt=job.attempt,
-        ok=ok,
-        status_code=status_code,
-        error=delivery.last_error,
-        status=DeliveryStatus(delivery.status),
-        next_attempt_at=delivery.next_attempt_at,
-    )
-
-
-def _post(
-    client: httpx.Client, job: _Job, now: datetime
-) -> tuple[int | None, str | None, str | None]:
-    assert job.url is not None
-    headers = signed_headers(job.secrets, job.body, now, job.event_id)
-    headers["FollowPay-Delivery-Id"] = job.delivery_id
-    try:
-        response = client.post(job.url, content=job.body.encode("utf-8"), headers=headers)
-    except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {str(exc)[:200]}", None
-    excerpt = response.text[:1000] if response.content else None
-    return response.status_code, None, excerpt
-
-
-def deliver_due(
-    session_factory: SessionFactory,
-    now: datetime | None = None,
-    http_client: httpx.Client | None = None,
-    limit: int = 50,
-    *,
-    cipher: SecretCipher = _PLAIN,
-) -> list[DeliveryResult]:
-    """Claim up to ``limit`` due deliveries, POST each one signed, record the outcome.
-
-    Safe to run from several workers/processes at once (see :func:`repository.claim_due`).
-    ``now`` drives scheduling AND the signature timestamp: pass the real clock (default) in
-    production. Each claim and each outcome is its own short transaction; the HTTP call happens
-    outside any transaction.
-    """
-    now = now or utcnow()
-    with session_scope(session_factory) as session:
-        ids = repository.claim_due(session, now, limit, now + CLAIM_LEASE)
-    if not ids:
-        return []
-    owns_client = http_client is None
-    client = http_client or httpx.Client(timeout=10.0, follow_redirects=False)
-    results: list[DeliveryResult] = []
-    try:
-        for delivery_id in ids:
-            with session_scope(session_factory) as session:
-                job = _load_job(session, delivery_id, cipher, now)
-            if job is None:
-                continue
-            if job.problem is not None:
-                with session_scope(session_factory) as session:
-                    results.append(
-                        _record(
-                            session,
-                            job,
-                            now,
-                            status_code=None,
-                            error=job.problem,
-                            duration_ms=0,
-                            excerpt=None,
-                            permanent=True,
-                        )
-                    )
-                continue
-            started = time.perf_counter()
-            status_code, error, excerpt = _post(client, job, now)
-            duration_ms = int((time.perf_counter() - started) * 1000)
-            with session_scope(session_factory) as session:
-                result = _record(
-                    session,
-                    job,
-                    now,
-                    status_code=status_code,
-                    error=error,
-                    duration_ms=duration_ms,
-                    excerpt=excerpt,
-                )
-            results.append(result)
-            if not result.ok:
-                logger.info(
-                    "webhook %s attempt %d failed (%s); next: %s",
-                    job.delivery_id,
-                    job.attempt,
-                    result.error,
-                    result.next_attempt_at,
-                )
-    finally:
-        if owns_client:
-            client.close()
-    return results
-
-
-def run_delivery_worker(
-    session_factory: SessionFactory,
-    stop: threading.Event,
-    *,
-    wake: threading.Event | None = None,
-    interval: float = 1.0,
-    limit: int = 50,
-    cipher: SecretCipher = _PLAIN,
-    http_client: httpx.Client | None = None,
-) -> None:
-    """Deliver due webhooks until ``stop`` is set.
-
-    Polls every ``interval`` seconds, or at once when ``wake`` is set (an ``AfterCommit`` callback
-    can call ``wake.set()`` after enqueueing). A failing round is logged and retried next round.
-    """
-    wake = wake or threading.Event()
-    owns_client = http_client is None
-    client = http_client or httpx.Client(timeout=10.0, follow_redirects=False)
-    try:
-        while not stop.is_set():
-            try:
-                results = deliver_due(
-                    session_factory, http_client=client, limit=limit, cipher=cipher
-                )
-            except Exception as exc:  # the database may be briefly unavailable: keep going
-                logger.error("webhook delivery round failed: %s", type(exc).__name__)
-                results = []
-            if len(results) >= limit:
-                continue  # more may be due right now
-            wake.wait(interval)
-            wake.clear()
-    finally:
-        if owns_client:
-            client.close()

@@ -65,7 +65,9 @@ def db(engine: sa.Engine) -> sa.Engine:
 
 @pytest.fixture
 def settings(tmp_path):
-    return get_settings(home=tmp_path)
+    # webhook receivers in the tests are on 127.0.0.1 (tests/api/test_webhook_targets.py turns
+    # this off to test the production default)
+    return get_settings(home=tmp_path, webhook_allow_private_targets=True)
 
 
 @pytest.fixture
@@ -85,7 +87,9 @@ def _shared_apps() -> dict[int, FastAPI]:
 def app(db, _shared_apps, tmp_path_factory) -> FastAPI:
     """The default app, built once per database (building routes costs ~0.1 s)."""
     if id(db) not in _shared_apps:
-        settings = get_settings(home=tmp_path_factory.mktemp("home"))
+        settings = get_settings(
+            home=tmp_path_factory.mktemp("home"), webhook_allow_private_targets=True
+        )
         _shared_apps[id(db)] = create_app(settings, engine=db, config=TEST_CONFIG)
     return _shared_apps[id(db)]
 

@@ -42,6 +42,7 @@ def _env(home: Path, database: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")} | {
         "FOLLOWPAY_HOME": str(home),
         "FOLLOWPAY_DATABASE_URL": database,
+        "FOLLOWPAY_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",  # the receiver is on 127.0.0.1
     }
 
 

@@ -1,0 +1,318 @@
+"""Sending the outbox: claim due deliveries, POST each one signed, record the outcome.
+
+Retry schedule after a failed attempt (non-2xx, timeout, connection error): 10 s, 1 min, then
+10 min six times; after the 9th failed attempt the delivery is ``failed``. Every attempt is
+logged in ``api_webhook_attempts``.
+
+A claim is a lease: ``status = delivering`` until ``locked_until``, after which another worker
+may claim the row again. The ``locked_until`` a worker wrote is its claim token: a later claim
+can only happen after it passed and always writes a later one, so "``locked_until`` is still
+mine" means "nobody claimed this row since". The worker checks it, and pushes it out to at
+least :data:`LEASE_MARGIN` from now, just before each POST (a row someone else claimed is not
+sent), and writes the outcome only while it still holds (a worker that lost its claim writes
+nothing: its late 503 cannot turn a delivered row back into pending). The round's lease covers
+every attempt of the round at its full :data:`~api.webhooks.transport.ATTEMPT_TIMEOUT` and the
+margin, so a batch of slow receivers does not hand its tail to another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import httpx
+from sqlmodel import Session
+
+from api.db import SessionFactory, new_id, session_scope, utcnow
+from api.webhooks import repository, transport
+from api.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from api.webhooks.secrets import SecretCipher, SecretDecryptionError
+from api.webhooks.service import endpoint_secrets, next_retry_delay, signed_headers
+from api.webhooks.targets import TargetPolicy
+
+__all__ = [
+    "LEASE_MARGIN",
+    "DeliveryResult",
+    "claim_lease",
+    "deliver_due",
+    "run_delivery_worker",
+]
+
+logger = logging.getLogger("followpay.webhooks")
+
+#: What a claim keeps beyond the attempts it covers (database round trips, a slow start).
+LEASE_MARGIN = timedelta(minutes=2)
+_PLAIN = SecretCipher(None)
+_PUBLIC_ONLY = TargetPolicy()
+
+
+def claim_lease(limit: int) -> timedelta:
+    """How long a round of ``limit`` deliveries holds its claims: every attempt at its full
+    timeout, one after another, plus :data:`LEASE_MARGIN`."""
+    return LEASE_MARGIN + limit * timedelta(seconds=transport.ATTEMPT_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    delivery_id: str
+    endpoint_id: str
+    attempt: int
+    ok: bool
+    status_code: int | None
+    error: str | None
+    status: DeliveryStatus
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    delivery_id: str
+    endpoint_id: str
+    event_id: str
+    url: str | None
+    secrets: tuple[str, ...] = field(repr=False)  # decrypted signing secrets
+    body: str
+    attempt: int
+    problem: str | None
+    claim: datetime  # the locked_until this worker holds
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status_code: int | None
+    error: str | None
+    excerpt: str | None = None
+    duration_ms: int = 0
+    permanent: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _take(
+    session: Session, delivery_id: str, claim: datetime, cipher: SecretCipher, now: datetime
+) -> _Job | None:
+    """The job for a row this worker still holds (its lease pushed out to cover the POST);
+    ``None`` when another worker claimed it meanwhile."""
+    renewed = max(claim, now + LEASE_MARGIN)
+    if not repository.renew_claim(session, delivery_id, claim, renewed):
+        return None
+    delivery = session.get(WebhookDelivery, delivery_id)
+    assert delivery is not None
+    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+    problem: str | None = None
+    keys: tuple[str, ...] = ()
+    if endpoint is None or not endpoint.enabled:
+        problem = "endpoint disabled or deleted"
+    else:
+        try:
+            keys = endpoint_secrets(endpoint, cipher, now)
+        except SecretDecryptionError:
+            problem = "signing secret unavailable (master key?)"
+    return _Job(
+        delivery_id=delivery.id,
+        endpoint_id=delivery.endpoint_id,
+        event_id=delivery.event_id,
+        url=endpoint.url if endpoint else None,
+        secrets=keys,
+        body=delivery.payload,
+        attempt=delivery.attempt_count + 1,
+        problem=problem,
+        claim=renewed,
+    )
+
+
+def _record(
+    session: Session, job: _Job, sent_at: datetime, done_at: datetime, outcome: _Outcome
+) -> DeliveryResult | None:
+    """Write the attempt and the delivery's next state, only while the claim is still ours;
+    ``None`` (nothing written) otherwise."""
+    ok = outcome.ok
+    error = None if ok else (outcome.error or f"HTTP {outcome.status_code}")[:500]
+    if ok:
+        status, next_at = DeliveryStatus.DELIVERED, None
+    else:
+        delay = None if outcome.permanent else next_retry_delay(job.attempt)
+        status = DeliveryStatus.FAILED if delay is None else DeliveryStatus.PENDING
+        next_at = None if delay is None else done_at + delay
+    written = repository.finish_claim(
+        session,
+        job.delivery_id,
+        job.claim,
+        status=status.value,
+        attempt_count=job.attempt,
+        last_attempt_at=sent_at,
+        last_status_code=outcome.status_code,
+        last_error=error,
+        delivered_at=done_at if ok else None,
+        next_attempt_at=next_at,
+    )
+    if not written:
+        return None
+    attempt = WebhookAttempt(
+        id=new_id("wha"),
+        delivery_id=job.delivery_id,
+        attempt=job.attempt,
+        attempted_at=sent_at,
+        status_code=outcome.status_code,
+        error=error,
+        duration_ms=outcome.duration_ms,
+        response_excerpt=outcome.excerpt,
+    )
+    repository.add(session, attempt)
+    return DeliveryResult(
+        delivery_id=job.delivery_id,
+        endpoint_id=job.endpoint_id,
+        attempt=job.attempt,
+        ok=ok,
+        status_code=outcome.status_code,
+        error=error,
+        status=status,
+        next_attempt_at=next_at,
+    )
+
+
+def _send(client: httpx.Client, job: _Job, sent_at: datetime) -> _Outcome:
+    """One signed POST; the signature's ``t`` is ``sent_at``, read just before sending."""
+    assert job.url is not None
+    headers = signed_headers(job.secrets, job.body, sent_at, job.event_id)
+    headers["FollowPay-Delivery-Id"] = job.delivery_id
+    started = time.perf_counter()
+    try:
+        reply = transport.post(
+            client, job.url, job.body.encode("utf-8"), headers, timeout=transport.ATTEMPT_TIMEOUT
+        )
+    except httpx.HTTPError as exc:
+        outcome = _Outcome(None, transport.describe_error(exc))
+    else:
+        outcome = _Outcome(reply.status_code, None, reply.excerpt)
+    duration_ms = int((time.perf_counter() - started) * 1000)
+    return _Outcome(outcome.status_code, outcome.error, outcome.excerpt, duration_ms)
+
+
+def _frozen(now: datetime) -> Callable[[], datetime]:
+    return lambda: now
+
+
+def deliver_due(
+    session_factory: SessionFactory,
+    now: datetime | None = None,
+    http_client: httpx.Client | None = None,
+    limit: int = 50,
+    *,
+    cipher: SecretCipher = _PLAIN,
+    targets: TargetPolicy = _PUBLIC_ONLY,
+    clock: Callable[[], datetime] | None = None,
+) -> list[DeliveryResult]:
+    """Claim up to ``limit`` due deliveries, POST each one signed, record the outcome.
+
+    Safe to run from several workers/processes at once (claims: :func:`repository.claim_due`;
+    leases: the module docstring). ``clock`` is read when the round starts (what is due), just
+    before each POST (the signature's ``t``) and after it (the next retry is counted from
+    then); default: the real clock, or ``now`` throughout when only ``now`` is given (tests).
+    Each claim and each outcome is its own short transaction; the HTTP call happens outside any
+    transaction. Without ``http_client`` the round uses :func:`transport.delivery_client`, which
+    connects only where ``targets`` allows; a caller's client is used as it is.
+    """
+    if clock is None:
+        clock = utcnow if now is None else _frozen(now)
+    now = now or clock()
+    claim = now + claim_lease(limit)
+    with session_scope(session_factory) as session:
+        ids = repository.claim_due(session, now, limit, claim)
+    if not ids:
+        return []
+    owns_client = http_client is None
+    client = http_client or transport.delivery_client(targets)
+    results: list[DeliveryResult] = []
+    try:
+        for delivery_id in ids:
+            result = _deliver_one(session_factory, client, delivery_id, claim, cipher, clock)
+            if result is not None:
+                results.append(result)
+    finally:
+        if owns_client:
+            client.close()
+    return results
+
+
+def _deliver_one(
+    session_factory: SessionFactory,
+    client: httpx.Client,
+    delivery_id: str,
+    claim: datetime,
+    cipher: SecretCipher,
+    clock: Callable[[], datetime],
+) -> DeliveryResult | None:
+    with session_scope(session_factory) as session:
+        job = _take(session, delivery_id, claim, cipher, clock())
+    if job is None:
+        logger.warning("webhook %s: claimed by another worker meanwhile; not sent", delivery_id)
+        return None
+    if job.problem is not None:
+        sent_at = done_at = clock()
+        outcome = _Outcome(None, job.problem, permanent=True)
+    else:
+        sent_at = clock()
+        outcome = _send(client, job, sent_at)
+        done_at = clock()
+    with session_scope(session_factory) as session:
+        result = _record(session, job, sent_at, done_at, outcome)
+    if result is None:
+        logger.warning(
+            "webhook %s attempt %d: claim lost while sending; outcome not recorded",
+            job.delivery_id,
+            job.attempt,
+        )
+    elif not result.ok:
+        logger.info(
+            "webhook %s attempt %d failed (%s); next: %s",
+            job.delivery_id,
+            job.attempt,
+            result.error,
+            result.next_attempt_at,
+        )
+    return result
+
+
+def run_delivery_worker(
+    session_factory: SessionFactory,
+    stop: threading.Event,
+    *,
+    wake: threading.Event | None = None,
+    interval: float = 1.0,
+    limit: int = 50,
+    cipher: SecretCipher = _PLAIN,
+    http_client: httpx.Client | None = None,
+    targets: TargetPolicy = _PUBLIC_ONLY,
+) -> None:
+    """Deliver due webhooks until ``stop`` is set.
+
+    Polls every ``interval`` seconds, or at once when ``wake`` is set (an ``AfterCommit`` callback
+    can call ``wake.set()`` after enqueueing). A failing round is logged and retried next round.
+    ``targets``: where deliveries may connect (public addresses only by default).
+    """
+    wake = wake or threading.Event()
+    owns_client = http_client is None
+    client = http_client or transport.delivery_client(targets)
+    try:
+        while not stop.is_set():
+            try:
+                results = deliver_due(
+                    session_factory, http_client=client, limit=limit, cipher=cipher
+                )
+            except Exception as exc:  # the database may be briefly unavailable: keep going
+                logger.error("webhook delivery round failed: %s", type(exc).__name__)
+                results = []
+            if len(results) >= limit:
+                continue  # more may be due right now
+            wake.wait(interval)
+            wake.clear()
+    finally:
+        if owns_client:
+            client.close()

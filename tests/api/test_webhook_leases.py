@@ -1,0 +1,279 @@
+"""Webhook claims and attempts: a slow round keeps its claims, a worker that lost its claim sends
+and writes nothing, every attempt is signed when it is sent, replies are read capped and under
+one deadline. Real HTTP receivers on 127.0.0.1; injected clocks instead of waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from api.db import session_factory, session_scope, utcnow
+from api.webhooks import delivery, repository, transport
+from api.webhooks import service as webhooks
+from api.webhooks.models import DeliveryStatus, WebhookDelivery
+from api.webhooks.signing import SIGNATURE_HEADER
+from api.webhooks.targets import TargetPolicy
+
+LOCAL = TargetPolicy(allow_private=True)
+
+
+@dataclass
+class Hooked:
+    """A receiver that records (worker, delivery id, signature t) and runs ``hook`` once, inside
+    the first request, before answering ``first_status`` to it (then 200)."""
+
+    url: str = ""
+    posts: list[tuple[str, str, int]] = field(default_factory=list)
+    hook: Callable[[], None] | None = None
+    first_status: int = 200
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture
+def hooked() -> Iterator[Hooked]:
+    state = Hooked()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            t = int(self.headers[SIGNATURE_HEADER].split(",")[0].removeprefix("t="))
+            with state.lock:
+                first = not state.posts
+                state.posts.append(
+                    (self.headers["X-Worker"], self.headers["FollowPay-Delivery-Id"], t)
+                )
+                hook, state.hook = (state.hook, None) if first else (None, state.hook)
+            if hook is not None:
+                hook()
+            self.send_response(state.first_status if first else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _client(worker: str) -> httpx.Client:
+    return httpx.Client(headers={"X-Worker": worker}, timeout=30)
+
+
+def _setup(db, url: str, n: int) -> list[str]:
+    ids = []
+    with session_scope(session_factory(db)) as s:
+        webhooks.create_endpoint(s, "m_1", url, ["*"])
+    for i in range(n):
+        with session_scope(session_factory(db)) as s:
+            (d,) = webhooks.enqueue(s, "m_1", "invoice.settled", {"id": f"inv_{i}"})
+            ids.append(d.id)
+    return ids
+
+
+def _by_delivery(posts: list[tuple[str, str, int]], ids: list[str]) -> dict[str, list[str]]:
+    return {i: [w for w, d, _ in posts if d == i] for i in ids}
+
+
+class TestLease:
+    def test_a_slow_round_keeps_its_claims(self, db, hooked):
+        """Worker A's first POST outlives the old 2-minute lease while worker B polls: B finds
+        nothing to claim, and every delivery is POSTed once, by A."""
+        ids = _setup(db, hooked.url, 2)
+        factory = session_factory(db)
+        t0 = utcnow()
+        b_results: list[Any] = []
+
+        def worker_b() -> None:
+            with _client("B") as b:
+                later = t0 + timedelta(minutes=2, seconds=1)
+                b_results.extend(delivery.deliver_due(factory, now=later, http_client=b))
+
+        hooked.hook = worker_b
+        with _client("A") as a:
+            results = delivery.deliver_due(factory, now=t0, http_client=a)
+        assert b_results == []
+        assert _by_delivery(hooked.posts, ids) == {ids[0]: ["A"], ids[1]: ["A"]}
+        assert [r.status for r in results] == [DeliveryStatus.DELIVERED] * 2
+
+    def test_a_worker_that_lost_its_claim_sends_and_writes_nothing(self, db, hooked):
+        """A stalls past its whole lease: B claims both rows and delivers them. A's late 503 for
+        the first row is not recorded (the row stays delivered), and A does not send the second
+        row at all."""
+        ids = _setup(db, hooked.url, 2)
+        factory = session_factory(db)
+        t0 = utcnow()
+
+        def worker_b() -> None:
+            with _client("B") as b:
+                later = t0 + delivery.claim_lease(50) + timedelta(seconds=1)
+                assert len(delivery.deliver_due(factory, now=later, http_client=b)) == 2
+
+        hooked.hook = worker_b
+        hooked.first_status = 503
+        with _client("A") as a:
+            results = delivery.deliver_due(factory, now=t0, http_client=a)
+        assert results == []  # A recorded nothing
+        # A's first POST was already on the wire when B took over; A's second never happened
+        assert _by_delivery(hooked.posts, ids) == {ids[0]: ["A", "B"], ids[1]: ["B"]}
+        with session_scope(factory) as s:
+            for delivery_id in ids:
+                row = s.get(WebhookDelivery, delivery_id)
+                assert row is not None
+                assert (row.status, row.attempt_count) == (DeliveryStatus.DELIVERED, 1)
+                assert row.last_status_code == 200
+                attempts = repository.attempts_for(s, delivery_id)
+                assert [a.status_code for a in attempts] == [200]
+
+    def test_the_claim_token_is_checked_on_the_row(self, db):
+        (delivery_id,) = _setup(db, "http://127.0.0.1:9/h", 1)
+        factory = session_factory(db)
+        t0 = utcnow()
+        mine = t0 + timedelta(minutes=5)
+        with session_scope(factory) as s:
+            assert repository.claim_due(s, t0, 10, mine) == [delivery_id]
+        with session_scope(factory) as s:
+            assert not repository.renew_claim(s, delivery_id, mine - timedelta(0, 1), mine)
+            assert not repository.finish_claim(s, delivery_id, t0, status="delivered")
+            assert repository.renew_claim(s, delivery_id, mine, mine + timedelta(minutes=1))
+        with session_scope(factory) as s:
+            assert repository.finish_claim(
+                s, delivery_id, mine + timedelta(minutes=1), status="failed"
+            )
+            row = s.get(WebhookDelivery, delivery_id)
+            assert row is not None
+            assert (row.status, row.locked_until) == ("failed", None)
+
+
+class TestSendTime:
+    def test_each_attempt_is_signed_when_sent_and_retried_from_its_end(self, db, hooked):
+        """The clock moves a minute a reading: the second delivery's signature is later than the
+        first's, each one's ``t`` is its own send time, and a retry counts from after the POST."""
+        ids = _setup(db, hooked.url, 2)
+        hooked.first_status = 503
+        t0 = utcnow().replace(microsecond=0) + timedelta(seconds=1)  # after the enqueue
+        ticks = itertools.count()
+
+        def clock() -> datetime:
+            return t0 + timedelta(minutes=next(ticks))
+
+        with _client("A") as a:
+            first, second = delivery.deliver_due(session_factory(db), http_client=a, clock=clock)
+        (_, d1, t1), (_, d2, t2) = hooked.posts
+        assert [d1, d2] == ids
+        assert int(t0.timestamp()) < t1 < t2  # not the round's start, and fresh per attempt
+        with session_scope(session_factory(db)) as s:
+            row1 = s.get(WebhookDelivery, ids[0])
+            row2 = s.get(WebhookDelivery, ids[1])
+            assert row1 is not None
+            assert row2 is not None
+            assert int(row1.last_attempt_at.timestamp()) == t1
+            assert int(row2.last_attempt_at.timestamp()) == t2
+        assert first.status_code == 503
+        assert first.next_attempt_at is not None
+        assert first.next_attempt_at - timedelta(seconds=10) > row1.last_attempt_at
+        assert second.ok
+        assert row2.delivered_at is not None
+        assert row2.delivered_at > row2.last_attempt_at
+
+
+@contextlib.contextmanager
+def _raw_server(reply: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A raw TCP receiver: reads the request head and body, then ``reply(conn)`` writes bytes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                with contextlib.suppress(OSError):  # the client hung up (a capped read does)
+                    reply(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hooks"
+    finally:
+        stop.set()
+        listener.close()
+
+
+class TestReply:
+    def test_a_huge_reply_is_not_read(self, db):
+        sent: list[int] = []
+
+        def huge(conn: socket.socket) -> None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n")
+            block = b"x" * 65536
+            for _ in range(1600):  # 100 MiB, unless the client hangs up first
+                conn.sendall(block)
+                sent.append(len(block))
+
+        with _raw_server(huge) as url:
+            (delivery_id,) = _setup(db, url, 1)
+            (r,) = delivery.deliver_due(session_factory(db), targets=LOCAL)
+        assert r.ok
+        with session_scope(session_factory(db)) as s:
+            (attempt,) = repository.attempts_for(s, delivery_id)
+        assert attempt.response_excerpt is not None
+        assert len(attempt.response_excerpt) <= 1000
+        assert sum(sent) < 100 * 1024 * 1024  # the client hung up long before the end
+
+    def test_a_trickled_reply_ends_at_the_deadline(self, db, monkeypatch):
+        """A byte of the status line every 50 ms: no socket read ever times out, only the
+        attempt's overall deadline ends it (shortened here to keep the test quick)."""
+        monkeypatch.setattr(transport, "ATTEMPT_TIMEOUT", 1.0)
+        stop = threading.Event()
+
+        def trickle(conn: socket.socket) -> None:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 100_000:
+                if stop.wait(0.05):
+                    return
+                conn.sendall(bytes([byte]))
+
+        with _raw_server(trickle) as url:
+            (delivery_id,) = _setup(db, url, 1)
+            (r,) = delivery.deliver_due(session_factory(db), targets=LOCAL)
+            stop.set()
+        assert (r.ok, r.status_code, r.error) == (False, None, "timeout")
+        with session_scope(session_factory(db)) as s:
+            row = s.get(WebhookDelivery, delivery_id)
+            assert row is not None
+            assert (row.status, row.last_error) == (DeliveryStatus.PENDING, "timeout")

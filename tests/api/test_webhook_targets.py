@@ -1,0 +1,208 @@
+"""Webhook targets (SSRF): non-public hosts refused at registration and at connect time, generic
+errors in the delivery log."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from api.db import session_factory, session_scope
+from api.errors import InvalidRequest
+from api.settings import get_settings
+from api.webhooks import delivery
+from api.webhooks import service as webhooks
+from api.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from api.webhooks.targets import TargetPolicy, is_public_address
+from tests.api.conftest import Receiver, auth, free_port
+
+PUBLIC = "93.184.216.34"
+
+
+def _resolver(*answers: Sequence[str]) -> Callable[[str, int], Sequence[str]]:
+    """Answers every lookup of ``hooks.test`` with the next of ``answers`` (the last repeats)."""
+    queue = list(answers)
+
+    def resolve(host: str, port: int) -> Sequence[str]:
+        if host != "hooks.test":
+            raise OSError("no such host")
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    return resolve
+
+
+class TestIsPublicAddress:
+    @pytest.mark.parametrize(
+        "address",
+        [
+            "127.0.0.1",  # loopback
+            "10.0.0.5",  # RFC 1918
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",  # link-local: cloud metadata
+            "100.64.0.1",  # CGNAT
+            "0.0.0.0",  # unspecified  # noqa: S104
+            "224.0.0.1",  # multicast (is_global says True)
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00::1",  # ULA
+            "fe80::1",  # link-local
+            "ff02::1",  # multicast
+            "::ffff:127.0.0.1",  # IPv4-mapped
+            "::ffff:169.254.169.254",
+            "::7f00:1",  # IPv4-compatible
+            "64:ff9b::a00:5",  # NAT64 of 10.0.0.5
+            "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        ],
+    )
+    def test_refused(self, address):
+        assert not is_public_address(ipaddress.ip_address(address))
+
+    @pytest.mark.parametrize("address", [PUBLIC, "1.1.1.1", "2606:4700:4700::1111"])
+    def test_public(self, address):
+        assert is_public_address(ipaddress.ip_address(address))
+
+
+@pytest.fixture
+def production(make_app, tmp_path):
+    """The app with the production default (private targets refused)."""
+    from fastapi.testclient import TestClient
+
+    app = make_app(settings=get_settings(home=tmp_path, webhook_allow_private_targets=False))
+    with TestClient(app) as c:
+        yield c
+
+
+def _register(client, key: str, url: str):
+    return client.post(
+        "/v1/webhook_endpoints", json={"url": url, "enabled_events": ["*"]}, headers=auth(key)
+    )
+
+
+class TestRegistration:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "http://127.0.0.1:1/x",
+            "http://10.0.0.1/hooks",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://100.64.0.1/hooks",
+            "http://0.0.0.0:8000/hooks",
+            "http://localhost:5432/hooks",  # a name that resolves to loopback
+        ],
+    )
+    def test_non_public_hosts_are_400(self, production, new_key, url):
+        r = _register(production, new_key(), url)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["param"]) == ("url_not_allowed", "url")
+
+    def test_ipv6_loopback_literal_is_refused_by_the_service(self, db):
+        policy = TargetPolicy()
+        for url in ("http://[::1]/h", "http://[::ffff:127.0.0.1]/h", "http://[fd00::1]/h"):
+            with session_scope(session_factory(db)) as s, pytest.raises(InvalidRequest) as caught:
+                webhooks.create_endpoint(s, "m_1", url, ["*"], targets=policy)
+            assert caught.value.code == "url_not_allowed", url
+
+    def test_a_name_resolving_to_any_private_address_is_refused(self, db):
+        policy = TargetPolicy(resolve=_resolver([PUBLIC, "10.0.0.7"]))
+        with session_scope(session_factory(db)) as s, pytest.raises(InvalidRequest) as caught:
+            webhooks.create_endpoint(s, "m_1", "https://hooks.test/h", ["*"], targets=policy)
+        assert caught.value.code == "url_not_allowed"
+
+    def test_public_hosts_and_unresolved_names_are_accepted(self, db):
+        policy = TargetPolicy(resolve=_resolver([PUBLIC]))
+        with session_scope(session_factory(db)) as s:
+            for url in (f"https://{PUBLIC}/h", "https://hooks.test/h", "https://nowhere.test/h"):
+                webhooks.create_endpoint(s, "m_1", url, ["*"], targets=policy)
+
+    def test_the_allowance_admits_loopback(self, client, new_key, receiver):
+        assert _register(client, new_key(), receiver.url).status_code == 200  # tests' setting
+
+
+def _enqueue(db, url: str) -> str:
+    with session_scope(session_factory(db)) as s:
+        webhooks.create_endpoint(s, "m_1", url, ["*"])  # trusted path: no address check
+        (d,) = webhooks.enqueue(s, "m_1", "invoice.settled", {"id": "inv_1"})
+    return d.id
+
+
+def _row(db, delivery_id: str) -> tuple[WebhookDelivery, list[WebhookAttempt]]:
+    from api.webhooks import repository
+
+    with session_scope(session_factory(db)) as s:
+        row = s.get(WebhookDelivery, delivery_id)
+        assert row is not None
+        return row, list(repository.attempts_for(s, delivery_id))
+
+
+class TestConnectTime:
+    def test_default_policy_never_connects_to_loopback(self, db, receiver: Receiver):
+        delivery_id = _enqueue(db, receiver.url)
+        (r,) = delivery.deliver_due(session_factory(db))  # production default: public only
+        assert (r.ok, r.error) == (False, "address not allowed")
+        assert receiver.received == []
+        row, _ = _row(db, delivery_id)
+        assert row.status == DeliveryStatus.PENDING  # retried: DNS may change back
+
+    def test_dns_rebinding_is_checked_on_the_connected_address(self, db, receiver: Receiver):
+        port = receiver.url.split(":")[2].split("/")[0]
+        url = f"http://hooks.test:{port}/hooks"
+        policy = TargetPolicy(resolve=_resolver([PUBLIC], ["127.0.0.1"]))
+        policy.check_url(url)  # registration saw a public address
+        delivery_id = _enqueue(db, url)
+        (r,) = delivery.deliver_due(session_factory(db), targets=policy)  # now 127.0.0.1
+        assert r.error == "address not allowed"
+        assert receiver.received == []
+        assert _row(db, delivery_id)[0].last_error == "address not allowed"
+
+    def test_connects_to_the_checked_address_with_the_host_name_kept(self, db, receiver):
+        port = receiver.url.split(":")[2].split("/")[0]
+        lookups: list[str] = []
+
+        def resolve(host: str, p: int) -> list[str]:
+            lookups.append(host)
+            return ["127.0.0.1"]
+
+        policy = TargetPolicy(allow_private=True, resolve=resolve)
+        _enqueue(db, f"http://hooks.test:{port}/hooks")
+        (r,) = delivery.deliver_due(session_factory(db), targets=policy)
+        assert r.ok, r.error
+        assert lookups == ["hooks.test"]  # resolved by the guard, once for the connection
+        (got,) = receiver.received
+        assert got.headers["Host"] == f"hooks.test:{port}"
+
+
+class TestGenericErrors:
+    LOCAL = TargetPolicy(allow_private=True)
+
+    def test_connection_refused(self, db):
+        delivery_id = _enqueue(db, f"http://127.0.0.1:{free_port()}/closed")
+        (r,) = delivery.deliver_due(session_factory(db), targets=self.LOCAL)
+        assert r.error == "connection refused"
+        row, (attempt,) = _row(db, delivery_id)
+        assert (row.last_error, attempt.error) == ("connection refused", "connection refused")
+
+    def test_tls_failure_says_tls_error_only(self, db, receiver):
+        # https to a plain-HTTP listener: the raw text named the address and the SSL internals
+        delivery_id = _enqueue(db, receiver.url.replace("http://", "https://"))
+        (r,) = delivery.deliver_due(session_factory(db), targets=self.LOCAL)
+        assert r.error == "tls error"
+        assert _row(db, delivery_id)[0].last_error == "tls error"
+
+    def test_non_2xx_is_the_status_only(self, db, receiver):
+        receiver.statuses = [503]
+        _enqueue(db, receiver.url)
+        (r,) = delivery.deliver_due(session_factory(db), targets=self.LOCAL)
+        assert (r.status_code, r.error) == (503, "HTTP 503")
+
+    def test_the_api_shows_no_address_or_exception_text(self, client, db, new_key):
+        port = free_port()
+        delivery_id = _enqueue(db, f"http://127.0.0.1:{port}/closed")
+        delivery.deliver_due(session_factory(db), targets=self.LOCAL)
+        body = client.get(f"/v1/webhook_deliveries/{delivery_id}", headers=auth(new_key())).text
+        assert "connection refused" in body
+        for leak in ("Error", "Errno", str(port) + "/", "[SSL"):
+            assert leak not in body.replace(f"127.0.0.1:{port}/closed", "")
