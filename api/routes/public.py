@@ -187,7 +187,12 @@ _RATING_FORM = {
 async def _form_rating(request: Request) -> int:
     """The confirmation page's ``rating`` field (a browser form, url-encoded; parsed here: the
     app carries no multipart parser). Errors are the usual 422 of the one handler."""
-    fields = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+    try:
+        fields = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:  # more fields than a rating form has
+        raise RequestValidationError(
+            [{"type": "too_long", "loc": ("body",), "msg": "a rating form has one field"}]
+        ) from None
     values = fields.get("rating", [])
     if not values:
         raise RequestValidationError(

@@ -84,6 +84,23 @@ class TestConfirmationPage:
             len(world.client.get("/v1/tickets", headers=auth(world.a.support)).json()["data"]) == 1
         )
 
+    @pytest.mark.parametrize(
+        "body", ["", "rating=9", "rating=two", "&".join(f"f{n}=1" for n in range(20))]
+    )
+    def test_a_bad_form_is_a_422_and_records_nothing(
+        self,
+        world: World,  # noqa: F811
+        body: str,
+    ) -> None:
+        token = _token(world)
+        r = world.client.post(
+            f"/v1/public/feedback/{token}/rate",
+            content=body,
+            headers={**BROWSER, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 422, r.text
+        assert _recorded(world) == []
+
     @pytest.mark.parametrize("case", ["unknown", "expired"])
     def test_a_bad_link_shows_why_as_a_page(
         self,
