@@ -55,6 +55,7 @@ from api.errors import (
 )
 from api.idempotency import service as idempotency
 from api.keys import service as keys_service
+from api.operators import OperatorKeys
 from api.routes import api_router
 from api.runtime import WarmHeapFreezer
 from api.settings import Settings, get_settings
@@ -422,9 +423,10 @@ def create_app(
     (``api.db.upgrade``), never here.
 
     ``keyring`` (CRM personal-data keys) defaults to one built on first use from
-    ``FOLLOWPAY_MASTER_KEY`` / ``<home>/master.key``. ``signers`` maps merchant operator
-    addresses to :class:`wallet.signing.Signer` objects and ``chain_info`` names the chain,
-    router and token invoices are issued on: without them ``POST /v1/invoices`` answers 409
+    ``FOLLOWPAY_MASTER_KEY`` / ``<home>/master.key``. ``signers``
+    (:class:`api.operators.OperatorKeys`) maps merchant operator addresses to
+    :class:`wallet.signing.Signer` objects, and ``chain_info`` names the chain, router and token
+    invoices are issued on: without them ``POST /v1/invoices`` answers 409
     ``signer_unavailable``.
     ``clock`` is the CRM clock (tests pass a ``FrozenClock``). ``cipher`` (webhook signing
     secrets) likewise defaults to :func:`api.runtime.secret_cipher` on first use.
@@ -473,7 +475,7 @@ def create_app(
     app.state.engine = engine
     app.state.cipher = cipher
     app.state.keyring = keyring
-    app.state.signers = {k.lower(): v for k, v in (signers or {}).items()}
+    app.state.signers = signers or OperatorKeys()
     app.state.chain_info = chain_info
     app.state.clock = clock or SystemClock()
     app.state.invoice_numbers = InvoiceNumbers()

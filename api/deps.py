@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -52,11 +52,11 @@ from api.idempotency import service as idempotency
 from api.keys import service as keys_service
 from api.keys.models import ApiRole
 from api.keys.service import AuthenticatedKey
+from api.operators import OperatorKeys
 from api.settings import Settings
 from api.settlement.invoices import InvoiceNumbers
 from api.webhooks.secrets import SecretCipher
 from crm import Clock, KeyRing
-from wallet.signing import Signer
 
 __all__ = [
     "CONTEXT_SCOPE_KEY",
@@ -303,8 +303,9 @@ class ChainInfo:
     only the address itself can register it on the router, so this proves control of it."""
 
 
-IntentSigners = Mapping[str, Signer]
-"""Operator address (any case) -> the :class:`~wallet.signing.Signer` that signs its intents.
+IntentSigners = OperatorKeys
+"""Operator address (any case) -> the :class:`~wallet.signing.Signer` that signs its intents, and
+the merchant each bound key signs for (``OperatorKeys.for_merchant``).
 
 Held on ``app.state.signers`` and configured by whoever builds the app: tests and the demo pass
 dev keys; production loads the operator keys from a wallet vault (``wallet.keystore``) at start-up
@@ -325,7 +326,7 @@ def get_keyring(request: Request) -> KeyRing:
 
 
 async def get_signers(request: Request) -> IntentSigners:
-    return getattr(request.app.state, "signers", None) or {}
+    return getattr(request.app.state, "signers", None) or OperatorKeys()
 
 
 async def get_chain_info(request: Request) -> ChainInfo | None:
@@ -354,7 +355,7 @@ async def get_invoicing(request: Request) -> Invoicing:
     state = request.app.state
     return Invoicing(
         chain=getattr(state, "chain_info", None),
-        signers=getattr(state, "signers", None) or {},
+        signers=getattr(state, "signers", None) or OperatorKeys(),
         clock=state.clock,
         engine=_engine(request),
         numbers=state.invoice_numbers,

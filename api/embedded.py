@@ -27,6 +27,7 @@ from api.db import session_factory
 from api.deps import ChainInfo
 from api.dispatch.channels import EmailChannel, InAppChannel, Links, PhoneChannel, WebhookChannel
 from api.dispatch.worker import Channel, Worker
+from api.operators import OperatorKeys
 from api.runtime import chain_info_for
 from api.sandbox import Sandbox
 from api.settings import get_settings
@@ -86,7 +87,7 @@ class EmbeddedStack:
             get_settings(webhook_allow_private_targets=True),  # receivers on 127.0.0.1
             engine=self.api_engine,
             keyring=self.keyring,
-            signers={self.operator.address: self.operator},
+            signers=OperatorKeys({self.operator.address: self.operator}),
             chain_info=self.chain_info(),
             clock=self.clock,
             cipher=self.cipher,

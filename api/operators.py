@@ -2,9 +2,12 @@
 
 ``FOLLOWPAY_OPERATORS`` names the vault wallets (``followpay wallet create|import-key``) whose keys
 sign merchants' payment intents: ``name`` (index 0) or ``name:index`` (an HD child),
-comma-separated. ``FOLLOWPAY_PASSWORD`` unlocks them (one password for the listed wallets; never a
-command-line argument). A merchant's invoices are signed by the listed key whose address is the
-operator registered for its router account; any other merchant gets ``409 signer_unavailable``.
+comma-separated, each optionally bound to one merchant as ``merchant_id=name[:index]``.
+``FOLLOWPAY_PASSWORD`` unlocks them (one password for the listed wallets; never a command-line
+argument). A merchant's invoices are signed by the listed key whose address is the operator
+registered for its router account, unless that key is bound to another merchant; any other
+merchant gets ``409 signer_unavailable``. Anyone may name any operator on the router, so on a
+server with several merchants, binding keeps one merchant's key from signing another's intents.
 
 Each signer is bounded by a policy (``wallet.policy``): the wallet's own saved policy when it has
 one, else :func:`intent_only_policy` — typed data for this router only, no transaction, no
@@ -13,6 +16,7 @@ free-form message — so a compromised API host cannot turn the operator key int
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +30,7 @@ if TYPE_CHECKING:  # the vault and signing stacks load only where operators are 
     from wallet.vault import Vault
 
 __all__ = [
+    "OperatorKeys",
     "OperatorRef",
     "OperatorUnavailableError",
     "intent_only_policy",
@@ -43,10 +48,44 @@ class OperatorUnavailableError(VaultError):
 
 @dataclass(frozen=True, slots=True)
 class OperatorRef:
-    """One ``FOLLOWPAY_OPERATORS`` entry: a vault wallet and the HD index of the key."""
+    """One ``FOLLOWPAY_OPERATORS`` entry: a vault wallet, the HD index of the key, and the one
+    merchant it signs for (None: any merchant whose router account names it)."""
 
     wallet: str
     index: int = 0
+    merchant_id: int | None = None
+
+
+class OperatorKeys(Mapping[str, "Signer"]):
+    """Operator address (any case) -> its signer, with the merchant each bound key signs for."""
+
+    def __init__(
+        self,
+        signers: Mapping[str, Signer] | None = None,
+        merchants: Mapping[str, int] | None = None,
+    ) -> None:
+        self._signers = {a.lower(): s for a, s in (signers or {}).items()}
+        self._merchants = {a.lower(): m for a, m in (merchants or {}).items()}
+
+    def __getitem__(self, address: str) -> Signer:
+        return self._signers[address.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._signers)
+
+    def __len__(self) -> int:
+        return len(self._signers)
+
+    def merchant_of(self, address: str) -> int | None:
+        """The merchant a bound key signs for; None for an unbound or unknown key."""
+        return self._merchants.get(address.lower())
+
+    def for_merchant(self, merchant_id: int, operator: str) -> Signer | None:
+        """The signer of ``operator`` when it may sign ``merchant_id``'s intents."""
+        bound = self.merchant_of(operator)
+        if bound is not None and bound != merchant_id:
+            return None
+        return self._signers.get(operator.lower())
 
 
 def parse_operator_refs(text: str) -> tuple[OperatorRef, ...]:
@@ -60,15 +99,22 @@ def parse_operator_refs(text: str) -> tuple[OperatorRef, ...]:
         entry = raw.strip()
         if not entry:
             continue
-        name, sep, index = entry.partition(":")
+        merchant, bound, key = entry.rpartition("=")
+        if bound and not merchant.strip().isdigit():
+            raise ValueError(f"{entry!r}: a key is bound as merchant_id=name[:index]")
+        name, sep, index = key.partition(":")
         name = name.strip()
         if not name or (sep and not index.strip().isdigit()):
             raise ValueError(f"{entry!r} is not a wallet name or name:index")
         try:
-            ref = OperatorRef(Vault.check_name(name), int(index) if sep else 0)
+            ref = OperatorRef(
+                Vault.check_name(name),
+                int(index) if sep else 0,
+                int(merchant) if bound else None,
+            )
         except VaultError as exc:
             raise ValueError(f"{entry!r}: {exc}") from None
-        if ref in refs:
+        if any((r.wallet, r.index) == (ref.wallet, ref.index) for r in refs):
             raise ValueError(f"{entry!r} is listed twice")
         refs.append(ref)
     return tuple(refs)
@@ -87,11 +133,12 @@ def intent_only_policy(router: str) -> SigningPolicy:
 
 def load_operator_signers(
     vault: Vault, refs: tuple[OperatorRef, ...], password: SecretStr | None, router: str
-) -> dict[str, Signer]:
-    """Operator address -> its :class:`Signer`. A wrong password, a missing wallet or two refs
-    naming one key are errors (start-up fails loudly rather than serving without a signer)."""
+) -> OperatorKeys:
+    """Operator address -> its :class:`Signer` (and binding). A wrong password, a missing wallet
+    or two refs naming one key are errors (start-up fails loudly rather than serving without a
+    signer)."""
     if not refs:
-        return {}
+        return OperatorKeys()
     from wallet.secrets import SecretStr as WalletSecret
     from wallet.signing import Signer
 
@@ -99,6 +146,7 @@ def load_operator_signers(
         raise VaultError("FOLLOWPAY_OPERATORS needs FOLLOWPAY_PASSWORD to unlock the vault")
     secret = WalletSecret(password.get_secret_value())
     signers: dict[str, Signer] = {}
+    merchants: dict[str, int] = {}
     unlocked = {}
     for ref in refs:
         if ref.wallet not in unlocked:
@@ -108,4 +156,6 @@ def load_operator_signers(
             raise VaultError(f"operator {ref.wallet}:{ref.index} repeats key {key.address}")
         policy = vault.load_policy(ref.wallet) or intent_only_policy(router)
         signers[key.address.lower()] = Signer(key, policy)
-    return signers
+        if ref.merchant_id is not None:
+            merchants[key.address.lower()] = ref.merchant_id
+    return OperatorKeys(signers, merchants)

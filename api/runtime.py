@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from api.operators import OperatorUnavailableError, load_operator_signers
+from api.operators import OperatorKeys, OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
 from api.webhooks.secrets import SecretCipher
 from crm import KeyRing, SystemClock, make_engine
@@ -232,7 +232,7 @@ class Runtime:
         return deployment
 
     @cached_property
-    def operator_signers(self) -> dict[str, Signer]:
+    def operator_signers(self) -> OperatorKeys:
         """Operator address -> signer, unlocked from the vault (empty without operators)."""
         from wallet.vault import Vault
 
@@ -243,12 +243,15 @@ class Runtime:
             self.deployment.router,
         )
 
-    def signer_for(self, operator: str) -> Signer:
-        signer = self.operator_signers.get(operator.lower())
+    def signer_for(self, merchant_id: int, operator: str) -> Signer:
+        signer = self.operator_signers.for_merchant(merchant_id, operator)
         if signer is None:
             listed = ", ".join(sorted(self.operator_signers)) or "none"
+            bound = self.operator_signers.merchant_of(operator)
+            whose = "" if bound is None else f", bound to merchant {bound}"
             raise OperatorUnavailableError(
-                f"no configured operator signs for {operator} (FOLLOWPAY_OPERATORS: {listed})",
+                f"no configured operator signs for merchant {merchant_id}'s operator {operator}"
+                f"{whose} (FOLLOWPAY_OPERATORS: {listed})",
                 param="operators",
             )
         return signer

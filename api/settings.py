@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     #: the embedded ``followpay serve``, the demo and the tests turn it on for 127.0.0.1 receivers.
     webhook_allow_private_targets: bool = False
     #: Vault wallets whose keys sign invoice intents (``api.operators``): ``name`` or
-    #: ``name:index``, comma-separated. Empty: invoices need the embedded stack's dev operator.
+    #: ``name:index``, comma-separated, each optionally bound as ``merchant_id=name``. Empty:
+    #: invoices need the embedded stack's dev operator.
     operators: str = ""
     #: Unlocks the vault wallets (``FOLLOWPAY_PASSWORD``; never a command-line argument).
     password: SecretStr | None = None

@@ -328,7 +328,7 @@ def invoices_create(
             )
         with Session(runtime.engine) as session:
             operator = invoices.operator_of(session, merchant, runtime.chain.chain_id)
-        signer = runtime.signer_for(operator)
+        signer = runtime.signer_for(merchant, operator)
     deployment = runtime.deployment
     request = invoices.InvoiceRequest(
         merchant_id=merchant,

@@ -123,7 +123,7 @@ def create_invoice(
             "POST /v1/merchants/{id}/account",
             param="merchant_id",
         )
-    signer = invoicing.signers.get(account.operator.lower())
+    signer = invoicing.signers.for_merchant(merchant_id, account.operator)
     if signer is None:
         raise SignerUnavailable()
     request = settlement.InvoiceRequest(

@@ -7,7 +7,6 @@ Timestamps are ISO-8601 UTC.
 
 from __future__ import annotations
 
-from collections.abc import Container
 from datetime import datetime
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from api.dispatch.channels import CONTROL_CHARACTERS
+from api.operators import OperatorKeys
 from api.settlement.models import MerchantAccount
 from crm.audit.models import AuditLog
 from crm.consent.models import ConsentEvent
@@ -172,15 +172,17 @@ class MerchantAccountOut(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, account: MerchantAccount, signers: Container[str]) -> MerchantAccountOut:
-        """``signers``: the lower-case operator addresses this server signs for."""
+    def of(cls, account: MerchantAccount, signers: OperatorKeys) -> MerchantAccountOut:
+        """``signers``: the operator keys this server holds (a key bound to another merchant
+        does not sign for this one)."""
         return cls(
             merchant_id=str(account.merchant_id),
             chain_id=account.chain_id,
             address=account.address,
             payout=account.payout,
             operator=account.operator,
-            signer_available=account.operator.lower() in signers,
+            signer_available=signers.for_merchant(account.merchant_id, account.operator)
+            is not None,
             created_at=account.created_at,
         )
 

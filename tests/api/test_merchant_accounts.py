@@ -19,6 +19,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from sqlmodel import Session
 
+from api.operators import OperatorKeys
 from api.runtime import chain_info_for
 from api.settlement import account_proof
 from api.settlement import invoices as settlement
@@ -48,7 +49,7 @@ class TestAddressReclaim:
         body = {"payout": payout.address, "operator": operator.address}
         merchant = _register_fresh(tester_chain, fresh, body)  # accounts outlive a test
         info = dataclasses.replace(chain_info_for(tester_chain, fresh), chain_id=CHAIN_ID)
-        signers = {operator.address: Signer(PrivateKey(bytes(operator.key)))}
+        signers = OperatorKeys({operator.address: Signer(PrivateKey(bytes(operator.key)))})
         worlds = make_world(make_app, new_key, db, chain_info=info, signers=signers)
         with contextlib.closing(worlds):
             world = next(worlds)

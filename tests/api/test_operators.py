@@ -55,6 +55,13 @@ class TestParseOperatorRefs:
         refs = parse_operator_refs(" ops, ops:3 ,solo,")
         assert [(r.wallet, r.index) for r in refs] == [("ops", 0), ("ops", 3), ("solo", 0)]
 
+    def test_a_key_bound_to_one_merchant(self):
+        refs = parse_operator_refs("42=ops:1, solo")
+        assert [(r.wallet, r.index, r.merchant_id) for r in refs] == [
+            ("ops", 1, 42),
+            ("solo", 0, None),
+        ]
+
     def test_empty_is_none(self):
         assert parse_operator_refs("") == ()
 
@@ -66,6 +73,9 @@ class TestParseOperatorRefs:
             (":2", "is not a wallet name or name:index"),
             ("../etc", "wallet name must be"),
             ("ops, ops:0", "listed twice"),
+            ("1=ops, 2=ops", "listed twice"),
+            ("shop=ops", "bound as merchant_id=name"),
+            ("=ops", "bound as merchant_id=name"),
         ],
     )
     def test_bad_entries_are_named(self, text, says):
@@ -91,6 +101,18 @@ class TestLoadOperatorSigners:
         assert set(signers) == expected
         for address, signer in signers.items():
             assert signer.address.lower() == address
+
+    def test_a_bound_key_signs_for_its_merchant_only(self, tmp_path):
+        vault = _vault(tmp_path)
+        keys = load_operator_signers(
+            vault, parse_operator_refs("7=ops, solo"), SecretStr(PASSWORD), ROUTER
+        )
+        ops = vault.unlock("ops", PASSWORD).address(0)
+        solo = vault.info("solo").first_address
+        assert (keys.merchant_of(ops), keys.merchant_of(solo)) == (7, None)
+        assert keys.for_merchant(7, ops.upper().replace("0X", "0x")) is keys[ops]
+        assert keys.for_merchant(8, ops) is None  # bound to merchant 7
+        assert keys.for_merchant(8, solo) is keys[solo]  # unbound: any merchant naming it
 
     def test_signatures_recover_to_the_operator(self, tmp_path):
         vault = _vault(tmp_path)

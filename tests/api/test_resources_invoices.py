@@ -21,6 +21,7 @@ import uvicorn
 from sqlmodel import Session
 
 from api.deps import ChainInfo
+from api.operators import OperatorKeys
 from api.runtime import chain_info_for
 from api.settlement.invoices import InvoiceNumbers
 from contracts import load_artifact
@@ -59,7 +60,7 @@ def world(make_app, new_key, db, tester_chain: Chain, deployment: Deployment) ->
         decimals=6,
         head=lambda: int(tester_chain.w3.eth.block_number),
     )
-    signers = {operator.address: Signer(PrivateKey(bytes(operator.key)))}
+    signers = OperatorKeys({operator.address: Signer(PrivateKey(bytes(operator.key)))})
     for w in make_world(make_app, new_key, db, chain_info=chain_info, signers=signers):
         for tenant in (w.a, w.b):
             r = w.client.post(
@@ -188,6 +189,50 @@ class TestCreate:
         assert r.json()["error"]["code"] == "account_address_taken"
 
 
+class TestOperatorBoundToAMerchant:
+    """Anyone may name any operator on the router: a key bound to merchant A
+    (``FOLLOWPAY_OPERATORS=A=wallet``) never signs merchant B's intents."""
+
+    def test_only_its_merchant_gets_signed_invoices(
+        self, make_app, new_key, db, tester_chain: Chain, deployment: Deployment
+    ) -> None:
+        operator, payout = tester_chain.dev_accounts()[2], tester_chain.dev_accounts()[1]
+        info = ChainInfo(  # no router registrations: accounts are recorded as sent
+            chain_id=CHAIN_ID,
+            router=deployment.router,
+            token=deployment.token,
+            decimals=6,
+            head=lambda: int(tester_chain.w3.eth.block_number),
+        )
+        signer = Signer(PrivateKey(bytes(operator.key)))
+        worlds = make_world(make_app, new_key, db, chain_info=info, signers=None)
+        with contextlib.closing(worlds):
+            w = next(worlds)
+            w.client.app.state.signers = OperatorKeys(
+                {operator.address: signer}, {operator.address: int(w.a.id)}
+            )
+            available = {}
+            for tenant in (w.a, w.b):
+                r = w.client.post(
+                    f"/v1/merchants/{tenant.id}/account",
+                    json={
+                        "address": "0x" + os.urandom(20).hex(),
+                        "payout": payout.address,
+                        "operator": operator.address,
+                    },
+                    headers=auth(tenant.merchant),
+                )
+                assert r.status_code == 200, r.text
+                available[tenant.id] = r.json()["signer_available"]
+            assert available == {w.a.id: True, w.b.id: False}
+            assert create(w, w.a.merchant).status_code == 200
+            refused = create(w, w.b.merchant)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (
+                409,
+                "signer_unavailable",
+            )
+
+
 class TestAccountMustMatchTheRouter:
     """With the router's registrations at hand (as `followpay serve` has), an account is only
     recorded as the router registers it: nobody claims an address they do not control."""
@@ -199,7 +244,7 @@ class TestAccountMustMatchTheRouter:
         fresh = deploy_contracts(tester_chain, owner)
         info = chain_info_for(tester_chain, fresh)
         info = dataclasses.replace(info, chain_id=CHAIN_ID)  # see CHAIN_ID
-        signers = {operator.address: Signer(PrivateKey(bytes(operator.key)))}
+        signers = OperatorKeys({operator.address: Signer(PrivateKey(bytes(operator.key)))})
         worlds = make_world(make_app, new_key, db, chain_info=info, signers=signers)
         with contextlib.closing(worlds):
             self._check(next(worlds), tester_chain, fresh)

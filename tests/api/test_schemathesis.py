@@ -20,6 +20,7 @@ from api.app import create_app
 from api.db import make_engine, session_factory, session_scope, upgrade
 from api.deps import ChainInfo
 from api.keys.service import create_key
+from api.operators import OperatorKeys
 from api.settings import get_settings
 from api.settlement import invoices
 from crm import ContactCreate, KeyRing, MerchantCreate, SystemClock, consent, contacts, merchants
@@ -71,7 +72,7 @@ def fuzz_app(tmp_path_factory):
         engine=engine,
         config=TEST_CONFIG,
         keyring=keyring,
-        signers={operator.address: operator},
+        signers=OperatorKeys({operator.address: operator}),
         chain_info=chain,
         clock=clock,
     )
