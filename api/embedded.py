@@ -32,6 +32,7 @@ from api.runtime import chain_info_for
 from api.sandbox import Sandbox
 from api.settings import get_settings
 from api.settlement.indexer import Indexer
+from api.webhooks import TargetPolicy
 from api.webhooks.secrets import SecretCipher
 from crm import KeyRing, make_engine
 from crm.clock import Clock
@@ -41,6 +42,9 @@ from wallet.secrets import PrivateKey
 from wallet.signing import Signer
 
 __all__ = ["EmbeddedStack", "serve_in_thread"]
+
+#: The embedded stack's webhook receivers (and the demo's) listen on 127.0.0.1.
+_LOCAL_RECEIVERS = TargetPolicy(allow_private=True)
 
 
 @dataclass
@@ -111,8 +115,10 @@ class EmbeddedStack:
             "email": EmailChannel(self.smtp[0], self.smtp[1], "followup@localhost", links),
             "in_app": InAppChannel(links, self.keyring),
             "phone": PhoneChannel(),
-            "webhook": WebhookChannel(self.engine, self.cipher, links),
-            "sms": WebhookChannel(self.engine, self.cipher, links, name="sms"),
+            "webhook": WebhookChannel(self.engine, self.cipher, links, targets=_LOCAL_RECEIVERS),
+            "sms": WebhookChannel(
+                self.engine, self.cipher, links, name="sms", targets=_LOCAL_RECEIVERS
+            ),
         }
         return Worker(self.engine, self.keyring, channels, self.clock)
 
@@ -120,7 +126,7 @@ class EmbeddedStack:
         self, stop: threading.Event, interval: float = 1.0
     ) -> list[threading.Thread]:
         """Indexer, follow-up worker and webhook deliveries as daemon threads until ``stop``."""
-        from api.webhooks import TargetPolicy, run_delivery_worker
+        from api.webhooks import run_delivery_worker
 
         jobs: list[tuple[str, Any]] = [
             ("indexer", lambda: self.indexer().run(stop, poll_interval=interval)),
@@ -132,7 +138,7 @@ class EmbeddedStack:
                     stop,
                     interval=interval,
                     cipher=self.cipher,
-                    targets=TargetPolicy(allow_private=True),
+                    targets=_LOCAL_RECEIVERS,
                 ),
             ),
         ]

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, col, select
 
-from api.dispatch.models import InAppMessage, PhoneTask
+from api.dispatch.models import PhoneTask
 from crm.audit.models import AuditLog
 from crm.contacts.models import Contact
 from crm.feedback.models import Feedback
@@ -34,7 +34,6 @@ __all__ = [
     "followups_select",
     "merchant_of",
     "merchants_select",
-    "messages_for_contact",
     "phone_task_cursor",
     "phone_tasks_page",
     "ticket_cursor",
@@ -195,18 +194,6 @@ def phone_tasks_page(
     return _queue_page(
         session, stmt, PhoneTask, col(PhoneTask.call_after), limit=limit, after=after
     )
-
-
-def messages_for_contact(
-    session: Session, merchant_id: int, contact_id: int, limit: int = 50
-) -> Sequence[InAppMessage]:
-    stmt = (
-        select(InAppMessage)
-        .where(InAppMessage.merchant_id == merchant_id, InAppMessage.contact_id == contact_id)
-        .order_by(col(InAppMessage.created_at).desc(), col(InAppMessage.id).desc())
-        .limit(limit)
-    )
-    return session.exec(stmt).all()
 
 
 def followups_for_invoices(

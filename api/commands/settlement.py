@@ -144,12 +144,13 @@ def worker(
 
     runtime = _runtime()
     links = Links(runtime.settings.public_base_url)
+    targets = TargetPolicy(allow_private=runtime.settings.webhook_allow_private_targets)
     channels: dict[str, Channel] = {
         "email": EmailChannel(smtp_host, smtp_port, sender, links),
         "in_app": InAppChannel(links, runtime.keyring),
         "phone": PhoneChannel(),
-        "webhook": WebhookChannel(runtime.engine, runtime.cipher, links),
-        "sms": WebhookChannel(runtime.engine, runtime.cipher, links, name="sms"),
+        "webhook": WebhookChannel(runtime.engine, runtime.cipher, links, targets=targets),
+        "sms": WebhookChannel(runtime.engine, runtime.cipher, links, name="sms", targets=targets),
     }
     job = Worker(
         runtime.engine,
@@ -160,7 +161,6 @@ def worker(
         lease=timedelta(seconds=lease_seconds),
     )
     sessions = session_factory(runtime.engine)
-    targets = TargetPolicy(allow_private=runtime.settings.webhook_allow_private_targets)
     if once:
         result = job.run_once()
         delivered = (

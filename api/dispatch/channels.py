@@ -25,6 +25,7 @@ from sqlmodel import Session
 from api import webhooks
 from api.dispatch.models import LINK_TOKEN, InAppMessage, PhoneTask
 from api.webhooks.secrets import SecretCipher
+from api.webhooks.transport import describe_error, post
 from crm import KeyRing
 from crm.contacts import service as contacts
 from crm.followups.service import SendInstruction
@@ -223,6 +224,10 @@ class WebhookChannel:
     At most once per endpoint: one endpoint that took it makes the follow-up sent (the others'
     failures are logged); when none did, a refusal or connection error is retried with the
     follow-up's backoff and a response lost after sending is :class:`DeliveryUncertain`.
+
+    POSTs go through the merchant webhooks' guarded client (``targets``: public addresses only
+    unless the policy allows private ones, checked at connect time), one bounded attempt each,
+    and failures are logged as the webhook log's fixed phrases, never the exception's text.
     """
 
     def __init__(
@@ -232,12 +237,13 @@ class WebhookChannel:
         links: Links,
         *,
         name: str = "webhook",
+        targets: webhooks.TargetPolicy | None = None,
         client: httpx.Client | None = None,
     ) -> None:
         if name not in ("webhook", "sms"):
             raise ValueError(f"a webhook channel is 'webhook' or 'sms', not {name!r}")
         self.engine, self.cipher, self.links, self.name = engine, cipher, links, name
-        self.client = client or httpx.Client(timeout=10, follow_redirects=False)
+        self.client = client or webhooks.delivery_client(targets or webhooks.TargetPolicy())
 
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         if self.name == "sms" and not instruction.address:
@@ -284,11 +290,11 @@ class WebhookChannel:
     ) -> None:
         headers = webhooks.signed_headers(target.secrets, body, now, event_id)
         try:
-            response = self.client.post(target.url, content=body.encode(), headers=headers)
+            response = post(self.client, target.url, body.encode(), headers)
         except _NOT_SENT as exc:
-            raise DeliveryError(f"{self.name}: {type(exc).__name__}") from None
+            raise DeliveryError(f"{self.name}: {describe_error(exc)}") from None
         except httpx.HTTPError as exc:  # sent, or partly: the receiver may have acted on it
-            raise DeliveryUncertain(f"{self.name}: {type(exc).__name__}") from None
+            raise DeliveryUncertain(f"{self.name}: {describe_error(exc)}") from None
         if response.status_code >= 300:
             raise DeliveryError(f"{self.name}: endpoint answered {response.status_code}")
 

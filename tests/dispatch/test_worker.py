@@ -401,10 +401,14 @@ def endpoint(engine, shop_id, url, events, *, enabled=True):
     return secret
 
 
-def webhook_channels(engine):
+#: The test receivers listen on 127.0.0.1.
+LOCAL = webhooks.TargetPolicy(allow_private=True)
+
+
+def webhook_channels(engine, targets=LOCAL):
     return {
-        "webhook": WebhookChannel(engine, CIPHER, LINKS),
-        "sms": WebhookChannel(engine, CIPHER, LINKS, name="sms"),
+        "webhook": WebhookChannel(engine, CIPHER, LINKS, targets=targets),
+        "sms": WebhookChannel(engine, CIPHER, LINKS, name="sms", targets=targets),
     }
 
 
@@ -524,6 +528,18 @@ class TestWebhook:
         assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
         assert len(handler.received) == 1
         assert states(engine) == [("failed", "webhook", "delivery_uncertain")]
+
+    def test_by_default_a_private_address_is_not_posted_to(self, engine, clock, receiver):
+        """The channel uses the merchant webhooks' guarded client: an endpoint whose name
+        resolves to a private address (here, loopback) is refused at connect time, not sent,
+        and the follow-up's log says so in the webhook log's words."""
+        url, handler = receiver
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        endpoint(engine, shop_id, url, ["*"])
+        channels = webhook_channels(engine, targets=webhooks.TargetPolicy())
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes == {"retry": 1}
+        assert handler.received == []
+        assert followup_events(engine)[-1][2] == "webhook: address not allowed"
 
     def test_only_webhook_and_sms_are_webhook_channels(self, engine):
         with pytest.raises(ValueError, match="'webhook' or 'sms'"):
