@@ -106,6 +106,7 @@ def _baseline_app(engine: Any) -> Any:
 def _invoice_app(engine: Any, home: str) -> Any:
     from api.app import create_app
     from api.deps import ApiConfig, ChainInfo
+    from api.operators import OperatorKeys
     from api.settings import get_settings
     from crm import KeyRing
     from wallet.chain import dev_accounts
@@ -118,7 +119,7 @@ def _invoice_app(engine: Any, home: str) -> Any:
         engine=engine,
         config=ApiConfig(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000, docs=False),
         keyring=KeyRing(b"\x01" * 32),
-        signers={operator.address: Signer(PrivateKey(bytes(operator.key)))},
+        signers=OperatorKeys({operator.address: Signer(PrivateKey(bytes(operator.key)))}),
         chain_info=ChainInfo(chain_id=CHAIN_ID, router=ROUTER, token=TOKEN, decimals=6),
     )
 
