@@ -37,6 +37,7 @@ __all__ = [
     "CONTROL_CHARACTERS",
     "FOLLOWUP_EVENT",
     "DeliveryError",
+    "DeliveryRefused",
     "DeliveryUncertain",
     "EmailChannel",
     "InAppChannel",
@@ -52,6 +53,11 @@ __all__ = [
 class DeliveryError(Exception):
     """The channel could not deliver and nothing reached the recipient: the worker retries
     with backoff."""
+
+
+class DeliveryRefused(DeliveryError):
+    """Nothing reached the recipient and no retry can change that (the message cannot be
+    built from the data it has): the follow-up fails at once instead of after every backoff."""
 
 
 class DeliveryUncertain(DeliveryError):
@@ -146,7 +152,7 @@ class EmailChannel:
         try:  # the whole message before any connection: a failure here sent nothing
             data = self._message(instruction, to, international)
         except (ValueError, TypeError, LookupError) as exc:  # UnicodeError is a ValueError
-            raise DeliveryError(f"email: message not built ({type(exc).__name__})") from None
+            raise DeliveryRefused(f"email: message not built ({type(exc).__name__})") from None
         try:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         except (OSError, smtplib.SMTPException) as exc:

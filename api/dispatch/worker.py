@@ -36,7 +36,7 @@ import sqlalchemy.exc
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from api.dispatch.channels import DeliveryError, DeliveryUncertain, Recipient
+from api.dispatch.channels import DeliveryError, DeliveryRefused, DeliveryUncertain, Recipient
 from api.retry import until_stopped
 from crm import KeyRing
 from crm.clock import Clock
@@ -172,9 +172,11 @@ class Worker:
     ) -> str:
         """Record a failed send. ``sent=False``: certainly nothing left (retried with backoff).
         ``sent=None`` (it left the process): a :class:`DeliveryError` says whether anything
-        arrived; any other exception cannot, so it counts as maybe delivered, never resent.
+        arrived; any other exception cannot, so it counts as maybe delivered, never resent. A
+        :class:`DeliveryRefused` (the message cannot be built) fails at once: no retry helps.
         Logged without the exception's text unless it is a DeliveryError (whose texts carry no
         personal data): a ValueError may quote an address or a name."""
+        permanent = isinstance(exc, DeliveryRefused)
         if isinstance(exc, DeliveryError):
             uncertain = isinstance(exc, DeliveryUncertain)
             error = str(exc)
@@ -194,8 +196,9 @@ class Worker:
             error=error[:200],
             worker_id=self.worker_id,
             retry=not uncertain,
+            permanent=permanent,
         )
-        return "uncertain" if uncertain else "retry"
+        return "uncertain" if uncertain else "failed" if permanent else "retry"
 
     def run(self, stop: threading.Event, *, poll_interval: float = 1.0) -> None:
         """Batches until ``stop``; a batch that fails because the database is away is retried

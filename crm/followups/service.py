@@ -97,6 +97,7 @@ DEFAULT_LEASE = timedelta(minutes=5)
 INTERRUPTED = "interrupted"
 RELEASED = "released"  # handed back unsent by a stopping worker
 UNCERTAIN = "delivery_uncertain"  # the channel may have delivered it: never resent
+UNDELIVERABLE = "undeliverable"  # nothing sent, and no retry could send it
 RETRY_BASE = timedelta(minutes=5)
 
 
@@ -868,8 +869,10 @@ def mark_failed(
     error: str = "delivery_failed",
     worker_id: str | None = None,
     retry: bool = True,
+    permanent: bool = False,
 ) -> FollowUp:
     """Delivery failed: retry with the channel's backoff (:data:`RETRY_POLICIES`) or give up.
+    ``permanent=True``: nothing was delivered and no retry could deliver it: ``failed`` now.
 
     ``retry=False``: the message may have been delivered (the channel lost the connection
     after handing it over): ``failed``/``delivery_uncertain``, its token still valid, never
@@ -885,6 +888,9 @@ def mark_failed(
     assert fu.id is not None
     feedback_repo.revoke_token(session, fu.id, now)
     fu.attempted_at = None  # delivered nothing: no longer counts for the frequency cap
+    if permanent:
+        _move(session, fu, FollowUpState.FAILED, now, UNDELIVERABLE, error[:200])
+        return fu
     backoff = RETRY_POLICIES.get(fu.channel or "", DEFAULT_RETRY)
     if fu.attempts >= backoff.attempts:
         _move(session, fu, FollowUpState.FAILED, now, error[:32])

@@ -13,7 +13,13 @@ from sqlmodel import Session, SQLModel, select
 
 import api.dispatch.models  # noqa: F401
 import crm.models  # noqa: F401
-from api.dispatch.channels import DeliveryError, EmailChannel, InAppChannel, PhoneChannel
+from api.dispatch.channels import (
+    DeliveryError,
+    DeliveryRefused,
+    EmailChannel,
+    InAppChannel,
+    PhoneChannel,
+)
 from api.dispatch.models import InAppMessage, PhoneTask
 from api.dispatch.worker import Worker
 from crm import FrozenClock, make_engine
@@ -154,3 +160,32 @@ def test_an_unexpected_exception_after_the_message_left_is_never_resent(
     assert "c0@example.com" not in caplog.text
     clock.advance(timedelta(days=1))
     assert Worker(engine, KEYRING, {"email": real}, clock).run_once().claimed == 0
+
+
+class Unbuildable:
+    """A channel whose message cannot be built from the follow-up's data, as the e-mail channel
+    raises it (``email: message not built``) before it connects anywhere."""
+
+    name = "email"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def send(self, session, instruction, to):
+        self.calls += 1
+        raise DeliveryRefused("email: message not built (UnicodeEncodeError)")
+
+
+def test_a_message_that_cannot_be_built_fails_at_once(engine, clock):
+    """No backoff can build it: the follow-up fails on its first attempt with its link revoked,
+    instead of being claimed, prepared and refused five times over a day."""
+    (only,) = due(engine, clock, "email", 1)
+    channel = Unbuildable()
+    assert Worker(engine, KEYRING, {"email": channel}, clock).run_once().outcomes == {"failed": 1}
+    fu_state, reason, detail = state(engine, only)
+    assert (fu_state, reason) == ("failed", "undeliverable")
+    assert detail == "email: message not built (UnicodeEncodeError)"
+    assert not live_token(engine, only)
+    clock.advance(timedelta(days=2))
+    assert Worker(engine, KEYRING, {"email": channel}, clock).run_once().claimed == 0
+    assert channel.calls == 1
