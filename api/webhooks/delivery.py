@@ -36,6 +36,7 @@ from api.webhooks.targets import TargetPolicy
 
 __all__ = [
     "LEASE_MARGIN",
+    "ROUND_LIMIT",
     "DeliveryResult",
     "claim_lease",
     "deliver_due",
@@ -46,6 +47,9 @@ logger = logging.getLogger("followpay.webhooks")
 
 #: What a claim keeps beyond the attempts it covers (database round trips, a slow start).
 LEASE_MARGIN = timedelta(minutes=2)
+#: Deliveries a worker's round claims: its lease is ``claim_lease(ROUND_LIMIT)`` (4.5 min), which
+#: is how late a killed worker's unsent rows go out; 50 rows would hold them 14.5 min.
+ROUND_LIMIT = 10
 _PLAIN = SecretCipher(None)
 _PUBLIC_ONLY = TargetPolicy()
 
@@ -286,12 +290,13 @@ def run_delivery_worker(
     *,
     wake: threading.Event | None = None,
     interval: float = 1.0,
-    limit: int = 50,
+    limit: int = ROUND_LIMIT,
     cipher: SecretCipher = _PLAIN,
     http_client: httpx.Client | None = None,
     targets: TargetPolicy = _PUBLIC_ONLY,
 ) -> None:
-    """Deliver due webhooks until ``stop`` is set.
+    """Deliver due webhooks until ``stop`` is set, ``limit`` per round (the next round starts at
+    once while rounds come back full).
 
     Polls every ``interval`` seconds, or at once when ``wake`` is set (an ``AfterCommit`` callback
     can call ``wake.set()`` after enqueueing). A failing round is logged and retried next round.
