@@ -332,12 +332,53 @@ class _Unanswered(Exception):
     """The request got no JSON-RPC answer: the node may or may not have processed it."""
 
 
+#: How nodes (go-ethereum, reth, anvil, Nethermind, Erigon) word an error answer to
+#: ``eth_sendRawTransaction`` that refused the transaction for sure. Any other error answer —
+#: "request timed out" (-32002), an internal error (-32603), a gateway's rate limit — can come
+#: after the node took the transaction into its pool, so it counts as no answer.
+_REFUSALS = (
+    "nonce too low",
+    "nonce too high",
+    "invalid transaction nonce",
+    "already known",
+    "already imported",
+    "known transaction",
+    "insufficient funds",
+    "not have enough balance",
+    "underpriced",
+    "intrinsic gas too low",
+    "gas too low",
+    "base fee",
+    "fee cap",
+    "priority fee",
+    "exceeds the configured cap",
+    "exceeds block gas limit",
+    "txpool is full",
+    "pool is full",
+    "invalid sender",
+    "invalid signature",
+    "chain id",
+    "oversized data",
+    "transaction type not supported",
+    "rlp",
+)
+
+
 def _is_unanswered(exc: BaseException) -> bool:
-    """No answer from the node (vs an error answer, which is a refusal)."""
+    """No answer from the node (vs an error answer)."""
     import httpx
 
     # OSError covers ConnectionError, TimeoutError and ChainUnreachableError
     return isinstance(exc, (_Unanswered, httpx.TransportError, OSError))
+
+
+def _broadcast_uncertain(exc: BaseException) -> bool:
+    """A broadcast that may have reached the pool: no answer, or an error answer that does not
+    say it refused (:data:`_REFUSALS`; the in-process chain's exceptions are refusals)."""
+    if isinstance(exc, _RpcError):
+        low = str(exc).lower()
+        return not any(refusal in low for refusal in _REFUSALS)
+    return _is_unanswered(exc)
 
 
 _http_local = threading.local()
@@ -559,7 +600,7 @@ class Sender:
         except Exception as exc:
             if _is_already_known(exc):
                 return
-            if _is_unanswered(exc):
+            if _broadcast_uncertain(exc):
                 raise BroadcastUncertainError(f"no answer from the node: {exc}") from exc
             raise
 
@@ -670,7 +711,7 @@ class Sender:
         self, sent: SentTransaction, exc: Exception, *, replacing: bool
     ) -> TransactionError:
         """Settle the journal and the nonce after a failed broadcast; the error to raise."""
-        if _is_unanswered(exc):
+        if _broadcast_uncertain(exc):
             # The node may hold it: the entry stays live (reconcile / rebroadcast settle it)
             # and the nonce stays spent, or a retry would pay twice.
             if not replacing:
@@ -735,6 +776,8 @@ class Sender:
         entry = self.ledger.entry(self.chain_id, self.address, tx_hash)
         if entry is None:
             raise TransactionError(f"transaction {tx_hash} is not in this sender's journal")
+        if entry.status not in ("signed", "sent"):  # mined, or dropped with its nonce reused
+            raise TransactionError(f"transaction {tx_hash} is {entry.status}: not rebroadcast")
         try:
             self._rebroadcast(entry.raw)
         except BroadcastUncertainError as exc:

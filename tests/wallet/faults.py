@@ -3,11 +3,13 @@
 The sender's transport is plain HTTP, so faults are injected on the wire, not by patching the
 sender: ``lost_reply`` forwards the request and then hangs up without answering (the node has
 the transaction, the client sees a disconnect), ``unreachable`` hangs up without forwarding,
-``gateway`` answers HTTP 503 without forwarding.
+``gateway`` answers HTTP 503 without forwarding, ``timed_out`` forwards and answers the JSON-RPC
+error go-ethereum gives when its handler deadline passes (-32002 "request timed out").
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,7 +17,18 @@ import httpx
 
 __all__ = ["RpcProxy"]
 
-MODES = ("lost_reply", "unreachable", "gateway")
+MODES = ("lost_reply", "unreachable", "gateway", "timed_out")
+
+
+def _timed_out(body: bytes) -> bytes:
+    """The -32002 error answer to each request of ``body`` (one request or a batch)."""
+    request = json.loads(body)
+    error = {"code": -32002, "message": "request timed out"}
+    answers = [
+        {"jsonrpc": "2.0", "id": item["id"], "error": error}
+        for item in (request if isinstance(request, list) else [request])
+    ]
+    return json.dumps(answers if isinstance(request, list) else answers[0]).encode()
 
 
 class RpcProxy:
@@ -39,7 +52,13 @@ class RpcProxy:
                         proxy._forward(body)
                     self.close_connection = True  # hang up: no status line at all
                     return
-                status, answer = (503, b"upstream unavailable") if mode else proxy._forward(body)
+                if mode == "timed_out":
+                    proxy._forward(body)  # the node takes it; its answer says it timed out
+                    status, answer = 200, _timed_out(body)
+                elif mode:
+                    status, answer = 503, b"upstream unavailable"
+                else:
+                    status, answer = proxy._forward(body)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))

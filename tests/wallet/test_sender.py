@@ -29,6 +29,7 @@ from wallet.errors import (
     InsufficientFundsError,
     NonceError,
     ReceiptTimeoutError,
+    TransactionError,
     TransactionReplacedError,
     TransactionRevertedError,
 )
@@ -420,6 +421,23 @@ class TestLostReplies(ChainSuite):
         assert s.wait(lost.sent, timeout=10).status == 1
         assert s.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
         assert chain.w3.eth.get_balance(DEAD) - before == 1_001
+
+    def test_an_error_answer_that_is_not_a_refusal_keeps_the_nonce(
+        self, chain, proxy, via_proxy, ledger
+    ):
+        """go-ethereum answers -32002 "request timed out" when its handler deadline passes,
+        possibly after the transaction entered its pool: that is no refusal, so the nonce is
+        not given to the next payment (which would replace this one, or pay twice)."""
+        s = sender(via_proxy, 5, ledger)
+        nonce = s.nonces.next_nonce
+        proxy.fail("timed_out")  # anvil takes it; the answer says it timed out
+        with pytest.raises(BroadcastUncertainError) as info:
+            s.send(DEAD, b"", 3, gas=21_000)
+        assert self.statuses(s, nonce) == ["signed"]
+        assert s.wait(info.value.sent, timeout=10).status == 1
+        with pytest.raises(TransactionError, match="is mined: not rebroadcast"):
+            s.rebroadcast(info.value.sent)  # its nonce is closed: nothing to send again
+        assert s.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
 
     def test_unreachable_node_keeps_the_nonce_until_rebroadcast(
         self, chain, proxy, via_proxy, ledger
