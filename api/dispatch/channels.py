@@ -297,6 +297,8 @@ class WebhookChannel:
         headers = webhooks.signed_headers(target.secrets, body, now, event_id)
         try:
             response = post(self.client, target.url, body.encode(), headers)
+        except httpx.InvalidURL:  # an endpoint stored before registration parsed urls this way
+            raise DeliveryError(f"{self.name}: invalid url") from None
         except _NOT_SENT as exc:
             raise DeliveryError(f"{self.name}: {describe_error(exc)}") from None
         except httpx.HTTPError as exc:  # sent, or partly: the receiver may have acted on it

@@ -193,6 +193,11 @@ def _send(client: httpx.Client, job: _Job, sent_at: datetime) -> _Outcome:
         )
     except httpx.HTTPError as exc:
         outcome = _Outcome(None, transport.describe_error(exc))
+    except httpx.InvalidURL:  # stored before registration parsed urls as httpx does
+        outcome = _Outcome(None, "invalid url", permanent=True)
+    except Exception as exc:  # one row's surprise must not end the round (or every later one)
+        logger.error("webhook %s: %s while sending", job.delivery_id, type(exc).__name__)
+        outcome = _Outcome(None, "request failed")
     else:
         outcome = _Outcome(reply.status_code, None, reply.excerpt)
     duration_ms = int((time.perf_counter() - started) * 1000)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from sqlmodel import Session
 
 from api.db import new_id, utcnow
@@ -82,6 +83,13 @@ def validate_url(url: str, *, livemode: bool, targets: TargetPolicy | None = Non
         raise InvalidRequest("Live-mode webhook endpoints must use https.", param="url")
     if parts.username or parts.password:
         raise InvalidRequest("The url must not contain credentials.", param="url")
+    try:  # as deliveries will: httpx's parser, then the resolver's IDNA encoding of the host
+        httpx.URL(url)
+        parts.hostname.encode("idna")
+    except (httpx.InvalidURL, UnicodeError):
+        raise InvalidRequest(
+            "The url's host is not a valid host name or IP address.", param="url"
+        ) from None
     if targets is not None:
         targets.check_url(url)
     return url

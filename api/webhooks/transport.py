@@ -121,7 +121,7 @@ class _GuardedBackend(httpcore.SyncBackend):
             addresses = self.policy.vet(host, port)
         except TargetNotAllowed as exc:
             raise _AddressRefused("address not allowed") from exc
-        except OSError as exc:  # the name did not resolve
+        except (OSError, UnicodeError, ValueError) as exc:  # the name did not resolve
             raise httpcore.ConnectError("dns error") from exc
         failure: Exception | None = None
         for address in addresses:
@@ -212,7 +212,7 @@ def describe_error(exc: httpx.HTTPError) -> str:
     chain = list(_causes(exc))
     if any(isinstance(e, TargetNotAllowed) for e in chain):
         return "address not allowed"
-    if any(isinstance(e, socket.gaierror) for e in chain):
+    if any(isinstance(e, socket.gaierror | UnicodeError) for e in chain):  # IDNA: a bad label
         return "dns error"
     if isinstance(exc, httpx.TimeoutException) or any(
         isinstance(e, TimeoutError | httpcore.TimeoutException) for e in chain

@@ -75,6 +75,16 @@ def production(make_app, tmp_path):
         yield c
 
 
+#: Hosts the URL pattern lets through that httpx or the resolver cannot use: a label over 63
+#: characters and an empty label (the resolver's IDNA encoding fails), an IPv4 literal with a
+#: leading zero (the system resolver reads 8.8.8.8, httpx refuses it).
+POISON_URLS = [
+    "https://" + "a" * 64 + ".example.com/h",
+    "https://a..example.com/h",
+    "https://010.8.8.8/h",
+]
+
+
 def _register(client, key: str, url: str):
     return client.post(
         "/v1/webhook_endpoints", json={"url": url, "enabled_events": ["*"]}, headers=auth(key)
@@ -98,6 +108,12 @@ class TestRegistration:
         assert r.status_code == 400, r.text
         error = r.json()["error"]
         assert (error["code"], error["param"]) == ("url_not_allowed", "url")
+
+    @pytest.mark.parametrize("url", POISON_URLS)
+    def test_hosts_deliveries_could_not_use_are_400(self, production, new_key, url):
+        r = _register(production, new_key(), url)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "url"
 
     def test_ipv6_loopback_literal_is_refused_by_the_service(self, db):
         policy = TargetPolicy()
@@ -206,3 +222,32 @@ class TestGenericErrors:
         assert "connection refused" in body
         for leak in ("Error", "Errno", str(port) + "/", "[SSL"):
             assert leak not in body.replace(f"127.0.0.1:{port}/closed", "")
+
+
+class TestOneRowNeverStopsARound:
+    @pytest.mark.parametrize("poison", POISON_URLS)
+    def test_an_unusable_stored_url_fails_its_attempt_and_the_round_goes_on(
+        self, db, receiver: Receiver, poison
+    ):
+        """An endpoint stored before registration parsed urls as deliveries do: its delivery
+        raised out of the round (not an httpx.HTTPError), so the round's other rows, other
+        merchants' too, stayed claimed, and it headed every later round for ever."""
+        import sqlalchemy as sa
+
+        with session_scope(session_factory(db)) as s:
+            bad = webhooks.create_endpoint(s, "m_bad", "https://bad.example/h", ["*"])[0]
+            webhooks.create_endpoint(s, "m_good", receiver.url, ["*"])
+            (first,) = webhooks.enqueue(s, "m_bad", "invoice.settled", {"id": "inv_1"})
+            (second,) = webhooks.enqueue(s, "m_good", "invoice.settled", {"id": "inv_2"})
+            s.execute(
+                sa.text("UPDATE api_webhook_endpoints SET url = :u WHERE id = :i"),
+                {"u": poison, "i": bad.id},
+            )
+        results = delivery.deliver_due(
+            session_factory(db), targets=TargetPolicy(allow_private=True)
+        )
+        assert {r.delivery_id: r.ok for r in results} == {first.id: False, second.id: True}
+        assert len(receiver.received) == 1
+        row, attempts = _row(db, first.id)
+        assert row.status != DeliveryStatus.DELIVERING
+        assert [a.error for a in attempts] in (["dns error"], ["invalid url"])

@@ -541,6 +541,22 @@ class TestWebhook:
         assert handler.received == []
         assert followup_events(engine)[-1][2] == "webhook: address not allowed"
 
+    @pytest.mark.parametrize(
+        ("url", "said"),
+        [("https://010.8.8.8/h", "webhook: invalid url"), ("https://a..b.example/h", "dns error")],
+    )
+    def test_an_endpoint_url_deliveries_cannot_use_is_a_retry_not_a_crash(
+        self, engine, clock, url, said
+    ):
+        """Stored before registration parsed urls as deliveries do: nothing was sent."""
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        endpoint(engine, shop_id, "https://hooks.example/h", ["*"])
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE api_webhook_endpoints SET url = :u"), {"u": url})
+        result = Worker(engine, KEYRING, webhook_channels(engine), clock).run_once()
+        assert result.outcomes == {"retry": 1}
+        assert said in followup_events(engine)[-1][2]
+
     def test_only_webhook_and_sms_are_webhook_channels(self, engine):
         with pytest.raises(ValueError, match="'webhook' or 'sms'"):
             WebhookChannel(engine, CIPHER, LINKS, name="email")
