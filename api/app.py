@@ -119,21 +119,33 @@ _PUBLIC_PREFIX = "/v1/public/"
 
 class _RateLimitMiddleware:
     """Keyed by the presented API key, however the header spells it (the key's digest, as
-    authentication computes it), else by the client address: on customer-link routes, which
-    take no key, and for a header that holds no well-formed key (a fresh junk header per
-    request must not buy a fresh bucket)."""
+    authentication computes it), once that key has authenticated here; else by the client
+    address: on customer-link routes, which take no key, for a header without a well-formed
+    key, and for a key not yet known to authenticate (a fresh junk header or a fresh made-up
+    key per request must not buy a fresh bucket). A key's first request counts against its
+    client's address."""
 
     EXEMPT = frozenset({"/v1/health"})
 
-    def __init__(self, app: ASGIApp, limiter: TokenBucketLimiter) -> None:
+    def __init__(
+        self, app: ASGIApp, limiter: TokenBucketLimiter, *, known_keys: int = 10_000
+    ) -> None:
         self.app = app
         self.limiter = limiter
+        self._known: OrderedDict[str, None] = OrderedDict()  # digests that authenticated
+        self._known_max = known_keys
+        self._lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in self.EXEMPT:
             await self.app(scope, receive, send)
             return
-        bucket = self._bucket(scope)
+        digest = self._digest(scope)
+        if digest is not None and self._is_known(digest):
+            bucket = "key:" + digest[:32]
+        else:
+            client = scope.get("client") or ("unknown", 0)
+            bucket = f"ip:{client[0]}"
         wait = self.limiter.take(bucket)
         if wait > 0:
             exc = RateLimited(retry_after=math.ceil(wait))
@@ -142,18 +154,40 @@ class _RateLimitMiddleware:
             )
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if digest is None or bucket.startswith("key:"):
+            await self.app(scope, receive, send)
+            return
+
+        async def learn(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 401:
+                self._remember(digest)
+            await send(message)
+
+        await self.app(scope, receive, learn)
 
     @staticmethod
-    def _bucket(scope: Scope) -> str:
+    def _digest(scope: Scope) -> str | None:
         auth = _header(scope, b"authorization")
-        if auth and not str(scope.get("path", "")).startswith(_PUBLIC_PREFIX):
-            try:
-                return "key:" + keys_service.digest_of(auth.decode("latin-1"))[:32]
-            except Unauthorized:
-                pass
-        client = scope.get("client") or ("unknown", 0)
-        return f"ip:{client[0]}"
+        if not auth or str(scope.get("path", "")).startswith(_PUBLIC_PREFIX):
+            return None
+        try:
+            return keys_service.digest_of(auth.decode("latin-1"))
+        except Unauthorized:
+            return None
+
+    def _is_known(self, digest: str) -> bool:
+        with self._lock:
+            if digest not in self._known:
+                return False
+            self._known.move_to_end(digest)
+            return True
+
+    def _remember(self, digest: str) -> None:
+        with self._lock:
+            self._known[digest] = None
+            self._known.move_to_end(digest)
+            while len(self._known) > self._known_max:
+                self._known.popitem(last=False)
 
 
 class _BodyLimitMiddleware:

@@ -53,13 +53,14 @@ class TestRateLimit:
         config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=3)
         a, b = new_key(merchant_id="m_a"), new_key(merchant_id="m_b")
         with TestClient(make_app(config)) as c:
+            # a key's first request counts against its client's address, then its own bucket
             statuses = [
-                c.get("/v1/webhook_endpoints", headers=auth(a)).status_code for _ in range(4)
+                c.get("/v1/webhook_endpoints", headers=auth(a)).status_code for _ in range(5)
             ]
             limited = c.get("/v1/webhook_endpoints", headers=auth(a))
             other = c.get("/v1/webhook_endpoints", headers=auth(b))
             health = c.get("/v1/health")
-        assert statuses == [200, 200, 200, 429]
+        assert statuses == [200, 200, 200, 200, 429]
         assert limited.status_code == 429
         assert limited.json()["error"]["type"] == "rate_limit_error"
         assert int(limited.headers["retry-after"]) >= 1
@@ -69,13 +70,13 @@ class TestRateLimit:
     def test_one_key_is_one_bucket_however_the_header_spells_it(self, make_app, new_key):
         config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=3)
         key = new_key(merchant_id="m_a")
-        spellings = [f"Bearer {key}", f"bearer {key}", key, f"  BEARER   {key} "]
+        spellings = [f"Bearer {key}", f"Bearer {key}", f"bearer {key}", key, f"  BEARER   {key} "]
         with TestClient(make_app(config)) as c:
             statuses = [
                 c.get("/v1/webhook_endpoints", headers={"Authorization": s}).status_code
                 for s in spellings
             ]
-        assert statuses == [200, 200, 200, 429]
+        assert statuses == [200, 200, 200, 200, 429]  # the first one: the address's bucket
 
     def test_customer_links_are_limited_per_client_whatever_header_they_send(self, make_app):
         """A fresh junk ``Authorization`` per request bought a fresh bucket on the routes that
@@ -93,6 +94,19 @@ class TestRateLimit:
         assert statuses[-1] == 429
         assert 429 not in statuses[:-1]
         assert junk.status_code == 429  # a malformed key shares the client's bucket too
+
+    def test_made_up_keys_share_their_clients_bucket(self, make_app, new_key):
+        """A fresh well-formed key per request (each one unknown: 401) bought a fresh bucket,
+        and enough of them flushed every real client's bucket out of the limiter."""
+        config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=3)
+        with TestClient(make_app(config)) as c:
+            statuses = [
+                c.get(
+                    "/v1/webhook_endpoints", headers={"Authorization": f"Bearer fp_test_{n:043d}"}
+                ).status_code
+                for n in range(5)
+            ]
+        assert statuses == [401, 401, 401, 429, 429]
 
     def test_bucket_refills(self):
         limiter = TokenBucketLimiter(rate=2.0, burst=2)
