@@ -234,20 +234,46 @@ def deliver_due(
     claim = now + claim_lease(limit)
     with session_scope(session_factory) as session:
         ids = repository.claim_due(session, now, limit, claim)
+        endpoints = repository.endpoints_of(session, ids) if ids else {}
     if not ids:
         return []
     owns_client = http_client is None
     client = http_client or transport.delivery_client(targets)
     results: list[DeliveryResult] = []
+    unreachable: dict[str, datetime] = {}  # endpoint -> when its failed attempt is retried
     try:
         for delivery_id in ids:
+            endpoint_id = endpoints.get(delivery_id, "")
+            if endpoint_id in unreachable:
+                _postpone(session_factory, delivery_id, claim, unreachable[endpoint_id])
+                continue
             result = _deliver_one(session_factory, client, delivery_id, claim, cipher, clock)
-            if result is not None:
-                results.append(result)
+            if result is None:
+                continue
+            results.append(result)
+            if result.status_code is None and result.next_attempt_at is not None:
+                unreachable[result.endpoint_id] = result.next_attempt_at
     finally:
         if owns_client:
             client.close()
     return results
+
+
+def _postpone(
+    session_factory: SessionFactory, delivery_id: str, claim: datetime, until: datetime
+) -> None:
+    """This round could not reach the row's endpoint (a timeout, a refused connection): the row
+    waits for that attempt's retry instead of costing the round another full attempt, so one
+    merchant's dead or slow endpoint does not hold up everyone else's deliveries. No attempt is
+    recorded (nothing was sent)."""
+    with session_scope(session_factory) as session:
+        repository.finish_claim(
+            session,
+            delivery_id,
+            claim,
+            status=DeliveryStatus.PENDING.value,
+            next_attempt_at=until,
+        )
 
 
 def _deliver_one(

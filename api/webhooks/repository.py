@@ -20,6 +20,7 @@ __all__ = [
     "claim_due",
     "deliveries_select",
     "enabled_endpoints",
+    "endpoints_of",
     "endpoints_select",
     "finish_claim",
     "get_delivery",
@@ -150,6 +151,15 @@ def claim_due(session: Session, now: datetime, limit: int, lease_until: datetime
         if getattr(result, "rowcount", 0) == 1:
             claimed.append(delivery_id)
     return claimed
+
+
+def endpoints_of(session: Session, delivery_ids: Sequence[str]) -> dict[str, str]:
+    """Delivery id -> its endpoint id."""
+    d = WebhookDelivery
+    rows = session.execute(
+        sa.select(col(d.id), col(d.endpoint_id)).where(col(d.id).in_(delivery_ids))
+    )
+    return {delivery_id: endpoint_id for delivery_id, endpoint_id in rows}
 
 
 def _held(delivery_id: str, claim: datetime) -> sa.ColumnElement[bool]:

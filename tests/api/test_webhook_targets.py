@@ -251,3 +251,31 @@ class TestOneRowNeverStopsARound:
         row, attempts = _row(db, first.id)
         assert row.status != DeliveryStatus.DELIVERING
         assert [a.error for a in attempts] in (["dns error"], ["invalid url"])
+
+
+class TestAnUnreachableEndpointDoesNotHoldUpOthers:
+    def test_its_other_rows_wait_for_its_retry_and_the_round_moves_on(self, db, receiver: Receiver):
+        """A round tried every row of an endpoint that timed out, one full attempt each, while
+        other merchants' deliveries waited behind them. After one failed connection the
+        endpoint's other rows wait for that attempt's retry, unsent and uncounted."""
+        dead = f"http://127.0.0.1:{free_port()}/h"  # nothing listens: connection refused
+        with session_scope(session_factory(db)) as s:
+            webhooks.create_endpoint(s, "m_dead", dead, ["*"])
+            webhooks.create_endpoint(s, "m_live", receiver.url, ["*"])
+            queued = [
+                webhooks.enqueue(s, "m_dead", "invoice.settled", {"id": f"inv_{n}"})[0].id
+                for n in range(3)
+            ]
+            (live,) = webhooks.enqueue(s, "m_live", "invoice.settled", {"id": "inv_9"})
+        policy = TargetPolicy(allow_private=True)
+        results = delivery.deliver_due(session_factory(db), targets=policy)
+        assert [(r.delivery_id, r.ok, r.error) for r in results] == [
+            (queued[0], False, "connection refused"),
+            (live.id, True, None),
+        ]
+        assert len(receiver.received) == 1
+        first, _ = _row(db, queued[0])
+        for waiting in queued[1:]:
+            row, attempts = _row(db, waiting)
+            assert (row.status, row.attempt_count, attempts) == (DeliveryStatus.PENDING, 0, [])
+            assert row.next_attempt_at == first.next_attempt_at
