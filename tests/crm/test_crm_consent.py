@@ -44,17 +44,9 @@ class TestRecord:
     ) -> None:
         c = make_contact()
         assert c.id is not None
+        kw = {"actor": "c", "clock": clock, "keyring": keyring}
         assert not consent.may_contact(session, c.id, "service_followup", "email")
-        consent.grant(
-            session,
-            merchant_id,
-            c.id,
-            "service_followup",
-            "email",
-            actor="contact:1",
-            clock=clock,
-            keyring=keyring,
-        )
+        consent.grant(session, merchant_id, c.id, "service_followup", "email", **kw)
         assert consent.may_contact(session, c.id, "service_followup", "email")
         assert not consent.may_contact(session, c.id, "service_followup", "sms")
         assert not consent.may_contact(session, c.id, "marketing", "email")
@@ -69,20 +61,10 @@ class TestRecord:
     ) -> None:
         c = make_contact()
         assert c.id is not None
+        kw = {"actor": "c", "clock": clock, "keyring": keyring}
         for ch in ("email", "sms", "phone"):
-            consent.grant(
-                session,
-                merchant_id,
-                c.id,
-                "marketing",
-                ch,
-                actor="contact",
-                clock=clock,
-                keyring=keyring,
-            )
-        consent.withdraw(
-            session, merchant_id, c.id, "marketing", actor="contact", clock=clock, keyring=keyring
-        )
+            consent.grant(session, merchant_id, c.id, "marketing", ch, **kw)
+        consent.withdraw(session, merchant_id, c.id, "marketing", **kw)
         assert not any(consent.may_contact(session, c.id, "marketing", ch) for ch in Channel)
 
     def test_objection_blocks_marketing_everywhere_only(
@@ -95,27 +77,10 @@ class TestRecord:
     ) -> None:
         c = make_contact()
         assert c.id is not None
-        consent.grant(
-            session,
-            merchant_id,
-            c.id,
-            "marketing",
-            "email",
-            actor="c",
-            clock=clock,
-            keyring=keyring,
-        )
-        consent.grant(
-            session,
-            merchant_id,
-            c.id,
-            "service_followup",
-            "email",
-            actor="c",
-            clock=clock,
-            keyring=keyring,
-        )
-        consent.object_to(session, merchant_id, c.id, actor="c", clock=clock, keyring=keyring)
+        kw = {"actor": "c", "clock": clock, "keyring": keyring}
+        consent.grant(session, merchant_id, c.id, "marketing", "email", **kw)
+        consent.grant(session, merchant_id, c.id, "service_followup", "email", **kw)
+        consent.object_to(session, merchant_id, c.id, **kw)
         assert not any(consent.may_contact(session, c.id, "marketing", ch) for ch in Channel)
         assert consent.may_contact(session, c.id, "service_followup", "email")
         states = {(s.purpose, s.channel): s.state for s in session.exec(select(ConsentState)).all()}
@@ -181,17 +146,9 @@ class TestRecord:
     ) -> None:
         c = make_contact()
         assert c.id is not None
+        kw = {"actor": "c", "clock": clock, "keyring": keyring}
         with pytest.raises(ContactNotFound):
-            consent.grant(
-                session,
-                merchant_id + 1,
-                c.id,
-                "marketing",
-                "email",
-                actor="c",
-                clock=clock,
-                keyring=keyring,
-            )
+            consent.grant(session, merchant_id + 1, c.id, "marketing", "email", **kw)
         assert count(session, ConsentEvent) == 0
 
 
@@ -206,28 +163,11 @@ class TestVerifyChain:
     ) -> None:
         c = make_contact()
         assert c.id is not None
+        kw = {"actor": "c", "clock": clock, "keyring": keyring}
         for _ in range(3):
-            consent.grant(
-                session,
-                merchant_id,
-                c.id,
-                "marketing",
-                "email",
-                actor="c",
-                clock=clock,
-                keyring=keyring,
-            )
+            consent.grant(session, merchant_id, c.id, "marketing", "email", **kw)
             clock.advance(minutes=1)
-            consent.withdraw(
-                session,
-                merchant_id,
-                c.id,
-                "marketing",
-                "email",
-                actor="c",
-                clock=clock,
-                keyring=keyring,
-            )
+            consent.withdraw(session, merchant_id, c.id, "marketing", "email", **kw)
         events = consent.history(session, c.id)
         assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
         assert events[0].prev_hash == chain.GENESIS
