@@ -13,7 +13,8 @@ stored only as its SHA-256). Errors are explicit:
 
 No ``GET`` changes anything: mail scanners and link previews open every link in a message.
 The messages' rating links open a confirmation page (``GET /feedback/{token}/rate?rating=N``,
-the rating preselected) whose one button POSTs it; the "Stop these messages" link opens a
+the rating preselected) whose one button POSTs it; messages sent before that page existed link
+``GET /feedback/{token}?rating=N``, which redirects there; the "Stop these messages" link opens a
 confirmation page (``GET /consent/{token}/withdraw``) whose one button POSTs the withdrawal, and
 mail clients POST that URL from the RFC 8058 ``List-Unsubscribe`` header. Both POSTs answer a
 browser (``Accept: text/html``) with a page and anyone else with JSON.
@@ -33,7 +34,7 @@ from urllib.parse import parse_qs
 from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from sqlmodel import Session
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, RedirectResponse
 
 from api import queries
 from api.deps import ClockDep, KeyRingDep, SessionDep
@@ -152,9 +153,22 @@ def _submit(
     response_model=PublicFeedback,
     summary="A feedback link's state",
     description="Pending (with its expiry) or the recorded answer. Changes nothing: the "
-    "messages' rating links open `GET /feedback/{token}/rate`, whose button records.",
+    "messages' rating links open `GET /feedback/{token}/rate`, whose button records. With "
+    "`rating` (the rating links of messages sent before the confirmation page existed): a 303 "
+    "to that page, the rating preselected.",
+    responses={303: {"description": "A legacy rating link: to the confirmation page."}},
 )
-def open_feedback_link(token: Token, session: SessionDep, clock: ClockDep) -> PublicFeedback:
+def open_feedback_link(
+    token: Token,
+    request: Request,
+    session: SessionDep,
+    clock: ClockDep,
+    rating: Annotated[
+        int | None, Query(ge=1, le=5, description="A legacy rating link's rating.")
+    ] = None,
+) -> PublicFeedback | RedirectResponse:
+    if rating is not None:  # the page checks the token; a GET still records nothing
+        return RedirectResponse(f"{request.url.path}/rate?rating={rating}", status_code=303)
     return _view(session, _feedback_link(session, token, clock))
 
 

@@ -156,3 +156,28 @@ def test_a_page_expired_while_open_is_a_400(world: World) -> None:  # noqa: F811
     r = world.client.post(f"/v1/public/feedback/{token}/rate", data={"rating": "4"})
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "feedback_token_expired"
+
+
+@pytest.mark.parametrize("rating", [1, 4])
+def test_a_legacy_rating_link_leads_to_the_page_and_records_nothing(
+    world: World,  # noqa: F811
+    rating: int,
+) -> None:
+    """Messages sent before the confirmation page linked ``GET /feedback/{token}?rating=N``:
+    it sends the browser to the page with the same rating preselected, and records nothing."""
+    token = _token(world)
+    r = world.client.get(
+        f"/v1/public/feedback/{token}?rating={rating}", headers=BROWSER, follow_redirects=False
+    )
+    assert r.status_code == 303
+    assert r.headers["location"] == f"/v1/public/feedback/{token}/rate?rating={rating}"
+    page = world.client.get(f"/v1/public/feedback/{token}?rating={rating}", headers=BROWSER)
+    assert page.status_code == 200
+    checked = re.findall(
+        r'<input type="radio" name="rating" value="(\d)" required checked>', page.text
+    )
+    assert checked == [str(rating)]
+    assert _recorded(world) == []
+    assert world.client.get(f"/v1/public/feedback/{token}").json()["state"] == "pending"
+    bad = world.client.get(f"/v1/public/feedback/{token}?rating=9", follow_redirects=False)
+    assert bad.status_code == 422
