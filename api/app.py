@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api.cache import ConfigCache
 from api.db import make_engine
@@ -547,6 +548,9 @@ def create_app(
             allow_credentials=False,
             max_age=600,
         )
+
+    if config.trusted_proxies:  # outermost: the limiter and the access log see the customer
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.trusted_proxies))
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -53,7 +53,7 @@ from api.keys import service as keys_service
 from api.keys.models import ApiRole
 from api.keys.service import AuthenticatedKey
 from api.operators import OperatorKeys
-from api.settings import Settings
+from api.settings import Settings, trusted_proxy_networks
 from api.settlement.invoices import InvoiceNumbers
 from api.webhooks.secrets import SecretCipher
 from crm import Clock, KeyRing
@@ -113,6 +113,8 @@ class ApiConfig:
     freeze_heap_after: int = 200
     #: Seconds between deletions of expired idempotency records (0: never, tests).
     idempotency_purge_seconds: float = 600.0
+    #: Peers (networks) whose ``X-Forwarded-For`` is believed; empty: none (``api.app``).
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -136,6 +138,7 @@ class ApiConfig:
             docs=settings.api_docs,
             max_in_flight=settings.api_max_in_flight,
             cache_seconds=settings.api_cache_seconds,
+            trusted_proxies=trusted_proxy_networks(settings.api_trusted_proxies),
         )
 
 

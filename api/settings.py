@@ -5,6 +5,7 @@ Every field reads ``FOLLOWPAY_<NAME>`` from the environment; see docs/operations
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from api.operators import OperatorRef, parse_operator_refs
 from wallet.chain import ChainBackend, ChainConfig
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "get_settings", "trusted_proxy_networks"]
 
 
 class Settings(BaseSettings):
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
     api_idempotency_ttl_seconds: float = Field(default=24 * 3600, ge=60)
     api_docs: bool = True
     api_max_in_flight: int = Field(default=32, ge=1, le=1024)
+    #: Reverse proxies whose ``X-Forwarded-For`` names the client (addresses or networks,
+    #: comma-separated), so per-client rate limits and the access log see customers, not the
+    #: proxy. Empty: the header is ignored (anyone could write it).
+    api_trusted_proxies: str = ""
     #: Webhook endpoints may be on loopback, private, link-local and other non-public addresses
     #: (``api.webhooks.targets``). Off: a merchant's URL must not reach our own network (SSRF);
     #: the embedded ``followpay serve``, the demo and the tests turn it on for 127.0.0.1 receivers.
@@ -61,6 +66,12 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("api_trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        trusted_proxy_networks(value)  # ValueError names the bad entry
         return value
 
     @field_validator("operators")
@@ -92,6 +103,22 @@ class Settings(BaseSettings):
         return ChainConfig(
             backend=self.chain, rpc_url=self.rpc_url, expected_chain_id=self.chain_id
         )
+
+
+def trusted_proxy_networks(value: str) -> tuple[str, ...]:
+    """``FOLLOWPAY_API_TRUSTED_PROXIES`` as network strings (an address is a /32 or /128).
+    ``*`` is refused: trusting every peer lets any client pick the address it is limited by."""
+    networks = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"trusted proxy {entry!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+            ) from None
+    return tuple(networks)
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -44,7 +44,7 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
     app = stack.app()
     freeze_startup_heap()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
     finally:
         stop.set()
         stack.close()
@@ -111,6 +111,7 @@ def serve(
 
         app = _production_app(runtime)  # a wrong password or missing wallet fails here
         freeze_startup_heap()
+        # X-Forwarded-For: the app believes FOLLOWPAY_API_TRUSTED_PROXIES only (api.app)
         uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
         runtime.close()
         return

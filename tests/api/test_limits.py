@@ -1,11 +1,14 @@
-"""Body size limit, per-key rate limit, CORS."""
+"""Body size limit, per-key rate limit, trusted proxies, CORS."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from api.app import TokenBucketLimiter
 from api.deps import ApiConfig
+from api.settings import get_settings
 from tests.api.conftest import auth
 
 
@@ -116,6 +119,60 @@ class TestRateLimit:
         assert 0.49 < wait <= 0.5
         assert limiter.take("k", now=0.5) == 0.0
         assert limiter.take("other", now=0.5) == 0.0
+
+
+class TestTrustedProxies:
+    """Behind a reverse proxy every request comes from the proxy's address: customer links,
+    limited per client, shared one bucket. The proxy's ``X-Forwarded-For`` is believed only
+    from the peers ``FOLLOWPAY_API_TRUSTED_PROXIES`` names."""
+
+    LINK = f"/v1/public/consent/{'x' * 43}"
+
+    def _statuses(self, app, peer: str, forwarded: list[str]) -> list[int]:
+        with TestClient(app, client=(peer, 40000)) as c:
+            return [c.get(self.LINK, headers={"X-Forwarded-For": f}).status_code for f in forwarded]
+
+    def test_a_trusted_proxys_clients_get_a_bucket_each(self, make_app):
+        config = ApiConfig(
+            rate_limit_per_second=0.01, rate_limit_burst=2, trusted_proxies=("10.0.0.0/8",)
+        )
+        statuses = self._statuses(
+            make_app(config),
+            "10.1.2.3",
+            [
+                "198.51.100.7",
+                "198.51.100.7",
+                "198.51.100.7",
+                "198.51.100.8",
+                "203.0.113.5, 198.51.100.9",
+            ],
+        )
+        # the third from one customer is limited; others, and a forged hop before a real
+        # client (only the address the proxy saw counts), are not
+        assert statuses == [404, 404, 429, 404, 404]
+
+    @pytest.mark.parametrize(
+        ("trusted", "peer"), [((), "10.1.2.3"), (("10.0.0.0/8",), "192.0.2.50")]
+    )
+    def test_anyone_elses_header_is_ignored(self, make_app, trusted, peer):
+        """No trusted proxy (the default), or a peer outside the trusted networks: the
+        header is the client's own claim, and the client's address keeps its one bucket."""
+        config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=2, trusted_proxies=trusted)
+        statuses = self._statuses(
+            make_app(config), peer, ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+        )
+        assert statuses == [404, 404, 429]
+
+    def test_the_setting_names_networks(self, tmp_path):
+        settings = get_settings(home=tmp_path, api_trusted_proxies=" 127.0.0.1, 10.0.0.0/8 ,::1")
+        assert ApiConfig.from_settings(settings).trusted_proxies == (
+            "127.0.0.1/32",
+            "10.0.0.0/8",
+            "::1/128",
+        )
+        for bad in ("*", "proxy.internal", "10.0.0.0/33"):
+            with pytest.raises(ValidationError, match="is not an IP address or network"):
+                get_settings(home=tmp_path, api_trusted_proxies=bad)
 
 
 class TestCors:
