@@ -169,9 +169,11 @@ def bench_sending(rpc_url: str | None, quick: bool) -> list[dict[str, Any]]:
     import tempfile
 
     from wallet.chain import ChainConfig, connect
+    from wallet.fees import suggest_fees
     from wallet.nonces import NonceLedger
+    from wallet.rpc import send_raw_batch
     from wallet.secrets import PrivateKey
-    from wallet.sender import Sender, send_raw_batch, suggest_fees
+    from wallet.sender import Sender
     from wallet.signing import Signer, sign_transaction
     from wallet.tokens import deploy_test_token
 

@@ -2,8 +2,9 @@
 
 Submodules load on first use (``import wallet`` does not import web3): ``wallet.keys``,
 ``wallet.secrets``, ``wallet.vault``, ``wallet.keystore``, ``wallet.signing``, ``wallet.policy``,
-``wallet.amounts``, ``wallet.addresses``, ``wallet.nonces``, ``wallet.sender``, ``wallet.tokens``,
-``wallet.chain``, ``wallet.cli``. See ``docs/wallet.md``.
+``wallet.amounts``, ``wallet.addresses``, ``wallet.nonces``, ``wallet.fees``, ``wallet.reverts``,
+``wallet.rpc``, ``wallet.sender``, ``wallet.tokens``, ``wallet.chain``, ``wallet.cli``. See
+``docs/wallet.md``.
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ if TYPE_CHECKING:
     from wallet.addresses import parse_address
     from wallet.amounts import format_amount, parse_amount
     from wallet.chain import Chain, ChainConfig, connect
+    from wallet.fees import Fees, bump_fees, check_replacement
     from wallet.keys import HDWallet, WatchOnlyWallet, generate_mnemonic, validate_mnemonic
     from wallet.keystore import decrypt_keystore, encrypt_keystore, read_keystore, write_keystore
     from wallet.nonces import NonceLedger, NonceManager
     from wallet.policy import SigningPolicy
+    from wallet.rpc import send_raw_batch
     from wallet.secrets import PrivateKey, Secret, SecretBytes, SecretStr
-    from wallet.sender import Fees, Sender, bump_fees, check_replacement, send_raw_batch
+    from wallet.sender import Sender
     from wallet.signing import (
         PaymentIntent,
         SignedTransaction,
@@ -76,6 +79,9 @@ _LAZY: dict[str, str] = {
     "Chain": "wallet.chain",
     "ChainConfig": "wallet.chain",
     "connect": "wallet.chain",
+    "Fees": "wallet.fees",
+    "bump_fees": "wallet.fees",
+    "check_replacement": "wallet.fees",
     "HDWallet": "wallet.keys",
     "WatchOnlyWallet": "wallet.keys",
     "generate_mnemonic": "wallet.keys",
@@ -87,15 +93,12 @@ _LAZY: dict[str, str] = {
     "NonceLedger": "wallet.nonces",
     "NonceManager": "wallet.nonces",
     "SigningPolicy": "wallet.policy",
+    "send_raw_batch": "wallet.rpc",
     "PrivateKey": "wallet.secrets",
     "Secret": "wallet.secrets",
     "SecretBytes": "wallet.secrets",
     "SecretStr": "wallet.secrets",
-    "Fees": "wallet.sender",
     "Sender": "wallet.sender",
-    "bump_fees": "wallet.sender",
-    "check_replacement": "wallet.sender",
-    "send_raw_batch": "wallet.sender",
     "PaymentIntent": "wallet.signing",
     "SignedTransaction": "wallet.signing",
     "Signer": "wallet.signing",

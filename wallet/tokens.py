@@ -86,7 +86,7 @@ class PermitData:
 
 @functools.cache
 def _encoders(artifact: str) -> dict[str, tuple[str, list[str]]]:
-    from wallet.sender import _abi_type
+    from wallet.reverts import abi_type
 
     seen: dict[str, int] = {}
     out: dict[str, tuple[str, list[str]]] = {}
@@ -94,7 +94,7 @@ def _encoders(artifact: str) -> dict[str, tuple[str, list[str]]]:
         if item.get("type") != "function":
             continue
         name = str(item["name"])
-        types = [_abi_type(i) for i in item.get("inputs", [])]
+        types = [abi_type(i) for i in item.get("inputs", [])]
         seen[name] = seen.get(name, 0) + 1
         out[name] = (keccak(f"{name}({','.join(types)})".encode()).hex()[:8], types)
     return {name: enc for name, enc in out.items() if seen[name] == 1}

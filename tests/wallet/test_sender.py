@@ -33,16 +33,11 @@ from wallet.errors import (
     TransactionReplacedError,
     TransactionRevertedError,
 )
+from wallet.fees import Fees, bump_fees, check_replacement, suggest_fees
 from wallet.nonces import NonceLedger
-from wallet.sender import (
-    Fees,
-    Sender,
-    bump_fees,
-    check_replacement,
-    decode_revert,
-    send_raw_batch,
-    suggest_fees,
-)
+from wallet.reverts import decode_revert
+from wallet.rpc import send_raw_batch
+from wallet.sender import Sender
 from wallet.signing import sign_transaction
 
 DEAD = "0x000000000000000000000000000000000000dEaD"
