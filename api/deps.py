@@ -125,6 +125,8 @@ class ApiConfig:
             raise ValueError("freeze_heap_after must be >= 0")
         if self.idempotency_purge_seconds < 0:
             raise ValueError("idempotency_purge_seconds must be >= 0")
+        # validated and normalised however the config was built (uvicorn trusts "*" silently)
+        object.__setattr__(self, "trusted_proxies", trusted_proxy_networks(self.trusted_proxies))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiConfig:
@@ -138,7 +140,7 @@ class ApiConfig:
             docs=settings.api_docs,
             max_in_flight=settings.api_max_in_flight,
             cache_seconds=settings.api_cache_seconds,
-            trusted_proxies=trusted_proxy_networks(settings.api_trusted_proxies),
+            trusted_proxies=tuple(settings.api_trusted_proxies.split(",")),
         )
 
 

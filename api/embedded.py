@@ -162,7 +162,8 @@ def serve_in_thread(
 ) -> Iterator[str]:
     """Run ``app`` under uvicorn (on a free loopback port by default); yields its base URL."""
     port = free_port() if port is None else port
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    server = uvicorn.Server(config)  # X-Forwarded-For: the app's own setting decides (api.app)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     while not server.started:

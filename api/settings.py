@@ -6,6 +6,7 @@ Every field reads ``FOLLOWPAY_<NAME>`` from the environment; see docs/operations
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -105,20 +106,36 @@ class Settings(BaseSettings):
         )
 
 
-def trusted_proxy_networks(value: str) -> tuple[str, ...]:
-    """``FOLLOWPAY_API_TRUSTED_PROXIES`` as network strings (an address is a /32 or /128).
-    ``*`` is refused: trusting every peer lets any client pick the address it is limited by."""
-    networks = []
-    for entry in (e.strip() for e in value.split(",")):
+def trusted_proxy_networks(entries: str | Iterable[str]) -> tuple[str, ...]:
+    """Trusted proxies (comma-separated, or one per item) as the network strings uvicorn's
+    ``ProxyHeadersMiddleware`` takes: an address is a /32 or /128, and an IPv4 network also
+    comes as its IPv4-mapped IPv6 form (how an IPv4 proxy arrives on a dual-stack socket).
+    Refused: ``*`` and any /0, which trust every peer (any client could pick the address it
+    is limited by), and host bits after the prefix (``10.0.0.5/8``: an address or a network?)."""
+    items = entries.split(",") if isinstance(entries, str) else entries
+    networks: list[str] = []
+    for entry in (e.strip() for e in items):
         if not entry:
             continue
         try:
-            networks.append(str(ipaddress.ip_network(entry, strict=False)))
+            network = ipaddress.ip_network(entry)
         except ValueError:
+            network = None
+        if entry == "*" or (network is not None and network.prefixlen == 0):
             raise ValueError(
-                f"trusted proxy {entry!r} is not an IP address or network (e.g. 10.0.0.0/8)"
-            ) from None
-    return tuple(networks)
+                f"trusted proxy {entry!r} trusts every peer, so any client could choose the "
+                "address it is rate-limited by: name the proxies' addresses or networks"
+            )
+        if network is None:
+            raise ValueError(
+                f"trusted proxy {entry!r} is not an IP address or network (e.g. 10.0.0.0/8, "
+                "with no host bits after the prefix)"
+            )
+        networks.append(str(network))
+        if network.version == 4:
+            mapped = f"::ffff:{network.network_address}/{96 + network.prefixlen}"
+            networks.append(str(ipaddress.ip_network(mapped)))
+    return tuple(dict.fromkeys(networks))
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Annotated
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -156,11 +156,15 @@ def _submit(
     "messages' rating links open `GET /feedback/{token}/rate`, whose button records. With "
     "`rating` (the rating links of messages sent before the confirmation page existed): a 303 "
     "to that page, the rating preselected.",
-    responses={303: {"description": "A legacy rating link: to the confirmation page."}},
+    responses={
+        303: {
+            "description": "A legacy rating link: to the confirmation page.",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        }
+    },
 )
 def open_feedback_link(
     token: Token,
-    request: Request,
     session: SessionDep,
     clock: ClockDep,
     rating: Annotated[
@@ -168,7 +172,8 @@ def open_feedback_link(
     ] = None,
 ) -> PublicFeedback | RedirectResponse:
     if rating is not None:  # the page checks the token; a GET still records nothing
-        return RedirectResponse(f"{request.url.path}/rate?rating={rating}", status_code=303)
+        # relative: a proxy's path prefix stays; quoted: a token is never read as a scheme
+        return RedirectResponse(f"./{quote(token, safe='')}/rate?rating={rating}", 303)
     return _view(session, _feedback_link(session, token, clock))
 
 

@@ -151,6 +151,16 @@ class TestTrustedProxies:
         # client (only the address the proxy saw counts), are not
         assert statuses == [404, 404, 429, 404, 404]
 
+    def test_an_ipv4_proxy_on_a_dual_stack_socket_is_trusted(self, make_app):
+        """Served on ``::``, an IPv4 proxy's address arrives IPv4-mapped (``::ffff:a.b.c.d``)."""
+        config = ApiConfig(
+            rate_limit_per_second=0.01, rate_limit_burst=1, trusted_proxies=("10.0.0.0/8",)
+        )
+        statuses = self._statuses(make_app(config), "::ffff:10.1.2.3", ["198.51.100.1"] * 2)
+        assert statuses == [404, 429]
+        other = self._statuses(make_app(config), "::ffff:10.1.2.3", ["198.51.100.2"])
+        assert other == [404]
+
     @pytest.mark.parametrize(
         ("trusted", "peer"), [((), "10.1.2.3"), (("10.0.0.0/8",), "192.0.2.50")]
     )
@@ -167,12 +177,19 @@ class TestTrustedProxies:
         settings = get_settings(home=tmp_path, api_trusted_proxies=" 127.0.0.1, 10.0.0.0/8 ,::1")
         assert ApiConfig.from_settings(settings).trusted_proxies == (
             "127.0.0.1/32",
+            "::ffff:7f00:1/128",
             "10.0.0.0/8",
+            "::ffff:a00:0/104",
             "::1/128",
         )
-        for bad in ("*", "proxy.internal", "10.0.0.0/33"):
+        for bad in ("proxy.internal", "10.0.0.0/33", "10.0.0.5/8"):
             with pytest.raises(ValidationError, match="is not an IP address or network"):
                 get_settings(home=tmp_path, api_trusted_proxies=bad)
+        for everyone in ("*", "0.0.0.0/0", "10.0.0.1, ::/0"):
+            with pytest.raises(ValidationError, match="trusts every peer"):
+                get_settings(home=tmp_path, api_trusted_proxies=everyone)
+            with pytest.raises(ValueError, match="trusts every peer"):  # built in code too
+                ApiConfig(trusted_proxies=tuple(everyone.split(",")))
 
 
 class TestCors:
