@@ -39,7 +39,6 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_tester.exceptions import TransactionFailed
 from eth_typing import HexStr
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import BlockNotFound, Web3Exception
@@ -515,6 +514,8 @@ class Chain:
         if self._tester is None:
             answer = self.request("eth_call", [{"to": to, "data": data}, "latest"])
             return bytes.fromhex(str(answer)[2:])
+        from eth_tester.exceptions import TransactionFailed  # loaded with the tester backend
+
         with self.lock:
             try:
                 return bytes(
