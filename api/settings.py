@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     @field_validator("api_trusted_proxies")
     @classmethod
     def _proxy_networks(cls, value: str) -> str:
-        trusted_proxy_networks(value)  # ValueError names the bad entry
+        trusted_proxy_networks(value.split(","))  # ValueError names the bad entry
         return value
 
     @field_validator("operators")
@@ -106,15 +106,14 @@ class Settings(BaseSettings):
         )
 
 
-def trusted_proxy_networks(entries: str | Iterable[str]) -> tuple[str, ...]:
-    """Trusted proxies (comma-separated, or one per item) as the network strings uvicorn's
+def trusted_proxy_networks(entries: Iterable[str]) -> tuple[str, ...]:
+    """Trusted proxy entries (blank ones skipped) as the network strings uvicorn's
     ``ProxyHeadersMiddleware`` takes: an address is a /32 or /128, and an IPv4 network also
     comes as its IPv4-mapped IPv6 form (how an IPv4 proxy arrives on a dual-stack socket).
     Refused: ``*`` and any /0, which trust every peer (any client could pick the address it
     is limited by), and host bits after the prefix (``10.0.0.5/8``: an address or a network?)."""
-    items = entries.split(",") if isinstance(entries, str) else entries
     networks: list[str] = []
-    for entry in (e.strip() for e in items):
+    for entry in (e.strip() for e in entries):
         if not entry:
             continue
         try:
