@@ -7,12 +7,24 @@ logged in ``api_webhook_attempts``.
 A claim is a lease: ``status = delivering`` until ``locked_until``, after which another worker
 may claim the row again. The ``locked_until`` a worker wrote is its claim token: a later claim
 can only happen after it passed and always writes a later one, so "``locked_until`` is still
-mine" means "nobody claimed this row since". The worker checks it, and pushes it out to at
-least :data:`LEASE_MARGIN` from now, just before each POST (a row someone else claimed is not
-sent), and writes the outcome only while it still holds (a worker that lost its claim writes
-nothing: its late 503 cannot turn a delivered row back into pending). The round's lease covers
-every attempt of the round at its full :data:`~api.webhooks.transport.ATTEMPT_TIMEOUT` and the
-margin, so a batch of slow receivers does not hand its tail to another worker.
+mine" means "nobody claimed this row since". Just before each POST the worker checks it and
+pushes it out to :data:`ATTEMPT_LEASE` from now (a row someone else claimed is not sent), and it
+writes the outcome only while it still holds (a worker that lost its claim writes nothing: its
+late 503 cannot turn a delivered row back into pending).
+
+A lease covers one attempt, not a round: :data:`ATTEMPT_LEASE` is the attempt's whole
+:data:`~api.webhooks.transport.ATTEMPT_TIMEOUT` (15 s) plus :data:`LEASE_MARGIN` (30 s), 45 s
+in all, both when a round claims its rows and when each row is renewed before its POST. So the
+unsent rows of a killed worker go out 45 s after its claim (plus the next poll), whatever the
+round's size. The rows of a round whose turn has not come may expire meanwhile (slow
+receivers ahead of them) and be taken over by another worker; that is work stealing, not a
+double send: the first worker finds them claimed when their turn comes and skips them.
+
+The margin covers what surrounds the POST: committing the renewal, loading the endpoint and its
+secrets, writing the outcome. That is milliseconds normally; 30 s leaves room for a database
+slow to take the write (a SQLite writer waits up to 30 s for the lock), a pause of the process
+and clocks a few seconds apart between workers' hosts. Only a worker stalled beyond it can have
+a row it is sending claimed again (sent twice; its outcome is then not written).
 """
 
 from __future__ import annotations
@@ -35,29 +47,24 @@ from api.webhooks.service import endpoint_secrets, next_retry_delay, signed_head
 from api.webhooks.targets import TargetPolicy
 
 __all__ = [
+    "ATTEMPT_LEASE",
     "LEASE_MARGIN",
     "ROUND_LIMIT",
     "DeliveryResult",
-    "claim_lease",
     "deliver_due",
     "run_delivery_worker",
 ]
 
 logger = logging.getLogger("followpay.webhooks")
 
-#: What a claim keeps beyond the attempts it covers (database round trips, a slow start).
-LEASE_MARGIN = timedelta(minutes=2)
-#: Deliveries a worker's round claims: its lease is ``claim_lease(ROUND_LIMIT)`` (4.5 min), which
-#: is how late a killed worker's unsent rows go out; 50 rows would hold them 14.5 min.
+#: What a lease keeps beyond its attempt's deadline (the module docstring says why 30 s).
+LEASE_MARGIN = timedelta(seconds=30)
+#: How long a claim or a renewal holds a row: one attempt at its full timeout, plus the margin.
+ATTEMPT_LEASE = timedelta(seconds=transport.ATTEMPT_TIMEOUT) + LEASE_MARGIN
+#: Deliveries a worker's round claims (rows it does not reach in time go to other workers).
 ROUND_LIMIT = 10
 _PLAIN = SecretCipher(None)
 _PUBLIC_ONLY = TargetPolicy()
-
-
-def claim_lease(limit: int) -> timedelta:
-    """How long a round of ``limit`` deliveries holds its claims: every attempt at its full
-    timeout, one after another, plus :data:`LEASE_MARGIN`."""
-    return LEASE_MARGIN + limit * timedelta(seconds=transport.ATTEMPT_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ def _take(
 ) -> _Job | None:
     """The job for a row this worker still holds (its lease pushed out to cover the POST);
     ``None`` when another worker claimed it meanwhile."""
-    renewed = max(claim, now + LEASE_MARGIN)
+    renewed = max(claim, now + ATTEMPT_LEASE)  # never earlier than the token it replaces
     if not repository.renew_claim(session, delivery_id, claim, renewed):
         return None
     delivery = session.get(WebhookDelivery, delivery_id)
@@ -231,7 +238,7 @@ def deliver_due(
     if clock is None:
         clock = utcnow if now is None else _frozen(now)
     now = now or clock()
-    claim = now + claim_lease(limit)
+    claim = now + ATTEMPT_LEASE
     with session_scope(session_factory) as session:
         ids = repository.claim_due(session, now, limit, claim)
         endpoints = repository.endpoints_of(session, ids) if ids else {}

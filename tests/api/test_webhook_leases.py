@@ -1,6 +1,7 @@
-"""Webhook claims and attempts: a slow round keeps its claims, a worker that lost its claim sends
-and writes nothing, every attempt is signed when it is sent, replies are read capped and under
-one deadline. Real HTTP receivers on 127.0.0.1; injected clocks instead of waiting."""
+"""Webhook claims and attempts: a killed worker's rows go out once its one-attempt lease passes,
+a slow round's unreached rows go to another worker, a worker that lost its claim sends and
+writes nothing, every attempt is signed when it is sent, replies are read capped and under one
+deadline. Real HTTP receivers on 127.0.0.1; injected clocks instead of waiting."""
 
 from __future__ import annotations
 
@@ -30,11 +31,13 @@ LOCAL = TargetPolicy(allow_private=True)
 @dataclass
 class Hooked:
     """A receiver that records (worker, delivery id, signature t) and runs ``hook`` once, inside
-    the first request, before answering ``first_status`` to it (then 200)."""
+    the first request, before answering ``first_status`` to it (then 200). ``each(worker,
+    delivery id)`` runs inside every request, before the answer."""
 
     url: str = ""
     posts: list[tuple[str, str, int]] = field(default_factory=list)
     hook: Callable[[], None] | None = None
+    each: Callable[[str, str], None] | None = None
     first_status: int = 200
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,6 +58,8 @@ def hooked() -> Iterator[Hooked]:
                 hook, state.hook = (state.hook, None) if first else (None, state.hook)
             if hook is not None:
                 hook()
+            if state.each is not None:
+                state.each(self.headers["X-Worker"], self.headers["FollowPay-Delivery-Id"])
             self.send_response(state.first_status if first else 200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -92,38 +97,102 @@ def _by_delivery(posts: list[tuple[str, str, int]], ids: list[str]) -> dict[str,
     return {i: [w for w, d, _ in posts if d == i] for i in ids}
 
 
+class _Killed(BaseException):
+    """The worker's process dies here (a SIGKILL, as far as the database can tell)."""
+
+
+def _die(request: httpx.Request) -> httpx.Response:
+    raise _Killed
+
+
 class TestLease:
-    def test_a_slow_round_keeps_its_claims(self, db, hooked):
-        """Worker A's first POST outlives the old 2-minute lease while worker B polls: B finds
-        nothing to claim, and every delivery is POSTed once, by A."""
-        ids = _setup(db, hooked.url, 2)
+    def test_a_killed_workers_rows_go_out_once_its_lease_passes(self, db, hooked):
+        """Worker A claims a full round and dies at its first POST: nothing sent, nothing
+        written. Worker B finds nothing a second before A's one-attempt lease ends; when it
+        ends, B sends every row of A's round, each once: under a minute after A's claim,
+        whatever the round's size."""
+        ids = _setup(db, hooked.url, delivery.ROUND_LIMIT)
         factory = session_factory(db)
         t0 = utcnow()
-        b_results: list[Any] = []
+        with httpx.Client(transport=httpx.MockTransport(_die)) as a, pytest.raises(_Killed):
+            delivery.deliver_due(factory, now=t0, http_client=a, limit=delivery.ROUND_LIMIT)
+        with session_scope(factory) as s:
+            for delivery_id in ids:
+                row = s.get(WebhookDelivery, delivery_id)
+                assert row is not None
+                assert (row.status, row.attempt_count) == (DeliveryStatus.DELIVERING, 0)
+        expires = t0 + delivery.ATTEMPT_LEASE
+        assert expires - t0 <= timedelta(minutes=1)
+        with _client("B") as b:
+            early = delivery.deliver_due(factory, now=expires - timedelta(seconds=1), http_client=b)
+            assert (early, hooked.posts) == ([], [])
+            results = delivery.deliver_due(factory, now=expires, http_client=b)
+        assert sorted(r.delivery_id for r in results) == sorted(ids)
+        assert {r.status for r in results} == {DeliveryStatus.DELIVERED}
+        assert _by_delivery(hooked.posts, ids) == {i: ["B"] for i in ids}
 
-        def worker_b() -> None:
-            with _client("B") as b:
-                later = t0 + timedelta(minutes=2, seconds=1)
-                b_results.extend(delivery.deliver_due(factory, now=later, http_client=b))
+    def test_a_slow_round_hands_its_unreached_rows_to_another_worker(self, db, hooked):
+        """Worker A's receiver takes 14 s an answer (simulated time, shared by both workers), so
+        the claims of A's round of 6 end during its 4th POST. Worker B, polling then for one row,
+        cannot take the row A is sending (renewed for that attempt) and takes one of the two A
+        has not reached. A skips that one when its turn comes (no POST, nothing written over
+        B's outcome) and still sends the other (expired, but nobody claimed it). Every POST
+        went out with its row leased for the attempt's whole deadline and a margin, and each
+        delivery reached the receiver once."""
+        ids = _setup(db, hooked.url, 6)
+        factory = session_factory(db)
+        t0 = utcnow()
+        now = [t0]
+        slow = timedelta(seconds=14)  # under the attempt's deadline
+        steal_at = t0 + delivery.ATTEMPT_LEASE + timedelta(seconds=1)
+        leases: dict[str, timedelta] = {}  # delivery -> its lease left when A's POST arrived
+        b_results: list[delivery.DeliveryResult] = []
 
-        hooked.hook = worker_b
+        def each(worker: str, delivery_id: str) -> None:
+            if worker != "A":
+                return
+            with session_scope(factory) as s:
+                row = s.get(WebhookDelivery, delivery_id)
+                assert row is not None
+                assert row.locked_until is not None
+                leases[delivery_id] = row.locked_until - now[0]
+            before, now[0] = now[0], now[0] + slow
+            if before < steal_at <= now[0]:
+                with _client("B") as b:
+                    b_results.extend(
+                        delivery.deliver_due(factory, now=steal_at, http_client=b, limit=1)
+                    )
+
+        hooked.each = each
         with _client("A") as a:
-            results = delivery.deliver_due(factory, now=t0, http_client=a)
-        assert b_results == []
-        assert _by_delivery(hooked.posts, ids) == {ids[0]: ["A"], ids[1]: ["A"]}
-        assert [r.status for r in results] == [DeliveryStatus.DELIVERED] * 2
+            a_results = delivery.deliver_due(factory, http_client=a, clock=lambda: now[0])
+        (stolen,) = [r.delivery_id for r in b_results]
+        assert stolen in ids[4:]  # not one A had reached: ids[3] was on the wire
+        assert [r.delivery_id for r in a_results] == [i for i in ids if i != stolen]
+        assert _by_delivery(hooked.posts, ids) == {i: ["B" if i == stolen else "A"] for i in ids}
+        assert len(leases) == 5
+        assert min(leases.values()) >= delivery.ATTEMPT_LEASE
+        assert timedelta(seconds=transport.ATTEMPT_TIMEOUT + 15) <= delivery.ATTEMPT_LEASE
+        with session_scope(factory) as s:
+            for delivery_id in ids:
+                row = s.get(WebhookDelivery, delivery_id)
+                assert row is not None
+                assert (row.status, row.attempt_count) == (DeliveryStatus.DELIVERED, 1)
+                assert row.locked_until is None
+                assert [a.status_code for a in repository.attempts_for(s, delivery_id)] == [200]
 
     def test_a_worker_that_lost_its_claim_sends_and_writes_nothing(self, db, hooked):
-        """A stalls past its whole lease: B claims both rows and delivers them. A's late 503 for
-        the first row is not recorded (the row stays delivered), and A does not send the second
-        row at all."""
+        """A stalls past its lease while its first POST is out (a paused process: the POST
+        itself cannot outlive a renewed lease): B claims both rows and delivers them. A's late
+        503 for the first row is not recorded (the row stays delivered), and A does not send the
+        second row at all."""
         ids = _setup(db, hooked.url, 2)
         factory = session_factory(db)
         t0 = utcnow()
 
         def worker_b() -> None:
             with _client("B") as b:
-                later = t0 + delivery.claim_lease(50) + timedelta(seconds=1)
+                later = t0 + delivery.ATTEMPT_LEASE + timedelta(seconds=1)
                 assert len(delivery.deliver_due(factory, now=later, http_client=b)) == 2
 
         hooked.hook = worker_b
