@@ -50,7 +50,7 @@ from api.db import utcnow
 from api.errors import Forbidden, ServerError
 from api.idempotency import service as idempotency
 from api.keys import service as keys_service
-from api.keys.models import ApiRole
+from api.keys.roles import ApiRole
 from api.keys.service import AuthenticatedKey
 from api.operators import OperatorKeys
 from api.settings import Settings, trusted_proxy_networks

@@ -23,14 +23,16 @@ import sqlalchemy as sa
 
 from api.operators import OperatorKeys, OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
-from api.webhooks.secrets import SecretCipher
 from crm import KeyRing, SystemClock, make_engine
 from crm.consent.service import HeadsSealed
-from wallet.chain import Chain, ChainBackend, connect
-from wallet.deployment import Deployment, ManifestError, read_manifest
+from wallet.chain_config import ChainBackend
+from wallet.errors import ManifestError
 
-if TYPE_CHECKING:  # the API and signing stacks load only in the processes that use them
+if TYPE_CHECKING:  # web3, the API and signing stacks load only in the processes that use them
     from api.deps import ChainInfo
+    from api.webhooks.secrets import SecretCipher
+    from wallet.chain import Chain
+    from wallet.deployment import Deployment
     from wallet.signing import Signer
 
 __all__ = [
@@ -173,6 +175,8 @@ def secret_cipher(settings: Settings) -> SecretCipher:
     """The cipher for webhook signing secrets, from the same master key as the CRM's key ring
     (:func:`load_master_key`): ``FOLLOWPAY_MASTER_KEY`` as given, else ``<home>/master.key``.
     Every process that reads or writes those secrets (API, worker, embedded) builds it here."""
+    from api.webhooks.secrets import SecretCipher
+
     if settings.master_key is not None:
         return SecretCipher(settings.master_key.get_secret_value())
     return SecretCipher(load_master_key(settings).hex())
@@ -200,6 +204,8 @@ class Runtime:
 
     @cached_property
     def chain(self) -> Chain:
+        from wallet.chain import connect
+
         return connect(self.settings.chain_config())
 
     @cached_property
@@ -216,16 +222,18 @@ class Runtime:
 
     @cached_property
     def deployment(self) -> Deployment:
+        if self.settings.chain is ChainBackend.TESTER:  # a fresh chain in every process
+            raise ManifestError(
+                "the in-process chain (FOLLOWPAY_CHAIN=tester) lives inside one process: "
+                "use `followpay serve`, which runs the indexer and worker with it, or run "
+                "`followpay chain up` and set FOLLOWPAY_CHAIN=anvil and FOLLOWPAY_RPC_URL",
+                param="manifest",
+            )
+        from wallet.deployment import read_manifest
+
         path = self.settings.manifest_for(self.chain.chain_id)
         deployment = read_manifest(path, self.chain)
         if deployment is None:
-            if self.chain.backend is ChainBackend.TESTER:  # a fresh chain in every process
-                raise ManifestError(
-                    "the in-process chain (FOLLOWPAY_CHAIN=tester) lives inside one process: "
-                    "use `followpay serve`, which runs the indexer and worker with it, or run "
-                    "`followpay chain up` and set FOLLOWPAY_CHAIN=anvil and FOLLOWPAY_RPC_URL",
-                    param="manifest",
-                )
             raise ManifestError(
                 f"no live deployment in {path}: run `followpay chain up` first", param="manifest"
             )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,20 @@ def test_every_module_declares_all(package):
         if has_public and "__all__" not in names:
             missing.append(str(path.relative_to(ROOT)))
     assert missing == []
+
+
+def test_the_cli_loads_no_chain_or_database_stack_before_a_command_runs():
+    """Every ``followpay`` start builds the whole command tree (``--help``, usage errors and
+    every command): with web3, eth-account, SQLAlchemy and Alembic loaded there, each start
+    took ~2 s. Command modules import them inside the command that needs them."""
+    heavy = ("web3", "eth_account", "eth_keys", "sqlalchemy", "sqlmodel", "alembic", "fastapi")
+    probe = (
+        "import sys\n"
+        "from api.cli import _mount_optional\n"
+        "_mount_optional()\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

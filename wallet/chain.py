@@ -30,8 +30,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -44,6 +42,7 @@ from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import BlockNotFound, Web3Exception
 from web3.types import Wei
 
+from wallet.chain_config import ChainBackend, ChainConfig  # re-exported: see that module
 from wallet.errors import (
     AnvilNotFoundError,
     AnvilStartError,
@@ -75,26 +74,6 @@ ANVIL_CHAIN_ID = 31337
 #: which the public :data:`DEV_MNEMONIC` keys may own anything.
 LOCAL_DEV_CHAIN_IDS = frozenset({ANVIL_CHAIN_ID, 1337})
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-class ChainBackend(StrEnum):
-    TESTER = "tester"
-    ANVIL = "anvil"
-    RPC = "rpc"
-
-
-@dataclass(frozen=True, slots=True)
-class ChainConfig:
-    """How to reach a chain. ``expected_chain_id`` guards against talking to the wrong network."""
-
-    backend: ChainBackend | str = ChainBackend.TESTER
-    rpc_url: str | None = field(default=None, repr=False)  # may carry a provider key
-    anvil_path: str | None = None
-    expected_chain_id: int | None = None
-    anvil_block_time: float | None = None
-    anvil_port: int | None = None
-    anvil_args: tuple[str, ...] = ()
-    startup_timeout: float = 15.0
 
 
 def free_port() -> int:

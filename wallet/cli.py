@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,7 +25,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from wallet.errors import WalletError
-from wallet.secrets import SecretStr
+
+if TYPE_CHECKING:  # eth-keys loads only in the wallet commands, not in every `followpay` start
+    from wallet.secrets import SecretStr
 
 __all__ = ["app", "main"]
 
@@ -91,6 +93,8 @@ def _has_terminal() -> bool:
 def _password(
     *, confirm: bool = False, env: str = PASSWORD_ENV, what: str = "Password"
 ) -> SecretStr:
+    from wallet.secrets import SecretStr
+
     value = os.environ.get(env)
     if value is not None:
         if not value:
@@ -110,6 +114,8 @@ def _password(
 
 
 def _mnemonic_from_stdin(use_stdin: bool) -> SecretStr:
+    from wallet.secrets import SecretStr
+
     if not use_stdin:
         _fail("pass --mnemonic-stdin and pipe the mnemonic in (it is never an argument)")
     text = getpass.getpass("Mnemonic (hidden): ") if sys.stdin.isatty() else sys.stdin.read()
@@ -119,6 +125,8 @@ def _mnemonic_from_stdin(use_stdin: bool) -> SecretStr:
 
 
 def _passphrase(env_var: str | None) -> SecretStr | None:
+    from wallet.secrets import SecretStr
+
     if env_var is None:
         return None
     if env_var not in os.environ:
@@ -369,6 +377,7 @@ def export_keystore(
 ) -> None:
     """Write the key at INDEX as keystore v3 (scrypt n=2^17; cast/geth/ethers read it)."""
     from wallet.keystore import write_keystore
+    from wallet.secrets import SecretStr
 
     if out.exists():
         _fail(f"{str(out)!r} already exists; refusing to overwrite it")
@@ -391,6 +400,7 @@ def import_keystore(
 ) -> None:
     """Import a keystore file (its password: FOLLOWPAY_KEYSTORE_PASSWORD or a prompt)."""
     from wallet.keystore import read_keystore
+    from wallet.secrets import SecretStr
 
     vault = _vault()
     vault.check_name(name)

@@ -19,14 +19,10 @@ from web3 import Web3
 
 from contracts import load_artifact
 from wallet.chain import Chain
-from wallet.errors import ChainIdMismatchError, WalletError
+from wallet.errors import ChainIdMismatchError, ManifestError, WalletError
 from wallet.tokens import DEFAULT_PAUSE_BOND
 
-__all__ = ["Deployment", "ManifestError", "deploy_contracts", "ensure_deployed", "read_manifest"]
-
-
-class ManifestError(WalletError, ValueError):
-    code = "manifest_invalid"
+__all__ = ["Deployment", "deploy_contracts", "ensure_deployed", "read_manifest"]
 
 
 @dataclass(frozen=True, slots=True)

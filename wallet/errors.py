@@ -25,6 +25,7 @@ secret material in its message or arguments.
     │   └── KeystoreFormatError (ValueError)
     ├── AmountError (ValueError)
     ├── InvalidAddressError (ValueError)
+    ├── ManifestError (ValueError)        a deployment manifest that is missing or unusable
     ├── SigningError (ValueError)
     │   └── PolicyViolationError (PermissionError)
     └── TransactionError
@@ -59,6 +60,7 @@ __all__ = [
     "InvalidPrivateKeyError",
     "KeyMaterialError",
     "KeystoreFormatError",
+    "ManifestError",
     "NonceError",
     "PolicyViolationError",
     "ReceiptTimeoutError",
@@ -203,6 +205,10 @@ class AmountError(WalletError, ValueError):
 class InvalidAddressError(WalletError, ValueError):
     code = "invalid_address"
     param = "address"
+
+
+class ManifestError(WalletError, ValueError):
+    code = "manifest_invalid"
 
 
 # --- signing ---------------------------------------------------------------------------------

@@ -10,10 +10,7 @@ from typing import Annotated
 
 import typer
 
-from api.db import session_scope
-from api.keys.models import ApiRole
-from api.runtime import Runtime
-from api.settings import get_settings
+from api.keys.roles import ApiRole
 
 __all__ = ["app", "create_key", "create_merchant"]
 
@@ -23,6 +20,9 @@ app = typer.Typer(help="Merchants and API keys (bootstrap).", no_args_is_help=Tr
 @app.command("create-merchant")
 def create_merchant(name: Annotated[str, typer.Argument(help="Display name.")]) -> None:
     """Create a merchant; prints its id."""
+    from api.db import session_scope
+    from api.runtime import Runtime
+    from api.settings import get_settings
     from crm import MerchantCreate, SystemClock, merchants
 
     runtime = Runtime(get_settings())
@@ -45,7 +45,10 @@ def create_key(
     name: Annotated[str | None, typer.Option(help="A label for humans.")] = None,
 ) -> None:
     """Create an API key; prints the key (shown once: store it now)."""
+    from api.db import session_scope
     from api.keys import service as keys
+    from api.runtime import Runtime
+    from api.settings import get_settings
     from crm import merchants
 
     runtime = Runtime(get_settings())

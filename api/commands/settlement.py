@@ -9,19 +9,20 @@ import threading
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
-from sqlmodel import Session
 
-from api.runtime import Runtime, freeze_startup_heap, stop_on_signals
-from api.settings import get_settings
-from api.settlement.models import Invoice
-from crm.consent.service import HeadsSealed
+if TYPE_CHECKING:  # the database and chain stacks load in the command that runs, not at start-up
+    from sqlmodel import Session
+
+    from api.runtime import Runtime
+    from api.settlement.models import Invoice
+    from crm.consent.service import HeadsSealed
 
 __all__ = ["db_app", "indexer", "invoices_app", "report_sealing", "worker"]
 
@@ -33,7 +34,7 @@ _err = Console(stderr=True)
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the CRM and API migrations to FOLLOWPAY_DATABASE_URL (SQLite by default)."""
-    runtime = Runtime(get_settings())
+    runtime = _runtime()
     sealed = runtime.upgrade_database()  # the CRM chain first, then the API chain
     typer.echo("database is at head", err=True)
     report_sealing(sealed)
@@ -54,6 +55,9 @@ def report_sealing(outcome: HeadsSealed) -> None:
 
 
 def _runtime() -> Runtime:
+    from api.runtime import Runtime
+    from api.settings import get_settings
+
     return Runtime(get_settings())
 
 
@@ -64,10 +68,12 @@ def indexer(
     ] = None,
 ) -> None:
     """Follow the router: settle invoices, roll back reorgs, schedule follow-ups."""
+    runtime = _runtime()
+    deployment = runtime.deployment  # a missing deployment fails before the indexer's imports
+
+    from api.runtime import freeze_startup_heap, stop_on_signals
     from api.settlement.indexer import Indexer, PollResult
 
-    runtime = _runtime()
-    deployment = runtime.deployment
     engine = Indexer(
         runtime.chain,
         runtime.engine,
@@ -140,6 +146,7 @@ def worker(
         WebhookChannel,
     )
     from api.dispatch.worker import Channel, Worker
+    from api.runtime import freeze_startup_heap, stop_on_signals
     from api.webhooks import TargetPolicy, deliver_due, run_delivery_worker
 
     runtime = _runtime()
@@ -304,6 +311,8 @@ def invoices_create(
     key on a local chain. Each --qr file is written before the invoice is committed: a file
     that cannot be written leaves no invoice, and a failed commit removes the files.
     """
+    from sqlmodel import Session
+
     from api.settlement import invoices
     from wallet.amounts import parse_amount
     from wallet.chain import LOCAL_DEV_CHAIN_IDS, dev_accounts
@@ -409,6 +418,8 @@ def invoices_show(
     invoice_id: str, merchant: Annotated[int, typer.Option(help="CRM merchant id")]
 ) -> None:
     """One invoice as JSON."""
+    from sqlmodel import Session
+
     from api.settlement import invoices
 
     runtime = _runtime()
@@ -456,6 +467,8 @@ def invoices_list(
 ) -> None:
     """Newest invoices first, as a table; amounts in tokens at each token's decimals (read
     from the chain; base units for invoices of another chain)."""
+    from sqlmodel import Session
+
     from api.settlement import repository
     from api.settlement.models import InvoiceState
 

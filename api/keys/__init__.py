@@ -1,14 +1,6 @@
-"""API keys (``fp_live_…``/``fp_test_…``): shown once, stored as SHA-256, three roles."""
+"""API keys (``fp_live_…``/``fp_test_…``): shown once, stored as SHA-256, three roles.
 
-from api.keys.models import ApiKeyRecord, ApiRole
-from api.keys.service import AuthenticatedKey, authenticate, create_key, hash_key, revoke
-
-__all__ = [
-    "ApiKeyRecord",
-    "ApiRole",
-    "AuthenticatedKey",
-    "authenticate",
-    "create_key",
-    "hash_key",
-    "revoke",
-]
+``roles`` (:class:`~api.keys.roles.ApiRole`), ``models`` (the ``api_keys`` table), ``repository``
+(its SQL), ``service`` (create, authenticate, revoke) and ``schemas`` (the API's shapes). The
+package imports none of them, so ``followpay`` can name a role without loading SQLAlchemy.
+"""

@@ -1,22 +1,15 @@
-"""API key table (``api_keys``) and roles. The key itself is never stored, only its SHA-256."""
+"""API key table (``api_keys``). The key itself is never stored, only its SHA-256."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from api.db import UTCDateTime
 
-__all__ = ["ApiKeyRecord", "ApiRole"]
-
-
-class ApiRole(StrEnum):
-    ADMIN = "admin"
-    MERCHANT = "merchant"
-    SUPPORT = "support"
+__all__ = ["ApiKeyRecord"]
 
 
 class ApiKeyRecord(SQLModel, table=True):

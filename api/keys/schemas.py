@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.keys.models import ApiKeyRecord, ApiRole
+from api.keys.models import ApiKeyRecord
+from api.keys.roles import ApiRole
 
 __all__ = ["ApiKeyCreate", "ApiKeyCreated", "ApiKeyPublic"]
 

@@ -20,7 +20,8 @@ from sqlmodel import Session
 from api.db import new_id, utcnow
 from api.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from api.keys import repository
-from api.keys.models import ApiKeyRecord, ApiRole
+from api.keys.models import ApiKeyRecord
+from api.keys.roles import ApiRole
 
 __all__ = [
     "KEY_PATTERN",

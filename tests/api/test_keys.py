@@ -16,7 +16,8 @@ from api.cache import ConfigCache
 from api.db import session_factory, session_scope, utcnow
 from api.errors import Unauthorized
 from api.keys import service
-from api.keys.models import ApiKeyRecord, ApiRole
+from api.keys.models import ApiKeyRecord
+from api.keys.roles import ApiRole
 from tests.api.conftest import TEST_CONFIG, auth
 
 

@@ -11,8 +11,8 @@ from contracts import load_artifact
 from tests.support import ChainSuite, missing
 from tests.wallet.conftest import CAST
 from wallet.chain import Chain
-from wallet.deployment import ManifestError, ensure_deployed, read_manifest
-from wallet.errors import ChainIdMismatchError
+from wallet.deployment import ensure_deployed, read_manifest
+from wallet.errors import ChainIdMismatchError, ManifestError
 from wallet.tokens import DEFAULT_PAUSE_BOND
 
 
