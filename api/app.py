@@ -381,6 +381,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         version=app.version,
         description=app.description,
         routes=app.routes,
+        servers=app.servers or None,  # the ASGI root_path, so "try it out" goes through a proxy
     )
     components = schema.setdefault("components", {})
     idem_param = {

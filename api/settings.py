@@ -6,6 +6,7 @@ Every field reads ``FOLLOWPAY_<NAME>`` from the environment; see docs/operations
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.operators import OperatorRef, parse_operator_refs
-from wallet.chain import ChainBackend, ChainConfig
+from wallet.chain_config import ChainBackend, ChainConfig
 
 __all__ = ["Settings", "get_settings", "trusted_proxy_networks"]
+
+_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 
 
 class Settings(BaseSettings):
@@ -51,6 +54,11 @@ class Settings(BaseSettings):
     #: comma-separated), so per-client rate limits and the access log see customers, not the
     #: proxy. Empty: the header is ignored (anyone could write it).
     api_trusted_proxies: str = ""
+    #: The path prefix a reverse proxy strips before it forwards (``/pay`` when the API is
+    #: public at ``https://shop.example/pay/v1/...``). ``followpay serve`` hands it to uvicorn
+    #: as the ASGI ``root_path``, so paths the API returns (the consent page's
+    #: ``withdraw_url``) carry it. Empty: the API is served at the root.
+    api_root_path: str = ""
     #: Webhook endpoints may be on loopback, private, link-local and other non-public addresses
     #: (``api.webhooks.targets``). Off: a merchant's URL must not reach our own network (SSRF);
     #: the embedded ``followpay serve``, the demo and the tests turn it on for 127.0.0.1 receivers.
@@ -73,6 +81,16 @@ class Settings(BaseSettings):
     @classmethod
     def _proxy_networks(cls, value: str) -> str:
         trusted_proxy_networks(value.split(","))  # ValueError names the bad entry
+        return value
+
+    @field_validator("api_root_path")
+    @classmethod
+    def _root_path(cls, value: str) -> str:
+        if value and not _ROOT_PATH.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a path prefix like /pay or /api/v2 (a leading slash, no "
+                "trailing one, letters, digits and -._~ between)"
+            )
         return value
 
     @field_validator("operators")

@@ -12,11 +12,20 @@ if TYPE_CHECKING:
 __all__ = ["build_app", "serve"]
 
 
+def _run(app: FastAPI, host: str, port: int, root_path: str) -> None:
+    """uvicorn in this process. ``X-Forwarded-For`` is believed from
+    ``FOLLOWPAY_API_TRUSTED_PROXIES`` only (the app's own middleware, :mod:`api.app`), never
+    from uvicorn's default of 127.0.0.1; ``root_path`` is ``FOLLOWPAY_API_ROOT_PATH``."""
+    import uvicorn
+
+    uvicorn.run(
+        app, host=host, port=port, log_level="info", proxy_headers=False, root_path=root_path
+    )
+
+
 def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
     """API + indexer + worker + webhook deliveries in one process on the in-process chain."""
     import threading
-
-    import uvicorn
 
     from api.embedded import EmbeddedStack
 
@@ -44,7 +53,7 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
     app = stack.app()
     freeze_startup_heap()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
+        _run(app, host, port, runtime.settings.api_root_path)
     finally:
         stop.set()
         stack.close()
@@ -111,8 +120,7 @@ def serve(
 
         app = _production_app(runtime)  # a wrong password or missing wallet fails here
         freeze_startup_heap()
-        # X-Forwarded-For: the app believes FOLLOWPAY_API_TRUSTED_PROXIES only (api.app)
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
+        _run(app, host, port, runtime.settings.api_root_path)
         runtime.close()
         return
     if runtime.settings.operator_refs:
@@ -126,4 +134,5 @@ def serve(
         workers=workers,
         log_level="info",
         proxy_headers=False,
+        root_path=runtime.settings.api_root_path,
     )

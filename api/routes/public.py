@@ -345,7 +345,9 @@ def _consents(session: Session, fb: Feedback, request: Request) -> PublicConsent
         consents=[
             PublicConsentState(purpose=s.purpose, channel=s.channel, state=s.state) for s in states
         ],
-        withdraw_url=request.url.path.rstrip("/").removesuffix("/withdraw") + "/withdraw",
+        # the ASGI root_path: the prefix a reverse proxy stripped (FOLLOWPAY_API_ROOT_PATH)
+        withdraw_url=request.scope.get("root_path", "")
+        + request.app.url_path_for("withdraw_all_my_consent", token=request.path_params["token"]),
     )
 
 

@@ -192,6 +192,14 @@ class TestTrustedProxies:
                 ApiConfig(trusted_proxies=tuple(everyone.split(",")))
 
 
+def test_the_root_path_setting_is_a_path_prefix(tmp_path):
+    assert get_settings(home=tmp_path, api_root_path="/pay/v-2.x").api_root_path == "/pay/v-2.x"
+    assert get_settings(home=tmp_path).api_root_path == ""
+    for bad in ("pay", "/pay/", "/", "//pay", "/pay?x=1", "https://shop.example/pay", "/p ay"):
+        with pytest.raises(ValidationError, match="is not a path prefix like /pay"):
+            get_settings(home=tmp_path, api_root_path=bad)
+
+
 class TestCors:
     def test_off_by_default(self, client):
         r = client.get("/v1/health", headers={"Origin": "https://evil.example"})

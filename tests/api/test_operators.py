@@ -240,6 +240,7 @@ class TestServeOnANode:
             manifest,
             FOLLOWPAY_OPERATORS="ops:1",
             FOLLOWPAY_PASSWORD=PASSWORD,
+            FOLLOWPAY_API_ROOT_PATH="/pay",  # as behind a proxy that strips /pay
         )
         log = (tmp_path / "serve.log").open("w")
         proc = subprocess.Popen(
@@ -255,6 +256,7 @@ class TestServeOnANode:
             with session_scope(session_factory(engine)) as session:
                 _, admin = create_key(session, None, "admin", False)
             with httpx.Client(base_url=base, timeout=10) as client:
+                assert client.get("/openapi.json").json()["servers"] == [{"url": "/pay"}]
                 mid = self._post(client, admin, "/v1/merchants", {"name": "Shop"})["id"]
                 with session_scope(session_factory(engine)) as session:
                     _, key = create_key(session, mid, "merchant", False)

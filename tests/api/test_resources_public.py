@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
+from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from api.db import session_factory, session_scope
@@ -197,6 +198,26 @@ class TestConsentLinks:
         assert {e["actor"] for e in history["events"] if e["action"] == "withdraw"} == {
             "customer:link"
         }
+
+    def test_withdraw_url_keeps_the_prefix_a_proxy_stripped(self, world: World) -> None:
+        """Served under ``FOLLOWPAY_API_ROOT_PATH=/pay`` (uvicorn's ``root_path``) behind a
+        proxy that strips ``/pay``: the URL a customer is told to POST to carries the prefix,
+        from every path that answers with it, and the proxied POST withdraws."""
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"])
+        expected = f"/pay/v1/public/consent/{token}/withdraw"
+        with TestClient(world.client.app, root_path="/pay") as proxied:
+            shown = proxied.get(f"/v1/public/consent/{token}").json()
+            assert shown["withdraw_url"] == expected
+            r = proxied.post(f"/v1/public/consent/{token}", json={"purpose": "marketing"})
+            assert r.json()["withdraw_url"] == expected
+            r = proxied.post(shown["withdraw_url"].removeprefix("/pay"))  # the proxy strips it
+            assert r.status_code == 200
+            assert r.json()["withdraw_url"] == expected
+            assert {x["state"] for x in r.json()["consents"]} == {"withdrawn"}
+        unprefixed = world.client.get(f"/v1/public/consent/{token}").json()
+        assert unprefixed["withdraw_url"] == expected.removeprefix("/pay")
 
     def test_withdraw_one_purpose(self, world: World) -> None:
         c = new_contact(world, world.a)
