@@ -3,8 +3,8 @@
 Submodules load on first use (``import wallet`` does not import web3): ``wallet.keys``,
 ``wallet.secrets``, ``wallet.vault``, ``wallet.keystore``, ``wallet.signing``, ``wallet.policy``,
 ``wallet.amounts``, ``wallet.addresses``, ``wallet.nonces``, ``wallet.fees``, ``wallet.reverts``,
-``wallet.rpc``, ``wallet.sender``, ``wallet.tokens``, ``wallet.chain``, ``wallet.cli``. See
-``docs/wallet.md``.
+``wallet.rpc``, ``wallet.sender``, ``wallet.tokens``, ``wallet.chain`` (its plain config:
+``wallet.chain_config``), ``wallet.cli``. See ``docs/wallet.md``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ from wallet.errors import (
 if TYPE_CHECKING:
     from wallet.addresses import parse_address
     from wallet.amounts import format_amount, parse_amount
-    from wallet.chain import Chain, ChainConfig, connect
+    from wallet.chain import Chain, connect
+    from wallet.chain_config import ChainConfig
     from wallet.fees import Fees, bump_fees, check_replacement
     from wallet.keys import HDWallet, WatchOnlyWallet, generate_mnemonic, validate_mnemonic
     from wallet.keystore import decrypt_keystore, encrypt_keystore, read_keystore, write_keystore
@@ -78,7 +79,7 @@ _LAZY: dict[str, str] = {
     "format_amount": "wallet.amounts",
     "parse_amount": "wallet.amounts",
     "Chain": "wallet.chain",
-    "ChainConfig": "wallet.chain",
+    "ChainConfig": "wallet.chain_config",
     "connect": "wallet.chain",
     "Fees": "wallet.fees",
     "bump_fees": "wallet.fees",
