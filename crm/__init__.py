@@ -35,8 +35,8 @@ from crm.errors import (
 from crm.feedback import service as feedback
 from crm.feedback.models import FeedbackCreate, FeedbackPublic, FeedbackUpdate
 from crm.followups import service as followups
+from crm.followups.dispatch import SendInstruction
 from crm.followups.models import FollowUpPolicyCreate, FollowUpPolicyUpdate
-from crm.followups.service import SendInstruction
 from crm.merchants import service as merchants
 from crm.merchants.models import MerchantCreate
 from crm.metrics import service as metrics

@@ -61,10 +61,10 @@ from crm import (  # noqa: E402
     SystemClock,
     consent,
     contacts,
-    followups,
     make_engine,
     merchants,
 )
+from crm.followups import policies as followups_policies  # noqa: E402
 from crm.followups.models import FollowUp  # noqa: E402
 from crm.merchants.models import MerchantCreate  # noqa: E402
 from wallet.chain import Chain, ChainConfig, connect  # noqa: E402
@@ -269,7 +269,7 @@ def _shop(engine: Any, market: _Market, *, contacts_n: int) -> tuple[int, Any, l
     with Session(engine, expire_on_commit=False) as session, session.begin():
         shop = merchants.create_merchant(session, MerchantCreate(name="Bench"), clock)
         assert shop.id is not None
-        followups.create_policy(
+        followups_policies.create_policy(
             session,
             shop.id,
             FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0),

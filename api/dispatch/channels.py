@@ -28,7 +28,7 @@ from api.webhooks.secrets import SecretCipher
 from api.webhooks.transport import describe_error, post
 from crm import KeyRing
 from crm.contacts import service as contacts
-from crm.followups.service import SendInstruction
+from crm.followups.dispatch import SendInstruction
 from crm.followups.windows import window_bounds
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ PostgreSQL (``FOR UPDATE SKIP LOCKED`` in the claim) without sending anything tw
 A claim is a lease (``lease``, default 5 minutes; it must exceed the slowest channel's
 timeout): ``prepare_send`` renews it just before a message leaves, and every
 :meth:`Worker.run_once` first recovers claims of dead workers whose lease ran out
-(:func:`crm.followups.service.recover_stale`): never prepared → rescheduled, prepared →
+(:func:`crm.followups.dispatch.recover_stale`): never prepared → rescheduled, prepared →
 ``failed``/``interrupted``, never resent. Delivery is therefore at most once; see
 docs/operations.md. A worker told to stop (SIGINT/SIGTERM set ``stop``) finishes the delivery
-in hand and hands the rest of its batch back at once (:func:`followups.release_claims`).
+in hand and hands the rest of its batch back at once (:func:`followups_dispatch.release_claims`).
 
 Whatever a channel raises ends that follow-up's attempt, never the worker or the batch: a
 :class:`DeliveryError` says whether anything arrived; any other exception from an in-process
@@ -42,8 +42,9 @@ from crm import KeyRing
 from crm.clock import Clock
 from crm.contacts import service as contacts
 from crm.errors import InvalidTransition
+from crm.followups import dispatch as followups_dispatch
 from crm.followups import service as followups
-from crm.followups.service import SendInstruction
+from crm.followups.dispatch import SendInstruction
 from crm.merchants import service as merchants
 from crm.tickets import service as tickets
 
@@ -87,7 +88,7 @@ class Worker:
         *,
         worker_id: str | None = None,
         batch: int = 50,
-        lease: timedelta = followups.DEFAULT_LEASE,
+        lease: timedelta = followups_dispatch.DEFAULT_LEASE,
     ) -> None:
         self.engine, self.keyring, self.channels, self.clock = engine, keyring, channels, clock
         self.worker_id = worker_id or default_worker_id()
@@ -97,14 +98,14 @@ class Worker:
         """One batch. When ``stop`` is set mid-batch, the claims not yet started go back."""
         now = self.clock.now()
         with Session(self.engine) as session, session.begin():
-            recovered = followups.recover_stale(session, now, self.lease)
+            recovered = followups_dispatch.recover_stale(session, now, self.lease)
             followups.expire_due(session, now)
             tickets.sweep_breaches(session, now)  # the 24 h SLA clock is recorded, not inferred
         # A transaction of its own: scheduling locks contacts before follow-ups, as
         # prepare_send does; recover/expire above lock follow-ups first (mixed: deadlocks).
         with Session(self.engine) as session, session.begin():
             followups.schedule_periodic_all(session, self.clock)
-            ids = followups.claim_due(session, now, self.batch, self.worker_id)
+            ids = followups_dispatch.claim_due(session, now, self.batch, self.worker_id)
         for outcome, rows in recovered.items():
             if rows:
                 log.warning("recovered %d stale claim(s) as %s", len(rows), outcome)
@@ -122,7 +123,7 @@ class Worker:
 
     def _release(self, ids: list[int], result: WorkerResult) -> None:
         with Session(self.engine) as session, session.begin():
-            released = followups.release_claims(
+            released = followups_dispatch.release_claims(
                 session, ids, self.clock.now(), worker_id=self.worker_id
             )
         result.outcomes["released"] += len(released)
@@ -130,7 +131,7 @@ class Worker:
     def _deliver(self, followup_id: int) -> str:
         now = self.clock.now()
         with Session(self.engine) as session, session.begin():
-            instruction = followups.prepare_send(
+            instruction = followups_dispatch.prepare_send(
                 session, followup_id, now, self.keyring, worker_id=self.worker_id
             )
             if instruction is None:
@@ -140,7 +141,7 @@ class Worker:
             merchant = merchants.get_merchant(session, instruction.merchant_id)
             to = Recipient(merchant.name, contact.time_zone or "UTC", now)
             if channel is None:
-                followups.mark_failed(
+                followups_dispatch.mark_failed(
                     session,
                     followup_id,
                     now,
@@ -156,7 +157,7 @@ class Worker:
                     raise
                 except Exception as exc:  # rolled back: nothing was delivered
                     return self._failed(session, followup_id, instruction.channel, exc, sent=False)
-                followups.mark_sent(session, followup_id, now, worker_id=self.worker_id)
+                followups_dispatch.mark_sent(session, followup_id, now, worker_id=self.worker_id)
                 return f"sent:{instruction.channel}"
         try:
             channel.send(None, instruction, to)
@@ -164,7 +165,9 @@ class Worker:
             with Session(self.engine) as session, session.begin():
                 return self._failed(session, followup_id, instruction.channel, exc, sent=None)
         with Session(self.engine) as session, session.begin():
-            followups.mark_sent(session, followup_id, self.clock.now(), worker_id=self.worker_id)
+            followups_dispatch.mark_sent(
+                session, followup_id, self.clock.now(), worker_id=self.worker_id
+            )
         return f"sent:{instruction.channel}"
 
     def _failed(
@@ -189,7 +192,7 @@ class Worker:
             )
             trace = "".join(traceback.format_tb(exc.__traceback__))  # frames, not the message
             log.error("follow-up %s: %s\n%s", followup_id, error, trace)
-        followups.mark_failed(
+        followups_dispatch.mark_failed(
             session,
             followup_id,
             self.clock.now(),

@@ -23,7 +23,7 @@ from api.routes._common import (
 )
 from api.routing import ApiRouter
 from crm import FollowUpPolicyCreate, FollowUpPolicyUpdate
-from crm import followups as followups_service
+from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUpPolicy
 
 __all__ = ["PolicyBody", "PolicyOut", "PolicyUpdateBody", "router"]
@@ -110,7 +110,7 @@ def _find(session: SessionDep, caller: Staff, policy_id: str) -> FollowUpPolicy:
         raise NotFound(f"No such followup policy: '{policy_id}'.", param="id")
     merchant = object_merchant(session, caller, FollowUpPolicy, parsed, what="followup policy")
     with crm_errors("followup policy", policy_id):
-        return followups_service.get_policy(session, merchant, parsed)
+        return followups_policies.get_policy(session, merchant, parsed)
 
 
 @router.post("", response_model=PolicyOut, summary="Create a follow-up policy")
@@ -120,7 +120,7 @@ def create_policy(
     merchant_id = write_merchant(caller, body.merchant_id)
     data = FollowUpPolicyCreate(**body.model_dump(exclude={"merchant_id"}))
     with crm_errors("merchant", merchant_id):
-        policy = followups_service.create_policy(
+        policy = followups_policies.create_policy(
             session, merchant_id, data, actor=actor(caller), clock=clock
         )
     return PolicyOut.of(policy)
@@ -137,7 +137,7 @@ def list_policies(
     rows: list[FollowUpPolicy] = []
     if scope is not None:
         with crm_errors("merchant", scope):
-            rows = followups_service.list_policies(session, scope)
+            rows = followups_policies.list_policies(session, scope)
     return ListResponse[PolicyOut](
         data=[PolicyOut.of(p) for p in rows], has_more=False, url=request.url.path
     )
@@ -158,7 +158,7 @@ def update_policy(
 ) -> PolicyOut:
     policy = _find(session, caller, policy_id)
     data = FollowUpPolicyUpdate(**body.model_dump(exclude_unset=True))
-    updated = followups_service.update_policy(
+    updated = followups_policies.update_policy(
         session, policy.merchant_id, policy.id or 0, data, actor=actor(caller), clock=clock
     )
     return PolicyOut.of(updated)

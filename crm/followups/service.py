@@ -1,4 +1,4 @@
-"""Follow-up rules: policy, scheduling, claiming, send-time re-checks, retries and expiry.
+"""Follow-up rules: the send decision, scheduling, cancellation, responses and expiry.
 
 States: ``scheduled → queued → sent → responded``; or ``suppressed`` (reason ``no_consent`` |
 ``quiet_hours`` | ``frequency_cap`` | ``erased``), ``expired``, ``failed``, ``cancelled``.
@@ -10,11 +10,9 @@ interrupted delivery keeps it. Whoever decides whether a contact may be surveyed
 ``prepare_send``) first locks the contact's row on PostgreSQL, so two processes never both
 decide "not contacted yet"; SQLite serialises writers already.
 
-Claims are leases: ``claim_due`` stamps ``worker_id`` and ``queued_at``, ``prepare_send`` (given
-the worker id) checks the claim is still this worker's and renews the lease right before the
-message leaves. :func:`recover_stale` settles claims whose worker died: never prepared → back
-to ``scheduled`` (nothing can have been sent); prepared → ``failed``/``interrupted`` (it may
-have been delivered, so it is never sent again: at most once).
+Policies are in :mod:`crm.followups.policies`. The worker's side (claims, ``prepare_send``,
+sent/failed, retries, leases) is :mod:`crm.followups.dispatch`; its send-time re-check is the
+rule here (``_decide``) and it records state changes through ``_move``/``_event``.
 """
 
 from __future__ import annotations
@@ -27,250 +25,32 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from crm.audit import service as audit
 from crm.clock import Clock, as_utc
 from crm.consent import service as consent
 from crm.contacts import service as contacts
 from crm.contacts.models import Contact, ContactTraits
-from crm.crypto import KeyRing
-from crm.enums import Channel, FollowUpState, Purpose, SuppressionReason, Trigger, parse_choice
-from crm.errors import (
-    ContactNotFound,
-    DuplicatePolicy,
-    FollowUpNotFound,
-    InvalidPolicy,
-    InvalidRequest,
-    InvalidTransition,
-    PolicyNotFound,
-)
+from crm.enums import Channel, FollowUpState, SuppressionReason, Trigger
+from crm.errors import ContactNotFound, FollowUpNotFound, InvalidRequest
 from crm.feedback import repository as feedback_repo
-from crm.feedback.tokens import new_token
 from crm.followups import repository as repo
-from crm.followups.models import (
-    FollowUp,
-    FollowUpEvent,
-    FollowUpPolicy,
-    FollowUpPolicyCreate,
-    FollowUpPolicyUpdate,
-    Purchase,
-)
+from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicy, Purchase
+from crm.followups.policies import choose_channels
 from crm.followups.windows import next_window_start
-from crm.merchants import service as merchants
 
 __all__ = [
-    "DEFAULT_LEASE",
-    "DEFAULT_RETRY",
-    "INTERRUPTED",
-    "MAX_ATTEMPTS",
-    "RETRY_POLICIES",
-    "TOKEN_TTL",
-    "RetryPolicy",
     "ScheduleOutcome",
-    "SendInstruction",
     "SettledPayment",
     "cancel_for_payment",
-    "choose_channels",
-    "claim_due",
-    "create_policy",
     "expire_due",
     "expire_one",
     "get_followup",
-    "get_policy",
     "history",
-    "list_policies",
-    "mark_failed",
     "mark_responded",
-    "mark_sent",
-    "prepare_send",
-    "recover_stale",
-    "release_claims",
     "schedule_for_payment",
     "schedule_for_payments",
     "schedule_periodic",
     "schedule_periodic_all",
-    "update_policy",
 ]
-
-MAX_ATTEMPTS = 5  # the default retry policy's attempts (see RETRY_POLICIES)
-#: How long a claim stays a worker's without renewal; must exceed the slowest channel's timeout.
-DEFAULT_LEASE = timedelta(minutes=5)
-INTERRUPTED = "interrupted"
-RELEASED = "released"  # handed back unsent by a stopping worker
-UNCERTAIN = "delivery_uncertain"  # the channel may have delivered it: never resent
-UNDELIVERABLE = "undeliverable"  # nothing sent, and no retry could send it
-RETRY_BASE = timedelta(minutes=5)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Backoff after a failed attempt that delivered nothing: ``base * 2**(n-1)`` after the
-    n-th, ``attempts`` in all, never past the follow-up's expiry."""
-
-    base: timedelta
-    attempts: int
-
-    def delay(self, failed_attempts: int) -> timedelta:
-        return self.base * 2 ** (failed_attempts - 1)
-
-
-#: Per channel. SMTP refusals are often greylisting, which lifts after minutes: 5 min, 10, 20,
-#: 40 (5 attempts). An SMS gateway or a merchant's endpoint that is down usually comes back
-#: sooner, and a text a day late is worth less: 1 min doubling to 32 (7 attempts, ~1 h).
-#: In-app and phone tasks are written in the worker's transaction and fail only for good
-#: reasons (an erased contact): the default.
-RETRY_POLICIES: dict[str, RetryPolicy] = {
-    Channel.EMAIL.value: RetryPolicy(RETRY_BASE, MAX_ATTEMPTS),
-    Channel.WEBHOOK.value: RetryPolicy(timedelta(minutes=1), 7),
-    Channel.SMS.value: RetryPolicy(timedelta(minutes=1), 7),
-}
-DEFAULT_RETRY = RetryPolicy(RETRY_BASE, MAX_ATTEMPTS)
-TOKEN_TTL = timedelta(days=14)
-_RULE_FIELDS = ("tier", "segment")
-
-
-@dataclass(frozen=True, slots=True)
-class SendInstruction:
-    """What the dispatcher sends. ``address`` and ``token`` never appear in the repr.
-
-    ``window_start_minute``/``window_end_minute`` are the policy's local send window (minutes
-    after local midnight, ``prepare_send`` fills them), e.g. a phone task's calling hours."""
-
-    followup_id: int
-    merchant_id: int
-    contact_id: int
-    channel: str
-    purpose: str
-    kind: str
-    payment_ref: str
-    invoice_ref: str
-    locale: str | None
-    token_expires_at: datetime
-    address: str | None = field(repr=False)
-    token: str = field(repr=False)
-    window_start_minute: int = 8 * 60
-    window_end_minute: int = 21 * 60
-
-
-# ----------------------------------------------------------------------------- policies
-
-
-def _validate_policy(data: dict[str, Any]) -> None:
-    parse_choice(Trigger, data["trigger"], "trigger")
-    parse_choice(Purpose, data["purpose"], "purpose")
-    order = data["channel_order"]
-    if not order:
-        raise InvalidPolicy(
-            "a policy needs a non-personalised default channel order",
-            code="policy_missing_default",
-            param="channel_order",
-        )
-    for c in order:
-        parse_choice(Channel, c, "channel")
-    for rule in data["segment_rules"]:
-        if (
-            not isinstance(rule, dict)
-            or rule.get("field", "tier") not in _RULE_FIELDS
-            or not isinstance(rule.get("equals"), str)
-            or not rule.get("channels")
-        ):
-            raise InvalidPolicy(
-                "segment rule needs field (tier|segment), equals and channels",
-                code="invalid_segment_rule",
-                param="segment_rules",
-            )
-        for c in rule["channels"]:
-            parse_choice(Channel, c, "channel")
-    for name in ("delay_minutes", "frequency_cap_days", "reward_points"):
-        if int(data[name]) < 0:
-            raise InvalidPolicy(f"{name} must be >= 0", code=f"invalid_{name}", param=name)
-    if int(data["expiry_days"]) < 1 or int(data["periodic_after_days"]) < 1:
-        raise InvalidPolicy("expiry and period must be >= 1 day", code="invalid_expiry_days")
-    start, end = int(data["window_start_minute"]), int(data["window_end_minute"])
-    if not 0 <= start < end <= 24 * 60:
-        raise InvalidPolicy(
-            "send window must satisfy 0 <= start < end <= 1440",
-            code="invalid_send_window",
-            param="window_start_minute",
-        )
-
-
-def create_policy(
-    session: Session, merchant_id: int, data: FollowUpPolicyCreate, *, actor: str, clock: Clock
-) -> FollowUpPolicy:
-    merchants.get_merchant(session, merchant_id)
-    values = data.model_dump()
-    _validate_policy(values)
-    if repo.get_policy(session, merchant_id, values["trigger"]) is not None:
-        raise DuplicatePolicy("merchant already has a policy for this trigger")
-    now = clock.now()
-    policy = repo.save_policy(
-        session, FollowUpPolicy(**values, merchant_id=merchant_id, created_at=now, updated_at=now)
-    )
-    audit.record(
-        session,
-        actor=actor,
-        action="policy.created",
-        object_type="followup_policy",
-        object_id=policy.id or 0,
-        at=now,
-        merchant_id=merchant_id,
-    )
-    return policy
-
-
-def list_policies(session: Session, merchant_id: int) -> list[FollowUpPolicy]:
-    merchants.get_merchant(session, merchant_id)
-    return list(repo.list_policies(session, merchant_id))
-
-
-def get_policy(session: Session, merchant_id: int, policy_id: int) -> FollowUpPolicy:
-    policy = repo.get_policy_by_id(session, merchant_id, policy_id)
-    if policy is None:
-        raise PolicyNotFound("no such policy", param="policy_id")
-    return policy
-
-
-def update_policy(
-    session: Session,
-    merchant_id: int,
-    policy_id: int,
-    data: FollowUpPolicyUpdate,
-    *,
-    actor: str,
-    clock: Clock,
-) -> FollowUpPolicy:
-    policy = repo.get_policy_by_id(session, merchant_id, policy_id)
-    if policy is None:
-        raise PolicyNotFound("no such policy", param="policy_id")
-    changes = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
-    merged = policy.model_dump()
-    merged.update(changes)
-    _validate_policy(merged)
-    for k, v in changes.items():
-        setattr(policy, k, v)
-    policy.updated_at = clock.now()
-    repo.save_policy(session, policy)
-    audit.record(
-        session,
-        actor=actor,
-        action="policy.updated",
-        object_type="followup_policy",
-        object_id=policy_id,
-        at=policy.updated_at,
-        merchant_id=merchant_id,
-        detail={"fields": sorted(changes)},
-    )
-    return policy
-
-
-def choose_channels(policy: FollowUpPolicy, contact: ContactTraits) -> list[str]:
-    """Segment rule first (if the contact accepts personalisation), default order as fallback."""
-    order = list(policy.channel_order)
-    if contact.personalised:
-        for rule in policy.segment_rules:
-            if getattr(contact, rule.get("field", "tier"), None) == rule["equals"]:
-                return list(dict.fromkeys([*rule["channels"], *order]))
-    return order
 
 
 # ----------------------------------------------------------------------------- decisions
@@ -727,7 +507,7 @@ def schedule_periodic_all(session: Session, clock: Clock) -> int:
     return created
 
 
-# ----------------------------------------------------------------------------- sending
+# ---------------------------------------------------------------- lookups, responses and expiry
 
 
 def get_followup(session: Session, merchant_id: int, followup_id: int) -> FollowUp:
@@ -742,220 +522,6 @@ def history(session: Session, merchant_id: int, followup_id: int) -> list[Follow
     keep the state, so only the log says why a scheduled follow-up waits)."""
     get_followup(session, merchant_id, followup_id)
     return list(repo.list_events(session, followup_id))
-
-
-def _locked(session: Session, followup_id: int) -> FollowUp:
-    fu = repo.get_for_update(session, followup_id)
-    if fu is None:
-        raise FollowUpNotFound("no such follow-up", param="followup_id")
-    return fu
-
-
-def claim_due(session: Session, now: datetime, limit: int, worker_id: str) -> list[int]:
-    """Atomically move due ``scheduled`` follow-ups to ``queued``; returns the claimed ids."""
-    if limit < 1 or not worker_id or len(worker_id) > 64:
-        raise InvalidRequest("limit >= 1 and a worker_id are required", param="limit")
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        ids = repo.claim_skip_locked(session, now, limit, worker_id)
-    else:
-        ids = repo.claim_conditional(session, now, limit, worker_id)
-    for followup_id in ids:
-        fu = repo.get_for_update(session, followup_id)
-        assert fu is not None
-        _event(session, fu, FollowUpState.SCHEDULED, FollowUpState.QUEUED, now, detail=worker_id)
-    session.flush()
-    return ids
-
-
-def _check_claim(fu: FollowUp, worker_id: str | None) -> None:
-    if fu.state != FollowUpState.QUEUED:
-        raise InvalidTransition(f"follow-up is {fu.state}, not queued", param="followup_id")
-    if worker_id is not None and fu.worker_id != worker_id:
-        raise InvalidTransition(
-            "follow-up is no longer claimed by this worker",
-            code="claim_lost",
-            param="followup_id",
-        )
-
-
-def prepare_send(
-    session: Session,
-    followup_id: int,
-    now: datetime,
-    keyring: KeyRing,
-    *,
-    token_ttl: timedelta = TOKEN_TTL,
-    worker_id: str | None = None,
-) -> SendInstruction | None:
-    """Re-check consent, erasure, channel choice, frequency cap and quiet hours at send time.
-
-    Returns what to send (with a freshly issued single-use feedback token) or ``None`` after
-    recording the suppression, deferral or expiry. With ``worker_id`` the claim must still be
-    that worker's (``claim_lost`` otherwise) and its lease is renewed to ``now``. The
-    contact's row is locked first (PostgreSQL): of two follow-ups of one contact prepared at
-    once, the second sees the first in flight and is capped.
-    """
-    repo.lock_contact_of(session, followup_id)  # contact before follow-up, as consent does
-    fu = _locked(session, followup_id)
-    _check_claim(fu, worker_id)
-    if worker_id is not None:
-        fu.queued_at = now
-    if now >= fu.expires_at:
-        _move(session, fu, FollowUpState.EXPIRED, now)
-        return None
-    contact = contacts.get_contact(session, fu.merchant_id, fu.contact_id)
-    policy = repo.get_policy_by_id(session, fu.merchant_id, fu.policy_id or 0)
-    if policy is None:
-        raise InvalidTransition("follow-up policy is gone", code="policy_not_found")
-    decision = _decide(session, ContactTraits.of(contact), policy, fu, now, scheduling=False)
-    if decision.state == FollowUpState.SUPPRESSED:
-        _move(session, fu, FollowUpState.SUPPRESSED, now, decision.reason)
-        return None
-    if decision.deferred:
-        fu.due_at, fu.worker_id = decision.due_at, None
-        _move(session, fu, FollowUpState.SCHEDULED, now, SuppressionReason.QUIET_HOURS, "deferred")
-        return None
-    assert decision.channel is not None
-    assert fu.id is not None
-    fu.channel, fu.attempted_at = decision.channel, now  # counts for the cap from now on
-    repo.save(session, fu)
-    token, token_hash = new_token()
-    expires = now + token_ttl
-    feedback_repo.upsert_token(
-        session,
-        merchant_id=fu.merchant_id,
-        followup_id=fu.id,
-        contact_id=fu.contact_id,
-        token_hash=token_hash,
-        expires_at=expires,
-        now=now,
-    )
-    return SendInstruction(
-        followup_id=fu.id,
-        merchant_id=fu.merchant_id,
-        contact_id=fu.contact_id,
-        channel=decision.channel,
-        purpose=fu.purpose,
-        kind=fu.kind,
-        payment_ref=fu.payment_ref,
-        invoice_ref=fu.invoice_ref,
-        locale=contact.locale,
-        token_expires_at=expires,
-        address=contacts.address_for_channel(session, contact, Channel(decision.channel), keyring),
-        token=token,
-        window_start_minute=policy.window_start_minute,
-        window_end_minute=policy.window_end_minute,
-    )
-
-
-def mark_sent(
-    session: Session, followup_id: int, now: datetime, *, worker_id: str | None = None
-) -> FollowUp:
-    fu = _locked(session, followup_id)
-    _check_claim(fu, worker_id)
-    fu.sent_at = now
-    fu.attempts += 1
-    _move(session, fu, FollowUpState.SENT, now)
-    return fu
-
-
-def mark_failed(
-    session: Session,
-    followup_id: int,
-    now: datetime,
-    retry_at: datetime | None = None,
-    *,
-    error: str = "delivery_failed",
-    worker_id: str | None = None,
-    retry: bool = True,
-    permanent: bool = False,
-) -> FollowUp:
-    """Delivery failed: retry with the channel's backoff (:data:`RETRY_POLICIES`) or give up.
-    ``permanent=True``: nothing was delivered and no retry could deliver it: ``failed`` now.
-
-    ``retry=False``: the message may have been delivered (the channel lost the connection
-    after handing it over): ``failed``/``delivery_uncertain``, its token still valid, never
-    resent, and its attempt still counts for the frequency cap. A retried attempt delivered
-    nothing, so its token is revoked (and the cap forgets it): the next claim is unprepared
-    again until it issues a new one (see :func:`recover_stale`)."""
-    fu = _locked(session, followup_id)
-    _check_claim(fu, worker_id)
-    fu.attempts += 1
-    if not retry:
-        _move(session, fu, FollowUpState.FAILED, now, UNCERTAIN, error[:200])
-        return fu
-    assert fu.id is not None
-    feedback_repo.revoke_token(session, fu.id, now)
-    fu.attempted_at = None  # delivered nothing: no longer counts for the frequency cap
-    if permanent:
-        _move(session, fu, FollowUpState.FAILED, now, UNDELIVERABLE, error[:200])
-        return fu
-    backoff = RETRY_POLICIES.get(fu.channel or "", DEFAULT_RETRY)
-    if fu.attempts >= backoff.attempts:
-        _move(session, fu, FollowUpState.FAILED, now, error[:32])
-        return fu
-    next_try = retry_at or now + backoff.delay(fu.attempts)
-    if next_try >= fu.expires_at:
-        _move(session, fu, FollowUpState.EXPIRED, now, error[:32])
-        return fu
-    fu.due_at, fu.worker_id = next_try, None
-    _move(session, fu, FollowUpState.SCHEDULED, now, "retry", error[:200])
-    return fu
-
-
-def recover_stale(
-    session: Session, now: datetime, lease: timedelta = DEFAULT_LEASE, *, limit: int = 500
-) -> dict[str, list[int]]:
-    """Settle ``queued`` follow-ups whose claim is older than ``lease`` (their worker died).
-
-    A claim that never reached :func:`prepare_send` (no feedback token issued) cannot have been
-    delivered: it goes back to ``scheduled``. A prepared one may have left the process before
-    the crash; it becomes ``failed`` with reason ``interrupted`` and is never sent again.
-    Returns the ids per outcome: ``{"rescheduled": [...], "interrupted": [...]}``.
-    """
-    if lease < timedelta(0) or limit < 1:
-        raise InvalidRequest("lease must be >= 0 and limit >= 1", param="lease")
-    outcome: dict[str, list[int]] = {"rescheduled": [], "interrupted": []}
-    for fu in repo.stale_claims(session, now - lease, limit):
-        assert fu.id is not None
-        detail = f"lease of {fu.worker_id or '?'} expired"[:200]
-        if not _prepared(session, fu.id):
-            fu.worker_id, fu.queued_at = None, None
-            _move(session, fu, FollowUpState.SCHEDULED, now, INTERRUPTED, detail)
-            outcome["rescheduled"].append(fu.id)
-        else:
-            _move(session, fu, FollowUpState.FAILED, now, INTERRUPTED, detail)
-            outcome["interrupted"].append(fu.id)
-    return outcome
-
-
-def _prepared(session: Session, followup_id: int) -> bool:
-    """Whether the current claim issued a live token (:func:`prepare_send`): its message may
-    have left. Tokens of attempts that failed for sure are revoked by :func:`mark_failed`."""
-    row = feedback_repo.get_by_followup(session, followup_id)
-    return row is not None and row.token_hash is not None
-
-
-def release_claims(
-    session: Session, followup_ids: list[int], now: datetime, *, worker_id: str
-) -> list[int]:
-    """A stopping worker hands back claims it has not started (still ``queued`` by it).
-
-    Without this they would wait out the lease before another worker could send them.
-    Returns the ids released; any other state or owner is left alone.
-    """
-    released: list[int] = []
-    for followup_id in followup_ids:
-        fu = repo.get_for_update(session, followup_id)
-        if fu is None or fu.state != FollowUpState.QUEUED or fu.worker_id != worker_id:
-            continue
-        if _prepared(session, followup_id):
-            continue  # prepared: it may be on its way out, recover_stale decides
-        fu.worker_id, fu.queued_at = None, None
-        _move(session, fu, FollowUpState.SCHEDULED, now, RELEASED, worker_id[:200])
-        released.append(followup_id)
-    return released
 
 
 def mark_responded(session: Session, fu: FollowUp, now: datetime) -> None:

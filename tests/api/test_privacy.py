@@ -16,8 +16,10 @@ from api.dispatch.channels import InAppChannel, Links, Recipient
 from api.dispatch.models import InAppMessage
 from api.idempotency import ERASED_RESPONSE
 from crm import FollowUpPolicyCreate, followups
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.followups import repository as followups_repo
-from crm.followups.service import SendInstruction
+from crm.followups.dispatch import SendInstruction
 from crm.privacy import service as crm_privacy
 from tests.api.conftest import auth
 from tests.api.test_phone_tasks import _task
@@ -36,16 +38,16 @@ def sent_instruction(w: World, contact_id: int) -> SendInstruction:
     with session_scope(session_factory(w.engine)) as s:
         if followups_repo.get_policy(s, merchant_id, "payment_settled") is None:
             policy = FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0)
-            followups.create_policy(s, merchant_id, policy, actor="test", clock=w.clock)
+            followups_policies.create_policy(s, merchant_id, policy, actor="test", clock=w.clock)
         (fu,) = followups.schedule_for_payment(
             s, merchant_id, contact_id, f"pay_{ref}", f"inv_{ref}", 100, "USDC", now, w.clock
         )
         fu.state = "queued"
         s.add(fu)
         s.flush()
-        instruction = followups.prepare_send(s, fu.id or 0, now, w.keyring)
+        instruction = followups_dispatch.prepare_send(s, fu.id or 0, now, w.keyring)
         assert instruction is not None
-        followups.mark_sent(s, fu.id or 0, now)
+        followups_dispatch.mark_sent(s, fu.id or 0, now)
         return instruction
 
 

@@ -20,6 +20,8 @@ from crm import (
     KeyRing,
     followups,
 )
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.followups import repository as followups_repo
 from tests.api.conftest import auth
 
@@ -102,7 +104,7 @@ def issue_token(
     merchant_id = int(t.id)
     with session_scope(session_factory(w.engine)) as s:
         if followups_repo.get_policy(s, merchant_id, "payment_settled") is None:
-            followups.create_policy(
+            followups_policies.create_policy(
                 s,
                 merchant_id,
                 FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0, reward_points=10),
@@ -117,9 +119,9 @@ def issue_token(
         fu.state = "queued"
         s.add(fu)
         s.flush()
-        instruction = followups.prepare_send(s, fu.id, now, w.keyring, token_ttl=ttl)
+        instruction = followups_dispatch.prepare_send(s, fu.id, now, w.keyring, token_ttl=ttl)
         assert instruction is not None
-        followups.mark_sent(s, fu.id, now)
+        followups_dispatch.mark_sent(s, fu.id, now)
         return instruction.token, fu.id or 0
 
 
@@ -438,7 +440,7 @@ class TestSupportQueue:
     def test_followups_filter_by_suppression_reason(self, world: World) -> None:
         c = new_contact(world, world.a)  # no consent
         with session_scope(session_factory(world.engine)) as s:
-            followups.create_policy(
+            followups_policies.create_policy(
                 s,
                 int(world.a.id),
                 FollowUpPolicyCreate(delay_minutes=0),

@@ -17,6 +17,7 @@ from api.webhooks.models import WebhookDelivery
 from crm import FollowUpPolicyCreate, followups
 from crm.feedback.models import Feedback
 from crm.feedback.tokens import hash_token
+from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUp
 from tests.api.conftest import auth
 from tests.api.test_resources_crm import World, grant, issue_token, new_contact, world
@@ -300,7 +301,7 @@ def _send_in_app(world: World, contact_id: int, count: int) -> list[str]:
     """``count`` in-app follow-ups of the contact sent by the worker; their links' tokens."""
     merchant_id = int(world.a.id)
     with session_scope(session_factory(world.engine)) as s:
-        followups.create_policy(
+        followups_policies.create_policy(
             s,
             merchant_id,
             FollowUpPolicyCreate(delay_minutes=0, channel_order=["in_app"], frequency_cap_days=0),

@@ -10,6 +10,8 @@ from crm import KeyRing
 from crm.clock import FrozenClock
 from crm.consent import service as consent
 from crm.contacts.models import Contact
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.followups import service as followups
 from crm.followups.models import FollowUp, FollowUpPolicyCreate
 
@@ -34,7 +36,7 @@ def sent_followup(
     if repository.get_policy(session, merchant_id, "payment_settled") is None:
         policy_kw.setdefault("delay_minutes", 0)
         policy_kw.setdefault("frequency_cap_days", 0)
-        followups.create_policy(
+        followups_policies.create_policy(
             session, merchant_id, FollowUpPolicyCreate(**policy_kw), actor="admin", clock=clock
         )
     assert contact.id is not None
@@ -53,7 +55,7 @@ def sent_followup(
         session, merchant_id, contact.id, ref, f"inv-{ref}", 1000, "USDC", clock.now(), clock
     )
     assert fu.id is not None
-    assert fu.id in followups.claim_due(session, clock.now(), 100, "w")
-    send = followups.prepare_send(session, fu.id, clock.now(), keyring)
+    assert fu.id in followups_dispatch.claim_due(session, clock.now(), 100, "w")
+    send = followups_dispatch.prepare_send(session, fu.id, clock.now(), keyring)
     assert send is not None
-    return followups.mark_sent(session, fu.id, clock.now()), send.token
+    return followups_dispatch.mark_sent(session, fu.id, clock.now()), send.token

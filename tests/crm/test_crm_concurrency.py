@@ -20,6 +20,8 @@ from crm.contacts import service as contacts
 from crm.contacts.models import Contact, ContactCreate, ContactUpdate
 from crm.db import session_scope
 from crm.errors import ContactErased
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.followups import repository as followups_repo
 from crm.followups import service as followups
 from crm.followups.models import (
@@ -40,7 +42,7 @@ def _seed(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> set[int]:
     with session_scope(engine) as s:
         m = merchants.create_merchant(s, MerchantCreate(name="Busy"), clock)
         mid = m.id or 0
-        followups.create_policy(
+        followups_policies.create_policy(
             s,
             mid,
             FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0, channel_order=["in_app"]),
@@ -73,7 +75,7 @@ def test_claim_due_never_double_claims(committed_engine: sa.Engine, keyring: Key
             barrier.wait()
             while True:
                 with session_scope(committed_engine) as s:
-                    got = followups.claim_due(s, clock.now(), 7, name)
+                    got = followups_dispatch.claim_due(s, clock.now(), 7, name)
                 if not got:
                     return
                 claimed[name].extend(got)
@@ -200,7 +202,7 @@ def test_indexer_and_worker_scheduling_at_once_survey_a_contact_once(
     mid, cid = _one_customer(pg_committed, keyring, clock)
     with session_scope(pg_committed) as s:
         for trigger in ("payment_settled", "periodic"):
-            followups.create_policy(
+            followups_policies.create_policy(
                 s,
                 mid,
                 FollowUpPolicyCreate(trigger=trigger, delay_minutes=0),
@@ -249,7 +251,7 @@ def test_two_workers_preparing_one_contacts_surveys_at_once_send_one(
     clock = FrozenClock(START)
     mid, cid = _one_customer(pg_committed, keyring, clock)
     with session_scope(pg_committed) as s:
-        rule = followups.create_policy(
+        rule = followups_policies.create_policy(
             s,
             mid,
             FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0),
@@ -258,7 +260,7 @@ def test_two_workers_preparing_one_contacts_surveys_at_once_send_one(
         )
         for n in (1, 2):
             followups.schedule_for_payment(s, mid, cid, f"p{n}", f"i{n}", 5, "USDC", START, clock)
-        followups.update_policy(
+        followups_policies.update_policy(
             s,
             mid,
             rule.id or 0,
@@ -269,11 +271,13 @@ def test_two_workers_preparing_one_contacts_surveys_at_once_send_one(
     claimed = {}
     for worker in ("w1", "w2"):
         with session_scope(pg_committed) as s:
-            [claimed[worker]] = followups.claim_due(s, START, 1, worker)
+            [claimed[worker]] = followups_dispatch.claim_due(s, START, 1, worker)
 
     def prepare(worker: str) -> Callable[[Session], object]:
         def run(s: Session) -> object:
-            send = followups.prepare_send(s, claimed[worker], START, keyring, worker_id=worker)
+            send = followups_dispatch.prepare_send(
+                s, claimed[worker], START, keyring, worker_id=worker
+            )
             return None if send is None else send.address
 
         return run

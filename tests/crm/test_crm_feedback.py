@@ -234,13 +234,13 @@ class TestSubmitFeedback:
         clock: FrozenClock,
         keyring: KeyRing,
     ) -> None:
-        from crm.followups import service as followups
+        from crm.followups import dispatch as followups_dispatch
 
         c = make_contact()
         fu, old = sent_followup(session, merchant_id, c, clock, keyring)
         fu.state = "queued"  # dispatcher re-sends (e.g. after a bounce) and issues a new token
         session.add(fu)
-        send = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        send = followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
         assert send is not None
         assert send.token != old
         with pytest.raises(FeedbackTokenInvalid):

@@ -22,6 +22,8 @@ from crm.errors import (
 from crm.feedback import service as feedback
 from crm.feedback.models import Feedback, FeedbackCreate
 from crm.feedback.tokens import hash_token
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.followups import service as followups
 from crm.followups.models import (
     FollowUp,
@@ -38,7 +40,7 @@ from .helpers import KEYRING
 
 
 def policy(session: Session, merchant_id: int, clock: FrozenClock, **kw: Any) -> FollowUpPolicy:
-    return followups.create_policy(
+    return followups_policies.create_policy(
         session, merchant_id, FollowUpPolicyCreate(**kw), actor="admin:root", clock=clock
     )
 
@@ -256,9 +258,12 @@ class TestScheduleForPayment:
         [first] = pay(session, merchant_id, c, "p1", clock)
         [second] = pay(session, merchant_id, c, "p2", clock)  # one is already pending
         assert (second.state, second.reason) == ("suppressed", "frequency_cap")
-        assert first.id in followups.claim_due(session, clock.now(), 10, "w1")
-        assert followups.prepare_send(session, first.id or 0, clock.now(), keyring) is not None
-        followups.mark_sent(session, first.id or 0, clock.now())
+        assert first.id in followups_dispatch.claim_due(session, clock.now(), 10, "w1")
+        assert (
+            followups_dispatch.prepare_send(session, first.id or 0, clock.now(), keyring)
+            is not None
+        )
+        followups_dispatch.mark_sent(session, first.id or 0, clock.now())
         clock.advance(days=10)
         [third] = pay(session, merchant_id, c, "p3", clock)
         assert third.reason == "frequency_cap"
@@ -318,9 +323,9 @@ class TestCancelForPayment:
         c = consented(session, make_contact, merchant_id, clock)
         [a] = pay(session, merchant_id, c, "p1", clock)
         [b] = pay(session, merchant_id, c, "p2", clock)
-        followups.claim_due(session, clock.now(), 10, "w")
-        assert followups.prepare_send(session, b.id or 0, clock.now(), keyring) is not None
-        followups.mark_sent(session, b.id or 0, clock.now())
+        followups_dispatch.claim_due(session, clock.now(), 10, "w")
+        assert followups_dispatch.prepare_send(session, b.id or 0, clock.now(), keyring) is not None
+        followups_dispatch.mark_sent(session, b.id or 0, clock.now())
         assert followups.cancel_for_payment(session, merchant_id, "p1", "reorg", clock) == 1
         assert followups.cancel_for_payment(session, merchant_id, "p2", "reorg", clock) == 0
         session.refresh(a)
@@ -342,8 +347,8 @@ class TestCancelForPayment:
         policy(session, merchant_id, clock, delay_minutes=0, frequency_cap_days=0)
         c = consented(session, make_contact, merchant_id, clock)
         [fu] = pay(session, merchant_id, c, "p1", clock)
-        followups.claim_due(session, clock.now(), 10, "w")
-        instruction = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        followups_dispatch.claim_due(session, clock.now(), 10, "w")
+        instruction = followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
         assert instruction is not None
         assert followups.cancel_for_payment(session, merchant_id, "p1", "reorg", clock) == 1
         with pytest.raises(CRMError):
@@ -388,13 +393,13 @@ class TestClaimDue:
         policy(session, merchant_id, clock, delay_minutes=60, frequency_cap_days=0)
         c = consented(session, make_contact, merchant_id, clock)
         fus = [pay(session, merchant_id, c, f"p{i}", clock)[0] for i in range(3)]
-        assert followups.claim_due(session, clock.now(), 10, "w1") == []
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w1") == []
         clock.advance(minutes=60)
-        claimed = followups.claim_due(session, clock.now(), 2, "w1")
+        claimed = followups_dispatch.claim_due(session, clock.now(), 2, "w1")
         assert len(claimed) == 2
-        rest = followups.claim_due(session, clock.now(), 10, "w2")
+        rest = followups_dispatch.claim_due(session, clock.now(), 10, "w2")
         assert sorted(claimed + rest) == sorted(f.id for f in fus)
-        assert followups.claim_due(session, clock.now(), 10, "w3") == []
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w3") == []
         fu = session.get(FollowUp, rest[0])
         assert fu is not None
         assert (fu.state, fu.worker_id) == ("queued", "w2")
@@ -413,7 +418,7 @@ class TestPrepareSend:
         policy(session, merchant_id, clock, delay_minutes=0, **kw)
         c = consented(session, make_contact, merchant_id, clock, email="ada@example.com")
         [fu] = pay(session, merchant_id, c, "p1", clock)
-        assert followups.claim_due(session, clock.now(), 10, "w") == [fu.id]
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w") == [fu.id]
         return c, fu
 
     def test_returns_address_and_single_use_token(
@@ -425,7 +430,7 @@ class TestPrepareSend:
         keyring: KeyRing,
     ) -> None:
         _, fu = self._queued(session, merchant_id, make_contact, clock)
-        send = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        send = followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
         assert send is not None
         assert (send.channel, send.address) == ("email", "ada@example.com")
         assert "ada@" not in repr(send)
@@ -433,7 +438,7 @@ class TestPrepareSend:
         stored = session.exec(select(Feedback).where(Feedback.followup_id == fu.id)).one()
         assert stored.token_hash == hash_token(send.token)
         assert send.token not in str(stored.model_dump())
-        sent = followups.mark_sent(session, fu.id or 0, clock.now())
+        sent = followups_dispatch.mark_sent(session, fu.id or 0, clock.now())
         assert (sent.state, sent.sent_at) == ("sent", clock.now())
 
     def test_consent_withdrawn_after_scheduling_suppresses(
@@ -455,7 +460,7 @@ class TestPrepareSend:
             clock=clock,
             keyring=keyring,
         )
-        assert followups.prepare_send(session, fu.id or 0, clock.now(), keyring) is None
+        assert followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring) is None
         session.refresh(fu)
         assert (fu.state, fu.reason) == ("suppressed", "no_consent")
         assert count(session, Feedback) == 0
@@ -470,7 +475,7 @@ class TestPrepareSend:
     ) -> None:
         _, fu = self._queued(session, merchant_id, make_contact, clock)
         late = datetime(2026, 3, 2, 21, 30, tzinfo=UTC)  # 21:30 London
-        assert followups.prepare_send(session, fu.id or 0, late, keyring) is None
+        assert followups_dispatch.prepare_send(session, fu.id or 0, late, keyring) is None
         session.refresh(fu)
         assert fu.state == "scheduled"
         assert fu.due_at == datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
@@ -488,7 +493,7 @@ class TestPrepareSend:
         late = datetime(2026, 3, 2, 23, 0, tzinfo=UTC)  # next window: 08:00 London, after expiry
         fu.expires_at = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
         session.add(fu)
-        assert followups.prepare_send(session, fu.id or 0, late, keyring) is None
+        assert followups_dispatch.prepare_send(session, fu.id or 0, late, keyring) is None
         session.refresh(fu)
         assert (fu.state, fu.reason) == ("suppressed", "quiet_hours")
 
@@ -505,7 +510,7 @@ class TestPrepareSend:
         session.refresh(fu)
         assert (fu.state, fu.reason) == ("suppressed", "erased")
         with pytest.raises(InvalidTransition):
-            followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+            followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
 
     def test_opting_out_of_personalisation_after_scheduling_takes_the_default_order(
         self,
@@ -543,8 +548,8 @@ class TestPrepareSend:
             clock,
             "contact",
         )
-        assert followups.claim_due(session, clock.now(), 10, "w") == [fu.id]
-        send = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w") == [fu.id]
+        send = followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
         assert send is not None
         assert (send.channel, send.address) == ("email", "ada@example.com")
         session.refresh(fu)
@@ -566,7 +571,7 @@ class TestPrepareSend:
             window_start_minute=9 * 60 + 30,
             window_end_minute=17 * 60,
         )
-        send = followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        send = followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
         assert send is not None
         assert (send.window_start_minute, send.window_end_minute) == (570, 1020)
 
@@ -582,7 +587,7 @@ class TestPrepareSend:
         c = consented(session, make_contact, merchant_id, clock)
         [fu] = pay(session, merchant_id, c, "p1", clock)
         with pytest.raises(InvalidTransition) as info:
-            followups.prepare_send(session, fu.id or 0, clock.now(), keyring)
+            followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
         assert info.value.status_code == 409
 
 
@@ -594,15 +599,15 @@ class TestMarkFailed:
         c = consented(session, make_contact, merchant_id, clock)
         [fu] = pay(session, merchant_id, c, "p1", clock)
         delays = []
-        for _ in range(followups.MAX_ATTEMPTS - 1):
-            [fid] = followups.claim_due(session, clock.now(), 1, "w")
-            fu = followups.mark_failed(session, fid, clock.now())
+        for _ in range(followups_dispatch.MAX_ATTEMPTS - 1):
+            [fid] = followups_dispatch.claim_due(session, clock.now(), 1, "w")
+            fu = followups_dispatch.mark_failed(session, fid, clock.now())
             assert fu.state == "scheduled"
             delays.append(fu.due_at - clock.now())
             clock.set(fu.due_at)
         assert delays == [timedelta(minutes=5 * 2**i) for i in range(4)]
-        [fid] = followups.claim_due(session, clock.now(), 1, "w")
-        fu = followups.mark_failed(session, fid, clock.now(), error="smtp_550")
+        [fid] = followups_dispatch.claim_due(session, clock.now(), 1, "w")
+        fu = followups_dispatch.mark_failed(session, fid, clock.now(), error="smtp_550")
         assert (fu.state, fu.reason) == ("failed", "smtp_550")
 
     @pytest.mark.parametrize(
@@ -631,15 +636,15 @@ class TestMarkFailed:
         assert fu.channel == channel
         seen = []
         for _ in range(attempts - 1):
-            [fid] = followups.claim_due(session, clock.now(), 1, "w")
-            fu = followups.mark_failed(session, fid, clock.now())
+            [fid] = followups_dispatch.claim_due(session, clock.now(), 1, "w")
+            fu = followups_dispatch.mark_failed(session, fid, clock.now())
             assert fu.state == "scheduled"
             seen.append(fu.due_at - clock.now())
             clock.set(fu.due_at)
         assert seen == [timedelta(minutes=m) for m in delays]
-        assert followups.RETRY_POLICIES[channel].attempts == attempts
-        [fid] = followups.claim_due(session, clock.now(), 1, "w")
-        fu = followups.mark_failed(session, fid, clock.now(), error="down")
+        assert followups_dispatch.RETRY_POLICIES[channel].attempts == attempts
+        [fid] = followups_dispatch.claim_due(session, clock.now(), 1, "w")
+        fu = followups_dispatch.mark_failed(session, fid, clock.now(), error="down")
         assert (fu.state, fu.reason, fu.attempts) == ("failed", "down", attempts)
 
     def test_explicit_retry_at(
@@ -648,8 +653,10 @@ class TestMarkFailed:
         policy(session, merchant_id, clock, delay_minutes=0)
         c = consented(session, make_contact, merchant_id, clock)
         pay(session, merchant_id, c, "p1", clock)
-        [fid] = followups.claim_due(session, clock.now(), 1, "w")
-        fu = followups.mark_failed(session, fid, clock.now(), clock.now() + timedelta(hours=2))
+        [fid] = followups_dispatch.claim_due(session, clock.now(), 1, "w")
+        fu = followups_dispatch.mark_failed(
+            session, fid, clock.now(), clock.now() + timedelta(hours=2)
+        )
         assert fu.due_at == clock.now() + timedelta(hours=2)
 
 
@@ -667,13 +674,16 @@ class TestFrequencyCapZero:
         policy(session, merchant_id, clock, delay_minutes=0, frequency_cap_days=0)
         c = consented(session, make_contact, merchant_id, clock)
         assert len(pay(session, merchant_id, c, "p1", clock)) == 1
-        [fid] = followups.claim_due(session, clock.now(), 10, "w")
-        assert followups.prepare_send(session, fid, clock.now(), keyring) is not None
-        followups.mark_sent(session, fid, clock.now() + timedelta(seconds=2))
+        [fid] = followups_dispatch.claim_due(session, clock.now(), 10, "w")
+        assert followups_dispatch.prepare_send(session, fid, clock.now(), keyring) is not None
+        followups_dispatch.mark_sent(session, fid, clock.now() + timedelta(seconds=2))
         [second] = pay(session, merchant_id, c, "p2", clock)
         assert (second.state, second.reason) == ("scheduled", None)
-        assert followups.claim_due(session, clock.now(), 10, "w") == [second.id]
-        assert followups.prepare_send(session, second.id or 0, clock.now(), keyring) is not None
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w") == [second.id]
+        assert (
+            followups_dispatch.prepare_send(session, second.id or 0, clock.now(), keyring)
+            is not None
+        )
 
 
 class TestRecoverStale:
@@ -686,7 +696,7 @@ class TestRecoverStale:
         c = consented(session, make_contact, merchant_id, clock)
         for ref in ("p1", "p2", "p3"):
             pay(session, merchant_id, c, ref, clock)
-        ids = followups.claim_due(session, clock.now(), 10, "dead-worker")
+        ids = followups_dispatch.claim_due(session, clock.now(), 10, "dead-worker")
         assert len(ids) == 3
         return ids
 
@@ -696,7 +706,7 @@ class TestRecoverStale:
         self._claimed(session, merchant_id, make_contact, clock)
         clock.advance(minutes=4)
         lease = timedelta(minutes=5)
-        assert followups.recover_stale(session, clock.now(), lease) == {
+        assert followups_dispatch.recover_stale(session, clock.now(), lease) == {
             "rescheduled": [],
             "interrupted": [],
         }
@@ -712,11 +722,11 @@ class TestRecoverStale:
         keyring: KeyRing,
     ) -> None:
         claimed, prepared, sent = self._claimed(session, merchant_id, make_contact, clock)
-        assert followups.prepare_send(session, prepared, clock.now(), keyring) is not None
-        assert followups.prepare_send(session, sent, clock.now(), keyring) is not None
-        followups.mark_sent(session, sent, clock.now())
+        assert followups_dispatch.prepare_send(session, prepared, clock.now(), keyring) is not None
+        assert followups_dispatch.prepare_send(session, sent, clock.now(), keyring) is not None
+        followups_dispatch.mark_sent(session, sent, clock.now())
         clock.advance(minutes=6)
-        recovered = followups.recover_stale(session, clock.now(), timedelta(minutes=5))
+        recovered = followups_dispatch.recover_stale(session, clock.now(), timedelta(minutes=5))
         assert recovered == {"rescheduled": [claimed], "interrupted": [prepared]}
         back = session.get(FollowUp, claimed)
         failed = session.get(FollowUp, prepared)
@@ -730,8 +740,8 @@ class TestRecoverStale:
         assert events(session, failed)[-1] == ("queued", "failed", "interrupted")
         assert done.state == "sent"
         # the rescheduled one is claimable again; the interrupted one never comes back
-        assert followups.claim_due(session, clock.now(), 10, "w2") == [claimed]
-        assert followups.recover_stale(session, clock.now(), timedelta(minutes=5)) == {
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w2") == [claimed]
+        assert followups_dispatch.recover_stale(session, clock.now(), timedelta(minutes=5)) == {
             "rescheduled": [],
             "interrupted": [],
         }
@@ -746,18 +756,24 @@ class TestRecoverStale:
     ) -> None:
         claimed, prepared, other = self._claimed(session, merchant_id, make_contact, clock)
         assert (
-            followups.prepare_send(session, prepared, clock.now(), keyring, worker_id="dead-worker")
+            followups_dispatch.prepare_send(
+                session, prepared, clock.now(), keyring, worker_id="dead-worker"
+            )
             is not None
         )
         clock.advance(minutes=10)
-        followups.recover_stale(session, clock.now(), timedelta(minutes=5))
-        assert followups.claim_due(session, clock.now(), 10, "w2") == [claimed, other]
+        followups_dispatch.recover_stale(session, clock.now(), timedelta(minutes=5))
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w2") == [claimed, other]
         with pytest.raises(InvalidTransition) as lost:
-            followups.prepare_send(session, claimed, clock.now(), keyring, worker_id="dead-worker")
+            followups_dispatch.prepare_send(
+                session, claimed, clock.now(), keyring, worker_id="dead-worker"
+            )
         assert lost.value.code == "claim_lost"
         with pytest.raises(InvalidTransition):
-            followups.mark_sent(session, prepared, clock.now(), worker_id="dead-worker")
-        assert followups.prepare_send(session, claimed, clock.now(), keyring, worker_id="w2")
+            followups_dispatch.mark_sent(session, prepared, clock.now(), worker_id="dead-worker")
+        assert followups_dispatch.prepare_send(
+            session, claimed, clock.now(), keyring, worker_id="w2"
+        )
 
     def test_prepare_send_renews_the_lease(
         self,
@@ -769,9 +785,11 @@ class TestRecoverStale:
     ) -> None:
         _, prepared, _ = self._claimed(session, merchant_id, make_contact, clock)
         clock.advance(minutes=4)
-        followups.prepare_send(session, prepared, clock.now(), keyring, worker_id="dead-worker")
+        followups_dispatch.prepare_send(
+            session, prepared, clock.now(), keyring, worker_id="dead-worker"
+        )
         clock.advance(minutes=2)  # 6 min after the claim, 2 after the renewal
-        recovered = followups.recover_stale(session, clock.now(), timedelta(minutes=5))
+        recovered = followups_dispatch.recover_stale(session, clock.now(), timedelta(minutes=5))
         assert prepared not in recovered["interrupted"]
         assert len(recovered["rescheduled"]) == 2
         fu = session.get(FollowUp, prepared)
@@ -780,7 +798,7 @@ class TestRecoverStale:
 
     def test_negative_lease_is_refused(self, session: Session, clock: FrozenClock) -> None:
         with pytest.raises(InvalidRequest):
-            followups.recover_stale(session, clock.now(), timedelta(seconds=-1))
+            followups_dispatch.recover_stale(session, clock.now(), timedelta(seconds=-1))
 
 
 class TestExpireDue:

@@ -21,6 +21,7 @@ from crm.contacts.models import Contact, ContactCreate
 from crm.db import make_engine
 from crm.enums import Trigger
 from crm.errors import ContactNotFound, InvalidRequest
+from crm.followups import policies as followups_policies
 from crm.followups import repository as repo
 from crm.followups import service as followups
 from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicyCreate, Purchase
@@ -114,7 +115,7 @@ def _world(s: Scenario) -> tuple[Session, int, list[int], FrozenClock]:
     clock = FrozenClock(START)
     mid = merchants.create_merchant(session, MerchantCreate(name="M"), clock).id or 0
     rules = [{"field": "tier", "equals": "vip", "channels": ["phone"]}] if s.vip_rule else []
-    policy = followups.create_policy(
+    policy = followups_policies.create_policy(
         session,
         mid,
         FollowUpPolicyCreate(
@@ -284,7 +285,7 @@ class TestBulkEdges:
     ) -> None:
         other = merchants.create_merchant(session, MerchantCreate(name="Other"), clock)
         stranger: Contact = make_contact(merchant=other.id)
-        followups.create_policy(
+        followups_policies.create_policy(
             session, merchant_id, FollowUpPolicyCreate(delay_minutes=0), actor="t", clock=clock
         )
         payment = followups.SettledPayment(
@@ -319,7 +320,7 @@ class TestBulkEdges:
         keyring: KeyRing,
     ) -> None:
         """The bulk SQL (IN lists, executemany ... RETURNING in order) on SQLite and PostgreSQL."""
-        followups.create_policy(
+        followups_policies.create_policy(
             session,
             merchant_id,
             FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=30),

@@ -11,6 +11,8 @@ from sqlmodel import Session
 from crm import KeyRing
 from crm.clock import FrozenClock
 from crm.contacts.models import Contact
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.followups import service as followups
 from crm.followups.models import FollowUp, FollowUpPolicyUpdate
 
@@ -24,8 +26,8 @@ def _prepared(
     """A survey claimed by ``w`` and prepared: its message may be on its way."""
     [fu] = pay(session, contact.merchant_id, contact, ref, clock)
     assert fu.state == "scheduled", fu.reason
-    assert followups.claim_due(session, clock.now(), 10, "w") == [fu.id]
-    assert followups.prepare_send(session, fu.id or 0, clock.now(), keyring, worker_id="w")
+    assert followups_dispatch.claim_due(session, clock.now(), 10, "w") == [fu.id]
+    assert followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring, worker_id="w")
     return fu
 
 
@@ -49,7 +51,7 @@ class TestInFlight:
         c = consented(session, make_contact, merchant_id, clock)
         [first] = pay(session, merchant_id, c, "p1", clock)
         [second] = pay(session, merchant_id, c, "p2", clock)
-        followups.update_policy(
+        followups_policies.update_policy(
             session,
             merchant_id,
             rule.id or 0,
@@ -57,9 +59,13 @@ class TestInFlight:
             actor="admin",
             clock=clock,
         )
-        assert followups.claim_due(session, clock.now(), 10, "w") == [first.id, second.id]
-        assert followups.prepare_send(session, first.id or 0, clock.now(), keyring, worker_id="w")
-        held = followups.prepare_send(session, second.id or 0, clock.now(), keyring, worker_id="w")
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w") == [first.id, second.id]
+        assert followups_dispatch.prepare_send(
+            session, first.id or 0, clock.now(), keyring, worker_id="w"
+        )
+        held = followups_dispatch.prepare_send(
+            session, second.id or 0, clock.now(), keyring, worker_id="w"
+        )
         assert held is None
         session.refresh(second)
         assert (second.state, second.reason) == ("suppressed", "frequency_cap")
@@ -77,7 +83,7 @@ class TestMaybeDelivered:
         policy(session, merchant_id, clock, delay_minutes=0)
         c = consented(session, make_contact, merchant_id, clock)
         fu = _prepared(session, c, clock, keyring, "p1")
-        failed = followups.mark_failed(
+        failed = followups_dispatch.mark_failed(
             session, fu.id or 0, clock.now(), error="lost during DATA", worker_id="w", retry=False
         )
         assert (failed.state, failed.reason, failed.sent_at) == (
@@ -104,7 +110,7 @@ class TestMaybeDelivered:
         c = consented(session, make_contact, merchant_id, clock)
         fu = _prepared(session, c, clock, keyring, "p1")
         clock.advance(minutes=10)
-        recovered = followups.recover_stale(session, clock.now(), timedelta(minutes=5))
+        recovered = followups_dispatch.recover_stale(session, clock.now(), timedelta(minutes=5))
         assert recovered["interrupted"] == [fu.id]
         clock.advance(days=2)
         capped = _next_survey(session, c, clock, "p2")
@@ -122,7 +128,7 @@ class TestMaybeDelivered:
         uncertain = consented(session, make_contact, merchant_id, clock)
         fresh = consented(session, make_contact, merchant_id, clock)
         fu = _prepared(session, uncertain, clock, keyring, "p1")
-        followups.mark_failed(session, fu.id or 0, clock.now(), worker_id="w", retry=False)
+        followups_dispatch.mark_failed(session, fu.id or 0, clock.now(), worker_id="w", retry=False)
         clock.advance(days=2)
         outcome = followups.schedule_for_payments(
             session,
@@ -155,11 +161,13 @@ class TestFailedForSure:
         c = consented(session, make_contact, merchant_id, clock)
         fu = _prepared(session, c, clock, keyring, "p1")
         while True:
-            done = followups.mark_failed(session, fu.id or 0, clock.now(), worker_id="w")
+            done = followups_dispatch.mark_failed(session, fu.id or 0, clock.now(), worker_id="w")
             if done.state == "failed":
                 break
             clock.set(done.due_at)
-            assert followups.claim_due(session, clock.now(), 10, "w") == [fu.id]
-            assert followups.prepare_send(session, fu.id or 0, clock.now(), keyring, worker_id="w")
+            assert followups_dispatch.claim_due(session, clock.now(), 10, "w") == [fu.id]
+            assert followups_dispatch.prepare_send(
+                session, fu.id or 0, clock.now(), keyring, worker_id="w"
+            )
         clock.advance(days=2)
         assert _next_survey(session, c, clock, "p2").state == "scheduled"

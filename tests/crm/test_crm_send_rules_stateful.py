@@ -19,6 +19,8 @@ from crm.contacts import service as contacts
 from crm.contacts.models import ContactCreate
 from crm.db import make_engine
 from crm.enums import Channel
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.followups import service as followups
 from crm.followups.models import FollowUpPolicyCreate
 from crm.models import TABLES
@@ -41,7 +43,7 @@ class SendRules(RuleBasedStateMachine):
         self.clock = FrozenClock(START)
         m = merchants.create_merchant(self.session, MerchantCreate(name="M"), self.clock)
         self.mid = m.id or 0
-        followups.create_policy(
+        followups_policies.create_policy(
             self.session,
             self.mid,
             FollowUpPolicyCreate(
@@ -147,13 +149,13 @@ class SendRules(RuleBasedStateMachine):
         may have delivered it (never resent; counts as sent for the cap)."""
         now = self.clock.now()
         followups.expire_due(self.session, now)
-        for fid in followups.claim_due(self.session, now, 10, "w"):
-            send = followups.prepare_send(self.session, fid, now, KEYRING)
+        for fid in followups_dispatch.claim_due(self.session, now, 10, "w"):
+            send = followups_dispatch.prepare_send(self.session, fid, now, KEYRING)
             if send is None:
                 event("not sent")
                 continue
             if outcome == "refused":
-                followups.mark_failed(self.session, fid, now)
+                followups_dispatch.mark_failed(self.session, fid, now)
                 continue
             tz = dict(self.contacts)[send.contact_id]
             local = now.astimezone(ZoneInfo(tz))
@@ -163,9 +165,9 @@ class SendRules(RuleBasedStateMachine):
             assert last is None or now - last >= CAP, "frequency cap"
             assert send.address is not None
             if outcome == "uncertain":
-                followups.mark_failed(self.session, fid, now, retry=False)
+                followups_dispatch.mark_failed(self.session, fid, now, retry=False)
             else:
-                followups.mark_sent(self.session, fid, now)
+                followups_dispatch.mark_sent(self.session, fid, now)
             self.sent.append((send.contact_id, now))
             event(outcome)
 

@@ -24,6 +24,8 @@ from crm import (
     make_engine,
     merchants,
 )
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.merchants.models import MerchantCreate
 
 KEYRING = KeyRing(b"p" * 32)
@@ -42,7 +44,7 @@ def engine(tmp_path):
 def _shop(engine, clock, window):
     with Session(engine, expire_on_commit=False) as session, session.begin():
         shop = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
-        followups.create_policy(
+        followups_policies.create_policy(
             session,
             shop.id,
             FollowUpPolicyCreate(
@@ -111,7 +113,7 @@ def test_the_call_window_is_the_instructions_window_in_local_time(
     now = datetime.fromisoformat(local_now).replace(tzinfo=LONDON)
     clock = FrozenClock(now.astimezone(UTC))
     shop_id, contact_id = _shop(engine, clock, window)
-    instruction = followups.SendInstruction(
+    instruction = followups_dispatch.SendInstruction(
         followup_id=1,
         merchant_id=shop_id,
         contact_id=contact_id,

@@ -45,6 +45,8 @@ from crm import (
 )
 from crm.feedback.models import Feedback
 from crm.feedback.tokens import hash_token
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUp, FollowUpEvent
 from crm.merchants.models import Merchant, MerchantCreate
 from crm.privacy import service as privacy
@@ -128,7 +130,7 @@ CIPHER = SecretCipher(b"w" * 32)
 def shop_with(engine, clock, *, channel, consented=True, phone=None, email="ada@example.com"):
     with Session(engine, expire_on_commit=False) as session, session.begin():
         shop = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
-        followups.create_policy(
+        followups_policies.create_policy(
             session,
             shop.id,
             FollowUpPolicyCreate(delay_minutes=0, channel_order=[channel]),
@@ -161,7 +163,7 @@ def shop_with(engine, clock, *, channel, consented=True, phone=None, email="ada@
 
 def instruction_for(shop_id, contact_id, clock, *, channel, address):
     """What the worker hands a channel, for calling one directly."""
-    return followups.SendInstruction(
+    return followups_dispatch.SendInstruction(
         followup_id=77,
         merchant_id=shop_id,
         contact_id=contact_id,
@@ -346,10 +348,10 @@ class TestEmailAtMostOnce:
             assert session.exec(select(Feedback)).one().token_hash is None
         clock.advance(timedelta(hours=1))
         with Session(engine) as session, session.begin():
-            (claimed,) = followups.claim_due(session, clock.now(), 5, "doomed-worker")
+            (claimed,) = followups_dispatch.claim_due(session, clock.now(), 5, "doomed-worker")
         clock.advance(timedelta(hours=1))  # its lease runs out
         with Session(engine) as session, session.begin():
-            recovered = followups.recover_stale(session, clock.now())
+            recovered = followups_dispatch.recover_stale(session, clock.now())
         assert recovered == {"rescheduled": [claimed], "interrupted": []}
 
 
@@ -639,7 +641,7 @@ class TestPeriodic:
     ):
         shop_id, _ = shop_with(engine, clock, channel="in_app")
         with Session(engine) as session, session.begin():
-            followups.create_policy(
+            followups_policies.create_policy(
                 session,
                 shop_id,
                 FollowUpPolicyCreate(
@@ -684,7 +686,7 @@ class _StopAfterFirst:
 def three_due(engine, clock, time_zone="Europe/London"):
     with Session(engine, expire_on_commit=False) as session, session.begin():
         shop = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
-        followups.create_policy(
+        followups_policies.create_policy(
             session,
             shop.id,
             FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0, channel_order=["in_app"]),
@@ -739,14 +741,14 @@ class TestStopping:
     def test_release_leaves_prepared_and_foreign_claims_alone(self, engine, clock):
         three_due(engine, clock)
         with Session(engine) as session, session.begin():
-            first, second, third = followups.claim_due(session, clock.now(), 3, "w1")
-            followups.prepare_send(session, first, clock.now(), KEYRING, worker_id="w1")
+            first, second, third = followups_dispatch.claim_due(session, clock.now(), 3, "w1")
+            followups_dispatch.prepare_send(session, first, clock.now(), KEYRING, worker_id="w1")
         with Session(engine) as session, session.begin():
             fu = session.get(FollowUp, third)
             fu.worker_id = "w2"
             session.add(fu)
         with Session(engine) as session, session.begin():
-            released = followups.release_claims(
+            released = followups_dispatch.release_claims(
                 session, [first, second, third, 999], clock.now(), worker_id="w1"
             )
         assert released == [second]

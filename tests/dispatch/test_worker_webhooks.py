@@ -31,6 +31,7 @@ from crm import (
     make_engine,
     merchants,
 )
+from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUp
 from crm.merchants.models import MerchantCreate
 from tests.dispatch.test_worker import receiver  # noqa: F401 - the local HTTP receiver fixture
@@ -96,7 +97,7 @@ def test_followpay_worker_once_sends_an_sms_followup_to_the_merchants_gateway(
     clock = SystemClock()
     with Session(engine, expire_on_commit=False) as session, session.begin():
         shop = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
-        followups.create_policy(
+        followups_policies.create_policy(
             session,
             shop.id,
             FollowUpPolicyCreate(

@@ -11,10 +11,10 @@ from sqlmodel import Session, col, func, select
 
 from api.settlement import invoices
 from api.settlement.models import IndexerCursor, InvoiceState, Payment, PaymentState
-from crm import followups
 from crm.errors import FeedbackPaymentReversed
 from crm.feedback import service as feedback
 from crm.feedback.models import FeedbackCreate
+from crm.followups import dispatch as followups_dispatch
 from crm.followups.models import Purchase
 from crm.rewards import service as rewards
 from tests.settlement.conftest import MarketSuite
@@ -152,10 +152,12 @@ class TestAnvilReorg(MarketSuite):
         assert indexer.poll_once().settled == [invoice.id]
         [scheduled] = followups_of(engine, shop.merchant_id)
         with Session(engine) as session, session.begin():
-            [fid] = followups.claim_due(session, scheduled.due_at, 10, "w1")
-            sent = followups.prepare_send(session, fid, scheduled.due_at, keyring, worker_id="w1")
+            [fid] = followups_dispatch.claim_due(session, scheduled.due_at, 10, "w1")
+            sent = followups_dispatch.prepare_send(
+                session, fid, scheduled.due_at, keyring, worker_id="w1"
+            )
             assert sent is not None
-            followups.mark_sent(session, fid, scheduled.due_at, worker_id="w1")
+            followups_dispatch.mark_sent(session, fid, scheduled.due_at, worker_id="w1")
 
         def rate(session):
             rating = FeedbackCreate(rating=5)

@@ -25,7 +25,8 @@ from api.settlement.errors import (
 )
 from api.settlement.indexer import Indexer
 from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Payment, PaymentState
-from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, followups, merchants
+from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, merchants
+from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUp, Purchase
 from crm.merchants.models import MerchantCreate
 from tests.settlement.conftest import MarketSuite
@@ -63,7 +64,7 @@ def open_shop(engine, market, clock, keyring) -> Shop:
             clock=clock,
             keyring=keyring,
         )
-        followups.create_policy(
+        followups_policies.create_policy(
             session, merchant.id, FollowUpPolicyCreate(delay_minutes=60), actor="owner", clock=clock
         )
         invoices.register_account(

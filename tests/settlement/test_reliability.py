@@ -51,10 +51,11 @@ from crm import (
     SystemClock,
     consent,
     contacts,
-    followups,
     make_engine,
     merchants,
 )
+from crm.followups import dispatch as followups_dispatch
+from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUp, FollowUpEvent, Purchase
 from crm.merchants.models import MerchantCreate
 from tests.support import missing
@@ -260,7 +261,7 @@ def _setup(chain: Chain, engine: sa.Engine, keyring: KeyRing) -> tuple[Any, list
     with Session(engine, expire_on_commit=False) as session, session.begin():
         shop = merchants.create_merchant(session, MerchantCreate(name="Tea House"), clock)
         assert shop.id is not None
-        followups.create_policy(
+        followups_policies.create_policy(
             session,
             shop.id,
             FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0, channel_order=["email"]),
@@ -531,7 +532,7 @@ def test_sigkilled_indexer_and_worker_settle_once_and_send_at_most_once(
     assert len(followup_rows) == PAYMENTS
     assert len({f.payment_ref for f in followup_rows}) == PAYMENTS
     assert set(states) <= {"sent", "failed"}, summary
-    assert set(reasons) <= {followups.INTERRUPTED}, reasons
+    assert set(reasons) <= {followups_dispatch.INTERRUPTED}, reasons
     # at most once: no follow-up reached the SMTP sink twice; every `sent` one reached it
     assert -1 not in delivered
     assert max(delivered.values()) == 1
