@@ -51,8 +51,9 @@ import api.dispatch.models  # noqa: E402
 import api.settlement.models  # noqa: E402, F401
 import crm.models  # noqa: E402, F401
 from api.settlement import invoices  # noqa: E402
-from api.settlement.indexer import SETTLED_TOPIC, Indexer  # noqa: E402
+from api.settlement.indexer import Indexer  # noqa: E402
 from api.settlement.models import IndexerCursor, Invoice, InvoiceState  # noqa: E402
+from api.settlement.router_logs import SETTLED_TOPIC  # noqa: E402
 from contracts import load_artifact  # noqa: E402
 from crm import (  # noqa: E402
     ContactCreate,

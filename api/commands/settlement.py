@@ -72,7 +72,8 @@ def indexer(
     deployment = runtime.deployment  # a missing deployment fails before the indexer's imports
 
     from api.runtime import freeze_startup_heap, stop_on_signals
-    from api.settlement.indexer import Indexer, PollResult
+    from api.settlement.indexer import Indexer
+    from api.settlement.step_state import PollResult
 
     engine = Indexer(
         runtime.chain,

@@ -8,16 +8,19 @@ A crash anywhere loses the whole step or nothing; a replayed step changes nothin
 payments are unique on (chain, tx hash, log index). Reorg detection compares the hashes of
 processed blocks (every block that carried one of our logs, plus each range end) with the
 chain's: the highest block whose hash still matches is the fork point.
+
+The router's log format is in :mod:`api.settlement.router_logs`, a step's accumulators in
+:mod:`api.settlement.step_state`, the evidence events carry in
+:mod:`api.settlement.chain_evidence` and the refund figures in
+:mod:`api.settlement.refund_status`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +34,7 @@ from sqlmodel import Session
 
 from api.retry import until_stopped
 from api.settlement import repository as repo
+from api.settlement.chain_evidence import _evidence, _payment_object, _refund_evidence, payment_ref
 from api.settlement.errors import ReorgTooDeepError
 from api.settlement.events import InvoiceEvents
 from api.settlement.invoices import expire_due
@@ -41,9 +45,17 @@ from api.settlement.models import (
     InvoiceStatus,
     Payment,
     PaymentState,
-    Refund,
 )
+from api.settlement.refund_status import _refunded_figure, _set_refund_status
 from api.settlement.repository import InvoiceRow
+from api.settlement.router_logs import (
+    _PAY_SELECTORS,
+    REFUNDED_TOPIC,
+    SETTLED_TOPIC,
+    _checksum,
+    _Log,
+)
+from api.settlement.step_state import PollResult, _Batch, _Settlements
 from crm.clock import Clock
 from crm.errors import CRMError
 from crm.followups import service as followups
@@ -51,7 +63,7 @@ from wallet.addresses import ZERO_ADDRESS
 from wallet.chain import Chain
 from wallet.errors import ChainError, UnsupportedOperationError
 
-__all__ = ["Indexer", "PollResult", "payment_ref"]
+__all__ = ["Indexer"]
 
 log = logging.getLogger(__name__)
 
@@ -59,193 +71,7 @@ log = logging.getLogger(__name__)
 #: rows read again are locked until the step commits.
 _REAPPLY_ATTEMPTS = 2
 
-SETTLED_TOPIC = "0x" + keccak(text="PaymentSettled(address,uint256,address,bytes32)").hex()
-REFUNDED_TOPIC = (
-    "0x" + keccak(text="PaymentRefunded(address,uint256,address,address,uint256,uint256)").hex()
-)
 _SYMBOL_CALL = "0x" + keccak(text="symbol()").hex()[:8]
-_INTENT = "(address,address,uint256,uint256,uint256,address,uint256)"
-_PAY_SELECTORS = frozenset(
-    "0x" + keccak(text=signature).hex()[:8]
-    for signature in (
-        f"pay({_INTENT},bytes32,bytes32)",
-        f"payWithPermit({_INTENT},bytes32,bytes32,(uint256,uint256,uint8,bytes32,bytes32))",
-    )
-)
-
-
-def payment_ref(payment: Payment | int) -> str:
-    """The CRM's opaque reference for a payment (new after a reorg re-includes it)."""
-    return f"pay_{payment if isinstance(payment, int) else payment.id}"
-
-
-@dataclass
-class _Batch:
-    """One block range's prefetched state: invoices by (merchant, number), stored log keys."""
-
-    invoices: dict[tuple[str, int], InvoiceRow] = field(default_factory=dict)
-    payments: set[tuple[str, int, str]] = field(default_factory=set)
-    refunds: set[tuple[str, int, str]] = field(default_factory=set)
-    payment_rows: list[dict[str, Any]] = field(default_factory=list)
-    refund_rows: list[dict[str, Any]] = field(default_factory=list)
-    touched: dict[str, InvoiceRow] = field(default_factory=dict)
-    events: list[tuple[InvoiceRow, str, dict[str, Any]]] = field(default_factory=list)
-    to_settle: list[tuple[InvoiceRow, int]] = field(default_factory=list)
-    #: (merchant id, order id) of orders with an open invoice (new, processing, settled): a
-    #: closed invoice of such an order that gets paid is held, not re-opened.
-    open_orders: set[tuple[int, str]] = field(default_factory=set)
-    #: Per invoice, the range's logs for it in chain order, ``(is payment, row index)``: what is
-    #: applied again to an invoice another transaction changed during the step.
-    effects: dict[str, list[tuple[bool, int]]] = field(default_factory=dict)
-    #: Per invoice, refunds on chain in another token: stored before the range, and running.
-    stored_uncredited: dict[str, int] = field(default_factory=dict)
-    uncredited: dict[str, int] = field(default_factory=dict)
-
-    def forget(self, ids: set[str]) -> None:
-        """Drop what was derived for ``ids`` (before they are applied again)."""
-        self.events = [e for e in self.events if e[0].id not in ids]
-        self.to_settle = [t for t in self.to_settle if t[0].id not in ids]
-        for invoice_id in ids:
-            self.touched.pop(invoice_id, None)
-            self.uncredited[invoice_id] = self.stored_uncredited.get(invoice_id, 0)
-
-
-@dataclass
-class _Settlements:
-    """Invoices settled in one step: their rows to write back, webhooks, follow-ups to schedule."""
-
-    rows: dict[str, InvoiceRow] = field(default_factory=dict)
-    events: list[tuple[InvoiceRow, str, dict[str, Any]]] = field(default_factory=list)
-    followups: dict[int, list[followups.SettledPayment]] = field(default_factory=dict)
-
-    def forget(self, ids: set[str], result: PollResult) -> None:
-        """Drop what was decided for ``ids`` (before they are settled again)."""
-        self.rows = {k: v for k, v in self.rows.items() if k not in ids}
-        self.events = [e for e in self.events if e[0].id not in ids]
-        for merchant, payments in self.followups.items():
-            self.followups[merchant] = [p for p in payments if p.invoice_ref not in ids]
-        result.settled = [invoice_id for invoice_id in result.settled if invoice_id not in ids]
-
-
-@dataclass
-class PollResult:
-    head: int
-    from_block: int
-    to_block: int
-    payments: int = 0
-    refunds: int = 0
-    settled: list[str] = field(default_factory=list)
-    reorged_to: int | None = None
-
-    @property
-    def caught_up(self) -> bool:
-        return self.to_block >= self.head
-
-
-@functools.lru_cache(maxsize=4096)
-def _checksum(address: str) -> str:
-    """Checksumming costs a keccak; a range's logs repeat a few addresses thousands of times."""
-    return to_checksum_address(address)
-
-
-def _topic_address(topic: str) -> str:
-    """The address in a 32-byte topic, as the node's hex string (``0x`` + 64 digits)."""
-    return _checksum("0x" + topic[-40:].lower())
-
-
-@dataclass(frozen=True, slots=True)
-class _Log:
-    """One router log, decoded from the node's hex strings. Both events index merchant,
-    invoiceId and payer|to. ``PaymentSettled`` data is the intent's EIP-712 struct hash;
-    ``PaymentRefunded`` data is token, amount and ``total``, the router's running total of
-    refunds for the invoice number (in every token: the router keeps one per number)."""
-
-    topic: str
-    tx_hash: str
-    log_index: int
-    block_number: int
-    block_hash: str
-    merchant: str
-    number: int
-    third: str
-    intent_hash: str = ""
-    token: str = ZERO_ADDRESS
-    amount: int = 0
-    total: int = 0
-
-    @classmethod
-    def from_rpc(cls, entry: dict[str, Any]) -> _Log:
-        topics, data = entry["topics"], entry["data"]
-        common = {
-            "topic": topics[0],
-            "tx_hash": entry["transactionHash"],
-            "log_index": int(entry["logIndex"], 16),
-            "block_number": int(entry["blockNumber"], 16),
-            "block_hash": entry["blockHash"],
-            "merchant": _topic_address(topics[1]),
-            "number": int(topics[2], 16),
-            "third": _topic_address(topics[3]),
-        }
-        if topics[0] == SETTLED_TOPIC:
-            return cls(**common, intent_hash="0x" + data[2:66].lower())
-        return cls(
-            **common,
-            token=_checksum("0x" + data[26:66].lower()),
-            amount=int(data[66:130], 16),
-            total=int(data[130:194], 16),
-        )
-
-
-def _log_facts(row: dict[str, Any] | Payment | Refund) -> tuple[Any, dict[str, Any]]:
-    """A stored log's getter and the facts every payment or refund event carries."""
-    get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
-    facts = {
-        "tx_hash": get("tx_hash"),
-        "block_number": get("block_number"),
-        "block_hash": get("block_hash"),
-        "log_index": get("log_index"),
-        "amount": str(get("amount")),
-        "token": get("token"),
-    }
-    return get, facts
-
-
-def _evidence(row: dict[str, Any] | Payment) -> dict[str, Any]:
-    get, facts = _log_facts(row)
-    return facts | {"late": bool(get("late"))}
-
-
-def _refund_evidence(row: dict[str, Any] | Refund) -> dict[str, Any]:
-    """A ``PaymentRefunded`` log's facts: its token (``null`` if indexed before it was kept),
-    the router's running total for the number, and whether it counts for the invoice."""
-    get, facts = _log_facts(row)
-    total = get("total_refunded")
-    return facts | {
-        "to": get("to"),
-        "total_refunded": None if total is None else str(total),
-        "credited": bool(get("credited")),
-    }
-
-
-def _payment_object(row: dict[str, Any], payment_id: int) -> dict[str, Any]:
-    """The ``payment`` of a ``payment.unmatched`` event (``GET /v1/payments`` shows the same)."""
-    return {
-        "id": payment_id,
-        "object": "payment",
-        "invoice_id": None,
-        "chain_id": row["chain_id"],
-        "merchant_address": row["merchant_address"],
-        "invoice_number": str(row["invoice_number"]),
-        "tx_hash": row["tx_hash"],
-        "block_number": row["block_number"],
-        "block_hash": row["block_hash"],
-        "log_index": row["log_index"],
-        "payer": row["payer"],
-        "token": row["token"],
-        "amount": str(row["amount"]),
-        "fee": str(row["fee"]),
-        "state": row["state"],
-    }
 
 
 class Indexer:
@@ -862,34 +688,6 @@ def _missing_block(number: int, head: int) -> ChainError:
     return ChainError(f"node has no block #{number} below its head #{head}; retrying")
 
 
-def _refunded_figure(refunds: Sequence[Refund]) -> int:
-    """What an invoice's refunds on chain (in chain order) amount to in its token: the last
-    counted one's running total less the refunds in other tokens before it (a refund indexed
-    before its total was kept adds its amount)."""
-    figure = uncredited = 0
-    for refund in refunds:
-        if not refund.credited:
-            uncredited += refund.amount
-        elif refund.total_refunded is not None:
-            figure = max(0, refund.total_refunded - uncredited)
-        else:
-            figure += refund.amount
-    return figure
-
-
 def _depth(invoice: InvoiceRow | None) -> int:
     """Blocks a payment needs (0 and 1 both mean: settle on first sight)."""
     return max(1, invoice.confirmations_required) if invoice is not None else 1
-
-
-def _set_refund_status(invoice: Invoice | InvoiceRow, *, late: bool = False) -> None:
-    """One status field, a fixed precedence: ``marked`` (staff decided) > ``refunded`` >
-    ``partially_refunded`` > ``paid_late`` (``late``: a confirmed payment came late) > none."""
-    if invoice.status == InvoiceStatus.MARKED:
-        return
-    if invoice.refunded_amount >= invoice.amount > 0:
-        invoice.status = InvoiceStatus.REFUNDED
-    elif invoice.refunded_amount > 0:
-        invoice.status = InvoiceStatus.PARTIALLY_REFUNDED
-    else:
-        invoice.status = InvoiceStatus.PAID_LATE if late else InvoiceStatus.NONE

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from api.settlement import repository as repo
+from api.settlement.chain_evidence import payment_ref
 from api.settlement.errors import (
     AccountExistsError,
     AccountInUseError,
@@ -404,8 +405,6 @@ def expire_due(session: Session, clock: Clock, limit: int = 500) -> list[Invoice
 def _cancel_followups(session: Session, invoice: Invoice, clock: Clock) -> None:
     """An invalidated sale is not followed up: its payments' unsent follow-ups are cancelled
     (links revoked), as after a reorg; sent ones stay sent."""
-    from api.settlement.indexer import payment_ref  # the indexer imports this module
-
     for payment in repo.payments_for_invoice(session, invoice.id):
         if payment.state == PaymentState.CONFIRMED:
             followups.cancel_for_payment(

@@ -41,8 +41,8 @@ import crm.models  # noqa: F401 - registers the crm_ tables
 from api.dispatch.channels import EmailChannel, Links
 from api.dispatch.worker import Worker
 from api.settlement import invoices
-from api.settlement.indexer import SETTLED_TOPIC
 from api.settlement.models import IndexerCursor, Invoice, InvoiceState, Payment, PaymentState
+from api.settlement.router_logs import SETTLED_TOPIC
 from contracts import load_artifact
 from crm import (
     ContactCreate,
