@@ -8,7 +8,7 @@ from typing import Any
 
 from api.settlement.models import Payment, Refund
 
-__all__ = ["_evidence", "_payment_object", "_refund_evidence", "payment_ref"]
+__all__ = ["payment_evidence", "payment_object", "payment_ref", "refund_evidence"]
 
 
 def payment_ref(payment: Payment | int) -> str:
@@ -30,12 +30,12 @@ def _log_facts(row: dict[str, Any] | Payment | Refund) -> tuple[Any, dict[str, A
     return get, facts
 
 
-def _evidence(row: dict[str, Any] | Payment) -> dict[str, Any]:
+def payment_evidence(row: dict[str, Any] | Payment) -> dict[str, Any]:
     get, facts = _log_facts(row)
     return facts | {"late": bool(get("late"))}
 
 
-def _refund_evidence(row: dict[str, Any] | Refund) -> dict[str, Any]:
+def refund_evidence(row: dict[str, Any] | Refund) -> dict[str, Any]:
     """A ``PaymentRefunded`` log's facts: its token (``null`` if indexed before it was kept),
     the router's running total for the number, and whether it counts for the invoice."""
     get, facts = _log_facts(row)
@@ -47,7 +47,7 @@ def _refund_evidence(row: dict[str, Any] | Refund) -> dict[str, Any]:
     }
 
 
-def _payment_object(row: dict[str, Any], payment_id: int) -> dict[str, Any]:
+def payment_object(row: dict[str, Any], payment_id: int) -> dict[str, Any]:
     """The ``payment`` of a ``payment.unmatched`` event (``GET /v1/payments`` shows the same)."""
     return {
         "id": payment_id,

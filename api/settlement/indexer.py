@@ -34,7 +34,12 @@ from sqlmodel import Session
 
 from api.retry import until_stopped
 from api.settlement import repository as repo
-from api.settlement.chain_evidence import _evidence, _payment_object, _refund_evidence, payment_ref
+from api.settlement.chain_evidence import (
+    payment_evidence,
+    payment_object,
+    payment_ref,
+    refund_evidence,
+)
 from api.settlement.errors import ReorgTooDeepError
 from api.settlement.events import InvoiceEvents
 from api.settlement.invoices import expire_due
@@ -46,16 +51,16 @@ from api.settlement.models import (
     Payment,
     PaymentState,
 )
-from api.settlement.refund_status import _refunded_figure, _set_refund_status
+from api.settlement.refund_status import refunded_figure, set_refund_status
 from api.settlement.repository import InvoiceRow
 from api.settlement.router_logs import (
-    _PAY_SELECTORS,
+    PAY_SELECTORS,
     REFUNDED_TOPIC,
     SETTLED_TOPIC,
-    _checksum,
-    _Log,
+    RouterLog,
+    checksum_address,
 )
-from api.settlement.step_state import PollResult, _Batch, _Settlements
+from api.settlement.step_state import PollResult, StepBatch, StepSettlements
 from crm.clock import Clock
 from crm.errors import CRMError
 from crm.followups import service as followups
@@ -115,11 +120,11 @@ class Indexer:
             raise _missing_block(number, head)
         return header[0]
 
-    def _logs(self, start: int, end: int) -> tuple[list[_Log], str]:
+    def _logs(self, start: int, end: int) -> tuple[list[RouterLog], str]:
         """The range's router logs and the hash of its last block, in one round trip."""
         topics = [[SETTLED_TOPIC, REFUNDED_TOPIC]]
         entries, end_hash = self.chain.logs_and_block_hash(self.router, start, end, topics)
-        logs = [_Log.from_rpc(entry) for entry in entries if not entry.get("removed")]
+        logs = [RouterLog.from_rpc(entry) for entry in entries if not entry.get("removed")]
         return logs, end_hash or ""
 
     def _symbol(self, token: str) -> str:
@@ -164,7 +169,7 @@ class Indexer:
                     blocks.setdefault(entry.block_number, entry.block_hash)
                 ids = repo.insert_payments(session, chain_id, batch.payment_rows)
                 repo.insert_refunds(session, batch.refund_rows)
-                settled = _Settlements()
+                settled = StepSettlements()
                 self._settle_range(batch, batch.to_settle, ids, result, settled)
                 self._write_range(session, batch, ids, result, settled)
                 for invoice, event_type, evidence in batch.events + settled.events:
@@ -265,23 +270,23 @@ class Indexer:
                 followups.cancel_for_payment(
                     session, invoice.merchant_id, payment_ref(payment), "chain_reorg", self.clock
                 )
-            undone.append((invoice.id, _evidence(payment) | {"kind": "payment"}))
+            undone.append((invoice.id, payment_evidence(payment) | {"kind": "payment"}))
             log.warning("reorg: payment %s for invoice %s rolled back", payment.tx_hash, invoice.id)
         for refund in repo.refunds_after(session, chain_id, fork):
             refund.reorged = True
             session.add(refund)
             invoice = locked(refund.invoice_id)
             if invoice is not None:
-                undone.append((invoice.id, _refund_evidence(refund) | {"kind": "refund"}))
+                undone.append((invoice.id, refund_evidence(refund) | {"kind": "refund"}))
         session.flush()  # the reorged flags, before each invoice's remaining logs are read
         for invoice in invoices.values():
             remaining = repo.refunds_for_invoice(session, invoice.id)
-            invoice.refunded_amount = min(invoice.paid_amount, _refunded_figure(remaining))
+            invoice.refunded_amount = min(invoice.paid_amount, refunded_figure(remaining))
             late = any(
                 p.late and p.state == PaymentState.CONFIRMED
                 for p in repo.payments_for_invoice(session, invoice.id)
             )
-            _set_refund_status(invoice, late=late)
+            set_refund_status(invoice, late=late)
             session.add(invoice)
         repo.delete_blocks_after(session, cursor_id, fork)
         session.flush()
@@ -289,10 +294,10 @@ class Indexer:
             events.emit(invoices[invoice_id], "invoice.reorged", evidence)
 
     def _prefetch(
-        self, session: Session, chain_id: int, entries: list[_Log], start: int, end: int
-    ) -> _Batch:
+        self, session: Session, chain_id: int, entries: list[RouterLog], start: int, end: int
+    ) -> StepBatch:
         """Load what a block range's logs need with a handful of queries, not several per log."""
-        batch = _Batch()
+        batch = StepBatch()
         if not entries:
             return batch
         wanted: dict[str, set[int]] = {}
@@ -328,7 +333,7 @@ class Indexer:
         return batch
 
     def _apply(
-        self, chain_id: int, entry: _Log, result: PollResult, batch: _Batch, tip: int
+        self, chain_id: int, entry: RouterLog, result: PollResult, batch: StepBatch, tip: int
     ) -> None:
         invoice = batch.invoices.get((entry.merchant.lower(), entry.number))
         key = (entry.tx_hash, entry.log_index, entry.block_hash)
@@ -396,7 +401,7 @@ class Indexer:
                 batch.effects.setdefault(invoice.id, []).append((False, index))
                 self._take_refund(invoice, index, batch)
 
-    def _take_payment(self, invoice: InvoiceRow, index: int, batch: _Batch) -> None:
+    def _take_payment(self, invoice: InvoiceRow, index: int, batch: StepBatch) -> None:
         """Payment row ``index`` of the range, on its invoice (as read, or read again)."""
         row = batch.payment_rows[index]
         invoice.paid_amount += row["amount"]
@@ -410,18 +415,18 @@ class Indexer:
         elif invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
             invoice.state = InvoiceState.PROCESSING
             batch.open_orders.add((invoice.merchant_id, invoice.order_id))
-            batch.events.append((invoice, "invoice.processing", _evidence(row)))
+            batch.events.append((invoice, "invoice.processing", payment_evidence(row)))
         if row["state"] == PaymentState.CONFIRMED.value:  # settled, or announced as held
             batch.to_settle.append((invoice, index))
 
     @staticmethod
-    def _take_refund(invoice: InvoiceRow, index: int, batch: _Batch) -> None:
+    def _take_refund(invoice: InvoiceRow, index: int, batch: StepBatch) -> None:
         """Refund row ``index`` of the range, on its invoice. One in another token (a re-signed
         intent) is recorded and announced, never counted. The invoice shows the router's
         running total less the refunds in other tokens, and never more than was paid."""
         row = batch.refund_rows[index]
         batch.touched[invoice.id] = invoice
-        evidence = _refund_evidence(row)
+        evidence = refund_evidence(row)
         if not row["credited"]:
             batch.uncredited[invoice.id] = batch.uncredited.get(invoice.id, 0) + row["amount"]
             log.warning("refund %s for invoice %s is in another token", row["tx_hash"], invoice.id)
@@ -429,11 +434,11 @@ class Indexer:
             return
         figure = max(0, row["total_refunded"] - batch.uncredited.get(invoice.id, 0))
         invoice.refunded_amount = min(invoice.paid_amount, figure)
-        _set_refund_status(invoice, late=invoice.status == InvoiceStatus.PAID_LATE)
+        set_refund_status(invoice, late=invoice.status == InvoiceStatus.PAID_LATE)
         batch.events.append((invoice, "invoice.refunded", evidence))
 
     @staticmethod
-    def _held(invoice: InvoiceRow, batch: _Batch) -> bool:
+    def _held(invoice: InvoiceRow, batch: StepBatch) -> bool:
         """A payment the chain accepted for an invoice that must not settle by itself: staff
         invalidated it, staff marked it settled (paid outside the router: now it is paid
         twice), or it expired and its order has another open invoice (settling both would take
@@ -453,10 +458,10 @@ class Indexer:
         calldata (a direct ``pay``/``payWithPermit``); zeros when it came through a contract."""
         tx = self.chain.request("eth_getTransactionByHash", [tx_hash]) or {}
         data = str(tx.get("input") or tx.get("data") or "")
-        if data[:10] not in _PAY_SELECTORS or len(data) < 10 + 64 * 4:
+        if data[:10] not in PAY_SELECTORS or len(data) < 10 + 64 * 4:
             return ZERO_ADDRESS, 0, 0
         words = [data[10 + 64 * i : 74 + 64 * i] for i in range(4)]
-        return _checksum("0x" + words[1][24:].lower()), int(words[2], 16), int(words[3], 16)
+        return checksum_address("0x" + words[1][24:].lower()), int(words[2], 16), int(words[3], 16)
 
     def _paid_after_expiry(self, invoice: InvoiceRow, block_number: int) -> bool:
         if self.clock.now() <= invoice.expires_at and invoice.state != InvoiceState.EXPIRED:
@@ -466,23 +471,23 @@ class Indexer:
 
     def _settle_range(
         self,
-        batch: _Batch,
+        batch: StepBatch,
         to_settle: list[tuple[InvoiceRow, int]],
         ids: list[int],
         result: PollResult,
-        settled: _Settlements,
+        settled: StepSettlements,
     ) -> None:
         for invoice, index in to_settle:
             row = batch.payment_rows[index]
-            self._settle(invoice, ids[index], _evidence(row), result, settled)
+            self._settle(invoice, ids[index], payment_evidence(row), result, settled)
 
     def _write_range(
         self,
         session: Session,
-        batch: _Batch,
+        batch: StepBatch,
         ids: list[int],
         result: PollResult,
-        settled: _Settlements,
+        settled: StepSettlements,
     ) -> None:
         """Write the range's invoices back. One that another transaction changed since the
         prefetch read it (staff marked it meanwhile) is not overwritten: it is read again,
@@ -524,7 +529,7 @@ class Indexer:
         if not pending:
             return
         rows = repo.invoice_rows_by_id(session, {p.invoice_id for p in pending if p.invoice_id})
-        settled = _Settlements()
+        settled = StepSettlements()
         confirmed: list[Payment] = []
         for payment in pending:
             invoice = rows.get(payment.invoice_id) if payment.invoice_id else None
@@ -534,7 +539,7 @@ class Indexer:
             session.add(payment)
             if invoice is not None:
                 confirmed.append(payment)
-                self._settle(invoice, payment.id or 0, _evidence(payment), result, settled)
+                self._settle(invoice, payment.id or 0, payment_evidence(payment), result, settled)
         changed = repo.update_invoice_rows(session, settled.rows.values())
         for _ in range(_REAPPLY_ATTEMPTS):
             if not changed:
@@ -543,7 +548,9 @@ class Indexer:
             for payment in confirmed:
                 if payment.invoice_id in changed:
                     invoice = changed[payment.invoice_id]
-                    self._settle(invoice, payment.id or 0, _evidence(payment), result, settled)
+                    self._settle(
+                        invoice, payment.id or 0, payment_evidence(payment), result, settled
+                    )
             changed = repo.update_invoice_rows(session, changed.values())
         if changed:
             raise RuntimeError(f"invoices {sorted(changed)} kept changing under a locked step")
@@ -557,7 +564,7 @@ class Indexer:
         payment_id: int,
         evidence: dict[str, Any],
         result: PollResult,
-        settled: _Settlements,
+        settled: StepSettlements,
     ) -> None:
         """A payment reached its depth: the invoice settles, or, when it cannot settle by
         itself (see :meth:`_held`; or it was invalidated while the payment confirmed), the
@@ -588,7 +595,7 @@ class Indexer:
         self,
         session: Session,
         chain_id: int,
-        batch: _Batch,
+        batch: StepBatch,
         ids: list[int],
         events: InvoiceEvents,
     ) -> None:
@@ -604,9 +611,9 @@ class Indexer:
             merchant = merchants.get(row["merchant_address"].lower())
             if merchant is not None:
                 log.warning("payment %s matches no invoice", row["tx_hash"])
-                events.emit_payment(merchant, "payment.unmatched", _payment_object(row, ids[i]))
+                events.emit_payment(merchant, "payment.unmatched", payment_object(row, ids[i]))
 
-    def _schedule(self, session: Session, settled: _Settlements) -> None:
+    def _schedule(self, session: Session, settled: StepSettlements) -> None:
         """The CRM's follow-ups for a step's settlements, one bulk call per merchant. A CRM
         refusal, or data the CRM's tables refuse, never stops a settlement: the payment is on
         chain either way, and failing the step would fail it again on every retry, stopping

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from api.settlement.models import Invoice, InvoiceStatus, Refund
 from api.settlement.repository import InvoiceRow
 
-__all__ = ["_refunded_figure", "_set_refund_status"]
+__all__ = ["refunded_figure", "set_refund_status"]
 
 
-def _refunded_figure(refunds: Sequence[Refund]) -> int:
+def refunded_figure(refunds: Sequence[Refund]) -> int:
     """What an invoice's refunds on chain (in chain order) amount to in its token: the last
     counted one's running total less the refunds in other tokens before it (a refund indexed
     before its total was kept adds its amount)."""
@@ -26,7 +26,7 @@ def _refunded_figure(refunds: Sequence[Refund]) -> int:
     return figure
 
 
-def _set_refund_status(invoice: Invoice | InvoiceRow, *, late: bool = False) -> None:
+def set_refund_status(invoice: Invoice | InvoiceRow, *, late: bool = False) -> None:
     """One status field, a fixed precedence: ``marked`` (staff decided) > ``refunded`` >
     ``partially_refunded`` > ``paid_late`` (``late``: a confirmed payment came late) > none."""
     if invoice.status == InvoiceStatus.MARKED:

@@ -1,6 +1,6 @@
 """The PaymentRouter as the node returns it: its event topics, the selectors of its ``pay``
 calls (an unmatched payment's terms are read from its calldata), and its logs, decoded into
-:class:`_Log`. Nothing here talks to the node or the database."""
+:class:`RouterLog`. Nothing here talks to the node or the database."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from eth_utils import keccak, to_checksum_address
 
 from wallet.addresses import ZERO_ADDRESS
 
-__all__ = ["REFUNDED_TOPIC", "SETTLED_TOPIC", "_PAY_SELECTORS", "_Log", "_checksum"]
+__all__ = ["PAY_SELECTORS", "REFUNDED_TOPIC", "SETTLED_TOPIC", "RouterLog", "checksum_address"]
 
 SETTLED_TOPIC = "0x" + keccak(text="PaymentSettled(address,uint256,address,bytes32)").hex()
 REFUNDED_TOPIC = (
     "0x" + keccak(text="PaymentRefunded(address,uint256,address,address,uint256,uint256)").hex()
 )
 _INTENT = "(address,address,uint256,uint256,uint256,address,uint256)"
-_PAY_SELECTORS = frozenset(
+PAY_SELECTORS = frozenset(
     "0x" + keccak(text=signature).hex()[:8]
     for signature in (
         f"pay({_INTENT},bytes32,bytes32)",
@@ -29,18 +29,18 @@ _PAY_SELECTORS = frozenset(
 
 
 @functools.lru_cache(maxsize=4096)
-def _checksum(address: str) -> str:
+def checksum_address(address: str) -> str:
     """Checksumming costs a keccak; a range's logs repeat a few addresses thousands of times."""
     return to_checksum_address(address)
 
 
 def _topic_address(topic: str) -> str:
     """The address in a 32-byte topic, as the node's hex string (``0x`` + 64 digits)."""
-    return _checksum("0x" + topic[-40:].lower())
+    return checksum_address("0x" + topic[-40:].lower())
 
 
 @dataclass(frozen=True, slots=True)
-class _Log:
+class RouterLog:
     """One router log, decoded from the node's hex strings. Both events index merchant,
     invoiceId and payer|to. ``PaymentSettled`` data is the intent's EIP-712 struct hash;
     ``PaymentRefunded`` data is token, amount and ``total``, the router's running total of
@@ -60,7 +60,7 @@ class _Log:
     total: int = 0
 
     @classmethod
-    def from_rpc(cls, entry: dict[str, Any]) -> _Log:
+    def from_rpc(cls, entry: dict[str, Any]) -> RouterLog:
         topics, data = entry["topics"], entry["data"]
         common = {
             "topic": topics[0],
@@ -76,7 +76,7 @@ class _Log:
             return cls(**common, intent_hash="0x" + data[2:66].lower())
         return cls(
             **common,
-            token=_checksum("0x" + data[26:66].lower()),
+            token=checksum_address("0x" + data[26:66].lower()),
             amount=int(data[66:130], 16),
             total=int(data[130:194], 16),
         )

@@ -1,5 +1,5 @@
 """What one indexer step accumulates and reports: :class:`PollResult` (the step's outcome),
-:class:`_Batch` (a block range's prefetched rows and derived writes) and :class:`_Settlements`
+:class:`StepBatch` (a block range's prefetched rows and derived writes) and :class:`StepSettlements`
 (the invoices the step settles)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any
 from api.settlement.repository import InvoiceRow
 from crm.followups import service as followups
 
-__all__ = ["PollResult", "_Batch", "_Settlements"]
+__all__ = ["PollResult", "StepBatch", "StepSettlements"]
 
 
 @dataclass
-class _Batch:
+class StepBatch:
     """One block range's prefetched state: invoices by (merchant, number), stored log keys."""
 
     invoices: dict[tuple[str, int], InvoiceRow] = field(default_factory=dict)
@@ -45,7 +45,7 @@ class _Batch:
 
 
 @dataclass
-class _Settlements:
+class StepSettlements:
     """Invoices settled in one step: their rows to write back, webhooks, follow-ups to schedule."""
 
     rows: dict[str, InvoiceRow] = field(default_factory=dict)
