@@ -118,6 +118,15 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 _PUBLIC_PREFIX = "/v1/public/"
 
 
+def _route_path(scope: Scope) -> str:
+    """The path the routes match: uvicorn puts its ``root_path`` (``FOLLOWPAY_API_ROOT_PATH``)
+    in front of ``scope["path"]``, and routing takes it off again; so does this."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :]
+    return path
+
+
 class _RateLimitMiddleware:
     """Keyed by the presented API key, however the header spells it (the key's digest, as
     authentication computes it), once that key has authenticated here; else by the client
@@ -138,7 +147,7 @@ class _RateLimitMiddleware:
         self._lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.EXEMPT:
+        if scope["type"] != "http" or _route_path(scope) in self.EXEMPT:
             await self.app(scope, receive, send)
             return
         digest = self._digest(scope)
@@ -169,7 +178,7 @@ class _RateLimitMiddleware:
     @staticmethod
     def _digest(scope: Scope) -> str | None:
         auth = _header(scope, b"authorization")
-        if not auth or str(scope.get("path", "")).startswith(_PUBLIC_PREFIX):
+        if not auth or _route_path(scope).startswith(_PUBLIC_PREFIX):
             return None
         try:
             return keys_service.digest_of(auth.decode("latin-1"))
@@ -381,7 +390,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         version=app.version,
         description=app.description,
         routes=app.routes,
-        servers=app.servers or None,  # the ASGI root_path, so "try it out" goes through a proxy
     )
     components = schema.setdefault("components", {})
     idem_param = {

@@ -158,11 +158,19 @@ class EmbeddedStack:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: FastAPI, host: str = "127.0.0.1", port: int | None = None
+    app: FastAPI, host: str = "127.0.0.1", port: int | None = None, *, root_path: str = ""
 ) -> Iterator[str]:
-    """Run ``app`` under uvicorn (on a free loopback port by default); yields its base URL."""
+    """Run ``app`` under uvicorn (on a free loopback port by default); yields its base URL.
+    ``root_path``: as ``followpay serve`` passes ``FOLLOWPAY_API_ROOT_PATH``."""
     port = free_port() if port is None else port
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        proxy_headers=False,
+        root_path=root_path,
+    )
     server = uvicorn.Server(config)  # X-Forwarded-For: the app's own setting decides (api.app)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

@@ -19,7 +19,7 @@ from wallet.chain_config import ChainBackend, ChainConfig
 
 __all__ = ["Settings", "get_settings", "trusted_proxy_networks"]
 
-_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+_ROOT_PATH = re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)+")  # no "." or ".." segment
 
 
 class Settings(BaseSettings):

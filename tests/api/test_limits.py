@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from api.app import TokenBucketLimiter
 from api.deps import ApiConfig
+from api.embedded import serve_in_thread
 from api.settings import get_settings
 from tests.api.conftest import auth
 
@@ -192,10 +194,28 @@ class TestTrustedProxies:
                 ApiConfig(trusted_proxies=tuple(everyone.split(",")))
 
 
+def test_limits_see_the_routes_path_under_a_root_path(make_app):
+    """Under uvicorn with ``root_path`` (``FOLLOWPAY_API_ROOT_PATH``) every path arrives with
+    the prefix in front. Health checks stay exempt, and a made-up key on a customer link is
+    not learned (which would buy it a bucket of its own on keyed routes)."""
+    config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=2)
+    with (
+        serve_in_thread(make_app(config), root_path="/pay") as base,
+        httpx.Client(base_url=base, timeout=10) as client,
+    ):
+        assert [client.get("/v1/health").status_code for _ in range(5)] == [200] * 5
+        made_up = {"Authorization": "Bearer fp_test_" + "Q" * 43}  # well-formed, unknown
+        link = f"/v1/public/consent/{'x' * 43}"
+        assert [client.get(link, headers=made_up).status_code for _ in range(2)] == [404, 404]
+        assert client.get("/v1/merchants", headers=made_up).status_code == 429
+
+
 def test_the_root_path_setting_is_a_path_prefix(tmp_path):
-    assert get_settings(home=tmp_path, api_root_path="/pay/v-2.x").api_root_path == "/pay/v-2.x"
+    for good in ("/pay/v-2.x", "/.well", "/a/...b"):
+        assert get_settings(home=tmp_path, api_root_path=good).api_root_path == good
     assert get_settings(home=tmp_path).api_root_path == ""
-    for bad in ("pay", "/pay/", "/", "//pay", "/pay?x=1", "https://shop.example/pay", "/p ay"):
+    bad_paths = ("pay", "/pay/", "/", "//pay", "/pay?x=1", "https://shop.example/pay", "/p ay")
+    for bad in (*bad_paths, "/..", "/pay/./v1", "/pay/.."):
         with pytest.raises(ValidationError, match="is not a path prefix like /pay"):
             get_settings(home=tmp_path, api_root_path=bad)
 
