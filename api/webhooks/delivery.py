@@ -21,10 +21,12 @@ receivers ahead of them) and be taken over by another worker; that is work steal
 double send: the first worker finds them claimed when their turn comes and skips them.
 
 The margin covers what surrounds the POST: committing the renewal, loading the endpoint and its
-secrets, writing the outcome. That is milliseconds normally; 30 s leaves room for a database
-slow to take the write (a SQLite writer waits up to 30 s for the lock), a pause of the process
-and clocks a few seconds apart between workers' hosts. Only a worker stalled beyond it can have
-a row it is sending claimed again (sent twice; its outcome is then not written).
+secrets, writing the outcome. That is milliseconds normally; 30 s leaves room for a slow
+outcome write, a pause of the process and clocks a few seconds apart between workers' hosts. A
+renewal that itself waited long for the database's write lock (a SQLite writer waits up to
+30 s) is made again before the POST, so every POST starts with at least its deadline plus half
+the margin left. Only a worker stalled beyond that can have a row it is sending claimed
+again (sent twice; its outcome is then not written).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ logger = logging.getLogger("followpay.webhooks")
 LEASE_MARGIN = timedelta(seconds=30)
 #: How long a claim or a renewal holds a row: one attempt at its full timeout, plus the margin.
 ATTEMPT_LEASE = timedelta(seconds=transport.ATTEMPT_TIMEOUT) + LEASE_MARGIN
+#: The least lease a POST starts with: its whole deadline and half the margin.
+_LEASE_AT_POST = timedelta(seconds=transport.ATTEMPT_TIMEOUT) + LEASE_MARGIN / 2
 #: Deliveries a worker's round claims (rows it does not reach in time go to other workers).
 ROUND_LIMIT = 10
 _PLAIN = SecretCipher(None)
@@ -228,9 +232,10 @@ def deliver_due(
     """Claim up to ``limit`` due deliveries, POST each one signed, record the outcome.
 
     Safe to run from several workers/processes at once (claims: :func:`repository.claim_due`;
-    leases: the module docstring). ``clock`` is read when the round starts (what is due), just
-    before each POST (the signature's ``t``) and after it (the next retry is counted from
-    then); default: the real clock, or ``now`` throughout when only ``now`` is given (tests).
+    leases: the module docstring). ``clock`` is read when the round starts (what is due), for
+    each claim renewal, just before each POST (the signature's ``t``; the lease left is
+    checked against it) and after it (the next retry is counted from then); default: the
+    real clock, or ``now`` throughout when only ``now`` is given (tests).
     Each claim and each outcome is its own short transaction; the HTTP call happens outside any
     transaction. Without ``http_client`` the round uses :func:`transport.delivery_client`, which
     connects only where ``targets`` allows; a caller's client is used as it is.
@@ -283,6 +288,35 @@ def _postpone(
         )
 
 
+def _take_for_post(
+    session_factory: SessionFactory,
+    delivery_id: str,
+    claim: datetime,
+    cipher: SecretCipher,
+    clock: Callable[[], datetime],
+) -> tuple[_Job, datetime] | None:
+    """:func:`_take`, and the clock read after it (the send time), with at least
+    :data:`_LEASE_AT_POST` of the lease left then. The renewal is counted from the clock read
+    before its UPDATE, which may wait for the database's write lock (SQLite: up to 30 s); a
+    renewal that waited that long is made again. Twice too slow: not sent this round (its
+    lease runs out and the row goes to the next claim)."""
+    now = clock()
+    for _ in range(2):
+        with session_scope(session_factory) as session:
+            job = _take(session, delivery_id, claim, cipher, now)
+        if job is None:
+            logger.warning("webhook %s: claimed by another worker meanwhile; not sent", delivery_id)
+            return None
+        now = clock()
+        if job.claim - now >= _LEASE_AT_POST:
+            return job, now
+        claim = job.claim
+    logger.warning(
+        "webhook %s: the database was too slow to renew its claim; not sent", delivery_id
+    )
+    return None
+
+
 def _deliver_one(
     session_factory: SessionFactory,
     client: httpx.Client,
@@ -291,16 +325,14 @@ def _deliver_one(
     cipher: SecretCipher,
     clock: Callable[[], datetime],
 ) -> DeliveryResult | None:
-    with session_scope(session_factory) as session:
-        job = _take(session, delivery_id, claim, cipher, clock())
-    if job is None:
-        logger.warning("webhook %s: claimed by another worker meanwhile; not sent", delivery_id)
+    taken = _take_for_post(session_factory, delivery_id, claim, cipher, clock)
+    if taken is None:
         return None
+    job, sent_at = taken
     if job.problem is not None:
-        sent_at = done_at = clock()
+        done_at = sent_at
         outcome = _Outcome(None, job.problem, permanent=True)
     else:
-        sent_at = clock()
         outcome = _send(client, job, sent_at)
         done_at = clock()
     with session_scope(session_factory) as session:

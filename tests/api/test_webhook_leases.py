@@ -211,6 +211,43 @@ class TestLease:
                 attempts = repository.attempts_for(s, delivery_id)
                 assert [a.status_code for a in attempts] == [200]
 
+    def test_a_renewal_that_waited_for_the_write_lock_is_made_again(self, db, hooked, monkeypatch):
+        """The renewal before a POST is counted from the clock read before its UPDATE, which
+        may wait for the database's write lock. One that waited 30 s would leave the POST only
+        its own deadline; it is renewed again from the later clock. A second slow renewal
+        sends nothing this round."""
+        ids = _setup(db, hooked.url, 2)
+        factory = session_factory(db)
+        now = [utcnow()]
+        renew = repository.renew_claim
+        slow_calls = {1, 3, 4}  # the first row's first renewal; both of the second row's
+        calls = itertools.count(1)
+        leases: list[timedelta] = []
+
+        def waits_for_the_lock(session, delivery_id, claim, renewed):
+            if next(calls) in slow_calls:
+                now[0] += timedelta(seconds=30)
+            return renew(session, delivery_id, claim, renewed)
+
+        def each(worker: str, delivery_id: str) -> None:
+            with session_scope(factory) as s:
+                row = s.get(WebhookDelivery, delivery_id)
+                assert row is not None
+                assert row.locked_until is not None
+                leases.append(row.locked_until - now[0])
+
+        monkeypatch.setattr(repository, "renew_claim", waits_for_the_lock)
+        hooked.each = each
+        with _client("A") as a:
+            results = delivery.deliver_due(factory, http_client=a, clock=lambda: now[0])
+        assert [r.delivery_id for r in results] == ids[:1]
+        assert _by_delivery(hooked.posts, ids) == {ids[0]: ["A"], ids[1]: []}
+        assert leases == [delivery.ATTEMPT_LEASE]
+        with session_scope(factory) as s:
+            row = s.get(WebhookDelivery, ids[1])
+            assert row is not None
+            assert (row.status, row.attempt_count) == (DeliveryStatus.DELIVERING, 0)
+
     def test_the_claim_token_is_checked_on_the_row(self, db):
         (delivery_id,) = _setup(db, "http://127.0.0.1:9/h", 1)
         factory = session_factory(db)
@@ -233,7 +270,7 @@ class TestLease:
 
 class TestSendTime:
     def test_each_attempt_is_signed_when_sent_and_retried_from_its_end(self, db, hooked):
-        """The clock moves a minute a reading: the second delivery's signature is later than the
+        """The clock moves a second a reading: the second delivery's signature is later than the
         first's, each one's ``t`` is its own send time, and a retry counts from after the POST."""
         ids = _setup(db, hooked.url, 2)
         hooked.first_status = 503
@@ -241,7 +278,7 @@ class TestSendTime:
         ticks = itertools.count()
 
         def clock() -> datetime:
-            return t0 + timedelta(minutes=next(ticks))
+            return t0 + timedelta(seconds=next(ticks))
 
         with _client("A") as a:
             first, second = delivery.deliver_due(session_factory(db), http_client=a, clock=clock)
