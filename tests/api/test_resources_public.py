@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from fastapi.testclient import TestClient
+import httpx
 from sqlmodel import Session, select
 
 from api.db import session_factory, session_scope
 from api.dispatch.channels import InAppChannel, Links, render_in_app
 from api.dispatch.models import InAppMessage
 from api.dispatch.worker import Worker
+from api.embedded import serve_in_thread
 from api.webhooks.models import WebhookDelivery
 from crm import FollowUpPolicyCreate, followups
 from crm.feedback.models import Feedback
@@ -208,7 +209,10 @@ class TestConsentLinks:
         grant(world, world.a, c["id"])
         token, _ = issue_token(world, world.a, c["id"])
         expected = f"/pay/v1/public/consent/{token}/withdraw"
-        with TestClient(world.client.app, root_path="/pay") as proxied:
+        with (
+            serve_in_thread(world.client.app, root_path="/pay") as base,  # uvicorn, as served
+            httpx.Client(base_url=base, timeout=10) as proxied,
+        ):
             shown = proxied.get(f"/v1/public/consent/{token}").json()
             assert shown["withdraw_url"] == expected
             r = proxied.post(f"/v1/public/consent/{token}", json={"purpose": "marketing"})
