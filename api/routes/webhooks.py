@@ -45,7 +45,8 @@ DeliveryId = Annotated[str, Path(max_length=40, description="A webhook delivery 
     description="The response carries the signing `secret`; it is never returned again except by "
     "`rotate_secret`. Live-mode keys must use https URLs. A host that is, or resolves to, a "
     "loopback, private, link-local or otherwise non-public address is refused "
-    "(`400 url_not_allowed`).",
+    "(`400 url_not_allowed`). A merchant has at most 16 enabled endpoints "
+    "(`400 webhook_endpoint_limit`).",
 )
 def create_webhook_endpoint(
     body: WebhookEndpointCreate,

@@ -15,6 +15,7 @@ from api.webhooks.models import (
 )
 from api.webhooks.secrets import SecretCipher
 from api.webhooks.service import (
+    MAX_ENABLED_ENDPOINTS,
     RETRY_SCHEDULE,
     SigningTarget,
     create_endpoint,
@@ -33,6 +34,7 @@ from api.webhooks.transport import delivery_client
 
 __all__ = [
     "EVENT_TYPES",
+    "MAX_ENABLED_ENDPOINTS",
     "RETRY_SCHEDULE",
     "SIGNATURE_HEADER",
     "DeliveryResult",

@@ -18,6 +18,7 @@ __all__ = [
     "add",
     "attempts_for",
     "claim_due",
+    "count_enabled_locked",
     "deliveries_select",
     "enabled_endpoints",
     "endpoints_of",
@@ -49,6 +50,29 @@ def enabled_endpoints(session: Session, merchant_id: str) -> Sequence[WebhookEnd
         .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
     )
     return session.exec(stmt).all()
+
+
+def count_enabled_locked(session: Session, merchant_id: str) -> int:
+    """The merchant's enabled endpoints, counted under a lock that makes two registrations at
+    once take turns. PostgreSQL: the rows are locked, and the count (a new statement, so a new
+    snapshot) includes the endpoint of a registration that held them. SQLite: a write (one
+    that matches nothing) opens the writer's ``BEGIN IMMEDIATE`` (:mod:`crm.sqlite_gate`); reads
+    before it see whatever is committed, so two registrations would count alike."""
+    if session.get_bind().dialect.name == "sqlite":
+        nothing = sa.update(WebhookEndpoint).where(sa.false()).values(enabled=True)
+        session.connection().execute(nothing)
+    else:
+        locked = endpoints_select(merchant_id).where(col(WebhookEndpoint.enabled).is_(True))
+        session.exec(locked.with_for_update()).all()
+    count = (
+        sa.select(sa.func.count())
+        .select_from(WebhookEndpoint)
+        .where(
+            col(WebhookEndpoint.merchant_id) == merchant_id,
+            col(WebhookEndpoint.enabled).is_(True),
+        )
+    )
+    return int(session.execute(count).scalar_one())
 
 
 def get_endpoint(

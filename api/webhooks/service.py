@@ -34,6 +34,7 @@ from api.webhooks.signing import SIGNATURE_HEADER, sign
 from api.webhooks.targets import TargetPolicy
 
 __all__ = [
+    "MAX_ENABLED_ENDPOINTS",
     "RETRY_SCHEDULE",
     "SigningTarget",
     "create_endpoint",
@@ -59,6 +60,9 @@ RETRY_SCHEDULE: tuple[timedelta, ...] = (
     *(timedelta(minutes=10),) * 6,
 )
 USER_AGENT = "FollowPay-Webhooks/1.0"
+#: Enabled endpoints per merchant (Stripe's limit too). A follow-up's webhook attempt POSTs to
+#: all of them at once (:class:`api.dispatch.channels.WebhookChannel`), so this bounds it.
+MAX_ENABLED_ENDPOINTS = 16
 _PLAIN = SecretCipher(None)
 
 
@@ -130,14 +134,22 @@ def create_endpoint(
     ``None``, trusted callers such as fixtures: form only). Deliveries check again when they
     connect (:mod:`api.webhooks.transport`), whatever was checked here."""
     now = now or utcnow()
+    checked_url = validate_url(url, livemode=livemode, targets=targets)
+    events = validate_events(enabled_events)
+    if repository.count_enabled_locked(session, merchant_id) >= MAX_ENABLED_ENDPOINTS:
+        raise InvalidRequest(
+            f"A merchant can have at most {MAX_ENABLED_ENDPOINTS} enabled webhook endpoints; "
+            "disable one first.",
+            code="webhook_endpoint_limit",
+        )
     secret = _new_secret()
     endpoint_id = new_id("we")
     endpoint = WebhookEndpoint(
         id=endpoint_id,
         merchant_id=merchant_id,
-        url=validate_url(url, livemode=livemode, targets=targets),
+        url=checked_url,
         description=description,
-        enabled_events=validate_events(enabled_events),
+        enabled_events=events,
         livemode=livemode,
         secret_encrypted=cipher.encrypt(secret, context=endpoint_id),
         created_at=now,

@@ -244,7 +244,7 @@ class TestAdmission:
                 limits.append(int(limiter.total_tokens))
             await inner(scope, receive, send)
 
-        key = new_key()
+        keys = [new_key(merchant_id=f"m_{m}") for m in range(4)]  # 15 endpoints each (max 16)
         with serve_app(four_threads) as base:
             barrier = threading.Barrier(60)
 
@@ -254,7 +254,7 @@ class TestAdmission:
                     return c.post(
                         "/v1/webhook_endpoints",
                         json={**BODY, "url": f"http://127.0.0.1:9/hooks/{n}"},
-                        headers=auth(key, **{"Idempotency-Key": f"admit-{n}"}),
+                        headers=auth(keys[n % 4], **{"Idempotency-Key": f"admit-{n}"}),
                     ).status_code
 
             with ThreadPoolExecutor(60) as pool:

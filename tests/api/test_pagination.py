@@ -14,6 +14,8 @@ from tests.api.conftest import auth
 @pytest.fixture
 def endpoints(db) -> dict[str, list[str]]:
     """25 endpoints for m_a (some sharing a created_at, to exercise the id tie-break), 3 for m_b.
+    m_a's are disabled as they are made (the list shows them all; a merchant may have only 16
+    enabled ones).
 
     Returns the expected newest-first id order per merchant.
     """
@@ -23,6 +25,7 @@ def endpoints(db) -> dict[str, list[str]]:
         for i in range(25):
             created = base + timedelta(seconds=i // 3)  # groups of 3 share a timestamp
             e, _ = webhooks.create_endpoint(s, "m_a", "http://127.0.0.1/a", ["*"], now=created)
+            webhooks.disable_endpoint(s, e.id, merchant_id="m_a", now=created)
             made["m_a"].append((e.created_at, e.id))
         for i in range(3):
             e, _ = webhooks.create_endpoint(

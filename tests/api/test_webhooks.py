@@ -202,6 +202,59 @@ class TestEndpointsApi:
         r = client.get("/v1/webhook_endpoints", headers=auth(new_key("support", "m_1")))
         assert r.status_code == 403
 
+    def test_a_merchant_has_at_most_16_enabled_endpoints(self, client, db, new_key):
+        key = new_key()
+        body = {"url": "http://127.0.0.1:9/h", "enabled_events": ["*"]}
+        made = []
+        for _ in range(webhooks.MAX_ENABLED_ENDPOINTS):
+            r = client.post("/v1/webhook_endpoints", json=body, headers=auth(key))
+            assert r.status_code == 200, r.text
+            made.append(r.json()["id"])
+        refused = client.post("/v1/webhook_endpoints", json=body, headers=auth(key))
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "webhook_endpoint_limit"
+        assert _endpoint_count(db, "m_1") == webhooks.MAX_ENABLED_ENDPOINTS  # nothing written
+        m_2 = auth(new_key(merchant_id="m_2"))
+        other = client.post("/v1/webhook_endpoints", json=body, headers=m_2)
+        assert other.status_code == 200, other.text  # the limit is per merchant
+        gone = client.delete(f"/v1/webhook_endpoints/{made[0]}", headers=auth(key))
+        assert gone.status_code == 200
+        again = client.post("/v1/webhook_endpoints", json=body, headers=auth(key))
+        assert again.status_code == 200, again.text  # disabled ones do not count
+
+    def test_registrations_at_once_never_pass_the_limit(self, db):
+        sessions = session_factory(db)
+        with session_scope(sessions) as s:
+            for _ in range(webhooks.MAX_ENABLED_ENDPOINTS - 2):
+                webhooks.create_endpoint(s, "m_1", "http://127.0.0.1:9/h", ["*"])
+        start = threading.Barrier(6)
+        outcomes: list[str] = []
+
+        def register() -> None:
+            start.wait(timeout=10)
+            try:
+                with session_scope(sessions) as s:
+                    webhooks.create_endpoint(s, "m_1", "http://127.0.0.1:9/h", ["*"])
+                outcomes.append("made")
+            except InvalidRequest as exc:
+                outcomes.append(exc.code)
+
+        threads = [threading.Thread(target=register) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(outcomes) == ["made"] * 2 + ["webhook_endpoint_limit"] * 4
+        assert _endpoint_count(db, "m_1") == webhooks.MAX_ENABLED_ENDPOINTS
+
+
+def _endpoint_count(db, merchant_id: str) -> int:
+    with db.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT count(*) FROM api_webhook_endpoints WHERE merchant_id = :m"),
+            {"m": merchant_id},
+        ).scalar_one()
+
 
 class TestOutbox:
     def test_enqueue_is_part_of_the_callers_transaction(self, db):
