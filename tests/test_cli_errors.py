@@ -109,6 +109,15 @@ CASES = {
     "wallet_unreachable_rpc": Case(
         ("wallet", "balance", DEAD, "--rpc-url", UNREACHABLE), says="unreachable"
     ),
+    "worker_lease_too_short": Case(
+        ("worker", "--once", "--lease-seconds", "30"), code=2, says="must be 0 or 90 to 86400 s"
+    ),
+    "worker_lease_not_a_number": Case(
+        ("worker", "--once"),
+        {"FOLLOWPAY_WORKER_LEASE_SECONDS": "nan"},
+        code=2,
+        says="must be 0 or 90 to 86400 s",
+    ),
     "rpc_key_hidden": Case(
         ("indexer", "--once"),
         {"FOLLOWPAY_CHAIN": "rpc", "FOLLOWPAY_RPC_URL": KEYED_RPC},

@@ -127,12 +127,14 @@ def worker(
         typer.Option(help="name in claims and logs; unique per process when not given"),
     ] = None,
     lease_seconds: Annotated[
-        float,
+        float | None,
         typer.Option(
             envvar="FOLLOWPAY_WORKER_LEASE_SECONDS",
-            help="claims older than this from a dead worker are recovered (never resent)",
+            help="claims older than this from a dead worker are recovered (never resent); "
+            "default 120, at least 90, or 0 once every other worker is stopped",
+            show_default=False,
         ),
-    ] = 300.0,
+    ] = None,
     webhooks: Annotated[
         bool, typer.Option(help="also deliver the merchants' webhook events (signed, retried)")
     ] = True,
@@ -146,10 +148,12 @@ def worker(
         PhoneChannel,
         WebhookChannel,
     )
-    from api.dispatch.worker import Channel, Worker
+    from api.dispatch.worker import MIN_LEASE, Channel, Worker
     from api.runtime import freeze_startup_heap, stop_on_signals
     from api.webhooks import TargetPolicy, deliver_due, run_delivery_worker
+    from crm.followups.dispatch import DEFAULT_LEASE
 
+    lease = DEFAULT_LEASE if lease_seconds is None else _lease(lease_seconds, MIN_LEASE)
     runtime = _runtime()
     links = Links(runtime.settings.public_base_url)
     targets = TargetPolicy(allow_private=runtime.settings.webhook_allow_private_targets)
@@ -166,7 +170,7 @@ def worker(
         channels,
         runtime.clock,
         worker_id=worker_id,
-        lease=timedelta(seconds=lease_seconds),
+        lease=lease,
     )
     sessions = session_factory(runtime.engine)
     if once:
@@ -203,6 +207,21 @@ def worker(
         for thread in threads:
             thread.join(timeout=20)  # a delivery in flight finishes (15 s deadline an attempt)
     runtime.close()
+
+
+def _lease(seconds: float, shortest: timedelta) -> timedelta:
+    """``--lease-seconds``: 0 (recover every claim now, every other worker stopped) or at least
+    ``shortest`` (a live worker's attempt must fit in it)."""
+    if seconds == 0:
+        return timedelta(0)
+    if not shortest.total_seconds() <= seconds <= 86_400:  # also refuses nan and inf
+        raise typer.BadParameter(
+            f"must be 0 or {shortest.total_seconds():g} to 86400 s: a live worker's attempt "
+            f"takes up to {shortest.total_seconds():g} s; 0 recovers every claim at once "
+            "(only with every other worker stopped)",
+            param_hint="--lease-seconds",
+        )
+    return timedelta(seconds=seconds)
 
 
 #: The API's limits on invoice metadata (``InvoiceCreateBody.metadata``), applied before anything

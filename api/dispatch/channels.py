@@ -7,11 +7,16 @@ and either delivers it or raises :class:`DeliveryError`; the worker records the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.policy
 import logging
 import re
 import smtplib
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CONTROL_CHARACTERS",
+    "EMAIL_ATTEMPT_TIMEOUT",
     "FOLLOWUP_EVENT",
     "DeliveryError",
     "DeliveryRefused",
@@ -129,21 +135,32 @@ _MAX_HEADER_LINE = 998
 _ADDR_SPEC = re.compile(r"[^\s<>()\[\],;:\\\"@\x00-\x1f\x7f]+@[^\s<>()\[\],;:\\\"@\x00-\x1f\x7f]+")
 
 
+#: Seconds one e-mail attempt may take in all, connection to QUIT (each socket operation also
+#: has the channel's ``timeout``): the follow-up worker's lease must outlast an attempt.
+EMAIL_ATTEMPT_TIMEOUT = 30.0
+
+
 class EmailChannel:
+    """Submits each follow-up to one SMTP server (the merchant's relay). An attempt is cut at
+    ``deadline`` seconds whatever the server does (a watchdog shuts the socket down; a server
+    trickling its replies would never trip the per-operation ``timeout``): before ``DATA``
+    that delivered nothing, during it the message may have arrived."""
+
     name = "email"
 
     def __init__(
-        self, host: str, port: int, sender: str, links: Links, timeout: float = 10
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        links: Links,
+        timeout: float = 10,
+        deadline: float = EMAIL_ATTEMPT_TIMEOUT,
     ) -> None:
         if not _ADDR_SPEC.fullmatch(sender):
             raise ValueError("the sender must be a bare address (local@domain), no name or spaces")
-        self.host, self.port, self.sender, self.links, self.timeout = (
-            host,
-            port,
-            sender,
-            links,
-            timeout,
-        )
+        self.host, self.port, self.sender, self.links = host, port, sender, links
+        self.timeout, self.deadline = timeout, deadline
 
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         if not instruction.address:
@@ -153,13 +170,24 @@ class EmailChannel:
             data = self._message(instruction, to, international)
         except (ValueError, TypeError, LookupError) as exc:  # UnicodeError is a ValueError
             raise DeliveryRefused(f"email: message not built ({type(exc).__name__})") from None
+        started = time.monotonic()
         try:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            smtp = smtplib.SMTP(self.host, self.port, timeout=min(self.timeout, self.deadline))
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"smtp: {type(exc).__name__}") from None
+        cut = threading.Event()
+        left = self.deadline - (time.monotonic() - started)
+        watchdog = threading.Timer(left, _cut, (smtp, cut))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             self._transfer(smtp, instruction.address, data, international)
+        except DeliveryError as exc:
+            if cut.is_set():  # the same kind: before DATA nothing arrived, during it maybe
+                raise type(exc)(f"smtp: attempt cut at {self.deadline:g} s") from None
+            raise
         finally:
+            watchdog.cancel()
             try:  # the message is the server's now: a failing QUIT changes nothing
                 smtp.quit()
             except (OSError, smtplib.SMTPException):
@@ -204,6 +232,16 @@ class EmailChannel:
             raise DeliveryUncertain(f"smtp: {type(exc).__name__} during DATA") from None
 
 
+def _cut(smtp: smtplib.SMTP, cut: threading.Event) -> None:
+    """End a conversation past its deadline: the blocked read or write fails (``shutdown``
+    wakes it; ``close`` from another thread would not)."""
+    cut.set()
+    sock = smtp.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 #: httpx errors raised before a request left the process (no connection, or refused locally).
 _NOT_SENT = (
     httpx.ConnectError,
@@ -233,6 +271,7 @@ class WebhookChannel:
 
     POSTs go through the merchant webhooks' guarded client (``targets``: public addresses only
     unless the policy allows private ones, checked at connect time), one bounded attempt each,
+    all at once (a follow-up's attempt takes one POST's deadline, whatever the endpoint count),
     and failures are logged as the webhook log's fixed phrases, never the exception's text.
     """
 
@@ -263,13 +302,13 @@ class WebhookChannel:
         event_id = f"evt_followup_{instruction.followup_id}"
         body = webhooks.event_body(event_id, FOLLOWUP_EVENT, self._object(instruction, to), to.now)
         failures: list[DeliveryError] = []
-        for target in targets:
-            try:
-                self._post(target, body, event_id, to.now)
-            except DeliveryError as exc:
-                failures.append(exc)
+        for target, failure in zip(
+            targets, self._post_all(targets, body, event_id, to.now), strict=True
+        ):
+            if failure is not None:
+                failures.append(failure)
                 log.warning(
-                    "follow-up %s to %s: %s", instruction.followup_id, target.endpoint_id, exc
+                    "follow-up %s to %s: %s", instruction.followup_id, target.endpoint_id, failure
                 )
         if len(failures) == len(targets):
             uncertain = [f for f in failures if isinstance(f, DeliveryUncertain)]
@@ -290,6 +329,26 @@ class WebhookChannel:
             "withdraw_link": self.links.withdraw(instruction.token),
             "links_expire_at": int(instruction.token_expires_at.timestamp()),
         }
+
+    def _post_all(
+        self, targets: list[webhooks.SigningTarget], body: str, event_id: str, now: datetime
+    ) -> list[DeliveryError | None]:
+        """POST to every target at once, so an attempt takes one POST's deadline however many
+        endpoints the merchant has (at most :data:`~api.webhooks.MAX_ENABLED_ENDPOINTS`): the
+        worker's lease must outlast it. Each target's failure, or ``None``, in target order."""
+
+        def attempt(target: webhooks.SigningTarget) -> DeliveryError | None:
+            try:
+                self._post(target, body, event_id, now)
+            except DeliveryError as exc:
+                return exc
+            return None
+
+        if len(targets) == 1:
+            return [attempt(targets[0])]
+        threads = min(len(targets), webhooks.MAX_ENABLED_ENDPOINTS)  # more: registered before it
+        with ThreadPoolExecutor(threads, thread_name_prefix="followup-post") as pool:
+            return list(pool.map(attempt, targets))
 
     def _post(
         self, target: webhooks.SigningTarget, body: str, event_id: str, now: datetime

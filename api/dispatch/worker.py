@@ -5,11 +5,15 @@ sent (exactly once). E-mail and webhooks leave the process: the claim and the se
 commit first, the delivery happens, then ``sent`` commits. Several workers may run against
 PostgreSQL (``FOR UPDATE SKIP LOCKED`` in the claim) without sending anything twice.
 
-A claim is a lease (``lease``, default 5 minutes; it must exceed the slowest channel's
-timeout): ``prepare_send`` renews it just before a message leaves, and every
-:meth:`Worker.run_once` first recovers claims of dead workers whose lease ran out
-(:func:`crm.followups.dispatch.recover_stale`): never prepared → rescheduled, prepared →
-``failed``/``interrupted``, never resent. Delivery is therefore at most once; see
+A claim is a lease (``lease``, default 2 minutes): ``prepare_send`` renews it just before a
+message leaves, and every :meth:`Worker.run_once` first recovers claims of dead workers whose
+lease ran out (:func:`crm.followups.dispatch.recover_stale`): never prepared → rescheduled,
+prepared → ``failed``/``interrupted``, never resent. A live worker's attempt must fit in the
+lease, or it would be recovered as interrupted while it delivers: from the renewal, the
+prepare's commit may wait for locks (SQLite's busy timeout, 30 s; a later commit is not sent
+this round, see :data:`PREPARE_SLACK`), the delivery is cut at 30 s
+(:data:`~api.dispatch.channels.EMAIL_ATTEMPT_TIMEOUT`; webhooks 15 s, every endpoint at once)
+and recording it may wait 30 s more: :data:`MIN_LEASE`. Delivery is therefore at most once; see
 docs/operations.md. A worker told to stop (SIGINT/SIGTERM set ``stop``) finishes the delivery
 in hand and hands the rest of its batch back at once (:func:`followups_dispatch.release_claims`).
 
@@ -36,7 +40,13 @@ import sqlalchemy.exc
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from api.dispatch.channels import DeliveryError, DeliveryRefused, DeliveryUncertain, Recipient
+from api.dispatch.channels import (
+    EMAIL_ATTEMPT_TIMEOUT,
+    DeliveryError,
+    DeliveryRefused,
+    DeliveryUncertain,
+    Recipient,
+)
 from api.retry import until_stopped
 from crm import KeyRing
 from crm.clock import Clock
@@ -48,13 +58,19 @@ from crm.followups.dispatch import SendInstruction
 from crm.merchants import service as merchants
 from crm.tickets import service as tickets
 
-__all__ = ["Channel", "Worker", "WorkerResult", "default_worker_id"]
+__all__ = ["MIN_LEASE", "PREPARE_SLACK", "Channel", "Worker", "WorkerResult", "default_worker_id"]
 
 log = logging.getLogger(__name__)
 _IN_TRANSACTION = frozenset({"in_app", "phone"})
 #: The database itself failing: the batch's concern (retried by :meth:`Worker.run`), not one
 #: follow-up's.
 _DATABASE_AWAY = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+#: A message leaves at most this long after its claim's renewal; a prepare that took longer to
+#: commit is not sent (retried, nothing delivered).
+PREPARE_SLACK = timedelta(seconds=30)
+#: The shortest lease that outlasts an attempt: the slack, the longest channel deadline, and
+#: the wait for the lock that records the outcome.
+MIN_LEASE = PREPARE_SLACK + timedelta(seconds=EMAIL_ATTEMPT_TIMEOUT) + timedelta(seconds=30)
 
 
 class Channel(Protocol):
@@ -159,6 +175,15 @@ class Worker:
                     return self._failed(session, followup_id, instruction.channel, exc, sent=False)
                 followups_dispatch.mark_sent(session, followup_id, now, worker_id=self.worker_id)
                 return f"sent:{instruction.channel}"
+        if self.clock.now() - now > PREPARE_SLACK:  # the renewal is too old to cover a send
+            with Session(self.engine) as session, session.begin():
+                return self._failed(
+                    session,
+                    followup_id,
+                    instruction.channel,
+                    DeliveryError("not sent: the claim's renewal took too long to commit"),
+                    sent=False,
+                )
         try:
             channel.send(None, instruction, to)
         except Exception as exc:  # one follow-up's failure, not the worker's

@@ -46,8 +46,10 @@ __all__ = [
 ]
 
 MAX_ATTEMPTS = 5  # the default retry policy's attempts (see RETRY_POLICIES)
-#: How long a claim stays a worker's without renewal; must exceed the slowest channel's timeout.
-DEFAULT_LEASE = timedelta(minutes=5)
+#: How long a claim stays a worker's without renewal. The worker's attempt must fit in it: the
+#: wait for the prepare's locks, the delivery, the wait to record it (see
+#: :mod:`api.dispatch.worker`, which bounds each to 30 s; 30 s spare).
+DEFAULT_LEASE = timedelta(minutes=2)
 INTERRUPTED = "interrupted"
 RELEASED = "released"  # handed back unsent by a stopping worker
 UNCERTAIN = "delivery_uncertain"  # the channel may have delivered it: never resent

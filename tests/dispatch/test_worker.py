@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -77,9 +78,24 @@ class Receiver(BaseHTTPRequestHandler):
     received: list = []
     fail_next = 0
     hang_up_next = 0
+    fail_paths: frozenset = frozenset()  # answered 503
+    #: Requests to these paths answer only once all of them are in flight at once (503 if the
+    #: barrier breaks: the sender posted one after the other).
+    together: tuple[frozenset, threading.Barrier] | None = None
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.together and self.path in Receiver.together[0]:
+            try:
+                Receiver.together[1].wait(timeout=5)
+            except threading.BrokenBarrierError:
+                self.send_response(503)
+                self.end_headers()
+                return
+        if self.path in Receiver.fail_paths:
+            self.send_response(503)
+            self.end_headers()
+            return
         if Receiver.hang_up_next:  # acts on the request, dies before answering
             Receiver.hang_up_next -= 1
             Receiver.received.append((dict(self.headers) | {"Path": self.path}, body))
@@ -100,6 +116,7 @@ class Receiver(BaseHTTPRequestHandler):
 @pytest.fixture
 def receiver():
     Receiver.received, Receiver.fail_next, Receiver.hang_up_next = [], 0, 0
+    Receiver.fail_paths, Receiver.together = frozenset(), None
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -355,6 +372,62 @@ class TestEmailAtMostOnce:
         assert recovered == {"rescheduled": [claimed], "interrupted": []}
 
 
+class _Slow:
+    """Answers RCPT (``at="rcpt"``) or the end of DATA (``at="data"``, the message already
+    taken) only after ``delay`` seconds, without a byte before: the per-operation timeout
+    alone would wait for it."""
+
+    def __init__(self, at: str, delay: float = 2.0) -> None:
+        self.messages: list = []
+        self.at, self.delay = at, delay
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.at == "rcpt":
+            await asyncio.sleep(self.delay)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(message_from_bytes(envelope.content))
+        if self.at == "data":
+            await asyncio.sleep(self.delay)
+        return "250 OK"
+
+
+class TestEmailDeadline:
+    """An attempt ends at the channel's deadline whatever the server does, so the worker's
+    lease outlasts it (the per-operation timeout here is 10 s, the deadline 0.3 s)."""
+
+    @pytest.mark.parametrize(
+        ("at", "outcome", "state", "said"),
+        [
+            ("rcpt", "retry", ("scheduled", "email", None), ("scheduled", "retry")),
+            (
+                "data",
+                "uncertain",
+                ("failed", "email", "delivery_uncertain"),
+                ("failed", "delivery_uncertain"),
+            ),
+        ],
+    )
+    def test_a_server_too_slow_is_cut_off(self, engine, clock, at, outcome, state, said):
+        handler = _Slow(at)
+        controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+        controller.start()
+        try:
+            shop_with(engine, clock, channel="email")
+            email = EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS, deadline=0.3)
+            result = Worker(engine, KEYRING, {"email": email}, clock).run_once()
+        finally:
+            controller.stop()
+        assert result.outcomes == {outcome: 1}
+        assert len(handler.messages) == (1 if at == "data" else 0)
+        assert states(engine) == [state]
+        to_state, reason, detail = followup_events(engine)[-1]
+        assert (to_state, reason) == said
+        assert detail == "smtp: attempt cut at 0.3 s"
+
+
 class TestWorkerLoop:
     def test_a_database_that_is_away_for_a_batch_is_waited_for(self, engine, clock, caplog):
         shop_with(engine, clock, channel="in_app")
@@ -440,10 +513,11 @@ class TestWebhook:
 
         result = Worker(engine, KEYRING, webhook_channels(engine), clock).run_once()
         assert result.outcomes["sent:webhook"] == 1
-        assert [h["Path"] for h, _ in handler.received] == ["/hooks/a", "/hooks/b"]
+        received = sorted(handler.received, key=lambda r: r[0]["Path"])  # posted at once
+        assert [h["Path"] for h, _ in received] == ["/hooks/a", "/hooks/b"]
         objects = [
             delivered_object(engine, clock, h, b, secret)
-            for (h, b), secret in zip(handler.received, [explicit, wildcard], strict=True)
+            for (h, b), secret in zip(received, [explicit, wildcard], strict=True)
         ]
         assert objects[0] == objects[1]
         (data,) = objects[:1]
@@ -507,7 +581,7 @@ class TestWebhook:
         self, engine, clock, receiver
     ):
         url, handler = receiver
-        handler.fail_next = 1  # the first endpoint refuses, the second takes it
+        handler.fail_paths = frozenset({"/hooks/a"})  # one endpoint refuses, the other takes it
         shop_id, _ = shop_with(engine, clock, channel="webhook")
         endpoint(engine, shop_id, url + "/a", ["*"])
         endpoint(engine, shop_id, url + "/b", ["*"])
@@ -516,6 +590,20 @@ class TestWebhook:
         clock.advance(timedelta(days=1))
         assert Worker(engine, KEYRING, channels, clock).run_once().claimed == 0
         assert [h["Path"] for h, _ in handler.received] == ["/hooks/b"]
+
+    def test_every_endpoint_is_posted_at_once(self, engine, clock, receiver):
+        """An attempt takes one POST's deadline whatever the endpoint count (the worker's lease
+        must outlast it): the receiver answers only when all three requests are in flight."""
+        url, handler = receiver
+        paths = frozenset({"/hooks/a", "/hooks/b", "/hooks/c"})
+        handler.together = (paths, threading.Barrier(len(paths)))
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        for path in sorted(paths):
+            endpoint(engine, shop_id, url + path.removeprefix("/hooks"), ["*"])
+        result = Worker(engine, KEYRING, webhook_channels(engine), clock).run_once()
+        assert result.outcomes == {"sent:webhook": 1}
+        assert {h["Path"] for h, _ in handler.received} == paths
+        assert len(handler.received) == len(paths)
 
     def test_a_receiver_that_hangs_up_after_reading_is_never_called_again(
         self, engine, clock, receiver

@@ -21,9 +21,10 @@ from api.dispatch.channels import (
     PhoneChannel,
 )
 from api.dispatch.models import InAppMessage, PhoneTask
-from api.dispatch.worker import Worker
+from api.dispatch.worker import PREPARE_SLACK, Worker
 from crm import FrozenClock, make_engine
 from crm.feedback.models import Feedback
+from crm.followups import dispatch as followups_dispatch
 from crm.followups.models import FollowUp, FollowUpEvent
 from tests.dispatch.test_worker import (  # noqa: F401 - smtp: the fixture
     KEYRING,
@@ -189,3 +190,32 @@ def test_a_message_that_cannot_be_built_fails_at_once(engine, clock):
     clock.advance(timedelta(days=2))
     assert Worker(engine, KEYRING, {"email": channel}, clock).run_once().claimed == 0
     assert channel.calls == 1
+
+
+def test_a_prepare_that_commits_too_late_is_not_sent(engine, clock, smtp, monkeypatch):  # noqa: F811
+    """The lease is counted from the renewal's clock, read before the prepare waited for its
+    locks. A prepare that committed more than PREPARE_SLACK later leaves too little of the
+    lease for a delivery: nothing is sent, its link is revoked, and it is retried; the next
+    follow-up of the batch goes out as usual."""
+    controller, sink = smtp
+    first, second = due(engine, clock, "email", 2)
+    real = followups_dispatch.prepare_send
+
+    def slow_for_the_first(session, followup_id, now, keyring, **kwargs):
+        made = real(session, followup_id, now, keyring, **kwargs)
+        if followup_id == first:
+            clock.advance(PREPARE_SLACK + timedelta(seconds=1))
+        return made
+
+    monkeypatch.setattr(followups_dispatch, "prepare_send", slow_for_the_first)
+    email = EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)
+    result = Worker(engine, KEYRING, {"email": email}, clock).run_once()
+    assert result.outcomes == {"retry": 1, "sent:email": 1}
+    assert [m["To"] for m in sink.messages] == ["c1@example.com"]
+    assert state(engine, first) == (
+        "scheduled",
+        None,
+        "not sent: the claim's renewal took too long to commit",
+    )
+    assert not live_token(engine, first)
+    assert state(engine, second)[0] == "sent"
