@@ -414,7 +414,9 @@ class TestLostReplies(ChainSuite):
         assert self.statuses(s, nonce) == ["signed"]  # still live, nonce not given back
         s.rebroadcast(lost.sent)  # same bytes: "already known" or already mined, never twice
         assert s.wait(lost.sent, timeout=10).status == 1
-        assert s.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
+        after = s.send(DEAD, b"", 1, gas=21_000)
+        assert after.nonce == nonce + 1
+        assert s.wait(after, timeout=10).status == 1  # anvil mines after it answers the send
         assert chain.w3.eth.get_balance(DEAD) - before == 1_001
 
     def test_an_error_answer_that_is_not_a_refusal_keeps_the_nonce(
