@@ -7,7 +7,8 @@ invoice's confirmation depth and schedules their follow-ups, (4) advances the ch
 A crash anywhere loses the whole step or nothing; a replayed step changes nothing because
 payments are unique on (chain, tx hash, log index). Reorg detection compares the hashes of
 processed blocks (every block that carried one of our logs, plus each range end) with the
-chain's: the highest block whose hash still matches is the fork point.
+chain's: the highest block whose hash still matches is the fork point
+(:mod:`api.settlement.reorg`).
 
 The router's log format is in :mod:`api.settlement.router_logs`, a step's accumulators in
 :mod:`api.settlement.step_state`, the evidence events carry in
@@ -40,18 +41,17 @@ from api.settlement.chain_evidence import (
     payment_ref,
     refund_evidence,
 )
-from api.settlement.errors import ReorgTooDeepError
 from api.settlement.events import InvoiceEvents
 from api.settlement.invoices import expire_due
 from api.settlement.models import (
     REOPENABLE_STATES,
-    Invoice,
     InvoiceState,
     InvoiceStatus,
     Payment,
     PaymentState,
 )
-from api.settlement.refund_status import refunded_figure, set_refund_status
+from api.settlement.refund_status import set_refund_status
+from api.settlement.reorg import find_fork, roll_back
 from api.settlement.repository import InvoiceRow
 from api.settlement.router_logs import (
     PAY_SELECTORS,
@@ -66,7 +66,7 @@ from crm.errors import CRMError
 from crm.followups import service as followups
 from wallet.addresses import ZERO_ADDRESS
 from wallet.chain import Chain
-from wallet.errors import ChainError, UnsupportedOperationError
+from wallet.errors import UnsupportedOperationError
 
 __all__ = ["Indexer"]
 
@@ -103,22 +103,12 @@ class Indexer:
         self.reorg_window = reorg_window
         self._symbols: dict[str, str] = {}
 
-    # -- chain reads (the only place the indexer talks to the node) ---------------------------
-
-    def _head(self) -> int:
-        return self.chain.head()
+    # -- chain reads (with :mod:`api.settlement.reorg`'s, all the indexer asks the node) --------
 
     def _block(self, number: int) -> tuple[str, int]:
         """``(hash, timestamp)``; a block the node no longer has (a reorg below our stored
         height) reads as an empty hash, which matches nothing stored."""
         return self.chain.block_header(number) or ("", 0)
-
-    def _canonical_hash(self, number: int, head: int) -> str:
-        """Block ``number``'s hash on the node's chain (``number`` at or below ``head``)."""
-        header = self.chain.block_header(number)
-        if header is None:
-            raise _missing_block(number, head)
-        return header[0]
 
     def _logs(self, start: int, end: int) -> tuple[list[RouterLog], str]:
         """The range's router logs and the hash of its last block, in one round trip."""
@@ -151,11 +141,17 @@ class Indexer:
         with Session(self.engine) as session, session.begin():
             now = self.clock.now()
             cursor_id, last = repo.cursor(session, chain_id, self.router, self.start_block, now)
-            head, fork = self._head_and_fork(session, cursor_id)
+            head, fork = find_fork(
+                self.chain,
+                session,
+                cursor_id,
+                start_block=self.start_block,
+                window=self.reorg_window,
+            )
             events = InvoiceEvents(session)
             result = PollResult(head=head, from_block=last + 1, to_block=last)
             if fork is not None:
-                self._rollback(session, cursor_id, fork, events)
+                roll_back(session, chain_id, cursor_id, fork, events, self.clock)
                 last = fork
                 result.reorged_to = fork
                 result.from_block = fork + 1
@@ -187,111 +183,6 @@ class Indexer:
             if result.caught_up:  # behind, an invoice's payment may be in the blocks ahead
                 expire_due(session, self.clock)  # late payments still settle, as paid_late
         return result
-
-    def _head_and_fork(self, session: Session, cursor_id: int) -> tuple[int, int | None]:
-        """The head and, after a reorg, the fork point: one round trip in the usual case (the
-        head and the hashes of the two highest stored blocks, which still match)."""
-        tops = repo.top_blocks(session, cursor_id)
-        if not tops:
-            return self._head(), None
-        head, hashes = self.chain.head_and_block_hashes([number for number, _ in tops])
-        for (number, _), block_hash in zip(tops, hashes, strict=True):
-            if number <= head and block_hash is None:
-                raise _missing_block(number, head)
-        if all(n <= head and h == stored for (n, stored), h in zip(tops, hashes, strict=True)):
-            return head, None
-        return head, self._fork_point(session, cursor_id, head)
-
-    def _fork_point(self, session: Session, cursor_id: int, head: int) -> int | None:
-        """The highest stored block still on the chain below the lowest replaced one.
-
-        A matching block above a replaced one is possible: a range's logs and its end hash are
-        two calls, and a reorg between them stores the end block's new hash beside the logs'
-        orphaned blocks (why the fast path checks the two highest stored blocks). When every
-        stored block was replaced, the fork is below all of them: the indexer rewinds to the
-        window's floor (``reorg_window`` blocks under the head) and reads that range again;
-        a replaced block at or below the floor breaks the window's assumption and stops it."""
-        stored = repo.recent_blocks(session, cursor_id, self.reorg_window)
-        replaced = False
-        for block in stored:  # highest first
-            if block.number <= head and self._canonical_hash(block.number, head) == block.hash:
-                if replaced:
-                    return block.number
-            else:
-                replaced = True
-        if not replaced:
-            return None
-        floor = max(self.start_block - 1, head - self.reorg_window)
-        if stored[-1].number <= floor:
-            raise ReorgTooDeepError(
-                f"stored block #{stored[-1].number} is no longer on the chain: a reorg deeper "
-                f"than the {self.reorg_window}-block window (or another chain); stopping rather "
-                "than leave orphaned payments settled. Re-index from an earlier block into a "
-                "fresh database."
-            )
-        return floor
-
-    def _rollback(self, session: Session, cursor_id: int, fork: int, events: InvoiceEvents) -> None:
-        """Undo the logs above ``fork``: their payments and refunds are marked reorged (kept as
-        evidence), their invoices re-derived and locked (a staff mark waits, or is waited
-        for), the follow-ups of confirmed payments cancelled, and ``invoice.reorged`` queued
-        for each undone log of an invoice, so a merchant who acted on ``invoice.settled``
-        learns that it no longer holds."""
-        chain_id = self.chain.chain_id
-        now = self.clock.now()
-        invoices: dict[str, Invoice] = {}
-        undone: list[tuple[str, dict[str, Any]]] = []
-
-        def locked(invoice_id: str | None) -> Invoice | None:
-            if invoice_id is None:
-                return None
-            if invoice_id not in invoices:
-                invoice = repo.lock_invoice_by_id(session, invoice_id)
-                if invoice is None:
-                    return None
-                invoices[invoice_id] = invoice
-            return invoices[invoice_id]
-
-        for payment in repo.payments_after(session, chain_id, fork):
-            previous = payment.state
-            payment.state = PaymentState.REORGED
-            session.add(payment)
-            invoice = locked(payment.invoice_id)
-            if invoice is None:
-                continue
-            invoice.paid_amount -= payment.amount
-            if invoice.status != InvoiceStatus.MARKED:
-                invoice.state = (
-                    InvoiceState.NEW if now < invoice.expires_at else InvoiceState.EXPIRED
-                )
-                invoice.status = InvoiceStatus.NONE
-                invoice.settled_at = None
-            if previous == PaymentState.CONFIRMED:
-                followups.cancel_for_payment(
-                    session, invoice.merchant_id, payment_ref(payment), "chain_reorg", self.clock
-                )
-            undone.append((invoice.id, payment_evidence(payment) | {"kind": "payment"}))
-            log.warning("reorg: payment %s for invoice %s rolled back", payment.tx_hash, invoice.id)
-        for refund in repo.refunds_after(session, chain_id, fork):
-            refund.reorged = True
-            session.add(refund)
-            invoice = locked(refund.invoice_id)
-            if invoice is not None:
-                undone.append((invoice.id, refund_evidence(refund) | {"kind": "refund"}))
-        session.flush()  # the reorged flags, before each invoice's remaining logs are read
-        for invoice in invoices.values():
-            remaining = repo.refunds_for_invoice(session, invoice.id)
-            invoice.refunded_amount = min(invoice.paid_amount, refunded_figure(remaining))
-            late = any(
-                p.late and p.state == PaymentState.CONFIRMED
-                for p in repo.payments_for_invoice(session, invoice.id)
-            )
-            set_refund_status(invoice, late=late)
-            session.add(invoice)
-        repo.delete_blocks_after(session, cursor_id, fork)
-        session.flush()
-        for invoice_id, evidence in undone:
-            events.emit(invoices[invoice_id], "invoice.reorged", evidence)
 
     def _prefetch(
         self, session: Session, chain_id: int, entries: list[RouterLog], start: int, end: int
@@ -686,13 +577,6 @@ class Indexer:
             while not stop.wait(poll_interval):
                 if time.monotonic() >= due or retrying(self.chain.latest_block) != seen:
                     break
-
-
-def _missing_block(number: int, head: int) -> ChainError:
-    """A node that reports head #head but has no block #number below it answered from two
-    states (e.g. mid-reorg): a retry of the step reads it again, instead of taking the gap
-    for a replaced block and rolling settled payments back."""
-    return ChainError(f"node has no block #{number} below its head #{head}; retrying")
 
 
 def _depth(invoice: InvoiceRow | None) -> int:

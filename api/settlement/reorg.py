@@ -1,0 +1,162 @@
+"""Reorgs, for the indexer: find the fork point by block hash, undo what lay above it.
+
+The indexer stores the hash of every block that carried one of its logs, and of each range's
+end, for ``window`` blocks under the head (:func:`api.settlement.repository.save_blocks`). A
+step first compares the two highest stored hashes with the node's (one round trip); on a
+mismatch it walks the stored blocks down to the highest that still matches, and
+:func:`roll_back` undoes every payment and refund above it before the step reads that range
+again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlmodel import Session
+
+from api.settlement import repository as repo
+from api.settlement.chain_evidence import payment_evidence, payment_ref, refund_evidence
+from api.settlement.errors import ReorgTooDeepError
+from api.settlement.events import InvoiceEvents
+from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, PaymentState
+from api.settlement.refund_status import refunded_figure, set_refund_status
+from crm.clock import Clock
+from crm.followups import service as followups
+from wallet.chain import Chain
+from wallet.errors import ChainError
+
+__all__ = ["find_fork", "missing_block", "roll_back"]
+
+log = logging.getLogger("api.settlement.indexer")  # the indexer's log: operators filter on it
+
+
+def find_fork(
+    chain: Chain, session: Session, cursor_id: int, *, start_block: int, window: int
+) -> tuple[int, int | None]:
+    """The head and, after a reorg, the fork point: one round trip in the usual case (the
+    head and the hashes of the two highest stored blocks, which still match)."""
+    tops = repo.top_blocks(session, cursor_id)
+    if not tops:
+        return chain.head(), None
+    head, hashes = chain.head_and_block_hashes([number for number, _ in tops])
+    for (number, _), block_hash in zip(tops, hashes, strict=True):
+        if number <= head and block_hash is None:
+            raise missing_block(number, head)
+    if all(n <= head and h == stored for (n, stored), h in zip(tops, hashes, strict=True)):
+        return head, None
+    return head, _fork_point(chain, session, cursor_id, head, start_block, window)
+
+
+def _fork_point(
+    chain: Chain, session: Session, cursor_id: int, head: int, start_block: int, window: int
+) -> int | None:
+    """The highest stored block still on the chain below the lowest replaced one.
+
+    A matching block above a replaced one is possible: a range's logs and its end hash are
+    two calls, and a reorg between them stores the end block's new hash beside the logs'
+    orphaned blocks (why the fast path checks the two highest stored blocks). When every
+    stored block was replaced, the fork is below all of them: the indexer rewinds to the
+    window's floor (``window`` blocks under the head) and reads that range again;
+    a replaced block at or below the floor breaks the window's assumption and stops it."""
+    stored = repo.recent_blocks(session, cursor_id, window)
+    replaced = False
+    for block in stored:  # highest first
+        if block.number <= head and _canonical_hash(chain, block.number, head) == block.hash:
+            if replaced:
+                return block.number
+        else:
+            replaced = True
+    if not replaced:
+        return None
+    floor = max(start_block - 1, head - window)
+    if stored[-1].number <= floor:
+        raise ReorgTooDeepError(
+            f"stored block #{stored[-1].number} is no longer on the chain: a reorg deeper "
+            f"than the {window}-block window (or another chain); stopping rather "
+            "than leave orphaned payments settled. Re-index from an earlier block into a "
+            "fresh database."
+        )
+    return floor
+
+
+def roll_back(
+    session: Session,
+    chain_id: int,
+    cursor_id: int,
+    fork: int,
+    events: InvoiceEvents,
+    clock: Clock,
+) -> None:
+    """Undo the logs above ``fork``: their payments and refunds are marked reorged (kept as
+    evidence), their invoices re-derived and locked (a staff mark waits, or is waited
+    for), the follow-ups of confirmed payments cancelled, and ``invoice.reorged`` queued
+    for each undone log of an invoice, so a merchant who acted on ``invoice.settled``
+    learns that it no longer holds."""
+    now = clock.now()
+    invoices: dict[str, Invoice] = {}
+    undone: list[tuple[str, dict[str, Any]]] = []
+
+    def locked(invoice_id: str | None) -> Invoice | None:
+        if invoice_id is None:
+            return None
+        if invoice_id not in invoices:
+            invoice = repo.lock_invoice_by_id(session, invoice_id)
+            if invoice is None:
+                return None
+            invoices[invoice_id] = invoice
+        return invoices[invoice_id]
+
+    for payment in repo.payments_after(session, chain_id, fork):
+        previous = payment.state
+        payment.state = PaymentState.REORGED
+        session.add(payment)
+        invoice = locked(payment.invoice_id)
+        if invoice is None:
+            continue
+        invoice.paid_amount -= payment.amount
+        if invoice.status != InvoiceStatus.MARKED:
+            invoice.state = InvoiceState.NEW if now < invoice.expires_at else InvoiceState.EXPIRED
+            invoice.status = InvoiceStatus.NONE
+            invoice.settled_at = None
+        if previous == PaymentState.CONFIRMED:
+            followups.cancel_for_payment(
+                session, invoice.merchant_id, payment_ref(payment), "chain_reorg", clock
+            )
+        undone.append((invoice.id, payment_evidence(payment) | {"kind": "payment"}))
+        log.warning("reorg: payment %s for invoice %s rolled back", payment.tx_hash, invoice.id)
+    for refund in repo.refunds_after(session, chain_id, fork):
+        refund.reorged = True
+        session.add(refund)
+        invoice = locked(refund.invoice_id)
+        if invoice is not None:
+            undone.append((invoice.id, refund_evidence(refund) | {"kind": "refund"}))
+    session.flush()  # the reorged flags, before each invoice's remaining logs are read
+    for invoice in invoices.values():
+        remaining = repo.refunds_for_invoice(session, invoice.id)
+        invoice.refunded_amount = min(invoice.paid_amount, refunded_figure(remaining))
+        late = any(
+            p.late and p.state == PaymentState.CONFIRMED
+            for p in repo.payments_for_invoice(session, invoice.id)
+        )
+        set_refund_status(invoice, late=late)
+        session.add(invoice)
+    repo.delete_blocks_after(session, cursor_id, fork)
+    session.flush()
+    for invoice_id, evidence in undone:
+        events.emit(invoices[invoice_id], "invoice.reorged", evidence)
+
+
+def _canonical_hash(chain: Chain, number: int, head: int) -> str:
+    """Block ``number``'s hash on the node's chain (``number`` at or below ``head``)."""
+    header = chain.block_header(number)
+    if header is None:
+        raise missing_block(number, head)
+    return header[0]
+
+
+def missing_block(number: int, head: int) -> ChainError:
+    """A node that reports head #head but has no block #number below it answered from two
+    states (e.g. mid-reorg): a retry of the step reads it again, instead of taking the gap
+    for a replaced block and rolling settled payments back."""
+    return ChainError(f"node has no block #{number} below its head #{head}; retrying")
