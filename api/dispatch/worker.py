@@ -13,7 +13,8 @@ lease, or it would be recovered as interrupted while it delivers: from the renew
 prepare's commit may wait for locks (SQLite's busy timeout, 30 s; a later commit is not sent
 this round, see :data:`PREPARE_SLACK`), the delivery is cut at 30 s
 (:data:`~api.dispatch.channels.EMAIL_ATTEMPT_TIMEOUT`; webhooks 15 s, every endpoint at once)
-and recording it may wait 30 s more: :data:`MIN_LEASE`. Delivery is therefore at most once; see
+and recording it may wait 30 s more: :data:`MIN_LEASE`. Claims of the batch not reached yet
+are renewed every quarter lease, so a slow batch keeps them. Delivery is therefore at most once; see
 docs/operations.md. A worker told to stop (SIGINT/SIGTERM set ``stop``) finishes the delivery
 in hand and hands the rest of its batch back at once (:func:`followups_dispatch.release_claims`).
 
@@ -33,7 +34,7 @@ import traceback
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import sqlalchemy.exc
@@ -126,16 +127,27 @@ class Worker:
             if rows:
                 log.warning("recovered %d stale claim(s) as %s", len(rows), outcome)
         result = WorkerResult(claimed=len(ids), recovered=recovered)
+        renewed = now
         for position, followup_id in enumerate(ids):
             if stop is not None and stop.is_set():
                 self._release(ids[position:], result)
                 break
+            if self.lease > timedelta(0) and self.clock.now() - renewed > self.lease / 4:
+                renewed = self._renew(ids[position:])
             try:
                 result.outcomes[self._deliver(followup_id)] += 1
             except InvalidTransition as exc:  # e.g. claim_lost: the lease ran out meanwhile
                 log.warning("follow-up %s skipped: %s", followup_id, exc)
                 result.outcomes[f"skipped:{exc.code}"] += 1
         return result
+
+    def _renew(self, ids: list[int]) -> datetime:
+        """Renew the batch's claims not reached yet (a batch may outlast the lease); returns
+        the renewal's time."""
+        now = self.clock.now()
+        with Session(self.engine) as session, session.begin():
+            followups_dispatch.renew_claims(session, ids, now, worker_id=self.worker_id)
+        return now
 
     def _release(self, ids: list[int], result: WorkerResult) -> None:
         with Session(self.engine) as session, session.begin():

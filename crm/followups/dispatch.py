@@ -43,6 +43,7 @@ __all__ = [
     "prepare_send",
     "recover_stale",
     "release_claims",
+    "renew_claims",
 ]
 
 MAX_ATTEMPTS = 5  # the default retry policy's attempts (see RETRY_POLICIES)
@@ -297,6 +298,18 @@ def _prepared(session: Session, followup_id: int) -> bool:
     have left. Tokens of attempts that failed for sure are revoked by :func:`mark_failed`."""
     row = feedback_repo.get_by_followup(session, followup_id)
     return row is not None and row.token_hash is not None
+
+
+def renew_claims(
+    session: Session, followup_ids: list[int], now: datetime, *, worker_id: str
+) -> int:
+    """A worker still busy with its batch keeps the claims it has not reached yet. Without
+    this, a batch slower than the lease would have its tail recovered by another worker:
+    safe (this one then skips them as ``claim_lost``), but logged as a dead worker's. Returns
+    how many claims it still held; a claim another worker took is left alone."""
+    if not followup_ids:
+        return 0
+    return repo.renew_claims(session, followup_ids, worker_id[:64], now)
 
 
 def release_claims(

@@ -49,6 +49,7 @@ __all__ = [
     "lock_contacts",
     "merchants_with_policy",
     "purchase_reversed",
+    "renew_claims",
     "save",
     "save_policy",
     "stale_claims",
@@ -441,6 +442,22 @@ def claim_conditional(session: Session, now: datetime, limit: int, worker_id: st
         if getattr(result, "rowcount", 0) == 1 and followup_id is not None:
             claimed.append(int(followup_id))
     return claimed
+
+
+def renew_claims(session: Session, ids: Sequence[int], worker_id: str, now: datetime) -> int:
+    """Push the lease of ``worker_id``'s still-``queued`` claims among ``ids`` out to ``now``;
+    returns how many it still held."""
+    result = session.execute(
+        sa.update(FollowUp)
+        .where(
+            col(FollowUp.id).in_(list(ids)),
+            col(FollowUp.state) == "queued",
+            col(FollowUp.worker_id) == worker_id,
+        )
+        .values(queued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def stale_claims(session: Session, claimed_before: datetime, limit: int) -> Sequence[FollowUp]:

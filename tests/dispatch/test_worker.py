@@ -800,6 +800,40 @@ def three_due(engine, clock, time_zone="Europe/London"):
             )
 
 
+class TestSlowBatch:
+    def test_a_batch_slower_than_the_lease_keeps_the_claims_it_has_not_reached(
+        self, engine, clock, smtp
+    ):
+        """Each e-mail takes 50 s here (a 2-minute lease). Another worker that recovers stale
+        claims during the third finds none: the busy worker renewed the rest of its batch, so
+        its fourth is not taken over as a dead worker's, and all four are sent by it."""
+        controller, sink = smtp
+        for n in range(4):
+            shop_with(engine, clock, channel="email", email=f"c{n}@example.com")
+        email = EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)
+        recovered = []
+
+        class Slow:
+            name = "email"
+
+            def send(self, session, instruction, to):
+                clock.advance(timedelta(seconds=50))
+                if len(sink.messages) == 2:  # the third: 150 s after the claim
+                    with Session(engine) as other, other.begin():
+                        recovered.append(
+                            followups_dispatch.recover_stale(
+                                other, clock.now(), timedelta(minutes=2)
+                            )
+                        )
+                email.send(session, instruction, to)
+
+        worker = Worker(engine, KEYRING, {"email": Slow()}, clock, lease=timedelta(minutes=2))
+        result = worker.run_once()
+        assert recovered == [{"rescheduled": [], "interrupted": []}]
+        assert result.outcomes == {"sent:email": 4}
+        assert sorted(m["To"] for m in sink.messages) == [f"c{n}@example.com" for n in range(4)]
+
+
 class TestStopping:
     def test_a_stop_mid_batch_hands_back_the_claims_not_yet_started(self, engine, clock):
         three_due(engine, clock)

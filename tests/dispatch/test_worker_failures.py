@@ -219,3 +219,26 @@ def test_a_prepare_that_commits_too_late_is_not_sent(engine, clock, smtp, monkey
     )
     assert not live_token(engine, first)
     assert state(engine, second)[0] == "sent"
+
+
+def test_renewed_claims_outlive_their_first_lease_and_only_their_holder_renews(engine, clock):
+    ids = due(engine, clock, "email", 2)
+    lease = timedelta(minutes=2)
+    with Session(engine) as session, session.begin():
+        assert followups_dispatch.claim_due(session, clock.now(), 5, "w1") == ids
+    clock.advance(timedelta(seconds=100))
+    with Session(engine) as session, session.begin():
+        assert followups_dispatch.renew_claims(session, ids, clock.now(), worker_id="w2") == 0
+        assert followups_dispatch.renew_claims(session, ids, clock.now(), worker_id="w1") == 2
+    clock.advance(timedelta(seconds=100))  # 200 s after the claim, 100 s after the renewal
+    with Session(engine) as session, session.begin():
+        assert followups_dispatch.recover_stale(session, clock.now(), lease) == {
+            "rescheduled": [],
+            "interrupted": [],
+        }
+    clock.advance(timedelta(seconds=21))
+    with Session(engine) as session, session.begin():
+        assert followups_dispatch.recover_stale(session, clock.now(), lease) == {
+            "rescheduled": ids,
+            "interrupted": [],
+        }
