@@ -26,7 +26,7 @@ from crm.followups import service as followups
 from wallet.chain import Chain
 from wallet.errors import ChainError
 
-__all__ = ["find_fork", "missing_block", "roll_back"]
+__all__ = ["find_fork", "roll_back"]
 
 log = logging.getLogger("api.settlement.indexer")  # the indexer's log: operators filter on it
 
@@ -42,7 +42,7 @@ def find_fork(
     head, hashes = chain.head_and_block_hashes([number for number, _ in tops])
     for (number, _), block_hash in zip(tops, hashes, strict=True):
         if number <= head and block_hash is None:
-            raise missing_block(number, head)
+            raise _missing_block(number, head)
     if all(n <= head and h == stored for (n, stored), h in zip(tops, hashes, strict=True)):
         return head, None
     return head, _fork_point(chain, session, cursor_id, head, start_block, window)
@@ -151,11 +151,11 @@ def _canonical_hash(chain: Chain, number: int, head: int) -> str:
     """Block ``number``'s hash on the node's chain (``number`` at or below ``head``)."""
     header = chain.block_header(number)
     if header is None:
-        raise missing_block(number, head)
+        raise _missing_block(number, head)
     return header[0]
 
 
-def missing_block(number: int, head: int) -> ChainError:
+def _missing_block(number: int, head: int) -> ChainError:
     """A node that reports head #head but has no block #number below it answered from two
     states (e.g. mid-reorg): a retry of the step reads it again, instead of taking the gap
     for a replaced block and rolling settled payments back."""
