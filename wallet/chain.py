@@ -427,34 +427,18 @@ class Chain:
             for e in entries
         ]
 
-    def head_and_block_hashes(self, numbers: Sequence[int]) -> tuple[int, list[str | None]]:
-        """The head and the hashes of blocks ``numbers`` (None past the head), in one round
-        trip."""
+    def head_and_block_hashes(
+        self, numbers: Sequence[int]
+    ) -> tuple[tuple[int, str], list[str | None]]:
+        """The head block's ``(number, hash)`` and the hashes of blocks ``numbers`` (None
+        past the head), in one round trip."""
         if self._tester is not None:
             headers = [self.block_header(number) for number in numbers]
-            return self.head(), [header[0] if header else None for header in headers]
+            return self.latest_block(), [header[0] if header else None for header in headers]
         calls = [("eth_getBlockByNumber", [hex(number), False]) for number in numbers]
-        head, *blocks = self.batch([("eth_blockNumber", []), *calls])
-        return int(head, 16), [None if block is None else str(block["hash"]) for block in blocks]
-
-    def logs_and_block_hash(
-        self, address: str, from_block: int, to_block: int, topics: list[Any]
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """:meth:`raw_logs` of a range plus the hash of its last block, in one round trip."""
-        if self._tester is not None:
-            header = self.block_header(to_block)
-            logs = self.raw_logs(address, from_block, to_block, topics)
-            return logs, header[0] if header else None
-        params = {
-            "address": address,
-            "fromBlock": hex(from_block),
-            "toBlock": hex(to_block),
-            "topics": topics,
-        }
-        logs, block = self.batch(
-            [("eth_getLogs", [params]), ("eth_getBlockByNumber", [hex(to_block), False])]
-        )
-        return list(logs), None if block is None else str(block["hash"])
+        latest, *blocks = self.batch([("eth_getBlockByNumber", ["latest", False]), *calls])
+        head = (int(latest["number"], 16), str(latest["hash"]))
+        return head, [None if block is None else str(block["hash"]) for block in blocks]
 
     def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         """Several read-only JSON-RPC calls in one round trip (a batch) on node backends, one

@@ -110,12 +110,17 @@ class Indexer:
         height) reads as an empty hash, which matches nothing stored."""
         return self.chain.block_header(number) or ("", 0)
 
-    def _logs(self, start: int, end: int) -> tuple[list[RouterLog], str]:
-        """The range's router logs and the hash of its last block, in one round trip."""
+    def _logs(self, start: int, end: int, head: tuple[int, str]) -> tuple[list[RouterLog], str]:
+        """The range's router logs and the hash of its last block, read BEFORE the logs (the
+        head's, read at the step's start, when the range ends there): a reorg between the
+        two calls then leaves an end hash the next step finds replaced. Read after the logs,
+        the new chain's end hash would vouch for logs read from the old chain, and a payment
+        the new chain put in the range would be skipped for good."""
+        end_hash = head[1] if end == head[0] else self._block(end)[0]
         topics = [[SETTLED_TOPIC, REFUNDED_TOPIC]]
-        entries, end_hash = self.chain.logs_and_block_hash(self.router, start, end, topics)
+        entries = self.chain.raw_logs(self.router, start, end, topics)
         logs = [RouterLog.from_rpc(entry) for entry in entries if not entry.get("removed")]
-        return logs, end_hash or ""
+        return logs, end_hash
 
     def _symbol(self, token: str) -> str:
         """The token's ``symbol()`` for the CRM's purchase record, asked once per token. A
@@ -141,13 +146,14 @@ class Indexer:
         with Session(self.engine) as session, session.begin():
             now = self.clock.now()
             cursor_id, last = repo.cursor(session, chain_id, self.router, self.start_block, now)
-            head, fork = find_fork(
+            latest, fork = find_fork(
                 self.chain,
                 session,
                 cursor_id,
                 start_block=self.start_block,
                 window=self.reorg_window,
             )
+            head = latest[0]
             events = InvoiceEvents(session)
             result = PollResult(head=head, from_block=last + 1, to_block=last)
             if fork is not None:
@@ -157,7 +163,7 @@ class Indexer:
                 result.from_block = fork + 1
             start, end = last + 1, min(head, last + self.batch_blocks)
             if start <= end:
-                entries, end_hash = self._logs(start, end)
+                entries, end_hash = self._logs(start, end, latest)
                 batch = self._prefetch(session, chain_id, entries, start, end)
                 blocks: dict[int, str] = {}
                 for entry in entries:

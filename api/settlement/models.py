@@ -123,14 +123,31 @@ class Invoice(SQLModel, table=True):
     settled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+def _live_log_index(table: str, live: str) -> sa.Index:
+    """A log's key, unique among the rows still on chain (``live``): tx hash first, the
+    selective column (the block-range index leads with the chain)."""
+    return sa.Index(
+        f"uq_{table}_live_log",
+        "tx_hash",
+        "log_index",
+        "block_hash",
+        "chain_id",
+        unique=True,
+        sqlite_where=sa.text(live),
+        postgresql_where=sa.text(live),
+    )
+
+
 class Payment(SQLModel, table=True):
-    """One ``PaymentSettled`` log. Unique on (chain, tx, log index, block hash): re-applying the
-    same log is a no-op, while the same transaction re-mined in another block after a reorg is a
-    new row (the old one stays, marked ``reorged``, as evidence)."""
+    """One ``PaymentSettled`` log. Unique on (chain, tx, log index, block hash) among the rows
+    not ``reorged``: re-applying the same log is a no-op, while the same transaction re-mined
+    in another block after a reorg is a new row (the old one stays, marked ``reorged``, as
+    evidence). So is a log whose block comes back after its roll-back (a fork that flips
+    back, a node that briefly reported a lower head): the reorged row does not hide it."""
 
     __tablename__ = "api_payment"
     __table_args__ = (
-        sa.UniqueConstraint("chain_id", "tx_hash", "log_index", "block_hash"),
+        _live_log_index("api_payment", "state <> 'reorged'"),
         # every indexer step asks for the payments still waiting for depth: a handful, found
         # without reading the (ever-growing) confirmed ones
         sa.Index(
@@ -167,11 +184,12 @@ class Refund(SQLModel, table=True):
     """One ``PaymentRefunded`` log. The router takes the refund's token and bound from an intent
     the merchant re-signs, so a refund need not be in the invoice's token: only one that is
     (``credited``) counts toward the invoice's ``refunded_amount``; another is kept as evidence.
-    ``total_refunded`` is the event's running total for the invoice number (every token)."""
+    ``total_refunded`` is the event's running total for the invoice number (every token).
+    Unique like :class:`Payment`'s logs, among the rows not ``reorged``."""
 
     __tablename__ = "api_refund"
     __table_args__ = (
-        sa.UniqueConstraint("chain_id", "tx_hash", "log_index", "block_hash"),
+        _live_log_index("api_refund", "NOT reorged"),
         sa.Index("ix_api_refund_chain_block", "chain_id", "block_number"),
     )
 

@@ -33,19 +33,21 @@ log = logging.getLogger("api.settlement.indexer")  # the indexer's log: operator
 
 def find_fork(
     chain: Chain, session: Session, cursor_id: int, *, start_block: int, window: int
-) -> tuple[int, int | None]:
-    """The head and, after a reorg, the fork point: one round trip in the usual case (the
-    head and the hashes of the two highest stored blocks, which still match)."""
+) -> tuple[tuple[int, str], int | None]:
+    """The head block's ``(number, hash)`` and, after a reorg, the fork point: one round trip
+    in the usual case (the head and the hashes of the two highest stored blocks, which still
+    match)."""
     tops = repo.top_blocks(session, cursor_id)
     if not tops:
-        return chain.head(), None
-    head, hashes = chain.head_and_block_hashes([number for number, _ in tops])
+        return chain.latest_block(), None
+    latest, hashes = chain.head_and_block_hashes([number for number, _ in tops])
+    head = latest[0]
     for (number, _), block_hash in zip(tops, hashes, strict=True):
         if number <= head and block_hash is None:
             raise _missing_block(number, head)
     if all(n <= head and h == stored for (n, stored), h in zip(tops, hashes, strict=True)):
-        return head, None
-    return head, _fork_point(chain, session, cursor_id, head, start_block, window)
+        return latest, None
+    return latest, _fork_point(chain, session, cursor_id, head, start_block, window)
 
 
 def _fork_point(
@@ -53,9 +55,9 @@ def _fork_point(
 ) -> int | None:
     """The highest stored block still on the chain below the lowest replaced one.
 
-    A matching block above a replaced one is possible: a range's logs and its end hash are
-    two calls, and a reorg between them stores the end block's new hash beside the logs'
-    orphaned blocks (why the fast path checks the two highest stored blocks). When every
+    A matching block above a replaced one is possible: a node behind a load balancer can
+    answer a step's calls from two states (why the fast path checks the two highest stored
+    blocks, not only the top one). When every
     stored block was replaced, the fork is below all of them: the indexer rewinds to the
     window's floor (``window`` blocks under the head) and reads that range again;
     a replaced block at or below the floor breaks the window's assumption and stops it."""

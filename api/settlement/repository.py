@@ -90,7 +90,8 @@ def insert_payments(session: Session, chain_id: int, rows: list[dict[str, Any]])
     """Core executemany (a catch-up inserts thousands of rows); the new ids in ``rows`` order.
 
     No ``RETURNING``: SQLite cannot promise its order, so SQLAlchemy would insert row by row.
-    The ids are read back in one query by each row's unique (tx hash, log index, block hash).
+    The ids are read back in one query by each row's (tx hash, log index, block hash), unique
+    among the rows not reorged.
     """
     if not rows:
         return []
@@ -101,6 +102,7 @@ def insert_payments(session: Session, chain_id: int, rows: list[dict[str, Any]])
         table.c.chain_id == chain_id,
         table.c.block_number >= min(numbers),
         table.c.block_number <= max(numbers),
+        table.c.state != PaymentState.REORGED.value,
     )
     ids = {(t, int(i), b): int(row_id) for row_id, t, i, b in session.execute(stmt).all()}
     return [ids[(r["tx_hash"], int(r["log_index"]), r["block_hash"])] for r in rows]
@@ -200,16 +202,18 @@ _PRUNE = sa.delete(_BLOCKS).where(
 )
 
 
-def _keys_in_range(table: sa.Table) -> sa.Select[Any]:
+def _keys_in_range(table: sa.Table, live: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """The range's applied logs: a reorged row's key is not one (its log may come back)."""
     return sa.select(table.c.tx_hash, table.c.log_index, table.c.block_hash).where(
         table.c.chain_id == sa.bindparam("chain_id"),
         table.c.block_number >= sa.bindparam("from_block"),
         table.c.block_number <= sa.bindparam("to_block"),
+        live,
     )
 
 
-_PAYMENT_KEYS = _keys_in_range(_PAYMENTS)
-_REFUND_KEYS = _keys_in_range(_REFUNDS)
+_PAYMENT_KEYS = _keys_in_range(_PAYMENTS, _PAYMENTS.c.state != PaymentState.REORGED.value)
+_REFUND_KEYS = _keys_in_range(_REFUNDS, _REFUNDS.c.reorged.is_(False))
 _PENDING_IDS = sa.select(_PAYMENTS.c.id).where(
     _PAYMENTS.c.chain_id == sa.bindparam("chain_id"),
     _PAYMENTS.c.state == PaymentState.PENDING.value,

@@ -367,37 +367,91 @@ class IndexerBehaviour(MarketSuite):
         assert reload(engine, invoice.id).state == InvoiceState.NEW
         assert followups_of(engine, shop.merchant_id) == []
 
-    def test_a_reorg_between_reading_the_logs_and_the_range_end_is_caught_next_step(
+    def test_a_reorg_that_orphans_a_payment_just_read_is_caught_next_step(
         self, engine, market, clock, shop
     ):
-        """The logs and the range end's hash are two calls. A reorg between them stores the
-        new end hash beside the payment's orphaned block; checking only the top block missed
-        it and the invoice stayed settled for a payment no longer on chain."""
+        """A reorg right after a step read its logs: the payment settled from the old chain
+        is rolled back by the next step, which finds the range end's hash replaced."""
         invoice = new_invoice(engine, market, shop, clock)
         fork = market.chain.snapshot()
         pay(engine, market, invoice)
         market.chain.mine(2)
         indexer = indexer_for(engine, market, clock)
-        chain = market.chain
-        real_logs = chain.logs_and_block_hash
-
-        def racing(address, start, end, topics):
-            logs, _ = real_logs(address, start, end, topics)
-            chain.revert(fork)  # the reorg lands between the two calls
-            chain.mine(6)
-            header = chain.block_header(end)
-            return logs, header[0] if header else None
-
-        chain.logs_and_block_hash = racing  # type: ignore[method-assign]
-        try:
+        with _reorg_after_reading_logs(market.chain, fork, rebuild=lambda: market.chain.mine(6)):
             assert indexer.poll_once().settled == [invoice.id]
-        finally:
-            del chain.logs_and_block_hash
         result = indexer.poll_once()
         assert result.reorged_to is not None
         rolled = reload(engine, invoice.id)
         assert (rolled.state, rolled.paid_amount) == ("new", 0)
         assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["cancelled"]
+
+    def test_a_payment_a_reorg_brings_in_while_the_logs_are_read_is_settled_next_step(
+        self, engine, market, clock, shop
+    ):
+        """The range end's hash is read before the logs. A reorg right after the (old,
+        empty) logs were read, whose new chain pays the invoice inside the range, leaves the
+        old end hash stored: the next step finds it replaced and reads the range again.
+        With the hash read after the logs, the new chain's hash vouched for the old chain's
+        empty logs and the payment was skipped for good."""
+        invoice = new_invoice(engine, market, shop, clock)
+        fork = market.chain.snapshot()
+        market.chain.mine(3)  # the old chain: nothing paid
+
+        with Session(engine) as session:  # read now: the step holds SQLite's writer
+            intent = invoices.intent_of(
+                invoice, session.get(invoices.MerchantAccount, invoice.account_id)
+            )
+        r, vs = bytes.fromhex(invoice.signature_r[2:]), bytes.fromhex(invoice.signature_vs[2:])
+
+        def new_chain() -> None:
+            market.pay_signed(intent, r, vs, market.payers[0])
+            market.chain.mine(2)
+
+        indexer = indexer_for(engine, market, clock)
+        with _reorg_after_reading_logs(market.chain, fork, rebuild=new_chain):
+            assert indexer.poll_once().settled == []
+        result = indexer.poll_once()
+        assert result.reorged_to is not None
+        assert result.settled == [invoice.id]
+        assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["scheduled"]
+
+    def test_a_block_rolled_back_then_canonical_again_settles_its_payment_again(
+        self, engine, market, clock, shop
+    ):
+        """A node that reports a head one block lower for one step (a fork that flips back,
+        or a load balancer's lagging backend) makes the indexer roll the payment's block
+        back. When the same block, same hash, is the head again, the payment settles again
+        with a new follow-up: its rolled-back row does not pass for the log being applied."""
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        assert indexer.poll_once().settled == [invoice.id]
+        chain = market.chain
+        real = chain.head_and_block_hashes
+
+        def lower_head(numbers):
+            (head, _), _ = real(numbers)
+            hash_below = chain.block_header(head - 1)[0]
+            return (head - 1, hash_below), [
+                chain.block_header(n)[0] if n < head else None for n in numbers
+            ]
+
+        chain.head_and_block_hashes = lower_head  # type: ignore[method-assign]
+        try:
+            assert indexer.poll_once().reorged_to is not None
+        finally:
+            del chain.head_and_block_hashes
+        assert reload(engine, invoice.id).state == InvoiceState.NEW
+        result = indexer.poll_once()
+        assert result.settled == [invoice.id]
+        settled = reload(engine, invoice.id)
+        assert (settled.state, settled.paid_amount) == (InvoiceState.SETTLED, AMOUNT)
+        states = sorted(f.state for f in followups_of(engine, shop.merchant_id))
+        assert states == ["cancelled", "scheduled"]
+        with Session(engine) as session:
+            rows = session.exec(select(Payment.state, Payment.block_hash)).all()
+        assert sorted(state for state, _ in rows) == [PaymentState.CONFIRMED, PaymentState.REORGED]
+        assert len({block_hash for _, block_hash in rows}) == 1  # the same log, twice
 
     def test_a_node_answer_missing_a_block_below_its_head_is_retried_not_taken_for_a_reorg(
         self, engine, market, clock, shop
@@ -639,7 +693,7 @@ class IndexerBehaviour(MarketSuite):
         pay(engine, market, invoice)
         indexer = indexer_for(engine, market, clock)
         chain = market.chain
-        real_logs = chain.logs_and_block_hash
+        real_logs = chain.raw_logs
         failures = [ChainUnreachableError("node restarting"), OSError("connection refused")]
 
         def flaky(*args):
@@ -647,12 +701,12 @@ class IndexerBehaviour(MarketSuite):
                 raise failures.pop(0)
             return real_logs(*args)
 
-        chain.logs_and_block_hash = flaky  # type: ignore[method-assign]
+        chain.raw_logs = flaky  # type: ignore[method-assign]
         try:
             with caplog.at_level(logging.ERROR), _following(indexer, poll_interval=0.01):
                 _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
         finally:
-            del chain.logs_and_block_hash
+            del chain.raw_logs
         retried = [
             r.getMessage() for r in caplog.records if "indexer step failed" in r.getMessage()
         ]
@@ -699,6 +753,29 @@ class IndexerBehaviour(MarketSuite):
         assert paid.is_set()
         assert len(began) >= 2
         assert began[1] - began[0] >= 0.4
+
+
+@contextlib.contextmanager
+def _reorg_after_reading_logs(chain, fork, *, rebuild) -> Iterator[None]:
+    """The chain reverts to ``fork`` and ``rebuild()`` makes a new chain right after the
+    first ``raw_logs`` call has answered, once."""
+    real_logs = chain.raw_logs
+    done: list[bool] = []
+
+    def racing(*args):
+        logs = real_logs(*args)
+        if not done:
+            done.append(True)
+            chain.revert(fork)
+            rebuild()
+        return logs
+
+    chain.raw_logs = racing
+    try:
+        yield
+    finally:
+        del chain.raw_logs
+    assert done
 
 
 @contextlib.contextmanager
