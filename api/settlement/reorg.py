@@ -59,9 +59,11 @@ def _fork_point(
     answer a step's calls from two states (why the fast path checks the two highest stored
     blocks, not only the top one). When every
     stored block was replaced, the fork is below all of them: the indexer rewinds to the
-    window's floor (``window`` blocks under the head) and reads that range again;
-    a replaced block at or below the floor breaks the window's assumption and stops it."""
-    stored = repo.recent_blocks(session, cursor_id, window)
+    window's floor (``window`` blocks under the head) and reads that range again. A replaced
+    block at or below the floor, or the window's anchor (the one block kept from under the
+    window) replaced, breaks the window's assumption and stops it: payments in the pruned
+    blocks under the anchor cannot be checked, and would stay settled."""
+    stored = repo.recent_blocks(session, cursor_id, window + 2)  # the window, its end, anchor
     replaced = False
     for block in stored:  # highest first
         if block.number <= head and _canonical_hash(chain, block.number, head) == block.hash:
@@ -72,7 +74,8 @@ def _fork_point(
     if not replaced:
         return None
     floor = max(start_block - 1, head - window)
-    if stored[-1].number <= floor:
+    anchor_replaced = stored[-1].number < stored[0].number - window
+    if stored[-1].number <= floor or anchor_replaced:
         raise ReorgTooDeepError(
             f"stored block #{stored[-1].number} is no longer on the chain: a reorg deeper "
             f"than the {window}-block window (or another chain); stopping rather "

@@ -197,8 +197,20 @@ _TOP_BLOCKS = (
     .order_by(_BLOCKS.c.number.desc())
     .limit(2)
 )
+_BELOW_WINDOW = _BLOCKS.alias("below")
+# Keeps the highest block under ``keep_from`` too: the anchor that lets a reorg deeper than the
+# window be noticed (every block in the window replaced, and the anchor as well).
 _PRUNE = sa.delete(_BLOCKS).where(
-    _BLOCKS.c.cursor_id == sa.bindparam("cursor_id"), _BLOCKS.c.number < sa.bindparam("keep_from")
+    _BLOCKS.c.cursor_id == sa.bindparam("cursor_id"),
+    _BLOCKS.c.number
+    < (
+        sa.select(sa.func.max(_BELOW_WINDOW.c.number))
+        .where(
+            _BELOW_WINDOW.c.cursor_id == sa.bindparam("cursor_id"),
+            _BELOW_WINDOW.c.number < sa.bindparam("keep_from"),
+        )
+        .scalar_subquery()
+    ),
 )
 
 
@@ -784,4 +796,5 @@ def delete_blocks_after(session: Session, cursor_id: int, number: int) -> None:
 
 
 def prune_blocks(session: Session, cursor_id: int, keep_from: int) -> None:
+    """Forget the blocks under ``keep_from`` but the highest (the window's anchor)."""
     session.connection().execute(_PRUNE, {"cursor_id": cursor_id, "keep_from": keep_from})

@@ -497,6 +497,29 @@ class IndexerBehaviour(MarketSuite):
             indexer.poll_once()
         assert reload(engine, invoice.id).state == InvoiceState.SETTLED  # step rolled back
 
+    @pytest.mark.parametrize("shorter_by", [0, 3])
+    def test_a_reorg_deeper_than_the_window_to_no_greater_height_stops_the_indexer(
+        self, engine, market, clock, shop, shorter_by
+    ):
+        """The new chain is no longer than the old, so every block in the window is replaced
+        but none lies under the head's window: the block kept from under the window (the
+        anchor, here the payment's) is replaced too, which stops the indexer. Without the
+        anchor it rewound to the window's floor and left the payment settled."""
+        invoice = new_invoice(engine, market, shop, clock)
+        fork = market.chain.snapshot()
+        pay(engine, market, invoice)
+        market.chain.mine(4)
+        indexer = indexer_for(engine, market, clock)
+        indexer.reorg_window = 2
+        indexer.poll_once()
+        head = market.chain.head()
+        market.chain.revert(fork)
+        market.chain.mine(head - shorter_by - market.chain.head())  # other blocks
+        assert market.chain.head() == head - shorter_by
+        with pytest.raises(ReorgTooDeepError, match="deeper than the 2-block window"):
+            indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED  # step rolled back
+
     def test_payment_after_expiry_settles_as_paid_late(self, engine, market, clock, shop):
         invoice = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
         clock.advance(timedelta(minutes=5))
