@@ -182,6 +182,10 @@ _CURSOR = (
     )
     .with_for_update()
 )
+_INSERT_CURSOR = {
+    "sqlite": sqlite_insert(_CURSORS).on_conflict_do_nothing(),
+    "postgresql": pg_insert(_CURSORS).on_conflict_do_nothing(),
+}
 _SAVE_CURSOR = (
     sa.update(_CURSORS)
     .where(_CURSORS.c.id == sa.bindparam("cursor_id"))
@@ -747,16 +751,17 @@ def cursor(
     session: Session, chain_id: int, router: str, start_block: int, now: datetime
 ) -> tuple[int, int]:
     """``(id, last_block)`` of the checkpoint row, created at ``start_block - 1`` on first use;
-    locked for update. Core, not the ORM: it is read and written in every step."""
+    locked for update. Core, not the ORM: it is read and written in every step. Two indexers
+    starting at once on PostgreSQL both insert: the second's insert does nothing and waits
+    for the first's row, which it then reads (and locks) like any step."""
+    conn = session.connection()
     params = {"chain_id": chain_id, "router": router}
-    row = session.connection().execute(_CURSOR, params).first()
-    if row is not None:
-        return int(row.id), int(row.last_block)
-    created = add(
-        session,
-        IndexerCursor(chain_id=chain_id, router=router, last_block=start_block - 1, updated_at=now),
-    )
-    return created.id or 0, created.last_block
+    row = conn.execute(_CURSOR, params).first()
+    if row is None:
+        values = params | {"last_block": start_block - 1, "updated_at": now}
+        conn.execute(_INSERT_CURSOR[conn.dialect.name], values)
+        row = conn.execute(_CURSOR, params).one()
+    return int(row.id), int(row.last_block)
 
 
 def save_cursor(session: Session, cursor_id: int, last_block: int, now: datetime) -> None:

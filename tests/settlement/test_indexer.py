@@ -24,7 +24,14 @@ from api.settlement.errors import (
     ReorgTooDeepError,
 )
 from api.settlement.indexer import Indexer
-from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Payment, PaymentState
+from api.settlement.models import (
+    IndexerCursor,
+    Invoice,
+    InvoiceState,
+    InvoiceStatus,
+    Payment,
+    PaymentState,
+)
 from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, merchants
 from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUp, Purchase
@@ -317,6 +324,35 @@ class IndexerBehaviour(MarketSuite):
         assert reload(engine, invoice.id).state == InvoiceState.NEW  # nothing half-written
         assert indexer_for(engine, market, clock).poll_once().settled == [invoice.id]
         assert len(followups_of(engine, shop.merchant_id)) == 1
+
+    def test_indexers_starting_together_on_an_empty_database_share_one_checkpoint(
+        self, engine, market, clock, shop
+    ):
+        """Four indexers take their first step at once: one creates the checkpoint and the
+        others wait for it instead of failing on its unique (chain, router)."""
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        indexers = [indexer_for(engine, market, clock) for _ in range(4)]
+        barrier = threading.Barrier(len(indexers))
+        errors: list[BaseException] = []
+
+        def first_step(indexer: Indexer) -> None:
+            barrier.wait(10)
+            try:
+                indexer.poll_once()
+            except BaseException as error:  # collected for the assertion below
+                errors.append(error)
+
+        threads = [threading.Thread(target=first_step, args=(i,)) for i in indexers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == []
+        with Session(engine) as session:
+            assert session.exec(select(func.count()).select_from(IndexerCursor)).one() == 1
+            assert session.exec(select(func.count()).select_from(Payment)).one() == 1
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED
 
     def test_waits_for_the_confirmation_depth(self, engine, market, clock, shop):
         invoice = new_invoice(engine, market, shop, clock, confirmations=2)
