@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 #: rows read again are locked until the step commits.
 _REAPPLY_ATTEMPTS = 2
 
+#: How often a step that fails on a unique index (a race with another writer) is run in all.
+_STEP_ATTEMPTS = 3
+
 _SYMBOL_CALL = "0x" + keccak(text="symbol()").hex()[:8]
 
 
@@ -142,6 +145,19 @@ class Indexer:
     # -- one step ---------------------------------------------------------------------------
 
     def poll_once(self) -> PollResult:
+        """One step; run again from scratch when it loses a race to another writer.
+
+        On PostgreSQL a step can reopen an expired invoice (its late payment) while an API
+        request opens a new invoice for the same order: the step then fails on the open-order
+        unique index. Run again, it reads the committed new invoice and holds the payment."""
+        for _ in range(_STEP_ATTEMPTS - 1):
+            try:
+                return self._step()
+            except IntegrityError as exc:
+                log.warning("indexer step lost a race to another writer; again: %s", exc.orig)
+        return self._step()
+
+    def _step(self) -> PollResult:
         chain_id = self.chain.chain_id
         with Session(self.engine) as session, session.begin():
             now = self.clock.now()

@@ -599,6 +599,56 @@ class IndexerBehaviour(MarketSuite):
         assert indexer.poll_once().settled == [second.id]
         assert reload(engine, first.id).state == InvoiceState.EXPIRED
 
+    def test_a_new_invoice_for_the_order_opened_during_the_step_is_not_fatal(
+        self, engine, market, clock, shop, monkeypatch
+    ):
+        """The step has read that expired invoice A's order has no open invoice when the
+        merchant opens B for it. PostgreSQL: B commits at once and the step's reopening of A
+        fails on the open-order unique index; the step runs again, sees B and holds A's
+        payment (before, the IntegrityError ended the indexer). SQLite: B waits for the
+        step's write lock, A settles first, and B is refused as a duplicate order."""
+        first = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
+        clock.advance(timedelta(minutes=5))
+        market.chain.increase_time(int((clock.now() - first.created_at).total_seconds()) + 600)
+        with Session(engine) as session, session.begin():
+            invoices.expire_due(session, clock)
+        pay(engine, market, first)
+        from api.settlement import repository
+
+        real_check = repository.open_invoice_for_order
+        opened: list[object] = []
+        main = threading.current_thread()
+
+        def open_second() -> None:
+            try:
+                opened.append(new_invoice(engine, market, shop, clock))
+            except DuplicateOrderError as refused:
+                opened.append(refused)
+
+        def racing_check(*args, **kwargs):
+            found = real_check(*args, **kwargs)
+            if threading.current_thread() is main and not opened:
+                opener = threading.Thread(target=open_second)
+                opener.start()
+                if engine.dialect.name == "postgresql":
+                    opener.join(10)  # B commits while the step runs
+                racers.append(opener)
+            return found
+
+        racers: list[threading.Thread] = []
+        monkeypatch.setattr(repository, "open_invoice_for_order", racing_check)
+        result = indexer_for(engine, market, clock).poll_once()
+        for racer in racers:
+            racer.join(30)
+        a = reload(engine, first.id)
+        assert result.payments == 1
+        if engine.dialect.name == "postgresql":
+            assert (a.state, a.status, a.paid_amount) == ("expired", "paid_late", AMOUNT)
+            assert isinstance(opened[0], Invoice)
+        else:
+            assert (a.state, a.paid_amount) == ("settled", AMOUNT)
+            assert isinstance(opened[0], DuplicateOrderError)
+
     def test_payment_of_an_invalidated_invoice_is_held(self, engine, market, clock, shop):
         """Staff invalidated the invoice; the customer pays it anyway. The chain's money is
         recorded but never overrides the staff decision: no settlement, no follow-up, and
