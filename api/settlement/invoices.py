@@ -52,6 +52,7 @@ from wallet.signing import PaymentIntent, Signer, payment_intent_struct_hash
 
 __all__ = [
     "ALLOWED_CONFIRMATIONS",
+    "EXPIRY_GRACE",
     "InvoiceNumbers",
     "InvoiceRequest",
     "MarkOutcome",
@@ -70,6 +71,10 @@ __all__ = [
 ALLOWED_CONFIRMATIONS = (0, 1, 2, 6)
 DEFAULT_EXPIRY = timedelta(minutes=15)
 LATE_WINDOW = timedelta(hours=1)
+#: An invoice is announced expired this long after its expiry: a block is stamped before it
+#: reaches the node (a slot's start on Ethereum, 12 s slots, then propagation), so a payment
+#: stamped on time can arrive after the expiry, and ``invoice.expired`` must not precede it.
+EXPIRY_GRACE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,10 +395,10 @@ def qr_png(uri: str) -> bytes:
 
 
 def expire_due(session: Session, clock: Clock, limit: int = 500) -> list[Invoice]:
-    """``new`` invoices past their expiry become ``expired`` (late payments still settle).
-    They are read locked (PostgreSQL), so a staff mark committed meanwhile is never
-    overwritten; one a mark holds right now is left to it."""
-    expired = list(repo.expirable(session, clock.now(), limit))
+    """``new`` invoices past their expiry by :data:`EXPIRY_GRACE` become ``expired`` (late
+    payments still settle). They are read locked (PostgreSQL), so a staff mark committed
+    meanwhile is never overwritten; one a mark holds right now is left to it."""
+    expired = list(repo.expirable(session, clock.now() - EXPIRY_GRACE, limit))
     for invoice in expired:
         invoice.state = InvoiceState.EXPIRED
         session.add(invoice)

@@ -556,6 +556,20 @@ class IndexerBehaviour(MarketSuite):
             indexer.poll_once()
         assert reload(engine, invoice.id).state == InvoiceState.SETTLED  # step rolled back
 
+    def test_an_invoice_is_announced_expired_only_after_the_grace(
+        self, engine, market, clock, shop
+    ):
+        """Within :data:`EXPIRY_GRACE` of its expiry an invoice stays ``new`` in a caught-up
+        step: a payment stamped on time may still be on its way to the node."""
+        invoice = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
+        indexer = indexer_for(engine, market, clock)
+        clock.advance(timedelta(minutes=1) + invoices.EXPIRY_GRACE - timedelta(seconds=1))
+        assert indexer.poll_once().caught_up
+        assert reload(engine, invoice.id).state == InvoiceState.NEW
+        clock.advance(timedelta(seconds=2))
+        indexer.poll_once()
+        assert reload(engine, invoice.id).state == InvoiceState.EXPIRED
+
     def test_payment_after_expiry_settles_as_paid_late(self, engine, market, clock, shop):
         invoice = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
         clock.advance(timedelta(minutes=5))
