@@ -300,14 +300,22 @@ def lock_account(session: Session, account_id: int) -> None:
 def unpaid_invoices_on_account(
     session: Session, account_id: int, merchant_id: int
 ) -> Sequence[Invoice]:
-    """``merchant_id``'s invoices on the account that no payment has reached (state new),
-    locked until commit: one an indexer step moved on meanwhile is re-checked and left out."""
+    """``merchant_id``'s invoices on the account that no payment has reached: ``new``, and
+    ``expired`` with no status (its intent stays payable for the late window; a held late
+    payment sets ``paid_late``). Locked until commit: one an indexer step moved on meanwhile
+    is re-checked and left out."""
     stmt = (
         select(Invoice)
         .where(
             Invoice.account_id == account_id,
             Invoice.merchant_id == merchant_id,
-            Invoice.state == InvoiceState.NEW,
+            sa.or_(
+                col(Invoice.state) == InvoiceState.NEW,
+                sa.and_(
+                    col(Invoice.state) == InvoiceState.EXPIRED,
+                    col(Invoice.status) == InvoiceStatus.NONE,
+                ),
+            ),
         )
         .with_for_update()
     )

@@ -158,6 +158,13 @@ class TestAddressReclaim:
             headers=auth(world.b.merchant),
         )
         assert hook.status_code == 200, hook.text
+        # an expired one too: its intent stays payable for the late window, and a payment
+        # then would have settled it (and followed up the squatter's customer) with the
+        # money at the owner's payout
+        lapsed = create(world, world.b.merchant, expires_in=60).json()
+        world.clock.advance(timedelta(seconds=60) + settlement.EXPIRY_GRACE)
+        with Session(world.engine) as session, session.begin():
+            assert [i.id for i in settlement.expire_due(session, world.clock)] == [lapsed["id"]]
         theirs = create(world, world.b.merchant).json()
         path, h = f"/v1/merchants/{world.a.id}/account", auth(world.a.merchant)
         r = world.client.post(
@@ -165,17 +172,18 @@ class TestAddressReclaim:
         )
         assert r.status_code == 200, r.text
         assert self._holder(world) == [body["address"], None]
-        shown = world.client.get(
-            f"/v1/invoices/{theirs['id']}", headers=auth(world.b.merchant)
-        ).json()
-        assert (shown["state"], shown["status"]) == ("invalid", "marked")
-        entries = world.client.get(
-            "/v1/audit_log",
-            params={"object_id": theirs["id"]},
-            headers=auth(world.b.merchant),
-        ).json()["data"]
-        assert [e["detail"] for e in entries] == [{"reason": "account_reclaimed"}]
-        assert _deliveries(world, "invoice.invalid") == 1
+        for invoice in (theirs, lapsed):
+            shown = world.client.get(
+                f"/v1/invoices/{invoice['id']}", headers=auth(world.b.merchant)
+            ).json()
+            assert (shown["state"], shown["status"]) == ("invalid", "marked")
+            entries = world.client.get(
+                "/v1/audit_log",
+                params={"object_id": invoice["id"]},
+                headers=auth(world.b.merchant),
+            ).json()["data"]
+            assert [e["detail"] for e in entries] == [{"reason": "account_reclaimed"}]
+        assert _deliveries(world, "invoice.invalid") == 2
         r = create(world, world.b.merchant)
         assert (r.status_code, r.json()["error"]["code"]) == (409, "merchant_account_missing")
         assert create(world, world.a.merchant).status_code == 200
