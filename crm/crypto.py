@@ -8,6 +8,8 @@
   so a ciphertext cannot be moved to another column or contact.
 * Lookups (unique e-mail per merchant, wallet address) use an HMAC-SHA256 *blind index* keyed
   with another key derived from the master key.
+* A follow-up's link token is an HMAC under a fourth derived key of its id and creation time
+  (:meth:`KeyRing.followup_token`): every attempt to send it carries the same links.
 * The consent ledger's per-contact head is sealed with HMAC-SHA256 under a third derived key
   (:meth:`KeyRing.consent_head_mac`), never under a data key, so erasure does not unseal it.
 * Destroying the wrapped DEK makes every ciphertext of that contact unreadable.
@@ -15,13 +17,17 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
+from datetime import datetime
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from crm.clock import as_utc
 
 __all__ = ["DataKey", "KeyRing"]
 
@@ -60,7 +66,7 @@ class DataKey:
 class KeyRing:
     """Master-key holder: wraps data keys and computes blind indexes."""
 
-    __slots__ = ("_consent_head_key", "_index_key", "_wrap")
+    __slots__ = ("_consent_head_key", "_followup_token_key", "_index_key", "_wrap")
 
     def __init__(self, master_key: bytes) -> None:
         if not isinstance(master_key, bytes | bytearray) or len(master_key) < 32:
@@ -68,6 +74,7 @@ class KeyRing:
         self._wrap = AESGCM(_derive(bytes(master_key), b"followpay-crm/kek/v1"))
         self._index_key = _derive(bytes(master_key), b"followpay-crm/blind-index/v1")
         self._consent_head_key = _derive(bytes(master_key), b"followpay-crm/consent-head-mac/v1")
+        self._followup_token_key = _derive(bytes(master_key), b"followpay-crm/followup-token/v1")
 
     @classmethod
     def generate(cls) -> KeyRing:
@@ -90,6 +97,15 @@ class KeyRing:
     def consent_head_mac(self, message: bytes) -> str:
         """HMAC-SHA256 (hex) of a consent-ledger head (``crm.consent.chain.head_message``)."""
         return hmac.new(self._consent_head_key, message, hashlib.sha256).hexdigest()
+
+    def followup_token(self, followup_id: int, created_at: datetime) -> str:
+        """A follow-up's link token: the same on every attempt to send it, so a retry after a
+        receiver that acted but answered an error carries the links the customer already
+        has. The creation time keeps ids reused by another database (same master key) from
+        reusing tokens."""
+        msg = f"{followup_id}:{as_utc(created_at).isoformat()}".encode()
+        digest = hmac.new(self._followup_token_key, msg, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     @staticmethod
     def _aad(contact_id: int) -> bytes:

@@ -23,7 +23,7 @@ from crm.crypto import KeyRing
 from crm.enums import Channel, FollowUpState, SuppressionReason
 from crm.errors import FollowUpNotFound, InvalidRequest, InvalidTransition
 from crm.feedback import repository as feedback_repo
-from crm.feedback.tokens import new_token
+from crm.feedback.tokens import hash_token
 from crm.followups import repository as repo
 from crm.followups.models import FollowUp
 from crm.followups.service import _decide, _event, _move
@@ -153,7 +153,8 @@ def prepare_send(
 ) -> SendInstruction | None:
     """Re-check consent, erasure, channel choice, frequency cap and quiet hours at send time.
 
-    Returns what to send (with a freshly issued single-use feedback token) or ``None`` after
+    Returns what to send (with its single-use feedback token, issued again: the same value on
+    every attempt, live again after a retry revoked it) or ``None`` after
     recording the suppression, deferral or expiry. With ``worker_id`` the claim must still be
     that worker's (``claim_lost`` otherwise) and its lease is renewed to ``now``. The
     contact's row is locked first (PostgreSQL): of two follow-ups of one contact prepared at
@@ -183,7 +184,8 @@ def prepare_send(
     assert fu.id is not None
     fu.channel, fu.attempted_at = decision.channel, now  # counts for the cap from now on
     repo.save(session, fu)
-    token, token_hash = new_token()
+    token = keyring.followup_token(fu.id, fu.created_at)
+    token_hash = hash_token(token)
     expires = now + token_ttl
     feedback_repo.upsert_token(
         session,

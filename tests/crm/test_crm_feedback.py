@@ -226,7 +226,7 @@ class TestSubmitFeedback:
             )
         assert info.value.status_code == 404
 
-    def test_reissued_token_revokes_previous(
+    def test_every_attempt_carries_the_same_token(
         self,
         session: Session,
         merchant_id: int,
@@ -234,19 +234,32 @@ class TestSubmitFeedback:
         clock: FrozenClock,
         keyring: KeyRing,
     ) -> None:
+        """A follow-up prepared again (a retry) issues the same token: a message an earlier
+        attempt delivered although its receiver answered an error keeps working links. A
+        sure failure revokes it until the next attempt makes it live again."""
         from crm.followups import dispatch as followups_dispatch
 
         c = make_contact()
-        fu, old = sent_followup(session, merchant_id, c, clock, keyring)
-        fu.state = "queued"  # dispatcher re-sends (e.g. after a bounce) and issues a new token
+        fu, first = sent_followup(session, merchant_id, c, clock, keyring)
+        fu.state = "queued"  # the dispatcher sends it again
         session.add(fu)
         send = followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
         assert send is not None
-        assert send.token != old
+        assert send.token == first
+        followups_dispatch.mark_failed(session, fu.id or 0, clock.now())  # retried: revoked
         with pytest.raises(FeedbackTokenInvalid):
             feedback.submit_feedback(
-                session, merchant_id, old, FeedbackCreate(rating=4), keyring=keyring, clock=clock
+                session, merchant_id, first, FeedbackCreate(rating=4), keyring=keyring, clock=clock
             )
+        fu.state = "queued"
+        session.add(fu)
+        again = followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        assert again is not None
+        assert again.token == first
+        recorded = feedback.submit_feedback(
+            session, merchant_id, first, FeedbackCreate(rating=4), keyring=keyring, clock=clock
+        )
+        assert recorded.rating == 4
 
     def test_other_merchants_followup(
         self,

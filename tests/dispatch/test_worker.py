@@ -78,6 +78,7 @@ class Receiver(BaseHTTPRequestHandler):
     received: list = []
     fail_next = 0
     hang_up_next = 0
+    act_then_fail_next = 0  # acts on the request (recorded), then answers 502
     fail_paths: frozenset = frozenset()  # answered 503
     #: Requests to these paths answer only once all of them are in flight at once (503 if the
     #: barrier breaks: the sender posted one after the other).
@@ -101,7 +102,11 @@ class Receiver(BaseHTTPRequestHandler):
             Receiver.received.append((dict(self.headers) | {"Path": self.path}, body))
             self.close_connection = True
             return
-        if Receiver.fail_next:
+        if Receiver.act_then_fail_next:
+            Receiver.act_then_fail_next -= 1
+            Receiver.received.append((dict(self.headers) | {"Path": self.path}, body))
+            self.send_response(502)
+        elif Receiver.fail_next:
             Receiver.fail_next -= 1
             self.send_response(503)
         else:
@@ -116,6 +121,7 @@ class Receiver(BaseHTTPRequestHandler):
 @pytest.fixture
 def receiver():
     Receiver.received, Receiver.fail_next, Receiver.hang_up_next = [], 0, 0
+    Receiver.act_then_fail_next = 0
     Receiver.fail_paths, Receiver.together = frozenset(), None
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -576,6 +582,31 @@ class TestWebhook:
         clock.advance(timedelta(hours=1))
         assert Worker(engine, KEYRING, channels, clock).run_once().outcomes["sent:webhook"] == 1
         assert len(handler.received) == 1
+
+    def test_a_retry_after_a_gateway_that_acted_but_failed_carries_the_same_links(
+        self, engine, clock, receiver
+    ):
+        """The SMS gateway sent the text, then answered 502: the retry carries the same
+        event id (a careful receiver drops it) and the same links, which work once it is
+        through. A new token per attempt left the delivered text with dead links."""
+        url, handler = receiver
+        handler.act_then_fail_next = 1
+        shop_id, _ = shop_with(engine, clock, channel="sms", phone="+44 20 7183 8750")
+        secret = endpoint(engine, shop_id, url, ["followup.requested"])
+        channels = webhook_channels(engine)
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes["retry"] == 1
+        clock.advance(timedelta(hours=1))
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes["sent:sms"] == 1
+        (first_headers, first), (second_headers, second) = handler.received
+        assert first_headers["FollowPay-Event-Id"] == second_headers["FollowPay-Event-Id"]
+        before = json.loads(first)["data"]["object"]
+        after = delivered_object(engine, clock, second_headers, second, secret)
+        assert before["rating_links"] == after["rating_links"]
+        assert before["withdraw_link"] == after["withdraw_link"]
+        token = before["rating_links"]["5"].split("/feedback/", 1)[1].split("/rate?", 1)[0]
+        with Session(engine) as session:
+            (feedback,) = session.exec(select(Feedback).where(Feedback.merchant_id == shop_id))
+        assert hash_token(token) == feedback.token_hash
 
     def test_one_endpoint_that_took_it_makes_it_sent_and_none_gets_it_twice(
         self, engine, clock, receiver
