@@ -57,6 +57,10 @@ __all__ = [
 ]
 
 PENDING = ("scheduled", "queued")
+#: Prepared and claimed: its message may be leaving the worker right now, which records the
+#: outcome. Consent withdrawal, erasure and expiry leave such a row alone rather than call
+#: a message that went out "suppressed" or "expired".
+_IN_FLIGHT = sa.and_(col(FollowUp.state) == "queued", col(FollowUp.attempted_at).is_not(None))
 _CHUNK = 500  # bound IN lists
 _PURCHASES = Purchase.__table__  # type: ignore[attr-defined]
 _FOLLOWUPS = FollowUp.__table__  # type: ignore[attr-defined]
@@ -366,8 +370,9 @@ def list_for_contact(session: Session, contact_id: int) -> Sequence[FollowUp]:
 def list_pending_for_contact(
     session: Session, contact_id: int, purposes: Iterable[str] | None = None
 ) -> Sequence[FollowUp]:
+    """The contact's follow-ups not yet sent nor in flight, locked."""
     stmt = select(FollowUp).where(
-        FollowUp.contact_id == contact_id, col(FollowUp.state).in_(PENDING)
+        FollowUp.contact_id == contact_id, col(FollowUp.state).in_(PENDING), ~_IN_FLIGHT
     )
     if purposes is not None:
         stmt = stmt.where(col(FollowUp.purpose).in_(list(purposes)))
@@ -475,7 +480,7 @@ def stale_claims(session: Session, claimed_before: datetime, limit: int) -> Sequ
 def due_to_expire(session: Session, now: datetime) -> Sequence[FollowUp]:
     stmt = (
         select(FollowUp)
-        .where(col(FollowUp.state).in_(PENDING), FollowUp.expires_at <= now)
+        .where(col(FollowUp.state).in_(PENDING), FollowUp.expires_at <= now, ~_IN_FLIGHT)
         .order_by(col(FollowUp.id))
         .with_for_update(skip_locked=True)
     )

@@ -465,6 +465,40 @@ class TestPrepareSend:
         assert (fu.state, fu.reason) == ("suppressed", "no_consent")
         assert count(session, Feedback) == 0
 
+    def test_a_message_in_flight_is_recorded_as_sent_whatever_happens_meanwhile(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        """Prepared, its message leaving the worker: a withdraw-all and the follow-up's expiry
+        leave it to the worker, which records it sent. They used to call it ``suppressed`` /
+        ``expired``; the worker's ``mark_sent`` then failed as ``claim_lost``, so the record
+        denied a message that went out."""
+        c, fu = self._queued(session, merchant_id, make_contact, clock)
+        assert followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
+        consent.withdraw(
+            session,
+            merchant_id,
+            c.id or 0,
+            "service_followup",
+            None,
+            actor="contact",
+            clock=clock,
+            keyring=keyring,
+        )
+        later = fu.expires_at + timedelta(minutes=1)
+        assert followups.expire_due(session, later) == 0
+        session.refresh(fu)
+        assert fu.state == "queued"
+        sent = followups_dispatch.mark_sent(session, fu.id or 0, later, worker_id="w")
+        assert (sent.state, sent.sent_at) == ("sent", later)
+        # what was not in flight is still stopped by the withdrawal
+        [other] = pay(session, merchant_id, c, "p2", clock)
+        assert other.state == "suppressed"
+
     def test_quiet_hours_at_send_time_defers(
         self,
         session: Session,
