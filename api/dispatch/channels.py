@@ -161,6 +161,10 @@ class EmailChannel:
             raise ValueError("the sender must be a bare address (local@domain), no name or spaces")
         self.host, self.port, self.sender, self.links = host, port, sender, links
         self.timeout, self.deadline = timeout, deadline
+        # Looked up once, here: smtplib and make_msgid would ask the resolver on every
+        # attempt, outside the attempt's deadline.
+        self.local_hostname = socket.getfqdn()
+        self.msgid_domain = sender.rsplit("@", 1)[1]
 
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         if not instruction.address:
@@ -172,7 +176,12 @@ class EmailChannel:
             raise DeliveryRefused(f"email: message not built ({type(exc).__name__})") from None
         started = time.monotonic()
         try:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=min(self.timeout, self.deadline))
+            smtp = smtplib.SMTP(
+                self.host,
+                self.port,
+                local_hostname=self.local_hostname,
+                timeout=min(self.timeout, self.deadline),
+            )
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"smtp: {type(exc).__name__}") from None
         cut = threading.Event()
@@ -187,11 +196,11 @@ class EmailChannel:
                 raise type(exc)(f"smtp: attempt cut at {self.deadline:g} s") from None
             raise
         finally:
-            watchdog.cancel()
             try:  # the message is the server's now: a failing QUIT changes nothing
-                smtp.quit()
+                smtp.quit()  # still under the watchdog: a server that stalls here is cut too
             except (OSError, smtplib.SMTPException):
                 smtp.close()
+            watchdog.cancel()
 
     def _message(self, instruction: SendInstruction, to: Recipient, international: bool) -> bytes:
         assert instruction.address is not None
@@ -199,7 +208,9 @@ class EmailChannel:
         message["From"] = formataddr((header_text(to.merchant_name), self.sender))
         message["To"] = instruction.address
         message["Subject"] = _subject(instruction, to.merchant_name)
-        message["Message-ID"] = make_msgid(idstring=f"followup-{instruction.followup_id}")
+        message["Message-ID"] = make_msgid(
+            idstring=f"followup-{instruction.followup_id}", domain=self.msgid_domain
+        )
         message["List-Unsubscribe"] = f"<{self.links.withdraw(instruction.token)}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         message.set_content(_body(instruction, to.merchant_name, self.links))

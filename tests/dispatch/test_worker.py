@@ -361,8 +361,8 @@ class TestEmailAtMostOnce:
     def test_a_sure_failure_revokes_its_link_so_a_crash_before_the_retry_loses_nothing(
         self, engine, clock
     ):
-        """An attempt that delivered nothing for sure is retried with a new link; its own
-        link is revoked, so a worker that dies after re-claiming the follow-up (before
+        """An attempt that delivered nothing for sure is retried; its link is revoked until
+        then, so a worker that dies after re-claiming the follow-up (before
         preparing it) leaves a claim that is rescheduled, not written off as interrupted."""
         shop_with(engine, clock, channel="email")
         dead = {"email": EmailChannel("127.0.0.1", free_port(), "f@tea.example", LINKS, timeout=2)}
@@ -379,13 +379,20 @@ class TestEmailAtMostOnce:
 
 
 class _Slow:
-    """Answers RCPT (``at="rcpt"``) or the end of DATA (``at="data"``, the message already
-    taken) only after ``delay`` seconds, without a byte before: the per-operation timeout
-    alone would wait for it."""
+    """Answers RCPT (``at="rcpt"``), the end of DATA (``at="data"``, the message already
+    taken) or QUIT (``at="quit"``) only after ``delay`` seconds, without a byte before: the
+    per-operation timeout alone would wait for it."""
 
     def __init__(self, at: str, delay: float = 2.0) -> None:
         self.messages: list = []
         self.at, self.delay = at, delay
+        self.quit_answered = threading.Event()
+
+    async def handle_QUIT(self, server, session, envelope):
+        if self.at == "quit":
+            await asyncio.sleep(self.delay)
+        self.quit_answered.set()
+        return "221 Bye"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.at == "rcpt":
@@ -432,6 +439,25 @@ class TestEmailDeadline:
         to_state, reason, detail = followup_events(engine)[-1]
         assert (to_state, reason) == said
         assert detail == "smtp: attempt cut at 0.3 s"
+
+    def test_a_server_that_stalls_at_quit_is_cut_off_and_the_message_counts(self, engine, clock):
+        """The message was taken: a QUIT the server never answers in time ends the attempt
+        as sent, not as a failure. The Message-ID names the sender's domain (no resolver
+        call during the attempt)."""
+        handler = _Slow("quit")
+        controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+        controller.start()
+        try:
+            shop_with(engine, clock, channel="email")
+            email = EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS, deadline=0.3)
+            result = Worker(engine, KEYRING, {"email": email}, clock).run_once()
+            assert not handler.quit_answered.is_set()
+        finally:
+            controller.stop()
+        assert result.outcomes == {"sent:email": 1}
+        assert len(handler.messages) == 1
+        (message,) = handler.messages
+        assert message["Message-ID"].endswith("@tea.example>")
 
 
 class TestWorkerLoop:
