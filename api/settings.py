@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     operators: str = ""
     #: Unlocks the vault wallets (``FOLLOWPAY_PASSWORD``; never a command-line argument).
     password: SecretStr | None = None
+    #: The worker's SMTP AUTH password (``FOLLOWPAY_SMTP_PASSWORD``; never a command-line
+    #: argument), with ``followpay worker --smtp-user``.
+    smtp_password: SecretStr | None = None
 
     @field_validator("rpc_url")
     @classmethod

@@ -118,6 +118,12 @@ CASES = {
         code=2,
         says="must be 0 or 90 to 86400 s",
     ),
+    "worker_smtp_password_in_clear": Case(
+        ("worker", "--once", "--smtp-host", "smtp.example.com", "--smtp-user", "u"),
+        {"FOLLOWPAY_SMTP_PASSWORD": "hunter3"},
+        code=2,
+        says="password in clear",
+    ),
     "rpc_key_hidden": Case(
         ("indexer", "--once"),
         {"FOLLOWPAY_CHAIN": "rpc", "FOLLOWPAY_RPC_URL": KEYED_RPC},
@@ -187,9 +193,13 @@ def test_fails_with_a_short_message_and_no_traceback(name, results):
         assert lines[0].startswith("error: "), output
 
 
-def test_no_password_in_messages(results):
-    result = results["database_password_hidden"]
-    assert "hunter2" not in result.stdout + result.stderr
+@pytest.mark.parametrize(
+    ("name", "password"),
+    [("database_password_hidden", "hunter2"), ("worker_smtp_password_in_clear", "hunter3")],
+)
+def test_no_password_in_messages(results, name, password):
+    result = results[name]
+    assert password not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("name", ["rpc_key_hidden", "wallet_rpc_key_hidden"])

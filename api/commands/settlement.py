@@ -17,6 +17,8 @@ from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
+from api.dispatch.smtp import SmtpSecurity
+
 if TYPE_CHECKING:  # the database and chain stacks load in the command that runs, not at start-up
     from sqlmodel import Session
 
@@ -122,6 +124,25 @@ def worker(
     smtp_host: Annotated[str, typer.Option(envvar="FOLLOWPAY_SMTP_HOST")] = "127.0.0.1",
     smtp_port: Annotated[int, typer.Option(envvar="FOLLOWPAY_SMTP_PORT")] = 25,
     sender: Annotated[str, typer.Option(envvar="FOLLOWPAY_MAIL_FROM")] = "followup@localhost",
+    smtp_security: Annotated[
+        SmtpSecurity,
+        typer.Option(
+            envvar="FOLLOWPAY_SMTP_SECURITY",
+            help="none (a local relay), starttls (submission, usually port 587; required "
+            "once asked for) or tls (implicit, usually port 465); certificates are verified",
+        ),
+    ] = SmtpSecurity.NONE,
+    smtp_user: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOLLOWPAY_SMTP_USER",
+            help="SMTP AUTH user; the password comes from FOLLOWPAY_SMTP_PASSWORD only",
+        ),
+    ] = None,
+    smtp_ca_file: Annotated[
+        Path | None,
+        typer.Option(envvar="FOLLOWPAY_SMTP_CA_FILE", help="CA bundle for a private relay"),
+    ] = None,
     worker_id: Annotated[
         str | None,
         typer.Option(help="name in claims and logs; unique per process when not given"),
@@ -157,8 +178,21 @@ def worker(
     runtime = _runtime()
     links = Links(runtime.settings.public_base_url)
     targets = TargetPolicy(allow_private=runtime.settings.webhook_allow_private_targets)
+    try:
+        email = EmailChannel(
+            smtp_host,
+            smtp_port,
+            sender,
+            links,
+            security=smtp_security,
+            username=smtp_user,
+            password=runtime.settings.smtp_password,
+            ca_file=smtp_ca_file,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     channels: dict[str, Channel] = {
-        "email": EmailChannel(smtp_host, smtp_port, sender, links),
+        "email": email,
         "in_app": InAppChannel(links, runtime.keyring),
         "phone": PhoneChannel(),
         "webhook": WebhookChannel(runtime.engine, runtime.cipher, links, targets=targets),

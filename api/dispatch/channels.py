@@ -21,14 +21,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api import webhooks
 from api.dispatch.models import LINK_TOKEN, InAppMessage, PhoneTask
+from api.dispatch.smtp import SmtpAccess, SmtpSecurity, SmtpSecurityError
 from api.webhooks.secrets import SecretCipher
 from api.webhooks.transport import describe_error, post
 from crm import KeyRing
@@ -156,10 +159,18 @@ class EmailChannel:
         links: Links,
         timeout: float = 10,
         deadline: float = EMAIL_ATTEMPT_TIMEOUT,
+        *,
+        security: SmtpSecurity | str = SmtpSecurity.NONE,
+        username: str | None = None,
+        password: SecretStr | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         if not _ADDR_SPEC.fullmatch(sender):
             raise ValueError("the sender must be a bare address (local@domain), no name or spaces")
-        self.host, self.port, self.sender, self.links = host, port, sender, links
+        self.relay = SmtpAccess(
+            host, port, SmtpSecurity(security), username, password, ca_file
+        )  # checks the combination (no password in clear to a remote relay)
+        self.sender, self.links = sender, links
         self.timeout, self.deadline = timeout, deadline
         # Looked up once, here: smtplib and make_msgid would ask the resolver on every
         # attempt, outside the attempt's deadline.
@@ -176,13 +187,10 @@ class EmailChannel:
             raise DeliveryRefused(f"email: message not built ({type(exc).__name__})") from None
         started = time.monotonic()
         try:
-            smtp = smtplib.SMTP(
-                self.host,
-                self.port,
-                local_hostname=self.local_hostname,
-                timeout=min(self.timeout, self.deadline),
+            smtp = self.relay.connect(
+                timeout=min(self.timeout, self.deadline), local_hostname=self.local_hostname
             )
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException) as exc:  # ssl.SSLError is an OSError
             raise DeliveryError(f"smtp: {type(exc).__name__}") from None
         cut = threading.Event()
         left = self.deadline - (time.monotonic() - started)
@@ -221,7 +229,14 @@ class EmailChannel:
         """The envelope, then DATA. A failure before DATA, or a refusal code at its end,
         delivered nothing; a lost connection during DATA may have delivered it."""
         try:
-            smtp.ehlo_or_helo_if_needed()
+            self.relay.secure(smtp)  # STARTTLS and AUTH as configured, before the envelope
+        except SmtpSecurityError as exc:
+            raise DeliveryError(f"smtp: {exc}") from None
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(f"smtp: authentication refused ({exc.smtp_code})") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"smtp: {type(exc).__name__} securing the session") from None
+        try:
             options: list[str] = []
             if international:
                 if not smtp.has_extn("smtputf8"):

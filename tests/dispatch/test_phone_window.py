@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, select
 
 import api.dispatch.models  # noqa: F401
 import crm.models  # noqa: F401
@@ -21,7 +21,6 @@ from crm import (
     consent,
     contacts,
     followups,
-    make_engine,
     merchants,
 )
 from crm.followups import dispatch as followups_dispatch
@@ -31,14 +30,6 @@ from crm.merchants.models import MerchantCreate
 KEYRING = KeyRing(b"p" * 32)
 LONDON = ZoneInfo("Europe/London")
 TEN_TO_SIX = (10 * 60, 18 * 60)
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'phone.sqlite3'}")
-    SQLModel.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def _shop(engine, clock, window):

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, select
 
 import api.dispatch.models  # noqa: F401
 import api.webhooks as webhooks
@@ -41,7 +41,6 @@ from crm import (
     consent,
     contacts,
     followups,
-    make_engine,
     merchants,
 )
 from crm.feedback.models import Feedback
@@ -129,20 +128,6 @@ def receiver():
     yield f"http://127.0.0.1:{server.server_address[1]}/hooks", Receiver
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'w.sqlite3'}")
-    SQLModel.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def clock():
-    # 12:00 in London: inside every default send window
-    return FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
 
 
 MASTER_KEY = b"m" * 32
