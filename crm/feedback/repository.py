@@ -15,6 +15,7 @@ __all__ = [
     "get",
     "get_by_followup",
     "get_by_token_hash",
+    "get_for_edit",
     "list_for_contact",
     "revoke_token",
     "save",
@@ -30,6 +31,23 @@ def save(session: Session, feedback: Feedback) -> Feedback:
 
 def get(session: Session, merchant_id: int, feedback_id: int) -> Feedback | None:
     stmt = select(Feedback).where(Feedback.id == feedback_id, Feedback.merchant_id == merchant_id)
+    return session.exec(stmt).first()
+
+
+def get_for_edit(session: Session, merchant_id: int, feedback_id: int) -> Feedback | None:
+    """Write-locked, then read afresh: edits of one answer run one after another, so the second
+    sees the ticket the first opened. The no-op UPDATE is the lock on both databases (a row
+    lock on PostgreSQL; on SQLite it opens the writer's transaction before the read)."""
+    session.connection().execute(
+        sa.update(Feedback)
+        .where(col(Feedback.id) == feedback_id, col(Feedback.merchant_id) == merchant_id)
+        .values(id=Feedback.id)
+    )
+    stmt = (
+        select(Feedback)
+        .where(Feedback.id == feedback_id, Feedback.merchant_id == merchant_id)
+        .execution_options(populate_existing=True)
+    )
     return session.exec(stmt).first()
 
 

@@ -100,13 +100,7 @@ def submit_feedback(
     now = clock.now()
     if fb.token_expires_at is None or now >= fb.token_expires_at:
         raise FeedbackTokenExpired("this feedback link has expired")
-    surveyed = followups_repo.get(session, merchant_id, fb.followup_id)
-    if surveyed is not None and followups_repo.purchase_reversed(
-        session, merchant_id, surveyed.invoice_ref
-    ):
-        raise FeedbackPaymentReversed(
-            "the payment this link asks about was reversed or its invoice invalidated"
-        )
+    _check_not_reversed(session, merchant_id, fb.followup_id)
     contact = contacts_repo.get(session, merchant_id, fb.contact_id)
     assert contact is not None
     assert fb.id is not None
@@ -143,6 +137,16 @@ def submit_feedback(
     return out
 
 
+def _check_not_reversed(session: Session, merchant_id: int, followup_id: int) -> None:
+    surveyed = followups_repo.get(session, merchant_id, followup_id)
+    if surveyed is not None and followups_repo.purchase_reversed(
+        session, merchant_id, surveyed.invoice_ref
+    ):
+        raise FeedbackPaymentReversed(
+            "the payment this link asks about was reversed or its invoice invalidated"
+        )
+
+
 def get_feedback(session: Session, merchant_id: int, feedback_id: int) -> Feedback:
     fb = repo.get(session, merchant_id, feedback_id)
     if fb is None or fb.submitted_at is None:
@@ -160,8 +164,11 @@ def edit_feedback(
     keyring: KeyRing,
     clock: Clock,
 ) -> FeedbackPublic:
-    """The customer may change their answer for 14 days after submitting; then it is frozen."""
-    fb = repo.get(session, merchant_id, feedback_id)
+    """The customer may change their answer for 14 days after submitting; then it is frozen.
+    Not once the contact is erased or the payment it rates was reversed (as for a first
+    answer). Two edits at once run one after another (:func:`repo.get_for_edit`): both turning
+    the answer negative open one ticket."""
+    fb = repo.get_for_edit(session, merchant_id, feedback_id)
     if fb is None:
         raise FeedbackNotFound("no such feedback", param="feedback_id")
     if fb.submitted_at is None:
@@ -178,11 +185,12 @@ def edit_feedback(
     if fb.edit_until is None or now >= fb.edit_until:
         raise FeedbackFrozen("feedback can no longer be edited")
     assert fb.id is not None
+    contact = contacts_repo.get(session, merchant_id, fb.contact_id)
+    key = None if contact is None else contacts.data_key(session, keyring, contact)
+    if key is None or contact is None or contact.erased_at is not None:
+        raise ContactErased("contact has been erased")
+    _check_not_reversed(session, merchant_id, fb.followup_id)
     if "comment" in changes:
-        contact = contacts_repo.get(session, merchant_id, fb.contact_id)
-        key = None if contact is None else contacts.data_key(session, keyring, contact)
-        if key is None:
-            raise ContactErased("contact has been erased")
         fb.comment_enc = key.encrypt(comment, f"{COMMENT}:{fb.id}")
     fb.rating, fb.nps, fb.tags, fb.updated_at = rating, nps, list(tags), now
     repo.save(session, fb)

@@ -16,7 +16,7 @@ from crm.contacts import service as contacts
 from crm.contacts.models import ContactCreate
 from crm.errors import FeedbackTokenUsed
 from crm.feedback import service as feedback
-from crm.feedback.models import Feedback, FeedbackCreate
+from crm.feedback.models import Feedback, FeedbackCreate, FeedbackUpdate
 from crm.feedback.tokens import hash_token
 from crm.rewards.models import RewardEntry
 from crm.tickets.models import Ticket
@@ -94,3 +94,44 @@ def test_racing_answers_to_one_link_record_exactly_one(db):
     (won,) = [o for o in outcomes if o.startswith("won:")]
     rating = int(won.split(":")[1])
     assert _answers(db, followup_id) == ([rating], 1 if rating <= 2 else 0, 1)
+
+
+def test_racing_edits_that_turn_an_answer_negative_open_one_ticket(db):
+    """Edits read the answer before they write; two that both saw no ticket used to both open
+    one, and the second failed on its unique feedback id (a 500 that lost that edit)."""
+    clock = FrozenClock(START)
+    merchant_id, followup_id, token = _sent_link(db, clock)
+    with session_scope(db) as s:
+        feedback_id = _submit(s, merchant_id, token, 5, clock).id
+    edits = 4
+    barrier = threading.Barrier(edits, timeout=30)
+    errors: list[BaseException] = []
+
+    def edit(rating: int) -> None:
+        with Session(db, expire_on_commit=False) as s:
+            s.exec(select(Feedback).where(Feedback.id == feedback_id)).one()
+            barrier.wait()
+            try:
+                feedback.edit_feedback(
+                    s,
+                    merchant_id,
+                    feedback_id,
+                    FeedbackUpdate(rating=rating),
+                    actor="contact",
+                    keyring=KEYRING,
+                    clock=clock,
+                )
+                s.commit()
+            except BaseException as error:  # collected for the assertion below
+                s.rollback()
+                errors.append(error)
+
+    threads = [threading.Thread(target=edit, args=(1 + i % 2,)) for i in range(edits)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    ratings, tickets, rewards = _answers(db, followup_id)
+    assert ratings[0] in (1, 2)
+    assert (tickets, rewards) == (1, 1)

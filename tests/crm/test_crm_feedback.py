@@ -8,6 +8,7 @@ from sqlmodel import Session, select
 from crm import KeyRing
 from crm.clock import FrozenClock
 from crm.errors import (
+    ContactErased,
     FeedbackFrozen,
     FeedbackNotFound,
     FeedbackNotSubmitted,
@@ -22,6 +23,7 @@ from crm.feedback.models import Feedback, FeedbackCreate, FeedbackPublic, Feedba
 from crm.followups.models import FollowUp
 from crm.merchants import service as merchants
 from crm.merchants.models import MerchantCreate
+from crm.privacy import service as privacy
 from crm.rewards import service as rewards
 from crm.rewards.models import RewardEntry
 from crm.tickets.models import Ticket
@@ -329,6 +331,27 @@ class TestEditFeedback:
             _edit(session, merchant_id, out.id, FeedbackUpdate(rating=5), keyring, clock)
         assert info.value.status_code == 409
         assert feedback.get_feedback(session, merchant_id, out.id).rating == 1
+
+    def test_an_erased_contacts_answer_is_frozen(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        """Erasure ends the customer's say: a rating-only edit (no comment to encrypt) was
+        still taken, and could open a ticket about an erased contact."""
+        contact = make_contact()
+        _, token = sent_followup(session, merchant_id, contact, clock, keyring)
+        out = feedback.submit_feedback(
+            session, merchant_id, token, FeedbackCreate(rating=4), keyring=keyring, clock=clock
+        )
+        privacy.erase_contact(session, merchant_id, contact.id or 0, actor="dpo", clock=clock)
+        with pytest.raises(ContactErased):
+            _edit(session, merchant_id, out.id, FeedbackUpdate(rating=1), keyring, clock)
+        assert feedback.get_feedback(session, merchant_id, out.id).rating == 4
+        assert count(session, Ticket) == 0
 
     def test_edit_needs_an_answer_and_a_change(
         self,
