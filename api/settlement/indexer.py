@@ -531,8 +531,10 @@ class Indexer:
         refusal, or data the CRM's tables refuse, never stops a settlement: the payment is on
         chain either way, and failing the step would fail it again on every retry, stopping
         every later settlement too (a BIGINT purchase amount once did). A database that is
-        away (``OperationalError``) still fails the step, to be retried whole."""
-        for merchant_id, payments in settled.followups.items():
+        away (``OperationalError``) still fails the step, to be retried whole. Merchants go
+        in id order, as the worker's periodic scheduling takes them: both lock contacts
+        merchant by merchant, so the same order keeps them from deadlocking."""
+        for merchant_id, payments in sorted(settled.followups.items()):
             try:
                 with session.begin_nested():
                     outcome = followups.schedule_for_payments(
