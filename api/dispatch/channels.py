@@ -18,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 from pathlib import Path
@@ -45,6 +45,7 @@ __all__ = [
     "CONTROL_CHARACTERS",
     "EMAIL_ATTEMPT_TIMEOUT",
     "FOLLOWUP_EVENT",
+    "MIN_CALL_TIME",
     "DeliveryError",
     "DeliveryRefused",
     "DeliveryUncertain",
@@ -445,21 +446,25 @@ def render_in_app(session: Session, keyring: KeyRing, message: InAppMessage) -> 
     return message.body.replace(LINK_TOKEN, token or "withdrawn")
 
 
+#: The least time a phone task leaves support to call in: a follow-up sent closer to the end of
+#: the contact's calling window gets the next window instead.
+MIN_CALL_TIME = timedelta(minutes=30)
+
+
 class PhoneChannel:
     """A call task in the support queue, inside the policy's send window (the instruction's)
-    in the contact's local time: the window it is sent in, or the next one."""
+    in the contact's local time: the window it is sent in (if at least :data:`MIN_CALL_TIME`
+    of it is left), or the next one."""
 
     name = "phone"
 
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         zone = ZoneInfo(to.time_zone or "UTC")
         now = to.now.astimezone(zone)
-        start, end = window_bounds(
-            now,
-            str(zone),
-            instruction.window_start_minute,
-            instruction.window_end_minute,
-        )
+        bounds = (str(zone), instruction.window_start_minute, instruction.window_end_minute)
+        start, end = window_bounds(now, *bounds)
+        if end - max(start, now) < MIN_CALL_TIME:
+            start, end = window_bounds(end, *bounds)
         assert session is not None, "phone tasks are written in the worker's transaction"
         session.add(
             PhoneTask(

@@ -89,7 +89,9 @@ def test_the_worker_hands_the_phone_channel_the_policys_window(engine):
 @pytest.mark.parametrize(
     ("local_now", "window", "expected"),
     [
-        ("2026-06-01 17:59", TEN_TO_SIX, ("2026-06-01 17:59", "2026-06-01 18:00")),
+        # under MIN_CALL_TIME (30 min) left: the next window
+        ("2026-06-01 17:31", TEN_TO_SIX, ("2026-06-02 10:00", "2026-06-02 18:00")),
+        ("2026-06-01 17:30", TEN_TO_SIX, ("2026-06-01 17:30", "2026-06-01 18:00")),
         ("2026-06-01 18:00", TEN_TO_SIX, ("2026-06-02 10:00", "2026-06-02 18:00")),
         ("2026-06-01 07:00", TEN_TO_SIX, ("2026-06-01 10:00", "2026-06-01 18:00")),
         # over the spring DST change: local wall-clock hours on the next day
