@@ -27,7 +27,15 @@ from sqlmodel import Session
 
 from api.errors import NotFound
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "ListResponse", "PageDep", "PageParams", "paginate"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "ListResponse",
+    "PageDep",
+    "PageParams",
+    "paginate",
+    "parse_id",
+]
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
@@ -75,6 +83,14 @@ class ListResponse(BaseModel, Generic[T]):
         return cls(data=list(data), has_more=has_more, url=path)
 
 
+def parse_id(value: str | None) -> int | None:
+    """An ASCII decimal id of at most 18 digits (always a BIGINT), else None
+    (``"¹".isdigit()`` is True!)."""
+    if value is None or not 1 <= len(value) <= 18 or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
+
 def paginate(
     session: Session,
     stmt: Any,
@@ -94,10 +110,13 @@ def paginate(
         missing = NotFound(f"No such object: '{page.starting_after}'.", param="starting_after")
         cursor_id: Any = page.starting_after
         try:
-            if getattr(id_col.type, "python_type", str) is int:  # integer primary keys
-                cursor_id = int(cursor_id)
-        except (ValueError, NotImplementedError):
-            raise missing from None
+            integer_keys = getattr(id_col.type, "python_type", str) is int
+        except NotImplementedError:
+            integer_keys = False
+        if integer_keys:
+            cursor_id = parse_id(cursor_id)  # a 64-digit cursor overflowed SQLite's binding
+            if cursor_id is None:
+                raise missing
         cursor = session.execute(
             stmt.with_only_columns(created_col, id_col).where(id_col == cursor_id)
         ).first()

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Annotated, Any
 
+from pydantic import AfterValidator
 from sqlmodel import Session, SQLModel
 
 from api import queries
 from api.deps import require_role
 from api.errors import InvalidRequest, NotFound
 from api.keys.service import AuthenticatedKey
+from api.pagination import parse_id
 from crm import merchants as merchants_service
 from crm.errors import NotFound as CRMNotFound
 from crm.merchants.models import Merchant
 
 __all__ = [
+    "PLAUSIBLE_TIME",
     "Admin",
     "Manager",
     "Staff",
@@ -29,6 +33,18 @@ __all__ = [
     "write_merchant",
 ]
 
+
+def _plausible_time(value: datetime | None) -> datetime | None:
+    """A time the database can store and a report can shift by its period (year 1 with a
+    +01:00 offset overflowed on the way to UTC: a 500)."""
+    if value is not None and not 1970 <= value.year <= 9000:
+        raise ValueError("must be between the years 1970 and 9000")
+    return value
+
+
+#: A timestamp query parameter: ``Annotated[datetime | None, Query(), PLAUSIBLE_TIME]``.
+PLAUSIBLE_TIME = AfterValidator(_plausible_time)
+
 Admin = Annotated[AuthenticatedKey, require_role("admin")]
 Manager = Annotated[AuthenticatedKey, require_role("admin", "merchant")]
 Staff = Annotated[AuthenticatedKey, require_role("admin", "merchant", "support")]
@@ -39,13 +55,6 @@ _NOBODY = -1  # a merchant id no row has: keys bound to a non-CRM merchant see n
 def actor(caller: AuthenticatedKey) -> str:
     """The audit actor of a request: the API key id (never a secret, never personal data)."""
     return f"api_key:{caller.id}"
-
-
-def parse_id(value: str | None) -> int | None:
-    """An ASCII decimal id of at most 18 digits, else None (``"¹".isdigit()`` is True!)."""
-    if value is None or not 1 <= len(value) <= 18 or not value.isascii() or not value.isdigit():
-        return None
-    return int(value)
 
 
 def _as_int(value: str | None) -> int:

@@ -21,6 +21,7 @@ from api.errors import ApiError, InvalidRequest
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
 from api.routes._common import (
+    PLAUSIBLE_TIME,
     Manager,
     Staff,
     actor,
@@ -173,9 +174,11 @@ def list_invoices(
     state: Annotated[InvoiceState | None, Query(description="Filter by state.")] = None,
     order_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     created_gte: Annotated[
-        datetime | None, Query(description="Created at or after (ISO-8601).")
+        datetime | None, Query(description="Created at or after (ISO-8601)."), PLAUSIBLE_TIME
     ] = None,
-    created_lt: Annotated[datetime | None, Query(description="Created before (ISO-8601).")] = None,
+    created_lt: Annotated[
+        datetime | None, Query(description="Created before (ISO-8601)."), PLAUSIBLE_TIME
+    ] = None,
     merchant_id: Annotated[
         str | None, Query(min_length=1, max_length=20, description="Admins: one merchant.")
     ] = None,

@@ -16,7 +16,7 @@ from api.deps import ChainInfoDep, ClockDep, SessionDep
 from api.errors import InvalidRequest
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
-from api.routes._common import Manager, Staff, merchant_scope
+from api.routes._common import PLAUSIBLE_TIME, Manager, Staff, merchant_scope
 from api.routing import ApiRouter
 from api.schemas.crm import MetricsOut, Reconciliation, ReconciliationRow, RootCause
 from api.schemas.invoices import PaymentOut
@@ -82,8 +82,12 @@ def get_metrics(
     session: SessionDep,
     caller: Staff,
     clock: ClockDep,
-    start: Annotated[datetime | None, Query(description="ISO-8601, inclusive.")] = None,
-    end: Annotated[datetime | None, Query(description="ISO-8601, exclusive.")] = None,
+    start: Annotated[
+        datetime | None, Query(description="ISO-8601, inclusive."), PLAUSIBLE_TIME
+    ] = None,
+    end: Annotated[
+        datetime | None, Query(description="ISO-8601, exclusive."), PLAUSIBLE_TIME
+    ] = None,
     merchant_id: MerchantFilter = None,
 ) -> MetricsOut:
     start, end = _period(start, end, clock.now())
@@ -129,8 +133,8 @@ def reconciliation(
     clock: ClockDep,
     chain: ChainInfoDep,
     format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
-    start: Annotated[datetime | None, Query()] = None,
-    end: Annotated[datetime | None, Query()] = None,
+    start: Annotated[datetime | None, Query(), PLAUSIBLE_TIME] = None,
+    end: Annotated[datetime | None, Query(), PLAUSIBLE_TIME] = None,
     merchant_id: MerchantFilter = None,
 ) -> Response:
     start, end = _period(start, end, clock.now())

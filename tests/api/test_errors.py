@@ -313,3 +313,19 @@ class TestRedact:
         (record,) = [r for r in caplog.records if r.name == "uvicorn.access"]
         assert token not in record.getMessage()
         assert "/v1/public/feedback/[REDACTED]?rating=2" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("path", "param", "value"),
+    [
+        ("/v1/metrics", "end", "0001-01-02T00:00:00Z"),
+        ("/v1/reconciliation", "start", "0001-01-01T00:00:00+01:00"),
+        ("/v1/invoices", "created_gte", "0001-01-01T00:00:00+01:00"),
+        ("/v1/invoices", "created_lt", "9999-12-31T23:59:59-01:00"),
+    ],
+)
+def test_a_time_out_of_range_is_a_validation_error_not_a_500(client, new_key, path, param, value):
+    """Year 1 less a 30-day period, or shifted to UTC, overflowed (a 500)."""
+    r = client.get(path, params={param: value}, headers=auth(new_key(merchant_id="1")))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == param

@@ -113,3 +113,25 @@ class TestPagination:
         assert {e["merchant_id"] for e in b["data"]} == {"m_b"}
         everything = _page(client, new_key("admin", None), limit=100)
         assert len(everything["data"]) == 28
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/contacts",
+        "/v1/merchants",
+        "/v1/feedback",
+        "/v1/followups",
+        "/v1/audit_log",
+        "/v1/payments",
+        "/v1/invoices",
+        "/v1/webhook_endpoints",
+    ],
+)
+@pytest.mark.parametrize("cursor", ["9" * 20, "9" * 64, "1e3"])  # others fail validation (422)
+def test_a_cursor_that_is_no_id_is_a_missing_object_not_a_500(client, new_key, path, cursor):
+    """A cursor past BIGINT overflowed SQLite's parameter binding (a 500)."""
+    r = client.get(path, params={"starting_after": cursor}, headers=auth(new_key(merchant_id="1")))
+    assert r.status_code == 404, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["param"]) == ("resource_missing", "starting_after")
