@@ -53,6 +53,7 @@ from sqlmodel import Session, col
 from api.db import new_id, utcnow
 from api.errors import IdempotencyError, IdempotencyKeyInUse, InvalidRequest
 from api.idempotency.models import IdempotencyRecord, IdempotencyStatus
+from api.keys.models import ApiKeyRecord
 from crm.contacts.models import Contact
 
 __all__ = [
@@ -207,8 +208,22 @@ def forget_contact(session: Session, contact_id: int) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _contact_erased(conn: sa.Connection, contact_id: int) -> bool:
-    stmt = sa.select(col(Contact.erased_at)).where(col(Contact.id) == contact_id)
+def _contact_erased(conn: sa.Connection, contact_id: int, api_key_id: str) -> bool:
+    """Whether the stored response's contact was erased, asked only of a contact of the key's
+    own merchant (any, for an admin key): a merchant key's request about another merchant's
+    contact id is stored as its 404 with that id, and answering its replay by the other
+    contact's erasure would let ids be probed."""
+    key_merchant = (
+        sa.select(col(ApiKeyRecord.merchant_id))
+        .where(col(ApiKeyRecord.id) == api_key_id)
+        .scalar_subquery()
+    )
+    stmt = sa.select(col(Contact.erased_at)).where(
+        col(Contact.id) == contact_id,
+        sa.or_(
+            key_merchant.is_(None), sa.cast(col(Contact.merchant_id), sa.String) == key_merchant
+        ),
+    )
     return conn.execute(stmt).scalar() is not None
 
 
@@ -342,7 +357,7 @@ def _record(
         if row.fingerprint != ctx.fingerprint:
             raise IdempotencyError(param=HEADER)
         if row.status == IdempotencyStatus.COMPLETED.value:
-            if row.contact_id is not None and _contact_erased(conn, row.contact_id):
+            if row.contact_id is not None and _contact_erased(conn, row.contact_id, row.api_key_id):
                 raise IdempotentReplay(*ERASED_RESPONSE)
             raise IdempotentReplay(
                 row.response_status,

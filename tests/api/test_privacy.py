@@ -121,6 +121,20 @@ class TestReplayAfterErasure:
         assert (r.status_code, r.json()["error"]["code"]) == (409, "contact_erased")
         assert PHONE not in r.text
 
+    def test_a_replay_tells_nothing_about_another_merchants_contact(self, world: World) -> None:
+        """Merchant b's request about merchant a's contact id is stored as its 404; its
+        replay stays that 404 after a's contact is erased (it used to answer 409
+        contact_erased, which let b probe a's contact ids)."""
+        c = new_contact(world, world.a, phone=PHONE)
+        path, key = f"/v1/contacts/{c['id']}", world.b.merchant
+        first = _post(world, path, {"tier": "vip"}, key, "probe")
+        assert first.status_code == 404, first.text
+        with Session(world.engine) as s, s.begin():
+            crm_privacy.erase_contact(s, int(world.a.id), c["id"], actor="t", clock=world.clock)
+        again = _post(world, path, {"tier": "vip"}, key, "probe")
+        assert (again.status_code, again.headers["idempotent-replayed"]) == (404, "true")
+        assert again.content == first.content
+
 
 def _with_history(w: World, tenant_name: str) -> tuple[dict, str, int]:
     """A contact with an in-app message stored before migration 0006 (its token in the body)
