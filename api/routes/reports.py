@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
@@ -50,11 +51,20 @@ def _period(
     return start, end
 
 
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
 def _cell(value: object) -> object:
-    """CSV cell; text that a spreadsheet would run as a formula is quoted with a leading '."""
+    """CSV cell; text that a spreadsheet would run as a formula is quoted with a leading '.
+    A plain number is not (a negative net amount, after a full refund of an invoice with a
+    fee, must stay a number for the sums of an accounting import)."""
     if value is None:
         return ""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    if (
+        isinstance(value, str)
+        and value[:1] in ("=", "+", "-", "@", "\t", "\r")
+        and not _NUMBER.fullmatch(value)
+    ):
         return "'" + value
     return value
 

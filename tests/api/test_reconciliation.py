@@ -11,6 +11,7 @@ import os
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
@@ -200,3 +201,23 @@ class TestMarkingInvalidTwice:
                 {"m": world.a.id},
             ).scalar_one()
         assert sent == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ("-1", "-1"),  # a net amount after a full refund of an invoice with a fee
+        ("-12.5", "-12.5"),
+        ("25000", "25000"),
+        ("-1+2", "'-1+2"),
+        ('=HYPERLINK("x")', '\'=HYPERLINK("x")'),
+        ("+44 20 7183 8750", "'+44 20 7183 8750"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("-", "'-"),
+        (None, ""),
+    ],
+)
+def test_csv_cells_quote_formulas_not_numbers(value, cell):
+    from api.routes.reports import _cell
+
+    assert _cell(value) == cell
