@@ -129,7 +129,8 @@ def _route_path(scope: Scope) -> str:
 
 class _RateLimitMiddleware:
     """Keyed by the presented API key, however the header spells it (the key's digest, as
-    authentication computes it), once that key has authenticated here; else by the client
+    authentication computes it), once that key has authenticated here (a route checked it;
+    a response that merely is not a 401 proves nothing); else by the client
     address: on customer-link routes, which take no key, for a header without a well-formed
     key, and for a key not yet known to authenticate (a fresh junk header or a fresh made-up
     key per request must not buy a fresh bucket). A key's first request counts against its
@@ -169,7 +170,10 @@ class _RateLimitMiddleware:
             return
 
         async def learn(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] != 401:
+            # learned only once the key authenticated (the request's context holds it): a
+            # made-up key sent where no key is checked (a 404, a 422) must not buy a bucket
+            ctx = scope.get(CONTEXT_SCOPE_KEY)
+            if message["type"] == "http.response.start" and getattr(ctx, "key", None):
                 self._remember(digest)
             await send(message)
 

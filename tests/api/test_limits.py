@@ -113,6 +113,16 @@ class TestRateLimit:
             ]
         assert statuses == [401, 401, 401, 429, 429]
 
+    def test_a_made_up_key_that_met_no_key_check_is_not_learned(self, make_app, new_key):
+        """A made-up key sent to a route that checks no key (an unknown path: 404) was
+        learned as known, and bought a bucket of its own for its requests that then 401."""
+        config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=3)
+        made_up = {"Authorization": "Bearer fp_test_" + "Z" * 43}
+        with TestClient(make_app(config)) as c:
+            assert c.get("/v1/nope", headers=made_up).status_code == 404
+            statuses = [c.get("/v1/invoices", headers=made_up).status_code for _ in range(3)]
+        assert statuses == [401, 401, 429]  # the client's bucket: 3 in all, then limited
+
     def test_bucket_refills(self):
         limiter = TokenBucketLimiter(rate=2.0, burst=2)
         assert limiter.take("k", now=0.0) == 0.0
