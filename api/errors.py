@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
@@ -362,6 +363,12 @@ def _render_http(exc: StarletteHTTPException, method: str, path: str) -> JSONRes
     )
 
 
+def _nul_in_text(exc: BaseException) -> bool:
+    """PostgreSQL refused a NUL character in a text value (from a path, query or body): the
+    client's input, and the request's transaction is rolled back. SQLite stores it."""
+    return isinstance(exc, sa_exc.DataError) and "NUL (0x00)" in str(exc.orig)
+
+
 def render_exception(exc: BaseException, *, method: str = "", path: str = "") -> JSONResponse:
     """The error response for any exception (unknown ones: logged, generic 500)."""
     where = f"{method} {path}".strip() or "request"
@@ -372,6 +379,10 @@ def render_exception(exc: BaseException, *, method: str = "", path: str = "") ->
         return _render_domain(domain, where)
     if isinstance(exc, StarletteHTTPException):
         return _render_http(exc, method, path)
+    if _nul_in_text(exc):
+        return error_json(
+            400, code="invalid_request", message="Text may not contain NUL (0x00) characters."
+        )
     _log_server_error(exc, where)
     return error_json(500, type="api_error", code="api_error", message=GENERIC_SERVER_MESSAGE)
 

@@ -329,3 +329,23 @@ def test_a_time_out_of_range_is_a_validation_error_not_a_500(client, new_key, pa
     r = client.get(path, params={param: value}, headers=auth(new_key(merchant_id="1")))
     assert r.status_code == 422, r.text
     assert r.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "body"),
+    [
+        ("GET", "/v1/webhook_endpoints/we_%00", None, None),
+        ("GET", "/v1/invoices", {"order_id": "a\x00"}, None),
+        ("POST", "/v1/api_keys", None, {"role": "admin", "name": "a\x00"}),
+    ],
+)
+def test_a_nul_character_is_a_client_error_not_a_500(
+    db, client, new_key, method, path, params, body
+):
+    """PostgreSQL refuses NUL in text (psycopg's DataError was a 500); SQLite stores it."""
+    key = new_key("admin", None)
+    r = client.request(method, path, params=params, json=body, headers=auth(key))
+    assert r.status_code < 500, r.text
+    if db.dialect.name == "postgresql":
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["message"] == "Text may not contain NUL (0x00) characters."
