@@ -4,7 +4,7 @@ Route side::
 
     @router.get("/things", response_model=ListResponse[ThingPublic])
     def list_things(page: PageDep, session: SessionDep, key: CurrentKey, request: Request):
-        rows, has_more = paginate(session, repository.scoped_select(key.scope),
+        rows, has_more = paginate(session, repository.scoped_select(key.scope, key.livemode),
                                   created_at=Thing.created_at, id=Thing.id, page=page)
         return ListResponse.build([ThingPublic.of(r) for r in rows], has_more, request)
 

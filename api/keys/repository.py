@@ -27,16 +27,20 @@ def get_by_hash(session: Session, key_hash: str) -> ApiKeyRecord | None:
     return session.exec(_BY_HASH, params={"key_hash": key_hash}).first()
 
 
-def scoped_select(merchant_id: str | None) -> SelectOfScalar[ApiKeyRecord]:
-    """Keys visible in a merchant scope (``None``: every key, for admins)."""
-    stmt = select(ApiKeyRecord)
+def scoped_select(merchant_id: str | None, livemode: bool) -> SelectOfScalar[ApiKeyRecord]:
+    """Keys visible in a merchant scope (``None``: every key, for admins) and one mode: a key
+    sees and revokes keys of its own mode only, as it creates them."""
+    stmt = select(ApiKeyRecord).where(ApiKeyRecord.livemode == livemode)
     if merchant_id is not None:
         stmt = stmt.where(ApiKeyRecord.merchant_id == merchant_id)
     return stmt
 
 
-def get(session: Session, key_id: str, *, merchant_id: str | None) -> ApiKeyRecord | None:
-    return session.exec(scoped_select(merchant_id).where(ApiKeyRecord.id == key_id)).first()
+def get(
+    session: Session, key_id: str, *, merchant_id: str | None, livemode: bool
+) -> ApiKeyRecord | None:
+    stmt = scoped_select(merchant_id, livemode).where(ApiKeyRecord.id == key_id)
+    return session.exec(stmt).first()
 
 
 def set_revoked(session: Session, record: ApiKeyRecord, now: datetime) -> ApiKeyRecord:

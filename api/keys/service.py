@@ -203,10 +203,16 @@ def authenticate_digest(session: Session, digest: str) -> ApiKeyRecord:
 
 
 def revoke(
-    session: Session, key_id: str, *, merchant_id: str | None, now: datetime | None = None
+    session: Session,
+    key_id: str,
+    *,
+    merchant_id: str | None,
+    livemode: bool,
+    now: datetime | None = None,
 ) -> ApiKeyRecord:
-    """Revoke a key visible in ``merchant_id``'s scope (``None``: any). Idempotent."""
-    record = repository.get(session, key_id, merchant_id=merchant_id)
+    """Revoke a key of mode ``livemode`` visible in ``merchant_id``'s scope (``None``: any).
+    Idempotent. Another mode's key is not found (a test key cannot revoke live keys)."""
+    record = repository.get(session, key_id, merchant_id=merchant_id, livemode=livemode)
     if record is None:
         raise NotFound(f"No such API key: '{key_id}'.", param="id")
     return repository.set_revoked(session, record, now or utcnow())

@@ -50,7 +50,7 @@ def list_api_keys(
         str | None, Query(min_length=1, max_length=64, description="Filter by merchant.")
     ] = None,
 ) -> ListResponse[ApiKeyPublic]:
-    stmt = repository.scoped_select(caller.scope)
+    stmt = repository.scoped_select(caller.scope, caller.livemode)
     if merchant_id is not None:  # a filter inside the caller's scope (other merchants: empty)
         stmt = stmt.where(ApiKeyRecord.merchant_id == merchant_id)
     rows, has_more = paginate(
@@ -73,6 +73,6 @@ def revoke_api_key(
     cache: ConfigCacheDep,
     after_commit: AfterCommit,
 ) -> ApiKeyPublic:
-    revoked = keys.revoke(session, key_id, merchant_id=caller.scope)
+    revoked = keys.revoke(session, key_id, merchant_id=caller.scope, livemode=caller.livemode)
     after_commit.append(cache.clear)  # this process stops accepting it at once
     return ApiKeyPublic.of(revoked)

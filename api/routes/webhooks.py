@@ -43,7 +43,8 @@ DeliveryId = Annotated[str, Path(max_length=40, description="A webhook delivery 
     response_model=WebhookEndpointWithSecret,
     summary="Register a webhook endpoint",
     description="The response carries the signing `secret`; it is never returned again except by "
-    "`rotate_secret`. Live-mode keys must use https URLs. A host that is, or resolves to, a "
+    "`rotate_secret`. The URL must use https, whatever the key's mode (plain http only where "
+    "private targets are allowed, for development). A host that is, or resolves to, a "
     "loopback, private, link-local or otherwise non-public address is refused "
     "(`400 url_not_allowed`). A merchant has at most 16 enabled endpoints "
     "(`400 webhook_endpoint_limit`).",

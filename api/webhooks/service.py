@@ -79,7 +79,8 @@ def _new_secret() -> str:
 
 def validate_url(url: str, *, livemode: bool, targets: TargetPolicy | None = None) -> str:
     """The url's form (http(s), https in live mode, no credentials) and, with ``targets``, its
-    host's addresses (:meth:`TargetPolicy.check_url`: ``400 url_not_allowed``)."""
+    host's addresses (:meth:`TargetPolicy.check_url`: ``400 url_not_allowed``) and https for
+    every key unless the policy allows private targets."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest("The url must be an absolute http(s) URL.", param="url")
@@ -96,6 +97,15 @@ def validate_url(url: str, *, livemode: bool, targets: TargetPolicy | None = Non
         ) from None
     if targets is not None:
         targets.check_url(url)
+        if parts.scheme != "https" and not targets.allow_private:
+            # Keys' modes label keys, they do not partition data: a test key's endpoint gets
+            # the merchant's real events too, personal data included. Plain http is for
+            # development receivers only (where private targets are allowed).
+            raise InvalidRequest(
+                "Webhook endpoints must use https (plain http only where private targets "
+                "are allowed: FOLLOWPAY_WEBHOOK_ALLOW_PRIVATE_TARGETS, for development).",
+                param="url",
+            )
     return url
 
 

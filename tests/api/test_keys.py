@@ -269,3 +269,19 @@ class TestKeyModes:
         assert r.status_code == 200, r.text
         assert r.json()["livemode"] is True
         assert r.json()["secret"].startswith("fp_live_")
+
+    @pytest.mark.parametrize("role", ["admin", "merchant"])
+    def test_a_key_sees_and_revokes_keys_of_its_own_mode_only(self, client, db, new_key, role):
+        """A test key listed its merchant's live keys and could revoke them."""
+        scope = None if role == "admin" else "m_1"
+        test_key = new_key(role, scope, live=False)
+        live_key = new_key("merchant", "m_1", live=True)
+        with session_scope(session_factory(db)) as session:
+            live_id = service.authenticate(session, live_key).id
+        listed = client.get("/v1/api_keys", params={"limit": 100}, headers=auth(test_key))
+        assert listed.status_code == 200, listed.text
+        assert {k["livemode"] for k in listed.json()["data"]} == {False}
+        assert live_id not in {k["id"] for k in listed.json()["data"]}
+        r = client.delete(f"/v1/api_keys/{live_id}", headers=auth(test_key))
+        assert r.status_code == 404, r.text
+        assert client.get("/v1/webhook_endpoints", headers=auth(live_key)).status_code == 200

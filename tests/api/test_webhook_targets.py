@@ -134,6 +134,17 @@ class TestRegistration:
             for url in (f"https://{PUBLIC}/h", "https://hooks.test/h", "https://nowhere.test/h"):
                 webhooks.create_endpoint(s, "m_1", url, ["*"], targets=policy)
 
+    def test_a_public_receiver_needs_https_whatever_the_keys_mode(self, db):
+        """A test key's endpoint gets the merchant's real events (modes label keys, they do
+        not partition data): plain http to a public host was accepted for test keys, sending
+        customers' phone numbers and live link tokens in clear."""
+        policy = TargetPolicy(resolve=_resolver([PUBLIC]))
+        with session_scope(session_factory(db)) as s:
+            for url in (f"http://{PUBLIC}/h", "http://hooks.test/h"):
+                with pytest.raises(InvalidRequest, match="must use https"):
+                    webhooks.create_endpoint(s, "m_1", url, ["*"], targets=policy)
+            webhooks.create_endpoint(s, "m_1", "https://hooks.test/h", ["*"], targets=policy)
+
     def test_the_allowance_admits_loopback(self, client, new_key, receiver):
         assert _register(client, new_key(), receiver.url).status_code == 200  # tests' setting
 
