@@ -151,6 +151,8 @@ class SigningPolicy:
             )
 
     def check_transaction(self, tx: Mapping[str, Any]) -> None:
+        if "input" in tx:  # the signer would sign it as the calldata this check never saw
+            raise PolicyViolationError("give the calldata as 'data', not 'input'")
         value = int(tx.get("value", 0) or 0)
         if value > self.max_native_value:
             raise PolicyViolationError(

@@ -80,6 +80,15 @@ class TestTransactions:
         with pytest.raises(PolicyViolationError, match="not an allowed contract"):
             Signer(KEY, policy).sign_transaction(tx(ATTACKER))
 
+    def test_calldata_given_as_input_is_refused(self, policy):
+        """The check read ``data`` while the signer signs ``input`` when ``data`` is absent:
+        an unlimited approve to an attacker passed as having no calldata."""
+        body = tx(TOKEN)
+        body.pop("data")
+        body["input"] = call(SELECTORS["approve"], ["address", "uint256"], [ATTACKER, 2**256 - 1])
+        with pytest.raises(PolicyViolationError, match="'data', not 'input'"):
+            Signer(KEY, policy).sign_transaction(body)
+
     def test_native_value(self, policy):
         with pytest.raises(PolicyViolationError, match="wei"):
             Signer(KEY, policy).sign_transaction(tx(ROUTER, value=1))
