@@ -41,6 +41,7 @@ __all__ = [
     "SignedTransaction",
     "Signer",
     "decode_transaction",
+    "domain_separator",
     "from_compact",
     "payment_intent_digest",
     "payment_intent_struct_hash",
@@ -389,15 +390,20 @@ def _word(value: int | str) -> bytes:
     return value.to_bytes(32, "big")
 
 
-@lru_cache(maxsize=64)
-def _router_domain_separator(chain_id: int, router: str) -> bytes:
+def domain_separator(name: str, version: str, chain_id: int, contract: str) -> bytes:
+    """EIP-712 ``hashStruct(EIP712Domain)`` for (name, version, chainId, verifyingContract)."""
     return keccak(
         _DOMAIN_TYPEHASH
-        + keccak(ROUTER_DOMAIN_NAME.encode())
-        + keccak(ROUTER_DOMAIN_VERSION.encode())
+        + keccak(name.encode())
+        + keccak(version.encode())
         + _word(chain_id)
-        + _word(_checksum(router, "router"))
+        + _word(_checksum(contract, "verifyingContract"))
     )
+
+
+@lru_cache(maxsize=64)
+def _router_domain_separator(chain_id: int, router: str) -> bytes:
+    return domain_separator(ROUTER_DOMAIN_NAME, ROUTER_DOMAIN_VERSION, chain_id, router)
 
 
 def payment_intent_struct_hash(intent: PaymentIntent) -> bytes:

@@ -13,12 +13,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
+from eth_abi.exceptions import DecodingError
 from eth_hash.auto import keccak
 
 from wallet.addresses import parse_address
 from wallet.amounts import validate_base_units
-from wallet.signing import PaymentIntent, Signer, permit_typed_data, split_signature
+from wallet.errors import UnsupportedOperationError
+from wallet.signing import (
+    PaymentIntent,
+    Signer,
+    domain_separator,
+    permit_typed_data,
+    split_signature,
+)
 
 if TYPE_CHECKING:
     from wallet.chain import Chain
@@ -37,6 +46,22 @@ __all__ = [
 #: Wei the router's owner deposits to pause it (see ``PaymentRouter.pause``): 10 ether, sized for
 #: local chains. A production deployment picks its own per chain.
 DEFAULT_PAUSE_BOND = 10 * 10**18
+
+
+#: Where a token names its EIP-712 domain version: (function, return types, index of the
+#: version in the answer).
+_VERSION_SOURCES = (
+    (
+        "eip712Domain()",
+        ["bytes1", "string", "string", "uint256", "address", "bytes32", "uint256[]"],
+        2,
+    ),
+    ("version()", ["string"], 0),
+)
+
+
+def _selector(signature: str) -> str:
+    return "0x" + keccak(signature.encode())[:4].hex()
 
 
 def _artifact(name: str) -> Any:
@@ -178,13 +203,46 @@ class Token(_Bound):
         validate_base_units(amount)
         return self._send(sender, "mint", parse_address(to, param="to"), amount, wait=wait)
 
+    def _answer(self, signature: str, types: list[str]) -> tuple[Any, ...] | None:
+        """A view function outside the artifact's ABI, by raw ``eth_call``; None when the
+        token has no such function (reverts, or answers something else)."""
+        try:
+            return tuple(abi_decode(types, self.chain.call(self.address, _selector(signature))))
+        except (UnsupportedOperationError, DecodingError, OverflowError):
+            return None
+
+    def permit_domain_version(self, name: str) -> str:
+        """The ``version`` of the token's EIP-712 domain (USDC's is "2", OpenZeppelin's "1"):
+        ``eip712Domain()`` (EIP-5267), else ``version()``, else "1", taking the one that
+        rebuilds the token's ``DOMAIN_SEPARATOR()`` when it has one, so a permit is never
+        signed under a domain the token would refuse."""
+        candidates: list[str] = []
+        for signature, types, index in _VERSION_SOURCES:
+            answer = self._answer(signature, types)
+            if answer is not None and isinstance(answer[index], str):
+                candidates.append(answer[index])
+        candidates = list(dict.fromkeys([*candidates, "1"]))
+        separator = self._answer("DOMAIN_SEPARATOR()", ["bytes32"])
+        if separator is None:
+            return candidates[0]
+        chain_id = self.chain.chain_id
+        for version in candidates:
+            if domain_separator(name, version, chain_id, self.address) == separator[0]:
+                return version
+        raise UnsupportedOperationError(
+            f"token {self.address}'s permit domain is not (name, version, chainId, "
+            "verifyingContract) with a version it names; pay with an approve instead"
+        )
+
     def sign_permit(
         self, owner: Signer, spender: str, value: int, deadline: int, *, nonce: int | None = None
     ) -> PermitData:
-        """The owner's ERC-2612 permit signature, ready for ``payWithPermit``."""
+        """The owner's ERC-2612 permit signature, ready for ``payWithPermit``, under the
+        token's own domain (:meth:`permit_domain_version`)."""
         validate_base_units(value, param="value")
+        name = self.token_name()
         typed = permit_typed_data(
-            token_name=self.token_name(),
+            token_name=name,
             token=self.address,
             chain_id=self.chain.chain_id,
             owner=owner.address,
@@ -192,6 +250,7 @@ class Token(_Bound):
             value=value,
             nonce=self.permit_nonce(owner.address) if nonce is None else nonce,
             deadline=deadline,
+            version=self.permit_domain_version(name),
         )
         v, r, s = split_signature(owner.sign_typed_data(typed))
         return PermitData(value, deadline, v, r, s)

@@ -7,9 +7,13 @@ from eth_account.messages import encode_typed_data
 
 from tests.support import ChainSuite
 from tests.wallet.helpers import build_world
-from wallet.errors import TransactionRevertedError
+from wallet.errors import TransactionRevertedError, UnsupportedOperationError
 from wallet.nonces import NonceLedger
-from wallet.signing import payment_intent_struct_hash, payment_intent_typed_data
+from wallet.signing import (
+    domain_separator,
+    payment_intent_struct_hash,
+    payment_intent_typed_data,
+)
 
 
 class TokenBehaviour(ChainSuite):
@@ -83,6 +87,32 @@ class TokenBehaviour(ChainSuite):
         world.router.pay_with_permit(world.payer, intent, r, vs, permit)
         assert world.chain.w3.eth.get_transaction_count(world.payer.address) == start + 1
         assert world.router.is_settled(world.merchant.address, 2)
+
+    def test_the_permit_domain_version_is_the_one_the_token_was_built_with(self, world):
+        """The token's own DOMAIN_SEPARATOR() decides: OpenZeppelin's "1" here (from its
+        EIP-5267 eip712Domain()); a token naming "2" (USDC) gets "2", where the version was
+        always "1" and payWithPermit reverted; one whose separator no named version rebuilds
+        is refused before anything is signed."""
+        token, name = world.token, world.token.token_name()
+        assert token.permit_domain_version(name) == "1"
+        real = token._answer
+
+        def usdc_like(signature, types):
+            if signature in ("eip712Domain()", "version()"):
+                return None if signature == "eip712Domain()" else ("2",)
+            if signature == "DOMAIN_SEPARATOR()":
+                chain_id = world.chain.chain_id
+                return (domain_separator(name, "2", chain_id, token.address),)
+            return real(signature, types)
+
+        token._answer = usdc_like
+        assert token.permit_domain_version(name) == "2"
+        token._answer = lambda signature, types: (
+            (b"\x01" * 32,) if signature == "DOMAIN_SEPARATOR()" else None
+        )
+        with pytest.raises(UnsupportedOperationError, match="pay with an approve"):
+            token.sign_permit(world.payer.signer, world.router.address, 1, 2**40)
+        del token._answer
 
     def test_forged_intent_is_rejected(self, world):
         intent = world.intent(3)
