@@ -30,6 +30,7 @@ secret material in its message or arguments.
     │   └── PolicyViolationError (PermissionError)
     └── TransactionError
         ├── NonceError
+        │   └── AddressInUseError           another process sends from the address
         ├── InsufficientFundsError (ValueError)
         ├── FeeBumpError (ValueError)
         ├── TransactionRevertedError      .name / .error_args: the decoded custom error
@@ -42,6 +43,7 @@ secret material in its message or arguments.
 from __future__ import annotations
 
 __all__ = [
+    "AddressInUseError",
     "AmountError",
     "AnvilNotFoundError",
     "AnvilStartError",
@@ -240,6 +242,13 @@ class TransactionError(WalletError):
 class NonceError(TransactionError):
     status_code = 409
     code = "nonce_error"
+
+
+class AddressInUseError(NonceError):
+    """Another process sends from this address with the same nonce ledger: both would hand out
+    the same nonces."""
+
+    code = "address_in_use"
 
 
 class InsufficientFundsError(TransactionError, ValueError):

@@ -23,15 +23,20 @@ between signing and sending forgets a transaction the node may or may not have s
   The next nonce becomes ``max(chain pending count, highest live journaled nonce + 1)``: nonces
   reserved but never signed before a crash are simply reused, because nobody ever saw them.
 
-One ledger file may be shared by several managers (one per ``(chain_id, address)``); SQLite's
-own locking makes it safe across processes, but two *processes* sending from the same address
-at the same time still race on the chain — run one sender process per hot address.
+One ledger file may be shared by several managers (one per ``(chain_id, address)``) and by
+several processes (SQLite's own locking), but one address sends from one process at a time: a
+manager holds an exclusive OS lock on ``<ledger>.<chain>-<address>.lock`` (``flock``, released by
+the kernel when the process dies, ``kill -9`` included) for as long as its ledger is open, and a
+second process's manager for the address fails with
+:class:`~wallet.errors.AddressInUseError` instead of handing out the same nonces. Managers in
+one process share the claim.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -40,7 +45,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wallet.errors import BroadcastUncertainError, ChainUnreachableError, NonceError
+if os.name == "posix":
+    import fcntl
+else:  # no flock: the one-process-per-address rule is then the operator's
+    fcntl = None  # type: ignore[assignment]
+
+from wallet.errors import (
+    AddressInUseError,
+    BroadcastUncertainError,
+    ChainUnreachableError,
+    NonceError,
+)
 from wallet.fsutil import ensure_private_dir, followpay_home
 
 __all__ = ["JournalEntry", "NonceLedger", "NonceManager", "ReconcileReport"]
@@ -112,6 +127,7 @@ class NonceLedger:
             path = followpay_home() / "nonces.sqlite3"
         self.path = Path(path)
         self._synchronous = "FULL" if power_safe else "NORMAL"
+        self._claims: list[Path] = []
         if str(self.path) != ":memory:":
             ensure_private_dir(self.path.parent)
         self._db: _Database | None = None
@@ -135,9 +151,23 @@ class NonceLedger:
         return self._db
 
     def close(self) -> None:
+        for lock in self._claims:
+            _unclaim(lock)
+        self._claims.clear()
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def claim(self, chain_id: int, address: str) -> None:
+        """Hold ``address`` on ``chain_id`` for this process until :meth:`close` (see the
+        module docstring); raises :class:`AddressInUseError` if another process holds it."""
+        if str(self.path) == ":memory:":
+            return
+        lock = self.path.with_name(f"{self.path.name}.{chain_id}-{address.lower()}.lock")
+        if lock in self._claims:
+            return
+        _claim(lock, f"address {address} on chain {chain_id}")
+        self._claims.append(lock)
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -252,6 +282,46 @@ class NonceLedger:
         return int(cursor.rowcount)
 
 
+#: Lock files this process holds: path -> (open file, how many ledgers claimed it).
+_CLAIMS: dict[Path, tuple[Any, int]] = {}
+_CLAIMS_LOCK = threading.Lock()
+
+
+def _claim(lock: Path, what: str) -> None:
+    with _CLAIMS_LOCK:
+        held = _CLAIMS.get(lock)
+        if held is not None:
+            _CLAIMS[lock] = (held[0], held[1] + 1)
+            return
+        handle = open(lock, "a+")  # noqa: SIM115 - held until the last claim is released
+        try:
+            lock.chmod(0o600)
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise AddressInUseError(
+                f"{what} is in use by another process sending with this nonce ledger; stop it "
+                "first (two senders would reuse each other's nonces)"
+            ) from None
+        except BaseException:
+            handle.close()
+            raise
+        _CLAIMS[lock] = (handle, 1)
+
+
+def _unclaim(lock: Path) -> None:
+    with _CLAIMS_LOCK:
+        held = _CLAIMS.get(lock)
+        if held is None:
+            return
+        if held[1] > 1:
+            _CLAIMS[lock] = (held[0], held[1] - 1)
+            return
+        del _CLAIMS[lock]
+        held[0].close()  # releases the flock
+
+
 class _Result:
     __slots__ = ("rowcount", "rows")
 
@@ -338,6 +408,7 @@ class NonceManager:
         self._in_flight: set[int] = set()
         self._ready = False
         self.last_report: ReconcileReport | None = None
+        ledger.claim(chain_id, address)
         if reconcile:
             self.reconcile()
 

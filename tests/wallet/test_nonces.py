@@ -11,7 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from wallet.errors import BroadcastUncertainError, ChainUnreachableError, NonceError
+from wallet.errors import (
+    AddressInUseError,
+    BroadcastUncertainError,
+    ChainUnreachableError,
+    NonceError,
+)
 from wallet.nonces import NonceLedger, NonceManager
 
 ADDR = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
@@ -281,3 +286,45 @@ class TestCrashRecovery:
         node.mined = 10  # another wallet process used nonces 1..9
         m.resync()
         assert m.reserve() == 10
+
+
+_HOLDER = """
+import signal, sys, time
+from wallet.nonces import NonceLedger, NonceManager
+ledger = NonceLedger(sys.argv[1])
+NonceManager(ledger, 31337, sys.argv[2], get_count=lambda pending: 0, reconcile=False)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_one_address_sends_from_one_process_at_a_time(tmp_path):
+    """Another process holding the address makes a manager fail instead of handing out the
+    nonces that process hands out too; its death (``kill -9``) frees the address, as the
+    kernel drops its lock."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "nonces.sqlite3"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path), ADDR], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        ledger = NonceLedger(path)
+        with pytest.raises(AddressInUseError, match="in use by another process"):
+            NonceManager(ledger, 31337, ADDR, get_count=lambda pending: 0, reconcile=False)
+        other = "0x" + "22" * 20  # another address on the same ledger is free
+        NonceManager(ledger, 31337, other, get_count=lambda pending: 0, reconcile=False)
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        m = NonceManager(ledger, 31337, ADDR, get_count=lambda pending: 0, reconcile=False)
+        assert m.chain_id == 31337
+        NonceManager(ledger, 31337, ADDR, get_count=lambda pending: 0, reconcile=False)  # shared
+        ledger.close()
+    finally:
+        holder.kill()
+        holder.wait(10)
