@@ -14,8 +14,9 @@ between signing and sending forgets a transaction the node may or may not have s
 * **A write-ahead journal.** Every signed transaction is committed to SQLite (WAL) *before* it
   is broadcast, together with the next nonce.
 * **Reconciliation at start** (:meth:`NonceManager.reconcile`): journaled transactions whose
-  nonce the chain has already used are closed; the others are rebroadcast byte for byte in
-  nonce order ("already known" is fine, "nonce too low" closes them). Only the chain closes an
+  nonce the chain has already used are closed; of the others, the newest per nonce (a
+  replacement or cancel supersedes its original) is rebroadcast byte for byte in nonce order
+  ("already known" is fine, "nonce too low" closes them). Only the chain closes an
   entry: one the node refuses (fee below the base fee, full pool, no funds) stays live and its
   nonce held — it is reported as ``stuck``, to be replaced at the same nonce
   (``Sender.stuck()`` + ``Sender.replace``/``cancel``). If the node does not answer at all,
@@ -238,7 +239,7 @@ class NonceLedger:
             self._conn()
             .execute(
                 "SELECT nonce, tx_hash, raw, status FROM tx_journal WHERE chain_id=? AND address=? "
-                "AND status IN ('signed','sent') ORDER BY nonce, created_at",
+                "AND status IN ('signed','sent') ORDER BY nonce, created_at, rowid",
                 (chain_id, address),
             )
             .fetchall()
@@ -429,10 +430,17 @@ class NonceManager:
         # Ask the node about every entry before writing anything: if it stops answering
         # half-way, the journal and this manager are left exactly as they were.
         answers: list[tuple[JournalEntry, Exception | None]] = []
-        for entry in self.ledger.live(cid, addr):
+        entries = self.ledger.live(cid, addr)
+        # Per nonce only the newest entry goes out again: it superseded the older ones (a
+        # replacement, a cancel). Sent first, an original could reach a block before its
+        # cancel, and it would run though the user cancelled it.
+        newest = {entry.nonce: entry for entry in entries}
+        for entry in entries:
             if entry.nonce < latest or self._broadcast is None:
                 answers.append((entry, None))
                 continue
+            if newest[entry.nonce] is not entry:
+                continue  # superseded: kept in the journal until the chain closes its nonce
             try:
                 self._broadcast(entry.raw)
             except BroadcastUncertainError as exc:

@@ -229,6 +229,37 @@ class TestCrashRecovery:
         assert restarted.last_report.rebroadcast == ("0x0e1",)
         assert restarted.reserve() == nonce + 1
 
+    @pytest.mark.parametrize("cancel_refused", [False, True])
+    def test_a_restart_resends_a_cancel_never_the_payment_it_cancelled(
+        self, ledger, cancel_refused
+    ):
+        """Payment P at nonce N, then its cancel C at N; the process restarts against a node
+        that saw neither. Only C goes out again: P used to be sent first (it could reach a
+        block before C), and when C was refused (no funds for its fee) P ran anyway."""
+        node = FakeNode()
+        m = manager(ledger, node)
+        nonce = m.reserve()
+        payment, cancel = raw_for(nonce, b"pay"), raw_for(nonce, b"cancel")
+        m.record(nonce, "0xpay", payment)
+        ledger.record(31337, ADDR, nonce, "0xcancel", cancel, nonce + 1)
+        if cancel_refused:
+            node.refuse.add(cancel)
+        sent: list[bytes] = []
+
+        def recording(raw: bytes) -> None:
+            sent.append(raw)
+            node.broadcast(raw)
+
+        restarted = NonceManager(ledger, 31337, ADDR, get_count=node.count, broadcast=recording)
+        assert payment not in sent
+        assert sent == [cancel]
+        report = restarted.last_report
+        if cancel_refused:
+            assert (report.rebroadcast, report.stuck) == ((), ("0xcancel",))
+        else:
+            assert (report.rebroadcast, report.stuck) == (("0xcancel",), ())
+            assert node.pool[nonce] == cancel
+
     def test_unanswered_broadcast_keeps_the_nonce_and_entry(self, ledger):
         node = FakeNode()
         m = manager(ledger, node)
