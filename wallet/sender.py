@@ -268,7 +268,11 @@ class Sender:
                 self.chain_id, self.address, nonce, signed.hash, signed.raw, nonce + 1
             )
         else:
-            self.nonces.record(nonce, signed.hash, signed.raw)  # journal BEFORE broadcast
+            try:
+                self.nonces.record(nonce, signed.hash, signed.raw)  # journal BEFORE broadcast
+            except BaseException:  # not journaled, not sent: the nonce is free again
+                self.nonces.release(nonce)
+                raise
         fees = Fees(int(tx["maxFeePerGas"]), int(tx["maxPriorityFeePerGas"]))
         sent = SentTransaction(signed.hash, nonce, self.address, fees, dict(tx), signed)
         try:

@@ -9,6 +9,7 @@ lose replies, hang up and answer 503.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -169,6 +170,25 @@ class SenderBehaviour(ChainSuite):
         assert [
             e.status for e in s.ledger.entries_for_nonce(chain.chain_id, s.address, before)
         ].count("dropped") == 1
+
+    def test_a_journal_write_that_fails_frees_its_nonce(self, chain, ledger):
+        """Disk full, or SQLite locked past its timeout: nothing was journaled nor sent, so the
+        nonce is free again. It used to stay in flight for good: every later transaction
+        queued behind the hole on the node."""
+        s = sender(chain, 7, ledger)
+        before = s.nonces.next_nonce
+        real = s.ledger.record
+
+        def full_disk(*args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        s.ledger.record = full_disk
+        with pytest.raises(sqlite3.OperationalError):
+            s.send(DEAD, b"", 1, gas=21_000)
+        s.ledger.record = real
+        assert s.nonces.next_nonce == before
+        assert s.transact(DEAD, b"", 1).status == 1
+        assert chain.w3.eth.get_transaction_count(s.address) == before + 1
 
     def test_estimate_failure_costs_no_nonce(self, chain, ledger):
         from tests.wallet.helpers import build_world
