@@ -39,14 +39,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(target: Path, data: bytes, *, overwrite: bool = False) -> None:
+def atomic_write(
+    target: Path, data: bytes, *, overwrite: bool = False, private_dir: bool = True
+) -> None:
     """Write ``data`` to ``target`` with mode 0600: temp file, fsync, rename, fsync the dir.
 
     With ``overwrite=False`` the final step is a hard link, which fails if ``target`` appeared
     in the meantime (no check-then-write race); :class:`WalletExistsError` is raised.
+    ``private_dir``: the directory is ours (``$FOLLOWPAY_HOME``): created or tightened to 0700.
+    Otherwise (a path the user chose) a missing directory is created 0700, an existing one keeps
+    its mode: the file alone is 0600.
     """
     parent = target.parent
-    ensure_private_dir(parent)
+    if private_dir or not parent.is_dir():
+        ensure_private_dir(parent)
     if not overwrite and target.exists():
         raise WalletExistsError(f"{str(target)!r} already exists; refusing to overwrite it")
     tmp = parent / f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"

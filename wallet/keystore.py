@@ -175,8 +175,9 @@ def write_keystore(
     scrypt_n: int = DEFAULT_SCRYPT_N,
     overwrite: bool = False,
 ) -> Path:
-    """Encrypt ``key`` to ``path`` atomically with mode 0600."""
+    """Encrypt ``key`` to ``path`` atomically with mode 0600 (the user's directory keeps its
+    own mode: exporting to ``~/k.json`` must not make the home directory 0700)."""
     document = encrypt_keystore(key, password, scrypt_n=scrypt_n)
-    target = Path(path)
-    atomic_write(target, json.dumps(document).encode(), overwrite=overwrite)
+    target = Path(path).expanduser()
+    atomic_write(target, json.dumps(document).encode(), overwrite=overwrite, private_dir=False)
     return target

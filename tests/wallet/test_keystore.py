@@ -103,6 +103,15 @@ class TestRoundTrip:
             write_keystore(path, KEY, PW, scrypt_n=2**10)
         assert [p.name for p in path.parent.iterdir()] == ["key.json"]  # no temp files left
 
+    def test_writing_into_an_existing_directory_leaves_its_mode(self, tmp_path):
+        """``export-keystore --out ~/k.json`` used to chmod the home directory to 0700."""
+        shared = tmp_path / "shared"
+        shared.mkdir(mode=0o755)
+        shared.chmod(0o755)
+        write_keystore(shared / "key.json", KEY, PW, scrypt_n=2**10)
+        assert oct(shared.stat().st_mode & 0o777) == "0o755"
+        assert oct((shared / "key.json").stat().st_mode & 0o777) == "0o600"
+
 
 class TestEthAccountInterop:
     def test_eth_account_reads_ours(self):
