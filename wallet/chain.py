@@ -21,6 +21,7 @@ import functools
 import http.client
 import itertools
 import json
+import logging
 import os
 import platform
 import shutil
@@ -233,6 +234,26 @@ def rpc_origin(url: str) -> str:
     except ValueError:
         port = ""
     return f"{parts.scheme}://{host}{port}"
+
+
+class _RpcUrlRedaction(logging.Filter):
+    """web3's HTTP provider logs its endpoint URI at DEBUG: a provider key in the URL must not
+    reach a log, so the URI arguments of its records are cut to :func:`rpc_origin`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                rpc_origin(arg) if isinstance(arg, str) and arg.startswith("http") else arg
+                for arg in record.args
+            )
+        return True
+
+
+for _logger in (
+    "web3.providers.HTTPProvider",
+    "web3._utils.http_session_manager.HTTPSessionManager",
+):
+    logging.getLogger(_logger).addFilter(_RpcUrlRedaction())
 
 
 class _JsonRpc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import os
 import signal
 import socket
@@ -101,17 +102,22 @@ class TestConnectErrors:
         with pytest.raises(ChainUnreachableError, match="unreachable"):
             connect(ChainConfig(backend="rpc", rpc_url="http://127.0.0.1:9"))
 
-    def test_rpc_errors_and_reprs_name_only_the_endpoints_origin(self):
+    def test_rpc_errors_logs_and_reprs_name_only_the_endpoints_origin(self, caplog):
         keyed = "http://alice:s3cretpw@127.0.0.1:9/v3/0123456789abcdef?apikey=zz99"
         config = ChainConfig(backend="rpc", rpc_url=keyed)
-        with pytest.raises(ChainUnreachableError) as on_connect:
+        with (
+            caplog.at_level(logging.DEBUG),
+            pytest.raises(ChainUnreachableError) as on_connect,
+        ):
             connect(config)
+        # web3's provider logs its URI at DEBUG: only the origin may show
+        assert "http://127.0.0.1:9" in caplog.text
         # the indexer's own JSON-RPC path, on a chain whose node went away
         tester = connect(ChainConfig())
         polling = Chain(tester.w3, ChainBackend.RPC, rpc_url=keyed)
         with pytest.raises(ChainUnreachableError) as on_poll:
             polling.latest_block()
-        for text in (str(on_connect.value), str(on_poll.value), repr(config)):
+        for text in (str(on_connect.value), str(on_poll.value), repr(config), caplog.text):
             for secret in ("alice", "s3cretpw", "0123456789abcdef", "zz99"):
                 assert secret not in text
         assert "chain RPC at http://127.0.0.1:9 is unreachable" in str(on_connect.value)
