@@ -85,6 +85,7 @@ def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
             if u.database and u.database != ":memory:":
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # an erased contact's key leaves no page
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 

@@ -192,13 +192,21 @@ def purge_expired(engine: sa.Engine, now: datetime | None = None) -> int:
         return int(result.rowcount or 0)
 
 
-def forget_contact(session: Session, contact_id: int) -> int:
-    """Overwrite every stored response about ``contact_id`` with :data:`ERASED_RESPONSE`, in
-    the caller's (the erasure's) transaction; returns how many."""
+def forget_contact(session: Session, contact_id: int, merchant_id: int) -> int:
+    """Overwrite every stored response about ``contact_id`` (of ``merchant_id``) with
+    :data:`ERASED_RESPONSE`, in the caller's (the erasure's) transaction; returns how many.
+    Only responses to keys of that merchant (or admin keys): another merchant's request naming
+    the id got a 404, and rewriting it would tell that merchant the id exists and was erased."""
     status, headers, body = ERASED_RESPONSE
+    own_keys = sa.select(col(ApiKeyRecord.id)).where(
+        sa.or_(
+            col(ApiKeyRecord.merchant_id).is_(None),
+            col(ApiKeyRecord.merchant_id) == str(merchant_id),
+        )
+    )
     result = session.connection().execute(
         sa.update(_T)
-        .where(_T.c.contact_id == contact_id)
+        .where(_T.c.contact_id == contact_id, _T.c.api_key_id.in_(own_keys))
         .values(
             response_status=status,
             response_headers=[list(h) for h in headers],

@@ -70,7 +70,7 @@ def erase_contact(
         session, merchant_id, contact_id, actor=actor, clock=clock, request_ref=request_ref
     )
     calls.cancel_without_consent(session, merchant_id, contact_id, actor=actor, clock=clock)
-    idempotency.forget_contact(session, contact_id)
+    idempotency.forget_contact(session, contact_id, merchant_id)
     return log
 
 

@@ -134,6 +134,11 @@ class TestReplayAfterErasure:
         again = _post(world, path, {"tier": "vip"}, key, "probe")
         assert (again.status_code, again.headers["idempotent-replayed"]) == (404, "true")
         assert again.content == first.content
+        # nor does erasing it through the API rewrite b's stored 404
+        erased = _post(world, f"{path}/erase", {}, world.a.merchant, "erase-a")
+        assert erased.status_code == 200, erased.text
+        third = _post(world, path, {"tier": "vip"}, key, "probe")
+        assert (third.status_code, third.content) == (404, first.content)
 
 
 def _with_history(w: World, tenant_name: str) -> tuple[dict, str, int]:
