@@ -49,6 +49,8 @@ from api.dispatch.channels import (
     Recipient,
 )
 from api.retry import until_stopped
+from api.schemas.crm import TicketOut
+from api.webhooks import enqueue
 from crm import KeyRing
 from crm.clock import Clock
 from crm.contacts import service as contacts
@@ -117,7 +119,10 @@ class Worker:
         with Session(self.engine) as session, session.begin():
             recovered = followups_dispatch.recover_stale(session, now, self.lease)
             followups.expire_due(session, now)
-            tickets.sweep_breaches(session, now)  # the 24 h SLA clock is recorded, not inferred
+            # the 24 h SLA clock is recorded, not inferred, and each breach announced once
+            for ticket in tickets.sweep_breaches(session, now):
+                payload = TicketOut.of(ticket).model_dump(mode="json")
+                enqueue(session, str(ticket.merchant_id), "ticket.breached", payload)
         # A transaction of its own: scheduling locks contacts before follow-ups, as
         # prepare_send does; recover/expire above lock follow-ups first (mixed: deadlocks).
         with Session(self.engine) as session, session.begin():

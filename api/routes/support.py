@@ -248,8 +248,12 @@ def respond_ticket(
 ) -> TicketOut:
     merchant_id = _ticket_merchant(session, caller, ticket_id)
     with crm_errors("ticket", ticket_id):
+        breached_before = tickets.get_ticket(session, merchant_id, ticket_id).breached_at
         t = tickets.respond(session, merchant_id, ticket_id, actor=actor(caller), clock=clock)
-    return TicketOut.of(t)
+    out = TicketOut.of(t)
+    if breached_before is None and t.breached_at is not None:  # a late answer recorded it
+        enqueue(session, str(merchant_id), "ticket.breached", out.model_dump(mode="json"))
+    return out
 
 
 @router.post(

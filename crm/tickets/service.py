@@ -181,14 +181,15 @@ def list_queue(
     return list(repo.queue_page(session, merchant_id, limit, starting_after))
 
 
-def sweep_breaches(session: Session, now: datetime) -> int:
-    """Record each overdue, unanswered ticket's breach exactly once. Returns how many now."""
-    count = 0
+def sweep_breaches(session: Session, now: datetime) -> list[Ticket]:
+    """Record each overdue, unanswered ticket's breach exactly once. Returns the tickets it
+    breached now (the caller announces them: ``ticket.breached``)."""
+    breached: list[Ticket] = []
     for ticket_id in repo.unbreached_overdue_ids(session, now):
         if ticket_id is not None and repo.claim_breach(session, ticket_id, now):
-            t = session.get(Ticket, ticket_id)
+            t = session.get(Ticket, ticket_id, populate_existing=True)
             assert t is not None
             _event(session, t, "sla_breached", "system", now)
-            count += 1
+            breached.append(t)
     session.flush()
-    return count
+    return breached

@@ -386,6 +386,35 @@ class TestPrivacy:
 
 
 class TestSupportQueue:
+    def test_each_breach_is_announced_once_as_ticket_breached(self, world: World) -> None:
+        """``ticket.breached`` was listed as an event and accepted by the outbox, yet nothing
+        queued it: neither the worker's SLA sweep nor a late first response."""
+        from api.dispatch.worker import Worker
+
+        hook = world.client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1:9/hooks", "enabled_events": ["ticket.breached"]},
+            headers=auth(world.a.merchant),
+        )
+        assert hook.status_code == 200, hook.text
+        _, late = negative_ticket(world, world.a)
+        _, swept = negative_ticket(world, world.a)
+        world.clock.advance(hours=25)
+        h = auth(world.a.support)
+        assert world.client.post(f"/v1/tickets/{late}/respond", headers=h).status_code == 200
+        worker = Worker(world.engine, world.keyring, {}, world.clock)
+        for _ in range(2):
+            worker.run_once()
+        with world.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT payload FROM api_webhook_deliveries"
+                    " WHERE event_type = 'ticket.breached'"
+                )
+            ).all()
+        breached = sorted(_ticket_id(payload) for (payload,) in rows)
+        assert breached == sorted([late, swept])
+
     def test_queue_is_sorted_by_sla_and_worked_by_support(self, world: World) -> None:
         _, first = negative_ticket(world, world.a)
         world.clock.advance(minutes=5)
@@ -577,3 +606,9 @@ class TestTenantIsolation:
             headers=auth(world.a.merchant),
         )
         assert r.status_code == 403
+
+
+def _ticket_id(payload: str) -> int:
+    import json
+
+    return int(json.loads(payload)["data"]["object"]["id"])

@@ -147,8 +147,8 @@ class TestSweepBreaches:
         clock.advance(hours=1)
         b = open_ticket(session, merchant_id, make_contact, clock, keyring, "b")
         tickets.respond(session, merchant_id, b.id or 0, actor="s", clock=clock)
-        assert tickets.sweep_breaches(session, clock.now() + timedelta(hours=23)) == 1
-        assert tickets.sweep_breaches(session, clock.now() + timedelta(hours=48)) == 0
+        assert len(tickets.sweep_breaches(session, clock.now() + timedelta(hours=23))) == 1
+        assert tickets.sweep_breaches(session, clock.now() + timedelta(hours=48)) == []
         session.refresh(a)
         session.refresh(b)
         assert a.breached_at is not None
