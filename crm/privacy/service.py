@@ -27,6 +27,7 @@ from crm.privacy import repository as repo
 from crm.privacy.models import ErasureLog
 from crm.rewards import repository as rewards_repo
 from crm.tickets import repository as tickets_repo
+from crm.tickets import service as tickets
 
 __all__ = ["erase_contact", "export_contact"]
 
@@ -128,6 +129,7 @@ def erase_contact(
     contacts_repo.add(session, contact)
     wallets = repo.scrub_wallets(session, contact_id)
     comments = repo.scrub_feedback(session, contact_id)
+    closed = tickets.close_for_erased_contact(session, contact_id, now, actor)
     log = repo.add_log(
         session,
         ErasureLog(
@@ -141,6 +143,7 @@ def erase_contact(
                 "followups_suppressed": suppressed,
                 "wallets_scrubbed": wallets,
                 "feedback_rows_scrubbed": comments,
+                "tickets_closed": closed,
                 "retained": ["purchases.payment_ref", "purchases.amount_minor"],
             },
         ),

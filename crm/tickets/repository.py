@@ -11,6 +11,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from crm._base import UTCDateTime
+from crm.enums import TicketState
 from crm.tickets.models import Ticket, TicketEvent
 
 __all__ = [
@@ -120,6 +121,7 @@ def unbreached_overdue_ids(session: Session, now: datetime) -> Sequence[int | No
         col(Ticket.first_response_at).is_(None),
         col(Ticket.breached_at).is_(None),
         Ticket.due_at <= now,
+        col(Ticket.state) != TicketState.RESOLVED,  # closed unanswered (contact erased)
     )
     return session.exec(stmt.order_by(col(Ticket.id))).all()
 

@@ -19,6 +19,7 @@ from crm.tickets.models import Ticket, TicketEvent
 __all__ = [
     "FIRST_RESPONSE_SLA",
     "assign",
+    "close_for_erased_contact",
     "get_ticket",
     "is_negative",
     "list_queue",
@@ -179,6 +180,23 @@ def list_queue(
     if not 1 <= limit <= 100:
         raise InvalidRequest("limit must be between 1 and 100", code="invalid_limit", param="limit")
     return list(repo.queue_page(session, merchant_id, limit, starting_after))
+
+
+def close_for_erased_contact(session: Session, contact_id: int, now: datetime, actor: str) -> int:
+    """An erased contact's unresolved tickets are resolved (event ``closed_contact_erased``):
+    nobody is left to answer, and an open one would only run out its SLA clock. One already
+    breached stays a miss; one closed before its clock ran out counts as neither. Returns
+    how many."""
+    closed = 0
+    for t in repo.list_for_contact(session, contact_id):
+        if t.state == TicketState.RESOLVED:
+            continue
+        t.state, t.resolved_at = TicketState.RESOLVED, now
+        repo.save(session, t)
+        _event(session, t, "closed_contact_erased", actor, now)
+        _audit(session, t, "closed", actor, now, reason="contact_erased")
+        closed += 1
+    return closed
 
 
 def sweep_breaches(session: Session, now: datetime) -> list[Ticket]:

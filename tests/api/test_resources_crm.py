@@ -386,6 +386,26 @@ class TestPrivacy:
 
 
 class TestSupportQueue:
+    def test_erasure_closes_the_contacts_open_tickets(self, world: World) -> None:
+        """An erased contact's ticket stayed in the queue, ran out its SLA clock and was
+        counted a miss, with nobody left to answer."""
+        from api.dispatch.worker import Worker
+
+        contact, ticket_id = negative_ticket(world, world.a)
+        _, other = negative_ticket(world, world.a)
+        erased = world.client.post(
+            f"/v1/contacts/{contact['id']}/erase", headers=auth(world.a.merchant)
+        )
+        assert erased.status_code == 200, erased.text
+        h = auth(world.a.support)
+        queue = world.client.get("/v1/tickets", headers=h).json()["data"]
+        assert [t["id"] for t in queue] == [other]
+        world.clock.advance(hours=25)
+        Worker(world.engine, world.keyring, {}, world.clock).run_once()
+        closed = world.client.get(f"/v1/tickets/{ticket_id}", headers=h).json()
+        assert (closed["state"], closed["sla_breached"]) == ("resolved", False)
+        assert world.client.get(f"/v1/tickets/{other}", headers=h).json()["sla_breached"] is True
+
     def test_each_breach_is_announced_once_as_ticket_breached(self, world: World) -> None:
         """``ticket.breached`` was listed as an event and accepted by the outbox, yet nothing
         queued it: neither the worker's SLA sweep nor a late first response."""
