@@ -84,7 +84,15 @@ def traits_many(
 
 
 def get_for_update(session: Session, contact_id: int) -> Contact | None:
-    """The contact row locked until commit, re-read (not the identity map's older copy)."""
+    """The contact row locked until commit, re-read (not the identity map's older copy).
+
+    The no-op UPDATE is the lock on both databases: a row lock on PostgreSQL, and on SQLite
+    it opens the writer's transaction before the read. An engine that begins lazily (the
+    API's: reads in autocommit until the first write) ignores ``FOR UPDATE``, so without it
+    an erasure could commit between this read and the caller's write."""
+    session.connection().execute(
+        sa.update(Contact).where(col(Contact.id) == contact_id).values(id=Contact.id)
+    )
     stmt = (
         select(Contact)
         .where(Contact.id == contact_id)

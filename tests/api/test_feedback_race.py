@@ -135,3 +135,37 @@ def test_racing_edits_that_turn_an_answer_negative_open_one_ticket(db):
     ratings, tickets, rewards = _answers(db, followup_id)
     assert ratings[0] in (1, 2)
     assert (tickets, rewards) == (1, 1)
+
+
+def test_the_contact_lock_holds_on_the_apis_lazy_sqlite_engine(db):
+    """The API's SQLite engine reads in autocommit until a write, so ``FOR UPDATE`` locked
+    nothing: an erasure could commit between an update's read of the contact and its write.
+    The lock now opens the writer's transaction: a second locker waits for the first."""
+    from crm.contacts import repository as contacts_repo
+
+    clock = FrozenClock(START)
+    with session_scope(db) as s:
+        m = merchants.create_merchant(s, MerchantCreate(name="Locks"), clock)
+        c = contacts.create_contact(
+            s, m.id or 0, ContactCreate(email="bo@example.com", time_zone="UTC"), KEYRING, clock
+        )
+        contact_id = c.id or 0
+    holding, order = threading.Event(), []
+
+    def second() -> None:
+        holding.wait(10)
+        with Session(db) as s:
+            contacts_repo.get_for_update(s, contact_id)
+            order.append("second locked")
+            s.commit()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with Session(db) as s:
+        assert contacts_repo.get_for_update(s, contact_id) is not None
+        holding.set()
+        thread.join(0.5)  # it must be waiting for this transaction
+        order.append("first commits")
+        s.commit()
+    thread.join(30)
+    assert order == ["first commits", "second locked"]
