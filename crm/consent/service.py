@@ -179,6 +179,12 @@ def record(
     basis = parse_choice(LegalBasis, legal_basis, "legal_basis")
     if c is None and a == ConsentAction.GRANT:
         raise InvalidRequest("a grant names one channel", code="invalid_channel", param="channel")
+    if c is not None and a == ConsentAction.OBJECT:  # Art. 21: the purpose, on every channel
+        raise InvalidRequest(
+            "an objection covers every channel of the purpose: give no channel",
+            code="invalid_channel",
+            param="channel",
+        )
     for name, value, limit in (
         ("actor", actor, 128),
         ("source", source, 64),

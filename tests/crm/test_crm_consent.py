@@ -93,6 +93,8 @@ class TestRecord:
             ({"purpose": "marketing", "channel": "pigeon", "action": "grant"}, "invalid_channel"),
             ({"purpose": "marketing", "channel": "email", "action": "maybe"}, "invalid_action"),
             ({"purpose": "marketing", "channel": None, "action": "grant"}, "invalid_channel"),
+            # an objection naming a channel used to block that channel only (Art. 21: all)
+            ({"purpose": "marketing", "channel": "email", "action": "object"}, "invalid_channel"),
             (
                 {
                     "purpose": "marketing",
