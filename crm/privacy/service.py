@@ -125,6 +125,7 @@ def erase_contact(
     contact.name_enc = contact.email_enc = contact.phone_enc = None
     contact.email_index = None
     contact.locale = None
+    contact.time_zone = "UTC"  # where someone lives is theirs too; nothing is sent any more
     contact.erased_at = contact.updated_at = now
     contacts_repo.add(session, contact)
     wallets = repo.scrub_wallets(session, contact_id)

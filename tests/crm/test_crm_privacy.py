@@ -125,7 +125,12 @@ class TestEraseContact:
         clock: FrozenClock,
         keyring: KeyRing,
     ) -> None:
-        c = make_contact(name=PII["name"], email=PII["email"], wallet_addresses=[PII["wallet"]])
+        c = make_contact(
+            name=PII["name"],
+            email=PII["email"],
+            wallet_addresses=[PII["wallet"]],
+            time_zone="Asia/Kathmandu",
+        )
         cid = c.id or 0
         sent_followup(session, merchant_id, c, clock, keyring)
         [pending] = followups.schedule_for_payment(
@@ -139,6 +144,7 @@ class TestEraseContact:
         session.refresh(pending)
         assert (pending.state, pending.reason) == ("suppressed", "erased")
         assert session.get(ContactKey, cid) is None
+        assert (c.time_zone, c.locale) == ("UTC", None)  # no trace of where they live
         assert contacts.find_by_email(session, merchant_id, PII["email"], keyring) is None
         assert contacts.find_by_wallet(session, merchant_id, PII["wallet"], keyring) is None
         public = contacts.to_public(session, c, keyring)
