@@ -65,6 +65,10 @@ __all__ = ["Receipt", "Sender", "SentTransaction"]
 
 log = logging.getLogger(__name__)
 
+# Blocks the head must move past the first sighting of our nonce used by a stranger, with our
+# receipt still missing, before wait() calls the transaction replaced (lagging RPC backends).
+STRANGER_BLOCKS = 2
+
 
 # --- results ---------------------------------------------------------------------------------
 
@@ -420,12 +424,21 @@ class Sender:
         raise_on_revert: bool = True,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Receipt:
-        """Wait for ``sent`` to be mined ``confirmations`` deep (1 = in the latest block)."""
+        """Wait for ``sent`` to be mined ``confirmations`` deep (1 = in the latest block).
+
+        A nonce used while our receipt is missing means a stranger's transaction took it — or,
+        behind a load-balanced RPC, that the node answering for receipts lags the one that
+        counted. So a stranger's replacement is only declared once the head has moved
+        :data:`STRANGER_BLOCKS` past that first sighting (or at the deadline) with our receipt
+        still missing. One of our own replacements mined is proof at once.
+        """
         tx_hash = sent if isinstance(sent, str) else sent.hash
         nonce = None if isinstance(sent, str) else sent.nonce
         deadline = time.monotonic() + timeout
+        suspected_at: int | None = None  # head when the nonce was first seen used by a stranger
         while True:
             receipt = self._receipt(tx_hash)
+            head: int | None = None
             if receipt is None and nonce is not None:
                 # a sibling at the same nonce (one of our replacements) may have been mined
                 for entry in self.ledger.entries_for_nonce(self.chain_id, self.address, nonce):
@@ -440,18 +453,23 @@ class Sender:
                             replacement_hash=entry.tx_hash,
                         )
                 if self._count(self.address, "latest") > nonce:
-                    # nonce used, our hash not mined, replacement not ours to know
+                    # nonce used, our hash not mined (yet, as far as this answer goes)
                     receipt = self._receipt(tx_hash)
                     if receipt is None:
-                        raise TransactionReplacedError(
-                            f"transaction {tx_hash} was replaced (nonce {nonce} used by another "
-                            "transaction)",
-                            tx_hash=tx_hash,
-                        )
+                        head = self._head()
+                        suspected_at = head if suspected_at is None else suspected_at
+                        if (
+                            self._in_process
+                            or head - suspected_at >= STRANGER_BLOCKS
+                            or time.monotonic() >= deadline
+                        ):
+                            raise TransactionReplacedError(
+                                f"transaction {tx_hash} was replaced (nonce {nonce} used by "
+                                "another transaction)",
+                                tx_hash=tx_hash,
+                            )
             if receipt is not None:
-                with self._w3() as w3:
-                    head = int(w3.eth.block_number)
-                depth = head - int(receipt["blockNumber"]) + 1
+                depth = self._head() - int(receipt["blockNumber"]) + 1
                 if depth >= confirmations:
                     return self._finish(tx_hash, receipt, raise_on_revert)
             if time.monotonic() >= deadline:
@@ -461,6 +479,10 @@ class Sender:
                     tx_hash=tx_hash,
                 )
             sleep(self.poll_interval)
+
+    def _head(self) -> int:
+        with self._w3() as w3:
+            return int(w3.eth.block_number)
 
     def _finish(self, tx_hash: str, raw: Mapping[str, Any], raise_on_revert: bool) -> Receipt:
         self.nonces.confirmed(tx_hash)

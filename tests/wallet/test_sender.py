@@ -38,7 +38,7 @@ from wallet.fees import Fees, bump_fees, check_replacement, suggest_fees
 from wallet.nonces import NonceLedger
 from wallet.reverts import decode_revert
 from wallet.rpc import send_raw_batch
-from wallet.sender import Sender
+from wallet.sender import STRANGER_BLOCKS, Sender
 from wallet.signing import sign_transaction
 
 DEAD = "0x000000000000000000000000000000000000dEaD"
@@ -341,8 +341,33 @@ class TestAnvilOnly(ChainSuite):
         )
         no_mining.request("eth_sendRawTransaction", [other.raw_hex])
         no_mining.mine(1)
+        polls: list[int] = []
+
+        def mine_while_waiting(_: float) -> None:
+            polls.append(no_mining.w3.eth.block_number)
+            no_mining.mine(1)
+
         with pytest.raises(TransactionReplacedError):
-            s.wait(first, timeout=10)
+            s.wait(first, timeout=10, sleep=mine_while_waiting)
+        # declared only after the head moved STRANGER_BLOCKS past the first sighting
+        assert len(polls) == STRANGER_BLOCKS
+
+    def test_a_lagging_receipt_backend_is_not_a_replacement(self, no_mining, ledger, monkeypatch):
+        # Behind a load balancer the node counting nonces can be ahead of the one serving
+        # receipts: the nonce is used, our receipt not there yet. That is not a replacement.
+        s = sender(no_mining, 5, ledger)
+        sent = s.send(DEAD, b"", 1, gas=21_000)
+        no_mining.mine(1)
+        real_receipt = s._receipt
+        misses = iter(range(3))
+
+        def lagging(tx_hash: str):
+            return None if next(misses, None) is not None else real_receipt(tx_hash)
+
+        monkeypatch.setattr(s, "_receipt", lagging)
+        receipt = s.wait(sent, timeout=10, sleep=lambda _: None)
+        assert receipt.tx_hash == sent.hash
+        assert receipt.status == 1
 
     def test_raw_batch(self, chain, ledger):
         key = signer(chain, 6)._key
