@@ -31,7 +31,7 @@ from api.settlement.errors import (
     InvoiceStateError,
     MerchantAccountMissingError,
 )
-from api.settlement.models import InvoiceState, MerchantAccount
+from api.settlement.models import Invoice, InvoiceState, MerchantAccount
 from crm.clock import Clock
 from wallet.chain import Chain
 from wallet.deployment import Deployment
@@ -58,6 +58,8 @@ class Sandbox:
     )
     _senders: dict[str, Sender] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    #: one pay at a time: the on-chain check and the payment must not interleave
+    _paying: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self._ledger = NonceLedger(Path(self.workdir.name) / "nonces.sqlite3")
@@ -102,7 +104,10 @@ class Sandbox:
     def pay_invoice(
         self, session: Session, merchant_id: int, invoice_id: str, *, customer: int, permit: bool
     ) -> Receipt:
-        """Pay the merchant's open invoice from development account ``customer``."""
+        """Pay the merchant's open invoice from development account ``customer``.
+
+        The invoice stays ``new`` until the indexer settles it, so the chain is asked too: a
+        second pay before then is the same 409 as a settled invoice's, and mints nothing."""
         invoice = invoices.get_invoice(session, merchant_id, invoice_id)
         if invoice.state != InvoiceState.NEW:
             raise InvoiceStateError(
@@ -112,6 +117,25 @@ class Sandbox:
         account = settlement_repo.get_account(session, invoice.account_id)
         if account is None:
             raise MerchantAccountMissingError("The invoice's router account is gone.")
+        router = Router(self.chain, self.deployment.router)
+        with self._paying:
+            if router.is_settled(account.address, invoice.number):
+                raise InvoiceStateError(
+                    f"Invoice {invoice_id} is already paid on chain; the indexer settles it "
+                    "shortly.",
+                    param="id",
+                )
+            return self._pay(invoice, account, router, customer=customer, permit=permit)
+
+    def _pay(
+        self,
+        invoice: Invoice,
+        account: MerchantAccount,
+        router: Router,
+        *,
+        customer: int,
+        permit: bool,
+    ) -> Receipt:
         payer = self._sender(bytes(self.customers[customer - CUSTOMER_INDEXES.start].key))
         token = Token(self.chain, invoice.token)
         if token.balance_of(payer.address) < invoice.amount:
@@ -119,7 +143,6 @@ class Sandbox:
         intent = invoices.intent_of(invoice, account)
         r = bytes.fromhex(invoice.signature_r[2:])
         vs = bytes.fromhex(invoice.signature_vs[2:])
-        router = Router(self.chain, self.deployment.router)
         if permit:
             deadline = int(time.time()) + 3600
             signed = token.sign_permit(payer.signer, router.address, invoice.amount, deadline)

@@ -114,6 +114,25 @@ class TestOnTheEmbeddedStack:
             payout = stack.chain.dev_accounts()[3].address
             assert token.balance_of(payout) == 2 * 12_500_000
 
+    def test_paying_twice_before_the_indexer_runs_is_a_conflict(self, stack: EmbeddedStack):
+        # The invoice is still `new` until the indexer settles it: the second pay must be
+        # refused like a settled invoice's, not surface the router's revert as a 422.
+        with TestClient(stack.app()) as client:
+            mid, key, _ = _keys(stack, client)
+            h = auth(key)
+            client.post(f"/v1/test_helpers/merchants/{mid}/account", headers=h)
+            invoice = client.post(
+                "/v1/invoices", json={"amount": "700", "order_id": "o-twice"}, headers=h
+            ).json()
+            path = f"/v1/test_helpers/invoices/{invoice['id']}/pay"
+            assert client.post(path, json={"customer": 4}, headers=h).status_code == 200
+            r = client.post(path, json={"customer": 5}, headers=h)
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["code"] == "invoice_state_invalid"
+            assert stack.indexer().poll_once().settled == [invoice["id"]]
+            token = Token(stack.chain, stack.deployment.token)
+            assert token.balance_of(stack.chain.dev_accounts()[3].address) == 700
+
     def test_bad_input_is_refused_and_pays_nothing(self, stack: EmbeddedStack):
         with TestClient(stack.app()) as client:
             mid, key, _ = _keys(stack, client)
