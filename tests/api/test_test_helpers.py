@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -54,6 +55,19 @@ def _keys(stack: EmbeddedStack, client: TestClient) -> tuple[str, str, str]:
         ).json()["secret"]
         found += [mid, key]
     return found[0], found[1], found[3]
+
+
+def _open_invoice(
+    stack: EmbeddedStack, client: TestClient, amount: int
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """A merchant with a sandbox account and one new invoice: (its key's headers, invoice)."""
+    mid, key, _ = _keys(stack, client)
+    h = auth(key)
+    client.post(f"/v1/test_helpers/merchants/{mid}/account", headers=h)
+    invoice = client.post(
+        "/v1/invoices", json={"amount": str(amount), "order_id": "o-1"}, headers=h
+    ).json()
+    return h, invoice
 
 
 class TestOnTheEmbeddedStack:
@@ -118,12 +132,7 @@ class TestOnTheEmbeddedStack:
         # The invoice is still `new` until the indexer settles it: the second pay must be
         # refused like a settled invoice's, not surface the router's revert as a 422.
         with TestClient(stack.app()) as client:
-            mid, key, _ = _keys(stack, client)
-            h = auth(key)
-            client.post(f"/v1/test_helpers/merchants/{mid}/account", headers=h)
-            invoice = client.post(
-                "/v1/invoices", json={"amount": "700", "order_id": "o-twice"}, headers=h
-            ).json()
+            h, invoice = _open_invoice(stack, client, 700)
             path = f"/v1/test_helpers/invoices/{invoice['id']}/pay"
             assert client.post(path, json={"customer": 4}, headers=h).status_code == 200
             r = client.post(path, json={"customer": 5}, headers=h)
@@ -135,12 +144,7 @@ class TestOnTheEmbeddedStack:
 
     def test_bad_input_is_refused_and_pays_nothing(self, stack: EmbeddedStack):
         with TestClient(stack.app()) as client:
-            mid, key, _ = _keys(stack, client)
-            h = auth(key)
-            client.post(f"/v1/test_helpers/merchants/{mid}/account", headers=h)
-            invoice = client.post(
-                "/v1/invoices", json={"amount": "1", "order_id": "o-1"}, headers=h
-            ).json()
+            h, invoice = _open_invoice(stack, client, 1)
             path = f"/v1/test_helpers/invoices/{invoice['id']}/pay"
             for body, param in (
                 ({"customer": 3}, "customer"),  # the payout account, not a customer
