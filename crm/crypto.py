@@ -7,7 +7,8 @@
 * Personal fields are AES-256-GCM encrypted under the DEK with associated data naming the field,
   so a ciphertext cannot be moved to another column or contact.
 * Lookups (unique e-mail per merchant, wallet address) use an HMAC-SHA256 *blind index* keyed
-  with another key derived from the master key.
+  with another key derived from the master key, then scoped to the merchant
+  (:func:`scope_index`): equal values at two merchants do not show as equal.
 * A follow-up's link token is an HMAC under a fourth derived key of its id and creation time
   (:meth:`KeyRing.followup_token`): every attempt to send it carries the same links.
 * The consent ledger's per-contact head is sealed with HMAC-SHA256 under a third derived key
@@ -29,10 +30,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crm.clock import as_utc
 
-__all__ = ["DataKey", "KeyRing"]
+__all__ = ["DataKey", "KeyRing", "scope_index"]
 
 _NONCE = 12
 _VERSION = b"\x01"
+_SCOPE = b"followpay-crm/blind-index/merchant/v2\x00"
 
 
 def _derive(master: bytes, label: bytes) -> bytes:
@@ -63,6 +65,14 @@ class DataKey:
         return "DataKey(<redacted>)"
 
 
+def scope_index(merchant_id: int, unscoped: str) -> str:
+    """The merchant's index of an unscoped HMAC (hex). A plain hash of a keyed value: CRM
+    migration 0007 rescoped the indexes stored before it without the master key (it keeps a
+    frozen copy of this formula; a test holds the two together)."""
+    msg = _SCOPE + str(merchant_id).encode() + b"\x00" + unscoped.encode()
+    return hashlib.sha256(msg).hexdigest()
+
+
 class KeyRing:
     """Master-key holder: wraps data keys and computes blind indexes."""
 
@@ -90,9 +100,12 @@ class KeyRing:
         nonce, body = wrapped[1 : 1 + _NONCE], wrapped[1 + _NONCE :]
         return DataKey(self._wrap.decrypt(nonce, body, self._aad(contact_id)))
 
-    def blind_index(self, kind: str, value: str) -> str:
+    def blind_index(self, kind: str, value: str, *, merchant_id: int) -> str:
+        """HMAC-SHA256 of ``kind``/``value`` under the index key, scoped to one merchant: the
+        same e-mail or wallet at two merchants gets unrelated indexes, so a leaked database
+        does not link a customer across merchants (every lookup is per merchant anyway)."""
         msg = kind.encode() + b"\x00" + value.encode()
-        return hmac.new(self._index_key, msg, hashlib.sha256).hexdigest()
+        return scope_index(merchant_id, hmac.new(self._index_key, msg, hashlib.sha256).hexdigest())
 
     def consent_head_mac(self, message: bytes) -> str:
         """HMAC-SHA256 (hex) of a consent-ledger head (``crm.consent.chain.head_message``)."""

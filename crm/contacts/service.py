@@ -102,10 +102,12 @@ def create_contact(
     tz = validate_time_zone(data.time_zone)
     wallets = sorted({normalise_wallet(w) for w in data.wallet_addresses})
     locale = normalise_text(data.locale, "locale", 35)
-    email_index = keyring.blind_index("email", email) if email else None
+    email_index = keyring.blind_index("email", email, merchant_id=merchant_id) if email else None
     if email_index and repo.email_index_taken(session, merchant_id, email_index):
         raise DuplicateContact("a contact with this e-mail already exists")
-    wallet_indexes = [(w, keyring.blind_index("wallet", w)) for w in wallets]
+    wallet_indexes = [
+        (w, keyring.blind_index("wallet", w, merchant_id=merchant_id)) for w in wallets
+    ]
     for _, index in wallet_indexes:
         if repo.wallet_index_taken(session, merchant_id, index):
             raise DuplicateWallet("wallet address already belongs to a contact")
@@ -157,7 +159,7 @@ def add_wallet(
     contact = get_contact_for_update(session, merchant_id, contact_id)
     key = _live_key(session, keyring, contact)
     wallet = normalise_wallet(address)
-    index = keyring.blind_index("wallet", wallet)
+    index = keyring.blind_index("wallet", wallet, merchant_id=merchant_id)
     if repo.wallet_index_taken(session, merchant_id, index):
         raise DuplicateWallet("wallet address already belongs to a contact")
     repo.add_wallet(
@@ -196,7 +198,7 @@ def update_contact(
         contact.time_zone = validate_time_zone(changes["time_zone"])
     if "email" in changes:
         email = normalise_email(changes["email"]) if changes["email"] else None
-        index = keyring.blind_index("email", email) if email else None
+        index = keyring.blind_index("email", email, merchant_id=merchant_id) if email else None
         if index and repo.email_index_taken(session, merchant_id, index, exclude_id=contact.id):
             raise DuplicateContact("a contact with this e-mail already exists")
         contact.email_index = index
@@ -232,14 +234,16 @@ def find_by_email(
     session: Session, merchant_id: int, email: str, keyring: KeyRing
 ) -> Contact | None:
     return repo.get_by_email_index(
-        session, merchant_id, keyring.blind_index("email", normalise_email(email))
+        session,
+        merchant_id,
+        keyring.blind_index("email", normalise_email(email), merchant_id=merchant_id),
     )
 
 
 def find_by_wallet(
     session: Session, merchant_id: int, address: str, keyring: KeyRing
 ) -> Contact | None:
-    index = keyring.blind_index("wallet", normalise_wallet(address))
+    index = keyring.blind_index("wallet", normalise_wallet(address), merchant_id=merchant_id)
     return repo.get_by_wallet_index(session, merchant_id, index)
 
 

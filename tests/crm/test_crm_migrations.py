@@ -230,3 +230,63 @@ def test_0003_backfills_unsealed_heads_that_0005_requires_sealed(fresh_url: str 
         assert upgrade(fresh_url, keyring=keyring).sealed == 0  # nothing left to seal
     finally:
         engine.dispose()
+
+
+def test_0007_scopes_stored_blind_indexes_to_their_merchant(fresh_url: str | sa.URL) -> None:
+    """Indexes written before 0007 (one HMAC, equal across merchants) are rescoped in place:
+    afterwards the service finds every contact by e-mail and wallet, the same customer at
+    two merchants no longer shares an index, and contacts without one stay without."""
+    import hashlib
+    import hmac
+
+    from crm import ContactCreate, FrozenClock, MerchantCreate, merchants
+    from crm.contacts import service as contacts
+    from crm.contacts.models import Contact, ContactWallet
+    from crm.crypto import scope_index
+
+    keyring = KeyRing(b"k" * 32)
+
+    def unscoped(kind: str, value: str) -> str:  # the index as releases before 0007 wrote it
+        key = keyring._index_key  # recreating an old release's rows
+        return hmac.new(key, kind.encode() + b"\x00" + value.encode(), hashlib.sha256).hexdigest()
+
+    wallet = "0x" + "ab" * 20
+    command.upgrade(alembic_config(fresh_url), "0006")
+    engine = make_engine(fresh_url)
+    try:
+        with Session(engine) as session, session.begin():
+            clock = FrozenClock(START)
+            ids = []
+            for name in ("A", "B"):
+                mid = merchants.create_merchant(session, MerchantCreate(name=name), clock).id
+                data = ContactCreate(email="Ann@Example.com", wallet_addresses=[wallet])
+                ids.append((mid, contacts.create_contact(session, mid, data, keyring, clock).id))
+            bare_id = contacts.create_contact(
+                session, ids[0][0], ContactCreate(name="x"), keyring, clock
+            ).id
+            for contact in session.exec(select(Contact)):
+                if contact.email_index is not None:
+                    contact.email_index = unscoped("email", "ann@example.com")
+            for row in session.exec(select(ContactWallet)):
+                row.address_index = unscoped("wallet", wallet)
+        with Session(engine) as session:
+            before = {c.id: c.email_index for c in session.exec(select(Contact))}
+        assert before[ids[0][1]] == before[ids[1][1]]  # the link 0007 removes
+
+        command.upgrade(alembic_config(fresh_url), "head")
+
+        with Session(engine) as session:
+            after = {c.id: c.email_index for c in session.exec(select(Contact))}
+            for mid, cid in ids:
+                assert after[cid] == scope_index(mid, before[cid])  # migration == crm.crypto
+                assert contacts.find_by_email(session, mid, "ann@example.com", keyring).id == cid
+                assert contacts.find_by_wallet(session, mid, wallet, keyring).id == cid
+            wallets = {w.contact_id: w.address_index for w in session.exec(select(ContactWallet))}
+        assert after[ids[0][1]] != after[ids[1][1]]
+        assert wallets[ids[0][1]] != wallets[ids[1][1]]
+        assert after[bare_id] is None
+        with pytest.raises(RuntimeError, match="cannot be undone"):
+            command.downgrade(alembic_config(fresh_url), "0006")
+        assert current_revision(fresh_url) == _crm_head()
+    finally:
+        engine.dispose()

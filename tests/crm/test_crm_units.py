@@ -64,11 +64,17 @@ class TestKeyRing:
         assert "m" * 8 not in repr(kr)
         assert repr(key) == "DataKey(<redacted>)"
 
-    def test_blind_index_keyed(self) -> None:
+    def test_blind_index_keyed_and_scoped_to_the_merchant(self) -> None:
         a, b = KeyRing(b"a" * 32), KeyRing(b"b" * 32)
-        assert a.blind_index("email", "x@y.z") == a.blind_index("email", "x@y.z")
-        assert a.blind_index("email", "x@y.z") != b.blind_index("email", "x@y.z")
-        assert a.blind_index("email", "x@y.z") != a.blind_index("wallet", "x@y.z")
+        index = a.blind_index("email", "x@y.z", merchant_id=1)
+        assert index == a.blind_index("email", "x@y.z", merchant_id=1)
+        assert index != b.blind_index("email", "x@y.z", merchant_id=1)
+        assert index != a.blind_index("wallet", "x@y.z", merchant_id=1)
+        # one customer at two merchants: nothing in the database links the two rows
+        assert index != a.blind_index("email", "x@y.z", merchant_id=2)
+        assert a.blind_index("email", "x@y.z", merchant_id=12) != a.blind_index(
+            "email", "x@y.z", merchant_id=1
+        )
 
     def test_short_master_key_rejected(self) -> None:
         with pytest.raises(ValueError, match="32 bytes"):
