@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # web3, the API and signing stacks load only in the processes
     from wallet.signing import Signer
 
 __all__ = [
+    "DatabaseMissingError",
     "Runtime",
     "WarmHeapFreezer",
     "chain_info_for",
@@ -182,6 +183,18 @@ def secret_cipher(settings: Settings) -> SecretCipher:
     return SecretCipher(load_master_key(settings).hex())
 
 
+class DatabaseMissingError(Exception):
+    """A command that reads or writes the database found no SQLite file: it creates none (an
+    empty, unmigrated file would be left behind); ``followpay db upgrade`` does."""
+
+    status_code = 409
+    code = "database_missing"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -189,17 +202,23 @@ class Runtime:
     @cached_property
     def engine(self) -> sa.Engine:
         url = self.settings.resolved_database_url
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = _sqlite_path(url)
+        if path is not None and not path.exists():
+            raise DatabaseMissingError(f"no database at {path}: run `followpay db upgrade` first")
         return make_engine(url)
 
     def upgrade_database(self) -> HeadsSealed:
-        """Apply the migrations, sealing with the server's key the consent heads older
-        releases wrote without a MAC (see :func:`crm.db.upgrade`)."""
+        """Apply the migrations (creating the SQLite file and its directory), sealing with the
+        server's key the consent heads older releases wrote without a MAC (see
+        :func:`crm.db.upgrade`)."""
         from api.db import upgrade
 
         url = self.settings.resolved_database_url
-        self.engine.dispose()  # creates the SQLite directory
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if "engine" in self.__dict__:
+            self.engine.dispose()  # pooled connections must not outlive the schema change
         return upgrade(url, keyring=self.keyring)
 
     @cached_property

@@ -151,21 +151,25 @@ def _artifact_copies(root: Path) -> dict[str, str]:
     return dirs
 
 
-def _run(case: Case, home: Path, dirs: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(
+    case: Case, home: Path, dirs: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")}
     env.update(FOLLOWPAY_HOME=str(home), **case.env)
     command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "api.cli"]
     env.update({k: v.format(**dirs) for k, v in case.env.items()})
     args = [arg.format(**dirs) for arg in case.args]
-    return subprocess.run(
+    result = subprocess.run(
         [*command, *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
+    left = sorted(str(p.relative_to(home)) for p in home.rglob("*")) if home.exists() else []
+    return result, left
 
 
 @pytest.fixture(scope="module")
-def results(
+def runs(
     tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, subprocess.CompletedProcess[str]]:
+) -> dict[str, tuple[subprocess.CompletedProcess[str], list[str]]]:
     """The cases two at a time (each is a ~2 s interpreter start-up), each with its own home."""
     root = tmp_path_factory.mktemp("cli")
     dirs = _artifact_copies(root)
@@ -175,6 +179,13 @@ def results(
             for name, case in CASES.items()
         }
         return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def results(
+    runs: dict[str, tuple[subprocess.CompletedProcess[str], list[str]]],
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    return {name: result for name, (result, _) in runs.items()}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -191,6 +202,12 @@ def test_fails_with_a_short_message_and_no_traceback(name, results):
     else:
         assert len(lines) == 1, output
         assert lines[0].startswith("error: "), output
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_failed_command_leaves_its_home_as_it_found_it(name, runs):
+    # every home starts absent: bad input must not leave a database, key or wallet behind
+    assert runs[name][1] == []
 
 
 @pytest.mark.parametrize(

@@ -51,19 +51,19 @@ def create_key(
     from api.settings import get_settings
     from crm import merchants
 
+    if (role is ApiRole.ADMIN) != (merchant is None):
+        raise typer.BadParameter(
+            "admin keys see every merchant: leave --merchant out"
+            if merchant is not None
+            else f"a {role.value} key needs --merchant ID",
+            param_hint="--merchant",
+        )
+    if merchant is not None and not (merchant.isascii() and merchant.isdigit()):
+        raise typer.BadParameter("merchant ids are integers", param_hint="--merchant")
     runtime = Runtime(get_settings())
     try:
         with session_scope(runtime.engine) as session:
-            if (role is ApiRole.ADMIN) != (merchant is None):
-                raise typer.BadParameter(
-                    "admin keys see every merchant: leave --merchant out"
-                    if merchant is not None
-                    else f"a {role.value} key needs --merchant ID",
-                    param_hint="--merchant",
-                )
             if merchant is not None:
-                if not (merchant.isascii() and merchant.isdigit()):
-                    raise typer.BadParameter("merchant ids are integers", param_hint="--merchant")
                 merchants.get_merchant(session, int(merchant))
             _, plaintext = keys.create_key(session, merchant, role, live, name=name)
     finally:
