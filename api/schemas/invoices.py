@@ -173,7 +173,12 @@ class InvoiceOut(BaseModel):
     confirmations_required: int
     intent: PaymentIntentOut
     signature: SignatureOut
-    payment_uri: str = Field(description="EIP-681 URI (with @chainId) for wallets.")
+    payment_uri: str = Field(
+        description="EIP-681 URI (with @chainId): the token `approve` of the router for the "
+        "amount, the step a plain wallet can take from a QR code. It pays nothing by itself: "
+        "the payment is the router's `pay` (or `payWithPermit`, no approve needed) with "
+        "`intent` and `signature`, sent by a checkout page or the payer's client."
+    )
     qr_svg_url: str
     qr_png_url: str
     metadata: dict[str, Any]
