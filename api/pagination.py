@@ -98,11 +98,15 @@ def paginate(
     created_at: Any,
     id: Any,
     page: PageParams,
+    cursor_in: Any = None,
 ) -> tuple[list[Any], bool]:
     """Apply keyset pagination to ``stmt`` (a scoped ``select`` of one entity).
 
     Returns ``(rows, has_more)``. ``created_at``/``id`` are the model's columns
-    (``Model.created_at``, ``Model.id``).
+    (``Model.created_at``, ``Model.id``). ``cursor_in`` is the caller-scoped select *without*
+    the list's filters, for lists filtered on something that changes (an invoice's state): the
+    ``starting_after`` object is looked up there, so one that left the filter since the last
+    page (paid, sent, marked) is still a place to continue from, not a 404.
     """
     created_col: Any = created_at
     id_col: Any = id
@@ -117,8 +121,9 @@ def paginate(
             cursor_id = parse_id(cursor_id)  # a 64-digit cursor overflowed SQLite's binding
             if cursor_id is None:
                 raise missing
+        within = stmt if cursor_in is None else cursor_in
         cursor = session.execute(
-            stmt.with_only_columns(created_col, id_col).where(id_col == cursor_id)
+            within.with_only_columns(created_col, id_col).where(id_col == cursor_id)
         ).first()
         if cursor is None:
             raise missing

@@ -194,7 +194,12 @@ def list_invoices(
         created_lt=created_lt,
     )
     rows, has_more = paginate(
-        session, stmt, created_at=Invoice.created_at, id=Invoice.id, page=page
+        session,
+        stmt,
+        created_at=Invoice.created_at,
+        id=Invoice.id,
+        page=page,
+        cursor_in=repo.invoices_select(merchant_scope(caller, merchant_id)),
     )
     addresses: dict[int, str] = {}
     return ListResponse[InvoiceOut](

@@ -247,7 +247,14 @@ def list_payments(
     ] = None,
 ) -> ListResponse[PaymentOut]:
     stmt = settlement_repo.payments_select(merchant_scope(caller, merchant_id), matched=matched)
-    rows, has_more = paginate(session, stmt, created_at=Payment.seen_at, id=Payment.id, page=page)
+    rows, has_more = paginate(
+        session,
+        stmt,
+        created_at=Payment.seen_at,
+        id=Payment.id,
+        page=page,
+        cursor_in=settlement_repo.payments_select(merchant_scope(caller, merchant_id)),
+    )
     head = None
     if rows and chain is not None and chain.head is not None:
         try:

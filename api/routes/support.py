@@ -76,7 +76,12 @@ def list_followups(
         contact_id=contact_id,
     )
     rows, has_more = paginate(
-        session, stmt, created_at=FollowUp.created_at, id=FollowUp.id, page=page
+        session,
+        stmt,
+        created_at=FollowUp.created_at,
+        id=FollowUp.id,
+        page=page,
+        cursor_in=queries.followups_select(merchant_scope(caller, merchant_id)),
     )
     return ListResponse[FollowUpOut](
         data=[FollowUpOut.of(f) for f in rows], has_more=has_more, url=request.url.path
@@ -140,7 +145,12 @@ def list_feedback(
         merchant_scope(caller, merchant_id), contact_id=contact_id, rating=rating
     )
     rows, has_more = paginate(
-        session, stmt, created_at=Feedback.created_at, id=Feedback.id, page=page
+        session,
+        stmt,
+        created_at=Feedback.created_at,
+        id=Feedback.id,
+        page=page,
+        cursor_in=queries.feedback_select(merchant_scope(caller, merchant_id)),
     )
     return ListResponse[FeedbackOut](
         data=[_feedback_out(session, f, keyring) for f in rows],

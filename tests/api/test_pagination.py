@@ -135,3 +135,39 @@ def test_a_cursor_that_is_no_id_is_a_missing_object_not_a_500(client, new_key, p
     assert r.status_code == 404, r.text
     err = r.json()["error"]
     assert (err["code"], err["param"]) == ("resource_missing", "starting_after")
+
+
+def test_a_cursor_that_left_the_filter_still_continues_the_walk(db, endpoints):
+    """Page 1 of a filtered list, then its last object leaves the filter (an invoice paid, a
+    follow-up sent): page 2 continues after it — looked up without the filter — not a 404."""
+    from sqlmodel import col
+
+    from api.errors import NotFound
+    from api.pagination import PageParams, paginate
+    from api.webhooks import repository
+    from api.webhooks.models import WebhookEndpoint
+
+    def enabled_page(session, after=None, cursor_in=None):
+        stmt = repository.endpoints_select("m_b").where(col(WebhookEndpoint.enabled))
+        rows, more = paginate(
+            session,
+            stmt,
+            created_at=WebhookEndpoint.created_at,
+            id=WebhookEndpoint.id,
+            page=PageParams(limit=1, starting_after=after),
+            cursor_in=cursor_in,
+        )
+        return [r.id for r in rows], more
+
+    newest, second, third = endpoints["m_b"]
+    with session_scope(session_factory(db)) as s:
+        assert enabled_page(s) == ([newest], True)
+        webhooks.disable_endpoint(s, newest, merchant_id="m_b", now=utcnow())
+        with pytest.raises(NotFound):  # looked up under the filter, the cursor is gone
+            enabled_page(s, after=newest)
+        scoped = repository.endpoints_select("m_b")
+        assert enabled_page(s, after=newest, cursor_in=scoped) == ([second], True)
+        assert enabled_page(s, after=second, cursor_in=scoped) == ([third], False)
+        # the unfiltered scope is still the merchant's: another merchant's id stays a 404
+        with pytest.raises(NotFound):
+            enabled_page(s, after=endpoints["m_a"][0], cursor_in=scoped)
