@@ -254,7 +254,9 @@ def invoice_qr_png(
     description="For payments made outside the router (`settled`) or invoices that must not be "
     "paid (`invalid`). Sets status `marked`, is audited and emits `invoice.settled` / "
     "`invoice.invalid`. Marking an invalid invoice `invalid` again changes nothing: the "
-    "invoice as it is, no audit entry, no event.",
+    "invoice as it is, no audit entry, no event. `settled` is refused (409 "
+    "`invoice_state_invalid`) while a payment confirms on chain (it settles by itself), once "
+    "the invoice is refunded in full, and while the order has another open invoice.",
 )
 def mark_invoice(
     invoice_id: InvoiceId,

@@ -442,7 +442,10 @@ def mark_invoice(
     The invoice is read under a lock held until commit (:func:`repo.lock_invoice`), so the
     decision is made on what the indexer last committed and an indexer step cannot overwrite it:
     a step that read the invoice before applies its payment again to the marked invoice (held
-    when invalid), and one that settled it first has its follow-ups cancelled here."""
+    when invalid), and one that settled it first has its follow-ups cancelled here.
+
+    Settling is refused while a payment confirms (the chain settles it) and once the invoice
+    is refunded in full."""
     invoice = repo.lock_invoice(session, merchant_id, invoice_id)
     if invoice is None:
         raise InvoiceNotFoundError(f"no invoice {invoice_id}", param="id")
@@ -450,6 +453,14 @@ def mark_invoice(
         return MarkOutcome(invoice, changed=False)
     if invoice.state == InvoiceState.SETTLED and settle:
         raise InvoiceStateError("invoice is already settled")
+    if settle and invoice.state == InvoiceState.PROCESSING:
+        # marking it would turn the confirming payment into a second, "held" one
+        raise InvoiceStateError(
+            "a payment for this invoice is confirming on chain: it settles at its depth "
+            "(mark it invalid to refuse it)"
+        )
+    if settle and invoice.refunded_amount >= invoice.amount > 0:
+        raise InvoiceStateError("invoice is refunded in full: there is nothing to settle")
     if settle and invoice.state in REOPENABLE_STATES:
         other = repo.open_invoice_for_order(
             session, merchant_id, invoice.order_id, [s.value for s in REOPENABLE_STATES]
@@ -460,11 +471,19 @@ def mark_invoice(
                 "invalidate it first or refund this payment"
             )
     was_settled = invoice.state == InvoiceState.SETTLED
-    invoice.state = InvoiceState.SETTLED if settle else InvoiceState.INVALID
-    invoice.status = InvoiceStatus.MARKED
-    if settle:
-        invoice.settled_at = clock.now()
-    session.add(invoice)
+    try:
+        with session.begin_nested():  # the write alone: a refusal leaves the transaction usable
+            invoice.state = InvoiceState.SETTLED if settle else InvoiceState.INVALID
+            invoice.status = InvoiceStatus.MARKED
+            if settle:
+                invoice.settled_at = clock.now()
+            session.add(invoice)
+            session.flush()
+    except IntegrityError:  # a create for the order committed after the check above
+        raise InvoiceStateError(
+            f"order {invoice.order_id!r} has another open invoice; invalidate it first or "
+            "refund this payment"
+        ) from None
     if was_settled and not settle:
         _cancel_followups(session, invoice, clock)
     audit.record(
