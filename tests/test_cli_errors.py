@@ -50,6 +50,14 @@ CASES = {
         {"FOLLOWPAY_CHAIN": "rpc", "FOLLOWPAY_RPC_URL": UNREACHABLE},
         says="unreachable",
     ),
+    "expiry_out_of_range": Case(
+        (
+            *("invoices", "create", "--merchant", "1", "--amount", "1", "--order", "o"),
+            *("--expires-minutes", "9999999999999999"),
+        ),
+        code=2,
+        says="--expires-minutes",
+    ),
     "unmigrated_database": Case(
         ("invoices", "list", "--merchant", "1"), says="run `followpay db upgrade`"
     ),

@@ -15,6 +15,7 @@ __all__ = ["MAX_UINT256", "format_amount", "parse_amount", "validate_base_units"
 
 MAX_UINT256 = 2**256 - 1
 _DECIMAL = re.compile(r"^(\d+)?(?:\.(\d*))?$")
+_UINT256_DIGITS = len(str(MAX_UINT256))  # 78
 
 
 def validate_base_units(value: int, *, param: str = "amount") -> int:
@@ -43,13 +44,15 @@ def parse_amount(text: str, decimals: int, *, param: str = "amount") -> int:
     if not match or not (match.group(1) or match.group(2)):
         shown = text if len(text) <= 40 else text[:40] + "…"
         raise AmountError(f"{param} {shown!r} is not a decimal number", param=param)
-    whole, frac = match.group(1) or "0", (match.group(2) or "").rstrip("0")
+    whole, frac = (match.group(1) or "0").lstrip("0"), (match.group(2) or "").rstrip("0")
+    if len(whole) > _UINT256_DIGITS:  # before int(): Python refuses strings past 4,300 digits
+        raise AmountError(f"{param} does not fit in uint256", param=param)
     if len(frac) > decimals:
         raise AmountError(
             f"{param} has {len(frac)} decimal places but the token has only {decimals}",
             param=param,
         )
-    value = int(whole) * 10**decimals + (int(frac.ljust(decimals, "0")) if frac else 0)
+    value = int(whole or "0") * 10**decimals + (int(frac.ljust(decimals, "0")) if frac else 0)
     if value > MAX_UINT256:
         raise AmountError(f"{param} does not fit in uint256", param=param)
     return value

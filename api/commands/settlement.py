@@ -336,7 +336,9 @@ def invoices_create(
     order: Annotated[str, typer.Option(help="the merchant's order id")],
     contact: Annotated[int | None, typer.Option(help="CRM contact id to follow up")] = None,
     confirmations: Annotated[int, typer.Option(help="0, 1, 2 or 6")] = 1,
-    expires_minutes: Annotated[int, typer.Option(help="expiry in minutes")] = 15,
+    expires_minutes: Annotated[
+        int, typer.Option(min=1, max=7 * 24 * 60, help="expiry in minutes (up to 7 days)")
+    ] = 15,
     metadata: Annotated[
         list[str] | None,
         typer.Option(

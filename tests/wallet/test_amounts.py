@@ -57,6 +57,10 @@ class TestParseAmount:
         assert parse_amount(str(MAX_UINT256), 0) == MAX_UINT256
         with pytest.raises(AmountError, match="uint256"):
             parse_amount(str(MAX_UINT256 // 10**6 + 1), 6)
+        # past Python's 4,300-digit int() limit: still an AmountError, not a bare ValueError
+        with pytest.raises(AmountError, match="uint256"):
+            parse_amount("9" * 5000, 6)
+        assert parse_amount("0" * 5000 + "1.5", 6) == 1_500_000  # leading zeros are no digits
 
     def test_refuses_non_strings_and_bad_decimals(self):
         with pytest.raises(AmountError):
