@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Path, Request
@@ -26,6 +27,7 @@ from api.webhooks.schemas import (
     WebhookEndpointCreate,
     WebhookEndpointPublic,
     WebhookEndpointWithSecret,
+    WebhookSecretRotate,
 )
 from api.webhooks.targets import TargetPolicy
 
@@ -109,13 +111,23 @@ def get_webhook_endpoint(
     "/webhook_endpoints/{endpoint_id}/rotate_secret",
     response_model=WebhookEndpointWithSecret,
     summary="Rotate the signing secret",
-    description="Returns the new secret. The old one stops signing immediately.",
+    description="Returns the new secret. The old one stops signing immediately, or with "
+    "`expires_in` keeps signing beside it for up to 24 hours (deliveries carry both `v1=` "
+    "signatures meanwhile).",
 )
 def rotate_webhook_secret(
-    endpoint_id: EndpointId, session: SessionDep, caller: Manager, cipher: CipherDep
+    endpoint_id: EndpointId,
+    session: SessionDep,
+    caller: Manager,
+    cipher: CipherDep,
+    body: WebhookSecretRotate | None = None,
 ) -> WebhookEndpointWithSecret:
     endpoint, secret = webhooks.rotate_secret(
-        session, endpoint_id, merchant_id=caller.scope, cipher=cipher
+        session,
+        endpoint_id,
+        merchant_id=caller.scope,
+        cipher=cipher,
+        grace=timedelta(seconds=(body or WebhookSecretRotate()).expires_in),
     )
     return WebhookEndpointWithSecret.with_secret(endpoint, secret)
 

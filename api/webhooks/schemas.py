@@ -15,6 +15,7 @@ __all__ = [
     "WebhookEndpointCreate",
     "WebhookEndpointPublic",
     "WebhookEndpointWithSecret",
+    "WebhookSecretRotate",
 ]
 
 
@@ -52,6 +53,19 @@ class WebhookEndpointCreate(BaseModel):
     description: str | None = Field(default=None, max_length=500)
     merchant_id: str | None = Field(
         default=None, min_length=1, max_length=64, description="Admins only: the owning merchant."
+    )
+
+
+class WebhookSecretRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expires_in: int = Field(
+        default=0,
+        ge=0,
+        le=86_400,
+        description="Seconds the old secret keeps signing beside the new one (two `v1=` "
+        "entries), up to 24 hours, so a receiver can switch without failing deliveries; 0: it "
+        "stops at once.",
     )
 
 

@@ -471,6 +471,45 @@ class TestDelivery:
         verify(new, got.headers[SIGNATURE_HEADER], got.body)
         verify(old, got.headers[SIGNATURE_HEADER], got.body)
 
+    def test_rotation_through_the_api_can_keep_the_old_secret_signing(
+        self, db, receiver, client, new_key
+    ):
+        key = auth(new_key(merchant_id="m_1"))
+        created = client.post(
+            "/v1/webhook_endpoints",
+            json={"url": receiver.url, "enabled_events": ["*"]},
+            headers=key,
+        ).json()
+        old, path = created["secret"], f"/v1/webhook_endpoints/{created['id']}/rotate_secret"
+        # the worker decrypts secrets with the cipher the API encrypted them under
+        _deliver = functools.partial(
+            delivery.deliver_due, targets=LOCAL, cipher=client.app.state.cipher
+        )
+        for bad in ({"expires_in": 86_401}, {"expires_in": -1}, {"grace": 60}):
+            r = client.post(path, json=bad, headers=key)
+            assert r.status_code in (400, 422), r.text
+        _enqueue(db)
+        _deliver(session_factory(db))
+        verify(old, receiver.received[-1].headers[SIGNATURE_HEADER], receiver.received[-1].body)
+
+        r = client.post(path, json={"expires_in": 3600}, headers=key)
+        assert r.status_code == 200, r.text
+        new = r.json()["secret"]
+        _enqueue(db)
+        _deliver(session_factory(db))
+        got = receiver.received[-1]
+        verify(new, got.headers[SIGNATURE_HEADER], got.body)
+        verify(old, got.headers[SIGNATURE_HEADER], got.body)  # receivers switch meanwhile
+
+        newest = client.post(path, headers=key).json()["secret"]  # no body: at once
+        _enqueue(db)
+        _deliver(session_factory(db))
+        got = receiver.received[-1]
+        verify(newest, got.headers[SIGNATURE_HEADER], got.body)
+        for retired in (old, new):
+            with pytest.raises(WebhookSignatureError):
+                verify(retired, got.headers[SIGNATURE_HEADER], got.body)
+
     def test_signature_timestamp_is_fresh(self, db, receiver):
         _, _secret = _endpoint(db, receiver.url)
         _enqueue(db)
