@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from scripts import loadgen
 
@@ -74,13 +73,13 @@ def test_open_loop_charges_a_stall_to_every_request_it_delays() -> None:
     server = _Server(delays={3: 0.5})
 
     async def go(port: int) -> loadgen.LoadResult:
-        return await loadgen.open_loop(
-            "127.0.0.1", port, _factory, connections=1, rate=20, seconds=1
+        # a hang guard only: a stuck run fails with TimeoutError instead of blocking the suite
+        return await asyncio.wait_for(
+            loadgen.open_loop("127.0.0.1", port, _factory, connections=1, rate=20, seconds=1),
+            30,
         )
 
-    started = time.perf_counter()
     result = asyncio.run(_run(server, go))
-    assert time.perf_counter() - started < 5
     assert len(result.statuses) == 20
     slow = [lat for lat in result.latencies if lat > 0.2]
     assert len(slow) >= 5

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 import uvicorn
 from sqlmodel import Session
 
+from api.db import make_engine
 from api.deps import ChainInfo
 from api.operators import OperatorKeys
 from api.runtime import chain_info_for
@@ -543,18 +544,26 @@ class TestInvoiceNumbers:
     def test_a_request_that_already_wrote_never_waits_for_itself(self, world: World) -> None:
         """SQLite has one writer: a request holding it takes its number in its own
         transaction (a side transaction would wait for the request until the busy timeout)."""
-        engine, account = world.engine, self._account_id(world)
+        account = self._account_id(world)
+        engine = world.engine
+        if engine.dialect.name == "sqlite":
+            # Same file, same in-process write gate, but a 0.5 s wait: a side transaction that
+            # waited for the request holding the write lock raises "database is locked" here
+            # instead of sitting out the engine's 30 s.
+            engine = make_engine(world.engine.url, connect_args={"timeout": 0.5})
         touch = sa.text("UPDATE api_keys SET name = name WHERE id = :a")  # any write
         nobody = {"a": "key_nobody"}
         numbers = InvoiceNumbers(block=8)
         taken = []
-        for _ in range(2):
-            with Session(engine) as session:
-                session.execute(touch, nobody)  # the request writes first
-                started = time.monotonic()
-                taken.append(numbers.take(session, engine, account))
-                assert time.monotonic() - started < 5
-                session.rollback()
+        try:
+            for _ in range(2):
+                with Session(engine) as session:
+                    session.execute(touch, nobody)  # the request writes first
+                    taken.append(numbers.take(session, engine, account))
+                    session.rollback()
+        finally:
+            if engine is not world.engine:
+                engine.dispose()
         if engine.dialect.name == "sqlite":
             assert taken[1] == taken[0]  # inside the request: rolled back with it
         else:

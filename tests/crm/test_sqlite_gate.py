@@ -78,7 +78,15 @@ class TestLazyImmediate:
 class TestWritersQueue:
     @pytest.mark.parametrize("make", [api_engine, crm_engine], ids=["api", "crm"])
     def test_one_writer_at_a_time_and_nobody_fails(self, path, make):
+        # SQLite's own busy handler is switched off (busy_timeout=0): a writer that reaches
+        # SQLite's write lock while another holds it fails at once with SQLITE_BUSY. Only the
+        # in-process gate (whose timeout stays the engine's 30 s) can make them queue.
         engine = make(f"sqlite:///{path}")
+
+        @sa.event.listens_for(engine, "connect")
+        def _no_busy_handler(dbapi_conn, _record) -> None:  # after the engine's own pragmas
+            dbapi_conn.execute("PRAGMA busy_timeout=0")
+
         inside = 0
         most = 0
         errors: list[BaseException] = []
@@ -104,7 +112,8 @@ class TestWritersQueue:
             for t in threads:
                 t.start()
             for t in threads:
-                t.join(30)
+                t.join(60)
+            assert not any(t.is_alive() for t in threads), "a writer never finished"
         finally:
             engine.dispose()
         assert errors == []
@@ -112,16 +121,37 @@ class TestWritersQueue:
         assert sorted(_rows(path)) == sorted(f"w{n}" for n in range(24))
 
     def test_a_waiter_gives_up_after_its_timeout(self, path):
-        holder = sqlite3.connect(path, factory=GatedConnection, timeout=5)
+        # The holder keeps the gate until the waiter has finished: a waiter that ignored its own
+        # 0.2 s timeout (waited forever, or for the holder's/engine's long one) would still be
+        # waiting when the join below gives up, and the test fails.
+        holder = sqlite3.connect(path, factory=GatedConnection, timeout=600)
         holder.execute("INSERT INTO t (v) VALUES ('held')")
         assert holder._holding
-        waiter = sqlite3.connect(path, factory=GatedConnection, timeout=0.2)
-        started = time.monotonic()
-        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
-            waiter.execute("INSERT INTO t (v) VALUES ('late')")
-        assert time.monotonic() - started < 5
+        waiter = sqlite3.connect(
+            path, factory=GatedConnection, timeout=0.2, check_same_thread=False
+        )
+        outcome: list[BaseException | None] = []
+
+        def wait() -> None:
+            try:
+                waiter.execute("INSERT INTO t (v) VALUES ('late')")
+            except BaseException as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        thread = threading.Thread(target=wait, daemon=True)
+        thread.start()
+        thread.join(10)  # a hang guard, well under the engine default's 30 s
+        try:
+            assert not thread.is_alive(), "the waiter ignored its timeout: still waiting"
+        finally:
+            holder.rollback()  # frees a stuck waiter so the thread ends either way
+            thread.join(30)
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], sqlite3.OperationalError)
+        assert "database is locked" in str(outcome[0])
         assert not waiter._holding
-        holder.rollback()
         waiter.execute("INSERT INTO t (v) VALUES ('now')")
         waiter.commit()
         assert _rows(path) == ["now"]
