@@ -8,10 +8,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.support import missing
 from wallet.chain import Chain, ChainConfig, connect
 from wallet.errors import AnvilNotFoundError
+
+# Hypothesis's default 200 ms per-example deadline is a timing assertion: on a loaded two-core
+# runner it fails correct code. Speed belongs in the benchmarks.
+settings.register_profile("followpay", deadline=None)
+settings.load_profile("followpay")
 
 
 @pytest.fixture(scope="session")

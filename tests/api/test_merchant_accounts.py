@@ -346,9 +346,9 @@ class TestRegistration:
             )
 
 
-def _wait_for_a_lock_wait(db: sa.Engine, statement: str, limit: float = 10.0) -> None:
-    """Until a PostgreSQL backend runs ``statement`` waiting on a lock (at most ``limit`` s),
-    so a test exercises the blocked path; its assertions hold in either order."""
+def _wait_for_a_lock_wait(db: sa.Engine, statement: str, limit: float = 30.0) -> None:
+    """Until a PostgreSQL backend runs ``statement`` waiting on a lock, so the test exercises
+    the blocked path it is about; fails after ``limit`` s (a hang guard, not a timing check)."""
     query = sa.text(
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
         "AND query LIKE :statement"
@@ -360,6 +360,7 @@ def _wait_for_a_lock_wait(db: sa.Engine, statement: str, limit: float = 10.0) ->
                 return
             conn.rollback()
             time.sleep(0.01)
+    pytest.fail(f"no backend waited on a lock running {statement!r} within {limit:g} s")
 
 
 def _in_transaction(db: sa.Engine, work) -> object:  # type: ignore[no-untyped-def]

@@ -130,9 +130,14 @@ class TestRegistration:
 
     def test_public_hosts_and_unresolved_names_are_accepted(self, db):
         policy = TargetPolicy(resolve=_resolver([PUBLIC]))
+        urls = [f"https://{PUBLIC}/h", "https://hooks.test/h", "https://nowhere.test/h"]
         with session_scope(session_factory(db)) as s:
-            for url in (f"https://{PUBLIC}/h", "https://hooks.test/h", "https://nowhere.test/h"):
-                webhooks.create_endpoint(s, "m_1", url, ["*"], targets=policy)
+            made = [
+                webhooks.create_endpoint(s, "m_1", url, ["*"], targets=policy)[0].id for url in urls
+            ]
+        with session_scope(session_factory(db)) as s:
+            stored = [webhooks.get_endpoint(s, i, merchant_id="m_1") for i in made]
+        assert [(e.url, e.enabled) for e in stored] == [(url, True) for url in urls]
 
     def test_a_public_receiver_needs_https_whatever_the_keys_mode(self, db):
         """A test key's endpoint gets the merchant's real events (modes label keys, they do

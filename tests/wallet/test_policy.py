@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 from eth_abi import encode
+from eth_account import Account
+from hexbytes import HexBytes
 
 from wallet.errors import PolicyViolationError
 from wallet.policy import SELECTORS, SigningPolicy, selector
 from wallet.secrets import PrivateKey
-from wallet.signing import PaymentIntent, Signer, payment_intent_typed_data, permit_typed_data
+from wallet.signing import (
+    PaymentIntent,
+    Signer,
+    decode_transaction,
+    payment_intent_typed_data,
+    permit_typed_data,
+)
 
 KEY = PrivateKey("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -56,15 +64,24 @@ def intent(amount, token=TOKEN):
     return (ROUTER, token, amount, 0, 1, "0x" + "00" * 20, 2**40)
 
 
+def assert_signed_by_key(signed, *, to, data="0x", value=0):
+    """The raw transaction recovers to KEY's address and carries what was asked."""
+    assert Account.recover_transaction(signed.raw) == Signer(KEY).address
+    fields = decode_transaction(signed.raw)
+    assert fields["to"].lower() == to.lower()
+    assert fields["value"] == value
+    assert HexBytes(fields.get("data", "0x")) == HexBytes(data)
+
+
 class TestTransactions:
     def test_selectors(self):
         assert selector("transfer(address,uint256)") == "0xa9059cbb"
         assert SELECTORS["approve"] == "0x095ea7b3"
 
     def test_allowed_approve_within_limit(self, policy):
-        Signer(KEY, policy).sign_transaction(
-            tx(TOKEN, call(SELECTORS["approve"], ["address", "uint256"], [ROUTER, 1_000_000]))
-        )
+        data = call(SELECTORS["approve"], ["address", "uint256"], [ROUTER, 1_000_000])
+        signed = Signer(KEY, policy).sign_transaction(tx(TOKEN, data))
+        assert_signed_by_key(signed, to=TOKEN, data=data)
 
     def test_approve_over_limit(self, policy):
         data = call(SELECTORS["approve"], ["address", "uint256"], [ATTACKER, 2**256 - 1])
@@ -145,7 +162,8 @@ class TestTransactions:
             Signer(KEY, policy).sign_transaction(tx(TOKEN, SELECTORS["approve"] + "00"))
 
     def test_no_policy_signs_anything(self):
-        Signer(KEY).sign_transaction(tx(ATTACKER, value=10**18))
+        signed = Signer(KEY).sign_transaction(tx(ATTACKER, value=10**18))
+        assert_signed_by_key(signed, to=ATTACKER, value=10**18)
 
 
 class TestTypedDataAndMessages:
