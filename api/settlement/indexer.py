@@ -481,7 +481,8 @@ class Indexer:
     ) -> None:
         """A payment reached its depth: the invoice settles, or, when it cannot settle by
         itself (see :meth:`_held`; or it was invalidated while the payment confirmed), the
-        payment is announced as held (``invoice.payment_held``)."""
+        payment is announced as held (``invoice.payment_held``). One refunded in full while it
+        confirmed settles (status ``refunded``) with no purchase and no follow-up."""
         settled.rows[invoice.id] = invoice  # written only if nobody changed it meanwhile
         if invoice.state != InvoiceState.PROCESSING:
             settled.events.append((invoice, "invoice.payment_held", evidence))
@@ -492,7 +493,8 @@ class Indexer:
         invoice.settled_at = self.clock.now()
         result.settled.append(invoice.id)
         settled.events.append((invoice, "invoice.settled", evidence))
-        if invoice.contact_id is not None:
+        # refunded in full before its depth (an order cancelled at once): no sale to survey
+        if invoice.contact_id is not None and invoice.refunded_amount < invoice.amount:
             settled.followups.setdefault(invoice.merchant_id, []).append(
                 followups.SettledPayment(
                     contact_id=invoice.contact_id,

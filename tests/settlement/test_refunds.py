@@ -19,10 +19,12 @@ from api.settlement.models import Refund
 from api.webhooks import create_endpoint
 from api.webhooks.models import WebhookDelivery
 from contracts import load_artifact
+from crm.followups.models import Purchase
 from tests.settlement.conftest import MarketSuite
 from tests.settlement.test_indexer import (
     AMOUNT,
     Shop,
+    followups_of,
     indexer_for,
     new_invoice,
     open_shop,
@@ -179,6 +181,42 @@ class RefundBehaviour(MarketSuite):
         after = reload(engine, invoice.id)
         assert (after.refunded_amount, after.status) == (5_000_000, "partially_refunded")
         assert [r.reorged for r in refunds(engine)] == [False, False, True]
+
+    def test_a_payment_refunded_in_full_while_confirming_asks_the_customer_nothing(
+        self, engine, market, clock, shop
+    ):
+        """Refunded before it reached its depth (an order cancelled at once), the payment still
+        settles the invoice — the money moved — but nobody is surveyed about a sale that
+        did not happen: no purchase, no follow-up."""
+        invoice = new_invoice(engine, market, shop, clock, confirmations=6)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        assert indexer.poll_once().settled == []
+        assert reload(engine, invoice.id).state == "processing"
+        refund(market, invoice, invoice.amount)
+        indexer.poll_once()
+        market.chain.mine(8)
+        assert indexer.poll_once().settled == [invoice.id]
+        after = reload(engine, invoice.id)
+        assert (after.state, after.status, after.refunded_amount) == (
+            "settled",
+            "refunded",
+            invoice.amount,
+        )
+        assert followups_of(engine, shop.merchant_id) == []
+        with Session(engine) as session:
+            assert session.exec(select(Purchase)).all() == []
+
+    def test_a_partial_refund_while_confirming_still_follows_up(self, engine, market, clock, shop):
+        invoice = new_invoice(engine, market, shop, clock, confirmations=6)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        refund(market, invoice, invoice.amount // 2)
+        market.chain.mine(8)
+        assert indexer.poll_once().settled == [invoice.id]
+        assert reload(engine, invoice.id).status == "partially_refunded"
+        assert len(followups_of(engine, shop.merchant_id)) == 1
 
 
 class TestRefundsOnTester(RefundBehaviour):
