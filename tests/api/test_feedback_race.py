@@ -4,6 +4,7 @@ queued lazily, PostgreSQL): exactly one answer is recorded."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -137,11 +138,12 @@ def test_racing_edits_that_turn_an_answer_negative_open_one_ticket(db):
     assert (tickets, rewards) == (1, 1)
 
 
-def test_the_contact_lock_holds_on_the_apis_lazy_sqlite_engine(db):
+def test_the_contact_lock_holds_on_the_apis_lazy_sqlite_engine(db, monkeypatch):
     """The API's SQLite engine reads in autocommit until a write, so ``FOR UPDATE`` locked
     nothing: an erasure could commit between an update's read of the contact and its write.
     The lock now opens the writer's transaction: a second locker waits for the first."""
     from crm.contacts import repository as contacts_repo
+    from crm.sqlite_gate import WriteGate
 
     clock = FrozenClock(START)
     with session_scope(db) as s:
@@ -151,21 +153,47 @@ def test_the_contact_lock_holds_on_the_apis_lazy_sqlite_engine(db):
         )
         contact_id = c.id or 0
     holding, order = threading.Event(), []
+    gate_waited = threading.Event()  # SQLite: the second locker reached the write gate
+    backend: list[int] = []  # PostgreSQL: the second locker's backend pid
+    real_acquire = WriteGate.acquire
+
+    def watched_acquire(gate: WriteGate, timeout: float) -> None:
+        if threading.current_thread() is thread:
+            gate_waited.set()
+        real_acquire(gate, timeout)
+
+    monkeypatch.setattr(WriteGate, "acquire", watched_acquire)
 
     def second() -> None:
         holding.wait(10)
         with Session(db) as s:
+            if db.dialect.name == "postgresql":
+                backend.append(s.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar())
             contacts_repo.get_for_update(s, contact_id)
             order.append("second locked")
             s.commit()
+
+    def second_is_blocked() -> bool:
+        if db.dialect.name == "sqlite":  # the first session holds the gate: entering it waits
+            return gate_waited.is_set()
+        if not backend:
+            return False
+        with db.connect() as probe:  # a fresh connection: activity views are per-transaction
+            query = sa.text("SELECT cardinality(pg_blocking_pids(:pid)) > 0")
+            return bool(probe.execute(query, {"pid": backend[0]}).scalar())
 
     thread = threading.Thread(target=second)
     thread.start()
     with Session(db) as s:
         assert contacts_repo.get_for_update(s, contact_id) is not None
         holding.set()
-        thread.join(0.5)  # it must be waiting for this transaction
+        deadline = time.monotonic() + 10
+        while not second_is_blocked():  # it must be waiting for this transaction
+            assert time.monotonic() < deadline, "the second locker never waited for the first"
+            time.sleep(0.01)
+        assert thread.is_alive()
         order.append("first commits")
         s.commit()
     thread.join(30)
+    assert not thread.is_alive()
     assert order == ["first commits", "second locked"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -364,37 +366,66 @@ class TestEmailAtMostOnce:
 
 
 class _Slow:
-    """Answers RCPT (``at="rcpt"``), the end of DATA (``at="data"``, the message already
-    taken) or QUIT (``at="quit"``) only after ``delay`` seconds, without a byte before: the
-    per-operation timeout alone would wait for it."""
+    """Stalls at RCPT (``at="rcpt"``), at the end of DATA (``at="data"``, the message already
+    taken) or at QUIT (``at="quit"``) until ``release`` is set (at the test's teardown),
+    trickling a continuation line every 0.1 s meanwhile: the socket's per-operation timeout
+    never trips, only the attempt's deadline can end the wait. After ``limit`` seconds it
+    answers anyway, so a client that fails to cut the attempt fails the test, not hangs it."""
 
-    def __init__(self, at: str, delay: float = 2.0) -> None:
+    def __init__(self, at: str, limit: float = 10.0) -> None:
         self.messages: list = []
-        self.at, self.delay = at, delay
+        self.at, self.limit = at, limit
+        self.release = threading.Event()
         self.quit_answered = threading.Event()
 
+    async def _stall(self, server, stage: str) -> None:
+        if self.at != stage:
+            return
+        code = "221" if stage == "quit" else "250"
+        until = asyncio.get_running_loop().time() + self.limit
+        while not self.release.is_set() and asyncio.get_running_loop().time() < until:
+            # cancelled when the client cuts the connection
+            await server.push(f"{code}-still working")
+            await asyncio.sleep(0.1)
+
     async def handle_QUIT(self, server, session, envelope):
-        if self.at == "quit":
-            await asyncio.sleep(self.delay)
+        await self._stall(server, "quit")
         self.quit_answered.set()
         return "221 Bye"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if self.at == "rcpt":
-            await asyncio.sleep(self.delay)
+        await self._stall(server, "rcpt")
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(message_from_bytes(envelope.content))
-        if self.at == "data":
-            await asyncio.sleep(self.delay)
+        await self._stall(server, "data")
         return "250 OK"
+
+
+@contextlib.contextmanager
+def _slow_server(at: str) -> Iterator[tuple[_Slow, int]]:
+    """A :class:`_Slow` SMTP server on a free port; its stall ends before it stops."""
+    handler = _Slow(at)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield handler, controller.port
+    finally:
+        handler.release.set()
+        controller.stop()
+
+
+#: The attempt's deadline in these tests: wide enough that connecting and the exchanges before
+#: the stall finish well within it on a loaded machine, so the cut lands in the stall.
+_DEADLINE = 3.0
 
 
 class TestEmailDeadline:
     """An attempt ends at the channel's deadline whatever the server does, so the worker's
-    lease outlasts it (the per-operation timeout here is 10 s, the deadline 0.3 s)."""
+    lease outlasts it (the per-operation timeout here is 10 s, the deadline 3 s; the server
+    keeps each read alive)."""
 
     @pytest.mark.parametrize(
         ("at", "outcome", "state", "said"),
@@ -409,36 +440,26 @@ class TestEmailDeadline:
         ],
     )
     def test_a_server_too_slow_is_cut_off(self, engine, clock, at, outcome, state, said):
-        handler = _Slow(at)
-        controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-        controller.start()
-        try:
+        with _slow_server(at) as (handler, port):
             shop_with(engine, clock, channel="email")
-            email = EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS, deadline=0.3)
+            email = EmailChannel("127.0.0.1", port, "f@tea.example", LINKS, deadline=_DEADLINE)
             result = Worker(engine, KEYRING, {"email": email}, clock).run_once()
-        finally:
-            controller.stop()
         assert result.outcomes == {outcome: 1}
         assert len(handler.messages) == (1 if at == "data" else 0)
         assert states(engine) == [state]
         to_state, reason, detail = followup_events(engine)[-1]
         assert (to_state, reason) == said
-        assert detail == "smtp: attempt cut at 0.3 s"
+        assert detail == "smtp: attempt cut at 3 s"
 
     def test_a_server_that_stalls_at_quit_is_cut_off_and_the_message_counts(self, engine, clock):
         """The message was taken: a QUIT the server never answers in time ends the attempt
         as sent, not as a failure. The Message-ID names the sender's domain (no resolver
         call during the attempt)."""
-        handler = _Slow("quit")
-        controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-        controller.start()
-        try:
+        with _slow_server("quit") as (handler, port):
             shop_with(engine, clock, channel="email")
-            email = EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS, deadline=0.3)
+            email = EmailChannel("127.0.0.1", port, "f@tea.example", LINKS, deadline=_DEADLINE)
             result = Worker(engine, KEYRING, {"email": email}, clock).run_once()
             assert not handler.quit_answered.is_set()
-        finally:
-            controller.stop()
         assert result.outcomes == {"sent:email": 1}
         assert len(handler.messages) == 1
         (message,) = handler.messages

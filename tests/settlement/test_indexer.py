@@ -796,16 +796,29 @@ class IndexerBehaviour(MarketSuite):
             return result
 
         indexer.poll_once = counting_poll  # type: ignore[method-assign]
-        with _following(indexer, poll_interval=0.02):
-            _wait_for(lambda: bool(steps) and steps[-1] >= market.chain.head())
-            time.sleep(0.3)  # ~15 head checks
-            idle = len(steps)
-            time.sleep(0.3)
-            assert len(steps) == idle  # no full step without a new block
-            invoice = new_invoice(engine, market, shop, clock)
-            pay(engine, market, invoice)
-            _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
-            assert len(steps) > idle
+        chain = market.chain
+        real_head = chain.latest_block
+        head_checks: list[int] = []
+
+        def counting_head():
+            head = real_head()
+            head_checks.append(head[0])
+            return head
+
+        chain.latest_block = counting_head  # type: ignore[method-assign]
+        try:
+            with _following(indexer, poll_interval=0.02):
+                _wait_for(lambda: bool(steps) and steps[-1] >= market.chain.head())
+                idle, checked = len(steps), len(head_checks)
+                # however slowly the thread is scheduled, it has looked at the head 15 times
+                _wait_for(lambda: len(head_checks) >= checked + 15)
+                assert len(steps) == idle  # no full step without a new block
+                invoice = new_invoice(engine, market, shop, clock)
+                pay(engine, market, invoice)
+                _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
+                assert len(steps) > idle
+        finally:
+            del chain.latest_block
 
     def test_a_node_that_is_away_for_a_while_is_waited_for_not_fatal(
         self, engine, market, clock, shop, caplog
@@ -860,22 +873,33 @@ class IndexerBehaviour(MarketSuite):
         invoice = new_invoice(engine, market, shop, clock)
         real_poll = indexer.poll_once
         paid = threading.Event()
+        now = [1000.0]  # the loop's clock: it moves only when a step says so
         began: list[float] = []
+        waits: list[tuple[float | None, bool]] = []  # (timeout asked for, after the payment?)
 
         def paying_poll():
-            began.append(time.monotonic())
+            began.append(now[0])
             result = real_poll()
             if result.caught_up and not paid.is_set():
                 pay(engine, market, invoice)  # a new block after this step's head
+                now[0] += 0.1  # this step took 0.1 s on the loop's clock
                 paid.set()
             return result
 
+        class RecordingStop(threading.Event):
+            def wait(self, timeout: float | None = None) -> bool:
+                waits.append((timeout, paid.is_set()))
+                return super().wait(timeout)
+
         indexer.poll_once = paying_poll  # type: ignore[method-assign]
-        with _following(indexer, poll_interval=0.4):
+        with _following(indexer, poll_interval=0.4, stop=RecordingStop(), monotonic=lambda: now[0]):
             _wait_for(lambda: reload(engine, invoice.id).state == InvoiceState.SETTLED)
         assert paid.is_set()
+        # the first wait after the paying step: the rest of that step's interval, not a
+        # full poll interval (an idle wait) and not nothing (a step per block)
+        after_payment = [timeout for timeout, late in waits if late]
+        assert after_payment[0] == pytest.approx(0.3)
         assert len(began) >= 2
-        assert began[1] - began[0] >= 0.4
 
 
 @contextlib.contextmanager
@@ -902,12 +926,20 @@ def _reorg_after_reading_logs(chain, fork, *, rebuild) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _following(indexer: Indexer, *, poll_interval: float) -> Iterator[None]:
+def _following(
+    indexer: Indexer,
+    *,
+    poll_interval: float,
+    stop: threading.Event | None = None,
+    **run_options,
+) -> Iterator[None]:
     """``indexer.run`` in a thread (a full step at most every 60 s when idle), stopped and
     joined afterwards; the thread must end."""
-    stop = threading.Event()
+    stop = stop if stop is not None else threading.Event()
     thread = threading.Thread(
-        target=indexer.run, args=(stop,), kwargs={"poll_interval": poll_interval, "idle_step": 60}
+        target=indexer.run,
+        args=(stop,),
+        kwargs={"poll_interval": poll_interval, "idle_step": 60, **run_options},
     )
     thread.start()
     try:

@@ -14,7 +14,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.support import ChainSuite, missing
@@ -293,11 +295,27 @@ def busy_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-def _fake_anvil(tmp_path: Path, stderr_line: str) -> str:
+def _fake_anvil(tmp_path: Path, stderr_line: str, pid_file: Path | None = None) -> str:
+    """An "anvil" that prints ``stderr_line`` and exits 1 (first writing its pid to
+    ``pid_file`` if given)."""
     script = tmp_path / "anvil"
-    script.write_text(f"#!/bin/sh\necho '{stderr_line}' >&2\nexit 1\n")
+    record = f"echo $$ > '{pid_file}'\n" if pid_file is not None else ""
+    script.write_text(f"#!/bin/sh\n{record}echo '{stderr_line}' >&2\nexit 1\n")
     script.chmod(0o755)
     return str(script)
+
+
+def _has_exited(pid_file: Path) -> bool:
+    """Whether the process whose pid ``pid_file`` holds has exited (a zombie counts: its
+    parent has not reaped it yet). False while the file is not written."""
+    try:
+        pid = int(pid_file.read_text())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except ValueError:  # not written yet, or half-written
+        return False
+    except FileNotFoundError:
+        return pid_file.exists()  # no such process any more
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 class TestAnvilStartErrors:
@@ -320,11 +338,16 @@ class TestAnvilStartErrors:
 
     def test_an_answer_counts_only_while_our_anvil_lives(self, tmp_path, monkeypatch):
         """Another server answers on the port while our anvil has already exited."""
+        pid_file = tmp_path / "anvil.pid"
+        answered_after_exit: list[bool] = []
 
-        class SlowJsonRpc(http.server.BaseHTTPRequestHandler):
+        class LateJsonRpc(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
-                time.sleep(0.5)  # the fake anvil is gone by now
+                deadline = time.monotonic() + 10
+                while not _has_exited(pid_file) and time.monotonic() < deadline:
+                    time.sleep(0.01)  # answer only once the fake anvil is gone
+                answered_after_exit.append(_has_exited(pid_file))
                 body = b'{"jsonrpc":"2.0","id":1,"result":"0x7a69"}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -335,14 +358,26 @@ class TestAnvilStartErrors:
             def log_message(self, *args: object) -> None:
                 pass
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowJsonRpc)
+        statuses: list[int] = []  # what the start-up probe received
+        real_post = httpx.Client.post
+
+        def recording_post(client: httpx.Client, *args: Any, **kwargs: Any) -> httpx.Response:
+            response = real_post(client, *args, **kwargs)
+            statuses.append(response.status_code)
+            return response
+
+        monkeypatch.setattr(httpx.Client, "post", recording_post)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LateJsonRpc)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         monkeypatch.setattr("wallet.chain.free_port", lambda: server.server_address[1])
-        fake = _fake_anvil(tmp_path, "Error: Address already in use (os error 98)")
+        fake = _fake_anvil(tmp_path, "Error: Address already in use (os error 98)", pid_file)
         try:
             with pytest.raises(AnvilStartError, match="Address already in use"):
                 connect(ChainConfig(backend="anvil", anvil_path=fake, startup_timeout=5))
+            # the probe got its answer, and only after our anvil had exited
+            assert statuses == [200]
+            assert answered_after_exit == [True]
         finally:
             server.shutdown()
             server.server_close()
