@@ -272,7 +272,7 @@ class Indexer:
             if invoice is not None:  # the hash proves what was paid: the invoice's own terms
                 token, amount, fee = invoice.token, invoice.amount, invoice.fee
             else:
-                token, amount, fee = self._paid_terms(entry.tx_hash)
+                token, amount, fee = self._paid_terms(entry.tx_hash, entry.merchant, entry.number)
             late = invoice is not None and self._paid_after_expiry(invoice, entry.block_number)
             row |= {
                 "invoice_id": invoice.id if invoice else None,
@@ -366,14 +366,22 @@ class Indexer:
             and (invoice.merchant_id, invoice.order_id) in batch.open_orders
         )
 
-    def _paid_terms(self, tx_hash: str) -> tuple[str, int, int]:
+    def _paid_terms(self, tx_hash: str, merchant: str, number: int) -> tuple[str, int, int]:
         """``(token, amount, fee)`` of an unmatched payment, read from its transaction's
-        calldata (a direct ``pay``/``payWithPermit``); zeros when it came through a contract."""
+        calldata: only a ``pay``/``payWithPermit`` sent to the router itself, for this event's
+        merchant and invoice number. Zeros otherwise: a contract in between can expose the same
+        function with other terms than the ones it passes on."""
         tx = self.chain.request("eth_getTransactionByHash", [tx_hash]) or {}
         data = str(tx.get("input") or tx.get("data") or "")
-        if data[:10] not in PAY_SELECTORS or len(data) < 10 + 64 * 4:
+        if (
+            str(tx.get("to") or "").lower() != self.router.lower()
+            or data[:10] not in PAY_SELECTORS
+            or len(data) < 10 + 64 * 5
+        ):
             return ZERO_ADDRESS, 0, 0
-        words = [data[10 + 64 * i : 74 + 64 * i] for i in range(4)]
+        words = [data[10 + 64 * i : 74 + 64 * i] for i in range(5)]
+        if int(words[0], 16) != int(merchant, 16) or int(words[4], 16) != number:
+            return ZERO_ADDRESS, 0, 0
         return checksum_address("0x" + words[1][24:].lower()), int(words[2], 16), int(words[3], 16)
 
     def _paid_after_expiry(self, invoice: InvoiceRow, block_number: int) -> bool:

@@ -159,6 +159,37 @@ class EventBehaviour(MarketSuite):
             market.merchant.address,
         )
 
+    def test_an_unmatched_payment_through_a_contract_shows_no_terms(
+        self, engine, market, clock, shop, monkeypatch
+    ):
+        """A contract in between can expose the same ``pay`` with other terms than the ones it
+        passes on: calldata is read only from a transaction sent to the router itself."""
+        invoice = new_invoice(engine, market, shop, clock)
+        with Session(engine) as session, session.begin():
+            stored = session.get(Invoice, invoice.id)
+            assert stored is not None
+            stored.intent_hash = "0x" + "ab" * 32
+            session.add(stored)
+        pay(engine, market, invoice)
+        real = market.chain.request
+
+        def seen_through_a_forwarder(method, params):
+            answer = real(method, params)
+            if method == "eth_getTransactionByHash":
+                return {**answer, "to": "0x" + "fe" * 20}  # same calldata, another contract
+            return answer
+
+        monkeypatch.setattr(market.chain, "request", seen_through_a_forwarder)
+        indexer_for(engine, market, clock).poll_once()
+        ((kind, body),) = events(engine)
+        assert kind == "payment.unmatched"
+        payment = body["payment"]
+        assert (payment["token"], payment["amount"], payment["fee"]) == (
+            "0x" + "00" * 20,
+            "0",
+            "0",
+        )
+
 
 class TestEventsOnTester(EventBehaviour):
     backend = "tester"
