@@ -54,10 +54,19 @@ __all__ = [
 
 logger = logging.getLogger("followpay.webhooks")
 
+#: Delays after each failed attempt: ~3.3 days in all (Stripe retries for 3 days), so a receiver
+#: down over a weekend loses nothing; the 11th failure marks the delivery ``failed``.
 RETRY_SCHEDULE: tuple[timedelta, ...] = (
     timedelta(seconds=10),
     timedelta(minutes=1),
-    *(timedelta(minutes=10),) * 6,
+    timedelta(minutes=10),
+    timedelta(hours=1),
+    timedelta(hours=2),
+    timedelta(hours=4),
+    timedelta(hours=8),
+    timedelta(hours=16),
+    timedelta(hours=24),
+    timedelta(hours=24),
 )
 USER_AGENT = "FollowPay-Webhooks/1.0"
 #: Enabled endpoints per merchant (Stripe's limit too). A follow-up's webhook attempt POSTs to
