@@ -421,6 +421,57 @@ class TestDelivery:
         assert len(receiver.received) == 12
         assert len({x.headers["FollowPay-Delivery-Id"] for x in receiver.received}) == 12
 
+    def test_a_merchant_with_stalling_endpoints_does_not_hold_up_another(self, db):
+        """m_1's three endpoints accept the connection and answer nothing until m_2's event has
+        arrived. Sent one after another, m_2 would wait for each of them to time out (15 s
+        apiece); in lanes it goes out at once, and every delivery still succeeds."""
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        release, fast_arrived = threading.Event(), threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path.startswith("/slow"):
+                    release.wait(30)
+                else:
+                    fast_arrived.set()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format, *args) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            for n in range(3):
+                _endpoint(db, f"{base}/slow/{n}", merchant="m_1")
+            _endpoint(db, f"{base}/fast", merchant="m_2")
+            with session_scope(session_factory(db)) as s:
+                for _ in range(2):  # two events: six deliveries in three lanes, enqueued first
+                    webhooks.enqueue(s, "m_1", "invoice.settled", {"id": "inv_1"})
+            fast = _enqueue(db, "m_2")
+            results: list = []
+            round_ = threading.Thread(
+                target=lambda: results.extend(_deliver(session_factory(db), limit=20))
+            )
+            round_.start()
+            arrived = fast_arrived.wait(10)  # a hang guard; in lanes it takes milliseconds
+            release.set()
+            round_.join(60)
+        finally:
+            release.set()
+            server.shutdown()
+            server.server_close()
+        assert arrived, "m_2's delivery waited behind m_1's stalled endpoints"
+        assert not round_.is_alive()
+        assert len(results) == 7
+        assert all(r.ok for r in results)
+        assert fast.id in {r.delivery_id for r in results}
+
     def test_redeliver_via_api(self, client, db, receiver, new_key):
         receiver.default = 500
         endpoint, secret = _endpoint(db, receiver.url)
