@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import threading
 import time
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -103,6 +104,33 @@ class _AddressRefused(httpcore.ConnectError):
     pass
 
 
+def _vet_by_deadline(
+    policy: TargetPolicy, host: str, port: int, timeout: float | None
+) -> list[str]:
+    """``policy.vet`` (a blocking name lookup) within ``timeout``: the lookup runs in a daemon
+    thread, so a merchant's slow DNS server cannot stretch an attempt past its deadline (a
+    lookup still running is abandoned: getaddrinfo cannot be cancelled)."""
+    if timeout is None:
+        return policy.vet(host, port)
+    outcome: list[list[str] | BaseException] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome.append(policy.vet(host, port))
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="webhook-dns", daemon=True).start()
+    if not done.wait(timeout):
+        raise httpcore.ConnectTimeout("the name lookup ran out of time")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
 class _GuardedBackend(httpcore.SyncBackend):
     """Opens TCP connections only to addresses the policy allows (resolved here, per connection)."""
 
@@ -118,7 +146,9 @@ class _GuardedBackend(httpcore.SyncBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         try:
-            addresses = self.policy.vet(host, port)
+            addresses = _vet_by_deadline(
+                self.policy, host, port, _bounded(timeout, httpcore.ConnectTimeout)
+            )
         except TargetNotAllowed as exc:
             raise _AddressRefused("address not allowed") from exc
         except (OSError, UnicodeError, ValueError) as exc:  # the name did not resolve

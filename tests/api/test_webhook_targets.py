@@ -4,14 +4,16 @@ errors in the delivery log."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Callable, Sequence
 
+import httpx
 import pytest
 
 from api.db import session_factory, session_scope
 from api.errors import InvalidRequest
 from api.settings import get_settings
-from api.webhooks import delivery
+from api.webhooks import delivery, transport
 from api.webhooks import service as webhooks
 from api.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from api.webhooks.targets import TargetPolicy, is_public_address
@@ -205,6 +207,40 @@ class TestConnectTime:
         assert lookups == ["hooks.test"]  # resolved by the guard, once for the connection
         (got,) = receiver.received
         assert got.headers["Host"] == f"hooks.test:{port}"
+
+    def test_a_slow_name_lookup_counts_against_the_attempts_deadline(self):
+        """A merchant controls its domain's DNS: a lookup that never answers must end the
+        attempt at its deadline (``timeout``), not hold the worker's lane until it answers."""
+        release, started = threading.Event(), threading.Event()
+
+        def stalling(host: str, port: int) -> list[str]:
+            started.set()
+            release.wait(30)
+            return [PUBLIC]
+
+        outcome: list[BaseException | None] = []
+
+        def attempt() -> None:
+            with transport.delivery_client(TargetPolicy(resolve=stalling)) as client:
+                try:
+                    transport.post(client, "https://slow-dns.test/h", b"{}", {}, timeout=0.5)
+                except httpx.HTTPError as exc:
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+
+        thread = threading.Thread(target=attempt)
+        thread.start()
+        try:
+            assert started.wait(10)
+            thread.join(10)  # a hang guard: the lookup is still stalled throughout
+            assert not thread.is_alive(), "the attempt waited for the name lookup"
+        finally:
+            release.set()
+            thread.join(30)
+        (error,) = outcome
+        assert isinstance(error, httpx.ConnectTimeout)
+        assert transport.describe_error(error) == "timeout"
 
 
 class TestGenericErrors:
