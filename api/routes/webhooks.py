@@ -84,7 +84,7 @@ def list_webhook_endpoints(
 ) -> ListResponse[WebhookEndpointPublic]:
     rows, has_more = paginate(
         session,
-        repository.endpoints_select(caller.scope),
+        repository.endpoints_select(caller.scope, caller.livemode),
         created_at=WebhookEndpoint.created_at,
         id=WebhookEndpoint.id,
         page=page,
@@ -103,7 +103,9 @@ def get_webhook_endpoint(
     endpoint_id: EndpointId, session: SessionDep, caller: Manager
 ) -> WebhookEndpointPublic:
     return WebhookEndpointPublic.of(
-        webhooks.get_endpoint(session, endpoint_id, merchant_id=caller.scope)
+        webhooks.get_endpoint(
+            session, endpoint_id, merchant_id=caller.scope, livemode=caller.livemode
+        )
     )
 
 
@@ -126,6 +128,7 @@ def rotate_webhook_secret(
         session,
         endpoint_id,
         merchant_id=caller.scope,
+        livemode=caller.livemode,
         cipher=cipher,
         grace=timedelta(seconds=(body or WebhookSecretRotate()).expires_in),
     )
@@ -140,7 +143,9 @@ def rotate_webhook_secret(
 def list_webhook_deliveries(
     endpoint_id: EndpointId, request: Request, session: SessionDep, caller: Manager, page: PageDep
 ) -> ListResponse[WebhookDeliveryPublic]:
-    webhooks.get_endpoint(session, endpoint_id, merchant_id=caller.scope)  # 404 if not visible
+    webhooks.get_endpoint(  # 404 if not visible
+        session, endpoint_id, merchant_id=caller.scope, livemode=caller.livemode
+    )
     rows, has_more = paginate(
         session,
         repository.deliveries_select(endpoint_id, caller.scope),
@@ -166,7 +171,9 @@ def disable_webhook_endpoint(
     cache: ConfigCacheDep,
     after_commit: AfterCommit,
 ) -> WebhookEndpointPublic:
-    endpoint = webhooks.disable_endpoint(session, endpoint_id, merchant_id=caller.scope)
+    endpoint = webhooks.disable_endpoint(
+        session, endpoint_id, merchant_id=caller.scope, livemode=caller.livemode
+    )
     after_commit.append(cache.clear)
     return WebhookEndpointPublic.of(endpoint)
 
@@ -179,7 +186,9 @@ def disable_webhook_endpoint(
 def get_webhook_delivery(
     delivery_id: DeliveryId, session: SessionDep, caller: Manager
 ) -> WebhookDeliveryPublic:
-    delivery = repository.get_delivery(session, delivery_id, merchant_id=caller.scope)
+    delivery = repository.get_delivery(
+        session, delivery_id, merchant_id=caller.scope, livemode=caller.livemode
+    )
     if delivery is None:
         raise NotFound(f"No such webhook delivery: '{delivery_id}'.", param="id")
     return WebhookDeliveryPublic.of(delivery, list(repository.attempts_for(session, delivery.id)))
@@ -195,5 +204,5 @@ def redeliver_webhook(
     delivery_id: DeliveryId, session: SessionDep, caller: Manager
 ) -> WebhookDeliveryPublic:
     return WebhookDeliveryPublic.of(
-        webhooks.redeliver(session, delivery_id, merchant_id=caller.scope)
+        webhooks.redeliver(session, delivery_id, merchant_id=caller.scope, livemode=caller.livemode)
     )

@@ -36,10 +36,16 @@ def add(session: Session, *objects: object) -> None:
     session.flush()
 
 
-def endpoints_select(merchant_id: str | None) -> SelectOfScalar[WebhookEndpoint]:
+def endpoints_select(
+    merchant_id: str | None, livemode: bool | None = None
+) -> SelectOfScalar[WebhookEndpoint]:
+    """A merchant's endpoints (``None``: every merchant's), of one mode when ``livemode`` is
+    given: a key manages only the endpoints of its own mode."""
     stmt = select(WebhookEndpoint)
     if merchant_id is not None:
         stmt = stmt.where(WebhookEndpoint.merchant_id == merchant_id)
+    if livemode is not None:
+        stmt = stmt.where(WebhookEndpoint.livemode == livemode)
     return stmt
 
 
@@ -76,9 +82,14 @@ def count_enabled_locked(session: Session, merchant_id: str) -> int:
 
 
 def get_endpoint(
-    session: Session, endpoint_id: str, *, merchant_id: str | None, for_update: bool = False
+    session: Session,
+    endpoint_id: str,
+    *,
+    merchant_id: str | None,
+    livemode: bool | None = None,
+    for_update: bool = False,
 ) -> WebhookEndpoint | None:
-    stmt = endpoints_select(merchant_id).where(WebhookEndpoint.id == endpoint_id)
+    stmt = endpoints_select(merchant_id, livemode).where(WebhookEndpoint.id == endpoint_id)
     if for_update:
         stmt = stmt.with_for_update()
     return session.exec(stmt).first()
@@ -113,21 +124,24 @@ def subscriptions(session: Session, merchant_id: str) -> tuple[Subscription, ...
 
 
 def deliveries_select(
-    endpoint_id: str | None, merchant_id: str | None
+    endpoint_id: str | None, merchant_id: str | None, livemode: bool | None = None
 ) -> SelectOfScalar[WebhookDelivery]:
     stmt = select(WebhookDelivery)
     if endpoint_id is not None:
         stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
     if merchant_id is not None:
         stmt = stmt.where(WebhookDelivery.merchant_id == merchant_id)
+    if livemode is not None:  # the mode of the endpoint it goes to
+        of_mode = select(WebhookEndpoint.id).where(WebhookEndpoint.livemode == livemode)
+        stmt = stmt.where(col(WebhookDelivery.endpoint_id).in_(of_mode))
     return stmt
 
 
 def get_delivery(
-    session: Session, delivery_id: str, *, merchant_id: str | None
+    session: Session, delivery_id: str, *, merchant_id: str | None, livemode: bool | None = None
 ) -> WebhookDelivery | None:
     return session.exec(
-        deliveries_select(None, merchant_id).where(WebhookDelivery.id == delivery_id)
+        deliveries_select(None, merchant_id, livemode).where(WebhookDelivery.id == delivery_id)
     ).first()
 
 

@@ -21,7 +21,7 @@ import httpx
 from sqlmodel import Session
 
 from api.db import new_id, utcnow
-from api.errors import InvalidRequest, NotFound
+from api.errors import ApiError, InvalidRequest, NotFound
 from api.webhooks import repository
 from api.webhooks.models import (
     EVENT_TYPES,
@@ -36,6 +36,7 @@ from api.webhooks.targets import TargetPolicy
 __all__ = [
     "MAX_ENABLED_ENDPOINTS",
     "RETRY_SCHEDULE",
+    "EndpointDisabled",
     "SigningTarget",
     "create_endpoint",
     "disable_endpoint",
@@ -178,8 +179,18 @@ def create_endpoint(
     return endpoint, secret
 
 
-def get_endpoint(session: Session, endpoint_id: str, *, merchant_id: str | None) -> WebhookEndpoint:
-    endpoint = repository.get_endpoint(session, endpoint_id, merchant_id=merchant_id)
+class EndpointDisabled(ApiError):
+    status_code = 409
+    type = "conflict_error"
+    code = "webhook_endpoint_disabled"
+
+
+def get_endpoint(
+    session: Session, endpoint_id: str, *, merchant_id: str | None, livemode: bool | None = None
+) -> WebhookEndpoint:
+    endpoint = repository.get_endpoint(
+        session, endpoint_id, merchant_id=merchant_id, livemode=livemode
+    )
     if endpoint is None:
         raise NotFound(f"No such webhook endpoint: '{endpoint_id}'.", param="id")
     return endpoint
@@ -190,6 +201,7 @@ def rotate_secret(
     endpoint_id: str,
     *,
     merchant_id: str | None,
+    livemode: bool | None = None,
     cipher: SecretCipher = _PLAIN,
     grace: timedelta = timedelta(0),
     now: datetime | None = None,
@@ -198,7 +210,7 @@ def rotate_secret(
     (two ``v1=`` entries) until the old one expires."""
     now = now or utcnow()
     endpoint = repository.get_endpoint(
-        session, endpoint_id, merchant_id=merchant_id, for_update=True
+        session, endpoint_id, merchant_id=merchant_id, livemode=livemode, for_update=True
     )
     if endpoint is None:
         raise NotFound(f"No such webhook endpoint: '{endpoint_id}'.", param="id")
@@ -216,11 +228,16 @@ def rotate_secret(
 
 
 def disable_endpoint(
-    session: Session, endpoint_id: str, *, merchant_id: str | None, now: datetime | None = None
+    session: Session,
+    endpoint_id: str,
+    *,
+    merchant_id: str | None,
+    livemode: bool | None = None,
+    now: datetime | None = None,
 ) -> WebhookEndpoint:
     """Stop sending to an endpoint (its pending deliveries fail with "endpoint disabled")."""
     endpoint = repository.get_endpoint(
-        session, endpoint_id, merchant_id=merchant_id, for_update=True
+        session, endpoint_id, merchant_id=merchant_id, livemode=livemode, for_update=True
     )
     if endpoint is None:
         raise NotFound(f"No such webhook endpoint: '{endpoint_id}'.", param="id")
@@ -289,13 +306,27 @@ def enqueue(
 
 
 def redeliver(
-    session: Session, delivery_id: str, *, merchant_id: str | None, now: datetime | None = None
+    session: Session,
+    delivery_id: str,
+    *,
+    merchant_id: str | None,
+    livemode: bool | None = None,
+    now: datetime | None = None,
 ) -> WebhookDelivery:
-    """Queue the same event again for the same endpoint, due now (a new delivery row)."""
+    """Queue the same event again for the same endpoint, due now (a new delivery row). Refused
+    (``409 webhook_endpoint_disabled``) for a disabled endpoint: the copy could only fail."""
     now = now or utcnow()
-    original = repository.get_delivery(session, delivery_id, merchant_id=merchant_id)
+    original = repository.get_delivery(
+        session, delivery_id, merchant_id=merchant_id, livemode=livemode
+    )
     if original is None:
         raise NotFound(f"No such webhook delivery: '{delivery_id}'.", param="id")
+    endpoint = repository.get_endpoint(session, original.endpoint_id, merchant_id=None)
+    if endpoint is None or not endpoint.enabled:
+        raise EndpointDisabled(
+            f"Webhook endpoint '{original.endpoint_id}' is disabled: nothing is sent to it.",
+            param="id",
+        )
     copy = WebhookDelivery(
         id=new_id("whd"),
         endpoint_id=original.endpoint_id,

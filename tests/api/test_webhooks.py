@@ -203,6 +203,49 @@ class TestEndpointsApi:
             assert r.status_code == 404, path
             assert r.json()["error"]["code"] == "resource_missing"
 
+    def test_a_key_manages_only_its_own_modes_endpoints(self, client, db, new_key):
+        """A test key (a developer's, a staging server's) rotating a live endpoint would get the
+        secret that signs production webhooks: it could forge `invoice.settled` to the
+        merchant's live receiver. Another mode's endpoints and deliveries are 404 to it."""
+        with session_scope(session_factory(db)) as s:
+            live, _ = webhooks.create_endpoint(
+                s, "m_1", "https://127.0.0.1:9/live", ["*"], livemode=True, targets=LOCAL
+            )
+            (d,) = webhooks.enqueue(s, "m_1", "ticket.opened", {"id": "t_1"})
+        test_key, live_key = auth(new_key()), auth(new_key(live=True))
+        paths = [
+            ("GET", f"/v1/webhook_endpoints/{live.id}"),
+            ("GET", f"/v1/webhook_endpoints/{live.id}/deliveries"),
+            ("GET", f"/v1/webhook_deliveries/{d.id}"),
+            ("POST", f"/v1/webhook_deliveries/{d.id}/redeliver"),
+            ("POST", f"/v1/webhook_endpoints/{live.id}/rotate_secret"),
+            ("DELETE", f"/v1/webhook_endpoints/{live.id}"),
+        ]
+        for method, path in paths:
+            r = client.request(method, path, headers=test_key)
+            assert r.status_code == 404, (path, r.text)
+        assert client.get("/v1/webhook_endpoints", headers=test_key).json()["data"] == []
+        with session_scope(session_factory(db)) as s:
+            kept = webhooks.get_endpoint(s, live.id, merchant_id="m_1")
+            assert kept.enabled  # nothing changed
+            assert kept.secret_encrypted == live.secret_encrypted
+        for method, path in paths:
+            r = client.request(method, path, headers=live_key)
+            assert r.status_code == 200, (path, r.text)
+        listed = client.get("/v1/webhook_endpoints", headers=live_key).json()["data"]
+        assert [e["id"] for e in listed] == [live.id]
+
+    def test_redelivering_to_a_disabled_endpoint_is_refused(self, client, db, new_key):
+        with session_scope(session_factory(db)) as s:
+            e, _ = webhooks.create_endpoint(s, "m_1", "http://127.0.0.1:9/h", ["*"])
+            (d,) = webhooks.enqueue(s, "m_1", "ticket.opened", {"id": "t_1"})
+        key = auth(new_key())
+        assert client.delete(f"/v1/webhook_endpoints/{e.id}", headers=key).status_code == 200
+        r = client.post(f"/v1/webhook_deliveries/{d.id}/redeliver", headers=key)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "webhook_endpoint_disabled")
+        log = client.get(f"/v1/webhook_endpoints/{e.id}/deliveries", headers=key).json()
+        assert [x["id"] for x in log["data"]] == [d.id]  # no copy queued
+
     def test_support_keys_cannot_manage_webhooks(self, client, new_key):
         r = client.get("/v1/webhook_endpoints", headers=auth(new_key("support", "m_1")))
         assert r.status_code == 403
