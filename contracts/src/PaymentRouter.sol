@@ -164,6 +164,10 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
     error MerchantNotRegistered(address account);
     /// @notice Zero address given for a payout, operator, treasury or refund recipient.
     error ZeroAddress();
+    /// @notice The router itself named as a payout, treasury or refund recipient: tokens sent there would be stuck.
+    error RouterAsRecipient();
+    /// @notice Ownership cannot be renounced: without an owner the router could be paused for good.
+    error RenounceDisabled();
     /// @notice The refund recipient must be the payer the intent was restricted to.
     error RefundRecipientMismatch(address payer, address to);
     /// @notice A refund of zero was requested.
@@ -186,6 +190,7 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
         EIP712("FollowPay PaymentRouter", "1")
     {
         if (treasury_ == address(0)) revert ZeroAddress();
+        if (treasury_ == address(this)) revert RouterAsRecipient();
         if (pauseBond_ == 0) revert ZeroPauseBond();
         _treasury = treasury_;
         _pauseBond = pauseBond_;
@@ -200,6 +205,7 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
     /// @notice Registers the caller as a merchant paid out to `payout`, with `operator` signing its intents.
     function registerMerchant(address payout, address operator) external {
         if (payout == address(0) || operator == address(0)) revert ZeroAddress();
+        if (payout == address(this)) revert RouterAsRecipient();
         if (_operators[msg.sender] != address(0)) revert MerchantAlreadyRegistered(msg.sender);
         _operators[msg.sender] = operator;
         _records[msg.sender][operator] = uint256(uint160(payout));
@@ -209,6 +215,7 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
     /// @notice Changes the caller's payout account. Merchant only.
     function setPayout(address newPayout) external {
         if (newPayout == address(0)) revert ZeroAddress();
+        if (newPayout == address(this)) revert RouterAsRecipient();
         address operator = _requireOperator(msg.sender);
         uint256 record = _records[msg.sender][operator];
         // forge-lint: disable-next-line(unsafe-typecast)
@@ -293,6 +300,7 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
         address signer = _recover(_hashIntent(intent), r, vs);
         if (_records[merchant][signer] & _PAYOUT_MASK == 0) _revertBadSigner(merchant, signer);
         if (to == address(0)) revert ZeroAddress();
+        if (to == address(this)) revert RouterAsRecipient();
         address payer = intent.payer;
         if (payer != address(0) && to != payer) revert RefundRecipientMismatch(payer, to);
         if (amount == 0) revert ZeroRefund();
@@ -330,9 +338,16 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
         return _treasury;
     }
 
+    /// @notice Disabled (always reverts): with no owner, anyone could pause the router for good by force-sending
+    /// the bond, and nobody could unpause it. Hand ownership over with {transferOwnership} instead.
+    function renounceOwnership() public view override onlyOwner {
+        revert RenounceDisabled();
+    }
+
     /// @notice Changes the fee recipient. Owner only.
     function setTreasury(address newTreasury) external onlyOwner {
         if (newTreasury == address(0)) revert ZeroAddress();
+        if (newTreasury == address(this)) revert RouterAsRecipient();
         address previous = _treasury;
         _treasury = newTreasury;
         emit TreasuryChanged(previous, newTreasury);

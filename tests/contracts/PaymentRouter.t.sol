@@ -205,6 +205,36 @@ contract PaymentRouterTest is RouterFixture {
         assertEq(router.owner(), address(0xD00D), "new owner");
     }
 
+    function test_renounceOwnership_isDisabled() public {
+        vm.prank(owner);
+        vm.expectRevert(PaymentRouter.RenounceDisabled.selector);
+        router.renounceOwnership();
+        assertEq(router.owner(), owner, "still owned");
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, address(this)));
+        router.renounceOwnership();
+    }
+
+    function test_theRouterIsNeverARecipient() public {
+        vm.expectRevert(PaymentRouter.RouterAsRecipient.selector);
+        new PaymentRouter(owner, vm.computeCreateAddress(address(this), vm.getNonce(address(this))), PAUSE_BOND);
+        vm.prank(owner);
+        vm.expectRevert(PaymentRouter.RouterAsRecipient.selector);
+        router.setTreasury(address(router));
+        vm.prank(address(0x4242));
+        vm.expectRevert(PaymentRouter.RouterAsRecipient.selector);
+        router.registerMerchant(address(router), operator);
+        vm.prank(merchant);
+        vm.expectRevert(PaymentRouter.RouterAsRecipient.selector);
+        router.setPayout(address(router));
+        (PaymentIntent memory intent, bytes32 r, bytes32 vs) = _paidIntent(1, false);
+        vm.prank(merchant);
+        vm.expectRevert(PaymentRouter.RouterAsRecipient.selector);
+        router.refund(intent, r, vs, address(router), 1e6);
+        assertEq(router.treasury(), treasury, "treasury unchanged");
+        (address p,) = router.merchantOf(merchant);
+        assertEq(p, payout, "payout unchanged");
+    }
+
     // ------------------------------------------------------------------ merchants
 
     function test_registerMerchant_storesAndEmits() public {

@@ -11,6 +11,8 @@ interface Vm {
     function startPrank(address msgSender) external;
     function stopPrank() external;
     function load(address target, bytes32 slot) external view returns (bytes32 data);
+    function getNonce(address account) external view returns (uint64 nonce);
+    function computeCreateAddress(address deployer, uint256 nonce) external pure returns (address);
 
     // keys and signatures
     function addr(uint256 privateKey) external pure returns (address keyAddr);
