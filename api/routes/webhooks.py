@@ -26,6 +26,7 @@ from api.webhooks.schemas import (
     WebhookDeliveryPublic,
     WebhookEndpointCreate,
     WebhookEndpointPublic,
+    WebhookEndpointUpdate,
     WebhookEndpointWithSecret,
     WebhookSecretRotate,
 )
@@ -107,6 +108,43 @@ def get_webhook_endpoint(
             session, endpoint_id, merchant_id=caller.scope, livemode=caller.livemode
         )
     )
+
+
+@router.post(
+    "/webhook_endpoints/{endpoint_id}",
+    response_model=WebhookEndpointPublic,
+    summary="Update a webhook endpoint",
+    description="Change its `url` (checked as at registration), `enabled_events` or "
+    "`description`, or disable (`disabled: true`) or enable it again (`disabled: false`; "
+    "`400 webhook_endpoint_limit` past 16 enabled endpoints). Fields left out stay as they "
+    "are; nothing is written unless every change is valid. Deliveries that failed while it was "
+    "disabled stay failed: redeliver them.",
+)
+def update_webhook_endpoint(
+    endpoint_id: EndpointId,
+    body: WebhookEndpointUpdate,
+    session: SessionDep,
+    caller: Manager,
+    cache: ConfigCacheDep,
+    after_commit: AfterCommit,
+    settings: SettingsDep,
+) -> WebhookEndpointPublic:
+    endpoint = webhooks.update_endpoint(
+        session,
+        endpoint_id,
+        webhooks.EndpointChanges(
+            url=body.url,
+            enabled_events=body.enabled_events,
+            description=body.description,
+            clear_description="description" in body.model_fields_set and body.description is None,
+            enabled=None if body.disabled is None else not body.disabled,
+        ),
+        merchant_id=caller.scope,
+        livemode=caller.livemode,
+        targets=TargetPolicy(allow_private=settings.webhook_allow_private_targets),
+    )
+    after_commit.append(cache.clear)  # this process's cached subscriptions
+    return WebhookEndpointPublic.of(endpoint)
 
 
 @router.post(

@@ -14,12 +14,15 @@ __all__ = [
     "WebhookDeliveryPublic",
     "WebhookEndpointCreate",
     "WebhookEndpointPublic",
+    "WebhookEndpointUpdate",
     "WebhookEndpointWithSecret",
     "WebhookSecretRotate",
 ]
 
 
 EventTypeOrAll: TypeAlias = Literal["*", EventType]
+# http(s), an ASCII host name or IPv4 address, optional port and path, no credentials
+_URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$"
 
 
 def _ts(value: object) -> int | None:
@@ -43,7 +46,7 @@ class WebhookEndpointCreate(BaseModel):
     url: str = Field(
         min_length=8,
         max_length=2048,
-        pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$",
+        pattern=_URL_PATTERN,
         description="http(s) URL (https in live mode): an ASCII host name or IPv4 address "
         "(punycode for IDNs), optional port and path, no credentials.",
     )
@@ -53,6 +56,32 @@ class WebhookEndpointCreate(BaseModel):
     description: str | None = Field(default=None, max_length=500)
     merchant_id: str | None = Field(
         default=None, min_length=1, max_length=64, description="Admins only: the owning merchant."
+    )
+
+
+class WebhookEndpointUpdate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"disabled": False}, {"enabled_events": ["*"]}]},
+    )
+
+    url: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=2048,
+        pattern=_URL_PATTERN,
+        description="A new URL, checked as at registration.",
+    )
+    enabled_events: list[EventTypeOrAll] | None = Field(
+        default=None, min_length=1, max_length=32, description="Replaces the event types."
+    )
+    description: str | None = Field(
+        default=None, max_length=500, description="A new description; `null` clears it."
+    )
+    disabled: bool | None = Field(
+        default=None,
+        description="`true` disables the endpoint (as DELETE does), `false` enables it again "
+        "(within the 16 enabled endpoints a merchant may have).",
     )
 
 

@@ -36,6 +36,7 @@ from api.webhooks.targets import TargetPolicy
 __all__ = [
     "MAX_ENABLED_ENDPOINTS",
     "RETRY_SCHEDULE",
+    "EndpointChanges",
     "EndpointDisabled",
     "SigningTarget",
     "create_endpoint",
@@ -49,6 +50,7 @@ __all__ = [
     "rotate_secret",
     "signed_headers",
     "signing_targets",
+    "update_endpoint",
     "validate_events",
     "validate_url",
 ]
@@ -136,6 +138,16 @@ def validate_events(events: Sequence[str]) -> list[str]:
     return out
 
 
+def _require_room(session: Session, merchant_id: str) -> None:
+    """Refuse a 17th enabled endpoint (counted under a lock: see the repository)."""
+    if repository.count_enabled_locked(session, merchant_id) >= MAX_ENABLED_ENDPOINTS:
+        raise InvalidRequest(
+            f"A merchant can have at most {MAX_ENABLED_ENDPOINTS} enabled webhook endpoints; "
+            "disable one first.",
+            code="webhook_endpoint_limit",
+        )
+
+
 def create_endpoint(
     session: Session,
     merchant_id: str,
@@ -156,12 +168,7 @@ def create_endpoint(
     now = now or utcnow()
     checked_url = validate_url(url, livemode=livemode, targets=targets)
     events = validate_events(enabled_events)
-    if repository.count_enabled_locked(session, merchant_id) >= MAX_ENABLED_ENDPOINTS:
-        raise InvalidRequest(
-            f"A merchant can have at most {MAX_ENABLED_ENDPOINTS} enabled webhook endpoints; "
-            "disable one first.",
-            code="webhook_endpoint_limit",
-        )
+    _require_room(session, merchant_id)
     secret = _new_secret()
     endpoint_id = new_id("we")
     endpoint = WebhookEndpoint(
@@ -177,6 +184,63 @@ def create_endpoint(
     )
     repository.add(session, endpoint)
     return endpoint, secret
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointChanges:
+    """What :func:`update_endpoint` changes; ``None`` leaves a field as it is (``description``:
+    ``clear_description`` empties it)."""
+
+    url: str | None = None
+    enabled_events: Sequence[str] | None = None
+    description: str | None = None
+    clear_description: bool = False
+    enabled: bool | None = None
+
+
+def update_endpoint(
+    session: Session,
+    endpoint_id: str,
+    changes: EndpointChanges,
+    *,
+    merchant_id: str | None,
+    livemode: bool | None = None,
+    targets: TargetPolicy | None = None,
+    now: datetime | None = None,
+) -> WebhookEndpoint:
+    """Change an endpoint's url, events or description, or disable or re-enable it (Stripe's
+    update). Everything is checked before anything is written: a new url as at registration, a
+    re-enabled endpoint against the merchant's limit of enabled ones (under the same lock
+    registrations take). Deliveries that failed while it was disabled stay failed; redeliver
+    them once it is enabled."""
+    endpoint = repository.get_endpoint(
+        session, endpoint_id, merchant_id=merchant_id, livemode=livemode, for_update=True
+    )
+    if endpoint is None:
+        raise NotFound(f"No such webhook endpoint: '{endpoint_id}'.", param="id")
+    url = (
+        validate_url(changes.url, livemode=endpoint.livemode, targets=targets)
+        if changes.url is not None
+        else endpoint.url
+    )
+    events = (
+        validate_events(changes.enabled_events)
+        if changes.enabled_events is not None
+        else list(endpoint.enabled_events)
+    )
+    if changes.enabled is True and not endpoint.enabled:
+        _require_room(session, endpoint.merchant_id)
+    endpoint.url = url
+    endpoint.enabled_events = events
+    if changes.clear_description:
+        endpoint.description = None
+    elif changes.description is not None:
+        endpoint.description = changes.description
+    if changes.enabled is not None:
+        endpoint.enabled = changes.enabled
+    endpoint.updated_at = now or utcnow()
+    repository.add(session, endpoint)
+    return endpoint
 
 
 class EndpointDisabled(ApiError):

@@ -246,6 +246,66 @@ class TestEndpointsApi:
         log = client.get(f"/v1/webhook_endpoints/{e.id}/deliveries", headers=key).json()
         assert [x["id"] for x in log["data"]] == [d.id]  # no copy queued
 
+    def test_an_endpoint_is_updated_and_enabled_again(self, client, db, new_key):
+        key = auth(new_key())
+        made = client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1:9/a", "enabled_events": ["*"], "description": "old"},
+            headers=key,
+        ).json()
+        path = f"/v1/webhook_endpoints/{made['id']}"
+        r = client.post(
+            path,
+            json={"url": "http://127.0.0.1:9/b", "enabled_events": ["ticket.opened"]},
+            headers=key,
+        )
+        assert r.status_code == 200, r.text
+        assert (r.json()["url"], r.json()["enabled_events"]) == (
+            "http://127.0.0.1:9/b",
+            ["ticket.opened"],
+        )
+        assert r.json()["description"] == "old"  # left out: unchanged
+        assert (
+            client.post(path, json={"description": None}, headers=key).json()["description"] is None
+        )
+        assert client.post(path, json={"disabled": True}, headers=key).json()["status"] == (
+            "disabled"
+        )
+        with session_scope(session_factory(db)) as s:
+            assert webhooks.enqueue(s, "m_1", "ticket.opened", {"id": "t_1"}) == []
+        again = client.post(path, json={"disabled": False}, headers=key)
+        assert again.json()["status"] == "enabled"
+        with session_scope(session_factory(db)) as s:
+            (d,) = webhooks.enqueue(s, "m_1", "ticket.opened", {"id": "t_2"})
+        assert d.endpoint_id == made["id"]
+        assert secret_unchanged(db, client.app.state.cipher, made["id"], made["secret"])
+
+    def test_a_bad_update_changes_nothing(self, client, db, new_key):
+        key = auth(new_key())
+        body = {"url": "http://127.0.0.1:9/h", "enabled_events": ["*"]}
+        first = client.post("/v1/webhook_endpoints", json=body, headers=key).json()
+        path = f"/v1/webhook_endpoints/{first['id']}"
+        client.post(path, json={"disabled": True}, headers=key)
+        for _ in range(webhooks.MAX_ENABLED_ENDPOINTS):
+            assert client.post("/v1/webhook_endpoints", json=body, headers=key).status_code == 200
+        for bad, code in (
+            ({"disabled": False}, "webhook_endpoint_limit"),  # a 17th enabled one
+            ({"url": "ftp://127.0.0.1/h", "disabled": False}, "parameter_invalid"),
+            ({"enabled_events": ["invoice.bogus"]}, "parameter_invalid"),
+            ({"enabled_events": []}, "parameter_invalid"),
+            ({"secret": "whsec_mine"}, "parameter_invalid"),  # not settable here
+        ):
+            r = client.post(path, json={**bad, "description": "changed"}, headers=key)
+            assert r.status_code in (400, 422), r.text
+            assert r.json()["error"]["code"] == code, (bad, r.text)
+        shown = client.get(path, headers=key).json()
+        assert (shown["status"], shown["url"], shown["description"]) == (
+            "disabled",
+            "http://127.0.0.1:9/h",
+            None,
+        )
+        assert _endpoint_count(db, "m_1") == webhooks.MAX_ENABLED_ENDPOINTS + 1
+
     def test_support_keys_cannot_manage_webhooks(self, client, new_key):
         r = client.get("/v1/webhook_endpoints", headers=auth(new_key("support", "m_1")))
         assert r.status_code == 403
@@ -294,6 +354,13 @@ class TestEndpointsApi:
             thread.join(timeout=30)
         assert sorted(outcomes) == ["made"] * 2 + ["webhook_endpoint_limit"] * 4
         assert _endpoint_count(db, "m_1") == webhooks.MAX_ENABLED_ENDPOINTS
+
+
+def secret_unchanged(db, cipher: SecretCipher, endpoint_id: str, secret: str) -> bool:
+    """The endpoint still signs with ``secret`` (an update never touches it)."""
+    with session_scope(session_factory(db)) as s:
+        endpoint = webhooks.get_endpoint(s, endpoint_id, merchant_id=None)
+        return cipher.decrypt(endpoint.secret_encrypted, context=endpoint_id) == secret
 
 
 def _endpoint_count(db, merchant_id: str) -> int:
