@@ -215,7 +215,7 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
                 "contact_id": ids[name],
             },
         )
-    table = Table("customer", "invoice", "on-chain id", "amount", "EIP-681")
+    table = Table("customer", "invoice", "on-chain id", "amount", "EIP-681 (approve step)")
     for name, inv in issued.items():
         amount = int(inv["amount"]) / 10 ** inv["decimals"]
         table.add_row(
