@@ -192,8 +192,8 @@ def record(
     ):
         if not value or len(value) > limit:
             raise InvalidRequest(f"{name} is required", code=f"invalid_{name}", param=name)
-    contact = contacts_repo.get_for_update(session, contact_id)
-    if contact is None or contact.merchant_id != merchant_id:
+    contact = contacts_repo.get_for_update(session, contact_id, merchant_id)
+    if contact is None:
         raise ContactNotFound("no such contact", param="contact_id")
     if contact.erased_at is not None:
         raise ContactErased("contact has been erased")

@@ -83,22 +83,21 @@ def traits_many(
     return found
 
 
-def get_for_update(session: Session, contact_id: int) -> Contact | None:
-    """The contact row locked until commit, re-read (not the identity map's older copy).
+def get_for_update(
+    session: Session, contact_id: int, merchant_id: int | None = None
+) -> Contact | None:
+    """The contact row locked until commit, re-read (not the identity map's older copy); with
+    ``merchant_id``, only that merchant's (another merchant's row is neither read nor locked).
 
     The no-op UPDATE is the lock on both databases: a row lock on PostgreSQL, and on SQLite
     it opens the writer's transaction before the read. An engine that begins lazily (the
     API's: reads in autocommit until the first write) ignores ``FOR UPDATE``, so without it
     an erasure could commit between this read and the caller's write."""
-    session.connection().execute(
-        sa.update(Contact).where(col(Contact.id) == contact_id).values(id=Contact.id)
-    )
-    stmt = (
-        select(Contact)
-        .where(Contact.id == contact_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    scope = [col(Contact.id) == contact_id]
+    if merchant_id is not None:
+        scope.append(col(Contact.merchant_id) == merchant_id)
+    session.connection().execute(sa.update(Contact).where(*scope).values(id=Contact.id))
+    stmt = select(Contact).where(*scope).with_for_update().execution_options(populate_existing=True)
     return session.exec(stmt).first()
 
 

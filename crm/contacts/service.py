@@ -65,9 +65,9 @@ def get_contact(session: Session, merchant_id: int, contact_id: int) -> Contact:
 def get_contact_for_update(session: Session, merchant_id: int, contact_id: int) -> Contact:
     """:func:`get_contact`, locked until commit: changes to a contact queue behind an erasure
     (and see it), instead of writing after it."""
-    get_contact(session, merchant_id, contact_id)
-    contact = repo.get_for_update(session, contact_id)
-    assert contact is not None  # the row just read; contacts are never deleted
+    contact = repo.get_for_update(session, contact_id, merchant_id)
+    if contact is None:
+        raise ContactNotFound("no such contact", param="contact_id")
     return contact
 
 

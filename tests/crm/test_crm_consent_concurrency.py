@@ -68,3 +68,37 @@ def test_concurrent_appends_still_verify(committed_engine: sa.Engine, keyring: K
         assert {e.actor for e in consent.history(s, cid)} == {f"w{w}" for w in range(WORKERS)}
         # every channel ended on its worker's last action (APPENDS is odd: a grant)
         assert all(consent.may_contact(s, cid, "marketing", ch) for ch in ("email", "sms"))
+
+
+def test_another_merchants_request_neither_waits_for_nor_locks_the_contact(
+    pg_admin: sa.Engine, keyring: KeyRing
+) -> None:
+    """Merchant B naming A's contact id is refused without touching A's row: before, the lock
+    came first, so B's request waited on A's busy contact (and held it) before its 404."""
+    import pytest
+
+    from crm.contacts import repository as contacts_repo
+    from crm.errors import ContactNotFound
+
+    from .conftest import committed_pg_engine
+
+    clock = FrozenClock(START)
+    with committed_pg_engine(pg_admin) as engine:
+        with session_scope(engine) as s:
+            a = merchants.create_merchant(s, MerchantCreate(name="A"), clock).id or 0
+            b = merchants.create_merchant(s, MerchantCreate(name="B"), clock).id or 0
+            cid = contacts.create_contact(s, a, ContactCreate(time_zone="UTC"), keyring, clock).id
+        assert cid is not None
+        with session_scope(engine) as holder:
+            assert contacts_repo.get_for_update(holder, cid) is not None  # A's request, busy
+            for attempt in (
+                lambda s: consent.record(
+                    s, b, cid, purpose="marketing", channel="email", action="grant",
+                    actor="b", clock=clock, keyring=keyring,
+                ),
+                lambda s: contacts.get_contact_for_update(s, b, cid),
+            ):  # fmt: skip
+                with session_scope(engine) as other:
+                    other.execute(sa.text("SET LOCAL lock_timeout = '300ms'"))
+                    with pytest.raises(ContactNotFound):
+                        attempt(other)
