@@ -244,14 +244,30 @@ _SECRET_PATTERNS = (
 
 class RedactingFilter(logging.Filter):
     """Applies :func:`redact` to every record of the logger it is on (uvicorn's access log
-    writes each request's path, and customer links carry their token in the path)."""
+    writes each request's path, and customer links carry their token in the path).
+
+    The record keeps its shape: each argument is masked in place, because formatters read
+    ``record.args`` themselves (uvicorn's ``AccessFormatter`` unpacks it; a record whose args
+    were replaced by ``None`` printed a logging traceback for every customer link click)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = redact(message)
-        if masked != message:
-            record.msg, record.args = masked, None
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_masked(arg) for arg in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {key: _masked(arg) for key, arg in record.args.items()}
         return True
+
+
+def _masked(arg: object) -> object:
+    """``arg``, or its text masked when that text holds a secret (numbers pass untouched, so
+    ``%d`` still formats)."""
+    if isinstance(arg, int | float) or arg is None:
+        return arg
+    text = str(arg)
+    masked = redact(text)
+    return arg if masked == text else masked
 
 
 def install_log_redaction(names: tuple[str, ...] = ("uvicorn.access", "uvicorn.error")) -> None:

@@ -23,7 +23,11 @@ _ROOT_PATH = re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)+")  # no "." or ".
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FOLLOWPAY_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused FOLLOWPAY_RPC_URL or database URL must not be echoed in a
+    # validation error (FOLLOWPAY_DEBUG=1 prints the whole exception)
+    model_config = SettingsConfigDict(
+        env_prefix="FOLLOWPAY_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     home: Path = Field(default_factory=lambda: Path.home() / ".followpay")
     # Out of repr: a database password or an RPC provider key may ride in the URL.

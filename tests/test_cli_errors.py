@@ -242,6 +242,10 @@ class TestMessages:
             get_settings(rpc_url="ftp://user:pw@x", master_key="not-hex-secret")
         message = _describe(caught.value)
         assert message == "invalid settings: FOLLOWPAY_RPC_URL: must be an http(s) URL"
+        # FOLLOWPAY_DEBUG=1 prints the exception itself: it must not echo the values either
+        for text in (str(caught.value), repr(caught.value)):
+            for secret in ("user:pw", "not-hex-secret"):
+                assert secret not in text
 
     def test_settings_repr_leaves_out_urls_and_secrets(self):
         settings = get_settings(

@@ -249,11 +249,25 @@ class _RpcUrlRedaction(logging.Filter):
         return True
 
 
+class _RequestPathRedaction(logging.Filter):
+    """urllib3 (under web3's provider) logs each request line at DEBUG, path included: the
+    path of an RPC URL carries the provider key (``/v3/<key>``), so it is withheld."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                "/[path withheld]" if isinstance(arg, str) and arg.startswith("/") else arg
+                for arg in record.args
+            )
+        return True
+
+
 for _logger in (
     "web3.providers.HTTPProvider",
     "web3._utils.http_session_manager.HTTPSessionManager",
 ):
     logging.getLogger(_logger).addFilter(_RpcUrlRedaction())
+logging.getLogger("urllib3.connectionpool").addFilter(_RequestPathRedaction())
 
 
 class _JsonRpc:

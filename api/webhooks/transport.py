@@ -20,6 +20,7 @@ cause chained: :class:`~api.webhooks.targets.TargetNotAllowed`, ``socket.gaierro
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import threading
@@ -98,6 +99,25 @@ class _BoundedStream(httpcore.NetworkStream):
 
     def get_extra_info(self, info: str) -> typing.Any:
         return self._inner.get_extra_info(info)
+
+
+class _UrlOriginOnly(logging.Filter):
+    """httpx logs every request's full URL at INFO; a webhook URL's path and query often carry
+    the merchant's own shared secret (``?token=…``), and a follow-up's links carry customer
+    tokens. Only the origin is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{arg.scheme}://{arg.host}{f':{arg.port}' if arg.port else ''}"
+                if isinstance(arg, httpx.URL)
+                else arg
+                for arg in record.args
+            )
+        return True
+
+
+logging.getLogger("httpx").addFilter(_UrlOriginOnly())
 
 
 class _AddressRefused(httpcore.ConnectError):

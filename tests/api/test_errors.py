@@ -313,6 +313,14 @@ class TestRedact:
         (record,) = [r for r in caplog.records if r.name == "uvicorn.access"]
         assert token not in record.getMessage()
         assert "/v1/public/feedback/[REDACTED]?rating=2" in record.getMessage()
+        # uvicorn's own formatter unpacks record.args: the masked record must still format
+        from uvicorn.logging import AccessFormatter
+
+        line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s').format(
+            record
+        )
+        request = "GET /v1/public/feedback/[REDACTED]?rating=2 HTTP/1.1"
+        assert line == f'127.0.0.1:5000 - "{request}" 200 OK'
 
 
 @pytest.mark.parametrize(

@@ -674,6 +674,23 @@ class TestDelivery:
             with pytest.raises(WebhookSignatureError):
                 verify(retired, got.headers[SIGNATURE_HEADER], got.body)
 
+    def test_the_request_log_names_only_the_receivers_origin(self, db, receiver, caplog):
+        """httpx logs each request's URL at INFO: a merchant's shared secret in the query (or a
+        customer's link token in a path) must not reach the log."""
+        import logging
+
+        _endpoint(db, receiver.url + "/in?token=s3cret-shared-0042")
+        _enqueue(db)
+        with caplog.at_level(logging.INFO, logger="httpx"):
+            (r,) = _deliver(session_factory(db))
+        assert r.ok
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "httpx"]
+        origin = receiver.url.split("/hooks")[0]
+        assert lines
+        assert all(f"POST {origin} " in line for line in lines), lines
+        assert "s3cret-shared-0042" not in caplog.text
+        assert receiver.received[-1].path == "/hooks/in?token=s3cret-shared-0042"  # sent whole
+
     def test_signature_timestamp_is_fresh(self, db, receiver):
         _, _secret = _endpoint(db, receiver.url)
         _enqueue(db)

@@ -126,6 +126,18 @@ class TestConnectErrors:
         assert "chain RPC at http://127.0.0.1:9 " in str(on_poll.value)
         assert rpc_origin("https://[::1]:8545/key") == "https://[::1]:8545"
 
+    def test_urllib3s_request_line_withholds_the_rpc_path(self, caplog):
+        """web3's provider runs on urllib3, whose DEBUG request line prints the URL's path:
+        a provider key (/v3/<key>) would reach the log."""
+        with caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
+            logging.getLogger("urllib3.connectionpool").debug(
+                '%s://%s:%s "%s %s %s" %s %s',
+                *("https", "mainnet.example.io", 443, "POST"),
+                *("/v3/0123456789abcdef0123?apikey=zz99", "HTTP/1.1", 200, 42),
+            )
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "urllib3.connectionpool"]
+        assert line == 'https://mainnet.example.io:443 "POST /[path withheld] HTTP/1.1" 200 42'
+
     def test_rpc_backend_without_url(self):
         with pytest.raises(UnknownBackendError, match="needs an RPC URL"):
             connect(ChainConfig(backend="rpc"))
