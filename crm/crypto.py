@@ -11,6 +11,8 @@
   (:func:`scope_index`): equal values at two merchants do not show as equal.
 * A follow-up's link token is an HMAC under a fourth derived key of its id and creation time
   (:meth:`KeyRing.followup_token`): every attempt to send it carries the same links.
+* An invoice's hosted checkout link carries an HMAC of its id under a fifth derived key
+  (:meth:`KeyRing.checkout_token`).
 * The consent ledger's per-contact head is sealed with HMAC-SHA256 under a third derived key
   (:meth:`KeyRing.consent_head_mac`), never under a data key, so erasure does not unseal it.
 * Destroying the wrapped DEK makes every ciphertext of that contact unreadable.
@@ -76,7 +78,13 @@ def scope_index(merchant_id: int, unscoped: str) -> str:
 class KeyRing:
     """Master-key holder: wraps data keys and computes blind indexes."""
 
-    __slots__ = ("_consent_head_key", "_followup_token_key", "_index_key", "_wrap")
+    __slots__ = (
+        "_checkout_key",
+        "_consent_head_key",
+        "_followup_token_key",
+        "_index_key",
+        "_wrap",
+    )
 
     def __init__(self, master_key: bytes) -> None:
         if not isinstance(master_key, bytes | bytearray) or len(master_key) < 32:
@@ -85,6 +93,7 @@ class KeyRing:
         self._index_key = _derive(bytes(master_key), b"followpay-crm/blind-index/v1")
         self._consent_head_key = _derive(bytes(master_key), b"followpay-crm/consent-head-mac/v1")
         self._followup_token_key = _derive(bytes(master_key), b"followpay-crm/followup-token/v1")
+        self._checkout_key = _derive(bytes(master_key), b"followpay-api/checkout-link/v1")
 
     @classmethod
     def generate(cls) -> KeyRing:
@@ -119,6 +128,12 @@ class KeyRing:
         msg = f"{followup_id}:{as_utc(created_at).isoformat()}".encode()
         digest = hmac.new(self._followup_token_key, msg, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def checkout_token(self, invoice_id: str) -> str:
+        """The capability in an invoice's hosted checkout link: an HMAC (128 bits) of its id,
+        so the page opens only from the link the merchant was given, and nothing is stored."""
+        digest = hmac.new(self._checkout_key, invoice_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
 
     @staticmethod
     def _aad(contact_id: int) -> bytes:

@@ -38,6 +38,7 @@ __all__ = [
     "PermitData",
     "Router",
     "Token",
+    "call_data",
     "deploy",
     "deploy_router",
     "deploy_test_token",
@@ -125,6 +126,16 @@ def _encoders(artifact: str) -> dict[str, tuple[str, list[str]]]:
     return {name: enc for name, enc in out.items() if seen[name] == 1}
 
 
+def call_data(artifact: str, fn: str, *args: Any) -> str:
+    """Call data for ``fn(*args)`` on a contract of ``artifact`` (eth-abi directly: ~20x faster
+    than web3's ``encode_abi``, and no chain needed). ``fn`` must not be overloaded."""
+    entry = _encoders(artifact).get(fn)
+    if entry is None:
+        raise ValueError(f"{artifact} has no single function named {fn!r}")
+    selector, types = entry
+    return "0x" + selector + abi_encode(types, args).hex()
+
+
 class _Bound:
     name = ""
 
@@ -153,11 +164,9 @@ class _Bound:
 
     def encode(self, fn: str, *args: Any) -> str:
         """Call data for ``fn(*args)`` (eth-abi directly: ~20x faster than web3's encode_abi)."""
-        entry = _encoders(self.name).get(fn)
-        if entry is None:  # overloaded or unknown: let web3 resolve it
+        if fn not in _encoders(self.name):  # overloaded or unknown: let web3 resolve it
             return str(self.contract.encode_abi(fn, args=list(args)))
-        selector, types = entry
-        return "0x" + selector + abi_encode(types, args).hex()
+        return call_data(self.name, fn, *args)
 
     def _send(self, sender: Sender, fn: str, *args: Any, wait: bool = True) -> Any:
         data = self.encode(fn, *args)

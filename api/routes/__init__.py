@@ -20,6 +20,7 @@ def resource_routers() -> list[APIRouter]:
     """The merchant, support and customer resources (issue 6): mounted by default."""
     from api.routes import (
         audit,
+        checkout,
         contacts,
         invoices,
         merchants,
@@ -34,6 +35,7 @@ def resource_routers() -> list[APIRouter]:
     return [
         invoices.router,
         public.router,
+        checkout.router,
         merchants.router,
         contacts.router,
         policies.router,

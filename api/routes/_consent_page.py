@@ -14,15 +14,17 @@ from starlette.responses import HTMLResponse
 from api.schemas.public import PublicConsentState, PublicFeedback
 
 __all__ = [
+    "PAGE_HEADERS",
     "confirm_page",
     "done_page",
     "error_page",
+    "html_page",
     "rated_page",
     "rating_page",
     "wants_html",
 ]
 
-_HEADERS = {
+PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
@@ -39,14 +41,26 @@ def wants_html(accept: str | None) -> bool:
     return "text/html" in (accept or "")
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+def html_page(
+    title: str,
+    body: str,
+    status: int = 200,
+    *,
+    headers: dict[str, str] | None = None,
+    style: str = "",
+) -> HTMLResponse:
+    """One customer page: ``body`` is trusted HTML (callers escape what they put in it)."""
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f'<meta name="robots" content="noindex"><title>{escape(title)}</title>'
-        f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>"
+        f"<style>{_STYLE}{style}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>"
     )
-    return HTMLResponse(html, status_code=status, headers=_HEADERS)
+    return HTMLResponse(html, status_code=status, headers=headers or PAGE_HEADERS)
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return html_page(title, body, status)
 
 
 def _states(consents: Sequence[PublicConsentState]) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.responses import Response
 from sqlmodel import Session
 
@@ -15,7 +16,9 @@ from api.deps import (
     ChainInfoDep,
     ClockDep,
     InvoicingDep,
+    KeyRingDep,
     SessionDep,
+    SettingsDep,
 )
 from api.errors import ApiError, InvalidRequest
 from api.keys.service import AuthenticatedKey
@@ -33,6 +36,7 @@ from api.routing import ApiRouter
 from api.schemas.invoices import InvoiceCreateBody, InvoiceMarkBody, InvoiceOut, PaymentOut
 from api.settlement import invoices as settlement
 from api.settlement import repository as repo
+from api.settlement.checkout import checkout_path
 from api.settlement.errors import MerchantAccountMissingError
 from api.settlement.models import Invoice, InvoiceState
 from api.webhooks import enqueue
@@ -64,10 +68,20 @@ def _decimals(chain: ChainInfo | None, token: str) -> int:
     return 18
 
 
+def _checkout_links(keyring: KeyRingDep, settings: SettingsDep) -> Callable[[str], str]:
+    """Invoice id -> its hosted checkout page's absolute URL (``FOLLOWPAY_PUBLIC_BASE_URL``)."""
+    base = settings.public_base_url.rstrip("/")
+    return lambda invoice_id: base + checkout_path(keyring, invoice_id)
+
+
+CheckoutLinks = Annotated[Callable[[str], str], Depends(_checkout_links)]
+
+
 def _public(
     session: Session,
     invoice: Invoice,
     chain: ChainInfo | None,
+    checkout: Callable[[str], str],
     addresses: dict[int, str] | None = None,
 ) -> InvoiceOut:
     """``addresses``: merchant router addresses by account id, filled as needed (a list reads
@@ -83,6 +97,7 @@ def _public(
         router=router_address,
         decimals=_decimals(chain, invoice.token),
         payment_uri=settlement.eip681_uri(invoice, router_address),
+        checkout_url=checkout(invoice.id),
     )
 
 
@@ -103,7 +118,11 @@ def _load(session: Session, caller: AuthenticatedKey, invoice_id: str) -> Invoic
     "invoice. Emits `invoice.created`.",
 )
 def create_invoice(
-    body: InvoiceCreateBody, session: SessionDep, caller: Manager, invoicing: InvoicingDep
+    body: InvoiceCreateBody,
+    session: SessionDep,
+    caller: Manager,
+    invoicing: InvoicingDep,
+    checkout: CheckoutLinks,
 ) -> InvoiceOut:
     chain = _chain(invoicing.chain)
     if body.token is not None and body.token.lower() != chain.token.lower():
@@ -150,7 +169,7 @@ def create_invoice(
         allocate=partial(invoicing.numbers.take, session, invoicing.engine),
         account=account,
     )
-    out = _public(session, invoice, chain, {account.id: account.address})
+    out = _public(session, invoice, chain, checkout, {account.id: account.address})
     listeners = cache.load(
         ("webhooks", str(merchant_id)), partial(subscriptions, session, str(merchant_id))
     )
@@ -171,6 +190,7 @@ def list_invoices(
     caller: Staff,
     page: PageDep,
     chain: ChainInfoDep,
+    checkout: CheckoutLinks,
     state: Annotated[InvoiceState | None, Query(description="Filter by state.")] = None,
     order_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     created_gte: Annotated[
@@ -203,7 +223,7 @@ def list_invoices(
     )
     addresses: dict[int, str] = {}
     return ListResponse[InvoiceOut](
-        data=[_public(session, inv, chain, addresses) for inv in rows],
+        data=[_public(session, inv, chain, checkout, addresses) for inv in rows],
         has_more=has_more,
         url=request.url.path,
     )
@@ -211,14 +231,18 @@ def list_invoices(
 
 @router.get("/{invoice_id}", response_model=InvoiceOut, summary="Retrieve an invoice")
 def get_invoice(
-    invoice_id: InvoiceId, session: SessionDep, caller: Staff, chain: ChainInfoDep
+    invoice_id: InvoiceId,
+    session: SessionDep,
+    caller: Staff,
+    chain: ChainInfoDep,
+    checkout: CheckoutLinks,
 ) -> InvoiceOut:
-    return _public(session, _load(session, caller, invoice_id), chain)
+    return _public(session, _load(session, caller, invoice_id), chain, checkout)
 
 
 def _qr_uri(session: Session, caller: AuthenticatedKey, invoice_id: str, chain: Any) -> str:
     invoice = _load(session, caller, invoice_id)
-    return _public(session, invoice, chain).payment_uri
+    return settlement.eip681_uri(invoice, chain.router if chain is not None else "0x" + "0" * 40)
 
 
 @router.get(
@@ -265,6 +289,7 @@ def mark_invoice(
     caller: Manager,
     clock: ClockDep,
     chain: ChainInfoDep,
+    checkout: CheckoutLinks,
 ) -> InvoiceOut:
     merchant_id = object_merchant(session, caller, Invoice, invoice_id, what="invoice")
     outcome = settlement.mark_invoice(
@@ -276,7 +301,7 @@ def mark_invoice(
         clock=clock,
     )
     session.flush()
-    out = _public(session, outcome.invoice, chain)
+    out = _public(session, outcome.invoice, chain, checkout)
     if outcome.changed:
         event = "invoice.settled" if body.status == "settled" else "invoice.invalid"
         enqueue(session, str(merchant_id), event, out.model_dump(mode="json"))

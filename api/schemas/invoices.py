@@ -179,6 +179,11 @@ class InvoiceOut(BaseModel):
         "the payment is the router's `pay` (or `payWithPermit`, no approve needed) with "
         "`intent` and `signature`, sent by a checkout page or the payer's client."
     )
+    checkout_url: str = Field(
+        description="The invoice's hosted checkout page: send it to the customer (or put it in "
+        "your own QR code). It pays from a browser wallet — the approve when needed, then "
+        "`pay` — and needs no API key: the link itself is the credential."
+    )
     qr_svg_url: str
     qr_png_url: str
     metadata: dict[str, Any]
@@ -195,6 +200,7 @@ class InvoiceOut(BaseModel):
         router: str,
         decimals: int,
         payment_uri: str,
+        checkout_url: str,
     ) -> InvoiceOut:
         base = f"/v1/invoices/{invoice.id}"
         return cls(
@@ -224,6 +230,7 @@ class InvoiceOut(BaseModel):
             ),
             signature=SignatureOut(r=invoice.signature_r, vs=invoice.signature_vs),
             payment_uri=payment_uri,
+            checkout_url=checkout_url,
             qr_svg_url=f"{base}/qr.svg",
             qr_png_url=f"{base}/qr.png",
             metadata=dict(invoice.metadata_ or {}),

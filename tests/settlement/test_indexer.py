@@ -87,7 +87,16 @@ def open_shop(engine, market, clock, keyring) -> Shop:
 
 
 def new_invoice(
-    engine, market, shop, clock, *, order="order-1", confirmations=1, expires=None, amount=AMOUNT
+    engine,
+    market,
+    shop,
+    clock,
+    *,
+    order="order-1",
+    confirmations=1,
+    expires=None,
+    amount=AMOUNT,
+    payer=None,
 ):
     request = invoices.InvoiceRequest(
         merchant_id=shop.merchant_id,
@@ -95,6 +104,7 @@ def new_invoice(
         amount=amount,
         order_id=order,
         contact_id=shop.contact_id,
+        payer=payer,
         confirmations=confirmations,
         expires_in=expires or timedelta(minutes=15),
     )
