@@ -226,6 +226,7 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
             inv["payment_uri"][:60] + "…",
         )
     out.print(table)
+    out.print(f"Ada's checkout page (pays from a browser wallet): {issued['Ada']['checkout_url']}")
 
     receipts = {}
     for name, customer in zip(("Ada", "Bob", "Chen"), customers[:3], strict=True):

@@ -88,7 +88,9 @@ class EmbeddedStack:
         from api.routes import test_helpers
 
         app = create_app(
-            get_settings(webhook_allow_private_targets=True),  # receivers on 127.0.0.1
+            get_settings(  # receivers on 127.0.0.1; links (checkout pages) name this server
+                webhook_allow_private_targets=True, public_base_url=self.public_base_url
+            ),
             engine=self.api_engine,
             keyring=self.keyring,
             signers=OperatorKeys({self.operator.address: self.operator}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 
 import pytest
@@ -28,3 +29,6 @@ def test_demo_story(backend, request, tmp_path, monkeypatch):
     assert "held: quiet hours" in text
     assert "payWithPermit" in text
     assert "3: 1 scheduled, 1 sent, 1 suppressed" in text  # every follow-up is counted
+    # the checkout link names the server the demo runs, not the settings' default
+    (api,) = re.findall(r"API listening on (http://127\.0\.0\.1:\d+)", text)
+    assert re.search(re.escape(api) + r"/v1/public/checkout/inv_[0-9a-f]+\.[\w-]{22}\b", text)
