@@ -47,7 +47,13 @@ from api.db import SessionFactory, new_id, session_scope, utcnow
 from api.webhooks import repository, transport
 from api.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from api.webhooks.secrets import SecretCipher, SecretDecryptionError
-from api.webhooks.service import endpoint_secrets, next_retry_delay, signed_headers
+from api.webhooks.service import (
+    DISABLED_FAILING,
+    disable_endpoint,
+    endpoint_secrets,
+    next_retry_delay,
+    signed_headers,
+)
 from api.webhooks.targets import TargetPolicy
 
 __all__ = [
@@ -187,6 +193,8 @@ def _record(
         response_excerpt=outcome.excerpt,
     )
     repository.add(session, attempt)
+    if status is DeliveryStatus.FAILED and not outcome.permanent:
+        _disable_if_failing(session, job, done_at)
     return DeliveryResult(
         delivery_id=job.delivery_id,
         endpoint_id=job.endpoint_id,
@@ -196,6 +204,21 @@ def _record(
         error=error,
         status=status,
         next_attempt_at=next_at,
+    )
+
+
+def _disable_if_failing(session: Session, job: _Job, now: datetime) -> None:
+    """A delivery used up its retry schedule (~3.3 days) and the endpoint accepted nothing since
+    it was created: the endpoint is disabled (``disabled_reason`` ``failing``), as Stripe does,
+    instead of failing every later event for days more. The merchant fixes the receiver, enables
+    it again (``POST /v1/webhook_endpoints/{id}``) and redelivers what it missed."""
+    if repository.delivered_since_created(session, job.endpoint_id, job.delivery_id):
+        return
+    endpoint = disable_endpoint(
+        session, job.endpoint_id, merchant_id=None, now=now, reason=DISABLED_FAILING
+    )
+    logger.warning(
+        "webhook endpoint %s disabled: nothing delivered for a whole retry schedule", endpoint.id
     )
 
 

@@ -66,6 +66,9 @@ class WebhookEndpoint(SQLModel, table=True):
     description: str | None = Field(default=None, max_length=500)
     enabled_events: list[str] = Field(default_factory=list, sa_type=sa.JSON())
     enabled: bool = Field(default=True)
+    #: ``merchant`` (its own disable) or ``failing`` (every attempt failed for the whole retry
+    #: schedule); None while enabled
+    disabled_reason: str | None = Field(default=None, max_length=16)
     livemode: bool = Field(default=False)
     secret_encrypted: str = Field(max_length=512, repr=False)
     previous_secret_encrypted: str | None = Field(default=None, max_length=512, repr=False)

@@ -19,6 +19,7 @@ __all__ = [
     "attempts_for",
     "claim_due",
     "count_enabled_locked",
+    "delivered_since_created",
     "deliveries_select",
     "enabled_endpoints",
     "endpoints_of",
@@ -218,6 +219,22 @@ def renew_claim(session: Session, delivery_id: str, claim: datetime, until: date
         sa.update(d).where(_held(delivery_id, claim)).values(locked_until=until)
     )
     return getattr(result, "rowcount", 0) == 1
+
+
+def delivered_since_created(session: Session, endpoint_id: str, delivery_id: str) -> bool:
+    """Whether the endpoint accepted any delivery since ``delivery_id`` was created."""
+    d = WebhookDelivery
+    created = sa.select(col(d.created_at)).where(col(d.id) == delivery_id).scalar_subquery()
+    stmt = (
+        sa.select(sa.literal(1))
+        .where(
+            col(d.endpoint_id) == endpoint_id,
+            col(d.status) == DeliveryStatus.DELIVERED.value,
+            col(d.delivered_at) >= created,
+        )
+        .limit(1)
+    )
+    return session.execute(stmt).first() is not None
 
 
 def finish_claim(session: Session, delivery_id: str, claim: datetime, **values: Any) -> bool:

@@ -106,6 +106,12 @@ class WebhookEndpointPublic(BaseModel):
     description: str | None
     enabled_events: list[str]
     status: Literal["enabled", "disabled"]
+    disabled_reason: Literal["merchant", "failing"] | None = Field(
+        default=None,
+        description="Why it is disabled: `merchant` (you disabled it) or `failing` (every "
+        "attempt failed for a whole retry schedule, ~3.3 days, with nothing delivered: fix the "
+        "receiver, enable it again and redeliver what it missed); null while enabled.",
+    )
     livemode: bool
     created: int
 
@@ -118,6 +124,7 @@ class WebhookEndpointPublic(BaseModel):
             description=e.description,
             enabled_events=list(e.enabled_events),
             status="enabled" if e.enabled else "disabled",
+            disabled_reason=None if e.enabled else e.disabled_reason,  # type: ignore[arg-type]
             livemode=e.livemode,
             created=int(e.created_at.timestamp()),
         )

@@ -34,6 +34,8 @@ from api.webhooks.signing import SIGNATURE_HEADER, sign
 from api.webhooks.targets import TargetPolicy
 
 __all__ = [
+    "DISABLED_BY_MERCHANT",
+    "DISABLED_FAILING",
     "MAX_ENABLED_ENDPOINTS",
     "RETRY_SCHEDULE",
     "EndpointChanges",
@@ -72,6 +74,10 @@ RETRY_SCHEDULE: tuple[timedelta, ...] = (
     timedelta(hours=24),
 )
 USER_AGENT = "FollowPay-Webhooks/1.0"
+#: Why an endpoint is disabled (``disabled_reason``): its merchant said so, or every attempt
+#: failed for a whole retry schedule with nothing delivered meanwhile (Stripe does the same).
+DISABLED_BY_MERCHANT = "merchant"
+DISABLED_FAILING = "failing"
 #: Enabled endpoints per merchant (Stripe's limit too). A follow-up's webhook attempt POSTs to
 #: all of them at once (:class:`api.dispatch.channels.WebhookChannel`), so this bounds it.
 MAX_ENABLED_ENDPOINTS = 16
@@ -236,8 +242,9 @@ def update_endpoint(
         endpoint.description = None
     elif changes.description is not None:
         endpoint.description = changes.description
-    if changes.enabled is not None:
+    if changes.enabled is not None and changes.enabled != endpoint.enabled:
         endpoint.enabled = changes.enabled
+        endpoint.disabled_reason = None if changes.enabled else DISABLED_BY_MERCHANT
     endpoint.updated_at = now or utcnow()
     repository.add(session, endpoint)
     return endpoint
@@ -298,8 +305,10 @@ def disable_endpoint(
     merchant_id: str | None,
     livemode: bool | None = None,
     now: datetime | None = None,
+    reason: str = DISABLED_BY_MERCHANT,
 ) -> WebhookEndpoint:
-    """Stop sending to an endpoint (its pending deliveries fail with "endpoint disabled")."""
+    """Stop sending to an endpoint (its pending deliveries fail with "endpoint disabled");
+    ``reason``: :data:`DISABLED_BY_MERCHANT` or :data:`DISABLED_FAILING`."""
     endpoint = repository.get_endpoint(
         session, endpoint_id, merchant_id=merchant_id, livemode=livemode, for_update=True
     )
@@ -307,6 +316,7 @@ def disable_endpoint(
         raise NotFound(f"No such webhook endpoint: '{endpoint_id}'.", param="id")
     if endpoint.enabled:
         endpoint.enabled = False
+        endpoint.disabled_reason = reason
         endpoint.updated_at = now or utcnow()
         repository.add(session, endpoint)
     return endpoint

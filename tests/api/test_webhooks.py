@@ -268,9 +268,8 @@ class TestEndpointsApi:
         assert (
             client.post(path, json={"description": None}, headers=key).json()["description"] is None
         )
-        assert client.post(path, json={"disabled": True}, headers=key).json()["status"] == (
-            "disabled"
-        )
+        off = client.post(path, json={"disabled": True}, headers=key).json()
+        assert (off["status"], off["disabled_reason"]) == ("disabled", "merchant")
         with session_scope(session_factory(db)) as s:
             assert webhooks.enqueue(s, "m_1", "ticket.opened", {"id": "t_1"}) == []
         again = client.post(path, json={"disabled": False}, headers=key)
@@ -478,7 +477,7 @@ class TestDelivery:
 
     def test_gives_up_after_the_schedule(self, db, receiver):
         receiver.default = 500
-        _endpoint(db, receiver.url)
+        endpoint, _ = _endpoint(db, receiver.url)
         d = _enqueue(db)
         factory = session_factory(db)
         now = utcnow()
@@ -497,6 +496,32 @@ class TestDelivery:
         assert _delivery(db, d.id).attempt_count == len(delays) + 1
         assert len(receiver.received) == len(delays) + 1
         assert _deliver(factory, now=now + timedelta(days=1)) == []
+        # nothing delivered for a whole schedule: the endpoint is disabled, and says why
+        with session_scope(factory) as s:
+            stored = webhooks.get_endpoint(s, endpoint.id, merchant_id="m_1")
+            assert (stored.enabled, stored.disabled_reason) == (False, "failing")
+            assert webhooks.enqueue(s, "m_1", "invoice.settled", {"id": "inv_43"}) == []
+
+    def test_an_endpoint_that_delivered_meanwhile_stays_enabled(self, db, receiver):
+        """One event failing for days while others get through is that event's problem (a
+        payload the receiver rejects), not a dead endpoint."""
+        receiver.default = 500
+        endpoint, _ = _endpoint(db, receiver.url)
+        d = _enqueue(db)
+        factory = session_factory(db)
+        now = utcnow()
+        (r,) = _deliver(factory, now=now)
+        assert r.status is DeliveryStatus.PENDING
+        receiver.statuses = [200]  # the next attempt gets through: a later event's
+        later = _enqueue(db)
+        (ok,) = _deliver(factory, now=utcnow())  # before the first event's retry is due
+        assert (ok.delivery_id, ok.ok) == (later.id, True)
+        now = r.next_attempt_at
+        while (r := _deliver(factory, now=now)[0]).status is not DeliveryStatus.FAILED:
+            now = r.next_attempt_at
+        assert r.delivery_id == d.id
+        with session_scope(factory) as s:
+            assert webhooks.get_endpoint(s, endpoint.id, merchant_id="m_1").enabled
 
     def test_connection_refused_is_a_failed_attempt(self, db):
         _endpoint(db, f"http://127.0.0.1:{free_port()}/closed")
@@ -594,6 +619,14 @@ class TestDelivery:
         assert _delivery(db, d.id).status == DeliveryStatus.FAILED
         receiver.default = 200
         key = new_key()
+        r = client.post(f"/v1/webhook_deliveries/{d.id}/redeliver", headers=auth(key))
+        assert r.status_code == 409  # the failing endpoint was disabled: enable it first
+        shown = client.get(f"/v1/webhook_endpoints/{endpoint.id}", headers=auth(key)).json()
+        assert (shown["status"], shown["disabled_reason"]) == ("disabled", "failing")
+        enabled = client.post(
+            f"/v1/webhook_endpoints/{endpoint.id}", json={"disabled": False}, headers=auth(key)
+        ).json()
+        assert (enabled["status"], enabled["disabled_reason"]) == ("enabled", None)
         r = client.post(f"/v1/webhook_deliveries/{d.id}/redeliver", headers=auth(key))
         assert r.status_code == 200, r.text
         again = r.json()
