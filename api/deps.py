@@ -82,6 +82,7 @@ __all__ = [
     "SignersDep",
     "current_request",
     "get_current_key",
+    "get_keyring",
     "get_session",
     "request_context",
     "require_role",
