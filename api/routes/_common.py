@@ -11,7 +11,7 @@ from pydantic import AfterValidator
 from sqlmodel import Session, SQLModel
 
 from api import queries
-from api.deps import require_role
+from api.deps import ChainInfo, require_role
 from api.errors import InvalidRequest, NotFound
 from api.keys.service import AuthenticatedKey
 from api.pagination import parse_id
@@ -29,6 +29,7 @@ __all__ = [
     "merchant_scope",
     "object_merchant",
     "parse_id",
+    "token_decimals",
     "visible_merchant",
     "write_merchant",
 ]
@@ -129,3 +130,11 @@ def visible_merchant(session: Session, caller: AuthenticatedKey, merchant_id: st
         raise NotFound(f"No such merchant: '{merchant_id}'.", param="id")
     with crm_errors("merchant", merchant_id):
         return merchants_service.get_merchant(session, parsed)
+
+
+def token_decimals(chain: ChainInfo | None, token: str) -> int:
+    """Only the configured token's decimals are known; other tokens report 18 (ERC-20's
+    default)."""
+    if chain is not None and chain.token.lower() == token.lower():
+        return chain.decimals
+    return 18

@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, Response
 
 from api.deps import ChainInfoDep, ClockDep, KeyRingDep, SessionDep
 from api.errors import error_responses
+from api.routes._common import token_decimals
 from api.routes._consent_page import PAGE_HEADERS, html_page
 from api.routing import ApiRouter
 from api.settlement.checkout import checkout_calls, open_checkout
@@ -73,9 +74,7 @@ def checkout_page(
     except InvoiceNotFoundError:
         return _page("This link does not work", "<p>No such invoice.</p>", 404)
     merchant = merchants.get_merchant(session, invoice.merchant_id)
-    decimals = (
-        chain.decimals if chain is not None and chain.token.lower() == invoice.token.lower() else 18
-    )
+    decimals = token_decimals(chain, invoice.token)
     facts = (
         f"<dl><dt>Pay</dt><dd>{escape(merchant.name)}</dd>"
         f"<dt>Amount</dt><dd>{format_amount(invoice.amount, decimals)} of token "

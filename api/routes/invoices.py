@@ -30,6 +30,7 @@ from api.routes._common import (
     actor,
     merchant_scope,
     object_merchant,
+    token_decimals,
     write_merchant,
 )
 from api.routing import ApiRouter
@@ -59,13 +60,6 @@ def _chain(chain: ChainInfo | None) -> ChainInfo:
     if chain is None:
         raise SignerUnavailable("This server is not configured with a chain.")
     return chain
-
-
-def _decimals(chain: ChainInfo | None, token: str) -> int:
-    # Only the configured token's decimals are known; other tokens report 18 (ERC-20 default).
-    if chain is not None and chain.token.lower() == token.lower():
-        return chain.decimals
-    return 18
 
 
 async def _checkout_links(request: Request, settings: SettingsDep) -> Callable[[str], str]:
@@ -100,7 +94,7 @@ def _public(
         invoice,
         known[invoice.account_id],
         router=router_address,
-        decimals=_decimals(chain, invoice.token),
+        decimals=token_decimals(chain, invoice.token),
         payment_uri=settlement.eip681_uri(invoice, router_address),
         checkout_url=checkout(invoice.id),
     )

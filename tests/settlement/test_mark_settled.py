@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session, select
 
-from api.settlement import invoices
 from api.settlement import repository as repo
 from api.settlement.errors import InvoiceStateError
 from crm.audit.models import AuditLog
@@ -23,13 +22,7 @@ from tests.settlement.test_indexer import (
     reload,
 )
 from tests.settlement.test_refunds import refund
-
-
-def mark(engine, shop, invoice, clock, *, settle: bool) -> None:
-    with Session(engine) as session, session.begin():
-        invoices.mark_invoice(
-            session, shop.merchant_id, invoice.id, settle=settle, actor="staff", clock=clock
-        )
+from tests.settlement.test_settlement_events import mark
 
 
 def audit_actions(engine, invoice) -> list[str]:
