@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -82,6 +83,28 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        # Messages never quote the URL: it may hold a password.
+        if not value:
+            return value
+        try:
+            url = sa.make_url(value)
+        except sa.exc.ArgumentError:
+            raise ValueError(
+                "is not a database URL like postgresql+psycopg://host:5432/db "
+                "or sqlite:///path/to/file"
+            ) from None
+        if url.host and "@" in url.host:
+            # SQLAlchemy splits at the first '@', so the rest of the password becomes the
+            # host, and a connection error would print it.
+            raise ValueError(
+                "has an '@' in its user name or password: write it as %40 "
+                "(percent-encode the user name and password)"
+            )
         return value
 
     @field_validator("api_trusted_proxies")

@@ -66,6 +66,16 @@ CASES = {
         {"FOLLOWPAY_DATABASE_URL": "postgresql+psycopg://fp:hunter2-secret@127.0.0.1:9/fp"},
         says="database error",
     ),
+    "database_password_with_at_sign": Case(
+        ("invoices", "list", "--merchant", "1"),
+        {"FOLLOWPAY_DATABASE_URL": "postgresql+psycopg://fp:hunter4@tail@127.0.0.1:9/fp"},
+        says="FOLLOWPAY_DATABASE_URL: has an '@' in its user name or password: write it as %40",
+    ),
+    "database_url_unparsable": Case(
+        ("invoices", "list", "--merchant", "1"),
+        {"FOLLOWPAY_DATABASE_URL": "hunter5-not-a-url"},
+        says="FOLLOWPAY_DATABASE_URL: is not a database URL",
+    ),
     "unknown_command": Case(("no-such-command",), code=2, says="No such command"),
     "missing_required_option": Case(
         ("invoices", "list"), code=2, says="Missing option '--merchant'"
@@ -220,7 +230,14 @@ def test_a_failed_command_leaves_its_home_as_it_found_it(name, runs):
 
 @pytest.mark.parametrize(
     ("name", "password"),
-    [("database_password_hidden", "hunter2"), ("worker_smtp_password_in_clear", "hunter3")],
+    [
+        ("database_password_hidden", "hunter2"),
+        ("worker_smtp_password_in_clear", "hunter3"),
+        # SQLAlchemy would take "tail@127.0.0.1" for the host and name it in the error
+        ("database_password_with_at_sign", "tail"),
+        ("database_password_with_at_sign", "hunter4"),
+        ("database_url_unparsable", "hunter5"),
+    ],
 )
 def test_no_password_in_messages(results, name, password):
     result = results[name]
