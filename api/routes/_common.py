@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
 from sqlmodel import Session, SQLModel
 
 from api import queries
@@ -15,6 +13,7 @@ from api.deps import ChainInfo, require_role
 from api.errors import InvalidRequest, NotFound
 from api.keys.service import AuthenticatedKey
 from api.pagination import parse_id
+from api.schemas.times import PLAUSIBLE_TIME
 from crm import merchants as merchants_service
 from crm.errors import NotFound as CRMNotFound
 from crm.merchants.models import Merchant
@@ -34,17 +33,6 @@ __all__ = [
     "write_merchant",
 ]
 
-
-def _plausible_time(value: datetime | None) -> datetime | None:
-    """A time the database can store and a report can shift by its period (year 1 with a
-    +01:00 offset overflowed on the way to UTC: a 500)."""
-    if value is not None and not 1970 <= value.year <= 9000:
-        raise ValueError("must be between the years 1970 and 9000")
-    return value
-
-
-#: A timestamp query parameter: ``Annotated[datetime | None, Query(), PLAUSIBLE_TIME]``.
-PLAUSIBLE_TIME = AfterValidator(_plausible_time)
 
 Admin = Annotated[AuthenticatedKey, require_role("admin")]
 Manager = Annotated[AuthenticatedKey, require_role("admin", "merchant")]

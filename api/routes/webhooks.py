@@ -28,6 +28,7 @@ from api.webhooks.schemas import (
     WebhookEndpointPublic,
     WebhookEndpointUpdate,
     WebhookEndpointWithSecret,
+    WebhookRedeliverFailed,
     WebhookSecretRotate,
 )
 from api.webhooks.targets import TargetPolicy
@@ -193,6 +194,37 @@ def list_webhook_deliveries(
     )
     return ListResponse[WebhookDeliveryPublic](
         data=[WebhookDeliveryPublic.of(r) for r in rows], has_more=has_more, url=request.url.path
+    )
+
+
+@router.post(
+    "/webhook_endpoints/{endpoint_id}/redeliver_failed",
+    response_model=ListResponse[WebhookDeliveryPublic],
+    summary="Redeliver every event the endpoint missed",
+    description="For each event whose deliveries to this endpoint all failed (none pending or "
+    "delivered), queues one new delivery of it (same event id and body), due now, oldest "
+    "first: after an outage, or after re-enabling an endpoint that was disabled as failing. "
+    "Returns the new deliveries; with `has_more`, call again for the next ones (an event is "
+    "never queued twice). A disabled endpoint is refused (`409 webhook_endpoint_disabled`).",
+)
+def redeliver_failed_webhooks(
+    endpoint_id: EndpointId,
+    request: Request,
+    session: SessionDep,
+    caller: Manager,
+    body: WebhookRedeliverFailed | None = None,
+) -> ListResponse[WebhookDeliveryPublic]:
+    body = body or WebhookRedeliverFailed()
+    copies, has_more = webhooks.redeliver_failed(
+        session,
+        endpoint_id,
+        merchant_id=caller.scope,
+        livemode=caller.livemode,
+        created_gte=body.created_gte,
+        limit=body.limit,
+    )
+    return ListResponse[WebhookDeliveryPublic](
+        data=[WebhookDeliveryPublic.of(c) for c in copies], has_more=has_more, url=request.url.path
     )
 
 

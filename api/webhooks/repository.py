@@ -24,6 +24,7 @@ __all__ = [
     "enabled_endpoints",
     "endpoints_of",
     "endpoints_select",
+    "failed_events",
     "finish_claim",
     "get_delivery",
     "get_endpoint",
@@ -90,9 +91,15 @@ def get_endpoint(
     livemode: bool | None = None,
     for_update: bool = False,
 ) -> WebhookEndpoint | None:
+    """``for_update``: read afresh and held until commit (PostgreSQL ``FOR UPDATE``; SQLite: the
+    write lock, taken before the read by a write that matches nothing, as the API's connection
+    reads outside a transaction until its first write)."""
     stmt = endpoints_select(merchant_id, livemode).where(WebhookEndpoint.id == endpoint_id)
     if for_update:
-        stmt = stmt.with_for_update()
+        if session.get_bind().dialect.name == "sqlite":
+            nothing = sa.update(WebhookEndpoint).where(sa.false()).values(enabled=True)
+            session.connection().execute(nothing)
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.exec(stmt).first()
 
 
@@ -235,6 +242,37 @@ def delivered_since_created(session: Session, endpoint_id: str, delivery_id: str
         .limit(1)
     )
     return session.execute(stmt).first() is not None
+
+
+def failed_events(
+    session: Session, endpoint_id: str, *, created_gte: datetime | None, limit: int
+) -> Sequence[WebhookDelivery]:
+    """The endpoint's events that never got through: per event, its latest ``failed`` delivery,
+    where no delivery of that event to the endpoint is pending, in flight or delivered; oldest
+    first."""
+    d = WebhookDelivery
+    other = sa.orm.aliased(WebhookDelivery)
+    same_event = sa.and_(
+        col(other.endpoint_id) == col(d.endpoint_id), col(other.event_id) == col(d.event_id)
+    )
+    outstanding = sa.exists().where(same_event, col(other.status) != DeliveryStatus.FAILED.value)
+    newer = sa.or_(
+        col(other.created_at) > col(d.created_at),
+        sa.and_(col(other.created_at) == col(d.created_at), col(other.id) > col(d.id)),
+    )
+    superseded = sa.exists().where(
+        same_event, col(other.status) == DeliveryStatus.FAILED.value, newer
+    )
+    stmt = select(d).where(
+        col(d.endpoint_id) == endpoint_id,
+        col(d.status) == DeliveryStatus.FAILED.value,
+        ~outstanding,
+        ~superseded,
+    )
+    if created_gte is not None:
+        stmt = stmt.where(col(d.created_at) >= created_gte)
+    stmt = stmt.order_by(col(d.created_at), col(d.id)).limit(limit)
+    return session.exec(stmt).all()
 
 
 def finish_claim(session: Session, delivery_id: str, claim: datetime, **values: Any) -> bool:

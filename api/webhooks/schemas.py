@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from typing import Annotated, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from api.schemas.times import PLAUSIBLE_TIME
 from api.webhooks.models import EventType, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "WebhookEndpointPublic",
     "WebhookEndpointUpdate",
     "WebhookEndpointWithSecret",
+    "WebhookRedeliverFailed",
     "WebhookSecretRotate",
 ]
 
@@ -95,6 +97,25 @@ class WebhookSecretRotate(BaseModel):
         description="Seconds the old secret keeps signing beside the new one (two `v1=` "
         "entries), up to 24 hours, so a receiver can switch without failing deliveries; 0: it "
         "stops at once.",
+    )
+
+
+class WebhookRedeliverFailed(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"created_gte": "2026-12-01T00:00:00Z", "limit": 100}]},
+    )
+
+    created_gte: Annotated[AwareDatetime | None, PLAUSIBLE_TIME] = Field(
+        default=None,
+        description="Only events first sent at or after this time (ISO-8601 with a time zone), "
+        "e.g. when the receiver went down. Default: all of them.",
+    )
+    limit: int = Field(
+        default=100,
+        ge=1,
+        le=500,
+        description="At most this many events per call; `has_more` says whether to call again.",
     )
 
 

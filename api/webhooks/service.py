@@ -1,9 +1,10 @@
 """Webhook rules: endpoints, secrets, the outbox (``enqueue``), the retry schedule, redelivery.
 
 Sending is :mod:`api.webhooks.delivery`. Retry schedule after a failed attempt (non-2xx,
-timeout, connection error): 10 s, 1 min, then 10 min six times; after the 9th failed attempt
-the delivery is ``failed``. ``redeliver`` creates a NEW delivery of the same event (same event
-id, same body; receivers dedupe on ``FollowPay-Event-Id``).
+timeout, connection error): :data:`RETRY_SCHEDULE`, 10 s up to 24 h (~3.3 days); after the
+11th failed attempt the delivery is ``failed``. ``redeliver`` creates a NEW delivery of the
+same event (same event id, same body; receivers dedupe on ``FollowPay-Event-Id``), and
+``redeliver_failed`` does so for every event an endpoint never received.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "get_endpoint",
     "next_retry_delay",
     "redeliver",
+    "redeliver_failed",
     "rotate_secret",
     "signed_headers",
     "signing_targets",
@@ -389,19 +391,56 @@ def redeliver(
 ) -> WebhookDelivery:
     """Queue the same event again for the same endpoint, due now (a new delivery row). Refused
     (``409 webhook_endpoint_disabled``) for a disabled endpoint: the copy could only fail."""
-    now = now or utcnow()
     original = repository.get_delivery(
         session, delivery_id, merchant_id=merchant_id, livemode=livemode
     )
     if original is None:
         raise NotFound(f"No such webhook delivery: '{delivery_id}'.", param="id")
     endpoint = repository.get_endpoint(session, original.endpoint_id, merchant_id=None)
+    _require_enabled(endpoint, original.endpoint_id)
+    copy = _copy(original, now or utcnow())
+    repository.add(session, copy)
+    return copy
+
+
+def redeliver_failed(
+    session: Session,
+    endpoint_id: str,
+    *,
+    merchant_id: str | None,
+    livemode: bool | None = None,
+    created_gte: datetime | None = None,
+    limit: int = 100,
+    now: datetime | None = None,
+) -> tuple[list[WebhookDelivery], bool]:
+    """Queue, due now, one new delivery of each event the endpoint never received (its latest
+    delivery ``failed``, none pending or delivered), oldest first, at most ``limit``; and
+    whether more remain. Calling again queues the next ones and never copies an event twice:
+    the endpoint's row is locked, and an event with a pending copy is no longer a candidate."""
+    endpoint = repository.get_endpoint(
+        session, endpoint_id, merchant_id=merchant_id, livemode=livemode, for_update=True
+    )
+    if endpoint is None:
+        raise NotFound(f"No such webhook endpoint: '{endpoint_id}'.", param="id")
+    _require_enabled(endpoint, endpoint_id)
+    failed = repository.failed_events(
+        session, endpoint.id, created_gte=created_gte, limit=limit + 1
+    )
+    now = now or utcnow()
+    copies = [_copy(original, now) for original in failed[:limit]]
+    repository.add(session, *copies)
+    return copies, len(failed) > limit
+
+
+def _require_enabled(endpoint: WebhookEndpoint | None, endpoint_id: str) -> None:
     if endpoint is None or not endpoint.enabled:
         raise EndpointDisabled(
-            f"Webhook endpoint '{original.endpoint_id}' is disabled: nothing is sent to it.",
-            param="id",
+            f"Webhook endpoint '{endpoint_id}' is disabled: nothing is sent to it.", param="id"
         )
-    copy = WebhookDelivery(
+
+
+def _copy(original: WebhookDelivery, now: datetime) -> WebhookDelivery:
+    return WebhookDelivery(
         id=new_id("whd"),
         endpoint_id=original.endpoint_id,
         merchant_id=original.merchant_id,
@@ -413,8 +452,6 @@ def redeliver(
         redelivery_of=original.id,
         created_at=now,
     )
-    repository.add(session, copy)
-    return copy
 
 
 def endpoint_secrets(

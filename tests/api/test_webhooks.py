@@ -814,3 +814,170 @@ class TestWorker:
         worker.join(20)
         assert not worker.is_alive()
         assert [x.headers["FollowPay-Delivery-Id"] for x in receiver.received] == [d.id]
+
+
+def _mark_failed(db, *delivery_ids: str) -> None:
+    """Set-up shortcut: deliveries that used up their schedule (TestDelivery covers the path)."""
+    with db.begin() as conn:
+        conn.execute(
+            sa.update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(delivery_ids))  # type: ignore[attr-defined]
+            .values(status=DeliveryStatus.FAILED.value, next_attempt_at=None)
+        )
+
+
+def _redeliver_failed(client, key: str, endpoint_id: str, **body):
+    return client.post(
+        f"/v1/webhook_endpoints/{endpoint_id}/redeliver_failed", json=body, headers=auth(key)
+    )
+
+
+class TestRedeliverFailed:
+    def test_after_an_outage_each_missed_event_is_delivered_once(
+        self, client, db, receiver, new_key
+    ):
+        endpoint, secret = _endpoint(db, receiver.url)
+        factory = session_factory(db)
+        got_through = _enqueue(db)
+        assert [r.ok for r in _deliver(factory)] == [True]
+        receiver.default = 500  # the receiver goes down
+        missed = [_enqueue(db, event="ticket.opened") for _ in range(3)]
+        now = utcnow()
+        for _ in range(len(webhooks.RETRY_SCHEDULE) + 1):
+            results = _deliver(factory, now=now)
+            now = max((r.next_attempt_at for r in results if r.next_attempt_at), default=now)
+        assert {_delivery(db, d.id).status for d in missed} == {DeliveryStatus.FAILED}
+        receiver.default = 200  # fixed
+        key = new_key()
+        r = _redeliver_failed(client, key, endpoint.id)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "webhook_endpoint_disabled")
+        shown = client.get(f"/v1/webhook_endpoints/{endpoint.id}", headers=auth(key)).json()
+        assert shown["disabled_reason"] == "failing"
+        enabled = client.post(
+            f"/v1/webhook_endpoints/{endpoint.id}", json={"disabled": False}, headers=auth(key)
+        )
+        assert enabled.json()["status"] == "enabled"
+        r = _redeliver_failed(client, key, endpoint.id)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert (page["object"], page["has_more"]) == ("list", False)
+        assert [x["redelivery_of"] for x in page["data"]] == [d.id for d in missed]
+        assert {x["status"] for x in page["data"]} == {"pending"}
+        assert _redeliver_failed(client, key, endpoint.id).json()["data"] == []  # queued once
+        before = len(receiver.received)
+        assert all(r.ok for r in _deliver(factory))
+        sent = receiver.received[before:]
+        assert sorted(x.headers["FollowPay-Event-Id"] for x in sent) == sorted(
+            d.event_id for d in missed
+        )
+        for x in sent:
+            verify(secret, x.headers[SIGNATURE_HEADER], x.body)
+        assert got_through.event_id not in {x.headers["FollowPay-Event-Id"] for x in sent}
+        assert _redeliver_failed(client, key, endpoint.id).json()["data"] == []
+
+    def test_pages_oldest_first_and_skips_events_already_on_their_way(self, client, db, new_key):
+        endpoint, _ = _endpoint(db, "http://127.0.0.1:9/h")
+        events = [_enqueue(db) for _ in range(5)]
+        _mark_failed(db, *(d.id for d in events))
+        key = new_key()
+        # event 0 was redelivered by hand and failed again: one copy, of its latest delivery
+        retried = client.post(f"/v1/webhook_deliveries/{events[0].id}/redeliver", headers=auth(key))
+        _mark_failed(db, retried.json()["id"])
+        # event 1 already has a copy pending: nothing to add
+        assert (
+            client.post(
+                f"/v1/webhook_deliveries/{events[1].id}/redeliver", headers=auth(key)
+            ).status_code
+            == 200
+        )
+        first = _redeliver_failed(client, key, endpoint.id, limit=2).json()
+        assert first["has_more"] is True
+        assert [x["redelivery_of"] for x in first["data"]] == [events[2].id, events[3].id]
+        second = _redeliver_failed(client, key, endpoint.id, limit=2).json()
+        assert second["has_more"] is False
+        assert [x["redelivery_of"] for x in second["data"]] == [events[4].id, retried.json()["id"]]
+        assert _redeliver_failed(client, key, endpoint.id).json()["data"] == []
+        with session_scope(session_factory(db)) as s:
+            pending = s.exec(
+                sa.select(WebhookDelivery.event_id).where(
+                    WebhookDelivery.status == DeliveryStatus.PENDING.value
+                )
+            ).all()
+        assert sorted(e for (e,) in pending) == sorted(d.event_id for d in events)
+
+    def test_created_gte_leaves_older_events_alone(self, client, db, new_key):
+        endpoint, _ = _endpoint(db, "http://127.0.0.1:9/h")
+        old, recent = _enqueue(db), _enqueue(db)
+        _mark_failed(db, old.id, recent.id)
+        cut = recent.created_at - timedelta(microseconds=1)
+        with db.begin() as conn:  # the older event is a day older
+            conn.execute(
+                sa.update(WebhookDelivery)
+                .where(WebhookDelivery.id == old.id)
+                .values(created_at=recent.created_at - timedelta(days=1))
+            )
+        r = _redeliver_failed(
+            client, new_key(), endpoint.id, created_gte=cut.isoformat().replace("+00:00", "Z")
+        )
+        assert [x["redelivery_of"] for x in r.json()["data"]] == [recent.id]
+
+    @pytest.mark.parametrize(
+        ("body", "param"),
+        [
+            ({"limit": 0}, "limit"),
+            ({"limit": 501}, "limit"),
+            ({"created_gte": "2026-12-01T00:00:00"}, "created_gte"),  # no time zone
+            ({"created_gte": "0001-01-01T00:00:00Z"}, "created_gte"),
+            ({"since": 1}, "since"),
+        ],
+    )
+    def test_bad_input_queues_nothing(self, client, db, new_key, body, param):
+        endpoint, _ = _endpoint(db, "http://127.0.0.1:9/h")
+        d = _enqueue(db)
+        _mark_failed(db, d.id)
+        r = _redeliver_failed(client, new_key(), endpoint.id, **body)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["param"] == param
+        assert _delivery_count(db) == 1
+
+    def test_disabled_and_foreign_endpoints_queue_nothing(self, client, db, new_key):
+        mine, _ = _endpoint(db, "http://127.0.0.1:9/h")
+        theirs, _ = _endpoint(db, "http://127.0.0.1:9/h", merchant="m_2")
+        _mark_failed(db, _enqueue(db).id, _enqueue(db, merchant="m_2").id)
+        key = new_key()
+        r = _redeliver_failed(client, key, theirs.id)
+        assert r.status_code == 404
+        live = new_key(live=True)  # a live key does not manage test-mode endpoints
+        assert _redeliver_failed(client, live, mine.id).status_code == 404
+        assert client.delete(f"/v1/webhook_endpoints/{mine.id}", headers=auth(key)).status_code
+        r = _redeliver_failed(client, key, mine.id)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "webhook_endpoint_disabled")
+        assert _redeliver_failed(client, new_key("support"), mine.id).status_code == 403
+        assert _delivery_count(db) == 2
+
+    def test_calls_at_once_never_queue_an_event_twice(self, db):
+        endpoint, _ = _endpoint(db, "http://127.0.0.1:9/h")
+        events = [_enqueue(db) for _ in range(30)]
+        _mark_failed(db, *(d.id for d in events))
+        sessions = session_factory(db)
+        start = threading.Barrier(4)
+        queued: list[str] = []
+
+        def call() -> None:
+            start.wait(timeout=10)
+            with session_scope(sessions) as s:
+                copies, _ = webhooks.redeliver_failed(s, endpoint.id, merchant_id="m_1", limit=20)
+                queued.extend(c.event_id for c in copies)
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(queued) == sorted(d.event_id for d in events)
+        assert _delivery_count(db) == 60
+
+
+def _delivery_count(db) -> int:
+    with db.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(WebhookDelivery)).scalar())
