@@ -17,6 +17,7 @@ from crm.followups.models import FollowUp
 
 __all__ = [
     "call_consent",
+    "forget_time_zones",
     "get_phone_task",
     "mark_read",
     "message_for_followup",
@@ -50,6 +51,16 @@ def open_tasks_for_contact(
         .execution_options(populate_existing=True)
     )
     return session.exec(stmt).all()
+
+
+def forget_time_zones(session: Session, merchant_id: int, contact_id: int) -> None:
+    """An erased contact's call tasks keep their window but no longer name where they live
+    (the contact's own ``time_zone`` becomes UTC on erasure too)."""
+    session.execute(
+        sa.update(PhoneTask)
+        .where(col(PhoneTask.contact_id) == contact_id, col(PhoneTask.merchant_id) == merchant_id)
+        .values(time_zone="UTC")
+    )
 
 
 def call_consent(session: Session, task_ids: Sequence[int]) -> dict[int, tuple[bool, str | None]]:

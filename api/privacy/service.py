@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from api import idempotency
 from api.dispatch import phone_tasks as calls
+from api.dispatch import repository as dispatch_repo
 from api.dispatch.models import InAppMessage, PhoneTask
 from api.errors import redact
 from api.privacy import repository as repo
@@ -70,6 +71,7 @@ def erase_contact(
         session, merchant_id, contact_id, actor=actor, clock=clock, request_ref=request_ref
     )
     calls.cancel_without_consent(session, merchant_id, contact_id, actor=actor, clock=clock)
+    dispatch_repo.forget_time_zones(session, merchant_id, contact_id)
     idempotency.forget_contact(session, contact_id, merchant_id)
     return log
 

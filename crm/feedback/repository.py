@@ -67,12 +67,17 @@ def get_by_token_hash(session: Session, token_hash: str) -> Feedback | None:
     return session.exec(stmt).first()
 
 
-def claim_submission(session: Session, feedback_id: int, now: datetime) -> bool:
-    """Mark the token redeemed unless another request did first: the one check that holds
-    on SQLite too, where ``FOR UPDATE`` is a no-op and a read may predate the write lock."""
+def claim_submission(session: Session, feedback_id: int, token_hash: str, now: datetime) -> bool:
+    """Mark the token redeemed unless another request did first or it was revoked or replaced
+    meanwhile (erasure clears it): the one check that holds on SQLite too, where ``FOR
+    UPDATE`` is a no-op and a read may predate the write lock."""
     result = session.connection().execute(
         sa.update(Feedback)
-        .where(col(Feedback.id) == feedback_id, col(Feedback.submitted_at).is_(None))
+        .where(
+            col(Feedback.id) == feedback_id,
+            col(Feedback.submitted_at).is_(None),
+            col(Feedback.token_hash) == token_hash,
+        )
         .values(submitted_at=now)
     )
     return result.rowcount == 1

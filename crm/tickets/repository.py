@@ -42,11 +42,13 @@ def add_event(session: Session, event: TicketEvent) -> None:
 
 
 def get(session: Session, merchant_id: int, ticket_id: int) -> Ticket | None:
-    stmt = (
-        select(Ticket)
-        .where(Ticket.id == ticket_id, Ticket.merchant_id == merchant_id)
-        .with_for_update()
-    )
+    """The ticket read afresh and locked until commit, for a transition that writes it. The
+    no-op UPDATE is the lock on SQLite too (the API's engine reads outside a transaction until
+    its first write, so ``FOR UPDATE`` alone let a racing transition commit in between: an
+    assign overwrote a response, and a second response was accepted)."""
+    scope = (col(Ticket.id) == ticket_id, col(Ticket.merchant_id) == merchant_id)
+    session.connection().execute(sa.update(Ticket).where(*scope).values(id=Ticket.id))
+    stmt = select(Ticket).where(*scope).with_for_update().execution_options(populate_existing=True)
     return session.exec(stmt).first()
 
 
@@ -120,7 +122,7 @@ def unbreached_overdue_ids(session: Session, now: datetime) -> Sequence[int | No
     stmt = select(Ticket.id).where(
         col(Ticket.first_response_at).is_(None),
         col(Ticket.breached_at).is_(None),
-        Ticket.due_at <= now,
+        Ticket.due_at < now,  # a response at due_at is on time (tickets.respond)
         col(Ticket.state) != TicketState.RESOLVED,  # closed unanswered (contact erased)
     )
     return session.exec(stmt.order_by(col(Ticket.id))).all()

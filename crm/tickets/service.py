@@ -184,13 +184,16 @@ def list_queue(
 
 def close_for_erased_contact(session: Session, contact_id: int, now: datetime, actor: str) -> int:
     """An erased contact's unresolved tickets are resolved (event ``closed_contact_erased``):
-    nobody is left to answer, and an open one would only run out its SLA clock. One already
-    breached stays a miss; one closed before its clock ran out counts as neither. Returns
-    how many."""
+    nobody is left to answer, and an open one would only run out its SLA clock. One past its
+    deadline unanswered is a miss, whether or not the sweep got to it first (its breach is
+    recorded now; no ``ticket.breached`` alert, as the ticket is closed); one closed before
+    its clock ran out counts as neither. Returns how many."""
     closed = 0
     for t in repo.list_for_contact(session, contact_id):
         if t.state == TicketState.RESOLVED:
             continue
+        if t.first_response_at is None and now > t.due_at and _breach(session, t, now):
+            session.refresh(t)
         t.state, t.resolved_at = TicketState.RESOLVED, now
         repo.save(session, t)
         _event(session, t, "closed_contact_erased", actor, now)

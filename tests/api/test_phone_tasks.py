@@ -167,6 +167,11 @@ def _stored(w: World, task_id: int) -> tuple[str, str | None, str | None]:
     return task.state, task.outcome, task.completed_by
 
 
+def _zone(w: World, task_id: int) -> str:
+    with Session(w.engine) as s:
+        return s.exec(select(PhoneTask.time_zone).where(PhoneTask.id == task_id)).one()
+
+
 def _listed(w: World, state: str = "open") -> dict[int, dict]:
     page = w.client.get(
         "/v1/phone_tasks", params={"state": state, "limit": 100}, headers=auth(w.a.support)
@@ -247,11 +252,16 @@ def test_erasure_cancels_the_open_calls_and_keeps_the_made_ones(world: World) ->
     )
     assert r.status_code == 200, r.text
     pending = _task(world, world.a.id, after=timedelta(hours=-1), contact_id=contact_id)
+    other = _task(world, world.a.id, after=timedelta(hours=-1))  # another contact's
     r = world.client.post(f"/v1/contacts/{contact_id}/erase", headers=auth(world.a.merchant))
     assert r.status_code == 200, r.text
     assert _stored(world, pending)[:2] == ("cancelled", "erased")
     assert _stored(world, made)[:2] == ("done", "reached")
     assert _audit(world, pending) == [("phone_task.cancel", {"reason": "erased"})]
+    # where the contact lives goes with the rest (the contact's own zone becomes UTC too)
+    shown = _listed(world, "cancelled") | _listed(world, "done")
+    assert (shown[made]["time_zone"], shown[pending]["time_zone"]) == ("UTC", "UTC")
+    assert _zone(world, other) == "Europe/London"
 
 
 def test_consent_about_another_channel_or_purpose_leaves_the_call(world: World) -> None:  # noqa: F811

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -9,9 +9,12 @@ from sqlmodel import Session, select
 from crm import KeyRing
 from crm.audit.models import AuditLog
 from crm.clock import FrozenClock
+from crm.enums import TicketState
 from crm.errors import InvalidRequest, InvalidTransition, TicketNotFound
 from crm.feedback import service as feedback
 from crm.feedback.models import FeedbackCreate
+from crm.metrics import repository as metrics_repo
+from crm.privacy import service as privacy
 from crm.tickets import repository as tickets_repo
 from crm.tickets import service as tickets
 from crm.tickets.models import Ticket, TicketEvent
@@ -134,6 +137,13 @@ class TestLifecycle:
             )
 
 
+def _sla(session: Session, merchant_id: int, opened: datetime) -> tuple[int, int]:
+    """(hits, misses) for tickets opened around ``opened``."""
+    return metrics_repo.sla_counts(
+        session, merchant_id, opened - timedelta(days=1), opened + timedelta(days=2)
+    )
+
+
 class TestSweepBreaches:
     def test_each_breach_recorded_exactly_once(
         self,
@@ -147,7 +157,8 @@ class TestSweepBreaches:
         clock.advance(hours=1)
         b = open_ticket(session, merchant_id, make_contact, clock, keyring, "b")
         tickets.respond(session, merchant_id, b.id or 0, actor="s", clock=clock)
-        assert len(tickets.sweep_breaches(session, clock.now() + timedelta(hours=23))) == 1
+        past_a = clock.now() + timedelta(hours=23, seconds=1)  # a's deadline passed, not b's
+        assert len(tickets.sweep_breaches(session, past_a)) == 1
         assert tickets.sweep_breaches(session, clock.now() + timedelta(hours=48)) == []
         session.refresh(a)
         session.refresh(b)
@@ -168,6 +179,63 @@ class TestSweepBreaches:
         tickets.sweep_breaches(session, clock.now())
         tickets.respond(session, merchant_id, t.id or 0, actor="s", clock=clock)
         assert kinds(session, t).count("sla_breached") == 1
+
+    def test_a_response_at_the_deadline_is_on_time_for_the_sweep_too(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        """The sweep breached a ticket at exactly ``due_at`` while a response then was on time:
+        the metrics counted it as a hit and a miss."""
+        t = open_ticket(session, merchant_id, make_contact, clock, keyring)
+        opened = clock.now()
+        clock.advance(hours=24)
+        assert clock.now() == t.due_at
+        assert tickets.sweep_breaches(session, clock.now()) == []
+        tickets.respond(session, merchant_id, t.id or 0, actor="s", clock=clock)
+        session.refresh(t)
+        assert t.breached_at is None
+        assert _sla(session, merchant_id, opened) == (1, 0)
+
+    def test_erasing_the_contact_of_an_overdue_ticket_still_counts_a_miss(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        """Erasure closes the contact's tickets; one past its deadline that the sweep had not
+        reached yet was closed with no breach, and counted as neither a hit nor a miss."""
+        overdue = open_ticket(session, merchant_id, make_contact, clock, keyring, "late")
+        opened = clock.now()
+        clock.advance(hours=30)
+        privacy.erase_contact(session, merchant_id, overdue.contact_id, actor="dpo", clock=clock)
+        session.refresh(overdue)
+        assert overdue.state == TicketState.RESOLVED
+        assert overdue.breached_at == clock.now()
+        assert kinds(session, overdue).count("sla_breached") == 1
+        assert tickets.sweep_breaches(session, clock.now()) == []
+        assert _sla(session, merchant_id, opened) == (0, 1)
+
+    def test_erasing_the_contact_of_a_ticket_within_its_clock_counts_neither(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        t = open_ticket(session, merchant_id, make_contact, clock, keyring, "early")
+        opened = clock.now()
+        clock.advance(hours=2)
+        privacy.erase_contact(session, merchant_id, t.contact_id, actor="dpo", clock=clock)
+        session.refresh(t)
+        assert (t.state, t.breached_at) == (TicketState.RESOLVED, None)
+        assert _sla(session, merchant_id, opened) == (0, 0)
 
 
 class TestListQueue:
