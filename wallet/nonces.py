@@ -14,7 +14,12 @@ between signing and sending forgets a transaction the node may or may not have s
 * **A write-ahead journal.** Every signed transaction is committed to SQLite (WAL) *before* it
   is broadcast, together with the next nonce.
 * **Reconciliation at start** (:meth:`NonceManager.reconcile`): journaled transactions whose
-  nonce the chain has already used are closed; of the others, the newest per nonce (a
+  nonce the chain has already used are closed; those journaled against another chain with the
+  same chain id (a restarted or reset dev node, a fresh anvil on 31337) are *abandoned*: each
+  entry names a block the chain had when it was signed (its *anchor*, a block ``ANCHOR_DEPTH``
+  below the head, or the head itself on a short chain), and a chain without that block at that
+  height is not the one it was meant for, so sending it there would repeat an old payment on a
+  new chain. Of the others, the newest per nonce (a
   replacement or cancel supersedes its original) is rebroadcast byte for byte in nonce order
   ("already known" is fine, "nonce too low" closes them). Only the chain closes an
   entry: one the node refuses (fee below the base fee, full pool, no funds) stays live and its
@@ -79,11 +84,20 @@ CREATE TABLE IF NOT EXISTS tx_journal (
     raw BLOB NOT NULL,
     status TEXT NOT NULL,            -- signed | sent | mined | dropped
     created_at REAL NOT NULL,
+    anchor_block INTEGER,            -- a block the chain had when this was signed, and its
+    anchor_hash TEXT,                -- hash (NULL in ledgers written before anchors)
     PRIMARY KEY (chain_id, address, tx_hash)
 );
 CREATE INDEX IF NOT EXISTS tx_journal_live ON tx_journal (chain_id, address, status, nonce);
 """
 _LIVE = ("signed", "sent")
+#: How far below the head an entry's anchor block sits (deep enough that no reorg replaces it);
+#: a chain shorter than twice this is anchored on its head.
+ANCHOR_DEPTH = 32
+
+
+def anchor_height(head: int) -> int:
+    return head - ANCHOR_DEPTH if head >= 2 * ANCHOR_DEPTH else head
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +106,7 @@ class JournalEntry:
     tx_hash: str
     raw: bytes
     status: str
+    anchor: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +115,8 @@ class ReconcileReport:
 
     ``stuck``: journaled transactions the node refused at a nonce nothing else of ours covers.
     They stay live and keep their nonce (every later transaction waits behind them): replace
-    or cancel them at the same nonce.
+    or cancel them at the same nonce. ``abandoned``: journaled against another chain with this
+    chain id (their anchor block is not on this one); dropped, never sent here.
     """
 
     chain_latest: int
@@ -110,6 +126,7 @@ class ReconcileReport:
     rebroadcast: tuple[str, ...]
     closed: tuple[str, ...]
     stuck: tuple[str, ...]
+    abandoned: tuple[str, ...] = ()
 
 
 class NonceLedger:
@@ -132,7 +149,14 @@ class NonceLedger:
         if str(self.path) != ":memory:":
             ensure_private_dir(self.path.parent)
         self._db: _Database | None = None
-        self._conn().executescript(_SCHEMA)
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(tx_journal)").fetchall()}
+        if "anchor_block" not in columns:  # a ledger from before anchors
+            conn.executescript(
+                "ALTER TABLE tx_journal ADD COLUMN anchor_block INTEGER;"
+                "ALTER TABLE tx_journal ADD COLUMN anchor_hash TEXT;"
+            )
 
     def __repr__(self) -> str:
         return f"NonceLedger({str(self.path)!r})"
@@ -194,17 +218,25 @@ class NonceLedger:
     # -- journal ----------------------------------------------------------------------------
 
     def record(
-        self, chain_id: int, address: str, nonce: int, tx_hash: str, raw: bytes, next_nonce: int
+        self,
+        chain_id: int,
+        address: str,
+        nonce: int,
+        tx_hash: str,
+        raw: bytes,
+        next_nonce: int,
+        anchor: tuple[int, str] | None = None,
     ) -> None:
         """Journal a signed transaction (and the next nonce) durably, in one transaction."""
         conn = self._conn()
         now = time.time()
+        block, block_hash = anchor if anchor is not None else (None, None)
         with _transaction(conn):
             conn.execute(
-                "INSERT OR REPLACE INTO tx_journal "
-                "(chain_id, address, nonce, tx_hash, raw, status, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'signed', ?)",
-                (chain_id, address, nonce, tx_hash, raw, now),
+                "INSERT OR REPLACE INTO tx_journal (chain_id, address, nonce, tx_hash, raw, "
+                "status, created_at, anchor_block, anchor_hash) "
+                "VALUES (?, ?, ?, ?, ?, 'signed', ?, ?, ?)",
+                (chain_id, address, nonce, tx_hash, raw, now, block, block_hash),
             )
             conn.execute(
                 "INSERT INTO nonce_accounts (chain_id, address, next_nonce, updated_at) "
@@ -238,13 +270,17 @@ class NonceLedger:
         rows = (
             self._conn()
             .execute(
-                "SELECT nonce, tx_hash, raw, status FROM tx_journal WHERE chain_id=? AND address=? "
-                "AND status IN ('signed','sent') ORDER BY nonce, created_at, rowid",
+                "SELECT nonce, tx_hash, raw, status, anchor_block, anchor_hash FROM tx_journal "
+                "WHERE chain_id=? AND address=? AND status IN ('signed','sent') "
+                "ORDER BY nonce, created_at, rowid",
                 (chain_id, address),
             )
             .fetchall()
         )
-        return [JournalEntry(int(n), str(h), bytes(r), str(s)) for n, h, r, s in rows]
+        return [
+            JournalEntry(int(n), str(h), bytes(r), str(s), None if b is None else (int(b), str(bh)))
+            for n, h, r, s, b, bh in rows
+        ]
 
     def entry(self, chain_id: int, address: str, tx_hash: str) -> JournalEntry | None:
         row = (
@@ -383,6 +419,8 @@ CountFn = Callable[[str, str], int]
 #: raise (the sender maps it to success); no answer at all must raise
 #: :class:`~wallet.errors.BroadcastUncertainError`.
 BroadcastFn = Callable[[bytes], None]
+#: ``None -> (number, hash)`` of the head; ``number -> (number, hash)``, or None past the head.
+BlockHashFn = Callable[[int | None], tuple[int, str] | None]
 
 
 class NonceManager:
@@ -396,6 +434,7 @@ class NonceManager:
         *,
         get_count: CountFn,
         broadcast: BroadcastFn | None = None,
+        block_hash: BlockHashFn | None = None,
         reconcile: bool = True,
     ) -> None:
         self.ledger = ledger
@@ -403,6 +442,8 @@ class NonceManager:
         self.address = address
         self._get_count = get_count
         self._broadcast = broadcast
+        self._block_hash = block_hash
+        self._anchor: tuple[int, str] | None = None  # written with every journal entry
         self._lock = threading.Lock()
         self._next = 0
         self._free: list[int] = []  # min-heap of given-back nonces below _next
@@ -430,7 +471,10 @@ class NonceManager:
         # Ask the node about every entry before writing anything: if it stops answering
         # half-way, the journal and this manager are left exactly as they were.
         answers: list[tuple[JournalEntry, Exception | None]] = []
+        anchor = self._read_anchor()
         entries = self.ledger.live(cid, addr)
+        foreign = self._foreign(entries, latest)
+        entries = [entry for entry in entries if entry.tx_hash not in foreign]
         # Per nonce only the newest entry goes out again: it superseded the older ones (a
         # replacement, a cancel). Sent first, an original could reach a block before its
         # cancel, and it would run though the user cancelled it.
@@ -454,6 +498,8 @@ class NonceManager:
             else:
                 answers.append((entry, None))
         closed = self.ledger.close_below(cid, addr, latest)
+        for tx_hash in foreign:
+            self.ledger.set_status(cid, addr, tx_hash, "dropped")
         rebroadcast: list[str] = []
         accepted: set[int] = set()
         refused: dict[int, list[str]] = {}
@@ -487,6 +533,7 @@ class NonceManager:
         heapq.heapify(self._free)
         self._in_flight.clear()
         self.ledger.store_next(cid, addr, self._next)
+        self._anchor = anchor
         self._ready = True
         report = ReconcileReport(
             chain_latest=latest,
@@ -496,8 +543,15 @@ class NonceManager:
             rebroadcast=tuple(rebroadcast),
             closed=tuple(closed),
             stuck=tuple(stuck),
+            abandoned=tuple(foreign),
         )
         self.last_report = report
+        if foreign:
+            log.warning(
+                "%d journaled tx(s) for %s abandoned: signed on another chain with chain id %s "
+                "(their anchor block is not on this one)",
+                len(foreign), addr, cid,
+            )  # fmt: skip
         if stuck:
             log.warning(
                 "%d journaled tx(s) stuck for %s: replace or cancel them at the same nonce",
@@ -509,6 +563,32 @@ class NonceManager:
             cid, addr, latest, pending, stored, self._next, len(rebroadcast), len(stuck),
         )  # fmt: skip
         return report
+
+    def _read_anchor(self) -> tuple[int, str] | None:
+        if self._block_hash is None:
+            return None
+        head = self._block_hash(None)
+        if head is None:
+            return None
+        height = anchor_height(head[0])
+        return head if height == head[0] else self._block_hash(height)
+
+    def _foreign(self, entries: list[JournalEntry], latest: int) -> list[str]:
+        """Hashes of the live entries at unused nonces whose anchor block this chain lacks."""
+        if self._block_hash is None:
+            return []
+        hashes: dict[int, str | None] = {}
+        foreign: list[str] = []
+        for entry in entries:
+            if entry.anchor is None or entry.nonce < latest:
+                continue
+            number, expected = entry.anchor
+            if number not in hashes:
+                found = self._block_hash(number)
+                hashes[number] = None if found is None else found[1]
+            if hashes[number] != expected:
+                foreign.append(entry.tx_hash)
+        return foreign
 
     def resync(self) -> None:
         """After a "nonce too low": trust the chain again (only when nothing is in flight)."""
@@ -546,8 +626,8 @@ class NonceManager:
         with self._lock:
             if nonce not in self._in_flight:
                 raise NonceError(f"nonce {nonce} was not reserved")
-            upcoming = self._next
-        self.ledger.record(self.chain_id, self.address, nonce, tx_hash, raw, upcoming)
+            upcoming, anchor = self._next, self._anchor
+        self.ledger.record(self.chain_id, self.address, nonce, tx_hash, raw, upcoming, anchor)
 
     def sent(self, nonce: int, tx_hash: str) -> None:
         """The node accepted the transaction: the nonce is spent."""

@@ -127,13 +127,17 @@ class Sender:
         self._in_process = chain.rpc_url is None
         self._send_lock: Any = chain.lock if self._in_process else contextlib.nullcontext()
         self._coalescer = None if self._in_process else Coalescer(str(chain.rpc_url))
-        self.ledger = ledger if ledger is not None else NonceLedger()
+        # The in-process chain ends with the process: so does its journal by default.
+        self.ledger = (
+            ledger if ledger is not None else NonceLedger(":memory:" if self._in_process else None)
+        )
         self.nonces = NonceManager(
             self.ledger,
             self.chain_id,
             self.address,
             get_count=self._count,
             broadcast=self._rebroadcast,
+            block_hash=self._block_hash,
         )
 
     def __repr__(self) -> str:
@@ -166,6 +170,12 @@ class Sender:
                 raise ChainUnreachableError(f"no transaction count from the node: {exc}") from exc
         with self._w3() as w3:
             return int(w3.eth.get_transaction_count(address, block))
+
+    def _block_hash(self, number: int | None) -> tuple[int, str] | None:
+        if number is None:
+            return self.chain.latest_block()
+        header = self.chain.block_header(number)
+        return None if header is None else (number, header[0])
 
     def _broadcast_raw(self, raw: bytes) -> None:
         if not self._in_process:

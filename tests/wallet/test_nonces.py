@@ -6,6 +6,8 @@ that accepts nonces in order), so crash points can be placed exactly.
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +24,9 @@ from wallet.nonces import NonceLedger, NonceManager
 ADDR = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 
 
+_INSTANCES = itertools.count()
+
+
 class FakeNode:
     """Mined nonces, a pending pool keyed by nonce, and raw txs it refuses."""
 
@@ -31,6 +36,19 @@ class FakeNode:
         self.refuse: set[bytes] = set()
         self.unreachable = False  # no answer at all (a BroadcastFn raises BroadcastUncertainError)
         self.lock = threading.Lock()
+        self.instance = next(_INSTANCES)  # no two nodes share a block hash
+        self.blocks = [f"0x{self.instance}-0"]
+
+    def grow(self, blocks: int) -> None:
+        start = len(self.blocks)
+        self.blocks += [f"0x{self.instance}-{n}" for n in range(start, start + blocks)]
+
+    def block_hash(self, number: int | None) -> tuple[int, str] | None:
+        if self.unreachable:
+            raise ChainUnreachableError("no answer from the node")
+        if number is None:
+            number = len(self.blocks) - 1
+        return (number, self.blocks[number]) if number < len(self.blocks) else None
 
     def count(self, address: str, block: str) -> int:
         with self.lock:
@@ -327,6 +345,90 @@ NonceManager(ledger, 31337, sys.argv[2], get_count=lambda pending: 0, reconcile=
 print("held", flush=True)
 time.sleep(60)
 """
+
+
+class TestAnotherChainWithTheSameId:
+    """A dev node restarted, reset or replaced by a fresh one keeps its chain id: what was
+    journaled against the old chain must not run again on the new one."""
+
+    @staticmethod
+    def on(ledger, node, **kw):
+        return manager(ledger, node, block_hash=node.block_hash, **kw)
+
+    def test_unmined_entries_from_an_old_chain_are_abandoned_not_sent(self, ledger):
+        old = FakeNode()
+        old.grow(5)
+        m = self.on(ledger, old)
+        first, second = send(m, old, b"pay"), send(m, old, b"refund")
+        fresh = FakeNode()  # nonce 0 again, other blocks
+        fresh.grow(5)
+        restarted = self.on(ledger, fresh)
+        report = restarted.last_report
+        assert fresh.pool == {}  # nothing of the old chain's went out
+        assert report.abandoned == (
+            "0x" + raw_for(first, b"pay").hex(),
+            "0x" + raw_for(second, b"refund").hex(),
+        )
+        assert report.rebroadcast == ()
+        assert restarted.live_entries() == []
+        assert restarted.reserve() == 0
+
+    def test_the_same_chain_after_a_restart_gets_them_again(self, ledger):
+        node = FakeNode()
+        node.grow(100)
+        m = self.on(ledger, node)
+        nonce = send(m, node, b"pay")
+        node.pool.clear()  # the node restarted and forgot its pool
+        node.grow(3)
+        restarted = self.on(ledger, node)
+        assert restarted.last_report.rebroadcast == ("0x" + raw_for(nonce, b"pay").hex(),)
+        assert restarted.last_report.abandoned == ()
+        assert node.pool[nonce] == raw_for(nonce, b"pay")
+
+    def test_a_reorg_of_the_last_blocks_is_still_the_same_chain(self, ledger):
+        node = FakeNode()
+        node.grow(200)
+        m = self.on(ledger, node)
+        nonce = send(m, node, b"pay")
+        node.pool.clear()
+        node.blocks[-5:] = [f"0xreorged-{n}" for n in range(5)]  # the anchor is deeper
+        restarted = self.on(ledger, node)
+        assert restarted.last_report.rebroadcast == ("0x" + raw_for(nonce, b"pay").hex(),)
+
+    def test_a_node_that_stops_answering_leaves_the_journal_as_it_was(self, ledger):
+        old = FakeNode()
+        m = self.on(ledger, old)
+        send(m, old, b"pay")
+        fresh = FakeNode()
+        fresh.unreachable = True
+        with pytest.raises(ChainUnreachableError):
+            manager(ledger, FakeNode(), block_hash=fresh.block_hash)
+        assert [e.status for e in ledger.live(31337, ADDR)] == ["sent"]
+
+    def test_a_ledger_from_before_anchors_is_upgraded_and_its_entries_still_sent(self, tmp_path):
+        path = tmp_path / "old.sqlite3"
+        with sqlite3.connect(path) as conn:
+            conn.executescript(
+                "CREATE TABLE tx_journal (chain_id INTEGER NOT NULL, address TEXT NOT NULL, "
+                "nonce INTEGER NOT NULL, tx_hash TEXT NOT NULL, raw BLOB NOT NULL, "
+                "status TEXT NOT NULL, created_at REAL NOT NULL, "
+                "PRIMARY KEY (chain_id, address, tx_hash));"
+            )
+            conn.execute(
+                "INSERT INTO tx_journal VALUES (31337, ?, 0, '0xold', ?, 'sent', 0)",
+                (ADDR, raw_for(0, b"old")),
+            )
+        ledger = NonceLedger(path)
+        try:
+            node = FakeNode()
+            restarted = self.on(ledger, node)
+            assert restarted.last_report.rebroadcast == ("0xold",)  # no anchor: as before
+            assert node.pool[0] == raw_for(0, b"old")
+            nonce = send(restarted, node, b"new")
+            (entry,) = [e for e in restarted.live_entries() if e.nonce == nonce]
+            assert entry.anchor == (0, node.blocks[0])
+        finally:
+            ledger.close()
 
 
 def test_one_address_sends_from_one_process_at_a_time(tmp_path):

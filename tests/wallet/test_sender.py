@@ -19,11 +19,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.support import ChainSuite
+from tests.support import ChainSuite, missing
 from tests.wallet.faults import RpcProxy
 from tests.wallet.helpers import sender, signer
 from wallet.chain import ChainConfig, connect
 from wallet.errors import (
+    AnvilNotFoundError,
     BroadcastUncertainError,
     ChainUnreachableError,
     FeeBumpError,
@@ -426,6 +427,45 @@ class TestAnvilOnly(ChainSuite):
         assert s.nonces.last_report.rebroadcast == (tx_hash,)
         assert s.wait(tx_hash, timeout=10).status == 1
         assert s.send(DEAD, b"", 1, gas=21_000).nonce == int(nonce) + 1
+
+
+class TestAnotherNodeWithTheSameChainId:
+    """A journal outlives its node: a transaction signed for one anvil (31337) and never seen
+    mined by the journal (sent without waiting) was sent again to the next anvil on 31337, so
+    one `wallet send` paid twice across two sessions."""
+
+    def test_a_fresh_anvil_does_not_get_the_last_ones_transactions(self, tmp_path):
+        db = tmp_path / "nonces.sqlite3"
+        try:
+            first = connect(ChainConfig(backend="anvil"))
+        except AnvilNotFoundError as exc:
+            missing(str(exc))
+        with first:
+            # A node that has run a while. Two fresh nodes started in the same second have the
+            # same genesis hash: nothing tells their chains apart until they differ.
+            first.mine(1)
+            s = sender(first, 5, NonceLedger(db))
+            old = s.send(DEAD, b"", 4242, gas=21_000)  # automined; the journal says "sent"
+            s.ledger.close()
+        with connect(ChainConfig(backend="anvil")) as second:
+            s = sender(second, 5, NonceLedger(db))
+            try:
+                assert s.nonces.last_report.abandoned == (old.hash,)
+                assert s.nonces.last_report.rebroadcast == ()
+                assert second.w3.eth.get_balance(DEAD) == 0
+                new = s.send(DEAD, b"", 7, gas=21_000)
+                assert new.nonce == 0
+                assert s.wait(new.hash, timeout=10).status == 1
+                assert second.w3.eth.get_balance(DEAD) == 7
+            finally:
+                s.ledger.close()
+
+    def test_the_in_process_chain_keeps_its_journal_in_memory(self, tester_chain):
+        s = Sender(tester_chain, signer(tester_chain, 7))
+        try:
+            assert str(s.ledger.path) == ":memory:"  # it ends with the chain it is for
+        finally:
+            s.ledger.close()
 
 
 class TestLostReplies(ChainSuite):
