@@ -94,6 +94,29 @@ class SecretBytes(Secret[bytes]):
     __slots__ = ()
 
 
+def _key_bytes(key: object) -> tuple[bytes, str | None]:
+    """The key's 32 bytes, or ``b""`` and what is wrong: it never raises, so no traceback
+    holds this frame's copies of the input."""
+    if isinstance(key, _EthPrivateKey):
+        return key.to_bytes(), None
+    value = key.reveal() if isinstance(key, Secret) else key
+    if isinstance(value, str):
+        text = value[2:] if value[:2] in ("0x", "0X") else value
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            return b"", "private key is not valid hex"
+    elif isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+    else:
+        return b"", f"private key must be bytes or hex, not {type(value).__name__}"
+    if len(raw) != 32:
+        return b"", "private key must be 32 bytes"
+    if not 0 < int.from_bytes(raw, "big") < _SECP256K1_N:
+        return b"", "private key is out of range for secp256k1"
+    return raw, None
+
+
 class PrivateKey:
     """A secp256k1 private key that never prints itself.
 
@@ -107,24 +130,15 @@ class PrivateKey:
     _cc: coincurve.PrivateKey
 
     def __init__(self, key: bytes | str | SecretBytes | SecretStr | _EthPrivateKey) -> None:
-        raw: bytes
-        if isinstance(key, _EthPrivateKey):
-            raw = key.to_bytes()
-        else:
-            value = key.reveal() if isinstance(key, Secret) else key
-            if isinstance(value, str):
-                text = value[2:] if value[:2] in ("0x", "0X") else value
-                try:
-                    raw = bytes.fromhex(text)
-                except ValueError:
-                    raise InvalidPrivateKeyError("private key is not valid hex") from None
-            else:
-                raw = bytes(value)
-        if len(raw) != 32:
-            raise InvalidPrivateKeyError("private key must be 32 bytes")
-        if not 0 < int.from_bytes(raw, "big") < _SECP256K1_N:
-            raise InvalidPrivateKeyError("private key is out of range for secp256k1")
-        eth_key = key if isinstance(key, _EthPrivateKey) else _EthPrivateKey(raw)
+        eth_key = key if isinstance(key, _EthPrivateKey) else None
+        raw, problem = _key_bytes(key)
+        # A traceback renderer that shows locals (rich, pytest -l, Sentry) must not find a
+        # mistyped key, a few characters from the real one, in this frame.
+        del key
+        if problem is not None:
+            raise InvalidPrivateKeyError(problem)
+        if eth_key is None:
+            eth_key = _EthPrivateKey(raw)
         object.__setattr__(self, "_key", eth_key)
         object.__setattr__(self, "_cc", coincurve.PrivateKey(raw))
         object.__setattr__(self, "_address", eth_key.public_key.to_checksum_address())

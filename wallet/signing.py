@@ -109,6 +109,32 @@ class SignedTransaction:
         return "0x" + self.raw.hex()
 
 
+_INT_FIELDS = ("chainId", "nonce", "maxPriorityFeePerGas", "maxFeePerGas", "gas", "value")
+_KNOWN_FIELDS = frozenset((*_INT_FIELDS, "to", "data", "input", "accessList", "type", "from"))
+
+
+def _whole_numbers(tx: Mapping[str, Any]) -> dict[str, Any]:
+    """``tx`` with its number fields as non-negative ints (``0x`` hex strings read), so the
+    fast path signs it; anything else is a :class:`SigningError` here, before any library that
+    holds the key in its frames can fail on it."""
+    out = dict(tx)
+    for field in _INT_FIELDS:
+        value = out.get(field)
+        if value is None:
+            continue
+        if isinstance(value, str) and value[:2] in ("0x", "0X"):
+            try:
+                value = int(value, 16)
+            except ValueError:
+                raise SigningError(f"transaction {field} is not a number") from None
+        if type(value) is not int:
+            raise SigningError(f"transaction {field} must be an integer")
+        if value < 0:
+            raise SigningError(f"transaction {field} must not be negative")
+        out[field] = value
+    return out
+
+
 def _check_transaction(tx: Mapping[str, Any], chain_id: int | None) -> None:
     if "gasPrice" in tx:
         raise SigningError("legacy (gasPrice) transactions are refused: use EIP-1559 fees")
@@ -122,10 +148,6 @@ def _check_transaction(tx: Mapping[str, Any], chain_id: int | None) -> None:
         raise SigningError(f"transaction chainId {tx['chainId']} is not this chain ({chain_id})")
     if tx["maxPriorityFeePerGas"] > tx["maxFeePerGas"]:
         raise SigningError("maxPriorityFeePerGas must not exceed maxFeePerGas")
-
-
-_INT_FIELDS = ("chainId", "nonce", "maxPriorityFeePerGas", "maxFeePerGas", "gas", "value")
-_KNOWN_FIELDS = frozenset((*_INT_FIELDS, "to", "data", "input", "accessList", "type", "from"))
 
 
 def _fast_sign(tx: Mapping[str, Any], key: PrivateKey) -> SignedTransaction | None:
@@ -180,6 +202,7 @@ def sign_transaction(
     tx: Mapping[str, Any], key: PrivateKey, *, chain_id: int | None = None
 ) -> SignedTransaction:
     """Sign an EIP-1559 transaction dict (web3 field names). ``chainId`` is mandatory."""
+    tx = _whole_numbers(tx)
     _check_transaction(tx, chain_id)
     if len(tx.get("to") or "") not in (0, 20, 42):
         raise SigningError("transaction 'to' must be a 20-byte address")
@@ -197,6 +220,8 @@ def sign_transaction(
     except (TypeError, ValueError) as exc:
         # eth-account's message names the bad fields and values; none of them is the key
         raise SigningError(f"transaction is malformed: {exc}") from None
+    except Exception as exc:  # any other failure: its frames hold the key, so it stays here
+        raise SigningError(f"transaction is malformed ({type(exc).__name__})") from None
     return SignedTransaction(
         raw=bytes(signed.raw_transaction),
         hash="0x" + bytes(signed.hash).hex(),

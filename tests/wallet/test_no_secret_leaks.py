@@ -167,3 +167,62 @@ def test_session_leaks_nothing(caplog, capfd, tmp_path, monkeypatch, tester_chai
     assert (PASSPHRASE in text, PASSWORD in text) == (False, False)
     # and the operations really ran: addresses are visible, secrets are not
     assert keys[0].address.lower() in text
+
+
+def _rendered_with_locals(exc: BaseException) -> str:
+    """What rich (like ``pytest -l`` or Sentry's frame variables) shows of a failure: every
+    frame's local variables, for the exception and what it chains to unsuppressed; from the
+    frame the test called into (the test's own locals hold the key on purpose)."""
+    import io
+
+    from rich.console import Console
+    from rich.traceback import Traceback
+
+    out = io.StringIO()
+    below_test = exc.__traceback__.tb_next if exc.__traceback__ else None
+    trace = Traceback.from_exception(type(exc), exc, below_test, show_locals=True)
+    Console(file=out, width=400).print(trace)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"value": -1},
+        {"nonce": -1},
+        {"gas": -5},
+        {"maxPriorityFeePerGas": -1, "maxFeePerGas": 10},
+        {"value": True},
+        {"nonce": "0xzz"},
+    ],
+    ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
+)
+def test_a_refused_transaction_shows_no_key_among_a_tracebacks_locals(field):
+    """A negative number went on to eth-account, whose serializer error (not a TypeError or
+    ValueError) escaped with the raw key in its frames' locals."""
+    key = HDWallet.from_mnemonic(generate_mnemonic(12)).private_key(0)
+    tx = {
+        "chainId": 1,
+        "nonce": 0,
+        "gas": 21_000,
+        "maxFeePerGas": 10,
+        "maxPriorityFeePerGas": 1,
+        "to": "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+        "value": 0,
+        **field,
+    }
+    with pytest.raises(WalletError) as caught:
+        Signer(key).sign_transaction(tx, chain_id=1)
+    text = _rendered_with_locals(caught.value)
+    assert "sign_transaction" in text  # the frames were rendered
+    assert key.reveal().to_bytes().hex() not in text
+
+
+def test_a_mistyped_key_is_not_among_a_tracebacks_locals():
+    real = HDWallet.from_mnemonic(generate_mnemonic(12)).private_key(0).reveal().to_bytes().hex()
+    for typo in (real[:-2] + "zz", real[:-2], "0x" + real + "00"):
+        with pytest.raises(WalletError) as caught:
+            PrivateKey(typo)
+        text = _rendered_with_locals(caught.value)
+        assert "__init__" in text  # the frames were rendered
+        assert real[:40] not in text
