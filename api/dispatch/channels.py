@@ -7,7 +7,6 @@ and either delivers it or raises :class:`DeliveryError`; the worker records the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import email.policy
 import logging
@@ -186,22 +185,24 @@ class EmailChannel:
             data = self._message(instruction, to, international)
         except (ValueError, TypeError, LookupError) as exc:  # UnicodeError is a ValueError
             raise DeliveryRefused(f"email: message not built ({type(exc).__name__})") from None
-        started = time.monotonic()
-        try:
-            smtp = self.relay.connect(
-                timeout=min(self.timeout, self.deadline), local_hostname=self.local_hostname
-            )
-        except (OSError, smtplib.SMTPException) as exc:  # ssl.SSLError is an OSError
-            raise DeliveryError(f"smtp: {type(exc).__name__}") from None
-        cut = threading.Event()
-        left = self.deadline - (time.monotonic() - started)
-        watchdog = threading.Timer(left, _cut, (smtp, cut))
+        smtp = self.relay.conversation(
+            timeout=min(self.timeout, self.deadline),
+            local_hostname=self.local_hostname,
+            deadline=time.monotonic() + self.deadline,
+        )
+        # From before the connection: the name lookup, the greeting and a TLS handshake are
+        # inside the deadline too.
+        watchdog = threading.Timer(self.deadline, smtp.cut)
         watchdog.daemon = True
         watchdog.start()
         try:
+            try:
+                smtp.open(self.relay.host, self.relay.port)
+            except (OSError, smtplib.SMTPException) as exc:  # ssl.SSLError is an OSError
+                raise DeliveryError(f"smtp: {type(exc).__name__}") from None
             self._transfer(smtp, instruction.address, data, international)
         except DeliveryError as exc:
-            if cut.is_set():  # the same kind: before DATA nothing arrived, during it maybe
+            if smtp.was_cut:  # the same kind: before DATA nothing arrived, during it maybe
                 raise type(exc)(f"smtp: attempt cut at {self.deadline:g} s") from None
             raise
         finally:
@@ -257,16 +258,6 @@ class EmailChannel:
             raise DeliveryError(f"smtp: DATA refused ({exc.smtp_code})") from None
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryUncertain(f"smtp: {type(exc).__name__} during DATA") from None
-
-
-def _cut(smtp: smtplib.SMTP, cut: threading.Event) -> None:
-    """End a conversation past its deadline: the blocked read or write fails (``shutdown``
-    wakes it; ``close`` from another thread would not)."""
-    cut.set()
-    sock = smtp.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 #: httpx errors raised before a request left the process (no connection, or refused locally).

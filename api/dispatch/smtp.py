@@ -10,16 +10,24 @@ against the system's CAs, or a CA file for a private relay.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import smtplib
+import socket
 import ssl
+import threading
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
-__all__ = ["SmtpAccess", "SmtpSecurity", "SmtpSecurityError"]
+from api.deadline import run_within
+
+__all__ = ["SmtpAccess", "SmtpConversation", "SmtpSecurity", "SmtpSecurityError"]
 
 
 class SmtpSecurity(StrEnum):
@@ -69,17 +77,15 @@ class SmtpAccess:
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
-    def connect(self, *, timeout: float, local_hostname: str) -> smtplib.SMTP:
-        """A connection, TLS from the first byte when ``security`` is ``tls``."""
-        if self.security == SmtpSecurity.TLS:
-            return smtplib.SMTP_SSL(
-                self.host,
-                self.port,
-                local_hostname=local_hostname,
-                timeout=timeout,
-                context=self.tls_context(),
-            )
-        return smtplib.SMTP(self.host, self.port, local_hostname=local_hostname, timeout=timeout)
+    def conversation(
+        self, *, timeout: float, local_hostname: str, deadline: float
+    ) -> SmtpConversation:
+        """A conversation not yet connected (:meth:`SmtpConversation.open`), TLS from the
+        first byte when ``security`` is ``tls``; ``deadline`` is a ``time.monotonic()``."""
+        tls = self.tls_context() if self.security == SmtpSecurity.TLS else None
+        return SmtpConversation(
+            tls=tls, local_hostname=local_hostname, timeout=timeout, deadline=deadline
+        )
 
     def secure(self, smtp: smtplib.SMTP) -> None:
         """After connecting: STARTTLS when configured (required), then AUTH when configured.
@@ -92,3 +98,83 @@ class SmtpAccess:
             smtp.ehlo()
         if self.username is not None and self.password is not None:
             smtp.login(self.username, self.password.get_secret_value())
+
+
+class SmtpConversation(smtplib.SMTP):
+    """An :class:`smtplib.SMTP` that another thread can end in every phase: :meth:`cut` shuts
+    the TCP connection down, which wakes a read or write blocked on it — the server's
+    greeting, a TLS handshake (implicit or STARTTLS), any command. smtplib reads the greeting
+    inside ``connect``, and a relay that trickles it (``220-`` lines, each inside the
+    per-operation timeout) held the worker for ever. The name lookup runs in a daemon thread
+    bounded by the deadline (``getaddrinfo`` cannot be cancelled)."""
+
+    def __init__(
+        self,
+        *,
+        tls: ssl.SSLContext | None,
+        local_hostname: str,
+        timeout: float,
+        deadline: float,
+    ) -> None:
+        self._tls, self._deadline = tls, deadline
+        self._cut = threading.Event()
+        self._guard = threading.Lock()
+        self._handle: socket.socket | None = None  # a duplicate of the connection's descriptor
+        super().__init__(local_hostname=local_hostname, timeout=timeout)  # no host: not yet
+
+    @property
+    def was_cut(self) -> bool:
+        return self._cut.is_set()
+
+    def open(self, host: str, port: int) -> None:
+        """Connect and read the greeting. Raises ``OSError`` or ``smtplib.SMTPException``."""
+        self._host = host  # STARTTLS checks the certificate against it (smtplib sets it in
+        # __init__, which had no host)
+        code, _ = self.connect(host, port)
+        if code != 220:
+            raise smtplib.SMTPConnectError(code, "greeting refused")
+
+    def cut(self) -> None:
+        self._cut.set()
+        with self._guard:
+            handle = self._handle
+        if handle is not None:
+            with contextlib.suppress(OSError):  # shutdown reaches every descriptor of it
+                handle.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            with self._guard:
+                handle, self._handle = self._handle, None
+            if handle is not None:
+                handle.close()
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> Any:
+        try:
+            addresses = run_within(
+                lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                self._deadline - time.monotonic(),
+                "smtp name lookup",
+            )
+        except TimeoutError:  # the attempt's deadline, reached before there was a socket
+            self._cut.set()
+            raise
+        raw = _first_connection(addresses, timeout, self.source_address)
+        with self._guard:
+            self._handle = socket.socket(fileno=os.dup(raw.fileno()))
+        if self._cut.is_set():  # cut while connecting: the handle was not there to shut
+            raw.close()
+            raise OSError("smtp attempt cut")
+        return raw if self._tls is None else self._tls.wrap_socket(raw, server_hostname=host)
+
+
+def _first_connection(addresses: list[Any], timeout: float, source: Any) -> socket.socket:
+    error: OSError = OSError("no address to connect to")
+    for _family, _type, _proto, _name, address in addresses:
+        try:
+            return socket.create_connection(address[:2], timeout, source)
+        except OSError as exc:
+            error = exc
+    raise error

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import threading
 import time
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 import httpcore
 import httpx
 
+from api.deadline import run_within
 from api.webhooks.targets import TargetNotAllowed, TargetPolicy
 
 __all__ = [
@@ -132,23 +132,10 @@ def _vet_by_deadline(
     lookup still running is abandoned: getaddrinfo cannot be cancelled)."""
     if timeout is None:
         return policy.vet(host, port)
-    outcome: list[list[str] | BaseException] = []
-    done = threading.Event()
-
-    def lookup() -> None:
-        try:
-            outcome.append(policy.vet(host, port))
-        except BaseException as exc:  # handed to the caller's thread
-            outcome.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=lookup, name="webhook-dns", daemon=True).start()
-    if not done.wait(timeout):
-        raise httpcore.ConnectTimeout("the name lookup ran out of time")
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]
+    try:
+        return run_within(lambda: policy.vet(host, port), timeout, "webhook-dns")
+    except TimeoutError:
+        raise httpcore.ConnectTimeout("the name lookup ran out of time") from None
 
 
 class _GuardedBackend(httpcore.SyncBackend):

@@ -7,8 +7,12 @@ import contextlib
 import json
 import logging
 import re
+import select as io_select
+import socket
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -417,6 +421,45 @@ def _slow_server(at: str) -> Iterator[tuple[_Slow, int]]:
         controller.stop()
 
 
+@dataclass
+class _Greeter:
+    port: int
+    hung_up: threading.Event  # the client ended the connection mid-greeting
+    finished: threading.Event  # the greeting ran to its limit: nobody cut it
+
+
+@contextlib.contextmanager
+def _trickling_greeter(limit: float = 10.0) -> Iterator[_Greeter]:
+    """A TCP server whose greeting never ends: a ``220-`` line every 0.1 s, for ``limit``
+    seconds at most (so a client that is never cut fails the test, not hangs it)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    greeter = _Greeter(listener.getsockname()[1], threading.Event(), threading.Event())
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                until = time.monotonic() + limit
+                while not stop.is_set() and time.monotonic() < until:
+                    conn.sendall(b"220-please wait\r\n")
+                    readable, _, _ = io_select.select([conn], [], [], 0.1)
+                    if readable and conn.recv(1) == b"":
+                        greeter.hung_up.set()
+                        return
+                greeter.finished.set()
+                conn.sendall(b"220 ready\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield greeter
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=limit + 5)
+
+
 #: The attempt's deadline in these tests: wide enough that connecting and the exchanges before
 #: the stall finish well within it on a loaded machine, so the cut lands in the stall.
 _DEADLINE = 3.0
@@ -450,6 +493,39 @@ class TestEmailDeadline:
         to_state, reason, detail = followup_events(engine)[-1]
         assert (to_state, reason) == said
         assert detail == "smtp: attempt cut at 3 s"
+
+    def test_a_greeting_that_never_ends_is_cut_off(self, engine, clock):
+        """smtplib reads the greeting inside connect, before the watchdog used to start: a
+        relay trickling ``220-`` lines held the worker for ever."""
+        with _trickling_greeter() as greeter:
+            shop_with(engine, clock, channel="email")
+            email = EmailChannel(
+                "127.0.0.1", greeter.port, "f@tea.example", LINKS, deadline=_DEADLINE
+            )
+            result = Worker(engine, KEYRING, {"email": email}, clock).run_once()
+            assert greeter.hung_up.wait(5)
+            assert not greeter.finished.is_set()
+        assert result.outcomes == {"retry": 1}
+        assert states(engine) == [("scheduled", "email", None)]
+        assert followup_events(engine)[-1] == ("scheduled", "retry", "smtp: attempt cut at 3 s")
+
+    def test_a_name_lookup_that_hangs_is_cut_off(self, engine, clock, monkeypatch):
+        released = threading.Event()
+
+        def hanging_lookup(*args, **kwargs):
+            released.wait(10)
+            raise socket.gaierror("released")
+
+        monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+        try:
+            shop_with(engine, clock, channel="email")
+            email = EmailChannel("relay.invalid", 25, "f@tea.example", LINKS, deadline=_DEADLINE)
+            result = Worker(engine, KEYRING, {"email": email}, clock).run_once()
+            assert not released.is_set()
+        finally:
+            released.set()
+        assert result.outcomes == {"retry": 1}
+        assert followup_events(engine)[-1] == ("scheduled", "retry", "smtp: attempt cut at 3 s")
 
     def test_a_server_that_stalls_at_quit_is_cut_off_and_the_message_counts(self, engine, clock):
         """The message was taken: a QUIT the server never answers in time ends the attempt
