@@ -104,6 +104,10 @@ class Indexer:
         self.clock = clock
         self.batch_blocks = batch_blocks
         self.reorg_window = reorg_window
+        # Blocks asked per eth_getLogs: halved when the node refuses a range (providers cap
+        # the blocks or results per call), and from then on no wider (until the process
+        # restarts).
+        self._span = batch_blocks
         self._symbols: dict[str, str] = {}
 
     # -- chain reads (with :mod:`api.settlement.reorg`'s, all the indexer asks the node) --------
@@ -113,17 +117,34 @@ class Indexer:
         height) reads as an empty hash, which matches nothing stored."""
         return self.chain.block_header(number) or ("", 0)
 
-    def _logs(self, start: int, end: int, head: tuple[int, str]) -> tuple[list[RouterLog], str]:
-        """The range's router logs and the hash of its last block, read BEFORE the logs (the
-        head's, read at the step's start, when the range ends there): a reorg between the
-        two calls then leaves an end hash the next step finds replaced. Read after the logs,
-        the new chain's end hash would vouch for logs read from the old chain, and a payment
-        the new chain put in the range would be skipped for good."""
-        end_hash = head[1] if end == head[0] else self._block(end)[0]
+    def _logs(
+        self, start: int, end: int, head: tuple[int, str]
+    ) -> tuple[list[RouterLog], int, str]:
+        """The router logs of ``start`` up to ``end`` or less (the node may refuse a wide range:
+        the range is halved until it answers, down to one block), the range's actual end and
+        its hash, read BEFORE the logs (the head's, read at the step's start, when the range
+        ends there): a reorg between the two calls then leaves an end hash the next step finds
+        replaced. Read after the logs, the new chain's end hash would vouch for logs read from
+        the old chain, and a payment the new chain put in the range would be skipped for good."""
         topics = [[SETTLED_TOPIC, REFUNDED_TOPIC]]
-        entries = self.chain.raw_logs(self.router, start, end, topics)
+        end = min(end, start + self._span - 1)
+        while True:
+            end_hash = head[1] if end == head[0] else self._block(end)[0]
+            try:
+                entries = self.chain.raw_logs(self.router, start, end, topics)
+            except UnsupportedOperationError as exc:  # an error answer, not a silent node
+                if end == start:
+                    raise
+                self._span = max(1, (end - start + 1) // 2)
+                log.warning(
+                    "eth_getLogs refused %d blocks (%s); asking for %d",
+                    end - start + 1, str(exc)[:120], self._span,
+                )  # fmt: skip
+                end = start + self._span - 1
+                continue
+            break
         logs = [RouterLog.from_rpc(entry) for entry in entries if not entry.get("removed")]
-        return logs, end_hash
+        return logs, end, end_hash
 
     def _symbol(self, token: str) -> str:
         """The token's ``symbol()`` for the CRM's purchase record, asked once per token. A
@@ -179,7 +200,7 @@ class Indexer:
                 result.from_block = fork + 1
             start, end = last + 1, min(head, last + self.batch_blocks)
             if start <= end:
-                entries, end_hash = self._logs(start, end, latest)
+                entries, end, end_hash = self._logs(start, end, latest)
                 batch = self._prefetch(session, chain_id, entries, start, end)
                 blocks: dict[int, str] = {}
                 for entry in entries:
@@ -217,6 +238,7 @@ class Indexer:
         for entry in entries:
             wanted.setdefault(entry.merchant.lower(), set()).add(entry.number)
         accounts = repo.account_ids_by_address(session, chain_id, set(wanted))
+        batch.accounts = set(accounts)
         for address, numbers in wanted.items():
             account_id = accounts.get(address)
             if account_id is None:
@@ -248,6 +270,10 @@ class Indexer:
     def _apply(
         self, chain_id: int, entry: RouterLog, result: PollResult, batch: StepBatch, tip: int
     ) -> None:
+        if entry.merchant.lower() not in batch.accounts:
+            # Anyone can register on the router and emit logs for free (a zero-amount pay):
+            # nobody of ours to tell, and no reason to ask the node about each one.
+            return
         invoice = batch.invoices.get((entry.merchant.lower(), entry.number))
         key = (entry.tx_hash, entry.log_index, entry.block_hash)
         row = {
@@ -328,7 +354,7 @@ class Indexer:
         elif invoice.state in (InvoiceState.NEW, InvoiceState.EXPIRED):
             invoice.state = InvoiceState.PROCESSING
             batch.open_orders.add((invoice.merchant_id, invoice.order_id))
-            batch.events.append((invoice, "invoice.processing", payment_evidence(row)))
+            batch.events.append((invoice.snapshot(), "invoice.processing", payment_evidence(row)))
         if row["state"] == PaymentState.CONFIRMED.value:  # settled, or announced as held
             batch.to_settle.append((invoice, index))
 
@@ -343,12 +369,12 @@ class Indexer:
         if not row["credited"]:
             batch.uncredited[invoice.id] = batch.uncredited.get(invoice.id, 0) + row["amount"]
             log.warning("refund %s for invoice %s is in another token", row["tx_hash"], invoice.id)
-            batch.events.append((invoice, "invoice.refund_unmatched", evidence))
+            batch.events.append((invoice.snapshot(), "invoice.refund_unmatched", evidence))
             return
         figure = max(0, row["total_refunded"] - batch.uncredited.get(invoice.id, 0))
         invoice.refunded_amount = min(invoice.paid_amount, figure)
         set_refund_status(invoice, late=invoice.status == InvoiceStatus.PAID_LATE)
-        batch.events.append((invoice, "invoice.refunded", evidence))
+        batch.events.append((invoice.snapshot(), "invoice.refunded", evidence))
 
     @staticmethod
     def _held(invoice: InvoiceRow, batch: StepBatch) -> bool:
@@ -493,14 +519,14 @@ class Indexer:
         confirmed settles (status ``refunded``) with no purchase and no follow-up."""
         settled.rows[invoice.id] = invoice  # written only if nobody changed it meanwhile
         if invoice.state != InvoiceState.PROCESSING:
-            settled.events.append((invoice, "invoice.payment_held", evidence))
+            settled.events.append((invoice.snapshot(), "invoice.payment_held", evidence))
             return
         invoice.state = InvoiceState.SETTLED
         if evidence.get("late") and invoice.status == InvoiceStatus.NONE:
             invoice.status = InvoiceStatus.PAID_LATE  # a refund in the same range wins
         invoice.settled_at = self.clock.now()
         result.settled.append(invoice.id)
-        settled.events.append((invoice, "invoice.settled", evidence))
+        settled.events.append((invoice.snapshot(), "invoice.settled", evidence))
         # refunded in full before its depth (an order cancelled at once): no sale to survey
         if invoice.contact_id is not None and invoice.refunded_amount < invoice.amount:
             settled.followups.setdefault(invoice.merchant_id, []).append(

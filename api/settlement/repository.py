@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -402,6 +402,11 @@ class InvoiceRow:
     expires_at: datetime
     settled_at: datetime | None
     seen: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+
+    def snapshot(self) -> InvoiceRow:
+        """A copy as it is now: an event's payload shows the invoice at that event (the step
+        goes on changing the row: processing, then settled in the same step)."""
+        return replace(self)
 
 
 _ROW_COLUMNS = tuple(name for name in InvoiceRow.__dataclass_fields__ if name != "seen")

@@ -18,6 +18,8 @@ class StepBatch:
     """One block range's prefetched state: invoices by (merchant, number), stored log keys."""
 
     invoices: dict[tuple[str, int], InvoiceRow] = field(default_factory=dict)
+    #: Router accounts (lower-case addresses) that are ours: logs to any other are skipped.
+    accounts: set[str] = field(default_factory=set)
     payments: set[tuple[str, int, str]] = field(default_factory=set)
     refunds: set[tuple[str, int, str]] = field(default_factory=set)
     payment_rows: list[dict[str, Any]] = field(default_factory=list)

@@ -37,7 +37,7 @@ from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUp, Purchase
 from crm.merchants.models import MerchantCreate
 from tests.settlement.conftest import MarketSuite
-from wallet.errors import ChainError, ChainUnreachableError
+from wallet.errors import ChainError, ChainUnreachableError, UnsupportedOperationError
 from wallet.secrets import PrivateKey
 from wallet.signing import Signer
 
@@ -127,13 +127,14 @@ def pay(engine, market, invoice, payer=None):
     return market.pay_signed(intent, r, vs, payer or market.payers[0])
 
 
-def indexer_for(engine, market, clock) -> Indexer:
+def indexer_for(engine, market, clock, **options) -> Indexer:
     return Indexer(
         market.chain,
         engine,
         market.deployment.router,
         start_block=market.deployment.deploy_block,
         clock=clock,
+        **options,
     )
 
 
@@ -258,6 +259,47 @@ class IndexerBehaviour(MarketSuite):
             with pytest.raises(ChainUnreachableError):
                 indexer._symbol(token)
         assert indexer._symbol(token) == "tUSD"
+
+    def test_a_node_that_refuses_wide_log_ranges_is_read_in_narrower_ones(
+        self, engine, market, clock, shop, monkeypatch
+    ):
+        """Providers cap eth_getLogs (blocks or results per call): the indexer asked for the
+        same refused range for ever, so nothing settled and nothing expired."""
+        invoice = new_invoice(engine, market, shop, clock)
+        market.chain.mine(120)
+        pay(engine, market, invoice)
+        real = market.chain.raw_logs
+        answered: list[tuple[int, int]] = []
+        refused: list[tuple[int, int]] = []
+
+        def capped(address, start, end, topics):
+            if end - start + 1 > 50:
+                refused.append((start, end))
+                raise UnsupportedOperationError("eth_getLogs failed: max block range is 50")
+            answered.append((start, end))
+            return real(address, start, end, topics)
+
+        monkeypatch.setattr(market.chain, "raw_logs", capped)
+        indexer = indexer_for(engine, market, clock, batch_blocks=400)
+        for _ in range(20):  # bounded: a few steps of at most 50 blocks
+            if indexer.poll_once().caught_up:
+                break
+        assert reload(engine, invoice.id).state == "settled"
+        # every block read once, in order, none skipped
+        covered = [n for start, end in answered for n in range(start, end + 1)]
+        assert covered == list(range(market.deployment.deploy_block, market.chain.head() + 1))
+        assert len(refused) <= 3  # narrowed once, and never widened back past the cap
+
+    def test_a_node_that_refuses_a_single_block_fails_the_step(
+        self, engine, market, clock, monkeypatch
+    ):
+        def refusing(address, start, end, topics):
+            raise UnsupportedOperationError("eth_getLogs failed: internal error")
+
+        monkeypatch.setattr(market.chain, "raw_logs", refusing)
+        indexer = indexer_for(engine, market, clock)
+        with pytest.raises(UnsupportedOperationError):
+            indexer.poll_once()
 
     def test_data_the_crm_refuses_never_holds_up_a_settlement(
         self, engine, market, clock, shop, monkeypatch, caplog

@@ -15,7 +15,7 @@ import pytest
 from sqlmodel import Session, select
 
 from api.settlement import invoices
-from api.settlement.models import Invoice
+from api.settlement.models import Invoice, Payment
 from api.webhooks import create_endpoint
 from api.webhooks.models import WebhookDelivery
 from tests.settlement.conftest import MarketSuite
@@ -30,6 +30,8 @@ from tests.settlement.test_indexer import (
     reload,
 )
 from tests.settlement.test_refunds import refund
+from wallet.secrets import PrivateKey
+from wallet.signing import PaymentIntent, payment_intent_typed_data, sign_typed_data, to_compact
 
 
 def events(engine) -> list[tuple[str, dict]]:
@@ -189,6 +191,64 @@ class EventBehaviour(MarketSuite):
             "0",
             "0",
         )
+
+    def test_each_event_of_one_step_shows_the_invoice_as_it_was_then(
+        self, engine, market, clock, shop
+    ):
+        """Paid and confirmed in one step, the invoice's ``invoice.processing`` payload was
+        built after the step settled it: ``state: settled`` with a ``settled_at``."""
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        indexer_for(engine, market, clock).poll_once()
+        sent = events(engine)
+        assert [t for t, _ in sent] == ["invoice.processing", "invoice.settled"]
+        processing, settled = (body["invoice"] for _, body in sent)
+        assert (processing["state"], processing["settled_at"]) == ("processing", None)
+        assert processing["paid_amount"] == str(AMOUNT)
+        assert settled["state"] == "settled"
+        assert settled["settled_at"] is not None
+
+    def test_logs_for_router_accounts_not_ours_cost_nothing(
+        self, engine, market, clock, shop, monkeypatch
+    ):
+        """Anyone can register on the router and emit PaymentSettled for a zero-amount pay
+        (~35k gas, no token call): each used to cost a transaction lookup inside the step and
+        a stored payment nobody could see."""
+        stranger, operator, payer = market.chain.dev_accounts()[7:10]
+        market.transact(
+            market.router.functions.registerMerchant(payer.address, operator.address), stranger
+        )
+        for number in range(3):
+            intent = PaymentIntent(
+                merchant=stranger.address,
+                token=market.deployment.token,
+                amount=0,
+                fee=0,
+                invoice_id=10_000 + number,
+                deadline=2**40,
+            )
+            typed = payment_intent_typed_data(
+                intent, chain_id=market.chain.chain_id, router=market.deployment.router
+            )
+            r, vs = to_compact(sign_typed_data(typed, PrivateKey(bytes(operator.key))))
+            market.pay_signed(intent, r, vs, payer)
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        asked: list[str] = []
+        real = market.chain.request
+
+        def counting(method, params=None):
+            asked.append(method)
+            return real(method, params)
+
+        monkeypatch.setattr(market.chain, "request", counting)
+        result = indexer_for(engine, market, clock).poll_once()
+        assert (result.payments, result.settled) == (1, [invoice.id])
+        assert "eth_getTransactionByHash" not in asked
+        with Session(engine) as session:
+            stored = session.exec(select(Payment.merchant_address)).all()
+        assert stored == [market.merchant.address]
+        assert [t for t, _ in events(engine)] == ["invoice.processing", "invoice.settled"]
 
 
 class TestEventsOnTester(EventBehaviour):
