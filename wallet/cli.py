@@ -529,7 +529,7 @@ def send(
             if balance < value:
                 raise InsufficientFundsError("insufficient funds: balance is lower than the amount")
             sender = _sender_for(connected, name, index)
-            sent = sender.send(recipient, b"", value, gas=21_000)
+            sent = sender.send(recipient, b"", value)  # estimated: a contract wallet needs more
         else:
             from wallet.tokens import Token
 

@@ -248,15 +248,18 @@ class WatchOnlyWallet:
             self._node = base.child(change)
             self._prefix = f"m/44'/60'/{int(node.Index()) & ~HARDENED}'/{change}"
         else:
-            # depth 4 is the change node; any other depth is used as the direct parent
+            # depth 4 is the change node; any other depth is used as the direct parent. Only
+            # a depth-3 xpub names its account (its own index): below it the path is unknown,
+            # so the label says where the address comes from instead of guessing account 0.
             self._node = base
-            self._prefix = DEFAULT_PATH_PREFIX if self.depth == 4 else "(xpub)"
+            self._prefix = "(xpub)"
 
     def __repr__(self) -> str:
         return f"WatchOnlyWallet(depth={self.depth}, first={self.address(0)!r})"
 
     def path(self, index: int) -> str:
-        """The full path for ``index``, assuming the xpub sits on the standard BIP-44 path."""
+        """The full path for ``index`` below a depth-3 (account) xpub, assuming the standard
+        BIP-44 path; ``(xpub)/index`` below any other."""
         return f"{self._prefix}/{index}"
 
     def address(self, index: int) -> str:

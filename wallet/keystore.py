@@ -32,6 +32,7 @@ from wallet.secrets import PrivateKey, SecretStr
 
 __all__ = [
     "DEFAULT_SCRYPT_N",
+    "MIN_PBKDF2_ITERATIONS",
     "decrypt_keystore",
     "encrypt_keystore",
     "keystore_address",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 DEFAULT_SCRYPT_N = 2**17
+#: The fewest PBKDF2-HMAC-SHA256 rounds a written keystore may use (eth-keyfile's default).
+MIN_PBKDF2_ITERATIONS = 262_144
 _MAX_SCRYPT_N = 2**20  # refuse files that would take minutes or gigabytes
 _MAX_PBKDF2_C = 10_000_000
 
@@ -114,9 +117,17 @@ def encrypt_keystore(
     *,
     scrypt_n: int = DEFAULT_SCRYPT_N,
     kdf: str = "scrypt",
-    pbkdf2_iterations: int = 262_144,
+    pbkdf2_iterations: int = MIN_PBKDF2_ITERATIONS,
+    allow_weak_kdf: bool = False,
 ) -> dict[str, Any]:
-    """A keystore v3 document for ``key`` (scrypt ``n=2**17, r=8, p=1`` by default)."""
+    """A keystore v3 document for ``key`` (scrypt ``n=2**17, r=8, p=1`` by default). A cheaper
+    KDF (scrypt ``n`` below 2**17, PBKDF2 below 262,144 rounds) needs ``allow_weak_kdf``
+    (tests): a key file written with one falls to a password guesser many times faster."""
+    if not allow_weak_kdf:
+        if kdf == "scrypt" and scrypt_n < DEFAULT_SCRYPT_N:
+            raise KeystoreFormatError(f"scrypt n must be at least {DEFAULT_SCRYPT_N}")
+        if kdf == "pbkdf2" and pbkdf2_iterations < MIN_PBKDF2_ITERATIONS:
+            raise KeystoreFormatError(f"PBKDF2 needs at least {MIN_PBKDF2_ITERATIONS} iterations")
     salt = os.urandom(32)
     if kdf == "scrypt":
         params: dict[str, Any] = {"dklen": 32, "n": scrypt_n, "p": 1, "r": 8, "salt": salt.hex()}
@@ -174,10 +185,11 @@ def write_keystore(
     *,
     scrypt_n: int = DEFAULT_SCRYPT_N,
     overwrite: bool = False,
+    allow_weak_kdf: bool = False,
 ) -> Path:
     """Encrypt ``key`` to ``path`` atomically with mode 0600 (the user's directory keeps its
     own mode: exporting to ``~/k.json`` must not make the home directory 0700)."""
-    document = encrypt_keystore(key, password, scrypt_n=scrypt_n)
+    document = encrypt_keystore(key, password, scrypt_n=scrypt_n, allow_weak_kdf=allow_weak_kdf)
     target = Path(path).expanduser()
     atomic_write(target, json.dumps(document).encode(), overwrite=overwrite, private_dir=False)
     return target

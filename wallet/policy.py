@@ -150,16 +150,22 @@ class SigningPolicy:
                 f"{what} of {amount} base units of token {token} exceeds the policy limit {limit}"
             )
 
-    def check_transaction(self, tx: Mapping[str, Any]) -> None:
+    def check_transaction(self, tx: Mapping[str, Any], *, signer: str | None = None) -> None:
+        """Raise :class:`PolicyViolationError` unless ``tx`` is allowed. A 0-value transaction
+        without data from ``signer`` to itself is always allowed: it moves nothing, and it is
+        how a stuck nonce is cancelled."""
         if "input" in tx:  # the signer would sign it as the calldata this check never saw
             raise PolicyViolationError("give the calldata as 'data', not 'input'")
         value = int(tx.get("value", 0) or 0)
+        to = tx.get("to")
+        data = _data_bytes(tx.get("data"))
+        to_self = bool(to) and parse_address(to, param="to").lower() == (signer or "").lower()
+        if to_self and not value and not data:
+            return
         if value > self.max_native_value:
             raise PolicyViolationError(
                 f"transaction value {value} wei exceeds the policy limit {self.max_native_value}"
             )
-        to = tx.get("to")
-        data = _data_bytes(tx.get("data"))
         if not to:
             if not self.allow_deploy:
                 raise PolicyViolationError("contract creation is not allowed by the policy")

@@ -293,7 +293,18 @@ def recover_typed_data(typed_data: Mapping[str, Any], signature: bytes) -> str:
     return _recover(encoded, signature)
 
 
+#: secp256k1's group order halved: a larger ``s`` is the malleable twin of a valid signature.
+_HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+
 def _recover(encoded: SignableMessage, signature: bytes) -> str:
+    """Refuses, as OpenZeppelin's ``ECDSA.recover`` does, all but 65 bytes and a high ``s``:
+    anyone can turn a signature into a second valid one by flipping ``s``, so a check that
+    treats signatures as unique (a used-signature list) would take it twice."""
+    if len(signature) != 65:
+        raise SigningError("a signature has 65 bytes")
+    if int.from_bytes(signature[32:64], "big") > _HALF_ORDER:
+        raise SigningError("the signature's s is in the upper half (malleable)")
     try:
         return str(Account.recover_message(encoded, signature=signature))
     except (BadSignature, ValidationError, ValueError) as exc:  # no ValueError subclasses
@@ -500,7 +511,7 @@ class Signer:
         self, tx: Mapping[str, Any], *, chain_id: int | None = None
     ) -> SignedTransaction:
         if self.policy is not None:
-            self.policy.check_transaction(tx)
+            self.policy.check_transaction(tx, signer=self.address)
         return sign_transaction(tx, self._key, chain_id=chain_id)
 
     def sign_typed_data(self, typed_data: Mapping[str, Any]) -> bytes:

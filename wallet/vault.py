@@ -309,7 +309,7 @@ class Vault:
             raise VaultError(f"scrypt n must be at least {MIN_SCRYPT_N}", param="scrypt_n")
         if not _secret_text(password):
             raise VaultError("password must not be empty", param="password")
-        document = encrypt_keystore(key, password, scrypt_n=scrypt_n)
+        document = encrypt_keystore(key, password, scrypt_n=scrypt_n, allow_weak_kdf=allow_weak_kdf)
         document["x-followpay"] = {"name": name, "created_at": int(time.time())}
         path = self._key_path(name)
         self.ensure_dirs()

@@ -335,6 +335,34 @@ class CliChainBehaviour(ChainSuite):
         assert len(result.stdout.strip()) == 66
         assert world.token.balance_of(to) == 12_500_000
 
+    def test_send_ether_to_a_contract_wallet(self, runner, chain, world):
+        """A contract recipient (a Safe, a smart account) runs code on receipt: the send had a
+        fixed 21,000 gas, so it was mined reverted and its fee lost."""
+        # runtime: SSTORE(0, CALLVALUE); STOP — 22,100 gas on receipt of a first payment
+        runtime = bytes.fromhex("3460005500")
+        init = bytes.fromhex("6005600c60003960056000f3") + runtime
+        with chain.lock:
+            deployer = chain.w3.eth.accounts[0]
+            tx_hash = chain.w3.eth.send_transaction({"from": deployer, "data": init})
+            wallet = chain.w3.eth.wait_for_transaction_receipt(tx_hash)["contractAddress"]
+        result = run(
+            runner,
+            "send",
+            "--name",
+            "dev",
+            "--index",
+            "2",
+            "--to",
+            wallet,
+            "--amount",
+            "0.001",
+            *self.chain_args(chain),
+        )
+        assert result.exit_code == 0, result.stderr
+        with chain.lock:
+            assert chain.w3.eth.get_balance(wallet) == 10**15
+            assert int.from_bytes(chain.w3.eth.get_storage_at(wallet, 0), "big") == 10**15
+
     @pytest.mark.parametrize(
         ("args", "needle"),
         [

@@ -201,6 +201,10 @@ class TestWatchOnly:
         wallet = HDWallet.from_mnemonic(DEV)
         watch = WatchOnlyWallet(wallet.xpub("m/44'/60'/0'/0"))
         assert watch.address(9) == wallet.address(9)
+        # a change-level xpub does not say its account: no guessed m/44'/60'/0'/0 path
+        other = WatchOnlyWallet(wallet.xpub("m/44'/60'/1'/0"))
+        assert other.address(0) == wallet.address(path="m/44'/60'/1'/0/0")
+        assert other.path(0) == "(xpub)/0"
 
     def test_other_account(self):
         wallet = HDWallet.from_mnemonic(DEV)

@@ -36,7 +36,7 @@ def _cast(*args: str) -> str:
 
 class TestRoundTrip:
     def test_scrypt_fast(self):
-        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10)
+        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
         assert doc["version"] == 3
         assert doc["crypto"]["kdfparams"]["n"] == 2**10
         assert decrypt_keystore(doc, PW) == KEY
@@ -50,16 +50,29 @@ class TestRoundTrip:
         assert decrypt_keystore(doc, PW) == KEY
 
     def test_pbkdf2(self):
-        doc = encrypt_keystore(KEY, PW, kdf="pbkdf2", pbkdf2_iterations=1000)
+        doc = encrypt_keystore(KEY, PW, kdf="pbkdf2", pbkdf2_iterations=1000, allow_weak_kdf=True)
         assert decrypt_keystore(doc, PW) == KEY
 
+    @pytest.mark.parametrize(
+        "cheap",
+        [{"scrypt_n": 2**16}, {"scrypt_n": 2}, {"kdf": "pbkdf2", "pbkdf2_iterations": 1000}],
+    )
+    def test_a_cheap_kdf_is_refused_and_writes_nothing(self, tmp_path, cheap):
+        """The vault held a floor; the keystore writers took n=2 without a word."""
+        with pytest.raises(KeystoreFormatError, match="at least"):
+            encrypt_keystore(KEY, PW, **cheap)
+        target = tmp_path / "key.json"
+        with pytest.raises(KeystoreFormatError, match="at least"):
+            write_keystore(target, KEY, PW, scrypt_n=cheap.get("scrypt_n", 2))
+        assert not target.exists()
+
     def test_wrong_password(self):
-        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10)
+        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
         with pytest.raises(WrongPasswordError):
             decrypt_keystore(doc, "nope")
 
     def test_tampered_ciphertext_is_detected_by_mac(self):
-        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10)
+        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
         c = doc["crypto"]["ciphertext"]
         doc["crypto"]["ciphertext"] = ("0" if c[0] != "0" else "1") + c[1:]
         with pytest.raises(WrongPasswordError):
@@ -78,7 +91,7 @@ class TestRoundTrip:
         ],
     )
     def test_malformed(self, mutate):
-        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10)
+        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
         mutate(doc)
         with pytest.raises(KeystoreFormatError):
             decrypt_keystore(doc, PW)
@@ -88,19 +101,19 @@ class TestRoundTrip:
             decrypt_keystore("{nope", PW)
 
     def test_capitalised_crypto_key_accepted(self):
-        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10)
+        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
         doc["Crypto"] = doc.pop("crypto")
         assert decrypt_keystore(doc, PW) == KEY
 
     def test_write_is_private_atomic_and_refuses_overwrite(self, tmp_path):
         path = tmp_path / "sub" / "key.json"
-        write_keystore(path, KEY, PW, scrypt_n=2**10)
+        write_keystore(path, KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
         assert oct(path.stat().st_mode & 0o777) == "0o600"
         assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
         assert keystore_address(path) == KEY.address
         assert read_keystore(path, PW) == KEY
         with pytest.raises(WalletExistsError):
-            write_keystore(path, KEY, PW, scrypt_n=2**10)
+            write_keystore(path, KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
         assert [p.name for p in path.parent.iterdir()] == ["key.json"]  # no temp files left
 
     def test_writing_into_an_existing_directory_leaves_its_mode(self, tmp_path):
@@ -108,16 +121,16 @@ class TestRoundTrip:
         shared = tmp_path / "shared"
         shared.mkdir(mode=0o755)
         shared.chmod(0o755)
-        write_keystore(shared / "key.json", KEY, PW, scrypt_n=2**10)
+        write_keystore(shared / "key.json", KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
         assert oct(shared.stat().st_mode & 0o777) == "0o755"
         assert oct((shared / "key.json").stat().st_mode & 0o777) == "0o600"
 
 
 class TestEthAccountInterop:
     def test_eth_account_reads_ours(self):
-        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10)
+        doc = encrypt_keystore(KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
         assert Account.decrypt(doc, PW) == KEY.reveal_bytes().reveal()
-        doc = encrypt_keystore(KEY, PW, kdf="pbkdf2", pbkdf2_iterations=1000)
+        doc = encrypt_keystore(KEY, PW, kdf="pbkdf2", pbkdf2_iterations=1000, allow_weak_kdf=True)
         assert Account.decrypt(doc, PW) == KEY.reveal_bytes().reveal()
 
     @pytest.mark.parametrize("kdf", ["scrypt", "pbkdf2"])
@@ -145,7 +158,7 @@ class TestCastInterop:
 
     def test_cast_decrypts_ours_to_the_same_key(self, tmp_path):
         path = tmp_path / "ours.json"
-        write_keystore(path, KEY, PW, scrypt_n=2**12)
+        write_keystore(path, KEY, PW, scrypt_n=2**12, allow_weak_kdf=True)
         out = _cast(
             "wallet",
             "decrypt-keystore",

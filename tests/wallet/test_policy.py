@@ -110,6 +110,17 @@ class TestTransactions:
         with pytest.raises(PolicyViolationError, match="wei"):
             Signer(KEY, policy).sign_transaction(tx(ROUTER, value=1))
 
+    def test_a_cancel_passes_a_contracts_only_policy(self, policy):
+        """A 0-value self-transfer moves nothing and is how a stuck nonce is cancelled: a
+        policy-bound hot signer could not cancel at all."""
+        signer = Signer(KEY, policy)
+        assert_signed_by_key(signer.sign_transaction(tx(signer.address)), to=signer.address)
+        for body in (tx(signer.address, value=1), tx(ATTACKER)):
+            with pytest.raises(PolicyViolationError):
+                signer.sign_transaction(body)
+        with pytest.raises(PolicyViolationError):  # a call to itself is not a cancel
+            signer.sign_transaction(tx(signer.address, data="0x" + SELECTORS["approve"][2:]))
+
     def test_deploy(self, policy):
         body = tx(None)
         body.pop("to")

@@ -124,11 +124,28 @@ class TestMessages:
         assert recover_message(b"hello FollowPay", signature) == KEY.address
 
     @pytest.mark.parametrize(
-        "signature", [bytes(65), b"\x01" * 64 + b"\x05", b"\x00" * 64, b"\xff" * 65]
+        ("signature", "says"),
+        [
+            (bytes(65), "recovers no public key"),
+            (b"\x01" * 64 + b"\x05", "recovers no public key"),
+            (b"\x00" * 64, "65 bytes"),
+            (b"", "65 bytes"),  # was an IndexError
+            (b"\xff" * 65, "upper half"),
+        ],
     )
-    def test_a_signature_that_recovers_no_key_is_a_signing_error(self, signature):
-        with pytest.raises(SigningError, match="recovers no public key"):
+    def test_a_signature_that_recovers_no_key_is_a_signing_error(self, signature, says):
+        with pytest.raises(SigningError, match=says):
             recover_message("hello FollowPay", signature)
+
+    def test_the_malleable_twin_of_a_signature_is_refused(self):
+        """(r, n - s, v ^ 1) recovers the same signer: a list of used signatures would take
+        it as a new one."""
+        signature = sign_message("hello FollowPay", KEY)
+        s = int.from_bytes(signature[32:64], "big")
+        n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+        twin = signature[:32] + (n - s).to_bytes(32, "big") + bytes([signature[64] ^ 1])
+        with pytest.raises(SigningError, match="upper half"):
+            recover_message("hello FollowPay", twin)
 
     @pytest.mark.parametrize(
         ("message", "r", "vs"),
