@@ -441,8 +441,11 @@ def schedule_for_payment(
 def cancel_for_payment(
     session: Session, merchant_id: int, payment_ref: str, reason: str, clock: Clock
 ) -> int:
-    """Chain reorg: cancel the payment's not-yet-sent follow-ups and revoke their links
-    (rows locked, so a concurrent ``sent`` is never overwritten). Returns how many."""
+    """Chain reorg: cancel the payment's follow-ups not yet on their way and revoke their
+    links (rows locked, so a concurrent ``sent`` is never overwritten). Returns how many. One
+    a worker prepared is left to it, as withdrawal, erasure and expiry leave it: its message
+    may be leaving now, and its token is also that message's unsubscribe link. Its rating
+    waits for the payment to be on chain again (``crm.feedback`` refuses a reversed sale)."""
     if not reason or len(reason) > 32:
         raise InvalidRequest("reason is required (<= 32 chars)", param="reason")
     now = clock.now()
@@ -452,11 +455,10 @@ def cancel_for_payment(
         session.add(purchase)
     count = 0
     for fu in repo.list_for_payment(session, merchant_id, payment_ref, for_update=True):
-        if fu.state in repo.PENDING:
+        in_flight = fu.state == FollowUpState.QUEUED and fu.attempted_at is not None
+        if fu.state in repo.PENDING and not in_flight:
             assert fu.id is not None
             _move(session, fu, FollowUpState.CANCELLED, now, reason)
-            # a prepared message may still leave its worker: its link must not rate or
-            # reward a payment that is no longer on chain
             feedback_repo.revoke_token(session, fu.id, now)
             count += 1
     return count

@@ -334,7 +334,7 @@ class TestCancelForPayment:
         purchase = session.exec(select(Purchase).where(Purchase.payment_ref == "p1")).one()
         assert purchase.cancel_reason == "reorg"
 
-    def test_a_prepared_message_cancelled_by_a_reorg_has_its_link_revoked(
+    def test_a_message_in_flight_when_its_payment_is_reorged_keeps_working_links(
         self,
         session: Session,
         merchant_id: int,
@@ -343,24 +343,43 @@ class TestCancelForPayment:
         keyring: KeyRing,
     ) -> None:
         """Prepared (its link issued, the message possibly on its way), then the payment
-        leaves the chain: the follow-up is cancelled and the link cannot rate or reward."""
+        leaves the chain. The reorg used to cancel it and revoke its token, which is also the
+        message's unsubscribe link: the customer got an e-mail whose "stop" link was dead, and
+        no new survey when the payment came back. Like withdrawal and erasure, a reorg now
+        leaves it to its worker; the link cannot rate until the payment is on chain again."""
         policy(session, merchant_id, clock, delay_minutes=0, frequency_cap_days=0)
         c = consented(session, make_contact, merchant_id, clock)
         [fu] = pay(session, merchant_id, c, "p1", clock)
         followups_dispatch.claim_due(session, clock.now(), 10, "w")
         instruction = followups_dispatch.prepare_send(session, fu.id or 0, clock.now(), keyring)
         assert instruction is not None
-        assert followups.cancel_for_payment(session, merchant_id, "p1", "reorg", clock) == 1
-        with pytest.raises(CRMError):
+        assert followups.cancel_for_payment(session, merchant_id, "p1", "reorg", clock) == 0
+        followups_dispatch.mark_sent(session, fu.id or 0, clock.now())  # the message left
+        session.refresh(fu)
+        assert fu.state == "sent"
+        link = session.exec(
+            select(Feedback).where(Feedback.token_hash == hash_token(instruction.token))
+        ).first()
+        assert link is not None  # the unsubscribe / withdraw link still opens
+        answer = FeedbackCreate(rating=5)
+        with pytest.raises(CRMError):  # rating a sale that is not on chain
             feedback.submit_feedback(
-                session,
-                merchant_id,
-                instruction.token,
-                FeedbackCreate(rating=5),
-                keyring=keyring,
-                clock=clock,
+                session, merchant_id, instruction.token, answer, keyring=keyring, clock=clock
             )
         assert count(session, RewardEntry) == 0
+        # the payment is mined again (a new payment row, the same invoice): no second
+        # survey, and the first one's link rates now
+        again = followups.schedule_for_payment(
+            session, merchant_id, c.id or 0, "p1-again", "inv-p1", 12_345, "usdc",
+            clock.now(), clock,
+        )  # fmt: skip
+        assert again == []
+        assert count(session, FollowUp) == 1
+        out = feedback.submit_feedback(
+            session, merchant_id, instruction.token, answer, keyring=keyring, clock=clock
+        )
+        assert out.rating == 5
+        assert count(session, RewardEntry) == 1
 
 
 class TestSchedulePeriodic:
