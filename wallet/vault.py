@@ -11,7 +11,10 @@ so ``list`` needs no password. The secret part — ``{"mnemonic", "passphrase"}`
 with AES-256-GCM under a key from scrypt(password, salt, n ≥ 2**17, r=8, p=1), with the
 canonical JSON of the header as associated data: editing any header byte (say, swapping in
 an attacker's xpub so deposits go elsewhere) makes decryption fail exactly like a wrong
-password. The plaintext never touches the disk.
+password — at the next unlock. What reads only the public part (``list``, and the CLI's
+``address``/``derive``/``export-xpub``/balance checks without a password) trusts the file as
+it is, as any watch-only xpub file must: nothing without the password can tell a swapped
+header from the real one. The plaintext never touches the disk.
 """
 
 from __future__ import annotations
