@@ -145,7 +145,10 @@ def worker(
     ] = None,
     worker_id: Annotated[
         str | None,
-        typer.Option(help="name in claims and logs; unique per process when not given"),
+        typer.Option(
+            help="how claims and logs name this worker (the host name by default); the process "
+            "id and a random suffix are added, so copies started alike never share an id"
+        ),
     ] = None,
     lease_seconds: Annotated[
         float | None,
@@ -169,7 +172,7 @@ def worker(
         PhoneChannel,
         WebhookChannel,
     )
-    from api.dispatch.worker import MIN_LEASE, Channel, Worker
+    from api.dispatch.worker import MIN_LEASE, Channel, Worker, default_worker_id
     from api.runtime import freeze_startup_heap, stop_on_signals
     from api.webhooks import TargetPolicy, deliver_due, run_delivery_worker
     from crm.followups.dispatch import DEFAULT_LEASE
@@ -203,7 +206,7 @@ def worker(
         runtime.keyring,
         channels,
         runtime.clock,
-        worker_id=worker_id,
+        worker_id=default_worker_id(worker_id),
         lease=lease,
     )
     sessions = session_factory(runtime.engine)

@@ -91,10 +91,12 @@ class WorkerResult:
     recovered: dict[str, list[int]] = field(default_factory=dict)
 
 
-def default_worker_id() -> str:
-    """Unique per process: a claim check between two workers that share a name would pass
-    for both (one's lease recovered and re-claimed by the other, both sending)."""
-    return f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+def default_worker_id(name: str | None = None) -> str:
+    """Unique per process, whatever ``name`` (the host's by default) it starts with: a claim
+    check between two workers that share an id would pass for both (one's lease recovered and
+    re-claimed by the other, both sending), and a deployment that starts N copies with one
+    ``--worker-id`` would share it."""
+    return f"{(name or socket.gethostname())[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class Worker:

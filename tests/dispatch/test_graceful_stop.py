@@ -19,7 +19,7 @@ import crm.models  # noqa: F401
 from api.db import upgrade
 from api.runtime import stop_on_signals
 from crm import SystemClock, make_engine
-from crm.followups.models import FollowUp
+from crm.followups.models import FollowUp, FollowUpEvent
 from tests.dispatch.test_worker import MASTER_KEY, three_due
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +78,12 @@ def test_followpay_worker_exits_cleanly_on_sigterm(tmp_path):
                 break
             time.sleep(0.1)
         assert states == ["sent"] * 3, proc.stdout.read().decode() if proc.poll() else states
+        with Session(engine) as session:
+            claims = session.exec(
+                select(FollowUpEvent.detail).where(FollowUpEvent.to_state == "queued")
+            ).all()
+        # the given name, made unique to the process (copies started alike never share one)
+        assert {claim.rsplit("-", 1)[0] for claim in claims} == {f"w-signal-{proc.pid}"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import select as io_select
 import socket
@@ -37,7 +38,7 @@ from api.dispatch.channels import (
     render_in_app,
 )
 from api.dispatch.models import LINK_TOKEN, InAppMessage, PhoneTask
-from api.dispatch.worker import Worker
+from api.dispatch.worker import Worker, default_worker_id
 from api.webhooks import SecretCipher
 from crm import (
     ContactCreate,
@@ -579,6 +580,14 @@ class TestWorkerNames:
         names = {Worker(engine, KEYRING, {}, clock).worker_id for _ in range(3)}
         assert len(names) == 3
         assert all(0 < len(name) <= 64 for name in names)
+
+    def test_copies_given_one_name_still_get_distinct_ids(self):
+        """``followpay worker --worker-id w`` started N times (one deployment template) gave
+        N workers one id, and the claim check passes for every holder of an id."""
+        ids = {default_worker_id("w") for _ in range(3)}
+        assert len(ids) == 3
+        assert all(i.startswith(f"w-{os.getpid()}-") for i in ids)
+        assert len(default_worker_id("x" * 200)) <= 64  # fits the claim column
 
 
 def endpoint(engine, shop_id, url, events, *, enabled=True):
