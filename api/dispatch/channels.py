@@ -66,7 +66,8 @@ class DeliveryError(Exception):
 
 class DeliveryRefused(DeliveryError):
     """Nothing reached the recipient and no retry can change that (the message cannot be
-    built from the data it has): the follow-up fails at once instead of after every backoff."""
+    built from the data it has; the relay refused the recipient or the message with a
+    permanent 5xx reply): the follow-up fails at once instead of after every backoff."""
 
 
 class DeliveryUncertain(DeliveryError):
@@ -248,16 +249,23 @@ class EmailChannel:
             if code != 250:
                 raise smtplib.SMTPSenderRefused(code, reply, self.sender)
             code, reply = smtp.rcpt(address)
+            if 500 <= code < 600:  # no such mailbox, relaying denied: no retry changes that
+                raise DeliveryRefused(f"smtp: recipient refused ({code})")
             if code not in (250, 251):
                 raise smtplib.SMTPRecipientsRefused({address: (code, reply)})
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"smtp: {type(exc).__name__}") from None
         try:
-            smtp.data(data)
+            # smtplib raises for a refused DATA command (before the message) and returns the
+            # reply to the message itself, whatever its code
+            code, _ = smtp.data(data)
         except smtplib.SMTPDataError as exc:  # a reply code: the server refused it
-            raise DeliveryError(f"smtp: DATA refused ({exc.smtp_code})") from None
+            code = exc.smtp_code
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryUncertain(f"smtp: {type(exc).__name__} during DATA") from None
+        if code != 250:  # refused: nothing was delivered (a 4xx is worth another try)
+            kind = DeliveryRefused if 500 <= code < 600 else DeliveryError
+            raise kind(f"smtp: DATA refused ({code})")
 
 
 #: httpx errors raised before a request left the process (no connection, or refused locally).

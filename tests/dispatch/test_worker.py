@@ -461,9 +461,54 @@ def _trickling_greeter(limit: float = 10.0) -> Iterator[_Greeter]:
         thread.join(timeout=limit + 5)
 
 
+class _Refusing:
+    """Answers RCPT or the end of DATA with a fixed reply."""
+
+    def __init__(self, at: str, reply: str) -> None:
+        self.at, self.reply = at, reply
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.at == "rcpt":
+            return self.reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        return self.reply if self.at == "data" else "250 OK"
+
+
 #: The attempt's deadline in these tests: wide enough that connecting and the exchanges before
 #: the stall finish well within it on a loaded machine, so the cut lands in the stall.
 _DEADLINE = 3.0
+
+
+class TestEmailRefusals:
+    """A relay's 5xx is permanent (RFC 5321): the follow-up fails at once instead of five
+    times over hours. A 4xx (a full mailbox, greylisting) is retried."""
+
+    @pytest.mark.parametrize(
+        ("at", "reply", "outcome", "state", "detail"),
+        [
+            ("rcpt", "550 5.1.1 no such user", "failed", "failed", "smtp: recipient refused (550)"),
+            ("data", "554 5.7.1 rejected as spam", "failed", "failed", "smtp: DATA refused (554)"),
+            ("rcpt", "452 4.2.2 mailbox full", "retry", "scheduled", "smtp: SMTPRecipientsRefused"),
+            ("data", "451 4.7.1 try later", "retry", "scheduled", "smtp: DATA refused (451)"),
+        ],
+    )
+    def test_a_permanent_refusal_fails_at_once(
+        self, engine, clock, at, reply, outcome, state, detail
+    ):
+        controller = Controller(_Refusing(at, reply), hostname="127.0.0.1", port=free_port())
+        controller.start()
+        try:
+            shop_with(engine, clock, channel="email")
+            email = EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)
+            result = Worker(engine, KEYRING, {"email": email}, clock).run_once()
+        finally:
+            controller.stop()
+        assert result.outcomes == {outcome: 1}
+        assert states(engine)[0][0] == state
+        assert followup_events(engine)[-1][2] == detail
 
 
 class TestEmailDeadline:
