@@ -144,8 +144,8 @@ class Supervised:
 
     @property
     def worker_id(self) -> str:
-        """Unique per process and generation: two workers sharing a name would each pass the
-        other's claim check."""
+        """The name this generation is started with; the worker adds its pid and a random
+        suffix (two workers sharing an id would each pass the other's claim check)."""
         return f"{self.name}-{self.generation}"
 
     def start(self) -> None:
@@ -343,7 +343,9 @@ def _working(engine: sa.Engine, proc: Supervised) -> bool:
         if proc.name == "indexer":
             stmt = select(IndexerCursor.id).where(col(IndexerCursor.updated_at) > since)
         else:
-            stmt = select(FollowUp.id).where(FollowUp.worker_id == proc.worker_id)
+            stmt = select(FollowUp.id).where(
+                col(FollowUp.worker_id).startswith(f"{proc.worker_id}-", autoescape=True)
+            )
         return session.exec(stmt.limit(1)).first() is not None
 
 
@@ -498,8 +500,8 @@ def test_sigkilled_indexer_and_worker_settle_once_and_send_at_most_once(
             if f.state not in ("sent", "failed")
         }
     reasons = Counter(f.reason for f in followup_rows if f.state == "failed")
-    sent_by = Counter(
-        (f.worker_id or "?").rsplit("-", 1)[0] for f in followup_rows if f.state == "sent"
+    sent_by = Counter(  # worker-a-<generation>-<pid>-<suffix>: by supervised process
+        "-".join((f.worker_id or "?").split("-")[:2]) for f in followup_rows if f.state == "sent"
     )
     delivered = dict(sink.delivered)
     summary = {
