@@ -51,9 +51,9 @@ MAX_ATTEMPTS = 5  # the default retry policy's attempts (see RETRY_POLICIES)
 #: wait for the prepare's locks, the delivery, the wait to record it (see
 #: :mod:`api.dispatch.worker`, which bounds each to 30 s; 30 s spare).
 DEFAULT_LEASE = timedelta(minutes=2)
-INTERRUPTED = "interrupted"
+INTERRUPTED = repo.INTERRUPTED
 RELEASED = "released"  # handed back unsent by a stopping worker
-UNCERTAIN = "delivery_uncertain"  # the channel may have delivered it: never resent
+UNCERTAIN = repo.UNCERTAIN
 UNDELIVERABLE = "undeliverable"  # nothing sent, and no retry could send it
 RETRY_BASE = timedelta(minutes=5)
 

@@ -17,7 +17,9 @@ from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicy, Purcha
 _T = TypeVar("_T")
 
 __all__ = [
+    "INTERRUPTED",
     "PENDING",
+    "UNCERTAIN",
     "KnownPurchases",
     "add_event",
     "add_purchase",
@@ -57,6 +59,10 @@ __all__ = [
 ]
 
 PENDING = ("scheduled", "queued")
+#: Why a follow-up failed when its message may have arrived all the same: the channel lost
+#: the connection after handing it over, or its worker died mid-attempt. Never resent.
+UNCERTAIN = "delivery_uncertain"
+INTERRUPTED = "interrupted"
 #: Prepared and claimed: its message may be leaving the worker right now, which records the
 #: outcome. Consent withdrawal, erasure and expiry leave such a row alone rather than call
 #: a message that went out "suppressed" or "expired".

@@ -527,12 +527,15 @@ def history(session: Session, merchant_id: int, followup_id: int) -> list[Follow
 
 
 def mark_responded(session: Session, fu: FollowUp, now: datetime) -> None:
-    """Called by the feedback service when the customer answers."""
-    if fu.state in (FollowUpState.SENT, FollowUpState.QUEUED):
+    """Called by the feedback service when the customer answers. An answer also proves a
+    message recorded as maybe delivered (``delivery_uncertain``, ``interrupted``) arrived:
+    left ``failed``, it counted as unanswered in the response rate."""
+    arrived = fu.state == FollowUpState.FAILED and fu.reason in (repo.UNCERTAIN, repo.INTERRUPTED)
+    if fu.state in (FollowUpState.SENT, FollowUpState.QUEUED) or arrived:
         fu.responded_at = now
         if fu.sent_at is None:
-            fu.sent_at = now
-        _move(session, fu, FollowUpState.RESPONDED, now)
+            fu.sent_at = fu.attempted_at or now
+        _move(session, fu, FollowUpState.RESPONDED, now, detail="delivered" if arrived else None)
 
 
 def expire_one(session: Session, fu: FollowUp, now: datetime) -> None:

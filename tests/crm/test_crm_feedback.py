@@ -263,6 +263,36 @@ class TestSubmitFeedback:
         )
         assert recorded.rating == 4
 
+    @pytest.mark.parametrize("reason", ["delivery_uncertain", "interrupted"])
+    def test_an_answer_to_a_message_recorded_as_maybe_delivered_counts(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+        reason: str,
+    ) -> None:
+        """The answer proves the message arrived: the follow-up stayed ``failed``, so the
+        merchant's response rate counted an answered survey as unanswered and unsent."""
+        from crm.metrics import service as metrics
+
+        c = make_contact()
+        fu, token = sent_followup(session, merchant_id, c, clock, keyring)
+        attempted = clock.now()
+        fu.state, fu.reason, fu.sent_at, fu.attempted_at = "failed", reason, None, attempted
+        session.add(fu)
+        clock.advance(hours=3)
+        feedback.submit_feedback(
+            session, merchant_id, token, FeedbackCreate(rating=5), keyring=keyring, clock=clock
+        )
+        session.refresh(fu)
+        assert (fu.state, fu.sent_at, fu.responded_at) == ("responded", attempted, clock.now())
+        period = metrics.compute(
+            session, merchant_id, attempted - timedelta(days=1), clock.now() + timedelta(days=1)
+        )
+        assert period.response_rate == 100
+
     def test_other_merchants_followup(
         self,
         session: Session,
