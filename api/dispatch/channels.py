@@ -54,6 +54,7 @@ __all__ = [
     "PhoneChannel",
     "Recipient",
     "WebhookChannel",
+    "call_window",
     "header_text",
     "render_in_app",
 ]
@@ -458,21 +459,31 @@ class PhoneChannel:
     name = "phone"
 
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
-        zone = ZoneInfo(to.time_zone or "UTC")
-        now = to.now.astimezone(zone)
-        bounds = (str(zone), instruction.window_start_minute, instruction.window_end_minute)
-        start, end = window_bounds(now, *bounds)
-        if end - max(start, now) < MIN_CALL_TIME:
-            start, end = window_bounds(end, *bounds)
+        zone = str(ZoneInfo(to.time_zone or "UTC"))
+        minutes = (instruction.window_start_minute, instruction.window_end_minute)
+        after, before = call_window(to.now, zone, *minutes)
         assert session is not None, "phone tasks are written in the worker's transaction"
         session.add(
             PhoneTask(
                 merchant_id=instruction.merchant_id,
                 contact_id=instruction.contact_id,
                 followup_id=instruction.followup_id,
-                time_zone=str(zone),
-                call_after=max(start, now),
-                call_before=end,
-                created_at=now,
+                time_zone=zone,
+                call_after=after,
+                call_before=before,
+                window_start_minute=minutes[0],
+                window_end_minute=minutes[1],
+                created_at=to.now,
             )
         )
+
+
+def call_window(
+    now: datetime, zone: str, start_minute: int, end_minute: int
+) -> tuple[datetime, datetime]:
+    """``(call after, call before)``: the part of the daily window ``now`` is in, if at least
+    :data:`MIN_CALL_TIME` of it is left, else the next window."""
+    start, end = window_bounds(now, zone, start_minute, end_minute)
+    if end - max(start, now) < MIN_CALL_TIME:
+        start, end = window_bounds(end, zone, start_minute, end_minute)
+    return max(start, now), end

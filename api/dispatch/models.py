@@ -64,6 +64,10 @@ class PhoneTask(SQLModel, table=True):
     time_zone: str = Field(max_length=64)
     call_after: datetime = Field(sa_type=UTCDateTime)
     call_before: datetime = Field(sa_type=UTCDateTime)
+    #: The policy's daily window in local minutes (NULL before 0013): an open task whose
+    #: window passed is moved to the next one (:func:`api.dispatch.phone_tasks.roll_windows`)
+    window_start_minute: int | None = Field(default=None)
+    window_end_minute: int | None = Field(default=None)
     #: ``open`` until an agent completes it (``done``, with one of :data:`PHONE_OUTCOMES`) or
     #: the contact's consent goes (``cancelled``, with a :data:`PhoneCancelReason` as outcome)
     state: str = Field(default="open", max_length=16)

@@ -11,17 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
 from api.dispatch import repository as repo
+from api.dispatch.channels import call_window
 from api.dispatch.models import PHONE_OUTCOMES, PhoneCancelReason, PhoneTask
 from api.errors import ApiError, NotFound
 from crm.audit import service as audit
 from crm.clock import Clock
 from crm.enums import ConsentStatus
 
-__all__ = ["PhoneTaskClosed", "blocked_reasons", "cancel_without_consent", "complete", "get"]
+__all__ = [
+    "PhoneTaskClosed",
+    "blocked_reasons",
+    "cancel_without_consent",
+    "complete",
+    "get",
+    "roll_windows",
+]
 
 
 class PhoneTaskClosed(ApiError):
@@ -51,6 +60,24 @@ def blocked_reasons(session: Session, tasks: Sequence[PhoneTask]) -> dict[int, P
         elif state != ConsentStatus.GRANTED.value:
             reasons[task_id] = "no_consent"
     return reasons
+
+
+def roll_windows(session: Session, now: datetime, limit: int = 500) -> int:
+    """Move open tasks whose calling window closed to the contact's next one (they stayed open
+    and never callable again). A task from before its window's minutes were kept reads them
+    from its stored bounds' local times. Returns how many moved (at most ``limit`` a call)."""
+    tasks = repo.open_tasks_past_window(session, now, limit)
+    for task in tasks:
+        zone = ZoneInfo(task.time_zone)
+        start, end = task.window_start_minute, task.window_end_minute
+        if start is None or end is None:
+            opened, closed = task.call_after.astimezone(zone), task.call_before.astimezone(zone)
+            start, end = opened.hour * 60 + opened.minute, closed.hour * 60 + closed.minute
+            end = end or 24 * 60  # a window closing at midnight
+        task.call_after, task.call_before = call_window(now, task.time_zone, start, end)
+        task.window_start_minute, task.window_end_minute = start, end
+        repo.save(session, task)
+    return len(tasks)
 
 
 def cancel_without_consent(

@@ -22,6 +22,7 @@ __all__ = [
     "mark_read",
     "message_for_followup",
     "open_tasks_for_contact",
+    "open_tasks_past_window",
     "save",
 ]
 
@@ -49,6 +50,17 @@ def open_tasks_for_contact(
         .order_by(col(PhoneTask.id))
         .with_for_update()
         .execution_options(populate_existing=True)
+    )
+    return session.exec(stmt).all()
+
+
+def open_tasks_past_window(session: Session, now: datetime, limit: int) -> Sequence[PhoneTask]:
+    """Open tasks whose calling window closed, oldest window first, at most ``limit``."""
+    stmt = (
+        select(PhoneTask)
+        .where(PhoneTask.state == "open", col(PhoneTask.call_before) <= now)
+        .order_by(col(PhoneTask.call_before), col(PhoneTask.id))
+        .limit(limit)
     )
     return session.exec(stmt).all()
 

@@ -41,6 +41,7 @@ import sqlalchemy.exc
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from api.dispatch import phone_tasks as calls
 from api.dispatch.channels import (
     EMAIL_ATTEMPT_TIMEOUT,
     DeliveryError,
@@ -125,6 +126,7 @@ class Worker:
             for ticket in tickets.sweep_breaches(session, now):
                 payload = TicketOut.of(ticket).model_dump(mode="json")
                 enqueue(session, str(ticket.merchant_id), "ticket.breached", payload)
+            calls.roll_windows(session, now)  # a missed calling window: the next one
         # A transaction of its own: scheduling locks contacts before follow-ups, as
         # prepare_send does; recover/expire above lock follow-ups first (mixed: deadlocks).
         with Session(self.engine) as session, session.begin():

@@ -10,6 +10,7 @@ from sqlmodel import Session, select
 
 import api.dispatch.models  # noqa: F401
 import crm.models  # noqa: F401
+from api.dispatch import phone_tasks as calls
 from api.dispatch.channels import PhoneChannel, Recipient
 from api.dispatch.models import PhoneTask
 from api.dispatch.worker import Worker
@@ -125,3 +126,48 @@ def test_the_call_window_is_the_instructions_window_in_local_time(
     with Session(engine, expire_on_commit=False) as session, session.begin():
         PhoneChannel().send(session, instruction, Recipient("Tea House", "Europe/London", now))
     assert _task_window(engine) == expected
+
+
+class TestMissedWindows:
+    """A task keeps its daily window: one nobody called in moves to the next (it stayed open
+    and never callable again)."""
+
+    def test_a_missed_window_moves_to_the_contacts_next_one(self, engine):
+        clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))  # 12:00 in London
+        _shop(engine, clock, TEN_TO_SIX)
+        worker = Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock)
+        assert worker.run_once().outcomes == {"sent:phone": 1}
+        clock.advance(hours=5)  # 17:00: still inside the window, nothing moves
+        worker.run_once()
+        assert _task_window(engine) == ("2026-06-01 12:00", "2026-06-01 18:00")
+        clock.advance(hours=2)  # 19:00: the window closed with nobody calling
+        worker.run_once()
+        assert _task_window(engine) == ("2026-06-02 10:00", "2026-06-02 18:00")
+        clock.advance(days=3)  # over several days: the window of the day the round runs
+        worker.run_once()
+        assert _task_window(engine) == ("2026-06-05 10:00", "2026-06-05 18:00")
+
+    def test_a_task_from_before_its_window_was_kept_reads_it_from_its_bounds(self, engine):
+        clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
+        _shop(engine, clock, TEN_TO_SIX)
+        Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
+        with Session(engine) as session, session.begin():
+            (task,) = session.exec(select(PhoneTask)).all()
+            task.window_start_minute = task.window_end_minute = None  # a row from before 0013
+            task.call_after = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)  # 10:00 London
+        clock.advance(days=1)
+        with Session(engine) as session, session.begin():
+            assert calls.roll_windows(session, clock.now()) == 1
+        assert _task_window(engine) == ("2026-06-02 12:00", "2026-06-02 18:00")
+
+    def test_closed_tasks_stay_where_they_are(self, engine):
+        clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
+        _shop(engine, clock, TEN_TO_SIX)
+        Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
+        with Session(engine) as session, session.begin():
+            (task,) = session.exec(select(PhoneTask)).all()
+            task.state, task.outcome = "done", "reached"
+        clock.advance(days=1)
+        with Session(engine) as session, session.begin():
+            assert calls.roll_windows(session, clock.now()) == 0
+        assert _task_window(engine) == ("2026-06-01 12:00", "2026-06-01 18:00")
