@@ -88,23 +88,24 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        # Messages never quote the URL: it may hold a password.
+        # Messages never quote the URL (nor SQLAlchemy's, which do): it may hold a password.
         if not value:
             return value
-        try:
-            url = sa.make_url(value)
-        except sa.exc.ArgumentError:
-            raise ValueError(
-                "is not a database URL like postgresql+psycopg://host:5432/db "
-                "or sqlite:///path/to/file"
-            ) from None
-        if url.host and "@" in url.host:
-            # SQLAlchemy splits at the first '@', so the rest of the password becomes the
-            # host, and a connection error would print it.
+        scheme, _, rest = value.partition("://")
+        if not scheme.startswith("sqlite") and rest.partition("?")[0].count("@") > 1:
+            # SQLAlchemy splits at the first '@': the rest of the password would become the
+            # host, the port or the database name, and an error would print it.
             raise ValueError(
                 "has an '@' in its user name or password: write it as %40 "
                 "(percent-encode the user name and password)"
             )
+        try:
+            sa.make_url(value)
+        except (sa.exc.ArgumentError, ValueError, TypeError):  # ValueError: a bad port
+            raise ValueError(
+                "is not a database URL like postgresql+psycopg://host:5432/db "
+                "or sqlite:///path/to/file"
+            ) from None
         return value
 
     @field_validator("api_trusted_proxies")

@@ -71,6 +71,21 @@ CASES = {
         {"FOLLOWPAY_DATABASE_URL": "postgresql+psycopg://fp:hunter4@tail@127.0.0.1:9/fp"},
         says="FOLLOWPAY_DATABASE_URL: has an '@' in its user name or password: write it as %40",
     ),
+    "database_password_with_at_and_colon": Case(  # the rest of it read as a port: ValueError
+        ("invoices", "list", "--merchant", "1"),
+        {"FOLLOWPAY_DATABASE_URL": "postgresql+psycopg://fp:hunter6@zz:qx7qx@127.0.0.1:9/fp"},
+        says="has an '@' in its user name or password",
+    ),
+    "database_password_with_at_and_slash": Case(  # the rest of it read as the database name
+        ("invoices", "list", "--merchant", "1"),
+        {"FOLLOWPAY_DATABASE_URL": "postgresql+psycopg://fp:hunter7@zz/qy8qy@127.0.0.1:9/fp"},
+        says="has an '@' in its user name or password",
+    ),
+    "database_url_bad_port": Case(
+        ("invoices", "list", "--merchant", "1"),
+        {"FOLLOWPAY_DATABASE_URL": "postgresql+psycopg://fp:hunter8@127.0.0.1:nine/fp"},
+        says="FOLLOWPAY_DATABASE_URL: is not a database URL",
+    ),
     "database_url_unparsable": Case(
         ("invoices", "list", "--merchant", "1"),
         {"FOLLOWPAY_DATABASE_URL": "hunter5-not-a-url"},
@@ -237,6 +252,9 @@ def test_a_failed_command_leaves_its_home_as_it_found_it(name, runs):
         ("database_password_with_at_sign", "tail"),
         ("database_password_with_at_sign", "hunter4"),
         ("database_url_unparsable", "hunter5"),
+        ("database_password_with_at_and_colon", "qx7qx"),
+        ("database_password_with_at_and_slash", "qy8qy"),
+        ("database_url_bad_port", "hunter8"),
     ],
 )
 def test_no_password_in_messages(results, name, password):

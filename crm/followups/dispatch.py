@@ -168,6 +168,12 @@ def prepare_send(
     if now >= fu.expires_at:
         _move(session, fu, FollowUpState.EXPIRED, now)
         return None
+    purchase = repo.get_purchase(session, fu.merchant_id, fu.payment_ref)
+    if purchase is not None and purchase.cancelled_at is not None:
+        # its payment left the chain (a reorg, an invalidation) after a reorg let an attempt
+        # in flight finish: a retry of that attempt must not survey a sale that is gone
+        _move(session, fu, FollowUpState.CANCELLED, now, purchase.cancel_reason)
+        return None
     contact = contacts.get_contact(session, fu.merchant_id, fu.contact_id)
     policy = repo.get_policy_by_id(session, fu.merchant_id, fu.policy_id or 0)
     if policy is None:

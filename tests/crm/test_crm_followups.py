@@ -381,6 +381,34 @@ class TestCancelForPayment:
         assert out.rating == 5
         assert count(session, RewardEntry) == 1
 
+    def test_a_retry_of_an_attempt_a_reorg_let_finish_is_not_sent(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        """The reorg leaves the attempt in flight to its worker; when that attempt fails for
+        sure and is retried, the next claim must not survey the sale that is gone."""
+        policy(session, merchant_id, clock, delay_minutes=0, frequency_cap_days=0)
+        c = consented(session, make_contact, merchant_id, clock)
+        [fu] = pay(session, merchant_id, c, "p1", clock)
+        followups_dispatch.claim_due(session, clock.now(), 10, "w")
+        assert followups_dispatch.prepare_send(
+            session, fu.id or 0, clock.now(), keyring, worker_id="w"
+        )
+        assert followups.cancel_for_payment(session, merchant_id, "p1", "reorg", clock) == 0
+        followups_dispatch.mark_failed(session, fu.id or 0, clock.now(), worker_id="w")  # a 451
+        clock.advance(minutes=30)
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w2") == [fu.id]
+        again = followups_dispatch.prepare_send(
+            session, fu.id or 0, clock.now(), keyring, worker_id="w2"
+        )
+        assert again is None
+        session.refresh(fu)
+        assert (fu.state, fu.reason) == ("cancelled", "reorg")
+
 
 class TestSchedulePeriodic:
     def test_once_per_contact_after_first_purchase(
