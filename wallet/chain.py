@@ -270,6 +270,15 @@ for _logger in (
 logging.getLogger("urllib3.connectionpool").addFilter(_RequestPathRedaction())
 
 
+def _error_answer(data: bytes) -> dict[str, Any] | None:
+    """A JSON-RPC error object in a response body, else None."""
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) and "error" in answer else None
+
+
 class _JsonRpc:
     """Raw JSON-RPC over one keep-alive HTTP connection (``http.client``): what the indexer's
     polling path runs on. web3's provider costs ~0.85 ms of CPU per call here (request
@@ -327,6 +336,9 @@ class _JsonRpc:
                     f"chain RPC at {self.origin} is unreachable: {type(exc).__name__}"
                 ) from None
             if response.status != 200:
+                refusal = _error_answer(data) if 400 <= response.status < 500 else None
+                if refusal is not None and response.status != 429:
+                    return refusal  # a JSON-RPC error sent with a 4xx (some providers do)
                 raise ChainUnreachableError(
                     f"chain RPC at {self.origin} answered HTTP {response.status}"
                 )

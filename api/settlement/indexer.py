@@ -82,6 +82,19 @@ _STEP_ATTEMPTS = 3
 _SYMBOL_CALL = "0x" + keccak(text="symbol()").hex()[:8]
 
 
+#: Ranges answered in a row before a narrowed eth_getLogs range is doubled again.
+_WIDEN_AFTER = 16
+#: What providers say when an eth_getLogs range covers too many blocks or results (Infura
+#: -32005 "query returned more than 10000 results", Alchemy "Log response size exceeded",
+#: public RPCs "block range is too wide" / "exceed maximum block range", timeouts).
+_TOO_WIDE = ("range", "limit", "more than", "exceed", "too many", "too large", "size", "timeout")
+
+
+def _too_wide(error: Exception) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in _TOO_WIDE)
+
+
 class Indexer:
     """Follows one router on one chain. Safe to run in several processes (the cursor row is
     locked for the step on PostgreSQL; SQLite serialises writers)."""
@@ -104,10 +117,11 @@ class Indexer:
         self.clock = clock
         self.batch_blocks = batch_blocks
         self.reorg_window = reorg_window
-        # Blocks asked per eth_getLogs: halved when the node refuses a range (providers cap
-        # the blocks or results per call), and from then on no wider (until the process
-        # restarts).
+        # Blocks asked per eth_getLogs: halved when the node refuses a range as too wide
+        # (providers cap the blocks or results per call), doubled again after a run of
+        # ranges it answered.
         self._span = batch_blocks
+        self._answered = 0
         self._symbols: dict[str, str] = {}
 
     # -- chain reads (with :mod:`api.settlement.reorg`'s, all the indexer asks the node) --------
@@ -133,9 +147,9 @@ class Indexer:
             try:
                 entries = self.chain.raw_logs(self.router, start, end, topics)
             except UnsupportedOperationError as exc:  # an error answer, not a silent node
-                if end == start:
+                if end == start or not _too_wide(exc):
                     raise
-                self._span = max(1, (end - start + 1) // 2)
+                self._span, self._answered = max(1, (end - start + 1) // 2), 0
                 log.warning(
                     "eth_getLogs refused %d blocks (%s); asking for %d",
                     end - start + 1, str(exc)[:120], self._span,
@@ -143,6 +157,9 @@ class Indexer:
                 end = start + self._span - 1
                 continue
             break
+        self._answered += 1
+        if self._answered >= _WIDEN_AFTER and self._span < self.batch_blocks:
+            self._span, self._answered = min(self.batch_blocks, self._span * 2), 0
         logs = [RouterLog.from_rpc(entry) for entry in entries if not entry.get("removed")]
         return logs, end, end_hash
 

@@ -290,6 +290,40 @@ class IndexerBehaviour(MarketSuite):
         assert covered == list(range(market.deployment.deploy_block, market.chain.head() + 1))
         assert len(refused) <= 3  # narrowed once, and never widened back past the cap
 
+    def test_other_errors_fail_the_step_and_a_narrowed_range_widens_again(
+        self, engine, market, clock, monkeypatch
+    ):
+        """Only a range refused as too wide narrows it (any error answer did, for good: a
+        node's hiccup left the indexer reading one block a step); after a run of answered
+        ranges it doubles back toward the configured width."""
+        real = market.chain.raw_logs
+        widths: list[int] = []
+        trouble = {"cap": 10, "hiccup": False}
+
+        def flaky(address, start, end, topics):
+            if trouble["hiccup"]:
+                trouble["hiccup"] = False
+                raise UnsupportedOperationError("eth_getLogs failed: header not found")
+            if end - start + 1 > trouble["cap"]:
+                raise UnsupportedOperationError("eth_getLogs failed: block range too wide")
+            widths.append(end - start + 1)
+            return real(address, start, end, topics)
+
+        monkeypatch.setattr(market.chain, "raw_logs", flaky)
+        indexer = indexer_for(engine, market, clock, batch_blocks=40)
+        market.chain.mine(200)
+        indexer.poll_once()
+        assert widths == [10]  # 40, 20 refused; 10 answered
+        trouble["hiccup"] = True
+        with pytest.raises(UnsupportedOperationError, match="header not found"):
+            indexer.poll_once()
+        indexer.poll_once()
+        assert widths[-1] == 10  # the hiccup did not narrow it
+        trouble["cap"] = 40  # the provider lifts its cap
+        for _ in range(20):
+            indexer.poll_once()
+        assert max(widths) == 20  # doubled after 16 answered ranges, one step at a time
+
     def test_a_node_that_refuses_a_single_block_fails_the_step(
         self, engine, market, clock, monkeypatch
     ):

@@ -126,6 +126,49 @@ class TestConnectErrors:
         assert "chain RPC at http://127.0.0.1:9 " in str(on_poll.value)
         assert rpc_origin("https://[::1]:8545/key") == "https://[::1]:8545"
 
+    @pytest.mark.parametrize(
+        ("status", "raised"),
+        [
+            (400, UnsupportedOperationError),
+            (429, ChainUnreachableError),
+            (503, ChainUnreachableError),
+        ],
+    )
+    def test_an_error_answer_sent_with_a_4xx_is_the_nodes_answer(self, status, raised):
+        """Some providers send a JSON-RPC error (a range too wide) with HTTP 400: it is the
+        node's refusal, not an unreachable node, so the indexer can narrow its range. A 429
+        or a 5xx is the node being away: retried."""
+        refusal = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "error": {"code": -32602, "message": "range too wide"},
+        }
+
+        class Refusing(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = json.dumps(refusal).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            node = Chain(connect(ChainConfig()).w3, ChainBackend.RPC, rpc_url=url)
+            with pytest.raises(raised) as caught:
+                node.request("eth_getLogs", [{}])
+            if raised is UnsupportedOperationError:
+                assert "range too wide" in str(caught.value)
+        finally:
+            server.shutdown()
+            server.server_close()
+
     def test_urllib3s_request_line_withholds_the_rpc_path(self, caplog):
         """web3's provider runs on urllib3, whose DEBUG request line prints the URL's path:
         a provider key (/v3/<key>) would reach the log."""
