@@ -151,6 +151,23 @@ class SmtpConversation(smtplib.SMTP):
             if handle is not None:
                 handle.close()
 
+    def _first_connection(self, addresses: list[Any], timeout: float) -> socket.socket:
+        """The first of the relay's addresses that connects, each tried for what is left of
+        the deadline at most: nothing is there to cut until a connection exists."""
+        error: OSError = OSError("no address to connect to")
+        for _family, _type, _proto, _name, address in addresses:
+            left = self._deadline - time.monotonic()
+            if self._cut.is_set() or left <= 0:
+                self._cut.set()
+                raise OSError("smtp attempt cut")
+            try:
+                return socket.create_connection(
+                    address[:2], min(timeout, left), self.source_address
+                )
+            except OSError as exc:
+                error = exc
+        raise error
+
     def _get_socket(self, host: str, port: int, timeout: float) -> Any:
         try:
             addresses = run_within(
@@ -161,20 +178,10 @@ class SmtpConversation(smtplib.SMTP):
         except TimeoutError:  # the attempt's deadline, reached before there was a socket
             self._cut.set()
             raise
-        raw = _first_connection(addresses, timeout, self.source_address)
+        raw = self._first_connection(addresses, timeout)
         with self._guard:
             self._handle = socket.socket(fileno=os.dup(raw.fileno()))
         if self._cut.is_set():  # cut while connecting: the handle was not there to shut
             raw.close()
             raise OSError("smtp attempt cut")
         return raw if self._tls is None else self._tls.wrap_socket(raw, server_hostname=host)
-
-
-def _first_connection(addresses: list[Any], timeout: float, source: Any) -> socket.socket:
-    error: OSError = OSError("no address to connect to")
-    for _family, _type, _proto, _name, address in addresses:
-        try:
-            return socket.create_connection(address[:2], timeout, source)
-        except OSError as exc:
-            error = exc
-    raise error

@@ -573,6 +573,33 @@ class TestEmailDeadline:
         assert result.outcomes == {"retry": 1}
         assert followup_events(engine)[-1] == ("scheduled", "retry", "smtp: attempt cut at 3 s")
 
+    def test_a_relay_with_several_dead_addresses_stays_within_the_deadline(self, monkeypatch):
+        """Nothing can be cut before a connection exists: each address got the whole
+        per-operation timeout, so four blackholed ones took four of them."""
+        from api.dispatch import smtp as smtp_module
+
+        addresses = [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (f"192.0.2.{n}", 25)) for n in range(1, 5)
+        ]
+        asked: list[float] = []
+
+        def blackholed(address, timeout, source=None):
+            asked.append(timeout)
+            time.sleep(timeout)  # no SYN-ACK ever comes
+            raise TimeoutError("timed out")
+
+        monkeypatch.setattr(smtp_module.socket, "getaddrinfo", lambda *a, **k: addresses)
+        monkeypatch.setattr(smtp_module.socket, "create_connection", blackholed)
+        conversation = smtp_module.SmtpConversation(
+            tls=None, local_hostname="worker", timeout=0.4, deadline=time.monotonic() + 0.6
+        )
+        with pytest.raises(OSError, match="attempt cut"):
+            conversation.open("relay.example", 25)
+        assert len(asked) == 2  # the second address got what was left; the third none
+        assert asked[0] == 0.4
+        assert asked[1] <= 0.2 + 1e-6
+        assert conversation.was_cut
+
     def test_a_server_that_stalls_at_quit_is_cut_off_and_the_message_counts(self, engine, clock):
         """The message was taken: a QUIT the server never answers in time ends the attempt
         as sent, not as a failure. The Message-ID names the sender's domain (no resolver
