@@ -64,16 +64,21 @@ def blocked_reasons(session: Session, tasks: Sequence[PhoneTask]) -> dict[int, P
 
 def roll_windows(session: Session, now: datetime, limit: int = 500) -> int:
     """Move open tasks whose calling window closed to the contact's next one (they stayed open
-    and never callable again). A task from before its window's minutes were kept reads them
-    from its stored bounds' local times. Returns how many moved (at most ``limit`` a call)."""
+    and never callable again). A task from before its window's minutes were kept takes them
+    from its follow-up's policy (else from its stored bounds' local times, whose start may be
+    the hour it was made). Returns how many moved (at most ``limit`` a call)."""
     tasks = repo.open_tasks_past_window(session, now, limit)
+    legacy = [t.followup_id for t in tasks if t.window_start_minute is None]
+    policies = repo.policy_windows(session, legacy)
     for task in tasks:
         zone = ZoneInfo(task.time_zone)
         start, end = task.window_start_minute, task.window_end_minute
         if start is None or end is None:
             opened, closed = task.call_after.astimezone(zone), task.call_before.astimezone(zone)
-            start, end = opened.hour * 60 + opened.minute, closed.hour * 60 + closed.minute
-            end = end or 24 * 60  # a window closing at midnight
+            start, end = policies.get(
+                task.followup_id,
+                (opened.hour * 60 + opened.minute, closed.hour * 60 + closed.minute or 24 * 60),
+            )
         task.call_after, task.call_before = call_window(now, task.time_zone, start, end)
         task.window_start_minute, task.window_end_minute = start, end
         repo.save(session, task)

@@ -13,7 +13,7 @@ from api.dispatch.models import InAppMessage, PhoneTask
 from crm.consent.models import ConsentState
 from crm.contacts.models import Contact
 from crm.enums import Channel
-from crm.followups.models import FollowUp
+from crm.followups.models import FollowUp, FollowUpPolicy
 
 __all__ = [
     "call_consent",
@@ -23,6 +23,7 @@ __all__ = [
     "message_for_followup",
     "open_tasks_for_contact",
     "open_tasks_past_window",
+    "policy_windows",
     "save",
 ]
 
@@ -63,6 +64,22 @@ def open_tasks_past_window(session: Session, now: datetime, limit: int) -> Seque
         .limit(limit)
     )
     return session.exec(stmt).all()
+
+
+def policy_windows(session: Session, followup_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """Per follow-up, its policy's daily send window in local minutes (absent: no policy)."""
+    if not followup_ids:
+        return {}
+    stmt = (
+        sa.select(
+            col(FollowUp.id),
+            col(FollowUpPolicy.window_start_minute),
+            col(FollowUpPolicy.window_end_minute),
+        )
+        .join(FollowUpPolicy, col(FollowUpPolicy.id) == col(FollowUp.policy_id))
+        .where(col(FollowUp.id).in_(followup_ids))
+    )
+    return {int(f): (int(s), int(e)) for f, s, e in session.execute(stmt)}
 
 
 def forget_time_zones(session: Session, merchant_id: int, contact_id: int) -> None:

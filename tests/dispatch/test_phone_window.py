@@ -147,18 +147,24 @@ class TestMissedWindows:
         worker.run_once()
         assert _task_window(engine) == ("2026-06-05 10:00", "2026-06-05 18:00")
 
-    def test_a_task_from_before_its_window_was_kept_reads_it_from_its_bounds(self, engine):
-        clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
+    def test_a_task_from_before_its_window_was_kept_takes_its_policys(self, engine):
+        """Made at 12:00 in a 10:00-18:00 window, its stored start is 12:00: the next days'
+        window is the policy's, not 12:00-18:00."""
+        clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))  # 12:00 in London
         _shop(engine, clock, TEN_TO_SIX)
         Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
         with Session(engine) as session, session.begin():
             (task,) = session.exec(select(PhoneTask)).all()
             task.window_start_minute = task.window_end_minute = None  # a row from before 0013
-            task.call_after = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)  # 10:00 London
         clock.advance(days=1)
         with Session(engine) as session, session.begin():
             assert calls.roll_windows(session, clock.now()) == 1
+        # 12:00 the next day is inside the policy's window: callable from now until 18:00
         assert _task_window(engine) == ("2026-06-02 12:00", "2026-06-02 18:00")
+        clock.advance(hours=8)  # 20:00, closed: the next window opens at the policy's 10:00
+        with Session(engine) as session, session.begin():
+            calls.roll_windows(session, clock.now())
+        assert _task_window(engine) == ("2026-06-03 10:00", "2026-06-03 18:00")
 
     def test_closed_tasks_stay_where_they_are(self, engine):
         clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
