@@ -258,7 +258,8 @@ def respond_ticket(
 ) -> TicketOut:
     merchant_id = _ticket_merchant(session, caller, ticket_id)
     with crm_errors("ticket", ticket_id):
-        breached_before = tickets.get_ticket(session, merchant_id, ticket_id).breached_at
+        before = tickets.get_ticket(session, merchant_id, ticket_id, for_update=True)
+        breached_before = before.breached_at
         t = tickets.respond(session, merchant_id, ticket_id, actor=actor(caller), clock=clock)
     out = TicketOut.of(t)
     if breached_before is None and t.breached_at is not None:  # a late answer recorded it

@@ -41,14 +41,19 @@ def add_event(session: Session, event: TicketEvent) -> None:
     session.add(event)
 
 
-def get(session: Session, merchant_id: int, ticket_id: int) -> Ticket | None:
-    """The ticket read afresh and locked until commit, for a transition that writes it. The
-    no-op UPDATE is the lock on SQLite too (the API's engine reads outside a transaction until
-    its first write, so ``FOR UPDATE`` alone let a racing transition commit in between: an
-    assign overwrote a response, and a second response was accepted)."""
+def get(
+    session: Session, merchant_id: int, ticket_id: int, *, for_update: bool = False
+) -> Ticket | None:
+    """The merchant's ticket. ``for_update``: read afresh and locked until commit, for a
+    transition that writes it. The no-op UPDATE is the lock on SQLite too (the API's engine
+    reads outside a transaction until its first write, so ``FOR UPDATE`` alone let a racing
+    transition commit in between: an assign overwrote a response, and a second response was
+    accepted)."""
     scope = (col(Ticket.id) == ticket_id, col(Ticket.merchant_id) == merchant_id)
-    session.connection().execute(sa.update(Ticket).where(*scope).values(id=Ticket.id))
-    stmt = select(Ticket).where(*scope).with_for_update().execution_options(populate_existing=True)
+    stmt = select(Ticket).where(*scope)
+    if for_update:
+        session.connection().execute(sa.update(Ticket).where(*scope).values(id=Ticket.id))
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.exec(stmt).first()
 
 

@@ -68,8 +68,11 @@ def open_for_feedback(session: Session, feedback: Feedback, now: datetime) -> Ti
     return ticket
 
 
-def get_ticket(session: Session, merchant_id: int, ticket_id: int) -> Ticket:
-    ticket = repo.get(session, merchant_id, ticket_id)
+def get_ticket(
+    session: Session, merchant_id: int, ticket_id: int, *, for_update: bool = False
+) -> Ticket:
+    """``for_update``: locked until commit, for a change (:func:`repo.get`)."""
+    ticket = repo.get(session, merchant_id, ticket_id, for_update=for_update)
     if ticket is None:
         raise TicketNotFound("no such ticket", param="ticket_id")
     return ticket
@@ -95,7 +98,7 @@ def assign(
 ) -> Ticket:
     if not assignee or len(assignee) > 128:
         raise InvalidRequest("assignee is required", code="invalid_assignee", param="assignee")
-    t = get_ticket(session, merchant_id, ticket_id)
+    t = get_ticket(session, merchant_id, ticket_id, for_update=True)
     if t.state == TicketState.RESOLVED:
         raise InvalidTransition("ticket is resolved")
     now = clock.now()
@@ -120,7 +123,7 @@ def respond(
     session: Session, merchant_id: int, ticket_id: int, *, actor: str, clock: Clock
 ) -> Ticket:
     """Record the first response (a late one also records the breach, exactly once)."""
-    t = get_ticket(session, merchant_id, ticket_id)
+    t = get_ticket(session, merchant_id, ticket_id, for_update=True)
     if t.state not in (TicketState.OPEN, TicketState.ASSIGNED):
         raise InvalidTransition(f"ticket is {t.state}")
     now = clock.now()
@@ -140,7 +143,7 @@ def respond(
 def resolve(
     session: Session, merchant_id: int, ticket_id: int, *, actor: str, clock: Clock
 ) -> Ticket:
-    t = get_ticket(session, merchant_id, ticket_id)
+    t = get_ticket(session, merchant_id, ticket_id, for_update=True)
     if t.state != TicketState.RESPONDED:
         raise InvalidTransition("a ticket is resolved only after a first response")
     now = clock.now()
@@ -161,7 +164,7 @@ def tag_root_causes(
     clock: Clock,
 ) -> Ticket:
     clean = normalise_tags(tags, "root_cause_tags")
-    t = get_ticket(session, merchant_id, ticket_id)
+    t = get_ticket(session, merchant_id, ticket_id, for_update=True)
     now = clock.now()
     t.root_cause_tags = clean
     repo.save(session, t)

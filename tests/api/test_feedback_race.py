@@ -237,7 +237,7 @@ def test_a_ticket_change_waits_for_one_in_progress(db, monkeypatch):
     clock.advance(hours=2)
     responder = _Waiter(db, monkeypatch)
     with Session(db, expire_on_commit=False) as s:
-        assert tickets_repo.get(s, merchant_id, ticket_id) is not None
+        assert tickets_repo.get(s, merchant_id, ticket_id, for_update=True) is not None
         responder.start(
             lambda s2: tickets.respond(s2, merchant_id, ticket_id, actor="b", clock=clock)
         )
