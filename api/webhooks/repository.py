@@ -269,8 +269,9 @@ def failed_events(
         ~outstanding,
         ~superseded,
     )
-    if created_gte is not None:
-        stmt = stmt.where(col(d.created_at) >= created_gte)
+    if created_gte is not None:  # the event first sent then or later (not its last copy)
+        earlier = sa.exists().where(same_event, col(other.created_at) < created_gte)
+        stmt = stmt.where(col(d.created_at) >= created_gte, ~earlier)
     stmt = stmt.order_by(col(d.created_at), col(d.id)).limit(limit)
     return session.exec(stmt).all()
 

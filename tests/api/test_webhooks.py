@@ -916,8 +916,13 @@ class TestRedeliverFailed:
                 .where(WebhookDelivery.id == old.id)
                 .values(created_at=recent.created_at - timedelta(days=1))
             )
+        key = new_key()
+        # the old event was redelivered by hand after the cut and failed again: it was still
+        # first sent before the cut, so it stays out
+        copy = client.post(f"/v1/webhook_deliveries/{old.id}/redeliver", headers=auth(key))
+        _mark_failed(db, copy.json()["id"])
         r = _redeliver_failed(
-            client, new_key(), endpoint.id, created_gte=cut.isoformat().replace("+00:00", "Z")
+            client, key, endpoint.id, created_gte=cut.isoformat().replace("+00:00", "Z")
         )
         assert [x["redelivery_of"] for x in r.json()["data"]] == [recent.id]
 
