@@ -229,7 +229,9 @@ class WatchOnlyWallet:
     below it) or a change-level xpub (depth 4, ``m/44'/60'/a'/c``: addresses are ``index``).
     """
 
-    def __init__(self, xpub: str, *, change: int = 0) -> None:
+    def __init__(self, xpub: str, *, change: int = 0, path: str | None = None) -> None:
+        """``path``: where a depth-4 xpub sits, when its maker knows (an :class:`HDWallet`
+        does); addresses are then labelled ``path/i`` instead of ``(xpub)/i``."""
         try:
             node = Bip32Secp256k1.FromExtendedKey(xpub.strip())
         except Exception:  # bip-utils raises Base58, Bip32 and Value errors alike
@@ -252,7 +254,7 @@ class WatchOnlyWallet:
             # a depth-3 xpub names its account (its own index): below it the path is unknown,
             # so the label says where the address comes from instead of guessing account 0.
             self._node = base
-            self._prefix = "(xpub)"
+            self._prefix = path if path is not None and self.depth == 4 else "(xpub)"
 
     def __repr__(self) -> str:
         return f"WatchOnlyWallet(depth={self.depth}, first={self.address(0)!r})"
@@ -345,7 +347,7 @@ class HDWallet:
 
     @cached_property
     def _default_watch(self) -> WatchOnlyWallet:
-        return WatchOnlyWallet(self.xpub(DEFAULT_PATH_PREFIX))
+        return WatchOnlyWallet(self.xpub(DEFAULT_PATH_PREFIX), path=DEFAULT_PATH_PREFIX)
 
     def watch_only(self, account: int = 0) -> WatchOnlyWallet:
         if account == 0:

@@ -471,9 +471,10 @@ class NonceManager:
         # Ask the node about every entry before writing anything: if it stops answering
         # half-way, the journal and this manager are left exactly as they were.
         answers: list[tuple[JournalEntry, Exception | None]] = []
-        anchor = self._read_anchor()
+        head = self._block_hash(None) if self._block_hash is not None else None
+        anchor = self._anchor_below(head)
         entries = self.ledger.live(cid, addr)
-        foreign = self._foreign(entries, latest)
+        foreign = self._foreign(entries, latest, head)
         entries = [entry for entry in entries if entry.tx_hash not in foreign]
         # Per nonce only the newest entry goes out again: it superseded the older ones (a
         # replacement, a cancel). Sent first, an original could reach a block before its
@@ -564,18 +565,20 @@ class NonceManager:
         )  # fmt: skip
         return report
 
-    def _read_anchor(self) -> tuple[int, str] | None:
-        if self._block_hash is None:
-            return None
-        head = self._block_hash(None)
-        if head is None:
+    def _anchor_below(self, head: tuple[int, str] | None) -> tuple[int, str] | None:
+        if head is None or self._block_hash is None:
             return None
         height = anchor_height(head[0])
         return head if height == head[0] else self._block_hash(height)
 
-    def _foreign(self, entries: list[JournalEntry], latest: int) -> list[str]:
-        """Hashes of the live entries at unused nonces whose anchor block this chain lacks."""
-        if self._block_hash is None:
+    def _foreign(
+        self, entries: list[JournalEntry], latest: int, head: tuple[int, str] | None
+    ) -> list[str]:
+        """Hashes of the live entries at unused nonces signed for another chain: this one is
+        shorter than their anchor block's height, or has another block there. A node that
+        has no answer for a height at or below its head (a lagging backend, pruned headers)
+        proves nothing: those entries stay."""
+        if self._block_hash is None or head is None:
             return []
         hashes: dict[int, str | None] = {}
         foreign: list[str] = []
@@ -583,10 +586,13 @@ class NonceManager:
             if entry.anchor is None or entry.nonce < latest:
                 continue
             number, expected = entry.anchor
+            if number > head[0]:
+                foreign.append(entry.tx_hash)
+                continue
             if number not in hashes:
                 found = self._block_hash(number)
                 hashes[number] = None if found is None else found[1]
-            if hashes[number] != expected:
+            if hashes[number] is not None and hashes[number] != expected:
                 foreign.append(entry.tx_hash)
         return foreign
 

@@ -205,6 +205,9 @@ class TestWatchOnly:
         other = WatchOnlyWallet(wallet.xpub("m/44'/60'/1'/0"))
         assert other.address(0) == wallet.address(path="m/44'/60'/1'/0/0")
         assert other.path(0) == "(xpub)/0"
+        # a wallet's own watch-only view knows where its xpub sits
+        assert wallet.watch_only(0).path(3) == "m/44'/60'/0'/0/3"
+        assert wallet.watch_only(1).path(3) == "m/44'/60'/1'/0/3"
 
     def test_other_account(self):
         wallet = HDWallet.from_mnemonic(DEV)

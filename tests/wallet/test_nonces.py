@@ -395,6 +395,24 @@ class TestAnotherChainWithTheSameId:
         restarted = self.on(ledger, node)
         assert restarted.last_report.rebroadcast == ("0x" + raw_for(nonce, b"pay").hex(),)
 
+    def test_a_node_without_the_anchor_header_below_its_head_proves_nothing(self, ledger):
+        """A lagging backend or one that pruned old headers answers nothing for a block below
+        its head: that is not another chain, so the entry is sent again, not abandoned."""
+        node = FakeNode()
+        node.grow(100)
+        m = self.on(ledger, node)
+        nonce = send(m, node, b"pay")
+        node.pool.clear()
+        node.grow(2)
+        real = node.block_hash
+
+        def forgetful(number):
+            return real(number) if number is None else None
+
+        restarted = manager(ledger, node, block_hash=forgetful)
+        assert restarted.last_report.abandoned == ()
+        assert restarted.last_report.rebroadcast == ("0x" + raw_for(nonce, b"pay").hex(),)
+
     def test_a_node_that_stops_answering_leaves_the_journal_as_it_was(self, ledger):
         old = FakeNode()
         m = self.on(ledger, old)
