@@ -231,7 +231,8 @@ def reconciliation(
     "payments no invoice records (its number is unknown, or its terms are not the ones signed): "
     "the money reached the payout address all the same; refund it or account for it by hand. "
     "`matched=true`: those of invoices. An unmatched payment belongs to the merchant that holds "
-    "the receiving address now; each is also announced as `payment.unmatched`.",
+    "the receiving address now; each is also announced as `payment.unmatched`. Logs to an "
+    "address no merchant had recorded as a router account when they were indexed are not kept.",
 )
 def list_payments(
     request: Request,
