@@ -138,8 +138,11 @@ def upgrade(
     """Run ``alembic upgrade head`` for the CRM tables (by URL or on a given connection).
 
     With ``keyring``, consent heads written without a MAC (migration 0003's backfill, older
-    releases) are sealed as they stand, once, before revision 0005 makes the MAC required; a
-    database past 0005 has none left. Without it, an upgrade over such heads stops at 0005."""
+    releases) are sealed as they stand, once, before revision 0005 makes the MAC required.
+    Without it, an upgrade over such heads stops at 0005. A database already past 0005 is
+    never sealed again: a head without a MAC there was stripped (the constraint dropped by
+    hand), and sealing it on the next start would make a deleted withdrawal undetectable;
+    :func:`crm.consent.verify_chain` reports it and the next append flags it."""
     from alembic import command
 
     from crm.consent.service import HeadsSealed, seal_unsealed_heads
@@ -148,7 +151,7 @@ def upgrade(
     if connection is not None:
         cfg.attributes["connection"] = connection
     outcome = HeadsSealed(sealed=0)
-    if keyring is not None:
+    if keyring is not None and _before_required_mac(cfg, url, connection):
         command.upgrade(cfg, _LAST_WITHOUT_REQUIRED_MAC)  # a no-op on a database past it
         if connection is not None:
             with Session(bind=connection) as session:  # the caller's transaction
@@ -163,6 +166,20 @@ def upgrade(
                 engine.dispose()
     command.upgrade(cfg, "head")
     return outcome
+
+
+def _before_required_mac(
+    cfg: Config, url: str | sa.URL | None, connection: sa.Connection | None
+) -> bool:
+    """Whether the database is below revision 0005 (a new one included: nothing to seal)."""
+    from alembic.runtime.migration import MigrationContext
+
+    if connection is not None:
+        ctx = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        revision = ctx.get_current_revision()
+    else:
+        revision = current_revision(url or cfg.get_main_option("sqlalchemy.url") or "")
+    return revision is None or revision <= _LAST_WITHOUT_REQUIRED_MAC
 
 
 def current_revision(url: str | sa.URL) -> str | None:

@@ -290,3 +290,70 @@ def test_0007_scopes_stored_blind_indexes_to_their_merchant(fresh_url: str | sa.
         assert current_revision(fresh_url) == _crm_head()
     finally:
         engine.dispose()
+
+
+def test_a_restart_never_seals_a_head_stripped_of_its_mac(fresh_url: str | sa.URL) -> None:
+    """Past 0005 every head has a MAC. One without was stripped (the NOT NULL dropped by
+    hand, with a withdrawal deleted and the head pointed at the entry before it): the next
+    start's ``upgrade`` sealed it as it stood, and the deleted withdrawal became undetectable."""
+    from crm import MerchantCreate, merchants
+    from crm.clock import FrozenClock
+    from crm.contacts import service as contacts
+    from crm.contacts.models import ContactCreate
+
+    keyring = KeyRing(b"m" * 32)
+    clock = FrozenClock(START)
+    upgrade(fresh_url, keyring=keyring)
+    engine = make_engine(fresh_url)
+    try:
+        with Session(engine) as s, s.begin():
+            m = merchants.create_merchant(s, MerchantCreate(name="M"), clock)
+            c = contacts.create_contact(
+                s, m.id or 0, ContactCreate(email="a@example.com"), keyring, clock
+            )
+            granted = consent.grant(
+                s, m.id or 0, c.id or 0, "marketing", "email", actor="x", clock=clock,
+                keyring=keyring,
+            )  # fmt: skip
+            consent.withdraw(
+                s, m.id or 0, c.id or 0, "marketing", "email", actor="c", clock=clock,
+                keyring=keyring,
+            )  # fmt: skip
+            contact_id, first_id, first_hash = c.id or 0, granted.id, granted.hash
+        with engine.begin() as conn:  # someone with the database, not the master key
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("ALTER TABLE crm_consent_head ALTER COLUMN mac DROP NOT NULL"))
+            else:
+                conn.execute(sa.text("PRAGMA writable_schema=ON"))
+                conn.execute(
+                    sa.text(
+                        "UPDATE sqlite_master SET sql = replace(sql, 'mac VARCHAR(64) NOT NULL',"
+                        " 'mac VARCHAR(64)') WHERE name = 'crm_consent_head'"
+                    )
+                )
+                conn.execute(sa.text("PRAGMA writable_schema=OFF"))
+        engine.dispose()
+        engine = make_engine(fresh_url)
+        with engine.begin() as conn:
+            params = {"c": contact_id, "e": first_id, "h": first_hash}
+            conn.execute(
+                sa.text(
+                    "UPDATE crm_consent_state SET state='granted', event_id=:e WHERE contact_id=:c"
+                ),
+                params,
+            )
+            conn.execute(
+                sa.text("DELETE FROM crm_consent_event WHERE contact_id=:c AND seq=2"), params
+            )
+            conn.execute(
+                sa.text(
+                    "UPDATE crm_consent_head SET seq=1, head_hash=:h, mac=NULL WHERE contact_id=:c"
+                ),
+                params,
+            )
+        assert upgrade(fresh_url, keyring=keyring).sealed == 0  # the restart
+        with Session(engine) as s:
+            report = consent.verify_chain(s, contact_id, keyring=keyring)
+            assert (report.ok, report.seal) == (False, SealStatus.UNSEALED)
+    finally:
+        engine.dispose()
