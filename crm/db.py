@@ -6,6 +6,8 @@ Services never commit: :func:`session_scope` (or the API's request dependency) o
 from __future__ import annotations
 
 import functools
+import logging
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,8 +31,11 @@ __all__ = [
     "execute_many",
     "make_engine",
     "session_scope",
+    "truncate_wal",
     "upgrade",
 ]
+
+log = logging.getLogger(__name__)
 
 VERSION_TABLE = "crm_alembic_version"
 #: Revision 0005 makes every consent head's MAC required; :func:`upgrade` seals before it.
@@ -115,6 +120,27 @@ def session_scope(engine: sa.Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def truncate_wal(bind: sa.Engine | sa.Connection) -> None:
+    """SQLite: copy the write-ahead log into the database and empty it. ``secure_delete``
+    zeroes freed pages in the database file only; the WAL keeps old page images (an erased
+    contact's wrapped data key and ciphertexts) until a checkpoint overwrites them, and the
+    automatic ones do not truncate it. Run after an erasure commits. PostgreSQL: nothing (its
+    dead tuples go with VACUUM; see docs/security.md)."""
+    engine = bind if isinstance(bind, sa.Engine) else bind.engine
+    if engine.dialect.name != "sqlite":
+        return
+    raw = engine.raw_connection()  # outside a transaction, which a checkpoint cannot run in
+    try:
+        busy, _, _ = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError as exc:  # the erasure stands; the log waits for the next
+        log.warning("WAL not truncated after an erasure: %s", exc)
+    else:
+        if busy:  # a reader still held an old snapshot
+            log.warning("WAL not truncated after an erasure: the database was busy")
+    finally:
+        raw.close()
 
 
 def alembic_config(url: str | sa.URL | None = None) -> Config:

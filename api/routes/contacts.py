@@ -6,6 +6,7 @@ transaction, the contact's open phone calls it no longer allows."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import Path, Query, Request
@@ -54,6 +55,7 @@ from crm import (
 )
 from crm.consent import repository as consent_repo
 from crm.contacts.models import Contact
+from crm.db import truncate_wal
 
 __all__ = ["router"]
 
@@ -323,9 +325,12 @@ def erase_contact(
     session: SessionDep,
     caller: Manager,
     clock: ClockDep,
+    after_commit: AfterCommit,
     body: EraseBody | None = None,
 ) -> ErasureOut:
     merchant_id = _merchant(session, caller, contact_id)
+    # SQLite's WAL still holds the destroyed key's page images until it is checkpointed
+    after_commit.append(partial(truncate_wal, session.get_bind()))
     with crm_errors("contact", contact_id):
         log = api_privacy.erase_contact(
             session,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
@@ -235,3 +236,31 @@ class TestExport:
         c, _, _ = _with_history(world, "b")
         r = world.client.get(f"/v1/contacts/{c['id']}/export", headers=auth(world.a.merchant))
         assert r.status_code == 404
+
+
+def test_an_erasure_leaves_no_copy_of_the_data_key_in_sqlites_wal(world: World) -> None:
+    """``secure_delete`` zeroes the database file's freed pages only: the write-ahead log kept
+    the destroyed wrapped key (and the ciphertexts) until a checkpoint, which anyone with the
+    files and the master key could read back. The erasure truncates it once it commits."""
+    key = world.a.merchant
+    contact = new_contact(world, world.a, name="Zebulon Quattlebaum", phone=PHONE)
+    with world.engine.connect() as conn:
+        wrapped = conn.execute(
+            sa.text("SELECT wrapped_key FROM crm_contact_key WHERE contact_id = :c"),
+            {"c": contact["id"]},
+        ).scalar_one()
+    erased = world.client.post(f"/v1/contacts/{contact['id']}/erase", headers=auth(key))
+    assert erased.status_code == 200, erased.text
+    with world.engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM crm_contact_key WHERE contact_id = :c"),
+                {"c": contact["id"]},
+            ).scalar_one()
+            == 0
+        )
+    if world.engine.dialect.name == "sqlite":
+        database = Path(str(world.engine.url.database))
+        files = [database, database.with_name(database.name + "-wal")]
+        blob = b"".join(f.read_bytes() for f in files if f.exists())
+        assert bytes(wrapped) not in blob

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from crm.clock import FrozenClock
 from crm.consent import service as consent
 from crm.contacts import service as contacts
 from crm.contacts.models import Contact, ContactCreate, ContactKey, ContactWallet
-from crm.db import make_engine, session_scope, upgrade
+from crm.db import make_engine, session_scope, truncate_wal, upgrade
 from crm.errors import ContactErased
 from crm.feedback import service as feedback
 from crm.feedback.models import FeedbackCreate
@@ -178,7 +177,8 @@ class TestEraseContact:
         assert count(session, ErasureLog) == 1
 
 
-def _populate_and_erase(engine: sa.Engine, keyring: KeyRing) -> None:
+def _populate_and_erase(engine: sa.Engine, keyring: KeyRing) -> list[bytes]:
+    """Returns the contact's wrapped data key and field ciphertexts as they were stored."""
     clock = FrozenClock(START)
     with session_scope(engine) as s:
         m = merchants.create_merchant(s, MerchantCreate(name="Shop"), clock)
@@ -206,8 +206,11 @@ def _populate_and_erase(engine: sa.Engine, keyring: KeyRing) -> None:
             clock=clock,
         )
         cid = c.id or 0
+        stored = s.exec(select(ContactKey).where(ContactKey.contact_id == cid)).one()
+        secrets = [bytes(stored.wrapped_key), bytes(c.name_enc or b""), bytes(c.email_enc or b"")]
     with session_scope(engine) as s:
         privacy.erase_contact(s, mid, cid, actor="admin:dpo", clock=clock)
+    return secrets
 
 
 def _needles() -> list[bytes]:
@@ -223,14 +226,14 @@ class TestRawStorageAfterErasure:
         url = f"sqlite:///{tmp_path / 'raw.db'}"
         upgrade(url)
         engine = make_engine(url)
-        _populate_and_erase(engine, keyring)
-        engine.dispose()
-        raw = sqlite3.connect(tmp_path / "raw.db")
-        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        raw.close()
+        shredded = _populate_and_erase(engine, keyring)
+        # the API runs this after an erasure commits: without it the WAL kept the wrapped key
+        # and the ciphertexts (secure_delete zeroes the database file's pages only)
+        truncate_wal(engine)
         blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+        engine.dispose()
         assert b"inv-p1" in blob  # positive control: row data is readable in the raw file
-        for needle in _needles():
+        for needle in [*_needles(), *shredded]:
             assert needle not in blob, needle
 
     def test_postgres_rows_have_no_plaintext(self, pg_admin: sa.Engine, keyring: KeyRing) -> None:
