@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from crm.audit import service as audit
@@ -92,6 +94,22 @@ def data_key(session: Session, keyring: KeyRing, contact: Contact) -> DataKey | 
     return None if stored is None else keyring.unwrap(contact.id, stored.wrapped_key)
 
 
+@contextmanager
+def _one_owner() -> Iterator[None]:
+    """The unique blind indexes are what decides between two requests that both passed the
+    ``*_taken`` checks (the API's SQLite engine reads before it locks): the loser gets the
+    same 409 as a sequential duplicate, not a 500. The transaction is then for rolling back."""
+    try:
+        yield
+    except IntegrityError as exc:
+        text = str(exc.orig)
+        if "email_index" in text:
+            raise DuplicateContact("a contact with this e-mail already exists") from None
+        if "address_index" in text:
+            raise DuplicateWallet("wallet address already belongs to a contact") from None
+        raise
+
+
 def create_contact(
     session: Session, merchant_id: int, data: ContactCreate, keyring: KeyRing, clock: Clock
 ) -> Contact:
@@ -112,39 +130,42 @@ def create_contact(
         if repo.wallet_index_taken(session, merchant_id, index):
             raise DuplicateWallet("wallet address already belongs to a contact")
     now = clock.now()
-    contact = repo.add(
-        session,
-        Contact(
-            merchant_id=merchant_id,
-            locale=locale,
-            time_zone=tz,
-            segment=normalise_text(data.segment, "segment", 64),
-            tier=normalise_text(data.tier, "tier", 32),
-            personalised=data.personalised,
-            email_index=email_index,
-            created_at=now,
-            updated_at=now,
-        ),
-    )
-    assert contact.id is not None
-    key, wrapped = keyring.new_data_key(contact.id)
-    repo.add_key(session, ContactKey(contact_id=contact.id, wrapped_key=wrapped, created_at=now))
-    contact.name_enc = key.encrypt(name, _ctx(NAME, contact.id))
-    contact.email_enc = key.encrypt(email, _ctx(EMAIL, contact.id))
-    contact.phone_enc = key.encrypt(phone, _ctx(PHONE, contact.id))
-    session.add(contact)
-    for address, index in wallet_indexes:
-        repo.add_wallet(
+    with _one_owner():  # a create racing this one past the checks above
+        contact = repo.add(
             session,
-            _Wallet(
+            Contact(
                 merchant_id=merchant_id,
-                contact_id=contact.id,
-                address_enc=key.encrypt(address, _ctx(WALLET, contact.id)),
-                address_index=index,
+                locale=locale,
+                time_zone=tz,
+                segment=normalise_text(data.segment, "segment", 64),
+                tier=normalise_text(data.tier, "tier", 32),
+                personalised=data.personalised,
+                email_index=email_index,
                 created_at=now,
+                updated_at=now,
             ),
         )
-    session.flush()
+        assert contact.id is not None
+        key, wrapped = keyring.new_data_key(contact.id)
+        repo.add_key(
+            session, ContactKey(contact_id=contact.id, wrapped_key=wrapped, created_at=now)
+        )
+        contact.name_enc = key.encrypt(name, _ctx(NAME, contact.id))
+        contact.email_enc = key.encrypt(email, _ctx(EMAIL, contact.id))
+        contact.phone_enc = key.encrypt(phone, _ctx(PHONE, contact.id))
+        session.add(contact)
+        for address, index in wallet_indexes:
+            repo.add_wallet(
+                session,
+                _Wallet(
+                    merchant_id=merchant_id,
+                    contact_id=contact.id,
+                    address_enc=key.encrypt(address, _ctx(WALLET, contact.id)),
+                    address_index=index,
+                    created_at=now,
+                ),
+            )
+        session.flush()
     return contact
 
 
@@ -162,16 +183,17 @@ def add_wallet(
     index = keyring.blind_index("wallet", wallet, merchant_id=merchant_id)
     if repo.wallet_index_taken(session, merchant_id, index):
         raise DuplicateWallet("wallet address already belongs to a contact")
-    repo.add_wallet(
-        session,
-        _Wallet(
-            merchant_id=merchant_id,
-            contact_id=contact_id,
-            address_enc=key.encrypt(wallet, _ctx(WALLET, contact_id)),
-            address_index=index,
-            created_at=clock.now(),
-        ),
-    )
+    with _one_owner():
+        repo.add_wallet(
+            session,
+            _Wallet(
+                merchant_id=merchant_id,
+                contact_id=contact_id,
+                address_enc=key.encrypt(wallet, _ctx(WALLET, contact_id)),
+                address_index=index,
+                created_at=clock.now(),
+            ),
+        )
 
 
 def _live_key(session: Session, keyring: KeyRing, contact: Contact) -> DataKey:
@@ -216,7 +238,8 @@ def update_contact(
         contact.personalised = bool(changes["personalised"])
     contact.updated_at = clock.now()
     session.add(contact)
-    session.flush()
+    with _one_owner():
+        session.flush()
     audit.record(
         session,
         actor=actor,

@@ -40,6 +40,8 @@ def normalise_phone(value: str) -> str:
         raise InvalidPhone("malformed phone number") from None
     if not phonenumbers.is_valid_number(number):
         raise InvalidPhone("invalid phone number")
+    if number.extension:  # E.164 has none: it would be dropped, and the call reach a switchboard
+        raise InvalidPhone("phone number must not have an extension (E.164 has none)")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -222,6 +222,28 @@ class TestContacts:
         ).json()["data"]
         assert after == before
 
+    @pytest.mark.parametrize("what", ["email", "wallet"])
+    def test_a_duplicate_that_got_past_the_check_is_a_conflict_too(
+        self, world: World, monkeypatch: pytest.MonkeyPatch, what: str
+    ) -> None:
+        """Two creates at once both pass the lookup (the API's SQLite engine reads before it
+        locks); the unique index stops the second, which answered a 500."""
+        from crm.contacts import repository as contacts_repo
+
+        wallet = "0x000000000000000000000000000000000000dEaD"
+        first = new_contact(world, world.a, wallet_addresses=[wallet])
+        monkeypatch.setattr(contacts_repo, "email_index_taken", lambda *a, **k: False)
+        monkeypatch.setattr(contacts_repo, "wallet_index_taken", lambda *a, **k: False)
+        body = (
+            {"email": first["email"]}
+            if what == "email"
+            else {"email": "other@example.com", "wallet_addresses": [wallet]}
+        )
+        r = world.client.post("/v1/contacts", json=body, headers=auth(world.a.merchant))
+        assert r.status_code == 409, r.text
+        code = {"email": "contact_email_taken", "wallet": "wallet_address_taken"}[what]
+        assert r.json()["error"]["code"] == code
+
     def test_duplicate_email_is_a_conflict(self, world: World) -> None:
         c = new_contact(world, world.a)
         r = world.client.post(

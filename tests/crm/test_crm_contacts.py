@@ -89,6 +89,8 @@ class TestCreateContact:
             ("email", "a@b", InvalidEmail, "invalid_email"),
             ("phone", "07700 900123", InvalidPhone, "invalid_phone"),
             ("phone", "+1 555", InvalidPhone, "invalid_phone"),
+            ("phone", "+44 20 7946 0958 ext. 123", InvalidPhone, "invalid_phone"),  # dropped
+            ("phone", "+1 (650) 253-0000 x99", InvalidPhone, "invalid_phone"),
             ("time_zone", "Mars/Olympus", InvalidTimeZone, "invalid_time_zone"),
             ("time_zone", "../etc/passwd", InvalidTimeZone, "invalid_time_zone"),
             ("wallet_addresses", ["0x123"], InvalidWalletAddress, "invalid_wallet_address"),
