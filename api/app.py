@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -451,6 +452,18 @@ async def _purge_idempotency(engine: sa.Engine, every: float) -> None:
             logger.warning("idempotency purge failed: %s", type(exc).__name__)
 
 
+#: The interpreter's recursion limit in an API process. eth-account imports py_ecc, which
+#: raises it to 100,000 for the whole process: the JSON parser then recursed through a deeply
+#: nested request body (~160 KB of brackets, no API key needed) until the C stack overflowed
+#: and the server died with SIGSEGV, instead of stopping with a RecursionError (a 400).
+MAX_RECURSION = 2000
+
+
+def _bound_recursion() -> None:
+    if sys.getrecursionlimit() > MAX_RECURSION:
+        sys.setrecursionlimit(MAX_RECURSION)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -481,6 +494,7 @@ def create_app(
     """
     settings = settings or get_settings()
     config = config or ApiConfig.from_settings(settings)
+    _bound_recursion()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

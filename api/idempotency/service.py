@@ -164,9 +164,11 @@ def _canonical(body: bytes) -> bytes:
         return b""
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # the route refuses it
         return body
-    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # "\ud800" is valid JSON but no UTF-8: kept as is, for the route's 422 (it was a 500)
+    return canonical.encode("utf-8", "surrogatepass")
 
 
 def fingerprint(method: str, path: str, query: str, body: bytes) -> str:

@@ -50,6 +50,19 @@ class TestReplay:
         assert second.headers["content-type"] == first.headers["content-type"]
         assert _count(db) == 1
 
+    @pytest.mark.parametrize(
+        "body",
+        [b'{"url": "http://127.0.0.1:9/h", "description": "\\ud800"}', b"[" * 5000 + b"]" * 5000],
+        ids=["lone surrogate", "deep nesting"],
+    )
+    def test_a_body_the_route_refuses_is_a_4xx_with_a_key_too(self, client, db, new_key, body):
+        """Valid JSON that is not UTF-8 (a lone surrogate) broke the key's fingerprint: a 500
+        on every POST that carried an Idempotency-Key, where the route answers 422."""
+        h = auth(new_key(), **{"Idempotency-Key": "odd-1", "Content-Type": "application/json"})
+        r = client.post("/v1/webhook_endpoints", content=body, headers=h)
+        assert 400 <= r.status_code < 500, r.text
+        assert _count(db) == 0
+
     def test_different_body_is_idempotency_error(self, client, db, new_key):
         h = auth(new_key(), **{"Idempotency-Key": "req-2"})
         assert client.post("/v1/webhook_endpoints", json=BODY, headers=h).status_code == 200

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from api.app import TokenBucketLimiter
+from api.app import MAX_RECURSION, TokenBucketLimiter
 from api.deps import ApiConfig
 from api.embedded import serve_in_thread
 from api.settings import get_settings
@@ -51,6 +53,19 @@ class TestBodyLimit:
             headers=auth(new_key(), **{"Content-Type": "application/json"}),
         )
         assert r.status_code == 413
+
+    @pytest.mark.parametrize("nest", [b"[]", b'{"a":}'])
+    def test_deeply_nested_json_is_refused_without_killing_the_server(self, client, nest):
+        """eth-account's py_ecc raises the recursion limit to 100,000 for the process: the
+        JSON parser then recursed through ~160 KB of brackets until the C stack overflowed,
+        and the server died (SIGSEGV) on one request without an API key."""
+        assert sys.getrecursionlimit() <= MAX_RECURSION  # the app put it back
+        opening, closing = (b"[", b"]") if nest == b"[]" else (b'{"a":', b"}")
+        body = opening * 100_000 + b"1" + closing * 100_000
+        r = client.post("/v1/api_keys", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400
+        assert r.json()["error"]["type"] == "invalid_request_error"
+        assert client.get("/v1/health").status_code == 200
 
 
 class TestRateLimit:
