@@ -33,6 +33,9 @@ class ConfigCache:
         self._entries: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
+        # Bumped by clear(): a load that began before a change committed must not cache what it
+        # read (a revoked key read just before its revoke was accepted for another ttl).
+        self._generation = 0
 
     def get(self, key: Hashable, now: float | None = None) -> Any | None:
         entry = self._entries.get(key)
@@ -46,11 +49,16 @@ class ConfigCache:
             return None
         return value
 
-    def put(self, key: Hashable, value: Any, now: float | None = None) -> None:
+    def put(
+        self, key: Hashable, value: Any, now: float | None = None, *, generation: int | None = None
+    ) -> None:
+        """``generation``: store only if :meth:`clear` has not run since it was read."""
         if self.ttl <= 0 or value is None:
             return
         expires = (time.monotonic() if now is None else now) + self.ttl
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return
             self._entries[key] = (value, expires)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
@@ -69,8 +77,9 @@ class ConfigCache:
             with gate:
                 value = self.get(key)
                 if value is None:
+                    generation = self._generation
                     value = loader()
-                    self.put(key, value)
+                    self.put(key, value, generation=generation)
         finally:  # a loader that raises (an unknown API key) must not leave its gate behind
             with self._lock:
                 if self._loading.get(key) is gate and not gate.locked():
@@ -80,6 +89,7 @@ class ConfigCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._generation += 1
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -190,6 +190,22 @@ class TestConfigCache:
         with pytest.raises(ValueError, match="ttl"):
             ConfigCache(-1)
 
+    def test_a_load_that_read_before_a_change_does_not_cache_it(self):
+        """A request read a key just before its revoke committed; the revoke cleared the
+        cache, then the request stored what it had read: the revoked key was accepted for
+        another ttl in the process that revoked it."""
+        cache = ConfigCache(60)
+
+        def read_then_revoked_elsewhere() -> str:
+            value = "active key"  # what the database said
+            cache.clear()  # the revoke commits (and clears) before this load stores it
+            return value
+
+        assert cache.load("digest", read_then_revoked_elsewhere) == "active key"  # this request
+        assert cache.get("digest") is None  # not the next one
+        assert cache.load("digest", lambda: "revoked") == "revoked"
+        assert cache.get("digest") == "revoked"
+
     def test_a_failing_load_leaves_nothing_behind(self):
         """Every request with an unknown key fails its load: none may leave a gate behind (a
         stream of random keys grew the cache's memory without bound)."""
