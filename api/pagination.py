@@ -25,7 +25,7 @@ from fastapi import Depends, Query, Request
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
-from api.errors import NotFound
+from api.errors import InvalidRequest, NotFound
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -64,7 +64,13 @@ async def page_params(
             "(older ones).",
         ),
     ] = None,
+    ending_before: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> PageParams:
+    if ending_before is not None:  # a Stripe client paging backwards got page 1 for ever
+        raise InvalidRequest(
+            "ending_before is not supported: page forward with starting_after",
+            param="ending_before",
+        )
     return PageParams(limit=limit, starting_after=starting_after)
 
 

@@ -93,6 +93,18 @@ class TestPagination:
         assert r.status_code == 422
         assert r.json()["error"]["param"] == "limit"
 
+    def test_ending_before_is_refused_not_ignored(self, client, new_key, endpoints):
+        """A Stripe client paging backwards got the first page again, for ever."""
+        key = new_key(merchant_id="m_a")
+        second = _page(client, key, limit=10, starting_after=endpoints["m_a"][9])
+        r = client.get(
+            "/v1/webhook_endpoints",
+            params={"ending_before": second["data"][0]["id"]},
+            headers=auth(key),
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "ending_before"
+
     def test_limit_100_allowed(self, client, new_key, endpoints):
         page = _page(client, new_key(merchant_id="m_a"), limit=100)
         assert len(page["data"]) == 25
