@@ -201,6 +201,11 @@ def record(
     last = repo.last_event(session, contact_id)
     head = repo.get_head(session, contact_id)
     before = _seal_status(contact_id, head, last, keyring)
+    # The rows this append overwrites must be what the ledger says: a row flipped by hand
+    # (withdrawn back to granted) would otherwise vanish under the customer's next withdrawal.
+    mismatches = _projection_mismatches(
+        contact_id, repo.list_events(session, contact_id), repo.list_states(session, contact_id)
+    )
     entry = LedgerEntry(
         contact_id=contact_id,
         seq=1 if last is None else last.seq + 1,
@@ -234,7 +239,7 @@ def record(
     )
     assert event.id is not None
     flagged = None if head is None else head.flagged_seq
-    if before in _APPEND_ALTERED and flagged is None:
+    if (before in _APPEND_ALTERED or mismatches) and flagged is None:
         flagged = entry.seq
     _put_head(session, head, merchant_id, contact_id, entry.seq, event.hash, flagged, keyring)
     for purpose_key, channel_key in apply({}, entry.purpose, entry.channel, entry.action):
@@ -274,6 +279,28 @@ def record(
             at=now,
             merchant_id=merchant_id,
             detail={"seq": entry.seq, "seal": before.value},
+        )
+    if mismatches:
+        audit.record(
+            session,
+            actor=actor,
+            action="consent.state_mismatch",
+            object_type="contact",
+            object_id=contact_id,
+            at=now,
+            merchant_id=merchant_id,
+            detail={
+                "seq": entry.seq,
+                "rows": [
+                    {
+                        "purpose": m.purpose,
+                        "channel": m.channel,
+                        "ledger": m.ledger_state,
+                        "stored": m.stored_state,
+                    }
+                    for m in mismatches
+                ],
+            },
         )
     return event
 

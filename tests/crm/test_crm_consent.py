@@ -597,6 +597,56 @@ class TestSealOnAppend:
             (str(ledger.contact_id), {"seq": 3, "seal": "invalid"})
         ]
 
+    def test_a_state_row_flipped_by_hand_is_flagged_by_the_next_append(
+        self,
+        session: Session,
+        ledger: Ledger,
+        keyring: KeyRing,
+        merchant_id: int,
+        clock: FrozenClock,
+    ) -> None:
+        """Someone with the database flips the withdrawn row back to granted (messages go out
+        again); the customer, still mailed, withdraws again. That append overwrote the row and
+        verification then passed: the evidence was gone, nothing flagged or audited."""
+        _undo_withdrawal_in_state(session, ledger)
+        assert consent.may_contact(session, ledger.contact_id, "marketing", "email")
+        event = consent.withdraw(
+            session,
+            merchant_id,
+            ledger.contact_id,
+            "marketing",
+            "email",
+            actor="customer",
+            clock=clock,
+            keyring=keyring,
+        )
+        assert not consent.may_contact(session, ledger.contact_id, "marketing", "email")
+        report = consent.verify_chain(session, ledger.contact_id, keyring=keyring)
+        assert (report.ok, report.seal, report.flagged_seq) == (
+            False,
+            SealStatus.FLAGGED,
+            event.seq,
+        )
+        audits = session.exec(
+            select(AuditLog).where(AuditLog.action == "consent.state_mismatch")
+        ).all()
+        assert [(a.object_id, a.detail) for a in audits] == [
+            (
+                str(ledger.contact_id),
+                {
+                    "seq": event.seq,
+                    "rows": [
+                        {
+                            "purpose": "marketing",
+                            "channel": "email",
+                            "ledger": "withdrawn",
+                            "stored": "granted",
+                        }
+                    ],
+                },
+            )
+        ]
+
     def test_the_schema_refuses_a_head_without_a_mac(
         self, session: Session, ledger: Ledger
     ) -> None:
