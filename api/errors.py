@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 __all__ = [
     "DEFAULT_ERROR_RESPONSES",
@@ -403,6 +404,20 @@ def render_exception(exc: BaseException, *, method: str = "", path: str = "") ->
     return error_json(500, type="api_error", code="api_error", message=GENERIC_SERVER_MESSAGE)
 
 
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path: Starlette names only the first
+    route whose path matched (``PUT /v1/api_keys`` said ``Allow: POST``, though GET works)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register handlers for the exception classes FastAPI dispatches itself.
 
@@ -411,6 +426,8 @@ def install_error_handlers(app: FastAPI) -> None:
     """
 
     async def _handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+            exc = StarletteHTTPException(405, headers={"Allow": _allowed_methods(request)})
         return render_exception(exc, method=request.method, path=request.url.path)
 
     app.add_exception_handler(StarletteHTTPException, _handle)

@@ -130,6 +130,21 @@ class TestErrorShape:
         assert _error(r)["code"] == "method_not_allowed"
         assert "GET" in r.headers["allow"]
 
+    @pytest.mark.parametrize(
+        ("path", "allowed"),
+        [
+            ("/v1/api_keys", "GET, POST"),
+            ("/v1/webhook_endpoints", "GET, POST"),
+            ("/v1/webhook_endpoints/we_x", "DELETE, GET, POST"),
+        ],
+    )
+    def test_allow_names_every_method_of_the_path(self, client, path, allowed):
+        """Starlette named only the first route whose path matched (Allow: POST, though GET
+        works), which misleads clients and CORS tooling."""
+        r = client.put(path)
+        assert r.status_code == 405
+        assert r.headers["allow"] == allowed
+
     def test_validation_error_names_the_field_path(self, client, new_key):
         key = new_key()
         r = client.post(
