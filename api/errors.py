@@ -338,8 +338,8 @@ def _render_validation(exc: RequestValidationError) -> JSONResponse:
     param = _param_path(first.get("loc", ()))
     kind = str(first.get("type", ""))
     if kind == "json_invalid":
-        message, param = "The request body is not valid JSON.", None
-    elif kind == "missing" and param:
+        return _not_json()
+    if kind == "missing" and param:
         message = f"Missing required param: {param}."
     elif param:
         message = f"Invalid {param}: {first.get('msg', 'invalid value')}."
@@ -349,6 +349,20 @@ def _render_validation(exc: RequestValidationError) -> JSONResponse:
         message += f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     code = "parameter_missing" if kind == "missing" else "parameter_invalid"
     return error_json(422, type="invalid_request_error", code=code, message=message, param=param)
+
+
+#: FastAPI's detail when ``json.loads`` raised something other than a syntax error.
+_BODY_UNPARSED = "There was an error parsing the body"
+
+
+def _not_json() -> JSONResponse:
+    """One answer for every body that is not usable JSON, whatever stopped the parser."""
+    return error_json(
+        422,
+        type="invalid_request_error",
+        code="parameter_invalid",
+        message="The request body is not valid JSON.",
+    )
 
 
 def _render_http(exc: StarletteHTTPException, method: str, path: str) -> JSONResponse:
@@ -370,6 +384,8 @@ def _render_http(exc: StarletteHTTPException, method: str, path: str) -> JSONRes
         )
     if status == 413:
         return error_json(413, code="request_too_large", message=PayloadTooLarge.message)
+    if status == 400 and detail == _BODY_UNPARSED:  # nested too deep, a 5,000-digit number
+        return _not_json()
     if status >= 500:
         return error_json(status, code="api_error", message=GENERIC_SERVER_MESSAGE)
     return error_json(

@@ -63,9 +63,24 @@ class TestBodyLimit:
         opening, closing = (b"[", b"]") if nest == b"[]" else (b'{"a":', b"}")
         body = opening * 100_000 + b"1" + closing * 100_000
         r = client.post("/v1/api_keys", content=body, headers={"Content-Type": "application/json"})
-        assert r.status_code == 400
-        assert r.json()["error"]["type"] == "invalid_request_error"
+        assert r.status_code == 422
+        assert r.json()["error"]["message"] == "The request body is not valid JSON."
         assert client.get("/v1/health").status_code == 200
+
+    @pytest.mark.parametrize(
+        "body", [b'{"a": 1', b'{"a": ' + b"9" * 5000 + b"}", b"[" * 5000 + b"]" * 5000]
+    )
+    def test_every_unusable_body_gets_one_answer(self, client, new_key, body):
+        """A syntax error was a 422, a number too long for int() or nesting too deep a 400
+        with another code and message (FastAPI's own)."""
+        h = auth(new_key(), **{"Content-Type": "application/json"})
+        r = client.post("/v1/webhook_endpoints", content=body, headers=h)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["message"]) == (
+            "parameter_invalid",
+            "The request body is not valid JSON.",
+        )
 
 
 class TestRateLimit:
