@@ -102,7 +102,7 @@ def get_metrics(
 ) -> MetricsOut:
     start, end = _period(start, end, clock.now())
     merchant = _one_merchant(caller, merchant_id)
-    m = metrics.compute(session, merchant, start, end)
+    m = metrics.compute(session, merchant, start, end, now=clock.now())
 
     def pct(value: object) -> float | None:
         return None if value is None else float(str(value))

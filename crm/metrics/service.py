@@ -48,15 +48,22 @@ class MerchantMetrics:
 
 
 def compute(
-    session: Session, merchant_id: int, start: datetime, end: datetime, *, top: int = 5
+    session: Session,
+    merchant_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    now: datetime,
+    top: int = 5,
 ) -> MerchantMetrics:
+    """``now``: tickets past their deadline unanswered by then are SLA misses."""
     start, end = as_utc(start), as_utc(end)
     if end <= start:
         raise InvalidRequest("end must be after start", code="invalid_period", param="end")
     ratings, good = repo.rating_counts(session, merchant_id, start, end)
     nps_total, promoters, detractors = repo.nps_counts(session, merchant_id, start, end)
     sent, responded = repo.response_counts(session, merchant_id, start, end)
-    hits, misses = repo.sla_counts(session, merchant_id, start, end)
+    hits, misses = repo.sla_counts(session, merchant_id, start, end, as_utc(now))
     causes: Counter[str] = Counter()
     for tags in repo.ticket_tags(session, merchant_id, start, end):
         causes.update(tags or [])

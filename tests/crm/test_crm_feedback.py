@@ -289,7 +289,11 @@ class TestSubmitFeedback:
         session.refresh(fu)
         assert (fu.state, fu.sent_at, fu.responded_at) == ("responded", attempted, clock.now())
         period = metrics.compute(
-            session, merchant_id, attempted - timedelta(days=1), clock.now() + timedelta(days=1)
+            session,
+            merchant_id,
+            attempted - timedelta(days=1),
+            clock.now() + timedelta(days=1),
+            now=clock.now(),
         )
         assert period.response_rate == 100
 

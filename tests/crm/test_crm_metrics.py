@@ -38,14 +38,45 @@ class TestPercent:
 
 class TestCompute:
     def test_empty_period_gives_none_not_zero(self, session: Session, merchant_id: int) -> None:
-        m = metrics.compute(session, merchant_id, START, START + timedelta(days=1))
+        m = metrics.compute(session, merchant_id, START, START + timedelta(days=1), now=START)
         assert (m.csat, m.nps, m.response_rate, m.sla_hit_rate) == (None, None, None, None)
         assert m.top_root_causes == []
         assert m.suppressions == {}
 
     def test_bad_period(self, session: Session, merchant_id: int) -> None:
         with pytest.raises(InvalidRequest):
-            metrics.compute(session, merchant_id, START, START)
+            metrics.compute(session, merchant_id, START, START, now=START)
+
+    def test_maybe_delivered_messages_count_as_sent_answered_or_not(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        """Four messages recorded as maybe delivered, one answered: 1 of 4, not 1 of 1 (left
+        out of the count, they entered the rate only when answered)."""
+        tokens = []
+        for i in range(4):
+            fu, token = sent_followup(
+                session, merchant_id, make_contact(), clock, keyring, ref=f"u{i}"
+            )
+            fu.state, fu.reason, fu.sent_at, fu.attempted_at = (
+                "failed", "delivery_uncertain", None, clock.now(),
+            )  # fmt: skip
+            session.add(fu)
+            tokens.append(token)
+        session.flush()
+        period = (START - timedelta(days=1), START + timedelta(days=2))
+        before = metrics.compute(session, merchant_id, *period, now=clock.now())
+        assert (before.sent, before.responded) == (4, 0)
+        feedback.submit_feedback(
+            session, merchant_id, tokens[0], FeedbackCreate(rating=5), keyring=keyring,
+            clock=clock,
+        )  # fmt: skip
+        after = metrics.compute(session, merchant_id, *period, now=clock.now())
+        assert (after.sent, after.responded, after.response_rate) == (4, 1, Decimal("25.0"))
 
     def test_full_scenario(
         self,
@@ -90,7 +121,7 @@ class TestCompute:
         clock.advance(hours=1)
         tickets.respond(session, merchant_id, ticket_ids[0], actor="s", clock=clock)
         tickets.sweep_breaches(session, clock.now() + timedelta(hours=30))
-        m = metrics.compute(session, merchant_id, START, START + timedelta(days=2))
+        m = metrics.compute(session, merchant_id, START, START + timedelta(days=2), now=clock.now())
         assert m.rating_responses == 5
         assert m.csat == Decimal("40.0")  # 2 of 5
         assert m.nps_responses == 6
@@ -102,8 +133,11 @@ class TestCompute:
         assert m.suppressions == {"no_consent": 1}
         # period boundaries are half-open and per merchant
         later = metrics.compute(
-            session, merchant_id, START + timedelta(days=2), START + timedelta(days=3)
-        )
+            session, merchant_id, START + timedelta(days=2), START + timedelta(days=3),
+            now=clock.now(),
+        )  # fmt: skip
         assert later.csat is None
-        other = metrics.compute(session, merchant_id + 1, START, START + timedelta(days=2))
+        other = metrics.compute(
+            session, merchant_id + 1, START, START + timedelta(days=2), now=clock.now()
+        )
         assert other.sent == 0

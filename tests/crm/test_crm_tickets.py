@@ -137,10 +137,10 @@ class TestLifecycle:
             )
 
 
-def _sla(session: Session, merchant_id: int, opened: datetime) -> tuple[int, int]:
-    """(hits, misses) for tickets opened around ``opened``."""
+def _sla(session: Session, merchant_id: int, opened: datetime, now: datetime) -> tuple[int, int]:
+    """(hits, misses) at ``now`` for tickets opened around ``opened``."""
     return metrics_repo.sla_counts(
-        session, merchant_id, opened - timedelta(days=1), opened + timedelta(days=2)
+        session, merchant_id, opened - timedelta(days=1), opened + timedelta(days=2), now
     )
 
 
@@ -198,7 +198,25 @@ class TestSweepBreaches:
         tickets.respond(session, merchant_id, t.id or 0, actor="s", clock=clock)
         session.refresh(t)
         assert t.breached_at is None
-        assert _sla(session, merchant_id, opened) == (1, 0)
+        assert _sla(session, merchant_id, opened, clock.now()) == (1, 0)
+
+    def test_an_overdue_unanswered_ticket_is_a_miss_before_the_sweep_runs(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        keyring: KeyRing,
+    ) -> None:
+        """Only the worker's sweep recorded the breach: with no worker running, a ticket 30
+        hours past due counted as neither, and the hit rate looked perfect."""
+        open_ticket(session, merchant_id, make_contact, clock, keyring, "late")
+        opened = clock.now()
+        assert _sla(session, merchant_id, opened, clock.now()) == (0, 0)  # still within 24 h
+        clock.advance(hours=30)
+        assert _sla(session, merchant_id, opened, clock.now()) == (0, 1)
+        tickets.sweep_breaches(session, clock.now())
+        assert _sla(session, merchant_id, opened, clock.now()) == (0, 1)  # counted once
 
     def test_erasing_the_contact_of_an_overdue_ticket_still_counts_a_miss(
         self,
@@ -219,7 +237,7 @@ class TestSweepBreaches:
         assert overdue.breached_at == clock.now()
         assert kinds(session, overdue).count("sla_breached") == 1
         assert tickets.sweep_breaches(session, clock.now()) == []
-        assert _sla(session, merchant_id, opened) == (0, 1)
+        assert _sla(session, merchant_id, opened, clock.now()) == (0, 1)
 
     def test_erasing_the_contact_of_a_ticket_within_its_clock_counts_neither(
         self,
@@ -235,7 +253,7 @@ class TestSweepBreaches:
         privacy.erase_contact(session, merchant_id, t.contact_id, actor="dpo", clock=clock)
         session.refresh(t)
         assert (t.state, t.breached_at) == (TicketState.RESOLVED, None)
-        assert _sla(session, merchant_id, opened) == (0, 0)
+        assert _sla(session, merchant_id, opened, clock.now()) == (0, 0)
 
 
 class TestListQueue:
