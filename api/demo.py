@@ -33,6 +33,7 @@ from api.embedded import EmbeddedStack, serve_in_thread
 from api.keys.service import create_key
 from contracts import load_artifact
 from crm import KeyRing, SystemClock
+from wallet.amounts import format_amount
 from wallet.chain import ChainConfig, connect, free_port
 from wallet.secrets import PrivateKey
 from wallet.signing import PaymentIntent, permit_typed_data, sign_typed_data, split_signature
@@ -217,12 +218,11 @@ def _story(out: Console, stack: EmbeddedStack, base_url: str, sink: _Sink) -> di
         )
     table = Table("customer", "invoice", "on-chain id", "amount", "EIP-681 (approve step)")
     for name, inv in issued.items():
-        amount = int(inv["amount"]) / 10 ** inv["decimals"]
         table.add_row(
             name,
             inv["id"],
             inv["intent"]["invoice_id"],
-            f"{amount:.2f} tUSD",
+            f"{format_amount(int(inv['amount']), inv['decimals'], min_decimals=2)} tUSD",
             inv["payment_uri"][:60] + "…",
         )
     out.print(table)

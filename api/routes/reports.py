@@ -24,6 +24,7 @@ from api.schemas.invoices import PaymentOut
 from api.settlement import repository as settlement_repo
 from api.settlement.models import Payment, PaymentState
 from crm import metrics
+from crm.clock import as_utc
 from crm.followups.models import FollowUp
 
 __all__ = ["router"]
@@ -44,8 +45,8 @@ def _period(
     for name, value in (("start", start), ("end", end)):
         if value is not None and value.tzinfo is None:
             raise InvalidRequest("Give a time zone (e.g. a trailing Z).", param=name)
-    end = end or now
-    start = start or end - DEFAULT_PERIOD
+    end = as_utc(end) if end is not None else now
+    start = as_utc(start) if start is not None else end - DEFAULT_PERIOD
     if end <= start:
         raise InvalidRequest("end must be after start.", param="end")
     return start, end
@@ -163,7 +164,11 @@ def reconciliation(
             payments.setdefault(p.invoice_id, p)
     followups: dict[str, FollowUp] = {}
     for f in queries.followups_for_invoices(session, merchant, ids):
-        followups.setdefault(f.invoice_ref, f)
+        # the sale's survey: a follow-up cancelled by a reorg gives way to the one the
+        # payment got when it was mined again
+        kept = followups.get(f.invoice_ref)
+        if kept is None or (kept.state == "cancelled" and f.state != "cancelled"):
+            followups[f.invoice_ref] = f
     feedback = {
         fb.followup_id: fb
         for fb in queries.feedback_for_followups(

@@ -221,3 +221,38 @@ def test_csv_cells_quote_formulas_not_numbers(value, cell):
     from api.routes.reports import _cell
 
     assert _cell(value) == cell
+
+
+class TestFollowUpColumn:
+    def test_a_sale_mined_again_after_a_reorg_shows_its_live_survey(self, world: World) -> None:
+        """A reorg cancels the sale's unsent survey; mined again, the payment gets another.
+        The row showed the oldest follow-up of the invoice: the cancelled one, and none of the
+        live one's answer."""
+        from api.db import session_factory, session_scope
+        from crm import FollowUpPolicyCreate, followups
+        from crm.followups import policies as followups_policies
+        from tests.api.test_resources_crm import grant, new_contact
+
+        invoice = create(world, world.a.merchant, amount="2500000").json()
+        contact = new_contact(world, world.a)
+        grant(world, world.a, contact["id"])
+        mid, now = int(world.a.id), world.clock.now()
+        with session_scope(session_factory(world.engine)) as s:
+            policy = FollowUpPolicyCreate(delay_minutes=60, frequency_cap_days=0)
+            followups_policies.create_policy(s, mid, policy, actor="test", clock=world.clock)
+            (first,) = followups.schedule_for_payment(
+                s, mid, contact["id"], "pay_1", invoice["id"], 1, "tUSD", now, world.clock
+            )
+            assert followups.cancel_for_payment(s, mid, "pay_1", "reorg", world.clock) == 1
+            (second,) = followups.schedule_for_payment(
+                s, mid, contact["id"], "pay_2", invoice["id"], 1, "tUSD", now, world.clock
+            )
+        params = {"start": "2000-01-01T00:00:00+14:00", "end": "2999-01-01T00:00:00+14:00"}
+        report = world.client.get(
+            "/v1/reconciliation", params=params, headers=auth(world.a.merchant)
+        ).json()
+        (row,) = [r for r in report["data"] if r["invoice_id"] == invoice["id"]]
+        assert (row["followup_id"], row["followup_state"]) == (second.id, "scheduled")
+        assert first.id != second.id
+        # the period comes back in UTC, as every timestamp the API returns
+        assert (report["start"], report["end"]) == ("1999-12-31T10:00:00Z", "2998-12-31T10:00:00Z")
