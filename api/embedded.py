@@ -31,6 +31,7 @@ from api.operators import OperatorKeys
 from api.runtime import chain_info_for
 from api.sandbox import Sandbox
 from api.settings import get_settings
+from api.settlement import repository as settlement_repo
 from api.settlement.indexer import Indexer
 from api.webhooks import TargetPolicy
 from api.webhooks.secrets import SecretCipher
@@ -41,7 +42,16 @@ from wallet.deployment import Deployment, deploy_contracts
 from wallet.secrets import PrivateKey
 from wallet.signing import Signer
 
-__all__ = ["EmbeddedStack", "serve_in_thread"]
+__all__ = ["EarlierChainError", "EmbeddedStack", "serve_in_thread"]
+
+
+class EarlierChainError(RuntimeError):
+    """The database indexed another in-process chain than this one (the CLI prints the
+    message alone, as for any error that carries a status and a code)."""
+
+    status_code = 409
+    code = "earlier_chain"
+
 
 #: The embedded stack's webhook receivers (and the demo's) listen on 127.0.0.1.
 _LOCAL_RECEIVERS = TargetPolicy(allow_private=True)
@@ -78,6 +88,26 @@ class EmbeddedStack:
         self.deployment = deploy_contracts(self.chain, accounts[0])
         self.operator = Signer(PrivateKey(bytes(accounts[2].key)))
         self.sandbox = Sandbox(self.chain, self.deployment)
+        self._refuse_an_earlier_chains_state()
+
+    def _refuse_an_earlier_chains_state(self) -> None:
+        """The in-process chain is new at every start, with the same chain id and contract
+        addresses: a database that indexed an earlier one (a restarted ``serve`` on the same
+        home, or a second one beside it) would see its stored blocks replaced and roll back
+        every payment, and its merchant accounts are unknown to the new router."""
+        with Session(self.api_engine) as session:
+            stored = settlement_repo.indexed_top(
+                session, self.chain.chain_id, self.deployment.router
+            )
+        for number, block_hash in stored:
+            header = self.chain.block_header(number)
+            if header is None or header[0] != block_hash:
+                self.close()
+                raise EarlierChainError(
+                    "this database indexed an earlier in-process chain (which ended with its "
+                    "process): use a new FOLLOWPAY_HOME for the embedded server, "
+                    "or FOLLOWPAY_CHAIN=anvil for a chain that lasts"
+                )
 
     def chain_info(self) -> ChainInfo:
         return chain_info_for(self.chain, self.deployment)

@@ -44,6 +44,7 @@ __all__ = [
     "expirable",
     "get_account",
     "get_invoice",
+    "indexed_top",
     "insert_invoice",
     "insert_payments",
     "insert_refunds",
@@ -797,6 +798,16 @@ def save_blocks(session: Session, cursor_id: int, blocks: dict[int, str]) -> Non
     ]
     if rows:
         execute_many(session, _INSERT_BLOCK[session.connection().dialect.name], rows)
+
+
+def indexed_top(session: Session, chain_id: int, router: str) -> list[tuple[int, str]]:
+    """``(number, hash)`` of the highest blocks indexed for ``router`` on ``chain_id`` (none:
+    never indexed); reads only, unlike :func:`cursor`."""
+    stmt = sa.select(_CURSORS.c.id).where(
+        _CURSORS.c.chain_id == chain_id, _CURSORS.c.router == router
+    )
+    cursor_id = session.connection().execute(stmt).scalar()
+    return [] if cursor_id is None else top_blocks(session, int(cursor_id))
 
 
 def top_blocks(session: Session, cursor_id: int) -> list[tuple[int, str]]:

@@ -163,3 +163,24 @@ def test_a_server_on_a_real_node_has_no_test_helpers(tmp_path: Path) -> None:
     with TestClient(create_app(get_settings(home=tmp_path))) as client:
         r = client.post("/v1/test_helpers/invoices/inv_1/pay", headers=auth("fp_test_x"))
     assert (r.status_code, r.json()["error"]["code"]) == (404, "resource_missing")
+
+
+def test_a_restart_on_the_same_database_is_refused_not_rolled_back(
+    stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    """``followpay serve`` makes a new in-process chain at every start, with the same chain id
+    and contract addresses: on a database that indexed the last one, the indexer found every
+    stored block replaced and rolled back every payment (settled invoices back to new,
+    invoice.reorged sent), and the merchants' accounts were unknown to the new router."""
+    from api.embedded import EarlierChainError
+
+    assert stack.indexer().poll_once().to_block > 0  # the first server indexed its chain
+    url = f"sqlite:///{tmp_path / 'embedded.sqlite3'}"
+    with connect(ChainConfig()) as restarted, pytest.raises(EarlierChainError, match="earlier"):
+        EmbeddedStack(restarted, url, KeyRing.generate(), SystemClock(), "http://127.0.0.1:8000")
+    with connect(ChainConfig()) as fresh:  # a new home's database starts clean
+        clean = tmp_path / "new-home.sqlite3"
+        upgrade_database(f"sqlite:///{clean}")
+        EmbeddedStack(
+            fresh, f"sqlite:///{clean}", KeyRing.generate(), SystemClock(), "http://x"
+        ).close()
