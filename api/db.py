@@ -32,6 +32,7 @@ __all__ = [
     "SessionFactory",
     "UTCDateTime",
     "alembic_config",
+    "holds_encrypted_data",
     "is_api_table",
     "make_engine",
     "new_id",
@@ -128,6 +129,28 @@ def alembic_config(url: str | sa.URL | None = None) -> Config:
         rendered = sa.make_url(url).render_as_string(hide_password=False)
         cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     return cfg
+
+
+#: Rows whose contents the master key encrypts: contacts' wrapped data keys, webhook signing
+#: secrets, sealed consent heads.
+_ENCRYPTED_UNDER_MASTER_KEY = ("crm_contact_key", "api_webhook_endpoints", "crm_consent_head")
+
+
+def holds_encrypted_data(url: str | sa.URL) -> bool:
+    """Whether the database has any row the master key encrypted or sealed (an unmigrated or
+    empty one has none)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            present = set(sa.inspect(conn).get_table_names())
+            for table in _ENCRYPTED_UNDER_MASTER_KEY:
+                if table in present:
+                    query = sa.select(sa.literal(1)).select_from(sa.table(table)).limit(1)
+                    if conn.execute(query).first() is not None:
+                        return True
+        return False
+    finally:
+        engine.dispose()
 
 
 def upgrade(

@@ -14,13 +14,14 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from api.db import holds_encrypted_data
 from api.operators import OperatorKeys, OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
 from crm import KeyRing, SystemClock, make_engine
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # web3, the API and signing stacks load only in the processes
 
 __all__ = [
     "DatabaseMissingError",
+    "MasterKeyMissingError",
     "Runtime",
     "WarmHeapFreezer",
     "chain_info_for",
@@ -178,8 +180,8 @@ def secret_cipher(settings: Settings) -> SecretCipher:
     Every process that reads or writes those secrets (API, worker, embedded) builds it here."""
     from api.webhooks.secrets import SecretCipher
 
-    if settings.master_key is not None:
-        return SecretCipher(settings.master_key.get_secret_value())
+    # The key's bytes, as the key ring takes them: the raw setting made one key of "AB…",
+    # "ab…" and "ab…\n" for the CRM and three for the webhook secrets, and an empty one none.
     return SecretCipher(load_master_key(settings).hex())
 
 
@@ -195,9 +197,17 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
+class MasterKeyMissingError(Exception):
+    """The master key file is gone while the database holds data encrypted under it."""
+
+    status_code = 409
+    code = "master_key_missing"
+
+
 @dataclass
 class Runtime:
     settings: Settings
+    _creating_database: bool = field(default=False, init=False, repr=False)
 
     @cached_property
     def engine(self) -> sa.Engine:
@@ -219,6 +229,7 @@ class Runtime:
             path.parent.mkdir(parents=True, exist_ok=True)
         if "engine" in self.__dict__:
             self.engine.dispose()  # pooled connections must not outlive the schema change
+        self._creating_database = True
         return upgrade(url, keyring=self.keyring)
 
     @cached_property
@@ -229,7 +240,30 @@ class Runtime:
 
     @cached_property
     def keyring(self) -> KeyRing:
+        self._check_master_key_may_be_made()
         return KeyRing(load_master_key(self.settings))
+
+    def _check_master_key_may_be_made(self) -> None:
+        """``<home>/master.key`` is made only for a database that holds nothing encrypted
+        yet. A missing key file beside a database of encrypted contacts and secrets (a volume
+        not mounted, a home restored without it) was replaced by a new key: every contact
+        unreadable, and new data written under a key that restoring the old one would break.
+        A command on a home without a database makes no key either (it leaves the home as it
+        found it); ``followpay db upgrade`` and ``serve`` create both."""
+        if self.settings.master_key is not None or (self.settings.home / "master.key").exists():
+            return
+        url = self.settings.resolved_database_url
+        path = _sqlite_path(url)
+        if path is not None and not path.exists():
+            if self._creating_database:
+                return
+            raise DatabaseMissingError(f"no database at {path}: run `followpay db upgrade` first")
+        if holds_encrypted_data(url):
+            raise MasterKeyMissingError(
+                f"{self.settings.home / 'master.key'} is missing, and the database holds data "
+                "encrypted under it: restore it (or set FOLLOWPAY_MASTER_KEY); a new key "
+                "would make that data unreadable"
+            )
 
     @cached_property
     def cipher(self) -> SecretCipher:

@@ -151,6 +151,9 @@ CASES = {
         code=2,
         says="must be 0 or 90 to 86400 s",
     ),
+    "worker_on_a_fresh_home": Case(  # it left a master.key behind, and no database
+        ("worker", "--once"), says="run `followpay db upgrade` first"
+    ),
     "worker_smtp_password_in_clear": Case(
         ("worker", "--once", "--smtp-host", "smtp.example.com", "--smtp-user", "u"),
         {"FOLLOWPAY_SMTP_PASSWORD": "hunter3"},

@@ -77,3 +77,37 @@ def test_upgrade_seals_unsealed_consent_heads(tmp_path: Path) -> None:
     assert "sealed" not in again.stderr
     assert (after.ok, after.seal) == (True, SealStatus.VALID)
     assert current_revision(url) == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def test_a_missing_master_key_is_not_replaced_under_encrypted_data(tmp_path: Path) -> None:
+    """A home whose master.key went missing (a volume not mounted, a restore without it) got a
+    new key from the next command: every contact unreadable, and new data written under a key
+    that restoring the old one would break."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")}
+    env["FOLLOWPAY_HOME"] = str(home)
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "api.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert run("db", "upgrade").returncode == 0  # makes the database and its key
+    key_file = home / "master.key"
+    keyring = KeyRing(bytes.fromhex(key_file.read_text().strip()))
+    engine = make_engine(f"sqlite:///{home / 'followpay.sqlite3'}")
+    try:
+        with Session(engine) as s, s.begin():
+            m = merchants.create_merchant(s, MerchantCreate(name="M"), SystemClock())
+            contacts.create_contact(
+                s, m.id or 0, ContactCreate(email="a@example.com"), keyring, SystemClock()
+            )
+    finally:
+        engine.dispose()
+    key_file.unlink()
+    for args in (("worker", "--once"), ("db", "upgrade")):
+        result = run(*args)
+        assert result.returncode == 1, result.stderr
+        assert "master.key is missing" in result.stderr
+        assert not key_file.exists()

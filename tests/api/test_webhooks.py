@@ -99,6 +99,22 @@ class TestCipher:
             cipher.decrypt(stored, context="we_2")  # bound to the endpoint id
         assert "m" * 32 not in repr(cipher)
 
+    def test_the_master_key_setting_is_read_as_the_key_ring_reads_it(self, tmp_path):
+        """The cipher took FOLLOWPAY_MASTER_KEY as a string: "AB…" and "ab…\n" (a Kubernetes
+        secret's newline) were one key for the CRM and other keys for the webhook secrets, and
+        an empty setting stored secrets in clear."""
+        from api.runtime import secret_cipher
+        from api.settings import get_settings
+
+        stored = secret_cipher(get_settings(home=tmp_path, master_key="ab" * 32)).encrypt(
+            "whsec_abc", context="we_1"
+        )
+        for spelling in ("AB" * 32, "ab" * 32 + "\n", " " + "Ab" * 32):
+            cipher = secret_cipher(get_settings(home=tmp_path, master_key=spelling))
+            assert cipher.decrypt(stored, context="we_1") == "whsec_abc"
+        with pytest.raises(ValueError, match="at least 32 bytes"):
+            secret_cipher(get_settings(home=tmp_path, master_key=""))
+
 
 class TestEndpointsApi:
     def test_secret_returned_on_create_and_rotate_only(self, client, db, new_key):
