@@ -225,8 +225,12 @@ class Runtime:
 
         url = self.settings.resolved_database_url
         path = _sqlite_path(url)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if path is not None and not path.exists():
+            # the owner's only, like master.key: invoices, payer addresses and audit entries
+            # are in clear (a plain mkdir and SQLite made them 0755 and 0644 under umask 022;
+            # SQLite gives its -wal and -shm files the database file's mode)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         if "engine" in self.__dict__:
             self.engine.dispose()  # pooled connections must not outlive the schema change
         self._creating_database = True

@@ -151,6 +151,12 @@ CASES = {
         code=2,
         says="must be 0 or 90 to 86400 s",
     ),
+    "serve_embedded_with_production_settings": Case(  # it served the dev stack, quietly
+        ("serve",),
+        {"FOLLOWPAY_OPERATORS": "shop", "FOLLOWPAY_RPC_URL": "https://rpc.example/v3/k"},
+        code=2,
+        says="but FOLLOWPAY_CHAIN is tester (the default)",
+    ),
     "worker_on_a_fresh_home": Case(  # it left a master.key behind, and no database
         ("worker", "--once"), says="run `followpay db upgrade` first"
     ),

@@ -111,3 +111,24 @@ def test_a_missing_master_key_is_not_replaced_under_encrypted_data(tmp_path: Pat
         assert result.returncode == 1, result.stderr
         assert "master.key is missing" in result.stderr
         assert not key_file.exists()
+
+
+def test_a_new_home_and_its_database_are_the_owners_only(tmp_path: Path) -> None:
+    """Invoices, payer addresses and audit entries are stored in clear: a plain mkdir and
+    SQLite made the home 0755 and the database 0644 under the usual umask (master.key was
+    0600 in a world-readable directory)."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")}
+    env["FOLLOWPAY_HOME"] = str(home)
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "api.cli"]
+    result = subprocess.run(
+        [*command, "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.umask(0o022),  # the usual umask, in the child only
+    )
+    assert result.returncode == 0, result.stderr
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (home, *home.iterdir())}
+    assert modes == {"home": 0o700, "followpay.sqlite3": 0o600, "master.key": 0o600}, modes

@@ -60,6 +60,30 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
         runtime.close()
 
 
+def _refuse_production_settings(settings: Any) -> None:
+    """The default chain (tester) makes ``serve`` the embedded development server: its own
+    chain, a development operator that signs for every merchant, test helpers. Settings that
+    say a real deployment was meant must not quietly get that."""
+    meant = [
+        name
+        for name, given in (
+            ("FOLLOWPAY_RPC_URL", settings.rpc_url),
+            ("FOLLOWPAY_OPERATORS", settings.operators),
+            (
+                "FOLLOWPAY_DATABASE_URL (not SQLite)",
+                not settings.resolved_database_url.startswith("sqlite"),
+            ),
+        )
+        if given
+    ]
+    if meant:
+        raise typer.BadParameter(
+            f"{', '.join(meant)} set, but FOLLOWPAY_CHAIN is tester (the default): the embedded "
+            "development server. Set FOLLOWPAY_CHAIN=rpc (or anvil) to serve a real node",
+            param_hint="FOLLOWPAY_CHAIN",
+        )
+
+
 def _production_app(runtime: Any) -> FastAPI:
     """The API for a real node: with ``FOLLOWPAY_OPERATORS`` it signs invoices with those vault
     keys on the deployment in the manifest; without, every other resource works and
@@ -109,7 +133,10 @@ def serve(
     from api.runtime import Runtime
     from api.settings import get_settings
 
-    runtime = Runtime(get_settings())
+    settings = get_settings()
+    if settings.chain.value == "tester":
+        _refuse_production_settings(settings)
+    runtime = Runtime(settings)
     report_sealing(runtime.upgrade_database())
     url = runtime.settings.resolved_database_url
     if runtime.settings.chain.value == "tester":

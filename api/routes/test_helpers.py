@@ -10,6 +10,8 @@ from fastapi import Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AfterCommit, ClockDep, ConfigCacheDep, SessionDep, SignersDep
+from api.errors import Forbidden
+from api.keys.service import AuthenticatedKey
 from api.routes._common import Manager, object_merchant, visible_merchant
 from api.routing import ApiRouter
 from api.sandbox import CUSTOMER_INDEXES, Sandbox
@@ -26,6 +28,17 @@ def _sandbox(request: Request) -> Sandbox:
 
 
 SandboxDep = Annotated[Sandbox, Depends(_sandbox)]
+
+
+def _test_mode(caller: Manager) -> AuthenticatedKey:
+    """Test helpers move test tokens on a development chain: a live key has no business here
+    (and a server that runs them must never be mistaken for a live one)."""
+    if caller.livemode:
+        raise Forbidden("Test helpers take test-mode keys (fp_test_...) only.", param="livemode")
+    return caller
+
+
+TestModeManager = Annotated[AuthenticatedKey, Depends(_test_mode)]
 
 
 class TestPaymentBody(BaseModel):
@@ -68,7 +81,7 @@ class TestPaymentOut(BaseModel):
 def register_test_account(
     merchant_id: Annotated[str, Path(max_length=20)],
     session: SessionDep,
-    caller: Manager,
+    caller: TestModeManager,
     clock: ClockDep,
     sandbox: SandboxDep,
     signers: SignersDep,
@@ -92,7 +105,7 @@ def register_test_account(
 def pay_test_invoice(
     invoice_id: Annotated[str, Path(max_length=40)],
     session: SessionDep,
-    caller: Manager,
+    caller: TestModeManager,
     sandbox: SandboxDep,
     body: TestPaymentBody | None = None,
 ) -> TestPaymentOut:

@@ -165,6 +165,15 @@ def test_a_server_on_a_real_node_has_no_test_helpers(tmp_path: Path) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (404, "resource_missing")
 
 
+def test_a_live_key_gets_no_test_helpers(stack: EmbeddedStack) -> None:
+    with TestClient(stack.app()) as client:
+        with session_scope(session_factory(stack.api_engine)) as session:
+            mid = _keys(stack, client)[0]
+            _, live = create_key(session, mid, "merchant", True)
+        r = client.post(f"/v1/test_helpers/merchants/{mid}/account", headers=auth(live))
+        assert (r.status_code, r.json()["error"]["param"]) == (403, "livemode")
+
+
 def test_a_restart_on_the_same_database_is_refused_not_rolled_back(
     stack: EmbeddedStack, tmp_path: Path
 ) -> None:
