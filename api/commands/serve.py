@@ -40,7 +40,7 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
         cipher=runtime.cipher,
     )
     stop = threading.Event()
-    stack.start_background(stop, interval=runtime.settings.indexer_poll_interval)
+    threads = stack.start_background(stop, interval=runtime.settings.indexer_poll_interval)
     typer.echo(
         f"embedded: chain {stack.chain.chain_id}, router {stack.deployment.router}, "
         f"token {stack.deployment.token}; indexer, worker and webhooks running; "
@@ -48,16 +48,23 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
         "POST /v1/test_helpers/invoices/{id}/pay pays an invoice (docs/api.md)",
         err=True,
     )
-    from api.runtime import freeze_startup_heap
+    from api.dispatch.channels import EMAIL_ATTEMPT_TIMEOUT
+    from api.runtime import freeze_startup_heap, stop_on_signals
 
     app = stack.app()
     freeze_startup_heap()
-    try:
-        _run(app, host, port, runtime.settings.api_root_path)
-    finally:
-        stop.set()
-        stack.close()
-        runtime.close()
+    # uvicorn raises the signal it caught again once it has shut down: under our handler it
+    # sets ``stop`` instead of killing the process before the worker has finished the
+    # delivery in hand (it was then written off as interrupted, never sent)
+    with stop_on_signals(stop):
+        try:
+            _run(app, host, port, runtime.settings.api_root_path)
+        finally:
+            stop.set()
+            for thread in threads:  # each finishes its step and hands back unsent claims
+                thread.join(timeout=EMAIL_ATTEMPT_TIMEOUT + 10)
+            stack.close()
+            runtime.close()
 
 
 def _refuse_production_settings(settings: Any) -> None:

@@ -91,3 +91,42 @@ def test_followpay_worker_exits_cleanly_on_sigterm(tmp_path):
             proc.kill()
             proc.wait()
         engine.dispose()
+
+
+def test_the_embedded_server_stops_its_workers_on_sigterm(tmp_path):
+    """uvicorn raised the caught SIGTERM again after its own shutdown: the process died (143)
+    before it stopped its worker threads, so a delivery in hand was cut and, its lease run
+    out, written off as interrupted. Now the workers finish and the process exits 0."""
+    import httpx
+
+    from wallet.chain import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")}
+    env.update(FOLLOWPAY_HOME=str(tmp_path / "home"), FOLLOWPAY_INDEXER_POLL_INTERVAL="0.2")
+    script = Path(sys.executable).with_name("followpay")
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [str(script), "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
