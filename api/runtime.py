@@ -225,7 +225,12 @@ class Runtime:
 
         url = self.settings.resolved_database_url
         path = _sqlite_path(url)
-        if path is not None and not path.exists():
+        key_file = self.settings.home / "master.key"
+        new_key = self.settings.master_key is None and not key_file.exists()
+        self._creating_database = True
+        keyring = self.keyring  # a bad key fails here, before anything is written
+        new_file = path is not None and not path.exists()
+        if path is not None and new_file:
             # the owner's only, like master.key: invoices, payer addresses and audit entries
             # are in clear (a plain mkdir and SQLite made them 0755 and 0644 under umask 022;
             # SQLite gives its -wal and -shm files the database file's mode)
@@ -233,8 +238,15 @@ class Runtime:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         if "engine" in self.__dict__:
             self.engine.dispose()  # pooled connections must not outlive the schema change
-        self._creating_database = True
-        return upgrade(url, keyring=self.keyring)
+        try:
+            return upgrade(url, keyring=keyring)
+        except BaseException:  # leave the home as it was found
+            if path is not None and new_file:
+                for leftover in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+                    leftover.unlink(missing_ok=True)
+                if new_key:
+                    key_file.unlink(missing_ok=True)
+            raise
 
     @cached_property
     def chain(self) -> Chain:
@@ -271,6 +283,7 @@ class Runtime:
 
     @cached_property
     def cipher(self) -> SecretCipher:
+        self._check_master_key_may_be_made()
         return secret_cipher(self.settings)
 
     @cached_property

@@ -157,6 +157,9 @@ CASES = {
         code=2,
         says="but FOLLOWPAY_CHAIN is tester (the default)",
     ),
+    "db_upgrade_with_a_bad_master_key": Case(  # it left an empty database file behind
+        ("db", "upgrade"), {"FOLLOWPAY_MASTER_KEY": "zz"}, says="FOLLOWPAY_MASTER_KEY must be hex"
+    ),
     "worker_on_a_fresh_home": Case(  # it left a master.key behind, and no database
         ("worker", "--once"), says="run `followpay db upgrade` first"
     ),

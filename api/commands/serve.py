@@ -26,6 +26,7 @@ def _run(app: FastAPI, host: str, port: int, root_path: str) -> None:
 def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
     """API + indexer + worker + webhook deliveries in one process on the in-process chain."""
     import threading
+    import time
 
     from api.embedded import EmbeddedStack
 
@@ -61,8 +62,9 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
             _run(app, host, port, runtime.settings.api_root_path)
         finally:
             stop.set()
+            deadline = time.monotonic() + EMAIL_ATTEMPT_TIMEOUT + 10  # for all of them
             for thread in threads:  # each finishes its step and hands back unsent claims
-                thread.join(timeout=EMAIL_ATTEMPT_TIMEOUT + 10)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
             stack.close()
             runtime.close()
 
