@@ -198,14 +198,13 @@ def record(
     if contact.erased_at is not None:
         raise ContactErased("contact has been erased")
     now = clock.now()
-    last = repo.last_event(session, contact_id)
+    events = repo.list_events(session, contact_id)
+    last = events[-1] if events else None
     head = repo.get_head(session, contact_id)
     before = _seal_status(contact_id, head, last, keyring)
     # The rows this append overwrites must be what the ledger says: a row flipped by hand
     # (withdrawn back to granted) would otherwise vanish under the customer's next withdrawal.
-    mismatches = _projection_mismatches(
-        contact_id, repo.list_events(session, contact_id), repo.list_states(session, contact_id)
-    )
+    mismatches = _projection_mismatches(contact_id, events, repo.list_states(session, contact_id))
     entry = LedgerEntry(
         contact_id=contact_id,
         seq=1 if last is None else last.seq + 1,
