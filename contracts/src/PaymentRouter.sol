@@ -55,7 +55,8 @@ struct PermitData {
  * - The global pause costs {pay} no storage read: the router is paused exactly while its ETH balance is at
  *   least the pause bond (an immutable). See {pause} for why that is sound.
  * - {pay} inlines {ReentrancyGuardTransient-nonReentrant} on the same transient slot (no function-call glue);
- *   the other state-changing entry points use the modifier, so the guard is shared.
+ *   {payWithPermit} and {refund} use the modifier, so every entry point that calls a token shares the guard
+ *   (registration, {setPayout}, {setOperator} and the owner's functions call no token and take none).
  * - Exact amounts are enforced by the payout's balance delta; tokens that take a fee on transfer revert.
  *   A payer that is also the payout is rejected ({SelfTransfer}): the delta would be zero.
  *
@@ -593,12 +594,12 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
                 }
             }
 
-            // emit PaymentSettled(merchant, invoiceId, msg.sender, token, amount, fee)
+            // emit PaymentSettled(merchant, invoiceId, msg.sender, intentHash): the struct hash binds the terms
             mstore(m, structHash)
             log4(m, 0x20, _PAYMENT_SETTLED_EVENT, merchant, invoiceId, caller())
 
-            // Collect: `amount - fee` to the payout, verified exactly, then `fee` to the treasury, taken from the
-            // word read for the pause check (no second SLOAD).
+            // Collect: `amount - fee` to the payout, verified exactly, then `fee` to the treasury (its balance
+            // delta is checked only when the whole amount is fee; see docs/security.md).
             let token := calldataload(0x24)
             let fee := calldataload(0x64)
             let net := sub(calldataload(0x44), fee) // fee <= amount was checked above
@@ -708,13 +709,14 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
         }
     }
 
-    /// @dev Settled invoices live in the per-merchant bitmap `_settled[merchant][invoiceId >> 8]` (bit
-    /// `invoiceId & 0xff`), except for the 64 ids of the merchant's current window (`invoiceId >> 6 == window`),
-    /// whose bits sit in the merchant's registry record until the window moves forward and writes them back.
     /// @inheritdoc ReentrancyGuardTransient
     function _reentrancyGuardStorageSlot() internal pure override returns (bytes32) {
         return _REENTRANCY_GUARD_SLOT;
     }
+
+    /// @dev Settled invoices live in the per-merchant bitmap `_settled[merchant][invoiceId >> 8]` (bit
+    /// `invoiceId & 0xff`), except for the 64 ids of the merchant's current window (`invoiceId >> 6 == window`),
+    /// whose bits sit in the merchant's registry record until the window moves forward and writes them back.
 
     function _isSettled(address merchant, uint256 invoiceId) private view returns (bool) {
         uint256 record = _records[merchant][_operators[merchant]];
