@@ -383,7 +383,7 @@ class WebhookChannel:
         headers = webhooks.signed_headers(target.secrets, body, now, event_id)
         try:
             response = post(self.client, target.url, body.encode(), headers)
-        except httpx.InvalidURL:  # an endpoint stored before registration parsed urls this way
+        except (httpx.InvalidURL, UnicodeError):  # stored before registration parsed urls so
             raise DeliveryError(f"{self.name}: invalid url") from None
         except _NOT_SENT as exc:
             raise DeliveryError(f"{self.name}: {describe_error(exc)}") from None

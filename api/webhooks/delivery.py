@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import httpx
@@ -234,15 +234,14 @@ def _send(client: httpx.Client, job: _Job, sent_at: datetime) -> _Outcome:
         )
     except httpx.HTTPError as exc:
         outcome = _Outcome(None, transport.describe_error(exc))
-    except httpx.InvalidURL:  # stored before registration parsed urls as httpx does
+    except (httpx.InvalidURL, UnicodeError):  # stored before registration parsed urls as httpx does
         outcome = _Outcome(None, "invalid url", permanent=True)
     except Exception as exc:  # one row's surprise must not end the round (or every later one)
         logger.error("webhook %s: %s while sending", job.delivery_id, type(exc).__name__)
         outcome = _Outcome(None, "request failed")
     else:
         outcome = _Outcome(reply.status_code, None, reply.excerpt)
-    duration_ms = int((time.perf_counter() - started) * 1000)
-    return _Outcome(outcome.status_code, outcome.error, outcome.excerpt, duration_ms)
+    return replace(outcome, duration_ms=int((time.perf_counter() - started) * 1000))
 
 
 def _frozen(now: datetime) -> Callable[[], datetime]:
@@ -285,31 +284,40 @@ def deliver_due(
     owns_client = http_client is None
     client = http_client or transport.delivery_client(targets)
 
-    def lane(delivery_ids: list[str]) -> list[DeliveryResult]:
+    def lane(endpoint_id: str, delivery_ids: list[str]) -> list[DeliveryResult]:
         """One endpoint's deliveries, one after another. Once an attempt cannot reach the
-        endpoint (timeout, refused), the rest wait for that attempt's retry instead of each
-        costing another full attempt."""
+        endpoint (timeout, refused), the rest of its rows, claimed or not, wait for that
+        attempt's retry instead of each costing another full attempt: a dead endpoint's backlog
+        would otherwise fill every later round's claims and hold up other merchants' events.
+        One row's failure (a database error) is logged and does not end the lane."""
         done: list[DeliveryResult] = []
         retry_at: datetime | None = None
         for delivery_id in delivery_ids:
             if retry_at is not None:
                 _postpone(session_factory, delivery_id, claim, retry_at)
                 continue
-            result = _deliver_one(session_factory, client, delivery_id, claim, cipher, clock)
+            try:
+                result = _deliver_one(session_factory, client, delivery_id, claim, cipher, clock)
+            except Exception as exc:  # the row's lease runs out and a later round retries it
+                logger.error("webhook %s: %s while recording", delivery_id, type(exc).__name__)
+                continue
             if result is None:
                 continue
             done.append(result)
             if result.status_code is None and result.next_attempt_at is not None:
                 retry_at = result.next_attempt_at
+                if endpoint_id:
+                    with session_scope(session_factory) as session:
+                        repository.postpone_endpoint(session, endpoint_id, retry_at)
         return done
 
     try:
         if len(lanes) == 1:
-            per_lane = [lane(next(iter(lanes.values())))]
+            per_lane = [lane(*next(iter(lanes.items())))]
         else:
             workers = min(ROUND_LANES, len(lanes))
             with ThreadPoolExecutor(workers, thread_name_prefix="webhook-lane") as pool:
-                per_lane = list(pool.map(lane, lanes.values()))
+                per_lane = list(pool.map(lane, lanes.keys(), lanes.values()))
     finally:
         if owns_client:
             client.close()

@@ -276,6 +276,21 @@ def failed_events(
     return session.exec(stmt).all()
 
 
+def postpone_endpoint(session: Session, endpoint_id: str, until: datetime) -> int:
+    """Every unclaimed row of the endpoint due before ``until`` waits until then; how many."""
+    d = WebhookDelivery
+    result = session.execute(
+        sa.update(d)
+        .where(
+            col(d.endpoint_id) == endpoint_id,
+            col(d.status) == DeliveryStatus.PENDING.value,
+            col(d.next_attempt_at) < until,
+        )
+        .values(next_attempt_at=until)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def finish_claim(session: Session, delivery_id: str, claim: datetime, **values: Any) -> bool:
     """Write an attempt's outcome (``values``) and release the claim, only while it is still held
     under ``claim``; ``False`` (nothing written): another worker claimed the row meanwhile."""

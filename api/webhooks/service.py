@@ -108,8 +108,8 @@ def validate_url(url: str, *, livemode: bool, targets: TargetPolicy | None = Non
         raise InvalidRequest("Live-mode webhook endpoints must use https.", param="url")
     if parts.username or parts.password:
         raise InvalidRequest("The url must not contain credentials.", param="url")
-    try:  # as deliveries will: httpx's parser, then the resolver's IDNA encoding of the host
-        httpx.URL(url)
+    try:  # as deliveries will: httpx's request (IDNA 2008 for the host), then the resolver's
+        httpx.Request("POST", url)
         parts.hostname.encode("idna")
     except (httpx.InvalidURL, UnicodeError):
         raise InvalidRequest(

@@ -33,6 +33,7 @@ import httpcore
 import httpx
 
 from api.deadline import run_within
+from api.webhooks.service import MAX_ENABLED_ENDPOINTS
 from api.webhooks.targets import TargetNotAllowed, TargetPolicy
 
 __all__ = [
@@ -183,6 +184,9 @@ class _GuardedTransport(httpx.HTTPTransport):
         super().__init__(trust_env=False)
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
+            # a follow-up POSTs to every enabled endpoint at once: stalled ones must not
+            # leave a healthy one waiting for a connection (httpcore's default is 10)
+            max_connections=MAX_ENABLED_ENDPOINTS,
             network_backend=_GuardedBackend(policy),
         )
 
@@ -204,7 +208,10 @@ class Reply:
 
     @property
     def excerpt(self) -> str | None:
-        return self.head.decode("utf-8", "replace")[:1000] or None
+        """The body's start as text; NUL (which PostgreSQL's text refuses: a gzip or UTF-16 reply
+        has them) becomes U+FFFD, like undecodable bytes."""
+        text = self.head.decode("utf-8", "replace").replace("\x00", "\ufffd")
+        return text[:1000] or None
 
 
 def post(

@@ -189,6 +189,14 @@ class TestEndpointsApi:
         assert r.status_code == 422
         assert r.json()["error"]["param"] == param
 
+    def test_a_host_deliveries_could_not_encode_is_refused(self, client, new_key):
+        """'xn--zz' passes Python's IDNA 2003 codec but not the IDNA 2008 check httpx makes
+        when it builds a request: every delivery would have failed."""
+        body = {"url": "https://xn--zz.example/h", "enabled_events": ["*"]}
+        r = client.post("/v1/webhook_endpoints", json=body, headers=auth(new_key()))
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "url"
+
     def test_service_validates_for_non_http_callers(self, db):
         with session_scope(session_factory(db)) as s:
             for url, events in [("ftp://x/y", ["*"]), ("http://127.0.0.1/h", ["invoice.nope"])]:
@@ -622,6 +630,89 @@ class TestDelivery:
         assert len(results) == 7
         assert all(r.ok for r in results)
         assert fast.id in {r.delivery_id for r in results}
+
+    def test_a_reply_with_nul_bytes_is_delivered_once(self, db):
+        """PostgreSQL's text refuses NUL (a UTF-16 or a gzip reply has them): the attempt's
+        excerpt failed to insert, the outcome rolled back, and the row was POSTed again after
+        every lease, for ever."""
+        reply = httpx.Response(200, content="ok".encode("utf-16-le"))
+        client = httpx.Client(transport=httpx.MockTransport(lambda _: reply))
+        _endpoint(db, "https://hooks.example/h")
+        first, second = _enqueue(db), _enqueue(db)
+        factory, now = session_factory(db), utcnow()
+        for n in range(3):  # the later rounds come after a lease would have run out
+            results = _deliver(factory, now=now + timedelta(minutes=n), http_client=client)
+            assert all(r.ok for r in results)
+        for d in (first, second):
+            after = _delivery(db, d.id)
+            assert (after.status, after.attempt_count) == (DeliveryStatus.DELIVERED, 1)
+        with session_scope(factory) as s:
+            excerpts = s.exec(sa.select(WebhookAttempt.response_excerpt)).scalars().all()
+        assert len(excerpts) == 2
+        assert all("\x00" not in (e or "") for e in excerpts)
+
+    def test_one_rows_database_error_does_not_end_its_endpoints_lane(
+        self, db, receiver, monkeypatch
+    ):
+        _endpoint(db, receiver.url)
+        broken, fine = _enqueue(db), _enqueue(db)
+        deliver_one = delivery._deliver_one
+
+        def failing(factory, client, delivery_id, *args):
+            if delivery_id == broken.id:
+                raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+            return deliver_one(factory, client, delivery_id, *args)
+
+        monkeypatch.setattr(delivery, "_deliver_one", failing)
+        results = _deliver(session_factory(db))
+        assert [(r.delivery_id, r.ok) for r in results] == [(fine.id, True)]
+        assert _delivery(db, broken.id).status == DeliveryStatus.DELIVERING  # until its lease ends
+
+    def test_an_unreachable_endpoints_backlog_waits_for_its_retry(self, db, receiver):
+        """A dead endpoint's first failed attempt postpones all its due rows, not only the
+        ones the round claimed: its backlog filled every later round's claims and held up
+        other merchants' events one attempt deadline (15 s) per round."""
+        _endpoint(db, f"http://127.0.0.1:{free_port()}/closed", merchant="m_dead")
+        _endpoint(db, receiver.url, merchant="m_live")
+        factory, now = session_factory(db), utcnow()
+        with session_scope(factory) as s:
+            for n in range(3 * delivery.ROUND_LIMIT):
+                webhooks.enqueue(s, "m_dead", "invoice.settled", {"n": n}, now=now)
+        live = _enqueue(db, "m_live")
+        later = now + timedelta(seconds=1)
+        first = _deliver(factory, now=later, limit=delivery.ROUND_LIMIT)
+        assert [(r.error, r.status) for r in first] == [
+            ("connection refused", DeliveryStatus.PENDING)
+        ]
+        retry_at = first[0].next_attempt_at
+        second = _deliver(factory, now=later, limit=delivery.ROUND_LIMIT)
+        assert [(r.delivery_id, r.ok) for r in second] == [(live.id, True)]
+        with session_scope(factory) as s:
+            waiting = (
+                s.exec(
+                    sa.select(WebhookDelivery.next_attempt_at).where(
+                        WebhookDelivery.merchant_id == "m_dead"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert len(waiting) == 3 * delivery.ROUND_LIMIT
+        assert all(at == retry_at for at in waiting)
+
+    def test_an_invalid_stored_url_fails_at_once(self, db):
+        """Nothing can ever be sent to it: the delivery fails for good, not after 3.3 days of
+        retries (the permanent flag was lost when the attempt's duration was added)."""
+        endpoint, _ = _endpoint(db, "https://hooks.example/h")
+        d = _enqueue(db)
+        with session_scope(session_factory(db)) as s:
+            s.execute(
+                sa.text("UPDATE api_webhook_endpoints SET url = :u WHERE id = :i"),
+                {"u": "https://[::1/h", "i": endpoint.id},
+            )
+        (r,) = _deliver(session_factory(db))
+        assert (r.error, r.status) == ("invalid url", DeliveryStatus.FAILED)
+        assert _delivery(db, d.id).status == DeliveryStatus.FAILED
 
     def test_redeliver_via_api(self, client, db, receiver, new_key):
         receiver.default = 500

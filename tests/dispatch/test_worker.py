@@ -853,7 +853,11 @@ class TestWebhook:
 
     @pytest.mark.parametrize(
         ("url", "said"),
-        [("https://010.8.8.8/h", "webhook: invalid url"), ("https://a..b.example/h", "dns error")],
+        [
+            ("https://010.8.8.8/h", "webhook: invalid url"),
+            ("https://a..b.example/h", "dns error"),
+            ("https://xn--zz.example/h", "webhook: invalid url"),  # not an IDNA 2008 label
+        ],
     )
     def test_an_endpoint_url_deliveries_cannot_use_is_a_retry_not_a_crash(
         self, engine, clock, url, said
@@ -866,6 +870,65 @@ class TestWebhook:
         result = Worker(engine, KEYRING, webhook_channels(engine), clock).run_once()
         assert result.outcomes == {"retry": 1}
         assert said in followup_events(engine)[-1][2]
+
+    def test_an_endpoint_url_that_cannot_be_sent_to_leaves_the_others_delivery_standing(
+        self, engine, clock, receiver
+    ):
+        """The bad url was nothing sent; the healthy endpoint took the event, so the follow-up
+        is sent (it was failed as 'delivery_uncertain' when the IDNA error escaped the channel)."""
+        url, handler = receiver
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        endpoint(engine, shop_id, url + "/a", ["*"])
+        endpoint(engine, shop_id, url + "/b", ["*"])
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE api_webhook_endpoints SET url = :u WHERE url = :was"),
+                {"u": "https://xn--zz.example/h", "was": url + "/b"},
+            )
+        result = Worker(engine, KEYRING, webhook_channels(engine), clock).run_once()
+        assert result.outcomes == {"sent:webhook": 1}
+        assert [h["Path"] for h, _ in handler.received] == ["/hooks/a"]
+        assert ("sent", "webhook", None) in states(engine)
+
+    def test_stalled_endpoints_do_not_keep_a_healthy_one_from_its_post(self, engine, clock):
+        """A follow-up POSTs to all of a merchant's endpoints at once. With 15 stalled, the
+        16th waited for one of the connection pool's 10 connections until the deadline."""
+        release, fast_arrived = threading.Event(), threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path.startswith("/slow"):
+                    release.wait(30)
+                else:
+                    fast_arrived.set()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format, *args) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        for n in range(webhooks.MAX_ENABLED_ENDPOINTS - 1):
+            endpoint(engine, shop_id, f"{base}/slow/{n}", ["*"])
+        endpoint(engine, shop_id, f"{base}/fast", ["*"])
+        worker = Worker(engine, KEYRING, webhook_channels(engine), clock)
+        outcome: list = []
+        round_ = threading.Thread(target=lambda: outcome.append(worker.run_once()))
+        try:
+            round_.start()
+            arrived = fast_arrived.wait(10)  # a hang guard; with enough connections, at once
+        finally:
+            release.set()
+            round_.join(60)
+            server.shutdown()
+            server.server_close()
+        assert arrived, "the healthy endpoint waited for a pooled connection"
+        assert outcome[0].outcomes == {"sent:webhook": 1}
 
     def test_only_webhook_and_sms_are_webhook_channels(self, engine):
         with pytest.raises(ValueError, match="'webhook' or 'sms'"):
