@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NoReturn
 
 import pytest
@@ -23,9 +25,11 @@ __all__ = [
     "PG_URL",
     "ChainSuite",
     "Market",
+    "StallingServer",
     "migrated_pg_schema",
     "missing",
     "open_market",
+    "stalling_server",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -139,3 +143,41 @@ def open_market(chain: Chain) -> Market:
     for account in [payout, *payers]:
         market.transact(token.functions.mint(account.address, 10**12), owner)
     return market
+
+
+@dataclass
+class StallingServer:
+    """A receiver on 127.0.0.1: POSTs to ``/slow…`` wait for ``release``; any other path sets
+    ``fast_arrived`` and is answered at once."""
+
+    base: str
+    release: threading.Event
+    fast_arrived: threading.Event
+
+
+@contextmanager
+def stalling_server() -> Iterator[StallingServer]:
+    release, fast_arrived = threading.Event(), threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.path.startswith("/slow"):
+                release.wait(30)
+            else:
+                fast_arrived.set()
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield StallingServer(f"http://127.0.0.1:{server.server_address[1]}", release, fast_arrived)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

@@ -30,6 +30,7 @@ from api.webhooks.secrets import SecretCipher
 from api.webhooks.signing import SIGNATURE_HEADER, WebhookSignatureError, sign, verify
 from api.webhooks.targets import TargetPolicy
 from tests.api.conftest import auth, free_port
+from tests.support import stalling_server
 
 SECRET = "whsec_test_secret"
 #: the receivers here are on 127.0.0.1 (the production default refuses it: test_webhook_targets)
@@ -584,31 +585,10 @@ class TestDelivery:
         """m_1's three endpoints accept the connection and answer nothing until m_2's event has
         arrived. Sent one after another, m_2 would wait for each of them to time out (15 s
         apiece); in lanes it goes out at once, and every delivery still succeeds."""
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        release, fast_arrived = threading.Event(), threading.Event()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if self.path.startswith("/slow"):
-                    release.wait(30)
-                else:
-                    fast_arrived.set()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format, *args) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{server.server_address[1]}"
-        try:
+        with stalling_server() as server:
             for n in range(3):
-                _endpoint(db, f"{base}/slow/{n}", merchant="m_1")
-            _endpoint(db, f"{base}/fast", merchant="m_2")
+                _endpoint(db, f"{server.base}/slow/{n}", merchant="m_1")
+            _endpoint(db, f"{server.base}/fast", merchant="m_2")
             with session_scope(session_factory(db)) as s:
                 for _ in range(2):  # two events: six deliveries in three lanes, enqueued first
                     webhooks.enqueue(s, "m_1", "invoice.settled", {"id": "inv_1"})
@@ -618,13 +598,9 @@ class TestDelivery:
                 target=lambda: results.extend(_deliver(session_factory(db), limit=20))
             )
             round_.start()
-            arrived = fast_arrived.wait(10)  # a hang guard; in lanes it takes milliseconds
-            release.set()
+            arrived = server.fast_arrived.wait(10)  # a hang guard; in lanes it takes milliseconds
+            server.release.set()
             round_.join(60)
-        finally:
-            release.set()
-            server.shutdown()
-            server.server_close()
         assert arrived, "m_2's delivery waited behind m_1's stalled endpoints"
         assert not round_.is_alive()
         assert len(results) == 7

@@ -57,6 +57,7 @@ from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUp, FollowUpEvent
 from crm.merchants.models import Merchant, MerchantCreate
 from crm.privacy import service as privacy
+from tests.support import stalling_server
 from wallet.chain import free_port
 
 LINKS = Links("https://pay.example")
@@ -893,40 +894,18 @@ class TestWebhook:
     def test_stalled_endpoints_do_not_keep_a_healthy_one_from_its_post(self, engine, clock):
         """A follow-up POSTs to all of a merchant's endpoints at once. With 15 stalled, the
         16th waited for one of the connection pool's 10 connections until the deadline."""
-        release, fast_arrived = threading.Event(), threading.Event()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if self.path.startswith("/slow"):
-                    release.wait(30)
-                else:
-                    fast_arrived.set()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format, *args) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{server.server_address[1]}"
         shop_id, _ = shop_with(engine, clock, channel="webhook")
-        for n in range(webhooks.MAX_ENABLED_ENDPOINTS - 1):
-            endpoint(engine, shop_id, f"{base}/slow/{n}", ["*"])
-        endpoint(engine, shop_id, f"{base}/fast", ["*"])
         worker = Worker(engine, KEYRING, webhook_channels(engine), clock)
         outcome: list = []
         round_ = threading.Thread(target=lambda: outcome.append(worker.run_once()))
-        try:
+        with stalling_server() as server:
+            for n in range(webhooks.MAX_ENABLED_ENDPOINTS - 1):
+                endpoint(engine, shop_id, f"{server.base}/slow/{n}", ["*"])
+            endpoint(engine, shop_id, f"{server.base}/fast", ["*"])
             round_.start()
-            arrived = fast_arrived.wait(10)  # a hang guard; with enough connections, at once
-        finally:
-            release.set()
+            arrived = server.fast_arrived.wait(10)  # a hang guard; with enough connections, at once
+            server.release.set()
             round_.join(60)
-            server.shutdown()
-            server.server_close()
         assert arrived, "the healthy endpoint waited for a pooled connection"
         assert outcome[0].outcomes == {"sent:webhook": 1}
 
