@@ -26,7 +26,7 @@ from typing import Any
 
 import anyio.to_thread
 import sqlalchemy as sa
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
@@ -62,6 +62,7 @@ from api.routes import api_router
 from api.runtime import WarmHeapFreezer
 from api.settings import Settings, get_settings
 from api.settlement.invoices import InvoiceNumbers
+from api.text_input import refuse_lone_surrogates
 from api.webhooks.secrets import SecretCipher
 from crm import Clock, KeyRing, SystemClock
 
@@ -244,6 +245,37 @@ class _BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class _CustomerLinkHeadersMiddleware:
+    """Every ``/v1/public/`` response (JSON answers and errors too, not only the HTML pages)
+    gets ``no-store``, ``no-referrer`` and ``nosniff`` unless it set its own: the URL holds
+    the customer's token, and a message's body holds live rating links."""
+
+    PREFIX = "/v1/public/"
+    HEADERS = (
+        (b"cache-control", b"no-store"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-content-type-options", b"nosniff"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _route_path(scope).startswith(self.PREFIX):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in self.HEADERS if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class _ApiMiddleware:
@@ -531,6 +563,7 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json" if config.docs else None,
         debug=False,
+        dependencies=[Depends(refuse_lone_surrogates)],
     )
     app.state.settings = settings
     app.state.api_config = config
@@ -565,6 +598,7 @@ def create_app(
     )
     app.add_middleware(_BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(_RateLimitMiddleware, limiter=app.state.rate_limiter)
+    app.add_middleware(_CustomerLinkHeadersMiddleware)  # the limiter's 429s get them too
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,

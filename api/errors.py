@@ -238,6 +238,8 @@ _SECRET_PATTERNS = (
     (re.compile(r"(?i)(bearer\s+)[^\s'\"]+"), r"\1[REDACTED]"),
     # the customer's single-use link token is the path segment after these prefixes
     (re.compile(r"(/v1/public/(?:feedback|consent|messages)/)[^/?\s\"']+"), r"\1[REDACTED]"),
+    # a checkout link is ``<invoice id>.<token>``: the id stays readable
+    (re.compile(r"(/v1/public/checkout/[^/.?\s\"']+\.)[^/?\s\"']+"), r"\1[REDACTED]"),
     # RPC providers put the project key in the URL path (…/v3/<key>, …/v2/<key>)
     (re.compile(r"(https?://[^/\s]+/(?:[^/\s]+/)*)[A-Za-z0-9_-]{24,}"), r"\1[REDACTED]"),
 )

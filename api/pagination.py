@@ -29,6 +29,7 @@ from api.errors import InvalidRequest, NotFound
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "MAX_ID",
     "MAX_LIMIT",
     "ListResponse",
     "PageDep",
@@ -89,12 +90,17 @@ class ListResponse(BaseModel, Generic[T]):
         return cls(data=list(data), has_more=has_more, url=path)
 
 
+#: The largest id a row can have: the id columns are INTEGER on PostgreSQL, which refuses a
+#: larger value in a comparison (a 500) where SQLite would just find nothing.
+MAX_ID = 2**31 - 1
+
+
 def parse_id(value: str | None) -> int | None:
-    """An ASCII decimal id of at most 18 digits (always a BIGINT), else None
-    (``"¹".isdigit()`` is True!)."""
-    if value is None or not 1 <= len(value) <= 18 or not value.isascii() or not value.isdigit():
+    """An ASCII decimal id from 1 to :data:`MAX_ID`, else None (``"¹".isdigit()`` is True!)."""
+    if value is None or not 1 <= len(value) <= 10 or not value.isascii() or not value.isdigit():
         return None
-    return int(value)
+    parsed = int(value)
+    return parsed if 1 <= parsed <= MAX_ID else None
 
 
 def paginate(

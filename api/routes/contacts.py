@@ -18,7 +18,7 @@ from api.deps import AfterCommit, ClockDep, KeyRingDep, SessionDep, current_requ
 from api.dispatch import phone_tasks
 from api.errors import Forbidden
 from api.keys.service import AuthenticatedKey
-from api.pagination import ListResponse, PageDep, paginate
+from api.pagination import MAX_ID, ListResponse, PageDep, paginate
 from api.routes._common import (
     Manager,
     Staff,
@@ -61,7 +61,7 @@ __all__ = ["router"]
 
 router = ApiRouter(prefix="/contacts", tags=["contacts"])
 
-ContactId = Annotated[int, Path(ge=1, le=2**62, description="A contact id.")]
+ContactId = Annotated[int, Path(ge=1, le=MAX_ID, description="A contact id.")]
 
 
 def _merchant(session: Session, caller: AuthenticatedKey, contact_id: int) -> int:

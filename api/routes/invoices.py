@@ -39,6 +39,7 @@ from api.settlement import invoices as settlement
 from api.settlement import repository as repo
 from api.settlement.checkout import checkout_path
 from api.settlement.errors import MerchantAccountMissingError
+from api.settlement.events import emit_invoice_event
 from api.settlement.models import Invoice, InvoiceState
 from api.webhooks import enqueue
 from api.webhooks.repository import subscriptions
@@ -301,9 +302,9 @@ def mark_invoice(
     )
     session.flush()
     out = _public(session, outcome.invoice, chain, checkout)
-    if outcome.changed:
+    if outcome.changed:  # the shape the indexer's invoice.settled has: one shape per event type
         event = "invoice.settled" if body.status == "settled" else "invoice.invalid"
-        enqueue(session, str(merchant_id), event, out.model_dump(mode="json"))
+        emit_invoice_event(session, outcome.invoice, event)
     return out
 
 

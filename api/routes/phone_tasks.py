@@ -11,7 +11,7 @@ from api.deps import ClockDep, SessionDep
 from api.dispatch import phone_tasks
 from api.dispatch.models import PhoneTask
 from api.errors import NotFound
-from api.pagination import ListResponse, PageDep
+from api.pagination import MAX_ID, ListResponse, PageDep
 from api.routes._common import Staff, actor, merchant_scope, object_merchant, parse_id
 from api.routing import ApiRouter
 from api.schemas.dispatch import PhoneTaskCompleteBody, PhoneTaskOut
@@ -20,7 +20,7 @@ __all__ = ["router"]
 
 router = ApiRouter(prefix="/phone_tasks", tags=["phone_tasks"])
 
-TaskId = Annotated[int, Path(ge=1, le=2**62)]
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @router.get(

@@ -11,7 +11,7 @@ from api import queries
 from api.deps import AfterCommit, ClockDep, KeyRingDep, SessionDep
 from api.errors import NotFound
 from api.keys.service import AuthenticatedKey
-from api.pagination import ListResponse, PageDep, paginate
+from api.pagination import MAX_ID, ListResponse, PageDep, paginate
 from api.routes._common import (
     Staff,
     actor,
@@ -45,7 +45,7 @@ router = ApiRouter()
 MerchantFilter = Annotated[
     str | None, Query(min_length=1, max_length=20, description="Admins: one merchant.")
 ]
-ObjectId = Annotated[int, Path(ge=1, le=2**62)]
+ObjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 # ----------------------------------------------------------------------------------- follow-ups
@@ -66,7 +66,7 @@ def list_followups(
     page: PageDep,
     state: Annotated[FollowUpState | None, Query()] = None,
     reason: Annotated[SuppressionReason | None, Query(description="Suppression reason.")] = None,
-    contact_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    contact_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     merchant_id: MerchantFilter = None,
 ) -> ListResponse[FollowUpOut]:
     stmt = queries.followups_select(
@@ -137,7 +137,7 @@ def list_feedback(
     caller: Staff,
     page: PageDep,
     keyring: KeyRingDep,
-    contact_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    contact_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     rating: Annotated[int | None, Query(ge=1, le=5)] = None,
     merchant_id: MerchantFilter = None,
 ) -> ListResponse[FeedbackOut]:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.pagination import MAX_ID
 from api.settlement.models import Invoice, InvoiceState, Payment
 
 __all__ = [
@@ -52,7 +53,7 @@ class InvoiceCreateBody(BaseModel):
         max_length=200,
         description="Your order reference; at most one payable invoice per order.",
     )
-    contact_id: int | None = Field(default=None, ge=1, le=2**62)
+    contact_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     payer: str | None = Field(
         default=None, pattern=_ADDRESS, description="Only this address may pay (default: any)."
     )

@@ -44,7 +44,7 @@ from api.settlement.models import (
 from crm import contacts
 from crm.audit import service as audit
 from crm.clock import Clock
-from crm.errors import ContactNotFound
+from crm.errors import ContactErased, ContactNotFound
 from crm.followups import service as followups
 from crm.sqlite_gate import holds_write_lock
 from wallet.addresses import parse_address
@@ -328,11 +328,14 @@ def create_invoice(
 
 
 def _require_contact(session: Session, merchant_id: int, contact_id: int) -> None:
-    """The follow-up needs the merchant's own contact: another's, or none, is refused."""
+    """The follow-up needs the merchant's own contact: another's, or none, is refused, and so
+    is an erased one (409 ``contact_erased``, as every other write for it)."""
     try:
-        contacts.get_contact(session, merchant_id, contact_id)
+        contact = contacts.get_contact(session, merchant_id, contact_id)
     except ContactNotFound:
         raise UnknownContactError(f"No such contact: '{contact_id}'.", param="contact_id") from None
+    if contact.erased_at is not None:
+        raise ContactErased("contact has been erased")
 
 
 def operator_of(session: Session, merchant_id: int, chain_id: int) -> str:
@@ -475,8 +478,7 @@ def mark_invoice(
         with session.begin_nested():  # the write alone: a refusal leaves the transaction usable
             invoice.state = InvoiceState.SETTLED if settle else InvoiceState.INVALID
             invoice.status = InvoiceStatus.MARKED
-            if settle:
-                invoice.settled_at = clock.now()
+            invoice.settled_at = clock.now() if settle else None  # as a reorg leaves it
             session.add(invoice)
             session.flush()
     except IntegrityError:  # a create for the order committed after the check above

@@ -274,6 +274,40 @@ class TestOpenAPI:
         assert r.json()["status"] == "ok"
 
 
+def _key_count(db) -> int:
+    with db.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(ApiKeyRecord)).scalar_one())
+
+
+@pytest.mark.parametrize("name", ['"a\\ud800"', '"\\udc00b"', '"\\ude00\\ud83d"'])
+def test_a_lone_surrogate_is_refused_before_anything_is_written(db, client, new_key, name):
+    """Valid JSON, not text: PostgreSQL's driver refused it (a 500), and SQLite stored it, so
+    every later read of the row failed to render (a 500 each time)."""
+    key = new_key("admin", None)
+    before = _key_count(db)
+    body = ('{"role": "admin", "name": ' + name + "}").encode()
+    r = client.post(
+        "/v1/api_keys",
+        content=body,
+        headers={**auth(key), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    assert "surrogate" in r.json()["error"]["message"]
+    assert _key_count(db) == before
+
+
+def test_a_surrogate_pair_is_one_character_and_accepted(client, new_key):
+    """``ensure_ascii`` encoders write an emoji as a pair of escapes."""
+    body = b'{"role": "admin", "name": "shop \\ud83d\\ude00"}'
+    r = client.post(
+        "/v1/api_keys",
+        content=body,
+        headers={**auth(new_key("admin", None)), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "shop \U0001f600"
+
+
 class TestRedact:
     @pytest.mark.parametrize(
         ("text", "leak"),
@@ -285,6 +319,7 @@ class TestRedact:
             ('"GET /v1/public/feedback/Zq9_x-1?rating=5 HTTP/1.1" 200', "Zq9_x-1"),
             ("POST /v1/public/consent/Zq9_x-1/withdraw", "Zq9_x-1"),
             ("GET /v1/public/messages/Zq9_x-1", "Zq9_x-1"),
+            ('"GET /v1/public/checkout/inv_7Hq2.Qx7Yk2mZp9LrT3vW8n HTTP/1.1" 200', "Qx7Yk2mZp9"),
             ("rpc https://mainnet.example.io/v3/" + "k" * 32 + " timed out", "k" * 32),
         ],
     )

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from api.settlement.models import Invoice, InvoiceState, MerchantAccount, Payment, PaymentState
 from tests.api.conftest import auth
 from tests.api.test_resources_crm import Tenant, World
-from tests.api.test_resources_invoices import CHAIN_ID, create, deployment, world
+from tests.api.test_resources_invoices import CHAIN_ID, create, deployment, subscribe, world
 
 __all__ = ["deployment", "world"]  # fixtures
 
@@ -168,12 +168,7 @@ class TestUnmatchedPayments:
 class TestMarkingInvalidTwice:
     def test_answers_the_invoice_as_it_is_and_records_nothing(self, world: World) -> None:
         h = auth(world.a.merchant)
-        r = world.client.post(
-            "/v1/webhook_endpoints",
-            json={"url": "http://127.0.0.1:9/hooks", "enabled_events": ["invoice.invalid"]},
-            headers=h,
-        )
-        assert r.status_code == 200, r.text
+        subscribe(world, world.a.merchant, ["invoice.invalid"])
         invoice = create(world, world.a.merchant).json()
         first = world.client.post(
             f"/v1/invoices/{invoice['id']}/mark", json={"status": "invalid"}, headers=h

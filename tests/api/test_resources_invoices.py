@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import socket
 import threading
@@ -77,6 +78,17 @@ def world(make_app, new_key, db, tester_chain: Chain, deployment: Deployment) ->
             assert r.json()["signer_available"]
         w.chain_info = chain_info  # type: ignore[attr-defined]
         yield w
+
+
+def subscribe(w: World, key: str, events: list[str]) -> dict:
+    """A webhook endpoint of ``key``'s merchant (nothing listens there: deliveries stay queued)."""
+    r = w.client.post(
+        "/v1/webhook_endpoints",
+        json={"url": "http://127.0.0.1:9/hooks", "enabled_events": events},
+        headers=auth(key),
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def create(w: World, key: str, **body: object) -> httpx.Response:
@@ -371,6 +383,68 @@ class TestListAndMark:
         lines = csv_text.text.strip().splitlines()
         assert lines[0].startswith("invoice_id,order_id")
         assert len(lines) == 3
+
+
+def _payloads(w: World, event_type: str) -> list[dict]:
+    with w.engine.connect() as conn:
+        query = sa.text("SELECT payload FROM api_webhook_deliveries WHERE event_type = :t")
+        return [json.loads(p) for p in conn.execute(query, {"t": event_type}).scalars()]
+
+
+class TestMarkDetails:
+    def test_marked_events_have_the_indexers_shape(self, world: World) -> None:
+        """One shape per event type: staff's invoice.settled was the flat API object, the
+        chain's ``{"invoice": {...}}``; a receiver written for one missed the other."""
+        h = auth(world.a.merchant)
+        subscribe(world, world.a.merchant, ["*"])
+        settled, invalid = create(world, world.a.merchant).json(), create(world, world.a.merchant)
+        invalid = invalid.json()
+        for inv, status in ((settled, "settled"), (invalid, "invalid")):
+            r = world.client.post(
+                f"/v1/invoices/{inv['id']}/mark", json={"status": status}, headers=h
+            )
+            assert r.status_code == 200, r.text
+        for inv, event in ((settled, "invoice.settled"), (invalid, "invoice.invalid")):
+            (payload,) = _payloads(world, event)
+            obj = payload["data"]["object"]
+            assert set(obj) == {"invoice"}
+            assert (obj["invoice"]["id"], obj["invoice"]["status"]) == (inv["id"], "marked")
+
+    def test_an_invalidated_settlement_has_no_settled_at(self, world: World) -> None:
+        h = auth(world.a.merchant)
+        inv = create(world, world.a.merchant).json()
+        mark = f"/v1/invoices/{inv['id']}/mark"
+        assert world.client.post(mark, json={"status": "settled"}, headers=h).json()["settled_at"]
+        after = world.client.post(mark, json={"status": "invalid"}, headers=h).json()
+        assert (after["state"], after["settled_at"]) == ("invalid", None)
+
+    def test_an_erased_contact_gets_no_invoice(self, world: World) -> None:
+        h = auth(world.a.merchant)
+        c = new_contact(world, world.a)
+        assert world.client.post(f"/v1/contacts/{c['id']}/erase", headers=h).status_code == 200
+        r = create(world, world.a.merchant, contact_id=c["id"])
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "contact_erased"
+        assert world.client.get("/v1/invoices", headers=h).json()["data"] == []
+
+
+class TestIdsBeyondTheColumns:
+    """Ids are INTEGER columns: PostgreSQL refused a larger value in a comparison (a 500)."""
+
+    def test_a_contact_id_beyond_the_column_is_a_validation_error(self, world: World) -> None:
+        r = create(world, world.a.merchant, contact_id=2**31)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["param"] == "contact_id"
+        r = world.client.get(f"/v1/contacts/{2**31}", headers=auth(world.a.merchant))
+        assert r.status_code == 422, r.text
+
+    def test_a_merchant_id_beyond_the_column_is_no_merchant(self, world: World) -> None:
+        h = auth(world.admin)
+        r = world.client.get("/v1/invoices", params={"merchant_id": "99999999999"}, headers=h)
+        assert (r.status_code, r.json()["data"]) == (200, [])
+        r = create(world, world.admin, merchant_id="99999999999")
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["param"] == "merchant_id"
 
 
 class TestIsolationAndRoles:

@@ -249,6 +249,24 @@ class TestConsentLinks:
         assert r.status_code == 200
         assert r.json() == {"object": "list", "data": []}
 
+    def test_every_link_answer_is_private(self, world: World) -> None:
+        """The URL holds the token and a message's body live rating links: the JSON answers
+        and errors must not be cached or leak in a Referer, as the HTML pages already did."""
+        c = _in_app_contact(world)
+        (token,) = _send_in_app(world, c["id"], 1)
+        answers = [
+            world.client.get(f"/v1/public/messages/{token}"),
+            world.client.get(f"/v1/public/feedback/{token}"),
+            world.client.get(f"/v1/public/consent/{token}"),
+            world.client.get("/v1/public/feedback/no-such-token"),
+            world.client.get(f"/v1/public/feedback/{token}/rate", params={"rating": 4}),
+        ]
+        assert [r.status_code for r in answers] == [200, 200, 200, 404, 200]
+        for r in answers:
+            assert r.headers["cache-control"] == "no-store", r.url
+            assert r.headers["referrer-policy"] == "no-referrer", r.url
+            assert r.headers["x-content-type-options"] == "nosniff", r.url
+
     def test_an_in_app_followup_is_shown_to_its_link_and_its_link_rates(self, world: World) -> None:
         """The worker's in-app channel stores it; the customer reads it over HTTP with the
         links' token put back, and its link's page records the rating."""
