@@ -29,9 +29,11 @@ if TYPE_CHECKING:  # alembic loads only for migrations (~0.15 s of every CLI sta
 __all__ = [
     "NAMING_CONVENTION",
     "VERSION_TABLE",
+    "SchemaRevisionError",
     "SessionFactory",
     "UTCDateTime",
     "alembic_config",
+    "check_schema",
     "holds_encrypted_data",
     "is_api_table",
     "make_engine",
@@ -151,6 +153,55 @@ def holds_encrypted_data(url: str | sa.URL) -> bool:
         return False
     finally:
         engine.dispose()
+
+
+class SchemaRevisionError(Exception):
+    """The database's schema is not the one this release's code was written for."""
+
+    status_code = 409
+    code = "schema_revision"
+
+
+def check_schema(engine: sa.Engine, *, behind_ok: bool = False) -> None:
+    """Both migration chains at this release's heads, else :class:`SchemaRevisionError` naming
+    the chain and what to do: a command on a database an upgrade has not reached failed later
+    on a missing column, and one a newer release migrated failed as "Can't locate revision".
+    ``behind_ok``: only a revision this release does not know is refused (before upgrading)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from crm.db import VERSION_TABLE as CRM_VERSION_TABLE
+    from crm.db import alembic_config as crm_config
+
+    chains = (("crm", CRM_VERSION_TABLE, crm_config()), ("api", VERSION_TABLE, alembic_config()))
+    with engine.connect() as conn:
+        present = set(sa.inspect(conn).get_table_names())
+        for chain, table, cfg in chains:
+            script = ScriptDirectory.from_config(cfg)
+            head = script.get_current_head()
+            current = (
+                conn.execute(sa.text(f"SELECT version_num FROM {table}")).scalar()  # noqa: S608
+                if table in present
+                else None
+            )
+            if current == head:
+                continue
+            if current is not None:
+                try:
+                    script.get_revision(current)
+                except CommandError:
+                    raise SchemaRevisionError(
+                        f"the database's {chain} schema is at revision {current}, which this "
+                        f"release does not know (it goes up to {head}): a newer release "
+                        "migrated it; run that release"
+                    ) from None
+            if behind_ok:
+                continue
+            at = "not migrated" if current is None else f"at revision {current}"
+            raise SchemaRevisionError(
+                f"the database's {chain} schema is {at}, this release needs {head}: "
+                "run `followpay db upgrade`"
+            )
 
 
 def upgrade(

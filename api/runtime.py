@@ -7,13 +7,14 @@ clock, and the operator signers of ``FOLLOWPAY_OPERATORS`` (:mod:`api.operators`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import os
 import secrets
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from api.db import holds_encrypted_data
+from api.db import check_schema, holds_encrypted_data
 from api.operators import OperatorKeys, OperatorUnavailableError, load_operator_signers
 from api.settings import Settings
 from crm import KeyRing, SystemClock, make_engine
@@ -124,7 +125,7 @@ def chain_info_for(chain: Chain, deployment: Deployment) -> ChainInfo:
     )
 
 
-@contextmanager
+@contextlib.contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
     """SIGINT/SIGTERM set ``stop`` instead of raising in the middle of whatever runs.
 
@@ -168,9 +169,19 @@ def load_master_key(settings: Settings) -> bytes:
     path = settings.home / "master.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+        # written whole beside it, then linked in: a process starting at the same moment
+        # reads either no key or the whole key, and the first link wins
+        draft = path.with_name(f".master.key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(draft, path)
+        finally:
+            draft.unlink(missing_ok=True)
     return bytes.fromhex(path.read_text().strip())
 
 
@@ -197,6 +208,20 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
+@contextlib.contextmanager
+def _home_lock(home: Path) -> Iterator[None]:
+    """One upgrade at a time per home: another process's upgrade (``serve`` and ``db upgrade``
+    started together) must not see a database file or a key half made, nor have this one's
+    clean-up after a failure remove what it made."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(home, os.O_RDONLY)  # the directory itself: no lock file left in the home
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class MasterKeyMissingError(Exception):
     """The master key file is gone while the database holds data encrypted under it."""
 
@@ -215,12 +240,22 @@ class Runtime:
         path = _sqlite_path(url)
         if path is not None and not path.exists():
             raise DatabaseMissingError(f"no database at {path}: run `followpay db upgrade` first")
-        return make_engine(url)
+        engine = make_engine(url)
+        try:
+            check_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
 
     def upgrade_database(self) -> HeadsSealed:
         """Apply the migrations (creating the SQLite file and its directory), sealing with the
         server's key the consent heads older releases wrote without a MAC (see
         :func:`crm.db.upgrade`)."""
+        with _home_lock(self.settings.home):
+            return self._upgrade_database()
+
+    def _upgrade_database(self) -> HeadsSealed:
         from api.db import upgrade
 
         url = self.settings.resolved_database_url
@@ -239,6 +274,12 @@ class Runtime:
         if "engine" in self.__dict__:
             self.engine.dispose()  # pooled connections must not outlive the schema change
         try:
+            if not new_file:  # a newer release's schema: say so before touching it
+                existing = make_engine(url)
+                try:
+                    check_schema(existing, behind_ok=True)
+                finally:
+                    existing.dispose()
             return upgrade(url, keyring=keyring)
         except BaseException:  # leave the home as it was found
             if path is not None and new_file:

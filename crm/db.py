@@ -25,11 +25,14 @@ if TYPE_CHECKING:  # alembic loads only for migrations (~0.15 s of every CLI sta
     from crm.crypto import KeyRing
 
 __all__ = [
+    "MIGRATION_LOCK",
     "VERSION_TABLE",
+    "MigrationCheckError",
     "alembic_config",
     "current_revision",
     "execute_many",
     "make_engine",
+    "run_migrations_online",
     "session_scope",
     "truncate_wal",
     "upgrade",
@@ -206,6 +209,53 @@ def _before_required_mac(
     else:
         revision = current_revision(url or cfg.get_main_option("sqlalchemy.url") or "")
     return revision is None or revision <= _LAST_WITHOUT_REQUIRED_MAC
+
+
+#: ``pg_advisory_xact_lock`` key every migration run takes ("FollowPay" in ASCII, 63 bits).
+MIGRATION_LOCK = 0x466F6C6C6F77506179 & (2**63 - 1)
+
+
+class MigrationCheckError(Exception):
+    """A migration run left rows whose foreign keys point nowhere (SQLite checks them itself
+    only while the run has them switched off); nothing was committed."""
+
+
+def run_migrations_online(context: Any, configure: Callable[[sa.Connection], None]) -> None:
+    """The ``run_migrations_online`` of both Alembic environments.
+
+    A caller's connection (``config.attributes["connection"]``) is used as it is, in its own
+    transaction. Otherwise the run opens one connection from :func:`make_engine` and makes two
+    processes migrate one after the other, each reading the version only once it may write:
+    SQLite takes its write lock (``BEGIN IMMEDIATE``) and PostgreSQL an advisory lock held
+    until commit. SQLite's foreign keys are off for the run (batch mode rebuilds a table by
+    dropping it, which fails while other rows refer to it) and checked before the commit."""
+    config = context.config
+    given = config.attributes.get("connection")
+    if given is not None:
+        configure(given)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = make_engine(
+        config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or "",
+        hide_parameters=True,
+    )
+    try:
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:  # outside a transaction, where SQLite honours it
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                raw.execute("PRAGMA foreign_keys=OFF")
+            configure(conn)
+            with context.begin_transaction():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                context.run_migrations()
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise MigrationCheckError("the migration left rows with broken foreign keys")
+    finally:
+        engine.dispose()
 
 
 def current_revision(url: str | sa.URL) -> str | None:

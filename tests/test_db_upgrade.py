@@ -132,3 +132,142 @@ def test_a_new_home_and_its_database_are_the_owners_only(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     modes = {p.name: p.stat().st_mode & 0o777 for p in (home, *home.iterdir())}
     assert modes == {"home": 0o700, "followpay.sqlite3": 0o600, "master.key": 0o600}, modes
+
+
+def _start_upgrade(home: Path, *, master_key: str | None) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")}
+    env["FOLLOWPAY_HOME"] = str(home)
+    if master_key is not None:
+        env["FOLLOWPAY_MASTER_KEY"] = master_key
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "api.cli"]
+    return subprocess.Popen(
+        [*command, "db", "upgrade"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _heads() -> tuple[str | None, str | None]:
+    from api.db import alembic_config as api_config
+
+    return (
+        ScriptDirectory.from_config(alembic_config()).get_current_head(),
+        ScriptDirectory.from_config(api_config()).get_current_head(),
+    )
+
+
+def _revisions(conn: sa.Connection) -> tuple[str | None, str | None]:
+    return (
+        conn.execute(sa.text("SELECT version_num FROM crm_alembic_version")).scalar_one(),
+        conn.execute(sa.text("SELECT version_num FROM alembic_version_api")).scalar_one(),
+    )
+
+
+def test_two_upgrades_of_a_new_home_at_once_both_succeed_and_keep_it(tmp_path: Path) -> None:
+    """``serve`` and ``db upgrade`` started together: the api chain's statements committed one
+    by one on SQLite, so the two ran the same migration and one failed, and its clean-up then
+    deleted the database and master.key the other had just made (8 of 20 tries)."""
+    for trial in range(3):
+        home = tmp_path / f"home{trial}"
+        runs = [_start_upgrade(home, master_key=None) for _ in range(2)]
+        outcomes = [(p.wait(120), p.stderr.read() if p.stderr else "") for p in runs]
+        for run in runs:
+            for stream in (run.stdout, run.stderr):
+                if stream is not None:
+                    stream.close()
+        assert [rc for rc, _ in outcomes] == [0, 0], outcomes
+        assert sorted(p.name for p in home.iterdir()) == ["followpay.sqlite3", "master.key"]
+        assert len(bytes.fromhex((home / "master.key").read_text())) == 32
+        engine = make_engine(f"sqlite:///{home / 'followpay.sqlite3'}")
+        try:
+            with engine.connect() as conn:
+                assert _revisions(conn) == _heads()
+        finally:
+            engine.dispose()
+
+
+def test_two_upgrades_of_an_empty_postgresql_database_at_once_both_succeed() -> None:
+    """Each chain's run holds an advisory lock: the second waits, then finds nothing to do
+    (both ran the same CREATE TABLEs, and one failed on pg_type's unique index)."""
+    import uuid
+
+    from api.db import make_engine as api_engine
+    from tests.support import PG_URL, missing
+
+    schema = f"race_{uuid.uuid4().hex[:12]}"
+    admin = api_engine(PG_URL, connect_args={"connect_timeout": 3})
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        missing(f"PostgreSQL unreachable at {PG_URL}: {type(exc).__name__}")
+    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    code = "import sys; from api.db import upgrade; upgrade(sys.argv[1])"
+    try:
+        # processes, not threads: Alembic's ``context`` is one per process
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, url.render_as_string(hide_password=False)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outcomes = [run.communicate(timeout=120) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outcomes
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'SET search_path TO "{schema}"'))
+            assert _revisions(conn) == _heads()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _followpay(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")}
+    env.update(FOLLOWPAY_HOME=str(home), FOLLOWPAY_MASTER_KEY=MASTER_KEY)
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "api.cli"]
+    return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_command_on_a_database_behind_this_release_says_to_upgrade(tmp_path: Path) -> None:
+    """It failed on the first missing column ("no such column: …window_start_minute")."""
+    from api.db import alembic_config as api_config
+
+    home = tmp_path / "home"
+    assert _upgrade(home).returncode == 0
+    url = f"sqlite:///{home / 'followpay.sqlite3'}"
+    command.downgrade(api_config(url), "0012")
+    result = _followpay(home, "admin", "create-merchant", "Tea House")
+    assert result.returncode != 0
+    assert "api schema is at revision 0012" in result.stderr
+    assert "run `followpay db upgrade`" in result.stderr
+    assert _upgrade(home).returncode == 0
+    assert _followpay(home, "admin", "create-merchant", "Tea House").returncode == 0
+
+
+def test_a_database_a_newer_release_migrated_is_named_as_such(tmp_path: Path) -> None:
+    """`db upgrade` said "CommandError: Can't locate revision identified by '0099'", naming
+    neither chain (both count from 0001) nor the likely cause; it changes nothing."""
+    home = tmp_path / "home"
+    assert _upgrade(home).returncode == 0
+    engine = make_engine(f"sqlite:///{home / 'followpay.sqlite3'}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE crm_alembic_version SET version_num = '0099'"))
+        for args in (("db", "upgrade"), ("admin", "create-merchant", "Tea House")):
+            result = _followpay(home, *args)
+            assert result.returncode != 0
+            assert "crm schema is at revision 0099, which this release does not know" in (
+                result.stderr
+            ), result.stderr
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM crm_merchant")).scalar() == 0
+            assert _revisions(conn)[0] == "0099"
+    finally:
+        engine.dispose()

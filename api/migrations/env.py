@@ -12,7 +12,8 @@ import api.idempotency.models
 import api.keys.models
 import api.settlement.models
 import api.webhooks.models  # noqa: F401  (register the tables)
-from api.db import VERSION_TABLE, is_api_table, make_engine
+from api.db import VERSION_TABLE, is_api_table
+from crm.db import run_migrations_online
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -37,6 +38,7 @@ def _configure(connection: Any) -> None:
         include_object=include_object,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        transactional_ddl=True,  # SQLite's DDL is transactional too: one run, one transaction
     )
 
 
@@ -52,24 +54,7 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
-        return
-    engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
-    try:
-        with engine.connect() as conn:
-            _configure(conn)
-            with context.begin_transaction():
-                context.run_migrations()
-    finally:
-        engine.dispose()
-
-
 if context.is_offline_mode():
     run_migrations_offline()
 else:
-    run_migrations_online()
+    run_migrations_online(context, _configure)

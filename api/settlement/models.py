@@ -205,7 +205,7 @@ class Refund(SQLModel, table=True):
     # None: indexed before migration 0010, when neither was stored (and every refund counted)
     token: str | None = Field(default=None, max_length=42)
     total_refunded: int | None = Field(default=None, sa_type=Uint256)
-    credited: bool = True
+    credited: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})  # 0010
     reorged: bool = False
     seen_at: datetime = Field(sa_type=UTCDateTime)
 

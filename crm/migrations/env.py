@@ -9,7 +9,7 @@ from sqlmodel import SQLModel
 
 import crm.models  # noqa: F401  (registers every table)
 from crm._base import is_crm_table
-from crm.db import VERSION_TABLE, make_engine
+from crm.db import VERSION_TABLE, run_migrations_online
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -34,6 +34,7 @@ def _configure(connection: Any) -> None:
         include_object=include_object,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        transactional_ddl=True,  # SQLite's DDL is transactional too: one run, one transaction
     )
 
 
@@ -49,24 +50,7 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
-        return
-    engine = make_engine(config.attributes.get("url") or config.get_main_option("sqlalchemy.url"))
-    try:
-        with engine.connect() as conn:
-            _configure(conn)
-            with context.begin_transaction():
-                context.run_migrations()
-    finally:
-        engine.dispose()
-
-
 if context.is_offline_mode():
     run_migrations_offline()
 else:
-    run_migrations_online()
+    run_migrations_online(context, _configure)

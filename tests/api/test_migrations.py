@@ -28,6 +28,7 @@ def test_migrations_match_models(engine):
                 "version_table": VERSION_TABLE,
                 "include_object": _only_api,
                 "compare_type": True,
+                "compare_server_default": True,
             },
         )
         diffs = compare_metadata(context, SQLModel.metadata)
@@ -296,5 +297,66 @@ def test_0011_lets_a_rolled_back_log_come_back_once(tmp_path, table):
         with engine.connect() as conn:
             count = sa.select(sa.func.count()).select_from(sa.table(table))
             assert conn.execute(count).scalar_one() == 2
+    finally:
+        engine.dispose()
+
+
+def test_a_rebuilt_table_that_rows_refer_to_downgrades_on_sqlite(tmp_path):
+    """0012's downgrade rebuilds the endpoints table (batch mode: copy, drop, rename): with a
+    delivery pointing at an endpoint, the drop failed on the foreign key and left
+    ``_alembic_tmp_api_webhook_endpoints`` behind, so every retry failed too. The run turns
+    foreign keys off and checks them before it commits."""
+    from alembic import command
+
+    from api.db import alembic_config, make_engine, session_factory, session_scope, upgrade
+    from api.webhooks import service as webhooks
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        with session_scope(session_factory(engine)) as s:
+            webhooks.create_endpoint(s, "m_1", "https://hooks.example/h", ["*"])
+            webhooks.enqueue(s, "m_1", "invoice.settled", {"id": "inv_1"})
+        command.downgrade(alembic_config(url), "0011")
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("api_webhook_endpoints")}
+            kept = conn.execute(sa.text("SELECT count(*) FROM api_webhook_deliveries")).scalar()
+            broken = conn.execute(sa.text("PRAGMA foreign_key_check")).all()
+        assert not {t for t in tables if t.startswith("_alembic_tmp")}
+        assert "disabled_reason" not in columns
+        assert (kept, broken) == (1, [])
+        command.upgrade(alembic_config(url), "head")
+    finally:
+        engine.dispose()
+
+
+def test_a_run_that_would_break_a_foreign_key_commits_nothing(tmp_path):
+    """With foreign keys off for the run, SQLite would not stop a migration that orphans rows:
+    the run checks them before its commit."""
+    from alembic import command
+
+    from api.db import alembic_config, make_engine, upgrade
+    from crm.db import MigrationCheckError
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    upgrade(url, revision="0011")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.exec_driver_sql(
+                "INSERT INTO api_webhook_deliveries (id, endpoint_id, merchant_id, event_id,"
+                " event_type, payload, status, attempt_count, next_attempt_at, created_at)"
+                " VALUES ('whd_1', 'we_gone', 'm_1', 'evt_1', 'invoice.settled', '{}',"
+                " 'pending', 0, '2026-01-01', '2026-01-01')"
+            )
+            conn.commit()
+        with pytest.raises(MigrationCheckError):
+            command.upgrade(alembic_config(url), "head")
+        with engine.connect() as conn:
+            version = conn.execute(sa.text("SELECT version_num FROM alembic_version_api")).scalar()
+        assert version == "0011"
     finally:
         engine.dispose()

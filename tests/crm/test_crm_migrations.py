@@ -40,7 +40,8 @@ def _include(obj, name, type_, reflected, compare_to):  # type: ignore[no-untype
 def _diffs(engine: sa.Engine) -> list[object]:
     with engine.connect() as conn:
         ctx = MigrationContext.configure(
-            conn, opts={"include_object": _include, "compare_type": True}
+            conn,
+            opts={"include_object": _include, "compare_type": True, "compare_server_default": True},
         )
         return list(compare_metadata(ctx, SQLModel.metadata))
 

@@ -33,11 +33,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
-from sqlmodel import Session, SQLModel, col, func, select
+from sqlmodel import Session, col, func, select
 
 import api.dispatch.models
 import api.settlement.models  # noqa: F401
 import crm.models  # noqa: F401 - registers the crm_ tables
+from api.db import upgrade
 from api.dispatch.channels import EmailChannel, Links
 from api.dispatch.worker import Worker
 from api.settlement import invoices
@@ -367,8 +368,8 @@ def test_sigkilled_indexer_and_worker_settle_once_and_send_at_most_once(
     controller, sink = smtp
     started = time.monotonic()
     rng = random.Random(SEED)
+    upgrade(pg_url)  # the processes refuse a schema the migrations did not make
     engine = make_engine(pg_url)
-    SQLModel.metadata.create_all(engine)
     master = bytes(rng.randrange(256) for _ in range(32))
     keyring = KeyRing(master)
     deployment, txs = _setup(chain, engine, keyring)
