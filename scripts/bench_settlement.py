@@ -45,11 +45,12 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 from eth_abi import decode as abi_decode  # noqa: E402
 from eth_account import Account  # noqa: E402
-from sqlmodel import Session, SQLModel, func, select  # noqa: E402
+from sqlmodel import Session, func, select  # noqa: E402
 
 import api.dispatch.models  # noqa: E402
 import api.settlement.models  # noqa: E402, F401
 import crm.models  # noqa: E402, F401
+from api.db import upgrade  # noqa: E402
 from api.settlement import invoices  # noqa: E402
 from api.settlement.indexer import Indexer  # noqa: E402
 from api.settlement.models import IndexerCursor, Invoice, InvoiceState  # noqa: E402
@@ -569,8 +570,9 @@ def _pays_seconds(n: int, payers: int, client: httpx.Client, root: Path) -> tupl
     seconds over them."""
     root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="e2e-", dir=root))
-    engine = make_engine(f"sqlite:///{workdir / 'e2e.sqlite3'}")
-    SQLModel.metadata.create_all(engine)
+    url = f"sqlite:///{workdir / 'e2e.sqlite3'}"
+    upgrade(url)  # the indexer process refuses a schema the migrations did not make
+    engine = make_engine(url)
     try:
         with connect(ChainConfig(backend="anvil")) as chain:
             assert chain.rpc_url is not None
@@ -723,8 +725,9 @@ def _generate(market: _Market, intents: list[tuple[int, bytes, bytes, int]], pay
 
 
 def bench_catch_up(n: int, workdir: Path, payers: int = 50) -> list[dict[str, Any]]:
-    engine = make_engine(f"sqlite:///{workdir / 'catchup.sqlite3'}")
-    SQLModel.metadata.create_all(engine)
+    url = f"sqlite:///{workdir / 'catchup.sqlite3'}"
+    upgrade(url)  # as production makes it
+    engine = make_engine(url)
     with connect(ChainConfig(backend="anvil", anvil_args=("--gas-limit", "300000000"))) as chain:
         market = _Market(chain, payers)
         merchant_id, account, _ = _shop(engine, market, contacts_n=0)
