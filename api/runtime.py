@@ -171,15 +171,23 @@ def load_master_key(settings: Settings) -> bytes:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # written whole beside it, then linked in: a process starting at the same moment
         # reads either no key or the whole key, and the first link wins
+        fresh = secrets.token_hex(32)
         draft = path.with_name(f".master.key.{os.getpid()}.{secrets.token_hex(4)}")
         fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32))
+                handle.write(fresh)
                 handle.flush()
                 os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.link(draft, path)
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links: create it in place
+                with contextlib.suppress(FileExistsError):
+                    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(out, "w") as handle:
+                        handle.write(fresh)
         finally:
             draft.unlink(missing_ok=True)
     return bytes.fromhex(path.read_text().strip())

@@ -271,3 +271,20 @@ def test_a_database_a_newer_release_migrated_is_named_as_such(tmp_path: Path) ->
             assert _revisions(conn)[0] == "0099"
     finally:
         engine.dispose()
+
+
+def test_a_new_master_key_is_made_where_hard_links_are_refused(tmp_path: Path, monkeypatch) -> None:
+    """The key is written beside its place and linked in; a file system without hard links
+    still gets it, created in place."""
+    from api.runtime import load_master_key
+    from api.settings import get_settings
+
+    def refused(*_args: object) -> None:
+        raise PermissionError("no hard links here")
+
+    monkeypatch.setattr(os, "link", refused)
+    settings = get_settings(home=tmp_path / "home")
+    key = load_master_key(settings)
+    assert len(key) == 32
+    assert load_master_key(settings) == key
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["master.key"]
