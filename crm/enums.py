@@ -79,6 +79,8 @@ class SuppressionReason(StrEnum):
     QUIET_HOURS = "quiet_hours"
     FREQUENCY_CAP = "frequency_cap"
     ERASED = "erased"
+    #: the contact's stored zone no longer resolves (tzdata dropped it): quiet hours unknown
+    UNKNOWN_TIME_ZONE = "unknown_time_zone"
 
 
 class TicketState(StrEnum):

@@ -9,9 +9,9 @@ completing re-check, for a task the worker wrote while a withdrawal was committi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
@@ -22,6 +22,8 @@ from api.errors import ApiError, NotFound
 from crm.audit import service as audit
 from crm.clock import Clock
 from crm.enums import ConsentStatus
+from crm.errors import InvalidTimeZone
+from crm.followups.windows import zone
 
 __all__ = [
     "PhoneTaskClosed",
@@ -29,8 +31,11 @@ __all__ = [
     "cancel_without_consent",
     "complete",
     "get",
+    "retime_for_contact",
     "roll_windows",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class PhoneTaskClosed(ApiError):
@@ -68,21 +73,50 @@ def roll_windows(session: Session, now: datetime, limit: int = 500) -> int:
     from its follow-up's policy (else from its stored bounds' local times, whose start may be
     the hour it was made). Returns how many moved (at most ``limit`` a call)."""
     tasks = repo.open_tasks_past_window(session, now, limit)
+    return _retime(session, tasks, now)
+
+
+def retime_for_contact(
+    session: Session, merchant_id: int, contact_id: int, time_zone: str, now: datetime
+) -> int:
+    """The contact moved to ``time_zone``: its open tasks' windows follow it (an agent was
+    told a contact was callable at night in the zone it now lives in). How many."""
+    tasks = repo.open_tasks_for_contact(session, merchant_id, contact_id)
+    return _retime(session, tasks, now, time_zone)
+
+
+def _retime(
+    session: Session, tasks: Sequence[PhoneTask], now: datetime, moved_to: str | None = None
+) -> int:
+    """Each task's window from ``now`` (:func:`call_window`) in its zone, or in ``moved_to``
+    (the window's minutes are read in the zone the task was made in). A task whose zone no
+    longer resolves is left as it is (logged): its calling hours are unknown."""
     legacy = [t.followup_id for t in tasks if t.window_start_minute is None]
     policies = repo.policy_windows(session, legacy)
+    done = 0
     for task in tasks:
-        zone = ZoneInfo(task.time_zone)
+        try:
+            local = zone(task.time_zone)
+        except InvalidTimeZone:
+            log.warning("phone task %s: time zone %r no longer resolves", task.id, task.time_zone)
+            continue
         start, end = task.window_start_minute, task.window_end_minute
         if start is None or end is None:
-            opened, closed = task.call_after.astimezone(zone), task.call_before.astimezone(zone)
+            opened, closed = task.call_after.astimezone(local), task.call_before.astimezone(local)
             start, end = policies.get(
                 task.followup_id,
                 (opened.hour * 60 + opened.minute, closed.hour * 60 + closed.minute or 24 * 60),
             )
+        if not 0 <= start < end <= 24 * 60:  # read off bounds that crossed midnight
+            log.warning("phone task %s: no usable window to move it to", task.id)
+            continue
+        if moved_to is not None:
+            task.time_zone = moved_to
         task.call_after, task.call_before = call_window(now, task.time_zone, start, end)
         task.window_start_minute, task.window_end_minute = start, end
         repo.save(session, task)
-    return len(tasks)
+        done += 1
+    return done
 
 
 def cancel_without_consent(

@@ -164,6 +164,10 @@ def update_contact(
         contact = contacts.update_contact(
             session, merchant_id, contact_id, data, keyring, clock, actor(caller)
         )
+    if data.time_zone is not None:  # open call tasks follow the contact's clock
+        phone_tasks.retime_for_contact(
+            session, merchant_id, contact_id, contact.time_zone, clock.now()
+        )
     return _out(session, contact, keyring)
 
 

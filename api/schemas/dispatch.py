@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.dispatch.models import PhoneCancelReason, PhoneOutcome, PhoneTask
+from crm.errors import InvalidTimeZone
+from crm.followups.windows import zone
 
 __all__ = ["PhoneTaskCompleteBody", "PhoneTaskOut"]
 
@@ -46,9 +48,12 @@ class PhoneTaskOut(BaseModel):
         cls, task: PhoneTask, now: datetime, blocked: PhoneCancelReason | None = None
     ) -> PhoneTaskOut:
         """``blocked``: :func:`api.dispatch.phone_tasks.blocked_reasons` of an open task."""
-        zone = ZoneInfo(task.time_zone)
+        try:
+            local, hours_known = zone(task.time_zone), True
+        except InvalidTimeZone:  # tzdata dropped the name: shown in UTC, never callable
+            local, hours_known = ZoneInfo("UTC"), False
         open_ = task.state == "open"
-        start, end = task.call_after.astimezone(zone), task.call_before.astimezone(zone)
+        start, end = task.call_after.astimezone(local), task.call_before.astimezone(local)
         return cls(
             id=task.id or 0,
             merchant_id=str(task.merchant_id),
@@ -58,7 +63,10 @@ class PhoneTaskOut(BaseModel):
             call_after=task.call_after,
             call_before=task.call_before,
             local_window=f"{start:%H:%M}-{end:%H:%M}",
-            callable_now=open_ and blocked is None and task.call_after <= now < task.call_before,
+            callable_now=open_
+            and hours_known
+            and blocked is None
+            and task.call_after <= now < task.call_before,
             blocked_reason=blocked if open_ else None,
             state=task.state,  # type: ignore[arg-type]
             outcome=task.outcome,  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from crm.consent import service as consent
 from crm.contacts import service as contacts
 from crm.contacts.models import Contact, ContactTraits
 from crm.enums import Channel, FollowUpState, SuppressionReason, Trigger
-from crm.errors import ContactNotFound, FollowUpNotFound, InvalidRequest
+from crm.errors import ContactNotFound, FollowUpNotFound, InvalidRequest, InvalidTimeZone
 from crm.feedback import repository as feedback_repo
 from crm.followups import repository as repo
 from crm.followups.models import FollowUp, FollowUpEvent, FollowUpPolicy, Purchase
@@ -109,9 +109,12 @@ def _rule(
     last = facts.last_contacted() if cap else None
     if (last is not None and at - last < cap) or (scheduling and cap and facts.pending()):
         return _Decision(suppressed, SuppressionReason.FREQUENCY_CAP, channel, at)
-    start = next_window_start(
-        at, contact.time_zone, policy.window_start_minute, policy.window_end_minute
-    )
+    try:
+        start = next_window_start(
+            at, contact.time_zone, policy.window_start_minute, policy.window_end_minute
+        )
+    except InvalidTimeZone:  # fail closed, for this contact only
+        return _Decision(suppressed, SuppressionReason.UNKNOWN_TIME_ZONE, channel, at)
     if start >= expires_at:
         return _Decision(suppressed, SuppressionReason.QUIET_HOURS, channel, at)
     state = FollowUpState.SCHEDULED if scheduling or start != at else FollowUpState.QUEUED

@@ -338,3 +338,24 @@ def test_a_task_without_its_followup_is_not_callable(world: World) -> None:  # n
         s.add(stored)
     view = _listed(world)[task]
     assert (view["blocked_reason"], view["callable_now"]) == ("no_consent", False)
+
+
+def test_a_contact_moving_to_another_zone_moves_its_open_calls(world: World) -> None:  # noqa: F811
+    """The task kept the old zone: an agent saw a contact in Auckland as callable at night."""
+    task_id = _task(world, world.a.id, after=timedelta(hours=1), zone="Europe/London")
+    with Session(world.engine, expire_on_commit=False) as s, s.begin():
+        task = s.exec(select(PhoneTask).where(PhoneTask.id == task_id)).one()
+        task.window_start_minute, task.window_end_minute = 10 * 60, 18 * 60  # as the channel
+        s.add(task)
+        contact_id = task.contact_id
+    r = world.client.post(
+        f"/v1/contacts/{contact_id}",
+        json={"time_zone": "Pacific/Auckland"},
+        headers=auth(world.a.merchant),
+    )
+    assert r.status_code == 200, r.text
+    listed = _listed(world)[task_id]
+    assert listed["time_zone"] == "Pacific/Auckland"
+    assert _zone(world, task_id) == "Pacific/Auckland"
+    start, end = (listed["local_window"].split("-")[i] for i in (0, 1))
+    assert (start, end) == ("10:00", "18:00"), listed["local_window"]

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 import api.dispatch.models  # noqa: F401
@@ -14,6 +15,7 @@ from api.dispatch import phone_tasks as calls
 from api.dispatch.channels import PhoneChannel, Recipient
 from api.dispatch.models import PhoneTask
 from api.dispatch.worker import Worker
+from api.schemas.dispatch import PhoneTaskOut
 from crm import (
     ContactCreate,
     FollowUpPolicyCreate,
@@ -26,11 +28,35 @@ from crm import (
 )
 from crm.followups import dispatch as followups_dispatch
 from crm.followups import policies as followups_policies
+from crm.followups.models import FollowUp
 from crm.merchants.models import MerchantCreate
 
 KEYRING = KeyRing(b"p" * 32)
 LONDON = ZoneInfo("Europe/London")
 TEN_TO_SIX = (10 * 60, 18 * 60)
+
+
+def _callable_contact(session: Session, shop_id: int, name: str, clock: FrozenClock) -> int:
+    """A London contact who consented to calls about the service."""
+    person = contacts.create_contact(
+        session,
+        shop_id,
+        ContactCreate(name=name, phone="+442071838750", time_zone="Europe/London"),
+        KEYRING,
+        clock,
+    )
+    assert person.id is not None
+    consent.grant(
+        session,
+        shop_id,
+        person.id,
+        "service_followup",
+        "phone",
+        actor=name,
+        clock=clock,
+        keyring=KEYRING,
+    )
+    return person.id
 
 
 def _shop(engine, clock, window):
@@ -48,27 +74,11 @@ def _shop(engine, clock, window):
             actor="owner",
             clock=clock,
         )
-        person = contacts.create_contact(
-            session,
-            shop.id,
-            ContactCreate(name="Ada", phone="+442071838750", time_zone="Europe/London"),
-            KEYRING,
-            clock,
-        )
-        consent.grant(
-            session,
-            shop.id,
-            person.id,
-            "service_followup",
-            "phone",
-            actor="ada",
-            clock=clock,
-            keyring=KEYRING,
-        )
+        person_id = _callable_contact(session, shop.id, "Ada", clock)
         followups.schedule_for_payment(
-            session, shop.id, person.id, "pay_1", "inv_1", 1, "tUSD", clock.now(), clock
+            session, shop.id, person_id, "pay_1", "inv_1", 1, "tUSD", clock.now(), clock
         )
-        return shop.id, person.id
+        return shop.id, person_id
 
 
 def _task_window(engine) -> tuple[str, str]:
@@ -177,3 +187,113 @@ class TestMissedWindows:
         with Session(engine) as session, session.begin():
             assert calls.roll_windows(session, clock.now()) == 0
         assert _task_window(engine) == ("2026-06-01 12:00", "2026-06-01 18:00")
+
+
+class TestTimeZoneChanges:
+    def test_open_tasks_follow_a_contact_who_moves(self, engine):
+        """The task kept the zone it was made in: moved to Auckland, the contact showed as
+        callable from 23:00 to 05:00 there."""
+        clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))  # 12:00 in London
+        shop_id, person_id = _shop(engine, clock, TEN_TO_SIX)
+        Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
+        auckland = "Pacific/Auckland"
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            contacts.update_contact(
+                session,
+                shop_id,
+                person_id,
+                contacts_update(time_zone=auckland),
+                KEYRING,
+                clock,
+                "owner",
+            )
+            assert calls.retime_for_contact(session, shop_id, person_id, auckland, clock.now()) == 1
+        with Session(engine) as session:
+            (task,) = session.exec(select(PhoneTask)).all()
+        local = ZoneInfo(auckland)
+        assert task.time_zone == auckland
+        assert task.call_after.astimezone(local).strftime("%H:%M") == "10:00"
+        assert task.call_before.astimezone(local).strftime("%H:%M") == "18:00"
+        assert task.call_after > clock.now()
+
+
+def contacts_update(**fields):
+    from crm import ContactUpdate
+
+    return ContactUpdate(**fields)
+
+
+class TestAZoneThatNoLongerResolves:
+    """tzdata can drop a stored name (Debian moved ``US/Eastern``-style names to
+    tzdata-legacy): the contact's follow-up fails closed, and nobody else's is held up (the
+    KeyError stopped the indexer's step and the worker's batch)."""
+
+    def _two_contacts(self, engine, clock):
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            shop = merchants.create_merchant(session, MerchantCreate(name="Shop"), clock)
+            followups_policies.create_policy(
+                session,
+                shop.id,
+                FollowUpPolicyCreate(
+                    delay_minutes=0, frequency_cap_days=0, channel_order=["phone"]
+                ),
+                actor="owner",
+                clock=clock,
+            )
+            ids = []
+            for name in ("lost", "fine"):
+                ids.append(_callable_contact(session, shop.id, name, clock))
+        return shop.id, ids
+
+    def test_scheduling_and_sending_suppress_only_that_contact(self, engine):
+        clock = FrozenClock(datetime(2026, 6, 1, 13, 0, tzinfo=UTC))
+        shop_id, (lost, fine) = self._two_contacts(engine, clock)
+        _pay(engine, shop_id, lost, clock)
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            session.execute(
+                sa.text("UPDATE crm_contact SET time_zone = 'US/Gone' WHERE id = :i"), {"i": lost}
+            )
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            followups.schedule_for_payments(
+                session,
+                shop_id,
+                [
+                    followups.SettledPayment(lost, "pay_2", "inv_2", 1, "tUSD", clock.now()),
+                    followups.SettledPayment(fine, "pay_3", "inv_3", 1, "tUSD", clock.now()),
+                ],
+                clock,
+            )
+        result = Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
+        assert result.outcomes == {"sent:phone": 1, "held_or_suppressed": 1}
+        with Session(engine) as session:
+            states = {
+                (f.contact_id, f.payment_ref): (f.state, f.reason)
+                for f in session.exec(select(FollowUp)).all()
+            }
+            (task,) = session.exec(select(PhoneTask)).all()
+        assert states == {
+            (lost, "pay_1"): ("suppressed", "unknown_time_zone"),
+            (lost, "pay_2"): ("suppressed", "unknown_time_zone"),
+            (fine, "pay_3"): ("sent", None),
+        }
+        assert task.contact_id == fine
+
+    def test_its_open_task_is_left_and_never_callable(self, engine):
+        clock = FrozenClock(datetime(2026, 6, 1, 13, 0, tzinfo=UTC))
+        shop_id, (lost, _fine) = self._two_contacts(engine, clock)
+        _pay(engine, shop_id, lost, clock)
+        Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            session.execute(sa.text("UPDATE api_phone_task SET time_zone = 'US/Gone'"))
+        clock.advance(days=1)
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            assert calls.roll_windows(session, clock.now()) == 0
+            (task,) = session.exec(select(PhoneTask)).all()
+            assert PhoneTaskOut.of(task, task.call_after).callable_now is False
+
+
+def _pay(engine, shop_id: int, contact_id: int, clock: FrozenClock) -> None:
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        followups.schedule_for_payment(
+            session, shop_id, contact_id, "pay_1", "inv_1", 1, "tUSD", clock.now(), clock
+        )
