@@ -53,20 +53,21 @@ def _period(
 
 
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+# Where a spreadsheet may start a cell: the value's start, and, for a reader whose list
+# separator is ';' or a tab (a ',' file's quotes do not hold there), after those and line
+# breaks, past any quote marks. A formula trigger there gets a ' in front.
+_CELL_START_TRIGGER = re.compile(r'(?:^|(?<=[;\t\r\n]))("*)(?=[=+\-@\t\r])')
 
 
 def _cell(value: object) -> object:
-    """CSV cell; text that a spreadsheet would run as a formula is quoted with a leading '.
-    A plain number is not (a negative net amount, after a full refund of an invoice with a
-    fee, must stay a number for the sums of an accounting import)."""
+    """CSV cell; text that a spreadsheet would run as a formula is quoted with a leading ',
+    wherever a cell can begin in a comma, semicolon or tab reader (the JSON report keeps the
+    exact text). A plain number is not (a negative net amount, after a full refund of an
+    invoice with a fee, must stay a number for the sums of an accounting import)."""
     if value is None:
         return ""
-    if (
-        isinstance(value, str)
-        and value[:1] in ("=", "+", "-", "@", "\t", "\r")
-        and not _NUMBER.fullmatch(value)
-    ):
-        return "'" + value
+    if isinstance(value, str) and not _NUMBER.fullmatch(value):
+        return _CELL_START_TRIGGER.sub(r"\1'", value)
     return value
 
 

