@@ -17,7 +17,13 @@ from api.deps import ChainInfoDep, ClockDep, SessionDep
 from api.errors import InvalidRequest
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
-from api.routes._common import PLAUSIBLE_TIME, Manager, Staff, merchant_scope
+from api.routes._common import (
+    PLAUSIBLE_TIME,
+    Manager,
+    Staff,
+    merchant_scope,
+    token_decimals,
+)
 from api.routing import ApiRouter
 from api.schemas.crm import MetricsOut, Reconciliation, ReconciliationRow, RootCause
 from api.schemas.invoices import PaymentOut
@@ -181,7 +187,6 @@ def reconciliation(
         pay = payments.get(inv.id)
         fu = followups.get(inv.id)
         fb = feedback.get(fu.id) if fu is not None and fu.id is not None else None
-        decimals = chain.decimals if chain and chain.token.lower() == inv.token.lower() else 18
         fee = fees.get(inv.id, 0)
         rows.append(
             ReconciliationRow(
@@ -191,7 +196,7 @@ def reconciliation(
                 invoice_state=str(inv.state),
                 invoice_status=str(inv.status),
                 token=inv.token,
-                decimals=decimals,
+                decimals=token_decimals(chain, inv.token),
                 amount=str(inv.amount),
                 paid_amount=str(inv.paid_amount),
                 refunded_amount=str(inv.refunded_amount),
