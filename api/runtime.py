@@ -201,7 +201,10 @@ def secret_cipher(settings: Settings) -> SecretCipher:
 
     # The key's bytes, as the key ring takes them: the raw setting made one key of "AB…",
     # "ab…" and "ab…\n" for the CRM and three for the webhook secrets, and an empty one none.
-    return SecretCipher(load_master_key(settings).hex())
+    # Secrets stored by releases that took the setting's text as given still read.
+    key = load_master_key(settings).hex()
+    given = () if settings.master_key is None else (settings.master_key.get_secret_value(),)
+    return SecretCipher(key, previous=tuple(text.encode("utf-8") for text in given))
 
 
 class DatabaseMissingError(Exception):

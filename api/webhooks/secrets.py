@@ -26,19 +26,28 @@ class SecretDecryptionError(Exception):
     param = None
 
 
+def _aead_for(master_key: bytes) -> AESGCM:
+    key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"followpay-api/webhook-secret/v1",
+    ).derive(master_key)
+    return AESGCM(key)
+
+
 class SecretCipher:
-    def __init__(self, master_key: bytes | str | None = None) -> None:
+    """``previous``: keys that may have encrypted stored secrets and are only tried to read
+    them (see :func:`api.runtime.secret_cipher`); new secrets use ``master_key``."""
+
+    def __init__(
+        self, master_key: bytes | str | None = None, *, previous: tuple[bytes, ...] = ()
+    ) -> None:
         if isinstance(master_key, str):
             master_key = master_key.encode("utf-8")
-        self._aead: AESGCM | None = None
-        if master_key:
-            key = HKDF(
-                algorithm=hashes.SHA256(),
-                length=32,
-                salt=None,
-                info=b"followpay-api/webhook-secret/v1",
-            ).derive(master_key)
-            self._aead = AESGCM(key)
+        self._aead: AESGCM | None = _aead_for(master_key) if master_key else None
+        self._readers = [a for a in (self._aead,) if a is not None]
+        self._readers += [_aead_for(k) for k in previous if k and k != master_key]
 
     def __repr__(self) -> str:
         return f"SecretCipher(encrypting={self._aead is not None})"
@@ -61,7 +70,9 @@ class SecretCipher:
         if scheme != "aesgcm" or self._aead is None:
             raise SecretDecryptionError("webhook secret cannot be decrypted with this master key")
         raw = base64.b64decode(data)
-        try:
-            return self._aead.decrypt(raw[:12], raw[12:], context.encode("utf-8")).decode("utf-8")
-        except InvalidTag as exc:
-            raise SecretDecryptionError("webhook secret cannot be decrypted") from exc
+        for aead in self._readers:
+            try:
+                return aead.decrypt(raw[:12], raw[12:], context.encode("utf-8")).decode("utf-8")
+            except InvalidTag:
+                continue
+        raise SecretDecryptionError("webhook secret cannot be decrypted")

@@ -26,7 +26,7 @@ from api.webhooks.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from api.webhooks.secrets import SecretCipher
+from api.webhooks.secrets import SecretCipher, SecretDecryptionError
 from api.webhooks.signing import SIGNATURE_HEADER, WebhookSignatureError, sign, verify
 from api.webhooks.targets import TargetPolicy
 from tests.api.conftest import auth, free_port
@@ -115,6 +115,26 @@ class TestCipher:
             assert cipher.decrypt(stored, context="we_1") == "whsec_abc"
         with pytest.raises(ValueError, match="at least 32 bytes"):
             secret_cipher(get_settings(home=tmp_path, master_key=""))
+
+    @pytest.mark.parametrize("spelling", ["AB" * 32, "ab" * 32 + "\n", " " + "Ab" * 32])
+    def test_secrets_stored_under_the_settings_text_still_read(self, tmp_path, spelling):
+        """Earlier releases keyed the webhook secrets on the setting's text as given: after
+        the fix, every endpoint registered under an upper-case or padded key stopped
+        delivering (secret unavailable) until it was registered again."""
+        from api.runtime import secret_cipher
+        from api.settings import get_settings
+
+        stored = SecretCipher(spelling).encrypt("whsec_old", context="we_1")
+        cipher = secret_cipher(get_settings(home=tmp_path, master_key=spelling))
+        assert cipher.decrypt(stored, context="we_1") == "whsec_old"
+        fresh = cipher.encrypt("whsec_new", context="we_1")  # new ones under the key's bytes
+        canonical = secret_cipher(get_settings(home=tmp_path, master_key="ab" * 32))
+        assert canonical.decrypt(fresh, context="we_1") == "whsec_new"
+        with pytest.raises(SecretDecryptionError):
+            cipher.decrypt(stored, context="we_2")  # still bound to the endpoint id
+        other = secret_cipher(get_settings(home=tmp_path, master_key="cd" * 32))
+        with pytest.raises(SecretDecryptionError):
+            other.decrypt(stored, context="we_1")
 
 
 class TestEndpointsApi:
