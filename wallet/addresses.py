@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from wallet.errors import InvalidAddressError
 from wallet.keys import to_checksum_address
 
 __all__ = ["ZERO_ADDRESS", "parse_address"]
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+_HEX40 = re.compile(r"[0-9a-fA-F]{40}")
 
 
 def parse_address(value: object, *, param: str = "address", strict: bool = False) -> str:
@@ -23,10 +26,8 @@ def parse_address(value: object, *, param: str = "address", strict: bool = False
     if len(text) != 42 or text[:2] not in ("0x", "0X"):
         raise InvalidAddressError(f"{param} must be 0x followed by 40 hex digits", param=param)
     body = text[2:]
-    try:
-        bytes.fromhex(body)
-    except ValueError:
-        raise InvalidAddressError(f"{param} contains non-hex characters", param=param) from None
+    if not _HEX40.fullmatch(body):  # bytes.fromhex would skip spaces: a 16-byte "address"
+        raise InvalidAddressError(f"{param} contains non-hex characters", param=param)
     checksummed = to_checksum_address(body)
     if body.islower() or body.isupper() or body.isdigit():
         if strict and not body.isdigit() and checksummed[2:] != body:

@@ -124,22 +124,30 @@ def validate_mnemonic(mnemonic: str | SecretStr) -> SecretStr:
     Errors name the *position* of an unknown word, never the word itself.
     """
     norm = normalize_mnemonic(mnemonic)
+    problem = _mnemonic_problem(norm)
+    if problem is not None:
+        raise InvalidMnemonicError(problem)
+    return norm
+
+
+def _mnemonic_problem(norm: SecretStr) -> str | None:
+    """What is wrong with a normalized mnemonic, or None. Returns rather than raises: the
+    words are this frame's locals, and a traceback that shows locals (rich, Sentry) of the
+    caller's error must not print them."""
     words = norm.reveal().split(" ") if norm else []
     if len(words) not in _WORD_COUNTS:
-        raise InvalidMnemonicError(
-            f"a mnemonic has 12, 15, 18, 21 or 24 words, this one has {len(words)}"
-        )
+        return f"a mnemonic has 12, 15, 18, 21 or 24 words, this one has {len(words)}"
     wordlist = _english_words()
     for position, word in enumerate(words, start=1):
         if word not in wordlist:
-            raise InvalidMnemonicError(f"word {position} is not in the BIP-39 English word list")
+            return f"word {position} is not in the BIP-39 English word list"
     try:
         Bip39MnemonicDecoder(Bip39Languages.ENGLISH).Decode(norm.reveal())
     except MnemonicChecksumError:
-        raise InvalidMnemonicError("mnemonic checksum is invalid (a word is wrong)") from None
+        return "mnemonic checksum is invalid (a word is wrong)"
     except ValueError:
-        raise InvalidMnemonicError("mnemonic is not valid BIP-39") from None
-    return norm
+        return "mnemonic is not valid BIP-39"
+    return None
 
 
 _WORDS: frozenset[str] | None = None

@@ -44,6 +44,7 @@ DEFAULT_SCRYPT_N = 2**17
 #: The fewest PBKDF2-HMAC-SHA256 rounds a written keystore may use (eth-keyfile's default).
 MIN_PBKDF2_ITERATIONS = 262_144
 _MAX_SCRYPT_N = 2**20  # refuse files that would take minutes or gigabytes
+_MAX_SCRYPT_MEMORY = 2**30  # scrypt needs 128·r·n bytes, before the MAC can say it is wrong
 _MAX_PBKDF2_C = 10_000_000
 
 
@@ -52,7 +53,9 @@ def _password_bytes(password: str | SecretStr) -> bytes:
     return text.encode("utf-8")
 
 
-def _derive(kdf: str, params: dict[str, Any], password: bytes) -> bytes:
+def _kdf(kdf: str, params: dict[str, Any]) -> Scrypt | PBKDF2HMAC:
+    """The file's KDF, its parameters checked before any password is at hand (an error here
+    shows no secret among a traceback's locals)."""
     try:
         salt = bytes.fromhex(params["salt"])
         dklen = int(params.get("dklen", 32))
@@ -62,14 +65,16 @@ def _derive(kdf: str, params: dict[str, Any], password: bytes) -> bytes:
             n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
             if n < 2 or n & (n - 1) or n > _MAX_SCRYPT_N or not 0 < r <= 32 or not 0 < p <= 16:
                 raise KeystoreFormatError("keystore scrypt parameters are out of range")
-            return Scrypt(salt=salt, length=dklen, n=n, r=r, p=p).derive(password)
+            if 128 * r * n > _MAX_SCRYPT_MEMORY:
+                raise KeystoreFormatError("keystore scrypt parameters need more than 1 GiB")
+            return Scrypt(salt=salt, length=dklen, n=n, r=r, p=p)
         if kdf == "pbkdf2":
             if params.get("prf", "hmac-sha256") != "hmac-sha256":
                 raise KeystoreFormatError("keystore pbkdf2 prf must be hmac-sha256")
             c = int(params["c"])
             if not 0 < c <= _MAX_PBKDF2_C:
                 raise KeystoreFormatError("keystore pbkdf2 iteration count is out of range")
-            return PBKDF2HMAC(hashes.SHA256(), dklen, salt, c).derive(password)
+            return PBKDF2HMAC(hashes.SHA256(), dklen, salt, c)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, KeystoreFormatError):
             raise
@@ -100,15 +105,31 @@ def decrypt_keystore(data: dict[str, Any] | str | bytes, password: str | SecretS
         raise KeystoreFormatError("keystore crypto section is malformed") from None
     if cipher != "aes-128-ctr" or len(iv) != 16:
         raise KeystoreFormatError(f"unsupported keystore cipher {cipher!r}")
-    dk = _derive(kdf, params, _password_bytes(password))
-    if not hmac.compare_digest(keccak(dk[16:32] + ciphertext), mac):
+    key = _open(_kdf(kdf, params), password, iv, ciphertext, mac)
+    if key is None:
         raise WrongPasswordError("wrong password for this keystore")
-    decryptor = Cipher(algorithms.AES(dk[:16]), modes.CTR(iv)).decryptor()
-    key = PrivateKey(decryptor.update(ciphertext) + decryptor.finalize())
     stated = data.get("address")
     if stated and str(stated).lower().removeprefix("0x") != key.address[2:].lower():
         raise KeystoreFormatError("keystore address does not match its key")
     return key
+
+
+def _open(
+    kdf: Scrypt | PBKDF2HMAC,
+    password: str | SecretStr,
+    iv: bytes,
+    ciphertext: bytes,
+    mac: bytes,
+) -> PrivateKey | None:
+    """The key, or None for a wrong password. The derived key lives only in this frame, which
+    returns rather than raise once it exists: a traceback that shows locals (rich, Sentry)
+    of any later error finds no key material (the address is not covered by the MAC)."""
+    dk = kdf.derive(_password_bytes(password))
+    if not hmac.compare_digest(keccak(dk[16:32] + ciphertext), mac):
+        return None
+    decryptor = Cipher(algorithms.AES(dk[:16]), modes.CTR(iv)).decryptor()
+    del dk
+    return PrivateKey(decryptor.update(ciphertext) + decryptor.finalize())
 
 
 def encrypt_keystore(
@@ -135,7 +156,7 @@ def encrypt_keystore(
         params = {"c": pbkdf2_iterations, "dklen": 32, "prf": "hmac-sha256", "salt": salt.hex()}
     else:
         raise KeystoreFormatError(f"unsupported keystore kdf {kdf!r}")
-    dk = _derive(kdf, params, _password_bytes(password))
+    dk = _kdf(kdf, params).derive(_password_bytes(password))
     iv = os.urandom(16)
     encryptor = Cipher(algorithms.AES(dk[:16]), modes.CTR(iv)).encryptor()
     ciphertext = encryptor.update(key.reveal().to_bytes()) + encryptor.finalize()

@@ -35,7 +35,8 @@ manager holds an exclusive OS lock on ``<ledger>.<chain>-<address>.lock`` (``flo
 the kernel when the process dies, ``kill -9`` included) for as long as its ledger is open, and a
 second process's manager for the address fails with
 :class:`~wallet.errors.AddressInUseError` instead of handing out the same nonces. Managers in
-one process share the claim.
+one process share the claim, not the counter: one process keeps one manager per address (a
+:class:`~wallet.sender.Sender` and the API's cache of them do).
 """
 
 from __future__ import annotations
@@ -92,12 +93,14 @@ CREATE INDEX IF NOT EXISTS tx_journal_live ON tx_journal (chain_id, address, sta
 """
 _LIVE = ("signed", "sent")
 #: How far below the head an entry's anchor block sits (deep enough that no reorg replaces it);
-#: a chain shorter than twice this is anchored on its head.
+#: a chain shorter than twice this is anchored half-way down, never on genesis past block 1
+#: (a short reorg of a young dev chain keeps the anchor; a chain started again is shorter or
+#: differs there, while two dev nodes started in the same second share a genesis hash).
 ANCHOR_DEPTH = 32
 
 
 def anchor_height(head: int) -> int:
-    return head - ANCHOR_DEPTH if head >= 2 * ANCHOR_DEPTH else head
+    return head - min(ANCHOR_DEPTH, head // 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +275,7 @@ class NonceLedger:
             .execute(
                 "SELECT nonce, tx_hash, raw, status, anchor_block, anchor_hash FROM tx_journal "
                 "WHERE chain_id=? AND address=? AND status IN ('signed','sent') "
-                "ORDER BY nonce, created_at, rowid",
+                "ORDER BY nonce, rowid",  # insertion order: the wall clock may step back
                 (chain_id, address),
             )
             .fetchall()
@@ -303,7 +306,7 @@ class NonceLedger:
             self._conn()
             .execute(
                 "SELECT nonce, tx_hash, raw, status FROM tx_journal WHERE chain_id=? AND address=? "
-                "AND nonce=? ORDER BY created_at",
+                "AND nonce=? ORDER BY rowid",
                 (chain_id, address, nonce),
             )
             .fetchall()
@@ -634,6 +637,14 @@ class NonceManager:
                 raise NonceError(f"nonce {nonce} was not reserved")
             upcoming, anchor = self._next, self._anchor
         self.ledger.record(self.chain_id, self.address, nonce, tx_hash, raw, upcoming, anchor)
+
+    def record_replacement(self, nonce: int, tx_hash: str, raw: bytes) -> None:
+        """Journal a replacement (fee bump, cancel) of a sent transaction at ``nonce``, with
+        the same chain anchor as every entry: without one, a chain started again with this
+        chain id would get it rebroadcast (the original is recognised as foreign)."""
+        with self._lock:
+            anchor = self._anchor
+        self.ledger.record(self.chain_id, self.address, nonce, tx_hash, raw, nonce + 1, anchor)
 
     def sent(self, nonce: int, tx_hash: str) -> None:
         """The node accepted the transaction: the nonce is spent."""

@@ -90,6 +90,9 @@ _REFUSALS = (
     "priority fee",
     "exceeds the configured cap",
     "exceeds block gas limit",
+    "gas too high",  # anvil: "intrinsic gas too high -- tx.gas_limit > env.block.gas_limit"
+    "gas_limit > env.block.gas_limit",
+    "failed to decode",  # anvil: a transaction it cannot parse never entered its pool
     "txpool is full",
     "pool is full",
     "invalid sender",

@@ -278,9 +278,7 @@ class Sender:
                 self.nonces.release(nonce)
             raise
         if replacing:
-            self.ledger.record(
-                self.chain_id, self.address, nonce, signed.hash, signed.raw, nonce + 1
-            )
+            self.nonces.record_replacement(nonce, signed.hash, signed.raw)
         else:
             try:
                 self.nonces.record(nonce, signed.hash, signed.raw)  # journal BEFORE broadcast

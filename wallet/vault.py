@@ -54,7 +54,18 @@ FORMAT = "followpay-vault"
 VERSION = 1
 #: Production floor. Tests may pass a lower ``scrypt_n`` explicitly (``allow_weak_kdf=True``).
 MIN_SCRYPT_N = DEFAULT_SCRYPT_N
+#: The most scrypt n a new wallet file gets: 2**20 with r = 8 takes 1 GiB, and unlocking runs it
+#: before the tag can say the password is wrong.
+MAX_SCRYPT_N = 2**20
+_MAX_READ_SCRYPT_N = 2**22  # earlier releases created vaults without an upper bound
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_scrypt_n(scrypt_n: int, allow_weak_kdf: bool) -> None:
+    if scrypt_n < MIN_SCRYPT_N and not allow_weak_kdf:
+        raise VaultError(f"scrypt n must be at least {MIN_SCRYPT_N}", param="scrypt_n")
+    if scrypt_n < 2 or scrypt_n & (scrypt_n - 1) or scrypt_n > MAX_SCRYPT_N:
+        raise VaultError(f"scrypt n must be a power of two up to {MAX_SCRYPT_N}", param="scrypt_n")
 
 
 def _b64(data: bytes) -> str:
@@ -110,6 +121,28 @@ class UnlockedWallet:
         return self.private_key(index, path=path).address
 
 
+def _unseal(
+    kdf: Scrypt, password: str | SecretStr, nonce: bytes, ciphertext: bytes, aad: bytes
+) -> dict[str, str] | None:
+    """The sealed secret; None for a wrong password or a modified file, {} for garbage. The
+    key and the plaintext live only in this frame, which never raises once they exist: a
+    traceback that shows locals (rich, Sentry) of the caller's error finds neither."""
+    key = kdf.derive(_secret_text(password).encode())
+    try:
+        plaintext = AESGCM(key).decrypt(nonce, ciphertext, aad)
+    except InvalidTag:
+        return None
+    finally:
+        del key
+    try:
+        secret = json.loads(plaintext)
+    except ValueError:
+        return {}
+    if not isinstance(secret, dict) or not isinstance(secret.get("mnemonic"), str):
+        return {}
+    return secret
+
+
 class Vault:
     """The wallets under one ``FOLLOWPAY_HOME``."""
 
@@ -121,8 +154,7 @@ class Vault:
         allow_weak_kdf: bool = False,
     ) -> None:
         """``scrypt_n`` below 2**17 needs ``allow_weak_kdf`` (tests only)."""
-        if scrypt_n < MIN_SCRYPT_N and not allow_weak_kdf:
-            raise VaultError(f"scrypt n must be at least {MIN_SCRYPT_N}", param="scrypt_n")
+        _check_scrypt_n(scrypt_n, allow_weak_kdf)
         self.home = followpay_home(home)
         self.scrypt_n = scrypt_n
         self.allow_weak_kdf = allow_weak_kdf
@@ -176,8 +208,7 @@ class Vault:
         self._refuse_existing(name)
         allow_weak_kdf = allow_weak_kdf or self.allow_weak_kdf
         scrypt_n = self.scrypt_n if scrypt_n is None else scrypt_n
-        if scrypt_n < MIN_SCRYPT_N and not allow_weak_kdf:
-            raise VaultError(f"scrypt n must be at least {MIN_SCRYPT_N}", param="scrypt_n")
+        _check_scrypt_n(scrypt_n, allow_weak_kdf)
         if not _secret_text(password):
             raise VaultError("password must not be empty", param="password")
         norm = validate_mnemonic(mnemonic)
@@ -249,7 +280,7 @@ class Vault:
             if kdf["name"] != "scrypt" or cipher["name"] != "aes-256-gcm":
                 raise CorruptVaultError(f"wallet {name!r} uses an unsupported algorithm")
             n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-            if n < 2 or n & (n - 1) or n > 2**22 or r != 8 or p < 1 or p > 16:
+            if n < 2 or n & (n - 1) or n > _MAX_READ_SCRYPT_N or r != 8 or p < 1 or p > 16:
                 raise CorruptVaultError(f"wallet {name!r} has out-of-range scrypt parameters")
             salt, nonce = _unb64(kdf["salt"]), _unb64(cipher["nonce"])
             ciphertext = _unb64(document["ciphertext"])
@@ -257,19 +288,15 @@ class Vault:
             if isinstance(exc, CorruptVaultError):
                 raise
             raise CorruptVaultError(f"wallet {name!r} has a malformed header") from None
-        key = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(_secret_text(password).encode())
-        try:
-            plaintext = AESGCM(key).decrypt(nonce, ciphertext, _aad(header))
-        except InvalidTag:
+        secret = _unseal(
+            Scrypt(salt=salt, length=32, n=n, r=r, p=p), password, nonce, ciphertext, _aad(header)
+        )
+        if secret is None:
             raise WrongPasswordError(
                 f"wrong password for wallet {name!r} (or its file was modified)"
-            ) from None
-        try:
-            secret = json.loads(plaintext)
-            if not isinstance(secret.get("mnemonic"), str):
-                raise TypeError
-        except (ValueError, TypeError, AttributeError):
-            raise CorruptVaultError(f"wallet {name!r} decrypted to garbage") from None
+            )
+        if not secret:
+            raise CorruptVaultError(f"wallet {name!r} decrypted to garbage")
         return header, path, secret
 
     def _unlock_hd(self, name: str, password: str | SecretStr) -> UnlockedWallet:
@@ -308,8 +335,7 @@ class Vault:
         self._refuse_existing(name)
         allow_weak_kdf = allow_weak_kdf or self.allow_weak_kdf
         scrypt_n = self.scrypt_n if scrypt_n is None else scrypt_n
-        if scrypt_n < MIN_SCRYPT_N and not allow_weak_kdf:
-            raise VaultError(f"scrypt n must be at least {MIN_SCRYPT_N}", param="scrypt_n")
+        _check_scrypt_n(scrypt_n, allow_weak_kdf)
         if not _secret_text(password):
             raise VaultError("password must not be empty", param="password")
         document = encrypt_keystore(key, password, scrypt_n=scrypt_n, allow_weak_kdf=allow_weak_kdf)

@@ -126,6 +126,16 @@ class TestRoundTrip:
         assert oct((shared / "key.json").stat().st_mode & 0o777) == "0o600"
 
 
+@pytest.mark.parametrize(("n", "r"), [(2**20, 32), (2**19, 32), (2**21, 8)])
+def test_a_key_file_asking_scrypt_for_gigabytes_is_refused_before_deriving(n, r):
+    """Unlocking an imported file runs its scrypt before the MAC can say anything: n = 2**20
+    with r = 32 asked for 4 GiB."""
+    doc = encrypt_keystore(KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)
+    doc["crypto"]["kdfparams"].update(n=n, r=r)
+    with pytest.raises(KeystoreFormatError, match=r"1 GiB|out of range"):
+        decrypt_keystore(doc, PW)
+
+
 class TestEthAccountInterop:
     def test_eth_account_reads_ours(self):
         doc = encrypt_keystore(KEY, PW, scrypt_n=2**10, allow_weak_kdf=True)

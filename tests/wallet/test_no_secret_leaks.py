@@ -226,3 +226,75 @@ def test_a_mistyped_key_is_not_among_a_tracebacks_locals():
         text = _rendered_with_locals(caught.value)
         assert "__init__" in text  # the frames were rendered
         assert real[:40] not in text
+
+
+def test_a_tampered_key_file_shows_no_derived_key_among_a_tracebacks_locals(vault):
+    """The keystore's address is not under its MAC: an edited one made the owner's unlock
+    (right password) fail in the frame holding the derived key, whose first half is the AES
+    key of the file's ciphertext."""
+    import json
+
+    from wallet.keystore import _kdf
+
+    key = HDWallet.from_mnemonic(generate_mnemonic(12)).private_key(0)
+    vault.import_key("hot", key, "pw-hot", scrypt_n=FAST_N, allow_weak_kdf=True)
+    path = vault.keystores_dir / "hot.json"
+    doc = json.loads(path.read_text())
+    doc["address"] = "00" * 20
+    path.write_text(json.dumps(doc))
+    with pytest.raises(WalletError, match="does not match its key") as caught:
+        vault.unlock("hot", "pw-hot")
+    text = _rendered_with_locals(caught.value)
+    assert "decrypt_keystore" in text  # the frames were rendered
+    crypto = doc["crypto"]
+    derived = _kdf(crypto["kdf"], crypto["kdfparams"]).derive(b"pw-hot")
+    for secret in (derived[:16], derived):
+        assert repr(secret)[2:30] not in text
+    assert key.reveal().to_bytes().hex()[:40] not in text
+
+
+def test_a_tampered_vault_header_shows_no_vault_key_among_a_tracebacks_locals(vault):
+    """Any edit of an HD vault's header fails its AES-GCM tag under the right password: the
+    error was raised in the frame holding the derived AES-256 key."""
+    import json
+
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    from wallet.vault import _unb64
+
+    mnemonic = generate_mnemonic(12)
+    vault.create("shop", mnemonic, "pw-shop")
+    path = vault.wallets_dir / "shop.json"
+    document = json.loads(path.read_text())
+    document["created_at"] += 1
+    path.write_text(json.dumps(document))
+    with pytest.raises(WalletError, match="wrong password") as caught:
+        vault.unlock("shop", "pw-shop")
+    text = _rendered_with_locals(caught.value)
+    assert "_decrypt" in text
+    kdf = document["kdf"]
+    key = Scrypt(_unb64(kdf["salt"]), 32, kdf["n"], kdf["r"], kdf["p"]).derive(b"pw-shop")
+    assert repr(key)[2:30] not in text
+    assert mnemonic.reveal().split()[0] + "'" not in text
+
+
+@pytest.mark.parametrize("kind", ["unknown_word", "checksum"])
+def test_a_mistyped_mnemonic_is_not_among_a_tracebacks_locals(kind):
+    from wallet.errors import InvalidMnemonicError
+    from wallet.secrets import SecretStr
+
+    words = generate_mnemonic(12).reveal().split()
+    typo = [*words[:-1], "notaword"]
+    if kind == "checksum":
+        for candidate in ("zoo", "zone", "youth", "wrong", "abandon"):
+            try:
+                validate_mnemonic(" ".join([*words[:-1], candidate]))
+            except InvalidMnemonicError:
+                typo = [*words[:-1], candidate]
+                break
+    with pytest.raises(InvalidMnemonicError) as caught:
+        HDWallet.from_mnemonic(SecretStr(" ".join(typo)))
+    text = _rendered_with_locals(caught.value)
+    assert "validate_mnemonic" in text  # the frames were rendered
+    runs = [typo[i : i + 3] for i in range(len(typo) - 2)]
+    assert not any(all(f"'{w}'" in text for w in run) for run in runs)

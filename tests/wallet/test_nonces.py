@@ -395,6 +395,37 @@ class TestAnotherChainWithTheSameId:
         restarted = self.on(ledger, node)
         assert restarted.last_report.rebroadcast == ("0x" + raw_for(nonce, b"pay").hex(),)
 
+    @pytest.mark.parametrize("length", [4, 10, 40])
+    def test_a_short_reorg_of_a_young_chain_is_still_the_same_chain(self, ledger, length):
+        """A chain shorter than 64 blocks was anchored on its head: a one-block reorg (a dev
+        node's anvil_reorg) made a restart abandon a payment still pending on it."""
+        node = FakeNode()
+        node.grow(length - 1)
+        m = self.on(ledger, node)
+        nonce = send(m, node, b"pay")
+        node.pool.clear()
+        node.blocks[-1] = "0xreorged"
+        restarted = self.on(ledger, node)
+        assert restarted.last_report.abandoned == ()
+        assert restarted.last_report.rebroadcast == ("0x" + raw_for(nonce, b"pay").hex(),)
+
+    def test_a_replacement_signed_for_an_old_chain_is_abandoned_too(self, ledger):
+        """Replacements (fee bumps, cancels) were journaled without an anchor: on a chain
+        started again with the same id the original was abandoned and its bumped copy (the
+        same payment) sent."""
+        old = FakeNode()
+        old.grow(5)
+        m = self.on(ledger, old)
+        nonce = send(m, old, b"pay")
+        bumped = raw_for(nonce, b"pay-bumped")
+        m.record_replacement(nonce, "0x" + bumped.hex(), bumped)
+        fresh = FakeNode()
+        fresh.grow(5)
+        restarted = self.on(ledger, fresh)
+        assert fresh.pool == {}
+        assert "0x" + bumped.hex() in restarted.last_report.abandoned
+        assert restarted.last_report.rebroadcast == ()
+
     def test_a_node_without_the_anchor_header_below_its_head_proves_nothing(self, ledger):
         """A lagging backend or one that pruned old headers answers nothing for a block below
         its head: that is not another chain, so the entry is sent again, not abandoned."""
@@ -479,3 +510,28 @@ def test_one_address_sends_from_one_process_at_a_time(tmp_path):
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_a_cancel_supersedes_its_payment_when_the_clock_steps_back(ledger, monkeypatch):
+    """The newest entry at a nonce (the one a restart sends) was picked by wall-clock time:
+    a clock stepped back between a payment and its cancel (NTP, a resumed VM) made a restart
+    send the payment again."""
+    from wallet import nonces as nonces_module
+
+    node = FakeNode()
+    m = manager(ledger, node)
+    nonce = m.reserve()
+    payment, cancel = raw_for(nonce, b"pay"), raw_for(nonce, b"cancel")
+    monkeypatch.setattr(nonces_module.time, "time", lambda: 1_000_000.0)
+    m.record(nonce, "0xpay", payment)
+    m.uncertain(nonce)
+    monkeypatch.setattr(nonces_module.time, "time", lambda: 999_990.0)
+    m.record_replacement(nonce, "0xcancel", cancel)
+    monkeypatch.undo()
+    assert [e.tx_hash for e in ledger.entries_for_nonce(31337, ADDR, nonce)] == [
+        "0xpay",
+        "0xcancel",
+    ]
+    sent: list[bytes] = []
+    NonceManager(ledger, 31337, ADDR, get_count=node.count, broadcast=lambda raw: sent.append(raw))
+    assert sent == [cancel]

@@ -25,6 +25,7 @@ from tests.wallet.helpers import sender, signer
 from wallet.chain import ChainConfig, connect
 from wallet.errors import (
     AnvilNotFoundError,
+    BroadcastError,
     BroadcastUncertainError,
     ChainUnreachableError,
     FeeBumpError,
@@ -289,6 +290,20 @@ class TestAnvilOnly(ChainSuite):
             yield chain
         finally:
             chain.request("evm_setAutomine", [True])
+
+    def test_a_gas_limit_over_the_blocks_is_a_refusal_not_a_nonce_gap(self, chain, ledger):
+        """anvil words it "intrinsic gas too high -- tx.gas_limit > env.block.gas_limit":
+        taken for no answer, the nonce stayed spent and every later transaction waited
+        behind it for ever."""
+        s = sender(chain, 6, ledger)
+        start = s.nonces.next_nonce
+        limit = int(chain.w3.eth.get_block("latest")["gasLimit"])
+        with pytest.raises(BroadcastError) as info:
+            s.send(DEAD, b"", 1, gas=limit + 1)
+        assert not isinstance(info.value, BroadcastUncertainError)
+        after = s.send(DEAD, b"", 1, gas=21_000)
+        assert after.nonce == start
+        assert s.wait(after, timeout=10).status == 1
 
     def test_receipt_timeout(self, no_mining, ledger):
         s = sender(no_mining, 5, ledger)

@@ -246,6 +246,24 @@ class TestTypedData:
             self.intent(merchant="0x1234")
         with pytest.raises(InvalidAddressError, match="checksum"):
             self.intent(token=TOKEN.replace("F", "f", 1))
+        spaced = "0x" + "1111 " * 7 + " 1111"  # 42 characters, 32 hex digits
+        with pytest.raises(InvalidAddressError, match="non-hex"):
+            self.intent(merchant=spaced)  # was a 28-byte word in the signed intent
+
+    @pytest.mark.parametrize("strict", [False, True])
+    def test_whitespace_inside_an_address_is_refused(self, strict):
+        """bytes.fromhex skips spaces: "0x1111 1111 …" passed, and a transaction was signed
+        to a 16-byte ``to``."""
+        from wallet.addresses import parse_address
+
+        spaced = "0x" + "1111 " * 7 + " 1111"
+        assert len(spaced) == 42
+        with pytest.raises(InvalidAddressError):
+            parse_address(spaced, strict=strict)
+        tx = {"chainId": 1, "nonce": 0, "gas": 21_000, "maxFeePerGas": 10,
+              "maxPriorityFeePerGas": 1, "to": spaced, "value": 5}  # fmt: skip
+        with pytest.raises(InvalidAddressError):
+            sign_transaction(tx, PrivateKey(b"\x01" * 32))
 
     def test_permit_document(self):
         doc = permit_typed_data(

@@ -119,6 +119,14 @@ class TestRefusals:
             vault.create("main", DEV, "")
         assert tree(home) == {}
 
+    @pytest.mark.parametrize("n", [2**21, 2**17 + 1])
+    def test_a_scrypt_n_unlock_would_refuse_is_refused_first(self, vault, home, n):
+        """A vault created with n above what unlock reads (2**20: 1 GiB) could never be
+        opened again."""
+        with pytest.raises(VaultError, match="power of two up to"):
+            vault.create("main", DEV, PASSWORD, scrypt_n=n)
+        assert tree(home) == {}
+
     def test_missing(self, vault):
         with pytest.raises(WalletNotFoundError):
             vault.unlock("ghost", PASSWORD)
