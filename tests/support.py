@@ -47,11 +47,11 @@ def missing(reason: str) -> NoReturn:
 
 @contextmanager
 def migrated_pg_schema(
-    schema: str, make_engine: Callable[..., sa.Engine] | None = None
+    schema: str, make_engine: Callable[..., sa.Engine] | None = None, revision: str = "head"
 ) -> Iterator[sa.Engine]:
     """An engine (``make_engine``, default :func:`api.db.make_engine`) on a fresh PostgreSQL
-    schema with the CRM and API migrations applied; the schema is dropped afterwards.
-    PostgreSQL unreachable: :func:`missing`."""
+    schema with the CRM and API migrations applied (the API chain up to ``revision``); the
+    schema is dropped afterwards. PostgreSQL unreachable: :func:`missing`."""
     from api.db import make_engine as api_engine
     from api.db import upgrade
 
@@ -67,7 +67,7 @@ def migrated_pg_schema(
     engine = make(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
     try:
         with engine.begin() as conn:
-            upgrade(connection=conn)
+            upgrade(connection=conn, revision=revision)
         yield engine
     finally:
         engine.dispose()

@@ -78,6 +78,9 @@ _REAPPLY_ATTEMPTS = 2
 
 #: How often a step that fails on a unique index (a race with another writer) is run in all.
 _STEP_ATTEMPTS = 3
+#: Invoice numbers are BIGINTs, issued from 1; the router settles any uint256 a merchant's
+#: operator signs, and a larger one looked up would fail the step for every merchant.
+_ISSUED_NUMBERS_BELOW = 2**63
 
 _SYMBOL_CALL = "0x" + keccak(text="symbol()").hex()[:8]
 
@@ -253,7 +256,9 @@ class Indexer:
             return batch
         wanted: dict[str, set[int]] = {}
         for entry in entries:
-            wanted.setdefault(entry.merchant.lower(), set()).add(entry.number)
+            numbers = wanted.setdefault(entry.merchant.lower(), set())
+            if entry.number < _ISSUED_NUMBERS_BELOW:  # a larger one is no invoice of ours
+                numbers.add(entry.number)
         accounts = repo.account_ids_by_address(session, chain_id, set(wanted))
         batch.accounts = set(accounts)
         for address, numbers in wanted.items():

@@ -165,7 +165,7 @@ class Payment(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     invoice_id: str | None = Field(default=None, foreign_key="api_invoice.id", index=True)
     merchant_address: str = Field(max_length=42)
-    invoice_number: int = Field(sa_type=sa.BigInteger)
+    invoice_number: int = Field(sa_type=Uint256)  # the router's invoiceId: any uint256
     chain_id: int = Field(sa_type=sa.BigInteger)
     tx_hash: str = Field(max_length=66)
     log_index: int

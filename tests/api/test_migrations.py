@@ -360,3 +360,71 @@ def test_a_run_that_would_break_a_foreign_key_commits_nothing(tmp_path):
         assert version == "0011"
     finally:
         engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def at_0013(request: pytest.FixtureRequest, tmp_path):
+    import os
+
+    from api.db import make_engine, upgrade
+    from tests.support import migrated_pg_schema
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+        upgrade(url, revision="0013")
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+        return
+    with migrated_pg_schema(f"api_0014_{os.getpid()}", revision="0013") as engine:
+        yield engine
+
+
+def test_0014_keeps_payments_and_takes_any_uint256_invoice_number(at_0013):
+    """A payment's number beyond a BIGINT stopped the indexer; 0014 makes the column a uint256
+    without losing a stored payment or the partial indexes of the rebuilt SQLite table, and
+    its downgrade refuses to drop a number the old column cannot hold."""
+    from alembic import command
+    from sqlmodel import Session
+
+    from api.db import alembic_config, upgrade
+    from api.settlement.models import Payment
+
+    engine = at_0013
+    insert = sa.text(
+        "INSERT INTO api_payment (merchant_address, invoice_number, chain_id, tx_hash,"
+        " log_index, block_number, block_hash, payer, token, amount, fee, state, late,"
+        " seen_at) VALUES (:a, :n, 31337, :h, 0, 5, :h, :a, :a, '1', '0', 'confirmed', false,"
+        " '2026-01-01T00:00:00+00:00')"
+    )
+    address = "0x" + "1" * 40
+    with engine.begin() as conn:
+        conn.execute(insert, {"a": address, "n": 2**63 - 1, "h": "0x" + "ab" * 32})
+    with engine.begin() as conn:
+        upgrade(connection=conn)
+    with engine.begin() as conn:
+        conn.execute(insert, {"a": address, "n": str(2**255), "h": "0x" + "cd" * 32})
+        with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():  # still unique
+            conn.execute(insert, {"a": address, "n": "1", "h": "0x" + "cd" * 32})
+    with Session(engine) as session:
+        numbers = sorted(p.invoice_number for p in session.exec(sa.select(Payment)).scalars())
+    assert numbers == [2**63 - 1, 2**255]
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("api_payment")}
+    assert {"uq_api_payment_live_log", "ix_api_payment_pending"} <= indexes
+
+    def downgrade() -> None:
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0013")
+
+    with pytest.raises(RuntimeError, match="beyond a BIGINT"):
+        downgrade()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM api_payment WHERE block_hash = :h"), {"h": "0x" + "cd" * 32}
+        )
+    downgrade()
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT invoice_number FROM api_payment")).scalar_one()
+    assert int(kept) == 2**63 - 1

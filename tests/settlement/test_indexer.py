@@ -31,6 +31,7 @@ from api.settlement.models import (
     InvoiceStatus,
     Payment,
     PaymentState,
+    Refund,
 )
 from crm import ContactCreate, FollowUpPolicyCreate, consent, contacts, merchants
 from crm.followups import policies as followups_policies
@@ -840,6 +841,52 @@ class IndexerBehaviour(MarketSuite):
             ),
             market.merchant,
         )
+
+    @pytest.mark.parametrize("number", [2**63, 2**255])
+    def test_an_invoice_number_beyond_a_bigint_does_not_stop_the_indexer(
+        self, engine, market, clock, shop, number
+    ):
+        """The router settles any uint256 invoice id a merchant's operator signs: one beyond a
+        BIGINT failed the lookup (SQLite) or the insert (PostgreSQL) of every step over its
+        block, and no merchant's invoice settled again. It is an unmatched payment, and its
+        refund an unmatched refund."""
+        from wallet.signing import (
+            PaymentIntent,
+            payment_intent_typed_data,
+            sign_typed_data,
+            to_compact,
+        )
+
+        intent = PaymentIntent(
+            merchant=market.merchant.address,
+            token=market.deployment.token,
+            amount=7,
+            fee=0,
+            invoice_id=number,
+            deadline=2**40,
+        )
+        market.pay(intent, market.payers[1])
+        typed = payment_intent_typed_data(
+            intent, chain_id=market.chain.chain_id, router=market.deployment.router
+        )
+        r, vs = to_compact(sign_typed_data(typed, PrivateKey(bytes(market.operator.key))))
+        market.transact(
+            market.token.functions.approve(market.deployment.router, 7), market.merchant
+        )
+        market.transact(market.token.functions.mint(market.merchant.address, 7), market.owner)
+        market.transact(
+            market.router.functions.refund(intent.as_tuple(), r, vs, market.payers[1].address, 7),
+            market.merchant,
+        )
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        result = indexer_for(engine, market, clock).poll_once()
+        assert result.settled == [invoice.id]
+        with Session(engine) as session:
+            stray = session.exec(select(Payment).where(Payment.invoice_id.is_(None))).one()  # type: ignore[union-attr]
+            refund = session.exec(select(Refund)).one()
+        assert (stray.invoice_number, stray.amount) == (number, 7)
+        assert refund.invoice_id is None
 
     def test_payment_of_another_signed_intent_stays_unmatched(self, engine, market, clock, shop):
         """The event's intent hash binds every signed field: a payment of the same invoice
