@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -84,6 +85,16 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL like https://pay.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or a fragment")
+        return value.rstrip("/")  # links are base + "/v1/...": a trailing slash made "//v1"
 
     @field_validator("database_url")
     @classmethod

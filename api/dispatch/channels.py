@@ -19,17 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid
+from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+from email_validator import EmailNotValidError, validate_email
 from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api import webhooks
-from api.dispatch.models import LINK_TOKEN, InAppMessage, PhoneTask
+from api.dispatch.models import LINK_TOKEN, SUBJECT_MAX_LENGTH, InAppMessage, PhoneTask
 from api.dispatch.smtp import SmtpAccess, SmtpSecurity, SmtpSecurityError
 from api.webhooks.secrets import SecretCipher
 from api.webhooks.transport import describe_error, post
@@ -86,11 +87,25 @@ class Recipient:
     now: datetime
 
 
+def _ascii_domain(address: str) -> str:
+    """``address`` with an internationalised domain in its ASCII (IDNA) form where the local
+    part is ASCII: any relay takes it, while the Unicode form needs SMTPUTF8, which most
+    relays lack. A non-ASCII local part has no ASCII form."""
+    try:
+        return validate_email(address, check_deliverability=False).ascii_email or address
+    except EmailNotValidError:
+        return address
+
+
 @dataclass(frozen=True, slots=True)
 class Links:
     """Customer-facing URLs (no API key: the single-use token is the credential)."""
 
     base_url: str
+
+    def __post_init__(self) -> None:
+        # "https://pay.example/" made every link "//v1/public/...": a 404 for every customer
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
 
     def rating(self, token: str, rating: int) -> str:
         """A confirmation page with ``rating`` chosen; only its button records (a prefetching
@@ -115,6 +130,12 @@ def header_text(text: str) -> str:
 
 def _subject(instruction: SendInstruction, merchant_name: str) -> str:
     return f"How was your purchase at {header_text(merchant_name)}?"
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters (merchant names take 200, and the subject
+    around one did not fit its column on PostgreSQL: every in-app message failed)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _body(instruction: SendInstruction, merchant_name: str, links: Links) -> str:
@@ -182,9 +203,10 @@ class EmailChannel:
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         if not instruction.address:
             raise DeliveryError("contact has no e-mail address")
-        international = not (self.sender + instruction.address).isascii()
+        address = _ascii_domain(instruction.address)
+        international = not (self.sender + address).isascii()
         try:  # the whole message before any connection: a failure here sent nothing
-            data = self._message(instruction, to, international)
+            data = self._message(instruction, address, to, international)
         except (ValueError, TypeError, LookupError) as exc:  # UnicodeError is a ValueError
             raise DeliveryRefused(f"email: message not built ({type(exc).__name__})") from None
         smtp = self.relay.conversation(
@@ -202,7 +224,7 @@ class EmailChannel:
                 smtp.open(self.relay.host, self.relay.port)
             except (OSError, smtplib.SMTPException) as exc:  # ssl.SSLError is an OSError
                 raise DeliveryError(f"smtp: {type(exc).__name__}") from None
-            self._transfer(smtp, instruction.address, data, international)
+            self._transfer(smtp, address, data, international)
         except DeliveryError as exc:
             if smtp.was_cut:  # the same kind: before DATA nothing arrived, during it maybe
                 raise type(exc)(f"smtp: attempt cut at {self.deadline:g} s") from None
@@ -214,12 +236,14 @@ class EmailChannel:
                 smtp.close()
             watchdog.cancel()
 
-    def _message(self, instruction: SendInstruction, to: Recipient, international: bool) -> bytes:
-        assert instruction.address is not None
+    def _message(
+        self, instruction: SendInstruction, address: str, to: Recipient, international: bool
+    ) -> bytes:
         message = EmailMessage()
         message["From"] = formataddr((header_text(to.merchant_name), self.sender))
-        message["To"] = instruction.address
+        message["To"] = address
         message["Subject"] = _subject(instruction, to.merchant_name)
+        message["Date"] = format_datetime(to.now)  # RFC 5322 requires it; filters score it
         message["Message-ID"] = make_msgid(
             idstring=f"followup-{instruction.followup_id}", domain=self.msgid_domain
         )
@@ -243,8 +267,8 @@ class EmailChannel:
         try:
             options: list[str] = []
             if international:
-                if not smtp.has_extn("smtputf8"):
-                    raise DeliveryError("smtp: server lacks SMTPUTF8 for this address")
+                if not smtp.has_extn("smtputf8"):  # retrying the same relay changes nothing
+                    raise DeliveryRefused("smtp: server lacks SMTPUTF8 for this address")
                 options = ["SMTPUTF8", "BODY=8BITMIME"]
             code, reply = smtp.mail(self.sender, options)
             if code != 250:
@@ -422,7 +446,7 @@ class InAppChannel:
                 merchant_id=instruction.merchant_id,
                 contact_id=instruction.contact_id,
                 followup_id=instruction.followup_id,
-                subject=_subject(instruction, to.merchant_name),
+                subject=_cut(_subject(instruction, to.merchant_name), SUBJECT_MAX_LENGTH),
                 body=_body(template, to.merchant_name, self.links),
                 link_token_enc=key.encrypt(
                     instruction.token, _token_context(instruction.followup_id)

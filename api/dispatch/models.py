@@ -13,6 +13,7 @@ from crm._base import UTCDateTime
 __all__ = [
     "LINK_TOKEN",
     "PHONE_OUTCOMES",
+    "SUBJECT_MAX_LENGTH",
     "InAppMessage",
     "PhoneCancelReason",
     "PhoneOutcome",
@@ -27,6 +28,10 @@ PHONE_OUTCOMES: tuple[str, ...] = get_args(PhoneOutcome)
 PhoneCancelReason: TypeAlias = Literal["no_consent", "erased"]
 
 
+#: An in-app message's subject column (a long merchant name is cut to it).
+SUBJECT_MAX_LENGTH = 200
+
+
 class InAppMessage(SQLModel, table=True):
     __tablename__ = "api_inapp_message"
     __table_args__ = (sa.Index("ix_api_inapp_contact", "merchant_id", "contact_id", "created_at"),)
@@ -35,7 +40,7 @@ class InAppMessage(SQLModel, table=True):
     merchant_id: int = Field(foreign_key="crm_merchant.id")
     contact_id: int
     followup_id: int = Field(unique=True)
-    subject: str = Field(max_length=200)
+    subject: str = Field(max_length=SUBJECT_MAX_LENGTH)
     #: the text with :data:`LINK_TOKEN` where the rating links' token goes (rendered on read)
     body: str
     #: the token, encrypted under the contact's data key (NULL: a body from before 0006)

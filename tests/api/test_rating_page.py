@@ -85,7 +85,16 @@ class TestConfirmationPage:
         )
 
     @pytest.mark.parametrize(
-        "body", ["", "rating=9", "rating=two", "&".join(f"f{n}=1" for n in range(20))]
+        "body",
+        [
+            "",
+            "rating=9",
+            "rating=two",
+            "&".join(f"f{n}=1" for n in range(20)),
+            "rating=%C2%B2",  # '²': isdigit() but not int() (a 500)
+            "rating=%E2%91%A0",  # '①'
+            "rating=1" + "0" * 5000,  # past int()'s digit limit
+        ],
     )
     def test_a_bad_form_is_a_422_and_records_nothing(
         self,
@@ -181,3 +190,31 @@ def test_a_legacy_rating_link_leads_to_the_page_and_records_nothing(
     assert world.client.get(f"/v1/public/feedback/{token}").json()["state"] == "pending"
     bad = world.client.get(f"/v1/public/feedback/{token}?rating=9", follow_redirects=False)
     assert bad.status_code == 422
+
+
+def test_links_work_under_a_base_url_with_a_trailing_slash(world: World) -> None:  # noqa: F811
+    """FOLLOWPAY_PUBLIC_BASE_URL="https://pay.example/" made every rating and unsubscribe
+    link "https://pay.example//v1/...": a 404 in every message."""
+    from api.settings import Settings
+
+    base = Settings(public_base_url="https://pay.example/").public_base_url
+    assert base == "https://pay.example"
+    token = _token(world)
+    for links in (Links(base), Links("https://pay.example//")):
+        for url in (links.rating(token, 4), links.withdraw(token)):
+            parts = urlsplit(url)
+            assert parts.netloc == "pay.example"
+            r = world.client.get(f"{parts.path}?{parts.query}", headers=BROWSER)
+            assert r.status_code == 200, url
+
+
+@pytest.mark.parametrize(
+    "value", ["pay.example", "ftp://pay.example", "https://", "https://a/?x=1"]
+)
+def test_a_public_base_url_that_cannot_carry_links_is_refused(value: str) -> None:
+    from pydantic import ValidationError
+
+    from api.settings import Settings
+
+    with pytest.raises(ValidationError, match="public_base_url"):
+        Settings(public_base_url=value)

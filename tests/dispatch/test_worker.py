@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
+from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
@@ -57,7 +58,7 @@ from crm.followups import policies as followups_policies
 from crm.followups.models import FollowUp, FollowUpEvent
 from crm.merchants.models import Merchant, MerchantCreate
 from crm.privacy import service as privacy
-from tests.support import stalling_server
+from tests.support import migrated_pg_schema, stalling_server
 from wallet.chain import free_port
 
 LINKS = Links("https://pay.example")
@@ -225,6 +226,44 @@ class TestEmail:
         assert "/v1/public/consent/" in mail["List-Unsubscribe"]
         assert "Stop these messages: https://pay.example/v1/public/consent/" in body
         assert "inv_1" in body
+
+    def test_the_message_is_dated(self, engine, clock, smtp):
+        """RFC 5322 requires a Date field; without one spam filters score the message."""
+        controller, sink = smtp
+        shop_with(engine, clock, channel="email")
+        channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes == {"sent:email": 1}
+        (mail,) = sink.messages
+        assert parsedate_to_datetime(mail["Date"]) == clock.now().replace(microsecond=0)
+
+    @pytest.fixture
+    def plain_relay(self):
+        """A relay as most are: no SMTPUTF8."""
+        sink = Sink()
+        controller = Controller(sink, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=False)
+        controller.start()
+        yield controller, sink
+        controller.stop()
+
+    def test_an_international_domain_goes_out_in_its_ascii_form(self, engine, clock, plain_relay):
+        """ada@bücher.example has an ASCII form any relay takes; sent in Unicode it needed
+        SMTPUTF8, which most relays lack, and the customer never got mail."""
+        controller, sink = plain_relay
+        shop_with(engine, clock, channel="email", email="ada@bücher.example")
+        channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes == {"sent:email": 1}
+        (mail,) = sink.messages
+        assert mail["To"] == "ada@xn--bcher-kva.example"
+
+    def test_a_unicode_mailbox_a_relay_cannot_take_fails_at_once(self, engine, clock, plain_relay):
+        """A non-ASCII local part has no ASCII form: a relay without SMTPUTF8 will never take
+        it, and five attempts over 75 minutes changed nothing."""
+        controller, sink = plain_relay
+        shop_with(engine, clock, channel="email", email="ädä@example.com")
+        channels = {"email": EmailChannel("127.0.0.1", controller.port, "f@tea.example", LINKS)}
+        assert Worker(engine, KEYRING, channels, clock).run_once().outcomes == {"failed": 1}
+        assert [state for state, *_ in states(engine)] == ["failed"]
+        assert sink.messages == []
 
     def test_a_merchant_name_with_a_line_break_still_gets_its_mail(self, engine, clock, smtp):
         """A name stored before the API refused control characters: EmailMessage refuses a
@@ -915,6 +954,31 @@ class TestWebhook:
 
 
 class TestInAppAndPhone:
+    @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+    def any_engine(self, request, engine):
+        if request.param == "sqlite":
+            yield engine
+            return
+        with migrated_pg_schema(f"dispatch_inapp_{os.getpid()}") as pg:
+            yield pg
+
+    def test_a_merchant_name_as_long_as_allowed_gets_its_in_app_message(self, any_engine, clock):
+        """Names take 200 characters and the subject around one is longer: PostgreSQL refused
+        the row, and every in-app follow-up of that merchant failed after its retries."""
+        shop_id, _ = shop_with(any_engine, clock, channel="in_app")
+        name = "T" * 200
+        MerchantCreate(name=name)  # the API takes it
+        with Session(any_engine) as session, session.begin():
+            session.get(Merchant, shop_id).name = name
+        channels = {"in_app": InAppChannel(LINKS, KEYRING)}
+        outcomes = Worker(any_engine, KEYRING, channels, clock).run_once().outcomes
+        assert outcomes == {"sent:in_app": 1}
+        with Session(any_engine) as session:
+            (message,) = session.exec(select(InAppMessage)).all()
+        assert len(message.subject) == 200
+        assert message.subject.startswith("How was your purchase at TTT")
+        assert message.subject.endswith("…")
+
     def test_in_app_message_is_stored_exactly_once(self, engine, clock):
         shop_with(engine, clock, channel="in_app")
         Worker(engine, KEYRING, {"in_app": InAppChannel(LINKS, KEYRING)}, clock).run_once()
