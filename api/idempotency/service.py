@@ -37,6 +37,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -99,6 +100,7 @@ class IdempotencyContext:
     api_key_id: str
     key: str
     fingerprint: str = ""
+    legacy_fingerprint: str = field(default="", repr=False)
     method: str = "POST"
     path: str = ""
     created_at: datetime | None = None
@@ -171,8 +173,11 @@ def _canonical(body: bytes) -> bytes:
     return canonical.encode("utf-8", "surrogatepass")
 
 
-def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
-    h = hashlib.sha256()
+def fingerprint(method: str, path: str, query: str, body: bytes, key: bytes = b"") -> str:
+    """The request's digest; an HMAC under ``key`` (the API key's sealing key) when given: the
+    body of ``POST /v1/contacts`` is an e-mail address, and a bare SHA-256 of it let anyone
+    who reads the database confirm a guessed address, even after the contact's erasure."""
+    h = hmac.new(key, digestmod=hashlib.sha256) if key else hashlib.sha256()
     for part in (method.upper().encode(), path.encode(), query.encode(), _canonical(body)):
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
@@ -269,7 +274,9 @@ def prepare(
         record_id=new_id("idem"),
         api_key_id=api_key_id,
         key=key,
-        fingerprint=fingerprint(method, path, query, body),
+        fingerprint=fingerprint(method, path, query, body, sealing_key),
+        # rows stored before fingerprints were keyed, until they expire
+        legacy_fingerprint=fingerprint(method, path, query, body) if sealing_key else "",
         method=method.upper(),
         path=path[:2048],
         created_at=now,
@@ -364,7 +371,7 @@ def _record(
         if row.expires_at <= now:
             conn.execute(sa.delete(_T).where(_T.c.id == row.id, _T.c.expires_at <= now))
             continue
-        if row.fingerprint != ctx.fingerprint:
+        if row.fingerprint not in (ctx.fingerprint, ctx.legacy_fingerprint or ctx.fingerprint):
             raise IdempotencyError(param=HEADER)
         if row.status == IdempotencyStatus.COMPLETED.value:
             if row.contact_id is not None and _contact_erased(conn, row.contact_id, row.api_key_id):

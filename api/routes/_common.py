@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from sqlmodel import Session, SQLModel
 
 from api import queries
-from api.deps import ChainInfo, require_role
+from api.deps import ChainInfo, current_request, require_role
 from api.errors import InvalidRequest, NotFound
 from api.keys.service import AuthenticatedKey
 from api.pagination import parse_id
@@ -28,10 +28,19 @@ __all__ = [
     "merchant_scope",
     "object_merchant",
     "parse_id",
+    "response_concerns",
     "token_decimals",
     "visible_merchant",
     "write_merchant",
 ]
+
+
+def response_concerns(contact_id: int) -> None:
+    """Name the contact on this request's stored idempotent response (if it has one), so that
+    erasing the contact destroys it: every route whose answer holds a contact's data."""
+    ctx = current_request()
+    if ctx is not None and ctx.idempotency is not None:
+        ctx.idempotency.contact_id = contact_id
 
 
 Admin = Annotated[AuthenticatedKey, require_role("admin")]

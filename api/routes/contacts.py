@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from api import privacy as api_privacy
 from api import queries
-from api.deps import AfterCommit, ClockDep, KeyRingDep, SessionDep, current_request
+from api.deps import AfterCommit, ClockDep, KeyRingDep, SessionDep
 from api.dispatch import phone_tasks
 from api.errors import Forbidden
 from api.keys.service import AuthenticatedKey
@@ -26,6 +26,7 @@ from api.routes._common import (
     crm_errors,
     merchant_scope,
     object_merchant,
+    response_concerns,
     write_merchant,
 )
 from api.routing import ApiRouter
@@ -78,14 +79,6 @@ def _out(session: Session, contact: Contact, keyring: KeyRing) -> ContactOut:
     return ContactOut.of(contacts.to_public(session, contact, keyring))
 
 
-def _response_concerns(contact_id: int) -> None:
-    """Name the contact on this request's stored idempotent response (if it has one), so that
-    erasing the contact destroys it."""
-    ctx = current_request()
-    if ctx is not None and ctx.idempotency is not None:
-        ctx.idempotency.contact_id = contact_id
-
-
 @router.post(
     "",
     response_model=ContactOut,
@@ -104,7 +97,7 @@ def create_contact(
     data = ContactCreate(**body.model_dump(exclude={"merchant_id"}))
     with crm_errors("merchant", merchant_id):
         contact = contacts.create_contact(session, merchant_id, data, keyring, clock)
-    _response_concerns(contact.id or 0)
+    response_concerns(contact.id or 0)
     audit.record(
         session,
         actor=actor(caller),
@@ -158,7 +151,7 @@ def update_contact(
     clock: ClockDep,
 ) -> ContactOut:
     merchant_id = _merchant(session, caller, contact_id)
-    _response_concerns(contact_id)
+    response_concerns(contact_id)
     data = ContactUpdate(**body.model_dump(exclude_unset=True))
     with crm_errors("contact", contact_id):
         contact = contacts.update_contact(
@@ -186,7 +179,7 @@ def add_wallet_address(
     clock: ClockDep,
 ) -> ContactOut:
     merchant_id = _merchant(session, caller, contact_id)
-    _response_concerns(contact_id)
+    response_concerns(contact_id)
     with crm_errors("contact", contact_id):
         contacts.add_wallet(session, merchant_id, contact_id, body.address, keyring, clock)
         contact = contacts.get_contact(session, merchant_id, contact_id)
@@ -242,7 +235,7 @@ def record_consent(
     if body.action is ConsentAction.GRANT and caller.role.value == "support":
         raise Forbidden("Support keys may record withdrawals and objections, not grants.")
     merchant_id = _merchant(session, caller, contact_id)
-    _response_concerns(contact_id)
+    response_concerns(contact_id)
     kwargs: dict[str, object] = {"policy_version": body.policy_version, "source": body.source}
     if body.legal_basis is not None:
         kwargs["legal_basis"] = body.legal_basis

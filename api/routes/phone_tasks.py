@@ -12,7 +12,14 @@ from api.dispatch import phone_tasks
 from api.dispatch.models import PhoneTask
 from api.errors import NotFound
 from api.pagination import MAX_ID, ListResponse, PageDep
-from api.routes._common import Staff, actor, merchant_scope, object_merchant, parse_id
+from api.routes._common import (
+    Staff,
+    actor,
+    merchant_scope,
+    object_merchant,
+    parse_id,
+    response_concerns,
+)
 from api.routing import ApiRouter
 from api.schemas.dispatch import PhoneTaskCompleteBody, PhoneTaskOut
 
@@ -92,4 +99,5 @@ def complete_phone_task(
     task = phone_tasks.complete(
         session, merchant_id, task_id, outcome=body.outcome, actor=actor(caller), clock=clock
     )
+    response_concerns(task.contact_id)  # its time zone is the contact's
     return PhoneTaskOut.of(task, clock.now())

@@ -303,6 +303,27 @@ def _record(db, ctx, status=200, body=b'{"ok":1}', *, commit=True, now=None):
 
 
 class TestService:
+    def test_the_stored_fingerprint_confirms_no_guess_without_the_api_key(self, db):
+        """``POST /v1/contacts {"email": …}``: a bare SHA-256 of the request let anyone who
+        reads the table confirm a guessed address (the contact's erasure left it)."""
+        body = b'{"email":"ada@example.com"}'
+        ctx = _ctx(body, path="/v1/contacts", sealing_key=b"s" * 32)
+        _record(db, ctx)
+        with db.connect() as conn:
+            (stored,) = conn.execute(sa.select(IdempotencyRecord.fingerprint)).scalars()
+        assert stored != idem.fingerprint("POST", "/v1/contacts", "", body)
+        with pytest.raises(idem.IdempotentReplay):  # the same key's retry still replays
+            _record(db, _ctx(body, path="/v1/contacts", sealing_key=b"s" * 32))
+        with pytest.raises(IdempotencyError):
+            _record(
+                db, _ctx(b'{"email":"bo@example.com"}', path="/v1/contacts", sealing_key=b"s" * 32)
+            )
+
+    def test_a_row_fingerprinted_before_keys_were_used_still_replays(self, db):
+        _record(db, _ctx(key="old"))  # no sealing key: as stored by an earlier release
+        with pytest.raises(idem.IdempotentReplay):
+            _record(db, _ctx(key="old", sealing_key=b"s" * 32))
+
     def test_the_first_commit_owns_the_key(self, db):
         first = _ctx()
         _record(db, first, 201)

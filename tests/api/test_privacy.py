@@ -111,6 +111,27 @@ class TestReplayAfterErasure:
         status, _, body = ERASED_RESPONSE
         assert _stored_for(world, cid) == [(status, body)] * len(requests)
 
+    def test_a_phone_tasks_completion_replay_forgets_the_contacts_time_zone(
+        self, world: World
+    ) -> None:
+        """Erasure resets the contact's and its tasks' time zone (where someone lives is
+        theirs too); the stored answer of a task's completion was not tied to the contact,
+        and its replay still named the zone."""
+        from api.dispatch.models import PhoneTask
+
+        task = _task(world, world.a.id, after=timedelta(hours=-1), zone="Asia/Kathmandu")
+        with Session(world.engine) as s:
+            contact_id = s.get(PhoneTask, task).contact_id
+        body = {"outcome": "wrong_number"}
+        path = f"/v1/phone_tasks/{task}/complete"
+        done = _post(world, path, body, world.a.support, "done-1")
+        assert "Asia/Kathmandu" in done.text
+        erased = _post(world, f"/v1/contacts/{contact_id}/erase", {}, world.a.merchant, "e")
+        assert erased.status_code == 200, erased.text
+        replay = _post(world, path, body, world.a.support, "done-1")
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert "Asia/Kathmandu" not in replay.text
+
     def test_a_response_the_erasure_did_not_see_is_not_replayed(self, world: World) -> None:
         """A request that raced the erasure, or an erasure run through the CRM alone."""
         c = new_contact(world, world.a, phone=PHONE)
