@@ -263,6 +263,8 @@ class Runtime:
         """Apply the migrations (creating the SQLite file and its directory), sealing with the
         server's key the consent heads older releases wrote without a MAC (see
         :func:`crm.db.upgrade`)."""
+        if self.settings.master_key is not None:
+            load_master_key(self.settings)  # a bad key fails before the home is made
         with _home_lock(self.settings.home):
             return self._upgrade_database()
 

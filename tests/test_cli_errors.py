@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +134,9 @@ CASES = {
     "demo_on_a_node_it_cannot_fund": Case(
         ("demo", "--chain", "rpc"), code=2, says="'rpc' is not one of 'tester', 'anvil'"
     ),
+    "serve_on_a_port_in_use": Case(  # the embedded chain was indexed into the new home
+        ("serve", "--port", "{busy_port}"), says="cannot listen on 127.0.0.1:"
+    ),
     "serve_port_out_of_range": Case(
         ("serve", "--port", "99999"), code=2, says="less than or equal to 65535"
     ),
@@ -207,8 +211,8 @@ def _run(
     result = subprocess.run(
         [*command, *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
-    left = sorted(str(p.relative_to(home)) for p in home.rglob("*")) if home.exists() else []
-    return result, left
+    left = [str(p.relative_to(home)) for p in home.rglob("*")] if home.exists() else []
+    return result, sorted(left + (["(the home itself)"] if home.exists() else []))
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +222,8 @@ def runs(
     """The cases two at a time (each is a ~2 s interpreter start-up), each with its own home."""
     root = tmp_path_factory.mktemp("cli")
     dirs = _artifact_copies(root)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with socket.create_server(("127.0.0.1", 0)) as busy, ThreadPoolExecutor(2) as pool:
+        dirs["busy_port"] = str(busy.getsockname()[1])
         futures = {
             name: pool.submit(_run, case, root / f"home-{name}", dirs)
             for name, case in CASES.items()

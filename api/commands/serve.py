@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -12,18 +13,32 @@ if TYPE_CHECKING:
 __all__ = ["build_app", "serve"]
 
 
-def _run(app: FastAPI, host: str, port: int, root_path: str) -> None:
-    """uvicorn in this process. ``X-Forwarded-For`` is believed from
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else happens: a port in use used to fail
+    only once the embedded chain had been indexed into the home's database, and every later
+    start on that home was then refused (an earlier in-process chain)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        return socket.create_server(address, family=family, backlog=2048)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def _run(app: FastAPI, listener: socket.socket, root_path: str) -> None:
+    """uvicorn in this process, on ``listener``. ``X-Forwarded-For`` is believed from
     ``FOLLOWPAY_API_TRUSTED_PROXIES`` only (the app's own middleware, :mod:`api.app`), never
     from uvicorn's default of 127.0.0.1; ``root_path`` is ``FOLLOWPAY_API_ROOT_PATH``."""
     import uvicorn
 
-    uvicorn.run(
+    host, port = listener.getsockname()[:2]  # for uvicorn's "running on" line
+    config = uvicorn.Config(
         app, host=host, port=port, log_level="info", proxy_headers=False, root_path=root_path
     )
+    uvicorn.Server(config).run(sockets=[listener])
 
 
-def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
+def _serve_embedded(runtime: Any, url: str, host: str, port: int, listener: Any) -> None:
     """API + indexer + worker + webhook deliveries in one process on the in-process chain."""
     import threading
     import time
@@ -59,7 +74,7 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int) -> None:
     # delivery in hand (it was then written off as interrupted, never sent)
     with stop_on_signals(stop):
         try:
-            _run(app, host, port, runtime.settings.api_root_path)
+            _run(app, listener, runtime.settings.api_root_path)
         finally:
             stop.set()
             deadline = time.monotonic() + EMAIL_ATTEMPT_TIMEOUT + 10  # for all of them
@@ -145,20 +160,27 @@ def serve(
     settings = get_settings()
     if settings.chain.value == "tester":
         _refuse_production_settings(settings)
-    runtime = Runtime(settings)
-    report_sealing(runtime.upgrade_database())
-    url = runtime.settings.resolved_database_url
-    if runtime.settings.chain.value == "tester":
-        _serve_embedded(runtime, url, host, port)
-        return
-    if workers == 1:
-        from api.runtime import freeze_startup_heap
+    # bound before anything is written (the embedded server is one process whatever --workers)
+    single = workers == 1 or settings.chain.value == "tester"
+    listener = _listen(host, port) if single else None
+    try:
+        runtime = Runtime(settings)
+        report_sealing(runtime.upgrade_database())
+        url = runtime.settings.resolved_database_url
+        if runtime.settings.chain.value == "tester":
+            _serve_embedded(runtime, url, host, port, listener)
+            return
+        if listener is not None:
+            from api.runtime import freeze_startup_heap
 
-        app = _production_app(runtime)  # a wrong password or missing wallet fails here
-        freeze_startup_heap()
-        _run(app, host, port, runtime.settings.api_root_path)
-        runtime.close()
-        return
+            app = _production_app(runtime)  # a wrong password or missing wallet fails here
+            freeze_startup_heap()
+            _run(app, listener, runtime.settings.api_root_path)
+            runtime.close()
+            return
+    finally:
+        if listener is not None:
+            listener.close()
     if runtime.settings.operator_refs:
         _ = runtime.operator_signers  # fail once, clearly, before any worker starts
     runtime.close()
