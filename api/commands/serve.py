@@ -31,11 +31,13 @@ def _run(app: FastAPI, listener: socket.socket, root_path: str) -> None:
     from uvicorn's default of 127.0.0.1; ``root_path`` is ``FOLLOWPAY_API_ROOT_PATH``."""
     import uvicorn
 
-    host, port = listener.getsockname()[:2]  # for uvicorn's "running on" line
+    host, port = listener.getsockname()[:2]
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", proxy_headers=False, root_path=root_path
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"serving on http://{shown}:{port} (Ctrl-C to stop)", err=True)  # uvicorn's
+    uvicorn.Server(config).run(sockets=[listener])  # line is not printed for given sockets
 
 
 def _serve_embedded(runtime: Any, url: str, host: str, port: int, listener: Any) -> None:
