@@ -11,8 +11,12 @@ support queue → CSAT/NPS from the API.
 from __future__ import annotations
 
 import re
+import signal
 import tempfile
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
@@ -104,8 +108,30 @@ class _Api:
         return response.json()
 
 
+@contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the temporary database, the SMTP sink and anvil go
+    with the demo (the default action left them behind). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(number: int, _frame: object) -> None:
+        raise SystemExit(128 + number)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_demo(chain_backend: str = "tester", console: Console | None = None) -> dict[str, Any]:
-    out = console or Console()
+    with _terminate_unwinds():
+        return _run_demo(chain_backend, console or Console())
+
+
+def _run_demo(chain_backend: str, out: Console) -> dict[str, Any]:
     clock = SystemClock()
     with tempfile.TemporaryDirectory(prefix="followpay-demo-") as workdir:
         url = f"sqlite:///{Path(workdir) / 'demo.sqlite3'}"
