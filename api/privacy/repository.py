@@ -7,10 +7,10 @@ from collections.abc import Iterable, Sequence
 from sqlmodel import Session, col, select
 
 from api.dispatch.models import InAppMessage, PhoneTask
-from api.settlement.models import Invoice
+from api.settlement.models import Invoice, Payment, Refund
 from crm.audit.models import AuditLog
 
-__all__ = ["audit_entries", "invoices", "messages", "phone_tasks"]
+__all__ = ["audit_entries", "invoices", "messages", "payments", "phone_tasks", "refunds"]
 
 
 def messages(session: Session, merchant_id: int, contact_id: int) -> Sequence[InAppMessage]:
@@ -33,6 +33,21 @@ def invoices(session: Session, merchant_id: int, contact_id: int) -> Sequence[In
         Invoice.merchant_id == merchant_id, Invoice.contact_id == contact_id
     )
     return session.exec(stmt.order_by(col(Invoice.created_at), col(Invoice.id))).all()
+
+
+def payments(session: Session, invoice_ids: Sequence[str]) -> Sequence[Payment]:
+    """The payments of the contact's invoices (``invoices`` scoped them), reorged included."""
+    if not invoice_ids:
+        return []
+    stmt = select(Payment).where(col(Payment.invoice_id).in_(list(invoice_ids)))
+    return session.exec(stmt.order_by(col(Payment.id))).all()
+
+
+def refunds(session: Session, invoice_ids: Sequence[str]) -> Sequence[Refund]:
+    if not invoice_ids:
+        return []
+    stmt = select(Refund).where(col(Refund.invoice_id).in_(list(invoice_ids)))
+    return session.exec(stmt.order_by(col(Refund.id))).all()
 
 
 def audit_entries(

@@ -2,9 +2,10 @@
 API side holds, in the caller's transaction.
 
 Export adds the contact's in-app messages (link tokens masked), phone tasks with their call
-outcomes, invoices, and the audit entries about those tasks and invoices. Erasure also cancels
-the contact's open phone tasks and destroys the stored idempotent responses that held the
-contact's data. Every query is scoped to the contact's merchant.
+outcomes, invoices with their payments and refunds on chain, and the audit entries about those
+tasks and invoices. Erasure also cancels the contact's open phone tasks and destroys the stored
+idempotent responses that held the contact's data. Every query is scoped to the contact's
+merchant.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from api.dispatch import repository as dispatch_repo
 from api.dispatch.models import InAppMessage, PhoneTask
 from api.errors import redact
 from api.privacy import repository as repo
-from api.settlement.models import Invoice
+from api.settlement.models import Invoice, Payment, Refund
 from crm import KeyRing, privacy
 from crm.clock import Clock
 from crm.privacy.models import ErasureLog
@@ -46,6 +47,10 @@ def export_contact(
     data["in_app_messages"] = [_message(m) for m in repo.messages(session, merchant_id, contact_id)]
     data["phone_tasks"] = [_task(t) for t in tasks]
     data["invoices"] = [_invoice(i) for i in invoices]
+    # the address the contact paid from and was refunded to: an intent's payer is often "any"
+    ids = [i.id for i in invoices]
+    data["payments"] = [_payment(p) for p in repo.payments(session, ids)]
+    data["refunds"] = [_refund(r) for r in repo.refunds(session, ids)]
     about = [
         *repo.audit_entries(session, merchant_id, "phone_task", [t.id or 0 for t in tasks]),
         *repo.audit_entries(session, merchant_id, "invoice", [i.id for i in invoices]),
@@ -121,4 +126,34 @@ def _invoice(i: Invoice) -> dict[str, Any]:
         "metadata": dict(i.metadata_),
         "created_at": i.created_at.isoformat(),
         "settled_at": None if i.settled_at is None else i.settled_at.isoformat(),
+    }
+
+
+def _payment(p: Payment) -> dict[str, Any]:
+    return {
+        "invoice_id": p.invoice_id,
+        "chain_id": p.chain_id,
+        "tx_hash": p.tx_hash,
+        "block_number": p.block_number,
+        "payer": p.payer,
+        "token": p.token,
+        "amount": str(p.amount),
+        "fee": str(p.fee),
+        "state": str(p.state),
+        "late": p.late,
+        "seen_at": p.seen_at.isoformat(),
+    }
+
+
+def _refund(r: Refund) -> dict[str, Any]:
+    return {
+        "invoice_id": r.invoice_id,
+        "chain_id": r.chain_id,
+        "tx_hash": r.tx_hash,
+        "block_number": r.block_number,
+        "to": r.to,
+        "token": r.token,
+        "amount": str(r.amount),
+        "reorged": r.reorged,
+        "seen_at": r.seen_at.isoformat(),
     }

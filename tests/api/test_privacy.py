@@ -198,6 +198,28 @@ def _with_history(w: World, tenant_name: str) -> tuple[dict, str, int]:
 
 
 class TestExport:
+    def test_the_export_holds_the_addresses_the_contact_paid_from_and_was_refunded_to(
+        self, world: World
+    ) -> None:
+        """An intent's payer is usually "anyone": the address the contact really paid from is
+        the payment's, kept (pseudonymised) but left out of the export."""
+        from tests.api.test_reconciliation import account_address, record_payment
+
+        c = new_contact(world, world.a)
+        inv = create(world, world.a.merchant, contact_id=c["id"]).json()
+        assert int(inv["intent"]["payer"], 16) == 0
+        address = account_address(world, world.a)
+        record_payment(world, merchant_address=address, invoice_id=inv["id"])  # payer 0x44…
+        other = create(world, world.b.merchant).json()  # another merchant's payment
+        record_payment(
+            world, merchant_address=account_address(world, world.b), invoice_id=other["id"]
+        )
+        r = world.client.get(f"/v1/contacts/{c['id']}/export", headers=auth(world.a.merchant))
+        assert r.status_code == 200, r.text
+        (payment,) = r.json()["data"]["payments"]
+        assert (payment["invoice_id"], payment["payer"].lower()) == (inv["id"], "0x" + "44" * 20)
+        assert r.json()["data"]["refunds"] == []
+
     def test_the_export_holds_what_the_api_side_keeps_about_the_contact(self, world: World) -> None:
         c, old_token, task = _with_history(world, "a")
         _, other_old_token, other_task = _with_history(world, "b")
