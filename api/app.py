@@ -62,7 +62,7 @@ from api.routes import api_router
 from api.runtime import WarmHeapFreezer
 from api.settings import Settings, get_settings
 from api.settlement.invoices import InvoiceNumbers
-from api.text_input import refuse_lone_surrogates
+from api.text_input import refuse_unstorable_text
 from api.webhooks.secrets import SecretCipher
 from crm import Clock, KeyRing, SystemClock
 
@@ -563,7 +563,7 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json" if config.docs else None,
         debug=False,
-        dependencies=[Depends(refuse_lone_surrogates)],
+        dependencies=[Depends(refuse_unstorable_text)],
     )
     app.state.settings = settings
     app.state.api_config = config
