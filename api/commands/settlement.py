@@ -360,7 +360,10 @@ def invoices_create(
         ),
     ] = None,
     dev_operator: Annotated[
-        bool, typer.Option(help="sign with the local dev operator (tester/anvil only)")
+        bool,
+        typer.Option(
+            help="sign with the local dev operator (anvil or another dev chain, id 31337/1337)"
+        ),
     ] = False,
 ) -> None:
     """Create an invoice: signed intent, invoice id, EIP-681 URI (JSON on stdout).
