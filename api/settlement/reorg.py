@@ -112,7 +112,7 @@ def roll_back(
             invoices[invoice_id] = invoice
         return invoices[invoice_id]
 
-    for payment in repo.payments_after(session, chain_id, fork):
+    for payment in repo.payments_after(session, chain_id, cursor_id, fork):
         previous = payment.state
         payment.state = PaymentState.REORGED
         session.add(payment)
@@ -130,7 +130,7 @@ def roll_back(
             )
         undone.append((invoice.id, payment_evidence(payment) | {"kind": "payment"}))
         log.warning("reorg: payment %s for invoice %s rolled back", payment.tx_hash, invoice.id)
-    for refund in repo.refunds_after(session, chain_id, fork):
+    for refund in repo.refunds_after(session, chain_id, cursor_id, fork):
         refund.reorged = True
         session.add(refund)
         invoice = locked(refund.invoice_id)

@@ -676,18 +676,37 @@ def payments_for_invoices(session: Session, invoice_ids: Sequence[str]) -> Seque
     return session.exec(stmt.order_by(col(Payment.id))).all()
 
 
-def payments_after(session: Session, chain_id: int, block: int) -> Sequence[Payment]:
+def _replaced_blocks(cursor_id: int, block: int) -> sa.ScalarSelect[Any]:
+    """The hashes ``cursor_id`` stored above ``block``, its fork point: every block it
+    applied a log of is stored, and all those above the fork are no longer on the chain.
+    Another router's logs in the same database are not this cursor's to undo: its own
+    stored blocks, still canonical, say they stand (it would never read them again)."""
+    return (
+        sa.select(_BLOCKS.c.hash)
+        .where(_BLOCKS.c.cursor_id == cursor_id, _BLOCKS.c.number > block)
+        .scalar_subquery()
+    )
+
+
+def payments_after(
+    session: Session, chain_id: int, cursor_id: int, block: int
+) -> Sequence[Payment]:
+    """The live payments ``cursor_id`` applied in blocks above ``block`` (a reorg's fork)."""
     stmt = select(Payment).where(
         Payment.chain_id == chain_id,
         Payment.block_number > block,
         Payment.state != PaymentState.REORGED,
+        col(Payment.block_hash).in_(_replaced_blocks(cursor_id, block)),
     )
     return session.exec(stmt).all()
 
 
-def refunds_after(session: Session, chain_id: int, block: int) -> Sequence[Refund]:
+def refunds_after(session: Session, chain_id: int, cursor_id: int, block: int) -> Sequence[Refund]:
     stmt = select(Refund).where(
-        Refund.chain_id == chain_id, Refund.block_number > block, col(Refund.reorged).is_(False)
+        Refund.chain_id == chain_id,
+        Refund.block_number > block,
+        col(Refund.reorged).is_(False),
+        col(Refund.block_hash).in_(_replaced_blocks(cursor_id, block)),
     )
     return session.exec(stmt).all()
 

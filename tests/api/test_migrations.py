@@ -123,7 +123,7 @@ def test_the_indexers_pending_query_reads_only_pending_payments(engine):
     ("query", "index"),
     [
         (lambda s, r: r.payment_keys(s, 31337, 100, 120), "ix_api_payment_chain_block"),
-        (lambda s, r: r.payments_after(s, 31337, 100), "ix_api_payment_chain_block"),
+        (lambda s, r: r.payments_after(s, 31337, 1, 100), "ix_api_payment_chain_block"),
         (lambda s, r: r.refund_keys(s, 31337, 100, 120), "ix_api_refund_chain_block"),
     ],
     ids=["payment_keys", "payments_after", "refund_keys"],

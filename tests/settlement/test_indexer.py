@@ -1249,3 +1249,39 @@ class TestInvoiceWebhooks(MarketSuite):
         with Session(engine) as session:
             types = [d.event_type for d in session.exec(select(WebhookDelivery))]
         assert types == ["invoice.expired"]
+
+
+class TestTwoRoutersOnOneChain(MarketSuite):
+    """Two routers indexed into one database (an upgraded router beside the old one)."""
+
+    backend = "tester"
+
+    def test_a_reorg_one_router_sees_leaves_the_other_routers_payment(
+        self, engine, market, clock, keyring
+    ):
+        """A roll-back undid every payment of the chain above its own fork point, which its
+        own stored blocks alone decide: the other router's settled payment, still on the
+        chain, was marked reorged, and its cursor (past that block) never read it again."""
+        from tests.support import open_market
+
+        shop = open_shop(engine, market, clock, keyring)  # the same merchant address on both
+        new_router = open_market(market.chain)
+        old_indexer = indexer_for(engine, market, clock)
+        new_indexer = indexer_for(engine, new_router, clock)
+        old_indexer.poll_once()  # the old router's range ends below the payment
+        invoice = new_invoice(engine, new_router, shop, clock)
+        pay(engine, new_router, invoice)
+        assert new_indexer.poll_once().settled == [invoice.id]
+        fork = market.chain.snapshot()  # the payment's block stays canonical
+        market.chain.mine(3)
+        old_indexer.poll_once()
+        new_indexer.poll_once()
+        market.chain.revert(fork)  # a short reorg of the blocks above it only
+        market.chain.mine(5)
+        assert old_indexer.poll_once().reorged_to is not None
+        new_indexer.poll_once()
+        new_indexer.poll_once()
+        with Session(engine) as session:
+            states = session.exec(select(Payment.state)).all()
+        assert states == [PaymentState.CONFIRMED]
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED
