@@ -164,6 +164,8 @@ class Indexer:
         if self._answered >= _WIDEN_AFTER and self._span < self.batch_blocks:
             self._span, self._answered = min(self.batch_blocks, self._span * 2), 0
         logs = [RouterLog.from_rpc(entry) for entry in entries if not entry.get("removed")]
+        # chain order whatever the node's (a refund applied before its payment would be lost)
+        logs.sort(key=lambda entry: (entry.block_number, entry.log_index))
         return logs, end, end_hash
 
     def _symbol(self, token: str) -> str:

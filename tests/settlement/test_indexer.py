@@ -799,6 +799,22 @@ class IndexerBehaviour(MarketSuite):
         refunded = reload(engine, invoice.id)
         assert (refunded.refunded_amount, refunded.status) == (5_000_000, "partially_refunded")
 
+    def test_logs_a_node_returns_out_of_order_are_applied_in_chain_order(
+        self, engine, market, clock, shop, monkeypatch
+    ):
+        """A refund read before its payment in one answer was applied against nothing paid
+        (capped at 0) and lost."""
+        invoice = new_invoice(engine, market, shop, clock)
+        pay(engine, market, invoice)
+        self._refund(engine, market, invoice, 5_000_000)
+        raw_logs = market.chain.raw_logs
+        monkeypatch.setattr(
+            market.chain, "raw_logs", lambda *a, **k: list(reversed(raw_logs(*a, **k)))
+        )
+        indexer_for(engine, market, clock).poll_once()
+        refunded = reload(engine, invoice.id)
+        assert (refunded.refunded_amount, refunded.status) == (5_000_000, "partially_refunded")
+
     def test_refund_and_late_payment_statuses_follow_one_precedence(
         self, engine, market, clock, shop
     ):
