@@ -12,6 +12,7 @@ The lifespan owns the SQLAlchemy engine unless one is passed in (tests pass thei
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import math
@@ -30,7 +31,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -129,6 +129,21 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
+def _client_network(address: str) -> str:
+    """Whose bucket an address draws from: an IPv6 client's /64 (one subscriber holds all
+    2^64 of its addresses, and a fresh one per request bought a fresh bucket), an IPv4
+    address (mapped into IPv6 or not) itself."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
+
+
 class _RateLimitMiddleware:
     """Keyed by the presented API key, however the header spells it (the key's digest, as
     authentication computes it), once that key has authenticated here (a route checked it;
@@ -158,7 +173,7 @@ class _RateLimitMiddleware:
             bucket = "key:" + digest[:32]
         else:
             client = scope.get("client") or ("unknown", 0)
-            bucket = f"ip:{client[0]}"
+            bucket = f"ip:{_client_network(client[0])}"
         wait = self.limiter.take(bucket)
         if wait > 0:
             exc = RateLimited(retry_after=math.ceil(wait))
@@ -207,11 +222,17 @@ class _RateLimitMiddleware:
 
 
 class _BodyLimitMiddleware:
-    """413 for a declared Content-Length over the limit, or once a streamed body exceeds it."""
+    """413 for a declared Content-Length over the limit, or once a streamed body exceeds it.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    The whole body is read here, before the request is admitted (``_ApiMiddleware``), within
+    ``read_seconds`` (408 after): read inside, a client that announced a body and sent a byte
+    held an admission slot for as long as it liked, and 32 of them stopped the API. A client
+    that leaves meanwhile gets nothing (and logs nothing)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, read_seconds: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_seconds = read_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -233,18 +254,41 @@ class _BodyLimitMiddleware:
                     message=f"The request body is larger than {self.max_bytes} bytes.",
                 )(scope, receive, send)
                 return
-        received = 0
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self.read_seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # the client left: nobody to answer
+                        return
+                    body += message.get("body", b"")
+                    if len(body) > self.max_bytes:
+                        await error_json(
+                            413,
+                            code="request_too_large",
+                            message=f"The request body is larger than {self.max_bytes} bytes.",
+                        )(scope, receive, send)
+                        return
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await error_json(
+                408,
+                code="request_timeout",
+                message=f"The request body did not arrive within {self.read_seconds:g} s.",
+                headers={"Connection": "close"},
+            )(scope, receive, send)
+            return
+        whole: Message | None = {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise StarletteHTTPException(413)
-            return message
+        async def replay() -> Message:
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()  # after the body: the disconnect, when it comes
 
-        await self.app(scope, limited_receive, send)
+        await self.app(scope, replay, send)
 
 
 class _CustomerLinkHeadersMiddleware:
@@ -596,7 +640,11 @@ def create_app(
         max_in_flight=config.max_in_flight,
         freeze_heap_after=config.freeze_heap_after,
     )
-    app.add_middleware(_BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(
+        _BodyLimitMiddleware,
+        max_bytes=config.max_body_bytes,
+        read_seconds=config.body_read_seconds,
+    )
     app.add_middleware(_RateLimitMiddleware, limiter=app.state.rate_limiter)
     app.add_middleware(_CustomerLinkHeadersMiddleware)  # the limiter's 429s get them too
     if config.cors_origins:

@@ -99,6 +99,9 @@ class ApiConfig:
     """HTTP-layer knobs; :meth:`from_settings` reads the ``FOLLOWPAY_API_*`` settings."""
 
     max_body_bytes: int = 1024 * 1024
+    #: Seconds a client has to send its whole body (408 after): the body is read before the
+    #: request is admitted, so a client that stalls holds no admission slot meanwhile.
+    body_read_seconds: float = 30.0
     rate_limit_per_second: float = 25.0
     rate_limit_burst: int = 100
     cors_origins: tuple[str, ...] = ()

@@ -54,7 +54,7 @@ async def refuse_unstorable_text(request: Request) -> None:
         return
     try:
         value = await request.json()
-    except ValueError:  # not JSON at all: the route's own parsing answers
+    except (ValueError, RecursionError):  # not JSON, or too deep: the route's parsing answers
         return
     kind = _unstorable(value)
     if kind is not None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import sys
+import time
 
 import httpx
 import pytest
@@ -13,7 +16,7 @@ from api.app import MAX_RECURSION, TokenBucketLimiter
 from api.deps import ApiConfig
 from api.embedded import serve_in_thread
 from api.settings import get_settings
-from tests.api.conftest import auth
+from tests.api.conftest import auth, serve_app
 
 
 class TestBodyLimit:
@@ -83,7 +86,84 @@ class TestBodyLimit:
         )
 
 
+class TestSlowClients:
+    """The body is read before a request is admitted, within ``body_read_seconds``."""
+
+    @staticmethod
+    def _stall(base: str, count: int) -> list[socket.socket]:
+        host, port = base.removeprefix("http://").split(":")
+        stalled = []
+        for _ in range(count):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+            stalled.append(s)
+        return stalled
+
+    def test_clients_stalling_their_bodies_hold_no_admission_slot(self, make_app):
+        """32 connections announcing 10 bytes and sending 1 held every slot: the API answered
+        nobody, for as long as they liked."""
+        config = ApiConfig()
+        with serve_app(make_app(config)) as base:
+            stalled = self._stall(base, config.max_in_flight + 4)
+            try:
+                time.sleep(0.3)
+                with httpx.Client(base_url=base, timeout=5) as c:
+                    assert c.get("/v1/health").status_code == 200
+            finally:
+                for s in stalled:
+                    s.close()
+
+    def test_a_body_that_does_not_arrive_in_time_is_a_408(self, make_app):
+        with serve_app(make_app(ApiConfig(body_read_seconds=0.3))) as base:
+            (s,) = self._stall(base, 1)
+            try:
+                s.settimeout(5)
+                answer = s.recv(4096)
+            finally:
+                s.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert b"request_timeout" in answer
+
+    def test_a_client_leaving_mid_body_logs_no_error(self, make_app, caplog):
+        """starlette's ClientDisconnect escaped as an unhandled error with a traceback, and
+        health, exempt from the rate limit, let anyone fill the error log."""
+        with serve_app(make_app(ApiConfig())) as base, caplog.at_level(logging.ERROR):
+            for s in self._stall(base, 3):
+                time.sleep(0.1)
+                s.close()
+            time.sleep(0.5)
+            with httpx.Client(base_url=base, timeout=5) as c:
+                assert c.get("/v1/health").status_code == 200
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+    @pytest.mark.parametrize(
+        "path", ["/v1/health", "/v1/invoices", "/v1/public/consent/" + "x" * 43]
+    )
+    def test_deep_json_on_a_route_that_takes_no_body_is_not_a_500(self, client, new_key, path):
+        """The text check parses a body with an escape itself: nesting too deep raised a
+        RecursionError there (a 500, with no key needed on health)."""
+        deep = b"[" * 5000 + b'"\\u0000"' + b"]" * 5000
+        h = auth(new_key(), **{"Content-Type": "application/json"})
+        assert client.request("GET", path, content=deep, headers=h).status_code < 500
+
+
 class TestRateLimit:
+    def test_an_ipv6_client_draws_from_one_bucket_for_its_64(self, make_app):
+        """One subscriber holds a whole /64: a fresh source address per request bought a
+        fresh bucket, and the per-address limit did nothing."""
+        config = ApiConfig(
+            rate_limit_per_second=0.001, rate_limit_burst=2, trusted_proxies=("10.0.0.0/8",)
+        )
+        link = f"/v1/public/consent/{'x' * 43}"
+        with TestClient(make_app(config), client=("10.1.2.3", 40000)) as c:
+            rotating = [
+                c.get(link, headers={"X-Forwarded-For": f"2001:db8:1:2::{n:x}"}).status_code
+                for n in range(1, 8)
+            ]
+            other = c.get(link, headers={"X-Forwarded-For": "2001:db8:1:3::1"}).status_code
+        assert rotating.count(429) == 5, rotating
+        assert other != 429  # the next /64 is someone else
+
     def test_429_with_retry_after_per_key(self, make_app, new_key):
         config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=3)
         a, b = new_key(merchant_id="m_a"), new_key(merchant_id="m_b")
