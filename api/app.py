@@ -234,6 +234,13 @@ class _BodyLimitMiddleware:
         self.max_bytes = max_bytes
         self.read_seconds = read_seconds
 
+    def _too_large(self) -> Response:
+        return error_json(
+            413,
+            code="request_too_large",
+            message=f"The request body is larger than {self.max_bytes} bytes.",
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -248,11 +255,7 @@ class _BodyLimitMiddleware:
                 )
                 return
             if size > self.max_bytes:
-                await error_json(
-                    413,
-                    code="request_too_large",
-                    message=f"The request body is larger than {self.max_bytes} bytes.",
-                )(scope, receive, send)
+                await self._too_large()(scope, receive, send)
                 return
         body = bytearray()
         try:
@@ -263,11 +266,7 @@ class _BodyLimitMiddleware:
                         return
                     body += message.get("body", b"")
                     if len(body) > self.max_bytes:
-                        await error_json(
-                            413,
-                            code="request_too_large",
-                            message=f"The request body is larger than {self.max_bytes} bytes.",
-                        )(scope, receive, send)
+                        await self._too_large()(scope, receive, send)
                         return
                     if not message.get("more_body", False):
                         break
