@@ -434,12 +434,14 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _counts(engine: Any) -> tuple[int, int]:
-    """(settled invoices, follow-ups) in the database."""
+    """(settled invoices, follow-ups scheduled) in the database."""
     with Session(engine) as session:
         settled = session.exec(
             select(func.count()).select_from(Invoice).where(Invoice.state == InvoiceState.SETTLED)
         ).one()
-        scheduled = session.exec(select(func.count()).select_from(FollowUp)).one()
+        scheduled = session.exec(
+            select(func.count()).select_from(FollowUp).where(FollowUp.state == "scheduled")
+        ).one()
     return int(settled), int(scheduled)
 
 
@@ -491,7 +493,16 @@ def _mined_seconds(
     started = time.perf_counter()
     hashes = _send_rounds(client, chain.rpc_url, rounds[1:])
     _wait_mined(chain, client, hashes[-payers:], started)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    _check_succeeded(client, chain.rpc_url, hashes)  # after the clock: a revert counts nothing
+    return seconds
+
+
+def _check_succeeded(client: httpx.Client, url: str, hashes: list[str]) -> None:
+    receipts = _batch(client, url, [("eth_getTransactionReceipt", [h]) for h in hashes])
+    reverted = sum(1 for r in receipts if r is None or int(r["status"], 16) != 1)
+    if reverted:
+        raise RuntimeError(f"{reverted} of {len(hashes)} timed transactions did not succeed")
 
 
 def _wait_mined(
@@ -724,6 +735,34 @@ def _generate(market: _Market, intents: list[tuple[int, bytes, bytes, int]], pay
     chain.request("evm_setAutomine", [True])
 
 
+def _raw_logs(chain: Chain, router: str, start: int, end: int) -> list[tuple[bytes, bytes]]:
+    entries = chain.raw_logs(router, start, end, [[SETTLED_TOPIC]])
+    return [(bytes.fromhex(e["topics"][2][2:]), bytes.fromhex(e["data"][2:])) for e in entries]
+
+
+def _web3_logs(chain: Chain, router: str, start: int, end: int) -> list[tuple[bytes, bytes]]:
+    query = {"address": router, "fromBlock": start, "toBlock": end, "topics": [[SETTLED_TOPIC]]}
+    return [(bytes(e["topics"][2]), bytes(e["data"])) for e in chain.w3.eth.get_logs(query)]
+
+
+def _fetch_and_decode(
+    n: int, first: int, last: int, fetch: Callable[[int, int], list[tuple[bytes, bytes]]]
+) -> float:
+    """Seconds to fetch the range's logs in 2,000-block windows and decode each one's invoice
+    id and intent hash (what a bare reader does); checks that all ``n`` were read."""
+    started = time.perf_counter()
+    decoded = 0
+    for start in range(first, last + 1, 2_000):
+        for number, data in fetch(start, min(last, start + 1_999)):
+            int.from_bytes(number, "big")
+            abi_decode(["bytes32"], data)
+            decoded += 1
+    seconds = time.perf_counter() - started
+    if decoded != n:
+        raise RuntimeError(f"expected {n} PaymentSettled logs, found {decoded}")
+    return seconds
+
+
 def bench_catch_up(n: int, workdir: Path, payers: int = 50) -> list[dict[str, Any]]:
     url = f"sqlite:///{workdir / 'catchup.sqlite3'}"
     upgrade(url)  # as production makes it
@@ -738,25 +777,17 @@ def bench_catch_up(n: int, workdir: Path, payers: int = 50) -> list[dict[str, An
         generation = time.perf_counter() - started
         last = chain.w3.eth.block_number
 
-        # baseline: bare eth_getLogs + decode over the same range, same windows
-        started = time.perf_counter()
-        decoded = 0
-        for start in range(first, last + 1, 2_000):
-            for entry in chain.w3.eth.get_logs(
-                {
-                    "address": market.deployment.router,
-                    "fromBlock": start,
-                    "toBlock": min(last, start + 1_999),
-                    "topics": [[SETTLED_TOPIC]],
-                }
-            ):
-                topics = entry["topics"]
-                int.from_bytes(topics[2], "big")
-                abi_decode(["bytes32"], bytes(entry["data"]))
-                decoded += 1
-        base_seconds = time.perf_counter() - started
-        if decoded != n:
-            raise RuntimeError(f"expected {n} PaymentSettled logs, found {decoded}")
+        # baseline: bare eth_getLogs + decode over the same range, same windows, on the same
+        # raw transport the indexer reads with (web3's get_logs formats every field of every
+        # log first, ~15x the fetch: a baseline that slow flattered the ratio; kept as a
+        # second, reported row)
+        router = market.deployment.router
+        base_seconds = _fetch_and_decode(
+            n, first, last, lambda a, b: _raw_logs(chain, router, a, b)
+        )
+        web3_seconds = _fetch_and_decode(
+            n, first, last, lambda a, b: _web3_logs(chain, router, a, b)
+        )
 
         indexer = Indexer(
             chain, engine, market.deployment.router, start_block=first, clock=SystemClock()
@@ -778,8 +809,15 @@ def bench_catch_up(n: int, workdir: Path, payers: int = 50) -> list[dict[str, An
             f"indexer catch-up over {n:,} PaymentSettled (SQLite)",
             n / index_seconds,
             n / base_seconds,
-            "events/s (baseline: bare eth_getLogs+decode)",
+            "events/s (baseline: bare eth_getLogs+decode, raw JSON-RPC)",
             ">= 0.7",
+        ),
+        _row(
+            "same, against web3's get_logs+decode",
+            n / index_seconds,
+            n / web3_seconds,
+            "events/s (web3 formats every field of every log)",
+            "report",
         ),
         {
             "name": f"generation of {n:,} events ({last - first + 1} blocks)",
