@@ -58,7 +58,21 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))] * 1000
 
 
+#: Seconds one request may take before the run fails (a hung server must not hang the bench).
+EXCHANGE_TIMEOUT = 30.0
+
+
 async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    try:
+        async with asyncio.timeout(EXCHANGE_TIMEOUT):
+            return await _answer(reader, writer, request)
+    except TimeoutError:
+        raise RuntimeError(f"no answer within {EXCHANGE_TIMEOUT:g} s") from None
+
+
+async def _answer(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
 ) -> int:
     writer.write(request)
