@@ -177,8 +177,12 @@ def fingerprint(method: str, path: str, query: str, body: bytes, key: bytes = b"
     """The request's digest; an HMAC under ``key`` (the API key's sealing key) when given: the
     body of ``POST /v1/contacts`` is an e-mail address, and a bare SHA-256 of it let anyone
     who reads the database confirm a guessed address, even after the contact's erasure."""
+    return _digest((method.upper().encode(), path.encode(), query.encode(), _canonical(body)), key)
+
+
+def _digest(parts: tuple[bytes, ...], key: bytes = b"") -> str:
     h = hmac.new(key, digestmod=hashlib.sha256) if key else hashlib.sha256()
-    for part in (method.upper().encode(), path.encode(), query.encode(), _canonical(body)):
+    for part in parts:
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     return h.hexdigest()
@@ -270,13 +274,14 @@ def prepare(
     ``sealing_key``: the stored response is encrypted under it (see :func:`record`)."""
     key = _check_key(key)
     now = now or utcnow()
+    parts = (method.upper().encode(), path.encode(), query.encode(), _canonical(body))  # once
     return IdempotencyContext(
         record_id=new_id("idem"),
         api_key_id=api_key_id,
         key=key,
-        fingerprint=fingerprint(method, path, query, body, sealing_key),
+        fingerprint=_digest(parts, sealing_key),
         # rows stored before fingerprints were keyed, until they expire
-        legacy_fingerprint=fingerprint(method, path, query, body) if sealing_key else "",
+        legacy_fingerprint=_digest(parts) if sealing_key else "",
         method=method.upper(),
         path=path[:2048],
         created_at=now,
