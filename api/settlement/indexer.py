@@ -33,6 +33,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session
 
+from api.collector import collector_paused
 from api.retry import until_stopped
 from api.settlement import repository as repo
 from api.settlement.chain_evidence import (
@@ -192,13 +193,16 @@ class Indexer:
 
         On PostgreSQL a step can reopen an expired invoice (its late payment) while an API
         request opens a new invoice for the same order: the step then fails on the open-order
-        unique index. Run again, it reads the committed new invoice and holds the payment."""
-        for _ in range(_STEP_ATTEMPTS - 1):
-            try:
-                return self._step()
-            except IntegrityError as exc:
-                log.warning("indexer step lost a race to another writer; again: %s", exc.orig)
-        return self._step()
+        unique index. Run again, it reads the committed new invoice and holds the payment.
+        The cyclic collector is paused meanwhile (:mod:`api.collector`): a step's thousands of
+        rows and events are acyclic, and its few cycles (the session's) wait for the next run."""
+        with collector_paused():
+            for _ in range(_STEP_ATTEMPTS - 1):
+                try:
+                    return self._step()
+                except IntegrityError as exc:
+                    log.warning("indexer step lost a race to another writer; again: %s", exc.orig)
+            return self._step()
 
     def _step(self) -> PollResult:
         chain_id = self.chain.chain_id

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -406,10 +407,13 @@ class InvoiceRow:
 
     def snapshot(self) -> InvoiceRow:
         """A copy as it is now: an event's payload shows the invoice at that event (the step
-        goes on changing the row: processing, then settled in the same step)."""
-        return replace(self)
+        goes on changing the row: processing, then settled in the same step). Not
+        ``dataclasses.replace``: it checks every field by name, ~15 us a copy, and a catch-up
+        copies twice per payment."""
+        return InvoiceRow(*_ALL_VALUES(self))
 
 
+_ALL_VALUES = operator.attrgetter(*InvoiceRow.__dataclass_fields__)
 _ROW_COLUMNS = tuple(name for name in InvoiceRow.__dataclass_fields__ if name != "seen")
 _UPDATED_COLUMNS = ("state", "status", "paid_amount", "refunded_amount", "settled_at")
 _UPDATED_KEYS = tuple((c, f"new_{c}") for c in _UPDATED_COLUMNS)
@@ -438,10 +442,11 @@ def _guarded(row: InvoiceRow) -> tuple[Any, ...]:
 
 
 def _invoice_row(row: Any) -> InvoiceRow:
-    values = row._asdict()
-    values["state"] = InvoiceState(values["state"])
-    values["status"] = InvoiceStatus(values["status"])
-    invoice = InvoiceRow(**values)
+    """A selected row of ``_ROW_COLUMNS``, in that order (positional: ``Row._asdict`` builds
+    the result's keys again for every row)."""
+    invoice = InvoiceRow(*row)
+    invoice.state = InvoiceState(invoice.state)
+    invoice.status = InvoiceStatus(invoice.status)
     invoice.seen = _guarded(invoice)
     return invoice
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import threading
@@ -180,6 +181,19 @@ class IndexerBehaviour(MarketSuite):
         with Session(engine) as session:
             assert session.exec(select(func.count()).select_from(Payment)).one() == 1
         assert len(followups_of(engine, shop.merchant_id)) == 1
+
+    def test_a_step_runs_with_the_cyclic_collector_paused(
+        self, engine, market, clock, shop, monkeypatch
+    ):
+        """A catch-up step's rows are acyclic: collecting during it only walks them again."""
+        pay(engine, market, new_invoice(engine, market, shop, clock))
+        indexer = indexer_for(engine, market, clock)
+        real, seen = indexer._step, []
+        monkeypatch.setattr(indexer, "_step", lambda: seen.append(gc.isenabled()) or real())
+        assert gc.isenabled()
+        assert indexer.poll_once().payments == 1
+        assert seen == [False]
+        assert gc.isenabled()
 
     def test_purchase_is_recorded_in_the_tokens_symbol(self, engine, market, clock, shop):
         invoice = new_invoice(engine, market, shop, clock)
