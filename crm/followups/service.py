@@ -487,8 +487,15 @@ def schedule_periodic(session: Session, merchant_id: int, clock: Clock) -> list[
     # Lock, then look again: another worker may have scheduled some of them meanwhile, and a
     # payment follow-up scheduled concurrently must be seen by the frequency cap.
     repo.lock_contacts(session, {p.contact_id for p in due})
+    cap = timedelta(days=policy.frequency_cap_days)
     for purchase in candidates():
         contact = contacts.get_contact(session, merchant_id, purchase.contact_id)
+        due_at = max(purchase.settled_at + after, now)
+        # Once per contact: a cap still running (the payment's own survey, sent a day after
+        # it) defers the periodic one to its end instead of suppressing it for good.
+        last = repo.last_contacted_at(session, purchase.contact_id) if cap else None
+        if last is not None:
+            due_at = max(due_at, last + cap)
         created.append(
             _create(
                 session,
@@ -497,7 +504,7 @@ def schedule_periodic(session: Session, merchant_id: int, clock: Clock) -> list[
                 kind=Trigger.PERIODIC,
                 payment_ref=purchase.payment_ref,
                 invoice_ref=purchase.invoice_ref,
-                due_at=max(purchase.settled_at + after, now),
+                due_at=due_at,
                 now=now,
             )
         )

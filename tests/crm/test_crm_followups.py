@@ -432,6 +432,41 @@ class TestSchedulePeriodic:
             other.id
         ]
 
+    def test_a_survey_sent_within_the_cap_defers_the_periodic_one_instead_of_suppressing_it(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        """Defaults: survey a day after the payment, periodic 30 days after it, cap 30 days.
+        The periodic one waits for the cap to pass (once per contact: suppressed, it was never
+        tried again)."""
+        policy(session, merchant_id, clock)
+        cap = timedelta(
+            days=policy(session, merchant_id, clock, trigger="periodic").frequency_cap_days
+        )
+        c = consented(session, make_contact, merchant_id, clock)
+        [survey] = pay(session, merchant_id, c, "p1", clock)
+        clock.advance(survey.due_at - clock.now())
+        assert survey.id is not None
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w") == [survey.id]
+        assert followups_dispatch.prepare_send(
+            session, survey.id, clock.now(), KEYRING, worker_id="w"
+        )
+        followups_dispatch.mark_sent(session, survey.id, clock.now(), worker_id="w")
+        sent_at = clock.now()
+        created: list[FollowUp] = []
+        for _ in range(60):
+            clock.advance(days=1)
+            created += followups.schedule_periodic(session, merchant_id, clock)
+        [periodic] = created
+        assert (periodic.state, periodic.reason) == ("scheduled", None)
+        assert periodic.due_at >= sent_at + cap
+        clock.advance(periodic.due_at - clock.now())
+        assert periodic.id is not None
+        assert followups_dispatch.claim_due(session, clock.now(), 10, "w") == [periodic.id]
+        sending = followups_dispatch.prepare_send(
+            session, periodic.id, clock.now(), KEYRING, worker_id="w"
+        )
+        assert sending is not None
+
 
 class TestClaimDue:
     def test_claims_only_due_and_only_once(
