@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from crm.audit import service as audit
@@ -45,7 +46,9 @@ def _validate_policy(data: dict[str, Any]) -> None:
             not isinstance(rule, dict)
             or rule.get("field", "tier") not in _RULE_FIELDS
             or not isinstance(rule.get("equals"), str)
-            or not rule.get("channels")
+            or not isinstance(rule.get("channels"), list)
+            or not rule["channels"]
+            or not all(isinstance(c, str) for c in rule["channels"])
         ):
             raise InvalidPolicy(
                 "segment rule needs field (tier|segment), equals and channels",
@@ -74,12 +77,16 @@ def create_policy(
     merchants.get_merchant(session, merchant_id)
     values = data.model_dump()
     _validate_policy(values)
+    duplicate = DuplicatePolicy("merchant already has a policy for this trigger")
     if repo.get_policy(session, merchant_id, values["trigger"]) is not None:
-        raise DuplicatePolicy("merchant already has a policy for this trigger")
+        raise duplicate
     now = clock.now()
-    policy = repo.save_policy(
-        session, FollowUpPolicy(**values, merchant_id=merchant_id, created_at=now, updated_at=now)
-    )
+    row = FollowUpPolicy(**values, merchant_id=merchant_id, created_at=now, updated_at=now)
+    try:  # a concurrent creation commits first: its unique index refuses this one
+        with session.begin_nested():
+            policy = repo.save_policy(session, row)
+    except IntegrityError:
+        raise duplicate from None
     audit.record(
         session,
         actor=actor,

@@ -19,7 +19,7 @@ from crm.consent import service as consent
 from crm.contacts import service as contacts
 from crm.contacts.models import Contact, ContactCreate, ContactUpdate
 from crm.db import session_scope
-from crm.errors import ContactErased
+from crm.errors import ContactErased, DuplicatePolicy
 from crm.followups import dispatch as followups_dispatch
 from crm.followups import policies as followups_policies
 from crm.followups import repository as followups_repo
@@ -27,6 +27,7 @@ from crm.followups import service as followups
 from crm.followups.models import (
     FollowUp,
     FollowUpEvent,
+    FollowUpPolicy,
     FollowUpPolicyCreate,
     FollowUpPolicyUpdate,
 )
@@ -314,3 +315,28 @@ def test_an_update_racing_an_erasure_waits_and_sees_it(
     with session_scope(pg_committed) as s:
         erased = s.exec(select(Contact).where(Contact.id == cid)).one()
         assert (erased.name_enc, erased.email_enc, erased.email_index) == (None, None, None)
+
+
+@pytest.mark.postgres
+def test_two_creations_of_one_policy_at_once_refuse_the_second_as_a_duplicate(
+    pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing
+) -> None:
+    """The second waits on the unique index and is refused like a sequential duplicate (it
+    was an IntegrityError: a 500), leaving its transaction usable."""
+    clock = FrozenClock(START)
+    mid, _ = _one_customer(pg_committed, keyring, clock)
+
+    def create(s: Session) -> object:
+        try:
+            return followups_policies.create_policy(
+                s, mid, FollowUpPolicyCreate(), actor="a", clock=clock
+            ).id
+        except DuplicatePolicy as refused:
+            s.exec(select(FollowUpPolicy.id)).all()  # the transaction still works
+            return refused
+
+    first, second = _race(pg_committed, pg_admin, create, create)
+    assert isinstance(first, int)
+    assert isinstance(second, DuplicatePolicy)
+    with session_scope(pg_committed) as s:
+        assert s.exec(select(FollowUpPolicy.id)).all() == [first]

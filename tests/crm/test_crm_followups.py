@@ -122,6 +122,14 @@ class TestCreatePolicy:
                 InvalidPolicy,
                 "invalid_segment_rule",
             ),
+            *(
+                (
+                    {"segment_rules": [{"field": "tier", "equals": "vip", "channels": channels}]},
+                    InvalidPolicy,
+                    "invalid_segment_rule",
+                )  # each once a 500: iterated (or not iterable) as if a list of names
+                for channels in (5, True, 1.5, {"email": 1}, "email", [1], ["email", None])
+            ),
             (
                 {"window_start_minute": 1300, "window_end_minute": 600},
                 InvalidPolicy,
