@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_RETRY",
     "INTERRUPTED",
     "MAX_ATTEMPTS",
+    "POLICY_INACTIVE",
     "RETRY_POLICIES",
     "TOKEN_TTL",
     "RetryPolicy",
@@ -55,6 +56,7 @@ INTERRUPTED = repo.INTERRUPTED
 RELEASED = "released"  # handed back unsent by a stopping worker
 UNCERTAIN = repo.UNCERTAIN
 UNDELIVERABLE = "undeliverable"  # nothing sent, and no retry could send it
+POLICY_INACTIVE = "policy_inactive"  # cancelled at send time: the merchant switched it off
 RETRY_BASE = timedelta(minutes=5)
 
 
@@ -178,6 +180,9 @@ def prepare_send(
     policy = repo.get_policy_by_id(session, fu.merchant_id, fu.policy_id or 0)
     if policy is None:
         raise InvalidTransition("follow-up policy is gone", code="policy_not_found")
+    if not policy.active:  # the merchant switched it off: nothing it scheduled goes out
+        _move(session, fu, FollowUpState.CANCELLED, now, POLICY_INACTIVE)
+        return None
     decision = _decide(session, ContactTraits.of(contact), policy, fu, now, scheduling=False)
     if decision.state == FollowUpState.SUPPRESSED:
         _move(session, fu, FollowUpState.SUPPRESSED, now, decision.reason)

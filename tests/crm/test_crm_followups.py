@@ -30,6 +30,7 @@ from crm.followups.models import (
     FollowUpEvent,
     FollowUpPolicy,
     FollowUpPolicyCreate,
+    FollowUpPolicyUpdate,
     Purchase,
 )
 from crm.privacy import service as privacy
@@ -620,6 +621,27 @@ class TestPrepareSend:
         assert followups_dispatch.prepare_send(session, fu.id or 0, late, keyring) is None
         session.refresh(fu)
         assert (fu.state, fu.reason) == ("suppressed", "quiet_hours")
+
+    def test_a_policy_switched_off_sends_nothing_it_scheduled(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        """Deactivating stops new scheduling and what is still waiting (it was sent anyway,
+        for up to the expiry's 28 days)."""
+        _, fu = self._queued(session, merchant_id, make_contact, clock)
+        assert fu.policy_id is not None
+        followups_policies.update_policy(
+            session,
+            merchant_id,
+            fu.policy_id,
+            FollowUpPolicyUpdate(active=False),
+            actor="admin:root",
+            clock=clock,
+        )
+        assert fu.id is not None
+        assert followups_dispatch.prepare_send(session, fu.id, clock.now(), KEYRING) is None
+        session.refresh(fu)
+        assert (fu.state, fu.reason) == ("cancelled", followups_dispatch.POLICY_INACTIVE)
+        assert events(session, fu)[-1] == ("queued", "cancelled", "policy_inactive")
 
     def test_erased_contact_suppressed(
         self,
