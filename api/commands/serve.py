@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,6 +12,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 __all__ = ["build_app", "serve"]
+
+log = logging.getLogger(__name__)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -112,18 +115,26 @@ def _refuse_production_settings(settings: Any) -> None:
 
 def _production_app(runtime: Any) -> FastAPI:
     """The API for a real node: with ``FOLLOWPAY_OPERATORS`` it signs invoices with those vault
-    keys on the deployment in the manifest; without, every other resource works and
-    ``POST /v1/invoices`` answers 409 ``signer_unavailable``."""
+    keys on the deployment in the manifest. Without, ``POST /v1/invoices`` answers 409
+    ``signer_unavailable``, and the rest works; with a manifest it still reads the chain, so
+    checkout pages, payment URIs and router accounts of invoices issued elsewhere work (a
+    checkout-only server holds no key), and without one those say the chain is unavailable."""
     from api.app import create_app
     from api.runtime import chain_info_for
+    from wallet.errors import ManifestError
 
-    if not runtime.settings.operator_refs:
+    if runtime.settings.operator_refs:
+        return create_app(
+            runtime.settings,
+            signers=runtime.operator_signers,
+            chain_info=chain_info_for(runtime.chain, runtime.deployment),
+        )
+    try:
+        deployment = runtime.deployment
+    except ManifestError as exc:
+        log.warning("serving without the chain (no deployment manifest): %s", exc)
         return create_app(runtime.settings)
-    return create_app(
-        runtime.settings,
-        signers=runtime.operator_signers,
-        chain_info=chain_info_for(runtime.chain, runtime.deployment),
-    )
+    return create_app(runtime.settings, chain_info=chain_info_for(runtime.chain, deployment))
 
 
 def build_app() -> FastAPI:

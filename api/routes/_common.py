@@ -24,6 +24,7 @@ __all__ = [
     "Manager",
     "Staff",
     "actor",
+    "configured_chain",
     "crm_errors",
     "merchant_scope",
     "object_merchant",
@@ -129,9 +130,19 @@ def visible_merchant(session: Session, caller: AuthenticatedKey, merchant_id: st
         return merchants_service.get_merchant(session, parsed)
 
 
-def token_decimals(chain: ChainInfo | None, token: str) -> int:
-    """Only the configured token's decimals are known; other tokens report 18 (ERC-20's
-    default)."""
+def token_decimals(chain: ChainInfo | None, token: str) -> int | None:
+    """Only the configured token's decimals are known: any other (or no chain configured) is
+    ``None`` and its amounts are shown in base units. A guess (ERC-20's usual 18) showed a
+    6-decimal invoice 10**12 times too small."""
     if chain is not None and chain.token.lower() == token.lower():
         return chain.decimals
-    return 18
+    return None
+
+
+def configured_chain(chain: ChainInfo | None) -> ChainInfo:
+    """The chain this server issues invoices on, or 400 ``chain_unavailable``."""
+    if chain is None:
+        raise InvalidRequest(
+            "This server is not configured with a chain.", code="chain_unavailable"
+        )
+    return chain

@@ -75,31 +75,40 @@ def checkout_page(
         return _page("This link does not work", "<p>No such invoice.</p>", 404)
     merchant = merchants.get_merchant(session, invoice.merchant_id)
     decimals = token_decimals(chain, invoice.token)
+    amount = (
+        f"{format_amount(invoice.amount, decimals)} of token"
+        if decimals is not None
+        else f"{invoice.amount} base units of token"  # no guessed decimals: a wrong amount
+    )
     facts = (
         f"<dl><dt>Pay</dt><dd>{escape(merchant.name)}</dd>"
-        f"<dt>Amount</dt><dd>{format_amount(invoice.amount, decimals)} of token "
-        f"{escape(invoice.token)} (chain {invoice.chain_id})</dd>"
+        f"<dt>Amount</dt><dd>{amount} {escape(invoice.token)} (chain {invoice.chain_id})</dd>"
         f"<dt>Order</dt><dd>{escape(invoice.order_id)}</dd>"
         f"<dt>Pay by</dt><dd>{invoice.expires_at:%Y-%m-%d %H:%M} UTC</dd></dl>"
     )
-    payable = (
-        invoice.state == InvoiceState.NEW
-        and clock.now() < invoice.expires_at
-        and chain is not None
-        and chain.chain_id == invoice.chain_id
-    )
-    if not payable:
+    if invoice.state == InvoiceState.NEW and clock.now() >= invoice.expires_at:
+        # past its time, not yet swept by the worker's expiry: expired for the customer
+        return _page("Invoice expired", facts + "<p>Nothing is left to pay here.</p>")
+    if invoice.state != InvoiceState.NEW:
         state = (
             "paid"
             if invoice.state in (InvoiceState.PROCESSING, InvoiceState.SETTLED)
             else invoice.state
         )
         return _page(f"Invoice {state}", facts + "<p>Nothing is left to pay here.</p>")
-    calls = checkout_calls(invoice, account, chain.router)  # type: ignore[union-attr]
+    if chain is None or chain.chain_id != invoice.chain_id:
+        # open, but this server cannot take its payment now: say so, not "nothing to pay"
+        return _page(
+            "Payment unavailable",
+            facts + "<p>This invoice cannot be paid here right now. Please try again later "
+            "or contact the merchant.</p>",
+            503,
+        )
+    calls = checkout_calls(invoice, account, chain.router)
     data = {
         "chain_id": str(invoice.chain_id),
         "token": invoice.token,
-        "router": chain.router,  # type: ignore[union-attr]
+        "router": chain.router,
         "amount": str(invoice.amount),
         "payer": calls.payer,
         "approve_data": calls.approve_data,

@@ -28,6 +28,7 @@ from api.routes._common import (
     Manager,
     Staff,
     actor,
+    configured_chain,
     merchant_scope,
     object_merchant,
     token_decimals,
@@ -90,13 +91,13 @@ def _public(
     if invoice.account_id not in known:
         account = repo.get_account(session, invoice.account_id)
         known[invoice.account_id] = account.address if account is not None else ""
-    router_address = chain.router if chain is not None else "0x" + "0" * 40
+    router_address = chain.router if chain is not None else None
     return InvoiceOut.of(
         invoice,
         known[invoice.account_id],
         router=router_address,
         decimals=token_decimals(chain, invoice.token),
-        payment_uri=settlement.eip681_uri(invoice, router_address),
+        payment_uri=settlement.eip681_uri(invoice, router_address) if router_address else None,
         checkout_url=checkout(invoice.id),
     )
 
@@ -242,7 +243,7 @@ def get_invoice(
 
 def _qr_uri(session: Session, caller: AuthenticatedKey, invoice_id: str, chain: Any) -> str:
     invoice = _load(session, caller, invoice_id)
-    return settlement.eip681_uri(invoice, chain.router if chain is not None else "0x" + "0" * 40)
+    return settlement.eip681_uri(invoice, configured_chain(chain).router)
 
 
 @router.get(

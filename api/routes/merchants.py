@@ -24,6 +24,7 @@ from api.routes._common import (
     Manager,
     Staff,
     actor,
+    configured_chain,
     merchant_scope,
     visible_merchant,
 )
@@ -84,14 +85,6 @@ def _check_on_chain(chain: ChainInfo, body: MerchantAccountBody) -> None:
             raise AccountNotOnChain(
                 f"The router registers this address with {name} {on_chain}.", param=name
             )
-
-
-def _configured(chain: ChainInfo | None) -> ChainInfo:
-    if chain is None:
-        raise InvalidRequest(
-            "This server is not configured with a chain.", code="chain_unavailable"
-        )
-    return chain
 
 
 MerchantId = Annotated[str, Path(max_length=20, description="A merchant id, e.g. `42`.")]
@@ -156,7 +149,7 @@ def register_account(
     after_commit: AfterCommit,
 ) -> MerchantAccountOut:
     merchant = visible_merchant(session, caller, merchant_id)
-    chain = _configured(chain)
+    chain = configured_chain(chain)
     merchant_key = merchant.id or 0
     taken = settlement_repo.account_by_address(session, chain.chain_id, body.address)
     held_by_another = taken is not None and taken.merchant_id != merchant_key
@@ -241,7 +234,7 @@ def account_link_message(
     chain: ChainInfoDep,
 ) -> AccountLinkMessageOut:
     merchant = visible_merchant(session, caller, merchant_id)
-    chain = _configured(chain)
+    chain = configured_chain(chain)
     valid_until = int((clock.now() + LINK_MESSAGE_VALIDITY).timestamp())
     return AccountLinkMessageOut(
         merchant_id=str(merchant.id),

@@ -629,7 +629,9 @@ class ReconciliationRow(BaseModel):
     invoice_state: str
     invoice_status: str
     token: str
-    decimals: int
+    decimals: int | None = Field(
+        description="Null for a token other than the server's configured one: base units only."
+    )
     amount: str
     paid_amount: str
     refunded_amount: str

@@ -164,9 +164,16 @@ class InvoiceOut(BaseModel):
         description="none, paid_late, refunded, partially_refunded or marked (manual)."
     )
     chain_id: int
-    router: str
+    router: str | None = Field(
+        description="The PaymentRouter to pay through; null on a server configured without a "
+        "chain (no payment can be made through it)."
+    )
     token: str
-    decimals: int = Field(description="The token's decimals: amount / 10**decimals tokens.")
+    decimals: int | None = Field(
+        description="The token's decimals: amount / 10**decimals tokens. Null when the token "
+        "is not the server's configured one (or no chain is configured): amounts are then "
+        "base units only."
+    )
     amount: str
     fee: str
     paid_amount: str
@@ -174,8 +181,9 @@ class InvoiceOut(BaseModel):
     confirmations_required: int
     intent: PaymentIntentOut
     signature: SignatureOut
-    payment_uri: str = Field(
-        description="EIP-681 URI (with @chainId): the token `approve` of the router for the "
+    payment_uri: str | None = Field(
+        description="EIP-681 URI (with @chainId; null without a configured chain): the token "
+        "`approve` of the router for the "
         "amount, the step a plain wallet can take from a QR code. It pays nothing by itself: "
         "the payment is the router's `pay` (or `payWithPermit`, no approve needed) with "
         "`intent` and `signature`, sent by a checkout page or the payer's client."
@@ -198,9 +206,9 @@ class InvoiceOut(BaseModel):
         invoice: Invoice,
         merchant_address: str,
         *,
-        router: str,
-        decimals: int,
-        payment_uri: str,
+        router: str | None,
+        decimals: int | None,
+        payment_uri: str | None,
         checkout_url: str,
     ) -> InvoiceOut:
         base = f"/v1/invoices/{invoice.id}"

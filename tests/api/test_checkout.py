@@ -112,8 +112,24 @@ def test_an_invoice_that_is_not_payable_shows_its_state_and_no_button(world: Wor
     assert 'id="pay"' not in page.text
     assert 'id="invoice"' not in page.text
     late = create(world, world.a.merchant).json()
-    world.clock.advance(minutes=16)  # past its 15-minute expiry
-    assert 'id="pay"' not in _open(world, late["checkout_url"]).text
+    world.clock.advance(minutes=16)  # past its 15-minute expiry, before the worker sweeps it
+    page = _open(world, late["checkout_url"])
+    assert 'id="pay"' not in page.text
+    assert "Invoice expired" in page.text  # not "Invoice new" over "nothing left to pay"
+
+
+def test_a_server_without_the_invoices_chain_says_payment_is_unavailable(world: World) -> None:
+    """A server started without chain information (or on another chain) neither guesses the
+    token's decimals (18: a 6-decimal amount shown 10**12 too small) nor calls an open invoice
+    paid: a 503 page, the amount in base units, no button."""
+    invoice = create(world, world.a.merchant, amount="2500000").json()
+    world.client.app.state.chain_info = None
+    page = _open(world, invoice["checkout_url"])
+    assert page.status_code == 503
+    assert "Payment unavailable" in page.text
+    assert "2500000 base units of token" in page.text
+    assert "Nothing is left to pay" not in page.text
+    assert 'id="pay"' not in page.text
 
 
 def test_the_listing_carries_the_same_link(world: World) -> None:

@@ -369,3 +369,40 @@ class TestServeOnANode:
         r = client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200, r.text
         return r.json()
+
+
+class TestServeWithoutOperators:
+    """A server holding no signing key (a public checkout instance) still reads the chain of
+    the deployment in its manifest: checkout pages and payment URIs of invoices issued
+    elsewhere need the router and the token's decimals. Without a manifest it serves without
+    the chain (those answer that the chain is unavailable)."""
+
+    def _app(self, home: Path, node: Chain, manifest: Path):
+        from api.commands.serve import _production_app
+        from api.runtime import Runtime
+
+        settings = get_settings(
+            home=home,
+            chain="rpc",
+            rpc_url=node.rpc_url,
+            manifest=manifest,
+            master_key=SecretStr("cd" * 32),
+        )
+        return _production_app(Runtime(settings))
+
+    def test_with_a_manifest_the_chain_is_known(self, node, tmp_path):
+        market = open_market(node)
+        manifest = tmp_path / "deployment.json"
+        manifest.write_text(json.dumps(market.deployment.to_json()))
+        chain = self._app(tmp_path / "home", node, manifest).state.chain_info
+        assert chain is not None
+        assert (chain.chain_id, chain.router, chain.token) == (
+            node.chain_id,
+            market.deployment.router,
+            market.deployment.token,
+        )
+        assert chain.decimals == 6
+
+    def test_without_one_it_serves_without_the_chain(self, node, tmp_path):
+        app = self._app(tmp_path / "home", node, tmp_path / "missing.json")
+        assert app.state.chain_info is None

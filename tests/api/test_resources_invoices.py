@@ -146,6 +146,21 @@ class TestCreate:
         )
         assert pays.json()["data"] == []
 
+    def test_without_a_chain_no_zero_router_uri_and_no_guessed_decimals(self, world: World) -> None:
+        """On a server without chain information the invoice says what it does not know:
+        no payment URI (it asked wallets to approve the zero address), no router, no decimals
+        (18 was guessed), and its QR codes are refused."""
+        inv = create(world, world.a.merchant).json()
+        world.client.app.state.chain_info = None
+        got = world.client.get(f"/v1/invoices/{inv['id']}", headers=auth(world.a.merchant))
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert (body["payment_uri"], body["router"], body["decimals"]) == (None, None, None)
+        assert body["amount"] == inv["amount"]
+        for url in (inv["qr_svg_url"], inv["qr_png_url"]):
+            qr = world.client.get(url, headers=auth(world.a.merchant))
+            assert (qr.status_code, qr.json()["error"]["code"]) == (400, "chain_unavailable")
+
     def test_one_payable_invoice_per_order(self, world: World) -> None:
         first = create(world, world.a.merchant, order_id="order-7").json()
         r = create(world, world.a.merchant, order_id="order-7")
