@@ -372,6 +372,8 @@ def _withdraw(
     purposes = [body.purpose] if body is not None and body.purpose is not None else list(Purpose)
     channel = body.channel if body is not None else None
     for purpose in purposes:
+        if consent.withdrawn_already(session, fb.contact_id, purpose, channel):
+            continue  # a repeated click or a retried one-click POST: nothing to record
         event = consent.withdraw(
             session,
             fb.merchant_id,
@@ -440,7 +442,12 @@ def confirm_withdraw_all(
 def withdraw_all_my_consent(
     token: Token, request: Request, session: SessionDep, clock: ClockDep, keyring: KeyRingDep
 ) -> PublicConsents | HTMLResponse:
-    fb = _consent_link(session, token, clock)
+    try:
+        fb = _consent_link(session, token, clock)
+    except (FeedbackTokenInvalid, FeedbackTokenExpired) as exc:
+        if wants_html(request.headers.get("accept")):  # the page's button: answer a page
+            return error_page(exc.status_code, exc.message)
+        raise
     _withdraw(session, fb, None, clock, keyring)
     consents = _consents(session, fb, request)
     return done_page(consents.consents) if wants_html(request.headers.get("accept")) else consents

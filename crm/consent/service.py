@@ -50,6 +50,7 @@ __all__ = [
     "seal_unsealed_heads",
     "verify_chain",
     "withdraw",
+    "withdrawn_already",
 ]
 
 
@@ -447,6 +448,23 @@ def may_contact(
     p = parse_choice(Purpose, purpose, "purpose")
     c = parse_choice(Channel, channel, "channel")
     return repo.get_state(session, contact_id, p.value, c.value) == ConsentStatus.GRANTED.value
+
+
+def withdrawn_already(
+    session: Session, contact_id: int, purpose: Purpose | str, channel: Channel | str | None = None
+) -> bool:
+    """Whether withdrawing ``purpose`` on ``channel`` (None: every channel) would change
+    nothing: a withdrawal or objection covering it is the state, and nothing it covers is
+    granted. A customer's link asks first, so a repeated click or a mail client's retried
+    one-click POST appends nothing (each append replays the ledger and locks the contact)."""
+    p = parse_choice(Purpose, purpose, "purpose").value
+    wanted = (
+        [c.value for c in Channel]  # a withdraw-all sets every channel's row (chain.apply)
+        if channel is None
+        else [parse_choice(Channel, channel, "channel").value]
+    )
+    states = {s.channel: s.state for s in repo.list_states(session, contact_id) if s.purpose == p}
+    return all(states.get(c) not in (None, ConsentStatus.GRANTED.value) for c in wanted)
 
 
 def history(session: Session, contact_id: int) -> list[ConsentEvent]:

@@ -103,6 +103,52 @@ class TestConfirmationPage:
         assert r.headers["content-type"].startswith("text/html")
         assert "This link does not work" in r.text
 
+    @pytest.mark.parametrize("case", ["unknown", "expired"])
+    def test_the_button_on_a_dead_link_answers_a_page_too(
+        self,
+        world: World,  # noqa: F811
+        case: str,
+    ) -> None:
+        """The link died between the confirmation page and the click (expired, or the contact
+        erased): the person still gets a page, not raw JSON."""
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, _ = issue_token(world, world.a, c["id"], ttl=timedelta(days=-400))
+        if case == "unknown":
+            token = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+        r = world.client.post(
+            f"/v1/public/consent/{token}/withdraw", headers={"Accept": "text/html"}
+        )
+        assert r.status_code == (404 if case == "unknown" else 400)
+        assert r.headers["content-type"].startswith("text/html")
+        assert "This link does not work" in r.text
+        api = world.client.post(f"/v1/public/consent/{token}/withdraw")  # a mail client
+        assert api.headers["content-type"].startswith("application/json")
+
+
+class TestRepeatedWithdrawals:
+    def test_withdrawing_again_appends_nothing_and_tells_the_merchant_nothing(
+        self,
+        world: World,  # noqa: F811
+    ) -> None:
+        """A forwarded e-mail, or a mail provider retrying the one-click POST, must not grow
+        the ledger (each append replays it, and holds the contact's lock) or send webhooks."""
+        c, token = _customer(world)
+        url = f"/v1/public/consent/{token}/withdraw"
+        assert world.client.post(url).status_code == 200
+        after_first = _ledger_length(world, c["id"])
+        states = _states(world, c["id"])
+        for _ in range(5):
+            assert world.client.post(url).status_code == 200
+            one = {"purpose": "marketing", "channel": "email"}
+            assert world.client.post(f"/v1/public/consent/{token}", json=one).status_code == 200
+        assert _ledger_length(world, c["id"]) == after_first
+        assert _states(world, c["id"]) == states
+        grant(world, world.a, c["id"])  # granted again: the next withdrawal counts
+        assert world.client.post(url).status_code == 200
+        assert _ledger_length(world, c["id"]) == after_first + 2
+        assert set(_states(world, c["id"]).values()) == {"withdrawn"}
+
 
 class _Sink:
     def __init__(self) -> None:
