@@ -86,12 +86,13 @@ def checkout_page(
         f"<dt>Order</dt><dd>{escape(invoice.order_id)}</dd>"
         f"<dt>Pay by</dt><dd>{invoice.expires_at:%Y-%m-%d %H:%M} UTC</dd></dl>"
     )
-    if invoice.state == InvoiceState.NEW and clock.now() >= invoice.expires_at:
-        # past its time, not yet swept by the worker's expiry: expired for the customer
-        return _page("Invoice expired", facts + "<p>Nothing is left to pay here.</p>")
-    if invoice.state != InvoiceState.NEW:
+    # past its time but not yet swept by the worker's expiry: expired for the customer
+    expired = invoice.state == InvoiceState.NEW and clock.now() >= invoice.expires_at
+    if invoice.state != InvoiceState.NEW or expired:
         state = (
-            "paid"
+            "expired"
+            if expired
+            else "paid"
             if invoice.state in (InvoiceState.PROCESSING, InvoiceState.SETTLED)
             else invoice.state
         )
