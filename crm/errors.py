@@ -29,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "CRMError",
     "Conflict",
+    "ConsentBusy",
     "ConsentChainBroken",
     "ContactErased",
     "ContactNotFound",
@@ -213,6 +214,12 @@ class FeedbackNotSubmitted(Conflict):
 
 class ContactErased(Conflict):
     code = "contact_erased"
+
+
+class ConsentBusy(Conflict):
+    """Appends kept landing while the ledger was read for verification: retry."""
+
+    code = "consent_ledger_busy"
 
 
 class ConsentChainBroken(CRMError):

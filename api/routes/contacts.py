@@ -54,7 +54,6 @@ from crm import (
     consent,
     contacts,
 )
-from crm.consent import repository as consent_repo
 from crm.contacts.models import Contact
 from crm.db import truncate_wal
 
@@ -190,9 +189,8 @@ def add_wallet_address(
 
 
 def consent_history(session: Session, contact_id: int, keyring: KeyRing) -> ConsentHistory:
-    events = consent.history(session, contact_id)
-    report = consent.verify_chain(session, contact_id, keyring=keyring)
-    states = consent_repo.list_states(session, contact_id)
+    ledger = consent.read_verified(session, contact_id, keyring=keyring)
+    events, states, report = ledger.events, ledger.states, ledger.report
     return ConsentHistory(
         contact_id=contact_id,
         events=[ConsentEventOut.of(e) for e in events],

@@ -17,6 +17,7 @@ __all__ = [
     "get_state",
     "granted_channels",
     "last_event",
+    "latest_setting",
     "list_events",
     "list_states",
     "list_unsealed_heads",
@@ -35,6 +36,29 @@ def last_event(session: Session, contact_id: int) -> ConsentEvent | None:
     return session.exec(stmt).first()
 
 
+def latest_setting(
+    session: Session, contact_id: int, purpose: str, channels: Iterable[str]
+) -> dict[str, ConsentEvent]:
+    """Per channel, the newest entry that sets (``purpose``, channel): one naming the channel or
+    one naming none (every channel). A channel no entry sets is absent. One backward walk of
+    the contact's ``(contact_id, seq)`` index per channel, stopping at the first hit."""
+    found: dict[str, ConsentEvent] = {}
+    for channel in channels:
+        stmt = (
+            select(ConsentEvent)
+            .where(
+                ConsentEvent.contact_id == contact_id,
+                ConsentEvent.purpose == purpose,
+                sa.or_(col(ConsentEvent.channel) == channel, col(ConsentEvent.channel).is_(None)),
+            )
+            .order_by(col(ConsentEvent.seq).desc())
+            .limit(1)
+        )
+        if (event := session.exec(stmt).first()) is not None:
+            found[channel] = event
+    return found
+
+
 def add_event(session: Session, event: ConsentEvent) -> ConsentEvent:
     session.add(event)
     session.flush()
@@ -42,10 +66,12 @@ def add_event(session: Session, event: ConsentEvent) -> ConsentEvent:
 
 
 def list_events(session: Session, contact_id: int) -> Sequence[ConsentEvent]:
+    """The contact's ledger, oldest first, read afresh (verification must see the rows)."""
     stmt = (
         select(ConsentEvent)
         .where(ConsentEvent.contact_id == contact_id)
         .order_by(col(ConsentEvent.seq))
+        .execution_options(populate_existing=True)
     )
     return session.exec(stmt).all()
 
@@ -84,10 +110,13 @@ def granted_channels(
 
 
 def list_states(session: Session, contact_id: int) -> Sequence[ConsentState]:
+    """The contact's projection rows, read afresh (an identity-map copy from earlier in the
+    session would hide a concurrent append's rows from verification)."""
     stmt = (
         select(ConsentState)
         .where(ConsentState.contact_id == contact_id)
         .order_by(col(ConsentState.purpose), col(ConsentState.channel))
+        .execution_options(populate_existing=True)
     )
     return session.exec(stmt).all()
 

@@ -696,6 +696,39 @@ class TestSealOnAppend:
             (str(ledger.contact_id), {"seq": event.seq, "seal": "unsealed"})
         ]
 
+    def test_an_append_reads_the_newest_entries_not_the_whole_ledger(
+        self,
+        session: Session,
+        ledger: Ledger,
+        keyring: KeyRing,
+        merchant_id: int,
+        clock: FrozenClock,
+    ) -> None:
+        """An append replayed the contact's whole ledger under its lock (~105 ms at 3,000
+        entries); it reads the last entry and each overwritten row's newest setting entry."""
+        kw = {"actor": "customer", "clock": clock, "keyring": keyring}
+        for i in range(40):
+            consent.grant(session, merchant_id, ledger.contact_id, "service_followup", "sms", **kw)
+            if i % 2:
+                consent.object_to(session, merchant_id, ledger.contact_id, "marketing", **kw)
+        session.expunge_all()
+        loaded: list[int] = []
+
+        def on_load(target: ConsentEvent, _context: object) -> None:
+            loaded.append(target.seq)
+
+        sa.event.listen(ConsentEvent, "load", on_load)
+        try:
+            event = consent.withdraw(
+                session, merchant_id, ledger.contact_id, "marketing", None, **kw
+            )
+        finally:
+            sa.event.remove(ConsentEvent, "load", on_load)
+        assert event.seq == 3 + 40 + 20 + 1
+        assert len(loaded) <= 1 + len(Channel)  # the last entry, then one per channel
+        report = consent.verify_chain(session, ledger.contact_id, keyring=keyring)
+        assert (report.ok, report.flagged_seq) == (True, None)
+
     def test_may_contact_is_still_one_query(self, session: Session, ledger: Ledger) -> None:
         statements: list[str] = []
         conn = session.connection()

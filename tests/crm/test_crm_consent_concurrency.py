@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import sqlalchemy as sa
+from sqlmodel import Session
 
 from crm import KeyRing, MerchantCreate, merchants
 from crm.clock import FrozenClock
@@ -75,8 +77,6 @@ def test_another_merchants_request_neither_waits_for_nor_locks_the_contact(
 ) -> None:
     """Merchant B naming A's contact id is refused without touching A's row: before, the lock
     came first, so B's request waited on A's busy contact (and held it) before its 404."""
-    import pytest
-
     from crm.contacts import repository as contacts_repo
     from crm.errors import ContactNotFound
 
@@ -102,3 +102,54 @@ def test_another_merchants_request_neither_waits_for_nor_locks_the_contact(
                     other.execute(sa.text("SET LOCAL lock_timeout = '300ms'"))
                     with pytest.raises(ContactNotFound):
                         attempt(other)
+
+
+def test_verification_racing_appends_raises_no_false_alarm(
+    pg_admin: sa.Engine, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends committing while a verification reads (READ COMMITTED: each statement its own
+    snapshot) made the entries run past the head read beside them: a STALE seal, a tamper
+    alarm over an untouched ledger. It reads again until the head stands still, and says
+    busy (409) rather than report what it could not read whole."""
+    from crm.consent import repository as consent_repo
+    from crm.errors import ConsentBusy
+
+    from .conftest import committed_pg_engine
+
+    clock = FrozenClock(START)
+    real_list_events = consent_repo.list_events
+    with committed_pg_engine(pg_admin) as engine:
+        with session_scope(engine) as s:
+            mid = merchants.create_merchant(s, MerchantCreate(name="M"), clock).id or 0
+            cid = contacts.create_contact(s, mid, ContactCreate(time_zone="UTC"), keyring, clock).id
+        assert cid is not None
+        appends = {"left": 0}
+
+        def append() -> None:
+            with session_scope(engine) as other:
+                consent.record(
+                    other, mid, cid, purpose="marketing", channel="email", action="grant",
+                    actor="customer", clock=clock, keyring=keyring,
+                )  # fmt: skip
+
+        def list_events_then_append(session: Session, contact_id: int) -> object:
+            events = real_list_events(session, contact_id)
+            if session is verifying and appends["left"]:
+                appends["left"] -= 1
+                append()  # lands between this read and the next ones
+            return events
+
+        append()
+        monkeypatch.setattr(consent_repo, "list_events", list_events_then_append)
+        appends["left"] = 2
+        with session_scope(engine) as verifying:
+            report = consent.verify_chain(verifying, cid, keyring=keyring)
+        assert (report.ok, report.seal, report.length, report.problems) == (
+            True,
+            SealStatus.VALID,
+            3,
+            [],
+        )
+        appends["left"] = 10  # a ledger that never stands still: busy, not tampered
+        with session_scope(engine) as verifying, pytest.raises(ConsentBusy):
+            consent.verify_chain(verifying, cid, keyring=keyring)
