@@ -2,9 +2,9 @@
 
 Middleware, outermost first::
 
-    CORS (only with an allow-list)  →  rate limit (token bucket per API key, 429 + Retry-After)
-    →  body limit (413)  →  _ApiMiddleware (error rendering, response buffering, idempotency
-    finalisation)  →  FastAPI's exception middleware  →  routes under /v1
+    CORS (only with an allow-list)  →  rate limit (token bucket per merchant and mode, 429 +
+    Retry-After)  →  body limit (413)  →  _ApiMiddleware (error rendering, response buffering,
+    idempotency finalisation)  →  FastAPI's exception middleware  →  routes under /v1
 
 The lifespan owns the SQLAlchemy engine unless one is passed in (tests pass theirs).
 """
@@ -57,6 +57,7 @@ from api.errors import (
 )
 from api.idempotency import service as idempotency
 from api.keys import service as keys_service
+from api.keys.service import AuthenticatedKey
 from api.operators import OperatorKeys
 from api.routes import api_router
 from api.runtime import WarmHeapFreezer
@@ -79,7 +80,8 @@ FollowPay merchant, support and admin API. Conventions (see docs/api.md):
   the stored response (header `Idempotent-Replayed: true`) for 24 hours.
 * **Pagination**: `limit` (1-100, default 10) and `starting_after`, newest first; list responses are
   `{"object": "list", "data": [...], "has_more": bool, "url": "/v1/..."}`.
-* **Rate limits**: a token bucket per API key; 429 `rate_limit` with `Retry-After`.
+* **Rate limits**: a token bucket per merchant and mode (an admin key: per key); 429
+  `rate_limit` with `Retry-After`.
 """
 
 
@@ -145,9 +147,11 @@ def _client_network(address: str) -> str:
 
 
 class _RateLimitMiddleware:
-    """Keyed by the presented API key, however the header spells it (the key's digest, as
-    authentication computes it), once that key has authenticated here (a route checked it;
-    a response that merely is not a 401 proves nothing); else by the client
+    """Keyed by the merchant and mode (live or test) of the presented API key, however the
+    header spells it (the key's digest, as authentication computes it, is looked up), once
+    that key has authenticated here (a route checked it; a response that merely is not a 401
+    proves nothing): a merchant's keys share one bucket per mode, so minting keys buys no
+    rate, and an admin key (no merchant) has its own; else by the client
     address: on customer-link routes, which take no key, for a header without a well-formed
     key, and for a key not yet known to authenticate (a fresh junk header or a fresh made-up
     key per request must not buy a fresh bucket). A key's first request counts against its
@@ -160,7 +164,7 @@ class _RateLimitMiddleware:
     ) -> None:
         self.app = app
         self.limiter = limiter
-        self._known: OrderedDict[str, None] = OrderedDict()  # digests that authenticated
+        self._known: OrderedDict[str, str] = OrderedDict()  # authenticated digest -> bucket
         self._known_max = known_keys
         self._lock = threading.Lock()
 
@@ -169,8 +173,9 @@ class _RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         digest = self._digest(scope)
-        if digest is not None and self._is_known(digest):
-            bucket = "key:" + digest[:32]
+        known = None if digest is None else self._bucket_of(digest)
+        if known is not None:
+            bucket = known
         else:
             client = scope.get("client") or ("unknown", 0)
             bucket = f"ip:{_client_network(client[0])}"
@@ -182,7 +187,7 @@ class _RateLimitMiddleware:
             )
             await response(scope, receive, send)
             return
-        if digest is None or bucket.startswith("key:"):
+        if digest is None or known is not None:
             await self.app(scope, receive, send)
             return
 
@@ -190,8 +195,9 @@ class _RateLimitMiddleware:
             # learned only once the key authenticated (the request's context holds it): a
             # made-up key sent where no key is checked (a 404, a 422) must not buy a bucket
             ctx = scope.get(CONTEXT_SCOPE_KEY)
-            if message["type"] == "http.response.start" and getattr(ctx, "key", None):
-                self._remember(digest)
+            key = getattr(ctx, "key", None)
+            if message["type"] == "http.response.start" and key is not None:
+                self._remember(digest, key)
             await send(message)
 
         await self.app(scope, receive, learn)
@@ -206,16 +212,19 @@ class _RateLimitMiddleware:
         except Unauthorized:
             return None
 
-    def _is_known(self, digest: str) -> bool:
+    def _bucket_of(self, digest: str) -> str | None:
+        """The bucket of a key that authenticated here, else ``None``."""
         with self._lock:
-            if digest not in self._known:
-                return False
-            self._known.move_to_end(digest)
-            return True
+            bucket = self._known.get(digest)
+            if bucket is not None:
+                self._known.move_to_end(digest)
+            return bucket
 
-    def _remember(self, digest: str) -> None:
+    def _remember(self, digest: str, key: AuthenticatedKey) -> None:
+        mode = "live" if key.livemode else "test"
+        owner = f"merchant:{key.merchant_id}" if key.merchant_id else "key:" + digest[:32]
         with self._lock:
-            self._known[digest] = None
+            self._known[digest] = f"{owner}:{mode}"
             self._known.move_to_end(digest)
             while len(self._known) > self._known_max:
                 self._known.popitem(last=False)

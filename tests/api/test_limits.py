@@ -182,6 +182,29 @@ class TestRateLimit:
         assert other.status_code == 200
         assert health.status_code == 200
 
+    def test_a_merchants_keys_share_its_bucket_per_mode(self, make_app, new_key):
+        """Each key had a bucket of its own: a merchant minting ten keys got ten times the
+        rate. A merchant's keys now draw from one bucket per mode (test, live); another
+        merchant's bucket and an admin key's are their own."""
+        config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=5)
+        first, second = new_key(merchant_id="m_a"), new_key(merchant_id="m_a")
+        live = new_key(merchant_id="m_a", live=True)
+        other, admin = new_key(merchant_id="m_b"), new_key(role="admin", merchant_id=None)
+        path = "/v1/webhook_endpoints"
+        with TestClient(make_app(config)) as c:
+            learned = [  # each key's first request: the address's burst of 5
+                c.get(path, headers=auth(k)).status_code
+                for k in (first, second, live, other, admin)
+            ]
+            keys = (first, second) * 3
+            statuses = [c.get(path, headers=auth(k)).status_code for k in keys]
+            live_status = c.get(path, headers=auth(live)).status_code
+            other_status = c.get(path, headers=auth(other)).status_code
+            admin_status = c.get(path, headers=auth(admin)).status_code
+        assert learned == [200] * 5
+        assert statuses == [200] * 5 + [429]  # the merchant's burst of 5 over its two keys
+        assert (live_status, other_status, admin_status) == (200, 200, 200)
+
     def test_one_key_is_one_bucket_however_the_header_spells_it(self, make_app, new_key):
         config = ApiConfig(rate_limit_per_second=0.01, rate_limit_burst=3)
         key = new_key(merchant_id="m_a")
