@@ -6,6 +6,8 @@ functions behind the two hot paths:
 
 * ``support_queue``: open tickets of one (large) merchant by SLA due time, first page of 50,
   through ``crm.tickets.repository.queue_page`` (ORM objects included);
+* ``support_queue_pages``: the same, walking every page of that queue in turn (``starting_after``
+  keyset cursors), so one cached page does not stand for all of them; floor: a middle page;
 * ``consent_lookup``: "may I contact X about P on C?" through
   ``crm.consent.repository.get_state`` (one primary-key lookup);
 * ``consent_append_3k``: ``crm.consent.service.record`` (one committed append) on a contact whose
@@ -185,9 +187,8 @@ def _load(engine: sa.Engine, scale: float) -> dict[str, int]:
         )
         with raw.cursor() as cur:  # COPY set the ids: move the sequences past them
             for table in ("crm_merchant", "crm_contact", "crm_consent_event", "crm_followup"):
-                cur.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}"
-                )
+                move = "SELECT setval(pg_get_serial_sequence('{0}', 'id'), max(id)) FROM {0}"
+                cur.execute(move.format(table))  # table names: the constants above
         raw.commit()
         with raw.cursor() as cur:
             raw.autocommit = True
@@ -241,6 +242,21 @@ def _row(name: str, samples: list[float], floor: float | None) -> dict[str, Any]
         "floor_ms": None if floor is None else round(floor, 3),
         "ratio": None if not floor else round(p99 / floor, 1),
     }
+
+
+def _page_cursors(
+    session: Session, merchant_id: int, limit: int
+) -> list[tuple[datetime, int] | None]:
+    """The ``starting_after`` of every page of the merchant's open queue, first page first."""
+    cursors: list[tuple[datetime, int] | None] = [None]
+    while page := tickets_repo.queue_page(session, merchant_id, limit, cursors[-1]):
+        if len(page) < limit:
+            break
+        last = page[-1]
+        assert last.id is not None
+        cursors.append((last.due_at, last.id))
+    session.expunge_all()
+    return cursors
 
 
 def _appends(engine: sa.Engine, runs: int) -> tuple[list[float], list[float]]:
@@ -314,7 +330,17 @@ def run(pg_url: str, scale: float = 1.0, runs: int = 500) -> list[dict[str, Any]
                     session, contact_ids[i], "service_followup", "email"
                 ),
             )
+            cursors = _page_cursors(session, BIG_MERCHANT, 50)
+            pages = _time(
+                session,
+                runs,
+                lambda i: tickets_repo.queue_page(
+                    session, BIG_MERCHANT, 50, cursors[i % len(cursors)]
+                ),
+            )
             queue_floor = _floor(session, tickets_repo.queue_sql(BIG_MERCHANT, 50))
+            middle = cursors[len(cursors) // 2]
+            pages_floor = _floor(session, tickets_repo.queue_sql(BIG_MERCHANT, 50, middle))
             consent_stmt = (
                 sa.select(sa.column("state"))
                 .select_from(sa.table("crm_consent_state"))
@@ -336,6 +362,7 @@ def run(pg_url: str, scale: float = 1.0, runs: int = 500) -> list[dict[str, Any]
         rows = [
             _row("baseline_select_1", baseline, None),
             _row("support_queue", queue, queue_floor),
+            _row("support_queue_pages", pages, pages_floor),
             _row("consent_lookup", consent, consent_floor),
             _row("consent_append_3k", long_appends, statistics.median(fresh_appends)),
         ]
