@@ -67,7 +67,13 @@ from api.webhooks import enqueue
 from crm import FeedbackCreate, FeedbackUpdate, KeyRing, Purpose, consent, feedback
 from crm.clock import Clock
 from crm.consent import repository as consent_repo
-from crm.errors import FeedbackTokenExpired, FeedbackTokenInvalid, FeedbackTokenUsed
+from crm.errors import (
+    CRMError,
+    FeedbackPaymentReversed,
+    FeedbackTokenExpired,
+    FeedbackTokenInvalid,
+    FeedbackTokenUsed,
+)
 from crm.feedback.models import Feedback
 from crm.feedback.tokens import hash_token
 from crm.rewards import repository as rewards_repo
@@ -231,8 +237,9 @@ async def _form_rating(request: Request) -> int:
     summary="A message's rating link: a confirmation page",
     description="An HTML page with the five ratings, `rating` preselected, and one button that "
     "POSTs the choice to this URL. Opening it changes nothing, so mail scanners and link "
-    "previews that open links rate nothing. On an answered link: the recorded answer. No "
-    "script, no outside resources, not frameable.",
+    "previews that open links rate nothing. On an answered link: the recorded answer; on a "
+    "link that does not work (unknown, expired, its sale reversed): a page saying why, no form. "
+    "No script, no outside resources, not frameable.",
     responses={200: {"content": {"text/html": {}}, "description": "The confirmation page."}},
 )
 def confirm_rating(
@@ -243,10 +250,11 @@ def confirm_rating(
 ) -> HTMLResponse:
     try:
         fb = _feedback_link(session, token, clock)
-    except (FeedbackTokenInvalid, FeedbackTokenExpired) as exc:
+        if fb.submitted_at is not None:
+            return rated_page(_view(session, fb))
+        feedback.check_not_reversed(session, fb.merchant_id, fb.followup_id)
+    except (FeedbackTokenInvalid, FeedbackTokenExpired, FeedbackPaymentReversed) as exc:
         return error_page(exc.status_code, exc.message)
-    if fb.submitted_at is not None:
-        return rated_page(_view(session, fb))
     return rating_page(rating)
 
 
@@ -257,7 +265,7 @@ def confirm_rating(
     description="The page's form (`rating=N`, url-encoded). Records the rating (reward points "
     "credited whatever the rating; 1-2 opens a support ticket with a 24 h first-response SLA); "
     "on an answered link it shows the recorded answer, unchanged. A browser (`Accept: "
-    "text/html`) gets an HTML page instead of JSON.",
+    "text/html`) gets an HTML page instead of JSON, an error page included.",
     responses={200: {"content": {"text/html": {}}}},
     openapi_extra=_RATING_FORM,
 )
@@ -269,16 +277,23 @@ def rate_from_page(
     keyring: KeyRingDep,
     clock: ClockDep,
 ) -> PublicFeedback | HTMLResponse:
-    fb = _feedback_link(session, token, clock)
-    if fb.submitted_at is None:
-        try:
-            _submit(session, fb, token, FeedbackCreate(rating=rating), keyring, clock)
-        except FeedbackTokenUsed:  # a concurrent click won: show what it recorded
-            session.expire_all()
-            fb = _by_token(session, token)
-        session.refresh(fb)
+    html = wants_html(request.headers.get("accept"))
+    try:
+        fb = _feedback_link(session, token, clock)
+        if fb.submitted_at is None:
+            try:
+                _submit(session, fb, token, FeedbackCreate(rating=rating), keyring, clock)
+            except FeedbackTokenUsed:  # a concurrent click won: show what it recorded
+                session.expire_all()
+                fb = _by_token(session, token)
+            session.refresh(fb)
+    except CRMError as exc:  # a dead link, a reversed payment: the page's button gets a page
+        if not html:
+            raise
+        session.rollback()  # nothing of a refused answer is kept
+        return error_page(exc.status_code, exc.message)
     view = _view(session, fb)
-    return rated_page(view) if wants_html(request.headers.get("accept")) else view
+    return rated_page(view) if html else view
 
 
 @router.post(

@@ -41,6 +41,7 @@ from crm.tickets import service as tickets
 __all__ = [
     "COMMENT",
     "EDIT_WINDOW",
+    "check_not_reversed",
     "edit_feedback",
     "get_feedback",
     "submit_feedback",
@@ -101,7 +102,7 @@ def submit_feedback(
     now = clock.now()
     if fb.token_expires_at is None or now >= fb.token_expires_at:
         raise FeedbackTokenExpired("this feedback link has expired")
-    _check_not_reversed(session, merchant_id, fb.followup_id)
+    check_not_reversed(session, merchant_id, fb.followup_id)
     # The contact's lock first, as erasure takes it: an erasure that committed since the reads
     # above is seen here, and one that starts now waits for this answer.
     contact = contacts_repo.get_for_update(session, fb.contact_id, merchant_id)
@@ -140,7 +141,9 @@ def submit_feedback(
     return out
 
 
-def _check_not_reversed(session: Session, merchant_id: int, followup_id: int) -> None:
+def check_not_reversed(session: Session, merchant_id: int, followup_id: int) -> None:
+    """``FeedbackPaymentReversed`` when the sale the link asks about is gone (a reorg, an
+    invalidated invoice): a page must not offer a form whose answer would be refused."""
     surveyed = followups_repo.get(session, merchant_id, followup_id)
     if surveyed is not None and followups_repo.purchase_reversed(
         session, merchant_id, surveyed.invoice_ref
@@ -192,7 +195,7 @@ def edit_feedback(
     key = None if contact is None else contacts.data_key(session, keyring, contact)
     if key is None or contact is None or contact.erased_at is not None:
         raise ContactErased("contact has been erased")
-    _check_not_reversed(session, merchant_id, fb.followup_id)
+    check_not_reversed(session, merchant_id, fb.followup_id)
     if "comment" in changes:
         fb.comment_enc = key.encrypt(comment, f"{COMMENT}:{fb.id}")
     fb.rating, fb.nps, fb.tags, fb.updated_at = rating, nps, list(tags), now

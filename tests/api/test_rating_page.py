@@ -11,7 +11,10 @@ from urllib.parse import urlsplit
 import pytest
 from aiosmtpd.controller import Controller
 
+from api.db import session_factory, session_scope
 from api.dispatch.channels import EmailChannel, Links, Recipient
+from crm import followups
+from crm.followups import repository as followups_repo
 from tests.api.conftest import auth, free_port
 from tests.api.test_consent_page import _Sink
 from tests.api.test_privacy import sent_instruction
@@ -125,6 +128,61 @@ class TestConfirmationPage:
         assert r.status_code == (404 if case == "unknown" else 400)
         assert r.headers["content-type"].startswith("text/html")
         assert "This link does not work" in r.text
+
+
+def _reverse_its_payment(w: World, followup_id: int) -> None:
+    """What a reorg does to a sent survey's sale: the purchase is cancelled, the link stays."""
+    with session_scope(session_factory(w.engine)) as s:
+        followup = followups_repo.get(s, int(w.a.id), followup_id)
+        assert followup is not None
+        payment_ref = followup.payment_ref
+        followups.cancel_for_payment(s, int(w.a.id), payment_ref, "reorg", w.clock)
+
+
+class TestDeadLinksAnswerPages:
+    """The page's button on a link that stopped working answered the browser with raw JSON."""
+
+    @pytest.mark.parametrize("case", ["unknown", "expired"])
+    def test_the_button_on_a_bad_link_gets_a_page(
+        self,
+        world: World,  # noqa: F811
+        case: str,
+    ) -> None:
+        token = _token(world)
+        if case == "unknown":
+            token = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+        else:
+            world.clock.advance(days=15)  # the page was opened, then the link expired
+        r = world.client.post(
+            f"/v1/public/feedback/{token}/rate", data={"rating": "4"}, headers=BROWSER
+        )
+        assert r.status_code == (404 if case == "unknown" else 400)
+        assert r.headers["content-type"].startswith("text/html")
+        assert "This link does not work" in r.text
+        assert _recorded(world) == []
+
+    def test_a_reversed_sale_offers_no_form_and_its_button_records_nothing(
+        self,
+        world: World,  # noqa: F811
+    ) -> None:
+        """The GET page offered the five ratings for a sale a reorg took back; its button then
+        answered a JSON 409. Now the page says why, and a POST from a page opened before the
+        reorg gets a page too (a script still gets the JSON error)."""
+        c = new_contact(world, world.a)
+        grant(world, world.a, c["id"])
+        token, followup_id = issue_token(world, world.a, c["id"])
+        _reverse_its_payment(world, followup_id)
+        page = world.client.get(f"/v1/public/feedback/{token}/rate?rating=4", headers=BROWSER)
+        assert page.status_code == 409
+        assert page.headers["content-type"].startswith("text/html")
+        assert 'name="rating"' not in page.text
+        assert "reversed" in page.text
+        url = f"/v1/public/feedback/{token}/rate"
+        r = world.client.post(url, data={"rating": "4"}, headers=BROWSER)
+        assert (r.status_code, r.headers["content-type"].split(";")[0]) == (409, "text/html")
+        script = world.client.post(url, data={"rating": "4"})
+        assert script.json()["error"]["code"] == "feedback_payment_reversed"
+        assert _recorded(world) == []
 
 
 def test_the_emails_rating_links_record_only_when_confirmed(world: World) -> None:  # noqa: F811
