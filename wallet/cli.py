@@ -425,14 +425,16 @@ def sign_message(name: NameOpt, index: IndexOpt = 0) -> None:
     The text is signed as read, less one trailing newline (what ``echo`` and ``jq -r`` add), so
     ``jq -r .message | followpay wallet sign-message -n shop`` signs exactly the API's text.
     """
-    from wallet.signing import sign_message as personal_sign
+    from wallet.signing import Signer
 
     raw = sys.stdin.buffer.read()
     text = raw[:-1] if raw.endswith(b"\n") else raw
     if not text:
         _fail("nothing to sign on stdin")
-    key = _vault().unlock(name, _password()).private_key(index)
-    typer.echo("0x" + personal_sign(text, key).hex())
+    vault = _vault()
+    key = vault.unlock(name, _password()).private_key(index)
+    # the wallet's policy, as send and pay obey it (one with allow_messages off refuses)
+    typer.echo("0x" + Signer(key, vault.load_policy(name)).sign_message(text).hex())
 
 
 # --- commands: chain -------------------------------------------------------------------------

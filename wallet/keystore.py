@@ -89,7 +89,8 @@ def decrypt_keystore(data: dict[str, Any] | str | bytes, password: str | SecretS
             data = json.loads(data)
         except ValueError:
             raise KeystoreFormatError("keystore is not valid JSON") from None
-    if not isinstance(data, dict) or int(data.get("version", 0) or 0) != 3:
+    version = data.get("version") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or isinstance(version, bool) or str(version) != "3":
         raise KeystoreFormatError("not a version 3 keystore")
     crypto = data.get("crypto") or data.get("Crypto")
     if not isinstance(crypto, dict):

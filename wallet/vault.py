@@ -143,6 +143,9 @@ def _unseal(
     return secret
 
 
+_ADDRESS_HEX = re.compile(r"[0-9a-fA-F]{40}")
+
+
 class Vault:
     """The wallets under one ``FOLLOWPAY_HOME``."""
 
@@ -349,14 +352,19 @@ class Vault:
         from wallet.keys import to_checksum_address
 
         meta = document.get("x-followpay") or {}
+        address = str(document.get("address", "")).removeprefix("0x")
+        created_at = meta.get("created_at", 0) if isinstance(meta, dict) else None
+        if not _ADDRESS_HEX.fullmatch(address) or not isinstance(created_at, int):
+            # a hand-placed file: unreadable here (list() skips it) rather than a zero address
+            raise CorruptVaultError(f"keystore {name!r} has a malformed address or header")
         return WalletInfo(
             name=name,
             kind="key",
-            first_address=to_checksum_address(str(document.get("address", "")).zfill(40)),
+            first_address=to_checksum_address(address),
             xpub=None,
             words=None,
             path=path,
-            created_at=int(meta.get("created_at", 0)),
+            created_at=created_at,
         )
 
     def _load_key(self, name: str) -> tuple[dict[str, Any], Path]:
@@ -405,9 +413,12 @@ class Vault:
         return sorted(out, key=lambda info: info.name)
 
     def delete(self, name: str) -> None:
+        """Remove the wallet and its signing policy (a new wallet of that name must not
+        inherit the old one's limits)."""
         for path in (self._hd_path(name), self._key_path(name)):
             if path.exists():
                 path.unlink()
+                (self.policies_dir / f"{self.check_name(name)}.json").unlink(missing_ok=True)
                 return
         raise WalletNotFoundError(f"no wallet named {name!r}")
 

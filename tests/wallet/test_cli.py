@@ -275,6 +275,22 @@ class TestSignMessage:
         assert not verify(text + "\n", address)  # one trailing newline is not signed
         assert not verify(text, HDWallet.from_mnemonic(DEV).address(1))
 
+    def test_the_wallets_policy_is_obeyed(self, runner):
+        """``send`` and ``pay`` obeyed the wallet's policy; ``sign-message`` signed any text
+        with a wallet whose policy forbids messages."""
+        from wallet.policy import SigningPolicy
+
+        run(runner, "import", "--name", "w", "--mnemonic-stdin", input=DEV)
+        vault = Vault(scrypt_n=FAST_N, allow_weak_kdf=True)
+        vault.save_policy("w", SigningPolicy(allow_messages=False))
+        refused = run(runner, "sign-message", "--name", "w", input="I owe you 1000 ETH\n")
+        one_line_error(refused, "not allowed by the policy")
+        assert refused.stdout == ""
+        vault.save_policy("w", SigningPolicy(allow_messages=True))
+        allowed = run(runner, "sign-message", "--name", "w", input="link this address\n")
+        assert allowed.exit_code == 0, allowed.stderr
+        assert len(allowed.stdout.strip()) == 132
+
     def test_refusals(self, runner, monkeypatch):
         run(runner, "import", "--name", "w", "--mnemonic-stdin", input=DEV)
         one_line_error(run(runner, "sign-message", "--name", "w", input="\n"), "nothing to sign")

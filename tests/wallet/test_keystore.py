@@ -179,3 +179,11 @@ class TestCastInterop:
             PW,
         )
         assert KEY.reveal_bytes().reveal().hex() in out.lower()
+
+
+@pytest.mark.parametrize("version", ['"x"', "[3]", "true", "{}"])
+def test_a_malformed_version_is_a_keystore_format_error(version: str) -> None:
+    """A version that is no number escaped as a bare ValueError or TypeError ("unexpected
+    TypeError" from the CLI) where every other malformed field is a KeystoreFormatError."""
+    with pytest.raises(KeystoreFormatError, match="version 3"):
+        decrypt_keystore('{"version": ' + version + ', "crypto": {}}', "pw")

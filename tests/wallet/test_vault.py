@@ -173,6 +173,34 @@ class TestKeysAndListing:
         with pytest.raises(WalletNotFoundError):
             vault.delete("gone")
 
+    def test_a_new_wallet_under_a_deleted_ones_name_inherits_no_policy(self, vault):
+        """The policy file outlived its wallet: a new wallet of that name got its limits."""
+        from wallet.policy import SigningPolicy
+
+        vault.create("bot", DEV, PASSWORD)
+        vault.save_policy("bot", SigningPolicy(allow_messages=True))
+        vault.delete("bot")
+        vault.create("bot", DEV, PASSWORD)
+        assert vault.load_policy("bot") is None
+
+    @pytest.mark.parametrize(
+        "change",
+        [{"x-followpay": "not an object"}, {"address": "zz"}, {"address": None}],
+        ids=["header", "address", "no-address"],
+    )
+    def test_a_malformed_keystore_file_is_skipped_by_list(self, vault, change):
+        """A hand-edited keystore's header crashed the listing (AttributeError) or read as an
+        address made of garbage or zeros, which send and pay then used for balance checks."""
+        key = PrivateKey("0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d")
+        vault.create("hd", DEV, PASSWORD)
+        info = vault.import_key("single", key, PASSWORD)
+        document = json.loads(info.path.read_text())
+        document.update(change)
+        info.path.write_text(json.dumps(document))
+        assert [i.name for i in vault.list()] == ["hd"]
+        with pytest.raises(CorruptVaultError):
+            vault.info("single")
+
 
 class TestPolicies:
     def test_round_trip_and_absent(self, vault):
