@@ -134,10 +134,16 @@ def unbreached_overdue_ids(session: Session, now: datetime) -> Sequence[int | No
 
 
 def claim_breach(session: Session, ticket_id: int, at: datetime) -> bool:
-    """Conditional update: True only for the one caller that records the breach."""
+    """Conditional update: True only for the one caller that records the breach, and never
+    over a first response (the sweep lists before it claims: under READ COMMITTED an on-time
+    answer can commit in between; the update re-reads the row and leaves it)."""
     result = session.execute(
         sa.update(Ticket)
-        .where(col(Ticket.id) == ticket_id, col(Ticket.breached_at).is_(None))
+        .where(
+            col(Ticket.id) == ticket_id,
+            col(Ticket.breached_at).is_(None),
+            col(Ticket.first_response_at).is_(None),
+        )
         .values(breached_at=at)
         .execution_options(synchronize_session="fetch")
     )

@@ -340,3 +340,49 @@ def test_two_creations_of_one_policy_at_once_refuse_the_second_as_a_duplicate(
     assert isinstance(second, DuplicatePolicy)
     with session_scope(pg_committed) as s:
         assert s.exec(select(FollowUpPolicy.id)).all() == [first]
+
+
+@pytest.mark.postgres
+def test_the_sla_sweep_does_not_breach_a_ticket_answered_on_time_meanwhile(
+    pg_committed: sa.Engine, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READ COMMITTED: the worker's sweep lists overdue unanswered tickets, an agent's on-time
+    answer commits, then the sweep's claim (``breached_at IS NULL`` only) still recorded a
+    breach on the answered ticket (and the worker sent ``ticket.breached``): a hit counted as
+    a miss too."""
+    from crm.feedback import service as feedback
+    from crm.feedback.models import FeedbackCreate
+    from crm.tickets import repository as tickets_repo
+    from crm.tickets import service as tickets
+    from crm.tickets.models import Ticket
+
+    from .helpers import sent_followup
+
+    clock = FrozenClock(START)
+    with session_scope(pg_committed) as s:
+        m = merchants.create_merchant(s, MerchantCreate(name="Acme"), clock)
+        c = contacts.create_contact(
+            s, m.id or 0, ContactCreate(email="a@example.com", time_zone="UTC"), keyring, clock
+        )
+        _, token = sent_followup(s, m.id or 0, c, clock, keyring)
+        out = feedback.submit_feedback(
+            s, m.id or 0, token, FeedbackCreate(rating=1), keyring=keyring, clock=clock
+        )
+        merchant_id, ticket_id = m.id or 0, out.ticket_id or 0
+    due = START + tickets.FIRST_RESPONSE_SLA
+    listed = tickets_repo.unbreached_overdue_ids
+
+    def listed_then_answered(session: Session, now: object) -> object:
+        ids = listed(session, now)  # type: ignore[arg-type]
+        assert ticket_id in ids
+        with session_scope(pg_committed) as agent:  # answers at the deadline: on time
+            tickets.respond(agent, merchant_id, ticket_id, actor="agent", clock=FrozenClock(due))
+        return ids
+
+    monkeypatch.setattr(tickets_repo, "unbreached_overdue_ids", listed_then_answered)
+    with session_scope(pg_committed) as worker:
+        breached = tickets.sweep_breaches(worker, due + timedelta(seconds=1))
+    with Session(pg_committed) as s:
+        ticket = s.get(Ticket, ticket_id)
+        assert ticket is not None
+        assert (breached, ticket.first_response_at, ticket.breached_at) == ([], due, None)
