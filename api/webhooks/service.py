@@ -108,6 +108,12 @@ def validate_url(url: str, *, livemode: bool, targets: TargetPolicy | None = Non
         raise InvalidRequest("Live-mode webhook endpoints must use https.", param="url")
     if parts.username or parts.password:
         raise InvalidRequest("The url must not contain credentials.", param="url")
+    try:
+        port = parts.port
+    except ValueError:  # out of range or not a number
+        port = 0
+    if port == 0:  # past 65535 the socket layer wraps it: events would go to another port
+        raise InvalidRequest("The url's port must be a number from 1 to 65535.", param="url")
     try:  # as deliveries will: httpx's request (IDNA 2008 for the host), then the resolver's
         httpx.Request("POST", url)
         parts.hostname.encode("idna")

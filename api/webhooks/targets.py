@@ -120,8 +120,9 @@ class TargetPolicy:
             return
         parts = urlsplit(url)
         host = parts.hostname or ""
+        port = parts.port or _default_port(parts.scheme)  # a bad port is no "not resolvable"
         try:
-            self.vet(host, parts.port or _default_port(parts.scheme))
+            self.vet(host, port)
         except TargetNotAllowed:
             raise InvalidRequest(
                 "Webhook endpoints must be on the public internet: the url's host is, or "

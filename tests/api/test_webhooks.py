@@ -218,6 +218,39 @@ class TestEndpointsApi:
         assert r.status_code == 400
         assert r.json()["error"]["param"] == "url"
 
+    @pytest.mark.parametrize("port", ["99999", "70000", "65536", "0"])
+    def test_a_port_out_of_range_is_refused_on_create_and_update(self, client, new_key, port):
+        """A port past 65535 was accepted, and the socket layer wrapped it: the signed events,
+        customers' data included, went to port - 65536, a port the merchant never named."""
+        key = new_key()
+        refused = client.post(
+            "/v1/webhook_endpoints",
+            json={"url": f"https://hooks.example.com:{port}/in", "enabled_events": ["*"]},
+            headers=auth(key),
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "url"
+        made = client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "https://hooks.example.com:8443/in", "enabled_events": ["*"]},
+            headers=auth(key),
+        )
+        assert made.status_code == 200, made.text
+        update = client.post(
+            f"/v1/webhook_endpoints/{made.json()['id']}",
+            json={"url": f"https://hooks.example.com:{port}/in"},
+            headers=auth(key),
+        )
+        assert update.status_code == 400, update.text
+        listed = client.get("/v1/webhook_endpoints", headers=auth(key)).json()["data"]
+        assert [e["url"] for e in listed] == ["https://hooks.example.com:8443/in"]
+
+    def test_a_port_out_of_range_is_refused_under_the_production_policy(self, db):
+        with session_scope(session_factory(db)) as s, pytest.raises(InvalidRequest):
+            webhooks.create_endpoint(
+                s, "m_1", "https://93.184.215.14:99999/in", ["*"], targets=TargetPolicy(False)
+            )
+
     def test_service_validates_for_non_http_callers(self, db):
         with session_scope(session_factory(db)) as s:
             for url, events in [("ftp://x/y", ["*"]), ("http://127.0.0.1/h", ["invoice.nope"])]:
