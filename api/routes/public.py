@@ -334,12 +334,11 @@ def edit_feedback_link(
 ) -> PublicFeedback:
     fb = _by_token(session, token)
     assert fb.id is not None
-    had_ticket = tickets_repo.get_by_feedback(session, fb.id) is not None
     data = FeedbackUpdate(**body.model_dump(exclude_unset=True))
     out = feedback.edit_feedback(
         session, fb.merchant_id, fb.id, data, actor=_ACTOR, keyring=keyring, clock=clock
     )
-    opened = None if had_ticket else tickets_repo.get_by_feedback(session, fb.id)
+    opened = tickets_repo.get_by_feedback(session, fb.id) if out.ticket_opened else None
     emit_feedback_events(
         session, fb.merchant_id, FeedbackOut.of(out), opened, event_type="feedback.updated"
     )

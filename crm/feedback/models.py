@@ -60,3 +60,6 @@ class FeedbackPublic(FeedbackBase):
     edit_until: datetime | None
     ticket_id: int | None = None
     reward_points: int | None = None
+    #: This call opened ``ticket_id`` (decided under the feedback row's lock: a caller that
+    #: looked for a ticket before would announce another request's ticket again).
+    ticket_opened: bool = Field(default=False, exclude=True)

@@ -201,7 +201,8 @@ def edit_feedback(
     fb.rating, fb.nps, fb.tags, fb.updated_at = rating, nps, list(tags), now
     repo.save(session, fb)
     ticket = tickets_repo.get_by_feedback(session, fb.id)
-    if ticket is None and tickets.is_negative(fb.rating, fb.nps):
+    opened = ticket is None and tickets.is_negative(fb.rating, fb.nps)
+    if opened:
         ticket = tickets.open_for_feedback(session, fb, now)
     audit.record(
         session,
@@ -215,6 +216,7 @@ def edit_feedback(
     )
     out = to_public(session, fb, keyring)
     out.ticket_id = None if ticket is None else ticket.id
+    out.ticket_opened = opened
     return out
 
 

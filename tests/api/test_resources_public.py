@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timedelta
 
 import httpx
+import pytest
 from sqlmodel import Session, select
 
 from api.db import session_factory, session_scope
@@ -121,6 +122,40 @@ class TestOneClickRating:
 
 class TestChangingAnAnswer:
     """A scanner (or a slip) recorded the one-click rating: the customer corrects it."""
+
+    def test_two_edits_turning_an_answer_negative_announce_its_ticket_once(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The route looked for a ticket before the edit locked the answer: two PATCHes at
+        once both saw none, one ticket was opened, and both queued ``ticket.opened`` for it
+        (two event ids: a receiver deduplicating on the id sees two openings)."""
+        from api.routes import public
+
+        hook = world.client.post(
+            "/v1/webhook_endpoints",
+            json={"url": "http://127.0.0.1:9/h", "enabled_events": ["ticket.opened"]},
+            headers=auth(world.a.merchant),
+        )
+        assert hook.status_code == 200, hook.text
+        _, token = _emailed(world)
+        assert rate(world, token, 5).status_code == 200
+        edit = public.feedback.edit_feedback
+        raced: list[int] = []
+
+        def another_patch_commits_first(*args: object, **kwargs: object) -> object:
+            if not raced:  # this request has looked; the other one runs and commits now
+                raced.append(1)
+                other = world.client.patch(f"/v1/public/feedback/{token}", json={"rating": 1})
+                assert other.status_code == 200, other.text
+            return edit(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(public.feedback, "edit_feedback", another_patch_commits_first)
+        r = world.client.patch(f"/v1/public/feedback/{token}", json={"rating": 2})
+        assert r.status_code == 200, r.text
+        tickets = world.client.get("/v1/tickets", headers=auth(world.a.support)).json()["data"]
+        with Session(world.engine) as s:
+            events = [d.event_type for d in s.exec(select(WebhookDelivery)).all()]
+        assert (len(tickets), events) == (1, ["ticket.opened"])
 
     def test_a_recorded_answer_changes_for_14_days_then_freezes(self, world: World) -> None:
         hook = world.client.post(
