@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from eth_account import Account
 from eth_account.messages import SignableMessage, encode_defunct, encode_typed_data
 from eth_hash.auto import keccak
+from eth_keys import keys
 from eth_keys.exceptions import BadSignature
 from eth_utils.exceptions import ValidationError
 from rlp import decode as rlp_decode
@@ -47,6 +48,7 @@ __all__ = [
     "payment_intent_struct_hash",
     "payment_intent_typed_data",
     "permit_typed_data",
+    "recover_intent_signer",
     "recover_message",
     "recover_typed_data",
     "sign_message",
@@ -446,6 +448,23 @@ def payment_intent_struct_hash(intent: PaymentIntent) -> bytes:
     """EIP-712 ``hashStruct(intent)``: what the router's ``PaymentSettled`` event carries as
     ``intentHash`` (it binds every signed field; the domain is the router itself)."""
     return keccak(_INTENT_TYPEHASH + b"".join(_word(v) for v in intent.as_tuple()))
+
+
+def recover_intent_signer(
+    intent: PaymentIntent, r: bytes, vs: bytes, *, chain_id: int, router: str
+) -> str:
+    """The address the router recovers from ``intent``'s compact signature (``r``, ``vs``):
+    whether the key that signed it is still the merchant's operator. :class:`SigningError`
+    when it recovers none (a malformed signature, which the router takes for address 0)."""
+    v, r_bytes, s = from_compact(r, vs)
+    if int.from_bytes(s, "big") > _HALF_ORDER:  # the router refuses it (malleable)
+        raise SigningError("the signature's s is in the upper half (malleable)")
+    digest = payment_intent_digest(intent, chain_id=chain_id, router=router)
+    try:
+        signature = keys.Signature(r_bytes + s + bytes([v - 27]))
+        return str(signature.recover_public_key_from_msg_hash(digest).to_checksum_address())
+    except (BadSignature, ValidationError, ValueError) as exc:
+        raise SigningError("the signature recovers no public key") from exc
 
 
 def payment_intent_digest(intent: PaymentIntent, *, chain_id: int, router: str) -> bytes:

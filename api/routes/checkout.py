@@ -22,7 +22,7 @@ from api.errors import error_responses
 from api.routes._common import token_decimals
 from api.routes._consent_page import PAGE_HEADERS, html_page
 from api.routing import ApiRouter
-from api.settlement.checkout import checkout_calls, open_checkout
+from api.settlement.checkout import checkout_calls, open_checkout, signed_by_operator
 from api.settlement.errors import InvoiceNotFoundError
 from api.settlement.models import InvoiceState
 from crm import merchants
@@ -97,7 +97,11 @@ def checkout_page(
             else invoice.state
         )
         return _page(f"Invoice {state}", facts + "<p>Nothing is left to pay here.</p>")
-    if chain is None or chain.chain_id != invoice.chain_id:
+    if (
+        chain is None
+        or chain.chain_id != invoice.chain_id
+        or not signed_by_operator(invoice, account, chain.router)  # operator rotated, no key
+    ):
         # open, but this server cannot take its payment now: say so, not "nothing to pay"
         return _page(
             "Payment unavailable",

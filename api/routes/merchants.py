@@ -182,6 +182,8 @@ def register_account(
         payout=body.payout,
         operator=body.operator,
         clock=clock,
+        signer=signers.for_merchant(merchant_key, body.operator),
+        router=chain.router,
     )
     after_commit.append(cache.clear)  # invoices sign with the new operator at once
     return MerchantAccountOut.of(account, signers)

@@ -22,9 +22,17 @@ from api.settlement.invoices import intent_of
 from api.settlement.models import Invoice, MerchantAccount
 from crm import KeyRing
 from wallet.addresses import parse_address
+from wallet.errors import SigningError
+from wallet.signing import recover_intent_signer
 from wallet.tokens import call_data
 
-__all__ = ["CheckoutCalls", "checkout_calls", "checkout_path", "open_checkout"]
+__all__ = [
+    "CheckoutCalls",
+    "checkout_calls",
+    "checkout_path",
+    "open_checkout",
+    "signed_by_operator",
+]
 
 _PREFIX = "/v1/public/checkout/"
 
@@ -65,3 +73,21 @@ def checkout_calls(invoice: Invoice, account: MerchantAccount, router: str) -> C
         pay_data=call_data("PaymentRouter", "pay", intent.as_tuple(), r, vs),
         payer=None if int(intent.payer, 16) == 0 else intent.payer,
     )
+
+
+def signed_by_operator(invoice: Invoice, account: MerchantAccount, router: str) -> bool:
+    """Whether the router would take the invoice's signature now: it recovers the account's
+    current operator. After a rotation whose new key this server does not hold, the stored
+    signature is the previous operator's, and a ``pay`` would revert (an approve before it
+    would spend the customer's gas for nothing)."""
+    try:
+        signer = recover_intent_signer(
+            intent_of(invoice, account),
+            bytes.fromhex(invoice.signature_r[2:]),
+            bytes.fromhex(invoice.signature_vs[2:]),
+            chain_id=invoice.chain_id,
+            router=router,
+        )
+    except (SigningError, ValueError):
+        return False
+    return signer.lower() == account.operator.lower()

@@ -186,8 +186,16 @@ def register_account(
     payout: str,
     operator: str,
     clock: Clock,
+    signer: Signer | None = None,
+    router: str | None = None,
 ) -> MerchantAccount:
-    """Record the merchant's on-chain account (its router registration) for ``chain_id``."""
+    """Record the merchant's on-chain account (its router registration) for ``chain_id``.
+
+    A new operator invalidates every intent the previous one signed (the router checks the
+    signer against the current record): with ``signer`` (the new operator's) and ``router``,
+    the unpaid invoices are signed again in the same transaction, so their checkout links and
+    URIs keep working. Without it they stay as signed; their checkout page says payment is
+    unavailable rather than offer a transaction the router would revert."""
     existing = repo.account_for_merchant(session, merchant_id, chain_id)
     values = {
         "address": _address(address, "address"),
@@ -202,9 +210,13 @@ def register_account(
                 "cannot change (payout and operator can).",
                 param="address",
             )
+        rotated = existing.operator.lower() != values["operator"].lower()
         for key, value in values.items():
             setattr(existing, key, value)
-        return repo.add(session, existing)
+        account = repo.add(session, existing)
+        if rotated and signer is not None and router is not None:
+            _sign_unpaid_again(session, account, signer, router)
+        return account
     account = MerchantAccount(
         merchant_id=merchant_id,
         chain_id=chain_id,
@@ -222,6 +234,25 @@ def register_account(
             "first; read it back with GET /v1/merchants/{id}/account.",
             param="address",
         ) from None
+
+
+def _sign_unpaid_again(
+    session: Session, account: MerchantAccount, signer: Signer, router: str
+) -> int:
+    """Sign the account's unpaid invoices (``new``; ``expired`` within the late window) with
+    the new operator. The intent and its hash do not change, only the signature. Returns how
+    many."""
+    if signer.address.lower() != account.operator.lower():
+        return 0
+    assert account.id is not None
+    unpaid = repo.unpaid_invoices_on_account(session, account.id, account.merchant_id)
+    for invoice in unpaid:
+        r, vs = signer.sign_intent(
+            intent_of(invoice, account), chain_id=account.chain_id, router=router
+        )
+        invoice.signature_r, invoice.signature_vs = "0x" + r.hex(), "0x" + vs.hex()
+        session.add(invoice)
+    return len(unpaid)
 
 
 def _validate(request: InvoiceRequest) -> None:

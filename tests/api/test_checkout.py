@@ -10,9 +10,13 @@ import re
 
 from eth_abi import decode
 
+from api.operators import OperatorKeys
 from tests.api import test_resources_invoices as invoice_suite
 from tests.api.conftest import auth
 from tests.api.test_resources_crm import World
+from wallet.chain import Chain
+from wallet.secrets import PrivateKey
+from wallet.signing import PaymentIntent, Signer, recover_intent_signer
 
 # the invoice suite's fixtures: a tester-chain deployment and a world whose merchants can sign
 deployment = invoice_suite.deployment
@@ -129,6 +133,53 @@ def test_a_server_without_the_invoices_chain_says_payment_is_unavailable(world: 
     assert "Payment unavailable" in page.text
     assert "2500000 base units of token" in page.text
     assert "Nothing is left to pay" not in page.text
+    assert 'id="pay"' not in page.text
+
+
+def test_after_an_operator_rotation_the_page_pays_only_what_the_router_takes(
+    world: World, tester_chain: Chain
+) -> None:
+    """A rotated operator invalidates every intent the previous key signed. With the new key
+    held here, the open invoice is signed again and its page pays it; with a key this server
+    does not hold, the page offered the old signature (the router reverts ``InvalidSigner``,
+    after the customer's approve) and now says payment is unavailable."""
+    old, new, elsewhere = tester_chain.dev_accounts()[2:5]
+    world.client.app.state.signers = OperatorKeys(
+        {a.address: Signer(PrivateKey(bytes(a.key))) for a in (old, new)}
+    )
+    invoice = create(world, world.a.merchant).json()
+    account = world.client.get(
+        f"/v1/merchants/{world.a.id}/account", headers=auth(world.a.merchant)
+    ).json()
+
+    def rotate(operator: str) -> None:
+        body = {"address": account["address"], "payout": account["payout"], "operator": operator}
+        r = world.client.post(
+            f"/v1/merchants/{world.a.id}/account", json=body, headers=auth(world.a.merchant)
+        )
+        assert r.status_code == 200, r.text
+
+    def page_signer() -> str:
+        page = _open(world, invoice["checkout_url"])
+        assert page.status_code == 200, page.text
+        pay = bytes.fromhex(_data(page.text)["pay_data"][2:])
+        fields, r, vs = decode(["(address,address,uint256,uint256,uint256,address,uint256)",
+                                "bytes32", "bytes32"], pay[4:])  # fmt: skip
+        return recover_intent_signer(
+            PaymentIntent(*fields),
+            r,
+            vs,
+            chain_id=invoice_suite.CHAIN_ID,
+            router=invoice["router"],
+        )
+
+    assert page_signer() == old.address
+    rotate(new.address)
+    assert page_signer() == new.address
+    rotate(elsewhere.address)  # a key this server does not hold
+    page = _open(world, invoice["checkout_url"])
+    assert page.status_code == 503
+    assert "Payment unavailable" in page.text
     assert 'id="pay"' not in page.text
 
 
