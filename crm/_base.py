@@ -47,13 +47,21 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         which cost a settlement step ~5 us a value (eight values a payment)."""
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
+        # A step writes one ``now`` into thousands of rows: the last conversion is kept (a
+        # tuple, replaced whole, so threads sharing the processor read a consistent pair).
+        last: tuple[datetime | None, str | None] = (None, None)
 
         def process(value: datetime | None) -> str | None:
+            nonlocal last
             if value is None:
                 return None
-            if value.tzinfo is not None and value.utcoffset():
-                value = value.astimezone(UTC)
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            seen, text = last
+            if value is seen:  # datetimes are immutable: the same object, the same text
+                return text
+            utc = value.astimezone(UTC) if value.tzinfo is not None and value.utcoffset() else value
+            text = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+            last = (value, text)
+            return text
 
         return process
 
