@@ -18,6 +18,7 @@ from api.deps import (
 from api.errors import NotFound
 from api.keys.service import AuthenticatedKey
 from api.pagination import ListResponse, PageDep, paginate
+from api.routes._common import visible_merchant
 from api.routing import ApiRouter
 from api.webhooks import repository
 from api.webhooks import service as webhooks
@@ -51,7 +52,8 @@ DeliveryId = Annotated[str, Path(max_length=40, description="A webhook delivery 
     "private targets are allowed, for development). A host that is, or resolves to, a "
     "loopback, private, link-local or otherwise non-public address is refused "
     "(`400 url_not_allowed`). A merchant has at most 16 enabled endpoints "
-    "(`400 webhook_endpoint_limit`).",
+    "(`400 webhook_endpoint_limit`). An admin key names the merchant (`merchant_id`); an "
+    "unknown one is a 404.",
 )
 def create_webhook_endpoint(
     body: WebhookEndpointCreate,
@@ -62,9 +64,12 @@ def create_webhook_endpoint(
     after_commit: AfterCommit,
     settings: SettingsDep,
 ) -> WebhookEndpointWithSecret:
+    merchant_id = caller.merchant_for_write(body.merchant_id)
+    if caller.is_admin:  # events are queued under the merchant's canonical id: "01", "999"
+        merchant_id = str(visible_merchant(session, caller, merchant_id).id)  # got none
     endpoint, secret = webhooks.create_endpoint(
         session,
-        caller.merchant_for_write(body.merchant_id),
+        merchant_id,
         body.url,
         body.enabled_events,
         description=body.description,

@@ -658,3 +658,23 @@ def _ticket_id(payload: str) -> int:
     import json
 
     return int(json.loads(payload)["data"]["object"]["id"])
+
+
+def test_an_admins_webhook_endpoint_names_an_existing_merchant(world: World) -> None:
+    """An admin naming a merchant that does not exist ("999"), or spelling one with a leading
+    zero ("01"), got an endpoint that never received anything: events are queued under the
+    merchant's own id. The first is a 404, the second is stored under that id."""
+    body = {"url": "http://127.0.0.1:9/h", "enabled_events": ["*"]}
+    missing = world.client.post(
+        "/v1/webhook_endpoints", json=body | {"merchant_id": "999"}, headers=auth(world.admin)
+    )
+    assert missing.status_code == 404, missing.text
+    spelled = world.client.post(
+        "/v1/webhook_endpoints",
+        json=body | {"merchant_id": "0" + world.a.id},
+        headers=auth(world.admin),
+    )
+    assert spelled.status_code == 200, spelled.text
+    assert spelled.json()["merchant_id"] == world.a.id
+    listed = world.client.get("/v1/webhook_endpoints", headers=auth(world.a.merchant)).json()
+    assert [e["id"] for e in listed["data"]] == [spelled.json()["id"]]
