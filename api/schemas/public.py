@@ -87,6 +87,10 @@ class PublicFeedbackEdit(BaseModel):
     def _needs_a_change(self) -> PublicFeedbackEdit:
         if not self.model_fields_set:
             raise ValueError("nothing to change: send rating, nps or comment")
+        if "rating" in self.model_fields_set and self.rating is None:
+            # the rating is the link's one-click answer: changed, never cleared (CSAT would
+            # silently lose a recorded answer)
+            raise ValueError("rating can be changed (1-5), not cleared")
         return self
 
 

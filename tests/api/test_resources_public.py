@@ -157,6 +157,19 @@ class TestChangingAnAnswer:
             events = [d.event_type for d in s.exec(select(WebhookDelivery)).all()]
         assert (len(tickets), events) == (1, ["ticket.opened"])
 
+    def test_the_rating_changes_but_is_not_cleared(self, world: World) -> None:
+        """``{"rating": null}`` with an NPS recorded cleared the rating: the answer dropped out
+        of CSAT. NPS and the comment may be cleared; the rating only changes."""
+        _, token = _emailed(world)
+        url = f"/v1/public/feedback/{token}"
+        assert world.client.post(url, json={"rating": 4, "nps": 9}).status_code == 200
+        refused = world.client.patch(url, json={"rating": None})
+        assert refused.status_code == 422, refused.text
+        assert world.client.get(url).json()["rating"] == 4
+        cleared = world.client.patch(url, json={"nps": None})
+        assert cleared.status_code == 200, cleared.text
+        assert (cleared.json()["rating"], cleared.json()["nps"]) == (4, None)
+
     def test_a_recorded_answer_changes_for_14_days_then_freezes(self, world: World) -> None:
         hook = world.client.post(
             "/v1/webhook_endpoints",
