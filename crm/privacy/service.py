@@ -126,6 +126,7 @@ def erase_contact(
     contact.email_index = None
     contact.locale = None
     contact.time_zone = "UTC"  # where someone lives is theirs too; nothing is sent any more
+    contact.segment = contact.tier = None  # the merchant's labels profile the person
     contact.erased_at = contact.updated_at = now
     contacts_repo.add(session, contact)
     wallets = repo.scrub_wallets(session, contact_id)

@@ -129,6 +129,8 @@ class TestEraseContact:
             email=PII["email"],
             wallet_addresses=[PII["wallet"]],
             time_zone="Asia/Kathmandu",
+            segment="expecting-parents",
+            tier="vip",
         )
         cid = c.id or 0
         sent_followup(session, merchant_id, c, clock, keyring)
@@ -144,6 +146,7 @@ class TestEraseContact:
         assert (pending.state, pending.reason) == ("suppressed", "erased")
         assert session.get(ContactKey, cid) is None
         assert (c.time_zone, c.locale) == ("UTC", None)  # no trace of where they live
+        assert (c.segment, c.tier) == (None, None)  # nor of how the merchant profiled them
         assert contacts.find_by_email(session, merchant_id, PII["email"], keyring) is None
         assert contacts.find_by_wallet(session, merchant_id, PII["wallet"], keyring) is None
         public = contacts.to_public(session, c, keyring)
