@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import Query, Request
 from fastapi.responses import Response
+from sqlmodel import Session
 
 from api import queries
 from api.deps import ChainInfoDep, ClockDep, SessionDep
@@ -23,6 +24,7 @@ from api.routes._common import (
     Staff,
     merchant_scope,
     token_decimals,
+    visible_merchant,
 )
 from api.routing import ApiRouter
 from api.schemas.crm import MetricsOut, Reconciliation, ReconciliationRow, RootCause
@@ -77,12 +79,17 @@ def _cell(value: object) -> object:
     return value
 
 
-def _one_merchant(caller: AuthenticatedKey, merchant_id: str | None) -> int:
+def _one_merchant(session: Session, caller: AuthenticatedKey, merchant_id: str | None) -> int:
+    """The report's merchant. An admin names one that exists (a mistyped id answered an empty
+    report, as if the merchant had no invoices and no feedback: now a 404)."""
     scope = merchant_scope(caller, merchant_id)
     if scope is None:
         raise InvalidRequest(
             "Admin keys must name the merchant.", param="merchant_id", code="parameter_missing"
         )
+    if caller.is_admin:
+        assert merchant_id is not None
+        visible_merchant(session, caller, merchant_id)
     return scope
 
 
@@ -109,7 +116,7 @@ def get_metrics(
     merchant_id: MerchantFilter = None,
 ) -> MetricsOut:
     start, end = _period(start, end, clock.now())
-    merchant = _one_merchant(caller, merchant_id)
+    merchant = _one_merchant(session, caller, merchant_id)
     m = metrics.compute(session, merchant, start, end, now=clock.now())
 
     def pct(value: object) -> float | None:
@@ -156,7 +163,7 @@ def reconciliation(
     merchant_id: MerchantFilter = None,
 ) -> Response:
     start, end = _period(start, end, clock.now())
-    merchant = _one_merchant(caller, merchant_id)
+    merchant = _one_merchant(session, caller, merchant_id)
     invoices = list(settlement_repo.invoices_window(session, merchant, start, end, MAX_ROWS + 1))
     truncated = len(invoices) > MAX_ROWS
     invoices = invoices[:MAX_ROWS]

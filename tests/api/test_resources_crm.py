@@ -678,3 +678,15 @@ def test_an_admins_webhook_endpoint_names_an_existing_merchant(world: World) -> 
     assert spelled.json()["merchant_id"] == world.a.id
     listed = world.client.get("/v1/webhook_endpoints", headers=auth(world.a.merchant)).json()
     assert [e["id"] for e in listed["data"]] == [spelled.json()["id"]]
+
+
+def test_an_admins_report_names_an_existing_merchant(world: World) -> None:
+    """A mistyped merchant id ("abc", "999") answered an admin with an empty report, as if
+    the merchant had no invoices and no feedback; a 404 says the id is wrong."""
+    for merchant_id in ("abc", "999"):
+        r = world.client.get(f"/v1/metrics?merchant_id={merchant_id}", headers=auth(world.admin))
+        assert r.status_code == 404, (merchant_id, r.text)
+    r = world.client.get("/v1/reconciliation?merchant_id=999&format=csv", headers=auth(world.admin))
+    assert r.status_code == 404, r.text
+    ok = world.client.get(f"/v1/metrics?merchant_id={world.a.id}", headers=auth(world.admin))
+    assert (ok.status_code, ok.json()["merchant_id"]) == (200, world.a.id)
