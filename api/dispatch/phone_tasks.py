@@ -71,9 +71,20 @@ def roll_windows(session: Session, now: datetime, limit: int = 500) -> int:
     """Move open tasks whose calling window closed to the contact's next one (they stayed open
     and never callable again). A task from before its window's minutes were kept takes them
     from its follow-up's policy (else from its stored bounds' local times, whose start may be
-    the hour it was made). Returns how many moved (at most ``limit`` a call)."""
-    tasks = repo.open_tasks_past_window(session, now, limit)
-    return _retime(session, tasks, now)
+    the hour it was made). Returns how many moved (about ``limit`` a call at most).
+
+    Tasks it cannot move (a zone that no longer resolves) stay first in line, so it reads on
+    past them: ``limit`` of them at the head stopped every other task's window for good."""
+    moved, after = 0, None
+    while moved < limit:
+        tasks = repo.open_tasks_past_window(session, now, limit, after=after)
+        moved += _retime(session, tasks, now)
+        if len(tasks) < limit:
+            break
+        last = tasks[-1]
+        assert last.id is not None
+        after = (last.call_before, last.id)
+    return moved
 
 
 def retime_for_contact(

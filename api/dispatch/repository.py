@@ -55,14 +55,21 @@ def open_tasks_for_contact(
     return session.exec(stmt).all()
 
 
-def open_tasks_past_window(session: Session, now: datetime, limit: int) -> Sequence[PhoneTask]:
-    """Open tasks whose calling window closed, oldest window first, at most ``limit``."""
-    stmt = (
-        select(PhoneTask)
-        .where(PhoneTask.state == "open", col(PhoneTask.call_before) <= now)
-        .order_by(col(PhoneTask.call_before), col(PhoneTask.id))
-        .limit(limit)
-    )
+def open_tasks_past_window(
+    session: Session, now: datetime, limit: int, *, after: tuple[datetime, int] | None = None
+) -> Sequence[PhoneTask]:
+    """Open tasks whose calling window closed, oldest window first, at most ``limit``; with
+    ``after``, those following that (``call_before``, id) (a keyset page)."""
+    stmt = select(PhoneTask).where(PhoneTask.state == "open", col(PhoneTask.call_before) <= now)
+    if after is not None:  # the column comparisons bind the time as the column stores it
+        due, task_id = after
+        stmt = stmt.where(
+            sa.or_(
+                col(PhoneTask.call_before) > due,
+                sa.and_(col(PhoneTask.call_before) == due, col(PhoneTask.id) > task_id),
+            )
+        )
+    stmt = stmt.order_by(col(PhoneTask.call_before), col(PhoneTask.id)).limit(limit)
     return session.exec(stmt).all()
 
 

@@ -176,6 +176,38 @@ class TestMissedWindows:
             calls.roll_windows(session, clock.now())
         assert _task_window(engine) == ("2026-06-03 10:00", "2026-06-03 18:00")
 
+    def test_tasks_that_cannot_move_do_not_hold_up_the_others(self, engine):
+        """Tasks whose zone no longer resolves stay put, first in line (oldest window): a
+        round read ``limit`` of them, moved none, and no other task's window moved again."""
+        clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
+        shop_id, person = _shop(engine, clock, TEN_TO_SIX)
+        Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
+        with Session(engine) as session, session.begin():
+            for n in range(3):  # older windows than the real task's, zones gone
+                session.add(
+                    PhoneTask(
+                        merchant_id=shop_id,
+                        contact_id=person,
+                        followup_id=10_000 + n,
+                        time_zone="US/Gone",
+                        call_after=datetime(2026, 5, 1, 9, tzinfo=UTC),
+                        call_before=datetime(2026, 5, 1, 17, tzinfo=UTC),
+                        window_start_minute=600,
+                        window_end_minute=1080,
+                        created_at=clock.now(),
+                    )
+                )
+        clock.advance(days=1)
+        with Session(engine) as session, session.begin():
+            assert calls.roll_windows(session, clock.now(), limit=2) == 1
+        with Session(engine) as session:
+            london = select(PhoneTask).where(PhoneTask.time_zone == "Europe/London")
+            (task,) = session.exec(london).all()
+        assert (task.call_after, task.call_before) == (
+            datetime(2026, 6, 2, 11, tzinfo=UTC),  # now (12:00 in London) until 18:00
+            datetime(2026, 6, 2, 17, tzinfo=UTC),
+        )
+
     def test_closed_tasks_stay_where_they_are(self, engine):
         clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
         _shop(engine, clock, TEN_TO_SIX)
