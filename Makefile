@@ -40,7 +40,7 @@ forge: setup
 	$(FORGE) snapshot --check
 
 pytest: setup
-	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 ## Benchmarks: ratios against same-run baselines; rewrites docs/benchmarks.md.
 bench: setup
