@@ -238,12 +238,11 @@ def register_account(
 
 def _sign_unpaid_again(
     session: Session, account: MerchantAccount, signer: Signer, router: str
-) -> int:
+) -> None:
     """Sign the account's unpaid invoices (``new``; ``expired`` within the late window) with
-    the new operator. The intent and its hash do not change, only the signature. Returns how
-    many."""
+    the new operator. The intent and its hash do not change, only the signature."""
     if signer.address.lower() != account.operator.lower():
-        return 0
+        return
     assert account.id is not None
     unpaid = repo.unpaid_invoices_on_account(session, account.id, account.merchant_id)
     for invoice in unpaid:
@@ -252,7 +251,6 @@ def _sign_unpaid_again(
         )
         invoice.signature_r, invoice.signature_vs = "0x" + r.hex(), "0x" + vs.hex()
         session.add(invoice)
-    return len(unpaid)
 
 
 def _validate(request: InvoiceRequest) -> None:

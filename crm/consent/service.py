@@ -563,16 +563,16 @@ def _read_ledger(
     the other two proves no append landed between; otherwise read again."""
     for _ in range(_READ_ATTEMPTS):
         head = repo.get_head(session, contact_id)
-        before = None if head is None else (head.seq, head.head_hash, head.flagged_seq, head.mac)
+        before = _head_values(head)
         events = repo.list_events(session, contact_id)
         states = repo.list_states(session, contact_id)
-        again = repo.get_head(session, contact_id)  # refreshes ``head`` in place
-        after = (
-            None if again is None else (again.seq, again.head_hash, again.flagged_seq, again.mac)
-        )
-        if before == after:
+        if _head_values(repo.get_head(session, contact_id)) == before:  # refreshes ``head``
             return head, events, states
     raise ConsentBusy("the contact's consent ledger kept changing while it was read; try again")
+
+
+def _head_values(head: ConsentHead | None) -> tuple[object, ...] | None:
+    return None if head is None else (head.seq, head.head_hash, head.flagged_seq, head.mac)
 
 
 def _first_broken(events: Sequence[ConsentEvent]) -> int | None:

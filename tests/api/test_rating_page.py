@@ -36,6 +36,15 @@ def _token(w: World) -> str:
     return token
 
 
+def _dead_token(w: World, case: str) -> str:
+    """A rating link that no longer works: ``unknown`` (altered) or ``expired`` (15 days on)."""
+    token = _token(w)
+    if case == "unknown":
+        return token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    w.clock.advance(days=15)
+    return token
+
+
 def _recorded(w: World) -> list:
     return w.client.get("/v1/feedback", headers=auth(w.a.merchant)).json()["data"]
 
@@ -119,11 +128,7 @@ class TestConfirmationPage:
         world: World,  # noqa: F811
         case: str,
     ) -> None:
-        token = _token(world)
-        if case == "unknown":
-            token = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
-        else:
-            world.clock.advance(days=15)
+        token = _dead_token(world, case)
         r = world.client.get(f"/v1/public/feedback/{token}/rate?rating=1", headers=BROWSER)
         assert r.status_code == (404 if case == "unknown" else 400)
         assert r.headers["content-type"].startswith("text/html")
@@ -148,11 +153,7 @@ class TestDeadLinksAnswerPages:
         world: World,  # noqa: F811
         case: str,
     ) -> None:
-        token = _token(world)
-        if case == "unknown":
-            token = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
-        else:
-            world.clock.advance(days=15)  # the page was opened, then the link expired
+        token = _dead_token(world, case)  # expired: the page was opened, then the link expired
         r = world.client.post(
             f"/v1/public/feedback/{token}/rate", data={"rating": "4"}, headers=BROWSER
         )
