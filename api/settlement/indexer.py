@@ -67,9 +67,9 @@ from crm.errors import CRMError
 from crm.followups import service as followups
 from wallet.addresses import ZERO_ADDRESS
 from wallet.chain import Chain
-from wallet.errors import UnsupportedOperationError
+from wallet.errors import ChainError, UnsupportedOperationError
 
-__all__ = ["Indexer"]
+__all__ = ["ChainMovedError", "Indexer"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ _WIDEN_AFTER = 16
 #: -32005 "query returned more than 10000 results", Alchemy "Log response size exceeded",
 #: public RPCs "block range is too wide" / "exceed maximum block range", timeouts).
 _TOO_WIDE = ("range", "limit", "more than", "exceed", "too many", "too large", "size", "timeout")
+
+
+class ChainMovedError(ChainError):
+    """A reorg landed while a step read the chain: the step is run again (a transient error
+    for :func:`api.retry.until_stopped` when it keeps happening)."""
 
 
 def _too_wide(error: Exception) -> bool:
@@ -169,6 +174,15 @@ class Indexer:
         logs.sort(key=lambda entry: (entry.block_number, entry.log_index))
         return logs, end, end_hash
 
+    def _check_base(self, base: tuple[int, str] | None) -> None:
+        """The block the step reads on from must still hold the hash :func:`find_fork` matched
+        once the logs are in: a reorg below it between the two reads gave logs of a new chain
+        on top of stored blocks of the old one, which no later step would see replaced (the
+        range's blocks match) and whose orphaned payments would stay settled. The step is
+        then run again, and finds the fork."""
+        if base is not None and self._block(base[0])[0] != base[1]:
+            raise ChainMovedError(f"block #{base[0]} was replaced while the step read its logs")
+
     def _symbol(self, token: str) -> str:
         """The token's ``symbol()`` for the CRM's purchase record, asked once per token. A
         token that reverts or answers garbage is ``TOKEN``; a node that is away fails the
@@ -189,7 +203,8 @@ class Indexer:
     # -- one step ---------------------------------------------------------------------------
 
     def poll_once(self) -> PollResult:
-        """One step; run again from scratch when it loses a race to another writer.
+        """One step; run again from scratch when it loses a race to another writer, or to a
+        reorg below the block it read on from (:meth:`_check_base`).
 
         On PostgreSQL a step can reopen an expired invoice (its late payment) while an API
         request opens a new invoice for the same order: the step then fails on the open-order
@@ -202,6 +217,8 @@ class Indexer:
                     return self._step()
                 except IntegrityError as exc:
                     log.warning("indexer step lost a race to another writer; again: %s", exc.orig)
+                except ChainMovedError as exc:
+                    log.warning("indexer step raced a reorg; again: %s", exc)
             return self._step()
 
     def _step(self) -> PollResult:
@@ -209,7 +226,7 @@ class Indexer:
         with Session(self.engine) as session, session.begin():
             now = self.clock.now()
             cursor_id, last = repo.cursor(session, chain_id, self.router, self.start_block, now)
-            latest, fork = find_fork(
+            latest, fork, base = find_fork(
                 self.chain,
                 session,
                 cursor_id,
@@ -227,6 +244,7 @@ class Indexer:
             start, end = last + 1, min(head, last + self.batch_blocks)
             if start <= end:
                 entries, end, end_hash = self._logs(start, end, latest)
+                self._check_base(base)
                 batch = self._prefetch(session, chain_id, entries, start, end)
                 blocks: dict[int, str] = {}
                 for entry in entries:

@@ -11,7 +11,7 @@ again.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlmodel import Session
 
@@ -26,34 +26,45 @@ from crm.followups import service as followups
 from wallet.chain import Chain
 from wallet.errors import ChainError
 
-__all__ = ["find_fork", "roll_back"]
+__all__ = ["ForkCheck", "find_fork", "roll_back"]
 
 log = logging.getLogger("api.settlement.indexer")  # the indexer's log: operators filter on it
 
 
+class ForkCheck(NamedTuple):
+    """What :func:`find_fork` found: the head's ``(number, hash)``, the fork point after a
+    reorg, and ``base``: the highest stored block the step reads on from, with the hash just
+    matched against the node's (``None`` when no stored block vouches for it)."""
+
+    latest: tuple[int, str]
+    fork: int | None
+    base: tuple[int, str] | None
+
+
 def find_fork(
     chain: Chain, session: Session, cursor_id: int, *, start_block: int, window: int
-) -> tuple[tuple[int, str], int | None]:
-    """The head block's ``(number, hash)`` and, after a reorg, the fork point: one round trip
-    in the usual case (the head and the hashes of the two highest stored blocks, which still
-    match)."""
+) -> ForkCheck:
+    """The head and, after a reorg, the fork point: one round trip in the usual case (the
+    head and the hashes of the two highest stored blocks, which still match)."""
     tops = repo.top_blocks(session, cursor_id)
     if not tops:
-        return chain.latest_block(), None
+        return ForkCheck(chain.latest_block(), None, None)
     latest, hashes = chain.head_and_block_hashes([number for number, _ in tops])
     head = latest[0]
     for (number, _), block_hash in zip(tops, hashes, strict=True):
         if number <= head and block_hash is None:
             raise _missing_block(number, head)
     if all(n <= head and h == stored for (n, stored), h in zip(tops, hashes, strict=True)):
-        return latest, None
-    return latest, _fork_point(chain, session, cursor_id, head, start_block, window)
+        return ForkCheck(latest, None, tops[0])
+    fork, base = _fork_point(chain, session, cursor_id, head, start_block, window)
+    return ForkCheck(latest, fork, base)
 
 
 def _fork_point(
     chain: Chain, session: Session, cursor_id: int, head: int, start_block: int, window: int
-) -> int | None:
-    """The highest stored block still on the chain below the lowest replaced one.
+) -> tuple[int | None, tuple[int, str] | None]:
+    """The highest stored block still on the chain below the lowest replaced one (and its
+    hash, or ``None`` for the window's floor, which no stored block vouches for).
 
     A matching block above a replaced one is possible: a node behind a load balancer can
     answer a step's calls from two states (why the fast path checks the two highest stored
@@ -68,11 +79,11 @@ def _fork_point(
     for block in stored:  # highest first
         if block.number <= head and _canonical_hash(chain, block.number, head) == block.hash:
             if replaced:
-                return block.number
+                return block.number, (block.number, block.hash)
         else:
             replaced = True
     if not replaced:
-        return None
+        return None, (stored[0].number, stored[0].hash)
     floor = max(start_block - 1, head - window)
     anchor_replaced = stored[-1].number < stored[0].number - window
     if stored[-1].number <= floor or anchor_replaced:
@@ -82,7 +93,7 @@ def _fork_point(
             "than leave orphaned payments settled. Re-index from an earlier block into a "
             "fresh database."
         )
-    return floor
+    return floor, None
 
 
 def roll_back(

@@ -552,6 +552,61 @@ class IndexerBehaviour(MarketSuite):
         assert result.settled == [invoice.id]
         assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["scheduled"]
 
+    def test_a_reorg_while_the_logs_are_asked_for_rolls_back_an_earlier_orphaned_payment(
+        self, engine, market, clock, shop
+    ):
+        """The chain reorgs below the step's last block after the step matched its stored
+        hashes and before eth_getLogs answers: the logs come from the new chain (B paid at
+        N+1'), the range end's hash from the old. Taken as they were, the next step found the
+        end replaced, N+1 matching, and took N+1 for the fork: A's orphaned payment at N,
+        below it, stayed settled. The block the step reads on from is checked again after
+        the logs, and the step runs again on the new chain."""
+        first = new_invoice(engine, market, shop, clock, order="A")
+        second = new_invoice(engine, market, shop, clock, order="B")
+        intent, r, vs = _signed(engine, second)
+        fork = market.chain.snapshot()
+        pay(engine, market, first)  # block N
+        indexer = indexer_for(engine, market, clock)
+        assert indexer.poll_once().settled == [first.id]
+        market.chain.mine(3)
+
+        def new_chain() -> None:
+            market.chain.mine(1)
+            market.pay_signed(intent, r, vs, market.payers[1])
+            market.chain.mine(2)
+
+        with _reorg_before_reading_logs(market.chain, fork, rebuild=new_chain):
+            result = indexer.poll_once()
+        assert result.reorged_to is not None
+        assert result.settled == [second.id]
+        rolled = reload(engine, first.id)
+        assert (rolled.state, rolled.paid_amount) == ("new", 0)
+        with Session(engine) as session:
+            states = {p.invoice_id: p.state for p in session.exec(select(Payment))}
+        assert states == {first.id: PaymentState.REORGED, second.id: PaymentState.CONFIRMED}
+        assert [f.state for f in followups_of(engine, shop.merchant_id)] == [
+            "cancelled",
+            "scheduled",
+        ]
+
+    def test_a_reorg_while_catching_up_below_the_head_is_not_missed(
+        self, engine, market, clock, shop
+    ):
+        """The same race in a range that ends below the head: the range end's hash came from
+        the new chain as well, every stored hash matched from then on, and the reorg was
+        never seen."""
+        first = new_invoice(engine, market, shop, clock, order="A")
+        fork = market.chain.snapshot()
+        pay(engine, market, first)
+        indexer = indexer_for(engine, market, clock)
+        assert indexer.poll_once().settled == [first.id]
+        market.chain.mine(3)
+        indexer.batch_blocks = 2  # the next range ends below the head
+        with _reorg_before_reading_logs(market.chain, fork, rebuild=lambda: market.chain.mine(4)):
+            assert indexer.poll_once().reorged_to is not None
+        assert reload(engine, first.id).state == InvoiceState.NEW
+        assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["cancelled"]
+
     def test_a_block_rolled_back_then_canonical_again_settles_its_payment_again(
         self, engine, market, clock, shop
     ):
@@ -1066,19 +1121,19 @@ class IndexerBehaviour(MarketSuite):
 
 
 @contextlib.contextmanager
-def _reorg_after_reading_logs(chain, fork, *, rebuild) -> Iterator[None]:
-    """The chain reverts to ``fork`` and ``rebuild()`` makes a new chain right after the
-    first ``raw_logs`` call has answered, once."""
+def _reorg_around_logs(chain, fork, *, rebuild, before: bool) -> Iterator[None]:
+    """The chain reverts to ``fork`` and ``rebuild()`` makes a new chain once, around the
+    first ``raw_logs`` call: before it is answered, or right after."""
     real_logs = chain.raw_logs
     done: list[bool] = []
 
     def racing(*args):
-        logs = real_logs(*args)
+        logs = None if before else real_logs(*args)
         if not done:
             done.append(True)
             chain.revert(fork)
             rebuild()
-        return logs
+        return real_logs(*args) if before else logs
 
     chain.raw_logs = racing
     try:
@@ -1086,6 +1141,23 @@ def _reorg_after_reading_logs(chain, fork, *, rebuild) -> Iterator[None]:
     finally:
         del chain.raw_logs
     assert done
+
+
+def _reorg_after_reading_logs(chain, fork, *, rebuild):
+    return _reorg_around_logs(chain, fork, rebuild=rebuild, before=False)
+
+
+def _reorg_before_reading_logs(chain, fork, *, rebuild):
+    return _reorg_around_logs(chain, fork, rebuild=rebuild, before=True)
+
+
+def _signed(engine, invoice):
+    """The invoice's intent and signature, for paying it from a test's new chain."""
+    with Session(engine) as session:
+        account = session.get(invoices.MerchantAccount, invoice.account_id)
+        intent = invoices.intent_of(invoice, account)
+    r, vs = bytes.fromhex(invoice.signature_r[2:]), bytes.fromhex(invoice.signature_vs[2:])
+    return intent, r, vs
 
 
 @contextlib.contextmanager
