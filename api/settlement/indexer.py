@@ -46,6 +46,7 @@ from api.settlement.events import InvoiceEvents
 from api.settlement.invoices import expire_due
 from api.settlement.models import (
     REOPENABLE_STATES,
+    Invoice,
     InvoiceState,
     InvoiceStatus,
     Payment,
@@ -237,7 +238,8 @@ class Indexer:
             events = InvoiceEvents(session)
             result = PollResult(head=head, from_block=last + 1, to_block=last)
             if fork is not None:
-                roll_back(session, chain_id, cursor_id, fork, events, self.clock)
+                restored = roll_back(session, chain_id, cursor_id, fork, events, self.clock)
+                self._schedule(session, self._sales_back(restored))
                 last = fork
                 result.reorged_to = fork
                 result.from_block = fork + 1
@@ -585,6 +587,24 @@ class Indexer:
                     settled_at=invoice.settled_at,
                 )
             )
+
+    def _sales_back(self, restored: list[tuple[Invoice, Payment]]) -> StepSettlements:
+        """The follow-ups of sales a reorged full refund brought back (:func:`roll_back`)."""
+        settled = StepSettlements()
+        for invoice, payment in restored:
+            if invoice.contact_id is None:  # roll_back returns only invoices with a contact
+                continue
+            settled.followups.setdefault(invoice.merchant_id, []).append(
+                followups.SettledPayment(
+                    contact_id=invoice.contact_id,
+                    payment_ref=payment_ref(payment),
+                    invoice_ref=invoice.id,
+                    amount_minor=payment.amount,
+                    currency=self._symbol(payment.token),
+                    settled_at=invoice.settled_at or self.clock.now(),
+                )
+            )
+        return settled
 
     def _announce_unmatched(
         self,

@@ -19,7 +19,7 @@ from api.settlement import repository as repo
 from api.settlement.chain_evidence import payment_evidence, payment_ref, refund_evidence
 from api.settlement.errors import ReorgTooDeepError
 from api.settlement.events import InvoiceEvents
-from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, PaymentState
+from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Payment, PaymentState
 from api.settlement.refund_status import refunded_figure, set_refund_status
 from crm.clock import Clock
 from crm.followups import service as followups
@@ -103,12 +103,17 @@ def roll_back(
     fork: int,
     events: InvoiceEvents,
     clock: Clock,
-) -> None:
+) -> list[tuple[Invoice, Payment]]:
     """Undo the logs above ``fork``: their payments and refunds are marked reorged (kept as
     evidence), their invoices re-derived and locked (a staff mark waits, or is waited
     for), the follow-ups of confirmed payments cancelled, and ``invoice.reorged`` queued
     for each undone log of an invoice, so a merchant who acted on ``invoice.settled``
-    learns that it no longer holds."""
+    learns that it no longer holds.
+
+    Returns the sales a reorged refund brought back: settled invoices with a contact that
+    were refunded in full and no longer are, each with its confirmed payment. A sale refunded
+    in full before its depth got no purchase record and no follow-up; the caller schedules
+    them now (idempotent per payment, so one scheduled before the refund is not doubled)."""
     now = clock.now()
     invoices: dict[str, Invoice] = {}
     undone: list[tuple[str, dict[str, Any]]] = []
@@ -148,19 +153,38 @@ def roll_back(
         if invoice is not None:
             undone.append((invoice.id, refund_evidence(refund) | {"kind": "refund"}))
     session.flush()  # the reorged flags, before each invoice's remaining logs are read
+    restored: list[tuple[Invoice, Payment]] = []
     for invoice in invoices.values():
+        was_refunded = invoice.refunded_amount >= invoice.amount
         remaining = repo.refunds_for_invoice(session, invoice.id)
         invoice.refunded_amount = min(invoice.paid_amount, refunded_figure(remaining))
-        late = any(
-            p.late and p.state == PaymentState.CONFIRMED
-            for p in repo.payments_for_invoice(session, invoice.id)
-        )
-        set_refund_status(invoice, late=late)
+        payments = repo.payments_for_invoice(session, invoice.id)
+        set_refund_status(invoice, late=any(_counts_late(p, invoice) for p in payments))
         session.add(invoice)
+        confirmed = [p for p in payments if p.state == PaymentState.CONFIRMED]
+        if (
+            was_refunded
+            and invoice.refunded_amount < invoice.amount
+            and invoice.state == InvoiceState.SETTLED
+            and invoice.status != InvoiceStatus.MARKED
+            and invoice.contact_id is not None
+            and confirmed
+        ):
+            restored.append((invoice, confirmed[0]))
     repo.delete_blocks_after(session, cursor_id, fork)
     session.flush()
     for invoice_id, evidence in undone:
         events.emit(invoices[invoice_id], "invoice.reorged", evidence)
+    return restored
+
+
+def _counts_late(payment: Payment, invoice: Invoice) -> bool:
+    """Whether a live payment makes its invoice ``paid_late``: a confirmed late one, or a
+    pending late one the invoice holds (not settling it: the status was set on sight)."""
+    if not payment.late:
+        return False
+    held = payment.state == PaymentState.PENDING and invoice.state != InvoiceState.PROCESSING
+    return payment.state == PaymentState.CONFIRMED or held
 
 
 def _canonical_hash(chain: Chain, number: int, head: int) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import timedelta
 
 import pytest
 from sqlmodel import Session, select
 
+from api.settlement.invoices import expire_due
 from api.settlement.models import Refund
 from api.webhooks import create_endpoint
 from api.webhooks.models import WebhookDelivery
@@ -217,6 +219,77 @@ class RefundBehaviour(MarketSuite):
         assert indexer.poll_once().settled == [invoice.id]
         assert reload(engine, invoice.id).status == "partially_refunded"
         assert len(followups_of(engine, shop.merchant_id)) == 1
+
+    def test_a_full_refund_reorged_away_brings_back_the_purchase_and_its_follow_up(
+        self, engine, market, clock, shop
+    ):
+        """Refunded in full while confirming, the sale got no purchase and no follow-up. A
+        reorg then drops the refund and keeps the payment: the sale stands, and it is
+        recorded and followed up now, once (another step schedules nothing more)."""
+        invoice = new_invoice(engine, market, shop, clock, confirmations=6)
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        assert indexer.poll_once().settled == []
+        fork = market.chain.snapshot()  # the payment's block stays canonical
+        refund(market, invoice, invoice.amount)
+        market.chain.mine(8)
+        assert indexer.poll_once().settled == [invoice.id]
+        assert followups_of(engine, shop.merchant_id) == []
+        market.chain.revert(fork)
+        market.chain.mine(12)
+        assert indexer.poll_once().reorged_to is not None
+        indexer.poll_once()
+        after = reload(engine, invoice.id)
+        assert (after.state, after.status, after.refunded_amount) == ("settled", "none", 0)
+        with Session(engine) as session:
+            (purchase,) = session.exec(select(Purchase)).all()
+        assert (purchase.invoice_ref, purchase.amount_minor) == (invoice.id, invoice.amount)
+        assert [f.state for f in followups_of(engine, shop.merchant_id)] == ["scheduled"]
+
+    def test_a_refund_reorged_away_after_the_sale_was_followed_up_schedules_nothing_more(
+        self, engine, market, paid, shop
+    ):
+        invoice, indexer = paid
+        fork = market.chain.snapshot()
+        refund(market, invoice, invoice.amount)
+        indexer.poll_once()
+        assert reload(engine, invoice.id).status == "refunded"
+        market.chain.revert(fork)
+        market.chain.mine(4)
+        assert indexer.poll_once().reorged_to is not None
+        assert reload(engine, invoice.id).status == "none"
+        assert len(followups_of(engine, shop.merchant_id)) == 1
+        with Session(engine) as session:
+            assert len(session.exec(select(Purchase)).all()) == 1
+
+    def test_a_held_late_payment_stays_paid_late_when_a_refund_is_reorged_away(
+        self, engine, market, clock, shop
+    ):
+        """A late payment held (its order has a new invoice) is ``paid_late`` on sight, before
+        its depth. A refund reorged away re-derived the status from confirmed late payments
+        only: the invoice read ``expired``, ``none``, fully paid, as if nobody had paid."""
+        first = new_invoice(
+            engine, market, shop, clock, expires=timedelta(minutes=1), confirmations=6
+        )
+        clock.advance(timedelta(minutes=5))
+        market.chain.increase_time(int((clock.now() - first.created_at).total_seconds()) + 600)
+        with Session(engine) as session, session.begin():
+            expire_due(session, clock)
+        new_invoice(engine, market, shop, clock)  # the order's new open invoice
+        pay(engine, market, first)
+        indexer = indexer_for(engine, market, clock)
+        indexer.poll_once()
+        held = reload(engine, first.id)
+        assert (held.state, held.status) == ("expired", "paid_late")
+        fork = market.chain.snapshot()
+        refund(market, first, 1_000_000)
+        indexer.poll_once()
+        assert reload(engine, first.id).status == "partially_refunded"
+        market.chain.revert(fork)
+        market.chain.mine(2)
+        assert indexer.poll_once().reorged_to is not None
+        after = reload(engine, first.id)
+        assert (after.state, after.status, after.refunded_amount) == ("expired", "paid_late", 0)
 
 
 class TestRefundsOnTester(RefundBehaviour):
