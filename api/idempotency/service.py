@@ -20,7 +20,8 @@
 * Error responses (4xx) roll the request's transaction back; :func:`store_outside` then records
   them in a transaction of its own, meeting what the key already answers like any request (a
   request refused before it ran, e.g. a 422, still gets the stored response or a 400). 5xx
-  responses are never stored.
+  responses are never stored; one met by a stored answer for the key (a retry's re-run that
+  failed) is replaced by that answer.
 * The stored body is sealed (AES-GCM, bound to the API key id and ``Idempotency-Key``) under
   a key derived from the caller's API key, which the database never holds (only its hash):
   minted API keys, webhook secrets and decrypted contact fields in responses are unreadable
@@ -43,6 +44,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
@@ -376,16 +378,7 @@ def _record(
         if row.expires_at <= now:
             conn.execute(sa.delete(_T).where(_T.c.id == row.id, _T.c.expires_at <= now))
             continue
-        if row.fingerprint not in (ctx.fingerprint, ctx.legacy_fingerprint or ctx.fingerprint):
-            raise IdempotencyError(param=HEADER)
-        if row.status == IdempotencyStatus.COMPLETED.value:
-            if row.contact_id is not None and _contact_erased(conn, row.contact_id, row.api_key_id):
-                raise IdempotentReplay(*ERASED_RESPONSE)
-            raise IdempotentReplay(
-                row.response_status,
-                [tuple(h) for h in row.response_headers or []],
-                _unseal(ctx, bytes(row.response_body or b"")),
-            )
+        _answer_stored(conn, ctx, row)
         if row.locked_at <= now - lock_timeout:  # a legacy in-progress row, abandoned
             params = {"record_id": row.id, "stale_locked_at": row.locked_at, "now": now}
             if getattr(conn.execute(_TAKE_OVER, params | response), "rowcount", 0) == 1:
@@ -393,6 +386,21 @@ def _record(
                 return
         raise IdempotencyKeyInUse(param=HEADER)
     raise IdempotencyKeyInUse(param=HEADER)
+
+
+def _answer_stored(conn: sa.Connection, ctx: IdempotencyContext, row: sa.Row[Any]) -> None:
+    """Raise what an unexpired stored row answers this request: 400 for another request
+    under the key, the stored response for the same one once it is complete."""
+    if row.fingerprint not in (ctx.fingerprint, ctx.legacy_fingerprint or ctx.fingerprint):
+        raise IdempotencyError(param=HEADER)
+    if row.status == IdempotencyStatus.COMPLETED.value:
+        if row.contact_id is not None and _contact_erased(conn, row.contact_id, row.api_key_id):
+            raise IdempotentReplay(*ERASED_RESPONSE)
+        raise IdempotentReplay(
+            row.response_status,
+            [tuple(h) for h in row.response_headers or []],
+            _unseal(ctx, bytes(row.response_body or b"")),
+        )
 
 
 def store_outside(
@@ -403,9 +411,19 @@ def store_outside(
     body: bytes,
 ) -> None:
     """Record a (4xx) response whose request never committed, in a transaction of its own
-    (raises like :func:`record`); a 5xx is not stored."""
+    (raises like :func:`record`). A 5xx is not stored, but still meets what the key answers:
+    a retry of a finished request runs its handler again (rolled back at the end), and a
+    node or a database briefly away during that run must not turn the stored answer into a
+    500 (nor a changed body's 400 into one)."""
     if status >= 500:
         ctx.done = True
+        now = utcnow()
+        with engine.connect() as conn:
+            row = conn.execute(
+                _BY_KEY, {"api_key_id": ctx.api_key_id, "idempotency_key": ctx.key}
+            ).first()
+            if row is not None and row.expires_at > now:
+                _answer_stored(conn, ctx, row)
         return
     with engine.begin() as conn:
         record(conn, ctx, status, headers, body)

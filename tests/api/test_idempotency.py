@@ -208,6 +208,38 @@ class TestServerErrors:
         with db.connect() as conn:
             assert conn.execute(sa.text("SELECT name FROM api_keys")).scalar() == "run2"
 
+    def test_a_retry_whose_run_again_fails_still_gets_the_stored_answer(
+        self, make_app, db, new_key
+    ):
+        """A retry of a finished request runs its handler again; a dependency away during
+        that run (a node, a database) answered 500 where the key holds the first answer, and
+        a changed body got a 500 instead of its 400."""
+        state = {"runs": 0}
+        router = ApiRouter()
+
+        @router.post("/fails-after-first")
+        def fails_after_first(session: SessionDep, key: CurrentKey) -> dict[str, int]:
+            state["runs"] += 1
+            if state["runs"] > 1:
+                raise ConnectionError("node away")
+            return {"runs": state["runs"]}
+
+        h = auth(new_key(), **{"Idempotency-Key": "req-then-500"})
+        with TestClient(make_app(routers=[router]), raise_server_exceptions=False) as c:
+            first = c.post("/v1/fails-after-first", json={"a": 1}, headers=h)
+            retry = c.post("/v1/fails-after-first", json={"a": 1}, headers=h)
+            changed = c.post("/v1/fails-after-first", json={"a": 2}, headers=h)
+            unkeyed = c.post("/v1/fails-after-first", json={"a": 1}, headers=auth(new_key()))
+        assert first.status_code == 200
+        assert (retry.status_code, retry.headers.get("idempotent-replayed")) == (200, "true")
+        assert retry.content == first.content
+        assert (changed.status_code, changed.json()["error"]["code"]) == (
+            400,
+            "idempotency_error",
+        )
+        assert unkeyed.status_code == 500  # nothing stored to answer with
+        assert state["runs"] == 4
+
 
 class TestConcurrency:
     def test_concurrent_duplicates_have_exactly_one_effect(self, live_server, db, new_key):
@@ -357,6 +389,18 @@ class TestService:
         idem.store_outside(db, ctx, 503, [], b"{}")
         assert ctx.done
         assert _count(db, "api_idempotency_keys") == 0
+
+    def test_a_5xx_meets_the_stored_answer_but_not_an_expired_one(self, db):
+        _record(db, _ctx())
+        with pytest.raises(idem.IdempotentReplay) as replay:
+            idem.store_outside(db, _ctx(), 503, [], b"{}")
+        assert replay.value.body == b'{"ok":1}'
+        with pytest.raises(IdempotencyError):
+            idem.store_outside(db, _ctx(body=b"{}"), 503, [], b"{}")
+        then = utcnow() - timedelta(days=2)
+        _record(db, _ctx(key="old", now=then), now=then)
+        idem.store_outside(db, _ctx(key="old"), 503, [], b"{}")  # expired: nothing to answer
+        assert _count(db, "api_idempotency_keys") == 2
 
     def test_storing_outside_meets_what_the_key_already_answers(self, db):
         """A request refused before it ran (a 422) must not overwrite the key's answer."""
