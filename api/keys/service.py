@@ -22,6 +22,7 @@ from api.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from api.keys import repository
 from api.keys.models import ApiKeyRecord
 from api.keys.roles import ApiRole
+from api.pagination import parse_id
 
 __all__ = [
     "KEY_PATTERN",
@@ -139,6 +140,14 @@ def create_key(
             param="merchant_id",
             code="parameter_missing",
         )
+    if merchant_id is not None and merchant_id.isascii() and merchant_id.isdigit():
+        parsed = parse_id(merchant_id)
+        if parsed is None or str(parsed) != merchant_id:  # "01" would act for merchant 1
+            raise InvalidRequest(
+                f"merchant_id {merchant_id!r} is no merchant id: write it as the merchant's "
+                "id (no leading zeros).",
+                param="merchant_id",
+            )
     plaintext = _generate(live)
     record = ApiKeyRecord(
         id=new_id("key"),

@@ -57,8 +57,11 @@ def actor(caller: AuthenticatedKey) -> str:
 
 
 def _as_int(value: str | None) -> int:
+    """A key's merchant as the CRM's id; only its canonical spelling (a key bound to "01",
+    minted before that was refused, would act for merchant 1 where its own merchant could
+    neither list nor revoke it)."""
     parsed = parse_id(value)
-    return _NOBODY if parsed is None else parsed
+    return _NOBODY if parsed is None or str(parsed) != value else parsed
 
 
 def merchant_scope(caller: AuthenticatedKey, requested: str | None = None) -> int | None:

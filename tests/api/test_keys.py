@@ -19,6 +19,9 @@ from api.keys import service
 from api.keys.models import ApiKeyRecord
 from api.keys.roles import ApiRole
 from tests.api.conftest import TEST_CONFIG, auth
+from tests.api.test_resources_crm import new_contact, world
+
+__all__ = ["world"]  # the fixture
 
 
 class TestCreate:
@@ -78,6 +81,37 @@ class TestCreate:
         )
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "parameter_missing"
+
+    def test_an_admin_binds_a_key_to_an_existing_merchant_by_its_id(self, world):
+        """``"01"`` acted for merchant 1 (the CRM parses it) while key lists and revocation
+        compare the text: merchant 1's own key could neither see nor revoke it. A numeric id
+        nobody has yet would act for whoever gets that id later."""
+        a = world.a.id
+        for merchant_id, status in (("0" + a, 400), ("999999", 404), (a, 200)):
+            r = world.client.post(
+                "/v1/api_keys",
+                json={"role": "merchant", "merchant_id": merchant_id},
+                headers=auth(world.admin),
+            )
+            assert r.status_code == status, (merchant_id, r.text)
+        assert r.json()["merchant_id"] == a
+        listed = world.client.get("/v1/api_keys", headers=auth(world.a.merchant)).json()["data"]
+        assert r.json()["id"] in {k["id"] for k in listed}
+
+    def test_a_key_bound_to_a_non_canonical_id_acts_for_nobody(self, world, db, new_key):
+        """Such a key minted before that was refused sees no merchant's data."""
+        alias = new_key("merchant", world.a.id)
+        with db.begin() as conn:
+            conn.execute(
+                sa.update(ApiKeyRecord)
+                .where(ApiKeyRecord.key_hash == service.hash_key(alias))
+                .values(merchant_id="0" + world.a.id)
+            )
+        contact = new_contact(world, world.a)
+        seen = world.client.get(f"/v1/contacts/{contact['id']}", headers=auth(alias))
+        assert seen.status_code == 404
+        listed = world.client.get("/v1/contacts", headers=auth(alias))
+        assert listed.json()["data"] == []
 
     def test_support_cannot_manage_keys(self, client, new_key):
         support = new_key("support", "m_1")
