@@ -38,7 +38,10 @@ __all__ = [
 _WRITE = re.compile(
     r"^\s*(?:INSERT|UPDATE|DELETE|REPLACE|BEGIN\s+(?:IMMEDIATE|EXCLUSIVE))\b", re.IGNORECASE
 )
-_OPENS = re.compile(r"^\s*(?:INSERT|UPDATE|DELETE|REPLACE|SAVEPOINT)\b", re.IGNORECASE)
+# a schema change too: a migration's DDL is part of its run's one transaction
+_OPENS = re.compile(
+    r"^\s*(?:INSERT|UPDATE|DELETE|REPLACE|SAVEPOINT|CREATE|DROP|ALTER)\b", re.IGNORECASE
+)
 
 
 class WriteGate:
@@ -147,7 +150,8 @@ class GatedConnection(sqlite3.Connection):
 
 
 class LazyImmediateConnection(GatedConnection):
-    """Autocommit reads until the first write; that write (or a ``SAVEPOINT``) opens
+    """Autocommit reads until the first write; that write (or a ``SAVEPOINT``, or a schema
+    change) opens
     ``BEGIN IMMEDIATE`` under the gate, and the transaction lasts until commit/rollback.
 
     This is pysqlite's legacy "BEGIN before the first DML" done right: a ``SAVEPOINT`` opens a

@@ -74,6 +74,26 @@ class TestLazyImmediate:
         finally:
             engine.dispose()
 
+    def test_schema_changes_are_part_of_the_transaction(self, path):
+        """DDL opened no transaction: a migration whose first statement was an ``ALTER`` ran it
+        in autocommit, and a later refusal in the same run rolled back everything else."""
+        engine = api_engine(f"sqlite:///{path}")
+        try:
+
+            def migrate_then_refuse() -> None:
+                with engine.begin() as conn:
+                    conn.execute(sa.text("ALTER TABLE t ADD COLUMN w TEXT"))
+                    conn.execute(sa.text("CREATE TABLE u (id INTEGER PRIMARY KEY)"))
+                    raise RuntimeError("a migration refuses")
+
+            with pytest.raises(RuntimeError):
+                migrate_then_refuse()
+            with engine.connect() as conn:
+                assert [c["name"] for c in sa.inspect(conn).get_columns("t")] == ["id", "v"]
+                assert not sa.inspect(conn).has_table("u")
+        finally:
+            engine.dispose()
+
 
 class TestWritersQueue:
     @pytest.mark.parametrize("make", [api_engine, crm_engine], ids=["api", "crm"])
