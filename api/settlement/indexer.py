@@ -250,7 +250,7 @@ class Indexer:
                 batch = self._prefetch(session, chain_id, entries, start, end)
                 blocks: dict[int, str] = {}
                 for entry in entries:
-                    self._apply(chain_id, entry, result, batch, min(head, end))
+                    self._apply((chain_id, cursor_id), entry, result, batch, min(head, end))
                     blocks.setdefault(entry.block_number, entry.block_hash)
                 ids = repo.insert_payments(session, chain_id, batch.payment_rows)
                 repo.insert_refunds(session, batch.refund_rows)
@@ -268,7 +268,7 @@ class Indexer:
             repo.save_cursor(session, cursor_id, last, self.clock.now())
             if start <= end:
                 repo.prune_blocks(session, cursor_id, end - self.reorg_window)
-            self._confirm(session, chain_id, min(head, last), result, events)
+            self._confirm(session, (chain_id, cursor_id), min(head, last), result, events)
             if result.caught_up:  # behind, an invoice's payment may be in the blocks ahead
                 expire_due(session, self.clock)  # late payments still settle, as paid_late
         return result
@@ -316,8 +316,15 @@ class Indexer:
         return batch
 
     def _apply(
-        self, chain_id: int, entry: RouterLog, result: PollResult, batch: StepBatch, tip: int
+        self,
+        where: tuple[int, int],
+        entry: RouterLog,
+        result: PollResult,
+        batch: StepBatch,
+        tip: int,
     ) -> None:
+        """One log of the range: its row (chain id and the cursor that read it, ``where``)
+        and its effect on its invoice."""
         if entry.merchant.lower() not in batch.accounts:
             # Anyone can register on the router and emit logs for free (a zero-amount pay):
             # nobody of ours to tell, and no reason to ask the node about each one.
@@ -325,7 +332,8 @@ class Indexer:
         invoice = batch.invoices.get((entry.merchant.lower(), entry.number))
         key = (entry.tx_hash, entry.log_index, entry.block_hash)
         row = {
-            "chain_id": chain_id,
+            "chain_id": where[0],
+            "cursor_id": where[1],
             "tx_hash": entry.tx_hash,
             "log_index": entry.log_index,
             "block_number": entry.block_number,
@@ -511,7 +519,7 @@ class Indexer:
     def _confirm(
         self,
         session: Session,
-        chain_id: int,
+        where: tuple[int, int],
         tip: int,
         result: PollResult,
         events: InvoiceEvents,
@@ -520,7 +528,7 @@ class Indexer:
         them held: their invoice was invalidated or marked settled meanwhile). An invoice that
         another transaction changed since it was read here is read again, locked, and decided
         as it is now."""
-        pending = repo.pending_payments(session, chain_id)
+        pending = repo.pending_payments(session, *where)
         if not pending:
             return
         rows = repo.invoice_rows_by_id(session, {p.invoice_id for p in pending if p.invoice_id})

@@ -175,6 +175,9 @@ class Payment(SQLModel, table=True):
     token: str = Field(max_length=42)
     amount: int = Field(sa_type=Uint256)
     fee: int = Field(sa_type=Uint256)
+    #: The indexer cursor (router) that read the log: only it confirms or undoes the row.
+    #: None: stored before 0015 on a chain with several cursors (any of them may).
+    cursor_id: int | None = Field(default=None)
     state: PaymentState = Field(default=PaymentState.PENDING, sa_type=sa.String(20))
     late: bool = False
     seen_at: datetime = Field(sa_type=UTCDateTime)
@@ -206,6 +209,7 @@ class Refund(SQLModel, table=True):
     token: str | None = Field(default=None, max_length=42)
     total_refunded: int | None = Field(default=None, sa_type=Uint256)
     credited: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})  # 0010
+    cursor_id: int | None = Field(default=None)  # as Payment's (0015)
     reorged: bool = False
     seen_at: datetime = Field(sa_type=UTCDateTime)
 

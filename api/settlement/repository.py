@@ -236,6 +236,7 @@ _REFUND_KEYS = _keys_in_range(_REFUNDS, _REFUNDS.c.reorged.is_(False))
 _PENDING_IDS = sa.select(_PAYMENTS.c.id).where(
     _PAYMENTS.c.chain_id == sa.bindparam("chain_id"),
     _PAYMENTS.c.state == PaymentState.PENDING.value,
+    sa.or_(_PAYMENTS.c.cursor_id == sa.bindparam("cursor_id"), _PAYMENTS.c.cursor_id.is_(None)),
 )
 
 
@@ -658,13 +659,22 @@ def _keys(
     return {(t, int(i), b) for t, i, b in session.connection().execute(stmt, params)}
 
 
-def pending_payments(session: Session, chain_id: int) -> Sequence[Payment]:
-    """Payments waiting for their confirmation depth (usually none: a cheap Core query first,
-    on the partial index of pending payments, then the ORM rows if there are any)."""
-    if session.connection().execute(_PENDING_IDS, {"chain_id": chain_id}).first() is None:
+def _read_by(table: sa.Table, cursor_id: int) -> sa.ColumnElement[bool]:
+    """The logs ``cursor_id`` read (and those stored before logs named their cursor, 0015):
+    another router's on the same chain are its own cursor's to confirm or undo."""
+    return sa.or_(table.c.cursor_id == cursor_id, table.c.cursor_id.is_(None))
+
+
+def pending_payments(session: Session, chain_id: int, cursor_id: int) -> Sequence[Payment]:
+    """The cursor's payments waiting for their confirmation depth (usually none: a cheap Core
+    query first, on the partial index of pending payments, then the ORM rows if any)."""
+    params = {"chain_id": chain_id, "cursor_id": cursor_id}
+    if session.connection().execute(_PENDING_IDS, params).first() is None:
         return []
     stmt = select(Payment).where(
-        Payment.chain_id == chain_id, Payment.state == PaymentState.PENDING
+        Payment.chain_id == chain_id,
+        Payment.state == PaymentState.PENDING,
+        _read_by(_PAYMENTS, cursor_id),
     )
     return session.exec(stmt.order_by(col(Payment.block_number))).all()
 
@@ -702,6 +712,7 @@ def payments_after(
         Payment.block_number > block,
         Payment.state != PaymentState.REORGED,
         col(Payment.block_hash).in_(_replaced_blocks(cursor_id, block)),
+        _read_by(_PAYMENTS, cursor_id),
     )
     return session.exec(stmt).all()
 
@@ -712,6 +723,7 @@ def refunds_after(session: Session, chain_id: int, cursor_id: int, block: int) -
         Refund.block_number > block,
         col(Refund.reorged).is_(False),
         col(Refund.block_hash).in_(_replaced_blocks(cursor_id, block)),
+        _read_by(_REFUNDS, cursor_id),
     )
     return session.exec(stmt).all()
 

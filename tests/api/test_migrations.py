@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -107,7 +110,7 @@ def test_the_indexers_pending_query_reads_only_pending_payments(engine):
 
         sa.event.listen(conn, "before_cursor_execute", capture)
         with Session(bind=conn) as session:
-            assert repository.pending_payments(session, 31337) == []
+            assert repository.pending_payments(session, 31337, 1) == []
         sa.event.remove(conn, "before_cursor_execute", capture)
         ((statement, parameters),) = seen
         if conn.dialect.name == "sqlite":
@@ -362,22 +365,95 @@ def test_a_run_that_would_break_a_foreign_key_commits_nothing(tmp_path):
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def at_0013(request: pytest.FixtureRequest, tmp_path):
+@contextlib.contextmanager
+def _api_database_at(kind: str, revision: str, tmp_path) -> Iterator[sa.Engine]:
+    """A new SQLite or PostgreSQL database migrated to ``revision`` of the API chain."""
     import os
 
     from api.db import make_engine, upgrade
     from tests.support import migrated_pg_schema
 
-    if request.param == "sqlite":
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-        upgrade(url, revision="0013")
+        upgrade(url, revision=revision)
         engine = make_engine(url)
-        yield engine
-        engine.dispose()
+        try:
+            yield engine
+        finally:
+            engine.dispose()
         return
-    with migrated_pg_schema(f"api_0014_{os.getpid()}", revision="0013") as engine:
+    with migrated_pg_schema(f"api_{revision}_{os.getpid()}", revision=revision) as engine:
         yield engine
+
+
+_BOTH = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=_BOTH)
+def at_0013(request: pytest.FixtureRequest, tmp_path):
+    with _api_database_at(request.param, "0013", tmp_path) as engine:
+        yield engine
+
+
+@pytest.fixture(params=_BOTH)
+def at_0014(request: pytest.FixtureRequest, tmp_path):
+    with _api_database_at(request.param, "0014", tmp_path) as engine:
+        yield engine
+
+
+def test_0015_gives_each_stored_log_its_chains_only_cursor(at_0014):
+    """Payments and refunds name the cursor that read them from 0015 on; stored ones get their
+    chain's cursor when it has one, and stay unscoped (NULL) on a chain with two."""
+    from alembic import command
+
+    from api.db import alembic_config, upgrade
+
+    engine = at_0014
+    address, now = "0x" + "1" * 40, "2026-01-01T00:00:00+00:00"
+    with engine.begin() as conn:
+        for cursor_id, chain_id in ((1, 31337), (2, 5), (3, 5)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_indexer_cursor (id, chain_id, router, last_block, updated_at)"
+                    " VALUES (:i, :c, :r, 0, :t)"
+                ),
+                {"i": cursor_id, "c": chain_id, "r": f"0x{cursor_id:040x}", "t": now},
+            )
+        for chain_id in (31337, 5):
+            log = {"c": chain_id, "h": f"0x{chain_id:064x}", "a": address, "t": now}
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_payment (merchant_address, invoice_number, chain_id,"
+                    " tx_hash, log_index, block_number, block_hash, payer, token, amount, fee,"
+                    " state, late, seen_at) VALUES (:a, '1', :c, :h, 0, 5, :h, :a, :a, '1',"
+                    " '0', 'pending', false, :t)"
+                ),
+                log,
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_refund (chain_id, tx_hash, log_index, block_number,"
+                    ' block_hash, "to", amount, credited, reorged, seen_at) VALUES'
+                    " (:c, :h, 1, 5, :h, :a, '1', true, false, :t)"
+                ),
+                log,
+            )
+    with engine.begin() as conn:
+        upgrade(connection=conn)
+    with engine.connect() as conn:
+        for table in ("api_payment", "api_refund"):
+            read = sa.select(sa.column("chain_id"), sa.column("cursor_id")).select_from(
+                sa.table(table)
+            )
+            assert sorted(conn.execute(read).all()) == [(5, None), (31337, 1)]
+    with engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0014")
+    with engine.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("api_payment")}
+        assert "cursor_id" not in columns
+        assert conn.execute(sa.text("SELECT count(*) FROM api_refund")).scalar() == 2
 
 
 def test_0014_keeps_payments_and_takes_any_uint256_invoice_number(at_0013):

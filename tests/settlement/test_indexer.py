@@ -1387,3 +1387,69 @@ class TestTwoRoutersOnOneChain(MarketSuite):
             states = session.exec(select(Payment.state)).all()
         assert states == [PaymentState.CONFIRMED]
         assert reload(engine, invoice.id).state == InvoiceState.SETTLED
+
+    @pytest.fixture
+    def two_routers(self, engine, market, clock, keyring):
+        """One merchant on both routers of the chain, and an indexer for each."""
+        from tests.support import open_market
+
+        shop = open_shop(engine, market, clock, keyring)
+        new_router = open_market(market.chain)
+        return (
+            shop,
+            new_router,
+            indexer_for(engine, market, clock),
+            indexer_for(engine, new_router, clock),
+        )
+
+    def test_one_router_never_confirms_the_others_orphaned_pending_payment(
+        self, engine, market, clock, two_routers
+    ):
+        """Pending payments were confirmed per chain: the old router's indexer settled the
+        new router's payment by block number alone, after a reorg that only the new router's
+        cursor can notice had dropped it (purchase, follow-up and webhook on nothing)."""
+        shop, new_router, old_indexer, new_indexer = two_routers
+        old_indexer.poll_once()
+        invoice = new_invoice(engine, new_router, shop, clock, confirmations=6)
+        fork = market.chain.snapshot()
+        pay(engine, new_router, invoice)
+        assert new_indexer.poll_once().payments == 1  # pending, 1 of 6
+        market.chain.revert(fork)
+        market.chain.mine(10)
+        old_indexer.poll_once()  # the new router's indexer is down
+        assert reload(engine, invoice.id).state == InvoiceState.PROCESSING
+        assert followups_of(engine, shop.merchant_id) == []
+        assert new_indexer.poll_once().reorged_to is not None
+        assert reload(engine, invoice.id).state == InvoiceState.NEW
+
+    def test_a_lower_head_one_router_sees_leaves_the_others_payment(
+        self, engine, market, clock, two_routers
+    ):
+        """The old router's node reports a head one block lower for one step: it rolled back
+        every payment in a block it had stored, the new router's too (its range end was
+        that block), and the new router's own stored blocks still matched: it never read the
+        payment again, and its paid invoice stayed ``new``."""
+        shop, new_router, old_indexer, new_indexer = two_routers
+        invoice = new_invoice(engine, new_router, shop, clock)
+        pay(engine, new_router, invoice)
+        old_indexer.poll_once()  # its range ends at the payment's block
+        assert new_indexer.poll_once().settled == [invoice.id]
+        chain = market.chain
+        real = chain.head_and_block_hashes
+
+        def lower_head(numbers):
+            (head, _), _ = real(numbers)
+            below = [chain.block_header(n)[0] if n < head else None for n in numbers]
+            return (head - 1, chain.block_header(head - 1)[0]), below
+
+        chain.head_and_block_hashes = lower_head
+        try:
+            assert old_indexer.poll_once().reorged_to is not None
+        finally:
+            del chain.head_and_block_hashes
+        for _ in range(2):
+            old_indexer.poll_once()
+            new_indexer.poll_once()
+        with Session(engine) as session:
+            assert session.exec(select(Payment.state)).all() == [PaymentState.CONFIRMED]
+        assert reload(engine, invoice.id).state == InvoiceState.SETTLED
