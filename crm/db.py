@@ -168,7 +168,8 @@ def upgrade(
 
     With ``keyring``, consent heads written without a MAC (migration 0003's backfill, older
     releases) are sealed as they stand, once, before revision 0005 makes the MAC required.
-    Without it, an upgrade over such heads stops at 0005. A database already past 0005 is
+    Without it, an upgrade over such heads stops at 0005 and applies nothing (the run is one
+    transaction). A database already past 0005 is
     never sealed again: a head without a MAC there was stripped (the constraint dropped by
     hand), and sealing it on the next start would make a deleted withdrawal undetectable;
     :func:`crm.consent.verify_chain` reports it and the next append flags it."""

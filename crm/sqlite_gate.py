@@ -151,8 +151,8 @@ class GatedConnection(sqlite3.Connection):
 
 class LazyImmediateConnection(GatedConnection):
     """Autocommit reads until the first write; that write (or a ``SAVEPOINT``, or a schema
-    change) opens
-    ``BEGIN IMMEDIATE`` under the gate, and the transaction lasts until commit/rollback.
+    change) opens ``BEGIN IMMEDIATE`` under the gate, and the transaction lasts until
+    commit/rollback.
 
     This is pysqlite's legacy "BEGIN before the first DML" done right: a ``SAVEPOINT`` opens a
     real transaction, so releasing it no longer commits half a request, and the write lock is
