@@ -503,7 +503,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 "409", {"$ref": "#/components/responses/IdempotencyConflict"}
             )
     components.setdefault("responses", {})["IdempotencyConflict"] = {
-        "description": "Another request with the same Idempotency-Key is in flight",
+        "description": "The Idempotency-Key is held by an unfinished request recorded by an "
+        "earlier release (until its lock times out); a concurrent duplicate of this release "
+        "waits for the first request and replays its answer instead",
         "content": {
             "application/json": {
                 "schema": {"$ref": "#/components/schemas/ErrorResponse"},
