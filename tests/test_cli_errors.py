@@ -20,9 +20,6 @@ from api.cli import _describe, _one_line
 from api.settings import get_settings
 from contracts import ARTIFACTS_DIR
 
-# One worker runs this module: its module-scoped fixture (many CLI start-ups) ran on both.
-pytestmark = pytest.mark.xdist_group("cli_errors")
-
 SCRIPT = Path(sys.executable).with_name("followpay")
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused at once
 #: An unreachable RPC URL carrying credentials the way providers do (userinfo, path, query).

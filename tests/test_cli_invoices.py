@@ -36,9 +36,6 @@ from wallet.signing import (
 )
 from wallet.vault import Vault
 
-# One worker runs this module: its module-scoped fixture (many CLI start-ups) ran on both.
-pytestmark = pytest.mark.xdist_group("cli_invoices")
-
 SCRIPT = Path(sys.executable).with_name("followpay")
 PASSWORD = "correct horse battery staple"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
