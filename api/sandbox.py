@@ -60,6 +60,10 @@ class Sandbox:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     #: one pay at a time: the on-chain check and the payment must not interleave
     _paying: threading.Lock = field(default_factory=threading.Lock, init=False)
+    #: merchant id -> the address registered on chain for it: a request whose transaction has
+    #: not committed yet (or rolled back) does not make the next one register again
+    _registered: dict[int, str] = field(default_factory=dict, init=False)
+    _registering: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self._ledger = NonceLedger(Path(self.workdir.name) / "nonces.sqlite3")
@@ -80,22 +84,29 @@ class Sandbox:
 
     def register_account(self, session: Session, merchant_id: int, clock: Clock) -> MerchantAccount:
         """A new merchant address registered on the router with the development operator and
-        payout, recorded for ``merchant_id`` (which must not have an account on this chain)."""
-        if settlement_repo.account_for_merchant(session, merchant_id, self.chain.chain_id):
-            raise AccountExistsError(
-                "This merchant already has an account on this chain.", param="merchant_id"
-            )
-        key = secrets.token_bytes(32)
-        merchant = self._sender(key)
-        self.chain.fund(merchant.address, _GAS_MONEY)
-        Router(self.chain, self.deployment.router).register_merchant(
-            merchant, payout=self.payout.address, operator=self.operator.address
-        )
+        payout, recorded for ``merchant_id`` (which must not have an account on this chain).
+
+        The chain work is done once per merchant: concurrent requests (a retried one, the same
+        Idempotency-Key) each registered a new funded address before any of them committed,
+        and all but one stayed on the chain, orphaned. A later request reuses the address."""
+        with self._registering:
+            if settlement_repo.account_for_merchant(session, merchant_id, self.chain.chain_id):
+                raise AccountExistsError(
+                    "This merchant already has an account on this chain.", param="merchant_id"
+                )
+            address = self._registered.get(merchant_id)
+            if address is None:
+                merchant = self._sender(secrets.token_bytes(32))
+                self.chain.fund(merchant.address, _GAS_MONEY)
+                Router(self.chain, self.deployment.router).register_merchant(
+                    merchant, payout=self.payout.address, operator=self.operator.address
+                )
+                address = self._registered[merchant_id] = merchant.address
         return invoices.register_account(
             session,
             merchant_id,
             chain_id=self.chain.chain_id,
-            address=merchant.address,
+            address=address,
             payout=self.payout.address,
             operator=self.operator.address,
             clock=clock,

@@ -4,10 +4,13 @@ a server on a real node has no such routes."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -18,7 +21,7 @@ from api.embedded import EmbeddedStack
 from api.keys.service import create_key
 from api.settings import get_settings
 from crm import KeyRing, SystemClock
-from tests.api.conftest import auth
+from tests.api.conftest import auth, serve_app
 from wallet.chain import Chain, ChainConfig, connect
 from wallet.tokens import Token
 
@@ -193,3 +196,30 @@ def test_a_restart_on_the_same_database_is_refused_not_rolled_back(
         EmbeddedStack(
             fresh, f"sqlite:///{clean}", KeyRing.generate(), SystemClock(), "http://x"
         ).close()
+
+
+def test_concurrent_registrations_of_one_merchant_register_on_chain_once(
+    stack: EmbeddedStack, chain: Chain
+) -> None:
+    """Four requests with one Idempotency-Key (a client retrying) got one answer, but each
+    funded and registered its own address before any committed: three stayed on chain."""
+    app = stack.app()
+    with TestClient(app) as client:
+        mid, key, _ = _keys(stack, client)
+    before = chain.w3.eth.block_number
+    with serve_app(app) as base:
+        barrier = threading.Barrier(4)
+
+        def register(_: int) -> httpx.Response:
+            with httpx.Client(base_url=base, timeout=60) as http:
+                barrier.wait(timeout=30)
+                return http.post(
+                    f"/v1/test_helpers/merchants/{mid}/account",
+                    headers=auth(key, **{"Idempotency-Key": "register-once"}),
+                )
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(register, range(4)))
+    assert {r.status_code for r in answers} == {200}
+    assert len({r.content for r in answers}) == 1
+    assert chain.w3.eth.block_number - before == 2  # one funding, one registerMerchant
