@@ -19,6 +19,7 @@ from api.settlement import repository as repo
 from api.settlement.chain_evidence import payment_evidence, payment_ref, refund_evidence
 from api.settlement.errors import ReorgTooDeepError
 from api.settlement.events import InvoiceEvents
+from api.settlement.invoices import EXPIRY_GRACE
 from api.settlement.models import Invoice, InvoiceState, InvoiceStatus, Payment, PaymentState
 from api.settlement.refund_status import refunded_figure, set_refund_status
 from crm.clock import Clock
@@ -116,6 +117,7 @@ def roll_back(
     them now (idempotent per payment, so one scheduled before the refund is not doubled)."""
     now = clock.now()
     invoices: dict[str, Invoice] = {}
+    was_expired: set[str] = set()
     undone: list[tuple[str, dict[str, Any]]] = []
 
     def locked(invoice_id: str | None) -> Invoice | None:
@@ -126,6 +128,8 @@ def roll_back(
             if invoice is None:
                 return None
             invoices[invoice_id] = invoice
+            if invoice.state == InvoiceState.EXPIRED:
+                was_expired.add(invoice_id)
         return invoices[invoice_id]
 
     for payment in repo.payments_after(session, chain_id, cursor_id, fork):
@@ -137,7 +141,9 @@ def roll_back(
             continue
         invoice.paid_amount -= payment.amount
         if invoice.status != InvoiceStatus.MARKED:
-            invoice.state = InvoiceState.NEW if now < invoice.expires_at else InvoiceState.EXPIRED
+            # as expire_due would: open until the grace is over, then announced as expired
+            open_until = invoice.expires_at + EXPIRY_GRACE
+            invoice.state = InvoiceState.NEW if now < open_until else InvoiceState.EXPIRED
             invoice.status = InvoiceStatus.NONE
             invoice.settled_at = None
         if previous == PaymentState.CONFIRMED:
@@ -175,6 +181,9 @@ def roll_back(
     session.flush()
     for invoice_id, evidence in undone:
         events.emit(invoices[invoice_id], "invoice.reorged", evidence)
+    for invoice_id, invoice in invoices.items():  # expire_due never sees a closed invoice
+        if invoice.state == InvoiceState.EXPIRED and invoice_id not in was_expired:
+            events.emit(invoice, "invoice.expired")
     return restored
 
 

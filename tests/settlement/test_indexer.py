@@ -1352,6 +1352,39 @@ class TestInvoiceWebhooks(MarketSuite):
             types = [d.event_type for d in session.exec(select(WebhookDelivery))]
         assert types == ["invoice.expired"]
 
+    @pytest.mark.parametrize("after", [timedelta(minutes=5), timedelta(seconds=70)])
+    def test_a_payment_reorged_away_after_expiry_announces_the_expiry(
+        self, engine, market, clock, shop, after
+    ):
+        """The roll-back closed a paid invoice past its expiry straight away, with no
+        ``invoice.expired``: expiry only announces ``new`` invoices, so a merchant waiting for
+        it to release the order's stock never heard. Within the grace it reopens, as an
+        unpaid invoice would stay open, and expires with the announcement after it."""
+        from api.webhooks import create_endpoint
+        from api.webhooks.models import WebhookDelivery
+
+        with Session(engine) as session, session.begin():
+            create_endpoint(session, str(shop.merchant_id), "https://s.example/h", ["*"])
+        invoice = new_invoice(engine, market, shop, clock, expires=timedelta(minutes=1))
+        fork = market.chain.snapshot()
+        pay(engine, market, invoice)
+        indexer = indexer_for(engine, market, clock)
+        assert indexer.poll_once().settled == [invoice.id]
+        clock.advance(after)
+        market.chain.revert(fork)
+        market.chain.mine(3)
+        assert indexer.poll_once().reorged_to is not None
+        reopened = after < timedelta(minutes=1) + invoices.EXPIRY_GRACE
+        assert reload(engine, invoice.id).state == ("new" if reopened else "expired")
+        clock.advance(timedelta(minutes=1))
+        indexer.poll_once()
+        indexer.poll_once()
+        assert reload(engine, invoice.id).state == "expired"
+        with Session(engine) as session:
+            types = [d.event_type for d in session.exec(select(WebhookDelivery))]
+        assert types[-2:] == ["invoice.reorged", "invoice.expired"]
+        assert types.count("invoice.expired") == 1
+
 
 class TestTwoRoutersOnOneChain(MarketSuite):
     """Two routers indexed into one database (an upgraded router beside the old one)."""
