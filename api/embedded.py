@@ -10,9 +10,10 @@ real node, with the operator key in a wallet vault.
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ from wallet.secrets import PrivateKey
 from wallet.signing import Signer
 
 __all__ = ["EarlierChainError", "EmbeddedStack", "serve_in_thread"]
+
+log = logging.getLogger(__name__)
 
 
 class EarlierChainError(RuntimeError):
@@ -80,6 +83,8 @@ class EmbeddedStack:
     sandbox: Sandbox = field(init=False)
     engine: sa.Engine = field(init=False)
     api_engine: sa.Engine = field(init=False)
+    #: background jobs that ended with an error (name, error): see :meth:`start_background`
+    failures: list[tuple[str, BaseException]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.engine = make_engine(self.database_url)
@@ -155,9 +160,18 @@ class EmbeddedStack:
         return Worker(self.engine, self.keyring, channels, self.clock)
 
     def start_background(
-        self, stop: threading.Event, interval: float = 1.0
+        self,
+        stop: threading.Event,
+        interval: float = 1.0,
+        on_failure: Callable[[], None] | None = None,
     ) -> list[threading.Thread]:
-        """Indexer, follow-up worker and webhook deliveries as daemon threads until ``stop``."""
+        """Indexer, follow-up worker and webhook deliveries as daemon threads until ``stop``.
+
+        A job that ends with an error (one its loop does not retry: a bug, a reorg deeper than
+        the window) is logged and recorded in :attr:`failures`, sets ``stop`` for the others
+        and calls ``on_failure``: ``serve`` then shuts down and exits non-zero, as
+        ``followpay indexer`` alone would. Before, the thread died and the server went on
+        answering, ``/v1/health`` included, with nothing settling or sending any more."""
         from api.webhooks import run_delivery_worker
 
         jobs: list[tuple[str, Any]] = [
@@ -174,7 +188,24 @@ class EmbeddedStack:
                 ),
             ),
         ]
-        threads = [threading.Thread(target=job, name=name, daemon=True) for name, job in jobs]
+
+        def guarded(name: str, job: Callable[[], Any]) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    job()
+                except BaseException as exc:
+                    log.exception("embedded %s stopped", name)
+                    self.failures.append((name, exc))
+                    stop.set()
+                    if on_failure is not None:
+                        on_failure()
+
+            return run
+
+        threads = [
+            threading.Thread(target=guarded(name, job), name=name, daemon=True)
+            for name, job in jobs
+        ]
         for thread in threads:
             thread.start()
         return threads

@@ -43,8 +43,18 @@ def _run(app: FastAPI, listener: socket.socket, root_path: str) -> None:
     uvicorn.Server(config).run(sockets=[listener])  # line is not printed for given sockets
 
 
+def _own_base_url(host: str, port: int) -> str:
+    """Where this server's customer links point when no public base URL is set: the address
+    it listens on, an IPv6 one in brackets (``http://::1:8000`` is no URL), and loopback for
+    a wildcard (no customer reaches ``0.0.0.0``)."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - not a bind
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
 def _serve_embedded(runtime: Any, url: str, host: str, port: int, listener: Any) -> None:
     """API + indexer + worker + webhook deliveries in one process on the in-process chain."""
+    import os
+    import signal
     import threading
     import time
 
@@ -57,29 +67,37 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int, listener: Any)
         url,
         runtime.keyring,
         runtime.clock,
-        settings.public_base_url if explicit else f"http://{host}:{port}",  # links reach us
+        settings.public_base_url if explicit else _own_base_url(host, port),  # links reach us
         cipher=runtime.cipher,
     )
     stop = threading.Event()
-    threads = stack.start_background(stop, interval=runtime.settings.indexer_poll_interval)
-    typer.echo(
-        f"embedded: chain {stack.chain.chain_id}, router {stack.deployment.router}, "
-        f"token {stack.deployment.token}; indexer, worker and webhooks running; "
-        "POST /v1/test_helpers/merchants/{id}/account gives a merchant a router account, "
-        "POST /v1/test_helpers/invoices/{id}/pay pays an invoice (docs/api.md)",
-        err=True,
-    )
+
+    def shut_down() -> None:  # a background job died: uvicorn stops as on Ctrl-C
+        os.kill(os.getpid(), signal.SIGTERM)
+
     from api.dispatch.channels import EMAIL_ATTEMPT_TIMEOUT
     from api.runtime import freeze_startup_heap, stop_on_signals
 
-    app = stack.app()
-    freeze_startup_heap()
+    threads: list[threading.Thread] = []
     # uvicorn raises the signal it caught again once it has shut down: under our handler it
     # sets ``stop`` instead of killing the process before the worker has finished the
     # delivery in hand (it was then written off as interrupted, never sent)
     with stop_on_signals(stop):
         try:
-            _run(app, listener, runtime.settings.api_root_path)
+            threads = stack.start_background(
+                stop, interval=settings.indexer_poll_interval, on_failure=shut_down
+            )
+            typer.echo(
+                f"embedded: chain {stack.chain.chain_id}, router {stack.deployment.router}, "
+                f"token {stack.deployment.token}; indexer, worker and webhooks running; "
+                "POST /v1/test_helpers/merchants/{id}/account gives a merchant a router "
+                "account, POST /v1/test_helpers/invoices/{id}/pay pays an invoice (docs/api.md)",
+                err=True,
+            )
+            app = stack.app()
+            freeze_startup_heap()
+            if not stop.is_set():  # a signal, or a job that died, while starting
+                _run(app, listener, settings.api_root_path)
         finally:
             stop.set()
             deadline = time.monotonic() + EMAIL_ATTEMPT_TIMEOUT + 10  # for all of them
@@ -87,6 +105,9 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int, listener: Any)
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
             stack.close()
             runtime.close()
+    if stack.failures:
+        name, error = stack.failures[0]
+        raise RuntimeError(f"the embedded {name} stopped: {type(error).__name__}: {error}")
 
 
 def _refuse_production_settings(settings: Any) -> None:

@@ -130,3 +130,71 @@ def test_the_embedded_server_stops_its_workers_on_sigterm(tmp_path):
             proc.kill()
             proc.wait()
         log.close()
+
+
+# The indexer fails once the server answers on its port (the job dies while it serves).
+_DYING_INDEXER = """
+import socket, sys
+from api.settlement.indexer import Indexer
+
+port = int(sys.argv[sys.argv.index("--port") + 1])
+step = Indexer.poll_once
+
+def fail_once_serving(self):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return step(self)
+    raise RuntimeError("an indexer bug")
+
+Indexer.poll_once = fail_once_serving
+from api.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_the_embedded_server_stops_when_a_background_job_dies(tmp_path):
+    """A job that ends with an error its loop does not retry (a bug, a reorg deeper than the
+    window) killed its thread only: the server went on answering, ``/v1/health`` 200, with
+    nothing settling any more. Now it shuts down and exits non-zero, as ``followpay indexer``
+    alone would, saying which job stopped."""
+    from wallet.chain import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")}
+    env.update(FOLLOWPAY_HOME=str(tmp_path / "home"), FOLLOWPAY_INDEXER_POLL_INTERVAL="0.2")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DYING_INDEXER, "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, output
+    last = output.rstrip().splitlines()[-1]
+    assert last.startswith("error: "), output
+    assert "the embedded indexer stopped: RuntimeError: an indexer bug" in last, output
+
+
+def test_links_of_a_server_on_an_ipv6_or_wildcard_address_are_urls():
+    """``serve --host ::1`` made every checkout and rating link ``http://::1:8000/…``: no URL a
+    client can open. A wildcard address is no address a customer can reach."""
+    from urllib.parse import urlsplit
+
+    from api.commands.serve import _own_base_url
+
+    for host, expected in (
+        ("127.0.0.1", ("127.0.0.1", 8000)),
+        ("::1", ("::1", 8000)),
+        ("0.0.0.0", ("127.0.0.1", 8000)),  # noqa: S104
+        ("::", ("::1", 8000)),
+    ):
+        parts = urlsplit(_own_base_url(host, 8000))
+        assert (parts.hostname, parts.port) == expected, host
