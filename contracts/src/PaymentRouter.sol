@@ -112,6 +112,11 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
     // merchant => invoiceId => total refunded so far.
     mapping(address merchant => mapping(uint256 invoiceId => uint256 total)) private _refunded;
 
+    // merchant => operator => whether the merchant has used that key before (it never signs again:
+    // taken back, it would revive every intent it ever signed). Declared last: {_pay}'s assembly
+    // addresses the slots above by number.
+    mapping(address merchant => mapping(address operator => bool used)) private _retired;
+
     /// @notice A merchant registered itself.
     event MerchantRegistered(address indexed merchant, address payout, address operator);
     /// @notice A merchant changed where its payments are paid out.
@@ -169,6 +174,8 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
     error RouterAsRecipient();
     /// @notice Ownership cannot be renounced: without an owner the router could be paused for good.
     error RenounceDisabled();
+    /// @notice {setOperator} was given the current operator or one the merchant retired before.
+    error OperatorAlreadyUsed(address operator);
     /// @notice The refund recipient must be the payer the intent was restricted to.
     error RefundRecipientMismatch(address payer, address to);
     /// @notice A refund of zero was requested.
@@ -226,10 +233,14 @@ contract PaymentRouter is Ownable2Step, EIP712, ReentrancyGuardTransient, Pausab
     }
 
     /// @notice Rotates the caller's operator key; intents signed by the previous operator stop being valid,
-    /// for payments and refunds alike. Merchant only.
+    /// for payments and refunds alike, for good: a key the merchant used before is refused. Merchant only.
     function setOperator(address newOperator) external {
         if (newOperator == address(0)) revert ZeroAddress();
         address previous = _requireOperator(msg.sender);
+        if (newOperator == previous || _retired[msg.sender][newOperator]) {
+            revert OperatorAlreadyUsed(newOperator);
+        }
+        _retired[msg.sender][previous] = true;
         // The record (payout and cached settled bits) moves to the new operator's key.
         uint256 record = _records[msg.sender][previous];
         delete _records[msg.sender][previous];

@@ -326,6 +326,37 @@ contract PaymentRouterTest is RouterFixture {
         router.setOperator(address(0));
     }
 
+    /// @dev A -> B -> A revived every intent A signed before the first rotation (payments and refunds).
+    function test_setOperator_refusesAKeyUsedBefore() public {
+        PaymentIntent memory intent = _intent(5, AMOUNT, 0);
+        (bytes32 r, bytes32 vs) = _sign(OPERATOR_KEY, intent); // signed by A, then A is retired
+        address b = vm.addr(0xB0B0);
+        vm.prank(merchant);
+        router.setOperator(b);
+        vm.prank(merchant);
+        vm.expectRevert(abi.encodeWithSelector(PaymentRouter.OperatorAlreadyUsed.selector, operator));
+        router.setOperator(operator);
+        vm.prank(merchant);
+        vm.expectRevert(abi.encodeWithSelector(PaymentRouter.OperatorAlreadyUsed.selector, b));
+        router.setOperator(b); // the current one: no rotation at all
+        vm.prank(payer);
+        vm.expectRevert(abi.encodeWithSelector(PaymentRouter.InvalidSigner.selector, merchant, operator));
+        router.pay(intent, r, vs);
+    }
+
+    /// @dev Retirement is per merchant: another merchant may use a key this one gave up.
+    function test_setOperator_retiresAKeyForItsMerchantOnly() public {
+        address other = address(0x07E4);
+        vm.prank(other);
+        router.registerMerchant(payout, address(0xC1));
+        vm.prank(merchant);
+        router.setOperator(address(0xC2));
+        vm.prank(other);
+        router.setOperator(operator); // the key the first merchant retired
+        (, address o) = router.merchantOf(other);
+        assertEq(o, operator, "other merchant's operator");
+    }
+
     // ------------------------------------------------------------------ hashing
 
     function test_hashIntent_matchesIndependentEip712() public view {
