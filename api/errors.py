@@ -30,6 +30,7 @@ import re
 import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -282,7 +283,19 @@ def install_log_redaction(names: tuple[str, ...] = ("uvicorn.access", "uvicorn.e
 
 
 def redact(text: str) -> str:
-    """Mask API keys, webhook secrets, URL passwords and bearer tokens in free text."""
+    """Mask API keys, webhook secrets, URL passwords and bearer tokens in free text. A text
+    that hides one behind percent-encoding (``/v1/public/%66eedback/<token>`` reaches the
+    route, and the access log prints the raw path) is masked in its decoded form."""
+    masked = _masked_text(text)
+    if "%" in masked:
+        decoded = unquote(masked)
+        again = _masked_text(decoded)
+        if again != decoded:
+            return again
+    return masked
+
+
+def _masked_text(text: str) -> str:
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

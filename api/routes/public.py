@@ -11,7 +11,8 @@ stored only as its SHA-256). Errors are explicit:
   ``POST`` with a JSON body is a 409 ``feedback_token_used``; ``PATCH`` changes a recorded
   answer for 14 days.
 
-No ``GET`` changes anything: mail scanners and link previews open every link in a message.
+No ``GET`` records a choice: mail scanners and link previews open every link in a message (the
+one write a ``GET`` makes is an in-app message's ``read_at``, a URL no message links to).
 The messages' rating links open a confirmation page (``GET /feedback/{token}/rate?rating=N``,
 the rating preselected) whose one button POSTs it; messages sent before that page existed link
 ``GET /feedback/{token}?rating=N``, which redirects there; the "Stop these messages" link opens a

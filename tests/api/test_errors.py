@@ -321,6 +321,9 @@ class TestRedact:
             ("GET /v1/public/messages/Zq9_x-1", "Zq9_x-1"),
             ('"GET /v1/public/checkout/inv_7Hq2.Qx7Yk2mZp9LrT3vW8n HTTP/1.1" 200', "Qx7Yk2mZp9"),
             ("rpc https://mainnet.example.io/v3/" + "k" * 32 + " timed out", "k" * 32),
+            # the access log prints the raw path: a percent-encoded prefix reaches the route too
+            ('"GET /v1/public/%66eedback/Zq9_x-1/rate HTTP/1.1" 200', "Zq9_x-1"),
+            ('"POST /v1/public%2Fconsent/Zq9_x-1/withdraw HTTP/1.1" 303', "Zq9_x-1"),
         ],
     )
     def test_masks_known_secret_shapes(self, text, leak):
