@@ -55,16 +55,16 @@ def get_by_followup(session: Session, followup_id: int) -> Feedback | None:
     return session.exec(select(Feedback).where(Feedback.followup_id == followup_id)).first()
 
 
-def get_by_token_hash(session: Session, token_hash: str) -> Feedback | None:
-    """Locked and re-read: a row this session peeked at before another request redeemed it
-    must not come back with its old values from the identity map."""
+def get_by_token_hash(session: Session, token_hash: str, *, lock: bool = True) -> Feedback | None:
+    """Read afresh (a row this session peeked at before another request redeemed it must not
+    come back with its old values from the identity map), and locked unless ``lock=False``
+    (a first look, before the contact's lock: erasure takes the contact, then its answers)."""
     stmt = (
         select(Feedback)
         .where(Feedback.token_hash == token_hash)
-        .with_for_update()
         .execution_options(populate_existing=True)
     )
-    return session.exec(stmt).first()
+    return session.exec(stmt.with_for_update() if lock else stmt).first()
 
 
 def claim_submission(session: Session, feedback_id: int, token_hash: str, now: datetime) -> bool:

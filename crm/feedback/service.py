@@ -92,7 +92,7 @@ def submit_feedback(
     if not token or len(token) > 200:
         raise FeedbackTokenInvalid("unknown feedback token")
     token_hash = hash_token(token)
-    fb = repo.get_by_token_hash(session, token_hash)
+    fb = repo.get_by_token_hash(session, token_hash, lock=False)
     if fb is None:
         raise FeedbackTokenInvalid("unknown feedback token")
     if fb.merchant_id != merchant_id:
@@ -103,14 +103,18 @@ def submit_feedback(
     if fb.token_expires_at is None or now >= fb.token_expires_at:
         raise FeedbackTokenExpired("this feedback link has expired")
     check_not_reversed(session, merchant_id, fb.followup_id)
-    # The contact's lock first, as erasure takes it: an erasure that committed since the reads
-    # above is seen here, and one that starts now waits for this answer.
+    # The contact's lock first, then the answer's, as erasure takes them (the other order
+    # deadlocked an erasure on PostgreSQL): an erasure that committed since the reads above
+    # is seen here, and one that starts now waits for this answer.
     contact = contacts_repo.get_for_update(session, fb.contact_id, merchant_id)
     assert contact is not None
-    assert fb.id is not None
     key = contacts.data_key(session, keyring, contact)
     if key is None or contact.erased_at is not None:
         raise ContactErased("contact has been erased")
+    fb = repo.get_by_token_hash(session, token_hash)
+    if fb is None:  # revoked since the first look
+        raise FeedbackTokenUsed("this feedback link has already been used")
+    assert fb.id is not None
     if not repo.claim_submission(session, fb.id, token_hash, now):  # redeemed or revoked since
         raise FeedbackTokenUsed("this feedback link has already been used")
     fb.rating, fb.nps, fb.tags = data.rating, data.nps, tags

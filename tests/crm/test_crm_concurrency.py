@@ -386,3 +386,77 @@ def test_the_sla_sweep_does_not_breach_a_ticket_answered_on_time_meanwhile(
         ticket = s.get(Ticket, ticket_id)
         assert ticket is not None
         assert (breached, ticket.first_response_at, ticket.breached_at) == ([], due, None)
+
+
+@pytest.mark.postgres
+def test_an_answer_racing_an_erasure_neither_deadlocks_nor_outlives_it(
+    pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer took its feedback row's lock and then the contact's; erasure takes the
+    contact's and then the answers'. Between the answer's two locks an erasure started:
+    PostgreSQL found the deadlock and aborted one of them (the erasure, a 500). Now both take
+    the contact first: the erasure goes through, and the answer is refused as erased."""
+    from crm.feedback import service as feedback
+    from crm.feedback.models import FeedbackCreate
+    from tests.crm.helpers import sent_followup
+
+    clock = FrozenClock(START)
+    mid, cid = _one_customer(pg_committed, keyring, clock)
+    with session_scope(pg_committed) as s:
+        contact = s.get(Contact, cid)
+        assert contact is not None
+        _, token = sent_followup(s, mid, contact, clock, keyring)
+    answer_read, erasure_went = threading.Event(), threading.Event()
+    real_check = feedback.check_not_reversed
+
+    def paused_check(session: Session, merchant_id: int, followup_id: int) -> None:
+        answer_read.set()  # between the answer's first read and its contact lock
+        assert erasure_went.wait(HANG)
+        real_check(session, merchant_id, followup_id)
+
+    monkeypatch.setattr(feedback, "check_not_reversed", paused_check)
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def answer() -> None:
+        try:
+            with session_scope(pg_committed) as s:
+                feedback.submit_feedback(
+                    s, mid, token, FeedbackCreate(rating=1), keyring=keyring, clock=clock
+                )
+        except ContactErased as refused:
+            results["answer"] = refused
+        except BaseException as exc:
+            errors.append(exc)
+
+    def erase() -> None:
+        try:
+            assert answer_read.wait(HANG)
+            with session_scope(pg_committed) as s:
+                pid, done = _backend_pid(s), threading.Event()
+
+                def watch() -> None:  # the erasure waits for a lock, or is done
+                    for _ in range(int(HANG / 0.01)):
+                        if done.is_set() or _waits_for_lock(pg_admin, pid):
+                            break
+                        time.sleep(0.01)
+                    erasure_went.set()
+
+                threading.Thread(target=watch, daemon=True).start()
+                try:
+                    results["erase"] = privacy.erase_contact(s, mid, cid, actor="dpo", clock=clock)
+                finally:
+                    done.set()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            erasure_went.set()
+
+    threads = [threading.Thread(target=answer), threading.Thread(target=erase)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG * 2)
+    assert errors == []
+    assert isinstance(results["answer"], ContactErased)
+    assert "erase" in results
