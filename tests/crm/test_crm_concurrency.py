@@ -172,13 +172,18 @@ def _race(
         finally:
             second_done.set()
 
-    threads = [threading.Thread(target=run_first), threading.Thread(target=run_second)]
+    _run_together(run_first, run_second)
+    assert errors == []
+    return results["first"], results["second"]
+
+
+def _run_together(*jobs: Callable[[], None]) -> None:
+    """Each job in a thread of its own, all started, then all waited for (bounded)."""
+    threads = [threading.Thread(target=job) for job in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join(HANG * 2)
-    assert errors == []
-    return results["first"], results["second"]
 
 
 def _one_customer(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> tuple[int, int]:
@@ -452,11 +457,7 @@ def test_an_answer_racing_an_erasure_neither_deadlocks_nor_outlives_it(
         finally:
             erasure_went.set()
 
-    threads = [threading.Thread(target=answer), threading.Thread(target=erase)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(HANG * 2)
+    _run_together(answer, erase)
     assert errors == []
     assert isinstance(results["answer"], ContactErased)
     assert "erase" in results
