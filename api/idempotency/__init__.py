@@ -2,6 +2,7 @@
 
 from api.idempotency.models import IdempotencyRecord, IdempotencyStatus
 from api.idempotency.service import (
+    ERASED_FINGERPRINT,
     ERASED_RESPONSE,
     HEADER,
     REPLAYED_HEADER,
@@ -16,6 +17,7 @@ from api.idempotency.service import (
 )
 
 __all__ = [
+    "ERASED_FINGERPRINT",
     "ERASED_RESPONSE",
     "HEADER",
     "REPLAYED_HEADER",

@@ -62,6 +62,7 @@ from crm.contacts.models import Contact
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_TTL",
+    "ERASED_FINGERPRINT",
     "ERASED_RESPONSE",
     "HEADER",
     "REPLAYED_HEADER",
@@ -205,9 +206,16 @@ def purge_expired(engine: sa.Engine, now: datetime | None = None) -> int:
         return int(result.rowcount or 0)
 
 
+#: What an erased contact's stored request fingerprints become: the HMAC of a body holding the
+#: person's name, e-mail and phone told a guess that matched (the erased answer) from one that
+#: did not (400), for as long as the key lived.
+ERASED_FINGERPRINT = "erased"
+
+
 def forget_contact(session: Session, contact_id: int, merchant_id: int) -> int:
     """Overwrite every stored response about ``contact_id`` (of ``merchant_id``) with
-    :data:`ERASED_RESPONSE`, in the caller's (the erasure's) transaction; returns how many.
+    :data:`ERASED_RESPONSE`, and its request's fingerprint with :data:`ERASED_FINGERPRINT`, in
+    the caller's (the erasure's) transaction; returns how many.
     Only responses to keys of that merchant (or admin keys): another merchant's request naming
     the id got a 404, and rewriting it would tell that merchant the id exists and was erased."""
     status, headers, body = ERASED_RESPONSE
@@ -221,6 +229,7 @@ def forget_contact(session: Session, contact_id: int, merchant_id: int) -> int:
         sa.update(_T)
         .where(_T.c.contact_id == contact_id, _T.c.api_key_id.in_(own_keys))
         .values(
+            fingerprint=ERASED_FINGERPRINT,
             response_status=status,
             response_headers=[list(h) for h in headers],
             response_body=body,
@@ -390,12 +399,19 @@ def _record(
 
 def _answer_stored(conn: sa.Connection, ctx: IdempotencyContext, row: sa.Row[Any]) -> None:
     """Raise what an unexpired stored row answers this request: 400 for another request
-    under the key, the stored response for the same one once it is complete."""
+    under the key, the stored response for the same one once it is complete. A row about an
+    erased contact answers :data:`ERASED_RESPONSE` to any body: comparing the body would tell
+    whether a guess of the person's data was the one sent."""
+    completed = row.status == IdempotencyStatus.COMPLETED.value
+    if row.fingerprint == ERASED_FINGERPRINT or (
+        completed
+        and row.contact_id is not None
+        and _contact_erased(conn, row.contact_id, row.api_key_id)
+    ):
+        raise IdempotentReplay(*ERASED_RESPONSE)
     if row.fingerprint not in (ctx.fingerprint, ctx.legacy_fingerprint or ctx.fingerprint):
         raise IdempotencyError(param=HEADER)
-    if row.status == IdempotencyStatus.COMPLETED.value:
-        if row.contact_id is not None and _contact_erased(conn, row.contact_id, row.api_key_id):
-            raise IdempotentReplay(*ERASED_RESPONSE)
+    if completed:
         raise IdempotentReplay(
             row.response_status,
             [tuple(h) for h in row.response_headers or []],

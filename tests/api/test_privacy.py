@@ -15,7 +15,7 @@ from sqlmodel import Session
 from api.db import session_factory, session_scope
 from api.dispatch.channels import InAppChannel, Links, Recipient
 from api.dispatch.models import InAppMessage
-from api.idempotency import ERASED_RESPONSE
+from api.idempotency import ERASED_FINGERPRINT, ERASED_RESPONSE
 from crm import FollowUpPolicyCreate, followups
 from crm.followups import dispatch as followups_dispatch
 from crm.followups import policies as followups_policies
@@ -110,6 +110,32 @@ class TestReplayAfterErasure:
         # at rest: the sealed responses are gone, not merely hidden
         status, _, body = ERASED_RESPONSE
         assert _stored_for(world, cid) == [(status, body)] * len(requests)
+
+    def test_a_replay_after_erasure_confirms_no_guess_of_the_contacts_data(
+        self, world: World
+    ) -> None:
+        """The stored fingerprint (an HMAC of the body: name, e-mail, phone) outlived the
+        erasure: the right guess replayed the erased answer, a wrong one got 400, for the
+        key's 24 hours. Every body now gets the erased answer, and the HMAC is gone."""
+        key = world.a.merchant
+        email = f"ada+{uuid.uuid4().hex[:8]}@example.com"
+        person = {"name": "Ada Lovelace", "email": email, "phone": PHONE, "time_zone": "UTC"}
+        created = _post(world, "/v1/contacts", person, key, "create-ada")
+        assert created.status_code == 200, created.text
+        erased = _post(world, f"/v1/contacts/{created.json()['id']}/erase", {}, key, "erase")
+        assert erased.status_code == 200, erased.text
+        guesses = [person, {**person, "email": "someone.else@example.com"}]
+        answers = [_post(world, "/v1/contacts", body, key, "create-ada") for body in guesses]
+        assert {(r.status_code, r.content) for r in answers} == {
+            (answers[0].status_code, answers[0].content)
+        }
+        assert answers[0].json()["error"]["code"] == "contact_erased"
+        with world.engine.connect() as conn:
+            stored = conn.execute(
+                sa.text("SELECT fingerprint FROM api_idempotency_keys WHERE idempotency_key = :k"),
+                {"k": "create-ada"},
+            ).scalar_one()
+        assert stored == ERASED_FINGERPRINT
 
     def test_a_phone_tasks_completion_replay_forgets_the_contacts_time_zone(
         self, world: World
