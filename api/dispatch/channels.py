@@ -344,14 +344,19 @@ class WebhookChannel:
     def send(self, session: Session | None, instruction: SendInstruction, to: Recipient) -> None:
         if self.name == "sms" and not instruction.address:
             raise DeliveryError("contact has no phone number")
-        with Session(self.engine) as own:
-            targets = webhooks.signing_targets(
-                own, str(instruction.merchant_id), FOLLOWUP_EVENT, self.cipher, to.now
+        try:  # nothing has left the process yet: any failure here is a sure one, retried
+            with Session(self.engine) as own:
+                targets = webhooks.signing_targets(
+                    own, str(instruction.merchant_id), FOLLOWUP_EVENT, self.cipher, to.now
+                )
+            event_id = f"evt_followup_{instruction.followup_id}"
+            body = webhooks.event_body(
+                event_id, FOLLOWUP_EVENT, self._object(instruction, to), to.now
             )
+        except Exception as exc:  # a database away: taken for "maybe sent", it was never retried
+            raise DeliveryError(f"{self.name}: {type(exc).__name__} before sending") from exc
         if not targets:
             raise DeliveryError(f"no webhook endpoint subscribed to {FOLLOWUP_EVENT}")
-        event_id = f"evt_followup_{instruction.followup_id}"
-        body = webhooks.event_body(event_id, FOLLOWUP_EVENT, self._object(instruction, to), to.now)
         failures: list[DeliveryError] = []
         for target, failure in zip(
             targets, self._post_all(targets, body, event_id, to.now), strict=True

@@ -777,6 +777,31 @@ class TestWebhook:
         assert (data["channel"], data["to"]) == ("sms", "+442071838750")
         assert "Tea House" in data["text"]
 
+    def test_a_database_away_before_any_post_is_retried_not_written_off(
+        self, engine, clock, receiver, monkeypatch
+    ):
+        """The channel reads the merchant's endpoints before it posts; a database error
+        there was taken for "maybe sent" (``delivery_uncertain``, never retried) although
+        nothing had left the process: the follow-up was lost for good."""
+        import sqlalchemy.exc
+
+        url, handler = receiver
+        shop_id, _ = shop_with(engine, clock, channel="webhook")
+        endpoint(engine, shop_id, url, ["*"])
+
+        def database_away(*_args, **_kwargs):
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection closed"))
+
+        monkeypatch.setattr("api.webhooks.signing_targets", database_away)
+        result = Worker(engine, KEYRING, webhook_channels(engine), clock).run_once()
+        assert handler.received == []
+        assert result.outcomes == {"retry": 1}
+        assert followup_events(engine)[-1] == (
+            "scheduled",
+            "retry",
+            "webhook: OperationalError before sending",
+        )
+
     def test_without_a_subscribed_endpoint_it_is_retried_with_the_reason(self, engine, clock):
         shop_id, _ = shop_with(engine, clock, channel="webhook")
         endpoint(engine, shop_id, "http://127.0.0.1:9/x", ["invoice.settled"])
