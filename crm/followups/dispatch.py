@@ -20,7 +20,7 @@ from sqlmodel import Session
 from crm.contacts import service as contacts
 from crm.contacts.models import ContactTraits
 from crm.crypto import KeyRing
-from crm.enums import Channel, FollowUpState, SuppressionReason
+from crm.enums import Channel, FollowUpState
 from crm.errors import FollowUpNotFound, InvalidRequest, InvalidTransition
 from crm.feedback import repository as feedback_repo
 from crm.feedback.tokens import hash_token
@@ -189,7 +189,8 @@ def prepare_send(
         return None
     if decision.deferred:
         fu.due_at, fu.worker_id = decision.due_at, None
-        _move(session, fu, FollowUpState.SCHEDULED, now, SuppressionReason.QUIET_HOURS, "deferred")
+        fu.expires_at = decision.expires_at or fu.expires_at
+        _move(session, fu, FollowUpState.SCHEDULED, now, decision.deferred_by, "deferred")
         return None
     assert decision.channel is not None
     assert fu.id is not None

@@ -71,6 +71,10 @@ class _Decision:
     channel: str | None
     due_at: datetime
     deferred: bool = False
+    #: why a deferred follow-up waits: the send window, or (a periodic one) the frequency cap
+    deferred_by: str = SuppressionReason.QUIET_HOURS
+    #: a periodic follow-up waiting for the cap keeps its whole expiry window after it
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +96,11 @@ def _rule(
     facts: _Facts,
     *,
     scheduling: bool,
+    periodic: bool = False,
 ) -> _Decision:
-    """The one rule set used at scheduling and again at send time."""
+    """The one rule set used at scheduling and again at send time. A periodic follow-up, made
+    once per contact, is never suppressed by the frequency cap: it waits for the cap's end
+    (and, at scheduling, for whatever survey is pending to go out or not)."""
     suppressed = FollowUpState.SUPPRESSED
     if contact.erased_at is not None:
         return _Decision(suppressed, SuppressionReason.ERASED, None, at)
@@ -107,18 +114,26 @@ def _rule(
     # cap 0 means "no cap": a message another process sent a moment after ``at`` (clocks and
     # long transactions overlap) must not count as "contacted within the last 0 days"
     last = facts.last_contacted() if cap else None
-    if (last is not None and at - last < cap) or (scheduling and cap and facts.pending()):
+    capped_until = last + cap if last is not None and at - last < cap else None
+    if not periodic and (capped_until or (scheduling and cap and facts.pending())):
         return _Decision(suppressed, SuppressionReason.FREQUENCY_CAP, channel, at)
+    when = capped_until or at
+    if capped_until is not None:  # periodic: its expiry window starts when it may go
+        expires_at = max(expires_at, capped_until + timedelta(days=policy.expiry_days))
     try:
         start = next_window_start(
-            at, contact.time_zone, policy.window_start_minute, policy.window_end_minute
+            when, contact.time_zone, policy.window_start_minute, policy.window_end_minute
         )
     except InvalidTimeZone:  # fail closed, for this contact only
         return _Decision(suppressed, SuppressionReason.UNKNOWN_TIME_ZONE, channel, at)
+    waits_for = SuppressionReason.FREQUENCY_CAP if capped_until else SuppressionReason.QUIET_HOURS
     if start >= expires_at:
-        return _Decision(suppressed, SuppressionReason.QUIET_HOURS, channel, at)
+        return _Decision(suppressed, waits_for, channel, at)
     state = FollowUpState.SCHEDULED if scheduling or start != at else FollowUpState.QUEUED
-    return _Decision(state, None, channel, start, deferred=start != at)
+    moved = expires_at if capped_until is not None else None
+    return _Decision(
+        state, None, channel, start, deferred=start != at, deferred_by=waits_for, expires_at=moved
+    )
 
 
 def _decide(
@@ -140,7 +155,17 @@ def _decide(
         pending=lambda: repo.has_pending(session, contact_id, exclude_id=fu.id),
     )
     channels = choose_channels(policy, contact)
-    return _rule(contact, policy, channels, fu.expires_at, at, facts, scheduling=scheduling)
+    periodic = fu.kind == Trigger.PERIODIC.value
+    return _rule(
+        contact,
+        policy,
+        channels,
+        fu.expires_at,
+        at,
+        facts,
+        scheduling=scheduling,
+        periodic=periodic,
+    )
 
 
 def _event(
@@ -221,7 +246,8 @@ def _create(
         _event(session, fu, None, fu.state, now)
         if decision.deferred:
             fu.due_at = decision.due_at
-            _event(session, fu, fu.state, fu.state, now, SuppressionReason.QUIET_HOURS, "deferred")
+            fu.expires_at = decision.expires_at or fu.expires_at
+            _event(session, fu, fu.state, fu.state, now, decision.deferred_by, "deferred")
     return repo.save(session, fu)
 
 

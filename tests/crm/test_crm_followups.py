@@ -24,6 +24,7 @@ from crm.feedback.models import Feedback, FeedbackCreate
 from crm.feedback.tokens import hash_token
 from crm.followups import dispatch as followups_dispatch
 from crm.followups import policies as followups_policies
+from crm.followups import repository as followups_repo
 from crm.followups import service as followups
 from crm.followups.models import (
     FollowUp,
@@ -475,6 +476,68 @@ class TestSchedulePeriodic:
             session, periodic.id, clock.now(), KEYRING, worker_id="w"
         )
         assert sending is not None
+
+    @pytest.mark.parametrize("pending_survey", ["cancelled", "sent"])
+    def test_a_survey_pending_when_the_periodic_one_is_made_never_loses_it(
+        self,
+        session: Session,
+        merchant_id: int,
+        make_contact: MakeContact,
+        clock: FrozenClock,
+        pending_survey: str,
+    ) -> None:
+        """A payment survey still scheduled when the periodic one was made suppressed the
+        periodic one for good (``frequency_cap``); if the pending one then never went out (a
+        reorg cancelled it), the contact was never surveyed at all. Now the periodic one
+        stands; if the pending one is sent, the periodic one waits for the cap after it."""
+        policy(session, merchant_id, clock, delay_minutes=24 * 60)
+        periodic_policy = policy(
+            session, merchant_id, clock, trigger="periodic", periodic_after_days=30
+        )
+        cap = timedelta(days=periodic_policy.frequency_cap_days)
+        c = consented(session, make_contact, merchant_id, clock)
+        followups_repo.insert_purchases(
+            session,
+            [
+                {
+                    "merchant_id": merchant_id,
+                    "contact_id": c.id,
+                    "payment_ref": "p_old",
+                    "invoice_ref": "i_old",
+                    "amount_minor": 1,
+                    "currency": "USDC",
+                    "settled_at": clock.now() - timedelta(days=31),
+                }
+            ],
+        )
+        [survey] = pay(session, merchant_id, c, "p_new", clock)  # due tomorrow: pending
+        [periodic] = followups.schedule_periodic(session, merchant_id, clock)
+        assert (periodic.state, periodic.reason) == ("scheduled", None)
+        assert periodic.id is not None
+        assert survey.id is not None
+        if pending_survey == "cancelled":
+            followups.cancel_for_payment(session, merchant_id, "p_new", "reorg", clock)
+            claimed = followups_dispatch.claim_due(session, clock.now(), 10, "w")
+            assert claimed == [periodic.id]
+            assert followups_dispatch.prepare_send(
+                session, periodic.id, clock.now(), KEYRING, worker_id="w"
+            )
+            return
+        clock.advance(survey.due_at - clock.now())
+        claimed = followups_dispatch.claim_due(session, clock.now(), 10, "w")
+        assert sorted(claimed) == sorted([survey.id, periodic.id])
+        assert followups_dispatch.prepare_send(
+            session, survey.id, clock.now(), KEYRING, worker_id="w"
+        )
+        followups_dispatch.mark_sent(session, survey.id, clock.now(), worker_id="w")
+        sent_at = clock.now()
+        deferred = followups_dispatch.prepare_send(
+            session, periodic.id, clock.now(), KEYRING, worker_id="w"
+        )
+        assert deferred is None
+        session.refresh(periodic)
+        assert (periodic.state, periodic.reason) == ("scheduled", None)
+        assert periodic.due_at >= sent_at + cap
 
 
 class TestClaimDue:
