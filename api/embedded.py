@@ -160,16 +160,13 @@ class EmbeddedStack:
         return Worker(self.engine, self.keyring, channels, self.clock)
 
     def start_background(
-        self,
-        stop: threading.Event,
-        interval: float = 1.0,
-        on_failure: Callable[[], None] | None = None,
+        self, stop: threading.Event, interval: float = 1.0
     ) -> list[threading.Thread]:
         """Indexer, follow-up worker and webhook deliveries as daemon threads until ``stop``.
 
         A job that ends with an error (one its loop does not retry: a bug, a reorg deeper than
-        the window) is logged and recorded in :attr:`failures`, sets ``stop`` for the others
-        and calls ``on_failure``: ``serve`` then shuts down and exits non-zero, as
+        the window) is logged and recorded in :attr:`failures`, and sets ``stop``: the other
+        jobs finish their step, and ``serve`` shuts down and exits non-zero, as
         ``followpay indexer`` alone would. Before, the thread died and the server went on
         answering, ``/v1/health`` included, with nothing settling or sending any more."""
         from api.webhooks import run_delivery_worker
@@ -197,8 +194,6 @@ class EmbeddedStack:
                     log.exception("embedded %s stopped", name)
                     self.failures.append((name, exc))
                     stop.set()
-                    if on_failure is not None:
-                        on_failure()
 
             return run
 

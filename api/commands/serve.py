@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -28,10 +29,13 @@ def _listen(host: str, port: int) -> socket.socket:
         raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-def _run(app: FastAPI, listener: socket.socket, root_path: str) -> None:
+def _run(
+    app: FastAPI, listener: socket.socket, root_path: str, stop: threading.Event | None = None
+) -> None:
     """uvicorn in this process, on ``listener``. ``X-Forwarded-For`` is believed from
     ``FOLLOWPAY_API_TRUSTED_PROXIES`` only (the app's own middleware, :mod:`api.app`), never
-    from uvicorn's default of 127.0.0.1; ``root_path`` is ``FOLLOWPAY_API_ROOT_PATH``."""
+    from uvicorn's default of 127.0.0.1; ``root_path`` is ``FOLLOWPAY_API_ROOT_PATH``. Once
+    ``stop`` is set (a background job died) uvicorn shuts down as on Ctrl-C."""
     import uvicorn
 
     host, port = listener.getsockname()[:2]
@@ -40,7 +44,15 @@ def _run(app: FastAPI, listener: socket.socket, root_path: str) -> None:
     )
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"serving on http://{shown}:{port} (Ctrl-C to stop)", err=True)  # uvicorn's
-    uvicorn.Server(config).run(sockets=[listener])  # line is not printed for given sockets
+    server = uvicorn.Server(config)
+    if stop is not None:
+
+        def exit_when_stopped() -> None:
+            stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=exit_when_stopped, name="serve-stop", daemon=True).start()
+    server.run(sockets=[listener])  # uvicorn's line is not printed for given sockets
 
 
 def _own_base_url(host: str, port: int) -> str:
@@ -53,9 +65,6 @@ def _own_base_url(host: str, port: int) -> str:
 
 def _serve_embedded(runtime: Any, url: str, host: str, port: int, listener: Any) -> None:
     """API + indexer + worker + webhook deliveries in one process on the in-process chain."""
-    import os
-    import signal
-    import threading
     import time
 
     from api.embedded import EmbeddedStack
@@ -71,10 +80,6 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int, listener: Any)
         cipher=runtime.cipher,
     )
     stop = threading.Event()
-
-    def shut_down() -> None:  # a background job died: uvicorn stops as on Ctrl-C
-        os.kill(os.getpid(), signal.SIGTERM)
-
     from api.dispatch.channels import EMAIL_ATTEMPT_TIMEOUT
     from api.runtime import freeze_startup_heap, stop_on_signals
 
@@ -84,9 +89,8 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int, listener: Any)
     # delivery in hand (it was then written off as interrupted, never sent)
     with stop_on_signals(stop):
         try:
-            threads = stack.start_background(
-                stop, interval=settings.indexer_poll_interval, on_failure=shut_down
-            )
+            # a job that dies sets ``stop``: uvicorn then shuts down (:func:`_run`)
+            threads = stack.start_background(stop, interval=settings.indexer_poll_interval)
             typer.echo(
                 f"embedded: chain {stack.chain.chain_id}, router {stack.deployment.router}, "
                 f"token {stack.deployment.token}; indexer, worker and webhooks running; "
@@ -97,7 +101,7 @@ def _serve_embedded(runtime: Any, url: str, host: str, port: int, listener: Any)
             app = stack.app()
             freeze_startup_heap()
             if not stop.is_set():  # a signal, or a job that died, while starting
-                _run(app, listener, settings.api_root_path)
+                _run(app, listener, settings.api_root_path, stop)
         finally:
             stop.set()
             deadline = time.monotonic() + EMAIL_ATTEMPT_TIMEOUT + 10  # for all of them

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlmodel import Session, select
 
 import api.dispatch.models  # noqa: F401
@@ -132,7 +133,8 @@ def test_the_embedded_server_stops_its_workers_on_sigterm(tmp_path):
         log.close()
 
 
-# The indexer fails once the server answers on its port (the job dies while it serves).
+# The indexer fails once the server answers on its port (the job dies while it serves), or
+# at its first step with --at-once (while the server starts).
 _DYING_INDEXER = """
 import socket, sys
 from api.settlement.indexer import Indexer
@@ -141,19 +143,21 @@ port = int(sys.argv[sys.argv.index("--port") + 1])
 step = Indexer.poll_once
 
 def fail_once_serving(self):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return step(self)
+    if "--at-once" not in sys.argv:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return step(self)
     raise RuntimeError("an indexer bug")
 
 Indexer.poll_once = fail_once_serving
 from api.cli import main
-main(sys.argv[1:])
+main([arg for arg in sys.argv[1:] if arg not in ("--at-once", "--serving")])
 """
 
 
-def test_the_embedded_server_stops_when_a_background_job_dies(tmp_path):
+@pytest.mark.parametrize("when", ["serving", "at-once"])
+def test_the_embedded_server_stops_when_a_background_job_dies(tmp_path, when):
     """A job that ends with an error its loop does not retry (a bug, a reorg deeper than the
     window) killed its thread only: the server went on answering, ``/v1/health`` 200, with
     nothing settling any more. Now it shuts down and exits non-zero, as ``followpay indexer``
@@ -163,7 +167,7 @@ def test_the_embedded_server_stops_when_a_background_job_dies(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWPAY_")}
     env.update(FOLLOWPAY_HOME=str(tmp_path / "home"), FOLLOWPAY_INDEXER_POLL_INTERVAL="0.2")
     proc = subprocess.Popen(
-        [sys.executable, "-c", _DYING_INDEXER, "serve", "--port", str(free_port())],
+        [sys.executable, "-c", _DYING_INDEXER, "serve", "--port", str(free_port()), f"--{when}"],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
