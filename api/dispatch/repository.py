@@ -31,9 +31,15 @@ __all__ = [
 def get_phone_task(
     session: Session, merchant_id: int, task_id: int, *, for_update: bool = False
 ) -> PhoneTask | None:
-    stmt = select(PhoneTask).where(PhoneTask.id == task_id, PhoneTask.merchant_id == merchant_id)
+    """The task; ``for_update``: write-locked before it is read, then read afresh. The no-op
+    ``UPDATE`` is the lock on both databases (a row lock on PostgreSQL; on SQLite it opens the
+    writer's transaction, where ``FOR UPDATE`` does nothing and a read before the first write
+    let two completions, or a completion and an erasure, each decide on the open task)."""
+    where = (col(PhoneTask.id) == task_id, col(PhoneTask.merchant_id) == merchant_id)
+    stmt = select(PhoneTask).where(*where)
     if for_update:
-        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        session.connection().execute(sa.update(PhoneTask).where(*where).values(id=PhoneTask.id))
+        stmt = stmt.execution_options(populate_existing=True)
     return session.exec(stmt).first()
 
 

@@ -359,3 +359,59 @@ def test_a_contact_moving_to_another_zone_moves_its_open_calls(world: World) -> 
     assert _zone(world, task_id) == "Pacific/Auckland"
     start, end = (listed["local_window"].split("-")[i] for i in (0, 1))
     assert (start, end) == ("10:00", "18:00"), listed["local_window"]
+
+
+def test_two_completions_at_once_record_one_outcome(
+    world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two agents close the same call at once. On SQLite the task was read before the write
+    lock (``FOR UPDATE`` does nothing there): both saw it open, both answered 200, and the
+    later write replaced the earlier outcome. Now the second waits for the first and is told
+    the call is closed. (The first waits up to 2 s for the second to finish: it never does
+    while it waits for the first's lock.)"""
+    import threading
+
+    from api.db import session_factory, session_scope
+    from api.dispatch import phone_tasks
+    from api.dispatch.phone_tasks import PhoneTaskClosed
+
+    task = _task(world, world.a.id, after=timedelta(hours=-1))
+    mid = int(world.a.id)
+    first_read, second_done = threading.Event(), threading.Event()
+    real_blocked = phone_tasks.blocked_reasons
+
+    def blocked_then_wait(session, tasks):
+        reasons = real_blocked(session, tasks)
+        if not first_read.is_set():
+            first_read.set()
+            second_done.wait(2.0)
+        return reasons
+
+    monkeypatch.setattr(phone_tasks, "blocked_reasons", blocked_then_wait)
+    outcomes: dict[str, object] = {}
+
+    def close(name: str, outcome: str) -> None:
+        if name == "second":
+            assert first_read.wait(30)
+        try:
+            with session_scope(session_factory(world.engine)) as s:
+                phone_tasks.complete(s, mid, task, outcome=outcome, actor=name, clock=world.clock)
+            outcomes[name] = outcome
+        except PhoneTaskClosed as closed:
+            outcomes[name] = closed
+        finally:
+            if name == "second":
+                second_done.set()
+
+    threads = [
+        threading.Thread(target=close, args=("first", "reached")),
+        threading.Thread(target=close, args=("second", "no_answer")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes["first"] == "reached"
+    assert isinstance(outcomes["second"], PhoneTaskClosed)
+    assert _stored(world, task)[:2] == ("done", "reached")
