@@ -233,10 +233,18 @@ def _keys_in_range(table: sa.Table, live: sa.ColumnElement[bool]) -> sa.Select[A
 
 _PAYMENT_KEYS = _keys_in_range(_PAYMENTS, _PAYMENTS.c.state != PaymentState.REORGED.value)
 _REFUND_KEYS = _keys_in_range(_REFUNDS, _REFUNDS.c.reorged.is_(False))
+
+
+def _read_by(table: sa.Table, cursor_id: int | sa.BindParameter[int]) -> sa.ColumnElement[bool]:
+    """The logs ``cursor_id`` read (and those stored before logs named their cursor, 0015):
+    another router's on the same chain are its own cursor's to confirm or undo."""
+    return sa.or_(table.c.cursor_id == cursor_id, table.c.cursor_id.is_(None))
+
+
 _PENDING_IDS = sa.select(_PAYMENTS.c.id).where(
     _PAYMENTS.c.chain_id == sa.bindparam("chain_id"),
     _PAYMENTS.c.state == PaymentState.PENDING.value,
-    sa.or_(_PAYMENTS.c.cursor_id == sa.bindparam("cursor_id"), _PAYMENTS.c.cursor_id.is_(None)),
+    _read_by(_PAYMENTS, sa.bindparam("cursor_id")),
 )
 
 
@@ -657,12 +665,6 @@ def _keys(
 ) -> set[tuple[str, int, str]]:
     params = {"chain_id": chain_id, "from_block": from_block, "to_block": to_block}
     return {(t, int(i), b) for t, i, b in session.connection().execute(stmt, params)}
-
-
-def _read_by(table: sa.Table, cursor_id: int) -> sa.ColumnElement[bool]:
-    """The logs ``cursor_id`` read (and those stored before logs named their cursor, 0015):
-    another router's on the same chain are its own cursor's to confirm or undo."""
-    return sa.or_(table.c.cursor_id == cursor_id, table.c.cursor_id.is_(None))
 
 
 def pending_payments(session: Session, chain_id: int, cursor_id: int) -> Sequence[Payment]:
