@@ -37,8 +37,8 @@ def create_api_key(body: ApiKeyCreate, session: SessionDep, caller: KeyManager) 
     merchant_id = keys.check_can_create(caller, body.merchant_id, body.role, livemode=live)
     if caller.is_admin and body.role.value == "admin" and body.merchant_id is not None:
         raise InvalidRequest("Admin keys are not bound to a merchant.", param="merchant_id")
-    if caller.is_admin and merchant_id is not None and merchant_id.isdigit():
-        # a key for a merchant id nobody has yet would act for whoever is given it later
+    if caller.is_admin and merchant_id is not None:
+        # a key for a merchant id nobody has (yet) would act for whoever is given it later
         visible_merchant(session, caller, merchant_id)
     record, plaintext = keys.create_key(session, merchant_id, body.role, live, name=body.name)
     return ApiKeyCreated(**ApiKeyPublic.of(record).model_dump(), secret=plaintext)

@@ -27,9 +27,10 @@ __all__ = ["world"]  # the fixture
 class TestCreate:
     def test_secret_shown_once_and_stored_as_sha256(self, client, db, new_key):
         admin = new_key("admin", None, live=True)  # a key mints keys of its own mode only
+        shop = client.post("/v1/merchants", json={"name": "Shop"}, headers=auth(admin)).json()
         r = client.post(
             "/v1/api_keys",
-            json={"role": "merchant", "merchant_id": "m_7", "livemode": True},
+            json={"role": "merchant", "merchant_id": shop["id"], "livemode": True},
             headers=auth(admin),
         )
         assert r.status_code == 200, r.text
@@ -38,7 +39,11 @@ class TestCreate:
         assert secret.startswith("fp_live_")
         assert len(secret) == len("fp_live_") + 43
         assert body["redacted_key"] == secret[:12] + "…"
-        assert (body["role"], body["merchant_id"], body["livemode"]) == ("merchant", "m_7", True)
+        assert (body["role"], body["merchant_id"], body["livemode"]) == (
+            "merchant",
+            shop["id"],
+            True,
+        )
 
         with db.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM api_keys"))]
@@ -84,10 +89,12 @@ class TestCreate:
 
     def test_an_admin_binds_a_key_to_an_existing_merchant_by_its_id(self, world):
         """``"01"`` acted for merchant 1 (the CRM parses it) while key lists and revocation
-        compare the text: merchant 1's own key could neither see nor revoke it. A numeric id
-        nobody has yet would act for whoever gets that id later."""
+        compare the text: merchant 1's own key could neither see nor revoke it. An id nobody
+        has (numeric or not, spaces around it) would act for whoever gets that id later."""
         a = world.a.id
-        for merchant_id, status in (("0" + a, 400), ("999999", 404), (a, 200)):
+        attempts = [("0" + a, 400), ("999999", 404), ("acme", 404), (" " + a, 404)]
+        attempts += [(a + " ", 404), (a + "\n", 404), (a, 200)]
+        for merchant_id, status in attempts:
             r = world.client.post(
                 "/v1/api_keys",
                 json={"role": "merchant", "merchant_id": merchant_id},
