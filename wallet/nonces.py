@@ -41,6 +41,7 @@ one process share the claim, not the counter: one process keeps one manager per 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -62,6 +63,7 @@ from wallet.errors import (
     BroadcastUncertainError,
     ChainUnreachableError,
     NonceError,
+    VaultError,
 )
 from wallet.fsutil import ensure_private_dir, followpay_home
 
@@ -150,7 +152,7 @@ class NonceLedger:
         self._synchronous = "FULL" if power_safe else "NORMAL"
         self._claims: list[Path] = []
         if str(self.path) != ":memory:":
-            ensure_private_dir(self.path.parent)
+            _prepare_file(self.path, home=path is None)
         self._db: _Database | None = None
         conn = self._conn()
         conn.executescript(_SCHEMA)
@@ -322,9 +324,44 @@ class NonceLedger:
         return int(cursor.rowcount)
 
 
+def _prepare_file(path: Path, *, home: bool) -> None:
+    """The ledger's directory and file. ``$FOLLOWPAY_HOME`` is made (or tightened to) 0700; a
+    directory the caller chose is created 0700 when missing and otherwise left as it is (it
+    may be shared). The file is created 0600 before SQLite opens it, so its ``-wal`` and
+    ``-shm`` files, which SQLite gives the database's mode, are private too."""
+    if home:
+        ensure_private_dir(path.parent)
+    else:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VaultError(
+                f"cannot create directory {str(path.parent)!r}: {exc.strerror}"
+            ) from None
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 #: Lock files this process holds: path -> (open file, how many ledgers claimed it).
 _CLAIMS: dict[Path, tuple[Any, int]] = {}
 _CLAIMS_LOCK = threading.Lock()
+
+
+def _forget_claims_after_fork() -> None:
+    """A forked child holds none of its parent's claims: its copies of the lock files' handles
+    share the parent's locks, and counted as held they let the child send with the parent's
+    addresses (both would hand out the same nonces). Closing the copies leaves the parent's
+    locks in place, so a claim in the child is refused while the parent holds it."""
+    global _CLAIMS_LOCK
+    _CLAIMS_LOCK = threading.Lock()  # another thread may have held it at the fork
+    for handle, _ in _CLAIMS.values():
+        with contextlib.suppress(OSError):
+            handle.close()
+    _CLAIMS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_claims_after_fork)
 
 
 def _claim(lock: Path, what: str) -> None:
@@ -452,6 +489,7 @@ class NonceManager:
         self._free: list[int] = []  # min-heap of given-back nonces below _next
         self._in_flight: set[int] = set()
         self._ready = False
+        self._pid = os.getpid()  # a forked child must not go on with the parent's nonces
         self.last_report: ReconcileReport | None = None
         ledger.claim(chain_id, address)
         if reconcile:
@@ -528,14 +566,14 @@ class NonceManager:
                 refused.setdefault(entry.nonce, []).append(entry.tx_hash)
         # a refused sibling of an accepted replacement is expected, not stuck
         stuck = [h for n, hashes in sorted(refused.items()) if n not in accepted for h in hashes]
-        live_nonces = accepted | set(refused)
+        # nonces other threads reserved and have not settled yet stay theirs
+        live_nonces = accepted | set(refused) | self._in_flight
         pending = self._get_count(addr, "pending")
         top = max(live_nonces, default=-1) + 1
         self._next = max(pending, latest, top)
         # holes below the top that no live transaction covers are handed out first
         self._free = sorted(n for n in range(max(pending, latest), top) if n not in live_nonces)
         heapq.heapify(self._free)
-        self._in_flight.clear()
         self.ledger.store_next(cid, addr, self._next)
         self._anchor = anchor
         self._ready = True
@@ -624,6 +662,11 @@ class NonceManager:
         with self._lock:
             if not self._ready:
                 raise NonceError("nonce manager is not reconciled")
+            if os.getpid() != self._pid:
+                raise AddressInUseError(
+                    f"address {self.address} on chain {self.chain_id} belongs to the process "
+                    "that made this nonce manager, not to a child forked from it"
+                )
             nonce = heapq.heappop(self._free) if self._free else self._next
             if nonce == self._next:
                 self._next += 1

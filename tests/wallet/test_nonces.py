@@ -535,3 +535,76 @@ def test_a_cancel_supersedes_its_payment_when_the_clock_steps_back(ledger, monke
     sent: list[bytes] = []
     NonceManager(ledger, 31337, ADDR, get_count=node.count, broadcast=lambda raw: sent.append(raw))
     assert sent == [cancel]
+
+
+def test_reconcile_keeps_the_nonces_other_threads_hold(ledger):
+    """A reconcile (a thread settling an uncertain broadcast) while another thread holds a
+    reserved nonce it has not yet signed or sent: that nonce is still theirs, and the thread
+    can go on to record and send it."""
+    node = FakeNode()
+    m = manager(ledger, node)
+    held = m.reserve()
+    m.reconcile()
+    other = m.reserve()
+    assert other != held
+    raw = raw_for(held)
+    m.record(held, "0x" + raw.hex(), raw)  # refused as "not reserved" before
+    node.broadcast(raw)
+    m.sent(held, "0x" + raw.hex())
+    m.release(other)
+    assert m.reserve() == other  # given back, handed out again, nothing lost or doubled
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_a_forked_child_cannot_send_with_its_parents_address(tmp_path):
+    """A child forked from a process holding an address (a preloading server's workers) gets
+    neither the parent's claim (a new ledger's manager is refused) nor its manager (which
+    refuses to hand out nonces): both would reuse the parent's nonces."""
+    import os
+
+    path = tmp_path / "nonces.sqlite3"
+    ledger = NonceLedger(path)
+    parent = NonceManager(ledger, 31337, ADDR, get_count=lambda a, b: 0)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it could do, then leave without cleanup
+        answers = []
+        try:
+            try:
+                NonceManager(NonceLedger(path), 31337, ADDR, get_count=lambda a, b: 0)
+                answers.append("new manager claimed")
+            except AddressInUseError:
+                answers.append("new manager refused")
+            try:
+                answers.append(f"inherited manager reserved {parent.reserve()}")
+            except AddressInUseError:
+                answers.append("inherited manager refused")
+        finally:
+            os.write(write, ";".join(answers).encode())
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as answer:
+        reported = answer.read()
+    assert reported == "new manager refused;inherited manager refused"
+    assert parent.reserve() == 0  # the parent still holds the address and its nonces
+    ledger.close()
+
+
+def test_a_ledger_in_a_directory_of_the_callers_keeps_its_mode(tmp_path):
+    """Only ``$FOLLOWPAY_HOME`` is made private: a directory the caller chose may be shared
+    (it was set to 0700). The ledger's own files are 0600, its WAL files included."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    ledger = NonceLedger(shared / "nonces.sqlite3")
+    NonceManager(ledger, 31337, ADDR, get_count=lambda a, b: 0)  # writes: the WAL exists
+    assert shared.stat().st_mode & 0o777 == 0o755
+    files = sorted(p.name for p in shared.iterdir() if p.name.startswith("nonces.sqlite3"))
+    assert "nonces.sqlite3-wal" in files
+    for name in files:
+        assert (shared / name).stat().st_mode & 0o077 == 0, name
+    ledger.close()
+    fresh = tmp_path / "made" / "here"
+    NonceLedger(fresh / "nonces.sqlite3").close()
+    assert fresh.stat().st_mode & 0o777 == 0o700  # a missing one is made private
