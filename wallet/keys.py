@@ -66,7 +66,7 @@ DEFAULT_ACCOUNT_PATH = "m/44'/60'/0'"
 _WORD_COUNTS = {12: Bip39WordsNum.WORDS_NUM_12, 15: Bip39WordsNum.WORDS_NUM_15,
                 18: Bip39WordsNum.WORDS_NUM_18, 21: Bip39WordsNum.WORDS_NUM_21,
                 24: Bip39WordsNum.WORDS_NUM_24}  # fmt: skip
-_STEP = re.compile(r"^(\d+)(['hH]?)$")
+_STEP = re.compile(r"([0-9]+)(['hH]?)")  # fullmatch; \d admits any script's digits
 
 
 # --- addresses -------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def parse_path(path: str) -> tuple[int, ...]:
         raise InvalidDerivationPathError(f"derivation path must start with 'm/': {path!r}")
     out: list[int] = []
     for part in parts[1:]:
-        match = _STEP.match(part)
+        match = _STEP.fullmatch(part)
         if not match:
             raise InvalidDerivationPathError(f"bad step {part!r} in derivation path {path!r}")
         index = int(match.group(1))

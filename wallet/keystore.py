@@ -59,8 +59,8 @@ def _kdf(kdf: str, params: dict[str, Any]) -> Scrypt | PBKDF2HMAC:
     try:
         salt = bytes.fromhex(params["salt"])
         dklen = int(params.get("dklen", 32))
-        if dklen < 32:
-            raise KeystoreFormatError("keystore dklen must be at least 32")
+        if not 32 <= dklen <= 64:  # PBKDF2's work grows with dklen; 32 bytes are used
+            raise KeystoreFormatError("keystore dklen must be from 32 to 64")
         if kdf == "scrypt":
             n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
             if n < 2 or n & (n - 1) or n > _MAX_SCRYPT_N or not 0 < r <= 32 or not 0 < p <= 16:

@@ -58,7 +58,7 @@ MIN_SCRYPT_N = DEFAULT_SCRYPT_N
 #: before the tag can say the password is wrong.
 MAX_SCRYPT_N = 2**20
 _MAX_READ_SCRYPT_N = 2**22  # earlier releases created vaults without an upper bound
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" admits a final "\n"
 
 
 def _check_scrypt_n(scrypt_n: int, allow_weak_kdf: bool) -> None:
@@ -143,6 +143,24 @@ def _unseal(
     return secret
 
 
+def _seal(
+    kdf: Scrypt,
+    password: str | SecretStr,
+    nonce: bytes,
+    secret: dict[str, str],
+    aad: bytes,
+) -> bytes:
+    """The sealed secret (the counterpart of :func:`_unseal`). The key and the plaintext live
+    only in this frame: a later error (the home not writable, a full disk, a wallet of that
+    name made meanwhile) shows neither among a traceback's locals."""
+    key = kdf.derive(_secret_text(password).encode())
+    plaintext = json.dumps(secret).encode()
+    try:
+        return AESGCM(key).encrypt(nonce, plaintext, aad)
+    finally:
+        del key, plaintext
+
+
 _ADDRESS_HEX = re.compile(r"[0-9a-fA-F]{40}")
 
 
@@ -177,7 +195,7 @@ class Vault:
 
     @staticmethod
     def check_name(name: str) -> str:
-        if not _NAME.match(name or ""):
+        if not _NAME.fullmatch(name or ""):
             raise VaultError(
                 "wallet name must be 1-64 letters, digits, '.', '_' or '-' "
                 "and start with a letter or digit",
@@ -231,16 +249,16 @@ class Vault:
                 "words": len(norm.reveal().split(" ")),
             },
         }
-        key = Scrypt(salt=salt, length=32, n=scrypt_n, r=8, p=1).derive(
-            _secret_text(password).encode()
+        self.ensure_dirs()
+        ciphertext = _seal(
+            Scrypt(salt=salt, length=32, n=scrypt_n, r=8, p=1),
+            password,
+            nonce,
+            {"mnemonic": norm.reveal(), "passphrase": _secret_text(passphrase)},
+            _aad(header),
         )
-        plaintext = json.dumps(
-            {"mnemonic": norm.reveal(), "passphrase": _secret_text(passphrase)}
-        ).encode()
-        ciphertext = AESGCM(key).encrypt(nonce, plaintext, _aad(header))
         document = {**header, "ciphertext": _b64(ciphertext)}
         path = self._hd_path(name)
-        self.ensure_dirs()
         atomic_write(path, json.dumps(document, indent=2).encode(), overwrite=False)
         return self._info_from_header(header, path)
 

@@ -148,7 +148,13 @@ class TestPaths:
         )
 
     @pytest.mark.parametrize(
-        "bad", ["", "44'/60'", "m/44'/x", "m/-1", "m/2147483648", "m//1", "m/1''"]
+        "bad",
+        [
+            *("", "44'/60'", "m/44'/x", "m/-1", "m/2147483648", "m//1", "m/1''"),
+            "m/44'\n/60'/0'/0/0",  # "$" admitted a step's final newline
+            "m/44'/60'/0'/0/\u0663",  # an Arabic-Indic 3 read as index 3
+            "m/44'/60'/0'/0/\uff11",  # a full-width 1
+        ],
     )
     def test_bad_paths(self, bad):
         with pytest.raises(InvalidDerivationPathError):

@@ -187,3 +187,14 @@ def test_a_malformed_version_is_a_keystore_format_error(version: str) -> None:
     TypeError" from the CLI) where every other malformed field is a KeystoreFormatError."""
     with pytest.raises(KeystoreFormatError, match="version 3"):
         decrypt_keystore('{"version": ' + version + ', "crypto": {}}', "pw")
+
+
+@pytest.mark.parametrize("dklen", [65, 32 * 256])
+def test_a_key_file_asking_pbkdf2_for_a_long_key_is_refused_before_deriving(dklen):
+    """PBKDF2 runs all its rounds again for every 32 bytes of key: the largest round count
+    read with a 1 MiB key would take hours. Only 32 bytes are used; 64 is the most read.
+    (The first 32 bytes do not depend on dklen: such a file even opens with its password.)"""
+    doc = encrypt_keystore(KEY, PW, kdf="pbkdf2", pbkdf2_iterations=1_000, allow_weak_kdf=True)
+    doc["crypto"]["kdfparams"].update(dklen=dklen)  # 1,000 rounds: old code read it at once
+    with pytest.raises(KeystoreFormatError, match="dklen"):
+        decrypt_keystore(doc, PW)

@@ -298,3 +298,44 @@ def test_a_mistyped_mnemonic_is_not_among_a_tracebacks_locals(kind):
     assert "validate_mnemonic" in text  # the frames were rendered
     runs = [typo[i : i + 3] for i in range(len(typo) - 2)]
     assert not any(all(f"'{w}'" in text for w in run) for run in runs)
+
+
+@pytest.mark.parametrize("failure", ["home_not_a_directory", "write_fails"])
+def test_a_failed_vault_create_shows_no_mnemonic_among_a_tracebacks_locals(
+    tmp_path, monkeypatch, failure
+):
+    """Creating a vault held the derived key and the plaintext phrase among its own locals
+    while it wrote the file: a home it cannot make, a full disk or a wallet of that name made
+    meanwhile showed the recovery phrase in any traceback that prints locals."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    import wallet.vault as vault_module
+    from wallet.errors import VaultError
+    from wallet.secrets import SecretStr
+
+    home = tmp_path / "home"
+    if failure == "home_not_a_directory":
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("")
+        home = blocker / "home"
+    else:
+
+        def full_disk(*args, **kwargs):
+            raise VaultError("cannot write the wallet file: No space left on device")
+
+        monkeypatch.setattr(vault_module, "atomic_write", full_disk)
+    seen: list[bytes] = []
+    derive = Scrypt.derive
+    monkeypatch.setattr(
+        Scrypt, "derive", lambda self, data: seen.append(derive(self, data)) or seen[-1]
+    )
+    vault = Vault(home, scrypt_n=FAST_N, allow_weak_kdf=True)
+    mnemonic = generate_mnemonic(12)
+    with pytest.raises(VaultError) as caught:
+        vault.create("hot", mnemonic, "pw-hot", passphrase=SecretStr("extra-word"))
+    text = _rendered_with_locals(caught.value)
+    assert "create" in text  # the frames were rendered
+    assert " ".join(mnemonic.reveal().split()[:3]) not in text
+    assert "extra-word" not in text
+    for key in seen:
+        assert repr(key)[2:30] not in text

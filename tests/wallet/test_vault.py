@@ -109,7 +109,9 @@ class TestRefusals:
             vault.create("main", DEV, PASSWORD)
         assert tree(vault.home) == before
 
-    @pytest.mark.parametrize("name", ["", "../evil", "a/b", ".hidden", "x" * 65, "spa ce"])
+    @pytest.mark.parametrize(
+        "name", ["", "../evil", "a/b", ".hidden", "x" * 65, "spa ce", "main\n", "main\r"]
+    )
     def test_bad_names(self, vault, name):
         with pytest.raises(VaultError):
             vault.create(name, DEV, PASSWORD)
