@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, func, select
 
 from crm.contacts.models import Contact
@@ -314,16 +315,40 @@ def list_purchases_for_contact(session: Session, contact_id: int) -> Sequence[Pu
 def first_purchases_without_periodic(
     session: Session, merchant_id: int, settled_before: datetime, kind: str
 ) -> Sequence[Purchase]:
-    """Each contact's first live purchase settled before the cutoff without a ``kind`` follow-up."""
+    """Each contact's first live purchase settled before the cutoff without a ``kind`` follow-up.
+
+    One cancelled for its own sale's reversal (a reorg, an invalidated invoice) before it
+    could reach the contact does not count: a cancelled purchase never comes back (a payment
+    the chain takes again is a new one), so the contact's next live purchase gets one."""
     first = (
         select(Purchase.contact_id, func.min(Purchase.id).label("first_id"))
         .where(Purchase.merchant_id == merchant_id, col(Purchase.cancelled_at).is_(None))
         .group_by(col(Purchase.contact_id))
         .subquery()
     )
+    own_sale = aliased(Purchase)
+    sale_reversed = (
+        select(own_sale.id)
+        .where(
+            own_sale.merchant_id == FollowUp.merchant_id,
+            own_sale.payment_ref == FollowUp.payment_ref,
+            col(own_sale.cancelled_at).is_not(None),
+        )
+        .exists()
+    )
+    lost_with_its_sale = sa.and_(
+        col(FollowUp.state) == "cancelled",
+        col(FollowUp.sent_at).is_(None),
+        col(FollowUp.attempted_at).is_(None),
+        sale_reversed,
+    )
     has_followup = (
         select(FollowUp.id)
-        .where(FollowUp.contact_id == Purchase.contact_id, FollowUp.kind == kind)
+        .where(
+            FollowUp.contact_id == Purchase.contact_id,
+            FollowUp.kind == kind,
+            sa.not_(lost_with_its_sale),
+        )
         .exists()
     )
     stmt = (

@@ -442,6 +442,40 @@ class TestSchedulePeriodic:
             other.id
         ]
 
+    def test_a_periodic_one_lost_with_its_sale_is_made_again_from_the_next_purchase(
+        self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
+    ) -> None:
+        """The periodic follow-up hangs on the contact's first purchase, and a reversed sale
+        (a reorg, an invalidated invoice) cancels it. The contact's next live purchase became
+        the first, but the cancelled row counted as "has one": never surveyed again. One that
+        reached the contact before its sale was reversed still counts (once per contact)."""
+        policy(session, merchant_id, clock, trigger="periodic", periodic_after_days=30)
+        c = consented(session, make_contact, merchant_id, clock)
+        pay(session, merchant_id, c, "p1", clock)
+        clock.advance(days=5)
+        pay(session, merchant_id, c, "p2", clock)
+        clock.advance(days=26)
+        [periodic] = followups.schedule_periodic(session, merchant_id, clock)
+        assert periodic.payment_ref == "p1"
+        followups.cancel_for_payment(session, merchant_id, "p1", "invoice_invalidated", clock)
+        session.refresh(periodic)
+        assert periodic.state == "cancelled"
+        clock.advance(days=5)  # p2, now the first live purchase, is 31 days old
+        [again] = followups.schedule_periodic(session, merchant_id, clock)
+        assert (again.contact_id, again.payment_ref, again.state) == (c.id, "p2", "scheduled")
+        assert followups.schedule_periodic(session, merchant_id, clock) == []
+
+        reached = consented(session, make_contact, merchant_id, clock)
+        pay(session, merchant_id, reached, "p3", clock)
+        pay(session, merchant_id, reached, "p4", clock)
+        clock.advance(days=31)
+        [sent] = followups.schedule_periodic(session, merchant_id, clock)
+        assert sent.payment_ref == "p3"
+        sent.state, sent.sent_at = "sent", clock.now()  # delivered, then the sale reversed
+        session.add(sent)
+        followups.cancel_for_payment(session, merchant_id, "p3", "reorg", clock)
+        assert followups.schedule_periodic(session, merchant_id, clock) == []
+
     def test_a_survey_sent_within_the_cap_defers_the_periodic_one_instead_of_suppressing_it(
         self, session: Session, merchant_id: int, make_contact: MakeContact, clock: FrozenClock
     ) -> None:
