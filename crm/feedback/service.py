@@ -103,14 +103,19 @@ def submit_feedback(
     if fb.token_expires_at is None or now >= fb.token_expires_at:
         raise FeedbackTokenExpired("this feedback link has expired")
     check_not_reversed(session, merchant_id, fb.followup_id)
-    # The contact's lock first, then the answer's, as erasure takes them (the other order
-    # deadlocked an erasure on PostgreSQL): an erasure that committed since the reads above
-    # is seen here, and one that starts now waits for this answer.
+    # Locks in the order every writer of these rows takes them: contact, follow-up, answer
+    # (erasure; the worker's prepare_send, mark_failed; a reorg's cancellation). The answer's
+    # row before the contact's deadlocked an erasure on PostgreSQL, and before the follow-up's
+    # a worker recording a failed send of this survey (writing the answer's row twice also
+    # takes a key-share lock on its follow-up, for the foreign key). An erasure that committed
+    # since the reads above is seen here, and one that starts now waits for this answer.
     contact = contacts_repo.get_for_update(session, fb.contact_id, merchant_id)
     assert contact is not None
     key = contacts.data_key(session, keyring, contact)
     if key is None or contact.erased_at is not None:
         raise ContactErased("contact has been erased")
+    fu = followups_repo.get_for_update(session, fb.followup_id)
+    assert fu is not None
     fb = repo.get_by_token_hash(session, token_hash)
     if fb is None:  # revoked since the first look
         raise FeedbackTokenUsed("this feedback link has already been used")
@@ -121,8 +126,6 @@ def submit_feedback(
     fb.comment_enc = key.encrypt(comment, f"{COMMENT}:{fb.id}")
     fb.submitted_at, fb.edit_until, fb.updated_at = now, now + EDIT_WINDOW, now
     repo.save(session, fb)
-    fu = followups_repo.get_for_update(session, fb.followup_id)
-    assert fu is not None
     followups.mark_responded(session, fu, now)
     policy = followups_repo.get_policy_by_id(session, merchant_id, fu.policy_id or 0)
     points = policy.reward_points if policy is not None else 0

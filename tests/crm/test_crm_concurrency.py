@@ -463,3 +463,97 @@ def test_an_answer_racing_an_erasure_neither_deadlocks_nor_outlives_it(
     assert errors == []
     assert isinstance(results["answer"], ContactErased)
     assert "erase" in results
+
+
+@pytest.mark.postgres
+def test_an_answer_racing_a_failed_send_of_its_survey_does_not_deadlock(
+    pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link works while the worker sends the survey (the token is the same on every
+    attempt). An answer locked its feedback row and then the follow-up; a worker recording a
+    sure failure of the send locks the follow-up and then revokes the feedback row's token.
+    PostgreSQL aborted one of them (the worker's whole batch, or the customer's answer with
+    a 500). Now the answer takes the follow-up first: the worker waits, then finds the survey
+    answered and leaves it."""
+    from crm.errors import InvalidTransition
+    from crm.feedback import service as feedback
+    from crm.feedback.models import FeedbackCreate
+
+    clock = FrozenClock(START)
+    mid, cid = _one_customer(pg_committed, keyring, clock)
+    with session_scope(pg_committed) as s:
+        followups_policies.create_policy(
+            s,
+            mid,
+            FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=0),
+            actor="admin",
+            clock=clock,
+        )
+        [fu] = followups.schedule_for_payment(
+            s, mid, cid, "p1", "inv-p1", 1000, "USDC", clock.now(), clock
+        )
+        fid = fu.id or 0
+        assert fid in followups_dispatch.claim_due(s, clock.now(), 10, "w")
+        send = followups_dispatch.prepare_send(s, fid, clock.now(), keyring, worker_id="w")
+        assert send is not None
+    answer_locked, worker_waits = threading.Event(), threading.Event()
+    real_claim = feedback.repo.claim_submission
+
+    def paused_claim(session: Session, *args: object) -> bool:
+        won = real_claim(session, *args)  # type: ignore[arg-type]
+        answer_locked.set()  # the answer now holds its rows
+        assert worker_waits.wait(HANG)
+        return won
+
+    monkeypatch.setattr(feedback.repo, "claim_submission", paused_claim)
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def answer() -> None:
+        try:
+            with session_scope(pg_committed) as s:
+                results["answer"] = feedback.submit_feedback(
+                    s, mid, send.token, FeedbackCreate(rating=2), keyring=keyring, clock=clock
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    def worker() -> None:
+        try:
+            assert answer_locked.wait(HANG)
+            with session_scope(pg_committed) as s:
+                pid, done = _backend_pid(s), threading.Event()
+
+                def watch() -> None:  # the worker waits for a lock, or is done
+                    for _ in range(int(HANG / 0.01)):
+                        if done.is_set() or _waits_for_lock(pg_admin, pid):
+                            break
+                        time.sleep(0.01)
+                    worker_waits.set()
+
+                threading.Thread(target=watch, daemon=True).start()
+                try:
+                    followups_dispatch.mark_failed(
+                        s, fid, clock.now(), error="smtp 451", worker_id="w"
+                    )
+                except InvalidTransition as lost:  # the survey was answered meanwhile
+                    results["worker"] = lost
+                finally:
+                    done.set()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            worker_waits.set()
+
+    threads = [threading.Thread(target=answer), threading.Thread(target=worker)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG * 2)
+    assert [f"{type(e).__name__}: {str(e).splitlines()[0]}" for e in errors] == []
+    assert "answer" in results
+    assert isinstance(results["worker"], InvalidTransition)
+    with session_scope(pg_committed) as s:
+        answered = s.get(FollowUp, fid)
+        assert answered is not None
+        assert answered.state == "responded"
