@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -109,6 +110,8 @@ def test_claim_due_never_double_claims(committed_engine: sa.Engine, keyring: Key
 # until the second is either waiting for a lock (the fix: it will decide after the commit) or
 # done (no lock: it decided without seeing the first). Then the first commits.
 
+_T = TypeVar("_T")
+
 HANG = 60.0  # seconds before a wait is a hang (a failure), never a measured duration
 
 
@@ -184,6 +187,27 @@ def _run_together(*jobs: Callable[[], None]) -> None:
         t.start()
     for t in threads:
         t.join(HANG * 2)
+
+
+def _call_noting_lock_wait(
+    admin: sa.Engine, session: Session, waiting: threading.Event, call: Callable[[], _T]
+) -> _T:
+    """``call()`` in ``session``; ``waiting`` is set once its backend waits for a lock (or
+    the call is over), so the transaction that holds the lock can be let go on."""
+    pid, done = _backend_pid(session), threading.Event()
+
+    def watch() -> None:
+        for _ in range(int(HANG / 0.01)):
+            if done.is_set() or _waits_for_lock(admin, pid):
+                break
+            time.sleep(0.01)
+        waiting.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        return call()
+    finally:
+        done.set()
 
 
 def _one_customer(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> tuple[int, int]:
@@ -440,20 +464,12 @@ def test_an_answer_racing_an_erasure_neither_deadlocks_nor_outlives_it(
         try:
             assert answer_read.wait(HANG)
             with session_scope(pg_committed) as s:
-                pid, done = _backend_pid(s), threading.Event()
-
-                def watch() -> None:  # the erasure waits for a lock, or is done
-                    for _ in range(int(HANG / 0.01)):
-                        if done.is_set() or _waits_for_lock(pg_admin, pid):
-                            break
-                        time.sleep(0.01)
-                    erasure_went.set()
-
-                threading.Thread(target=watch, daemon=True).start()
-                try:
-                    results["erase"] = privacy.erase_contact(s, mid, cid, actor="dpo", clock=clock)
-                finally:
-                    done.set()
+                results["erase"] = _call_noting_lock_wait(
+                    pg_admin,
+                    s,
+                    erasure_went,
+                    lambda: privacy.erase_contact(s, mid, cid, actor="dpo", clock=clock),
+                )
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -522,24 +538,17 @@ def test_an_answer_racing_a_failed_send_of_its_survey_does_not_deadlock(
         try:
             assert answer_locked.wait(HANG)
             with session_scope(pg_committed) as s:
-                pid, done = _backend_pid(s), threading.Event()
-
-                def watch() -> None:  # the worker waits for a lock, or is done
-                    for _ in range(int(HANG / 0.01)):
-                        if done.is_set() or _waits_for_lock(pg_admin, pid):
-                            break
-                        time.sleep(0.01)
-                    worker_waits.set()
-
-                threading.Thread(target=watch, daemon=True).start()
                 try:
-                    followups_dispatch.mark_failed(
-                        s, fid, clock.now(), error="smtp 451", worker_id="w"
+                    _call_noting_lock_wait(
+                        pg_admin,
+                        s,
+                        worker_waits,
+                        lambda: followups_dispatch.mark_failed(
+                            s, fid, clock.now(), error="smtp 451", worker_id="w"
+                        ),
                     )
                 except InvalidTransition as lost:  # the survey was answered meanwhile
                     results["worker"] = lost
-                finally:
-                    done.set()
         except BaseException as exc:
             errors.append(exc)
         finally:
