@@ -34,7 +34,13 @@ from crm.audit import service as audit
 from crm.clock import Clock
 from wallet.signing import recover_message
 
-__all__ = ["MAX_VALIDITY", "link_message", "reclaim_address", "verify_proof"]
+__all__ = [
+    "MAX_VALIDITY",
+    "invalidate_reclaimed",
+    "link_message",
+    "reclaim_address",
+    "verify_proof",
+]
 
 #: How far ahead a proof may expire: long enough to sign and send, short enough that an old one
 #: is useless after the address changes hands.
@@ -104,7 +110,7 @@ def reclaim_address(
     previous = held.merchant_id
     now = clock.now()
     for invoice in repo.unpaid_invoices_on_account(session, account_id, previous):
-        _invalidate(session, invoice, actor=actor, at=now)
+        invalidate_reclaimed(session, invoice, actor=actor, at=now)
     held.merchant_id = merchant_id
     repo.add(session, held)
     detail = {"chain_id": chain_id, "address": held.address, "from_merchant": previous}
@@ -121,7 +127,9 @@ def reclaim_address(
         )
 
 
-def _invalidate(session: Session, invoice: Invoice, *, actor: str, at: datetime) -> None:
+def invalidate_reclaimed(session: Session, invoice: Invoice, *, actor: str, at: datetime) -> None:
+    """``invalid``/``marked``, audited (reason ``account_reclaimed``), ``invoice.invalid`` to
+    its merchant: an invoice of a former holder that no payment holds."""
     invoice.state = InvoiceState.INVALID
     invoice.status = InvoiceStatus.MARKED
     repo.add(session, invoice)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from sqlmodel import Session
 
 from api.settlement import repository as repo
+from api.settlement.account_proof import invalidate_reclaimed
 from api.settlement.chain_evidence import payment_evidence, payment_ref, refund_evidence
 from api.settlement.errors import ReorgTooDeepError
 from api.settlement.events import InvoiceEvents
@@ -119,6 +120,15 @@ def roll_back(
     invoices: dict[str, Invoice] = {}
     was_expired: set[str] = set()
     undone: list[tuple[str, dict[str, Any]]] = []
+    holders: dict[int, int | None] = {}
+    reclaimed: list[Invoice] = []
+
+    def moved(invoice: Invoice) -> bool:
+        """Whether the invoice's account now belongs to another merchant (reclaimed)."""
+        if invoice.account_id not in holders:
+            account = repo.get_account(session, invoice.account_id)
+            holders[invoice.account_id] = None if account is None else account.merchant_id
+        return holders[invoice.account_id] not in (None, invoice.merchant_id)
 
     def locked(invoice_id: str | None) -> Invoice | None:
         if invoice_id is None:
@@ -140,7 +150,14 @@ def roll_back(
         if invoice is None:
             continue
         invoice.paid_amount -= payment.amount
-        if invoice.status != InvoiceStatus.MARKED:
+        if invoice.status != InvoiceStatus.MARKED and moved(invoice):
+            # a former holder's sale, spared by the reclaim only because it was paid: unpaid
+            # now, it is invalidated as the reclaim would have (reopened, its intent would
+            # take the new holder's money as the former holder's sale)
+            invoice.state, invoice.status = InvoiceState.INVALID, InvoiceStatus.MARKED
+            invoice.settled_at = None
+            reclaimed.append(invoice)
+        elif invoice.status != InvoiceStatus.MARKED:
             # as expire_due would: open until the grace is over, then announced as expired
             open_until = invoice.expires_at + EXPIRY_GRACE
             invoice.state = InvoiceState.NEW if now < open_until else InvoiceState.EXPIRED
@@ -184,6 +201,8 @@ def roll_back(
     for invoice_id, invoice in invoices.items():  # expire_due never sees a closed invoice
         if invoice.state == InvoiceState.EXPIRED and invoice_id not in was_expired:
             events.emit(invoice, "invoice.expired")
+    for invoice in {i.id: i for i in reclaimed}.values():
+        invalidate_reclaimed(session, invoice, actor="indexer", at=now)
     return restored
 
 

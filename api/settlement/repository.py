@@ -443,6 +443,10 @@ _UPDATE_ROWS = (
 _ROWS_BY_NUMBER = sa.select(*(_INVOICES.c[c] for c in _ROW_COLUMNS)).where(
     _INVOICES.c.account_id == sa.bindparam("account_id"),
     _INVOICES.c.number.in_(sa.bindparam("numbers", expanding=True)),
+    _INVOICES.c.merchant_id
+    == sa.select(_ACCOUNTS.c.merchant_id)
+    .where(_ACCOUNTS.c.id == sa.bindparam("account_id"))
+    .scalar_subquery(),
 )
 
 
@@ -463,6 +467,10 @@ def _invoice_row(row: Any) -> InvoiceRow:
 def invoice_rows_by_number(
     session: Session, account_id: int, numbers: set[int]
 ) -> dict[int, InvoiceRow]:
+    """The invoices of the account's current holder by number. A former holder's (the account
+    was reclaimed, :mod:`api.settlement.account_proof`) are left out: a log for one reached
+    the holder's address, so it is the holder's unmatched payment or refund, not the former
+    holder's sale."""
     ordered = sorted(numbers)
     found: dict[int, InvoiceRow] = {}
     conn = session.connection()
