@@ -180,7 +180,14 @@ def edit_feedback(
     """The customer may change their answer for 14 days after submitting; then it is frozen.
     Not once the contact is erased or the payment it rates was reversed (as for a first
     answer). Two edits at once run one after another (:func:`repo.get_for_edit`): both turning
-    the answer negative open one ticket."""
+    the answer negative open one ticket. Locks as :func:`submit_feedback` takes them (contact,
+    follow-up, answer): the answer's first made an edit racing an erasure deadlock, and the
+    reversal check, made under the follow-up's lock, sees a reorg that committed meanwhile."""
+    peek = repo.get(session, merchant_id, feedback_id)
+    if peek is None:
+        raise FeedbackNotFound("no such feedback", param="feedback_id")
+    contact = contacts_repo.get_for_update(session, peek.contact_id, merchant_id)
+    followups_repo.get_for_update(session, peek.followup_id)
     fb = repo.get_for_edit(session, merchant_id, feedback_id)
     if fb is None:
         raise FeedbackNotFound("no such feedback", param="feedback_id")
@@ -198,7 +205,6 @@ def edit_feedback(
     if fb.edit_until is None or now >= fb.edit_until:
         raise FeedbackFrozen("feedback can no longer be edited")
     assert fb.id is not None
-    contact = contacts_repo.get(session, merchant_id, fb.contact_id)
     key = None if contact is None else contacts.data_key(session, keyring, contact)
     if key is None or contact is None or contact.erased_at is not None:
         raise ContactErased("contact has been erased")

@@ -11,6 +11,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from crm._base import UTCDateTime
+from crm.contacts.models import Contact
 from crm.enums import TicketState
 from crm.tickets.models import Ticket, TicketEvent
 
@@ -48,10 +49,16 @@ def get(
     transition that writes it. The no-op UPDATE is the lock on SQLite too (the API's engine
     reads outside a transaction until its first write, so ``FOR UPDATE`` alone let a racing
     transition commit in between: an assign overwrote a response, and a second response was
-    accepted)."""
+    accepted). The ticket's contact is locked first, in the order erasure takes them: the
+    transition's write re-checks the ticket's foreign keys, which on PostgreSQL waits on a
+    contact an erasure holds while the erasure waits for the ticket (a deadlock)."""
     scope = (col(Ticket.id) == ticket_id, col(Ticket.merchant_id) == merchant_id)
     stmt = select(Ticket).where(*scope)
     if for_update:
+        contact = select(Ticket.contact_id).where(*scope).scalar_subquery()
+        session.connection().execute(
+            sa.update(Contact).where(col(Contact.id) == contact).values(id=Contact.id)
+        )
         session.connection().execute(sa.update(Ticket).where(*scope).values(id=Ticket.id))
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.exec(stmt).first()

@@ -1,0 +1,203 @@
+"""Erasure racing the writes a contact's answers and tickets get, on PostgreSQL.
+
+Erasure locks the contact first and its answers and tickets last. A write that locked one of
+those rows first and then wrote it deadlocked with it: writing a row this transaction already
+wrote (the no-op UPDATE that is the lock) re-checks the row's foreign keys, which takes a
+key-share lock on the contact the erasure holds. PostgreSQL then aborted one side with a 500
+(the customer's edit, the agent's action, or the erasure itself).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from crm import KeyRing
+from crm.clock import FrozenClock
+from crm.contacts.models import Contact
+from crm.db import session_scope
+from crm.errors import FeedbackPaymentReversed
+from crm.feedback import service as feedback
+from crm.feedback.models import FeedbackCreate, FeedbackUpdate
+from crm.followups import service as followups
+from crm.privacy import service as privacy
+from crm.tickets import service as tickets
+
+from .conftest import START
+from .helpers import sent_followup
+from .test_crm_concurrency import (
+    HANG,
+    _backend_pid,
+    _call_noting_lock_wait,
+    _one_customer,
+    _run_together,
+    _waits_for_lock,
+)
+
+pytestmark = pytest.mark.postgres
+
+LATER = FrozenClock(START + timedelta(hours=1))
+
+
+def _answered(engine: sa.Engine, keyring: KeyRing, rating: int) -> tuple[int, int, Any]:
+    """A customer who answered a survey with ``rating``: (merchant, contact, the answer)."""
+    clock = FrozenClock(START)
+    mid, cid = _one_customer(engine, keyring, clock)
+    with session_scope(engine) as s:
+        contact = s.get(Contact, cid)
+        assert contact is not None
+        _, token = sent_followup(s, mid, contact, clock, keyring)
+        answer = feedback.submit_feedback(
+            s, mid, token, FeedbackCreate(rating=rating), keyring=keyring, clock=clock
+        )
+    return mid, cid, answer
+
+
+def _with_erasure_between(
+    engine: sa.Engine,
+    admin: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    locks: tuple[Any, str],
+    write: Callable[[Session], object],
+    erase: Callable[[Session], object],
+) -> dict[str, object]:
+    """``write`` in one transaction, paused once ``locks`` (an object and the name of the
+    call that takes its first lock) has run, until ``erase`` in another waits for a lock or
+    is done. Both must go through."""
+    holder, name = locks
+    real = getattr(holder, name)
+    locked, erasure_waits = threading.Event(), threading.Event()
+
+    def paused(*args: object, **kwargs: object) -> object:
+        row = real(*args, **kwargs)
+        locked.set()
+        assert erasure_waits.wait(HANG)
+        return row
+
+    monkeypatch.setattr(holder, name, paused)
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with session_scope(engine) as s:
+                results["write"] = write(s)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def eraser() -> None:
+        try:
+            assert locked.wait(HANG)
+            with session_scope(engine) as s:
+                results["erase"] = _call_noting_lock_wait(admin, s, erasure_waits, lambda: erase(s))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            erasure_waits.set()
+
+    _run_together(writer, eraser)
+    assert [f"{type(e).__name__}: {str(e).splitlines()[0]}" for e in errors] == []
+    return results
+
+
+@pytest.mark.parametrize("transition", ["resolve", "respond", "assign"])
+def test_a_ticket_transition_racing_an_erasure_does_not_deadlock(
+    pg_committed: sa.Engine,
+    pg_admin: sa.Engine,
+    keyring: KeyRing,
+    monkeypatch: pytest.MonkeyPatch,
+    transition: str,
+) -> None:
+    mid, cid, answer = _answered(pg_committed, keyring, rating=1)
+    tid = answer.ticket_id or 0
+    if transition == "resolve":
+        with session_scope(pg_committed) as s:
+            tickets.respond(s, mid, tid, actor="agent", clock=LATER)
+
+    def act(s: Session) -> object:
+        if transition == "assign":
+            return tickets.assign(s, mid, tid, "bob", actor="agent", clock=LATER)
+        return getattr(tickets, transition)(s, mid, tid, actor="agent", clock=LATER)
+
+    results = _with_erasure_between(
+        pg_committed,
+        pg_admin,
+        monkeypatch,
+        (tickets.repo, "get"),
+        act,
+        lambda s: privacy.erase_contact(s, mid, cid, actor="dpo", clock=LATER),
+    )
+    assert set(results) == {"write", "erase"}
+
+
+def test_an_edit_racing_an_erasure_does_not_deadlock(
+    pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit locked its answer first. Now it holds the contact (and the follow-up) by the
+    time it locks the answer: the erasure, paused here, waits for the edit."""
+    mid, cid, answer = _answered(pg_committed, keyring, rating=5)
+    results = _with_erasure_between(
+        pg_committed,
+        pg_admin,
+        monkeypatch,
+        (feedback.repo, "get_for_edit"),
+        lambda s: feedback.edit_feedback(
+            s, mid, answer.id, FeedbackUpdate(rating=4), actor="c", keyring=keyring, clock=LATER
+        ),
+        lambda s: privacy.erase_contact(s, mid, cid, actor="dpo", clock=LATER),
+    )
+    assert set(results) == {"write", "erase"}
+
+
+def test_an_edit_racing_a_reorg_of_its_sale_is_refused_or_goes_first(
+    pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reversal check was a plain read before any lock: a reorg that committed right after
+    it let the edit (here one turning the answer negative, opening a ticket) through on a
+    reversed sale. Made under the follow-up's lock, the check holds: a reorg that starts then
+    waits for the edit, which therefore comes first."""
+    mid, _, answer = _answered(pg_committed, keyring, rating=5)
+    real_check = feedback.check_not_reversed
+    reorg: dict[str, object] = {}
+
+    def check_then_reorg(session: Session, merchant_id: int, followup_id: int) -> None:
+        real_check(session, merchant_id, followup_id)  # the sale still holds
+
+        def cancel() -> None:
+            with session_scope(pg_committed) as indexer:
+                reorg["pid"] = _backend_pid(indexer)
+                followups.cancel_for_payment(indexer, mid, "p1", "reorg", LATER)
+            reorg["committed"] = True
+
+        thread = threading.Thread(target=cancel)
+        thread.start()
+        for _ in range(int(HANG / 0.01)):  # the reorg commits, or waits for the edit's lock
+            pid = reorg.get("pid")
+            if not thread.is_alive() or (pid and _waits_for_lock(pg_admin, int(pid))):
+                break
+            time.sleep(0.01)
+        reorg["before_the_edit"] = not thread.is_alive()
+        reorg["thread"] = thread
+
+    monkeypatch.setattr(feedback, "check_not_reversed", check_then_reorg)
+    try:
+        with session_scope(pg_committed) as s:
+            feedback.edit_feedback(
+                s, mid, answer.id, FeedbackUpdate(rating=1), actor="c", keyring=keyring, clock=LATER
+            )
+        edited = True
+    except FeedbackPaymentReversed:
+        edited = False
+    thread = reorg["thread"]
+    assert isinstance(thread, threading.Thread)
+    thread.join(HANG)
+    assert reorg.get("committed") is True
+    # an edit that went through came before the reorg, never after it
+    assert not (edited and reorg["before_the_edit"])
