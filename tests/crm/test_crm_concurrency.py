@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -208,6 +208,62 @@ def _call_noting_lock_wait(
         return call()
     finally:
         done.set()
+
+
+def _hold_then_race(
+    engine: sa.Engine,
+    admin: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    pause_after: tuple[Any, str],
+    first: Callable[[Session], object],
+    second: Callable[[Session], object],
+    *,
+    refusals: tuple[type[BaseException], ...] = (),
+) -> dict[str, object]:
+    """``first`` in one transaction, paused once ``pause_after`` (an object and the name of a
+    call ``first`` makes) has run, until ``second`` in another waits for a lock or is done.
+    Returns each side's result under "first" and "second" (a refusal in ``refusals`` counts
+    as its result); any other error, a deadlock included, fails the test."""
+    holder, name = pause_after
+    real = getattr(holder, name)
+    paused, second_waits = threading.Event(), threading.Event()
+
+    def pausing(*args: object, **kwargs: object) -> object:
+        answer = real(*args, **kwargs)
+        paused.set()
+        assert second_waits.wait(HANG)
+        return answer
+
+    monkeypatch.setattr(holder, name, pausing)
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def run_first() -> None:
+        try:
+            with session_scope(engine) as s:
+                results["first"] = first(s)
+        except refusals as refused:
+            results["first"] = refused
+        except BaseException as exc:
+            errors.append(exc)
+
+    def run_second() -> None:
+        try:
+            assert paused.wait(HANG)
+            with session_scope(engine) as s:
+                results["second"] = _call_noting_lock_wait(
+                    admin, s, second_waits, lambda: second(s)
+                )
+        except refusals as refused:
+            results["second"] = refused
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            second_waits.set()
+
+    _run_together(run_first, run_second)
+    assert [f"{type(e).__name__}: {str(e).splitlines()[0]}" for e in errors] == []
+    return results
 
 
 def _one_customer(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> tuple[int, int]:
@@ -437,48 +493,19 @@ def test_an_answer_racing_an_erasure_neither_deadlocks_nor_outlives_it(
         contact = s.get(Contact, cid)
         assert contact is not None
         _, token = sent_followup(s, mid, contact, clock, keyring)
-    answer_read, erasure_went = threading.Event(), threading.Event()
-    real_check = feedback.check_not_reversed
-
-    def paused_check(session: Session, merchant_id: int, followup_id: int) -> None:
-        answer_read.set()  # between the answer's first read and its contact lock
-        assert erasure_went.wait(HANG)
-        real_check(session, merchant_id, followup_id)
-
-    monkeypatch.setattr(feedback, "check_not_reversed", paused_check)
-    results: dict[str, object] = {}
-    errors: list[BaseException] = []
-
-    def answer() -> None:
-        try:
-            with session_scope(pg_committed) as s:
-                feedback.submit_feedback(
-                    s, mid, token, FeedbackCreate(rating=1), keyring=keyring, clock=clock
-                )
-        except ContactErased as refused:
-            results["answer"] = refused
-        except BaseException as exc:
-            errors.append(exc)
-
-    def erase() -> None:
-        try:
-            assert answer_read.wait(HANG)
-            with session_scope(pg_committed) as s:
-                results["erase"] = _call_noting_lock_wait(
-                    pg_admin,
-                    s,
-                    erasure_went,
-                    lambda: privacy.erase_contact(s, mid, cid, actor="dpo", clock=clock),
-                )
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            erasure_went.set()
-
-    _run_together(answer, erase)
-    assert errors == []
-    assert isinstance(results["answer"], ContactErased)
-    assert "erase" in results
+    results = _hold_then_race(
+        pg_committed,
+        pg_admin,
+        monkeypatch,
+        (feedback, "check_not_reversed"),  # between the answer's first read and its locks
+        lambda s: feedback.submit_feedback(
+            s, mid, token, FeedbackCreate(rating=1), keyring=keyring, clock=clock
+        ),
+        lambda s: privacy.erase_contact(s, mid, cid, actor="dpo", clock=clock),
+        refusals=(ContactErased,),
+    )
+    assert isinstance(results["first"], ContactErased)
+    assert "second" in results
 
 
 @pytest.mark.postgres
@@ -512,56 +539,21 @@ def test_an_answer_racing_a_failed_send_of_its_survey_does_not_deadlock(
         assert fid in followups_dispatch.claim_due(s, clock.now(), 10, "w")
         send = followups_dispatch.prepare_send(s, fid, clock.now(), keyring, worker_id="w")
         assert send is not None
-    answer_locked, worker_waits = threading.Event(), threading.Event()
-    real_claim = feedback.repo.claim_submission
-
-    def paused_claim(session: Session, *args: object) -> bool:
-        won = real_claim(session, *args)  # type: ignore[arg-type]
-        answer_locked.set()  # the answer now holds its rows
-        assert worker_waits.wait(HANG)
-        return won
-
-    monkeypatch.setattr(feedback.repo, "claim_submission", paused_claim)
-    results: dict[str, object] = {}
-    errors: list[BaseException] = []
-
-    def answer() -> None:
-        try:
-            with session_scope(pg_committed) as s:
-                results["answer"] = feedback.submit_feedback(
-                    s, mid, send.token, FeedbackCreate(rating=2), keyring=keyring, clock=clock
-                )
-        except BaseException as exc:
-            errors.append(exc)
-
-    def worker() -> None:
-        try:
-            assert answer_locked.wait(HANG)
-            with session_scope(pg_committed) as s:
-                try:
-                    _call_noting_lock_wait(
-                        pg_admin,
-                        s,
-                        worker_waits,
-                        lambda: followups_dispatch.mark_failed(
-                            s, fid, clock.now(), error="smtp 451", worker_id="w"
-                        ),
-                    )
-                except InvalidTransition as lost:  # the survey was answered meanwhile
-                    results["worker"] = lost
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            worker_waits.set()
-
-    threads = [threading.Thread(target=answer), threading.Thread(target=worker)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(HANG * 2)
-    assert [f"{type(e).__name__}: {str(e).splitlines()[0]}" for e in errors] == []
-    assert "answer" in results
-    assert isinstance(results["worker"], InvalidTransition)
+    results = _hold_then_race(
+        pg_committed,
+        pg_admin,
+        monkeypatch,
+        (feedback.repo, "claim_submission"),  # the answer now holds its rows
+        lambda s: feedback.submit_feedback(
+            s, mid, send.token, FeedbackCreate(rating=2), keyring=keyring, clock=clock
+        ),
+        lambda s: followups_dispatch.mark_failed(
+            s, fid, clock.now(), error="smtp 451", worker_id="w"
+        ),
+        refusals=(InvalidTransition,),  # the survey was answered meanwhile
+    )
+    assert not isinstance(results["first"], InvalidTransition)
+    assert isinstance(results["second"], InvalidTransition)
     with session_scope(pg_committed) as s:
         answered = s.get(FollowUp, fid)
         assert answered is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -35,9 +34,8 @@ from .helpers import sent_followup
 from .test_crm_concurrency import (
     HANG,
     _backend_pid,
-    _call_noting_lock_wait,
+    _hold_then_race,
     _one_customer,
-    _run_together,
     _waits_for_lock,
 )
 
@@ -60,53 +58,6 @@ def _answered(engine: sa.Engine, keyring: KeyRing, rating: int) -> tuple[int, in
     return mid, cid, answer
 
 
-def _with_erasure_between(
-    engine: sa.Engine,
-    admin: sa.Engine,
-    monkeypatch: pytest.MonkeyPatch,
-    locks: tuple[Any, str],
-    write: Callable[[Session], object],
-    erase: Callable[[Session], object],
-) -> dict[str, object]:
-    """``write`` in one transaction, paused once ``locks`` (an object and the name of the
-    call that takes its first lock) has run, until ``erase`` in another waits for a lock or
-    is done. Both must go through."""
-    holder, name = locks
-    real = getattr(holder, name)
-    locked, erasure_waits = threading.Event(), threading.Event()
-
-    def paused(*args: object, **kwargs: object) -> object:
-        row = real(*args, **kwargs)
-        locked.set()
-        assert erasure_waits.wait(HANG)
-        return row
-
-    monkeypatch.setattr(holder, name, paused)
-    results: dict[str, object] = {}
-    errors: list[BaseException] = []
-
-    def writer() -> None:
-        try:
-            with session_scope(engine) as s:
-                results["write"] = write(s)
-        except BaseException as exc:
-            errors.append(exc)
-
-    def eraser() -> None:
-        try:
-            assert locked.wait(HANG)
-            with session_scope(engine) as s:
-                results["erase"] = _call_noting_lock_wait(admin, s, erasure_waits, lambda: erase(s))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            erasure_waits.set()
-
-    _run_together(writer, eraser)
-    assert [f"{type(e).__name__}: {str(e).splitlines()[0]}" for e in errors] == []
-    return results
-
-
 @pytest.mark.parametrize("transition", ["resolve", "respond", "assign"])
 def test_a_ticket_transition_racing_an_erasure_does_not_deadlock(
     pg_committed: sa.Engine,
@@ -126,7 +77,7 @@ def test_a_ticket_transition_racing_an_erasure_does_not_deadlock(
             return tickets.assign(s, mid, tid, "bob", actor="agent", clock=LATER)
         return getattr(tickets, transition)(s, mid, tid, actor="agent", clock=LATER)
 
-    results = _with_erasure_between(
+    results = _hold_then_race(
         pg_committed,
         pg_admin,
         monkeypatch,
@@ -134,7 +85,7 @@ def test_a_ticket_transition_racing_an_erasure_does_not_deadlock(
         act,
         lambda s: privacy.erase_contact(s, mid, cid, actor="dpo", clock=LATER),
     )
-    assert set(results) == {"write", "erase"}
+    assert set(results) == {"first", "second"}
 
 
 def test_an_edit_racing_an_erasure_does_not_deadlock(
@@ -143,7 +94,7 @@ def test_an_edit_racing_an_erasure_does_not_deadlock(
     """An edit locked its answer first. Now it holds the contact (and the follow-up) by the
     time it locks the answer: the erasure, paused here, waits for the edit."""
     mid, cid, answer = _answered(pg_committed, keyring, rating=5)
-    results = _with_erasure_between(
+    results = _hold_then_race(
         pg_committed,
         pg_admin,
         monkeypatch,
@@ -153,7 +104,7 @@ def test_an_edit_racing_an_erasure_does_not_deadlock(
         ),
         lambda s: privacy.erase_contact(s, mid, cid, actor="dpo", clock=LATER),
     )
-    assert set(results) == {"write", "erase"}
+    assert set(results) == {"first", "second"}
 
 
 def test_an_edit_racing_a_reorg_of_its_sale_is_refused_or_goes_first(
