@@ -374,13 +374,16 @@ def schedule_for_payments(
     todo = _not_surveyed_yet(session, merchant_id, todo, purchases.cancelled)
     now = clock.now()
     ids = {p.contact_id for p in todo}
+    # Decide under the contacts' locks (one statement; the cap's facts too), from their traits
+    # read again: an erasure that committed since the first read (it locks the contact first)
+    # would otherwise leave a scheduled follow-up behind for an erased contact.
+    repo.lock_contacts(session, ids)
+    known |= contacts.get_traits(session, merchant_id, ids)
     channels = {cid: choose_channels(policy, known[cid]) for cid in ids}
     granted = consent.granted_channels(
         session, ids, policy.purpose, {c for order in channels.values() for c in order}
     )
     capped = policy.frequency_cap_days > 0
-    if capped:  # read the cap's facts under the contacts' locks (one statement)
-        repo.lock_contacts(session, ids)
     last = repo.last_contacted_many(session, ids) if capped else {}
     pending = repo.contacts_with_pending(session, ids) if capped else set()
     rows: list[dict[str, Any]] = []

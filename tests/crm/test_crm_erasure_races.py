@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from crm import KeyRing
 from crm.clock import FrozenClock
@@ -25,7 +25,9 @@ from crm.db import session_scope
 from crm.errors import FeedbackPaymentReversed
 from crm.feedback import service as feedback
 from crm.feedback.models import FeedbackCreate, FeedbackUpdate
+from crm.followups import policies as followups_policies
 from crm.followups import service as followups
+from crm.followups.models import FollowUp, FollowUpPolicyCreate
 from crm.privacy import service as privacy
 from crm.tickets import service as tickets
 
@@ -36,6 +38,7 @@ from .test_crm_concurrency import (
     _backend_pid,
     _hold_then_race,
     _one_customer,
+    _race,
     _waits_for_lock,
 )
 
@@ -152,3 +155,32 @@ def test_an_edit_racing_a_reorg_of_its_sale_is_refused_or_goes_first(
     assert reorg.get("committed") is True
     # an edit that went through came before the reorg, never after it
     assert not (edited and reorg["before_the_edit"])
+
+
+@pytest.mark.parametrize("cap", [0, 30])
+def test_scheduling_racing_an_erasure_leaves_no_pending_followup(
+    pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing, cap: int
+) -> None:
+    """Scheduling read the contact's traits before anything waited, then waited for the
+    erasure's contact lock (the purchase's foreign key) and decided on the stale traits: a
+    ``scheduled`` follow-up for an erased contact, which erasure promises leaves none (the
+    worker would have suppressed it at send time). It decides under the lock now."""
+    clock = FrozenClock(START)
+    mid, cid = _one_customer(pg_committed, keyring, clock)
+    with session_scope(pg_committed) as s:
+        followups_policies.create_policy(
+            s,
+            mid,
+            FollowUpPolicyCreate(delay_minutes=0, frequency_cap_days=cap),
+            actor="owner",
+            clock=clock,
+        )
+    _race(
+        pg_committed,
+        pg_admin,
+        lambda s: privacy.erase_contact(s, mid, cid, actor="dpo", clock=clock),
+        lambda s: followups.schedule_for_payment(s, mid, cid, "p1", "i1", 5, "USDC", START, clock),
+    )
+    with session_scope(pg_committed) as s:
+        rows = s.exec(select(FollowUp).where(FollowUp.contact_id == cid)).all()
+        assert [(f.state, f.reason) for f in rows] == [("suppressed", "erased")]
