@@ -689,11 +689,14 @@ class NonceManager:
             anchor = self._anchor
         self.ledger.record(self.chain_id, self.address, nonce, tx_hash, raw, nonce + 1, anchor)
 
+    # sent/taken/release settle memory before they write the journal: a write that fails
+    # (SQLite locked past its timeout, disk full) must not leave the nonce in flight for good.
+
     def sent(self, nonce: int, tx_hash: str) -> None:
         """The node accepted the transaction: the nonce is spent."""
-        self.ledger.set_status(self.chain_id, self.address, tx_hash, "sent")
         with self._lock:
             self._in_flight.discard(nonce)
+        self.ledger.set_status(self.chain_id, self.address, tx_hash, "sent")
 
     def uncertain(self, nonce: int) -> None:
         """The broadcast got no answer: the node may hold the transaction, so its journal entry
@@ -705,15 +708,13 @@ class NonceManager:
     def taken(self, nonce: int, tx_hash: str) -> None:
         """The node said "nonce too low": the chain used ``nonce`` for another transaction, so
         ours can never be mined. Drop its entry; the nonce is not given back."""
-        self.ledger.set_status(self.chain_id, self.address, tx_hash, "dropped")
         with self._lock:
             self._in_flight.discard(nonce)
+        self.ledger.set_status(self.chain_id, self.address, tx_hash, "dropped")
 
     def release(self, nonce: int, tx_hash: str | None = None) -> None:
         """The node refused the broadcast (an error answer, so it never took it): give
         ``nonce`` back. Not for a broadcast without an answer: see :meth:`uncertain`."""
-        if tx_hash is not None:
-            self.ledger.set_status(self.chain_id, self.address, tx_hash, "dropped")
         with self._lock:
             self._in_flight.discard(nonce)
             if nonce == self._next - 1:
@@ -725,7 +726,11 @@ class NonceManager:
                     self._next -= 1
             elif nonce < self._next and nonce not in self._free:
                 heapq.heappush(self._free, nonce)
-            self.ledger.store_next(self.chain_id, self.address, self._next)
+            try:
+                self.ledger.store_next(self.chain_id, self.address, self._next)
+            finally:
+                if tx_hash is not None:
+                    self.ledger.set_status(self.chain_id, self.address, tx_hash, "dropped")
 
     def confirmed(self, tx_hash: str) -> None:
         self.ledger.set_status(self.chain_id, self.address, tx_hash, "mined")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -294,12 +295,28 @@ class Sender:
                 error = self._broadcast_failed(sent, exc, replacing=replacing)
                 # keep the transport failure as the cause; a refusal's message says it all
                 raise error from (exc if isinstance(error, BroadcastUncertainError) else None)
-        if not replacing:
-            self.nonces.sent(nonce, signed.hash)
-        else:
-            self.ledger.set_status(self.chain_id, self.address, signed.hash, "sent")
+        with self._journal_after_answer(sent, "sent"):  # the node holds it: never raise now
+            if not replacing:
+                self.nonces.sent(nonce, signed.hash)
+            else:
+                self.ledger.set_status(self.chain_id, self.address, signed.hash, "sent")
         log.debug("sent tx %s nonce=%s from=%s", signed.hash, nonce, self.address)
         return sent
+
+    @contextlib.contextmanager
+    def _journal_after_answer(self, sent: SentTransaction, status: str) -> Iterator[None]:
+        """A journal status write after the node answered: if it fails (SQLite locked past its
+        timeout, disk full) the node's answer still stands. The entry was journaled 'signed'
+        before the broadcast, so it stays live and the next reconcile (or ``wait``) settles it;
+        the nonce manager freed or kept the nonce in memory before it wrote."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            log.warning(
+                "tx %s (nonce %s): the journal could not mark it %s (%s); it stays 'signed' "
+                "until reconcile settles it",
+                sent.hash, sent.nonce, status, exc,
+            )  # fmt: skip
 
     def _broadcast_failed(
         self, sent: SentTransaction, exc: Exception, *, replacing: bool
@@ -320,15 +337,18 @@ class Sender:
             )
         error = classify_broadcast(exc)
         if replacing:
-            self.ledger.set_status(self.chain_id, self.address, sent.hash, "dropped")
+            with self._journal_after_answer(sent, "dropped"):
+                self.ledger.set_status(self.chain_id, self.address, sent.hash, "dropped")
         elif isinstance(error, NonceError):
-            self.nonces.taken(sent.nonce, sent.hash)
+            with self._journal_after_answer(sent, "dropped"):
+                self.nonces.taken(sent.nonce, sent.hash)
             try:
                 self.nonces.resync()
             except ChainUnreachableError:
                 log.warning("nonce resync after %r found the node unreachable", error)
         else:
-            self.nonces.release(sent.nonce, sent.hash)
+            with self._journal_after_answer(sent, "dropped"):
+                self.nonces.release(sent.nonce, sent.hash)
         return error
 
     async def send_async(self, *args: Any, **kwargs: Any) -> SentTransaction:

@@ -169,6 +169,27 @@ class TestAllocation:
         node.mine_all()
         assert node.mined == 2
 
+    @pytest.mark.parametrize("settle", ["sent", "taken", "release"])
+    def test_a_failing_status_write_still_settles_the_nonce(self, ledger, monkeypatch, settle):
+        """The node has answered, then the journal write fails (SQLite locked past its
+        timeout, disk full). The status was written before memory was touched, so the nonce
+        stayed in flight for good: a released one was never handed out again (a gap every
+        later transaction queued behind), and a resync never became a full reconcile."""
+        node = FakeNode()
+        m = manager(ledger, node)
+        nonce = m.reserve()
+        m.record(nonce, "0x00", raw_for(nonce))
+
+        def locked(*args):
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(ledger, "set_status", locked)
+        with pytest.raises(sqlite3.OperationalError):
+            getattr(m, settle)(nonce, "0x00")
+        monkeypatch.undo()
+        assert not m._in_flight
+        assert m.reserve() == (nonce if settle == "release" else nonce + 1)
+
     def test_record_requires_reservation(self, ledger):
         m = manager(ledger, FakeNode())
         with pytest.raises(NonceError):

@@ -53,6 +53,18 @@ def ledger(tmp_path):
     led.close()
 
 
+def fail_status_writes(monkeypatch, ledger, status):
+    """The journal's writes of ``status`` fail as SQLite's do when locked past its timeout."""
+    real = ledger.set_status
+
+    def locked(chain_id, address, tx_hash, new_status):
+        if new_status == status:
+            raise sqlite3.OperationalError("database is locked")
+        return real(chain_id, address, tx_hash, new_status)
+
+    monkeypatch.setattr(ledger, "set_status", locked)
+
+
 class TestFeeBumpRule:
     def test_bump_is_at_least_ten_percent_on_both(self):
         assert bump_fees(Fees(1000, 100)) == Fees(1100, 110)
@@ -188,6 +200,43 @@ class SenderBehaviour(ChainSuite):
         with pytest.raises(sqlite3.OperationalError):
             s.send(DEAD, b"", 1, gas=21_000)
         s.ledger.record = real
+        assert s.nonces.next_nonce == before
+        assert s.transact(DEAD, b"", 1).status == 1
+        assert chain.w3.eth.get_transaction_count(s.address) == before + 1
+
+    def test_a_status_write_failing_after_the_broadcast_still_returns_the_transaction(
+        self, chain, ledger, monkeypatch
+    ):
+        """The node took the payment, then marking it 'sent' failed (SQLite locked past its
+        timeout, disk full): send() raised as if nothing had been sent, so the caller paid
+        again, and the nonce stayed in flight for good. The entry was journaled 'signed'
+        before the broadcast: it stays live, and wait() and reconcile settle it."""
+        s = sender(chain, 7, ledger)
+        start = chain.w3.eth.get_transaction_count(s.address)
+        fail_status_writes(monkeypatch, s.ledger, "sent")
+        sent = s.send(DEAD, b"", 1, gas=21_000)
+        monkeypatch.undo()
+        assert sent.nonce == start
+        assert [e.status for e in ledger.entries_for_nonce(s.chain_id, s.address, start)] == [
+            "signed"
+        ]
+        assert s.wait(sent, timeout=30).status == 1
+        assert s.transact(DEAD, b"", 1).status == 1  # nothing left in flight, no gap
+        assert chain.w3.eth.get_transaction_count(s.address) == start + 2
+
+    def test_a_status_write_failing_on_a_refusal_gives_the_nonce_back(
+        self, chain, ledger, monkeypatch
+    ):
+        """The node refused the payment, then marking it 'dropped' failed: the SQLite error
+        replaced the node's refusal, and the nonce was never given back (the write came
+        first), so the next transaction was signed a nonce higher, behind a hole."""
+        s = sender(chain, 7, ledger)
+        before = s.nonces.next_nonce
+        fail_status_writes(monkeypatch, s.ledger, "dropped")
+        balance = chain.w3.eth.get_balance(s.address)
+        with pytest.raises(InsufficientFundsError):
+            s.send(DEAD, b"", balance * 2, gas=21_000)
+        monkeypatch.undo()
         assert s.nonces.next_nonce == before
         assert s.transact(DEAD, b"", 1).status == 1
         assert chain.w3.eth.get_transaction_count(s.address) == before + 1
