@@ -66,6 +66,7 @@ from wallet.errors import (
     VaultError,
 )
 from wallet.fsutil import ensure_private_dir, followpay_home
+from wallet.rpc import is_nonce_too_low
 
 __all__ = ["JournalEntry", "NonceLedger", "NonceManager", "ReconcileReport"]
 
@@ -553,7 +554,7 @@ class NonceManager:
                     self.ledger.set_status(cid, addr, entry.tx_hash, "sent")
                     rebroadcast.append(entry.tx_hash)
                 accepted.add(entry.nonce)
-            elif "nonce too low" in str(refusal).lower():
+            elif is_nonce_too_low(refusal):
                 self.ledger.set_status(cid, addr, entry.tx_hash, "mined")
                 closed.append(entry.tx_hash)
             else:

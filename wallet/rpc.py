@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "broadcast_uncertain",
     "classify_broadcast",
     "is_already_known",
+    "is_nonce_too_low",
     "is_unanswered",
     "send_raw_batch",
 ]
@@ -46,9 +48,23 @@ def classify_broadcast(exc: BaseException) -> TransactionError:
         return InsufficientFundsError("insufficient funds for gas x price + value")
     if "underpriced" in low:
         return FeeBumpError(f"node refused the replacement: {text[:200]}")
-    if "nonce too low" in low or ("invalid transaction nonce" in low and "expected" in low):
+    if is_nonce_too_low(exc):
         return NonceError(f"node refused the nonce: {text[:200]}")
     return BroadcastError(f"node refused the transaction: {text[:200]}")
+
+
+#: py-evm / eth-tester: "Invalid transaction nonce: Expected 1, but got 0"
+_EXPECTED_NONCE = re.compile(r"invalid transaction nonce: expected (\d+), but got (\d+)")
+
+
+def is_nonce_too_low(exc: BaseException) -> bool:
+    """The node refused a nonce the chain has already used ("nonce too low", or the in-process
+    chain's "Expected X, but got Y" with Y < X; Y > X is a gap, not a used nonce)."""
+    low = str(exc).lower()
+    if "nonce too low" in low:
+        return True
+    expected = _EXPECTED_NONCE.search(low)
+    return expected is not None and int(expected[2]) < int(expected[1])
 
 
 def is_already_known(exc: BaseException) -> bool:

@@ -55,6 +55,7 @@ from wallet.rpc import (
     broadcast_uncertain,
     classify_broadcast,
     is_already_known,
+    is_nonce_too_low,
     is_unanswered,
 )
 from wallet.signing import SignedTransaction, Signer, decode_transaction
@@ -398,7 +399,7 @@ class Sender:
             exc.tx_hash, exc.nonce = tx_hash, entry.nonce
             raise
         except Exception as exc:
-            if "nonce too low" in str(exc).lower():
+            if is_nonce_too_low(exc):
                 return  # mined, or replaced: wait() tells which and closes the entry
             raise classify_broadcast(exc) from None
         if entry.status == "signed":

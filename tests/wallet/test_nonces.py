@@ -239,6 +239,28 @@ class TestCrashRecovery:
         assert [e.tx_hash for e in restarted.live_entries()] == ["0xd00d"]
         assert restarted.reserve() == 2  # held: only the chain frees a journaled nonce
 
+    @pytest.mark.parametrize(
+        ("answer", "closed"),
+        [("Expected 1, but got 0", True), ("Expected 0, but got 1", False)],
+    )
+    def test_the_in_process_chains_wording_of_a_used_nonce_closes_the_entry(
+        self, ledger, answer, closed
+    ):
+        """eth-tester says "nonce too low" as "Invalid transaction nonce: Expected 1, but got
+        0": a reconcile (behind a count that lags) took it for a refusal and reported a mined
+        transaction stuck. Got above expected is a gap, a real refusal: still stuck."""
+        m = manager(ledger, FakeNode())
+        nonce = m.reserve()
+        m.record(nonce, "0x00", raw_for(nonce))
+        m.uncertain(nonce)
+
+        def tester(raw):
+            raise ValueError(f"Invalid transaction nonce: {answer}")
+
+        restarted = NonceManager(ledger, 31337, ADDR, get_count=lambda a, b: 0, broadcast=tester)
+        report = restarted.last_report
+        assert (report.closed, report.stuck) == ((("0x00",), ()) if closed else ((), ("0x00",)))
+
     def test_unreachable_node_aborts_reconcile_with_journal_unchanged(self, ledger):
         node = FakeNode()
         m = manager(ledger, node)

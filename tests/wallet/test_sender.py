@@ -39,7 +39,7 @@ from wallet.errors import (
 from wallet.fees import Fees, bump_fees, check_replacement, suggest_fees
 from wallet.nonces import NonceLedger
 from wallet.reverts import decode_revert
-from wallet.rpc import send_raw_batch
+from wallet.rpc import classify_broadcast, is_nonce_too_low, send_raw_batch
 from wallet.sender import STRANGER_BLOCKS, Sender
 from wallet.signing import sign_transaction
 
@@ -94,6 +94,25 @@ class TestFeeBumpRule:
     def test_bumped_fees_always_pass(self, fee, tip):
         old = Fees(max(fee, tip), tip)
         check_replacement(old, bump_fees(old))
+
+
+class TestNodeAnswers:
+    @pytest.mark.parametrize(
+        ("answer", "too_low"),
+        [
+            ("nonce too low: next nonce 5, tx nonce 4", True),  # go-ethereum
+            ("Invalid transaction nonce: Expected 1, but got 0", True),  # eth-tester
+            ("Invalid transaction nonce: Expected 1, but got 3", False),  # a gap
+            ("nonce too high", False),
+            ("replacement transaction underpriced", False),
+        ],
+    )
+    def test_nonce_too_low(self, answer, too_low):
+        """The nonce the chain already used, however the node words it; eth-tester's wording
+        was only read by the sender's refusal path (neither rebroadcast nor reconcile), and
+        there a gap (got above expected) counted as a used nonce."""
+        assert is_nonce_too_low(ValueError(answer)) is too_low
+        assert isinstance(classify_broadcast(ValueError(answer)), NonceError) is too_low
 
 
 class TestRevertDecoding:
@@ -299,6 +318,16 @@ class SenderBehaviour(ChainSuite):
         receipt = restarted.wait(signed.hash, timeout=30)
         assert receipt.status == 1
         assert restarted.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
+
+    def test_rebroadcast_of_a_mined_transaction_is_success(self, chain, ledger):
+        """The docs say rebroadcast() takes "nonce too low" as success (the chain used the
+        nonce: wait() tells by whom). eth-tester words it "Invalid transaction nonce:
+        Expected 1, but got 0", and rebroadcast raised NonceError there."""
+        s = sender(chain, 6, ledger)
+        sent = s.send(DEAD, b"", 1, gas=21_000)
+        chain.mine(1)  # mined, not waited for: its entry is still 'sent'
+        s.rebroadcast(sent)
+        assert s.wait(sent, timeout=30).status == 1
 
     def test_wallet_error_messages_are_one_line(self, chain, ledger):
         s = sender(chain, 7, ledger)
