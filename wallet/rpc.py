@@ -29,6 +29,7 @@ __all__ = [
     "broadcast_uncertain",
     "classify_broadcast",
     "is_already_known",
+    "is_nonce_held",
     "is_nonce_too_low",
     "is_unanswered",
     "send_raw_batch",
@@ -65,6 +66,12 @@ def is_nonce_too_low(exc: BaseException) -> bool:
         return True
     expected = _EXPECTED_NONCE.search(low)
     return expected is not None and int(expected[2]) < int(expected[1])
+
+
+def is_nonce_held(exc: BaseException) -> bool:
+    """The node's pool holds another transaction at this nonce, which ours did not outbid
+    ("replacement transaction underpriced"): for a fresh send, the nonce is taken."""
+    return "replacement transaction underpriced" in str(exc).lower()
 
 
 def is_already_known(exc: BaseException) -> bool:

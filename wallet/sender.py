@@ -55,6 +55,7 @@ from wallet.rpc import (
     broadcast_uncertain,
     classify_broadcast,
     is_already_known,
+    is_nonce_held,
     is_nonce_too_low,
     is_unanswered,
 )
@@ -337,6 +338,15 @@ class Sender:
                 sent=sent,
             )
         error = classify_broadcast(exc)
+        if not replacing and is_nonce_held(exc):
+            # Not a fee bump of ours: another transaction (another process sending from this
+            # address) holds the nonce in the node's pool. Given back, it came round again and
+            # was refused the same way for ever: move past it, as after "nonce too low".
+            error = NonceError(
+                f"nonce {sent.nonce} is held in the node's pool by another transaction from "
+                f"{self.address}; nothing was sent, the next send uses a later nonce "
+                f"({str(exc)[:200]})"
+            )
         if replacing:
             with self._journal_after_answer(sent, "dropped"):
                 self.ledger.set_status(self.chain_id, self.address, sent.hash, "dropped")

@@ -383,6 +383,28 @@ class TestAnvilOnly(ChainSuite):
         assert after.nonce == start
         assert s.wait(after, timeout=10).status == 1
 
+    def test_a_fresh_send_behind_a_pooled_stranger_moves_past_its_nonce(self, no_mining, ledger):
+        """Another tool's transaction holds our next nonce in the node's pool with higher
+        fees: the node answers "replacement transaction underpriced". That was read as a fee
+        bump of ours (FeeBumpError), the nonce was given back, and every later send got the
+        same nonce and the same refusal."""
+        s = sender(no_mining, 8, ledger)
+        nonce = s.nonces.next_nonce
+        tx = s.build(DEAD, b"", 1, gas=21_000)
+        bid = {k: tx[k] * 3 for k in ("maxFeePerGas", "maxPriorityFeePerGas")}
+        stranger = sign_transaction({**tx, **bid, "nonce": nonce}, signer(no_mining, 8)._key)
+        no_mining.request("eth_sendRawTransaction", [stranger.raw_hex])
+        with pytest.raises(NonceError, match=f"nonce {nonce} is held") as info:
+            s.send(DEAD, b"", 2, gas=21_000)
+        assert not isinstance(info.value, FeeBumpError)
+        assert [e.status for e in ledger.entries_for_nonce(s.chain_id, s.address, nonce)] == [
+            "dropped"
+        ]
+        after = s.send(DEAD, b"", 2, gas=21_000)
+        assert after.nonce == nonce + 1
+        no_mining.mine(1)
+        assert s.wait(after, timeout=10).status == 1
+
     def test_receipt_timeout(self, no_mining, ledger):
         s = sender(no_mining, 5, ledger)
         sent = s.send(DEAD, b"", 1, gas=21_000)
