@@ -189,16 +189,29 @@ class NonceLedger:
             self._db.close()
             self._db = None
 
-    def claim(self, chain_id: int, address: str) -> None:
+    def claim(self, chain_id: int, address: str) -> bool:
         """Hold ``address`` on ``chain_id`` for this process until :meth:`close` (see the
-        module docstring); raises :class:`AddressInUseError` if another process holds it."""
+        module docstring); raises :class:`AddressInUseError` if another process holds it.
+        True if this call took the claim (False: this ledger held it already, or in memory)."""
         if str(self.path) == ":memory:":
-            return
-        lock = self.path.with_name(f"{self.path.name}.{chain_id}-{address.lower()}.lock")
+            return False
+        lock = self._lock_path(chain_id, address)
         if lock in self._claims:
-            return
+            return False
         _claim(lock, f"address {address} on chain {chain_id}")
         self._claims.append(lock)
+        return True
+
+    def unclaim(self, chain_id: int, address: str) -> None:
+        """Give up this ledger's claim on ``address`` before :meth:`close` (a manager that
+        failed to start)."""
+        lock = self._lock_path(chain_id, address)
+        if lock in self._claims:
+            self._claims.remove(lock)
+            _unclaim(lock)
+
+    def _lock_path(self, chain_id: int, address: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.{chain_id}-{address.lower()}.lock")
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -492,9 +505,14 @@ class NonceManager:
         self._ready = False
         self._pid = os.getpid()  # a forked child must not go on with the parent's nonces
         self.last_report: ReconcileReport | None = None
-        ledger.claim(chain_id, address)
+        claimed = ledger.claim(chain_id, address)
         if reconcile:
-            self.reconcile()
+            try:
+                self.reconcile()
+            except BaseException:  # no manager: the address is not held for one
+                if claimed:
+                    ledger.unclaim(chain_id, address)
+                raise
 
     def __repr__(self) -> str:
         return f"NonceManager(chain_id={self.chain_id}, address={self.address!r})"

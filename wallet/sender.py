@@ -134,14 +134,19 @@ class Sender:
         self.ledger = (
             ledger if ledger is not None else NonceLedger(":memory:" if self._in_process else None)
         )
-        self.nonces = NonceManager(
-            self.ledger,
-            self.chain_id,
-            self.address,
-            get_count=self._count,
-            broadcast=self._rebroadcast,
-            block_hash=self._block_hash,
-        )
+        try:
+            self.nonces = NonceManager(
+                self.ledger,
+                self.chain_id,
+                self.address,
+                get_count=self._count,
+                broadcast=self._rebroadcast,
+                block_hash=self._block_hash,
+            )
+        except BaseException:  # not built (node unreachable, address in use): close our ledger
+            if ledger is None:
+                self.ledger.close()
+            raise
 
     def __repr__(self) -> str:
         return f"Sender(address={self.address!r}, chain_id={self.chain_id})"

@@ -555,6 +555,40 @@ def test_one_address_sends_from_one_process_at_a_time(tmp_path):
         holder.wait(10)
 
 
+def address_free(ledger: NonceLedger) -> bool:
+    """Whether another process could claim ADDR on this ledger now (a second open file's
+    flock conflicts with this process's own, as another process's would)."""
+    import fcntl
+
+    with open(ledger._lock_path(31337, ADDR), "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return True
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="needs flock()")
+def test_a_manager_that_fails_to_start_gives_the_address_up(ledger):
+    """A manager whose first reconcile raised (node unreachable) was never built, yet its claim
+    on the address (counted per process in _CLAIMS) stayed for the life of the process: no
+    other process could send from the address. A claim the ledger held already, for a
+    manager that did start, stays."""
+    node = FakeNode()
+    node.unreachable = True
+    with pytest.raises(ChainUnreachableError):
+        NonceManager(ledger, 31337, ADDR, get_count=node.count, block_hash=node.block_hash)
+    assert address_free(ledger)
+    node.unreachable = False
+    running = manager(ledger, node)
+    node.unreachable = True
+    with pytest.raises(ChainUnreachableError):
+        NonceManager(ledger, 31337, ADDR, get_count=node.count, block_hash=node.block_hash)
+    assert not address_free(ledger)
+    assert running.reserve() == 0
+
+
 def test_a_cancel_supersedes_its_payment_when_the_clock_steps_back(ledger, monkeypatch):
     """The newest entry at a nonce (the one a restart sends) was picked by wall-clock time:
     a clock stepped back between a payment and its cancel (NTP, a resumed VM) made a restart

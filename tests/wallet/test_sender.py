@@ -583,6 +583,18 @@ class TestAnotherNodeWithTheSameChainId:
             s.ledger.close()
 
 
+_CLAIM = """
+import sys
+from wallet.errors import AddressInUseError
+from wallet.nonces import NonceLedger
+try:
+    NonceLedger(sys.argv[1]).claim(int(sys.argv[2]), sys.argv[3])
+    print("claimed")
+except AddressInUseError:
+    print("in use")
+"""
+
+
 class TestLostReplies(ChainSuite):
     """Replies lost on the wire are not refusals: nothing is dropped, no nonce is reused."""
 
@@ -684,6 +696,34 @@ class TestLostReplies(ChainSuite):
         assert restarted.nonces.last_report.rebroadcast == (signed.hash,)
         assert restarted.wait(signed.hash, timeout=10).status == 1
         assert restarted.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
+
+    def test_a_sender_that_fails_to_start_closes_its_ledger_and_frees_the_address(
+        self, home, proxy, via_proxy, monkeypatch
+    ):
+        """The node is unreachable while Sender() reconciles, with the ledger the Sender
+        opens itself ($FOLLOWPAY_HOME/nonces.sqlite3): no Sender, yet that ledger stayed open
+        and its claim on the address held for the process's life, so every other process
+        sending from the address got 409 address_in_use."""
+        opened: list[NonceLedger] = []
+
+        class Ledger(NonceLedger):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                opened.append(self)
+
+        monkeypatch.setattr("wallet.sender.NonceLedger", Ledger)
+        key = signer(via_proxy, 6)
+        proxy.fail("unreachable", method="eth_getTransactionCount")
+        with pytest.raises(ChainUnreachableError):
+            Sender(via_proxy, key)
+        (ledger,) = opened
+        assert (ledger._db, ledger._claims) == (None, [])  # closed
+        elsewhere = subprocess.run(
+            [sys.executable, "-c", _CLAIM, str(home / "nonces.sqlite3"), str(via_proxy.chain_id),
+             key.address],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert elsewhere.stdout.strip() == "claimed", elsewhere.stderr
 
     def test_fee_below_base_fee_at_restart_is_stuck_then_replaced(self, chain, ledger):
         s = sender(chain, 5, ledger)
