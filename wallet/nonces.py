@@ -270,6 +270,22 @@ class NonceLedger:
             (status, chain_id, address, tx_hash),
         )
 
+    def set_mined(self, chain_id: int, address: str, tx_hash: str) -> None:
+        """Mark ``tx_hash`` mined and its live siblings at the same nonce (an original and its
+        replacements) dropped: a nonce is mined once."""
+        conn = self._conn()
+        with _transaction(conn):
+            conn.execute(
+                "UPDATE tx_journal SET status='mined' WHERE chain_id=? AND address=? AND tx_hash=?",
+                (chain_id, address, tx_hash),
+            )
+            conn.execute(
+                "UPDATE tx_journal SET status='dropped' WHERE chain_id=? AND address=? "
+                "AND status IN ('signed','sent') AND nonce IN (SELECT nonce FROM tx_journal "
+                "WHERE chain_id=? AND address=? AND tx_hash=?)",
+                (chain_id, address, chain_id, address, tx_hash),
+            )
+
     def close_below(self, chain_id: int, address: str, nonce: int) -> list[str]:
         """Mark every live entry with a nonce below ``nonce`` as mined (the chain used it)."""
         conn = self._conn()
@@ -752,7 +768,8 @@ class NonceManager:
                     self.ledger.set_status(self.chain_id, self.address, tx_hash, "dropped")
 
     def confirmed(self, tx_hash: str) -> None:
-        self.ledger.set_status(self.chain_id, self.address, tx_hash, "mined")
+        """``tx_hash`` is mined: its entry is closed, and so are its siblings at that nonce."""
+        self.ledger.set_mined(self.chain_id, self.address, tx_hash)
 
     def live_entries(self) -> list[JournalEntry]:
         return self.ledger.live(self.chain_id, self.address)

@@ -423,16 +423,33 @@ class Sender:
     def stuck(self) -> list[SentTransaction]:
         """The newest journaled transaction at each nonce the last reconcile found stuck (the
         node refused it, e.g. its fee cap is below today's base fee), ready for
-        :meth:`replace` (bumped fees) or :meth:`cancel` at the same nonce."""
+        :meth:`replace` (bumped fees) or :meth:`cancel` at the same nonce. Not a nonce the
+        chain has used since, nor one replaced or cancelled since (its replacement is newer)."""
         report = self.nonces.last_report
-        if report is None:
+        if report is None or not report.stuck:
             return []
+        latest = self._count(self.address, "latest")  # nonces below it are mined: not stuck
         newest: dict[int, JournalEntry] = {}
         for tx_hash in report.stuck:
             entry = self.ledger.entry(self.chain_id, self.address, tx_hash)
-            if entry is not None and entry.status in ("signed", "sent"):
+            if entry is not None and entry.status in ("signed", "sent") and entry.nonce >= latest:
                 newest[entry.nonce] = entry  # entries are listed oldest first
-        return [self._journaled(e) for _, e in sorted(newest.items())]
+        stuck = []
+        for nonce, entry in sorted(newest.items()):
+            current = self._newest_live(nonce)
+            if current is not None and current.tx_hash == entry.tx_hash:
+                stuck.append(self._journaled(entry))
+            # else replaced or cancelled since: the newer entry is not stuck (as far as we know)
+        return stuck
+
+    def _newest_live(self, nonce: int) -> JournalEntry | None:
+        """The last journaled live entry at ``nonce``: the one that supersedes the others."""
+        live = [
+            entry
+            for entry in self.ledger.entries_for_nonce(self.chain_id, self.address, nonce)
+            if entry.status in ("signed", "sent")
+        ]
+        return live[-1] if live else None
 
     def _journaled(self, entry: JournalEntry) -> SentTransaction:
         tx = decode_transaction(entry.raw)
@@ -476,8 +493,12 @@ class Sender:
         :data:`STRANGER_BLOCKS` past that first sighting (or at the deadline) with our receipt
         still missing. One of our own replacements mined is proof at once.
         """
-        tx_hash = sent if isinstance(sent, str) else sent.hash
-        nonce = None if isinstance(sent, str) else sent.nonce
+        if isinstance(sent, str):  # its nonce from the journal, to see a replacement mined
+            tx_hash = sent
+            entry = self.ledger.entry(self.chain_id, self.address, tx_hash)
+            nonce = None if entry is None else entry.nonce
+        else:
+            tx_hash, nonce = sent.hash, sent.nonce
         deadline = time.monotonic() + timeout
         suspected_at: int | None = None  # head when the nonce was first seen used by a stranger
         while True:

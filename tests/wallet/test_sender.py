@@ -53,6 +53,17 @@ def ledger(tmp_path):
     led.close()
 
 
+def stuck_after_restart(chain, ledger, index):
+    """A transaction journaled with a fee cap far below the base fee before a crash: the
+    restarted sender's reconcile finds it stuck. The restarted sender and the journaled hash."""
+    s = sender(chain, index, ledger)
+    nonce = s.nonces.reserve()
+    cheap = {**s.build(DEAD, b"", 555, gas=21_000, fees=Fees(1, 1)), "nonce": nonce}
+    signed = s.signer.sign_transaction(cheap, chain_id=s.chain_id)
+    s.nonces.record(nonce, signed.hash, signed.raw)  # journaled; fees rose while we were down
+    return Sender(chain, s.signer, ledger=ledger), signed.hash
+
+
 def fail_status_writes(monkeypatch, ledger, status):
     """The journal's writes of ``status`` fail as SQLite's do when locked past its timeout."""
     real = ledger.set_status
@@ -405,6 +416,28 @@ class TestAnvilOnly(ChainSuite):
         no_mining.mine(1)
         assert s.wait(after, timeout=10).status == 1
 
+    def test_a_stuck_transaction_replaced_is_no_longer_stuck(self, no_mining, ledger):
+        """stuck() returned the original after replace() or cancel() at its nonce (until a
+        restart): a second replace() of it would have undercut the first."""
+        restarted, stuck_hash = stuck_after_restart(no_mining, ledger, 8)
+        (stuck,) = restarted.stuck()
+        assert stuck.hash == stuck_hash
+        cancel = restarted.cancel(stuck)
+        assert restarted.stuck() == []  # in the pool, not mined: the cancel is newer
+        no_mining.mine(1)
+        assert restarted.wait(cancel, timeout=10).status == 1
+
+    def test_wait_on_a_bare_hash_detects_a_replacement(self, no_mining, ledger):
+        """wait() given a hash string (as a restart or an API has it) knew no nonce, so it
+        never looked for one of our replacements mined instead, and timed out."""
+        s = sender(no_mining, 9, ledger)
+        first = s.send(DEAD, b"", 1, gas=21_000)
+        second = s.replace(first)
+        no_mining.mine(1)
+        with pytest.raises(TransactionReplacedError) as info:
+            s.wait(first.hash, timeout=2)
+        assert info.value.replacement_hash == second.hash
+
     def test_receipt_timeout(self, no_mining, ledger):
         s = sender(no_mining, 5, ledger)
         sent = s.send(DEAD, b"", 1, gas=21_000)
@@ -726,20 +759,21 @@ class TestLostReplies(ChainSuite):
         assert elsewhere.stdout.strip() == "claimed", elsewhere.stderr
 
     def test_fee_below_base_fee_at_restart_is_stuck_then_replaced(self, chain, ledger):
-        s = sender(chain, 5, ledger)
-        nonce = s.nonces.reserve()
-        cheap = {**s.build(DEAD, b"", 555, gas=21_000, fees=Fees(1, 1)), "nonce": nonce}
-        signed = s.signer.sign_transaction(cheap, chain_id=s.chain_id)
-        s.nonces.record(nonce, signed.hash, signed.raw)  # journaled; fees rose while we were down
-        restarted = Sender(chain, s.signer, ledger=ledger)
+        """Once its replacement was mined, stuck() went on offering the original (the last
+        reconcile's report was all it read): a second replace() of a mined nonce."""
+        restarted, stuck_hash = stuck_after_restart(chain, ledger, 5)
         report = restarted.nonces.last_report
-        assert report.stuck == (signed.hash,)
+        nonce = report.chain_latest
+        assert report.stuck == (stuck_hash,)
         assert report.next_nonce == nonce + 1  # the nonce stays held
         assert self.statuses(restarted, nonce) == ["signed"]
         (stuck,) = restarted.stuck()
         assert (stuck.hash, stuck.nonce, stuck.tx["value"], stuck.tx["to"]) == (
-            signed.hash, nonce, 555, DEAD,
+            stuck_hash, nonce, 555, DEAD,
         )  # fmt: skip
         replacement = restarted.replace(stuck)
+        assert restarted.stuck() == []  # mined (automine), not yet waited for
         assert restarted.wait(replacement, timeout=10).status == 1
-        assert chain.w3.eth.get_transaction_count(s.address) == nonce + 1
+        assert chain.w3.eth.get_transaction_count(restarted.address) == nonce + 1
+        assert self.statuses(restarted, nonce) == ["dropped", "mined"]  # a nonce is mined once
+        assert restarted.stuck() == []
