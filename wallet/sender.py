@@ -11,8 +11,9 @@ it is broadcast, and a refused broadcast gives its nonce back.
   reset, HTTP 429/5xx, a failed batch) may have reached the node: it raises
   :class:`BroadcastUncertainError` carrying the :class:`SentTransaction`; the journal entry
   stays live and the nonce spent. Settle it with :meth:`Sender.rebroadcast` (same signed
-  bytes, idempotent) or :meth:`Sender.wait` — never by sending the payment again. Which answer
-  is which: :mod:`wallet.rpc`.
+  bytes, idempotent) or :meth:`Sender.wait` (which sends those bytes again until the node
+  answers for them) — never by sending the payment again. Which answer is which:
+  :mod:`wallet.rpc`.
 
 * Fees: :func:`~wallet.fees.suggest_fees`, cached for ``fee_ttl`` seconds.
 * Gas: ``eth_estimateGas`` x ``gas_margin`` (default 1.2). A revert during estimation is
@@ -71,6 +72,9 @@ log = logging.getLogger(__name__)
 # Blocks the head must move past the first sighting of our nonce used by a stranger, with our
 # receipt still missing, before wait() calls the transaction replaced (lagging RPC backends).
 STRANGER_BLOCKS = 2
+# wait() sends the bytes of a transaction whose broadcast got no answer again on its first
+# poll and on every this many polls after, until the node answers for it.
+RESEND_POLLS = 20
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -492,6 +496,10 @@ class Sender:
         counted. So a stranger's replacement is only declared once the head has moved
         :data:`STRANGER_BLOCKS` past that first sighting (or at the deadline) with our receipt
         still missing. One of our own replacements mined is proof at once.
+
+        A transaction whose broadcast got no answer (its entry still 'signed') is sent again,
+        the same bytes, on the first poll and every :data:`RESEND_POLLS` polls until the node
+        answers for it: it may never have reached the node, and nothing else would send it.
         """
         if isinstance(sent, str):  # its nonce from the journal, to see a replacement mined
             tx_hash = sent
@@ -501,7 +509,11 @@ class Sender:
             tx_hash, nonce = sent.hash, sent.nonce
         deadline = time.monotonic() + timeout
         suspected_at: int | None = None  # head when the nonce was first seen used by a stranger
+        polls = 0
         while True:
+            if polls % RESEND_POLLS == 0:
+                self._resend_unanswered(tx_hash)
+            polls += 1
             receipt = self._receipt(tx_hash)
             head: int | None = None
             if receipt is None and nonce is not None:
@@ -544,6 +556,22 @@ class Sender:
                     tx_hash=tx_hash,
                 )
             sleep(self.poll_interval)
+
+    def _resend_unanswered(self, tx_hash: str) -> None:
+        """wait()'s part in settling a broadcast that got no answer (it may never have reached
+        the node): while its entry is still 'signed' and the newest live one at its nonce (never
+        an original a replacement or cancel superseded), send the same bytes again. No answer
+        again, or a refusal, and polling goes on; "already known" marks it sent."""
+        entry = self.ledger.entry(self.chain_id, self.address, tx_hash)
+        if entry is None or entry.status != "signed":
+            return
+        newest = self._newest_live(entry.nonce)
+        if newest is None or newest.tx_hash != entry.tx_hash:
+            return
+        try:
+            self.rebroadcast(tx_hash)
+        except (TransactionError, sqlite3.Error) as exc:
+            log.debug("rebroadcast of %s while waiting for it: %s", tx_hash, exc)
 
     def _head(self) -> int:
         with self._w3() as w3:

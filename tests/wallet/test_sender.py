@@ -698,6 +698,44 @@ class TestLostReplies(ChainSuite):
         assert s.wait(info.value.sent, timeout=10).status == 1
         assert s.send(DEAD, b"", 1, gas=21_000).nonce == nonce + 1
 
+    def test_wait_settles_a_broadcast_that_never_arrived(self, chain, proxy, via_proxy, ledger):
+        """The docs say to settle a BroadcastUncertainError with rebroadcast() or wait(). When
+        the request never reached the node, wait() only polled: it timed out, the nonce stayed
+        spent, and every later payment queued behind the hole until a restart. It now sends
+        the journaled bytes again until the node answers for them."""
+        s = sender(via_proxy, 4, ledger)
+        nonce = s.nonces.next_nonce
+        proxy.fail("unreachable", times=2)  # the send, then wait()'s first rebroadcast
+        with pytest.raises(BroadcastUncertainError) as info:
+            s.send(DEAD, b"", 7, gas=21_000)
+        assert s.wait(info.value.sent, timeout=10, sleep=lambda _: None).status == 1
+        later = s.send(DEAD, b"", 1, gas=21_000)
+        assert later.nonce == nonce + 1
+        assert s.wait(later, timeout=10).status == 1
+
+    def test_wait_never_sends_an_original_its_cancel_superseded(
+        self, chain, proxy, via_proxy, ledger, monkeypatch
+    ):
+        """No answer to a payment, so it was cancelled: waiting on the payment must not send
+        it again (it could reach a block before its cancel), as a restart does not."""
+        s = sender(via_proxy, 4, ledger)
+        proxy.fail("unreachable")
+        with pytest.raises(BroadcastUncertainError) as info:
+            s.send(DEAD, b"", 7, gas=21_000)
+        cancel = s.cancel(info.value.sent)
+        sent: list[bytes] = []
+        real = s._broadcast_raw
+
+        def recording(raw: bytes) -> None:
+            sent.append(raw)
+            real(raw)
+
+        monkeypatch.setattr(s, "_broadcast_raw", recording)
+        with pytest.raises(TransactionReplacedError) as replaced:
+            s.wait(info.value.sent, timeout=10)
+        assert replaced.value.replacement_hash == cancel.hash
+        assert sent == []
+
     def test_failed_batch_drops_none_of_its_transactions(self, chain, proxy, via_proxy, ledger):
         s = sender(via_proxy, 6, ledger)
         start = chain.w3.eth.get_transaction_count(s.address)
