@@ -341,13 +341,18 @@ def create_invoice(
         created_at=now,
         expires_at=expires_at,
     )
-    if repo.insert_invoice(session, invoice):
+    if repo.insert_invoice(session, invoice, signer.address):
         return invoice
     current = repo.account_row(session, request.merchant_id, chain_id)
     if current is None or current.id != account.id:
         raise MerchantAccountMissingError(  # moved to another merchant since it was read
             "the merchant's router account changed while the invoice was made: retry",
             param="merchant",
+        )
+    if current.operator.lower() != signer.address.lower():
+        raise MerchantAccountMissingError(  # rotated since it was read: the router would refuse
+            "the merchant's operator changed while the invoice was made: retry",
+            param="operator",
         )
     live = repo.open_invoice_for_order(
         session, request.merchant_id, request.order_id, [s.value for s in REOPENABLE_STATES]

@@ -138,10 +138,13 @@ _OPEN_FOR_ORDER = sa.select(_INVOICES.c.id, _INVOICES.c.state).where(
 # A duplicate (an open invoice for the order: the partial unique index) inserts nothing instead
 # of failing the transaction, so the happy path needs no pre-check query.
 # (RETURNING, because an INSERT's rowcount is not reliable across drivers.)
-# The row goes in only while its account still belongs to its merchant: a reclaim (or any
-# move) locks the account row FOR UPDATE, which the FOR KEY SHARE below waits for, and then the
-# condition is re-checked on the moved row, so no invoice lands on an account another merchant
-# holds, even from a process whose account cache is a second old.
+# The row goes in only while its account still belongs to its merchant and still names the
+# operator that signed the invoice: a reclaim or an operator rotation updates the account row,
+# which the FOR SHARE below waits for, and then the condition is re-checked on the new row. So
+# no invoice lands on an account another merchant holds, and none signed by a replaced
+# operator (the router would refuse its pay, and the rotation re-signed only the invoices it
+# saw), even from a process whose account cache is a second old. A rotation that waits for
+# the insert instead sees the new invoice and signs it again.
 _OWNED_ROW = sa.select(
     *(sa.bindparam(column.key, type_=column.type) for column in _INVOICES.columns)
 ).where(
@@ -150,8 +153,9 @@ _OWNED_ROW = sa.select(
         .where(
             _ACCOUNTS.c.id == sa.bindparam("account_id"),
             _ACCOUNTS.c.merchant_id == sa.bindparam("merchant_id"),
+            sa.func.lower(_ACCOUNTS.c.operator) == sa.bindparam("signed_by"),
         )
-        .with_for_update(read=True, key_share=True)
+        .with_for_update(read=True)
     )
 )
 _INSERT_INVOICE = {
@@ -366,11 +370,12 @@ def open_invoice_for_order(
     return None if row is None else (str(row.id), str(row.state))
 
 
-def insert_invoice(session: Session, invoice: Invoice) -> bool:
+def insert_invoice(session: Session, invoice: Invoice, signed_by: str) -> bool:
     """A Core INSERT of a new invoice (no unit-of-work flush; ``invoice`` stays transient).
-    False, and nothing written, when a unique index refuses it (an open invoice for the order)
-    or its account no longer belongs to its merchant."""
+    False, and nothing written, when a unique index refuses it (an open invoice for the order),
+    its account no longer belongs to its merchant, or its operator is no longer ``signed_by``."""
     values = {column: getattr(invoice, attr) for attr, column in _invoice_columns()}
+    values["signed_by"] = signed_by.lower()
     conn = session.connection()
     return conn.execute(_INSERT_INVOICE[conn.dialect.name], values).first() is not None
 

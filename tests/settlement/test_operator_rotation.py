@@ -5,10 +5,12 @@ holds the new key, and their checkout says payment is unavailable when it does n
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from api.settlement import invoices
 from api.settlement.checkout import checkout_calls, signed_by_operator
@@ -99,3 +101,46 @@ class TestOperatorRotation(MarketSuite):
         with market.chain.lock, pytest.raises(TransactionFailed) as refused:
             market.chain.w3.eth.call({**call, "data": calls.pay_data})  # what the page sent
         assert repr(INVALID_SIGNER)[2:-1] in str(refused.value)  # the revert data's selector
+
+    def test_a_create_that_read_the_old_operator_stores_nothing(self, engine, market, clock, shop):
+        """The API reads the account from its one-second cache (or just before a rotation
+        commits) and signs with the operator it read. The rotation signs again only the
+        invoices it sees, and the insert only checked that the account was still the
+        merchant's: an invoice signed by the replaced key was stored, unpayable for good. Now
+        the insert also requires the signer to be the account's operator, and the create is
+        refused with a retry."""
+        from api.settlement import repository as repo
+        from api.settlement.errors import MerchantAccountMissingError
+
+        with Session(engine) as session:
+            stale = repo.account_row(session, shop.merchant_id, market.chain.chain_id)
+        new_operator = market.payers[3]
+        _rotate(
+            engine, market, shop, clock, new_operator, Signer(PrivateKey(bytes(new_operator.key)))
+        )
+        request = invoices.InvoiceRequest(
+            merchant_id=shop.merchant_id,
+            token=market.deployment.token,
+            amount=1_000_000,
+            order_id="order-late",
+        )
+        with (
+            pytest.raises(MerchantAccountMissingError, match="operator changed") as refused,
+            Session(engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
+            invoices.create_invoice(
+                session,
+                request,
+                chain_id=market.chain.chain_id,
+                router=market.deployment.router,
+                signer=shop.signer,  # the replaced operator's key, as the stale account says
+                clock=clock,
+                account=stale,
+            )
+        assert refused.value.param == "operator"
+        with Session(engine) as session:
+            assert session.exec(select(Invoice).where(Invoice.order_id == "order-late")).all() == []
+        rotated = dataclasses.replace(shop, signer=Signer(PrivateKey(bytes(new_operator.key))))
+        retried = new_invoice(engine, market, rotated, clock, order="order-late")
+        assert _payable(engine, market, retried)
