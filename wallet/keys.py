@@ -39,6 +39,7 @@ from wallet.errors import (
     InvalidDerivationPathError,
     InvalidExtendedKeyError,
     InvalidMnemonicError,
+    KeyMaterialError,
 )
 from wallet.secrets import PrivateKey, SecretBytes, SecretStr
 
@@ -169,6 +170,12 @@ def seed_from_mnemonic(
     """The 64-byte BIP-39 seed (PBKDF2-HMAC-SHA512, 2048 rounds) after validation."""
     norm = validate_mnemonic(mnemonic)
     pw = passphrase.reveal() if isinstance(passphrase, SecretStr) else (passphrase or "")
+    try:
+        pw.encode("utf-8")
+    except UnicodeEncodeError:  # the codec's error would quote the byte and its position
+        raise KeyMaterialError(
+            "the passphrase is not valid UTF-8 text", param="passphrase"
+        ) from None
     return SecretBytes(Bip39SeedGenerator(norm.reveal()).Generate(pw))
 
 

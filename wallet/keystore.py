@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from eth_hash.auto import keccak
 
-from wallet.errors import KeystoreFormatError, WrongPasswordError
+from wallet.errors import KeystoreFormatError, VaultError, WrongPasswordError
 from wallet.fsutil import atomic_write
 from wallet.secrets import PrivateKey, SecretStr
 
@@ -36,6 +36,7 @@ __all__ = [
     "decrypt_keystore",
     "encrypt_keystore",
     "keystore_address",
+    "password_bytes",
     "read_keystore",
     "write_keystore",
 ]
@@ -48,9 +49,15 @@ _MAX_SCRYPT_MEMORY = 2**30  # scrypt needs 128·r·n bytes, before the MAC can s
 _MAX_PBKDF2_C = 10_000_000
 
 
-def _password_bytes(password: str | SecretStr) -> bytes:
+def password_bytes(password: str | SecretStr) -> bytes:
+    """The password's UTF-8 bytes, what a KDF reads. Text that has none (a non-UTF-8
+    ``FOLLOWPAY_PASSWORD``, which Python reads with surrogate escapes) is refused without
+    quoting it: the codec's own error names the offending byte and its position."""
     text = password.reveal() if isinstance(password, SecretStr) else password
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise VaultError("the password is not valid UTF-8 text", param="password") from None
 
 
 def _kdf(kdf: str, params: dict[str, Any]) -> Scrypt | PBKDF2HMAC:
@@ -125,7 +132,7 @@ def _open(
     """The key, or None for a wrong password. The derived key lives only in this frame, which
     returns rather than raise once it exists: a traceback that shows locals (rich, Sentry)
     of any later error finds no key material (the address is not covered by the MAC)."""
-    dk = kdf.derive(_password_bytes(password))
+    dk = kdf.derive(password_bytes(password))
     if not hmac.compare_digest(keccak(dk[16:32] + ciphertext), mac):
         return None
     decryptor = Cipher(algorithms.AES(dk[:16]), modes.CTR(iv)).decryptor()
@@ -157,7 +164,7 @@ def encrypt_keystore(
         params = {"c": pbkdf2_iterations, "dklen": 32, "prf": "hmac-sha256", "salt": salt.hex()}
     else:
         raise KeystoreFormatError(f"unsupported keystore kdf {kdf!r}")
-    dk = _kdf(kdf, params).derive(_password_bytes(password))
+    dk = _kdf(kdf, params).derive(password_bytes(password))
     iv = os.urandom(16)
     encryptor = Cipher(algorithms.AES(dk[:16]), modes.CTR(iv)).encryptor()
     ciphertext = encryptor.update(key.reveal().to_bytes()) + encryptor.finalize()

@@ -42,7 +42,7 @@ from wallet.errors import (
 )
 from wallet.fsutil import atomic_write, ensure_private_dir, followpay_home
 from wallet.keys import DEFAULT_ACCOUNT_PATH, HDWallet, validate_mnemonic
-from wallet.keystore import DEFAULT_SCRYPT_N, decrypt_keystore, encrypt_keystore
+from wallet.keystore import DEFAULT_SCRYPT_N, decrypt_keystore, encrypt_keystore, password_bytes
 from wallet.secrets import PrivateKey, SecretStr
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def _unseal(
     """The sealed secret; None for a wrong password or a modified file, {} for garbage. The
     key and the plaintext live only in this frame, which never raises once they exist: a
     traceback that shows locals (rich, Sentry) of the caller's error finds neither."""
-    key = kdf.derive(_secret_text(password).encode())
+    key = kdf.derive(password_bytes(password))
     try:
         plaintext = AESGCM(key).decrypt(nonce, ciphertext, aad)
     except InvalidTag:
@@ -153,7 +153,7 @@ def _seal(
     """The sealed secret (the counterpart of :func:`_unseal`). The key and the plaintext live
     only in this frame: a later error (the home not writable, a full disk, a wallet of that
     name made meanwhile) shows neither among a traceback's locals."""
-    key = kdf.derive(_secret_text(password).encode())
+    key = kdf.derive(password_bytes(password))
     plaintext = json.dumps(secret).encode()
     try:
         return AESGCM(key).encrypt(nonce, plaintext, aad)

@@ -339,3 +339,28 @@ def test_a_failed_vault_create_shows_no_mnemonic_among_a_tracebacks_locals(
     assert "extra-word" not in text
     for key in seen:
         assert repr(key)[2:30] not in text
+
+
+@pytest.mark.parametrize("where", ["vault", "keystore", "passphrase"])
+def test_a_secret_that_is_not_utf8_is_refused_without_quoting_it(tmp_path, where):
+    """A ``FOLLOWPAY_PASSWORD`` with a byte that is not UTF-8 reaches Python as a surrogate
+    escape; encoding it raised the codec's own error, which the CLI printed: it names the byte
+    (``'\\udcff'``) and its position in the password."""
+    from wallet.keystore import encrypt_keystore
+
+    secret = "hunter\udcff2"
+    mnemonic = generate_mnemonic(12)
+    key = HDWallet.from_mnemonic(mnemonic).private_key(0)
+    vault = Vault(tmp_path, scrypt_n=FAST_N, allow_weak_kdf=True)
+    uses = {
+        "vault": lambda: vault.create("hot", mnemonic, secret),
+        "keystore": lambda: encrypt_keystore(key, secret, scrypt_n=FAST_N, allow_weak_kdf=True),
+        "passphrase": lambda: HDWallet.from_mnemonic(mnemonic, secret),
+    }
+    with pytest.raises(WalletError) as caught:
+        uses[where]()
+    text = f"{caught.value} {caught.value!r} {caught.value.__cause__!r}"
+    assert "not valid UTF-8" in text
+    for shown in ("\udcff", "dcff", "position", "hunter"):
+        assert shown not in text
+    assert not (tmp_path / "wallets").exists() or not any((tmp_path / "wallets").iterdir())
