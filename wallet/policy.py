@@ -11,7 +11,11 @@ anything; the policy bounds what "anything" can be:
 * ``max_amounts`` — per token, the largest single amount: ERC-20 ``transfer``/``approve``/
   ``transferFrom`` amounts, the intent amount in router ``pay``/``payWithPermit``/``refund``,
   the permit ``value``, and typed-data ``PaymentIntent.amount``/``Permit.value``. Tokens not in
-  the map get a limit of zero when ``max_amounts`` is set.
+  the map get a limit of zero when ``max_amounts`` is set. With it set, a call whose amount the
+  policy cannot read (``increaseAllowance``, any other selector) needs its selector listed in
+  ``allowed_selectors``, and a typed-data ``Permit`` must be ERC-2612's (``owner``,
+  ``spender``, ``value``, ``nonce``, ``deadline``): DAI's ``allowed`` permit grants an
+  unlimited allowance with no value to check.
 * ``max_native_value`` — wei a transaction may carry (default 0).
 * ``allow_messages`` — whether free-form EIP-191 messages may be signed.
 
@@ -52,6 +56,8 @@ SELECTORS: dict[str, str] = {
     "setPayout": selector("setPayout(address)"),
     "setOperator": selector("setOperator(address)"),
 }
+#: ERC-2612's ``Permit`` fields, in order: the one permit whose ``value`` bounds what it allows.
+_ERC2612_PERMIT = ["owner", "spender", "value", "nonce", "deadline"]
 _ARG_TYPES: dict[str, list[str]] = {
     SELECTORS["transfer"]: ["address", "uint256"],
     SELECTORS["approve"]: ["address", "uint256"],
@@ -122,8 +128,18 @@ class SigningPolicy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SigningPolicy:
-        def maybe_set(value: Iterable[str] | None) -> frozenset[str] | None:
-            return None if value is None else frozenset(value)
+        def maybe_set(value: Any) -> frozenset[str] | None:
+            if value is None:
+                return None
+            if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+                raise ValueError("a policy list must be a JSON list")  # "0xabc" is no set
+            return frozenset(value)
+
+        def flag(name: str) -> bool:
+            value = data.get(name, False)
+            if not isinstance(value, bool):  # bool("false") is True: a typo would allow it
+                raise ValueError(f"policy field {name} must be true or false")
+            return value
 
         amounts = data.get("max_amounts")
         return cls(
@@ -131,8 +147,8 @@ class SigningPolicy:
             allowed_selectors=maybe_set(data.get("allowed_selectors")),
             max_amounts=None if amounts is None else {k: int(v) for k, v in amounts.items()},
             max_native_value=int(data.get("max_native_value", 0)),
-            allow_deploy=bool(data.get("allow_deploy", False)),
-            allow_messages=bool(data.get("allow_messages", False)),
+            allow_deploy=flag("allow_deploy"),
+            allow_messages=flag("allow_messages"),
         )
 
     # -- checks -----------------------------------------------------------------------------
@@ -184,6 +200,12 @@ class SigningPolicy:
     def _check_call_amounts(self, target: str, sel: str, args_data: bytes) -> None:
         types = _ARG_TYPES.get(sel)
         if types is None:
+            listed = self.allowed_selectors is not None and sel in self.allowed_selectors
+            if self.max_amounts is not None and not listed:
+                raise PolicyViolationError(
+                    f"function selector {sel} may move tokens in amounts the policy cannot "
+                    "read; with max_amounts set, list it in allowed_selectors to sign it"
+                )
             return
         try:
             args = abi_decode(types, args_data)
@@ -219,6 +241,12 @@ class SigningPolicy:
             if not verifying:
                 raise PolicyViolationError("permit has no verifying contract")
             token = parse_address(verifying)
+            fields = [f.get("name") for f in (typed_data.get("types") or {}).get("Permit", [])]
+            if self.max_amounts is not None and fields != _ERC2612_PERMIT:
+                raise PolicyViolationError(  # DAI's (holder, …, bool allowed): unlimited
+                    "only an ERC-2612 permit (owner, spender, value, nonce, deadline) is "
+                    "signed under max_amounts"
+                )
             self._check_contract(token, "permit token")
             self._check_contract(parse_address(message.get("spender", "")), "permit spender")
             self._check_amount(token, int(message.get("value", 0)), "permit value")

@@ -172,6 +172,22 @@ class TestTransactions:
         with pytest.raises(PolicyViolationError, match="decode"):
             Signer(KEY, policy).sign_transaction(tx(TOKEN, SELECTORS["approve"] + "00"))
 
+    def test_a_call_whose_amount_it_cannot_read_needs_its_selector_listed(self):
+        """``increaseAllowance(spender, 10**30)`` is an approve by another name: under
+        ``max_amounts`` with no selector list it was signed unchecked. Listed on purpose
+        (the operator allowed it), it is signed."""
+        raise_allowance = selector("increaseAllowance(address,uint256)")
+        data = call(raise_allowance, ["address", "uint256"], [ATTACKER, 10**30])
+        limited = SigningPolicy(max_amounts={TOKEN: 1_000_000})
+        with pytest.raises(PolicyViolationError, match="cannot read"):
+            Signer(KEY, limited).sign_transaction(tx(TOKEN, data))
+        listed = SigningPolicy(
+            max_amounts={TOKEN: 1_000_000}, allowed_selectors=frozenset({raise_allowance})
+        )
+        assert_signed_by_key(
+            Signer(KEY, listed).sign_transaction(tx(TOKEN, data)), to=TOKEN, data=data
+        )
+
     def test_no_policy_signs_anything(self):
         signed = Signer(KEY).sign_transaction(tx(ATTACKER, value=10**18))
         assert_signed_by_key(signed, to=ATTACKER, value=10**18)
@@ -209,6 +225,38 @@ class TestTypedDataAndMessages:
         with pytest.raises(PolicyViolationError, match="permit value"):
             signer.sign_typed_data(permit(ROUTER, 2**256 - 1))
 
+    def test_a_dai_style_permit_is_refused_under_amount_limits(self, policy):
+        """DAI's permit (holder, spender, nonce, expiry, bool allowed) has no value: it grants
+        an unlimited allowance, and the limit read its missing value as 0."""
+        dai_permit = {
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                "Permit": [
+                    {"name": "holder", "type": "address"},
+                    {"name": "spender", "type": "address"},
+                    {"name": "nonce", "type": "uint256"},
+                    {"name": "expiry", "type": "uint256"},
+                    {"name": "allowed", "type": "bool"},
+                ],
+            },
+            "primaryType": "Permit",
+            "domain": {"name": "Dai", "version": "1", "chainId": 1, "verifyingContract": TOKEN},
+            "message": {
+                "holder": KEY.address,
+                "spender": ROUTER,
+                "nonce": 0,
+                "expiry": 0,
+                "allowed": True,
+            },
+        }
+        with pytest.raises(PolicyViolationError, match="ERC-2612"):
+            Signer(KEY, policy).sign_typed_data(dai_permit)
+
     def test_other_typed_data_and_messages(self, policy):
         signer = Signer(KEY, policy)
         with pytest.raises(PolicyViolationError, match="not allowed"):
@@ -217,6 +265,23 @@ class TestTypedDataAndMessages:
             )
         with pytest.raises(PolicyViolationError, match="messages"):
             signer.sign_message("gm")
+
+    @pytest.mark.parametrize(
+        "field",
+        [
+            {"allow_messages": "false"},
+            {"allow_deploy": "no"},
+            {"allow_messages": 1},
+            {"allowed_contracts": TOKEN},
+            {"allowed_selectors": SELECTORS["approve"]},
+        ],
+        ids=lambda f: ",".join(f"{k}={v!r}" for k, v in f.items()),
+    )
+    def test_a_hand_written_policy_field_of_the_wrong_type_is_refused(self, field):
+        """``bool("false")`` is True: a hand-edited ``"false"`` allowed what it meant to
+        forbid. A string where a list belongs became a set of its characters."""
+        with pytest.raises(ValueError, match=r"true or false|JSON list"):
+            SigningPolicy.from_dict(field)
 
     def test_round_trips_through_json(self, policy):
         again = SigningPolicy.from_dict(policy.to_dict())
