@@ -64,6 +64,20 @@ def intent(amount, token=TOKEN):
     return (ROUTER, token, amount, 0, 1, "0x" + "00" * 20, 2**40)
 
 
+def permit(spender, value):
+    """An ERC-2612 permit of TOKEN for ``spender``, as typed data."""
+    return permit_typed_data(
+        token_name="T",
+        token=TOKEN,
+        chain_id=1,
+        owner=KEY.address,
+        spender=spender,
+        value=value,
+        nonce=0,
+        deadline=1,
+    )
+
+
 def assert_signed_by_key(signed, *, to, data="0x", value=0):
     """The raw transaction recovers to KEY's address and carries what was asked."""
     assert Account.recover_transaction(signed.raw) == Signer(KEY).address
@@ -207,18 +221,6 @@ class TestTypedDataAndMessages:
     def test_permit_limits(self, policy):
         signer = Signer(KEY, policy)
 
-        def permit(spender, value):
-            return permit_typed_data(
-                token_name="T",
-                token=TOKEN,
-                chain_id=1,
-                owner=KEY.address,
-                spender=spender,
-                value=value,
-                nonce=0,
-                deadline=1,
-            )
-
         signer.sign_typed_data(permit(ROUTER, 5))
         with pytest.raises(PolicyViolationError, match="spender"):
             signer.sign_typed_data(permit("0x000000000000000000000000000000000000bad0", 5))
@@ -228,31 +230,20 @@ class TestTypedDataAndMessages:
     def test_a_dai_style_permit_is_refused_under_amount_limits(self, policy):
         """DAI's permit (holder, spender, nonce, expiry, bool allowed) has no value: it grants
         an unlimited allowance, and the limit read its missing value as 0."""
-        dai_permit = {
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                "Permit": [
-                    {"name": "holder", "type": "address"},
-                    {"name": "spender", "type": "address"},
-                    {"name": "nonce", "type": "uint256"},
-                    {"name": "expiry", "type": "uint256"},
-                    {"name": "allowed", "type": "bool"},
-                ],
-            },
-            "primaryType": "Permit",
-            "domain": {"name": "Dai", "version": "1", "chainId": 1, "verifyingContract": TOKEN},
-            "message": {
-                "holder": KEY.address,
-                "spender": ROUTER,
-                "nonce": 0,
-                "expiry": 0,
-                "allowed": True,
-            },
+        dai_permit = permit(ROUTER, 0)
+        dai_permit["types"]["Permit"] = [
+            {"name": "holder", "type": "address"},
+            {"name": "spender", "type": "address"},
+            {"name": "nonce", "type": "uint256"},
+            {"name": "expiry", "type": "uint256"},
+            {"name": "allowed", "type": "bool"},
+        ]
+        dai_permit["message"] = {
+            "holder": KEY.address,
+            "spender": ROUTER,
+            "nonce": 0,
+            "expiry": 0,
+            "allowed": True,
         }
         with pytest.raises(PolicyViolationError, match="ERC-2612"):
             Signer(KEY, policy).sign_typed_data(dai_permit)
