@@ -608,6 +608,25 @@ def _invoice_intent(fields: dict[str, Any], signature: object) -> tuple[Any, byt
     return intent, r, vs
 
 
+def _check_invoice(doc: dict[str, Any], router: str, chain_id: int) -> None:
+    """What an invoice document says about itself must allow this payment, as the hosted
+    checkout would: a ``state`` other than ``new`` (staff invalidated it, it was paid, or it
+    expired) is not paid, and a ``router``, ``chain_id`` or top-level ``token``/``amount``/
+    ``fee`` must agree with the command and the signed intent (what a reader of the file
+    sees is what is paid)."""
+    intent = doc["intent"]
+    state = doc.get("state")
+    if state is not None and state != "new":
+        _fail(f"the invoice is {state}, not payable (ask the merchant for a new one)")
+    if doc.get("router") is not None and str(doc["router"]).lower() != router.lower():
+        _fail(f"the invoice is for router {doc['router']}, not {router}")
+    if doc.get("chain_id") is not None and str(doc["chain_id"]) != str(chain_id):
+        _fail(f"the invoice is for chain {doc['chain_id']}, not {chain_id}")
+    for key in ("token", "amount", "fee"):
+        if doc.get(key) is not None and str(doc[key]).lower() != str(intent.get(key)).lower():
+            _fail(f"the invoice's {key} {doc[key]} is not its signed intent's")
+
+
 @app.command("pay")
 @_handled
 def pay(
@@ -655,6 +674,7 @@ def pay(
     with _connect(chain, rpc_url, chain_id) as connected:
         bound = Token(connected, token_address)
         if invoice:
+            _check_invoice(doc, router_address, connected.chain_id)
             intent, r, vs = _invoice_intent(fields, doc.get("signature"))
         else:
             intent, r, vs = _decimal_intent(doc, bound.decimals())

@@ -511,7 +511,22 @@ class CliChainBehaviour(ChainSuite):
         path.write_text(json.dumps(doc | {"intent": doc["intent"] | {"amount": "5.0"}}))
         one_line_error(run(runner, *args), "must be base units")
         assert not world.router.is_settled(world.merchant.address, intent.invoice_id)
-        path.write_text(json.dumps(doc))
+        # What the document says of itself must allow the payment, as the hosted checkout's
+        # does (the CLI read only the intent, and paid invalidated and settled invoices)
+        refusals = [
+            ({"state": "invalid"}, "invalid, not payable"),
+            ({"state": "settled"}, "settled, not payable"),
+            ({"state": "expired"}, "expired, not payable"),
+            ({"router": world.token.address}, "is for router"),
+            ({"chain_id": chain.chain_id + 1}, "is for chain"),
+            ({"amount": str(intent.amount // 2)}, "amount"),
+        ]
+        for extra, message in refusals:
+            path.write_text(json.dumps(doc | extra))
+            one_line_error(run(runner, *args), message)
+            assert not world.router.is_settled(world.merchant.address, intent.invoice_id)
+        agreeing = {"state": "new", "router": world.router.address, "chain_id": chain.chain_id}
+        path.write_text(json.dumps(doc | agreeing | {"amount": str(intent.amount)}))
         result = run(runner, *args)
         assert result.exit_code == 0, result.stderr
         assert world.router.is_settled(world.merchant.address, intent.invoice_id)
