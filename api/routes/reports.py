@@ -169,12 +169,8 @@ def reconciliation(
     invoices = invoices[:MAX_ROWS]
     ids = [inv.id for inv in invoices]
     payments: dict[str, object] = {}
-    fees: dict[str, int] = {}
     for p in settlement_repo.payments_for_invoices(session, ids):
-        if p.invoice_id is None or p.state == PaymentState.REORGED:
-            continue
-        fees[p.invoice_id] = fees.get(p.invoice_id, 0) + p.fee  # paid_amount counts them all
-        if p.state == PaymentState.CONFIRMED:
+        if p.invoice_id is not None and p.state == PaymentState.CONFIRMED:
             payments.setdefault(p.invoice_id, p)
     followups: dict[str, FollowUp] = {}
     for f in queries.followups_for_invoices(session, merchant, ids):
@@ -194,7 +190,11 @@ def reconciliation(
         pay = payments.get(inv.id)
         fu = followups.get(inv.id)
         fb = feedback.get(fu.id) if fu is not None and fu.id is not None else None
-        fee = fees.get(inv.id, 0)
+        # Every live payment matched to an invoice carries its exact terms, so its fees are
+        # the invoice's fee per amount paid: read off the same row as paid_amount. Summed from
+        # the payments (a second statement), a settlement or a reorg the indexer committed
+        # between the two reads on PostgreSQL left a row whose figures did not add up.
+        fee = inv.fee * (inv.paid_amount // inv.amount) if inv.amount else 0
         rows.append(
             ReconciliationRow(
                 invoice_id=inv.id,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.pagination import MAX_ID
-from api.settlement.models import Invoice, InvoiceState, Payment
+from api.settlement.models import Invoice, InvoiceState, Payment, PaymentState
 
 __all__ = [
     "InvoiceCreateBody",
@@ -270,7 +270,10 @@ class PaymentOut(BaseModel):
     fee: str
     state: str = Field(description="pending (waiting for depth), confirmed, or reorged.")
     late: bool = Field(description="Paid after the invoice expired (inside the late window).")
-    confirmations: int | None = Field(description="Blocks on top, including its own.")
+    confirmations: int | None = Field(
+        description="Blocks on top, including its own; null for a reorged payment (or when "
+        "the chain is unreachable)."
+    )
     gas_used: int | None = Field(description="Transaction gasUsed, when the chain is reachable.")
     seen_at: datetime
 
@@ -292,7 +295,10 @@ class PaymentOut(BaseModel):
             fee=str(p.fee),
             state=str(p.state),
             late=p.late,
-            confirmations=None if head is None else max(0, head - p.block_number + 1),
+            # a reorged payment is in no block of the chain: it has no confirmations
+            confirmations=None
+            if head is None or p.state == PaymentState.REORGED
+            else max(0, head - p.block_number + 1),
             gas_used=gas_used,
             seen_at=p.seen_at,
         )

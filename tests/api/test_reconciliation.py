@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from api.settlement import repository as settlement_repo
 from api.settlement.models import Invoice, InvoiceState, MerchantAccount, Payment, PaymentState
 from tests.api.conftest import auth
 from tests.api.test_resources_crm import Tenant, World
@@ -288,3 +289,39 @@ class TestFollowUpColumn:
             followups.cancel_for_payment(s, mid, "pay_2", "test over", world.clock)
         # the period comes back in UTC, as every timestamp the API returns
         assert (report["start"], report["end"]) == ("1999-12-31T10:00:00Z", "2998-12-31T10:00:00Z")
+
+
+def test_a_row_adds_up_while_the_indexer_commits(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row's paid and refunded amounts come from the invoice, its fee came from its
+    payments, read by a second statement: an indexer step committing between the two (on
+    PostgreSQL each statement sees what is committed when it starts) showed the fee of a
+    payment the paid amount did not hold (paid 0, fee 250000, net -250000)."""
+    invoice = create(world, world.a.merchant, amount="2500000", fee="250000").json()
+    address = account_address(world, world.a)
+    original = settlement_repo.payments_for_invoices
+
+    def indexer_commits_meanwhile(session, ids):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(settlement_repo, "payments_for_invoices", original)
+        record_payment(world, merchant_address=address, invoice_id=invoice["id"], fee=250_000)
+        return original(session, ids)
+
+    monkeypatch.setattr(settlement_repo, "payments_for_invoices", indexer_commits_meanwhile)
+    r = world.client.get("/v1/reconciliation", params=PERIOD, headers=auth(world.a.merchant))
+    assert r.status_code == 200, r.text
+    (row,) = [x for x in r.json()["data"] if x["invoice_id"] == invoice["id"]]
+    paid, fee, refunded = (int(row[k]) for k in ("paid_amount", "fee", "refunded_amount"))
+    assert paid == fee + refunded + int(row["net_amount"])
+    assert (paid, fee) in {(0, 0), (2_500_000, 250_000)}
+
+
+def test_a_reorged_payment_has_no_confirmations(world: World) -> None:
+    """It is in no block of the chain; it showed as many confirmations as a live payment at
+    its old height."""
+    address = account_address(world, world.a)
+    record_payment(world, merchant_address=address, number=77, state=PaymentState.REORGED)
+    r = world.client.get("/v1/payments", headers=auth(world.a.merchant))
+    assert r.status_code == 200, r.text
+    (payment,) = r.json()["data"]
+    assert (payment["state"], payment["confirmations"]) == ("reorged", None)
