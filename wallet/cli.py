@@ -323,7 +323,7 @@ def derive(
     """Watch-only addresses: one with --index, or a CSV stream (index,path,address) with --count."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from wallet.keys import WatchOnlyWallet
+    from wallet.keys import HARDENED, WatchOnlyWallet
 
     if (xpub is None) == (name is None):
         _fail("give exactly one of --xpub or --name")
@@ -339,6 +339,8 @@ def derive(
         return
     if index is not None:
         _fail("use --start/--count for ranges, --index for one address")
+    if start + count > HARDENED:  # before any output: a failure leaves stdout empty
+        _fail(f"indexes stop at {HARDENED - 1}: --start {start} --count {count} goes past it")
     out = sys.stdout
     out.write("index,path,address\n")
     chunk = 2_000

@@ -192,6 +192,14 @@ class TestWatchOnly:
         )
         assert lines[-1].startswith("2509,")
 
+    def test_a_range_past_the_last_index_writes_nothing(self, runner):
+        """The header (and up to 2,000 rows a chunk) went out before the range failed: a
+        pipeline read a CSV of a failed command."""
+        xpub = HDWallet.from_mnemonic(DEV).account_xpub()
+        for start, count in ((2**31 - 1, 2), (2**31 - 3_000, 5_000)):
+            span = ["--start", str(start), "--count", str(count)]
+            one_line_error(run(runner, "derive", "--xpub", xpub, *span), "goes past it")
+
     def test_derive_from_vault_name(self, runner):
         run(runner, "import", "--name", "w", "--mnemonic-stdin", input=DEV)
         result = run(runner, "derive", "--name", "w", "--count", "3")
