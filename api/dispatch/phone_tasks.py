@@ -78,12 +78,13 @@ def roll_windows(session: Session, now: datetime, limit: int = 500) -> int:
     moved, after = 0, None
     while moved < limit:
         tasks = repo.open_tasks_past_window(session, now, limit, after=after)
+        if tasks:  # the page's end as read: _retime moves the tasks it can into the future
+            assert tasks[-1].id is not None
+            page_end = (tasks[-1].call_before, tasks[-1].id)
         moved += _retime(session, tasks, now)
         if len(tasks) < limit:
             break
-        last = tasks[-1]
-        assert last.id is not None
-        after = (last.call_before, last.id)
+        after = page_end
     return moved
 
 
@@ -100,19 +101,27 @@ def _retime(
     session: Session, tasks: Sequence[PhoneTask], now: datetime, moved_to: str | None = None
 ) -> int:
     """Each task's window from ``now`` (:func:`call_window`) in its zone, or in ``moved_to``
-    (the window's minutes are read in the zone the task was made in). A task whose zone no
-    longer resolves is left as it is (logged): its calling hours are unknown."""
+    (the window's minutes are read in the zone the task was made in, and only needed for a
+    task from before they were kept: a contact moved out of a zone that no longer resolves
+    takes its task along). A task whose zone no longer resolves and that stays there is left
+    as it is (logged): its calling hours are unknown."""
     legacy = [t.followup_id for t in tasks if t.window_start_minute is None]
     policies = repo.policy_windows(session, legacy)
     done = 0
     for task in tasks:
+        target = moved_to or task.time_zone
         try:
-            local = zone(task.time_zone)
+            zone(target)
         except InvalidTimeZone:
-            log.warning("phone task %s: time zone %r no longer resolves", task.id, task.time_zone)
+            log.warning("phone task %s: time zone %r no longer resolves", task.id, target)
             continue
         start, end = task.window_start_minute, task.window_end_minute
         if start is None or end is None:
+            try:
+                local = zone(task.time_zone)
+            except InvalidTimeZone:
+                log.warning("phone task %s: no window minutes and no zone to read them", task.id)
+                continue
             opened, closed = task.call_after.astimezone(local), task.call_before.astimezone(local)
             start, end = policies.get(
                 task.followup_id,

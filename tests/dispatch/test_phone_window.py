@@ -329,3 +329,63 @@ def _pay(engine, shop_id: int, contact_id: int, clock: FrozenClock) -> None:
         followups.schedule_for_payment(
             session, shop_id, contact_id, "pay_1", "inv_1", 1, "tUSD", clock.now(), clock
         )
+
+
+def test_the_roll_reads_on_past_a_page_whose_last_task_it_moved(engine):
+    """The next page started after the page's last task as moved (its window now in the
+    future), so a page with a task it could not move (a zone that no longer resolves) ended
+    the round: the tasks after it kept their closed windows."""
+    clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
+    shop_id, person = _shop(engine, clock, TEN_TO_SIX)
+    with Session(engine) as session, session.begin():
+        for n, zone in enumerate(["US/Gone", "Europe/London", "Europe/London"]):
+            session.add(
+                PhoneTask(
+                    merchant_id=shop_id,
+                    contact_id=person,
+                    followup_id=20_000 + n,
+                    time_zone=zone,
+                    call_after=datetime(2026, 5, 1, 9, n, tzinfo=UTC),
+                    call_before=datetime(2026, 5, 1, 17, n, tzinfo=UTC),
+                    window_start_minute=600,
+                    window_end_minute=1080,
+                    created_at=clock.now(),
+                )
+            )
+    with Session(engine) as session, session.begin():
+        moved = calls.roll_windows(session, clock.now(), limit=2)
+    with Session(engine) as session:
+        closed = session.exec(
+            select(PhoneTask).where(
+                PhoneTask.time_zone == "Europe/London", PhoneTask.call_before <= clock.now()
+            )
+        ).all()
+    assert (moved, closed) == (2, [])
+
+
+def test_a_contact_moved_out_of_a_zone_that_no_longer_resolves_takes_its_task_along(engine):
+    """The task's window minutes are kept, so its old zone is not needed to move it; the old
+    zone was resolved first anyway, and the task stayed in a zone nobody can call in."""
+    clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
+    shop_id, person = _shop(engine, clock, TEN_TO_SIX)
+    with Session(engine) as session, session.begin():
+        session.add(
+            PhoneTask(
+                merchant_id=shop_id,
+                contact_id=person,
+                followup_id=30_000,
+                time_zone="US/Gone",
+                call_after=datetime(2026, 6, 1, 9, tzinfo=UTC),
+                call_before=datetime(2026, 6, 1, 17, tzinfo=UTC),
+                window_start_minute=600,
+                window_end_minute=1080,
+                created_at=clock.now(),
+            )
+        )
+    with Session(engine) as session, session.begin():
+        moved = calls.retime_for_contact(session, shop_id, person, "Europe/Berlin", clock.now())
+    with Session(engine) as session:
+        (task,) = session.exec(select(PhoneTask)).all()
+    assert (moved, task.time_zone) == (1, "Europe/Berlin")
+    opened = task.call_after.astimezone(ZoneInfo("Europe/Berlin"))
+    assert (opened.hour, opened.minute) == (13, 0)  # 11:00 UTC is 13:00 in Berlin: open now
