@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -57,6 +57,23 @@ def _callable_contact(session: Session, shop_id: int, name: str, clock: FrozenCl
         keyring=KEYRING,
     )
     return person.id
+
+
+def _ten_to_six_task(
+    shop_id: int, person: int, followup_id: int, zone: str, opened: datetime, clock: FrozenClock
+) -> PhoneTask:
+    """An open task with a 10:00-18:00 window, made ``opened`` and closing 8 hours later."""
+    return PhoneTask(
+        merchant_id=shop_id,
+        contact_id=person,
+        followup_id=followup_id,
+        time_zone=zone,
+        call_after=opened,
+        call_before=opened + timedelta(hours=8),
+        window_start_minute=600,
+        window_end_minute=1080,
+        created_at=clock.now(),
+    )
 
 
 def _shop(engine, clock, window):
@@ -184,19 +201,8 @@ class TestMissedWindows:
         Worker(engine, KEYRING, {"phone": PhoneChannel()}, clock).run_once()
         with Session(engine) as session, session.begin():
             for n in range(3):  # older windows than the real task's, zones gone
-                session.add(
-                    PhoneTask(
-                        merchant_id=shop_id,
-                        contact_id=person,
-                        followup_id=10_000 + n,
-                        time_zone="US/Gone",
-                        call_after=datetime(2026, 5, 1, 9, tzinfo=UTC),
-                        call_before=datetime(2026, 5, 1, 17, tzinfo=UTC),
-                        window_start_minute=600,
-                        window_end_minute=1080,
-                        created_at=clock.now(),
-                    )
-                )
+                opened = datetime(2026, 5, 1, 9, tzinfo=UTC)
+                session.add(_ten_to_six_task(shop_id, person, 10_000 + n, "US/Gone", opened, clock))
         clock.advance(days=1)
         with Session(engine) as session, session.begin():
             assert calls.roll_windows(session, clock.now(), limit=2) == 1
@@ -339,19 +345,8 @@ def test_the_roll_reads_on_past_a_page_whose_last_task_it_moved(engine):
     shop_id, person = _shop(engine, clock, TEN_TO_SIX)
     with Session(engine) as session, session.begin():
         for n, zone in enumerate(["US/Gone", "Europe/London", "Europe/London"]):
-            session.add(
-                PhoneTask(
-                    merchant_id=shop_id,
-                    contact_id=person,
-                    followup_id=20_000 + n,
-                    time_zone=zone,
-                    call_after=datetime(2026, 5, 1, 9, n, tzinfo=UTC),
-                    call_before=datetime(2026, 5, 1, 17, n, tzinfo=UTC),
-                    window_start_minute=600,
-                    window_end_minute=1080,
-                    created_at=clock.now(),
-                )
-            )
+            opened = datetime(2026, 5, 1, 9, n, tzinfo=UTC)
+            session.add(_ten_to_six_task(shop_id, person, 20_000 + n, zone, opened, clock))
     with Session(engine) as session, session.begin():
         moved = calls.roll_windows(session, clock.now(), limit=2)
     with Session(engine) as session:
@@ -369,19 +364,8 @@ def test_a_contact_moved_out_of_a_zone_that_no_longer_resolves_takes_its_task_al
     clock = FrozenClock(datetime(2026, 6, 1, 11, 0, tzinfo=UTC))
     shop_id, person = _shop(engine, clock, TEN_TO_SIX)
     with Session(engine) as session, session.begin():
-        session.add(
-            PhoneTask(
-                merchant_id=shop_id,
-                contact_id=person,
-                followup_id=30_000,
-                time_zone="US/Gone",
-                call_after=datetime(2026, 6, 1, 9, tzinfo=UTC),
-                call_before=datetime(2026, 6, 1, 17, tzinfo=UTC),
-                window_start_minute=600,
-                window_end_minute=1080,
-                created_at=clock.now(),
-            )
-        )
+        opened = datetime(2026, 6, 1, 9, tzinfo=UTC)
+        session.add(_ten_to_six_task(shop_id, person, 30_000, "US/Gone", opened, clock))
     with Session(engine) as session, session.begin():
         moved = calls.retime_for_contact(session, shop_id, person, "Europe/Berlin", clock.now())
     with Session(engine) as session:
