@@ -182,6 +182,15 @@ def add_wallet_address(
     with crm_errors("contact", contact_id):
         contacts.add_wallet(session, merchant_id, contact_id, body.address, keyring, clock)
         contact = contacts.get_contact(session, merchant_id, contact_id)
+    audit.record(  # no address in the detail: the log outlives an erasure
+        session,
+        actor=actor(caller),
+        action="contact.wallet_added",
+        object_type="contact",
+        object_id=contact_id,
+        at=clock.now(),
+        merchant_id=merchant_id,
+    )
     return _out(session, contact, keyring)
 
 

@@ -46,7 +46,12 @@ def normalise_phone(value: str) -> str:
 
 
 def validate_time_zone(value: str) -> str:
+    """An IANA zone name. Names that merely load from the host's zoneinfo directory are not
+    enough: ``localtime`` is the host's own zone (a contact's hours would follow the server's
+    setting), ``right/…`` zones count leap seconds and ``posix/…`` duplicate real ones."""
     if not value or "\x00" in value or value.startswith(("/", ".")) or ".." in value:
+        raise InvalidTimeZone("unknown time zone")
+    if value == "localtime" or value.startswith(("posix/", "right/")):
         raise InvalidTimeZone("unknown time zone")
     try:
         ZoneInfo(value)

@@ -191,6 +191,15 @@ class TestContacts:
         assert len(r.json()["wallet_addresses"]) == 2
         r = world.client.get(f"/v1/contacts/{c['id']}", headers=auth(world.a.support))
         assert r.json()["email"] == c["email"]
+        # every staff change to the contact is in its audit log (the wallet's was not)
+        log = world.client.get(
+            "/v1/audit_log",
+            params={"object_type": "contact", "object_id": str(c["id"]), "limit": 100},
+            headers=auth(world.a.merchant),
+        ).json()["data"]
+        actions = sorted(e["action"] for e in log)
+        assert actions == ["contact.created", "contact.updated", "contact.wallet_added"]
+        assert all("cd" * 20 not in str(e["detail"]) for e in log)
 
     def test_bad_input_has_the_error_shape_and_writes_nothing(self, world: World) -> None:
         before = world.client.get(

@@ -93,6 +93,9 @@ class TestCreateContact:
             ("phone", "+1 (650) 253-0000 x99", InvalidPhone, "invalid_phone"),
             ("time_zone", "Mars/Olympus", InvalidTimeZone, "invalid_time_zone"),
             ("time_zone", "../etc/passwd", InvalidTimeZone, "invalid_time_zone"),
+            ("time_zone", "localtime", InvalidTimeZone, "invalid_time_zone"),  # the host's zone
+            ("time_zone", "right/UTC", InvalidTimeZone, "invalid_time_zone"),  # leap seconds
+            ("time_zone", "posix/Europe/London", InvalidTimeZone, "invalid_time_zone"),
             ("wallet_addresses", ["0x123"], InvalidWalletAddress, "invalid_wallet_address"),
             ("name", "x" * 500, InvalidRequest, "invalid_name"),
         ],
