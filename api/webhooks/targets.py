@@ -31,11 +31,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: does not resolve.
 Resolver = Callable[[str, int], Sequence[str]]
 
-# Not public, though ``is_global`` says so on some Python versions; and the IPv6 ranges that
-# carry an IPv4 address inside (checked as that address, below).
+# Not public, though ``is_global`` says so on some Python versions (3.11 predates RFC 9637's
+# 3fff::/20 documentation range); and the IPv6 ranges that carry an IPv4 address inside
+# (checked as that address, below).
 _NOT_PUBLIC = tuple(
     ipaddress.ip_network(n)
-    for n in ("192.0.0.0/24", "::/96", "100::/64", "2001:db8::/32", "fec0::/10")
+    for n in ("192.0.0.0/24", "::/96", "100::/64", "2001:db8::/32", "3fff::/20", "fec0::/10")
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 

@@ -57,6 +57,8 @@ class TestIsPublicAddress:
             "::7f00:1",  # IPv4-compatible
             "64:ff9b::a00:5",  # NAT64 of 10.0.0.5
             "2002:7f00:1::",  # 6to4 of 127.0.0.1
+            "2001:db8::1",  # documentation
+            "3fff::1",  # documentation since RFC 9637 (is_global says True on 3.11)
         ],
     )
     def test_refused(self, address):
