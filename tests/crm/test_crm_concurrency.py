@@ -278,6 +278,20 @@ def _one_customer(engine: sa.Engine, keyring: KeyRing, clock: FrozenClock) -> tu
     return mid, c.id or 0
 
 
+def _surveyed_customer(
+    engine: sa.Engine, keyring: KeyRing, clock: FrozenClock
+) -> tuple[int, int, str]:
+    """:func:`_one_customer` whose survey was sent: (merchant, contact, the link's token)."""
+    from tests.crm.helpers import sent_followup
+
+    mid, cid = _one_customer(engine, keyring, clock)
+    with session_scope(engine) as s:
+        contact = s.get(Contact, cid)
+        assert contact is not None
+        _, token = sent_followup(s, mid, contact, clock, keyring)
+    return mid, cid, token
+
+
 @pytest.mark.postgres
 def test_indexer_and_worker_scheduling_at_once_survey_a_contact_once(
     pg_committed: sa.Engine, pg_admin: sa.Engine, keyring: KeyRing
@@ -485,14 +499,9 @@ def test_an_answer_racing_an_erasure_neither_deadlocks_nor_outlives_it(
     the contact first: the erasure goes through, and the answer is refused as erased."""
     from crm.feedback import service as feedback
     from crm.feedback.models import FeedbackCreate
-    from tests.crm.helpers import sent_followup
 
     clock = FrozenClock(START)
-    mid, cid = _one_customer(pg_committed, keyring, clock)
-    with session_scope(pg_committed) as s:
-        contact = s.get(Contact, cid)
-        assert contact is not None
-        _, token = sent_followup(s, mid, contact, clock, keyring)
+    mid, cid, token = _surveyed_customer(pg_committed, keyring, clock)
     results = _hold_then_race(
         pg_committed,
         pg_admin,

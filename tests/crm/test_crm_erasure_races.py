@@ -20,7 +20,6 @@ from sqlmodel import Session, select
 
 from crm import KeyRing
 from crm.clock import FrozenClock
-from crm.contacts.models import Contact
 from crm.db import session_scope
 from crm.errors import FeedbackPaymentReversed
 from crm.feedback import service as feedback
@@ -32,13 +31,13 @@ from crm.privacy import service as privacy
 from crm.tickets import service as tickets
 
 from .conftest import START
-from .helpers import sent_followup
 from .test_crm_concurrency import (
     HANG,
     _backend_pid,
     _hold_then_race,
     _one_customer,
     _race,
+    _surveyed_customer,
     _waits_for_lock,
 )
 
@@ -50,11 +49,8 @@ LATER = FrozenClock(START + timedelta(hours=1))
 def _answered(engine: sa.Engine, keyring: KeyRing, rating: int) -> tuple[int, int, Any]:
     """A customer who answered a survey with ``rating``: (merchant, contact, the answer)."""
     clock = FrozenClock(START)
-    mid, cid = _one_customer(engine, keyring, clock)
+    mid, cid, token = _surveyed_customer(engine, keyring, clock)
     with session_scope(engine) as s:
-        contact = s.get(Contact, cid)
-        assert contact is not None
-        _, token = sent_followup(s, mid, contact, clock, keyring)
         answer = feedback.submit_feedback(
             s, mid, token, FeedbackCreate(rating=rating), keyring=keyring, clock=clock
         )
